@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wattmoe.errors import ConfigError, ShapeError
+from wattmoe.moe import (
+    MoEConfig,
+    MoETransformerBlock,
+    SimpleMoELayer,
+    build_dispatch,
+    get_preset,
+    switch_balance_loss,
+)
+
+
+def naive_moe(layer: SimpleMoELayer, x: torch.Tensor) -> torch.Tensor:
+    """Per-token reference: for each token, each chosen expert, add w * expert(x_t)."""
+    cfg = layer.config
+    logits = x @ layer.router.gate.weight.T
+    scores = torch.softmax(logits, -1) if cfg.score_func == "softmax" else torch.sigmoid(logits)
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        idx = torch.topk(logits[t], cfg.top_k).indices
+        w = scores[t, idx]
+        if cfg.normalize_topk:
+            w = w / w.sum()
+        for e, we in zip(idx.tolist(), w):
+            out[t] += we * layer.experts[e](x[t : t + 1])[0]
+        if layer.shared_expert is not None:
+            out[t] += layer.shared_expert(x[t : t + 1])[0]
+    return out
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        get_preset("tiny"),
+        get_preset("tiny").replace(expert_form="relu", top_k=1, normalize_topk=False),
+        get_preset("deepseek-v3", 1 / 56).replace(num_experts=16, top_k=4),  # sigmoid + shared
+        get_preset("olmoe-1b-7b", 1 / 16),  # softmax, no renormalization
+    ],
+    ids=lambda c: c.name,
+)
+def test_layer_matches_naive_reference(cfg: MoEConfig, gen: torch.Generator) -> None:
+    layer = SimpleMoELayer(cfg, seed=7)
+    x = torch.randn(37, cfg.hidden_size, generator=gen)
+    with torch.no_grad():
+        got = layer(x).hidden_states
+        want = naive_moe(layer, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_keeps_leading_shape_and_counts(gen: torch.Generator) -> None:
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=0)
+    x = torch.randn(3, 11, cfg.hidden_size, generator=gen)
+    out = layer(x)
+    assert out.hidden_states.shape == x.shape
+    assert int(out.expert_counts.sum()) == 3 * 11 * cfg.top_k
+    assert torch.equal(layer.tokens_per_expert, out.expert_counts)
+    layer(x)
+    assert torch.equal(layer.tokens_per_expert, 2 * out.expert_counts)
+    layer.reset_utilization()
+    assert int(layer.tokens_per_expert.sum()) == 0
+
+
+def test_topk_and_weights_hand_computed() -> None:
+    cfg = MoEConfig(name="hand", hidden_size=2, expert_inner_size=2, num_experts=3, top_k=2,
+                    num_heads=1)
+    layer = SimpleMoELayer(cfg, seed=0)
+    with torch.no_grad():
+        layer.router.gate.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    r = layer.router(x)
+    # token 0 logits [2, 0, 2] -> experts {0, 2}; token 1 logits [0, 3, 3] -> experts {1, 2}
+    assert sorted(r.topk_idx[0].tolist()) == [0, 2]
+    assert sorted(r.topk_idx[1].tolist()) == [1, 2]
+    # equal logits -> equal renormalized weights
+    torch.testing.assert_close(r.topk_weight, torch.full((2, 2), 0.5))
+    p0 = torch.softmax(torch.tensor([2.0, 0.0, 2.0]), 0)
+    p1 = torch.softmax(torch.tensor([0.0, 3.0, 3.0]), 0)
+    f = torch.tensor([1, 1, 2]) / 4
+    want = 3 * torch.sum(f * (p0 + p1) / 2)
+    torch.testing.assert_close(r.balance_loss, want)
+    torch.testing.assert_close(r.aux_loss, cfg.aux_loss_coef * want)
+
+
+def test_balance_loss_extremes() -> None:
+    e, t = 4, 8
+    uniform = torch.full((t, e), 1 / e)
+    counts = torch.full((e,), t // e)
+    assert switch_balance_loss(uniform, counts, 1).item() == pytest.approx(1.0)
+    collapsed = torch.zeros(t, e)
+    collapsed[:, 0] = 1
+    assert switch_balance_loss(collapsed, torch.tensor([t, 0, 0, 0]), 1).item() == pytest.approx(e)
+
+
+def test_capacity_drops_later_tokens() -> None:
+    # 4 tokens all prefer expert 0 first; capacity = ceil(1.0 * 4 * 1 / 2) = 2.
+    idx = torch.tensor([[0], [0], [0], [1]])
+    w = torch.ones(4, 1)
+    d = build_dispatch(idx, w, num_experts=2, capacity_factor=1.0)
+    assert d.capacity == 2
+    assert d.dropped == 1
+    assert d.counts.tolist() == [2, 1]
+    assert d.routed.tolist() == [3, 1]
+    assert d.token_idx.tolist() == [0, 1, 3]
+
+
+def test_dropped_tokens_get_zero_output(gen: torch.Generator) -> None:
+    cfg = get_preset("tiny").replace(capacity_factor=0.25, top_k=1)
+    layer = SimpleMoELayer(cfg, seed=3)
+    x = torch.randn(64, cfg.hidden_size, generator=gen)
+    with torch.no_grad():
+        out = layer(x)
+    cap = math.ceil(0.25 * 64 / cfg.num_experts)
+    assert int(out.expert_counts.max()) <= cap
+    assert out.dropped == int((out.routed_counts - out.expert_counts).sum()) > 0
+    zero_rows = (out.hidden_states.abs().sum(-1) == 0).sum().item()
+    assert zero_rows == out.dropped
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    tokens=st.integers(1, 40),
+    experts=st.integers(1, 9),
+    data=st.data(),
+)
+def test_dispatch_invariants(tokens: int, experts: int, data: st.DataObject) -> None:
+    k = data.draw(st.integers(1, experts))
+    cf = data.draw(st.one_of(st.none(), st.floats(0.1, 3.0)))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31)))
+    idx = torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)])
+    d = build_dispatch(idx, torch.rand(tokens, k, generator=g), experts, cf)
+    assert int(d.counts.sum()) == d.token_idx.numel() == tokens * k - d.dropped
+    assert torch.equal(d.routed, torch.bincount(idx.reshape(-1), minlength=experts))
+    if cf is not None:
+        assert int(d.counts.max()) <= d.capacity
+    # within each expert's segment, tokens appear in increasing order
+    for e in range(experts):
+        seg = d.token_idx[d.offsets[e] : d.offsets[e + 1]]
+        assert torch.all(seg[1:] > seg[:-1])
+
+
+def test_bf16_layer_close_to_fp32(gen: torch.Generator) -> None:
+    cfg = get_preset("tiny")
+    l32 = SimpleMoELayer(cfg, seed=5)
+    l16 = SimpleMoELayer(cfg, dtype="bf16", seed=5)
+    l16.load_state_dict({k: v.to(torch.bfloat16) for k, v in l32.state_dict().items()})
+    x = torch.randn(50, cfg.hidden_size, generator=gen)
+    with torch.no_grad():
+        a = l32(x).hidden_states
+        b = l16(x.to(torch.bfloat16)).hidden_states.float()
+    rel = (a - b).norm() / a.norm()
+    assert b.dtype == torch.float32 and rel < 3e-2
+
+
+def test_block_shapes_and_grad(gen: torch.Generator) -> None:
+    cfg = get_preset("qwen3-30b-a3b", 1 / 16).replace(num_experts=16)
+    block = MoETransformerBlock(cfg, seed=0)
+    x = torch.randn(2, 6, cfg.hidden_size, generator=gen, requires_grad=True)
+    out = block(x)
+    assert out.hidden_states.shape == x.shape
+    (out.hidden_states.sum() + out.aux_loss).backward()
+    assert block.moe.router.gate.weight.grad is not None
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_block_is_causal(gen: torch.Generator) -> None:
+    cfg = get_preset("tiny")
+    block = MoETransformerBlock(cfg, seed=0)
+    x = torch.randn(1, 5, cfg.hidden_size, generator=gen)
+    y = x.clone()
+    y[0, -1] += 1.0
+    with torch.no_grad():
+        a, b = block(x).hidden_states, block(y).hidden_states
+    torch.testing.assert_close(a[0, :-1], b[0, :-1])
+
+
+def test_seed_makes_weights_reproducible() -> None:
+    cfg = get_preset("tiny")
+    a, b = SimpleMoELayer(cfg, seed=11), SimpleMoELayer(cfg, seed=11)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_bad_input_errors() -> None:
+    layer = SimpleMoELayer(get_preset("tiny"), seed=0)
+    with pytest.raises(ShapeError, match=r"\[\.\.\., 64\]"):
+        layer(torch.randn(4, 63))
+    with pytest.raises(ShapeError, match="batch, seq"):
+        MoETransformerBlock(get_preset("tiny"))(torch.randn(4, 64))
+    with pytest.raises(ConfigError, match="top_k=9 is larger than num_experts=8"):
+        get_preset("tiny").replace(top_k=9)
+    with pytest.raises(ConfigError, match="unknown preset 'mixtal'.*mixtral-8x7b"):
+        get_preset("mixtal")
+    with pytest.raises(ConfigError, match="unknown routing strategy"):
+        SimpleMoELayer(get_preset("tiny"), strategy="nope")
+    with pytest.raises(ConfigError, match="unknown expert backend"):
+        SimpleMoELayer(get_preset("tiny"), backend="nope")
+    with pytest.raises(ConfigError, match="unknown dtype"):
+        SimpleMoELayer(get_preset("tiny"), dtype="int3")

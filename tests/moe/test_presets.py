@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wattmoe.errors import ConfigError
+from wattmoe.moe import PRESETS, SimpleMoELayer, get_preset
+
+REQUIRED = ["mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b", "olmoe-1b-7b", "tiny"]
+
+
+def test_required_presets_present() -> None:
+    for name in REQUIRED:
+        assert name in PRESETS
+
+
+def test_published_shapes() -> None:
+    m = get_preset("mixtral-8x7b")
+    assert (m.hidden_size, m.expert_inner_size, m.num_experts, m.top_k) == (4096, 14336, 8, 2)
+    d = get_preset("deepseek-v3")
+    assert (d.hidden_size, d.expert_inner_size, d.num_experts, d.top_k) == (7168, 2048, 256, 8)
+    assert d.num_layers == 58 and d.num_shared_experts == 1 and d.score_func == "sigmoid"
+    # Mixtral expert: 3 * 4096 * 14336 weights = 176M
+    assert m.expert_params == 176_160_768
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("scale", [1 / 32, 0.1])
+def test_every_preset_instantiates_scaled(name: str, scale: float) -> None:
+    cfg = get_preset(name, scale)
+    assert cfg.hidden_size % 64 == 0 and cfg.expert_inner_size % 64 == 0
+    assert cfg.hidden_size % cfg.num_heads == 0
+    layer = SimpleMoELayer(cfg.replace(num_experts=min(cfg.num_experts, 16),
+                                       top_k=min(cfg.top_k, 4)), seed=0)
+    out = layer(torch.randn(3, cfg.hidden_size))
+    assert out.hidden_states.shape == (3, cfg.hidden_size)
+
+
+def test_bad_scale() -> None:
+    with pytest.raises(ConfigError, match="scale must be > 0"):
+        get_preset("tiny", 0)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from wattmoe.cli import build_parser, main
+
+
+def test_models_lists_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mixtral-8x7b", "deepseek-v3", "qwen3-30b-a3b", "olmoe-1b-7b", "tiny"):
+        assert name in out
+
+
+def test_every_subcommand_has_help() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert sub.choices
+    for name in sub.choices:
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+
+
+def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "2", "--seq", "8"]) == 0
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_without_traceback() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wattmoe.cli", "demo", "--preset", "nope", "--steps", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown preset 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,131 @@
+"""The `wattmoe` command. Thin: every subcommand calls one library function and prints."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from wattmoe.errors import WattmoeError
+
+# Piped output (CI logs, README examples) gets a fixed width instead of the 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = []
+
+
+def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """Registers a subcommand: `args` adds its options, the decorated function runs it."""
+
+    def deco(fn: Handler) -> Handler:
+        _COMMANDS.append((name, help, args, fn))
+        return fn
+
+    return deco
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def _fmt_params(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+@command("models", "list the MoE shape presets")
+def cmd_models(args: argparse.Namespace) -> int:
+    from wattmoe.moe import PRESETS
+
+    t = Table(title="MoE presets (MoE layers only)")
+    for col in ("preset", "hidden", "expert inner", "experts", "top-k", "shared", "layers",
+                "form", "score", "params/expert", "expert MB (bf16)"):
+        t.add_column(col, justify="left" if col in ("preset", "form", "score") else "right")
+    for p in PRESETS.values():
+        t.add_row(
+            p.name, str(p.hidden_size), str(p.expert_inner_size), str(p.num_experts),
+            str(p.top_k), str(p.num_shared_experts), str(p.num_layers), p.expert_form,
+            p.score_func, _fmt_params(p.expert_params), f"{p.expert_bytes(2) / 2**20:.1f}",
+        )
+    console.print(t)
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="olmoe-1b-7b", help="shape preset (see `wattmoe models`)")
+    p.add_argument("--scale", type=float, default=0.25, help="width scale factor of the preset")
+    p.add_argument("--batch", type=int, default=4, help="sequences per step")
+    p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--steps", type=int, default=10, help="timed forward passes")
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("demo", "time one MoE transformer block of a preset on this machine", _demo_args)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from wattmoe.experiments.demo import run_demo
+
+    r = run_demo(args.preset, args.scale, args.batch, args.seq, args.steps, dtype=args.dtype,
+                 device=args.device, seed=args.seed)
+    t = Table(title=f"{r.preset}: one MoE block, {r.tokens_per_step} tokens/step on {r.device}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("shape", f"H={r.hidden_size} F={r.expert_inner_size} E={r.num_experts} k={r.top_k}")
+    t.add_row("median step (measured)", f"{r.median_step_s * 1e3:.2f} ms")
+    t.add_row("p90 step (measured)", f"{r.p90_step_s * 1e3:.2f} ms")
+    t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s")
+    t.add_row("aux loss (mean)", f"{r.mean_aux_loss:.4f}")
+    t.add_row("expert imbalance (max/mean)", f"{r.imbalance:.2f}")
+    t.add_row("dropped assignments", str(r.dropped))
+    console.print(t)
+    return 0
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wattmoe",
+        description="Energy-aware placement, simulation and measurement of MoE serving.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_, add_args, fn in _COMMANDS:
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_args(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; user errors print one line on stderr and return 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except WattmoeError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Workloads, runs, metrics, comparison of simulated and measured results, reports."""

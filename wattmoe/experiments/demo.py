@@ -1,0 +1,89 @@
+"""A short end-to-end step on the local machine: build a preset's MoE block and time it."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from wattmoe.errors import ConfigError
+from wattmoe.moe import MoETransformerBlock, get_preset, resolve_dtype
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Timing and routing statistics of `steps` forward passes of one MoE block."""
+
+    preset: str
+    hidden_size: int
+    expert_inner_size: int
+    num_experts: int
+    top_k: int
+    tokens_per_step: int
+    steps: int
+    device: str
+    dtype: str
+    median_step_s: float
+    p90_step_s: float
+    tokens_per_s: float
+    expert_counts: list[int]
+    mean_aux_loss: float
+    dropped: int
+
+    @property
+    def imbalance(self) -> float:
+        """max / mean tokens per expert (EPLB's balancedness measure inverted)."""
+        mean = sum(self.expert_counts) / len(self.expert_counts)
+        return max(self.expert_counts) / mean if mean else float("nan")
+
+
+def run_demo(
+    preset: str = "olmoe-1b-7b",
+    scale: float = 0.25,
+    batch: int = 4,
+    seq: int = 128,
+    steps: int = 10,
+    warmup: int = 2,
+    dtype: str = "fp32",
+    device: str = "cpu",
+    seed: int = 0,
+) -> DemoResult:
+    """Runs `steps` timed forward passes of one `MoETransformerBlock` on random tokens."""
+    if steps <= 0 or batch <= 0 or seq <= 0 or warmup < 0:
+        raise ConfigError(
+            f"steps, batch and seq must be positive and warmup >= 0 "
+            f"(got steps={steps}, batch={batch}, seq={seq}, warmup={warmup})"
+        )
+    cfg = get_preset(preset, scale)
+    dt = resolve_dtype(dtype)
+    block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed).eval()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(batch, seq, cfg.hidden_size, generator=gen).to(device=device, dtype=dt)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times: list[float] = []
+    aux: list[float] = []
+    dropped = 0
+    with torch.inference_mode():
+        for _ in range(warmup):
+            block(x)
+        block.moe.reset_utilization()
+        for _ in range(steps):
+            sync()
+            t0 = time.perf_counter()
+            out = block(x)
+            sync()
+            times.append(time.perf_counter() - t0)
+            aux.append(float(out.aux_loss))
+            dropped += out.dropped
+    times.sort()
+    med = statistics.median(times)
+    return DemoResult(
+        preset=cfg.name, hidden_size=cfg.hidden_size, expert_inner_size=cfg.expert_inner_size,
+        num_experts=cfg.num_experts, top_k=cfg.top_k, tokens_per_step=batch * seq, steps=steps,
+        device=device, dtype=dtype, median_step_s=med,
+        p90_step_s=times[min(len(times) - 1, int(0.9 * len(times)))],
+        tokens_per_s=batch * seq / med, expert_counts=block.moe.tokens_per_expert.tolist(),
+        mean_aux_loss=statistics.fmean(aux), dropped=dropped,
+    )

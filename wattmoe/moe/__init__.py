@@ -1,0 +1,57 @@
+"""The MoE model that everything else measures, places and routes."""
+
+from __future__ import annotations
+
+from wattmoe.moe.backends import EXPERT_BACKENDS, get_backend, register_backend
+from wattmoe.moe.base import MoEConfig, dtype_name, resolve_dtype
+from wattmoe.moe.block import MoETransformerBlock
+from wattmoe.moe.dispatch import Dispatch, build_dispatch, expert_capacity
+from wattmoe.moe.expert import Expert
+from wattmoe.moe.layer import MoEOutput, SimpleMoELayer
+from wattmoe.moe.presets import PRESETS, get_preset
+from wattmoe.moe.quant import (
+    QuantizedExpert,
+    dequantize_int4,
+    quantize_expert,
+    quantize_int4,
+    unpack_int4,
+)
+from wattmoe.moe.router import (
+    ROUTING_STRATEGIES,
+    AdaptiveRouter,
+    RouterOutput,
+    RoutingStrategy,
+    make_strategy,
+    register_strategy,
+    switch_balance_loss,
+)
+
+__all__ = [
+    "EXPERT_BACKENDS",
+    "PRESETS",
+    "ROUTING_STRATEGIES",
+    "AdaptiveRouter",
+    "Dispatch",
+    "Expert",
+    "MoEConfig",
+    "MoEOutput",
+    "MoETransformerBlock",
+    "QuantizedExpert",
+    "RouterOutput",
+    "RoutingStrategy",
+    "SimpleMoELayer",
+    "build_dispatch",
+    "dequantize_int4",
+    "dtype_name",
+    "expert_capacity",
+    "get_backend",
+    "get_preset",
+    "make_strategy",
+    "quantize_expert",
+    "quantize_int4",
+    "register_backend",
+    "register_strategy",
+    "resolve_dtype",
+    "switch_balance_loss",
+    "unpack_int4",
+]

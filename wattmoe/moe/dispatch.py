@@ -1,0 +1,71 @@
+"""Token dispatch: sort the (token, expert) assignments by expert, apply capacity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Dispatch:
+    """Assignments sorted by expert, after capacity drops.
+
+    Attributes:
+        token_idx: [N] int64 token of each kept assignment, grouped by expert.
+        weight: [N] float32 combine weight of each kept assignment.
+        counts: [E] int64 kept assignments per expert (segment lengths of token_idx).
+        routed: [E] int64 assignments per expert before capacity.
+        dropped: assignments dropped by the capacity limit.
+        capacity: per-expert capacity used, or None.
+    """
+
+    token_idx: torch.Tensor
+    weight: torch.Tensor
+    counts: torch.Tensor
+    routed: torch.Tensor
+    dropped: int
+    capacity: int | None
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """[E + 1] start of each expert's segment, and the total at the end."""
+        return torch.cat((self.counts.new_zeros(1), self.counts.cumsum(0)))
+
+
+def expert_capacity(tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:
+    """Switch-style capacity: ceil(capacity_factor * tokens * top_k / num_experts)."""
+    return max(1, math.ceil(capacity_factor * tokens * top_k / num_experts))
+
+
+def build_dispatch(
+    topk_idx: torch.Tensor,
+    topk_weight: torch.Tensor,
+    num_experts: int,
+    capacity_factor: float | None = None,
+) -> Dispatch:
+    """Groups the [T, k] assignments by expert with one stable sort (no loop over tokens).
+
+    Within an expert, assignments keep token order; with a capacity, the first `capacity`
+    assignments of each expert are kept and the rest dropped (earlier tokens win, as in the
+    Switch Transformer).
+    """
+    tokens, top_k = topk_idx.shape
+    flat_e = topk_idx.reshape(-1)
+    flat_tok = torch.arange(tokens, device=topk_idx.device).repeat_interleave(top_k)
+    order = torch.argsort(flat_e, stable=True)
+    sorted_e = flat_e[order]
+    token_idx = flat_tok[order]
+    weight = topk_weight.reshape(-1)[order]
+    routed = torch.bincount(sorted_e, minlength=num_experts)
+    if capacity_factor is None:
+        return Dispatch(token_idx, weight, routed, routed, 0, None)
+    cap = expert_capacity(tokens, top_k, num_experts, capacity_factor)
+    starts = routed.cumsum(0) - routed
+    pos = torch.arange(sorted_e.numel(), device=sorted_e.device) - starts[sorted_e]
+    keep = pos < cap
+    kept = routed.clamp(max=cap)
+    return Dispatch(
+        token_idx[keep], weight[keep], kept, routed, int((routed - kept).sum()), cap
+    )

@@ -1,0 +1,138 @@
+"""`SimpleMoELayer`: router, sorted dispatch, experts, weighted combine."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wattmoe.errors import ShapeError
+from wattmoe.moe.backends import get_backend
+from wattmoe.moe.base import MoEConfig, resolve_dtype
+from wattmoe.moe.dispatch import build_dispatch
+from wattmoe.moe.expert import Expert
+from wattmoe.moe.quant import quantize_expert
+from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
+
+
+@dataclass
+class MoEOutput:
+    """Result of one MoE forward.
+
+    Attributes:
+        hidden_states: output with the input's shape.
+        aux_loss: scalar load-balancing loss (already scaled by aux_loss_coef).
+        expert_counts: [E] int64 token assignments each expert computed.
+        routed_counts: [E] int64 assignments before capacity drops.
+        dropped: assignments dropped by the capacity factor.
+        routing: the router's full decision.
+    """
+
+    hidden_states: torch.Tensor
+    aux_loss: torch.Tensor
+    expert_counts: torch.Tensor
+    routed_counts: torch.Tensor
+    dropped: int
+    routing: RouterOutput
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class SimpleMoELayer(nn.Module):
+    """A Mixture-of-Experts feed-forward layer.
+
+    Args:
+        config: shape and routing (see `MoEConfig`; presets in `wattmoe.moe.presets`).
+        dtype: parameter dtype ('fp32', 'bf16', ...).
+        device: where parameters live.
+        strategy: routing strategy name or instance (default 'baseline').
+        backend: expert execution backend name (default 'loop').
+        seed: seed for the random weights; None uses torch's global generator.
+    """
+
+    def __init__(
+        self,
+        config: MoEConfig,
+        dtype: str | torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        strategy: str | RoutingStrategy = "baseline",
+        backend: str = "loop",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        dt = resolve_dtype(dtype)
+        self.config = config
+        self.backend_name = backend
+        self._backend = get_backend(backend)
+        with _seeded(seed):
+            self.router = AdaptiveRouter(
+                config.hidden_size, config.num_experts, config.top_k, strategy=strategy,
+                score_func=config.score_func, normalize_topk=config.normalize_topk,
+                aux_loss_coef=config.aux_loss_coef, dtype=dt, device=device,
+            )
+            self.experts = nn.ModuleList(
+                Expert(config.hidden_size, config.expert_inner_size, config.expert_form, dt, device)
+                for _ in range(config.num_experts)
+            )
+            self.shared_expert = (
+                Expert(config.hidden_size, config.shared_size, config.expert_form, dt, device)
+                if config.shared_size
+                else None
+            )
+        self.register_buffer(
+            "tokens_per_expert", torch.zeros(config.num_experts, dtype=torch.long, device=device),
+            persistent=False,
+        )
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    def set_backend(self, name: str) -> None:
+        self._backend = get_backend(name)
+        self.backend_name = name
+
+    def reset_utilization(self) -> None:
+        """Zeroes the running per-expert token counts."""
+        self.tokens_per_expert.zero_()
+
+    def quantize(self, group_size: int = 128) -> SimpleMoELayer:
+        """Replaces every routed expert by its packed-int4 `QuantizedExpert`, in place."""
+        self.experts = nn.ModuleList(
+            quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
+        )
+        return self
+
+    def forward(self, x: torch.Tensor) -> MoEOutput:
+        """Runs tokens x [..., H] through the layer."""
+        h = self.config.hidden_size
+        if x.dim() == 0 or x.shape[-1] != h:
+            raise ShapeError(f"MoE layer expects inputs [..., {h}], got {tuple(x.shape)}")
+        shape = x.shape
+        tokens = x.reshape(-1, h)
+        routing = self.router(tokens)
+        dispatch = build_dispatch(
+            routing.topk_idx, routing.topk_weight, self.num_experts, self.config.capacity_factor
+        )
+        out = self._backend(self.experts, tokens, dispatch)
+        if self.shared_expert is not None:
+            out = out + self.shared_expert(tokens)
+        self.tokens_per_expert += dispatch.counts
+        return MoEOutput(
+            hidden_states=out.reshape(shape),
+            aux_loss=routing.aux_loss,
+            expert_counts=dispatch.counts,
+            routed_counts=dispatch.routed,
+            dropped=dispatch.dropped,
+            routing=routing,
+        )

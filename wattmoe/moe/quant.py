@@ -1,0 +1,156 @@
+"""Real 4-bit weight-only quantization of experts.
+
+Weights are quantized per group of `group_size` input columns with a symmetric scale
+(q = round(w / s) in [-8, 7], s = max|w| / 7 per group), stored as unsigned nibbles (q + 8)
+packed two per byte: column 2j in the low nibble, 2j+1 in the high nibble. The forward pass
+unpacks and dequantizes on every call, so that work is real and shows up in a profiler.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wattmoe.errors import ConfigError, ShapeError
+from wattmoe.moe.base import resolve_dtype
+from wattmoe.moe.expert import Expert
+
+QMIN, QMAX = -8, 7
+
+
+def quantize_int4(
+    weight: torch.Tensor, group_size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantizes a [out, in] weight to packed int4.
+
+    Returns:
+        packed: uint8 [out, in // 2], two 4-bit codes per byte.
+        scales: float16 [out, in // group_size].
+
+    Raises:
+        ShapeError: the weight is not 2-D or `in` is not a multiple of group_size (and of 2).
+    """
+    if weight.dim() != 2:
+        raise ShapeError(f"int4 quantization needs a 2-D weight, got {tuple(weight.shape)}")
+    out_f, in_f = weight.shape
+    if group_size <= 0 or group_size % 2:
+        raise ConfigError(f"group_size must be a positive even number, got {group_size}")
+    if in_f % group_size:
+        raise ShapeError(
+            f"input width {in_f} is not a multiple of the int4 group size {group_size}"
+        )
+    w = weight.detach().float().reshape(out_f, in_f // group_size, group_size)
+    scales = (w.abs().amax(dim=-1, keepdim=True) / QMAX).clamp_min(1e-8)
+    # Round through fp16 so that dequantization with the stored scale is what was quantized.
+    scales = scales.half().float()
+    q = torch.clamp(torch.round(w / scales), QMIN, QMAX).to(torch.int16) - QMIN  # 0..15
+    q = q.reshape(out_f, in_f).to(torch.uint8)
+    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    return packed.contiguous(), scales.squeeze(-1).half().contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Unpacks uint8 [out, in // 2] into signed int8 codes [out, in] in [-8, 7]."""
+    low = (packed & 0x0F).to(torch.int8)
+    high = (packed >> 4).to(torch.int8)
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1) + QMIN
+
+
+def dequantize_int4(
+    packed: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Reconstructs the [out, in] weight from packed codes and per-group scales."""
+    q = unpack_int4(packed)
+    out_f, in_f = q.shape
+    groups = scales.shape[1]
+    w = q.reshape(out_f, groups, in_f // groups).to(dtype) * scales.to(dtype).unsqueeze(-1)
+    return w.reshape(out_f, in_f)
+
+
+class Int4Linear(nn.Module):
+    """A bias-free linear layer with packed int4 weights, dequantized in `forward`."""
+
+    def __init__(self, packed: torch.Tensor, scales: torch.Tensor, compute_dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales", scales)
+        self.compute_dtype = compute_dtype
+        self.out_features = packed.shape[0]
+        self.in_features = packed.shape[1] * 2
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int, compute_dtype: torch.dtype):
+        if linear.bias is not None:
+            raise ConfigError("int4 quantization supports bias-free linear layers only")
+        packed, scales = quantize_int4(linear.weight, group_size)
+        return cls(packed, scales, compute_dtype)
+
+    def weight(self) -> torch.Tensor:
+        return dequantize_int4(self.packed, self.scales, self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.compute_dtype), self.weight())
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, groups={self.scales.shape[1]}"
+
+
+class QuantizedExpert(nn.Module):
+    """An `Expert` whose weights are stored as packed int4 with per-group fp16 scales."""
+
+    def __init__(
+        self,
+        expert: Expert,
+        group_size: int = 128,
+        compute_dtype: str | torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dtype = expert.dtype if compute_dtype is None else resolve_dtype(compute_dtype)
+        self.hidden_size = expert.hidden_size
+        self.inner_size = expert.inner_size
+        self.form = expert.form
+        self.group_size = group_size
+        self.gate_proj = (
+            Int4Linear.from_linear(expert.gate_proj, group_size, dtype)
+            if expert.gate_proj is not None
+            else None
+        )
+        self.up_proj = Int4Linear.from_linear(expert.up_proj, group_size, dtype)
+        self.down_proj = Int4Linear.from_linear(expert.down_proj, group_size, dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.up_proj.compute_dtype
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.hidden_size:
+            raise ShapeError(
+                f"expert expects inputs [..., {self.hidden_size}], got {tuple(x.shape)}"
+            )
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj is not None:
+            return F.silu(self.gate_proj(x)) * self.up_proj(x)
+        return F.relu(self.up_proj(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.down_proj(self.activation(x))
+
+    def weight_bytes(self) -> int:
+        """Bytes actually stored: packed codes plus scales."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden={self.hidden_size}, inner={self.inner_size}, form={self.form}, "
+            f"int4 group={self.group_size}"
+        )
+
+
+def quantize_expert(
+    expert: Expert, group_size: int = 128, compute_dtype: str | torch.dtype | None = None
+) -> QuantizedExpert:
+    """Quantizes an `Expert` into a `QuantizedExpert` (4-bit weights, packed two per byte)."""
+    return QuantizedExpert(expert, group_size=group_size, compute_dtype=compute_dtype)
