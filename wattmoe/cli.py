@@ -95,7 +95,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- entry point ----------------------------------------------------------------------------
 
 
+def _load_command_modules() -> None:
+    """Imports every module of `wattmoe.commands`; each registers its subcommands with
+    `@command`. Packages add their CLI there, one module each, without editing this file."""
+    import importlib
+    import pkgutil
+
+    import wattmoe.commands as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        importlib.import_module(f"wattmoe.commands.{info.name}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _load_command_modules()
     parser = argparse.ArgumentParser(
         prog="wattmoe",
         description="Energy-aware placement, simulation and measurement of MoE serving.",
