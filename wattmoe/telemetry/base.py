@@ -26,6 +26,20 @@ class BackendUnavailable(TelemetryError):
     """The backend cannot run on this machine (no driver, no permission, no file)."""
 
 
+class UnknownDeviceError(TelemetryError):
+    """A device name is malformed, or no backend has a device of that name."""
+
+
+class NotSupportedError(TelemetryError):
+    """The device has no such reading (e.g. memory temperature on a GPU without the sensor)."""
+
+
+class TransientTelemetryError(TelemetryError):
+    """One reading failed but the next may succeed (driver timeout, busy, unknown error).
+
+    The sampler marks the sample missing and carries on."""
+
+
 class NotMeasurableError(MeasurementError):
     """A window is shorter than the counter can resolve."""
 
@@ -45,6 +59,10 @@ class DeviceSample:
         utilization: busy fraction in [0, 1], or None.
         clock_event_reasons: decoded names of active clock-event (throttle) reasons.
         source: where the numbers came from.
+        missing: True when the reading failed (every value None); the sampler keeps such
+            samples so that gaps stay visible.
+        power_average_w: the driver's averaged power (NVML_FI_DEV_POWER_AVERAGE), or None;
+            `power_w` holds the instant value where the device has one.
     """
 
     device: str
@@ -57,6 +75,22 @@ class DeviceSample:
     utilization: float | None = None
     clock_event_reasons: tuple[str, ...] = ()
     source: Source = "measured"
+    missing: bool = False
+    power_average_w: float | None = None
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """Load signals for routers, each in [0, 1] (0 = no pressure, 1 = at the limit).
+
+    Attributes:
+        thermal: temperature between a floor and the slowdown threshold (1 while a thermal
+            clock-event reason is active).
+        power: power against the enforced limit or a user budget (1 while power-capped).
+    """
+
+    thermal: float
+    power: float
 
 
 @runtime_checkable
@@ -76,6 +110,12 @@ class TelemetryBackend(Protocol):
     def sample(self, device: str) -> DeviceSample: ...
 
     def close(self) -> None: ...
+
+
+# Optional backend methods (every backend of this package has them; the monitor uses them
+# when present and falls back to `sample()` otherwise):
+#   energy_j(device) -> float | None          one cheap read of the energy counter (J)
+#   slowdown_temperature_c(device) -> float | None   temperature at which clocks slow down
 
 
 @dataclass(frozen=True)

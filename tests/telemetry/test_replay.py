@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+
+from wattmoe.telemetry import (
+    CSV_COLUMNS,
+    GpuSystemMonitor,
+    ReplayBackend,
+    SimPowerModel,
+    SimulatedBackend,
+    read_samples_csv,
+)
+from wattmoe.telemetry.base import BackendUnavailable, UnknownDeviceError
+
+DATA = Path(__file__).parent / "data"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+#: Recordings made by the monitor's CSV streaming: (file, device, source it recorded).
+RECORDINGS = [
+    ("sim_recorded.csv", "sim:0", "simulated"),
+]
+
+
+@pytest.mark.parametrize(("name", "device", "source"), RECORDINGS)
+def test_recorded_csv_columns_and_contents(name: str, device: str, source: str) -> None:
+    path = DATA / name
+    with path.open() as f:
+        assert tuple(next(csv.reader(f))) == CSV_COLUMNS
+    samples = read_samples_csv(path)[device]
+    assert len(samples) > 20
+    assert all(s.source == source for s in samples)
+    energies = [s.energy_j for s in samples if not s.missing]
+    assert energies == sorted(energies)  # a counter never goes back
+
+
+@pytest.mark.parametrize(("name", "device", "source"), RECORDINGS)
+def test_replay_plays_the_recording_against_a_clock(name: str, device: str, source: str) -> None:
+    clock = Clock()
+    path = DATA / name
+    rec = read_samples_csv(path)[device]
+    b = ReplayBackend(path, clock=clock)
+    assert b.devices() == [device] and b.recorded_source(device) == source
+    assert b.counter_period_s == pytest.approx(0.1, rel=0.3)
+    assert b.sample(device) == rec[0].__class__(**{**rec[0].__dict__, "source": "replayed"})
+    t0 = rec[0].timestamp_s
+    mid = len(rec) // 2
+    clock.t += rec[mid].timestamp_s - t0
+    s = b.sample(device)
+    assert s.timestamp_s == rec[mid].timestamp_s and s.source == "replayed"
+    assert b.energy_j(device) == pytest.approx(rec[mid].energy_j)
+    # half-way between two rows the counter is interpolated
+    clock.t += (rec[mid + 1].timestamp_s - rec[mid].timestamp_s) / 2
+    assert b.energy_j(device) == pytest.approx((rec[mid].energy_j + rec[mid + 1].energy_j) / 2)
+    clock.t += 1e6
+    assert b.finished and b.sample(device).timestamp_s == rec[-1].timestamp_s
+    b.rewind()
+    assert not b.finished
+    with pytest.raises(UnknownDeviceError, match=device):
+        b.sample("nope:1")
+
+
+def test_record_then_replay_round_trip(tmp_path: Path) -> None:
+    """The monitor's CSV streaming, replayed through a monitor, gives the same window energy."""
+    sim = SimulatedBackend({"sim:0": SimPowerModel(idle_w=100, dynamic_w=300)})
+    sim.set_utilization("sim:0", 1.0)  # 400 W
+    path = tmp_path / "rec.csv"
+    with GpuSystemMonitor(interval_s=0.01, csv_path=path, backends={"sim:0": sim}) as mon:
+        time.sleep(0.3)
+    rows = read_samples_csv(path)["sim:0"]
+    assert len(rows) >= 10 and all(r.source == "simulated" for r in rows)
+    assert path.read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
+    replay = ReplayBackend(path)
+    mon = GpuSystemMonitor(backends={"sim:0": replay})
+    mon.begin_window("w")
+    time.sleep(0.15)
+    d = mon.end_window("w").devices["sim:0"]
+    assert d.source == "replayed"
+    assert d.mean_power_w == pytest.approx(400.0, rel=0.02)
+
+
+def test_csv_appends_without_a_second_header(tmp_path: Path) -> None:
+    sim = SimulatedBackend({"sim:0": SimPowerModel(10, 0)})
+    path = tmp_path / "rec.csv"
+    mon = GpuSystemMonitor(interval_s=0.01, csv_path=path, backends={"sim:0": sim})
+    mon.start()
+    mon.start()  # idempotent
+    time.sleep(0.05)
+    mon.stop()
+    mon.stop()
+    n = len(path.read_text().splitlines())
+    mon.start()
+    time.sleep(0.05)
+    mon.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) > n and sum(line.startswith("time_s,") for line in lines) == 1
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "cannot read telemetry CSV"),
+    ("", "lacks column"),
+    ("a,b\n1,2\n", "lacks column"),
+    ("time_s,device,energy_j\n", "no samples"),
+    ("time_s,device,energy_j\n1.0,cuda:0,12\n1.1,cuda:0,abc\n",
+     "line 3, column 'energy_j': 'abc' is not a number"),
+    ("time_s,device\n1.0,cuda:0,7\n", "line 2: 3 cells for 2 columns"),
+    ("time_s,device,source\n1.0,cuda:0,guessed\n", "'guessed' is not one of"),
+    ("time_s,device\n,cuda:0\n", "line 2: empty 'time_s'"),
+])
+def test_unreadable_or_malformed_files_give_one_clear_message(
+        tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(BackendUnavailable, match=message.replace("(", r"\(")):
+        ReplayBackend(path)
+
+
+def test_writer_refuses_a_foreign_csv(tmp_path: Path) -> None:
+    path = tmp_path / "other.csv"
+    path.write_text("x,y\n1,2\n")
+    sim = SimulatedBackend()
+    mon = GpuSystemMonitor(csv_path=path, backends={"sim:0": sim})
+    with pytest.raises(BackendUnavailable, match="other columns"):
+        mon.start()
