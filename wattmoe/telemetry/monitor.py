@@ -204,6 +204,7 @@ class GpuSystemMonitor:
         self._buffers: dict[str, deque[DeviceSample]] = {
             d: deque(maxlen=buffer_size) for d in self._backends}
         self._latest: dict[str, DeviceSample] = {}
+        self._latest_t: dict[str, float] = {}  # monitor time of each latest sample
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
         self._thread: threading.Thread | None = None
@@ -314,6 +315,7 @@ class GpuSystemMonitor:
                 self._buffers[device].append(sample)
                 if not sample.missing:
                     self._latest[device] = sample
+                    self._latest_t[device] = t_taken
                 for w in self._windows.values():
                     if w.t_begin <= t_taken and (w.t_end is None or t_taken <= w.t_end):
                         w.acc[device].add(sample)
@@ -398,7 +400,7 @@ class GpuSystemMonitor:
             t1 = time.monotonic()
             temp, reasons = None, ()
             latest = self._latest.get(device)
-            fresh = latest is not None and t1 - latest.timestamp_s <= 2 * self.interval_s
+            fresh = t1 - self._latest_t.get(device, -math.inf) <= 2 * self.interval_s
             if self.running and fresh and latest is not None:
                 temp, reasons = latest.temperature_c, latest.clock_event_reasons
             elif not self.running:
@@ -461,6 +463,7 @@ class GpuSystemMonitor:
         return Measurement(name=name, start_s=win.t_begin, duration_s=t_end - win.t_begin,
                            devices=devices)
 
+
     @contextlib.contextmanager
     def window(self, name: str, *, sync: bool = False) -> Iterator[WindowHandle]:
         """`with mon.window(name) as w:` ... `w.measurement` (set on exit, errors included)."""
@@ -474,7 +477,8 @@ class GpuSystemMonitor:
     def _device_result(self, device: str, backend: TelemetryBackend, b: _Edge, e: _Edge,
                        acc: _Acc, running: bool) -> DeviceMeasurement:
         period = float(backend.counter_period_s)
-        duration = e.t - b.t
+        # a replay played faster than real time covers `time_scale` recorded s per second
+        duration = (e.t - b.t) * float(getattr(backend, "time_scale", 1.0))
         notes = [x for x in (b.error and f"begin: {b.error}", e.error and f"end: {e.error}") if x]
         sampled_mean = acc.power_sum / acc.n_power if acc.n_power else None
         energy: float | None = None
@@ -493,7 +497,7 @@ class GpuSystemMonitor:
                 notes.append("energy counter went backwards (driver reloaded?)")
             else:
                 energy, mean = delta, delta / duration if duration > 0 else None
-                if duration < _QUANTIZATION_NOTE_PERIODS * period:
+                if backend.source == "measured" and duration < _QUANTIZATION_NOTE_PERIODS * period:
                     notes.append(
                         f"counter updates every {period * 1e3:.0f} ms: energy may be off by up "
                         f"to {min(period / duration, 1.0):.0%} (longer windows are more exact)")

@@ -98,6 +98,11 @@ class ReplayBackend:
         return self._check(device)[0].source
 
     @property
+    def time_scale(self) -> float:
+        """Recorded seconds per second of playback (the monitor scales window durations)."""
+        return self.speed
+
+    @property
     def duration_s(self) -> float:
         return self._t1 - self._t0
 

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wattmoe.cli import main
+from wattmoe.telemetry import read_samples_csv
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_monitor_records_the_cpu_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    path = tmp_path / "mon.csv"
+    assert main(["monitor", "--devices", "cpu", "--seconds", "0.4", "--interval", "0.05",
+                 "--csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cpu-estimate" in out and "estimated" in out
+    rows = read_samples_csv(path)["cpu"]
+    assert len(rows) >= 4 and {r.source for r in rows} == {"estimated"}
+
+
+def test_monitor_replays_a_recording(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", "--replay", str(DATA / "sim_recorded.csv"), "--seconds", "0.3",
+                 "--speed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "replayed" in out and "sim:0" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--devices", "tpu:0"], "unknown device 'tpu:0'"),
+    (["--replay", "/nonexistent/rec.csv"], "cannot read telemetry CSV"),
+    (["--seconds", "0"], "--seconds must be > 0"),
+    (["--interval", "-1", "--devices", "cpu"], "interval_s must be a number > 0"),
+])
+def test_bad_input_is_one_line(argv: list[str], message: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

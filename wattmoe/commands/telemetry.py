@@ -1,0 +1,108 @@
+"""CLI of telemetry: `wattmoe monitor`, a live table of every device's power and temperature."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+from wattmoe.cli import command, console
+from wattmoe.errors import ConfigError
+
+
+def _monitor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", default=None,
+                   help="comma-separated cuda:N, GPU-<uuid>, cpu, sim:N (default: every device "
+                        "found: each GPU CUDA sees, plus cpu)")
+    p.add_argument("--interval", type=float, default=None,
+                   help="seconds between samples (default: the energy counter's update period, "
+                        "0.1 s on NVML)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--csv", default=None, metavar="PATH",
+                   help="append every sample to this CSV (columns: wattmoe/telemetry/csvlog.py; "
+                        "replay it with --replay)")
+    p.add_argument("--replay", default=None, metavar="PATH",
+                   help="play back a recorded telemetry CSV instead of reading devices")
+    p.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+
+
+def _f(v: float | None, fmt: str = ".1f", unit: str = "") -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:{fmt}}{unit}"
+
+
+def _table(mon: Any, first_energy: dict[str, float | None], elapsed_s: float) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"wattmoe monitor: {elapsed_s:.1f} s, every {mon.interval_s:g} s")
+    for col, justify in (("device", "left"), ("backend", "left"), ("source", "left"),
+                         ("power W", "right"), ("avg W", "right"), ("energy J", "right"),
+                         ("temp C", "right"), ("mem C", "right"), ("limit W", "right"),
+                         ("util", "right"), ("pressure T/P", "right"), ("clock events", "left")):
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for d in mon.devices:
+        b = mon.backend_for(d)
+        s = mon.latest(d)
+        if s is None:
+            t.add_row(d, b.name, b.source, *["-"] * 9)
+            continue
+        e0 = first_energy.get(d)
+        energy = s.energy_j - e0 if s.energy_j is not None and e0 is not None else None
+        p = mon.pressure(d)
+        missing = mon.sampler_stats().missing
+        t.add_row(
+            d, b.name, b.source, _f(s.power_w), _f(s.power_average_w), _f(energy, ".1f"),
+            _f(s.temperature_c, ".0f"), _f(s.memory_temperature_c, ".0f"),
+            _f(s.power_limit_w, ".0f"), _f(None if s.utilization is None else 100 * s.utilization,
+                                           ".0f", "%"),
+            f"{p.thermal:.2f}/{p.power:.2f}",
+            ", ".join(s.clock_event_reasons) + (f" ({missing} missing)" if missing else ""),
+        )
+    return t
+
+
+@command("monitor", "live table of every device's power, energy and temperature", _monitor_args)
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from rich.live import Live
+    from rich.table import Table
+
+    from wattmoe.telemetry import GpuSystemMonitor, ReplayBackend
+
+    if args.seconds is not None and not args.seconds > 0:
+        raise ConfigError(f"--seconds must be > 0, got {args.seconds}")
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    backends = None
+    if args.replay:
+        replay = ReplayBackend(args.replay, speed=args.speed)
+        backends = {d: replay for d in replay.devices()}
+    mon = GpuSystemMonitor(devices, interval_s=args.interval, csv_path=args.csv,
+                           backends=backends)
+    first: dict[str, float | None] = {}
+    t0 = time.monotonic()
+    with mon:
+        mon.begin_window("monitor")
+        try:
+            with Live(_table(mon, first, 0.0), console=console, refresh_per_second=4) as live:
+                while args.seconds is None or time.monotonic() - t0 < args.seconds:
+                    time.sleep(min(0.25, mon.interval_s))
+                    for d in mon.devices:
+                        if first.get(d) is None and (s := mon.latest(d)) is not None:
+                            first[d] = s.energy_j
+                    live.update(_table(mon, first, time.monotonic() - t0))
+        except KeyboardInterrupt:
+            pass
+        m = mon.end_window("monitor")
+    summary = Table(title=f"over {m.duration_s:.1f} s")
+    for col in ("device", "energy J", "mean W", "peak W", "temp C start -> end", "source", "note"):
+        summary.add_column(col, justify="left" if col in ("device", "source", "note") else "right")
+    for d, r in m.devices.items():
+        summary.add_row(d, _f(r.energy_j), _f(r.mean_power_w), _f(r.peak_power_w),
+                        f"{_f(r.start_temperature_c, '.0f')} -> {_f(r.end_temperature_c, '.0f')}",
+                        r.source, r.note)
+    console.print(summary)
+    if args.csv:
+        console.print(f"samples recorded in {args.csv}")
+    return 0
