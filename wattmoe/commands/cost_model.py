@@ -1,0 +1,398 @@
+"""CLI of the cost model: `profile`, `cost`, `profile-plot`, `cost-eval`, `nsys-import`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+from wattmoe.cli import command, console, err_console
+from wattmoe.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in _csv(text))
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _fmt_s(v: float) -> str:
+    if v >= 1:
+        return f"{v:.3f} s"
+    if v >= 1e-3:
+        return f"{v * 1e3:.3f} ms"
+    return f"{v * 1e6:.1f} µs"
+
+
+def _fmt_j(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 1:
+        return f"{v:.3f} J"
+    if v >= 1e-3:
+        return f"{v * 1e3:.3f} mJ"
+    return f"{v * 1e6:.2f} µJ"
+
+
+# --- profile ----------------------------------------------------------------------------
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", default="cpu",
+                   help="comma list of cpu, cuda:N, or 'auto' (cpu and every visible GPU)")
+    p.add_argument("--shapes", default="tiny,olmoe-1b-7b@0.25,mixtral-8x7b@0.0625",
+                   help="presets NAME[@SCALE] or shape keys h<H>_f<F>_<form>_e<E>_k<k>")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16, fp16")
+    p.add_argument("--ops", default="expert,moe_layer,expert_int4,up_gate_proj,down_proj,"
+                   "activation,router_gate,d2h_copy,h2d_copy",
+                   help="ops in priority order; 'moe_layer' = one op per available backend, "
+                        "or moe_layer:<backend>")
+    p.add_argument("--tokens", default="1,4,16,64,256,1024,4096,8192",
+                   help="batch sizes (log-spaced by default)")
+    p.add_argument("--out", default=None,
+                   help="profile JSON (default data/profiles/<host>.json); a .jsonl of every "
+                        "scenario is written beside it as the sweep runs")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the scenarios already in the .jsonl and measure the rest")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--reps", type=int, default=50, help="timed calls per scenario (at most)")
+    p.add_argument("--latency-budget", type=float, default=0.5,
+                   help="seconds the timed calls may take before --reps is cut")
+    p.add_argument("--min-window", type=float, default=None,
+                   help="energy window in s (default: GPUs the telemetry validation's shortest "
+                        "accurate window or 1 s; CPUs --cpu-window)")
+    p.add_argument("--cpu-window", type=float, default=0.5)
+    p.add_argument("--cooldown-max", type=float, default=3.0,
+                   help="max seconds to wait for the device to cool between scenarios")
+    p.add_argument("--cooldown-tolerance", type=float, default=3.0,
+                   help="degrees C above the pre-sweep temperature that count as cool")
+    p.add_argument("--sample-interval", type=float, default=0.05,
+                   help="telemetry sampling period in s (peak power)")
+    p.add_argument("--no-torch-profiler", action="store_true", help="skip the kernel capture")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write a TensorBoard trace per scenario to DIR")
+    p.add_argument("--ncu", type=int, default=0, metavar="N",
+                   help="collect ncu hardware counters for the N largest expert scenarios")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="start no scenario after this many seconds")
+    p.add_argument("--max-memory-gb", type=float, default=8.0)
+    p.add_argument("--plot", default=None, metavar="DIR", help="write plots to DIR afterwards")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _devices(spec: str) -> tuple[str, ...]:
+    if spec != "auto":
+        return _csv(spec)
+    import torch
+
+    return ("cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count())))
+
+
+def _make_monitor(devices: tuple[str, ...], interval_s: float | None) -> Any:
+    from wattmoe.telemetry import GpuSystemMonitor
+
+    mon = GpuSystemMonitor(devices=list(devices), interval_s=interval_s)
+    mon.start()
+    return mon
+
+
+def default_profile_path() -> Path:
+    return Path("data/profiles") / f"{platform.node() or 'machine'}.json"
+
+
+@command("profile", "run the kernel profiling sweep and write the versioned cost-model JSON",
+         _profile_args)
+def cmd_profile(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from wattmoe.cost_model.database import save_profile
+    from wattmoe.cost_model.model import KernelCostModel
+    from wattmoe.cost_model.profiler import ProfilerConfig
+    from wattmoe.cost_model.runner import jsonl_path_for, run_profile
+    from wattmoe.cost_model.scenarios import SweepConfig
+
+    if args.reps < 1 or args.warmup < 0:
+        raise ConfigError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps}, {args.warmup}")
+    if any(t < 1 for t in _ints(args.tokens)):
+        raise ConfigError(f"--tokens must all be >= 1, got {args.tokens!r}")
+    sweep = SweepConfig(shapes=_csv(args.shapes), dtypes=_csv(args.dtypes),
+                        devices=_devices(args.devices), ops=_csv(args.ops),
+                        tokens=_ints(args.tokens), max_memory_bytes=args.max_memory_gb * 1e9)
+    pcfg = ProfilerConfig(
+        warmup=args.warmup, reps=args.reps, min_reps=min(5, args.reps),
+        latency_budget_s=args.latency_budget, min_window_s=args.min_window,
+        cpu_min_window_s=args.cpu_window, cooldown_max_s=args.cooldown_max,
+        cooldown_tolerance_c=args.cooldown_tolerance, torch_profiler=not args.no_torch_profiler,
+        tensorboard_dir=args.tensorboard, deadline_s=args.deadline, seed=args.seed,
+    )
+    out = Path(args.out) if args.out else default_profile_path()
+    monitor = _make_monitor(sweep.devices, args.sample_interval)
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.fields[last]}"),
+                      console=err_console, transient=False) as bar:
+            task = bar.add_task("profiling", total=None, last="")
+
+            def progress(sc: Any, p: Any, msg: str) -> None:
+                if p is not None:
+                    msg = f"{_fmt_s(p.latency_s)}, {_fmt_j(p.energy_j)} ({p.source})"
+                bar.update(task, advance=1, last=f"{sc.describe()}: {msg}"[:100])
+
+            db, res = run_profile(sweep, pcfg, monitor, out, resume=args.resume,
+                                  progress=progress,
+                                  on_start=lambda n: bar.update(task, total=n))
+    finally:
+        monitor.stop()
+    if args.ncu and _ncu_subset(db.points, args.ncu):
+        save_profile(db, out)
+    console.print(f"wrote {out} ({len(db.points)} points, {len(db.errors)} errors, "
+                  f"{len(res.skipped)} not run) in {res.wall_s:.0f} s; every scenario also in "
+                  f"{jsonl_path_for(out)}")
+    if len(db.points) >= 2:
+        _print_report(KernelCostModel(db))
+    if args.plot:
+        from wattmoe.cost_model.plots import plot_profile
+
+        paths = plot_profile(db, args.plot)
+        console.print(f"wrote {len(paths)} plots to {args.plot}")
+    return 0
+
+
+def _ncu_subset(points: list[Any], n: int) -> bool:
+    """Hardware counters for the n largest GPU expert scenarios (where ncu exists)."""
+    from wattmoe.cost_model.ncu import collect_ncu, ncu_path
+
+    if ncu_path() is None:
+        err_console.print("ncu is not on PATH: no hardware counters collected")
+        return False
+    cands = sorted((p for p in points if p.device.startswith("cuda") and p.op == "expert"),
+                   key=lambda p: p.flops, reverse=True)
+    done = False
+    for p in cands[:n]:
+        spec = {"op": p.op, "shape": p.preset, "dtype": p.dtype, "device": p.device,
+                "tokens": p.tokens}
+        try:
+            p.hw_counters = collect_ncu(spec)
+            done = True
+            console.print(f"ncu {p.op} {p.preset} {p.dtype} n={p.tokens}: {p.hw_counters}")
+        except ConfigError as exc:
+            err_console.print(f"ncu failed on {spec}: {exc}")
+    return done
+
+
+def _print_report(model: Any) -> None:
+    from rich.table import Table
+
+    rep = model.fit_report()
+    t = Table(title="energy models (per device and dtype; least squares on relative error)")
+    for col in ("device/dtype", "source", "idle W", "static W", "pJ/FLOP", "pJ/byte",
+                "n", "median err", "p90 err"):
+        t.add_column(col, justify="left" if col in ("device/dtype", "source") else "right")
+    for (dev, dt), m in sorted(model.energy_models.items()):
+        t.add_row(f"{dev}/{dt}", m.source, f"{m.idle_power_w:.1f}" if m.idle_power_w else "-",
+                  f"{m.static_power_w:.1f}", f"{m.j_per_flop * 1e12:.3f}",
+                  f"{m.j_per_byte * 1e12:.2f}", str(m.error.n),
+                  f"{m.error.median_abs_rel * 100:.1f}%", f"{m.error.p90_abs_rel * 100:.1f}%")
+    console.print(t)
+    t2 = Table(title="interpolation, leave-one-out (each interior batch size predicted from "
+                     "its neighbours)")
+    for col in ("device", "latency n", "latency median", "latency p90", "energy n",
+                "energy median", "energy p90"):
+        t2.add_column(col, justify="left" if col == "device" else "right")
+    for dev, el in rep.interpolation_loo_latency.items():
+        ee = rep.interpolation_loo_energy[dev]
+        t2.add_row(dev, str(el.n), f"{el.median_abs_rel * 100:.1f}%",
+                   f"{el.p90_abs_rel * 100:.1f}%", str(ee.n),
+                   f"{ee.median_abs_rel * 100:.1f}%" if ee.n else "-",
+                   f"{ee.p90_abs_rel * 100:.1f}%" if ee.n else "-")
+    console.print(t2)
+
+
+# --- cost -------------------------------------------------------------------------------
+
+
+def _cost_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None,
+                   help="profile JSON (default data/profiles/<host>.json)")
+    p.add_argument("--op", default="expert", help="op to price (see `wattmoe cost --list`)")
+    p.add_argument("--tokens", default="1,64,1024", help="batch sizes, comma-separated")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--shape", default=None, help="preset NAME[@SCALE] or shape key")
+    p.add_argument("--list", action="store_true", help="list what the profile holds")
+    p.add_argument("--report", action="store_true", help="print the fit-error report")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _tokens_arg(text: str) -> list[int]:
+    from wattmoe.cost_model.base import check_tokens
+
+    out = []
+    for t in _csv(text):
+        try:
+            out.append(check_tokens(int(t)))
+        except ValueError:
+            raise ConfigError(f"batch size must be an integer, got {t!r}") from None
+    return out
+
+
+@command("cost", "query the cost model: latency, energy and power of an op", _cost_args)
+def cmd_cost(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from wattmoe.cost_model.model import KernelCostModel
+
+    tokens = _tokens_arg(args.tokens)
+    model = KernelCostModel.load(args.profile or default_profile_path())
+    if args.list:
+        t = Table(title="profiled (op, device, dtype): shapes")
+        for col in ("device", "dtype", "op", "shapes", "batch sizes"):
+            t.add_column(col)
+        for (op, dev, dt, _), c in sorted(model.curves.items()):
+            t.add_row(dev, dt, op, ", ".join(sorted(c.presets)),
+                      ",".join(str(int(x)) for x in c.tokens))
+        console.print(t)
+        return 0
+    if args.report:
+        _print_report(model)
+        return 0
+    costs = [model.get_cost(args.op, n, args.device, args.dtype, shape=args.shape)
+             for n in tokens]
+    if args.json:
+        console.print_json(json.dumps([{"tokens": n, **c.to_dict()}
+                                       for n, c in zip(tokens, costs)]))
+        return 0
+    t = Table(title=f"{args.op} on {args.device} ({args.dtype}, shape {args.shape or 'profiled'})")
+    for col in ("tokens", "latency", "energy", "energy/token", "avg W", "peak W", "source",
+                "method"):
+        t.add_column(col, justify="left" if col in ("source", "method") else "right")
+    for n, c in zip(tokens, costs):
+        t.add_row(str(n), _fmt_s(c.latency_s), _fmt_j(c.energy_j),
+                  _fmt_j(c.energy_j / n) if n else "-", f"{c.avg_power_w:.1f}",
+                  f"{c.peak_power_w:.1f}", c.source, c.method)
+    console.print(t)
+    return 0
+
+
+# --- profile-plot -----------------------------------------------------------------------
+
+
+def _plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None,
+                   help="profile JSON (default data/profiles/<host>.json)")
+    p.add_argument("--out", default="results/cost_model_plots", help="folder for the PNGs")
+
+
+@command("profile-plot", "plot latency, energy per token and power vs batch size", _plot_args)
+def cmd_profile_plot(args: argparse.Namespace) -> int:
+    from wattmoe.cost_model.database import load_profile
+    from wattmoe.cost_model.plots import plot_profile
+
+    paths = plot_profile(load_profile(args.profile or default_profile_path()), args.out)
+    console.print(f"wrote {len(paths)} plots to {args.out}")
+    return 0
+
+
+# --- cost-eval --------------------------------------------------------------------------
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", required=True, help="profile JSON the model is built from")
+    p.add_argument("--measured", required=True, nargs="+",
+                   help="held-out measurements (.json profiles or .jsonl sweeps)")
+    p.add_argument("--out", default=None, help="write rows and summary JSON here")
+    p.add_argument("--csv", default=None, help="write the rows as CSV here")
+
+
+@command("cost-eval", "compare the cost model's predictions with held-out measurements",
+         _eval_args)
+def cmd_cost_eval(args: argparse.Namespace) -> int:
+    import csv
+
+    from rich.table import Table
+
+    from wattmoe.cost_model.database import load_profile, provenance, save_json
+    from wattmoe.cost_model.evaluate import evaluate, summarize
+    from wattmoe.cost_model.model import KernelCostModel
+    from wattmoe.cost_model.profiler import read_jsonl
+
+    model = KernelCostModel.load(args.profile)
+    pts = []
+    for m in args.measured:
+        pts += read_jsonl(m).points if m.endswith(".jsonl") else load_profile(m).points
+    rows = evaluate(model, pts)
+    summary = summarize(rows)
+    t = Table(title=f"held-out accuracy of {args.profile} ({len(rows)} points)")
+    for col in ("kind", "n", "latency median |err|", "latency p90", "energy median |err|",
+                "energy p90", "energy model alone, median"):
+        t.add_column(col, justify="left" if col == "kind" else "right")
+
+    def pct(d: dict, k: str) -> str:
+        return f"{d[k]:.1f}%" if d.get("n") else "-"
+
+    for kind, s in summary.items():
+        t.add_row(kind, str(s["latency"].get("n", 0)), pct(s["latency"], "median_abs_pct"),
+                  pct(s["latency"], "p90_abs_pct"), pct(s["energy"], "median_abs_pct"),
+                  pct(s["energy"], "p90_abs_pct"),
+                  pct(s["energy_model_only"], "median_abs_pct"))
+    console.print(t)
+    if args.out:
+        save_json(args.out, {"provenance": provenance(), "profile": args.profile,
+                             "measured": args.measured, "summary": summary,
+                             "rows": [r.to_dict() for r in rows]})
+        console.print(f"wrote {args.out}")
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0].to_dict()) if rows else ["op"])
+            w.writeheader()
+            for r in rows:
+                w.writerow(r.to_dict())
+        console.print(f"wrote {args.csv}")
+    return 0
+
+
+# --- nsys-import ------------------------------------------------------------------------
+
+
+def _nsys_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sqlite", help="an Nsight Systems SQLite export (nsys export -t sqlite)")
+    p.add_argument("--top", type=int, default=15, help="kernels to show")
+    p.add_argument("--json", default=None, help="write kernels summary and metrics JSON here")
+
+
+@command("nsys-import", "read kernels and GPU metrics from an Nsight Systems SQLite export",
+         _nsys_args)
+def cmd_nsys_import(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from wattmoe.cost_model.database import save_json
+    from wattmoe.cost_model.nsys import import_nsys_sqlite
+
+    rep = import_nsys_sqlite(args.sqlite)
+    summary = rep.kernel_summary()
+    means = rep.metric_means_during_kernels()
+    t = Table(title=f"{args.sqlite}: {len(rep.kernels)} kernel executions, "
+                    f"{len(rep.metrics)} GPU metrics")
+    metric_cols = sorted(rep.metrics)[:3]
+    for col in ("kernel", "calls", "total", "mean", *metric_cols):
+        t.add_column(col, justify="left" if col == "kernel" else "right")
+    for r in summary[: args.top]:
+        m = means.get(r["name"], {})
+        t.add_row(r["name"][:70], str(r["calls"]), _fmt_s(r["total_s"]), _fmt_s(r["mean_s"]),
+                  *(f"{m[c]:.1f}" if c in m else "-" for c in metric_cols))
+    console.print(t)
+    if args.json:
+        save_json(args.json, {"kernels": summary, "metric_means_during_kernels": means})
+        console.print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,244 @@
+"""The cost-model contract: ops, shapes, measured points, query results and errors.
+
+A *profile* is a list of `ProfilePoint`s, one per isolated scenario (op, shape, dtype, device,
+tokens), each with its latency (median and spread over many repetitions), its energy per call
+(from a telemetry window repeated until it spans the shortest accurate window), power,
+temperature and the kernels it launched. `KernelCostModel` answers queries from a profile.
+
+Every energy figure carries its `source` (DESIGN.md): 'measured' (a hardware counter),
+'estimated' (a model of a device that has no counter, e.g. a CPU without RAPL), 'simulated'
+or 'replayed'. Predictions keep the source of the points they come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from wattmoe.errors import ConfigError
+
+SCHEMA_VERSION = 1
+FORMAT = "wattmoe.cost_model.profile"
+
+#: Scenario ops: the kernels one expert launches, the router, the activation copies of a CPU
+#: expert, and a whole MoE layer step per expert backend ('moe_layer:<backend>').
+BASE_OPS: tuple[str, ...] = (
+    "up_gate_proj",  # x @ W_gate^T and x @ W_up^T (one matmul for a 'relu' expert)
+    "activation",  # silu(g) * u  (relu(u) for a 'relu' expert)
+    "down_proj",  # a @ W_down^T
+    "expert",  # the whole expert: up/gate, activation, down
+    "expert_int4",  # QuantizedExpert: unpack + dequantize the int4 weights, then the expert
+    "router_gate",  # gate logits, softmax, top-k
+    "h2d_copy",  # activations host -> device (an expert placed on the CPU returns its output)
+    "d2h_copy",  # activations device -> host (tokens sent to an expert on the CPU)
+)
+MOE_LAYER_PREFIX = "moe_layer:"
+COPY_OPS: tuple[str, ...] = ("h2d_copy", "d2h_copy")
+
+
+class CostModelError(ConfigError):
+    """A cost-model query or profile is invalid (unknown op/device/dtype, bad batch size)."""
+
+
+class ProfileFormatError(CostModelError):
+    """A profile file is missing, corrupt, or of another schema version."""
+
+
+def check_op(op: str) -> str:
+    """Returns `op` if it names a scenario op, else raises CostModelError."""
+    if op in BASE_OPS or (op.startswith(MOE_LAYER_PREFIX) and len(op) > len(MOE_LAYER_PREFIX)):
+        return op
+    raise CostModelError(
+        f"unknown op {op!r} (known: {', '.join(BASE_OPS)}, {MOE_LAYER_PREFIX}<backend>)"
+    )
+
+
+def check_tokens(tokens: object) -> int:
+    """Validates a batch size (tokens): an integer >= 0."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int):
+        try:
+            as_int = int(tokens)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise CostModelError(f"batch size must be an integer, got {tokens!r}") from None
+        if as_int != tokens:
+            raise CostModelError(f"batch size must be an integer, got {tokens!r}")
+        tokens = as_int
+    if tokens < 0:
+        raise CostModelError(f"batch size must be >= 0 tokens, got {tokens}")
+    return tokens
+
+
+@dataclass(frozen=True)
+class OpShape:
+    """The sizes an op depends on.
+
+    Attributes:
+        hidden: model width H.
+        inner: expert inner width F.
+        form: 'swiglu' (gate, up, down) or 'relu' (up, down).
+        num_experts: routed experts E (router gate and moe_layer only; 1 otherwise).
+        top_k: experts per token (moe_layer only; 1 otherwise).
+    """
+
+    hidden: int
+    inner: int
+    form: str = "swiglu"
+    num_experts: int = 1
+    top_k: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "inner", "num_experts", "top_k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise CostModelError(f"shape field {name} must be a positive integer, got {v!r}")
+        if self.form not in ("swiglu", "relu"):
+            raise CostModelError(f"shape form must be 'swiglu' or 'relu', got {self.form!r}")
+        if self.top_k > self.num_experts:
+            raise CostModelError(f"shape top_k={self.top_k} > num_experts={self.num_experts}")
+
+    @property
+    def key(self) -> str:
+        """A stable name: 'h2048_f1024_swiglu_e64_k8'."""
+        return f"h{self.hidden}_f{self.inner}_{self.form}_e{self.num_experts}_k{self.top_k}"
+
+    @property
+    def matrices(self) -> int:
+        """Weight matrices of one expert (3 for SwiGLU, 2 for Linear-ReLU-Linear)."""
+        return 3 if self.form == "swiglu" else 2
+
+    def for_op(self, op: str) -> OpShape:
+        """The part of the shape that `op` depends on (experts/top-k only where they matter)."""
+        if op.startswith(MOE_LAYER_PREFIX):
+            return self
+        if op == "router_gate":
+            return OpShape(self.hidden, self.inner, self.form, self.num_experts, 1)
+        return OpShape(self.hidden, self.inner, self.form, 1, 1)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> OpShape:
+        """From a `wattmoe.moe.MoEConfig`."""
+        return cls(cfg.hidden_size, cfg.expert_inner_size, cfg.expert_form, cfg.num_experts,
+                   cfg.top_k)
+
+    @classmethod
+    def from_key(cls, key: str) -> OpShape:
+        """Parses `OpShape.key` ('h2048_f1024_swiglu_e64_k8'; '_e.._k..' optional)."""
+        parts = key.split("_")
+        try:
+            vals = {p[0]: p[1:] for p in parts if p and p[0] in "hfek" and p[1:].isdigit()}
+            form = next(p for p in parts if p in ("swiglu", "relu"))
+            return cls(int(vals["h"]), int(vals["f"]), form, int(vals.get("e", 1)),
+                       int(vals.get("k", 1)))
+        except (KeyError, StopIteration, ValueError):
+            raise CostModelError(
+                f"cannot read shape {key!r}; expected like 'h2048_f1024_swiglu_e64_k8'"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class KernelCost:
+    """What one call of an op costs on one device.
+
+    Attributes:
+        latency_s: wall time of one call (median of many repetitions, or predicted).
+        energy_j: energy of the device during one call, idle/static power included.
+        avg_power_w: energy_j / latency_s.
+        peak_power_w: highest power sampled while the op ran back to back.
+        source: where the energy came from ('measured' | 'estimated' | ...).
+        method: 'profiled' (a measured point), 'interpolated' (between profiled batch
+            sizes), 'extrapolated' (beyond them, by the fitted per-device model), or
+            'shape-model' (a shape never profiled, by the fitted models anchored on the
+            nearest profiled shapes).
+    """
+
+    latency_s: float
+    energy_j: float
+    avg_power_w: float
+    peak_power_w: float
+    source: str
+    method: str = "profiled"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class KernelTime:
+    """One kernel (or, on a CPU, one aten op) seen by torch.profiler in a scenario."""
+
+    name: str
+    calls_per_op: float
+    device_time_s: float  # per op call (summed over this kernel's launches in the call)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ProfilePoint:
+    """One measured scenario.
+
+    Latency: per-call times over `reps` repetitions (CUDA events on a GPU, perf_counter on a
+    CPU), after `warmup` calls. Energy: one telemetry window in which the op ran `window_calls`
+    times back to back until the window spanned >= the shortest accurate window;
+    `energy_j` is the window's energy divided by `window_calls`.
+    """
+
+    op: str
+    device: str
+    dtype: str
+    shape: OpShape
+    tokens: int
+    preset: str
+    latency_s: float
+    latency_p10_s: float
+    latency_p90_s: float
+    latency_iqr_s: float
+    reps: int
+    energy_j: float | None
+    source: str
+    window_s: float | None = None
+    window_calls: int = 0
+    window_mean_latency_s: float | None = None  # window wall time / window_calls
+    avg_power_w: float | None = None
+    peak_power_w: float | None = None
+    start_temperature_c: float | None = None
+    end_temperature_c: float | None = None
+    clock_event_reasons: list[str] = field(default_factory=list)
+    flops: float = 0.0
+    bytes_moved: float = 0.0
+    kernels: list[KernelTime] = field(default_factory=list)
+    hw_counters: dict[str, float] = field(default_factory=dict)
+    cooldown_s: float = 0.0
+    measurable: bool = True
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = self.shape.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProfilePoint:
+        d = dict(d)
+        d["shape"] = OpShape(**d["shape"])
+        d["kernels"] = [KernelTime(**k) for k in d.get("kernels", [])]
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class DeviceInfo:
+    """What the sweep recorded about a device before it started."""
+
+    device: str
+    name: str
+    source: str
+    counter_period_s: float | None
+    min_window_s: float
+    idle_power_w: float | None = None
+    idle_temperature_c: float | None = None
+    power_limit_w: float | None = None

@@ -1,0 +1,98 @@
+"""Held-out accuracy: the model's predictions against points it was not built from."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from wattmoe.cost_model.base import ProfilePoint
+from wattmoe.cost_model.model import KernelCostModel
+from wattmoe.cost_model.work import op_work
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One held-out point, measured and predicted.
+
+    `kind` is 'shape' when the shape was never profiled for this op/device/dtype, 'batch'
+    when the shape was but this batch size was not, 'profiled' otherwise (a sanity check).
+    `energy_model_j` is the per-device energy model alone (static power x predicted latency +
+    energy per FLOP and per byte), without anchoring on profiled points.
+    """
+
+    op: str
+    device: str
+    dtype: str
+    preset: str
+    shape: str
+    tokens: int
+    kind: str
+    method: str
+    source: str
+    measured_latency_s: float
+    predicted_latency_s: float
+    latency_rel_err: float
+    measured_energy_j: float | None
+    predicted_energy_j: float
+    energy_rel_err: float | None
+    energy_model_j: float | None
+    energy_model_rel_err: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rel(pred: float, meas: float) -> float:
+    return (pred - meas) / meas
+
+
+def evaluate(model: KernelCostModel, points: list[ProfilePoint]) -> list[EvalRow]:
+    """Predicts every point with `model.get_cost` and records the relative errors."""
+    rows = []
+    for p in points:
+        curves = model.shapes(p.op, p.device, p.dtype)
+        profiled = next((c for c in curves if c.shape == p.shape), None)
+        if profiled is None:
+            kind = "shape"
+        else:
+            kind = "profiled" if p.tokens in set(profiled.tokens.tolist()) else "batch"
+        c = model.get_cost(p.op, p.tokens, p.device, p.dtype, shape=p.shape)
+        em = model.energy_models.get((p.device, p.dtype))
+        em_j = None
+        if em is not None:
+            fl, by = op_work(p.op, p.tokens, p.shape, p.dtype)
+            em_j = em.predict(c.latency_s, fl, by)
+        e_meas = p.energy_j
+        rows.append(EvalRow(
+            p.op, p.device, p.dtype, p.preset, p.shape.key, p.tokens, kind, c.method, c.source,
+            p.latency_s, c.latency_s, _rel(c.latency_s, p.latency_s), e_meas, c.energy_j,
+            None if e_meas is None else _rel(c.energy_j, e_meas),
+            em_j, None if (em_j is None or e_meas is None) else _rel(em_j, e_meas),
+        ))
+    return rows
+
+
+def _stats(errs: list[float]) -> dict[str, float]:
+    a = sorted(abs(e) for e in errs if e is not None and math.isfinite(e))
+    if not a:
+        return {"n": 0}
+    return {"n": len(a), "median_abs_pct": 100 * statistics.median(a),
+            "p90_abs_pct": 100 * a[min(len(a) - 1, int(0.9 * len(a)))],
+            "max_abs_pct": 100 * a[-1]}
+
+
+def summarize(rows: list[EvalRow]) -> dict[str, dict[str, Any]]:
+    """Median / p90 / max absolute % error of latency and energy, per kind and overall."""
+    out: dict[str, dict[str, Any]] = {}
+    kinds = sorted({r.kind for r in rows})
+    for kind in [*kinds, "all"]:
+        sel = [r for r in rows if kind == "all" or r.kind == kind]
+        out[kind] = {
+            "latency": _stats([r.latency_rel_err for r in sel]),
+            "energy": _stats([r.energy_rel_err for r in sel if r.energy_rel_err is not None]),
+            "energy_model_only": _stats(
+                [r.energy_model_rel_err for r in sel if r.energy_model_rel_err is not None]),
+        }
+    return out

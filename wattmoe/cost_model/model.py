@@ -1,0 +1,412 @@
+"""`KernelCostModel`: what an op costs on a device, answered from a measured profile.
+
+A query `get_cost(op, tokens, device, dtype, shape)` is answered, in order, by:
+
+1. the profiled point itself ('profiled');
+2. interpolation between the two profiled batch sizes around `tokens`, linear in
+   (log tokens, log latency) and (log tokens, log energy) ('interpolated');
+3. beyond the profiled sizes, the nearest profiled point scaled by the fitted per-device
+   models' ratio model(tokens) / model(edge) ('extrapolated');
+4. for a shape that was never profiled, the profiled shapes of the same op nearest in work
+   per token (one on each side where possible), each scaled by the fitted models' ratio
+   model(query shape) / model(profiled shape) and interpolated in log work ('shape-model').
+
+The fitted models are `LatencyModel` per (device, dtype, op) and `EnergyModel` per (device,
+dtype): idle/static power plus energy per FLOP and per byte, fitted by least squares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wattmoe.cost_model.base import (
+    CostModelError,
+    KernelCost,
+    OpShape,
+    ProfilePoint,
+    check_op,
+    check_tokens,
+)
+from wattmoe.cost_model.database import ProfileDatabase, load_profile
+from wattmoe.cost_model.fit import (
+    EnergyModel,
+    FitError,
+    LatencyModel,
+    fit_energy,
+    fit_latency,
+    latency_features,
+)
+from wattmoe.cost_model.work import op_work
+
+CurveKey = tuple[str, str, str, str]  # op, device, dtype, shape key
+
+
+@dataclass
+class Curve:
+    """One (op, device, dtype, shape) measured over batch sizes, sorted by tokens."""
+
+    op: str
+    device: str
+    dtype: str
+    shape: OpShape
+    presets: set[str]
+    tokens: np.ndarray
+    latency_s: np.ndarray
+    energy_j: np.ndarray  # NaN where the window was not measurable
+    peak_power_w: np.ndarray  # NaN where unknown
+    source: str
+
+    @classmethod
+    def of(cls, pts: list[ProfilePoint]) -> Curve:
+        pts = sorted(pts, key=lambda p: p.tokens)
+        p0 = pts[0]
+        nan = float("nan")
+        return cls(
+            p0.op, p0.device, p0.dtype, p0.shape, {p.preset for p in pts},
+            np.array([p.tokens for p in pts], float),
+            np.array([p.latency_s for p in pts], float),
+            np.array([p.energy_j if p.energy_j is not None else nan for p in pts], float),
+            np.array([p.peak_power_w if p.peak_power_w is not None else nan for p in pts], float),
+            p0.source,
+        )
+
+    @property
+    def has_energy(self) -> bool:
+        return bool(np.any(np.isfinite(self.energy_j)))
+
+
+def _loglog(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """Interpolates y(x) linearly in (log x, log y) inside [xs[0], xs[-1]]."""
+    ok = np.isfinite(ys) & (ys > 0)
+    xs, ys = xs[ok], ys[ok]
+    if len(xs) == 0:
+        return float("nan")
+    if len(xs) == 1:
+        return float(ys[0])
+    return float(np.exp(np.interp(math.log(x), np.log(xs), np.log(ys))))
+
+
+@dataclass
+class FitReport:
+    """How well the fitted models and the interpolation reproduce the profile."""
+
+    latency: dict[str, FitError] = field(default_factory=dict)  # "device/dtype/op"
+    energy: dict[str, FitError] = field(default_factory=dict)  # "device/dtype"
+    interpolation_loo_latency: dict[str, FitError] = field(default_factory=dict)  # "device"
+    interpolation_loo_energy: dict[str, FitError] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: {k: v.to_dict() for k, v in getattr(self, name).items()}
+                for name in ("latency", "energy", "interpolation_loo_latency",
+                             "interpolation_loo_energy")}
+
+
+class KernelCostModel:
+    """Latency and energy of ops on devices, from a profile database.
+
+    Satisfies the placement package's cost protocol (`expert_cost`, `idle_power_w`).
+
+    Args:
+        db: a loaded `ProfileDatabase` (see `KernelCostModel.load`).
+    """
+
+    def __init__(self, db: ProfileDatabase) -> None:
+        self.db = db
+        groups: dict[CurveKey, list[ProfilePoint]] = defaultdict(list)
+        for p in db.points:
+            groups[(p.op, p.device, p.dtype, p.shape.key)].append(p)
+        self.curves: dict[CurveKey, Curve] = {k: Curve.of(v) for k, v in groups.items()}
+        self.latency_models: dict[tuple[str, str, str], LatencyModel] = {}
+        self.energy_models: dict[tuple[str, str], EnergyModel] = {}
+        self._fit()
+
+    @classmethod
+    def load(cls, path: str | Path) -> KernelCostModel:
+        """Loads a profile JSON (raises ProfileFormatError for a corrupt/wrong-version file)."""
+        return cls(load_profile(path))
+
+    # --- fitting ------------------------------------------------------------------------
+
+    def _fit(self) -> None:
+        by_lat: dict[tuple[str, str, str], list[ProfilePoint]] = defaultdict(list)
+        by_en: dict[tuple[str, str], list[ProfilePoint]] = defaultdict(list)
+        for p in self.db.points:
+            by_lat[(p.device, p.dtype, p.op)].append(p)
+            if p.energy_j is not None and p.energy_j > 0:
+                by_en[(p.device, p.dtype)].append(p)
+        for key, pts in by_lat.items():
+            if len(pts) >= 2:
+                self.latency_models[key] = fit_latency(
+                    [latency_features(p.op, p.tokens, p.shape, p.dtype) for p in pts],
+                    [p.latency_s for p in pts],
+                )
+        for (dev, dt), pts in by_en.items():
+            if len(pts) >= 3:
+                info = self.db.devices.get(dev)
+                self.energy_models[(dev, dt)] = fit_energy(
+                    [p.latency_s for p in pts], [p.flops for p in pts],
+                    [p.bytes_moved for p in pts], [p.energy_j for p in pts],  # type: ignore[misc]
+                    idle_power_w=info.idle_power_w if info else None, source=pts[0].source,
+                )
+
+    # --- catalogue ----------------------------------------------------------------------
+
+    def devices(self) -> list[str]:
+        return sorted({k[1] for k in self.curves})
+
+    def ops(self, device: str | None = None) -> list[str]:
+        return sorted({k[0] for k in self.curves if device is None or k[1] == device})
+
+    def dtypes(self, device: str) -> list[str]:
+        return sorted({k[2] for k in self.curves if k[1] == device})
+
+    def shapes(self, op: str, device: str, dtype: str) -> list[Curve]:
+        return [c for k, c in self.curves.items() if k[:3] == (op, device, dtype)]
+
+    def _check(self, op: str, device: str, dtype: str) -> list[Curve]:
+        check_op(op)
+        devices = self.devices()
+        if device not in devices:
+            raise CostModelError(
+                f"unknown device {device!r}: not in this profile (profiled: {', '.join(devices)})"
+            )
+        if op not in self.ops(device):
+            raise CostModelError(
+                f"op {op!r} was not profiled on {device} (profiled: {', '.join(self.ops(device))})"
+            )
+        if dtype not in self.dtypes(device):
+            raise CostModelError(
+                f"dtype {dtype!r} was not profiled on {device} "
+                f"(profiled: {', '.join(self.dtypes(device))})"
+            )
+        curves = self.shapes(op, device, dtype)
+        if not curves:
+            raise CostModelError(f"op {op!r} was not profiled on {device} in {dtype}")
+        return curves
+
+    def _resolve_shape(self, op: str, shape: Any, curves: list[Curve]) -> OpShape:
+        if shape is None:
+            if len(curves) == 1:
+                return curves[0].shape
+            names = ", ".join(sorted(p for c in curves for p in c.presets))
+            raise CostModelError(f"op {op!r} was profiled at several shapes ({names}): pass shape=")
+        if isinstance(shape, OpShape):
+            return shape.for_op(op)
+        if isinstance(shape, str):
+            for c in curves:
+                if shape in c.presets or shape == c.shape.key:
+                    return c.shape
+            from wattmoe.cost_model.scenarios import resolve_shape_spec
+
+            return OpShape.from_config(resolve_shape_spec(shape)).for_op(op)
+        if hasattr(shape, "hidden_size"):
+            return OpShape.from_config(shape).for_op(op)
+        raise CostModelError(f"shape must be an OpShape, a MoEConfig or a name, got {shape!r}")
+
+    # --- models -------------------------------------------------------------------------
+
+    def _model_latency(self, op: str, device: str, dtype: str, tokens: float,
+                       shape: OpShape) -> float | None:
+        m = self.latency_models.get((device, dtype, op))
+        if m is None:
+            return None
+        return max(m.predict(latency_features(op, tokens, shape, dtype)), 1e-12)
+
+    def _model_energy(self, op: str, device: str, dtype: str, tokens: float, shape: OpShape,
+                      latency_s: float) -> float | None:
+        m = self.energy_models.get((device, dtype))
+        if m is None:
+            return None
+        flops, byts = op_work(op, int(tokens), shape, dtype)
+        return max(m.predict(latency_s, flops, byts), 1e-15)
+
+    def _ratio(self, c: Curve, tokens: float, anchor_tokens: float, anchor_shape: OpShape,
+               shape: OpShape) -> tuple[float, float | None]:
+        """model(shape, tokens) / model(anchor_shape, anchor_tokens) for latency and energy."""
+        lq = self._model_latency(c.op, c.device, c.dtype, tokens, shape)
+        la = self._model_latency(c.op, c.device, c.dtype, anchor_tokens, anchor_shape)
+        if lq is None or la is None:
+            # too few points for a model: continue the last measured power law
+            lat_r = self._powerlaw_ratio(c.tokens, c.latency_s, tokens, anchor_tokens)
+            en_r = self._powerlaw_ratio(c.tokens, c.energy_j, tokens, anchor_tokens)
+            if shape != anchor_shape:
+                raise CostModelError(
+                    f"cannot predict {c.op} at an unprofiled shape on {c.device}/{c.dtype}: "
+                    "too few profiled points to fit a model"
+                )
+            return lat_r, en_r
+        eq = self._model_energy(c.op, c.device, c.dtype, tokens, shape, lq)
+        ea = self._model_energy(c.op, c.device, c.dtype, anchor_tokens, anchor_shape, la)
+        en_r = None if eq is None or ea is None else eq / ea
+        return lq / la, en_r
+
+    @staticmethod
+    def _powerlaw_ratio(xs: np.ndarray, ys: np.ndarray, x: float, x0: float) -> float:
+        ok = np.isfinite(ys) & (ys > 0)
+        xs, ys = xs[ok], ys[ok]
+        if len(xs) < 2:
+            return 1.0 if len(xs) == 0 else max(x / x0, 1.0) if x > x0 else 1.0
+        i = (0, 1) if x < x0 else (-2, -1)
+        slope = math.log(ys[i[1]] / ys[i[0]]) / math.log(xs[i[1]] / xs[i[0]])
+        return (x / x0) ** max(slope, 0.0)
+
+    # --- queries ------------------------------------------------------------------------
+
+    def _curve_cost(self, c: Curve, tokens: int) -> KernelCost:
+        lo, hi = float(c.tokens[0]), float(c.tokens[-1])
+        n = float(tokens)
+        if lo <= n <= hi:
+            lat = _loglog(n, c.tokens, c.latency_s)
+            en = _loglog(n, c.tokens, c.energy_j)
+            peak = float(np.interp(math.log(n), np.log(c.tokens), c.peak_power_w)) \
+                if np.all(np.isfinite(c.peak_power_w)) else float("nan")
+            method = "profiled" if n in c.tokens else "interpolated"
+            if not math.isfinite(en):
+                en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
+                en = float("nan") if en_m is None else en_m
+        else:
+            edge = hi if n > hi else lo
+            i = -1 if n > hi else 0
+            lat_r, en_r = self._ratio(c, n, edge, c.shape, c.shape)
+            lat = float(c.latency_s[i]) * lat_r
+            en_edge = _loglog(edge, c.tokens, c.energy_j)
+            en = en_edge * en_r if en_r is not None and math.isfinite(en_edge) else float("nan")
+            if not math.isfinite(en):
+                en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
+                en = float("nan") if en_m is None else en_m
+            peak = float(c.peak_power_w[i])
+            method = "extrapolated"
+        return self._finish(c, lat, en, peak, method)
+
+    def _finish(self, c: Curve, lat: float, en: float, peak: float, method: str) -> KernelCost:
+        if not math.isfinite(en):
+            raise CostModelError(f"no energy was measured for {c.op} on {c.device}/{c.dtype}")
+        avg = en / lat if lat > 0 else 0.0
+        if not math.isfinite(peak) or peak < avg:
+            peak = avg
+        return KernelCost(lat, en, avg, peak, c.source, method)
+
+    def _shape_cost(self, op: str, tokens: int, curves: list[Curve], shape: OpShape) -> KernelCost:
+        def work(s: OpShape) -> float:
+            f, b = op_work(op, 1, s, curves[0].dtype)
+            return f if f > 0 else b
+
+        wq = work(shape)
+        same_form = [c for c in curves if c.shape.form == shape.form] or curves
+        ranked = sorted(same_form, key=lambda c: work(c.shape))
+        below = [c for c in ranked if work(c.shape) <= wq]
+        above = [c for c in ranked if work(c.shape) > wq]
+        anchors = ([below[-1]] if below else []) + ([above[0]] if above else [])
+        preds = []
+        for c in anchors:
+            base = self._curve_cost(c, tokens)
+            lat_r, en_r = self._ratio(c, tokens, tokens, c.shape, shape)
+            en = base.energy_j * en_r if en_r is not None else float("nan")
+            preds.append((c, base.latency_s * lat_r, en, base.peak_power_w))
+        if len(preds) == 2:
+            la, lb = math.log(work(preds[0][0].shape)), math.log(work(preds[1][0].shape))
+            w = 0.0 if lb == la else (math.log(wq) - la) / (lb - la)
+            lat = math.exp((1 - w) * math.log(preds[0][1]) + w * math.log(preds[1][1]))
+            en = math.exp((1 - w) * math.log(preds[0][2]) + w * math.log(preds[1][2])) \
+                if preds[0][2] > 0 and preds[1][2] > 0 else float("nan")
+            peak = max(preds[0][3], preds[1][3])
+        else:
+            _, lat, en, peak = preds[0]
+        if not math.isfinite(en):
+            en_m = self._model_energy(op, anchors[0].device, anchors[0].dtype, tokens, shape, lat)
+            en = float("nan") if en_m is None else en_m
+        return self._finish(anchors[0], lat, en, peak, "shape-model")
+
+    def get_cost(
+        self, op: str, tokens: int, device: str, dtype: str, shape: Any = None
+    ) -> KernelCost:
+        """Latency, energy and power of one call of `op` on `tokens` tokens.
+
+        Args:
+            op: a scenario op ('expert', 'up_gate_proj', 'moe_layer:loop', ...).
+            tokens: batch size (>= 0; 0 costs nothing).
+            device: a profiled device ('cpu', 'cuda:0').
+            dtype: a profiled dtype ('fp32', 'bf16').
+            shape: an `OpShape`, a `MoEConfig`, a preset spec ('olmoe-1b-7b@0.25') or a shape
+                key; may be omitted when the op was profiled at one shape only.
+
+        Raises:
+            CostModelError: unknown op, device or dtype; negative or non-integer batch size;
+                a shape that cannot be predicted.
+        """
+        tokens = check_tokens(tokens)
+        curves = self._check(op, device, dtype)
+        s = self._resolve_shape(op, shape, curves)
+        if tokens == 0:
+            return KernelCost(0.0, 0.0, 0.0, 0.0, curves[0].source, "empty")
+        for c in curves:
+            if c.shape == s:
+                return self._curve_cost(c, tokens)
+        return self._shape_cost(op, tokens, curves, s)
+
+    # --- the placement protocol ---------------------------------------------------------
+
+    def expert_cost(self, device: str, tokens: int, hidden: int, inner: int, form: str,
+                    dtype: str) -> tuple[float, float]:
+        """(latency_s, energy_j incl. idle power during it) of one whole expert.
+
+        `dtype` 'int4' answers with the int4 path (`expert_int4`) in the compute dtype that
+        was profiled (bf16 preferred).
+        """
+        op = "expert"
+        if dtype == "int4":
+            op = "expert_int4"
+            dts = self.dtypes(device) if device in self.devices() else []
+            dtype = "bf16" if "bf16" in dts else (dts[0] if dts else "bf16")
+        c = self.get_cost(op, tokens, device, dtype, shape=OpShape(hidden, inner, form))
+        return c.latency_s, c.energy_j
+
+    def idle_power_w(self, device: str) -> float:
+        """Power the device draws while idle (measured before the sweep), in watts."""
+        if device not in self.db.devices:
+            raise CostModelError(
+                f"unknown device {device!r}: not in this profile "
+                f"(profiled: {', '.join(sorted(self.db.devices))})"
+            )
+        info = self.db.devices[device]
+        if info.idle_power_w is not None:
+            return float(info.idle_power_w)
+        models = [m for (d, _), m in self.energy_models.items() if d == device]
+        if models:
+            return float(min(m.static_power_w for m in models))
+        raise CostModelError(f"no idle power was measured for {device}")
+
+    # --- report -------------------------------------------------------------------------
+
+    def fit_report(self) -> FitReport:
+        """Fit errors of the models, and leave-one-out errors of the interpolation."""
+        rep = FitReport()
+        for (dev, dt, op), m in sorted(self.latency_models.items()):
+            rep.latency[f"{dev}/{dt}/{op}"] = m.error
+        for (dev, dt), m in sorted(self.energy_models.items()):
+            rep.energy[f"{dev}/{dt}"] = m.error
+        loo: dict[str, tuple[list[float], list[float], list[float], list[float]]] = defaultdict(
+            lambda: ([], [], [], []))
+        for c in self.curves.values():
+            for i in range(1, len(c.tokens) - 1):
+                keep = np.arange(len(c.tokens)) != i
+                n = float(c.tokens[i])
+                acc = loo[c.device]
+                acc[0].append(_loglog(n, c.tokens[keep], c.latency_s[keep]))
+                acc[1].append(float(c.latency_s[i]))
+                if math.isfinite(c.energy_j[i]):
+                    e = _loglog(n, c.tokens[keep], c.energy_j[keep])
+                    if math.isfinite(e):
+                        acc[2].append(e)
+                        acc[3].append(float(c.energy_j[i]))
+        for dev, (pl, ml, pe, me) in sorted(loo.items()):
+            rep.interpolation_loo_latency[dev] = FitError.of(np.array(pl), np.array(ml))
+            rep.interpolation_loo_energy[dev] = FitError.of(np.array(pe), np.array(me))
+        return rep
+

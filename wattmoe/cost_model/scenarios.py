@@ -1,0 +1,268 @@
+"""Profiling scenarios: one op of one shape, dtype, device and batch size, built in isolation.
+
+`build_sweep(SweepConfig)` lists the scenarios; `build_runner(scenario)` allocates the weights
+and inputs and returns a zero-argument callable that runs the op once (no synchronization: the
+profiler synchronizes). Every op that an expert launches has a scenario (see `BASE_OPS`), plus
+one `moe_layer:<backend>` op per expert backend available on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from wattmoe.cost_model.base import (
+    BASE_OPS,
+    COPY_OPS,
+    MOE_LAYER_PREFIX,
+    CostModelError,
+    OpShape,
+    check_op,
+    check_tokens,
+)
+from wattmoe.cost_model.work import op_work
+from wattmoe.moe import (
+    AdaptiveRouter,
+    Expert,
+    MoEConfig,
+    QuantizedExpert,
+    SimpleMoELayer,
+    get_preset,
+    resolve_dtype,
+)
+
+DEFAULT_TOKENS: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096, 8192)
+
+
+def log_tokens(lo: int = 1, hi: int = 8192, factor: float = 4.0) -> tuple[int, ...]:
+    """Log-spaced batch sizes lo, lo*factor, ... and always hi itself."""
+    if lo < 1 or hi < lo or factor <= 1:
+        raise CostModelError(f"need 1 <= lo <= hi and factor > 1, got {lo}, {hi}, {factor}")
+    out, v = [], float(lo)
+    while v < hi:
+        out.append(round(v))
+        v *= factor
+    out.append(hi)
+    return tuple(sorted(set(out)))
+
+
+def resolve_shape_spec(spec: str) -> MoEConfig:
+    """A preset ('olmoe-1b-7b', 'olmoe-1b-7b@0.25') or a shape key ('h2048_f1408_swiglu_e60_k4').
+
+    Raises:
+        ConfigError: unknown preset or unreadable shape.
+    """
+    if spec.startswith("h") and "_f" in spec:
+        s = OpShape.from_key(spec)
+        heads = math.gcd(s.hidden, 8)
+        return MoEConfig(name=spec, hidden_size=s.hidden, expert_inner_size=s.inner,
+                         num_experts=s.num_experts, top_k=s.top_k, expert_form=s.form,  # type: ignore[arg-type]
+                         num_heads=heads, source="shape key")
+    name, _, scale = spec.partition("@")
+    try:
+        factor = float(scale) if scale else 1.0
+    except ValueError:
+        raise CostModelError(f"bad scale in shape spec {spec!r}; use NAME@SCALE") from None
+    return get_preset(name, factor)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One isolated profiling case."""
+
+    op: str
+    config: MoEConfig
+    dtype: str
+    device: str
+    tokens: int
+
+    @property
+    def shape(self) -> OpShape:
+        return OpShape.from_config(self.config).for_op(self.op)
+
+    @property
+    def preset(self) -> str:
+        return self.config.name
+
+    @property
+    def key(self) -> tuple[str, str, str, str, int]:
+        """Identity used to resume sweeps: (op, device, dtype, shape key, tokens)."""
+        return (self.op, self.device, self.dtype, self.shape.key, self.tokens)
+
+    def work(self) -> tuple[float, float]:
+        return op_work(self.op, self.tokens, self.shape, self.dtype)
+
+    def memory_bytes(self) -> float:
+        """Rough peak memory: weights held plus activations (for skipping what won't fit)."""
+        s, b = self.shape, (4 if self.dtype == "fp32" else 2)
+        weights = s.matrices * s.hidden * s.inner * b
+        if self.op.startswith(MOE_LAYER_PREFIX):
+            weights *= s.num_experts
+            act = self.tokens * s.top_k * (s.hidden * 4 + s.inner * 3) * b
+        else:
+            act = self.tokens * (s.hidden * 2 + s.inner * 3) * b
+        if self.op == "expert_int4":
+            weights *= 3  # packed + dequantized copies
+        return float(weights + act)
+
+    def describe(self) -> str:
+        return f"{self.op} {self.preset} {self.dtype} {self.device} n={self.tokens}"
+
+
+def moe_backends(device: str, dtype: str) -> list[str]:
+    """Expert backends registered and usable on `device` for `dtype`."""
+    from wattmoe.moe import backends as be
+
+    avail = getattr(be, "available_backends", None)
+    if avail is not None:
+        return list(avail(device, resolve_dtype(dtype)))
+    return sorted(be.EXPERT_BACKENDS)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to profile.
+
+    Attributes:
+        shapes: preset specs ('tiny', 'olmoe-1b-7b@0.25') or shape keys.
+        dtypes: 'fp32', 'bf16', 'fp16'.
+        devices: 'cpu', 'cuda:N'.
+        ops: base ops and/or 'moe_layer' (expands to one op per available backend) or
+            'moe_layer:<backend>'.
+        tokens: batch sizes.
+        max_memory_bytes: scenarios estimated larger than this are skipped.
+    """
+
+    shapes: tuple[str, ...] = ("tiny", "olmoe-1b-7b@0.25")
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    devices: tuple[str, ...] = ("cpu",)
+    ops: tuple[str, ...] = (*BASE_OPS, "moe_layer")
+    tokens: tuple[int, ...] = DEFAULT_TOKENS
+    max_memory_bytes: float = 8e9
+
+    def __post_init__(self) -> None:
+        if not (self.shapes and self.dtypes and self.devices and self.ops and self.tokens):
+            raise CostModelError("a sweep needs at least one shape, dtype, device, op and size")
+        for t in self.tokens:
+            if check_tokens(t) == 0:
+                raise CostModelError("sweep batch sizes must be >= 1 token")
+        for d in self.dtypes:
+            resolve_dtype(d)
+        for op in self.ops:
+            if op != "moe_layer":
+                check_op(op)
+        for dev in self.devices:
+            if dev != "cpu" and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+                raise CostModelError(f"unknown device {dev!r}; use 'cpu' or 'cuda:N'")
+
+
+def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
+    """Expands a sweep into scenarios; returns (scenarios, notes on what was skipped)."""
+    configs = [resolve_shape_spec(s) for s in cfg.shapes]
+    out: list[Scenario] = []
+    notes: list[str] = []
+    seen: set[tuple[str, str, str, str, int]] = set()
+    # op-major order: the order of `cfg.ops` is the priority when a sweep has a deadline
+    for op_spec in cfg.ops:
+        for dev in cfg.devices:
+            for dtype in cfg.dtypes:
+                if op_spec == "moe_layer":
+                    ops = [MOE_LAYER_PREFIX + b for b in moe_backends(dev, dtype)]
+                elif op_spec in COPY_OPS and not dev.startswith("cuda"):
+                    notes.append(f"{op_spec} skipped on {dev}: host<->device copies need a GPU")
+                    continue
+                else:
+                    ops = [op_spec]
+                for op in ops:
+                    for mc in configs:
+                        for n in cfg.tokens:
+                            sc = Scenario(op, mc, dtype, dev, int(n))
+                            if sc.key in seen:
+                                continue
+                            seen.add(sc.key)
+                            if sc.memory_bytes() > cfg.max_memory_bytes:
+                                notes.append(
+                                    f"skipped {sc.describe()}: ~{sc.memory_bytes() / 1e9:.1f} GB"
+                                    f" > {cfg.max_memory_bytes / 1e9:.1f} GB")
+                                continue
+                            out.append(sc)
+    return out, notes
+
+
+def _int4_group(shape: OpShape) -> int:
+    for g in (128, 64, 32, 16, 8, 2):
+        if shape.hidden % g == 0 and shape.inner % g == 0:
+            return g
+    raise CostModelError(f"no int4 group size divides hidden={shape.hidden}, inner={shape.inner}")
+
+
+def build_runner(sc: Scenario, seed: int = 0) -> Callable[[], Any]:
+    """Allocates the scenario's weights and inputs; returns a callable running the op once.
+
+    Raises:
+        CostModelError: the op cannot run on this device (e.g. copies without a GPU).
+    """
+    dev = torch.device(sc.device)
+    dt = resolve_dtype(sc.dtype)
+    s = sc.shape
+    n = sc.tokens
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def rand(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=gen, dtype=torch.float32).to(device=dev, dtype=dt)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        op = sc.op
+        if op in ("up_gate_proj", "down_proj", "expert", "expert_int4"):
+            expert = Expert(s.hidden, s.inner, s.form, dt, dev).eval()
+        if op == "up_gate_proj":
+            x = rand(n, s.hidden)
+            if expert.gate_proj is not None:
+                g, u = expert.gate_proj, expert.up_proj
+                return lambda: (g(x), u(x))
+            return lambda: expert.up_proj(x)
+        if op == "activation":
+            u = rand(n, s.inner)
+            if s.form == "swiglu":
+                g = rand(n, s.inner)
+                return lambda: F.silu(g) * u
+            return lambda: F.relu(u)
+        if op == "down_proj":
+            a = rand(n, s.inner)
+            return lambda: expert.down_proj(a)
+        if op == "expert":
+            x = rand(n, s.hidden)
+            return lambda: expert(x)
+        if op == "expert_int4":
+            q = QuantizedExpert(expert, group_size=_int4_group(s)).to(dev).eval()
+            del expert
+            x = rand(n, s.hidden)
+            return lambda: q(x)
+        if op == "router_gate":
+            mc = sc.config
+            router = AdaptiveRouter(s.hidden, mc.num_experts, mc.top_k, score_func=mc.score_func,
+                                    normalize_topk=mc.normalize_topk, dtype=dt, device=dev)
+            x = rand(n, s.hidden)
+            return lambda: router(x)
+        if op in COPY_OPS:
+            if dev.type != "cuda":
+                raise CostModelError(f"{op} needs a cuda device, got {sc.device!r}")
+            if op == "h2d_copy":
+                host = torch.randn(n, s.hidden, generator=gen).to(dt)
+                return lambda: host.to(dev)
+            on_dev = rand(n, s.hidden)
+            return lambda: on_dev.to("cpu")
+        if op.startswith(MOE_LAYER_PREFIX):
+            backend = op[len(MOE_LAYER_PREFIX):]
+            layer = SimpleMoELayer(sc.config, dtype=dt, device=dev, backend=backend,
+                                   seed=seed).eval()
+            x = rand(n, s.hidden)
+            return lambda: layer(x)
+    raise CostModelError(f"no scenario builder for op {sc.op!r}")
+
