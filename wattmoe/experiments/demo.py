@@ -10,6 +10,7 @@ import torch
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe import MoETransformerBlock, get_preset, resolve_dtype
+from wattmoe.telemetry import GpuSystemMonitor
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,17 @@ class DemoResult:
     expert_counts: list[int]
     mean_aux_loss: float
     dropped: int
+    energy_j: float | None
+    energy_source: str
+    energy_backend: str
+    mean_power_w: float | None
+    energy_note: str
+
+    @property
+    def energy_per_token_j(self) -> float | None:
+        if self.energy_j is None:
+            return None
+        return self.energy_j / (self.tokens_per_step * self.steps)
 
     @property
     def imbalance(self) -> float:
@@ -50,7 +62,11 @@ def run_demo(
     device: str = "cpu",
     seed: int = 0,
 ) -> DemoResult:
-    """Runs `steps` timed forward passes of one `MoETransformerBlock` on random tokens."""
+    """Runs `steps` timed forward passes of one `MoETransformerBlock` on random tokens.
+
+    The timed passes run inside one telemetry window on `device`: energy is measured where
+    the device has a counter (NVML, RAPL) and estimated otherwise; the result says which.
+    """
     if steps <= 0 or batch <= 0 or seq <= 0 or warmup < 0:
         raise ConfigError(
             f"steps, batch and seq must be positive and warmup >= 0 "
@@ -65,18 +81,22 @@ def run_demo(
     times: list[float] = []
     aux: list[float] = []
     dropped = 0
-    with torch.inference_mode():
+    monitor = GpuSystemMonitor(devices=[device])
+    backend = monitor.backend_for(device)
+    with torch.inference_mode(), monitor:
         for _ in range(warmup):
             block(x)
         block.moe.reset_utilization()
-        for _ in range(steps):
-            sync()
-            t0 = time.perf_counter()
-            out = block(x)
-            sync()
-            times.append(time.perf_counter() - t0)
-            aux.append(float(out.aux_loss))
-            dropped += out.dropped
+        with monitor.window("demo", sync=True) as window:
+            for _ in range(steps):
+                sync()
+                t0 = time.perf_counter()
+                out = block(x)
+                sync()
+                times.append(time.perf_counter() - t0)
+                aux.append(float(out.aux_loss))
+                dropped += out.dropped
+    energy = window.measurement.devices[device]
     times.sort()
     med = statistics.median(times)
     return DemoResult(
@@ -86,4 +106,6 @@ def run_demo(
         p90_step_s=times[min(len(times) - 1, int(0.9 * len(times)))],
         tokens_per_s=batch * seq / med, expert_counts=block.moe.tokens_per_expert.tolist(),
         mean_aux_loss=statistics.fmean(aux), dropped=dropped,
+        energy_j=energy.energy_j, energy_source=energy.source, energy_backend=backend.name,
+        mean_power_w=energy.mean_power_w, energy_note=energy.note,
     )
