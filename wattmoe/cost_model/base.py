@@ -203,6 +203,7 @@ class ProfilePoint:
     window_s: float | None = None
     window_calls: int = 0
     window_mean_latency_s: float | None = None  # window wall time / window_calls
+    edges_aligned: bool = False  # window opened and closed right after counter updates
     avg_power_w: float | None = None
     peak_power_w: float | None = None
     start_temperature_c: float | None = None

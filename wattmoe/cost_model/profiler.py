@@ -307,6 +307,44 @@ class KernelProfiler:
             time.sleep(cfg.cooldown_poll_s)
         return time.monotonic() - t0
 
+    def _tick_reader(self, device: str) -> tuple[Callable[[], float | None], float] | None:
+        """The device's raw energy counter when it is a measured, coarsely updated one.
+
+        NVML's counter updates about every 100 ms; a window whose edges fall between two
+        updates is off by up to one period of power at each edge (10% of a 1 s window).
+        Opening and closing windows right after an update removes that error.
+        """
+        try:
+            backend = self.monitor.backend_for(device)
+            period = float(backend.counter_period_s)
+        except Exception:
+            return None
+        read = getattr(backend, "energy_j", None)
+        if read is None or backend.source != "measured" or period < 0.02:
+            return None
+        return (lambda: read(device)), period
+
+    @staticmethod
+    def _until_tick(tick: tuple[Callable[[], float | None], float], work: Callable[[], Any],
+                    sync: Callable[[], None]) -> bool:
+        """Runs `work` until the counter changes (at most ~3 periods); True when it did."""
+        read, period = tick
+        try:
+            v0 = read()
+            if v0 is None:
+                return False
+            t0 = time.perf_counter()
+            limit = 3 * period
+            while time.perf_counter() - t0 < limit:
+                work()  # launched asynchronously: the device works while the counter is read
+                v = read()
+                sync()
+                if v != v0:
+                    return True
+        except Exception as exc:  # alignment is a refinement; never fail a scenario on it
+            log.debug("counter alignment failed: %s", exc)
+        return False
+
     # --- one scenario -------------------------------------------------------------------
 
     def measure(self, sc: Scenario, cooldown_s: float = 0.0) -> ProfilePoint:
@@ -332,17 +370,17 @@ class KernelProfiler:
             reps = int(min(cfg.reps, max(cfg.min_reps, math.ceil(cfg.latency_budget_s / est))))
             window = self.min_window_s(sc.device)
             chunk = max(1, int(0.05 / est))  # synchronize about every 50 ms
+            tick = self._tick_reader(sc.device)
+            tick_chunk = max(1, int(0.01 / est))  # ~10 ms of work per counter poll
             if cuda:
                 starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
                 ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
             lat: list[float] = []
-            name = f"scenario:{self._n}"
-            self._n += 1
-            self.monitor.begin_window(name)
-            w0 = time.perf_counter()
             calls = 0
-            while True:
-                for _ in range(chunk):
+
+            def run(k: int) -> None:
+                nonlocal calls
+                for _ in range(k):
                     if calls < reps:
                         if cuda:
                             starts[calls].record()
@@ -355,9 +393,22 @@ class KernelProfiler:
                     else:
                         fn()
                     calls += 1
+
+            name = f"scenario:{self._n}"
+            self._n += 1
+            aligned = False
+            if tick is not None:  # lead-in: open the window right after a counter update
+                aligned = self._until_tick(tick, lambda: [fn() for _ in range(tick_chunk)], sync)
+            self.monitor.begin_window(name)
+            w0 = time.perf_counter()
+            while True:
+                run(chunk)
                 sync()
                 if calls >= reps and time.perf_counter() - w0 >= window:
                     break
+            if aligned:  # and close it right after a counter update, the device still busy
+                aligned = self._until_tick(tick, lambda: run(tick_chunk), sync)
+            sync()
             wall = time.perf_counter() - w0
             m = self.monitor.end_window(name)
             if cuda:
@@ -371,13 +422,13 @@ class KernelProfiler:
                                               trace_name=trace)
                 except Exception as exc:  # the profiler is optional evidence, not the measure
                     log.warning("torch.profiler failed on %s: %s", sc.describe(), exc)
-        del fn
+        fn = None  # drop the weights before emptying the cache
         if cuda:
             torch.cuda.empty_cache()
-        return self._point(sc, lat, calls, wall, m, kernels, cooldown_s)
+        return self._point(sc, lat, calls, wall, m, kernels, cooldown_s, aligned)
 
     def _point(self, sc: Scenario, lat: list[float], calls: int, wall: float, m: Measurement,
-               kernels: list, cooldown_s: float) -> ProfilePoint:
+               kernels: list, cooldown_s: float, aligned: bool = False) -> ProfilePoint:
         dm = m.devices.get(sc.device)
         flops, byts = sc.work()
         energy = avg_p = peak = t_start = t_end = None
@@ -402,6 +453,7 @@ class KernelProfiler:
             avg_power_w=avg_p, peak_power_w=peak, start_temperature_c=t_start,
             end_temperature_c=t_end, clock_event_reasons=reasons, flops=flops, bytes_moved=byts,
             kernels=kernels, cooldown_s=cooldown_s, measurable=measurable, note=note,
+            edges_aligned=aligned,
         )
 
     # --- a sweep ------------------------------------------------------------------------
