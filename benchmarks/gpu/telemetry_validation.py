@@ -38,9 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from _meta import provenance, write_json  # noqa: E402
+from _meta import provenance, write_json
 
-from wattmoe.telemetry import (  # noqa: E402
+from wattmoe.telemetry import (
     GpuSystemMonitor,
     Measurement,
     NvmlBackend,
