@@ -30,8 +30,11 @@ NCU_METRICS: dict[str, str] = {
     "sm__warps_active.avg.pct_of_peak_sustained_active": "achieved_occupancy_pct",
     "gpu__time_duration.sum": "gpu_time_s",
 }
-_UNIT = {"byte": 1.0, "kbyte": 1e3, "mbyte": 1e6, "gbyte": 1e9, "nsecond": 1e-9,
-         "usecond": 1e-6, "msecond": 1e-3, "second": 1.0, "%": 1.0, "": 1.0}
+_UNIT = {"byte": 1.0, "kbyte": 1e3, "mbyte": 1e6, "gbyte": 1e9, "b": 1.0, "kb": 1e3,
+         "mb": 1e6, "gb": 1e9, "nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3,
+         "second": 1.0, "ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "%": 1.0}
+#: Base units ncu uses when a unit row is missing or unknown (`--print-units base`).
+_BASE_UNIT = {"gpu_time_s": 1e-9}
 
 
 def ncu_path() -> str | None:
@@ -72,7 +75,7 @@ def parse_ncu_csv(text: str) -> list[dict[str, float | str]]:
                 if v is None:
                     continue
                 unit = units[header.index(metric)].strip().lower() if units else ""
-                item[key] = v * _UNIT.get(unit, 1.0)
+                item[key] = v * _UNIT.get(unit, _BASE_UNIT.get(key, 1.0))
         out.append(item)
     return out
 
