@@ -1,0 +1,209 @@
+"""The placement contract: the cost interface, expert shape, objective, constraints, errors.
+
+Placement decides, for every MoE layer, which devices host a replica of which expert. Its
+inputs are a cluster (`spec.ClusterSpec`), the expected per-expert token counts
+(`loads.ExpertLoads`), the expert shape (`ExpertShape`) and a cost provider that says what
+one expert costs on one device (`ExpertCostProvider`, implemented by
+`wattmoe.cost_model.KernelCostModel` from real profiles and by
+`analytic.AnalyticCostProvider` from a roofline). Everything here is a pure function over
+arrays and graphs; files are read only at the edge (`spec.load_cluster`, `loads.read_loads`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from wattmoe.errors import ConfigError, WattmoeError
+
+EXPERT_FORMS: tuple[str, ...] = ("swiglu", "relu")
+#: Bytes per element of the dtypes a placement can be asked about.
+DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
+
+
+class PlacementError(WattmoeError, ValueError):
+    """A placement input is invalid (loads, cluster, objective, placement file)."""
+
+
+class InfeasibleError(PlacementError):
+    """No placement satisfies the constraints; the message says which one and by how much."""
+
+
+@runtime_checkable
+class ExpertCostProvider(Protocol):
+    """What placement needs to know about kernels: the cost of one expert on one device.
+
+    `wattmoe.cost_model.KernelCostModel` satisfies it from measured profiles;
+    `wattmoe.placement.analytic.AnalyticCostProvider` from a roofline (estimates).
+    """
+
+    def expert_cost(self, device: str, tokens: int, hidden: int, inner: int, form: str,
+                    dtype: str) -> tuple[float, float]:
+        """(latency_s, energy_j) of one expert (form 'swiglu'|'relu', weights [hidden x inner])
+        over `tokens` tokens on cost-model device `device`; energy includes the device's idle
+        power during that time."""
+        ...
+
+    def idle_power_w(self, device: str) -> float: ...
+
+
+@dataclass(frozen=True)
+class ExpertShape:
+    """The shape of one routed expert, the unit that placement moves around.
+
+    Attributes:
+        hidden: model width H (activations of one token are H values each way).
+        inner: expert inner width F.
+        form: 'swiglu' (gate, up, down: 3 H x F matrices) or 'relu' (2 matrices).
+        dtype: weight and activation dtype ('bf16', 'fp16', 'fp32', 'fp8', 'int4').
+    """
+
+    hidden: int
+    inner: int
+    form: str = "swiglu"
+    dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "inner"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"expert shape field {name} must be a positive integer, "
+                                  f"got {v!r}")
+        if self.form not in EXPERT_FORMS:
+            raise ConfigError(f"expert shape field form must be one of {EXPERT_FORMS}, "
+                              f"got {self.form!r}")
+        if self.dtype not in DTYPE_BYTES:
+            raise ConfigError(f"expert shape field dtype must be one of {tuple(DTYPE_BYTES)}, "
+                              f"got {self.dtype!r}")
+
+    @property
+    def params(self) -> int:
+        """Weights of one expert."""
+        return (3 if self.form == "swiglu" else 2) * self.hidden * self.inner
+
+    @property
+    def weight_bytes(self) -> int:
+        """Memory one replica of the expert takes (weights only)."""
+        return math.ceil(self.params * DTYPE_BYTES[self.dtype])
+
+    @property
+    def activation_bytes_per_token(self) -> float:
+        """Bytes of one token's activations sent one way (to the expert, or back)."""
+        # int4/fp8 are weight formats; activations travel in bf16.
+        return self.hidden * max(DTYPE_BYTES[self.dtype], 2.0)
+
+    @classmethod
+    def from_config(cls, config: object, dtype: str = "bf16") -> ExpertShape:
+        """From a `wattmoe.moe.MoEConfig` (duck-typed: hidden_size, expert_inner_size,
+        expert_form)."""
+        return cls(int(config.hidden_size), int(config.expert_inner_size),  # type: ignore[attr-defined]
+                   str(config.expert_form), dtype)  # type: ignore[attr-defined]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"hidden": self.hidden, "inner": self.inner, "form": self.form,
+                "dtype": self.dtype}
+
+
+OBJECTIVE_TERMS: tuple[str, ...] = ("energy", "latency", "balance")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a solver minimizes: a weighted mix of three metrics.
+
+    - ``energy``: predicted joules per token (dynamic energy of every expert kernel, the
+      activations' transfer energy, and the idle power of every powered device over the
+      batch);
+    - ``latency``: seconds per batch of the MoE part, the sum over layers of the slowest
+      device's time in that layer (layers run one after the other);
+    - ``balance``: EPLB's imbalance, max over devices / mean over devices of the tokens per
+      device, averaged over layers (1.0 is perfect).
+
+    Each term is divided by its value for the round-robin placement of the same problem, so
+    the weights of a mix are unitless ("energy=1,latency=0.5" weighs a 1% latency change half
+    as much as a 1% energy change).
+    """
+
+    energy: float = 0.0
+    latency: float = 0.0
+    balance: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in OBJECTIVE_TERMS:
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"objective weight {name} must be a finite number >= 0, "
+                                  f"got {v!r}")
+        if self.energy + self.latency + self.balance <= 0:
+            raise ConfigError("objective needs at least one positive weight "
+                              "(energy, latency or balance)")
+
+    @classmethod
+    def parse(cls, text: str | Objective) -> Objective:
+        """'energy' | 'latency' | 'balance' | 'energy=1,latency=0.5'."""
+        if isinstance(text, Objective):
+            return text
+        s = str(text).strip().lower()
+        if s in OBJECTIVE_TERMS:
+            return cls(**{s: 1.0})
+        weights: dict[str, float] = {}
+        for part in s.split(","):
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or name not in OBJECTIVE_TERMS:
+                raise ConfigError(
+                    f"cannot read objective {text!r}: use one of {', '.join(OBJECTIVE_TERMS)} "
+                    "or a mix like 'energy=1,latency=0.5'"
+                )
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"objective weight {name}={value.strip()!r} is not a number") \
+                    from None
+        return cls(**weights)
+
+    @property
+    def name(self) -> str:
+        terms = [(n, getattr(self, n)) for n in OBJECTIVE_TERMS if getattr(self, n) > 0]
+        if len(terms) == 1:
+            return terms[0][0]
+        return ",".join(f"{n}={w:g}" for n, w in terms)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Limits every solver respects.
+
+    Memory per device always applies (from the cluster spec), and so does each device's
+    optional power budget: a device over its budget is throttled the way a power cap throttles
+    it (its kernels stretch until its power while busy fits), which the cost curves include.
+
+    Attributes:
+        latency_slo_s: upper bound on the batch latency (the `latency` metric); None = none.
+        max_replicas: most replicas one expert may have (<= number of devices); 1 disables
+            replication.
+        redundant_per_layer: most extra replicas per layer in total (EPLB's
+            num_replicas - num_experts); None = limited by memory and `max_replicas` only.
+    """
+
+    latency_slo_s: float | None = None
+    max_replicas: int = 4
+    redundant_per_layer: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.latency_slo_s is not None and not (
+            isinstance(self.latency_slo_s, int | float) and self.latency_slo_s > 0
+            and math.isfinite(self.latency_slo_s)
+        ):
+            raise ConfigError(f"latency_slo_s must be a positive number or None, "
+                              f"got {self.latency_slo_s!r}")
+        if isinstance(self.max_replicas, bool) or not isinstance(self.max_replicas, int) \
+                or self.max_replicas < 1:
+            raise ConfigError(f"max_replicas must be an integer >= 1, got {self.max_replicas!r}")
+        if self.redundant_per_layer is not None and (
+            isinstance(self.redundant_per_layer, bool)
+            or not isinstance(self.redundant_per_layer, int) or self.redundant_per_layer < 0
+        ):
+            raise ConfigError(f"redundant_per_layer must be an integer >= 0 or None, "
+                              f"got {self.redundant_per_layer!r}")

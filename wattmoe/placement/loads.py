@@ -1,0 +1,195 @@
+"""Expert loads: expected tokens routed to each expert of each MoE layer per batch.
+
+The format is the `[layers, experts]` matrix DeepSeek's EPLB takes (`weight` of
+`rebalance_experts`). It comes from a measurement (`SimpleMoELayer.tokens_per_expert`, via
+`loads_from_layers`), a file (`read_loads`: .npy, .csv or .json; the only I/O here), or a seeded
+synthetic generator (`synthetic_loads`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wattmoe.errors import ConfigError
+from wattmoe.placement.base import PlacementError
+
+
+@dataclass(frozen=True, eq=False)
+class ExpertLoads:
+    """Token counts per (layer, expert) for one batch.
+
+    Attributes:
+        tokens: [layers, experts] float64, read-only; finite and >= 0.
+        top_k: experts each token is routed to.
+        tokens_per_batch: tokens in the batch (each contributes `top_k` to every layer's row).
+        source: where the counts come from ('zipf:1.2 seed=0', a file name, ...).
+    """
+
+    tokens: np.ndarray
+    top_k: int
+    tokens_per_batch: float
+    source: str = ""
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.tokens.shape[1])
+
+
+def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = None,
+               source: str = "") -> ExpertLoads:
+    """Validates a `[layers, experts]` matrix (or one layer's `[experts]` vector).
+
+    `tokens_per_batch` defaults to the mean over layers of sum(row) / top_k.
+
+    Raises:
+        PlacementError: wrong shape, NaN/inf or negative counts, or no tokens at all; the
+            message names the first bad (layer, expert).
+    """
+    try:
+        arr = np.array(tokens, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PlacementError(f"loads must be a numeric [layers, experts] matrix, got "
+                             f"{type(tokens).__name__}") from None
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise PlacementError(f"loads must be a [layers, experts] matrix, got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        layer, expert = (int(i) for i in np.argwhere(bad)[0])
+        raise PlacementError(f"loads are invalid: layer {layer}, expert {expert} has "
+                             f"{arr[layer, expert]} tokens ({int(bad.sum())} non-finite "
+                             "values); counts must be finite")
+    neg = arr < 0
+    if neg.any():
+        layer, expert = (int(i) for i in np.argwhere(neg)[0])
+        raise PlacementError(f"loads are invalid: layer {layer}, expert {expert} has "
+                             f"{arr[layer, expert]:g} tokens ({int(neg.sum())} negative "
+                             "values); counts must be >= 0")
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1 \
+            or top_k > arr.shape[1]:
+        raise PlacementError(f"top_k must be an integer in [1, {arr.shape[1]}], got {top_k!r}")
+    if tokens_per_batch is None:
+        tokens_per_batch = float(arr.sum(axis=1).mean() / top_k)
+    if not (math.isfinite(tokens_per_batch) and tokens_per_batch > 0):
+        raise PlacementError("loads are invalid: no tokens at all (every count is 0), so "
+                             "energy per token is undefined")
+    arr.setflags(write=False)
+    return ExpertLoads(arr, int(top_k), float(tokens_per_batch), source)
+
+
+def parse_skew(skew: str) -> tuple[str, float]:
+    """'uniform' -> ('zipf', 0.0); 'zipf:1.2' -> ('zipf', 1.2)."""
+    s = skew.strip().lower()
+    if s == "uniform":
+        return "zipf", 0.0
+    kind, _, value = s.partition(":")
+    if kind == "zipf":
+        try:
+            exponent = float(value)
+        except ValueError:
+            exponent = -1.0
+        if math.isfinite(exponent) and exponent >= 0:
+            return "zipf", exponent
+    raise ConfigError(f"cannot read skew {skew!r}: use 'uniform' or 'zipf:S' with S >= 0 "
+                      "(e.g. zipf:1.2)")
+
+
+def _inclusion_probabilities(weights: np.ndarray, top_k: int) -> np.ndarray:
+    """P(expert chosen by a token) proportional to `weights`, summing to top_k, each <= 1."""
+    w = weights / weights.sum()
+    pi = np.zeros_like(w)
+    free = np.ones(len(w), dtype=bool)
+    budget = float(top_k)
+    while True:  # water-filling: experts that would exceed 1 are capped at 1
+        scaled = w[free] / w[free].sum() * budget
+        capped = scaled > 1.0
+        if not capped.any():
+            pi[free] = scaled
+            return pi
+        idx = np.flatnonzero(free)[capped]
+        pi[idx] = 1.0
+        free[idx] = False
+        budget -= len(idx)
+
+
+def synthetic_loads(num_layers: int, num_experts: int, top_k: int, tokens_per_batch: int,
+                    skew: str = "zipf:1.2", seed: int | np.random.Generator = 0) -> ExpertLoads:
+    """Token counts of one batch with Zipf-skewed expert popularity.
+
+    In each layer, a random permutation of the experts gets popularity 1/rank^S; each token
+    picks expert e with probability pi_e proportional to it (capped at 1, summing to top_k),
+    and the count of expert e is Binomial(tokens_per_batch, pi_e).
+
+    Args:
+        skew: 'uniform' or 'zipf:S'.
+        seed: an int seed or a numpy Generator.
+    """
+    for name, v in (("num_layers", num_layers), ("num_experts", num_experts),
+                    ("top_k", top_k), ("tokens_per_batch", tokens_per_batch)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if top_k > num_experts:
+        raise ConfigError(f"top_k={top_k} is larger than num_experts={num_experts}")
+    _, exponent = parse_skew(skew)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    ranks = np.arange(1, num_experts + 1, dtype=np.float64)
+    pi = _inclusion_probabilities(ranks ** -exponent, top_k)
+    counts = np.empty((num_layers, num_experts))
+    for layer in range(num_layers):
+        counts[layer] = rng.binomial(tokens_per_batch, pi[rng.permutation(num_experts)])
+    seed_txt = seed if not isinstance(seed, np.random.Generator) else "generator"
+    return make_loads(counts, top_k, float(tokens_per_batch),
+                      source=f"{skew} seed={seed_txt} tokens={tokens_per_batch}")
+
+
+def loads_from_layers(layers: Sequence[object], tokens_per_batch: float | None = None,
+                      ) -> ExpertLoads:
+    """From measured utilization: each layer's `tokens_per_expert` counts
+    (`wattmoe.moe.SimpleMoELayer`; duck-typed, torch tensors or arrays)."""
+    if not layers:
+        raise PlacementError("loads_from_layers needs at least one layer")
+    rows = []
+    for layer in layers:
+        counts = layer.tokens_per_expert  # type: ignore[attr-defined]
+        if hasattr(counts, "detach"):
+            counts = counts.detach().cpu().numpy()
+        rows.append(np.asarray(counts, dtype=np.float64))
+    if len({len(r) for r in rows}) != 1:
+        raise PlacementError(f"layers have different expert counts: {[len(r) for r in rows]}")
+    top_k = int(layers[0].config.top_k)  # type: ignore[attr-defined]
+    return make_loads(np.stack(rows), top_k, tokens_per_batch, source="SimpleMoELayer counts")
+
+
+def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = None,
+               ) -> ExpertLoads:
+    """Reads a `[layers, experts]` matrix from .npy, .csv (comma separated, '#' comments) or
+    .json (a list of lists). The edge of the package: its only file I/O besides specs."""
+    path = Path(path)
+    try:
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        elif suffix == ".json":
+            data = json.loads(path.read_text())
+        elif suffix in (".csv", ".txt"):
+            data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
+        else:
+            raise ConfigError(f"loads file {str(path)!r}: use .npy, .csv or .json")
+    except OSError as exc:
+        raise ConfigError(f"cannot read loads file {str(path)!r}: {exc.strerror or exc}") \
+            from None
+    except ValueError as exc:
+        raise ConfigError(f"loads file {str(path)!r} is not a numeric matrix: "
+                          f"{str(exc).splitlines()[0]}") from None
+    return make_loads(data, top_k, tokens_per_batch, source=path.name)

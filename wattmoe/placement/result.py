@@ -1,0 +1,344 @@
+"""`Placement`: which devices host which experts, its summary, JSON round-trip, and diffs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wattmoe.placement.base import PlacementError
+from wattmoe.placement.problem import Evaluation, PlacementProblem
+
+FORMAT = "wattmoe.placement"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    """One device under a placement, per batch.
+
+    Attributes:
+        name, kind: the device.
+        replicas: expert replicas it hosts (all layers).
+        memory_bytes: weight memory those replicas take.
+        memory_capacity_bytes: its memory.
+        tokens: expert-token assignments it computes per batch (all layers).
+        busy_s: its time per batch (sum over layers of its per-layer time).
+        energy_j: its energy per batch: idle power over the batch if powered, plus dynamic.
+        avg_power_w: energy_j / latency.
+        powered: whether its idle power counts.
+        power_budget_w: its budget, if any.
+    """
+
+    name: str
+    kind: str
+    replicas: int
+    memory_bytes: int
+    memory_capacity_bytes: int
+    tokens: float
+    busy_s: float
+    energy_j: float
+    avg_power_w: float
+    powered: bool
+    power_budget_w: float | None = None
+
+
+@dataclass(frozen=True)
+class PlacementSummary:
+    """Predicted cost of a placement.
+
+    Attributes:
+        energy_j_per_token: energy per token through the MoE layers.
+        energy_j_per_batch: energy of one batch.
+        latency_s: MoE time per batch.
+        imbalance: max/mean tokens per device, averaged over layers (EPLB's measure).
+        tokens_per_batch: tokens in the batch.
+        transfer_energy_j: part of energy_j_per_batch spent moving activations.
+        objective: objective value (normalized by round-robin; lower is better).
+        redundant_replicas: replicas beyond one per expert (all layers).
+        devices: per-device figures.
+        energy_source: 'estimated': a prediction from a cost model, never a measurement.
+        cost_sources: device -> where its kernel costs come from.
+        violations: constraint violations (empty when feasible).
+    """
+
+    energy_j_per_token: float
+    energy_j_per_batch: float
+    latency_s: float
+    imbalance: float
+    tokens_per_batch: float
+    transfer_energy_j: float
+    objective: float
+    redundant_replicas: int
+    devices: tuple[DeviceSummary, ...]
+    energy_source: str = "estimated"
+    cost_sources: dict[str, str] = field(default_factory=dict)
+    violations: tuple[str, ...] = ()
+
+    @property
+    def feasible(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["devices"] = [asdict(x) for x in self.devices]
+        d["violations"] = list(self.violations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PlacementSummary:
+        d = dict(d)
+        d["devices"] = tuple(DeviceSummary(**x) for x in d.get("devices", []))
+        d["violations"] = tuple(d.get("violations", ()))
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def summarize(problem: PlacementProblem, ev: Evaluation) -> PlacementSummary:
+    """A `PlacementSummary` from an exact `Evaluation`."""
+    g = problem.graph
+    latency = ev.latency_s
+    devices = []
+    for i, spec in enumerate(g.cluster.devices):
+        energy = float(ev.idle_energy_j[i] + ev.kernel_energy_j[i])
+        devices.append(DeviceSummary(
+            name=spec.name, kind=spec.kind, replicas=int(ev.slots_used[i]),
+            memory_bytes=int(ev.slots_used[i]) * g.shape.weight_bytes,
+            memory_capacity_bytes=spec.memory_bytes, tokens=float(ev.layer_tokens[:, i].sum()),
+            busy_s=float(ev.layer_time_s[:, i].sum()), energy_j=energy,
+            avg_power_w=energy / latency if latency > 0 else 0.0, powered=bool(ev.powered[i]),
+            power_budget_w=spec.power_budget_w,
+        ))
+    return PlacementSummary(
+        energy_j_per_token=ev.energy_j_per_token, energy_j_per_batch=ev.energy_j,
+        latency_s=latency, imbalance=ev.imbalance,
+        tokens_per_batch=problem.loads.tokens_per_batch,
+        transfer_energy_j=ev.transfer_energy_j, objective=ev.objective,
+        redundant_replicas=int(ev.replicas.sum() - ev.replicas.size),
+        devices=tuple(devices), cost_sources=dict(g.cost_sources),
+        violations=ev.violations,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class Placement:
+    """Experts of every MoE layer mapped to devices.
+
+    Attributes:
+        device_names: [D] devices, in the cluster's order.
+        assignment: [L, E, D] bool, read-only: True where the device hosts a replica.
+        expert_bytes: weight memory of one replica (for migration costs).
+        solver: the solver that produced it.
+        objective: the objective it was solved for.
+        status: 'optimal', 'time-limit', 'heuristic' or 'baseline'.
+        solve_time_s: wall time of the solver.
+        cluster: the cluster's name.
+        summary: predicted cost, or None.
+        meta: free-form provenance (preset, loads source, cost model, options).
+    """
+
+    device_names: tuple[str, ...]
+    assignment: np.ndarray
+    expert_bytes: int
+    solver: str = ""
+    objective: str = ""
+    status: str = ""
+    solve_time_s: float = 0.0
+    cluster: str = ""
+    summary: PlacementSummary | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        a = np.array(self.assignment, dtype=bool)
+        if a.ndim != 3 or a.shape[2] != len(self.device_names):
+            raise PlacementError(f"assignment must be [layers, experts, {len(self.device_names)}"
+                                 f" devices], got shape {a.shape}")
+        a.setflags(write=False)
+        object.__setattr__(self, "assignment", a)
+        object.__setattr__(self, "device_names", tuple(self.device_names))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Placement):
+            return NotImplemented
+        return (self.device_names == other.device_names
+                and np.array_equal(self.assignment, other.assignment)
+                and self.expert_bytes == other.expert_bytes)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.assignment.shape[0])
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.assignment.shape[1])
+
+    @property
+    def replica_counts(self) -> np.ndarray:
+        """[L, E] replicas per expert."""
+        return self.assignment.sum(axis=2)
+
+    def expert_to_devices(self, layer: int) -> list[tuple[str, ...]]:
+        """For each expert of `layer`, the devices hosting it."""
+        names = self.device_names
+        return [tuple(names[d] for d in np.flatnonzero(row)) for row in self.assignment[layer]]
+
+    def device_to_experts(self, layer: int) -> dict[str, tuple[int, ...]]:
+        """For each device, the experts of `layer` it hosts."""
+        return {name: tuple(int(e) for e in np.flatnonzero(self.assignment[layer, :, d]))
+                for d, name in enumerate(self.device_names)}
+
+    def physical_to_logical(self, layer: int) -> list[int]:
+        """EPLB's phy2log for `layer`: replicas listed device by device, each as its expert."""
+        return [e for d in range(len(self.device_names))
+                for e in np.flatnonzero(self.assignment[layer, :, d]).tolist()]
+
+    # --- JSON ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": SCHEMA_VERSION,
+            "cluster": self.cluster,
+            "devices": list(self.device_names),
+            "expert_bytes": self.expert_bytes,
+            "solver": self.solver,
+            "objective": self.objective,
+            "status": self.status,
+            "solve_time_s": self.solve_time_s,
+            "num_layers": self.num_layers,
+            "num_experts": self.num_experts,
+            "layers": [
+                {"expert_to_devices": [list(t) for t in self.expert_to_devices(layer)],
+                 "device_to_experts": {k: list(v) for k, v in
+                                       self.device_to_experts(layer).items()}}
+                for layer in range(self.num_layers)
+            ],
+            "replica_counts": self.replica_counts.tolist(),
+            "summary": self.summary.to_dict() if self.summary else None,
+            "meta": self.meta,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> Placement:
+        """Reads `to_dict` output back, checking that its maps agree.
+
+        Raises:
+            PlacementError: not a placement, another schema version, or inconsistent maps.
+        """
+        where = f"placement {source}"
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise PlacementError(f"{where} is not a wattmoe placement (format != {FORMAT!r})")
+        if d.get("version") != SCHEMA_VERSION:
+            raise PlacementError(f"{where} has schema version {d.get('version')!r}; this "
+                                 f"wattmoe reads version {SCHEMA_VERSION}")
+        try:
+            names = tuple(str(n) for n in d["devices"])
+            index = {n: i for i, n in enumerate(names)}
+            layers = d["layers"]
+            E = int(d["num_experts"])
+            a = np.zeros((len(layers), E, len(names)), dtype=bool)
+            for layer, entry in enumerate(layers):
+                e2d = entry["expert_to_devices"]
+                if len(e2d) != E:
+                    raise PlacementError(f"{where}: layer {layer} lists {len(e2d)} experts, "
+                                         f"expected {E}")
+                for e, devs in enumerate(e2d):
+                    for name in devs:
+                        if name not in index:
+                            raise PlacementError(f"{where}: layer {layer} expert {e} is on "
+                                                 f"unknown device {name!r}")
+                        a[layer, e, index[name]] = True
+                d2e = entry.get("device_to_experts")
+                if d2e is not None:
+                    b = np.zeros_like(a[layer])
+                    for name, experts in d2e.items():
+                        b[experts, index[name]] = True
+                    if not np.array_equal(a[layer], b):
+                        raise PlacementError(f"{where}: layer {layer}: expert_to_devices and "
+                                             "device_to_experts disagree")
+            counts = d.get("replica_counts")
+            if counts is not None and not np.array_equal(np.asarray(counts), a.sum(axis=2)):
+                raise PlacementError(f"{where}: replica_counts disagree with expert_to_devices")
+            summary = PlacementSummary.from_dict(d["summary"]) if d.get("summary") else None
+            return cls(names, a, int(d["expert_bytes"]), solver=str(d.get("solver", "")),
+                       objective=str(d.get("objective", "")), status=str(d.get("status", "")),
+                       solve_time_s=float(d.get("solve_time_s", 0.0)),
+                       cluster=str(d.get("cluster", "")), summary=summary,
+                       meta=dict(d.get("meta") or {}))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, PlacementError):
+                raise
+            raise PlacementError(f"{where} is malformed: {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<json>") -> Placement:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise PlacementError(f"placement {source} is not valid JSON: {exc}") from None
+        return cls.from_dict(data, source)
+
+
+@dataclass(frozen=True)
+class PlacementDiff:
+    """What it takes to go from placement `a` to placement `b`.
+
+    Attributes:
+        experts_moved: (layer, expert) pairs whose set of devices changed.
+        replicas_added: replicas in b that a does not have (each must be copied).
+        replicas_removed: replicas in a that b drops.
+        bytes_to_migrate: replicas_added x expert bytes.
+        moved_per_layer: [L] experts moved per layer.
+        bytes_in: device -> bytes it receives.
+        bytes_freed: device -> bytes it frees.
+    """
+
+    experts_moved: int
+    replicas_added: int
+    replicas_removed: int
+    bytes_to_migrate: int
+    moved_per_layer: tuple[int, ...]
+    bytes_in: dict[str, int]
+    bytes_freed: dict[str, int]
+
+
+def diff_placements(a: Placement, b: Placement) -> PlacementDiff:
+    """Experts moved and bytes to migrate from `a` to `b` (devices matched by name).
+
+    Raises:
+        PlacementError: different numbers of layers/experts or expert sizes.
+    """
+    if a.assignment.shape[:2] != b.assignment.shape[:2]:
+        raise PlacementError(f"cannot diff placements of {a.assignment.shape[:2]} and "
+                             f"{b.assignment.shape[:2]} (layers, experts)")
+    if a.expert_bytes != b.expert_bytes:
+        raise PlacementError(f"cannot diff placements of different expert sizes "
+                             f"({a.expert_bytes} and {b.expert_bytes} bytes)")
+    names = list(dict.fromkeys([*a.device_names, *b.device_names]))
+
+    def widen(p: Placement) -> np.ndarray:
+        out = np.zeros((*p.assignment.shape[:2], len(names)), dtype=bool)
+        for i, n in enumerate(p.device_names):
+            out[:, :, names.index(n)] = p.assignment[:, :, i]
+        return out
+
+    wa, wb = widen(a), widen(b)
+    added = wb & ~wa
+    removed = wa & ~wb
+    moved = (added | removed).any(axis=2)
+    return PlacementDiff(
+        experts_moved=int(moved.sum()), replicas_added=int(added.sum()),
+        replicas_removed=int(removed.sum()),
+        bytes_to_migrate=int(added.sum()) * a.expert_bytes,
+        moved_per_layer=tuple(int(x) for x in moved.sum(axis=1)),
+        bytes_in={n: int(added[:, :, i].sum()) * a.expert_bytes for i, n in enumerate(names)},
+        bytes_freed={n: int(removed[:, :, i].sum()) * a.expert_bytes
+                     for i, n in enumerate(names)},
+    )
