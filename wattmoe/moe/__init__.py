@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from wattmoe.moe.backends import EXPERT_BACKENDS, get_backend, register_backend
+from wattmoe.moe.backends import (
+    EXPERT_BACKENDS,
+    available_backends,
+    get_backend,
+    register_backend,
+)
 from wattmoe.moe.base import MoEConfig, dtype_name, resolve_dtype
 from wattmoe.moe.block import MoETransformerBlock
 from wattmoe.moe.dispatch import Dispatch, build_dispatch, expert_capacity
@@ -40,6 +45,7 @@ __all__ = [
     "RouterOutput",
     "RoutingStrategy",
     "SimpleMoELayer",
+    "available_backends",
     "build_dispatch",
     "dequantize_int4",
     "dtype_name",

@@ -1,0 +1,510 @@
+"""MoE expert kernels on one GPU: correctness, tuning, and energy per token per backend.
+
+Usage (on the GPU machine, from the project root):
+
+    PYTHONPATH=$PWD python3 benchmarks/gpu/kernels_bench.py --out $OUT
+
+Sections, in this order, per expert shape (OLMoE, Qwen3-30B-A3B, DeepSeek-V3 by default):
+
+1. check: every backend (bf16 and int4 experts) against an fp32 reference computed from the
+   same weights, on fresh random tokens and routings (uniform, Zipf-skewed with many empty
+   experts, all tokens on the same k experts, capacity drops, one token), with the caching
+   allocator poisoned with NaN before every run; relative error ||out - ref|| / ||ref||.
+2. tune: each `fused` launch configuration that fits the step size, timed with CUDA events
+   (median of triton.testing.do_bench), its error checked; the fastest is recorded per
+   (shape, weights, assignments) and used by section 3. `grouped` and `loop` are timed too.
+3. energy: one SimpleMoELayer step (router + dispatch + experts + combine) repeated for a
+   window of >= --window seconds, read from NVML's total-energy counter (mJ, updates about
+   every 100 ms: the window starts and ends on a counter update). Energy per token, time per
+   step and mean power per (shape, tokens per step, backend).
+
+Writes <out>/kernels_bench.json (everything, with provenance) and <out>/tuned_configs.json; the
+last lines printed are a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _meta import provenance, write_json  # noqa: E402
+
+from wattmoe.moe import SimpleMoELayer, build_dispatch, dequantize_int4, get_preset  # noqa: E402
+from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.autoselect import AUTO  # noqa: E402
+from wattmoe.moe.backends import get_backend  # noqa: E402
+from wattmoe.moe.dispatch import Dispatch  # noqa: E402
+from wattmoe.moe.stacked import stacked_experts  # noqa: E402
+
+SHAPES = ["olmoe-1b-7b", "qwen3-30b-a3b", "deepseek-v3"]
+TOL = 1e-2  # bf16 operands: relative error between 1e-3 and 1e-2 (METHOD.md)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench_ms(fn: Callable[[], object]) -> float:
+    """Median time of fn in ms: triton.testing.do_bench (CUDA events) on a GPU, else a timer."""
+    if torch.cuda.is_available():
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=10, rep=40, return_mode="median")
+    fn()
+    ts = []
+    for _ in range(3):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return sorted(ts)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference and routings
+
+
+def _w32(lin: torch.nn.Module) -> torch.Tensor:
+    if hasattr(lin, "packed"):
+        return dequantize_int4(lin.packed, lin.scales, torch.float32)
+    return lin.weight.float()
+
+
+def reference(experts, x: torch.Tensor, d: Dispatch) -> torch.Tensor:
+    """fp32 sum_k w_k * expert_k(x) from the same (dequantized) weights, one expert at a time."""
+    xf = x.float()
+    out = torch.zeros_like(xf)
+    bounds = d.offsets.tolist()
+    for e, ex in enumerate(experts):
+        lo, hi = bounds[e], bounds[e + 1]
+        if hi == lo:
+            continue
+        idx = d.token_idx[lo:hi]
+        xs = xf[idx]
+        if ex.gate_proj is not None:
+            a = F.silu(xs @ _w32(ex.gate_proj).T) * (xs @ _w32(ex.up_proj).T)
+        else:
+            a = F.relu(xs @ _w32(ex.up_proj).T)
+        out.index_add_(0, idx, (a @ _w32(ex.down_proj).T) * d.weight[lo:hi, None].float())
+    return out
+
+
+def routing(kind: str, tokens: int, num_experts: int, top_k: int, dev: torch.device,
+            gen: torch.Generator) -> Dispatch:
+    if kind in ("uniform", "capacity", "single"):
+        idx = torch.rand(tokens, num_experts, generator=gen, device=dev).topk(top_k, -1).indices
+    elif kind == "skewed":  # Zipf(1.5) over a random order of experts
+        p = 1.0 / torch.arange(1, num_experts + 1, device=dev, dtype=torch.float32) ** 1.5
+        p = p[torch.randperm(num_experts, generator=gen, device=dev)]
+        idx = torch.multinomial(p.expand(tokens, -1).contiguous(), top_k, generator=gen)
+    elif kind == "hot":  # every token on the same k experts
+        hot = torch.randperm(num_experts, generator=gen, device=dev)[:top_k]
+        idx = hot.expand(tokens, -1).contiguous()
+    else:
+        raise ValueError(kind)
+    w = torch.rand(tokens, top_k, generator=gen, device=dev) + 0.05
+    w = w / w.sum(-1, keepdim=True)
+    cf = 0.5 if kind == "capacity" else None
+    return build_dispatch(idx, w, num_experts, cf)
+
+
+def poison(dev: torch.device, sizes: list[int]) -> None:
+    """Fills blocks of the caching allocator with NaN (0xFF bytes) and frees them again."""
+    blocks = [torch.empty(n, dtype=torch.uint8, device=dev).fill_(255) for n in sizes]
+    del blocks
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    if not torch.isfinite(out).all():
+        return float("nan")
+    return ((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# NVML energy windows
+
+
+class ClockOnly:
+    """Stands in for NVML on a machine without a GPU (smoke tests): no energy, 0 J."""
+
+    source = "not measured (no GPU)"
+
+    def info(self) -> dict[str, object]:
+        return {}
+
+    def window(self, step: Callable[[], object], seconds: float) -> dict[str, float]:
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds or n == 0:
+            step()
+            n += 1
+        return {"energy_j": 0.0, "seconds": time.perf_counter() - t0, "steps": n}
+
+
+class Energy:
+    source = "measured (NVML total energy counter)"
+
+    def __init__(self, index: int = 0) -> None:
+        import pynvml
+
+        self.nv = pynvml
+        pynvml.nvmlInit()
+        self.h = pynvml.nvmlDeviceGetHandleByIndex(index)
+
+    def mj(self) -> int:
+        return self.nv.nvmlDeviceGetTotalEnergyConsumption(self.h)
+
+    def info(self) -> dict[str, object]:
+        nv, h = self.nv, self.h
+        out: dict[str, object] = {}
+        for name, fn in [
+            ("name", lambda: nv.nvmlDeviceGetName(h)),
+            ("driver", nv.nvmlSystemGetDriverVersion),
+            ("power_limit_w", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000),
+            ("temperature_c", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+            ("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+            ("mem_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)),
+            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000),
+        ]:
+            try:
+                v = fn()
+                out[name] = v.decode() if isinstance(v, bytes) else v
+            except Exception as exc:
+                out[name] = f"n/a ({exc.__class__.__name__})"
+        return out
+
+    def wait_tick(self, step: Callable[[], object] | None = None) -> tuple[int, float]:
+        """Runs `step` (or spins) until the counter changes; returns (mJ, perf_counter)."""
+        e0 = self.mj()
+        while True:
+            if step is not None:
+                step()
+                sync()
+            e = self.mj()
+            if e != e0:
+                return e, time.perf_counter()
+
+    def window(self, step: Callable[[], object], seconds: float, warm_s: float = 0.15
+               ) -> dict[str, float]:
+        t = time.perf_counter()
+        while time.perf_counter() - t < warm_s:
+            step()
+        sync()
+        e0, t0 = self.wait_tick(step)  # stepping, so the window starts under load
+        n = 0
+        while True:
+            step()
+            n += 1
+            if time.perf_counter() - t0 >= seconds:
+                sync()
+                if time.perf_counter() - t0 >= seconds:
+                    break
+        # keep stepping until the counter ticks, so both ends sit on counter updates
+        e_last = self.mj()
+        while True:
+            step()
+            n += 1
+            sync()
+            e1 = self.mj()
+            if e1 != e_last:
+                t1 = time.perf_counter()
+                break
+        return {"energy_j": (e1 - e0) / 1000, "seconds": t1 - t0, "steps": n}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def floors(cfg, tokens: int, bytes_per_weight: float, peak_tflops: float, peak_tbs: float
+           ) -> dict[str, float]:
+    """FLOPs and fewest bytes of one step's experts; their times at the measured ceilings."""
+    h, f, e, k = cfg.hidden_size, cfg.expert_inner_size, cfg.num_experts, cfg.top_k
+    n = tokens * k
+    flops = 2 * n * 3 * h * f
+    touched = e * (1 - (1 - k / e) ** tokens)  # expected experts with >= 1 token
+    wbytes = touched * 3 * h * f * bytes_per_weight
+    act_bytes = 2 * tokens * h * 2  # x read once, out written once (bf16)
+    nbytes = wbytes + act_bytes
+    return {"flops": flops, "bytes": nbytes, "experts_touched": touched,
+            "t_flops_s": flops / (peak_tflops * 1e12), "t_bytes_s": nbytes / (peak_tbs * 1e12)}
+
+
+def ceilings(dev: torch.device) -> dict[str, float]:
+    a = torch.empty(2 << 30, dtype=torch.uint8, device=dev).fill_(1)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    ev[0].record()
+    for _ in range(10):
+        b.copy_(a)
+    ev[1].record()
+    torch.cuda.synchronize()
+    tbs = 2 * a.numel() * 10 / (ev[0].elapsed_time(ev[1]) / 1e3) / 1e12
+    del a, b
+    m = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        m @ m
+    torch.cuda.synchronize()
+    ev[0].record()
+    for _ in range(10):
+        m @ m
+    ev[1].record()
+    torch.cuda.synchronize()
+    tf = 2 * 8192**3 * 10 / (ev[0].elapsed_time(ev[1]) / 1e3) / 1e12
+    return {"copy_tb_s": tbs, "bf16_gemm_tflop_s": tf}
+
+
+def tune_candidates(num_assign: int, num_experts: int) -> list[str]:
+    m = num_assign / num_experts
+    if m <= 16:
+        return ["m16", "m32"]
+    if m <= 80:
+        return ["m16", "m32", "m64"]
+    if m <= 300:
+        return ["m64", "m64n128", "m128"]
+    return ["m64n128", "m128"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--tokens", default="64,512,4096,16384")
+    ap.add_argument("--window", type=float, default=2.0)
+    ap.add_argument("--graph-tokens", default="64", help="step sizes that also run *_graph")
+    ap.add_argument("--sections", default="check,tune,energy")
+    ap.add_argument("--out", default="results/h200/kernels")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda", help="'cpu' = smoke test (tiny shapes, no energy)")
+    ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shapes")
+    args = ap.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections = set(args.sections.split(","))
+    token_list = [int(t) for t in args.tokens.split(",")]
+    graph_tokens = {int(t) for t in args.graph_tokens.split(",") if t}
+    dev = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+    nrg = Energy() if dev.type == "cuda" else ClockOnly()
+    import triton
+
+    meta = provenance()
+    if os.environ.get("WATTMOE_COMMIT"):
+        meta["commit"] = os.environ["WATTMOE_COMMIT"]
+    meta["machine"].update(  # type: ignore[union-attr]
+        {"gpu_nvml": nrg.info(), "triton": triton.__version__, "node": platform.node()})
+    payload: dict[str, object] = {**meta, "args": vars(args), "check": [], "tune": [],
+                                  "energy": [], "errors": []}
+    t_start = time.perf_counter()
+    ceil = ceilings(dev) if dev.type == "cuda" else {"copy_tb_s": 0.1, "bf16_gemm_tflop_s": 1.0}
+    payload["ceilings"] = ceil
+    log(f"ceilings: copy {ceil['copy_tb_s']:.2f} TB/s, bf16 GEMM {ceil['bf16_gemm_tflop_s']:.0f} "
+        f"TFLOP/s; gpu {payload['machine']['gpu_nvml']}")  # type: ignore[index]
+    tuned: dict[str, dict[str, str]] = {}
+    if dev.type == "cuda":
+        meta["machine"]["cuda_device"] = torch.cuda.get_device_name(dev)  # type: ignore[index]
+
+    def save() -> None:
+        payload["wall_s"] = time.perf_counter() - t_start
+        payload["auto_decisions"] = AUTO.records()
+        write_json(out_dir / "kernels_bench.json", payload)
+        write_json(out_dir / "tuned_configs.json",
+                   ft.config_table_payload(tuned, device=ft.device_key(dev),
+                                           commit=meta["commit"], source="kernels_bench.py tune"))
+
+    for shape in args.shapes.split(","):
+        cfg = get_preset(shape, args.scale)
+        log(f"== {shape}: H={cfg.hidden_size} F={cfg.expert_inner_size} E={cfg.num_experts} "
+            f"k={cfg.top_k}")
+        torch.manual_seed(args.seed)
+        layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+        qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+        qlayer.router.load_state_dict(layer.router.state_dict())
+        qlayer.quantize(min(128, cfg.expert_inner_size))
+        st = stacked_experts(layer.experts)
+        qst = stacked_experts(qlayer.experts)
+        log(f"   weights: bf16 {st.weight_bytes() / 1e9:.2f} GB, "
+            f"int4 {qst.weight_bytes() / 1e9:.2f} GB")
+        variants = {"bf16": layer, "int4": qlayer}
+
+        # 1. correctness ---------------------------------------------------------------------
+        if "check" in sections:
+            cases = [("uniform", 64), ("uniform", 4096), ("skewed", 512), ("skewed", 4096),
+                     ("hot", 512), ("capacity", 512), ("single", 1)]
+            for kind, tokens in cases:
+                d = routing(kind, tokens, cfg.num_experts, cfg.top_k, dev, gen)
+                x = torch.randn(tokens, cfg.hidden_size, generator=gen, device=dev).bfloat16()
+                for wname, lay in variants.items():
+                    with torch.inference_mode():
+                        ref = reference(lay.experts, x, d)
+                    names = ["loop", "grouped", "fused", "fused_graph", "grouped_graph", "auto"]
+                    if wname == "int4":
+                        names = ["loop", "grouped", "fused", "fused_graph"]
+                    for name in names:
+                        try:
+                            errs = []
+                            for _ in range(2):  # twice: a race shows as a moving error
+                                poison(dev, [64 << 20, 8 << 20, 1 << 20, 256 << 10])
+                                with torch.inference_mode():
+                                    y = get_backend(name)(lay.experts, x, d)
+                                sync()
+                                errs.append(rel_err(y, ref))
+                            err = max(errs) if all(v == v for v in errs) else float("nan")
+                            ok = err == err and err <= TOL
+                        except Exception as exc:
+                            err, ok = float("nan"), False
+                            payload["errors"].append(  # type: ignore[union-attr]
+                                {"where": f"check {shape} {kind} {tokens} {wname} {name}",
+                                 "error": traceback.format_exc()})
+                            log(f"   ERROR {name} {wname} {kind} {tokens}: {exc!r}")
+                        payload["check"].append({  # type: ignore[union-attr]
+                            "shape": shape, "routing": kind, "tokens": tokens,
+                            "assignments": d.token_idx.numel(),
+                            "empty_experts": int((d.counts == 0).sum()),
+                            "max_expert_rows": int(d.counts.max()), "weights": wname,
+                            "backend": name, "rel_err": err, "ok": ok})
+                        if not ok:
+                            log(f"   FAIL {shape} {kind} T={tokens} {wname} {name}: {err:.3g}")
+            fails = [r for r in payload["check"] if r["shape"] == shape and not r["ok"]]  # type: ignore[union-attr]
+            worst = max((r["rel_err"] for r in payload["check"] if r["shape"] == shape  # type: ignore[union-attr]
+                         and r["rel_err"] == r["rel_err"]), default=float("nan"))
+            log(f"   check: {len(fails)} failures, worst rel err {worst:.2e}  "
+                f"(t={time.perf_counter() - t_start:.0f}s)")
+            save()
+
+        # 2. tuning (kernel level, CUDA events) ----------------------------------------------
+        if "tune" in sections:
+            for tokens in token_list:
+                d = routing("uniform", tokens, cfg.num_experts, cfg.top_k, dev, gen)
+                x = torch.randn(tokens, cfg.hidden_size, generator=gen, device=dev).bfloat16()
+                n_assign = d.token_idx.numel()
+                for wname, lay in variants.items():
+                    stk = stacked_experts(lay.experts)
+                    with torch.inference_mode():
+                        ref = reference(lay.experts, x, d)
+                    times: dict[str, float] = {}
+                    for cand in tune_candidates(n_assign, cfg.num_experts):
+                        try:
+                            with torch.inference_mode():
+                                poison(dev, [64 << 20, 8 << 20])
+                                y = ft.fused_forward(stk, x, d, cand)
+                                err = rel_err(y, ref)
+                                ms = bench_ms(lambda c=cand, s=stk, x=x, d=d:
+                                              ft.fused_forward(s, x, d, c))
+                        except Exception as exc:
+                            payload["errors"].append(  # type: ignore[union-attr]
+                                {"where": f"tune {shape} {tokens} {wname} {cand}",
+                                 "error": traceback.format_exc()})
+                            log(f"   ERROR tune {cand}: {exc!r}")
+                            continue
+                        rec = {"shape": shape, "tokens": tokens, "assignments": n_assign,
+                               "weights": wname, "impl": f"fused:{cand}", "ms": ms,
+                               "rel_err": err, "ok": err == err and err <= TOL}
+                        payload["tune"].append(rec)  # type: ignore[union-attr]
+                        if rec["ok"]:
+                            times[cand] = ms
+                    for name in ("grouped",):
+                        try:
+                            with torch.inference_mode():
+                                fn = get_backend(name)
+                                ms = bench_ms(lambda f=fn, e=lay.experts, x=x, d=d: f(e, x, d))
+                            payload["tune"].append({"shape": shape, "tokens": tokens,  # type: ignore[union-attr]
+                                                    "assignments": n_assign, "weights": wname,
+                                                    "impl": name, "ms": ms})
+                        except Exception:
+                            payload["errors"].append(  # type: ignore[union-attr]
+                                {"where": f"tune {shape} {tokens} {wname} {name}",
+                                 "error": traceback.format_exc()})
+                    if times:
+                        best = min(times, key=times.__getitem__)
+                        tuned.setdefault(ft.shape_key(stk), {})[str(n_assign)] = best
+                        g = [r["ms"] for r in payload["tune"] if r["shape"] == shape  # type: ignore[union-attr]
+                             and r["tokens"] == tokens and r["weights"] == wname
+                             and r["impl"] == "grouped"]
+                        log(f"   tune T={tokens:5d} {wname}: " + " ".join(
+                            f"{c}={t * 1e3:.0f}us" for c, t in times.items())
+                            + f" -> {best}; grouped {g[0] * 1e3 if g else float('nan'):.0f}us")
+            ft.set_tuned(dev, tuned)
+            save()
+
+        # 3. energy per token (NVML counter, whole layer step) -------------------------------
+        if "energy" in sections:
+            for tokens in token_list:
+                x = torch.randn(tokens, cfg.hidden_size, generator=gen, device=dev).bfloat16()
+                runs = [("loop", "bf16", "loop"), ("grouped", "bf16", "grouped"),
+                        ("fused", "bf16", "fused"), ("fused_int4", "int4", "fused")]
+                if tokens in graph_tokens:
+                    runs += [("fused_graph", "bf16", "fused_graph")]
+                for label, wname, backend in runs:
+                    lay = variants[wname]
+                    lay.set_backend(backend)
+                    try:
+                        with torch.inference_mode():
+                            w = nrg.window(lambda lay=lay, x=x: lay(x), args.window)
+                    except Exception as exc:
+                        payload["errors"].append({"where": f"energy {shape} {tokens} {label}",  # type: ignore[union-attr]
+                                                  "error": traceback.format_exc()})
+                        log(f"   ERROR energy {label} T={tokens}: {exc!r}")
+                        continue
+                    info = nrg.info()
+                    rec = {"shape": shape, "tokens": tokens, "backend": label, "weights": wname,
+                           **w, "uj_per_token": w["energy_j"] / (w["steps"] * tokens) * 1e6,
+                           "ms_per_step": w["seconds"] / w["steps"] * 1e3,
+                           "mean_power_w": w["energy_j"] / w["seconds"],
+                           "temperature_c_after": info.get("temperature_c"),
+                           "sm_clock_mhz_after": info.get("sm_clock_mhz"),
+                           "floors": floors(cfg, tokens, 2.0 if wname == "bf16" else 0.5 + 2 / 128,
+                                            ceil["bf16_gemm_tflop_s"], ceil["copy_tb_s"]),
+                           "fused_config": (ft.choose_config(stacked_experts(lay.experts),
+                                                             tokens * cfg.top_k, dev)
+                                            if backend.startswith("fused") else None),
+                           "source": nrg.source}
+                    payload["energy"].append(rec)  # type: ignore[union-attr]
+                    log(f"   {label:17s} T={tokens:5d}: {rec['uj_per_token']:9.1f} uJ/token "
+                        f"{rec['ms_per_step']:8.3f} ms/step {rec['mean_power_w']:6.0f} W "
+                        f"({w['steps']} steps, {w['seconds']:.2f} s)")
+                save()
+            layer.set_backend("loop")
+        del layer, qlayer, variants, st, qst
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    save()
+    # summary table
+    log("\nuJ/token (NVML, whole layer step); ratios = grouped / fused and grouped / fused_int4")
+    log("shape          tokens    loop grouped   fused    int4 | g/fused g/int4 "
+        "| graph: fused int4")
+    for shape in args.shapes.split(","):
+        for tokens in token_list:
+            row = {r["backend"]: r["uj_per_token"] for r in payload["energy"]  # type: ignore[union-attr]
+                   if r["shape"] == shape and r["tokens"] == tokens}
+            g, f, q = row.get("grouped"), row.get("fused"), row.get("fused_int4")
+            cells = " ".join(f"{row.get(b, float('nan')):7.1f}" for b in
+                             ("loop", "grouped", "fused", "fused_int4"))
+            rat = (f"{g / f:6.2f}x {g / q:5.2f}x" if g and f and q else " " * 14)
+            gr = " ".join(f"{row[b]:7.1f}" for b in ("fused_graph", "fused_int4_graph") if b in row)
+            log(f"{shape:14s} {tokens:6d} {cells} | {rat} | {gr}")
+    nfail = sum(1 for r in payload["check"] if not r["ok"])  # type: ignore[union-attr]
+    log(f"check: {len(payload['check'])} runs, {nfail} failed; errors: {len(payload['errors'])}; "
+        f"wall {time.perf_counter() - t_start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Expert execution backends on CPU: every backend matches `loop`, stacking, auto, graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wattmoe.errors import ConfigError
+from wattmoe.moe import Expert, SimpleMoELayer, build_dispatch, get_preset
+from wattmoe.moe.autoselect import AutoBackend, bucket
+from wattmoe.moe.backends import EXPERT_BACKENDS, available_backends, get_backend
+from wattmoe.moe.dispatch import Dispatch
+from wattmoe.moe.graphs import GraphedBackend
+from wattmoe.moe.grouped import grouped_mm
+from wattmoe.moe.stacked import invalidate_stack, stacked_experts
+
+FAST = ["grouped", "fused", "fused_graph", "grouped_graph", "auto"]
+
+
+@pytest.fixture(autouse=True)
+def _no_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `fused` on CPU: the torch fallback here (the Triton interpreter has its own test file)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def make_dispatch(kind: str, tokens: int, num_experts: int, top_k: int,
+                  gen: torch.Generator) -> Dispatch:
+    """Routings: uniform, skewed (few experts get most), hot (all on k experts), capacity."""
+    if kind == "hot":
+        idx = torch.randperm(num_experts, generator=gen)[:top_k].expand(tokens, -1)
+    elif kind == "skewed":
+        p = 1.0 / torch.arange(1, num_experts + 1).float() ** 2
+        idx = torch.multinomial(p.expand(tokens, -1), top_k, generator=gen)
+    else:
+        idx = torch.rand(tokens, num_experts, generator=gen).topk(top_k, -1).indices
+    w = torch.rand(tokens, top_k, generator=gen) + 0.1
+    return build_dispatch(idx, w / w.sum(-1, keepdim=True), num_experts,
+                          0.5 if kind == "capacity" else None)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def small_layer(form: str = "swiglu", dtype: str = "fp32", seed: int = 0) -> SimpleMoELayer:
+    cfg = get_preset("tiny").replace(expert_form=form, num_experts=8, top_k=2)
+    return SimpleMoELayer(cfg, dtype=dtype, seed=seed).eval()
+
+
+def test_registry_and_available() -> None:
+    for name in ["loop", *FAST]:
+        assert name in EXPERT_BACKENDS
+    with pytest.raises(ConfigError, match="unknown expert backend"):
+        get_backend("nope")
+    cpu = available_backends("cpu", torch.float32)
+    assert cpu[0] == "loop" and "auto" not in cpu
+    assert "fused" not in cpu and "fused_graph" not in cpu  # no native CPU kernel
+    assert ("grouped" in cpu) == hasattr(torch, "_grouped_mm")
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("form", ["swiglu", "relu"])
+@pytest.mark.parametrize("kind", ["uniform", "skewed", "hot", "capacity"])
+def test_backend_matches_loop_fp32(backend: str, form: str, kind: str,
+                                   gen: torch.Generator) -> None:
+    layer = small_layer(form)
+    d = make_dispatch(kind, 29, 8, 2, gen)
+    if kind in ("skewed", "hot"):
+        assert (d.counts == 0).any()  # experts with no tokens are part of the test
+    x = torch.randn(29, layer.config.hidden_size, generator=gen)
+    with torch.no_grad():
+        want = get_backend("loop")(layer.experts, x, d)
+        got = get_backend(backend)(layer.experts, x, d)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["grouped", "fused"])
+def test_backend_matches_loop_bf16_and_int4(backend: str, gen: torch.Generator) -> None:
+    cfg = get_preset("olmoe-1b-7b", 1 / 16)  # H=128, F=64, E=64, k=8
+    layer = SimpleMoELayer(cfg, dtype="bf16", seed=1).eval()
+    x = torch.randn(40, cfg.hidden_size, generator=gen).bfloat16()
+    d = make_dispatch("skewed", 40, cfg.num_experts, cfg.top_k, gen)
+    with torch.no_grad():
+        assert rel_err(get_backend(backend)(layer.experts, x, d),
+                       get_backend("loop")(layer.experts, x, d)) < 1e-2
+        layer.quantize(group_size=32)
+        assert rel_err(get_backend(backend)(layer.experts, x, d),
+                       get_backend("loop")(layer.experts, x, d)) < 1e-2
+
+
+def test_int4_fp32_compute_is_exact_against_loop(gen: torch.Generator) -> None:
+    layer = small_layer().quantize(group_size=32)
+    x = torch.randn(17, layer.config.hidden_size, generator=gen)
+    d = make_dispatch("uniform", 17, 8, 2, gen)
+    with torch.no_grad():
+        want = get_backend("loop")(layer.experts, x, d)
+        for name in ("grouped", "fused"):
+            torch.testing.assert_close(get_backend(name)(layer.experts, x, d), want,
+                                       rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["loop", *FAST])
+def test_no_assignments_gives_zeros(backend: str) -> None:
+    layer = small_layer()
+    x = torch.randn(3, layer.config.hidden_size)
+    empty = torch.empty(0, dtype=torch.long)
+    d = Dispatch(empty, torch.empty(0), torch.zeros(8, dtype=torch.long),
+                 torch.zeros(8, dtype=torch.long), 0, None)
+    with torch.no_grad():
+        assert torch.equal(get_backend(backend)(layer.experts, x, d), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_layer_forward_with_backend(backend: str, gen: torch.Generator) -> None:
+    layer = small_layer(seed=3)
+    ref = small_layer(seed=3)
+    layer.set_backend(backend)
+    x = torch.randn(2, 5, layer.config.hidden_size, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).hidden_states, ref(x).hidden_states,
+                                   rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_training_falls_back_to_loop_with_gradients(backend: str, gen: torch.Generator) -> None:
+    layer = small_layer(seed=4)
+    layer.set_backend(backend)
+    x = torch.randn(9, layer.config.hidden_size, generator=gen)
+    layer(x).hidden_states.square().sum().backward()
+    grads = [e.down_proj.weight.grad for e in layer.experts]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+# --- stacking -------------------------------------------------------------------------------
+
+
+def test_stack_shares_storage_and_sees_inplace_updates(gen: torch.Generator) -> None:
+    layer = small_layer()
+    st = stacked_experts(layer.experts)
+    f = layer.config.expert_inner_size
+    ex = layer.experts[5]
+    assert ex.gate_proj.weight.data_ptr() == st.w13[5, :f].data_ptr()
+    assert ex.up_proj.weight.data_ptr() == st.w13[5, f:].data_ptr()
+    assert ex.down_proj.weight.data_ptr() == st.w2[5].data_ptr()
+    assert stacked_experts(layer.experts) is st  # cached
+    x = torch.randn(21, layer.config.hidden_size, generator=gen)
+    d = make_dispatch("uniform", 21, 8, 2, gen)
+    with torch.no_grad():
+        ex.down_proj.weight.mul_(3.0)  # in place: the stack sees it without a rebuild
+        layer.load_state_dict({k: v * 1.5 for k, v in layer.state_dict().items()})
+        torch.testing.assert_close(get_backend("grouped")(layer.experts, x, d),
+                                   get_backend("loop")(layer.experts, x, d), rtol=1e-5, atol=1e-6)
+    assert stacked_experts(layer.experts) is st
+
+
+def test_stack_rebuilds_after_quantize_and_dtype_change() -> None:
+    layer = small_layer()
+    st = stacked_experts(layer.experts)
+    layer.to(torch.float16)
+    st16 = stacked_experts(layer.experts)
+    assert st16 is not st and st16.dtype == torch.float16 and st16.w13.dtype == torch.float16
+    layer.quantize(group_size=32)
+    sq = stacked_experts(layer.experts)
+    assert sq.quantized and sq.q13.dtype == torch.uint8 and sq.group_size == 32
+    assert sq.q13.shape == (8, 2 * layer.config.expert_inner_size, layer.config.hidden_size // 2)
+    assert layer.experts[2].up_proj.packed.data_ptr() == sq.q13[2, sq.inner_size:].data_ptr()
+    assert sq.weight_bytes() < st16.weight_bytes()
+
+
+def test_replaced_middle_expert_needs_verify_or_invalidate() -> None:
+    layer = small_layer()
+    st = stacked_experts(layer.experts)
+    w = layer.experts[3].up_proj.weight
+    w.data = w.data.clone() * 2  # replaces the tensor of a middle expert
+    assert stacked_experts(layer.experts) is st  # O(1) check: not noticed
+    rebuilt = stacked_experts(layer.experts, verify=True)
+    assert rebuilt is not st
+    f = layer.config.expert_inner_size
+    torch.testing.assert_close(rebuilt.w13[3, f:], layer.experts[3].up_proj.weight)
+    invalidate_stack(layer.experts)
+    assert stacked_experts(layer.experts) is not rebuilt
+
+
+def test_stack_of_plain_list_and_errors() -> None:
+    experts = [Expert(16, 32) for _ in range(3)]
+    st = stacked_experts(experts)
+    assert stacked_experts(experts) is st and st.w13.shape == (3, 64, 16)
+    with pytest.raises(ConfigError):
+        stacked_experts([Expert(16, 32), Expert(16, 64)])
+    with pytest.raises(ConfigError):
+        stacked_experts([])
+
+
+def test_grouped_mm_falls_back_on_layouts_torch_refuses(gen: torch.Generator) -> None:
+    a = torch.randn(7, 6, generator=gen)  # 6 fp32 = 24 bytes: not a multiple of 16
+    b = torch.randn(3, 6, 5, generator=gen)
+    offs = torch.tensor([2, 2, 7], dtype=torch.int32)
+    out = grouped_mm(a, b, offs)
+    torch.testing.assert_close(out[:2], a[:2] @ b[0])
+    torch.testing.assert_close(out[2:], a[2:] @ b[2])
+
+
+# --- auto and graphs ------------------------------------------------------------------------
+
+
+def test_bucket() -> None:
+    assert [bucket(n) for n in (0, 1, 2, 3, 64, 65)] == [0, 1, 2, 4, 64, 128]
+
+
+def test_auto_calibrates_once_per_bucket_and_records(gen: torch.Generator) -> None:
+    auto = AutoBackend(candidates=["loop", "grouped"], repeats=1)
+    layer = small_layer()
+    x = torch.randn(16, layer.config.hidden_size, generator=gen)
+    d = make_dispatch("uniform", 16, 8, 2, gen)
+    with torch.no_grad():
+        want = get_backend("loop")(layer.experts, x, d)
+        for _ in range(3):
+            torch.testing.assert_close(auto(layer.experts, x, d), want, rtol=1e-5, atol=1e-6)
+    assert len(auto.decisions) == 1
+    dec = auto.decisions[0]
+    assert dec.reason == "calibrated" and set(dec.scores) == {"loop", "grouped"}
+    assert dec.key[-1] == 32 and auto.last is dec
+    assert sum(auto.counts.values()) == 3 and auto.counts[dec.backend] == 3
+    assert auto.records()[0]["backend"] == dec.backend
+    d2 = make_dispatch("uniform", 40, 8, 2, gen)  # 80 assignments: another bucket
+    with torch.no_grad():
+        auto(layer.experts, torch.randn(40, layer.config.hidden_size, generator=gen), d2)
+    assert len(auto.decisions) == 2
+    auto.reset()
+    assert not auto.decisions and auto.last is None
+
+
+def test_auto_uses_cost_fn(gen: torch.Generator) -> None:
+    seen = []
+
+    def cost(name: str, info: dict[str, object]) -> float:
+        seen.append(info["assignments"])
+        return {"loop": 1.0, "grouped": 5.0}[name]
+
+    auto = AutoBackend(candidates=["grouped", "loop"], cost_fn=cost)
+    layer = small_layer()
+    d = make_dispatch("uniform", 8, 8, 2, gen)
+    with torch.no_grad():
+        auto(layer.experts, torch.randn(8, layer.config.hidden_size, generator=gen), d)
+    assert auto.last.backend == "loop" and auto.last.reason == "cost" and seen == [16, 16]
+    with pytest.raises(ConfigError):
+        AutoBackend(candidates=["auto"])
+
+
+def test_graphed_backend_runs_eagerly_on_cpu(gen: torch.Generator) -> None:
+    g = GraphedBackend("grouped")
+    layer = small_layer()
+    x = torch.randn(12, layer.config.hidden_size, generator=gen)
+    d = make_dispatch("uniform", 12, 8, 2, gen)
+    with torch.no_grad():
+        torch.testing.assert_close(g(layer.experts, x, d), get_backend("loop")(layer.experts, x, d),
+                                   rtol=1e-5, atol=1e-6)
+    assert g.captures == 0 and g.replays == 0

@@ -1,0 +1,113 @@
+"""The fused Triton kernels, run on CPU tensors by Triton's interpreter.
+
+Triton decides at its first import whether its library runs interpreted, so this module sets
+TRITON_INTERPRET=1 before anything imports Triton (wattmoe imports it lazily). Skipped where
+Triton is not installed, or was already imported without the interpreter.
+
+The interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest), so bf16 results
+are held to 2e-2 here; fp32 (and int4 with fp32 compute) must match `loop` to 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from wattmoe.moe import Expert, QuantizedExpert, quantize_expert
+from wattmoe.moe import fused_triton as ft
+from wattmoe.moe.backends import get_backend
+from wattmoe.moe.stacked import stacked_experts
+
+from .test_backends import make_dispatch, rel_err
+
+pytestmark = pytest.mark.skipif(
+    not ft.interpreting(), reason="Triton was imported before TRITON_INTERPRET=1 was set"
+)
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def experts(num: int, hidden: int, inner: int, form: str = "swiglu",
+            dtype: torch.dtype = torch.float32, seed: int = 0) -> list[Expert]:
+    torch.manual_seed(seed)
+    return [Expert(hidden, inner, form, dtype) for _ in range(num)]
+
+
+def run(ex: list, x: torch.Tensor, d, config: str) -> torch.Tensor:
+    return ft.fused_forward(stacked_experts(ex), x, d, config)
+
+
+@pytest.mark.parametrize("config", ["m16", "m32", "m64"])
+@pytest.mark.parametrize("form", ["swiglu", "relu"])
+@pytest.mark.parametrize("kind", ["uniform", "skewed", "hot", "capacity"])
+def test_fused_fp32_matches_loop(config: str, form: str, kind: str,
+                                 gen: torch.Generator) -> None:
+    ex = experts(8, 64, 32, form)
+    d = make_dispatch(kind, 37, 8, 2, gen)
+    x = torch.randn(37, 64, generator=gen)
+    with torch.no_grad():
+        want = get_backend("loop")(ex, x, d)
+        got = run(ex, x, d, config)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_single_token_and_ragged_widths(gen: torch.Generator) -> None:
+    # H=48: K tiles of 32 do not divide it (masked K loop); F=40: columns wrap and are masked
+    ex = experts(4, 48, 40)
+    x = torch.randn(1, 48, generator=gen)
+    d = make_dispatch("uniform", 1, 4, 2, gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(ex, x, d, "m16"), get_backend("loop")(ex, x, d),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator) -> None:
+    ex = experts(8, 64, 64, dtype=torch.bfloat16)
+    x = torch.randn(33, 64, generator=gen).bfloat16()
+    d = make_dispatch("skewed", 33, 8, 2, gen)
+    with torch.no_grad():
+        assert rel_err(run(ex, x, d, "m32"), get_backend("loop")(ex, x, d)) < 2e-2
+
+
+@pytest.mark.parametrize(("group", "config"), [(32, "m16"), (16, "m16"), (64, "m32")])
+@pytest.mark.parametrize("form", ["swiglu", "relu"])
+def test_fused_int4_dequantizes_in_the_gemm(group: int, config: str, form: str,
+                                            gen: torch.Generator) -> None:
+    # group 32/64 with K tiles <= group: one scale per tile row; group 16 < K tile of 64: a
+    # scale per element. fp32 compute: exact against loop, which dequantizes separately.
+    qx = [quantize_expert(e, group_size=group) for e in experts(8, 128, 64, form)]
+    assert isinstance(qx[0], QuantizedExpert)
+    d = make_dispatch("skewed", 29, 8, 2, gen)
+    x = torch.randn(29, 128, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fused_int4_bf16(gen: torch.Generator) -> None:
+    qx = [quantize_expert(e, 32) for e in experts(8, 64, 64, dtype=torch.bfloat16)]
+    x = torch.randn(21, 64, generator=gen).bfloat16()
+    d = make_dispatch("uniform", 21, 8, 2, gen)
+    with torch.no_grad():
+        assert rel_err(run(qx, x, d, "m16"), get_backend("loop")(qx, x, d)) < 2e-2
+
+
+def test_fused_backend_uses_triton_in_interpreter(gen: torch.Generator) -> None:
+    ex = experts(4, 32, 32)
+    x = torch.randn(5, 32, generator=gen)
+    d = make_dispatch("uniform", 5, 4, 2, gen)
+    with torch.no_grad():
+        torch.testing.assert_close(get_backend("fused")(ex, x, d),
+                                   get_backend("loop")(ex, x, d), rtol=1e-5, atol=1e-5)
+    assert ft._kernel.cache_info().currsize >= 1

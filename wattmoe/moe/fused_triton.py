@@ -1,0 +1,337 @@
+"""`fused`: the experts of one device in two Triton kernels, bf16/fp16/fp32 or int4 weights.
+
+One kernel, launched twice (plus a zero-fill and a final cast):
+
+1. gather + gate/up + activation: each program takes a block of BLOCK_M assignments of one
+   expert (rows of the expert-sorted dispatch, tokens gathered through `token_idx` while loading)
+   and BLOCK_N columns of the inner width; it accumulates x @ gate^T and x @ up^T from one load
+   of x and writes silu(gate) * up (or relu(up)) to h [N, F] in dispatch order.
+2. down + weighted combine: h @ down^T for a block of rows, times the routing weight, added
+   atomically into an fp32 [T, H] output at the rows' tokens (k assignments of a token meet
+   there; the sum is in fp32, its order is not fixed).
+
+Blocks are laid out expert after expert; every program finds its expert from `counts` (a
+cumulative sum over E in registers), so there is no alignment kernel and no host sync: the grid
+is an upper bound computed from N and E alone, which also makes the path capturable by CUDA
+graphs. Experts with zero tokens get no blocks. Programs are ordered GROUP_M m-blocks at a time
+over the output columns (L2 reuse of weight and activation tiles).
+
+int4 stacks (`QuantizedExpert`) are dequantized in the weight-load path: each [BLOCK_K, BLOCK_N]
+tile is loaded as packed bytes (column 2j in the low nibble), shifted, masked, offset by -8 and
+scaled by its fp16 group scale in registers before the dot; no bf16 copy of the weights is ever
+written to memory.
+
+Where Triton cannot run (no Triton, or CPU tensors without ``TRITON_INTERPRET=1``) the same
+function is computed by `grouped.grouped_forward`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wattmoe.errors import ConfigError
+from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
+from wattmoe.moe.dispatch import Dispatch
+from wattmoe.moe.grouped import grouped_forward
+from wattmoe.moe.stacked import ExpertStack, stacked_experts
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).with_name("kernel_configs")
+MIN_BLOCK_E = 256  # counts are read in one vector of at least this width (fewer compiles)
+
+
+@functools.cache
+def _triton() -> Any:
+    try:
+        import triton
+        import triton.language
+    except ImportError:
+        return None
+    return triton
+
+
+def triton_available() -> bool:
+    """True if Triton is installed (checked without importing it: see `interpreting`)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True if CPU tensors run through Triton's interpreter.
+
+    That needs TRITON_INTERPRET=1 both now and when Triton was first imported (Triton decides
+    at import whether its own library functions are interpreted).
+    """
+    if os.environ.get("TRITON_INTERPRET", "0") != "1" or not triton_available():
+        return False
+    import triton.language as tl
+
+    return type(tl.cdiv).__name__ == "InterpretedFunction"
+
+
+@functools.cache
+def _kernel(interpret: bool) -> Any:
+    """The Triton function: compiled for the GPU, or run by Triton's interpreter."""
+    triton = _triton()
+    if triton is None:
+        raise ConfigError("the fused backend's Triton kernels need `pip install triton`")
+    from wattmoe.moe._fused_kernel import moe_gemm
+
+    if interpret != interpreting():
+        raise ConfigError(
+            "Triton's interpreter is chosen when Triton is imported: set TRITON_INTERPRET=1 "
+            "before the first import to run the fused kernels on CPU tensors"
+        )
+    # num_pid_m changes with every step size: no recompiles for its divisibility by 16
+    return triton.jit(moe_gemm, do_not_specialize=["num_pid_m"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configurations.
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes and launch parameters of one kernel launch."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> KernelConfig:
+        return cls(**{k: int(v) for k, v in d.items()})
+
+
+ConfigPair = tuple[KernelConfig, KernelConfig]  # (gate/up kernel, down kernel)
+
+# Candidates (the benchmark tunes among these on the device); names are what tables record.
+CANDIDATES: dict[str, ConfigPair] = {
+    "m16": (KernelConfig(16, 64, 128, 1, 4, 4), KernelConfig(16, 64, 128, 1, 4, 4)),
+    "m32": (KernelConfig(32, 64, 128, 4, 4, 4), KernelConfig(32, 64, 128, 4, 4, 4)),
+    "m64": (KernelConfig(64, 64, 64, 8, 4, 4), KernelConfig(64, 128, 64, 8, 4, 4)),
+    "m64n128": (KernelConfig(64, 128, 64, 8, 4, 3), KernelConfig(64, 128, 64, 8, 4, 4)),
+    "m128": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 128, 64, 8, 8, 4)),
+}
+# int4 tiles are dequantized in registers: K tiles of at most 64 and more warps for wide tiles
+# (sm_90 resource report: "m64n128" with 4 warps spilled 552 bytes in the gate/up kernel).
+INT4_CANDIDATES: dict[str, ConfigPair] = {
+    "m16": (KernelConfig(16, 64, 64, 1, 4, 4), KernelConfig(16, 64, 64, 1, 4, 4)),
+    "m32": (KernelConfig(32, 64, 64, 4, 4, 4), KernelConfig(32, 64, 64, 4, 4, 4)),
+    "m64": (KernelConfig(64, 64, 64, 8, 4, 4), KernelConfig(64, 128, 64, 8, 4, 4)),
+    "m64n128": (KernelConfig(64, 128, 64, 8, 8, 3), KernelConfig(64, 128, 64, 8, 4, 4)),
+    "m128": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 128, 64, 8, 8, 4)),
+}
+
+
+def heuristic_config(num_assign: int, num_experts: int) -> str:
+    """Candidate name for N assignments over E experts, by rows per expert (no tuning)."""
+    m = num_assign / max(num_experts, 1)
+    if m <= 16:
+        return "m16"
+    if m <= 48:
+        return "m32"
+    if m <= 160:
+        return "m64"
+    if m <= 640:
+        return "m64n128"
+    return "m128"
+
+
+def shape_key(st: ExpertStack) -> str:
+    """Key of a stack's shape in tuned tables: 'E=64,H=2048,F=1024,swiglu,bf16'."""
+    q = f"int4g{st.group_size}" if st.quantized else str(st.dtype).removeprefix("torch.")
+    return f"E={st.num_experts},H={st.hidden_size},F={st.inner_size},{st.form},{q}"
+
+
+def device_key(device: torch.device) -> str:
+    """File stem of a device's tuned table: 'nvidia_h200'."""
+    if device.type != "cuda":
+        return device.type
+    return _cuda_key(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_key(index: int) -> str:
+    name = torch.cuda.get_device_name(index).lower()
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+# Tuned tables: {device key: {shape key: {assignments (str): candidate name}}}.
+_TUNED: dict[str, dict[str, dict[str, str]]] = {}
+
+
+def load_tuned(device: torch.device) -> dict[str, dict[str, str]]:
+    """The tuned table of `device` (kernel_configs/<device key>.json), or an empty one."""
+    key = device_key(device)
+    if key not in _TUNED:
+        path = CONFIG_DIR / f"{key}.json"
+        table: dict[str, dict[str, str]] = {}
+        if path.is_file():
+            table = json.loads(path.read_text()).get("configs", {})
+        _TUNED[key] = table
+    return _TUNED[key]
+
+
+def set_tuned(device: torch.device, table: dict[str, dict[str, str]]) -> None:
+    """Replaces the in-process tuned table of `device` (what the benchmark's tuning found)."""
+    _TUNED[device_key(device)] = table
+
+
+def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str:
+    """Candidate for this stack and step: the tuned table's nearest size, else the heuristic."""
+    entries = load_tuned(device).get(shape_key(st))
+    if entries:
+        near = min(entries, key=lambda n: abs(math.log2(max(int(n), 1) / max(num_assign, 1))))
+        name = entries[near]
+        if name in CANDIDATES:
+            return name
+    return heuristic_config(num_assign, st.num_experts)
+
+
+INT4_MAX_BLOCK_K = 64  # dequantizing a [K, N] tile in registers: wider K tiles spill
+
+
+def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> KernelConfig | None:
+    """Shrinks tiles to the problem; None if no Triton tile fits (tiny or odd widths)."""
+    bn = min(cfg.block_n, max(16, 1 << (n_out - 1).bit_length()))
+    bk = min(cfg.block_k, 1 << (k_dim.bit_length() - 1)) if k_dim >= 16 else 0
+    if qgroup is not None:
+        bk = min(bk, INT4_MAX_BLOCK_K)
+    if qgroup is not None:
+        while bk >= 16 and (k_dim % bk or (bk <= qgroup and qgroup % bk) or
+                            (bk > qgroup and bk % qgroup)):
+            bk //= 2
+    if bk < 16:
+        return None
+    return KernelConfig(cfg.block_m, bn, bk, cfg.group_m, cfg.num_warps, cfg.num_stages)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher.
+
+
+def _launch(
+    kernel: Any, a: torch.Tensor, tok: torch.Tensor, wt: torch.Tensor, counts: torch.Tensor,
+    w: torch.Tensor, s: torch.Tensor | None, c: torch.Tensor, n_out: int, k_dim: int,
+    up_rows: int, cfg: KernelConfig, *, gather: bool, gated: bool, act: int, combine: bool,
+    qgroup: int | None, ieee: bool,
+) -> None:
+    num_assign, num_experts = tok.numel(), counts.numel()
+    bm = cfg.block_m
+    num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
+    grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
+    scales = s if s is not None else w
+    kernel[grid](
+        a, tok, wt, counts, w, scales, c,
+        n_out, k_dim, num_experts, num_pid_m,
+        a.stride(0), w.stride(0), w.stride(1),
+        scales.stride(0) if s is not None else 0, scales.stride(1) if s is not None else 0,
+        c.stride(0), up_rows,
+        BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        BLOCK_E=max(MIN_BLOCK_E, 1 << (num_experts - 1).bit_length()),
+        GATHER_A=gather, GATED=gated, ACT=act, COMBINE=combine, INT4=qgroup is not None,
+        QGROUP=qgroup or 1, EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee,
+        DOT_F32=not a.is_cuda,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def fused_forward(
+    st: ExpertStack, x: torch.Tensor, d: Dispatch, config: str | ConfigPair | None = None
+) -> torch.Tensor:
+    """sum_k w_k * expert_k(x) with the two Triton kernels (see the module docstring).
+
+    Args:
+        st: the stacked experts (dense or int4).
+        x: [T, H] tokens, on the stack's device.
+        d: the dispatch.
+        config: a `CANDIDATES` name or a (gate/up, down) pair; None picks one.
+
+    Falls back to `grouped_forward` where Triton cannot run these tensors or no tile fits.
+    """
+    use_triton = triton_available() and (x.is_cuda or (x.device.type == "cpu" and interpreting()))
+    num_assign = d.token_idx.numel()
+    qgroup = st.group_size if st.quantized else None
+    if config is None:
+        config = choose_config(st, num_assign, x.device)
+    if isinstance(config, str):
+        pair = (INT4_CANDIDATES if st.quantized else CANDIDATES)[config]
+    else:
+        pair = config
+    h_dim, f_dim = st.hidden_size, st.inner_size
+    cfg1 = _fit(pair[0], f_dim, h_dim, qgroup)
+    cfg2 = _fit(pair[1], h_dim, f_dim, qgroup)
+    if not use_triton or cfg1 is None or cfg2 is None:
+        return grouped_forward(st, x, d)
+    x = x.contiguous()
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    if num_assign == 0:
+        return out.to(x.dtype)
+    kernel = _kernel(interpret=not x.is_cuda)
+    tok = d.token_idx.contiguous()
+    wt = d.weight.contiguous()
+    counts = d.counts.contiguous()
+    h = torch.empty(num_assign, f_dim, dtype=x.dtype, device=x.device)
+    ieee = x.dtype == torch.float32
+    if st.quantized:
+        w13, s13, w2, s2 = st.q13, st.s13, st.q2, st.s2
+    else:
+        w13, s13, w2, s2 = st.w13, None, st.w2, None
+        if w13.dtype != x.dtype:  # type: ignore[union-attr]
+            w13, w2 = w13.to(x.dtype), w2.to(x.dtype)  # type: ignore[union-attr]
+    assert w13 is not None and w2 is not None
+    _launch(kernel, x, tok, wt, counts, w13, s13, h, f_dim, h_dim, f_dim if st.gated else 0,
+            cfg1, gather=True, gated=st.gated, act=1 if st.gated else 2, combine=False,
+            qgroup=qgroup, ieee=ieee)
+    _launch(kernel, h, tok, wt, counts, w2, s2, out, h_dim, f_dim, 0, cfg2, gather=False,
+            gated=False, act=0, combine=True, qgroup=qgroup, ieee=ieee)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def make_fused_backend(config: str | ConfigPair | None = None) -> Callable[..., torch.Tensor]:
+    """A `fused` backend pinned to one launch configuration (for tuning and tests)."""
+
+    def backend(experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
+        if needs_autograd(experts, x):
+            return loop_backend(experts, x, d)
+        return fused_forward(stacked_experts(experts), x, d, config)
+
+    return backend
+
+
+@register_backend("fused")
+def fused_backend(experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
+    """Two Triton kernels for all experts; int4 dequantized in the GEMM (module docstring)."""
+    if needs_autograd(experts, x):
+        return loop_backend(experts, x, d)
+    return fused_forward(stacked_experts(experts), x, d)
+
+
+def config_table_payload(table: dict[str, dict[str, str]], **meta: object) -> dict[str, object]:
+    """What a tuned-table file holds: the candidates' parameters, the table and provenance."""
+    return {
+        **meta,
+        "candidates": {k: [asdict(c) for c in v] for k, v in CANDIDATES.items()},
+        "int4_candidates": {k: [asdict(c) for c in v] for k, v in INT4_CANDIDATES.items()},
+        "configs": table,
+    }

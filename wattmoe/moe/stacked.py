@@ -1,0 +1,265 @@
+"""Expert weights stacked into [E, ...] tensors, shared with the experts, for grouped kernels.
+
+Grouped and fused backends want every expert's weight in one tensor indexed by expert. Stacking
+copies the weights once into such tensors and then points each expert's own parameters (or
+int4 buffers) at its slice, so that
+
+- no memory is duplicated (DeepSeek-V3's routed experts alone are 22.5 GB in bf16);
+- in-place updates of an expert (``load_state_dict``, ``param.copy_``, an optimizer step) are
+  seen by the stack without any invalidation;
+- a change that *replaces* tensors (``layer.to(...)``, ``layer.quantize()``, assigning
+  ``param.data``) is detected on the next call and the stack is rebuilt.
+
+Layout (what the kernels index):
+    dense:  w13 [E, R, H] with R = 2F for 'swiglu' (gate rows 0..F-1, up rows F..2F-1) or F for
+            'relu'; w2 [E, H, F].
+    int4:   q13 [E, R, H // 2] uint8 and s13 [E, R, H // G] fp16; q2 [E, H, F // 2] and
+            s2 [E, H, F // G] (`wattmoe.moe.quant` packing: column 2j in the low nibble).
+
+Detection is cheap (O(1) per call: the first and last experts' pointers), so replacing the
+tensors of one middle expert by hand is not noticed: call `invalidate_stack(experts)` after such
+surgery, or `stacked_experts(experts, verify=True)` to check every pointer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wattmoe.errors import ConfigError
+from wattmoe.moe.expert import Expert
+from wattmoe.moe.quant import QuantizedExpert, dequantize_int4
+
+log = logging.getLogger(__name__)
+
+_ATTR = "_wattmoe_stack"
+_builds = itertools.count(1)
+# Stacks of containers that cannot hold an attribute (plain lists), by the experts' ids.
+_LIST_CACHE: OrderedDict[tuple[int, ...], ExpertStack] = OrderedDict()
+_LIST_CACHE_SIZE = 8
+
+
+@dataclass(eq=False)
+class ExpertStack:
+    """The routed experts of one layer, stacked (see the module docstring for the layout).
+
+    Attributes:
+        form: 'swiglu' or 'relu'.
+        hidden_size: H.
+        inner_size: F.
+        num_experts: E.
+        dtype: compute dtype (the experts' dtype; for int4, the dequantization dtype).
+        w13, w2: dense weights, or None for int4 stacks.
+        q13, s13, q2, s2: packed int4 codes and fp16 scales, or None for dense stacks.
+        group_size: int4 group size G, or None.
+        build_id: unique per build (CUDA graphs key on it: a rebuilt stack has new pointers).
+    """
+
+    form: str
+    hidden_size: int
+    inner_size: int
+    num_experts: int
+    dtype: torch.dtype
+    w13: torch.Tensor | None = None
+    w2: torch.Tensor | None = None
+    q13: torch.Tensor | None = None
+    s13: torch.Tensor | None = None
+    q2: torch.Tensor | None = None
+    s2: torch.Tensor | None = None
+    group_size: int | None = None
+    build_id: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.q13 is not None
+
+    @property
+    def gated(self) -> bool:
+        return self.form == "swiglu"
+
+    @property
+    def device(self) -> torch.device:
+        t = self.q13 if self.quantized else self.w13
+        assert t is not None
+        return t.device
+
+    def dense(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w13, w2) in `dtype`; int4 stacks are dequantized here (materialized, every call)."""
+        dtype = dtype or self.dtype
+        if not self.quantized:
+            assert self.w13 is not None and self.w2 is not None
+            return self.w13.to(dtype), self.w2.to(dtype)
+        assert self.q13 is not None and self.s13 is not None
+        assert self.q2 is not None and self.s2 is not None
+        return _dequant_stack(self.q13, self.s13, dtype), _dequant_stack(self.q2, self.s2, dtype)
+
+    def weight_bytes(self) -> int:
+        """Bytes a kernel must read to touch every expert once."""
+        ts = (self.q13, self.s13, self.q2, self.s2) if self.quantized else (self.w13, self.w2)
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def _dequant_stack(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    e, r, half = q.shape
+    return dequantize_int4(q.reshape(e * r, half), s.reshape(e * r, -1), dtype).reshape(
+        e, r, 2 * half
+    )
+
+
+def _projections(expert: nn.Module) -> tuple[nn.Module | None, nn.Module, nn.Module]:
+    return expert.gate_proj, expert.up_proj, expert.down_proj  # type: ignore[return-value]
+
+
+def _anchors(experts: Sequence[nn.Module]) -> tuple[int, int]:
+    """Pointers that must match the stack: first expert's first and last expert's down rows."""
+    first, last = experts[0], experts[-1]
+    lead = first.gate_proj if first.gate_proj is not None else first.up_proj
+    if isinstance(first, QuantizedExpert):
+        return lead.packed.data_ptr(), last.down_proj.packed.data_ptr()  # type: ignore[union-attr]
+    return lead.weight.data_ptr(), last.down_proj.weight.data_ptr()  # type: ignore[union-attr]
+
+
+def _stack_anchors(st: ExpertStack) -> tuple[int, int]:
+    if st.quantized:
+        assert st.q13 is not None and st.q2 is not None
+        return st.q13[0].data_ptr(), st.q2[-1].data_ptr()
+    assert st.w13 is not None and st.w2 is not None
+    return st.w13[0].data_ptr(), st.w2[-1].data_ptr()
+
+
+def _matches(st: ExpertStack, experts: Sequence[nn.Module], verify: bool) -> bool:
+    if st.num_experts != len(experts):
+        return False
+    try:
+        if _anchors(experts) != _stack_anchors(st):
+            return False
+    except AttributeError:
+        return False
+    return not verify or _all_views(st, experts)
+
+
+def _all_views(st: ExpertStack, experts: Sequence[nn.Module]) -> bool:
+    f = st.inner_size
+    for e, ex in enumerate(experts):
+        gate, up, down = _projections(ex)
+        if st.quantized:
+            assert st.q13 is not None and st.q2 is not None
+            want = [(up.packed, st.q13[e, f:] if st.gated else st.q13[e]), (down.packed, st.q2[e])]
+            if st.gated:
+                want.append((gate.packed, st.q13[e, :f]))  # type: ignore[union-attr]
+        else:
+            assert st.w13 is not None and st.w2 is not None
+            want = [(up.weight, st.w13[e, f:] if st.gated else st.w13[e]),
+                    (down.weight, st.w2[e])]
+            if st.gated:
+                want.append((gate.weight, st.w13[e, :f]))  # type: ignore[union-attr]
+        if any(a.data_ptr() != b.data_ptr() for a, b in want):
+            return False
+    return True
+
+
+def _build(experts: Sequence[nn.Module]) -> ExpertStack:
+    if len(experts) == 0:
+        raise ConfigError("cannot stack an empty list of experts")
+    first = experts[0]
+    kinds = {type(e) for e in experts}
+    if len(kinds) != 1 or not issubclass(kinds.pop(), (Expert, QuantizedExpert)):
+        raise ConfigError(
+            "stacking needs experts that are all `Expert` or all `QuantizedExpert`, got "
+            f"{sorted({type(e).__name__ for e in experts})}"
+        )
+    h, f, form = first.hidden_size, first.inner_size, first.form
+    for e in experts:
+        if (e.hidden_size, e.inner_size, e.form) != (h, f, form):
+            raise ConfigError("stacked experts must share hidden size, inner size and form")
+    gated = form == "swiglu"
+    rows = 2 * f if gated else f
+    n = len(experts)
+    st = ExpertStack(form=form, hidden_size=h, inner_size=f, num_experts=n, dtype=first.dtype,
+                     build_id=next(_builds))
+    with torch.no_grad():
+        if isinstance(first, QuantizedExpert):
+            g = first.group_size
+            if any(e.group_size != g for e in experts):
+                raise ConfigError("stacked int4 experts must share one group size")
+            dev = first.up_proj.packed.device
+            st.group_size = g
+            st.q13 = torch.empty(n, rows, h // 2, dtype=torch.uint8, device=dev)
+            st.s13 = torch.empty(n, rows, h // g, dtype=torch.float16, device=dev)
+            st.q2 = torch.empty(n, h, f // 2, dtype=torch.uint8, device=dev)
+            st.s2 = torch.empty(n, h, f // g, dtype=torch.float16, device=dev)
+            for e, ex in enumerate(experts):
+                gate, up, down = _projections(ex)
+                parts = [(up, slice(f, 2 * f) if gated else slice(0, f))]
+                if gated:
+                    parts.append((gate, slice(0, f)))
+                for lin, sl in parts:
+                    st.q13[e, sl].copy_(lin.packed)
+                    st.s13[e, sl].copy_(lin.scales)
+                    lin.packed, lin.scales = st.q13[e, sl], st.s13[e, sl]
+                st.q2[e].copy_(down.packed)
+                st.s2[e].copy_(down.scales)
+                down.packed, down.scales = st.q2[e], st.s2[e]
+        else:
+            w = first.up_proj.weight
+            st.w13 = torch.empty(n, rows, h, dtype=w.dtype, device=w.device)
+            st.w2 = torch.empty(n, h, f, dtype=w.dtype, device=w.device)
+            for e, ex in enumerate(experts):
+                gate, up, down = _projections(ex)
+                parts = [(up, slice(f, 2 * f) if gated else slice(0, f))]
+                if gated:
+                    parts.append((gate, slice(0, f)))
+                for lin, sl in parts:
+                    st.w13[e, sl].copy_(lin.weight)
+                    lin.weight.data = st.w13[e, sl]
+                st.w2[e].copy_(down.weight)
+                down.weight.data = st.w2[e]
+    log.debug("stacked %d experts (%s, H=%d, F=%d, %s, build %d)", n, form, h, f,
+              "int4" if st.quantized else str(st.dtype), st.build_id)
+    return st
+
+
+def stacked_experts(experts: Sequence[nn.Module], verify: bool = False) -> ExpertStack:
+    """The stack of `experts`, built on first use and rebuilt when their tensors were replaced.
+
+    The stack is cached on the container (an `nn.ModuleList` holds it as an attribute; plain
+    lists are cached by the experts' identities). Building it re-points the experts' weights at
+    slices of the stack (see the module docstring).
+
+    Args:
+        experts: all `Expert` or all `QuantizedExpert`, of one shape.
+        verify: check every expert's pointers, not only the first and last.
+
+    Raises:
+        ConfigError: the experts cannot be stacked (mixed kinds or shapes, empty).
+    """
+    holder = experts if isinstance(experts, nn.Module) else None
+    if holder is not None:
+        st = holder.__dict__.get(_ATTR)
+    else:
+        key = tuple(id(e) for e in experts)
+        st = _LIST_CACHE.get(key)
+    if st is not None and _matches(st, experts, verify):
+        return st
+    st = _build(experts)
+    if holder is not None:
+        holder.__dict__[_ATTR] = st
+    else:
+        _LIST_CACHE[key] = st
+        while len(_LIST_CACHE) > _LIST_CACHE_SIZE:
+            _LIST_CACHE.popitem(last=False)
+    return st
+
+
+def invalidate_stack(experts: Sequence[nn.Module]) -> None:
+    """Forgets the cached stack of `experts`; the next call rebuilds it."""
+    if isinstance(experts, nn.Module):
+        experts.__dict__.pop(_ATTR, None)
+    else:
+        _LIST_CACHE.pop(tuple(id(e) for e in experts), None)
