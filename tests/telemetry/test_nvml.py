@@ -154,9 +154,27 @@ def test_unsupported_fields_fall_back_and_are_not_asked_again(fake_nvml: FakeNvm
     b.close()
 
 
+def test_slow_quantities_are_read_at_most_once_per_slow_period(fake_nvml: FakeNvml) -> None:
+    b = NvmlBackend(cuda_uuids=[UUID0], slow_period_s=60.0)
+    g = fake_nvml.gpus[0]
+    s1 = b.sample("cuda:0")
+    g.temperature_c, g.reasons, g.power_mw, g.energy_mj = 70, 0x4, 690_000, g.energy_mj + 5
+    s2 = b.sample("cuda:0")
+    # energy and power every sample (2 NVML calls); temperature/reasons/utilization cached
+    assert s2.power_w == pytest.approx(690.0) and s2.energy_j == pytest.approx(1000.005)
+    assert s2.temperature_c == s1.temperature_c == 40
+    assert s2.clock_event_reasons == ("gpu_idle",)
+    for name in ("nvmlDeviceGetTemperature", "nvmlDeviceGetUtilizationRates",
+                 "nvmlDeviceGetCurrentClocksEventReasons"):
+        assert fake_nvml.mocks[name].call_count == 1
+    assert fake_nvml.mocks["nvmlDeviceGetTotalEnergyConsumption"].call_count == 2
+    assert fake_nvml.mocks["nvmlDeviceGetFieldValues"].call_count == 2
+    b.close()
+
+
 def test_not_supported_reading_is_none_not_an_error(fake_nvml: FakeNvml) -> None:
     fake_nvml.gpus[0].fail["nvmlDeviceGetTemperature"] = [pynvml.NVML_ERROR_NOT_SUPPORTED]
-    b = NvmlBackend(cuda_uuids=[UUID0])
+    b = NvmlBackend(cuda_uuids=[UUID0], slow_period_s=0.0)
     assert b.sample("cuda:0").temperature_c is None
     assert b.sample("cuda:0").temperature_c is None  # remembered: not called again
     assert fake_nvml.mocks["nvmlDeviceGetTemperature"].call_count == 1
@@ -179,7 +197,7 @@ def test_bindings_absent_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch)
 
 
 def _monitor(fake: FakeNvml, period: float = 0.0, **kw) -> GpuSystemMonitor:
-    b = NvmlBackend(cuda_uuids=[UUID0, UUID1], counter_period_s=period)
+    b = NvmlBackend(cuda_uuids=[UUID0, UUID1], counter_period_s=period, slow_period_s=0.0)
     return GpuSystemMonitor(backends={d: b for d in b.devices()}, **kw)
 
 

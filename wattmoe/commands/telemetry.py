@@ -95,6 +95,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         m = mon.end_window("monitor")
+    console.print()
     summary = Table(title=f"over {m.duration_s:.1f} s")
     for col in ("device", "energy J", "mean W", "peak W", "temp C start -> end", "source", "note"):
         summary.add_column(col, justify="left" if col in ("device", "source", "note") else "right")
