@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from wattmoe.placement.analytic import (
     ROOFLINE_DEVICES,
+    AliasedCostProvider,
     AnalyticCostProvider,
     ChainCostProvider,
     RooflineDevice,
+    profile_cost_provider,
 )
 from wattmoe.placement.base import (
     Constraints,
@@ -68,6 +70,7 @@ from wattmoe.placement.spec import (
 __all__ = [
     "ROOFLINE_DEVICES",
     "SOLVERS",
+    "AliasedCostProvider",
     "AnalyticCostProvider",
     "ChainCostProvider",
     "ClusterSpec",
@@ -102,6 +105,7 @@ __all__ = [
     "loads_from_layers",
     "make_loads",
     "make_problem",
+    "profile_cost_provider",
     "read_loads",
     "sample_curve",
     "shipped_clusters",

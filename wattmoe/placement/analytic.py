@@ -17,6 +17,7 @@ Model of one expert over n tokens (m = 3 matrices for SwiGLU, 2 for ReLU):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -174,6 +175,64 @@ class ChainCostProvider:
                     dtype: str) -> tuple[float, float]:
         p = self.provider_for(device)
         return p.expert_cost(device, tokens, hidden, inner, form, dtype)  # type: ignore[attr-defined]
+
+
+class AliasedCostProvider:
+    """Answers for cost-device names ('nvidia-h200') from a provider that knows the devices
+    by other names ('cuda:0' in a profile).
+
+    Args:
+        provider: the provider to ask.
+        aliases: cost-device name -> the provider's device name.
+    """
+
+    def __init__(self, provider: object, aliases: Mapping[str, str], label: str = "") -> None:
+        self.provider = provider
+        self.aliases = dict(aliases)
+        self.label = label
+
+    def devices(self) -> list[str]:
+        return sorted(self.aliases)
+
+    def _name(self, device: str) -> str:
+        try:
+            return self.aliases[device]
+        except KeyError:
+            raise PlacementError(f"no alias for cost device {device!r} "
+                                 f"(aliases: {', '.join(sorted(self.aliases))})") from None
+
+    def describe(self, device: str) -> str:
+        what = self.label or describe_provider(self.provider, self._name(device))
+        return f"{what}: {self._name(device)} as {device}"
+
+    def idle_power_w(self, device: str) -> float:
+        return float(self.provider.idle_power_w(self._name(device)))  # type: ignore[attr-defined]
+
+    def expert_cost(self, device: str, tokens: int, hidden: int, inner: int, form: str,
+                    dtype: str) -> tuple[float, float]:
+        return self.provider.expert_cost(  # type: ignore[attr-defined]
+            self._name(device), tokens, hidden, inner, form, dtype)
+
+
+def profile_cost_provider(model: object, label: str = "",
+                          fallback: object | None = None) -> ChainCostProvider:
+    """A measured profile (a `wattmoe.cost_model.KernelCostModel`) for the devices it covers,
+    named by their hardware ('NVIDIA H200' answers for cost device 'nvidia-h200'), and the
+    analytic roofline (estimates) for every other device."""
+    aliases: dict[str, str] = {}
+    infos = getattr(getattr(model, "db", None), "devices", {}) or {}
+    for dev in model.devices():  # type: ignore[attr-defined]
+        info = infos.get(dev)
+        hardware = (info.get("name") if isinstance(info, Mapping) else getattr(info, "name", None)
+                    ) or dev
+        aliases[device_slug(str(hardware))] = dev
+    return ChainCostProvider([AliasedCostProvider(model, aliases, label),
+                              fallback or AnalyticCostProvider()])
+
+
+def device_slug(name: str) -> str:
+    """A cost-device name from a hardware name: 'NVIDIA H200' -> 'nvidia-h200'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _knows(provider: object, device: str) -> bool:

@@ -92,7 +92,24 @@ def sample_curve(provider: ExpertCostProvider, device: str, shape: ExpertShape,
                 f"idle power {idle:g} W: it cannot run anything within the budget"
             )
         lat = np.maximum(lat, dyn / headroom)
-    # Costs never fall as tokens grow (measured profiles can be noisy).
-    lat = np.maximum.accumulate(lat)
-    dyn = np.maximum.accumulate(dyn)
-    return CostCurve(device, grid.astype(np.float64), lat, dyn, idle, power_budget_w)
+    # More tokens never cost less; measured profiles are noisy, so fit the closest
+    # non-decreasing curve instead of trusting every sample.
+    return CostCurve(device, grid.astype(np.float64), isotonic(lat), isotonic(dyn), idle,
+                     power_budget_w)
+
+
+def isotonic(values: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to `values` in least squares (pool adjacent
+    violators): an outlier is averaged with its neighbours instead of lifting all that
+    follows it."""
+    means: list[float] = []
+    counts: list[int] = []
+    for v in np.asarray(values, dtype=np.float64):
+        means.append(float(v))
+        counts.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            m2, c2 = means.pop(), counts.pop()
+            m1, c1 = means.pop(), counts.pop()
+            means.append((m1 * c1 + m2 * c2) / (c1 + c2))
+            counts.append(c1 + c2)
+    return np.repeat(means, counts)

@@ -75,7 +75,7 @@ class HeuristicOptions:
     starts: tuple[str, ...] = ("greedy", "round-robin")
     slo_bisection_steps: int = 7
     kicks: int = 40
-    kick_limit: int = 4096
+    kick_limit: int = 1024
     seed: int = 0
     time_limit_s: float | None = None
 

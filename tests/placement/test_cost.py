@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.placement.conftest import SHAPE, LinearCost, two_device_cluster
+from wattmoe.placement import (
+    AliasedCostProvider,
+    AnalyticCostProvider,
+    ChainCostProvider,
+    ExpertCostProvider,
+    ExpertShape,
+    InfeasibleError,
+    PlacementError,
+    RooflineDevice,
+    build_cost_graph,
+    cluster_from_dict,
+    load_cluster,
+    profile_cost_provider,
+    sample_curve,
+)
+from wattmoe.placement.curves import isotonic
+
+
+def test_providers_satisfy_the_protocol(linear_cost: LinearCost) -> None:
+    assert isinstance(AnalyticCostProvider(), ExpertCostProvider)
+    assert isinstance(linear_cost, ExpertCostProvider)
+
+
+def test_analytic_roofline_by_hand() -> None:
+    p = AnalyticCostProvider()
+    # H200, one token of a 2048 x 1024 SwiGLU expert in bf16: memory-bound on the weights.
+    flops = 2 * 3 * 2048 * 1024
+    moved = 3 * 2048 * 1024 * 2 + (2 * 2048 + 4 * 1024) * 2
+    t, e = p.expert_cost("nvidia-h200", 1, 2048, 1024, "swiglu", "bf16")
+    assert t == pytest.approx(8e-6 + moved / 4.3e12)
+    assert e == pytest.approx(100.0 * t + flops * 0.65e-12 + moved * 60e-12)
+    # many tokens: compute-bound
+    t, _ = p.expert_cost("nvidia-h200", 65536, 2048, 1024, "swiglu", "bf16")
+    assert t == pytest.approx(8e-6 + 65536 * flops / 7.9e14, rel=1e-9)
+    assert p.expert_cost("cpu-16core", 0, 2048, 1024, "swiglu", "bf16") == (0.0, 0.0)
+    with pytest.raises(PlacementError, match="no device 'tpu'"):
+        p.expert_cost("tpu", 1, 2048, 1024, "swiglu", "bf16")
+
+
+def test_power_cap_stretches_time() -> None:
+    dev = RooflineDevice("hot", peak_flops=1e15, memory_bandwidth_bytes_per_s=1e13,
+                         idle_power_w=50, max_power_w=60, energy_j_per_flop=1e-11,
+                         energy_j_per_byte=0.0, overhead_s=0.0)
+    p = AnalyticCostProvider({"hot": dev})
+    t, e = p.expert_cost("hot", 1000, 256, 256, "relu", "bf16")
+    dynamic = 2 * 1000 * 2 * 256 * 256 * 1e-11
+    assert t == pytest.approx(dynamic / 10.0)  # 10 W of headroom
+    assert (e - 50 * t) / t == pytest.approx(10.0)
+
+
+def test_curve_interpolation(linear_cost: LinearCost) -> None:
+    c = sample_curve(linear_cost, "slow", SHAPE, max_tokens=100)
+    t, d = c(np.array([0.0, 0.5, 1.0, 2.5, 100.0, 300.0]))
+    np.testing.assert_allclose(t, [0, 0.5 * 1.1e-3, 1.1e-3, 1e-3 + 2.5e-4, 1e-3 + 1e-2,
+                                   1e-3 + 3e-2])
+    np.testing.assert_allclose(d, [0, 1e-3, 2e-3, 5e-3, 0.2, 0.6])
+    assert c.idle_power_w == 5.0
+
+
+def test_power_budget_on_curves(linear_cost: LinearCost) -> None:
+    c = sample_curve(linear_cost, "slow", SHAPE, max_tokens=100, power_budget_w=6.0)
+    t, _ = c(np.array([100.0]))
+    assert t[0] == pytest.approx(0.2 / 1.0)  # 0.2 J of dynamic energy at 1 W of headroom
+    with pytest.raises(InfeasibleError, match="at or below its idle power 5 W"):
+        sample_curve(linear_cost, "slow", SHAPE, max_tokens=10, power_budget_w=4.0)
+
+
+def test_isotonic_fit() -> None:
+    np.testing.assert_allclose(isotonic(np.array([1.0, 3.0, 2.0, 4.0])), [1, 2.5, 2.5, 4])
+    np.testing.assert_allclose(isotonic(np.array([0.0, 5.0, 1.0, 1.0, 6.0])),
+                               [0, 7 / 3, 7 / 3, 7 / 3, 6])
+
+
+def test_bad_provider_output_is_rejected() -> None:
+    class Broken(LinearCost):
+        def expert_cost(self, *a, **k):
+            return float("nan"), 1.0
+
+    with pytest.raises(PlacementError, match="must be finite"):
+        sample_curve(Broken({"x": (1, 1, 1, 1)}), "x", SHAPE, max_tokens=4)
+
+
+def test_chain_and_alias(linear_cost: LinearCost) -> None:
+    aliased = AliasedCostProvider(linear_cost, {"nvidia-h200": "fast"}, label="profile p.json")
+    chain = ChainCostProvider([aliased, AnalyticCostProvider()])
+    assert chain.idle_power_w("nvidia-h200") == 10.0
+    assert chain.expert_cost("nvidia-h200", 2, 1, 1, "swiglu", "bf16") == \
+        linear_cost.expert_cost("fast", 2, 1, 1, "swiglu", "bf16")
+    assert chain.idle_power_w("cpu-16core") == 45.0  # the analytic fallback
+    assert chain.describe("nvidia-h200") == "profile p.json: fast as nvidia-h200"
+    assert chain.describe("cpu-16core").startswith("analytic roofline (estimate")
+    with pytest.raises(PlacementError, match="no cost provider knows device 'tpu'"):
+        chain.idle_power_w("tpu")
+
+
+def test_profile_provider_names_devices_by_hardware(linear_cost: LinearCost) -> None:
+    class Info:
+        name = "NVIDIA H200"
+
+    class FakeProfile(LinearCost):
+        db = type("Db", (), {"devices": {"fast": Info()}})()
+
+        def devices(self) -> list[str]:
+            return ["fast"]
+
+    chain = profile_cost_provider(FakeProfile(linear_cost.table), label="p")
+    assert chain.idle_power_w("nvidia-h200") == 10.0
+    assert chain.idle_power_w("cpu-16core") == 45.0
+
+
+def test_graph_transfer_costs_by_hand() -> None:
+    shape = ExpertShape(2048, 1024)
+    g = build_cost_graph(load_cluster("h200-cpu"), AnalyticCostProvider(), shape, 1000)
+    assert g.device_names == ("gpu0", "cpu0")
+    per_token = 2 * 2048 * 2  # there and back, bf16
+    np.testing.assert_allclose(g.transfer_energy_j_per_token, [0, per_token * 6e-11])
+    np.testing.assert_allclose(g.transfer_time_s_per_token, [0, per_token / 5.5e10])
+    np.testing.assert_allclose(g.message_latency_s, [0, 2e-5])
+    assert list(g.always_on) == [True, True]
+    assert g.slots[0] == int(1.3e11) // shape.weight_bytes
+    assert g.graph.nodes["cpu0"]["kind"] == "cpu"
+    assert g.graph.edges["gpu0", "cpu0"]["bandwidth_bytes_per_s"] == 5.5e10
+    t, e = g.replica_cost(np.array([10.0]))
+    kt, ke = AnalyticCostProvider().expert_cost("cpu-16core", 10, 2048, 1024, "swiglu", "bf16")
+    assert t[0, 1] == pytest.approx(kt + 10 * per_token / 5.5e10)
+    assert e[0, 1] == pytest.approx(ke - 45.0 * kt + 10 * per_token * 6e-11)
+
+
+def test_multi_hop_paths_take_the_narrowest_link() -> None:
+    g = build_cost_graph(load_cluster("8xh200-2node"), AnalyticCostProvider(),
+                         ExpertShape(2048, 1024), 100)
+    # gpu0's tokens come from 8 homes: itself (free), 3 over NVLink, 4 over the network.
+    per_token = 2 * 2048 * 2
+    nv = 2 * 8e-12
+    ib = 2 * 8e-12 + 1.5e-10
+    assert g.transfer_energy_j_per_token[0] == pytest.approx(per_token * (3 * nv + 4 * ib) / 8)
+    assert g.message_latency_s[0] == pytest.approx(2 * (3e-6 + 1e-5 + 3e-6))
+    bw = per_token * (3 / 4.5e11 + 4 / 4e11) / 8
+    assert g.transfer_time_s_per_token[0] == pytest.approx(bw)
+
+
+def test_power_budget_below_idle_is_infeasible(linear_cost: LinearCost) -> None:
+    spec = two_device_cluster().to_dict()
+    spec["devices"][1]["power_budget_w"] = 3.0
+    with pytest.raises(InfeasibleError, match="power budget 3 W"):
+        build_cost_graph(cluster_from_dict(spec), linear_cost, SHAPE, 10)

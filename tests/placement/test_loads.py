@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wattmoe.errors import ConfigError
+from wattmoe.placement import (
+    PlacementError,
+    loads_from_layers,
+    make_loads,
+    read_loads,
+    synthetic_loads,
+)
+
+
+def test_make_loads_defaults() -> None:
+    loads = make_loads([[4, 2, 2, 0], [1, 3, 2, 2]], top_k=2)
+    assert loads.tokens.shape == (2, 4)
+    assert loads.tokens_per_batch == pytest.approx(4.0)  # 8 assignments / top-2
+    with pytest.raises(ValueError):
+        loads.tokens[0, 0] = 1  # read-only
+
+
+@pytest.mark.parametrize(("tokens", "expected"), [
+    ([[1, float("nan"), 2]], "layer 0, expert 1 has nan tokens"),
+    ([[1, 2], [3, -2]], "layer 1, expert 1 has -2 tokens"),
+    ([[1, float("inf")]], "non-finite"),
+    ([[0, 0, 0]], "no tokens at all"),
+    ([[[1]]], "must be a [layers, experts] matrix"),
+    ("abc", "numeric"),
+])
+def test_bad_loads_are_one_clear_error(tokens, expected: str) -> None:
+    with pytest.raises(PlacementError, match=None) as exc:
+        make_loads(tokens)
+    assert expected in str(exc.value)
+
+
+def test_synthetic_loads_are_seeded_and_plausible() -> None:
+    a = synthetic_loads(4, 64, 8, 4096, "zipf:1.2", seed=3)
+    b = synthetic_loads(4, 64, 8, 4096, "zipf:1.2", seed=3)
+    c = synthetic_loads(4, 64, 8, 4096, "zipf:1.2", seed=4)
+    assert np.array_equal(a.tokens, b.tokens)
+    assert not np.array_equal(a.tokens, c.tokens)
+    assert a.tokens.max() <= 4096  # a token picks an expert at most once
+    # each layer's counts sum to about tokens x top_k
+    np.testing.assert_allclose(a.tokens.sum(axis=1), 4096 * 8, rtol=0.02)
+    # skewed: the hottest expert gets far more than the mean
+    assert a.tokens.max(axis=1).min() > 4 * a.tokens.mean()
+    u = synthetic_loads(2, 64, 8, 4096, "uniform", seed=0)
+    assert u.tokens.max() < 2 * u.tokens.mean()
+
+
+def test_bad_skew() -> None:
+    with pytest.raises(ConfigError, match="zipf:S"):
+        synthetic_loads(1, 8, 2, 10, "pareto:2")
+
+
+def test_read_loads_formats(tmp_path) -> None:
+    m = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    np.save(tmp_path / "l.npy", m)
+    np.savetxt(tmp_path / "l.csv", m, delimiter=",", header="layers x experts")
+    (tmp_path / "l.json").write_text(json.dumps(m.tolist()))
+    for name in ("l.npy", "l.csv", "l.json"):
+        loads = read_loads(tmp_path / name, top_k=1)
+        np.testing.assert_array_equal(loads.tokens, m)
+        assert loads.source == name
+    (tmp_path / "nan.csv").write_text("1,nan,3\n")
+    with pytest.raises(PlacementError, match="layer 0, expert 1 has nan"):
+        read_loads(tmp_path / "nan.csv", top_k=1)
+    with pytest.raises(ConfigError, match="cannot read loads file"):
+        read_loads(tmp_path / "missing.npy", top_k=1)
+
+
+def test_loads_from_measured_layer_counts() -> None:
+    torch = pytest.importorskip("torch")
+    from wattmoe.moe import SimpleMoELayer, get_preset
+
+    cfg = get_preset("tiny")
+    layers = [SimpleMoELayer(cfg, seed=i) for i in range(2)]
+    x = torch.randn(64, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    for layer in layers:
+        layer(x)
+    loads = loads_from_layers(layers)
+    assert loads.tokens.shape == (2, cfg.num_experts)
+    np.testing.assert_array_equal(loads.tokens[1], layers[1].tokens_per_expert.numpy())
+    assert loads.tokens_per_batch == pytest.approx(64)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wattmoe.placement import (
+    AnalyticCostProvider,
+    ExpertShape,
+    Placement,
+    PlacementError,
+    diff_placements,
+    load_cluster,
+    make_problem,
+    solve,
+    synthetic_loads,
+)
+
+SHAPE = ExpertShape(2048, 1024)
+
+
+@pytest.fixture(scope="module")
+def two_placements() -> tuple[Placement, Placement]:
+    loads = synthetic_loads(2, 16, 4, 512, "zipf:1.2", seed=0)
+    problem = make_problem(load_cluster("8xh200-2node"), loads, SHAPE, AnalyticCostProvider(),
+                           "balance")
+    return solve(problem, "round-robin"), solve(problem, "heuristic")
+
+
+def test_json_round_trip(two_placements) -> None:
+    for p in two_placements:
+        back = Placement.from_json(p.to_json())
+        assert back == p
+        assert back.summary == p.summary
+        assert back.solver == p.solver and back.meta == p.meta
+        assert back.expert_to_devices(1) == p.expert_to_devices(1)
+    d = json.loads(two_placements[1].to_json())
+    assert d["layers"][0]["device_to_experts"]["gpu0"] == list(
+        two_placements[1].device_to_experts(0)["gpu0"])
+    assert d["summary"]["energy_source"] == "estimated"
+
+
+def test_inconsistent_or_foreign_json_is_rejected(two_placements) -> None:
+    d = two_placements[0].to_dict()
+    d["layers"][0]["device_to_experts"]["gpu0"] = [5]
+    with pytest.raises(PlacementError, match="disagree"):
+        Placement.from_dict(d)
+    d = two_placements[0].to_dict()
+    d["layers"][0]["expert_to_devices"][0] = ["gpu42"]
+    with pytest.raises(PlacementError, match="unknown device 'gpu42'"):
+        Placement.from_dict(d)
+    with pytest.raises(PlacementError, match="not a wattmoe placement"):
+        Placement.from_dict({"format": "other"})
+    with pytest.raises(PlacementError, match="not valid JSON"):
+        Placement.from_json("{")
+    with pytest.raises(PlacementError, match="schema version"):
+        Placement.from_dict({**two_placements[0].to_dict(), "version": 99})
+
+
+def test_diff(two_placements) -> None:
+    a, b = two_placements
+    same = diff_placements(a, a)
+    assert (same.experts_moved, same.replicas_added, same.bytes_to_migrate) == (0, 0, 0)
+    d = diff_placements(a, b)
+    added = b.assignment & ~a.assignment
+    removed = a.assignment & ~b.assignment
+    assert d.replicas_added == added.sum()
+    assert d.replicas_removed == removed.sum()
+    assert d.bytes_to_migrate == added.sum() * SHAPE.weight_bytes
+    assert d.experts_moved == (added | removed).any(axis=2).sum()
+    assert sum(d.moved_per_layer) == d.experts_moved
+    assert sum(d.bytes_in.values()) == d.bytes_to_migrate
+    assert sum(d.bytes_freed.values()) == removed.sum() * SHAPE.weight_bytes
+    # moving one replica of one expert: 1 moved, 1 copy
+    c = a.assignment.copy()
+    c[0, 3] = np.roll(c[0, 3], 1)
+    one = diff_placements(a, Placement(a.device_names, c, a.expert_bytes))
+    assert (one.experts_moved, one.replicas_added, one.replicas_removed) == (1, 1, 1)
+
+
+def test_diff_rejects_different_models(two_placements) -> None:
+    a = two_placements[0]
+    other = Placement(a.device_names, a.assignment[:, :8], a.expert_bytes)
+    with pytest.raises(PlacementError, match="cannot diff"):
+        diff_placements(a, other)

@@ -1,0 +1,298 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.placement.conftest import SHAPE, LinearCost, two_device_cluster
+from wattmoe.placement import (
+    SOLVERS,
+    AnalyticCostProvider,
+    Constraints,
+    ExpertShape,
+    HeuristicOptions,
+    InfeasibleError,
+    PlacementError,
+    cluster_from_dict,
+    evaluate,
+    load_cluster,
+    make_loads,
+    make_problem,
+    solve,
+    synthetic_loads,
+)
+from wattmoe.placement.solvers import eplb_assignment
+
+ANALYTIC = AnalyticCostProvider()
+OLMOE = ExpertShape(2048, 1024)
+
+
+def check_invariants(problem, placement) -> None:
+    a = placement.assignment
+    L, E, D = problem.dims
+    assert a.shape == (L, E, D)
+    counts = a.sum(axis=2)
+    assert counts.min() >= 1, "every expert has a replica"
+    assert counts.max() <= problem.max_replicas
+    np.testing.assert_array_equal(placement.replica_counts, counts)
+    used = a.sum(axis=(0, 1))
+    assert np.all(used <= problem.graph.slots), "memory respected"
+    s = placement.summary
+    assert s.redundant_replicas == counts.sum() - L * E
+    for i, dev in enumerate(s.devices):
+        assert dev.replicas == used[i]
+        assert dev.memory_bytes == used[i] * problem.shape.weight_bytes <= dev.memory_capacity_bytes
+    # the maps agree with each other and with the array
+    for layer in range(L):
+        e2d = placement.expert_to_devices(layer)
+        d2e = placement.device_to_experts(layer)
+        for e, devs in enumerate(e2d):
+            assert len(devs) == counts[layer, e]
+            for name in devs:
+                assert e in d2e[name]
+        assert sum(len(v) for v in d2e.values()) == counts[layer].sum()
+        assert sorted(placement.physical_to_logical(layer)) == sorted(
+            e for e in range(E) for _ in range(counts[layer, e]))
+    # tokens are conserved across replicas
+    np.testing.assert_allclose(sum(d.tokens for d in s.devices), problem.loads.tokens.sum())
+
+
+@pytest.mark.parametrize("cluster", ["h200-cpu", "8xh200-2node", "laptop"])
+@pytest.mark.parametrize("solver", ["heuristic", "eplb", "round-robin", "fill"])
+def test_invariants_on_shipped_clusters(cluster: str, solver: str) -> None:
+    loads = synthetic_loads(3, 16, 4, 512, "zipf:1.2", seed=1)
+    problem = make_problem(load_cluster(cluster), loads, OLMOE, ANALYTIC, "energy")
+    placement = solve(problem, solver)
+    check_invariants(problem, placement)
+    assert placement.summary.feasible
+
+
+@pytest.mark.parametrize("objective", ["energy", "latency", "balance", "energy=1,latency=1"])
+def test_invariants_with_tight_memory_and_budgets(objective: str) -> None:
+    loads = synthetic_loads(4, 16, 2, 256, "zipf:1.0", seed=2)
+    spec = load_cluster("8xh200-2node").to_dict()
+    for d in spec["devices"]:
+        d["memory_bytes"] = 10 * OLMOE.weight_bytes  # 80 slots for 64 experts
+    problem = make_problem(cluster_from_dict(spec), loads, OLMOE, ANALYTIC, objective,
+                           Constraints(max_replicas=3, redundant_per_layer=2))
+    for solver in ("heuristic", "eplb", "round-robin"):
+        placement = solve(problem, solver)
+        check_invariants(problem, placement)
+        assert (placement.replica_counts.sum(axis=1) - 16).max() <= 2
+        assert placement.summary.feasible
+
+
+def test_heuristic_replicates_hot_experts_for_balance() -> None:
+    loads = make_loads([[800, 100, 100, 100, 100, 100, 100, 100]], top_k=1)
+    problem = make_problem(load_cluster("8xh200-2node"), loads, OLMOE, ANALYTIC, "balance",
+                           Constraints(max_replicas=8))
+    p = solve(problem, "heuristic")
+    # 1500 tokens on 8 devices: mean 187.5. Without splitting the hot expert the max is 800;
+    # split 8 ways (100 each) the 15 items of 100 give at most 200 per device.
+    assert p.replica_counts[0, 0] >= 7
+    assert p.summary.imbalance <= 200 / 187.5 + 1e-12
+    eplb = solve(problem, "eplb", redundant=8)
+    assert p.summary.imbalance <= eplb.summary.imbalance + 1e-12
+
+
+# --- MILP on hand-solvable instances --------------------------------------------------------
+
+
+def pair_problem(cost: LinearCost, loads, objective: str, **kw):
+    return make_problem(two_device_cluster(**{k: v for k, v in kw.items() if k != "c"}),
+                        make_loads(loads, top_k=1), SHAPE, cost, objective,
+                        kw.get("c", Constraints(max_replicas=1)))
+
+
+def test_milp_energy_by_hand(linear_cost: LinearCost) -> None:
+    # Both experts on 'fast': T = 2 ms + 20 x 10 us = 2.2 ms; dynamic 20 mJ; idle 10 W x 2.2 ms
+    # ('slow' stays off) -> 42 mJ per batch of 20 tokens. Splitting would cost 60 mJ.
+    problem = pair_problem(linear_cost, [[10, 10]], "energy")
+    p = solve(problem, "milp")
+    assert p.status == "optimal"
+    assert p.device_to_experts(0) == {"fast": (0, 1), "slow": ()}
+    assert p.summary.energy_j_per_batch == pytest.approx(0.042, rel=1e-9)
+    assert p.summary.energy_j_per_token == pytest.approx(0.042 / 20, rel=1e-9)
+    assert p.summary.latency_s == pytest.approx(2.2e-3, rel=1e-9)
+    assert not p.summary.devices[1].powered
+    assert solve(problem, "heuristic").summary.energy_j_per_batch == pytest.approx(0.042)
+
+
+def test_milp_latency_by_hand(linear_cost: LinearCost) -> None:
+    # One expert each: T = max(1.1 ms, 2 ms) = 2 ms < 2.2 ms on 'fast' alone.
+    problem = pair_problem(linear_cost, [[10, 10]], "latency")
+    p = solve(problem, "milp")
+    assert p.summary.latency_s == pytest.approx(2.0e-3, rel=1e-9)
+    assert sorted(p.replica_counts.ravel()) == [1, 1]
+    assert p.summary.devices[1].powered
+    # energy then: 30 mJ dynamic + (10 + 5) W x 2 ms
+    assert p.summary.energy_j_per_batch == pytest.approx(0.06, rel=1e-9)
+
+
+def test_milp_memory_forces_the_split(linear_cost: LinearCost) -> None:
+    # 'fast' holds one expert: the hotter one goes there (cold on the slow device costs less).
+    problem = pair_problem(linear_cost, [[30, 10]], "energy", fast_slots=1)
+    p = solve(problem, "milp")
+    assert p.device_to_experts(0) == {"fast": (0,), "slow": (1,)}
+    # T = max(1 ms + 0.3 ms, 1 ms + 1 ms) = 2 ms; dynamic 30 + 20 mJ; idle 15 W x 2 ms
+    assert p.summary.energy_j_per_batch == pytest.approx(0.08, rel=1e-9)
+
+
+def test_milp_latency_slo_by_hand(linear_cost: LinearCost) -> None:
+    # Energy prefers both on 'fast' (2.2 ms); an SLO of 2.1 ms forces the 2.0 ms split.
+    problem = pair_problem(linear_cost, [[10, 10]], "energy",
+                           c=Constraints(max_replicas=1, latency_slo_s=2.1e-3))
+    for solver in ("milp", "heuristic"):
+        p = solve(problem, solver)
+        assert p.summary.latency_s == pytest.approx(2.0e-3, rel=1e-9)
+        assert p.summary.feasible
+
+
+def test_milp_balance_partition_by_hand(linear_cost: LinearCost) -> None:
+    # Tokens {7, 4, 3, 2} on two devices without replicas: the best split has 9 on one
+    # device ({7, 2} | {4, 3} or {7} | {4, 3, 2}) -> 9 / 8.
+    problem = pair_problem(linear_cost, [[7, 4, 3, 2]], "balance")
+    p = solve(problem, "milp")
+    assert p.summary.imbalance == pytest.approx(9 / 8)
+    assert max(d.tokens for d in p.summary.devices) == pytest.approx(9)
+    # With two replicas allowed, every expert on both devices gives each half: perfect.
+    p2 = solve(pair_problem(linear_cost, [[7, 4, 3, 2]], "balance",
+                            c=Constraints(max_replicas=2)), "milp")
+    assert p2.summary.imbalance == pytest.approx(1.0)
+
+
+def test_milp_matches_brute_force(linear_cost: LinearCost) -> None:
+    """Every assignment of 5 experts to 2 devices without replicas, scored by `evaluate`."""
+    rng = np.random.default_rng(7)
+    for objective in ("energy", "latency", "balance", "energy=1,latency=2"):
+        loads = rng.integers(1, 60, size=(1, 5))
+        problem = pair_problem(linear_cost, loads, objective, fast_slots=4, slow_slots=4)
+        best = np.inf
+        for owners in itertools.product(range(2), repeat=5):
+            a = np.zeros((1, 5, 2), dtype=bool)
+            a[0, np.arange(5), owners] = True
+            ev = evaluate(problem, a)
+            if ev.feasible:
+                best = min(best, ev.objective)
+        for solver in ("milp", "heuristic"):
+            assert solve(problem, solver).summary.objective == pytest.approx(best, rel=1e-7)
+
+
+def test_milp_and_heuristic_agree_on_a_small_heterogeneous_instance() -> None:
+    loads = synthetic_loads(1, 12, 2, 400, "zipf:1.1", seed=5)
+    problem = make_problem(load_cluster("laptop"), loads, OLMOE, ANALYTIC, "energy",
+                           Constraints(max_replicas=2))
+    m = solve(problem, "milp")
+    h = solve(problem, "heuristic")
+    assert m.status == "optimal"
+    assert h.summary.objective <= m.summary.objective * 1.02
+    assert m.summary.objective <= h.summary.objective * (1 + 1e-5)
+
+
+def test_milp_refuses_large_instances() -> None:
+    loads = synthetic_loads(58, 64, 8, 4096, seed=0)
+    problem = make_problem(load_cluster("8xh200-2node"), loads, OLMOE, ANALYTIC, "energy")
+    with pytest.raises(PlacementError, match="too large for the exact MILP"):
+        solve(problem, "milp")
+
+
+# --- heuristic never worse than round-robin ---------------------------------------------------
+
+DEVICE_POOL = ("nvidia-h200", "cpu-16core", "laptop-gpu", "laptop-cpu-8core")
+
+
+@st.composite
+def instances(draw):
+    D = draw(st.integers(2, 4))
+    E = draw(st.integers(2, 10))
+    L = draw(st.integers(1, 2))
+    kinds = [draw(st.sampled_from(DEVICE_POOL)) for _ in range(D)]
+    slots = [draw(st.integers(max(1, (L * E) // D), L * E + 2)) for _ in range(D)]
+    if sum(slots) < L * E:
+        slots[0] += L * E - sum(slots)
+    shape = ExpertShape(256, 512)
+    devices = [{"name": f"d{i}", "kind": "cpu" if "cpu" in k else "gpu", "cost_device": k,
+                "memory_bytes": s * shape.weight_bytes,
+                "always_on": draw(st.booleans())} for i, (k, s) in enumerate(zip(kinds, slots))]
+    links = [{"a": "d0", "b": f"d{i}", "bandwidth_bytes_per_s": 2e10,
+              "energy_j_per_byte": 5e-11, "latency_s": 1e-5} for i in range(1, D)]
+    cluster = cluster_from_dict({"name": "h", "devices": devices, "links": links,
+                                 "token_home": ["d0"]})
+    counts = draw(st.lists(st.lists(st.integers(0, 3000), min_size=E, max_size=E),
+                           min_size=L, max_size=L))
+    if sum(map(sum, counts)) == 0:
+        counts[0][0] = 1
+    objective = draw(st.sampled_from(["energy", "latency", "balance", "energy=1,balance=1"]))
+    replicas = draw(st.integers(1, 3))
+    return cluster, make_loads(counts, top_k=1), shape, objective, replicas
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_heuristic_never_worse_than_round_robin(inst) -> None:
+    cluster, loads, shape, objective, replicas = inst
+    problem = make_problem(cluster, loads, shape, ANALYTIC, objective,
+                           Constraints(max_replicas=replicas))
+    rr = solve(problem, "round-robin")
+    h = solve(problem, "heuristic", options=HeuristicOptions(kicks=5))
+    check_invariants(problem, h)
+    assert h.summary.objective <= rr.summary.objective * (1 + 1e-12)
+
+
+# --- infeasible and invalid input -------------------------------------------------------------
+
+
+def test_expert_larger_than_every_device() -> None:
+    loads = synthetic_loads(1, 8, 2, 64, seed=0)
+    with pytest.raises(InfeasibleError, match="larger than the memory of every device"):
+        make_problem(load_cluster("laptop"), loads, ExpertShape(65536, 65536), ANALYTIC)
+
+
+def test_experts_that_do_not_fit_together() -> None:
+    loads = synthetic_loads(2, 8, 2, 64, seed=0)
+    spec = load_cluster("h200-cpu").to_dict()
+    for d in spec["devices"]:
+        d["memory_bytes"] = 5 * OLMOE.weight_bytes
+    with pytest.raises(InfeasibleError, match=r"the 2 x 8 experts need .* hold 10 experts"):
+        make_problem(cluster_from_dict(spec), loads, OLMOE, ANALYTIC)
+
+
+def test_infeasible_slo_is_one_clear_error(linear_cost: LinearCost) -> None:
+    # Below the lower bound: refused before solving.
+    with pytest.raises(InfeasibleError, match=r"latency SLO 0\.500 ms is infeasible"):
+        pair_problem(linear_cost, [[10, 10]], "energy",
+                     c=Constraints(max_replicas=1, latency_slo_s=0.5e-3))
+    # Above the bound (1.1 ms) but below the true optimum (2 ms): the solvers say so.
+    problem = pair_problem(linear_cost, [[10, 10]], "energy",
+                           c=Constraints(max_replicas=1, latency_slo_s=1.5e-3))
+    with pytest.raises(InfeasibleError, match=r"SLO of 1\.500 ms cannot be met"):
+        solve(problem, "milp")
+    with pytest.raises(InfeasibleError, match=r"fastest placement found takes 2\.000 ms"):
+        solve(problem, "heuristic")
+
+
+def test_unknown_solver() -> None:
+    problem = make_problem(load_cluster("laptop"), synthetic_loads(1, 8, 2, 64, seed=0),
+                           OLMOE, ANALYTIC)
+    with pytest.raises(Exception, match="unknown solver 'greedy'"):
+        solve(problem, "greedy")
+    assert set(SOLVERS) == {"heuristic", "milp", "eplb", "round-robin", "fill"}
+
+
+# --- EPLB-style baseline ----------------------------------------------------------------------
+
+
+def test_eplb_replicates_then_packs() -> None:
+    # Like EPLB's replicate_experts, each extra slot goes to the expert with the highest load
+    # per replica (90 -> 45 | 45; then 40 -> 20 | 20; at most one replica per device, so
+    # two), then replicas go heaviest first onto the lightest device with a free slot that
+    # does not hold that expert: 45->A, 45->B, 20(e1)->A, 20(e3)->B, 20(e3)->A, 10->B.
+    tokens = np.array([[90.0, 20.0, 10.0, 40.0]])
+    a = eplb_assignment(tokens, quotas=np.array([3, 3]), max_replicas=4)
+    assert a.sum(axis=2).tolist() == [[2, 1, 1, 2]]
+    assert a.sum(axis=1).tolist() == [[3, 3]]
+    per_device = (a * (tokens / a.sum(axis=2))[..., None]).sum(axis=1)[0]
+    assert per_device.tolist() == [85.0, 75.0]

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from wattmoe.errors import ConfigError
+from wattmoe.placement import cluster_from_dict, gpu_cluster, load_cluster, shipped_clusters
+
+GOOD = {
+    "name": "box",
+    "nodes": [{"name": "n0"}],
+    "devices": [
+        {"name": "gpu0", "kind": "gpu", "node": "n0", "cost_device": "nvidia-h200",
+         "memory_bytes": "1.3e11", "power_budget_w": 500},
+        {"name": "cpu0", "kind": "cpu", "node": "n0", "cost_device": "cpu-16core",
+         "memory_bytes": 1e12, "always_on": True},
+    ],
+    "links": [{"a": "gpu0", "b": "cpu0", "bandwidth_bytes_per_s": 5.5e10,
+               "energy_j_per_byte": 6e-11, "latency_s": 1e-5}],
+    "token_home": ["gpu0"],
+}
+
+
+def test_shipped_clusters_load_by_name() -> None:
+    assert set(shipped_clusters()) >= {"h200-cpu", "8xh200-2node", "laptop"}
+    h = load_cluster("h200-cpu")
+    assert h.device_names == ("gpu0", "cpu0")
+    assert [d.kind for d in h.devices] == ["gpu", "cpu"]
+    assert h.token_home == ("gpu0",)
+    eight = load_cluster("8xh200-2node")
+    assert len(eight.devices) == 8 and {d.node for d in eight.devices} == {"node0", "node1"}
+    assert eight.token_home == eight.device_names  # default: every GPU
+    laptop = load_cluster("laptop")
+    assert laptop.device("gpu0").power_budget_w == 80
+
+
+def test_valid_spec_and_round_trip(tmp_path) -> None:
+    spec = cluster_from_dict(GOOD)
+    assert spec.device("gpu0").memory_bytes == 130_000_000_000  # numeric string accepted
+    again = cluster_from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    path = tmp_path / "box.json"
+    path.write_text(json.dumps(GOOD))
+    assert load_cluster(path) == spec
+    ypath = tmp_path / "box.yaml"
+    ypath.write_text("name: y\ndevices:\n  - {name: g, kind: gpu, cost_device: laptop-gpu, "
+                     "memory_bytes: 8e9}\n")
+    assert load_cluster(ypath).device("g").node == "node0"
+
+
+def _bad(mutate) -> str:
+    d = copy.deepcopy(GOOD)
+    mutate(d)
+    with pytest.raises(ConfigError) as exc:
+        cluster_from_dict(d, source="box.yaml")
+    return str(exc.value)
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda d: d["links"][0].update(b="gpu9"),
+     "link gpu0-gpu9: field b names unknown device or node 'gpu9'"),
+    (lambda d: d["devices"][0].update(kind="tpu"), "field kind must be one of"),
+    (lambda d: d["devices"][0].update(memory_bytes=-1), "field memory_bytes must be a positive"),
+    (lambda d: d["devices"][0].update(memory_bytes="lots"), "field memory_bytes"),
+    (lambda d: d["devices"][1].pop("cost_device"), "missing field 'cost_device'"),
+    (lambda d: d["devices"][0].update(memory_byte=1), "unknown field 'memory_byte'"),
+    (lambda d: d["devices"][0].update(power_budget_w=0), "field power_budget_w"),
+    (lambda d: d["devices"][1].update(name="gpu0"), "duplicate device name"),
+    (lambda d: d["devices"][1].update(node="n7"), "unknown node 'n7'"),
+    (lambda d: d.update(links=[]), "device 'cpu0' has no link path to token home 'gpu0'"),
+    (lambda d: d.update(token_home=["tpu0"]), "token_home names unknown device 'tpu0'"),
+    (lambda d: d["links"][0].update(bandwidth_bytes_per_s=0), "bandwidth_bytes_per_s"),
+    (lambda d: d["links"][0].update(energy_j_per_byte=float("nan")), "energy_j_per_byte"),
+    (lambda d: d["links"].append(dict(d["links"][0])), "duplicate link"),
+    (lambda d: d.update(devices=[]), "at least one device"),
+])
+def test_invalid_specs_name_the_field(mutate, expected: str) -> None:
+    msg = _bad(mutate)
+    assert expected in msg
+    assert "box.yaml" in msg
+
+
+def test_unknown_cluster_name_suggests() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'h200-cpu'"):
+        load_cluster("h200-cpus")
+
+
+def test_bad_file(tmp_path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("devices: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML/JSON"):
+        load_cluster(p)
+
+
+def test_gpu_cluster_builder() -> None:
+    c = gpu_cluster(8, 8)
+    assert len(c.devices) == 64
+    assert "spine" in {n.name for n in c.nodes}
+    assert len(c.token_home) == 64

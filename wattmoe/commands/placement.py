@@ -1,0 +1,230 @@
+"""`wattmoe place` and `wattmoe place-diff`: the placement optimizer's CLI (the edge: files)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from wattmoe.cli import command, console
+from wattmoe.errors import ConfigError
+
+SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
+
+
+def _place_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", required=True,
+                   help="a shipped cluster (h200-cpu, 8xh200-2node, laptop) or a YAML/JSON spec")
+    p.add_argument("--preset", default="olmoe-1b-7b", help="MoE shape preset (`wattmoe models`)")
+    p.add_argument("--scale", type=float, default=1.0, help="width scale factor of the preset")
+    p.add_argument("--dtype", default="bf16", help="expert dtype: bf16 | fp16 | fp32 | fp8 | int4")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--loads", help="[layers, experts] token counts per batch (.npy/.csv/.json)")
+    src.add_argument("--skew", default="zipf:1.2",
+                     help="synthetic loads: 'uniform' or 'zipf:S' (default zipf:1.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic loads")
+    p.add_argument("--tokens", type=int, default=4096,
+                   help="tokens per batch of the synthetic loads (default 4096)")
+    p.add_argument("--layers", type=int, help="MoE layers (default: the preset's)")
+    p.add_argument("--objective", default="energy",
+                   help="energy | latency | balance | a mix like 'energy=1,latency=0.5'")
+    p.add_argument("--solver", default="heuristic", choices=SOLVER_NAMES)
+    p.add_argument("--cost-model", metavar="PATH",
+                   help="measured profile JSON (wattmoe.cost_model) for the devices it covers; "
+                        "analytic roofline estimates for the rest (default: estimates only)")
+    p.add_argument("--slo-ms", type=float, help="latency SLO per batch, in milliseconds")
+    p.add_argument("--max-replicas", type=int, default=4, help="replicas per expert at most")
+    p.add_argument("--redundant", type=int, help="extra replicas per layer at most")
+    p.add_argument("--time-limit", type=float, help="solver time limit in seconds")
+    p.add_argument("--compare", action="store_true",
+                   help="also score the round-robin, EPLB-style and fill baselines")
+    p.add_argument("--out", help="write the placement JSON here")
+
+
+def build_cost_provider(path: str | None) -> tuple[Any, str]:
+    """The cost provider for `--cost-model` and a description of it."""
+    from wattmoe.placement import AnalyticCostProvider, profile_cost_provider
+
+    if not path:
+        return AnalyticCostProvider(), "analytic roofline (estimates)"
+    if not Path(path).is_file():
+        raise ConfigError(f"--cost-model {path!r}: no such file")
+    try:
+        from wattmoe.cost_model import KernelCostModel
+    except ImportError as exc:  # pragma: no cover - the package ships with wattmoe
+        raise ConfigError(f"--cost-model needs wattmoe.cost_model: {exc}") from None
+    model = KernelCostModel.load(path)
+    return profile_cost_provider(model, label=f"profile {path} (measured)"), f"profile {path}"
+
+
+def _fmt_j(x: float) -> str:
+    if x == 0:
+        return "0 J"
+    for unit, f in (("J", 1.0), ("mJ", 1e-3), ("uJ", 1e-6)):
+        if abs(x) >= f:
+            return f"{x / f:,.3f} {unit}"
+    return f"{x * 1e9:,.3f} nJ"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= f:
+            return f"{n / f:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+@command("place", "place experts on a cluster's GPUs and CPUs (energy-aware)", _place_args)
+def cmd_place(args: argparse.Namespace) -> int:
+    from wattmoe.moe import get_preset
+    from wattmoe.placement import (
+        Constraints,
+        ExpertShape,
+        HeuristicOptions,
+        MilpOptions,
+        load_cluster,
+        make_problem,
+        read_loads,
+        solve,
+        synthetic_loads,
+    )
+
+    cfg = get_preset(args.preset, args.scale)
+    cluster = load_cluster(args.cluster)
+    layers = args.layers or cfg.num_layers
+    if args.loads:
+        loads = read_loads(args.loads, top_k=cfg.top_k)
+        if loads.num_experts != cfg.num_experts:
+            raise ConfigError(f"loads file {args.loads!r} has {loads.num_experts} experts per "
+                              f"layer; preset {cfg.name!r} has {cfg.num_experts}")
+    else:
+        loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k, args.tokens, args.skew,
+                                args.seed)
+    provider, provider_txt = build_cost_provider(args.cost_model)
+    constraints = Constraints(
+        latency_slo_s=None if args.slo_ms is None else args.slo_ms / 1e3,
+        max_replicas=args.max_replicas, redundant_per_layer=args.redundant)
+    problem = make_problem(cluster, loads, ExpertShape.from_config(cfg, args.dtype), provider,
+                           args.objective, constraints)
+    options: dict[str, Any] = {}
+    if args.solver == "heuristic" and args.time_limit is not None:
+        options["options"] = HeuristicOptions(time_limit_s=args.time_limit)
+    elif args.solver == "milp":
+        options["options"] = MilpOptions(time_limit_s=args.time_limit or 60.0)
+    meta = {"preset": cfg.name, "cost_model": provider_txt, "cluster_spec": str(args.cluster)}
+    placement = solve(problem, args.solver, meta=meta, **options)
+    _print_placement(placement, cfg.name, loads.source, provider_txt)
+    if args.compare:
+        _print_comparison(problem, placement)
+    if args.out:
+        _write(args.out, placement.to_json())
+        console.print(f"wrote {args.out}")
+    return 0
+
+
+def _print_placement(placement: Any, preset: str, loads_src: str, provider: str) -> None:
+    s = placement.summary
+    t = Table(title=f"{preset} on {placement.cluster}: {placement.solver}, objective "
+                    f"{placement.objective} ({placement.status}, {placement.solve_time_s:.2f} s)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("energy per token (estimated)", _fmt_j(s.energy_j_per_token))
+    t.add_row("energy per batch (estimated)", _fmt_j(s.energy_j_per_batch))
+    t.add_row("  of which transfers", _fmt_j(s.transfer_energy_j))
+    t.add_row("MoE latency per batch", f"{s.latency_s * 1e3:,.3f} ms")
+    t.add_row("imbalance (max/mean tokens)", f"{s.imbalance:.3f}")
+    t.add_row("tokens per batch", f"{s.tokens_per_batch:,.0f}")
+    t.add_row("redundant replicas", f"{s.redundant_replicas:,}")
+    t.add_row("objective (round-robin = 1)", f"{s.objective:.4f}")
+    t.add_row("loads", loads_src)
+    t.add_row("cost model", provider)
+    console.print(t)
+    d = Table(title="per device, per batch")
+    for col in ("device", "kind", "experts", "memory", "tokens", "busy", "energy", "avg power",
+                "powered"):
+        d.add_column(col, justify="left" if col in ("device", "kind") else "right")
+    for x in s.devices:
+        budget = f" / {x.power_budget_w:g} W" if x.power_budget_w else ""
+        d.add_row(x.name, x.kind, f"{x.replicas:,}",
+                  f"{_fmt_bytes(x.memory_bytes)} / {_fmt_bytes(x.memory_capacity_bytes)}",
+                  f"{x.tokens:,.0f}", f"{x.busy_s * 1e3:,.3f} ms", _fmt_j(x.energy_j),
+                  f"{x.avg_power_w:,.1f} W{budget}", "yes" if x.powered else "no")
+    console.print(d)
+    for v in s.violations:
+        console.print(f"[yellow]constraint violated:[/] {v}", highlight=False)
+
+
+def _print_comparison(problem: Any, placement: Any) -> None:
+    from wattmoe.placement import InfeasibleError, solve
+
+    t = Table(title="against the baselines (same loads, same cost model)")
+    for col in ("solver", "energy/token", "latency", "imbalance", "objective", "vs this"):
+        t.add_column(col, justify="left" if col == "solver" else "right")
+    rows = [placement]
+    for name in ("round-robin", "eplb", "fill"):
+        if name != placement.solver:
+            try:
+                rows.append(solve(problem, name))
+            except InfeasibleError as exc:
+                console.print(f"[yellow]{name}: {exc}[/]", highlight=False)
+    base = placement.summary.objective
+    for p in rows:
+        s = p.summary
+        t.add_row(p.solver, _fmt_j(s.energy_j_per_token), f"{s.latency_s * 1e3:,.3f} ms",
+                  f"{s.imbalance:.3f}", f"{s.objective:.4f}",
+                  f"{(s.objective / base - 1) * 100:+.1f}%" if base > 0 else "-")
+    console.print(t)
+
+
+def _write(path: str, text: str) -> None:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        tmp.replace(p)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+
+
+def _read_placement(path: str) -> Any:
+    from wattmoe.placement import Placement
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read placement {path!r}: {exc.strerror or exc}") from None
+    return Placement.from_json(text, source=path)
+
+
+def _diff_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="placement JSON (from)")
+    p.add_argument("b", help="placement JSON (to)")
+
+
+@command("place-diff", "experts moved and bytes to migrate between two placements", _diff_args)
+def cmd_place_diff(args: argparse.Namespace) -> int:
+    from wattmoe.placement import diff_placements
+
+    a, b = _read_placement(args.a), _read_placement(args.b)
+    d = diff_placements(a, b)
+    t = Table(title=f"{args.a} -> {args.b}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("experts moved", f"{d.experts_moved:,} of {a.num_layers * a.num_experts:,}")
+    t.add_row("replicas added", f"{d.replicas_added:,}")
+    t.add_row("replicas removed", f"{d.replicas_removed:,}")
+    t.add_row("bytes to migrate", _fmt_bytes(d.bytes_to_migrate))
+    for label, p in (("a", a), ("b", b)):
+        if p.summary:
+            t.add_row(f"energy per token ({label}, estimated)",
+                      _fmt_j(p.summary.energy_j_per_token))
+    console.print(t)
+    dev = Table(title="per device")
+    for col in ("device", "receives", "frees"):
+        dev.add_column(col, justify="left" if col == "device" else "right")
+    for name in d.bytes_in:
+        dev.add_row(name, _fmt_bytes(d.bytes_in[name]), _fmt_bytes(d.bytes_freed[name]))
+    console.print(dev)
+    return 0
