@@ -41,6 +41,7 @@ from wattmoe.placement.problem import (
     evaluate,
     round_robin_assignment,
 )
+from wattmoe.placement.solvers.baselines import solve_fill
 
 log = logging.getLogger(__name__)
 
@@ -475,11 +476,9 @@ class _State:
             delta += qq * (k_a ** 2 + k_b ** 2 - ko_a ** 2 - ko_b ** 2)
         return delta
 
-    def move_pass(self, full: bool) -> bool:
-        """Moves at most one replica per layer to the device where that helps most."""
-        cl, ce_, ca = self._replicas_on(None if full else self._critical(2))
-        if not len(cl):
-            return False
+    def _move_deltas(self, cl: np.ndarray, ce_: np.ndarray, ca: np.ndarray) -> np.ndarray:
+        """[K, D] score change of moving replica (cl, ce_) from device ca to each device
+        (inf where the expert is already, or the device is not allowed; memory unchecked)."""
         K, D = len(cl), self.D
         ks = np.arange(K)
         A = ca[:, None]
@@ -497,15 +496,55 @@ class _State:
             ce_row = self.ce[cl, ce_]
             ddyn = ce_row - ce_row[ks, ca][:, None]
         delta = self._pair_delta(cl, A, B, t_a, t_b, k_a, k_b, ddyn)
-        valid = ~self.N[cl, ce_] & self.allowed & (self.free > 0)
-        delta = np.where(valid, delta, _INF)
+        return np.where(~self.N[cl, ce_] & self.allowed, delta, _INF)
+
+    def move_pass(self, full: bool) -> bool:
+        """Moves at most one replica per layer to the device where that helps most."""
+        cl, ce_, ca = self._replicas_on(None if full else self._critical(2))
+        if not len(cl):
+            return False
+        delta = np.where(self.free > 0, self._move_deltas(cl, ce_, ca), _INF)
         best_d = np.argmin(delta, axis=1)
-        best_v = delta[ks, best_d]
+        best_v = delta[np.arange(len(cl)), best_d]
         changed = False
         for i in self._best_per_layer(cl, best_v):
             if best_v[i] < -self.tol:
                 changed |= self._move(int(cl[i]), int(ce_[i]), int(ca[i]), int(best_d[i]))
         return changed
+
+    def exchange_pass(self, full: bool) -> bool:
+        """For each full device d: the best move into d in one layer paired with the cheapest
+        move out of d in another, so that d's slots go to the layers that gain most (moves
+        and swaps keep each layer's count on d fixed once d is full)."""
+        full_devices = np.flatnonzero(self.allowed & (self.free <= 0))
+        if not len(full_devices) or self.L < 2 or self.D < 2:
+            return False
+        mask = None if full else (self._critical(2) | np.isin(
+            np.arange(self.D), full_devices)[None, :])
+        cl, ce_, ca = self._replicas_on(mask)
+        if not len(cl):
+            return False
+        delta = self._move_deltas(cl, ce_, ca)
+        for d in full_devices:
+            into = np.where(ca != d, delta[:, d], _INF)
+            out = np.where((ca == d)[:, None] & (self.free > 0)[None, :]
+                           & (np.arange(self.D) != d)[None, :], delta, _INF)
+            out_d = np.argmin(out, axis=1)
+            out_v = out[np.arange(len(cl)), out_d]
+            best_in = self._best_per_layer(cl, into)
+            best_out = self._best_per_layer(cl, out_v)
+            i = best_in[np.argmin(into[best_in])]
+            outs = best_out[np.argsort(out_v[best_out], kind="stable")[:2]]
+            j = next((o for o in outs if cl[o] != cl[i]), None)
+            if j is None or not into[i] + out_v[j] < -self.tol:
+                continue
+            # Out first (frees a slot on d), then in; different layers, so both deltas hold.
+            # One exchange per pass: the candidate arrays are stale after it.
+            if self._move(int(cl[j]), int(ce_[j]), int(d), int(out_d[j])):
+                if self._move(int(cl[i]), int(ce_[i]), int(ca[i]), int(d)):
+                    return True
+                self._move(int(cl[j]), int(ce_[j]), int(out_d[j]), int(d))  # pragma: no cover
+        return False
 
     def _move(self, layer: int, e: int, a: int, b: int) -> bool:
         if self.free[b] <= 0 or self.N[layer, e, b] or not self.N[layer, e, a]:
@@ -603,13 +642,16 @@ class _State:
                 self._swap(layer, e, a, e2, b)
 
     def local_search(self, limit: int, max_passes: int, deadline: float | None) -> bool:
-        """Moves until none helps, then one pass of swaps (costlier), and again; the full
-        neighborhood when it has at most `limit` candidates, critical devices otherwise."""
+        """Moves until none helps, then one pass of swaps (costlier), then cross-layer
+        exchanges on full devices, and again; the full neighborhood when it has at most
+        `limit` candidates, critical devices otherwise."""
         changed = False
         for _ in range(max_passes):
             replicas = int(self.n.sum())
+            full_moves = replicas * self.D <= limit
             full_swaps = replicas * int(self.n.sum(axis=1).max()) <= limit
-            if self.move_pass(replicas * self.D <= limit) or self.swap_pass(full_swaps):
+            if self.move_pass(full_moves) or self.swap_pass(full_swaps) \
+                    or self.exchange_pass(full_moves):
                 changed = True
             else:
                 break
@@ -673,8 +715,8 @@ def _solve_fixed(problem: PlacementProblem, objective: Objective, opts: Heuristi
     """Best assignment over powered sets and starts, for one objective (no SLO).
 
     The round-robin start runs on small instances, and on large ones only when the greedy
-    start ends up worse than round-robin itself; plain round-robin is a candidate too, so the
-    answer is never worse than it.
+    start ends up worse than round-robin itself; plain round-robin and fill-first are
+    candidates too, so the answer is never worse than either.
     """
     L, E, D = problem.dims
     scored = problem.with_objective(objective)
@@ -687,6 +729,7 @@ def _solve_fixed(problem: PlacementProblem, objective: Objective, opts: Heuristi
         return ev
 
     plain_rr = keep(round_robin_assignment(L, E, slots), np.ones(D, dtype=bool))
+    keep(solve_fill(problem)[0], np.ones(D, dtype=bool))
     small = opts.full_neighborhood_limit >= L * E * D
     for allowed in _powered_sets(problem, objective, opts):
         best_here = np.inf
