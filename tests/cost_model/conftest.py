@@ -61,3 +61,58 @@ class FakeMonitor:
 @pytest.fixture
 def fake_monitor() -> FakeMonitor:
     return FakeMonitor()
+
+
+# --- synthetic profiles with known answers ----------------------------------------------------
+
+from wattmoe.cost_model.base import DeviceInfo, OpShape, ProfilePoint  # noqa: E402
+from wattmoe.cost_model.database import ProfileDatabase  # noqa: E402
+from wattmoe.cost_model.work import op_work  # noqa: E402
+
+#: The "true" device used by synthetic profiles: t = T0 + flops/RATE + bytes/BW,
+#: E = P_STATIC * t + E_FLOP * flops + E_BYTE * bytes.
+T0, RATE, BW = 20e-6, 100e12, 2e12
+P_STATIC, E_FLOP, E_BYTE = 150.0, 0.5e-12, 20e-12
+TOKENS = (1, 4, 16, 64, 256, 1024)
+
+
+def true_cost(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, float]:
+    flops, byts = op_work(op, tokens, shape, dtype)
+    t = T0 + flops / RATE + byts / BW
+    return t, P_STATIC * t + E_FLOP * flops + E_BYTE * byts
+
+
+def synthetic_point(op: str, tokens: int, shape: OpShape, dtype: str = "bf16",
+                    device: str = "cuda:0", latency_s: float | None = None,
+                    energy_j: float | None = None, preset: str = "") -> ProfilePoint:
+    t, e = true_cost(op, tokens, shape, dtype)
+    t = t if latency_s is None else latency_s
+    e = e if energy_j is None else energy_j
+    flops, byts = op_work(op, tokens, shape, dtype)
+    return ProfilePoint(
+        op=op, device=device, dtype=dtype, shape=shape, tokens=tokens,
+        preset=preset or shape.key, latency_s=t, latency_p10_s=t * 0.95,
+        latency_p90_s=t * 1.05, latency_iqr_s=t * 0.05, reps=30, energy_j=e,
+        source="measured", window_s=1.0, window_calls=max(1, int(1 / t)),
+        avg_power_w=e / t, peak_power_w=e / t * 1.1, flops=flops, bytes_moved=byts,
+    )
+
+
+def synthetic_db(points: list[ProfilePoint], idle_power_w: float = 80.0) -> ProfileDatabase:
+    devices = {d: DeviceInfo(d, f"fake {d}", "measured", 0.1, 1.0, idle_power_w, 30.0, 700.0)
+               for d in {p.device for p in points}}
+    return ProfileDatabase(points=points, devices=devices,
+                           provenance={"machine": {"hostname": "test"}, "commit": "abc",
+                                       "command": "pytest"})
+
+
+SHAPE_A = OpShape(1024, 512)
+SHAPE_B = OpShape(1024, 4096)
+
+
+@pytest.fixture
+def linear_db() -> ProfileDatabase:
+    """Two expert shapes on a device that follows the linear model exactly."""
+    pts = [synthetic_point("expert", n, s, dt) for s in (SHAPE_A, SHAPE_B)
+           for n in TOKENS for dt in ("bf16", "fp32")]
+    return synthetic_db(pts)

@@ -240,9 +240,10 @@ def _tokens_arg(text: str) -> list[int]:
     out = []
     for t in _csv(text):
         try:
-            out.append(check_tokens(int(t)))
+            n = int(t)
         except ValueError:
             raise ConfigError(f"batch size must be an integer, got {t!r}") from None
+        out.append(check_tokens(n))
     return out
 
 
@@ -312,6 +313,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="held-out measurements (.json profiles or .jsonl sweeps)")
     p.add_argument("--out", default=None, help="write rows and summary JSON here")
     p.add_argument("--csv", default=None, help="write the rows as CSV here")
+    p.add_argument("--split-latency", type=float, default=None, metavar="S",
+                   help="also summarize points measured below/above S seconds")
 
 
 @command("cost-eval", "compare the cost model's predictions with held-out measurements",
@@ -331,7 +334,7 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     for m in args.measured:
         pts += read_jsonl(m).points if m.endswith(".jsonl") else load_profile(m).points
     rows = evaluate(model, pts)
-    summary = summarize(rows)
+    summary = summarize(rows, args.split_latency)
     t = Table(title=f"held-out accuracy of {args.profile} ({len(rows)} points)")
     for col in ("kind", "n", "latency median |err|", "latency p90", "energy median |err|",
                 "energy p90", "energy model alone, median"):

@@ -83,12 +83,22 @@ def _stats(errs: list[float]) -> dict[str, float]:
             "max_abs_pct": 100 * a[-1]}
 
 
-def summarize(rows: list[EvalRow]) -> dict[str, dict[str, Any]]:
-    """Median / p90 / max absolute % error of latency and energy, per kind and overall."""
+def summarize(rows: list[EvalRow], split_latency_s: float | None = None
+              ) -> dict[str, dict[str, Any]]:
+    """Median / p90 / max absolute % error of latency and energy, per kind and overall.
+
+    With `split_latency_s`, also for the points measured below and above that latency (on a
+    GPU driven from Python, calls under ~0.25 ms are bound by the host's launch overhead).
+    """
     out: dict[str, dict[str, Any]] = {}
-    kinds = sorted({r.kind for r in rows})
-    for kind in [*kinds, "all"]:
-        sel = [r for r in rows if kind == "all" or r.kind == kind]
+    groups: dict[str, list[EvalRow]] = {k: [r for r in rows if r.kind == k]
+                                        for k in sorted({r.kind for r in rows})}
+    groups["all"] = list(rows)
+    if split_latency_s is not None:
+        ms = f"{split_latency_s * 1e3:g} ms"
+        groups[f"latency < {ms}"] = [r for r in rows if r.measured_latency_s < split_latency_s]
+        groups[f"latency >= {ms}"] = [r for r in rows if r.measured_latency_s >= split_latency_s]
+    for kind, sel in groups.items():
         out[kind] = {
             "latency": _stats([r.latency_rel_err for r in sel]),
             "energy": _stats([r.energy_rel_err for r in sel if r.energy_rel_err is not None]),

@@ -61,19 +61,31 @@ def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef / scale
 
 
+#: Norm exponents tried when fitting how launch overhead and device work combine:
+#: 1 = they add up (a CPU runs both in turn), large = they overlap (a GPU executes while the
+#: host launches the next kernel, so a call takes about the longer of the two).
+OVERLAP_EXPONENTS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+
+
 @dataclass(frozen=True)
 class LatencyModel:
-    """latency_s = t0_s + flops * s_per_flop + bytes * s_per_byte + calls * s_per_call."""
+    """latency_s = (overhead^p + work^p)^(1/p), with
+    overhead = t0_s + calls * s_per_call and work = flops * s_per_flop + bytes * s_per_byte.
+
+    p = 1 adds the host's launch overhead to the device's work; a large p takes the larger
+    of the two. `p` is chosen among `OVERLAP_EXPONENTS` by the fit.
+    """
 
     t0_s: float
     s_per_flop: float
     s_per_byte: float
     s_per_call: float
     error: FitError
+    p: float = 1.0
 
     def predict(self, features: np.ndarray) -> float:
-        c = np.array([self.t0_s, self.s_per_flop, self.s_per_byte, self.s_per_call])
-        return float(features @ c)
+        return float(_combine(np.array([self.t0_s, self.s_per_flop, self.s_per_byte,
+                                        self.s_per_call]), np.atleast_2d(features), self.p)[0])
 
     @property
     def flops_per_s(self) -> float:
@@ -85,19 +97,51 @@ class LatencyModel:
 
     def to_dict(self) -> dict[str, object]:
         return {"t0_s": self.t0_s, "s_per_flop": self.s_per_flop, "s_per_byte": self.s_per_byte,
-                "s_per_call": self.s_per_call, "error": self.error.to_dict()}
+                "s_per_call": self.s_per_call, "p": self.p, "error": self.error.to_dict()}
+
+
+def _combine(coef: np.ndarray, x: np.ndarray, p: float) -> np.ndarray:
+    overhead = x[:, 0] * coef[0] + x[:, 3] * coef[3]
+    work = x[:, 1] * coef[1] + x[:, 2] * coef[2]
+    if p == 1.0:
+        return overhead + work
+    return (overhead**p + work**p) ** (1.0 / p)
 
 
 def fit_latency(features: Sequence[np.ndarray], latency_s: Sequence[float]) -> LatencyModel:
-    """Fits a `LatencyModel` to rows of `latency_features` and measured latencies."""
+    """Fits a `LatencyModel` to rows of `latency_features` and measured latencies.
+
+    p = 1 is a linear non-negative least-squares problem; for each larger p the coefficients
+    are refined from that start by bounded least squares on relative residuals. The p with
+    the smallest sum of squared relative residuals wins.
+    """
     x = np.vstack(features).astype(float)
     y = np.asarray(latency_s, dtype=float)
     coef = _nnls_relative(x, y)
     # an all-zero fit (degenerate data) falls back to the mean latency as t0
     if not np.any(coef > 0):
         coef = np.array([float(np.mean(y)), 0.0, 0.0, 0.0])
-    err = FitError.of(x @ coef, y)
-    return LatencyModel(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]), err)
+    best = (float(np.sum(((x @ coef) - y) ** 2 / y**2)), 1.0, coef)
+    scale = np.where(coef > 0, coef, 1e-30)
+    if len(y) >= 4:
+        from scipy.optimize import least_squares
+
+        for p in OVERLAP_EXPONENTS[1:]:
+            def resid(z: np.ndarray, p: float = p) -> np.ndarray:
+                return _combine(z * scale, x, p) / y - 1.0
+
+            # start from the additive fit, with the work terms given room to grow
+            z0 = np.where(coef > 0, 1.0, 0.0)
+            try:
+                r = least_squares(resid, z0, bounds=(0.0, np.inf), x_scale="jac", max_nfev=400)
+            except ValueError:
+                continue
+            sse = float(np.sum(r.fun**2))
+            if np.isfinite(sse) and sse < best[0]:
+                best = (sse, p, r.x * scale)
+    _, p, c = best
+    err = FitError.of(_combine(c, x, p), y)
+    return LatencyModel(float(c[0]), float(c[1]), float(c[2]), float(c[3]), err, p)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from wattmoe.cost_model.fit import (
     latency_features,
 )
 from wattmoe.cost_model.work import op_work
+from wattmoe.errors import ConfigError
 
 CurveKey = tuple[str, str, str, str]  # op, device, dtype, shape key
 
@@ -59,6 +60,7 @@ class Curve:
     tokens: np.ndarray
     latency_s: np.ndarray
     energy_j: np.ndarray  # NaN where the window was not measurable
+    avg_power_w: np.ndarray  # the window's mean power; NaN where unknown
     peak_power_w: np.ndarray  # NaN where unknown
     source: str
 
@@ -72,6 +74,7 @@ class Curve:
             np.array([p.tokens for p in pts], float),
             np.array([p.latency_s for p in pts], float),
             np.array([p.energy_j if p.energy_j is not None else nan for p in pts], float),
+            np.array([p.avg_power_w if p.avg_power_w is not None else nan for p in pts], float),
             np.array([p.peak_power_w if p.peak_power_w is not None else nan for p in pts], float),
             p0.source,
         )
@@ -90,6 +93,13 @@ def _loglog(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     if len(xs) == 1:
         return float(ys[0])
     return float(np.exp(np.interp(math.log(x), np.log(xs), np.log(ys))))
+
+
+def _loglin(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """Interpolates y(x) linearly in (log x, y); NaN when any y is unknown."""
+    if not np.all(np.isfinite(ys)):
+        return float("nan")
+    return float(np.interp(math.log(x), np.log(xs), ys))
 
 
 @dataclass
@@ -204,7 +214,12 @@ class KernelCostModel:
                     return c.shape
             from wattmoe.cost_model.scenarios import resolve_shape_spec
 
-            return OpShape.from_config(resolve_shape_spec(shape)).for_op(op)
+            try:
+                return OpShape.from_config(resolve_shape_spec(shape)).for_op(op)
+            except CostModelError:
+                raise
+            except ConfigError as exc:
+                raise CostModelError(f"unknown shape: {exc}") from None
         if hasattr(shape, "hidden_size"):
             return OpShape.from_config(shape).for_op(op)
         raise CostModelError(f"shape must be an OpShape, a MoEConfig or a name, got {shape!r}")
@@ -264,8 +279,8 @@ class KernelCostModel:
         if lo <= n <= hi:
             lat = _loglog(n, c.tokens, c.latency_s)
             en = _loglog(n, c.tokens, c.energy_j)
-            peak = float(np.interp(math.log(n), np.log(c.tokens), c.peak_power_w)) \
-                if np.all(np.isfinite(c.peak_power_w)) else float("nan")
+            peak = _loglin(n, c.tokens, c.peak_power_w)
+            avg = _loglin(n, c.tokens, c.avg_power_w)
             method = "profiled" if n in c.tokens else "interpolated"
             if not math.isfinite(en):
                 en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
@@ -277,17 +292,28 @@ class KernelCostModel:
             lat = float(c.latency_s[i]) * lat_r
             en_edge = _loglog(edge, c.tokens, c.energy_j)
             en = en_edge * en_r if en_r is not None and math.isfinite(en_edge) else float("nan")
+            avg = float("nan")
             if not math.isfinite(en):
                 en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
                 en = float("nan") if en_m is None else en_m
+            elif en_r is not None:
+                avg = float(c.avg_power_w[i]) * en_r / lat_r
             peak = float(c.peak_power_w[i])
             method = "extrapolated"
-        return self._finish(c, lat, en, peak, method)
+        return self._finish(c, lat, en, peak, method, avg)
 
-    def _finish(self, c: Curve, lat: float, en: float, peak: float, method: str) -> KernelCost:
+    def _finish(self, c: Curve, lat: float, en: float, peak: float, method: str,
+                avg: float = float("nan")) -> KernelCost:
+        """Average power is the measured window's (energy per call comes from the window's
+        mean call time, latency is the median call: their ratio is not the power)."""
         if not math.isfinite(en):
             raise CostModelError(f"no energy was measured for {c.op} on {c.device}/{c.dtype}")
-        avg = en / lat if lat > 0 else 0.0
+        if not math.isfinite(avg):
+            avg = en / lat if lat > 0 else 0.0
+        info = self.db.devices.get(c.device)
+        limit = info.power_limit_w if info is not None else None
+        if method != "profiled" and limit and avg > limit:
+            avg = float(limit)  # a prediction never averages above the enforced power limit
         if not math.isfinite(peak) or peak < avg:
             peak = avg
         return KernelCost(lat, en, avg, peak, c.source, method)
@@ -308,20 +334,26 @@ class KernelCostModel:
             base = self._curve_cost(c, tokens)
             lat_r, en_r = self._ratio(c, tokens, tokens, c.shape, shape)
             en = base.energy_j * en_r if en_r is not None else float("nan")
-            preds.append((c, base.latency_s * lat_r, en, base.peak_power_w))
+            avg = base.avg_power_w * en_r / lat_r if en_r is not None else float("nan")
+            preds.append((c, base.latency_s * lat_r, en, base.peak_power_w, avg))
         if len(preds) == 2:
             la, lb = math.log(work(preds[0][0].shape)), math.log(work(preds[1][0].shape))
             w = 0.0 if lb == la else (math.log(wq) - la) / (lb - la)
-            lat = math.exp((1 - w) * math.log(preds[0][1]) + w * math.log(preds[1][1]))
-            en = math.exp((1 - w) * math.log(preds[0][2]) + w * math.log(preds[1][2])) \
-                if preds[0][2] > 0 and preds[1][2] > 0 else float("nan")
+
+            def geo(i: int) -> float:
+                a, b = preds[0][i], preds[1][i]
+                if not (a > 0 and b > 0):
+                    return float("nan")
+                return math.exp((1 - w) * math.log(a) + w * math.log(b))
+
+            lat, en, avg = geo(1), geo(2), geo(4)
             peak = max(preds[0][3], preds[1][3])
         else:
-            _, lat, en, peak = preds[0]
+            _, lat, en, peak, avg = preds[0]
         if not math.isfinite(en):
             en_m = self._model_energy(op, anchors[0].device, anchors[0].dtype, tokens, shape, lat)
             en = float("nan") if en_m is None else en_m
-        return self._finish(anchors[0], lat, en, peak, "shape-model")
+        return self._finish(anchors[0], lat, en, peak, "shape-model", avg)
 
     def get_cost(
         self, op: str, tokens: int, device: str, dtype: str, shape: Any = None

@@ -1,0 +1,115 @@
+"""The cost-model CLI: real runs on this CPU, and one clear line per bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cost_model.conftest import SHAPE_A, synthetic_db, synthetic_point
+from tests.cost_model.test_nsys import build_export
+from wattmoe.cli import main
+from wattmoe.cost_model import save_profile
+
+
+@pytest.fixture
+def profile(tmp_path: Path, linear_db) -> Path:
+    return save_profile(linear_db, tmp_path / "p.json")
+
+
+def test_profile_runs_a_small_cpu_sweep(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cpu.json"
+    rc = main(["profile", "--devices", "cpu", "--shapes", "tiny", "--dtypes", "fp32",
+               "--ops", "expert,activation", "--tokens", "1,8,64", "--cpu-window", "0.05",
+               "--reps", "5", "--cooldown-max", "0", "--no-torch-profiler", "--out", str(out),
+               "--plot", str(tmp_path / "plots")])
+    assert rc == 0
+    raw = json.loads(out.read_text())
+    assert len(raw["points"]) == 6
+    assert raw["devices"]["cpu"]["source"] in ("estimated", "measured")
+    assert raw["provenance"]["command"]  # (under pytest, argv is pytest's)
+    assert raw["provenance"]["commit"] and raw["provenance"]["machine"]["cpu_count"]
+    assert {p["source"] for p in raw["points"]} == {raw["devices"]["cpu"]["source"]}
+    assert out.with_suffix(".jsonl").exists()
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 2
+    assert "energy models" in capsys.readouterr().out
+
+
+def test_cost_prints_a_table(profile: Path, capsys) -> None:
+    assert main(["cost", "--profile", str(profile), "--op", "expert", "--tokens", "1,100,5000",
+                 "--device", "cuda:0", "--dtype", "bf16", "--shape", SHAPE_A.key]) == 0
+    out = capsys.readouterr().out
+    for word in ("profiled", "interpolated", "extrapolated", "measured"):
+        assert word in out
+    assert main(["cost", "--profile", str(profile), "--op", "expert", "--tokens", "64",
+                 "--device", "cuda:0", "--dtype", "bf16", "--shape", SHAPE_A.key,
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["method"] == "profiled"
+    assert main(["cost", "--profile", str(profile), "--list"]) == 0
+    assert main(["cost", "--profile", str(profile), "--report"]) == 0
+
+
+def test_plot_and_eval(profile: Path, tmp_path: Path, capsys) -> None:
+    assert main(["profile-plot", "--profile", str(profile), "--out", str(tmp_path / "pl")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pl").glob("*.png")) == ["cuda0_expert.png"]
+    held = save_profile(synthetic_db([synthetic_point("expert", n, SHAPE_A) for n in (2, 8)]),
+                        tmp_path / "held.json")
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(held),
+                 "--out", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv")]) == 0
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["summary"]["batch"]["latency"]["n"] == 2
+    assert (tmp_path / "e.csv").read_text().count("\n") == 3
+
+
+def test_nsys_import(tmp_path: Path, capsys) -> None:
+    db = build_export(tmp_path / "r.sqlite")
+    assert main(["nsys-import", str(db), "--json", str(tmp_path / "k.json")]) == 0
+    assert "cutlass" in capsys.readouterr().out
+    assert json.loads((tmp_path / "k.json").read_text())["kernels"][0]["calls"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["cost", "--op", "nope"], "unknown op 'nope'"),
+        (["cost", "--device", "cuda:9"], "unknown device 'cuda:9'"),
+        (["cost", "--tokens", "-3"], "batch size must be >= 0 tokens, got -3"),
+        (["cost", "--tokens", "abc"], "batch size must be an integer, got 'abc'"),
+    ],
+)
+def test_bad_queries_print_one_line(profile: Path, capsys, args, message) -> None:
+    base = ["--device", "cuda:0", "--dtype", "bf16", "--shape", SHAPE_A.key]
+    assert main([*args[:1], "--profile", str(profile), *base, *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is corrupt: not valid JSON"),
+        (json.dumps({"format": "wattmoe.cost_model.profile", "schema_version": 0}),
+         "schema version 0 is not supported"),
+    ],
+)
+def test_bad_profile_files_print_one_line(tmp_path: Path, content: str, message: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    proc = subprocess.run(
+        # (not `-m wattmoe.cli`: run as __main__, cli.py does not see the command modules)
+        [sys.executable, "-c", "import sys; from wattmoe.cli import main; sys.exit(main())",
+         "cost", "--profile", str(bad)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 or len(proc.stderr) < 400
+
+
+def test_profile_rejects_negative_batch_sizes(capsys) -> None:
+    assert main(["profile", "--tokens", "1,-8"]) == 2
+    assert "--tokens must all be >= 1" in capsys.readouterr().err
