@@ -192,3 +192,15 @@ def test_bad_queries_raise_one_clear_error(linear_db, kwargs, message) -> None:
 def test_unknown_device_for_idle_power(linear_db) -> None:
     with pytest.raises(CostModelError, match="unknown device 'tpu:0'"):
         KernelCostModel(linear_db).idle_power_w("tpu:0")
+
+
+def test_latency_basis(linear_db) -> None:
+    p = next(p for p in linear_db.points if (p.shape, p.tokens, p.dtype) == (SHAPE_A, 64, "bf16"))
+    p.window_mean_latency_s = p.latency_s * 0.8  # the window's time per call
+    window = KernelCostModel(linear_db).get_cost("expert", 64, "cuda:0", "bf16", shape=SHAPE_A)
+    median = KernelCostModel(linear_db, latency="median").get_cost("expert", 64, "cuda:0", "bf16",
+                                                                    shape=SHAPE_A)
+    assert window.latency_s == pytest.approx(0.8 * median.latency_s)
+    assert window.energy_j == median.energy_j
+    with pytest.raises(CostModelError, match="latency basis"):
+        KernelCostModel(linear_db, latency="mean")

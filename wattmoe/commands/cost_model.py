@@ -232,6 +232,9 @@ def _cost_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list what the profile holds")
     p.add_argument("--report", action="store_true", help="print the fit-error report")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--latency", default="window", choices=("window", "median"),
+                   help="latency basis: time per call in the energy window (consistent with "
+                        "the energy) or the median of single timed calls")
 
 
 def _tokens_arg(text: str) -> list[int]:
@@ -254,7 +257,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
 
     tokens = _tokens_arg(args.tokens)
-    model = KernelCostModel.load(args.profile or default_profile_path())
+    model = KernelCostModel.load(args.profile or default_profile_path(), args.latency)
     if args.list:
         t = Table(title="profiled (op, device, dtype): shapes")
         for col in ("device", "dtype", "op", "shapes", "batch sizes"):
@@ -315,6 +318,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", default=None, help="write the rows as CSV here")
     p.add_argument("--split-latency", type=float, default=None, metavar="S",
                    help="also summarize points measured below/above S seconds")
+    p.add_argument("--latency", default="window", choices=("window", "median"),
+                   help="latency basis of the model and of the measurements compared")
 
 
 @command("cost-eval", "compare the cost model's predictions with held-out measurements",
@@ -329,7 +334,7 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import read_jsonl
 
-    model = KernelCostModel.load(args.profile)
+    model = KernelCostModel.load(args.profile, args.latency)
     pts = []
     for m in args.measured:
         pts += read_jsonl(m).points if m.endswith(".jsonl") else load_profile(m).points
@@ -351,6 +356,7 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     console.print(t)
     if args.out:
         save_json(args.out, {"provenance": provenance(), "profile": args.profile,
+                             "latency_basis": args.latency,
                              "measured": args.measured, "summary": summary,
                              "rows": [r.to_dict() for r in rows]})
         console.print(f"wrote {args.out}")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from wattmoe.cost_model.base import ProfilePoint
-from wattmoe.cost_model.model import KernelCostModel
+from wattmoe.cost_model.model import KernelCostModel, point_latency
 from wattmoe.cost_model.work import op_work
 
 
@@ -49,7 +49,9 @@ def _rel(pred: float, meas: float) -> float:
 
 
 def evaluate(model: KernelCostModel, points: list[ProfilePoint]) -> list[EvalRow]:
-    """Predicts every point with `model.get_cost` and records the relative errors."""
+    """Predicts every point with `model.get_cost` and records the relative errors.
+
+    Measured latency is taken on the model's latency basis ('window' or 'median')."""
     rows = []
     for p in points:
         curves = model.shapes(p.op, p.device, p.dtype)
@@ -67,7 +69,8 @@ def evaluate(model: KernelCostModel, points: list[ProfilePoint]) -> list[EvalRow
         e_meas = p.energy_j
         rows.append(EvalRow(
             p.op, p.device, p.dtype, p.preset, p.shape.key, p.tokens, kind, c.method, c.source,
-            p.latency_s, c.latency_s, _rel(c.latency_s, p.latency_s), e_meas, c.energy_j,
+            point_latency(p, model.latency_basis), c.latency_s,
+            _rel(c.latency_s, point_latency(p, model.latency_basis)), e_meas, c.energy_j,
             None if e_meas is None else _rel(c.energy_j, e_meas),
             em_j, None if (em_j is None or e_meas is None) else _rel(em_j, e_meas),
         ))

@@ -46,6 +46,20 @@ from wattmoe.cost_model.work import op_work
 from wattmoe.errors import ConfigError
 
 CurveKey = tuple[str, str, str, str]  # op, device, dtype, shape key
+LATENCY_BASES: tuple[str, ...] = ("window", "median")
+
+
+def point_latency(p: ProfilePoint, basis: str = "window") -> float:
+    """A point's latency on `basis`.
+
+    'window': the energy window's wall time over its calls (thousands of back-to-back calls
+    over >= 1 s), the time the device is occupied per call, consistent with the energy per
+    call (energy = mean power x this time). 'median': the median of the calls timed one by
+    one (CUDA events / perf_counter). Points without a window mean fall back to the median.
+    """
+    if basis == "window" and p.window_mean_latency_s:
+        return float(p.window_mean_latency_s)
+    return float(p.latency_s)
 
 
 @dataclass
@@ -65,14 +79,14 @@ class Curve:
     source: str
 
     @classmethod
-    def of(cls, pts: list[ProfilePoint]) -> Curve:
+    def of(cls, pts: list[ProfilePoint], basis: str = "window") -> Curve:
         pts = sorted(pts, key=lambda p: p.tokens)
         p0 = pts[0]
         nan = float("nan")
         return cls(
             p0.op, p0.device, p0.dtype, p0.shape, {p.preset for p in pts},
             np.array([p.tokens for p in pts], float),
-            np.array([p.latency_s for p in pts], float),
+            np.array([point_latency(p, basis) for p in pts], float),
             np.array([p.energy_j if p.energy_j is not None else nan for p in pts], float),
             np.array([p.avg_power_w if p.avg_power_w is not None else nan for p in pts], float),
             np.array([p.peak_power_w if p.peak_power_w is not None else nan for p in pts], float),
@@ -124,22 +138,28 @@ class KernelCostModel:
 
     Args:
         db: a loaded `ProfileDatabase` (see `KernelCostModel.load`).
+        latency: 'window' (default: time per call in the energy window, consistent with the
+            energy; see `point_latency`) or 'median' (median of single timed calls).
     """
 
-    def __init__(self, db: ProfileDatabase) -> None:
+    def __init__(self, db: ProfileDatabase, latency: str = "window") -> None:
+        if latency not in LATENCY_BASES:
+            raise CostModelError(f"latency basis must be one of {LATENCY_BASES}, got {latency!r}")
+        self.latency_basis = latency
         self.db = db
         groups: dict[CurveKey, list[ProfilePoint]] = defaultdict(list)
         for p in db.points:
             groups[(p.op, p.device, p.dtype, p.shape.key)].append(p)
-        self.curves: dict[CurveKey, Curve] = {k: Curve.of(v) for k, v in groups.items()}
+        self.curves: dict[CurveKey, Curve] = {k: Curve.of(v, latency)
+                                               for k, v in groups.items()}
         self.latency_models: dict[tuple[str, str, str], LatencyModel] = {}
         self.energy_models: dict[tuple[str, str], EnergyModel] = {}
         self._fit()
 
     @classmethod
-    def load(cls, path: str | Path) -> KernelCostModel:
+    def load(cls, path: str | Path, latency: str = "window") -> KernelCostModel:
         """Loads a profile JSON (raises ProfileFormatError for a corrupt/wrong-version file)."""
-        return cls(load_profile(path))
+        return cls(load_profile(path), latency)
 
     # --- fitting ------------------------------------------------------------------------
 
@@ -154,13 +174,14 @@ class KernelCostModel:
             if len(pts) >= 2:
                 self.latency_models[key] = fit_latency(
                     [latency_features(p.op, p.tokens, p.shape, p.dtype) for p in pts],
-                    [p.latency_s for p in pts],
+                    [point_latency(p, self.latency_basis) for p in pts],
                 )
         for (dev, dt), pts in by_en.items():
             if len(pts) >= 3:
                 info = self.db.devices.get(dev)
                 self.energy_models[(dev, dt)] = fit_energy(
-                    [p.latency_s for p in pts], [p.flops for p in pts],
+                    [point_latency(p, self.latency_basis) for p in pts],
+                    [p.flops for p in pts],
                     [p.bytes_moved for p in pts], [p.energy_j for p in pts],  # type: ignore[misc]
                     idle_power_w=info.idle_power_w if info else None, source=pts[0].source,
                 )
