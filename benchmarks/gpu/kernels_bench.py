@@ -25,6 +25,7 @@ last lines printed are a table.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import sys
@@ -32,6 +33,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,7 @@ from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.autoselect import AUTO  # noqa: E402
 from wattmoe.moe.backends import get_backend  # noqa: E402
 from wattmoe.moe.dispatch import Dispatch  # noqa: E402
+from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
 from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 SHAPES = ["olmoe-1b-7b", "qwen3-30b-a3b", "deepseek-v3"]
@@ -271,239 +274,318 @@ def ceilings(dev: torch.device) -> dict[str, float]:
     return {"copy_tb_s": tbs, "bf16_gemm_tflop_s": tf}
 
 
-def tune_candidates(num_assign: int, num_experts: int) -> list[str]:
+def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> list[str]:
     m = num_assign / num_experts
     if m <= 16:
-        return ["m16", "m32"]
-    if m <= 80:
-        return ["m16", "m32", "m64"]
-    if m <= 300:
-        return ["m64", "m64n128", "m128"]
-    return ["m64n128", "m128"]
+        names = ["m16", "m32"]
+    elif m <= 80:
+        names = ["m16", "m32", "m64"]
+    elif m <= 300:
+        names = ["m64", "m64n128", "m128"]
+    else:
+        names = ["m64n128", "m128"]
+    if int4:
+        names += [f"{n}f" for n in names if f"{n}f" in ft.INT4_CANDIDATES]
+    return names
 
 
-def main() -> None:
+# energy variants: label -> (weights, backend, whole layer step captured as a CUDA graph)
+VARIANTS: dict[str, tuple[str, str, bool]] = {
+    "loop": ("bf16", "loop", False),
+    "grouped": ("bf16", "grouped", False),
+    "fused": ("bf16", "fused", False),
+    "fused_int4": ("int4", "fused", False),
+    "fused_graph": ("bf16", "fused_graph", False),  # experts only captured (backend level)
+    "grouped+step_graph": ("bf16", "grouped", True),
+    "fused+step_graph": ("bf16", "fused", True),
+    "fused_int4+step_graph": ("int4", "fused", True),
+}
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--tokens", default="64,512,4096,16384")
     ap.add_argument("--window", type=float, default=2.0)
-    ap.add_argument("--graph-tokens", default="64", help="step sizes that also run *_graph")
-    ap.add_argument("--sections", default="check,tune,energy")
+    ap.add_argument("--variants", default="loop,grouped,fused,fused_int4",
+                    help=f"energy variants at every size, of {', '.join(VARIANTS)}")
+    ap.add_argument("--graph-variants", default="fused_graph",
+                    help="energy variants run only at --graph-tokens")
+    ap.add_argument("--graph-tokens", default="64", help="step sizes of --graph-variants")
+    ap.add_argument("--graph-max-experts", type=int, default=1 << 30,
+                    help="shapes with more experts run --graph-variants at the smallest size only")
+    ap.add_argument("--sections", default="check,tune,energy",
+                    help="of check, tune, energy; run in this order")
+    ap.add_argument("--tune-weights", default="bf16,int4")
+    ap.add_argument("--tune-tokens", default="", help="default: --tokens")
+    ap.add_argument("--check-cases", default="uniform:64,uniform:4096,skewed:512,skewed:4096,"
+                    "hot:512,capacity:512,single:1")
+    ap.add_argument("--check-backends", default="loop,grouped,fused,fused_graph,grouped_graph,auto")
+    ap.add_argument("--check-step-graph", default="",
+                    help="backends whose whole-step graph (GraphedLayer) is checked at 64, 512")
     ap.add_argument("--out", default="results/h200/kernels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda", help="'cpu' = smoke test (tiny shapes, no energy)")
     ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shapes")
-    args = ap.parse_args()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sections = set(args.sections.split(","))
-    token_list = [int(t) for t in args.tokens.split(",")]
-    graph_tokens = {int(t) for t in args.graph_tokens.split(",") if t}
-    dev = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    gen = torch.Generator(device=dev).manual_seed(args.seed)
-    nrg = Energy() if dev.type == "cuda" else ClockOnly()
-    import triton
+    return ap.parse_args()
 
-    meta = provenance()
-    if os.environ.get("WATTMOE_COMMIT"):
-        meta["commit"] = os.environ["WATTMOE_COMMIT"]
-    meta["machine"].update(  # type: ignore[union-attr]
-        {"gpu_nvml": nrg.info(), "triton": triton.__version__, "node": platform.node()})
-    payload: dict[str, object] = {**meta, "args": vars(args), "check": [], "tune": [],
-                                  "energy": [], "errors": []}
-    t_start = time.perf_counter()
-    ceil = ceilings(dev) if dev.type == "cuda" else {"copy_tb_s": 0.1, "bf16_gemm_tflop_s": 1.0}
-    payload["ceilings"] = ceil
-    log(f"ceilings: copy {ceil['copy_tb_s']:.2f} TB/s, bf16 GEMM {ceil['bf16_gemm_tflop_s']:.0f} "
-        f"TFLOP/s; gpu {payload['machine']['gpu_nvml']}")  # type: ignore[index]
-    tuned: dict[str, dict[str, str]] = {}
-    if dev.type == "cuda":
-        meta["machine"]["cuda_device"] = torch.cuda.get_device_name(dev)  # type: ignore[index]
 
-    def save() -> None:
-        payload["wall_s"] = time.perf_counter() - t_start
-        payload["auto_decisions"] = AUTO.records()
-        write_json(out_dir / "kernels_bench.json", payload)
-        write_json(out_dir / "tuned_configs.json",
-                   ft.config_table_payload(tuned, device=ft.device_key(dev),
-                                           commit=meta["commit"], source="kernels_bench.py tune"))
+class Bench:
+    """One run: the sections over the shapes, everything recorded in `payload`."""
 
-    for shape in args.shapes.split(","):
-        cfg = get_preset(shape, args.scale)
-        log(f"== {shape}: H={cfg.hidden_size} F={cfg.expert_inner_size} E={cfg.num_experts} "
-            f"k={cfg.top_k}")
-        torch.manual_seed(args.seed)
-        layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-        qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-        qlayer.router.load_state_dict(layer.router.state_dict())
-        qlayer.quantize(min(128, cfg.expert_inner_size))
-        st = stacked_experts(layer.experts)
-        qst = stacked_experts(qlayer.experts)
-        log(f"   weights: bf16 {st.weight_bytes() / 1e9:.2f} GB, "
-            f"int4 {qst.weight_bytes() / 1e9:.2f} GB")
-        variants = {"bf16": layer, "int4": qlayer}
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out_dir = Path(args.out)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tokens = [int(t) for t in args.tokens.split(",")]
+        self.dev = torch.device(args.device)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        self.gen = torch.Generator(device=self.dev).manual_seed(args.seed)
+        self.nrg = Energy() if self.dev.type == "cuda" else ClockOnly()
+        import triton
 
-        # 1. correctness ---------------------------------------------------------------------
-        if "check" in sections:
-            cases = [("uniform", 64), ("uniform", 4096), ("skewed", 512), ("skewed", 4096),
-                     ("hot", 512), ("capacity", 512), ("single", 1)]
-            for kind, tokens in cases:
-                d = routing(kind, tokens, cfg.num_experts, cfg.top_k, dev, gen)
-                x = torch.randn(tokens, cfg.hidden_size, generator=gen, device=dev).bfloat16()
-                for wname, lay in variants.items():
-                    with torch.inference_mode():
-                        ref = reference(lay.experts, x, d)
-                    names = ["loop", "grouped", "fused", "fused_graph", "grouped_graph", "auto"]
-                    if wname == "int4":
-                        names = ["loop", "grouped", "fused", "fused_graph"]
-                    for name in names:
-                        try:
-                            errs = []
-                            for _ in range(2):  # twice: a race shows as a moving error
-                                poison(dev, [64 << 20, 8 << 20, 1 << 20, 256 << 10])
-                                with torch.inference_mode():
-                                    y = get_backend(name)(lay.experts, x, d)
-                                sync()
-                                errs.append(rel_err(y, ref))
-                            err = max(errs) if all(v == v for v in errs) else float("nan")
-                            ok = err == err and err <= TOL
-                        except Exception as exc:
-                            err, ok = float("nan"), False
-                            payload["errors"].append(  # type: ignore[union-attr]
-                                {"where": f"check {shape} {kind} {tokens} {wname} {name}",
-                                 "error": traceback.format_exc()})
-                            log(f"   ERROR {name} {wname} {kind} {tokens}: {exc!r}")
-                        payload["check"].append({  # type: ignore[union-attr]
-                            "shape": shape, "routing": kind, "tokens": tokens,
-                            "assignments": d.token_idx.numel(),
-                            "empty_experts": int((d.counts == 0).sum()),
-                            "max_expert_rows": int(d.counts.max()), "weights": wname,
-                            "backend": name, "rel_err": err, "ok": ok})
-                        if not ok:
-                            log(f"   FAIL {shape} {kind} T={tokens} {wname} {name}: {err:.3g}")
-            fails = [r for r in payload["check"] if r["shape"] == shape and not r["ok"]]  # type: ignore[union-attr]
-            worst = max((r["rel_err"] for r in payload["check"] if r["shape"] == shape  # type: ignore[union-attr]
-                         and r["rel_err"] == r["rel_err"]), default=float("nan"))
-            log(f"   check: {len(fails)} failures, worst rel err {worst:.2e}  "
-                f"(t={time.perf_counter() - t_start:.0f}s)")
-            save()
+        meta = provenance()
+        if os.environ.get("WATTMOE_COMMIT"):
+            meta["commit"] = os.environ["WATTMOE_COMMIT"]
+        meta["machine"].update(  # type: ignore[union-attr]
+            {"gpu_nvml": self.nrg.info(), "triton": triton.__version__,
+             "node": platform.node()})
+        self.commit = meta["commit"]
+        self.payload: dict[str, Any] = {**meta, "args": vars(args), "check": [], "tune": [],
+                                        "energy": [], "errors": []}
+        self.t_start = time.perf_counter()
+        self.ceil = (ceilings(self.dev) if self.dev.type == "cuda"
+                     else {"copy_tb_s": 0.1, "bf16_gemm_tflop_s": 1.0})
+        self.payload["ceilings"] = self.ceil
+        log(f"ceilings: copy {self.ceil['copy_tb_s']:.2f} TB/s, bf16 GEMM "
+            f"{self.ceil['bf16_gemm_tflop_s']:.0f} TFLOP/s; gpu {meta['machine']['gpu_nvml']}")  # type: ignore[index]
+        # start from the committed table (kernel_configs/<device>.json); tuning overrides it
+        self.tuned: dict[str, dict[str, str]] = copy.deepcopy(ft.load_tuned(self.dev))
+        self.payload["tuned_table_at_start"] = copy.deepcopy(self.tuned)
 
-        # 2. tuning (kernel level, CUDA events) ----------------------------------------------
-        if "tune" in sections:
-            for tokens in token_list:
-                d = routing("uniform", tokens, cfg.num_experts, cfg.top_k, dev, gen)
-                x = torch.randn(tokens, cfg.hidden_size, generator=gen, device=dev).bfloat16()
-                n_assign = d.token_idx.numel()
-                for wname, lay in variants.items():
-                    stk = stacked_experts(lay.experts)
-                    with torch.inference_mode():
-                        ref = reference(lay.experts, x, d)
-                    times: dict[str, float] = {}
-                    for cand in tune_candidates(n_assign, cfg.num_experts):
-                        try:
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def error(self, where: str, exc: BaseException) -> None:
+        self.payload["errors"].append({"where": where, "error": traceback.format_exc()})
+        log(f"   ERROR {where}: {exc!r}")
+
+    def save(self) -> None:
+        self.payload["wall_s"] = self.elapsed()
+        self.payload["auto_decisions"] = AUTO.records()
+        write_json(self.out_dir / "kernels_bench.json", self.payload)
+        write_json(self.out_dir / "tuned_configs.json",
+                   ft.config_table_payload(self.tuned, device=ft.device_key(self.dev),
+                                           commit=self.commit, source="kernels_bench.py tune"))
+
+    def randn(self, tokens: int, width: int) -> torch.Tensor:
+        return torch.randn(tokens, width, generator=self.gen, device=self.dev).bfloat16()
+
+    # -- sections ------------------------------------------------------------------------------
+
+    def check(self, shape: str, cfg, variants: dict[str, SimpleMoELayer]) -> None:
+        cases = [(c.split(":")[0], int(c.split(":")[1])) for c in self.args.check_cases.split(",")]
+        bf16_names = self.args.check_backends.split(",")
+        for kind, tokens in cases:
+            d = routing(kind, tokens, cfg.num_experts, cfg.top_k, self.dev, self.gen)
+            x = self.randn(tokens, cfg.hidden_size)
+            for wname, lay in variants.items():
+                with torch.inference_mode():
+                    ref = reference(lay.experts, x, d)
+                names = bf16_names if wname == "bf16" else [
+                    n for n in bf16_names if n not in ("auto", "grouped_graph")]
+                for name in names:
+                    try:
+                        errs = []
+                        for _ in range(2):  # twice: a race shows as a moving error
+                            poison(self.dev, [64 << 20, 8 << 20, 1 << 20, 256 << 10])
                             with torch.inference_mode():
-                                poison(dev, [64 << 20, 8 << 20])
-                                y = ft.fused_forward(stk, x, d, cand)
-                                err = rel_err(y, ref)
-                                ms = bench_ms(lambda c=cand, s=stk, x=x, d=d:
-                                              ft.fused_forward(s, x, d, c))
-                        except Exception as exc:
-                            payload["errors"].append(  # type: ignore[union-attr]
-                                {"where": f"tune {shape} {tokens} {wname} {cand}",
-                                 "error": traceback.format_exc()})
-                            log(f"   ERROR tune {cand}: {exc!r}")
-                            continue
-                        rec = {"shape": shape, "tokens": tokens, "assignments": n_assign,
-                               "weights": wname, "impl": f"fused:{cand}", "ms": ms,
-                               "rel_err": err, "ok": err == err and err <= TOL}
-                        payload["tune"].append(rec)  # type: ignore[union-attr]
-                        if rec["ok"]:
-                            times[cand] = ms
-                    for name in ("grouped",):
+                                y = get_backend(name)(lay.experts, x, d)
+                            sync()
+                            errs.append(rel_err(y, ref))
+                        err = max(errs) if all(v == v for v in errs) else float("nan")
+                    except Exception as exc:
+                        err = float("nan")
+                        self.error(f"check {shape} {kind} {tokens} {wname} {name}", exc)
+                    self.record_check(shape, kind, tokens, d, wname, name, err)
+        for name in filter(None, self.args.check_step_graph.split(",")):
+            for wname, lay in variants.items():
+                lay.set_backend(name)
+                step = GraphedLayer(lay)
+                for tokens in (64, 512):
+                    for _ in range(2):  # the second input replays the captured graph
+                        x = self.randn(tokens, cfg.hidden_size)
                         try:
+                            poison(self.dev, [64 << 20, 8 << 20, 1 << 20, 256 << 10])
                             with torch.inference_mode():
-                                fn = get_backend(name)
-                                ms = bench_ms(lambda f=fn, e=lay.experts, x=x, d=d: f(e, x, d))
-                            payload["tune"].append({"shape": shape, "tokens": tokens,  # type: ignore[union-attr]
-                                                    "assignments": n_assign, "weights": wname,
-                                                    "impl": name, "ms": ms})
-                        except Exception:
-                            payload["errors"].append(  # type: ignore[union-attr]
-                                {"where": f"tune {shape} {tokens} {wname} {name}",
-                                 "error": traceback.format_exc()})
-                    if times:
-                        best = min(times, key=times.__getitem__)
-                        tuned.setdefault(ft.shape_key(stk), {})[str(n_assign)] = best
-                        g = [r["ms"] for r in payload["tune"] if r["shape"] == shape  # type: ignore[union-attr]
-                             and r["tokens"] == tokens and r["weights"] == wname
-                             and r["impl"] == "grouped"]
-                        log(f"   tune T={tokens:5d} {wname}: " + " ".join(
-                            f"{c}={t * 1e3:.0f}us" for c, t in times.items())
-                            + f" -> {best}; grouped {g[0] * 1e3 if g else float('nan'):.0f}us")
-            ft.set_tuned(dev, tuned)
-            save()
+                                y = step(x).hidden_states
+                                r = lay.router(x)
+                                d = build_dispatch(r.topk_idx, r.topk_weight, cfg.num_experts)
+                                err = rel_err(y, reference(lay.experts, x, d))
+                        except Exception as exc:
+                            err, d = float("nan"), None
+                            self.error(f"check step graph {shape} {tokens} {wname} {name}", exc)
+                        self.record_check(shape, "router", tokens, d, wname,
+                                          f"{name}+step_graph", err)
+                self.payload.setdefault("step_graph_counts", []).append(
+                    {"shape": shape, "weights": wname, "backend": name,
+                     "captures": step.captures, "replays": step.replays})
+                lay.set_backend("loop")
+        rows = [r for r in self.payload["check"] if r["shape"] == shape]
+        worst = max((r["rel_err"] for r in rows if r["rel_err"] == r["rel_err"]),
+                    default=float("nan"))
+        log(f"   check: {sum(not r['ok'] for r in rows)} failures of {len(rows)}, worst rel err "
+            f"{worst:.2e}  (t={self.elapsed():.0f}s)")
+        self.save()
 
-        # 3. energy per token (NVML counter, whole layer step) -------------------------------
-        if "energy" in sections:
-            for tokens in token_list:
-                x = torch.randn(tokens, cfg.hidden_size, generator=gen, device=dev).bfloat16()
-                runs = [("loop", "bf16", "loop"), ("grouped", "bf16", "grouped"),
-                        ("fused", "bf16", "fused"), ("fused_int4", "int4", "fused")]
-                if tokens in graph_tokens:
-                    runs += [("fused_graph", "bf16", "fused_graph")]
-                for label, wname, backend in runs:
-                    lay = variants[wname]
-                    lay.set_backend(backend)
+    def record_check(self, shape: str, kind: str, tokens: int, d: Dispatch | None, wname: str,
+                     name: str, err: float) -> None:
+        ok = err == err and err <= TOL
+        self.payload["check"].append({
+            "shape": shape, "routing": kind, "tokens": tokens,
+            "assignments": d.token_idx.numel() if d is not None else None,
+            "empty_experts": int((d.counts == 0).sum()) if d is not None else None,
+            "max_expert_rows": int(d.counts.max()) if d is not None else None,
+            "weights": wname, "backend": name, "rel_err": err, "ok": ok})
+        if not ok:
+            log(f"   FAIL {shape} {kind} T={tokens} {wname} {name}: {err:.3g}")
+
+    def tune(self, shape: str, cfg, variants: dict[str, SimpleMoELayer]) -> None:
+        tokens_list = ([int(t) for t in self.args.tune_tokens.split(",")]
+                       if self.args.tune_tokens else self.tokens)
+        for tokens in tokens_list:
+            d = routing("uniform", tokens, cfg.num_experts, cfg.top_k, self.dev, self.gen)
+            x = self.randn(tokens, cfg.hidden_size)
+            n_assign = d.token_idx.numel()
+            for wname in self.args.tune_weights.split(","):
+                lay = variants[wname]
+                stk = stacked_experts(lay.experts)
+                with torch.inference_mode():
+                    ref = reference(lay.experts, x, d)
+                times: dict[str, float] = {}
+                for cand in tune_candidates(n_assign, cfg.num_experts, wname == "int4"):
                     try:
                         with torch.inference_mode():
-                            w = nrg.window(lambda lay=lay, x=x: lay(x), args.window)
+                            poison(self.dev, [64 << 20, 8 << 20])
+                            err = rel_err(ft.fused_forward(stk, x, d, cand), ref)
+                            ms = bench_ms(lambda c=cand, s=stk, x=x, d=d:
+                                          ft.fused_forward(s, x, d, c))
                     except Exception as exc:
-                        payload["errors"].append({"where": f"energy {shape} {tokens} {label}",  # type: ignore[union-attr]
-                                                  "error": traceback.format_exc()})
-                        log(f"   ERROR energy {label} T={tokens}: {exc!r}")
+                        self.error(f"tune {shape} {tokens} {wname} {cand}", exc)
                         continue
-                    info = nrg.info()
-                    rec = {"shape": shape, "tokens": tokens, "backend": label, "weights": wname,
-                           **w, "uj_per_token": w["energy_j"] / (w["steps"] * tokens) * 1e6,
-                           "ms_per_step": w["seconds"] / w["steps"] * 1e3,
-                           "mean_power_w": w["energy_j"] / w["seconds"],
-                           "temperature_c_after": info.get("temperature_c"),
-                           "sm_clock_mhz_after": info.get("sm_clock_mhz"),
-                           "floors": floors(cfg, tokens, 2.0 if wname == "bf16" else 0.5 + 2 / 128,
-                                            ceil["bf16_gemm_tflop_s"], ceil["copy_tb_s"]),
-                           "fused_config": (ft.choose_config(stacked_experts(lay.experts),
-                                                             tokens * cfg.top_k, dev)
-                                            if backend.startswith("fused") else None),
-                           "source": nrg.source}
-                    payload["energy"].append(rec)  # type: ignore[union-attr]
-                    log(f"   {label:17s} T={tokens:5d}: {rec['uj_per_token']:9.1f} uJ/token "
-                        f"{rec['ms_per_step']:8.3f} ms/step {rec['mean_power_w']:6.0f} W "
-                        f"({w['steps']} steps, {w['seconds']:.2f} s)")
-                save()
-            layer.set_backend("loop")
-        del layer, qlayer, variants, st, qst
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+                    rec = {"shape": shape, "tokens": tokens, "assignments": n_assign,
+                           "weights": wname, "impl": f"fused:{cand}", "ms": ms,
+                           "rel_err": err, "ok": err == err and err <= TOL}
+                    self.payload["tune"].append(rec)
+                    if rec["ok"]:
+                        times[cand] = ms
+                    else:
+                        log(f"   FAIL tune {cand} {wname} T={tokens}: {err:.3g}")
+                g = float("nan")
+                try:
+                    with torch.inference_mode():
+                        g = bench_ms(lambda e=lay.experts, x=x, d=d:
+                                     get_backend("grouped")(e, x, d))
+                    self.payload["tune"].append({"shape": shape, "tokens": tokens,
+                                                 "assignments": n_assign, "weights": wname,
+                                                 "impl": "grouped", "ms": g})
+                except Exception as exc:
+                    self.error(f"tune {shape} {tokens} {wname} grouped", exc)
+                if times:
+                    best = min(times, key=times.__getitem__)
+                    self.tuned.setdefault(ft.shape_key(stk), {})[str(n_assign)] = best
+                    log(f"   tune T={tokens:5d} {wname}: " + " ".join(
+                        f"{c}={t * 1e3:.0f}us" for c, t in times.items())
+                        + f" -> {best}; grouped {g * 1e3:.0f}us")
+        ft.set_tuned(self.dev, self.tuned)
+        self.save()
 
-    save()
-    # summary table
-    log("\nuJ/token (NVML, whole layer step); ratios = grouped / fused and grouped / fused_int4")
-    log("shape          tokens    loop grouped   fused    int4 | g/fused g/int4 "
-        "| graph: fused int4")
-    for shape in args.shapes.split(","):
-        for tokens in token_list:
-            row = {r["backend"]: r["uj_per_token"] for r in payload["energy"]  # type: ignore[union-attr]
-                   if r["shape"] == shape and r["tokens"] == tokens}
-            g, f, q = row.get("grouped"), row.get("fused"), row.get("fused_int4")
-            cells = " ".join(f"{row.get(b, float('nan')):7.1f}" for b in
-                             ("loop", "grouped", "fused", "fused_int4"))
-            rat = (f"{g / f:6.2f}x {g / q:5.2f}x" if g and f and q else " " * 14)
-            gr = " ".join(f"{row[b]:7.1f}" for b in ("fused_graph", "fused_int4_graph") if b in row)
-            log(f"{shape:14s} {tokens:6d} {cells} | {rat} | {gr}")
-    nfail = sum(1 for r in payload["check"] if not r["ok"])  # type: ignore[union-attr]
-    log(f"check: {len(payload['check'])} runs, {nfail} failed; errors: {len(payload['errors'])}; "
-        f"wall {time.perf_counter() - t_start:.0f}s")
+    def energy(self, shape: str, cfg, variants: dict[str, SimpleMoELayer]) -> None:
+        a = self.args
+        graph_tokens = [int(t) for t in a.graph_tokens.split(",") if t]
+        if cfg.num_experts > a.graph_max_experts:
+            graph_tokens = graph_tokens[:1]
+        for tokens in self.tokens:
+            x = self.randn(tokens, cfg.hidden_size)
+            labels = [v for v in a.variants.split(",") if v]
+            if tokens in graph_tokens:
+                labels += [v for v in a.graph_variants.split(",") if v]
+            for label in labels:
+                wname, backend, step_graph = VARIANTS[label]
+                lay = variants[wname]
+                lay.set_backend(backend)
+                step: Callable[[torch.Tensor], object] = GraphedLayer(lay) if step_graph else lay
+                try:
+                    with torch.inference_mode():
+                        w = self.nrg.window(lambda s=step, x=x: s(x), a.window)
+                except Exception as exc:
+                    self.error(f"energy {shape} {tokens} {label}", exc)
+                    continue
+                info = self.nrg.info()
+                rec = {"shape": shape, "tokens": tokens, "backend": label, "weights": wname,
+                       **w, "uj_per_token": w["energy_j"] / (w["steps"] * tokens) * 1e6,
+                       "ms_per_step": w["seconds"] / w["steps"] * 1e3,
+                       "mean_power_w": w["energy_j"] / w["seconds"],
+                       "temperature_c_after": info.get("temperature_c"),
+                       "sm_clock_mhz_after": info.get("sm_clock_mhz"),
+                       "floors": floors(cfg, tokens, 2.0 if wname == "bf16" else 0.5 + 2 / 128,
+                                        self.ceil["bf16_gemm_tflop_s"], self.ceil["copy_tb_s"]),
+                       "fused_config": (ft.choose_config(stacked_experts(lay.experts),
+                                                         tokens * cfg.top_k, self.dev)
+                                        if backend.startswith("fused") else None),
+                       "step_graph": (step.replays if isinstance(step, GraphedLayer) else None),
+                       "source": self.nrg.source}
+                self.payload["energy"].append(rec)
+                log(f"   {label:22s} T={tokens:5d}: {rec['uj_per_token']:9.1f} uJ/token "
+                    f"{rec['ms_per_step']:8.3f} ms/step {rec['mean_power_w']:6.0f} W "
+                    f"({w['steps']} steps, {w['seconds']:.2f} s)")
+                lay.set_backend("loop")
+            self.save()
+
+    def run(self) -> None:
+        for shape in self.args.shapes.split(","):
+            cfg = get_preset(shape, self.args.scale)
+            log(f"== {shape}: H={cfg.hidden_size} F={cfg.expert_inner_size} "
+                f"E={cfg.num_experts} k={cfg.top_k}")
+            torch.manual_seed(self.args.seed)
+            layer = SimpleMoELayer(cfg, dtype="bf16", device=self.dev).eval()
+            qlayer = SimpleMoELayer(cfg, dtype="bf16", device=self.dev).eval()
+            qlayer.router.load_state_dict(layer.router.state_dict())
+            qlayer.quantize(min(128, cfg.expert_inner_size))
+            log(f"   weights: bf16 {stacked_experts(layer.experts).weight_bytes() / 1e9:.2f} GB, "
+                f"int4 {stacked_experts(qlayer.experts).weight_bytes() / 1e9:.2f} GB")
+            variants = {"bf16": layer, "int4": qlayer}
+            for section in self.args.sections.split(","):
+                getattr(self, section)(shape, cfg, variants)
+            del layer, qlayer, variants
+            if self.dev.type == "cuda":
+                torch.cuda.empty_cache()
+        self.save()
+        self.summary()
+
+    def summary(self) -> None:
+        rows = self.payload["energy"]
+        labels = list(dict.fromkeys(r["backend"] for r in rows))
+        log("\nuJ/token (NVML counter, whole layer step: router + dispatch + experts + combine)")
+        log(f"{'shape':14s} {'tokens':>6s} " + " ".join(f"{lb[:13]:>13s}" for lb in labels)
+            + "  g/fused g/int4")
+        for shape in self.args.shapes.split(","):
+            for tokens in self.tokens:
+                row = {r["backend"]: r["uj_per_token"] for r in rows
+                       if r["shape"] == shape and r["tokens"] == tokens}
+                if not row:
+                    continue
+                g, f, q = row.get("grouped"), row.get("fused"), row.get("fused_int4")
+                rat = f"{g / f:6.2f}x {g / q:5.2f}x" if g and f and q else ""
+                log(f"{shape:14s} {tokens:6d} " + " ".join(
+                    f"{row.get(lb, float('nan')):13.1f}" for lb in labels) + f"  {rat}")
+        nfail = sum(1 for r in self.payload["check"] if not r["ok"])
+        log(f"check: {len(self.payload['check'])} runs, {nfail} failed; "
+            f"errors: {len(self.payload['errors'])}; wall {self.elapsed():.0f}s")
+
+
+def main() -> None:
+    Bench(parse_args()).run()
 
 
 if __name__ == "__main__":

@@ -257,3 +257,25 @@ def test_graphed_backend_runs_eagerly_on_cpu(gen: torch.Generator) -> None:
         torch.testing.assert_close(g(layer.experts, x, d), get_backend("loop")(layer.experts, x, d),
                                    rtol=1e-5, atol=1e-6)
     assert g.captures == 0 and g.replays == 0
+
+
+def test_count_experts_matches_bincount(gen: torch.Generator) -> None:
+    from wattmoe.moe.dispatch import count_experts
+
+    idx = torch.randint(0, 13, (50, 3), generator=gen)
+    torch.testing.assert_close(count_experts(idx, 16), torch.bincount(idx.reshape(-1),
+                                                                      minlength=16))
+    assert count_experts(torch.empty(0, dtype=torch.long), 4).tolist() == [0, 0, 0, 0]
+
+
+def test_graphed_layer_runs_eagerly_on_cpu(gen: torch.Generator) -> None:
+    from wattmoe.moe.graphs import GraphedLayer
+
+    layer = small_layer(seed=5)
+    layer.set_backend("fused")
+    step = GraphedLayer(layer)
+    x = torch.randn(6, layer.config.hidden_size, generator=gen)
+    assert not step.capturable(x)
+    with torch.no_grad():
+        torch.testing.assert_close(step(x).hidden_states, layer(x).hidden_states)
+    assert step.captures == 0

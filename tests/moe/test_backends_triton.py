@@ -111,3 +111,18 @@ def test_fused_backend_uses_triton_in_interpreter(gen: torch.Generator) -> None:
         torch.testing.assert_close(get_backend("fused")(ex, x, d),
                                    get_backend("loop")(ex, x, d), rtol=1e-5, atol=1e-5)
     assert ft._kernel.cache_info().currsize >= 1
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float16, 5e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("config", ["m16f", "m32f"])
+def test_fused_int4_conversion_free_path(dtype: torch.dtype, tol: float, config: str,
+                                         gen: torch.Generator) -> None:
+    # codes or-ed into the exponent of 128 (bf16) / 1024 (fp16), offset and scale applied to
+    # the partial product: needs K tiles within one scale group (64 <= 64 here)
+    qx = [quantize_expert(e, group_size=64) for e in experts(8, 128, 64, dtype=dtype)]
+    d = make_dispatch("hot", 25, 8, 2, gen)
+    x = torch.randn(25, 128, generator=gen).to(dtype)
+    with torch.no_grad():
+        got = run(qx, x, d, config)
+        assert rel_err(got, get_backend("loop")(qx, x, d)) < tol
+        assert rel_err(got, run(qx, x, d, config.removesuffix("f"))) < tol

@@ -18,7 +18,8 @@ def moe_gemm(
     GROUP_M: tl.constexpr, BLOCK_E: tl.constexpr, GATHER_A: tl.constexpr,
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr,
     INT4: tl.constexpr, QGROUP: tl.constexpr, EVEN_K: tl.constexpr,
-    DOT_IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+    DOT_IEEE: tl.constexpr, DOT_F32: tl.constexpr, FAST_INT4: tl.constexpr,
+    MAGIC_BITS: tl.constexpr, MAGIC_OFF: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(n_out, BLOCK_N)
@@ -59,6 +60,7 @@ def moe_gemm(
         w_ptrs = (w_ptr + e64 * stride_we + wn[:, None] * stride_wn
                   + tl.arange(0, BLOCK_K // 2)[None, :])
         s_ptrs = s_ptr + e64 * stride_se + wn[:, None] * stride_sn
+        s_row = s_ptr + e64 * stride_se + wn * stride_sn
     else:
         w_ptrs = w_ptr + e64 * stride_we + wn[None, :] * stride_wn + offs_k[:, None]
     up_w = up_rows * stride_wn
@@ -72,45 +74,70 @@ def moe_gemm(
         else:
             kmask = offs_k < k_dim - k0
             a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        if INT4:
-            if BLOCK_K <= QGROUP:
-                sc = tl.load(s_ptrs + k0 // QGROUP).to(tl.float32)
-            else:
-                sc = tl.load(s_ptrs + (k0 + offs_k[None, :]) // QGROUP).to(tl.float32)
+        if FAST_INT4:
+            # codes c become MAGIC_BITS | c = (MAGIC_OFF - 8) + c exactly in the compute dtype
+            # (no int->float conversion); the offset and the tile's one scale per column are
+            # applied to the [BLOCK_M, BLOCK_N] partial product instead of every weight.
+            rs = tl.sum(a.to(tl.float32), axis=1)[:, None] * MAGIC_OFF
+            sc = tl.load(s_row + k0 // QGROUP).to(tl.float32)[None, :]
             p = tl.load(w_ptrs)
-            q = tl.interleave(p & 0xF, p >> 4)  # column 2j: low nibble, 2j+1: high
-            b = tl.trans(((q.to(tl.float32) - 8.0) * sc).to(a_ptr.dtype.element_ty))
-        elif EVEN_K:
-            b = tl.load(w_ptrs)
+            q = tl.interleave((p & 0xF).to(tl.uint16) | MAGIC_BITS,
+                              (p >> 4).to(tl.uint16) | MAGIC_BITS)
+            b = tl.trans(q.to(a_ptr.dtype.element_ty, bitcast=True))
+            if DOT_F32:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc += (tl.dot(a, b) - rs) * sc
+            if GATED:
+                sc_u = tl.load(s_row + up_s + k0 // QGROUP).to(tl.float32)[None, :]
+                p_u = tl.load(w_ptrs + up_w)
+                q_u = tl.interleave((p_u & 0xF).to(tl.uint16) | MAGIC_BITS,
+                                    (p_u >> 4).to(tl.uint16) | MAGIC_BITS)
+                b_u = tl.trans(q_u.to(a_ptr.dtype.element_ty, bitcast=True))
+                if DOT_F32:
+                    b_u = b_u.to(tl.float32)
+                acc_up += (tl.dot(a, b_u) - rs) * sc_u
         else:
-            b = tl.load(w_ptrs, mask=kmask[:, None], other=0.0)
-        if DOT_F32:  # Triton's interpreter multiplies bf16 wrongly: give it fp32
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if DOT_IEEE:
-            acc = tl.dot(a, b, acc=acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc=acc)
-        if GATED:
             if INT4:
                 if BLOCK_K <= QGROUP:
-                    sc_u = tl.load(s_ptrs + up_s + k0 // QGROUP).to(tl.float32)
+                    sc = tl.load(s_ptrs + k0 // QGROUP).to(tl.float32)
                 else:
-                    sc_u = tl.load(s_ptrs + up_s + (k0 + offs_k[None, :]) // QGROUP)
-                    sc_u = sc_u.to(tl.float32)
-                p_u = tl.load(w_ptrs + up_w)
-                q_u = tl.interleave(p_u & 0xF, p_u >> 4)
-                b_u = tl.trans(((q_u.to(tl.float32) - 8.0) * sc_u).to(a_ptr.dtype.element_ty))
+                    sc = tl.load(s_ptrs + (k0 + offs_k[None, :]) // QGROUP).to(tl.float32)
+                p = tl.load(w_ptrs)
+                q = tl.interleave(p & 0xF, p >> 4)  # column 2j: low nibble, 2j+1: high
+                b = tl.trans(((q.to(tl.float32) - 8.0) * sc).to(a_ptr.dtype.element_ty))
             elif EVEN_K:
-                b_u = tl.load(w_ptrs + up_w)
+                b = tl.load(w_ptrs)
             else:
-                b_u = tl.load(w_ptrs + up_w, mask=kmask[:, None], other=0.0)
-            if DOT_F32:
-                b_u = b_u.to(tl.float32)
+                b = tl.load(w_ptrs, mask=kmask[:, None], other=0.0)
+            if DOT_F32:  # Triton's interpreter multiplies bf16 wrongly: give it fp32
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
             if DOT_IEEE:
-                acc_up = tl.dot(a, b_u, acc=acc_up, input_precision="ieee")
+                acc = tl.dot(a, b, acc=acc, input_precision="ieee")
             else:
-                acc_up = tl.dot(a, b_u, acc=acc_up)
+                acc = tl.dot(a, b, acc=acc)
+            if GATED:
+                if INT4:
+                    if BLOCK_K <= QGROUP:
+                        sc_u = tl.load(s_ptrs + up_s + k0 // QGROUP).to(tl.float32)
+                    else:
+                        sc_u = tl.load(s_ptrs + up_s + (k0 + offs_k[None, :]) // QGROUP)
+                        sc_u = sc_u.to(tl.float32)
+                    p_u = tl.load(w_ptrs + up_w)
+                    q_u = tl.interleave(p_u & 0xF, p_u >> 4)
+                    b_u = tl.trans(((q_u.to(tl.float32) - 8.0) * sc_u).to(
+                        a_ptr.dtype.element_ty))
+                elif EVEN_K:
+                    b_u = tl.load(w_ptrs + up_w)
+                else:
+                    b_u = tl.load(w_ptrs + up_w, mask=kmask[:, None], other=0.0)
+                if DOT_F32:
+                    b_u = b_u.to(tl.float32)
+                if DOT_IEEE:
+                    acc_up = tl.dot(a, b_u, acc=acc_up, input_precision="ieee")
+                else:
+                    acc_up = tl.dot(a, b_u, acc=acc_up)
         a_ptrs += BLOCK_K
         if INT4:
             w_ptrs += BLOCK_K // 2

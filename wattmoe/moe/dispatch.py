@@ -39,6 +39,17 @@ def expert_capacity(tokens: int, top_k: int, num_experts: int, capacity_factor: 
     return max(1, math.ceil(capacity_factor * tokens * top_k / num_experts))
 
 
+def count_experts(expert_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """[E] int64 occurrences of each expert in `expert_idx`.
+
+    Same result as `torch.bincount(expert_idx, minlength=num_experts)`, without its host sync
+    on CUDA (bincount reads the maximum back to size its output), so that a whole layer step
+    can be captured in a CUDA graph.
+    """
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=expert_idx.device)
+    return counts.index_add_(0, expert_idx.reshape(-1), torch.ones_like(expert_idx.reshape(-1)))
+
+
 def build_dispatch(
     topk_idx: torch.Tensor,
     topk_weight: torch.Tensor,
@@ -58,7 +69,7 @@ def build_dispatch(
     sorted_e = flat_e[order]
     token_idx = flat_tok[order]
     weight = topk_weight.reshape(-1)[order]
-    routed = torch.bincount(sorted_e, minlength=num_experts)
+    routed = count_experts(sorted_e, num_experts)
     if capacity_factor is None:
         return Dispatch(token_idx, weight, routed, routed, 0, None)
     cap = expert_capacity(tokens, top_k, num_experts, capacity_factor)

@@ -27,6 +27,7 @@ function is computed by `grouped.grouped_forward`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -63,6 +64,7 @@ def _triton() -> Any:
     return triton
 
 
+@functools.cache
 def triton_available() -> bool:
     """True if Triton is installed (checked without importing it: see `interpreting`)."""
     return importlib.util.find_spec("triton") is not None
@@ -112,10 +114,11 @@ class KernelConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    fast_int4: bool = False  # int4 codes as exact bf16/fp16 by bit tricks, scale on the product
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        return cls(**{k: int(v) for k, v in d.items()})
+        return cls(**{k: (bool(v) if k == "fast_int4" else int(v)) for k, v in d.items()})
 
 
 ConfigPair = tuple[KernelConfig, KernelConfig]  # (gate/up kernel, down kernel)
@@ -137,6 +140,15 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "m64n128": (KernelConfig(64, 128, 64, 8, 8, 3), KernelConfig(64, 128, 64, 8, 4, 4)),
     "m128": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 128, 64, 8, 8, 4)),
 }
+# The same tiles with the conversion-free dequantization (H200 run 1: the fp32 path was bound
+# by int->float and float->bf16 conversions, slower than bf16 weights at 512 tokens).
+# Only small tiles: with BLOCK_M >= 128 the per-step partial products spill (sm_90 report).
+INT4_CANDIDATES.update({
+    f"{name}f": (dataclasses.replace(c1, fast_int4=True), dataclasses.replace(c2, fast_int4=True))
+    for name, (c1, c2) in list(INT4_CANDIDATES.items()) if name in ("m16", "m32", "m64")
+})
+# (bits, offset): bits | code is exactly (offset - 8) + code in the compute dtype.
+_MAGIC = {torch.bfloat16: (0x4300, 136.0), torch.float16: (0x6400, 1032.0)}
 
 
 def heuristic_config(num_assign: int, num_experts: int) -> str:
@@ -199,7 +211,7 @@ def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str
     if entries:
         near = min(entries, key=lambda n: abs(math.log2(max(int(n), 1) / max(num_assign, 1))))
         name = entries[near]
-        if name in CANDIDATES:
+        if name in (INT4_CANDIDATES if st.quantized else CANDIDATES):
             return name
     return heuristic_config(num_assign, st.num_experts)
 
@@ -219,7 +231,7 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
             bk //= 2
     if bk < 16:
         return None
-    return KernelConfig(cfg.block_m, bn, bk, cfg.group_m, cfg.num_warps, cfg.num_stages)
+    return dataclasses.replace(cfg, block_n=bn, block_k=bk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +249,9 @@ def _launch(
     num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
     scales = s if s is not None else w
+    fast = (cfg.fast_int4 and qgroup is not None and cfg.block_k <= qgroup
+            and a.dtype in _MAGIC)
+    magic_bits, magic_off = _MAGIC[a.dtype] if fast else (0, 0.0)
     kernel[grid](
         a, tok, wt, counts, w, scales, c,
         n_out, k_dim, num_experts, num_pid_m,
@@ -247,7 +262,7 @@ def _launch(
         BLOCK_E=max(MIN_BLOCK_E, 1 << (num_experts - 1).bit_length()),
         GATHER_A=gather, GATED=gated, ACT=act, COMBINE=combine, INT4=qgroup is not None,
         QGROUP=qgroup or 1, EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee,
-        DOT_F32=not a.is_cuda,
+        DOT_F32=not a.is_cuda, FAST_INT4=fast, MAGIC_BITS=magic_bits, MAGIC_OFF=magic_off,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 

@@ -9,10 +9,14 @@ Only backends with no host synchronization can be captured (`fused`, and `groupe
 `torch._grouped_mm` keeps offsets on the device); a shape whose capture fails is remembered and
 runs eagerly. CPU tensors, steps above `max_tokens` and calls that need autograd run the inner
 backend eagerly.
+
+`GraphedLayer` captures a whole layer step instead (router, dispatch, experts, combine): one
+launch per decode step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -115,6 +119,101 @@ class GraphedBackend:
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
         return cap
+
+
+
+
+class GraphedLayer:
+    """A whole `SimpleMoELayer` step (router, dispatch, experts, combine) as CUDA graphs.
+
+    Decode steps are short enough that launching the router's and the dispatch's small kernels
+    costs as much as the experts' work. This wrapper captures `layer(x)` once per input shape
+    and replays it: one launch per step. It needs a step with no host synchronization: no
+    capacity factor, a routing strategy without `observe` side effects, and a capturable
+    backend (`fused`, `grouped` on Hopper bf16); otherwise, and for CPU tensors or calls that
+    need autograd, it runs the layer eagerly.
+
+    The returned `MoEOutput.hidden_states` is a fresh tensor; its other fields (routing, counts,
+    aux loss) are the graph's static buffers, overwritten by the next replay of that shape.
+
+    Args:
+        layer: the layer; its backend is used as set (`layer.set_backend(...)`).
+        max_tokens: inputs with more tokens run eagerly.
+        max_graphs: captured shapes kept (least recently used dropped first).
+    """
+
+    def __init__(self, layer: nn.Module, max_tokens: int = 512, max_graphs: int = 16) -> None:
+        self.layer = layer
+        self.max_tokens = max_tokens
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple[object, ...], tuple[torch.cuda.CUDAGraph,
+                                                            torch.Tensor, object]] = OrderedDict()
+        self._uncapturable: set[tuple[object, ...]] = set()
+        self._pool: object | None = None
+        self.captures = 0
+        self.replays = 0
+
+    def capturable(self, x: torch.Tensor) -> bool:
+        """True if a step on `x` can be captured (see the class docstring)."""
+        from wattmoe.moe.router import RoutingStrategy
+
+        layer = self.layer
+        strategy = layer.router.strategy
+        tokens = x.numel() // max(x.shape[-1], 1)
+        return (x.is_cuda and tokens <= self.max_tokens
+                and layer.config.capacity_factor is None
+                and type(strategy).observe is RoutingStrategy.observe
+                and not (torch.is_grad_enabled() and any(
+                    p.requires_grad for p in layer.parameters())))
+
+    def __call__(self, x: torch.Tensor):  # -> MoEOutput
+        if not self.capturable(x):
+            return self.layer(x)
+        key = (tuple(x.shape), x.dtype, x.device, self.layer.backend_name,
+               torch.is_inference_mode_enabled())
+        if key in self._uncapturable:
+            return self.layer(x)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(key, x)
+            if entry is None:
+                return self.layer(x)
+        else:
+            self._graphs.move_to_end(key)
+            entry[1].copy_(x)
+        graph, _, out = entry
+        graph.replay()
+        self.replays += 1
+        return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
+
+    def _capture(self, key: tuple[object, ...], x: torch.Tensor):
+        sx = x.clone()
+        layer = self.layer
+        counts = layer.tokens_per_expert.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                layer(sx)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = layer(sx)
+        except RuntimeError as exc:
+            log.info("could not capture the layer step for %s: %s; running it eagerly", key, exc)
+            self._uncapturable.add(key)
+            torch.cuda.synchronize(x.device)
+            layer.tokens_per_expert.copy_(counts)
+            return None
+        layer.tokens_per_expert.copy_(counts)  # warm-up and capture steps are not real steps
+        self._graphs[key] = (graph, sx, out)
+        self.captures += 1
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return self._graphs[key]
 
 
 FUSED_GRAPH = register_backend("fused_graph")(GraphedBackend("fused"))

@@ -19,6 +19,7 @@ from torch import nn
 
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.base import ScoreFunc, resolve_dtype
+from wattmoe.moe.dispatch import count_experts
 
 
 @dataclass
@@ -173,7 +174,7 @@ class AdaptiveRouter(nn.Module):
         if self.normalize_topk:
             topk_weight = topk_weight / topk_weight.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         probs = scores if self.score_func == "softmax" else scores / scores.sum(-1, keepdim=True)
-        routed_counts = torch.bincount(topk_idx.reshape(-1), minlength=self.num_experts)
+        routed_counts = count_experts(topk_idx, self.num_experts)
         balance = switch_balance_loss(probs, routed_counts, self.top_k)
         out = RouterOutput(
             logits=logits,
