@@ -2,9 +2,10 @@
 
 Per scenario: build the op's weights and inputs, warm up, estimate the call time, then open
 one telemetry window and run the op back to back until the window spans at least the
-shortest accurate energy window (synchronizing before it closes). The first `reps` calls of
-the window are timed one by one (CUDA events on a GPU, perf_counter on a CPU) for the median
-and spread; the window's energy divided by its calls is the energy per call. torch.profiler
+shortest accurate energy window (synchronizing before it closes). `reps` calls spread over
+the window (every k-th) are timed one by one (CUDA events on a GPU, perf_counter on a CPU)
+for the median and spread; the window's energy divided by its calls is the energy per call,
+and its wall time divided by its calls the time per call that goes with that energy. torch.profiler
 then records the kernels of a few more calls. Between scenarios the device cools down to
 within a few degrees of its pre-sweep temperature (or for at most `cooldown_max_s`).
 
@@ -77,6 +78,9 @@ class ProfilerConfig:
             until the device is within tolerance of its pre-sweep temperature, for at least
             min and at most max seconds.
         torch_profiler / profiler_reps / tensorboard_dir: kernel capture per scenario.
+        spread_timed_calls: time every k-th call of the window, so that the `reps` timed
+            calls span it (False: the window's first `reps` calls, as in profiles made
+            before this option existed).
         idle_window: measure each device's idle power before the sweep.
         deadline_s: start no scenario after this many seconds of sweep (None: no limit).
         seed: seed of weights and inputs.
@@ -96,6 +100,7 @@ class ProfilerConfig:
     torch_profiler: bool = True
     profiler_reps: int = 3
     tensorboard_dir: str | None = None
+    spread_timed_calls: bool = True
     idle_window: bool = True
     deadline_s: float | None = None
     seed: int = 0
@@ -376,20 +381,23 @@ class KernelProfiler:
                 starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
                 ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
             lat: list[float] = []
-            calls = 0
+            calls = timed = 0
+            # time every `stride`-th call, so that the timed calls span the whole window
+            stride = max(1, int(window / est / reps)) if cfg.spread_timed_calls else 1
 
             def run(k: int) -> None:
-                nonlocal calls
+                nonlocal calls, timed
                 for _ in range(k):
-                    if calls < reps:
+                    if timed < reps and calls % stride == 0:
                         if cuda:
-                            starts[calls].record()
+                            starts[timed].record()
                             fn()
-                            ends[calls].record()
+                            ends[timed].record()
                         else:
                             c0 = time.perf_counter()
                             fn()
                             lat.append(time.perf_counter() - c0)
+                        timed += 1
                     else:
                         fn()
                     calls += 1
@@ -404,7 +412,7 @@ class KernelProfiler:
             while True:
                 run(chunk)
                 sync()
-                if calls >= reps and time.perf_counter() - w0 >= window:
+                if timed >= reps and time.perf_counter() - w0 >= window:
                     break
             if aligned:  # and close it right after a counter update, the device still busy
                 aligned = self._until_tick(tick, lambda: run(tick_chunk), sync)
