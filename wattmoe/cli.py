@@ -149,4 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module so that `wattmoe.commands` register into the same
+    # `_COMMANDS` list that `main` reads (under -m this file is `__main__`, a second copy).
+    from wattmoe.cli import main as _main
+
+    sys.exit(_main())
