@@ -30,6 +30,7 @@ from wattmoe.placement import (
     AnalyticCostProvider,
     Constraints,
     ExpertShape,
+    InfeasibleError,
     MilpOptions,
     cluster_from_dict,
     gpu_cluster,
@@ -80,8 +81,11 @@ def bench_a(n: int, time_limit_s: float, seed: int) -> dict[str, Any]:
         loads = synthetic_loads(1, experts, 2, int(rng.integers(64, 4096)),
                                 f"zipf:{rng.uniform(0.0, 1.5):.2f}", int(rng.integers(2**31)))
         objective = OBJECTIVES[len(rows) % len(OBJECTIVES)]
-        problem = make_problem(random_cluster(rng, shape, experts), loads, shape, provider,
-                               objective, Constraints(max_replicas=2))
+        try:
+            problem = make_problem(random_cluster(rng, shape, experts), loads, shape, provider,
+                                   objective, Constraints(max_replicas=2))
+        except InfeasibleError:  # the random devices cannot hold the experts: draw again
+            continue
         t0 = time.perf_counter()
         m = milp_result(problem, MilpOptions(time_limit_s=time_limit_s))
         t_milp = time.perf_counter() - t0

@@ -296,3 +296,28 @@ def test_eplb_replicates_then_packs() -> None:
     assert a.sum(axis=1).tolist() == [[3, 3]]
     per_device = (a * (tokens / a.sum(axis=2))[..., None]).sum(axis=1)[0]
     assert per_device.tolist() == [85.0, 75.0]
+
+
+def test_power_budget_holds_in_the_summary() -> None:
+    # The laptop GPU has an 80 W budget (100 W board power): its kernels are throttled.
+    loads = synthetic_loads(4, 16, 4, 2048, "zipf:1.2", seed=0)
+    problem = make_problem(load_cluster("laptop"), loads, OLMOE, ANALYTIC, "latency")
+    p = solve(problem, "heuristic")
+    gpu = p.summary.devices[0]
+    assert gpu.power_budget_w == 80
+    assert 0 < gpu.avg_power_w <= 80 + 1e-9
+    free = load_cluster("laptop").to_dict()
+    free["devices"][0].pop("power_budget_w")
+    unthrottled = make_problem(cluster_from_dict(free), loads, OLMOE, ANALYTIC, "latency")
+    assert solve(unthrottled, "heuristic").summary.latency_s < p.summary.latency_s
+
+
+def test_placement_imports_no_runtime_or_driver_packages() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, wattmoe.placement; "
+            "print(sorted(m for m in ('ray', 'simpy', 'pynvml', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

@@ -318,8 +318,10 @@ class _State:
         p, e = np.nonzero(self.N[pl, :, pd])
         return pl[p], e, pd[p]
 
-    def _set_expert(self, layer: int, e: int, holders: np.ndarray) -> None:
-        """Gives expert (layer, e) exactly the replicas in `holders` ([D] bool)."""
+    def _set_expert(self, layer: int, e: int, holders: np.ndarray,
+                    costs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Gives expert (layer, e) exactly the replicas in `holders` ([D] bool); `costs` are
+        its per-replica (time, energy) rows at the new count, if already known."""
         old = self.N[layer, e]
         self.T[layer] -= old * self.ct[layer, e]
         self.tok[layer] -= old * self.y[layer, e]
@@ -335,6 +337,8 @@ class _State:
         self.y[layer, e] = self.W[layer, e] / r
         if r == 1:
             ct, ce = self.ct1[layer, e], self.ce1[layer, e]
+        elif costs is not None:
+            ct, ce = costs
         else:
             ct, ce = self.g.replica_cost(np.array(self.y[layer, e]))
         self.ct[layer, e] = ct
@@ -416,7 +420,7 @@ class _State:
                     continue
                 holders = self.N[layer, e].copy()
                 holders[d] = True
-                self._set_expert(layer, e, holders)
+                self._set_expert(layer, e, holders, (ct2[i], cen2[i]))
                 changed = True
         return changed
 
@@ -446,7 +450,7 @@ class _State:
                 layer, e, d = int(cl[i]), int(ce_[i]), int(ca[i])
                 holders = self.N[layer, e].copy()
                 holders[d] = False
-                self._set_expert(layer, e, holders)
+                self._set_expert(layer, e, holders, (ct3[i], cen3[i]))
                 changed = True
         return changed
 
