@@ -108,6 +108,18 @@ def reference(experts, x: torch.Tensor, d: Dispatch) -> torch.Tensor:
     return out
 
 
+def layer_reference(layer: SimpleMoELayer, x: torch.Tensor, d: Dispatch) -> torch.Tensor:
+    """fp32 reference of a whole layer step: routed experts plus the shared expert, if any."""
+    out = reference(layer.experts, x, d)
+    sh = layer.shared_expert
+    if sh is not None:
+        xf = x.float()
+        a = F.silu(xf @ _w32(sh.gate_proj).T) * (xf @ _w32(sh.up_proj).T) \
+            if sh.gate_proj is not None else F.relu(xf @ _w32(sh.up_proj).T)
+        out += a @ _w32(sh.down_proj).T
+    return out
+
+
 def routing(kind: str, tokens: int, num_experts: int, top_k: int, dev: torch.device,
             gen: torch.Generator) -> Dispatch:
     if kind in ("uniform", "capacity", "single"):
@@ -421,7 +433,7 @@ class Bench:
                                 y = step(x).hidden_states
                                 r = lay.router(x)
                                 d = build_dispatch(r.topk_idx, r.topk_weight, cfg.num_experts)
-                                err = rel_err(y, reference(lay.experts, x, d))
+                                err = rel_err(y, layer_reference(lay, x, d))
                         except Exception as exc:
                             err, d = float("nan"), None
                             self.error(f"check step graph {shape} {tokens} {wname} {name}", exc)

@@ -16,10 +16,12 @@ is an upper bound computed from N and E alone, which also makes the path captura
 graphs. Experts with zero tokens get no blocks. Programs are ordered GROUP_M m-blocks at a time
 over the output columns (L2 reuse of weight and activation tiles).
 
-int4 stacks (`QuantizedExpert`) are dequantized in the weight-load path: each [BLOCK_K, BLOCK_N]
-tile is loaded as packed bytes (column 2j in the low nibble), shifted, masked, offset by -8 and
-scaled by its fp16 group scale in registers before the dot; no bf16 copy of the weights is ever
-written to memory.
+int4 stacks (`QuantizedExpert`) are dequantized in the weight-load path: each tile is loaded as
+packed bytes as stored ([BLOCK_N, BLOCK_K / 2], column 2j in the low nibble), split and
+interleaved in registers, offset by -8 and scaled by its fp16 group scale before the dot; no bf16
+copy of the weights is ever written to memory. The "...f" candidates instead or the codes into
+the exponent of 128 (bf16) or 1024 (fp16), which is exact, and apply offset and scale to the
+[BLOCK_M, BLOCK_N] partial product of each K tile.
 
 Where Triton cannot run (no Triton, or CPU tensors without ``TRITON_INTERPRET=1``) the same
 function is computed by `grouped.grouped_forward`.
@@ -140,8 +142,9 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "m64n128": (KernelConfig(64, 128, 64, 8, 8, 3), KernelConfig(64, 128, 64, 8, 4, 4)),
     "m128": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 128, 64, 8, 8, 4)),
 }
-# The same tiles with the conversion-free dequantization (H200 run 1: the fp32 path was bound
-# by int->float and float->bf16 conversions, slower than bf16 weights at 512 tokens).
+# The same tiles with the conversion-free dequantization ("...f"). Tried because the fp32 path
+# was slower than bf16 weights at 512 tokens; on the H200 it was slower still at every size tried
+# (results/h200/kernels/run2), so the tuned table never picks it. Kept as a tuning candidate.
 # Only small tiles: with BLOCK_M >= 128 the per-step partial products spill (sm_90 report).
 INT4_CANDIDATES.update({
     f"{name}f": (dataclasses.replace(c1, fast_int4=True), dataclasses.replace(c2, fast_int4=True))
