@@ -9,20 +9,21 @@ works on all layers at once with [L, D] (or [candidates, D]) arrays, and memory,
 constraint that couples layers, is a global per-device slot count checked when a step is
 applied. For a given powered set S:
 
-1. a start: *greedy* (each layer's experts hottest first, each onto the device with the
-   smallest increase of cost_l; all layers advance together) or *round-robin* (so the result
-   is never worse than round-robin);
+1. a start: *greedy* (a bundled replica allocation for hot experts per layer, then each
+   layer's replicas heaviest first onto the device with the smallest increase of cost_l, all
+   layers advancing together) or *round-robin*;
 2. *replicas*: per layer, the heaviest replica on the critical device (the slowest, the most
-   loaded) gets one more replica on the device where that lowers cost_l most, while it does;
-   replicas that no longer pay off are dropped;
-3. *local search*: best-improvement moves (one replica to another device) and swaps (two
-   replicas on different devices trade places, which works when memory is full), one per
-   layer per pass, until no step improves any layer;
+   loaded) gets one more replica where that lowers cost_l most, while it does; replicas that
+   no longer pay off are dropped;
+3. *local search*: best-improvement moves (one replica to another device), swaps (two
+   replicas on different devices trade places) and, on full devices, cross-layer exchanges
+   (a slot moves to the layer that gains most), one per layer per pass, until nothing helps;
 
 and the best result, scored exactly by `evaluate`, wins over starts and powered sets (all
 subsets containing the always-on devices for small clusters; prefixes of devices ranked by
-efficiency for large ones). A latency SLO is met by mixing latency into the objective with the
-smallest weight that meets it (bisection).
+efficiency for large ones) and over plain round-robin and fill-first, so it is never worse than
+either. Small instances then get seeded iterated local search (kicks). A latency SLO is met by
+mixing latency into the objective with the smallest weight that meets it (bisection).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wattmoe.errors import ConfigError
 from wattmoe.placement.base import InfeasibleError, Objective
 from wattmoe.placement.problem import (
     Evaluation,
@@ -79,6 +81,12 @@ class HeuristicOptions:
     kick_limit: int = 1024
     seed: int = 0
     time_limit_s: float | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.starts if s not in ("greedy", "round-robin")]
+        if unknown or not self.starts:
+            raise ConfigError(f"heuristic starts must be some of 'greedy', 'round-robin', "
+                              f"got {self.starts!r}")
 
 
 class _State:
@@ -738,17 +746,15 @@ def _solve_fixed(problem: PlacementProblem, objective: Objective, opts: Heuristi
     for allowed in _powered_sets(problem, objective, opts):
         best_here = np.inf
         for start in opts.starts:
+            if start == "round-robin" and not small and allowed.all() \
+                    and best_here < plain_rr.objective:
+                continue  # large instance, and greedy already beat round-robin
             st = _State(problem, allowed, objective)
             if start == "greedy":
                 st.greedy(st.allocate_replicas())
-            elif start == "round-robin":
-                devices = None if allowed.all() else np.flatnonzero(allowed)
-                rr = round_robin_assignment(L, E, slots, devices=devices)
-                if not small and allowed.all() and best_here < plain_rr.objective:
-                    continue
-                st.load(rr)
             else:
-                raise ValueError(f"unknown start {start!r}")
+                devices = None if allowed.all() else np.flatnonzero(allowed)
+                st.load(round_robin_assignment(L, E, slots, devices=devices))
             st.improve(opts, deadline)
             ev = keep(st.N.copy(), allowed)
             best_here = min(best_here, ev.objective)
