@@ -12,6 +12,9 @@ from pathlib import Path
 
 
 def git_commit() -> str:
+    """HEAD (+dirty); on a machine without .git, the WATTMOE_COMMIT the caller passed."""
+    if os.environ.get("WATTMOE_COMMIT"):
+        return os.environ["WATTMOE_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
