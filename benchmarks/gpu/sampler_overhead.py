@@ -92,6 +92,28 @@ def main() -> None:
         time.sleep(0.01)
     ok = [p for p in pairs if p[0] == nv.NVML_SUCCESS]
     diffs_mj = [d - f for _, f, d in ok]
+    # thread CPU time of each NVML call the sampler can make, 200 calls each
+    per_call_ms = {}
+    probes = {
+        "nvmlDeviceGetTotalEnergyConsumption":
+            lambda: nv.nvmlDeviceGetTotalEnergyConsumption(handle),
+        "nvmlDeviceGetPowerUsage": lambda: nv.nvmlDeviceGetPowerUsage(handle),
+        "fields[power_instant,power_average,mem_temp]": lambda: nv.nvmlDeviceGetFieldValues(
+            handle, [nv.NVML_FI_DEV_POWER_INSTANT, nv.NVML_FI_DEV_POWER_AVERAGE,
+                     nv.NVML_FI_DEV_MEMORY_TEMP]),
+        "fields[total_energy]": lambda: nv.nvmlDeviceGetFieldValues(
+            handle, [nv.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION]),
+        "nvmlDeviceGetTemperature": lambda: nv.nvmlDeviceGetTemperature(
+            handle, nv.NVML_TEMPERATURE_GPU),
+        "sample(cuda:0)": lambda: backend.sample("cuda:0"),
+    }
+    for name, fn in probes.items():
+        fn()
+        c0, w0 = time.thread_time(), time.perf_counter()
+        for _ in range(200):
+            fn()
+        per_call_ms[name] = {"cpu_ms": (time.thread_time() - c0) / 200 * 1e3,
+                             "wall_ms": (time.perf_counter() - w0) / 200 * 1e3}
     counts = count_calls(backend)
     idle = phase(mon, args.seconds, load=False)
     calls_idle = dict(counts)
@@ -108,11 +130,12 @@ def main() -> None:
         "nvml_calls": calls_total,
         "nvml_calls_idle_phase": calls_idle,
         "nvml_calls_per_sample": sum(calls_total.values()) / max(ticks, 1),
+        "per_call_ms": per_call_ms,
         "target_cpu_fraction": 0.01,
     }
     write_json(Path(args.out) / "sampler_overhead.json", summary)
     print(json.dumps({k: summary[k] for k in ("energy_field", "phases", "nvml_calls_per_sample",
-                                              "nvml_calls")}, indent=1))
+                                              "nvml_calls", "per_call_ms")}, indent=1))
     for p in (idle, loaded):
         print(f"{'loaded' if p['load'] else 'idle':6s}: sampler CPU {p['cpu_fraction']:.2%} of a "
               f"core over {p['wall_s']:.1f} s, {p['ticks']} ticks, {p['missing']} missing")

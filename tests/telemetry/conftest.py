@@ -33,8 +33,6 @@ class FakeGpu:
     utilization_pct: int = 0
     reasons: int = 0x1  # gpu_idle
     unsupported_fields: set[int] = field(default_factory=set)
-    #: whether NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION answers (older drivers: it does not)
-    energy_field: bool = False
     #: function name -> NVML error codes the next calls on this GPU raise, one per call
     fail: dict[str, list[int]] = field(default_factory=dict)
 
@@ -87,20 +85,14 @@ class FakeNvml:
             pynvml.NVML_FI_DEV_POWER_AVERAGE: handle.average_mw,
             pynvml.NVML_FI_DEV_MEMORY_TEMP: handle.memory_temperature_c,
         }
-        if handle.energy_field:
-            table[pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION] = handle.energy_mj
         for v, fid in zip(values, fieldIds):
             v.fieldId = fid
             if fid in handle.unsupported_fields or fid not in table:
                 v.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
                 continue
             v.nvmlReturn = pynvml.NVML_SUCCESS
-            if fid == pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
-                v.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
-                v.value.ullVal = table[fid]
-            else:
-                v.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
-                v.value.uiVal = table[fid]
+            v.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+            v.value.uiVal = table[fid]
         return values
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeGpu) -> int:

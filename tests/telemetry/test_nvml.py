@@ -135,8 +135,7 @@ def test_sample_reads_every_quantity(fake_nvml: FakeNvml) -> None:
     assert b.slowdown_temperature_c("cuda:0") == 87
     # one field-values call covers instant and average power and memory temperature
     (call,) = fake_nvml.mocks["nvmlDeviceGetFieldValues"].call_args_list
-    assert call.args[1] == [pynvml.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
-                            pynvml.NVML_FI_DEV_POWER_INSTANT, pynvml.NVML_FI_DEV_POWER_AVERAGE,
+    assert call.args[1] == [pynvml.NVML_FI_DEV_POWER_INSTANT, pynvml.NVML_FI_DEV_POWER_AVERAGE,
                             pynvml.NVML_FI_DEV_MEMORY_TEMP]
     fake_nvml.mocks["nvmlDeviceGetPowerUsage"].assert_not_called()
     b.close()
@@ -152,23 +151,6 @@ def test_unsupported_fields_fall_back_and_are_not_asked_again(fake_nvml: FakeNvm
     assert s1.memory_temperature_c is None
     assert fake_nvml.mocks["nvmlDeviceGetFieldValues"].call_args_list[-1].args[1] == [
         pynvml.NVML_FI_DEV_POWER_AVERAGE]
-    b.close()
-
-
-def test_energy_field_makes_a_sample_one_nvml_call(fake_nvml: FakeNvml) -> None:
-    g = fake_nvml.gpus[0]
-    g.energy_field = True
-    b = NvmlBackend(cuda_uuids=[UUID0], slow_period_s=60.0)
-    b.sample("cuda:0")  # slow quantities and the power limit are read on the first sample
-    calls = {n: m.call_count for n, m in fake_nvml.mocks.items()}
-    g.energy_mj += 2_500
-    s = b.sample("cuda:0")
-    assert s.energy_j == pytest.approx(1002.5) and s.power_w == pytest.approx(120.0)
-    made = {n: m.call_count - calls[n] for n, m in fake_nvml.mocks.items()
-            if m.call_count != calls[n]}
-    assert made == {"nvmlDeviceGetFieldValues": 1}
-    # window edges still read the counter directly
-    assert b.energy_j("cuda:0") == pytest.approx(1002.5)
     b.close()
 
 

@@ -398,10 +398,8 @@ class NvmlBackend:
 
     def _power_fields(self, g: _Gpu, device: str) -> dict[int, float]:
         nv = self._nv
-        energy_field = getattr(nv, "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION", None)
-        wanted = [f for f in (energy_field, nv.NVML_FI_DEV_POWER_INSTANT,
-                              nv.NVML_FI_DEV_POWER_AVERAGE, nv.NVML_FI_DEV_MEMORY_TEMP)
-                  if f is not None and f not in g.unsupported_fields]
+        wanted = [f for f in (nv.NVML_FI_DEV_POWER_INSTANT, nv.NVML_FI_DEV_POWER_AVERAGE,
+                              nv.NVML_FI_DEV_MEMORY_TEMP) if f not in g.unsupported_fields]
         if not wanted or _FIELDS in g.unsupported:
             return {}
         values = self._optional(g, device, _FIELDS, nv.nvmlDeviceGetFieldValues, g.handle,
@@ -466,17 +464,13 @@ class NvmlBackend:
         return g.slow
 
     def sample(self, device: str) -> DeviceSample:
-        """One reading of every quantity the device has (1 NVML call where the energy field is
-        supported, else 2; 3 more when the slow quantities are due)."""
+        """One reading of every quantity the device has (2 NVML calls, 5 when the slow
+        quantities are due)."""
         g = self._gpu(device)
         nv = self._nv
         t = time.monotonic()
-        # One field-values call reads the energy counter (same mJ counter as
-        # nvmlDeviceGetTotalEnergyConsumption), both powers and the memory temperature; the
-        # direct energy call is the fallback where the field is not supported.
+        energy = self.energy_j(device)
         fields = self._power_fields(g, device)
-        energy_mj = fields.get(getattr(nv, "NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION", -1))
-        energy = energy_mj / 1000.0 if energy_mj is not None else self.energy_j(device)
         mw = fields.get(nv.NVML_FI_DEV_POWER_INSTANT)
         if mw is None:
             mw = self._optional(g, device, _POWER, nv.nvmlDeviceGetPowerUsage, g.handle)
