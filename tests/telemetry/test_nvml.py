@@ -155,7 +155,7 @@ def test_unsupported_fields_fall_back_and_are_not_asked_again(fake_nvml: FakeNvm
 
 
 def test_slow_quantities_are_read_at_most_once_per_slow_period(fake_nvml: FakeNvml) -> None:
-    b = NvmlBackend(cuda_uuids=[UUID0], slow_period_s=60.0)
+    b = NvmlBackend(cuda_uuids=[UUID0], slow_period_s=60.0, energy_period_s=0.0)
     g = fake_nvml.gpus[0]
     s1 = b.sample("cuda:0")
     g.temperature_c, g.reasons, g.power_mw, g.energy_mj = 70, 0x4, 690_000, g.energy_mj + 5
@@ -169,6 +169,22 @@ def test_slow_quantities_are_read_at_most_once_per_slow_period(fake_nvml: FakeNv
         assert fake_nvml.mocks[name].call_count == 1
     assert fake_nvml.mocks["nvmlDeviceGetTotalEnergyConsumption"].call_count == 2
     assert fake_nvml.mocks["nvmlDeviceGetFieldValues"].call_count == 2
+    b.close()
+
+
+def test_energy_counter_is_read_into_samples_once_per_energy_period(
+        fake_nvml: FakeNvml) -> None:
+    b = NvmlBackend(cuda_uuids=[UUID0], energy_period_s=60.0)
+    g = fake_nvml.gpus[0]
+    reads = fake_nvml.mocks["nvmlDeviceGetTotalEnergyConsumption"]
+    s1 = b.sample("cuda:0")
+    g.energy_mj += 7_000
+    s2 = b.sample("cuda:0")
+    assert s1.energy_j == pytest.approx(1000.0)
+    assert s2.energy_j is None and s2.power_w == pytest.approx(120.0) and not s2.missing
+    assert reads.call_count == 1
+    # window edges read the counter directly, whatever the sampling period
+    assert b.energy_j("cuda:0") == pytest.approx(1007.0)
     b.close()
 
 
@@ -197,7 +213,8 @@ def test_bindings_absent_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch)
 
 
 def _monitor(fake: FakeNvml, period: float = 0.0, **kw) -> GpuSystemMonitor:
-    b = NvmlBackend(cuda_uuids=[UUID0, UUID1], counter_period_s=period, slow_period_s=0.0)
+    b = NvmlBackend(cuda_uuids=[UUID0, UUID1], counter_period_s=period, slow_period_s=0.0,
+                    energy_period_s=0.0)
     return GpuSystemMonitor(backends={d: b for d in b.devices()}, **kw)
 
 

@@ -34,7 +34,10 @@ def _f(v: float | None, fmt: str = ".1f", unit: str = "") -> str:
     return f"{v:{fmt}}{unit}"
 
 
-def _table(mon: Any, first_energy: dict[str, float | None], elapsed_s: float) -> Any:
+def _table(mon: Any, first_energy: dict[str, float | None], elapsed_s: float,
+           last_energy: dict[str, float] | None = None) -> Any:
+    """`last_energy`: the newest counter reading per device (samples between counter reads,
+    e.g. NVML's 1 Hz `energy_period_s`, carry no energy)."""
     from rich.table import Table
 
     t = Table(title=f"wattmoe monitor: {elapsed_s:.1f} s, every {mon.interval_s:g} s")
@@ -50,7 +53,8 @@ def _table(mon: Any, first_energy: dict[str, float | None], elapsed_s: float) ->
             t.add_row(d, b.name, b.source, *["-"] * 9)
             continue
         e0 = first_energy.get(d)
-        energy = s.energy_j - e0 if s.energy_j is not None and e0 is not None else None
+        e1 = (last_energy or {}).get(d, s.energy_j)
+        energy = e1 - e0 if e1 is not None and e0 is not None else None
         p = mon.pressure(d)
         missing = mon.sampler_stats().missing
         t.add_row(
@@ -81,6 +85,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     mon = GpuSystemMonitor(devices, interval_s=args.interval, csv_path=args.csv,
                            backends=backends)
     first: dict[str, float | None] = {}
+    last: dict[str, float] = {}
     t0 = time.monotonic()
     with mon:
         mon.begin_window("monitor")
@@ -89,9 +94,11 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                 while args.seconds is None or time.monotonic() - t0 < args.seconds:
                     time.sleep(min(0.25, mon.interval_s))
                     for d in mon.devices:
-                        if first.get(d) is None and (s := mon.latest(d)) is not None:
-                            first[d] = s.energy_j
-                    live.update(_table(mon, first, time.monotonic() - t0))
+                        s = mon.latest(d)
+                        if s is not None and s.energy_j is not None:
+                            first.setdefault(d, s.energy_j)
+                            last[d] = s.energy_j
+                    live.update(_table(mon, first, time.monotonic() - t0, last))
         except KeyboardInterrupt:
             pass
         m = mon.end_window("monitor")
