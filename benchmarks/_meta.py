@@ -1,70 +1,29 @@
-"""Provenance for benchmark outputs: the machine, the commit and the exact command."""
+"""Provenance for benchmark outputs: the machine, the commit and the exact command.
+
+A thin layer over `wattmoe.provenance` for scripts under benchmarks/ (run as
+`python benchmarks/x.py`, so the command records the script and its arguments).
+"""
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
+from wattmoe.provenance import git_commit, machine_info, utc_now, write_json_atomic
 
-def git_commit() -> str:
-    """HEAD (+dirty); on a machine without .git, the WATTMOE_COMMIT the caller passed."""
-    if os.environ.get("WATTMOE_COMMIT"):
-        return os.environ["WATTMOE_COMMIT"]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> dict[str, object]:
-    info: dict[str, object] = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
+__all__ = ["git_commit", "machine_info", "provenance", "write_json"]
 
 
 def provenance() -> dict[str, object]:
+    """commit, command, date_utc and machine of this benchmark run."""
     return {
         "commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "date_utc": utc_now(),
+        "machine": machine_info(),
     }
 
 
 def write_json(path: str | Path, payload: dict[str, object]) -> Path:
-    """Writes atomically (tmp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    """Writes atomically (tmp file, fsync, rename); NaN/inf become null."""
+    return write_json_atomic(path, payload)

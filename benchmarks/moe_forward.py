@@ -16,9 +16,9 @@ import torch
 from torch.utils import benchmark as tb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import provenance, write_json  # noqa: E402
+from _meta import provenance, write_json
 
-from wattmoe.moe import SimpleMoELayer, get_preset  # noqa: E402
+from wattmoe.moe import SimpleMoELayer, get_preset
 
 CASES = [("tiny", 1.0), ("olmoe-1b-7b", 0.25), ("qwen3-30b-a3b", 0.25), ("mixtral-8x7b", 1 / 16)]
 
@@ -37,7 +37,8 @@ def main() -> None:
         for dtype in args.dtypes.split(","):
             layer = SimpleMoELayer(cfg, dtype=dtype, device=args.device, seed=0).eval()
             for n in map(int, args.tokens.split(",")):
-                x = torch.randn(n, cfg.hidden_size, device=args.device).to(layer.router.gate.weight.dtype)
+                dt = layer.router.gate.weight.dtype
+                x = torch.randn(n, cfg.hidden_size, device=args.device).to(dt)
                 t = tb.Timer("with torch.inference_mode(): layer(x)",
                              globals={"layer": layer, "x": x, "torch": torch},
                              num_threads=torch.get_num_threads())

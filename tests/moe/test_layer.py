@@ -197,7 +197,7 @@ def test_bad_input_errors() -> None:
         MoETransformerBlock(get_preset("tiny"))(torch.randn(4, 64))
     with pytest.raises(ConfigError, match="top_k=9 is larger than num_experts=8"):
         get_preset("tiny").replace(top_k=9)
-    with pytest.raises(ConfigError, match="unknown preset 'mixtal'.*mixtral-8x7b"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'mixtal'.*mixtral-8x7b"):
         get_preset("mixtal")
     with pytest.raises(ConfigError, match="unknown routing strategy"):
         SimpleMoELayer(get_preset("tiny"), strategy="nope")

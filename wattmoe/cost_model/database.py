@@ -14,11 +14,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-import platform
-import shlex
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,65 +25,11 @@ from wattmoe.cost_model.base import (
     ProfileFormatError,
     ProfilePoint,
 )
+from wattmoe.provenance import git_commit, machine_info, provenance
+from wattmoe.provenance import write_json_atomic as save_json
 
-
-def git_commit(cwd: str | Path | None = None) -> str:
-    """HEAD's sha, with '+dirty' when tracked files differ; 'unknown' outside git."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, cwd=cwd).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, cwd=cwd).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("WATTMOE_COMMIT", "unknown")
-
-
-def machine_info() -> dict[str, Any]:
-    """Host, CPU, Python/torch versions and, where present, the GPU and its driver."""
-    info: dict[str, Any] = {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-            info["cuda_runtime"] = torch.version.cuda
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,power.limit,memory.total",
-             "--format=csv,noheader"], capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-        if out:
-            info["nvidia_smi"] = out.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def provenance(command: str | None = None) -> dict[str, Any]:
-    """machine, commit and command of the current process."""
-    if command is None:
-        prog = Path(sys.argv[0]).name if sys.argv else "python"
-        if prog in ("cli.py", "__main__.py"):
-            prog = "python -m wattmoe.cli"
-        command = " ".join([prog, shlex.join(sys.argv[1:])]).strip()
-    return {"machine": machine_info(), "commit": git_commit(), "command": command}
+__all__ = ["ProfileDatabase", "git_commit", "load_profile", "machine_info", "provenance",
+           "save_json", "save_profile"]
 
 
 @dataclass
@@ -121,34 +62,9 @@ class ProfileDatabase:
         }
 
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf are not JSON: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def save_profile(db: ProfileDatabase, path: str | Path) -> Path:
     """Writes `db` atomically (temporary file in the same folder, fsync, rename)."""
     return save_json(path, db.to_dict())
-
-
-def save_json(path: str | Path, payload: Any) -> Path:
-    """Writes any JSON payload atomically (NaN/inf as null)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(_finite(payload), fh, indent=1, allow_nan=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    return path
 
 
 def _need(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:

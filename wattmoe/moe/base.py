@@ -104,7 +104,9 @@ class MoEConfig:
                 f"in config {self.name!r}"
             )
         if self.expert_form not in EXPERT_FORMS:
-            raise ConfigError(f"expert_form must be one of {EXPERT_FORMS}, got {self.expert_form!r}")
+            raise ConfigError(
+                f"expert_form must be one of {EXPERT_FORMS}, got {self.expert_form!r}"
+            )
         if self.score_func not in SCORE_FUNCS:
             raise ConfigError(f"score_func must be one of {SCORE_FUNCS}, got {self.score_func!r}")
         if self.hidden_size % self.num_heads:
@@ -162,7 +164,7 @@ class MoEConfig:
             return self
 
         def rnd(v: int, m: int) -> int:
-            return max(m, int(round(v * scale / m)) * m)
+            return max(m, round(v * scale / m) * m)
 
         heads = self.num_heads
         hidden = rnd(self.hidden_size, max(multiple, heads))

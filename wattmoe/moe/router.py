@@ -59,7 +59,7 @@ class RoutingStrategy(nn.Module):
         """Additive bias on the [T, E] logits used for top-k selection; None for none."""
         return None
 
-    def observe(self, output: RouterOutput) -> None:  # noqa: B027 - optional hook
+    def observe(self, output: RouterOutput) -> None:
         """Called after each routing decision (for strategies that learn from traffic)."""
 
 
@@ -99,7 +99,9 @@ class BaselineStrategy(RoutingStrategy):
     """Gate logits and the load-balancing aux loss only: no cost or telemetry bias."""
 
 
-def switch_balance_loss(probs: torch.Tensor, routed_counts: torch.Tensor, top_k: int) -> torch.Tensor:
+def switch_balance_loss(
+    probs: torch.Tensor, routed_counts: torch.Tensor, top_k: int
+) -> torch.Tensor:
     """Switch Transformer load-balancing loss E * sum_i f_i * P_i.
 
     f_i is the fraction of the T*k assignments sent to expert i, P_i the mean router
