@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wattmoe.errors import ShapeError
-from wattmoe.moe.base import MoEConfig, resolve_dtype
+from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
 from wattmoe.moe.layer import MoEOutput, SimpleMoELayer
 from wattmoe.moe.router import RoutingStrategy
 
@@ -62,9 +62,7 @@ class MoETransformerBlock(nn.Module):
         self.attn_norm = nn.RMSNorm(config.hidden_size, dtype=dt, device=device)
         self.moe_norm = nn.RMSNorm(config.hidden_size, dtype=dt, device=device)
         self.moe = SimpleMoELayer(config, dt, device, strategy, backend, seed)
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed + 1)
+        with seeded(None if seed is None else seed + 1):
             self.attn = Attention(config, dt, device)
 
     def forward(self, x: torch.Tensor) -> MoEOutput:

@@ -10,7 +10,33 @@ from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.base import EXPERT_FORMS, ExpertForm, resolve_dtype
 
 
-class Expert(nn.Module):
+class FeedForward(nn.Module):
+    """What every expert form shares: `gate_proj` (or None), `up_proj`, `down_proj` callables
+    and the forward pass over them. Subclasses decide how the weights are stored."""
+
+    hidden_size: int
+    gate_proj: nn.Module | None
+    up_proj: nn.Module
+    down_proj: nn.Module
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.hidden_size:
+            raise ShapeError(
+                f"expert expects inputs [..., {self.hidden_size}], got {tuple(x.shape)}"
+            )
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The inner activation [..., F] (up/gate projection and nonlinearity)."""
+        if self.gate_proj is not None:
+            return F.silu(self.gate_proj(x)) * self.up_proj(x)
+        return F.relu(self.up_proj(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.down_proj(self.activation(x))
+
+
+class Expert(FeedForward):
     """One feed-forward expert.
 
     'swiglu': down(silu(gate(x)) * up(x)) as in Mixtral, DeepSeek, Qwen and OLMoE.
@@ -41,22 +67,6 @@ class Expert(nn.Module):
         self.gate_proj = nn.Linear(hidden_size, inner_size, **kw) if form == "swiglu" else None
         self.up_proj = nn.Linear(hidden_size, inner_size, **kw)
         self.down_proj = nn.Linear(inner_size, hidden_size, **kw)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        if x.shape[-1] != self.hidden_size:
-            raise ShapeError(
-                f"expert expects inputs [..., {self.hidden_size}], got {tuple(x.shape)}"
-            )
-
-    def activation(self, x: torch.Tensor) -> torch.Tensor:
-        """The inner activation [..., F] (up/gate projection and nonlinearity)."""
-        if self.gate_proj is not None:
-            return F.silu(self.gate_proj(x)) * self.up_proj(x)
-        return F.relu(self.up_proj(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.down_proj(self.activation(x))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +9,7 @@ from torch import nn
 
 from wattmoe.errors import ShapeError
 from wattmoe.moe.backends import get_backend
-from wattmoe.moe.base import MoEConfig, resolve_dtype
+from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
 from wattmoe.moe.dispatch import build_dispatch
 from wattmoe.moe.expert import Expert
 from wattmoe.moe.quant import quantize_expert
@@ -36,16 +35,6 @@ class MoEOutput:
     routed_counts: torch.Tensor
     dropped: int
     routing: RouterOutput
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None):
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class SimpleMoELayer(nn.Module):
@@ -74,7 +63,7 @@ class SimpleMoELayer(nn.Module):
         self.config = config
         self.backend_name = backend
         self._backend = get_backend(backend)
-        with _seeded(seed):
+        with seeded(seed):
             self.router = AdaptiveRouter(
                 config.hidden_size, config.num_experts, config.top_k, strategy=strategy,
                 score_func=config.score_func, normalize_topk=config.normalize_topk,

@@ -14,7 +14,7 @@ from torch import nn
 
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.base import resolve_dtype
-from wattmoe.moe.expert import Expert
+from wattmoe.moe.expert import Expert, FeedForward
 
 QMIN, QMAX = -8, 7
 
@@ -96,7 +96,7 @@ class Int4Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, groups={self.scales.shape[1]}"
 
 
-class QuantizedExpert(nn.Module):
+class QuantizedExpert(FeedForward):
     """An `Expert` whose weights are stored as packed int4 with per-group fp16 scales."""
 
     def __init__(
@@ -122,21 +122,6 @@ class QuantizedExpert(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.up_proj.compute_dtype
-
-    def check_input(self, x: torch.Tensor) -> None:
-        if x.shape[-1] != self.hidden_size:
-            raise ShapeError(
-                f"expert expects inputs [..., {self.hidden_size}], got {tuple(x.shape)}"
-            )
-
-    def activation(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_proj is not None:
-            return F.silu(self.gate_proj(x)) * self.up_proj(x)
-        return F.relu(self.up_proj(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.down_proj(self.activation(x))
 
     def weight_bytes(self) -> int:
         """Bytes actually stored: packed codes plus scales."""
