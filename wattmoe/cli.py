@@ -70,14 +70,19 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cluster", default="h200-cpu",
+                   help="place the measured expert loads on this cluster (name or spec file; "
+                        "'none' to skip)")
 
 
-@command("demo", "time one MoE transformer block of a preset on this machine", _demo_args)
+@command("demo", "run one MoE block of a preset here, measure it, and place its experts",
+         _demo_args)
 def cmd_demo(args: argparse.Namespace) -> int:
     from wattmoe.experiments.demo import run_demo
 
+    cluster = None if args.cluster.lower() == "none" else args.cluster
     r = run_demo(args.preset, args.scale, args.batch, args.seq, args.steps, dtype=args.dtype,
-                 device=args.device, seed=args.seed)
+                 device=args.device, seed=args.seed, cluster=cluster)
     t = Table(title=f"{r.preset}: one MoE block, {r.tokens_per_step} tokens/step on {r.device}")
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -97,6 +102,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(t)
     if r.energy_note:
         console.print(f"[dim]energy note: {r.energy_note}[/]")
+    if r.placements:
+        pt = Table(title=f"its measured expert loads placed on {r.cluster} "
+                         f"(predicted with the {r.cost_model})")
+        for col in ("solver", "energy/token", "MoE latency/batch", "imbalance",
+                    "experts per device"):
+            pt.add_column(col, justify="left" if col in ("solver", "experts per device")
+                          else "right")
+        for row in r.placements:
+            pt.add_row(
+                row.solver, f"{row.energy_j_per_token * 1e3:.3f} mJ ({row.energy_source})",
+                f"{row.latency_s * 1e3:.3f} ms", f"{row.imbalance:.2f}",
+                ", ".join(f"{d}: {n}" for d, n in row.experts_per_device.items()),
+            )
+        console.print(pt)
     return 0
 
 

@@ -9,8 +9,20 @@ from dataclasses import dataclass
 import torch
 
 from wattmoe.errors import ConfigError
-from wattmoe.moe import MoETransformerBlock, get_preset, resolve_dtype
+from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
 from wattmoe.telemetry import GpuSystemMonitor
+
+
+@dataclass(frozen=True)
+class PlacementRow:
+    """One solver's placement of the measured expert loads (a model's prediction)."""
+
+    solver: str
+    energy_j_per_token: float
+    latency_s: float
+    imbalance: float
+    experts_per_device: dict[str, int]  # expert replicas hosted per device
+    energy_source: str = "estimated"
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,9 @@ class DemoResult:
     energy_backend: str
     mean_power_w: float | None
     energy_note: str
+    cluster: str = ""
+    cost_model: str = ""
+    placements: tuple[PlacementRow, ...] = ()
 
     @property
     def energy_per_token_j(self) -> float | None:
@@ -51,6 +66,38 @@ class DemoResult:
         return max(self.expert_counts) / mean if mean else float("nan")
 
 
+def place_measured_loads(
+    layer: object, tokens_per_batch: int, cluster: str, dtype: str,
+    solvers: tuple[str, ...] = ("heuristic", "eplb", "round-robin"),
+) -> tuple[str, tuple[PlacementRow, ...]]:
+    """Places the experts of `layer` by the loads its router produced (its utilization counts)
+    on `cluster` with the analytic cost model, once per solver."""
+    from wattmoe.placement import (
+        AnalyticCostProvider,
+        ExpertShape,
+        load_cluster,
+        loads_from_layers,
+        make_problem,
+        solve,
+    )
+
+    cfg = layer.config  # type: ignore[attr-defined]
+    spec = load_cluster(cluster)
+    loads = loads_from_layers([layer], tokens_per_batch=tokens_per_batch)
+    shape = ExpertShape(cfg.hidden_size, cfg.expert_inner_size, cfg.expert_form, dtype)
+    provider = AnalyticCostProvider()
+    problem = make_problem(spec, loads, shape, provider, objective="energy")
+    rows = []
+    for name in solvers:
+        s = solve(problem, name).summary
+        rows.append(PlacementRow(
+            solver=name, energy_j_per_token=s.energy_j_per_token, latency_s=s.latency_s,
+            imbalance=s.imbalance, energy_source=s.energy_source,
+            experts_per_device={d.name: d.replicas for d in s.devices},
+        ))
+    return "analytic roofline (estimates)", tuple(rows)
+
+
 def run_demo(
     preset: str = "olmoe-1b-7b",
     scale: float = 0.25,
@@ -61,11 +108,14 @@ def run_demo(
     dtype: str = "fp32",
     device: str = "cpu",
     seed: int = 0,
+    cluster: str | None = "h200-cpu",
 ) -> DemoResult:
     """Runs `steps` timed forward passes of one `MoETransformerBlock` on random tokens.
 
     The timed passes run inside one telemetry window on `device`: energy is measured where
     the device has a counter (NVML, RAPL) and estimated otherwise; the result says which.
+    Then the expert loads the router produced are placed on `cluster` (None: skip) by the
+    energy-aware heuristic and by the EPLB-style and round-robin baselines (predictions).
     """
     if steps <= 0 or batch <= 0 or seq <= 0 or warmup < 0:
         raise ConfigError(
@@ -99,6 +149,10 @@ def run_demo(
     energy = window.measurement.devices[device]
     times.sort()
     med = statistics.median(times)
+    cost_model, placements = ("", ())
+    if cluster is not None:
+        cost_model, placements = place_measured_loads(
+            block.moe, batch * seq, cluster, dtype_name(dt))
     return DemoResult(
         preset=cfg.name, hidden_size=cfg.hidden_size, expert_inner_size=cfg.expert_inner_size,
         num_experts=cfg.num_experts, top_k=cfg.top_k, tokens_per_step=batch * seq, steps=steps,
@@ -108,4 +162,5 @@ def run_demo(
         mean_aux_loss=statistics.fmean(aux), dropped=dropped,
         energy_j=energy.energy_j, energy_source=energy.source, energy_backend=backend.name,
         mean_power_w=energy.mean_power_w, energy_note=energy.note,
+        cluster=cluster or "", cost_model=cost_model, placements=placements,
     )
