@@ -113,3 +113,45 @@ def test_bad_profile_files_print_one_line(tmp_path: Path, content: str, message:
 def test_profile_rejects_negative_batch_sizes(capsys) -> None:
     assert main(["profile", "--tokens", "1,-8"]) == 2
     assert "--tokens must all be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("measured", "content", "message"),
+    [
+        ("missing.jsonl", None, "cannot read sweep log"),
+        ("rec.jsonl", '{"a": 1}\n{"b": 2}\n', "line 1 is not a sweep 'point' record"),
+        ("list.jsonl", "[1, 2]\n{}\n", "line 1 is not a JSON object"),
+        ("empty.jsonl", "", "holds no measured points"),
+    ],
+)
+def test_cost_eval_bad_measurements_print_one_line(profile: Path, tmp_path: Path, capsys,
+                                                   measured, content, message) -> None:
+    path = tmp_path / measured
+    if content is not None:
+        path.write_text(content)
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("cost-eval", "--csv"), ("cost-eval", "--out"), ("profile-plot", "--out")],
+)
+def test_unwritable_outputs_print_one_line(profile: Path, tmp_path: Path, capsys, command,
+                                           option) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder is needed
+    target = str(blocker / "sub" / "x.out")
+    args = [command, "--profile", str(profile)]
+    if command == "cost-eval":
+        args += ["--measured", str(profile)]
+    assert main([*args, option, target]) == 2
+    err = capsys.readouterr().err
+    assert f"{option} " in err and "cannot write" in err
+
+
+def test_cost_eval_rejects_a_nan_split(profile: Path, capsys) -> None:
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(profile),
+                 "--split-latency", "nan"]) == 2
+    assert "--split-latency must be a positive" in capsys.readouterr().err

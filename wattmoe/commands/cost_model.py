@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,15 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(t) for t in _csv(text))
     except ValueError:
         raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@contextlib.contextmanager
+def _writing(option: str, path: str) -> Iterator[None]:
+    """Turns an OSError while writing `path` into one ConfigError naming the option."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"{option} {path!r}: cannot write ({exc.strerror or exc})") from None
 
 
 def _fmt_s(v: float) -> str:
@@ -163,7 +175,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.plot:
         from wattmoe.cost_model.plots import plot_profile
 
-        paths = plot_profile(db, args.plot)
+        with _writing("--plot", args.plot):
+            paths = plot_profile(db, args.plot)
         console.print(f"wrote {len(paths)} plots to {args.plot}")
     return 0
 
@@ -302,7 +315,9 @@ def cmd_profile_plot(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.database import load_profile
     from wattmoe.cost_model.plots import plot_profile
 
-    paths = plot_profile(load_profile(args.profile or default_profile_path()), args.out)
+    db = load_profile(args.profile or default_profile_path())
+    with _writing("--out", args.out):
+        paths = plot_profile(db, args.out)
     console.print(f"wrote {len(paths)} plots to {args.out}")
     return 0
 
@@ -334,10 +349,17 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import read_jsonl
 
+    if args.split_latency is not None and not (math.isfinite(args.split_latency)
+                                               and args.split_latency > 0):
+        raise ConfigError(f"--split-latency must be a positive number of seconds, got "
+                          f"{args.split_latency}")
     model = KernelCostModel.load(args.profile, args.latency)
     pts = []
     for m in args.measured:
-        pts += read_jsonl(m).points if m.endswith(".jsonl") else load_profile(m).points
+        got = read_jsonl(m).points if m.endswith(".jsonl") else load_profile(m).points
+        if not got:
+            raise ConfigError(f"--measured {m!r} holds no measured points")
+        pts += got
     rows = evaluate(model, pts)
     summary = summarize(rows, args.split_latency)
     t = Table(title=f"held-out accuracy of {args.profile} ({len(rows)} points)")
@@ -355,18 +377,20 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
                   pct(s["energy_model_only"], "median_abs_pct"))
     console.print(t)
     if args.out:
-        save_json(args.out, {"provenance": provenance(), "profile": args.profile,
-                             "latency_basis": args.latency,
-                             "measured": args.measured, "summary": summary,
-                             "rows": [r.to_dict() for r in rows]})
+        with _writing("--out", args.out):
+            save_json(args.out, {"provenance": provenance(), "profile": args.profile,
+                                 "latency_basis": args.latency,
+                                 "measured": args.measured, "summary": summary,
+                                 "rows": [r.to_dict() for r in rows]})
         console.print(f"wrote {args.out}")
     if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0].to_dict()) if rows else ["op"])
-            w.writeheader()
-            for r in rows:
-                w.writerow(r.to_dict())
+        with _writing("--csv", args.csv):
+            Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.csv, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0].to_dict()) if rows else ["op"])
+                w.writeheader()
+                for r in rows:
+                    w.writerow(r.to_dict())
         console.print(f"wrote {args.csv}")
     return 0
 
@@ -388,6 +412,8 @@ def cmd_nsys_import(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.database import save_json
     from wattmoe.cost_model.nsys import import_nsys_sqlite
 
+    if args.top < 1:
+        raise ConfigError(f"--top must be >= 1, got {args.top}")
     rep = import_nsys_sqlite(args.sqlite)
     summary = rep.kernel_summary()
     means = rep.metric_means_during_kernels()
@@ -402,6 +428,7 @@ def cmd_nsys_import(args: argparse.Namespace) -> int:
                   *(f"{m[c]:.1f}" if c in m else "-" for c in metric_cols))
     console.print(t)
     if args.json:
-        save_json(args.json, {"kernels": summary, "metric_means_during_kernels": means})
+        with _writing("--json", args.json):
+            save_json(args.json, {"kernels": summary, "metric_means_during_kernels": means})
         console.print(f"wrote {args.json}")
     return 0

@@ -189,10 +189,16 @@ def read_jsonl(path: str | Path) -> SweepLog:
     """Reads a sweep's JSONL. A truncated last line (an interrupted write) is ignored.
 
     Raises:
-        CostModelError: a line other than the last is not JSON.
+        CostModelError: the file cannot be read, a line other than the last is not JSON, or a
+            record is not one a sweep writes (the message names the line).
     """
     out = SweepLog()
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CostModelError(
+            f"cannot read sweep log {str(path)!r}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -203,15 +209,23 @@ def read_jsonl(path: str | Path) -> SweepLog:
                 log.warning("%s: ignoring a truncated last line", path)
                 continue
             raise CostModelError(f"{path}: line {i + 1} is not JSON") from None
+        if not isinstance(rec, dict):
+            raise CostModelError(f"{path}: line {i + 1} is not a JSON object")
         kind = rec.pop("record", "point")
-        if kind == "device":
-            out.devices[rec["device"]] = DeviceInfo(**rec)
-        elif kind == "error":
-            out.errors.append(rec)
-        elif kind == "run":
-            out.runs.append(rec)
-        else:
-            out.points.append(ProfilePoint.from_dict(rec))
+        try:
+            if kind == "device":
+                out.devices[rec["device"]] = DeviceInfo(**rec)
+            elif kind == "error":
+                out.errors.append(rec)
+            elif kind == "run":
+                out.runs.append(rec)
+            else:
+                out.points.append(ProfilePoint.from_dict(rec))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CostModelError(
+                f"{path}: line {i + 1} is not a sweep {kind!r} record ({type(exc).__name__}: "
+                f"{exc})"
+            ) from None
     return out
 
 
