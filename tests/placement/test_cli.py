@@ -47,6 +47,11 @@ def test_place_with_loads_file(tmp_path, capsys) -> None:
     (["--cluster", "laptop", "--skew", "zipf:-1"], "cannot read skew"),
     (["--cluster", "laptop", "--preset", "deepseek-v3"], "but all devices together hold 345"),
     (["--cluster", "laptop", "--max-replicas", "0"], "max_replicas must be an integer >= 1"),
+    (["--cluster", "laptop", "--layers", "0"], "num_layers must be a positive integer, got 0"),
+    (["--cluster", "laptop", "--time-limit", "-1"], "time_limit_s must be a finite number > 0"),
+    (["--cluster", "laptop", "--time-limit", "nan"], "time_limit_s must be a finite number > 0"),
+    (["--cluster", "laptop", "--solver", "milp", "--time-limit", "0"],
+     "time_limit_s must be a finite number > 0"),
 ])
 def test_bad_input_is_one_line(args, message, capsys) -> None:
     assert main(["place", *args]) == 2

@@ -92,7 +92,7 @@ def cmd_place(args: argparse.Namespace) -> int:
 
     cfg = get_preset(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
-    layers = args.layers or cfg.num_layers
+    layers = cfg.num_layers if args.layers is None else args.layers
     if args.loads:
         loads = read_loads(args.loads, top_k=cfg.top_k)
         if loads.num_experts != cfg.num_experts:
@@ -111,7 +111,8 @@ def cmd_place(args: argparse.Namespace) -> int:
     if args.solver == "heuristic" and args.time_limit is not None:
         options["options"] = HeuristicOptions(time_limit_s=args.time_limit)
     elif args.solver == "milp":
-        options["options"] = MilpOptions(time_limit_s=args.time_limit or 60.0)
+        options["options"] = MilpOptions(
+            time_limit_s=60.0 if args.time_limit is None else args.time_limit)
     meta = {"preset": cfg.name, "cost_model": provider_txt, "cluster_spec": str(args.cluster)}
     placement = solve(problem, args.solver, meta=meta, **options)
     _print_placement(placement, cfg.name, loads.source, provider_txt)

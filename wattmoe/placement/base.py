@@ -30,6 +30,16 @@ class InfeasibleError(PlacementError):
     """No placement satisfies the constraints; the message says which one and by how much."""
 
 
+def check_time_limit(time_limit_s: object) -> None:
+    """Raises `PlacementError` unless `time_limit_s` is None or a finite number > 0."""
+    if time_limit_s is None:
+        return
+    if (isinstance(time_limit_s, bool) or not isinstance(time_limit_s, (int, float))
+            or not math.isfinite(time_limit_s) or time_limit_s <= 0):
+        raise PlacementError(f"solver time_limit_s must be a finite number > 0 or None, got "
+                             f"{time_limit_s!r}")
+
+
 @runtime_checkable
 class ExpertCostProvider(Protocol):
     """What placement needs to know about kernels: the cost of one expert on one device.

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wattmoe.errors import ConfigError
-from wattmoe.placement.base import InfeasibleError, Objective
+from wattmoe.placement.base import InfeasibleError, Objective, check_time_limit
 from wattmoe.placement.problem import (
     Evaluation,
     PlacementProblem,
@@ -87,6 +87,7 @@ class HeuristicOptions:
         if unknown or not self.starts:
             raise ConfigError(f"heuristic starts must be some of 'greedy', 'round-robin', "
                               f"got {self.starts!r}")
+        check_time_limit(self.time_limit_s)
 
 
 class _State:

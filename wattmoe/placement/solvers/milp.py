@@ -19,13 +19,14 @@ on small instances it is the ground truth the heuristic is measured against.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from wattmoe.placement.base import InfeasibleError, PlacementError
+from wattmoe.placement.base import InfeasibleError, PlacementError, check_time_limit
 from wattmoe.placement.problem import PlacementProblem, evaluate
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ class MilpOptions:
     time_limit_s: float | None = 60.0
     mip_rel_gap: float = 1e-5
     max_binaries: int = 40_000
+
+    def __post_init__(self) -> None:
+        check_time_limit(self.time_limit_s)
+        if not (isinstance(self.mip_rel_gap, (int, float)) and math.isfinite(self.mip_rel_gap)
+                and self.mip_rel_gap >= 0):
+            raise PlacementError(f"mip_rel_gap must be a finite number >= 0, got "
+                                 f"{self.mip_rel_gap!r}")
 
 
 @dataclass(frozen=True, eq=False)
