@@ -39,3 +39,12 @@ def test_bad_input_is_one_line(argv: list[str], message: str,
     assert main(["monitor", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_unwritable_csv_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the CSV's folder should be
+    assert main(["monitor", "--devices", "sim:0", "--seconds", "0.2",
+                 "--csv", str(blocker / "sub" / "mon.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write telemetry CSV" in err and "Traceback" not in err

@@ -82,16 +82,21 @@ class SampleCsvWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists() or self.path.stat().st_size == 0
-        if not fresh:
-            with self.path.open(newline="") as f:
-                header = next(csv.reader(f), [])
-            if tuple(header) != COLUMNS:
-                raise BackendUnavailable(
-                    f"{self.path} exists with other columns; refusing to append telemetry rows "
-                    "to it (choose another --csv path)")
-        self._file: IO[str] = self.path.open("a", newline="")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not self.path.exists() or self.path.stat().st_size == 0
+            if not fresh:
+                with self.path.open(newline="") as f:
+                    header = next(csv.reader(f), [])
+                if tuple(header) != COLUMNS:
+                    raise BackendUnavailable(
+                        f"{self.path} exists with other columns; refusing to append telemetry "
+                        "rows to it (choose another --csv path)")
+            self._file: IO[str] = self.path.open("a", newline="")
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise BackendUnavailable(
+                f"cannot write telemetry CSV {str(self.path)!r}: "
+                f"{getattr(exc, 'strerror', None) or exc}") from None
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
         self._lock = threading.Lock()
         self.rows = 0
