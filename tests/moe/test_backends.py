@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -279,3 +281,52 @@ def test_graphed_layer_runs_eagerly_on_cpu(gen: torch.Generator) -> None:
     with torch.no_grad():
         torch.testing.assert_close(step(x).hidden_states, layer(x).hidden_states)
     assert step.captures == 0
+
+
+def test_graphed_layer_recaptures_after_weights_are_replaced(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A captured step reads the weights' old addresses: replacing them (quantize, .to,
+    load_state_dict(assign=True)) must drop the graphs; in-place updates must not."""
+    from wattmoe.moe.graphs import GraphedLayer
+
+    class FakeGraph:  # replay() re-runs the step on the static input, as a graph would
+        def __init__(self, fn):
+            self.fn = fn
+
+        def replay(self) -> None:
+            self.fn()
+
+    layer = small_layer(seed=5)
+    layer.set_backend("grouped")
+    step = GraphedLayer(layer)
+
+    def fake_capture(key, x):
+        sx = x.clone()
+        frozen = copy.deepcopy(layer)  # the step as captured: the weights it was captured with
+        out = frozen(sx)
+
+        def run() -> None:
+            out.hidden_states.copy_(frozen(sx).hidden_states)
+
+        step._graphs[key] = (FakeGraph(run), sx, out)
+        step.captures += 1
+        return step._graphs[key]
+
+    monkeypatch.setattr(step, "capturable", lambda x: True)
+    monkeypatch.setattr(step, "_capture", fake_capture)
+    x = torch.randn(6, layer.config.hidden_size, generator=gen)
+    with torch.no_grad():
+        step(x)
+        step(x)
+        assert (step.captures, step.replays) == (1, 2)
+        for p in layer.parameters():  # an optimizer step: in place, the graph sees it
+            p.mul_(1.5)
+        step(x)
+        assert step.captures == 1
+        layer.quantize(group_size=16)  # new tensors: the old graph would read freed memory
+        torch.testing.assert_close(step(x).hidden_states, layer(x).hidden_states)
+        assert step.captures == 2
+        fresh = {k: v.clone() for k, v in layer.state_dict().items()}
+        layer.load_state_dict(fresh, assign=True)
+        step(x)
+        assert step.captures == 3

@@ -136,6 +136,12 @@ class GraphedLayer:
     The returned `MoEOutput.hidden_states` is a fresh tensor; its other fields (routing, counts,
     aux loss) are the graph's static buffers, overwritten by the next replay of that shape.
 
+    A graph reads the weights at the addresses it was captured with. In-place updates
+    (`load_state_dict`, an optimizer step) are seen; a change that replaces tensors
+    (`layer.quantize()`, `layer.to(...)`, `load_state_dict(assign=True)`, a new routed-expert
+    list) is detected on the next call (router, shared expert, buffers and the first and last
+    routed experts are checked) and every graph is dropped and captured again.
+
     Args:
         layer: the layer; its backend is used as set (`layer.set_backend(...)`).
         max_tokens: inputs with more tokens run eagerly.
@@ -150,8 +156,25 @@ class GraphedLayer:
                                                             torch.Tensor, object]] = OrderedDict()
         self._uncapturable: set[tuple[object, ...]] = set()
         self._pool: object | None = None
+        self._weights: tuple[object, ...] | None = None
         self.captures = 0
         self.replays = 0
+
+    def weights_signature(self) -> tuple[object, ...]:
+        """Addresses of the tensors a captured step reads (O(1) in the number of experts)."""
+        from wattmoe.moe.stacked import _anchors
+
+        layer = self.layer
+        experts = layer.experts
+        try:
+            anchors: tuple[object, ...] = _anchors(experts) if len(experts) else ()
+        except AttributeError:
+            anchors = tuple(id(e) for e in experts)
+        others = [m for n, m in layer.named_children() if n != "experts"]
+        tensors = [t for m in others for t in (*m.parameters(), *m.buffers())]
+        tensors += list(layer.buffers(recurse=False))
+        return (id(experts), len(experts), anchors,
+                tuple((t.data_ptr(), t.dtype, t.device) for t in tensors))
 
     def capturable(self, x: torch.Tensor) -> bool:
         """True if a step on `x` can be captured (see the class docstring)."""
@@ -169,6 +192,13 @@ class GraphedLayer:
     def __call__(self, x: torch.Tensor):  # -> MoEOutput
         if not self.capturable(x):
             return self.layer(x)
+        sig = self.weights_signature()
+        if sig != self._weights:
+            if self._weights is not None:
+                log.info("layer weights were replaced: dropping %d captured step graph(s)",
+                         len(self._graphs))
+            self.clear()
+            self._weights = sig
         key = (tuple(x.shape), x.dtype, x.device, self.layer.backend_name,
                torch.is_inference_mode_enabled())
         if key in self._uncapturable:
@@ -185,6 +215,11 @@ class GraphedLayer:
         graph.replay()
         self.replays += 1
         return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
+
+    def clear(self) -> None:
+        """Drops every captured graph."""
+        self._graphs.clear()
+        self._uncapturable.clear()
 
     def _capture(self, key: tuple[object, ...], x: torch.Tensor):
         sx = x.clone()
