@@ -155,3 +155,38 @@ def test_cost_eval_rejects_a_nan_split(profile: Path, capsys) -> None:
     assert main(["cost-eval", "--profile", str(profile), "--measured", str(profile),
                  "--split-latency", "nan"]) == 2
     assert "--split-latency must be a positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--devices", "cuda:99"], "cuda:99"),
+        (["--max-memory-gb", "nan"], "max_memory_bytes must be a finite number > 0"),
+        (["--max-memory-gb", "-1"], "max_memory_bytes must be a finite number > 0"),
+        (["--deadline", "nan"], "deadline_s must be a finite number >= 0"),
+        (["--out", "{blocker}/sub/p.json"], "cannot write sweep log"),
+    ],
+)
+def test_bad_profile_options_print_one_line(tmp_path: Path, capsys, args, message) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = [a.replace("{blocker}", str(blocker)) for a in args]
+    base = ["profile", "--shapes", "tiny", "--ops", "expert", "--dtypes", "fp32", "--tokens",
+            "1", "--reps", "2", "--cpu-window", "0.02", "--cooldown-max", "0",
+            "--no-torch-profiler", "--out", str(tmp_path / "p.json")]
+    assert main([*base, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_a_missing_cuda_device_is_refused_before_the_sweep(monkeypatch) -> None:
+    import torch
+
+    from wattmoe.cost_model import CostModelError
+    from wattmoe.cost_model.scenarios import SweepConfig, build_sweep
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CostModelError, match="torch sees 0 CUDA device"):
+        build_sweep(SweepConfig(shapes=("tiny",), dtypes=("fp32",), devices=("cuda:0",),
+                                ops=("expert",), tokens=(1,)))

@@ -118,6 +118,9 @@ class ProfilerConfig:
                 raise CostModelError(f"profiler {name} must be >= 0, got {getattr(self, name)}")
         if self.min_window_s is not None and not self.min_window_s > 0:
             raise CostModelError(f"min_window_s must be > 0, got {self.min_window_s}")
+        if self.deadline_s is not None and not (math.isfinite(self.deadline_s)
+                                                and self.deadline_s >= 0):
+            raise CostModelError(f"deadline_s must be a finite number >= 0, got {self.deadline_s}")
 
 
 @dataclass
@@ -163,8 +166,12 @@ class JsonlWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.path.open("a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise CostModelError(
+                f"cannot write sweep log {str(self.path)!r}: {exc.strerror or exc}") from None
 
     def write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record) + "\n")

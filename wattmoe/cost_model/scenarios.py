@@ -159,10 +159,31 @@ class SweepConfig:
         for dev in self.devices:
             if dev != "cpu" and not (dev.startswith("cuda:") and dev[5:].isdigit()):
                 raise CostModelError(f"unknown device {dev!r}; use 'cpu' or 'cuda:N'")
+        if not (isinstance(self.max_memory_bytes, int | float)
+                and math.isfinite(self.max_memory_bytes) and self.max_memory_bytes > 0):
+            raise CostModelError(f"max_memory_bytes must be a finite number > 0, got "
+                                 f"{self.max_memory_bytes!r}")
+
+
+def check_devices_present(devices: tuple[str, ...]) -> None:
+    """Raises CostModelError for a 'cuda:N' this process cannot use (no CUDA, or N too big)."""
+    for dev in devices:
+        if not dev.startswith("cuda:"):
+            continue
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(dev[5:]) >= n:
+            raise CostModelError(
+                f"device {dev!r} is not available here: torch sees {n} CUDA device(s)"
+                + ("" if n else " (no CUDA: a CPU-only torch build or no GPU)"))
 
 
 def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
-    """Expands a sweep into scenarios; returns (scenarios, notes on what was skipped)."""
+    """Expands a sweep into scenarios; returns (scenarios, notes on what was skipped).
+
+    Raises:
+        CostModelError: an unknown shape, or a CUDA device this process cannot use.
+    """
+    check_devices_present(cfg.devices)
     configs = [resolve_shape_spec(s) for s in cfg.shapes]
     out: list[Scenario] = []
     notes: list[str] = []
