@@ -204,3 +204,15 @@ def test_latency_basis(linear_db) -> None:
     assert window.energy_j == median.energy_j
     with pytest.raises(CostModelError, match="latency basis"):
         KernelCostModel(linear_db, latency="mean")
+
+
+def test_a_profiled_size_without_measured_energy_is_not_called_profiled() -> None:
+    import dataclasses
+
+    pts = [synthetic_point("expert", n, SHAPE_A) for n in (1, 4, 16, 64, 256)]
+    pts[2] = dataclasses.replace(pts[2], energy_j=None, measurable=False)
+    model = KernelCostModel(synthetic_db(pts))
+    c = model.get_cost("expert", 16, pts[0].device, pts[0].dtype, shape=SHAPE_A)
+    assert c.method == "interpolated"  # the energy comes from the neighbours, not a window
+    assert model.get_cost("expert", 64, pts[0].device, pts[0].dtype,
+                          shape=SHAPE_A).method == "profiled"

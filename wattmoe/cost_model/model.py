@@ -303,6 +303,10 @@ class KernelCostModel:
             peak = _loglin(n, c.tokens, c.peak_power_w)
             avg = _loglin(n, c.tokens, c.avg_power_w)
             method = "profiled" if n in c.tokens else "interpolated"
+            if method == "profiled" and not np.all(np.isfinite(c.energy_j[c.tokens == n])):
+                # the point's energy window was not measurable: its energy is interpolated
+                # between its neighbours (or predicted below), not looked up
+                method = "interpolated"
             if not math.isfinite(en):
                 en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
                 en = float("nan") if en_m is None else en_m
