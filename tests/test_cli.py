@@ -30,6 +30,23 @@ def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "tokens/s" in capsys.readouterr().out
 
 
+def test_error_text_in_brackets_is_printed_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
+    from wattmoe.cli import command
+    from wattmoe.errors import ConfigError
+
+    @command("_raise-brackets", "test only")
+    def _raise(args):  # pragma: no cover - called through main
+        raise ConfigError("loads must be a [layers, experts] matrix")
+
+    try:
+        assert main(["_raise-brackets"]) == 2
+    finally:
+        import wattmoe.cli as cli
+
+        cli._COMMANDS[:] = [c for c in cli._COMMANDS if c[0] != "_raise-brackets"]
+    assert "loads must be a [layers, experts] matrix" in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_without_traceback() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "wattmoe.cli", "demo", "--preset", "nope", "--steps", "1"],

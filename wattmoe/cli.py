@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wattmoe.errors import WattmoeError
@@ -160,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except WattmoeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # escape: messages quote shapes like [layers, experts], which rich would eat as markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

@@ -125,6 +125,17 @@ def test_sweep_writes_jsonl_incrementally_and_resumes(tmp_path: Path, fake_monit
     assert len(saved["points"]) == 6
 
 
+def test_a_new_sweep_keeps_the_previous_jsonl_aside(tmp_path: Path, fake_monitor) -> None:
+    sweep = SweepConfig(shapes=("tiny",), dtypes=("fp32",), ops=("expert",), tokens=(1,))
+    out = tmp_path / "p.json"
+    run_profile(sweep, ProfilerConfig(**FAST), fake_monitor, out)
+    first = out.with_suffix(".jsonl").read_text()
+    run_profile(sweep, ProfilerConfig(**FAST), fake_monitor, out)  # no --resume
+    kept = list(tmp_path.glob("p.jsonl.*.bak"))
+    assert len(kept) == 1 and kept[0].read_text() == first
+    assert len(read_jsonl(out.with_suffix(".jsonl")).points) == 1
+
+
 def test_a_failing_scenario_is_recorded_and_the_sweep_goes_on(tmp_path: Path, fake_monitor,
                                                               monkeypatch) -> None:
     real = scenarios_mod.build_runner

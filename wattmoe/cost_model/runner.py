@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -52,7 +53,10 @@ def run_profile(
         on_start(len(scenarios))
     jsonl = jsonl_path_for(out)
     if jsonl.exists() and not resume:
-        jsonl.unlink()
+        # never delete what an earlier (maybe interrupted) sweep measured: keep it aside
+        kept = jsonl.with_name(f"{jsonl.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
+        jsonl.replace(kept)
+        log.warning("%s exists and --resume was not given: moved it to %s", jsonl, kept.name)
     prov = provenance(command)
     w = JsonlWriter(jsonl)
     w.write({"record": "run", "command": prov["command"], "commit": prov["commit"],
