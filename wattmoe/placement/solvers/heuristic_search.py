@@ -1,0 +1,249 @@
+"""The heuristic's local search.
+
+Best-improvement moves (one replica to another device), swaps (two replicas on different
+devices trade places) and, on full devices, cross-layer exchanges (a slot moves to the layer
+that gains most), one per layer per pass; and the random kicks of the iterated local search.
+
+Steps are scored by the change of their layer's cost plus the state's tie-break (see
+`HeuristicState`), from each layer's top 3 device times and tokens, so that a candidate's
+new maximum needs no pass over the layer.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from wattmoe.placement.solvers.heuristic_state import HeuristicState, best_per_layer
+
+
+def _top3(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices [L, 3] and values [L, 3] of each row's three largest entries (padded)."""
+    L, D = M.shape
+    idx = np.argsort(-M, axis=1, kind="stable")[:, :3]
+    if D < 3:
+        idx = np.concatenate([idx, np.full((L, 3 - D), -1)], axis=1)
+    vals = np.where(idx >= 0, np.take_along_axis(M, np.maximum(idx, 0), axis=1), 0.0)
+    return idx, vals
+
+
+def _max_excl_rows(idx: np.ndarray, vals: np.ndarray, a: np.ndarray,
+                   b: np.ndarray) -> np.ndarray:
+    """Per candidate row (top-3 `idx`, `vals` [K, 3]): the largest entry of the row other
+    than devices a [K, 1] and b [K or 1, X], from its top 3; shape [K, X]."""
+    i1, i2 = idx[:, 0:1], idx[:, 1:2]
+    return np.where((i1 != a) & (i1 != b), vals[:, 0:1],
+                    np.where((i2 != a) & (i2 != b), vals[:, 1:2], vals[:, 2:3]))
+
+
+def _critical(st: HeuristicState, k: int) -> np.ndarray:
+    """[L, D] mask of each layer's k most critical devices per active objective term."""
+    crit = np.zeros((st.L, st.D), dtype=bool)
+    k = min(k, st.D)
+    terms = []
+    if st.alpha > 0:
+        terms.append(st.T)
+    if st.use_tok:
+        terms.append(st.tok)
+    if st.a > 0:
+        terms.append(st.dyn)
+    for M in terms:
+        if k < st.D:
+            top = np.argpartition(-M, k - 1, axis=1)[:, :k]
+            np.put_along_axis(crit, top, True, axis=1)
+        else:
+            crit[:] = True
+    return crit
+
+
+def _replicas_on(st: HeuristicState, mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """(layer, expert, device) of every replica on the (layer, device) pairs of `mask`
+    (all replicas if None), without scanning the whole [L, E, D] array."""
+    if mask is None:
+        return np.nonzero(st.N)
+    pl, pd = np.nonzero(mask)
+    p, e = np.nonzero(st.N[pl, :, pd])
+    return pl[p], e, pd[p]
+
+
+def _pair_delta(st: HeuristicState, cl: np.ndarray, a: np.ndarray, b: np.ndarray,
+                t_a: np.ndarray, t_b: np.ndarray, k_a: np.ndarray | None,
+                k_b: np.ndarray | None, ddyn: np.ndarray | None) -> np.ndarray:
+    """Score change when only devices a [K, 1] and b [K, X] of layer cl [K] change, to
+    times t_a, t_b and tokens k_a, k_b."""
+    idx, vals = _top3(st.T)
+    m = _max_excl_rows(idx[cl], vals[cl], a, b)
+    lam = vals[cl, 0][:, None]
+    old_a = np.take_along_axis(st.T[cl], a, axis=1)
+    old_b = st.T[cl[:, None], b]
+    delta = st.alpha * (np.maximum(m, np.maximum(t_a, t_b)) - lam)
+    delta += st.qT * (t_a ** 2 + t_b ** 2 - old_a ** 2 - old_b ** 2)
+    if ddyn is not None:
+        delta += st.a * ddyn
+    if st.use_tok and k_a is not None and k_b is not None:
+        kidx, kvals = _top3(st.tok)
+        mk = _max_excl_rows(kidx[cl], kvals[cl], a, b)
+        ko_a = np.take_along_axis(st.tok[cl], a, axis=1)
+        ko_b = st.tok[cl[:, None], b]
+        cc, qq = st.c[cl][:, None], st.qK[cl][:, None]
+        delta += cc * (np.maximum(mk, np.maximum(k_a, k_b)) - kvals[cl, 0][:, None])
+        delta += qq * (k_a ** 2 + k_b ** 2 - ko_a ** 2 - ko_b ** 2)
+    return delta
+
+
+def _move_deltas(st: HeuristicState, cl: np.ndarray, ce_: np.ndarray,
+                 ca: np.ndarray) -> np.ndarray:
+    """[K, D] score change of moving replica (cl, ce_) from device ca to each device
+    (inf where the expert is already, or the device is not allowed; memory unchecked)."""
+    K, D = len(cl), st.D
+    ks = np.arange(K)
+    A = ca[:, None]
+    B = np.broadcast_to(np.arange(D)[None, :], (K, D))
+    ct_row = st.ct[cl, ce_]
+    t_a = (st.T[cl, ca] - ct_row[ks, ca] - (st.n[cl, ca] == 1) * st.lat0[ca])[:, None]
+    t_a = np.maximum(t_a, 0.0)
+    t_b = st.T[cl] + ct_row + (st.n[cl] == 0) * st.lat0
+    k_a = k_b = ddyn = None
+    if st.use_tok:
+        yk = st.y[cl, ce_]
+        k_a = (st.tok[cl, ca] - yk)[:, None]
+        k_b = st.tok[cl] + yk[:, None]
+    if st.a > 0:
+        ce_row = st.ce[cl, ce_]
+        ddyn = ce_row - ce_row[ks, ca][:, None]
+    delta = _pair_delta(st, cl, A, B, t_a, t_b, k_a, k_b, ddyn)
+    return np.where(~st.N[cl, ce_] & st.allowed, delta, np.inf)
+
+
+def move_pass(st: HeuristicState, full: bool) -> bool:
+    """Moves at most one replica per layer to the device where that helps most."""
+    cl, ce_, ca = _replicas_on(st, None if full else _critical(st, 2))
+    if not len(cl):
+        return False
+    delta = np.where(st.free > 0, _move_deltas(st, cl, ce_, ca), np.inf)
+    best_d = np.argmin(delta, axis=1)
+    best_v = delta[np.arange(len(cl)), best_d]
+    changed = False
+    for i in best_per_layer(cl, best_v):
+        if best_v[i] < -st.tol:
+            changed |= st.move(int(cl[i]), int(ce_[i]), int(ca[i]), int(best_d[i]))
+    return changed
+
+
+def swap_pass(st: HeuristicState, full: bool) -> bool:
+    """Swaps at most one pair of replicas per layer (on different devices)."""
+    if st.D < 2 or st.E < 2:
+        return False
+    cl, e1, a = _replicas_on(st, None if full else _critical(st, 1))
+    if not len(cl):
+        return False
+    # Every replica of each layer, padded to [L, R].
+    pl, pe, pd = np.nonzero(st.N)
+    per_layer = np.bincount(pl, minlength=st.L)
+    R = int(per_layer.max())
+    start = np.concatenate([[0], np.cumsum(per_layer)[:-1]])
+    slot = np.arange(len(pl)) - start[pl]
+    PE = np.zeros((st.L, R), dtype=np.int64)
+    PD = np.full((st.L, R), -1, dtype=np.int64)
+    PE[pl, slot] = pe
+    PD[pl, slot] = pd
+    e2, b = PE[cl], PD[cl]  # [K, R]
+    A, E1, Lc = a[:, None], e1[:, None], cl[:, None]
+    bb = np.maximum(b, 0)
+    valid = (b >= 0) & (b != A) & ~st.N[Lc, E1, bb] & ~st.N[Lc, e2, A]
+    if not valid.any():
+        return False
+    ct, ce = st.ct, st.ce
+    t_a = st.T[cl, a][:, None] - ct[cl, e1, a][:, None] + ct[Lc, e2, A]
+    t_b = st.T[Lc, bb] - ct[Lc, e2, bb] + ct[Lc, E1, bb]
+    k_a = k_b = ddyn = None
+    if st.use_tok:
+        y1, y2 = st.y[cl, e1][:, None], st.y[Lc, e2]
+        k_a = st.tok[cl, a][:, None] - y1 + y2
+        k_b = st.tok[Lc, bb] - y2 + y1
+    if st.a > 0:
+        ddyn = ce[Lc, E1, bb] + ce[Lc, e2, A] - ce[cl, e1, a][:, None] - ce[Lc, e2, bb]
+    delta = _pair_delta(st, cl, A, bb, t_a, t_b, k_a, k_b, ddyn)
+    delta = np.where(valid, delta, np.inf)
+    best_j = np.argmin(delta, axis=1)
+    best_v = delta[np.arange(len(cl)), best_j]
+    changed = False
+    for i in best_per_layer(cl, best_v):
+        if best_v[i] < -st.tol:
+            layer, j = int(cl[i]), int(best_j[i])
+            x1, x2, da, db = int(e1[i]), int(e2[i, j]), int(a[i]), int(b[i, j])
+            if not st.N[layer, x1, db] and not st.N[layer, x2, da]:
+                st.swap(layer, x1, da, x2, db)
+                changed = True
+    return changed
+
+
+def exchange_pass(st: HeuristicState, full: bool) -> bool:
+    """For each full device d: the best move into d in one layer paired with the cheapest
+    move out of d in another, so that d's slots go to the layers that gain most (moves
+    and swaps keep each layer's count on d fixed once d is full)."""
+    full_devices = np.flatnonzero(st.allowed & (st.free <= 0))
+    if not len(full_devices) or st.L < 2 or st.D < 2:
+        return False
+    mask = None if full else (_critical(st, 2) | np.isin(
+        np.arange(st.D), full_devices)[None, :])
+    cl, ce_, ca = _replicas_on(st, mask)
+    if not len(cl):
+        return False
+    delta = _move_deltas(st, cl, ce_, ca)
+    for d in full_devices:
+        into = np.where(ca != d, delta[:, d], np.inf)
+        out = np.where((ca == d)[:, None] & (st.free > 0)[None, :]
+                       & (np.arange(st.D) != d)[None, :], delta, np.inf)
+        out_d = np.argmin(out, axis=1)
+        out_v = out[np.arange(len(cl)), out_d]
+        best_in = best_per_layer(cl, into)
+        best_out = best_per_layer(cl, out_v)
+        i = best_in[np.argmin(into[best_in])]
+        outs = best_out[np.argsort(out_v[best_out], kind="stable")[:2]]
+        j = next((o for o in outs if cl[o] != cl[i]), None)
+        if j is None or not into[i] + out_v[j] < -st.tol:
+            continue
+        # Out first (frees a slot on d), then in; different layers, so both deltas hold.
+        # One exchange per pass: the candidate arrays are stale after it.
+        if st.move(int(cl[j]), int(ce_[j]), int(d), int(out_d[j])):
+            if st.move(int(cl[i]), int(ce_[i]), int(ca[i]), int(d)):
+                return True
+            st.move(int(cl[j]), int(ce_[j]), int(out_d[j]), int(d))  # pragma: no cover
+    return False
+
+
+def kick(st: HeuristicState, rng: np.random.Generator, moves: int) -> None:
+    """Perturbs the assignment by `moves` random moves (or swaps where memory is full)."""
+    for _ in range(moves):
+        reps = np.argwhere(st.N)
+        layer, e, a = (int(v) for v in reps[rng.integers(len(reps))])
+        targets = np.flatnonzero(st.allowed & (st.free > 0) & ~st.N[layer, e])
+        if len(targets):
+            st.move(layer, e, a, int(rng.choice(targets)))
+            continue
+        others = np.argwhere(st.N[layer] & ~st.N[layer, e][None, :])
+        others = others[~st.N[layer, others[:, 0], a]] if len(others) else others
+        if len(others):
+            e2, b = (int(v) for v in others[rng.integers(len(others))])
+            st.swap(layer, e, a, e2, b)
+
+
+def local_search(st: HeuristicState, limit: int, max_passes: int, deadline: float | None) -> bool:
+    """Moves until none helps, then one pass of swaps (costlier), then cross-layer
+    exchanges on full devices, and again; the full neighborhood when it has at most
+    `limit` candidates, critical devices otherwise."""
+    changed = False
+    for _ in range(max_passes):
+        replicas = int(st.n.sum())
+        full_moves = replicas * st.D <= limit
+        full_swaps = replicas * int(st.n.sum(axis=1).max()) <= limit
+        if move_pass(st, full_moves) or swap_pass(st, full_swaps) \
+                or exchange_pass(st, full_moves):
+            changed = True
+        else:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return changed
