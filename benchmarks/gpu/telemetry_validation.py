@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import math
 import os
 import statistics
 import sys
@@ -415,7 +414,7 @@ def main() -> int:
         if len(polls) > 50_000:  # a simulated counter changes on every poll: keep a sample
             polls = polls[:50_000]
         wr2.writerows(polls)
-    write_json(out / "summary.json", _clean(summary))
+    write_json(out / "summary.json", summary)  # NaN/inf -> null
 
     drift = summary["reference"]["drift"]  # type: ignore[index]
     print(f"reference: {ref_w:.1f} W over {ref_time:.1f} s (drift {drift:+.2%})")
@@ -433,16 +432,6 @@ def main() -> int:
 
 def _pct(v: object) -> str:
     return "-" if v is None else f"{v:.2%}"  # type: ignore[str-format]
-
-
-def _clean(o: object) -> object:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_clean(v) for v in o]
-    return o
 
 
 if __name__ == "__main__":

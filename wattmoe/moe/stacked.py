@@ -112,8 +112,13 @@ def _dequant_stack(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> torc
     )
 
 
-def _projections(expert: nn.Module) -> tuple[nn.Module | None, nn.Module, nn.Module]:
-    return expert.gate_proj, expert.up_proj, expert.down_proj  # type: ignore[return-value]
+def _gate_up_rows(expert: nn.Module, f: int) -> list[tuple[nn.Module, slice]]:
+    """The expert's up (and gate) projections with their rows in the stacked [2F | F, H]
+    block: gate in rows 0..F, up in F..2F for SwiGLU; up in 0..F otherwise."""
+    gate, up = expert.gate_proj, expert.up_proj  # type: ignore[attr-defined]
+    if gate is None:
+        return [(up, slice(0, f))]
+    return [(up, slice(f, 2 * f)), (gate, slice(0, f))]
 
 
 def _anchors(experts: Sequence[nn.Module]) -> tuple[int, int]:
@@ -147,18 +152,14 @@ def _matches(st: ExpertStack, experts: Sequence[nn.Module], verify: bool) -> boo
 def _all_views(st: ExpertStack, experts: Sequence[nn.Module]) -> bool:
     f = st.inner_size
     for e, ex in enumerate(experts):
-        gate, up, down = _projections(ex)
         if st.quantized:
             assert st.q13 is not None and st.q2 is not None
-            want = [(up.packed, st.q13[e, f:] if st.gated else st.q13[e]), (down.packed, st.q2[e])]
-            if st.gated:
-                want.append((gate.packed, st.q13[e, :f]))  # type: ignore[union-attr]
+            want = [(lin.packed, st.q13[e, sl]) for lin, sl in _gate_up_rows(ex, f)]
+            want.append((ex.down_proj.packed, st.q2[e]))
         else:
             assert st.w13 is not None and st.w2 is not None
-            want = [(up.weight, st.w13[e, f:] if st.gated else st.w13[e]),
-                    (down.weight, st.w2[e])]
-            if st.gated:
-                want.append((gate.weight, st.w13[e, :f]))  # type: ignore[union-attr]
+            want = [(lin.weight, st.w13[e, sl]) for lin, sl in _gate_up_rows(ex, f)]
+            want.append((ex.down_proj.weight, st.w2[e]))
         if any(a.data_ptr() != b.data_ptr() for a, b in want):
             return False
     return True
@@ -195,11 +196,8 @@ def _build(experts: Sequence[nn.Module]) -> ExpertStack:
             st.q2 = torch.empty(n, h, f // 2, dtype=torch.uint8, device=dev)
             st.s2 = torch.empty(n, h, f // g, dtype=torch.float16, device=dev)
             for e, ex in enumerate(experts):
-                gate, up, down = _projections(ex)
-                parts = [(up, slice(f, 2 * f) if gated else slice(0, f))]
-                if gated:
-                    parts.append((gate, slice(0, f)))
-                for lin, sl in parts:
+                down = ex.down_proj
+                for lin, sl in _gate_up_rows(ex, f):
                     st.q13[e, sl].copy_(lin.packed)
                     st.s13[e, sl].copy_(lin.scales)
                     lin.packed, lin.scales = st.q13[e, sl], st.s13[e, sl]
@@ -211,11 +209,8 @@ def _build(experts: Sequence[nn.Module]) -> ExpertStack:
             st.w13 = torch.empty(n, rows, h, dtype=w.dtype, device=w.device)
             st.w2 = torch.empty(n, h, f, dtype=w.dtype, device=w.device)
             for e, ex in enumerate(experts):
-                gate, up, down = _projections(ex)
-                parts = [(up, slice(f, 2 * f) if gated else slice(0, f))]
-                if gated:
-                    parts.append((gate, slice(0, f)))
-                for lin, sl in parts:
+                down = ex.down_proj
+                for lin, sl in _gate_up_rows(ex, f):
                     st.w13[e, sl].copy_(lin.weight)
                     lin.weight.data = st.w13[e, sl]
                 st.w2[e].copy_(down.weight)
