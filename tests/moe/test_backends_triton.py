@@ -21,6 +21,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from wattmoe.errors import ConfigError
 from wattmoe.moe import Expert, QuantizedExpert, quantize_expert
 from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.backends import get_backend
@@ -48,7 +49,7 @@ def run(ex: list, x: torch.Tensor, d, config: str) -> torch.Tensor:
     return ft.fused_forward(stacked_experts(ex), x, d, config)
 
 
-@pytest.mark.parametrize("config", ["m16", "m32", "m64"])
+@pytest.mark.parametrize("config", ["m16", "m32", "m64", "w64t16", "w64t32"])
 @pytest.mark.parametrize("form", ["swiglu", "relu"])
 @pytest.mark.parametrize("kind", ["uniform", "skewed", "hot", "capacity"])
 def test_fused_fp32_matches_loop(config: str, form: str, kind: str,
@@ -80,12 +81,14 @@ def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator) -> None:
         assert rel_err(run(ex, x, d, "m32"), get_backend("loop")(ex, x, d)) < 2e-2
 
 
-@pytest.mark.parametrize(("group", "config"), [(32, "m16"), (16, "m16"), (64, "m32")])
+@pytest.mark.parametrize(("group", "config"),
+                         [(32, "w64t16"), (16, "w64t16"), (64, "w64t32"), (64, "w64t16k128")])
 @pytest.mark.parametrize("form", ["swiglu", "relu"])
 def test_fused_int4_dequantizes_in_the_gemm(group: int, config: str, form: str,
                                             gen: torch.Generator) -> None:
-    # group 32/64 with K tiles <= group: one scale per tile row; group 16 < K tile of 64: a
-    # scale per element. fp32 compute: exact against loop, which dequantizes separately.
+    # K tiles shrink to divide the group and K/2 (group 16: tiles of 16 packed columns; group
+    # 64 with K tiles of 128: 64 for gate/up, 32 for down (F=64, K/2=32). fp32
+    # compute: exact against loop, which dequantizes separately.
     qx = [quantize_expert(e, group_size=group) for e in experts(8, 128, 64, form)]
     assert isinstance(qx[0], QuantizedExpert)
     d = make_dispatch("skewed", 29, 8, 2, gen)
@@ -100,7 +103,15 @@ def test_fused_int4_bf16(gen: torch.Generator) -> None:
     x = torch.randn(21, 64, generator=gen).bfloat16()
     d = make_dispatch("uniform", 21, 8, 2, gen)
     with torch.no_grad():
-        assert rel_err(run(qx, x, d, "m16"), get_backend("loop")(qx, x, d)) < 2e-2
+        assert rel_err(run(qx, x, d, "w64t16"), get_backend("loop")(qx, x, d)) < 2e-2
+
+
+def test_fused_unknown_config_is_a_config_error(gen: torch.Generator) -> None:
+    qx = [quantize_expert(e, 32) for e in experts(4, 64, 32)]
+    x = torch.randn(3, 64, generator=gen)
+    d = make_dispatch("uniform", 3, 4, 2, gen)
+    with pytest.raises(ConfigError, match="unknown int4 fused kernel config 'm16'"):
+        run(qx, x, d, "m16")
 
 
 def test_fused_backend_uses_triton_in_interpreter(gen: torch.Generator) -> None:
@@ -111,18 +122,3 @@ def test_fused_backend_uses_triton_in_interpreter(gen: torch.Generator) -> None:
         torch.testing.assert_close(get_backend("fused")(ex, x, d),
                                    get_backend("loop")(ex, x, d), rtol=1e-5, atol=1e-5)
     assert ft._kernel.cache_info().currsize >= 1
-
-
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float16, 5e-3), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("config", ["m16f", "m32f"])
-def test_fused_int4_conversion_free_path(dtype: torch.dtype, tol: float, config: str,
-                                         gen: torch.Generator) -> None:
-    # codes or-ed into the exponent of 128 (bf16) / 1024 (fp16), offset and scale applied to
-    # the partial product: needs K tiles within one scale group (64 <= 64 here)
-    qx = [quantize_expert(e, group_size=64) for e in experts(8, 128, 64, dtype=dtype)]
-    d = make_dispatch("hot", 25, 8, 2, gen)
-    x = torch.randn(25, 128, generator=gen).to(dtype)
-    with torch.no_grad():
-        got = run(qx, x, d, config)
-        assert rel_err(got, get_backend("loop")(qx, x, d)) < tol
-        assert rel_err(got, run(qx, x, d, config.removesuffix("f"))) < tol

@@ -32,7 +32,8 @@ def test_nibble_layout() -> None:
     w = torch.zeros(1, 4)
     w[0] = torch.tensor([7.0, -7.0, 1.0, 0.0])  # codes +8: 15, 1, 9, 8
     packed, _ = quantize_int4(w, group_size=4)
-    assert packed.tolist() == [[15 | (1 << 4), 9 | (8 << 4)]]
+    # half-split: byte j holds column j (low nibble) and column j + in/2 (high nibble)
+    assert packed.tolist() == [[15 | (9 << 4), 1 | (8 << 4)]]
 
 
 @pytest.mark.parametrize("form", ["swiglu", "relu"])

@@ -1,50 +1,72 @@
-"""The Triton kernel of the `fused` backend (see `fused_triton` for what it computes).
+"""The Triton kernels of the `fused` backend (see `fused_triton` for what they compute).
 
-Kept as a plain function: `fused_triton` wraps it with `triton.jit` on first use, compiled for
-the GPU or run by Triton's interpreter. Importing this module needs Triton.
+`moe_gemm` and `moe_gemm_wt` are kept as plain functions: `fused_triton` wraps them with
+`triton.jit` on first use, compiled for the GPU or run by Triton's interpreter. The small helper
+below is a `triton.jit` function already (it is called from inside the kernels), so this module
+is imported only once Triton's mode (compiled or interpreted) is settled. Importing it needs
+Triton.
 """
 
 from __future__ import annotations
 
+import triton
 import triton.language as tl
 
 
-def moe_gemm(
-    a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, s_ptr, c_ptr,
-    n_out, k_dim, num_experts, num_pid_m,
-    stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_cm,
-    up_rows,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, BLOCK_E: tl.constexpr, GATHER_A: tl.constexpr,
-    GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr,
-    INT4: tl.constexpr, QGROUP: tl.constexpr, EVEN_K: tl.constexpr,
-    DOT_IEEE: tl.constexpr, DOT_F32: tl.constexpr, FAST_INT4: tl.constexpr,
-    MAGIC_BITS: tl.constexpr, MAGIC_OFF: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    num_pid_n = tl.cdiv(n_out, BLOCK_N)
-    in_group = GROUP_M * num_pid_n
-    first_m = (pid // in_group) * GROUP_M
-    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % group_m
-    pid_n = (pid % in_group) // group_m
+@triton.jit
+def _block_rows(pid_m, cnt_ptr, tok_ptr, num_experts,
+                BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Expert, dispatch rows and their tokens of row-block `pid_m`.
 
-    # The expert of m-block pid_m: blocks are laid out expert after expert.
+    Blocks are laid out expert after expert (ceil(count / BLOCK_M) blocks each) and found from
+    `counts` by a cumulative sum in registers. Returns (valid, expert, rows, row mask, tokens);
+    valid is False for blocks past the last expert's (the grid is an upper bound).
+    """
     e_offs = tl.arange(0, BLOCK_E)
     cnt = tl.load(cnt_ptr + e_offs, mask=e_offs < num_experts, other=0).to(tl.int32)
     nblk = (cnt + BLOCK_M - 1) // BLOCK_M
     cum = tl.cumsum(nblk, 0)
-    if pid_m >= tl.sum(nblk, 0):
-        return
+    valid = pid_m < tl.sum(nblk, 0)
     e = tl.sum((cum <= pid_m).to(tl.int32), 0)
     is_e = e_offs == e
     first_blk = tl.sum(tl.where(is_e, cum - nblk, 0), 0)
     cnt_e = tl.sum(tl.where(is_e, cnt, 0), 0)
     row0 = tl.sum(tl.where(e_offs < e, cnt, 0), 0)
     local = (pid_m - first_blk) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = local < cnt_e
+    rmask = local < cnt_e  # all False past the last block (cnt_e is 0 there)
     rows = (row0 + local).to(tl.int64)
     tok = tl.load(tok_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    return valid, e.to(tl.int64), rows, rmask, tok
+
+
+@triton.jit
+def _swizzle(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) with GROUP_M row-blocks walked together over all column blocks, so
+    that programs running side by side share weight tiles in L2."""
+    in_group = GROUP_M * num_pid_n
+    first_m = (pid // in_group) * GROUP_M
+    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % group_m
+    pid_n = (pid % in_group) // group_m
+    return pid_m, pid_n
+
+
+def moe_gemm(
+    a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, c_ptr,
+    n_out, k_dim, num_experts, num_pid_m,
+    stride_am, stride_we, stride_wn, stride_cm,
+    up_rows,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, BLOCK_E: tl.constexpr, GATHER_A: tl.constexpr,
+    GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    """Tokens x weights^T: a [BLOCK_M tokens, BLOCK_N outputs] tile per program (dense)."""
+    pid_m, pid_n = _swizzle(tl.program_id(0), num_pid_m, tl.cdiv(n_out, BLOCK_N), GROUP_M)
+    valid, e, rows, rmask, tok = _block_rows(pid_m, cnt_ptr, tok_ptr, num_experts,
+                                             BLOCK_M, BLOCK_E)
+    if not valid:
+        return
     if GATHER_A:
         a_rows = tok
     else:
@@ -53,96 +75,40 @@ def moe_gemm(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     wn = (offs_n % n_out).to(tl.int64)  # wrapped, so weight loads need no mask
     offs_k = tl.arange(0, BLOCK_K)
-    e64 = e.to(tl.int64)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
-    if INT4:
-        # packed rows [BLOCK_N, BLOCK_K // 2] as stored (bytes contiguous along k: wide loads)
-        w_ptrs = (w_ptr + e64 * stride_we + wn[:, None] * stride_wn
-                  + tl.arange(0, BLOCK_K // 2)[None, :])
-        s_ptrs = s_ptr + e64 * stride_se + wn[:, None] * stride_sn
-        s_row = s_ptr + e64 * stride_se + wn * stride_sn
-    else:
-        w_ptrs = w_ptr + e64 * stride_we + wn[None, :] * stride_wn + offs_k[:, None]
+    w_ptrs = w_ptr + e * stride_we + wn[None, :] * stride_wn + offs_k[:, None]
     up_w = up_rows * stride_wn
-    up_s = up_rows * stride_sn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k_dim, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
+            b = tl.load(w_ptrs)
         else:
             kmask = offs_k < k_dim - k0
             a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
-        if FAST_INT4:
-            # codes c become MAGIC_BITS | c = (MAGIC_OFF - 8) + c exactly in the compute dtype
-            # (no int->float conversion); the offset and the tile's one scale per column are
-            # applied to the [BLOCK_M, BLOCK_N] partial product instead of every weight.
-            rs = tl.sum(a.to(tl.float32), axis=1)[:, None] * MAGIC_OFF
-            sc = tl.load(s_row + k0 // QGROUP).to(tl.float32)[None, :]
-            p = tl.load(w_ptrs)
-            q = tl.interleave((p & 0xF).to(tl.uint16) | MAGIC_BITS,
-                              (p >> 4).to(tl.uint16) | MAGIC_BITS)
-            b = tl.trans(q.to(a_ptr.dtype.element_ty, bitcast=True))
+            b = tl.load(w_ptrs, mask=kmask[:, None], other=0.0)
+        if DOT_F32:  # Triton's interpreter multiplies bf16 wrongly: give it fp32
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if DOT_IEEE:
+            acc = tl.dot(a, b, acc=acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc=acc)
+        if GATED:
+            if EVEN_K:
+                b_u = tl.load(w_ptrs + up_w)
+            else:
+                b_u = tl.load(w_ptrs + up_w, mask=kmask[:, None], other=0.0)
             if DOT_F32:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc += (tl.dot(a, b) - rs) * sc
-            if GATED:
-                sc_u = tl.load(s_row + up_s + k0 // QGROUP).to(tl.float32)[None, :]
-                p_u = tl.load(w_ptrs + up_w)
-                q_u = tl.interleave((p_u & 0xF).to(tl.uint16) | MAGIC_BITS,
-                                    (p_u >> 4).to(tl.uint16) | MAGIC_BITS)
-                b_u = tl.trans(q_u.to(a_ptr.dtype.element_ty, bitcast=True))
-                if DOT_F32:
-                    b_u = b_u.to(tl.float32)
-                acc_up += (tl.dot(a, b_u) - rs) * sc_u
-        else:
-            if INT4:
-                if BLOCK_K <= QGROUP:
-                    sc = tl.load(s_ptrs + k0 // QGROUP).to(tl.float32)
-                else:
-                    sc = tl.load(s_ptrs + (k0 + offs_k[None, :]) // QGROUP).to(tl.float32)
-                p = tl.load(w_ptrs)
-                q = tl.interleave(p & 0xF, p >> 4)  # column 2j: low nibble, 2j+1: high
-                b = tl.trans(((q.to(tl.float32) - 8.0) * sc).to(a_ptr.dtype.element_ty))
-            elif EVEN_K:
-                b = tl.load(w_ptrs)
-            else:
-                b = tl.load(w_ptrs, mask=kmask[:, None], other=0.0)
-            if DOT_F32:  # Triton's interpreter multiplies bf16 wrongly: give it fp32
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
+                b_u = b_u.to(tl.float32)
             if DOT_IEEE:
-                acc = tl.dot(a, b, acc=acc, input_precision="ieee")
+                acc_up = tl.dot(a, b_u, acc=acc_up, input_precision="ieee")
             else:
-                acc = tl.dot(a, b, acc=acc)
-            if GATED:
-                if INT4:
-                    if BLOCK_K <= QGROUP:
-                        sc_u = tl.load(s_ptrs + up_s + k0 // QGROUP).to(tl.float32)
-                    else:
-                        sc_u = tl.load(s_ptrs + up_s + (k0 + offs_k[None, :]) // QGROUP)
-                        sc_u = sc_u.to(tl.float32)
-                    p_u = tl.load(w_ptrs + up_w)
-                    q_u = tl.interleave(p_u & 0xF, p_u >> 4)
-                    b_u = tl.trans(((q_u.to(tl.float32) - 8.0) * sc_u).to(
-                        a_ptr.dtype.element_ty))
-                elif EVEN_K:
-                    b_u = tl.load(w_ptrs + up_w)
-                else:
-                    b_u = tl.load(w_ptrs + up_w, mask=kmask[:, None], other=0.0)
-                if DOT_F32:
-                    b_u = b_u.to(tl.float32)
-                if DOT_IEEE:
-                    acc_up = tl.dot(a, b_u, acc=acc_up, input_precision="ieee")
-                else:
-                    acc_up = tl.dot(a, b_u, acc=acc_up)
+                acc_up = tl.dot(a, b_u, acc=acc_up)
         a_ptrs += BLOCK_K
-        if INT4:
-            w_ptrs += BLOCK_K // 2
-        else:
-            w_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
 
     if ACT == 1:
         acc = acc / (1.0 + tl.exp(-acc)) * acc_up
@@ -157,3 +123,122 @@ def moe_gemm(
     else:
         c_ptrs = c_ptr + rows[:, None] * stride_cm + offs_n[None, :]
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
+
+
+def moe_gemm_wt(
+    a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, s_ptr, c_ptr,
+    n_out, k_dim, num_experts, num_pid_t,
+    stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_cm,
+    up_rows,
+    BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_T: tl.constexpr, BLOCK_E: tl.constexpr, GATHER_A: tl.constexpr,
+    GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
+    QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
+
+    The weight tile is the MMA's first operand, so an int4 tile is dequantized in registers
+    and fed to the tensor cores from there (no shared-memory round trip). int4 weights use the
+    half-split packing of `wattmoe.moe.quant`: byte j of a row holds columns j and j + K/2, so a
+    K step over packed column block [j0, j0 + BLOCK_K) yields two dequantized tiles, for the
+    activations' columns j0.. and K/2 + j0.., by a mask and a shift (elementwise). Each tile lies
+    in one quantization group (BLOCK_K divides QGROUP and K/2): one scale per row and tile.
+    """
+    pid_t, pid_f = _swizzle(tl.program_id(0), num_pid_t, tl.cdiv(n_out, BLOCK_F), GROUP_T)
+    valid, e, rows, rmask, tok = _block_rows(pid_t, cnt_ptr, tok_ptr, num_experts,
+                                             BLOCK_T, BLOCK_E)
+    if not valid:
+        return
+    if GATHER_A:
+        a_rows = tok
+    else:
+        a_rows = rows
+    if DOT_F32:
+        cdt = tl.float32
+    else:
+        cdt = a_ptr.dtype.element_ty
+
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    wf = (offs_f % n_out).to(tl.int64)  # wrapped, so weight loads need no mask
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
+    w_ptrs = w_ptr + e * stride_we + wf[:, None] * stride_wn + offs_k[None, :]
+    up_w = up_rows * stride_wn
+
+    acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
+    if INT4:
+        half = k_dim // 2
+        s_ptrs = s_ptr + e * stride_se + wf * stride_sn
+        up_s = up_rows * stride_sn
+        for k0 in range(0, half, BLOCK_K):
+            x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
+            x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
+            p = tl.load(w_ptrs)
+            s_lo = tl.load(s_ptrs + k0 // QGROUP).to(tl.float32)[:, None]
+            s_hi = tl.load(s_ptrs + (k0 + half) // QGROUP).to(tl.float32)[:, None]
+            w_lo = (((p & 0xF).to(tl.float32) - 8.0) * s_lo).to(cdt)
+            w_hi = (((p >> 4).to(tl.float32) - 8.0) * s_hi).to(cdt)
+            if DOT_IEEE:
+                acc = tl.dot(w_lo, x_lo, acc=acc, input_precision="ieee")
+                acc = tl.dot(w_hi, x_hi, acc=acc, input_precision="ieee")
+            else:
+                acc = tl.dot(w_lo, x_lo, acc=acc)
+                acc = tl.dot(w_hi, x_hi, acc=acc)
+            if GATED:
+                p_u = tl.load(w_ptrs + up_w)
+                su_lo = tl.load(s_ptrs + up_s + k0 // QGROUP).to(tl.float32)[:, None]
+                su_hi = tl.load(s_ptrs + up_s + (k0 + half) // QGROUP).to(tl.float32)[:, None]
+                u_lo = (((p_u & 0xF).to(tl.float32) - 8.0) * su_lo).to(cdt)
+                u_hi = (((p_u >> 4).to(tl.float32) - 8.0) * su_hi).to(cdt)
+                if DOT_IEEE:
+                    acc_up = tl.dot(u_lo, x_lo, acc=acc_up, input_precision="ieee")
+                    acc_up = tl.dot(u_hi, x_hi, acc=acc_up, input_precision="ieee")
+                else:
+                    acc_up = tl.dot(u_lo, x_lo, acc=acc_up)
+                    acc_up = tl.dot(u_hi, x_hi, acc=acc_up)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+    else:
+        for k0 in range(0, k_dim, BLOCK_K):
+            if EVEN_K:
+                x = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
+                w = tl.load(w_ptrs)
+            else:
+                kmask = offs_k < k_dim - k0
+                x = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
+            x = tl.trans(x.to(cdt))
+            w = w.to(cdt)
+            if DOT_IEEE:
+                acc = tl.dot(w, x, acc=acc, input_precision="ieee")
+            else:
+                acc = tl.dot(w, x, acc=acc)
+            if GATED:
+                if EVEN_K:
+                    u = tl.load(w_ptrs + up_w)
+                else:
+                    u = tl.load(w_ptrs + up_w, mask=kmask[None, :], other=0.0)
+                u = u.to(cdt)
+                if DOT_IEEE:
+                    acc_up = tl.dot(u, x, acc=acc_up, input_precision="ieee")
+                else:
+                    acc_up = tl.dot(u, x, acc=acc_up)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+
+    if ACT == 1:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc_up
+    elif ACT == 2:
+        acc = tl.maximum(acc, 0.0)
+    fmask = offs_f < n_out
+    mask = fmask[:, None] & rmask[None, :]
+    if COMBINE:
+        wgt = tl.load(wt_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        acc = acc * wgt[None, :]
+        c_ptrs = c_ptr + tok[None, :] * stride_cm + offs_f[:, None]
+        tl.atomic_add(c_ptrs, acc, mask=mask, sem="relaxed")
+    else:
+        c_ptrs = c_ptr + rows[None, :] * stride_cm + offs_f[:, None]
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)

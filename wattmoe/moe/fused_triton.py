@@ -1,27 +1,30 @@
 """`fused`: the experts of one device in two Triton kernels, bf16/fp16/fp32 or int4 weights.
 
-One kernel, launched twice (plus a zero-fill and a final cast):
+Two launches (plus a zero-fill and a final cast) of one of two kernels:
 
-1. gather + gate/up + activation: each program takes a block of BLOCK_M assignments of one
-   expert (rows of the expert-sorted dispatch, tokens gathered through `token_idx` while loading)
-   and BLOCK_N columns of the inner width; it accumulates x @ gate^T and x @ up^T from one load
-   of x and writes silu(gate) * up (or relu(up)) to h [N, F] in dispatch order.
-2. down + weighted combine: h @ down^T for a block of rows, times the routing weight, added
-   atomically into an fp32 [T, H] output at the rows' tokens (k assignments of a token meet
-   there; the sum is in fp32, its order is not fixed).
+1. gather + gate/up + activation: each program takes a block of assignments of one expert
+   (rows of the expert-sorted dispatch, tokens gathered through `token_idx` while loading) and a
+   block of the inner width; it accumulates the gate and up projections from one load of the
+   activations and writes silu(gate) * up (or relu(up)) to h [N, F] in dispatch order.
+2. down + weighted combine: h times the down projection for a block of rows, times the routing
+   weight, added atomically into an fp32 [T, H] output at the rows' tokens (k assignments of a
+   token meet there; the sum is in fp32, its order is not fixed).
 
-Blocks are laid out expert after expert; every program finds its expert from `counts` (a
-cumulative sum over E in registers), so there is no alignment kernel and no host sync: the grid
-is an upper bound computed from N and E alone, which also makes the path capturable by CUDA
-graphs. Experts with zero tokens get no blocks. Programs are ordered GROUP_M m-blocks at a time
-over the output columns (L2 reuse of weight and activation tiles).
+The two kernels differ in which operand comes first in the MMA:
 
-int4 stacks (`QuantizedExpert`) are dequantized in the weight-load path: each tile is loaded as
-packed bytes as stored ([BLOCK_N, BLOCK_K / 2], column 2j in the low nibble), split and
-interleaved in registers, offset by -8 and scaled by its fp16 group scale before the dot; no bf16
-copy of the weights is ever written to memory. The "...f" candidates instead or the codes into
-the exponent of 128 (bf16) or 1024 (fp16), which is exact, and apply offset and scale to the
-[BLOCK_M, BLOCK_N] partial product of each K tile.
+- `moe_gemm` ("m..." candidates): tokens x weights^T, [BLOCK_M tokens, BLOCK_N outputs] tiles.
+- `moe_gemm_wt` ("w..." candidates, ``swap=True``): weights x tokens^T, [BLOCK_N outputs,
+  BLOCK_M tokens] tiles. Wgmma's first operand may come from registers, so int4 weights are
+  dequantized in registers and go straight into the MMA; all int4 candidates use this kernel.
+  int4 stacks use the half-split packing of `wattmoe.moe.quant` (column j and j + K/2 in one
+  byte): a mask and a shift give two tiles of whole columns, scaled by their fp16 group scale in
+  fp32 and cast to the compute dtype. No dequantized copy of the weights is written to memory.
+
+Blocks are laid out expert after expert; every program finds its expert from `counts` by a
+cumulative sum in registers, so there is no alignment kernel and no host sync: the grid is an
+upper bound computed from N and E alone, which also makes the path capturable by CUDA graphs.
+Experts with zero tokens get no blocks. Programs are ordered GROUP_M token blocks at a time over
+the output columns (L2 reuse of weight and activation tiles).
 
 Where Triton cannot run (no Triton, or CPU tensors without ``TRITON_INTERPRET=1``) the same
 function is computed by `grouped.grouped_forward`.
@@ -86,19 +89,22 @@ def interpreting() -> bool:
 
 
 @functools.cache
-def _kernel(interpret: bool) -> Any:
-    """The Triton function: compiled for the GPU, or run by Triton's interpreter."""
+def _kernel(interpret: bool, swap: bool = False) -> Any:
+    """A Triton kernel (`moe_gemm`, or `moe_gemm_wt` if swap): compiled for the GPU, or run by
+    Triton's interpreter."""
     triton = _triton()
     if triton is None:
         raise ConfigError("the fused backend's Triton kernels need `pip install triton`")
-    from wattmoe.moe._fused_kernel import moe_gemm
-
     if interpret != interpreting():
         raise ConfigError(
             "Triton's interpreter is chosen when Triton is imported: set TRITON_INTERPRET=1 "
             "before the first import to run the fused kernels on CPU tensors"
         )
-    # num_pid_m changes with every step size: no recompiles for its divisibility by 16
+    from wattmoe.moe._fused_kernel import moe_gemm, moe_gemm_wt
+
+    # the block count changes with every step size: no recompiles for its divisibility by 16
+    if swap:
+        return triton.jit(moe_gemm_wt, do_not_specialize=["num_pid_t"])
     return triton.jit(moe_gemm, do_not_specialize=["num_pid_m"])
 
 
@@ -108,7 +114,12 @@ def _kernel(interpret: bool) -> Any:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Tile sizes and launch parameters of one kernel launch."""
+    """Tile sizes and launch parameters of one kernel launch.
+
+    block_m is the token tile and block_n the output tile in both kernels; ``swap`` selects
+    `moe_gemm_wt` (weights first in the MMA). For int4 weights, one K step covers block_k packed
+    columns, i.e. 2 * block_k of the activations' columns.
+    """
 
     block_m: int
     block_n: int
@@ -116,47 +127,54 @@ class KernelConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
-    fast_int4: bool = False  # int4 codes as exact bf16/fp16 by bit tricks, scale on the product
+    swap: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        return cls(**{k: (bool(v) if k == "fast_int4" else int(v)) for k, v in d.items()})
+        return cls(**{k: (bool(v) if k == "swap" else int(v)) for k, v in d.items()})
 
 
 ConfigPair = tuple[KernelConfig, KernelConfig]  # (gate/up kernel, down kernel)
 
+
+def _wt(block_n: int, block_m: int, block_k: int, group_m: int, warps: int,
+        stages: int) -> KernelConfig:
+    return KernelConfig(block_m, block_n, block_k, group_m, warps, stages, swap=True)
+
+
 # Candidates (the benchmark tunes among these on the device); names are what tables record.
+# "m<T>[n<N>]": tokens x weights^T with T-token tiles; "w<N>t<T>": weights x tokens^T with
+# N-output, T-token tiles (wgmma's M is 64 per warp group: N >= 64 keeps it on the tensor
+# cores' widest instruction, and decode-size token tiles cost no padding).
 CANDIDATES: dict[str, ConfigPair] = {
     "m16": (KernelConfig(16, 64, 128, 1, 4, 4), KernelConfig(16, 64, 128, 1, 4, 4)),
     "m32": (KernelConfig(32, 64, 128, 4, 4, 4), KernelConfig(32, 64, 128, 4, 4, 4)),
     "m64": (KernelConfig(64, 64, 64, 8, 4, 4), KernelConfig(64, 128, 64, 8, 4, 4)),
     "m64n128": (KernelConfig(64, 128, 64, 8, 4, 3), KernelConfig(64, 128, 64, 8, 4, 4)),
     "m128": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 128, 64, 8, 8, 4)),
+    "w64t16": (_wt(64, 16, 128, 1, 4, 4), _wt(64, 16, 128, 1, 4, 4)),
+    "w64t32": (_wt(64, 32, 128, 4, 4, 4), _wt(64, 32, 128, 4, 4, 4)),
+    "w64t64": (_wt(64, 64, 64, 8, 4, 4), _wt(64, 64, 64, 8, 4, 4)),
+    "w128t64": (_wt(128, 64, 64, 8, 8, 4), _wt(128, 64, 64, 8, 8, 4)),
+    "w128t128": (_wt(128, 128, 64, 8, 8, 3), _wt(128, 128, 64, 8, 8, 3)),
 }
-# int4 tiles are dequantized in registers: K tiles of at most 64 and more warps for wide tiles
-# (sm_90 resource report: "m64n128" with 4 warps spilled 552 bytes in the gate/up kernel).
+# int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
-    "m16": (KernelConfig(16, 64, 64, 1, 4, 4), KernelConfig(16, 64, 64, 1, 4, 4)),
-    "m32": (KernelConfig(32, 64, 64, 4, 4, 4), KernelConfig(32, 64, 64, 4, 4, 4)),
-    "m64": (KernelConfig(64, 64, 64, 8, 4, 4), KernelConfig(64, 128, 64, 8, 4, 4)),
-    "m64n128": (KernelConfig(64, 128, 64, 8, 8, 3), KernelConfig(64, 128, 64, 8, 4, 4)),
-    "m128": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 128, 64, 8, 8, 4)),
+    "w64t16": (_wt(64, 16, 64, 1, 4, 4), _wt(64, 16, 64, 1, 4, 4)),
+    "w64t16k128": (_wt(64, 16, 128, 1, 4, 3), _wt(64, 16, 128, 1, 4, 3)),
+    "w64t32": (_wt(64, 32, 64, 4, 4, 4), _wt(64, 32, 64, 4, 4, 4)),
+    "w64t64": (_wt(64, 64, 64, 8, 4, 4), _wt(64, 64, 64, 8, 4, 4)),
+    "w128t64": (_wt(128, 64, 64, 8, 8, 4), _wt(128, 64, 64, 8, 8, 4)),
+    "w128t128": (_wt(128, 128, 64, 8, 8, 3), _wt(128, 128, 64, 8, 8, 3)),
 }
-# The same tiles with the conversion-free dequantization ("...f"). Tried because the fp32 path
-# was slower than bf16 weights at 512 tokens; on the H200 it was slower still at every size tried
-# (results/h200/kernels/run2), so the tuned table never picks it. Kept as a tuning candidate.
-# Only small tiles: with BLOCK_M >= 128 the per-step partial products spill (sm_90 report).
-INT4_CANDIDATES.update({
-    f"{name}f": (dataclasses.replace(c1, fast_int4=True), dataclasses.replace(c2, fast_int4=True))
-    for name, (c1, c2) in list(INT4_CANDIDATES.items()) if name in ("m16", "m32", "m64")
-})
-# (bits, offset): bits | code is exactly (offset - 8) + code in the compute dtype.
-_MAGIC = {torch.bfloat16: (0x4300, 136.0), torch.float16: (0x6400, 1032.0)}
 
 
-def heuristic_config(num_assign: int, num_experts: int) -> str:
+def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False) -> str:
     """Candidate name for N assignments over E experts, by rows per expert (no tuning)."""
     m = num_assign / max(num_experts, 1)
+    if quantized:
+        return "w64t16" if m <= 16 else "w64t32" if m <= 32 else "w64t64" if m <= 96 else (
+            "w128t128")
     if m <= 16:
         return "m16"
     if m <= 48:
@@ -216,22 +234,24 @@ def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str
         name = entries[near]
         if name in (INT4_CANDIDATES if st.quantized else CANDIDATES):
             return name
-    return heuristic_config(num_assign, st.num_experts)
-
-
-INT4_MAX_BLOCK_K = 64  # dequantizing a [K, N] tile in registers: wider K tiles spill
+    return heuristic_config(num_assign, st.num_experts, st.quantized)
 
 
 def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> KernelConfig | None:
-    """Shrinks tiles to the problem; None if no Triton tile fits (tiny or odd widths)."""
+    """Shrinks tiles to the problem; None if no Triton tile fits (tiny or odd widths).
+
+    int4 K tiles (in packed columns) must divide both the group size and K/2, so that each
+    dequantized tile lies in one quantization group.
+    """
     bn = min(cfg.block_n, max(16, 1 << (n_out - 1).bit_length()))
-    bk = min(cfg.block_k, 1 << (k_dim.bit_length() - 1)) if k_dim >= 16 else 0
     if qgroup is not None:
-        bk = min(bk, INT4_MAX_BLOCK_K)
-    if qgroup is not None:
-        while bk >= 16 and (k_dim % bk or (bk <= qgroup and qgroup % bk) or
-                            (bk > qgroup and bk % qgroup)):
+        if k_dim % 2:
+            return None
+        bk = min(cfg.block_k, qgroup)
+        while bk >= 16 and ((k_dim // 2) % bk or qgroup % bk):
             bk //= 2
+    else:
+        bk = min(cfg.block_k, 1 << (k_dim.bit_length() - 1)) if k_dim >= 16 else 0
     if bk < 16:
         return None
     return dataclasses.replace(cfg, block_n=bn, block_k=bk)
@@ -242,7 +262,7 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
 
 
 def _launch(
-    kernel: Any, a: torch.Tensor, tok: torch.Tensor, wt: torch.Tensor, counts: torch.Tensor,
+    a: torch.Tensor, tok: torch.Tensor, wt: torch.Tensor, counts: torch.Tensor,
     w: torch.Tensor, s: torch.Tensor | None, c: torch.Tensor, n_out: int, k_dim: int,
     up_rows: int, cfg: KernelConfig, *, gather: bool, gated: bool, act: int, combine: bool,
     qgroup: int | None, ieee: bool,
@@ -251,22 +271,28 @@ def _launch(
     bm = cfg.block_m
     num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
+    common = dict(
+        GATHER_A=gather, GATED=gated, ACT=act, COMBINE=combine,
+        BLOCK_E=max(MIN_BLOCK_E, 1 << (num_experts - 1).bit_length()),
+        EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee, DOT_F32=not a.is_cuda,
+        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
+    if not (cfg.swap or qgroup is not None):
+        kernel[grid](
+            a, tok, wt, counts, w, c, n_out, k_dim, num_experts, num_pid_m,
+            a.stride(0), w.stride(0), w.stride(1), c.stride(0), up_rows,
+            BLOCK_M=bm, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m, **common,
+        )
+        return
     scales = s if s is not None else w
-    fast = (cfg.fast_int4 and qgroup is not None and cfg.block_k <= qgroup
-            and a.dtype in _MAGIC)
-    magic_bits, magic_off = _MAGIC[a.dtype] if fast else (0, 0.0)
     kernel[grid](
-        a, tok, wt, counts, w, scales, c,
-        n_out, k_dim, num_experts, num_pid_m,
+        a, tok, wt, counts, w, scales, c, n_out, k_dim, num_experts, num_pid_m,
         a.stride(0), w.stride(0), w.stride(1),
         scales.stride(0) if s is not None else 0, scales.stride(1) if s is not None else 0,
         c.stride(0), up_rows,
-        BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        BLOCK_E=max(MIN_BLOCK_E, 1 << (num_experts - 1).bit_length()),
-        GATHER_A=gather, GATED=gated, ACT=act, COMBINE=combine, INT4=qgroup is not None,
-        QGROUP=qgroup or 1, EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee,
-        DOT_F32=not a.is_cuda, FAST_INT4=fast, MAGIC_BITS=magic_bits, MAGIC_OFF=magic_off,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_F=cfg.block_n, BLOCK_T=bm, GROUP_T=cfg.group_m, INT4=qgroup is not None,
+        QGROUP=qgroup or 1, **common,
     )
 
 
@@ -293,7 +319,11 @@ def fused_forward(
     if config is None:
         config = choose_config(st, num_assign, x.device)
     if isinstance(config, str):
-        pair = (INT4_CANDIDATES if st.quantized else CANDIDATES)[config]
+        table = INT4_CANDIDATES if st.quantized else CANDIDATES
+        if config not in table:
+            raise ConfigError(f"unknown {'int4 ' if st.quantized else ''}fused kernel config "
+                              f"{config!r} (known: {', '.join(table)})")
+        pair = table[config]
     else:
         pair = config
     h_dim, f_dim = st.hidden_size, st.inner_size
@@ -305,7 +335,6 @@ def fused_forward(
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     if num_assign == 0:
         return out.to(x.dtype)
-    kernel = _kernel(interpret=not x.is_cuda)
     tok = d.token_idx.contiguous()
     wt = d.weight.contiguous()
     counts = d.counts.contiguous()
@@ -318,10 +347,10 @@ def fused_forward(
         if w13.dtype != x.dtype:  # type: ignore[union-attr]
             w13, w2 = w13.to(x.dtype), w2.to(x.dtype)  # type: ignore[union-attr]
     assert w13 is not None and w2 is not None
-    _launch(kernel, x, tok, wt, counts, w13, s13, h, f_dim, h_dim, f_dim if st.gated else 0,
+    _launch(x, tok, wt, counts, w13, s13, h, f_dim, h_dim, f_dim if st.gated else 0,
             cfg1, gather=True, gated=st.gated, act=1 if st.gated else 2, combine=False,
             qgroup=qgroup, ieee=ieee)
-    _launch(kernel, h, tok, wt, counts, w2, s2, out, h_dim, f_dim, 0, cfg2, gather=False,
+    _launch(h, tok, wt, counts, w2, s2, out, h_dim, f_dim, 0, cfg2, gather=False,
             gated=False, act=0, combine=True, qgroup=qgroup, ieee=ieee)
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 

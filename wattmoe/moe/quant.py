@@ -2,8 +2,11 @@
 
 Weights are quantized per group of `group_size` input columns with a symmetric scale
 (q = round(w / s) in [-8, 7], s = max|w| / 7 per group), stored as unsigned nibbles (q + 8)
-packed two per byte: column 2j in the low nibble, 2j+1 in the high nibble. The forward pass
-unpacks and dequantizes on every call, so that work is real and shows up in a profiler.
+packed two per byte: of an [out, in] weight, column j in the low nibble and column j + in/2 in
+the high nibble of byte j. This "half-split" packing makes unpacking elementwise (a mask and a
+shift give two tiles of whole columns), which lets the fused kernel dequantize a weight tile in
+registers and feed it to the tensor cores without reshuffling it. The forward pass unpacks and
+dequantizes on every call, so that work is real and shows up in a profiler.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def quantize_int4(
     scales = scales.half().float()
     q = torch.clamp(torch.round(w / scales), QMIN, QMAX).to(torch.int16) - QMIN  # 0..15
     q = q.reshape(out_f, in_f).to(torch.uint8)
-    packed = q[:, 0::2] | (q[:, 1::2] << 4)
+    half = in_f // 2
+    packed = q[:, :half] | (q[:, half:] << 4)
     return packed.contiguous(), scales.squeeze(-1).half().contiguous()
 
 
@@ -54,7 +58,7 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Unpacks uint8 [out, in // 2] into signed int8 codes [out, in] in [-8, 7]."""
     low = (packed & 0x0F).to(torch.int8)
     high = (packed >> 4).to(torch.int8)
-    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1) + QMIN
+    return torch.cat((low, high), dim=-1) + QMIN
 
 
 def dequantize_int4(

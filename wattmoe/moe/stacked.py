@@ -14,7 +14,7 @@ Layout (what the kernels index):
     dense:  w13 [E, R, H] with R = 2F for 'swiglu' (gate rows 0..F-1, up rows F..2F-1) or F for
             'relu'; w2 [E, H, F].
     int4:   q13 [E, R, H // 2] uint8 and s13 [E, R, H // G] fp16; q2 [E, H, F // 2] and
-            s2 [E, H, F // G] (`wattmoe.moe.quant` packing: column 2j in the low nibble).
+            s2 [E, H, F // G] (`wattmoe.moe.quant` packing: column j low, j + in/2 high).
 
 Detection is cheap (O(1) per call: the first and last experts' pointers), so replacing the
 tensors of one middle expert by hand is not noticed: call `invalidate_stack(experts)` after such

@@ -1,0 +1,153 @@
+"""Compiles the fused MoE kernels for a GPU target without a GPU, and reports what came out.
+
+For each candidate of `wattmoe.moe.fused_triton` (and each of its two launches), compiles the
+Triton kernel for sm_90 (or --arch) with the argument divisibility the JIT sees on a GPU
+(16-byte aligned pointers and strides), then reads the PTX and ptxas' resource report:
+registers, spills, shared memory, whether the MMAs are `wgmma` and whether their first operand
+comes from registers (what the int4 path is built for), and how many shared-memory stores and
+`cp.async` copies the kernel has. Nothing is run, so this works on a CPU-only machine; numbers
+are the compiler's, not measurements.
+
+    python benchmarks/gpu/compile_check.py --shape olmoe-1b-7b --weights bf16,int4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import triton
+import triton.backends.nvidia
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from wattmoe.moe import fused_triton as ft
+from wattmoe.moe._fused_kernel import moe_gemm, moe_gemm_wt
+from wattmoe.moe.presets import get_preset
+
+_PTR_ALIGNED = 16
+
+
+def _signature(fn: Any, types: dict[str, str], consts: dict[str, Any]) -> dict[str, str]:
+    names = fn.arg_names
+    sig = {}
+    for n in names:
+        sig[n] = "constexpr" if n in consts else types[n]
+    return sig
+
+
+def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gated: bool,
+                combine: bool, n_out: int, k_dim: int, qgroup: int, arch: int) -> dict[str, Any]:
+    """Compiles one launch and returns the compiler's report."""
+    src_fn = moe_gemm_wt if (swap or int4) else moe_gemm
+    fn = triton.jit(src_fn, do_not_specialize=["num_pid_t" if src_fn is moe_gemm_wt
+                                                 else "num_pid_m"])
+    a_t = f"*{dtype}"
+    c_t = "*fp32" if combine else a_t
+    types = {
+        "a_ptr": a_t, "tok_ptr": "*i64", "wt_ptr": "*fp32", "cnt_ptr": "*i64",
+        "w_ptr": "*u8" if int4 else a_t, "s_ptr": "*fp16" if int4 else a_t, "c_ptr": c_t,
+        "n_out": "i32", "k_dim": "i32", "num_experts": "i32", "num_pid_m": "i32",
+        "num_pid_t": "i32", "stride_am": "i32", "stride_we": "i32", "stride_wn": "i32",
+        "stride_se": "i32", "stride_sn": "i32", "stride_cm": "i32", "up_rows": "i32",
+    }
+    consts: dict[str, Any] = dict(
+        BLOCK_K=cfg.block_k, BLOCK_E=256, GATHER_A=not combine, GATED=gated,
+        ACT=(1 if gated else 0), COMBINE=combine, EVEN_K=k_dim % cfg.block_k == 0,
+        DOT_IEEE=False, DOT_F32=False,
+    )
+    if src_fn is moe_gemm_wt:
+        consts.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
+                      INT4=int4, QGROUP=qgroup)
+    else:
+        consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
+    sig = _signature(fn, types, consts)
+    aligned = [i for i, n in enumerate(fn.arg_names)
+               if n not in consts and (sig[n].startswith("*") or n.startswith("stride")
+                                        or n in ("n_out", "k_dim", "up_rows"))]
+    attrs = {(i,): [["tt.divisibility", _PTR_ALIGNED]] for i in aligned}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+    ptx = k.asm["ptx"]
+    wgmma = re.findall(r"wgmma\.mma_async[^;]*;", ptx)
+    a_regs = sum(1 for w in wgmma if re.search(r"\}, \{%r", w) or _a_is_regs(w))
+    return {
+        **_resource_report(k.asm["cubin"]), "shared_bytes": k.metadata.shared,
+        "wgmma": len(wgmma), "wgmma_a_from_registers": a_regs,
+        "mma_sync": len(re.findall(r"\bmma\.sync", ptx)),
+        "st_shared": len(re.findall(r"\bst\.shared", ptx)),
+        "cp_async": len(re.findall(r"cp\.async\.(?:cg|ca)", ptx)),
+        "ldmatrix": len(re.findall(r"ldmatrix", ptx)),
+    }
+
+
+def _resource_report(cubin: bytes) -> dict[str, int]:
+    """Registers and stack (spill) bytes from `cuobjdump -res-usage` on the kernel's cubin."""
+    tool = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        tool = shutil.which("cuobjdump") or "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as fh:
+            fh.write(cubin)
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True,
+                             check=False)
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip()[-300:])
+    regs = re.search(r"REG:(\d+)", out.stdout)
+    stack = re.search(r"STACK:(\d+)", out.stdout)
+    return {"registers": int(regs.group(1)) if regs else -1,
+            "stack_bytes": int(stack.group(1)) if stack else 0}
+
+
+def _a_is_regs(instr: str) -> bool:
+    # wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 {d...}, a, b-desc, ...: with A in
+    # registers the second operand is a brace list, with A in shared memory a 64-bit descriptor.
+    parts = instr.split("}", 1)
+    return len(parts) > 1 and parts[1].lstrip(", ").startswith("{")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="olmoe-1b-7b", help="preset name")
+    ap.add_argument("--weights", default="bf16,int4")
+    ap.add_argument("--configs", default="", help="candidate names (default: all)")
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--group", type=int, default=128)
+    args = ap.parse_args(argv)
+    cfg = get_preset(args.shape)
+    h, f = cfg.hidden_size, cfg.expert_inner_size
+    report = []
+    for weights in args.weights.split(","):
+        int4 = weights == "int4"
+        table = ft.INT4_CANDIDATES if int4 else ft.CANDIDATES
+        names = [n for n in args.configs.split(",") if n] or list(table)
+        for name in names:
+            for which, (n_out, k_dim, gated, combine) in (("gate_up", (f, h, True, False)),
+                                                          ("down", (h, f, False, True))):
+                c = table[name][0 if which == "gate_up" else 1]
+                c = ft._fit(c, n_out, k_dim, args.group if int4 else None)
+                if c is None:
+                    continue
+                row = {"weights": weights, "config": name, "kernel": which}
+                try:
+                    row.update(compile_one(c.swap, c, dtype="bf16", int4=int4, gated=gated,
+                                           combine=combine, n_out=n_out, k_dim=k_dim,
+                                           qgroup=args.group, arch=args.arch))
+                except Exception as e:  # a failed compile is a result here
+                    row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                report.append(row)
+                print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
