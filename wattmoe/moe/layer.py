@@ -1,4 +1,8 @@
-"""`SimpleMoELayer`: router, sorted dispatch, experts, weighted combine."""
+"""`SimpleMoELayer`: router, sorted dispatch, experts, weighted combine.
+
+With the `fused` and `fused_graph` expert backends, no capacity factor and no autograd, routing
+and dispatch run as two Triton kernels (`fused_route`) instead of ~25 small torch kernels.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ import torch
 from torch import nn
 
 from wattmoe.errors import ShapeError
-from wattmoe.moe.backends import get_backend
+from wattmoe.moe.backends import get_backend, needs_autograd
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
 from wattmoe.moe.dispatch import build_dispatch
 from wattmoe.moe.expert import Expert
+from wattmoe.moe.fused_route import FUSED_ROUTING_BACKENDS, fused_route, fused_route_available
 from wattmoe.moe.quant import quantize_expert
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
 
@@ -102,6 +107,21 @@ class SimpleMoELayer(nn.Module):
         )
         return self
 
+    def uses_fused_route(self, tokens: torch.Tensor) -> bool:
+        """True if a step on tokens [T, H] routes with `fused_route`.
+
+        That needs a fused expert backend, no capacity factor (capacity keeps the earliest
+        tokens, which needs token order within each expert), Triton for the tokens' device, and
+        no autograd through the router or the experts (the kernels have no backward).
+        """
+        if self.backend_name not in FUSED_ROUTING_BACKENDS:
+            return False
+        if self.config.capacity_factor is not None or not fused_route_available(tokens):
+            return False
+        if torch.is_grad_enabled() and self.router.gate.weight.requires_grad:
+            return False
+        return not needs_autograd(self.experts, tokens)
+
     def forward(self, x: torch.Tensor) -> MoEOutput:
         """Runs tokens x [..., H] through the layer."""
         h = self.config.hidden_size
@@ -109,14 +129,19 @@ class SimpleMoELayer(nn.Module):
             raise ShapeError(f"MoE layer expects inputs [..., {h}], got {tuple(x.shape)}")
         shape = x.shape
         tokens = x.reshape(-1, h)
-        routing = self.router(tokens)
-        dispatch = build_dispatch(
-            routing.topk_idx, routing.topk_weight, self.num_experts, self.config.capacity_factor
-        )
+        if self.uses_fused_route(tokens):
+            # same decisions; adds this step's counts to tokens_per_expert in the kernel
+            routing, dispatch = fused_route(self.router, tokens, self.tokens_per_expert)
+        else:
+            routing = self.router(tokens)
+            dispatch = build_dispatch(
+                routing.topk_idx, routing.topk_weight, self.num_experts,
+                self.config.capacity_factor,
+            )
+            self.tokens_per_expert += dispatch.counts
         out = self._backend(self.experts, tokens, dispatch)
         if self.shared_expert is not None:
             out = out + self.shared_expert(tokens)
-        self.tokens_per_expert += dispatch.counts
         return MoEOutput(
             hidden_states=out.reshape(shape),
             aux_loss=routing.aux_loss,
