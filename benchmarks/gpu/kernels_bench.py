@@ -287,18 +287,27 @@ def ceilings(dev: torch.device) -> dict[str, float]:
 
 
 def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> list[str]:
+    """Candidates worth timing for this many rows per expert (both kernels for bf16)."""
     m = num_assign / num_experts
-    if m <= 16:
-        names = ["m16", "m32"]
-    elif m <= 80:
-        names = ["m16", "m32", "m64"]
-    elif m <= 300:
-        names = ["m64", "m64n128", "m128"]
-    else:
-        names = ["m64n128", "m128"]
     if int4:
-        names += [f"{n}f" for n in names if f"{n}f" in ft.INT4_CANDIDATES]
-    return names
+        if m <= 16:
+            names = ["w64t16", "w64t16k128", "w64t32"]
+        elif m <= 80:
+            names = ["w64t32", "w64t64", "w128t64", "w64t16k128"]
+        elif m <= 300:
+            names = ["w64t64", "w128t64", "w128t128"]
+        else:
+            names = ["w128t64", "w128t128"]
+        return [n for n in names if n in ft.INT4_CANDIDATES]
+    if m <= 16:
+        names = ["m16", "m32", "w64t16", "w64t32"]
+    elif m <= 80:
+        names = ["m16", "m32", "m64", "w64t32", "w64t64", "w64t64k128", "w128t64", "w64t128"]
+    elif m <= 300:
+        names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128"]
+    else:
+        names = ["m64n128", "m128", "m128n256", "w128t128"]
+    return [n for n in names if n in ft.CANDIDATES]
 
 
 # energy variants: label -> (weights, backend, whole layer step captured as a CUDA graph)

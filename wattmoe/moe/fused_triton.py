@@ -157,6 +157,9 @@ CANDIDATES: dict[str, ConfigPair] = {
     "w64t64": (_wt(64, 64, 64, 8, 4, 4), _wt(64, 64, 64, 8, 4, 4)),
     "w128t64": (_wt(128, 64, 64, 8, 8, 4), _wt(128, 64, 64, 8, 8, 4)),
     "w128t128": (_wt(128, 128, 64, 8, 8, 3), _wt(128, 128, 64, 8, 8, 3)),
+    "w64t64k128": (_wt(64, 64, 128, 8, 4, 3), _wt(64, 64, 128, 8, 4, 3)),
+    "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
+    "m128n256": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 256, 64, 8, 8, 3)),
 }
 # int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
