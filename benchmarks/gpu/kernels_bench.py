@@ -139,6 +139,17 @@ def routing(kind: str, tokens: int, num_experts: int, top_k: int, dev: torch.dev
     return build_dispatch(idx, w, num_experts, cf)
 
 
+def topk_violations(layer: SimpleMoELayer, x: torch.Tensor, topk_idx: torch.Tensor) -> int:
+    """Tokens whose chosen experts are not a top-k of the router's logits (duplicates, or an
+    unchosen expert scoring strictly higher than a chosen one)."""
+    logits = torch.nn.functional.linear(x, layer.router.gate.weight).float()
+    chosen = logits.gather(1, topk_idx)
+    mask = torch.ones_like(logits, dtype=torch.bool).scatter_(1, topk_idx, False)
+    best_other = logits.masked_fill(~mask, float("-inf")).amax(1)
+    dup = (topk_idx.sort(1).values.diff(dim=1) == 0).any(1)
+    return int(((chosen.amin(1) < best_other) | dup).sum())
+
+
 def poison(dev: torch.device, sizes: list[int]) -> None:
     """Fills blocks of the caching allocator with NaN (0xFF bytes) and frees them again."""
     blocks = [torch.empty(n, dtype=torch.uint8, device=dev).fill_(255) for n in sizes]
@@ -319,6 +330,7 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
     "fused_graph": ("bf16", "fused_graph", False),  # experts only captured (backend level)
     "grouped+step_graph": ("bf16", "grouped", True),
     "fused+step_graph": ("bf16", "fused", True),
+    "fused+torch_route": ("bf16", "fused", False),  # fused experts, routing by torch kernels
     "fused_int4+step_graph": ("int4", "fused", True),
 }
 
@@ -432,25 +444,32 @@ class Bench:
         for name in filter(None, self.args.check_step_graph.split(",")):
             for wname, lay in variants.items():
                 lay.set_backend(name)
-                step = GraphedLayer(lay)
-                for tokens in (64, 512):
-                    for _ in range(2):  # the second input replays the captured graph
-                        x = self.randn(tokens, cfg.hidden_size)
-                        try:
-                            poison(self.dev, [64 << 20, 8 << 20, 1 << 20, 256 << 10])
-                            with torch.inference_mode():
-                                y = step(x).hidden_states
-                                r = lay.router(x)
-                                d = build_dispatch(r.topk_idx, r.topk_weight, cfg.num_experts)
-                                err = rel_err(y, layer_reference(lay, x, d))
-                        except Exception as exc:
-                            err, d = float("nan"), None
-                            self.error(f"check step graph {shape} {tokens} {wname} {name}", exc)
-                        self.record_check(shape, "router", tokens, d, wname,
-                                          f"{name}+step_graph", err)
+                graphed = GraphedLayer(lay)
+                for mode, step in (("layer", lay), ("step_graph", graphed)):
+                    for tokens in (64, 512):
+                        for _ in range(2):  # the second input replays the captured graph
+                            x = self.randn(tokens, cfg.hidden_size)
+                            try:
+                                poison(self.dev, [64 << 20, 8 << 20, 1 << 20, 256 << 10])
+                                with torch.inference_mode():
+                                    o = step(x)
+                                    # the step's own routing (fused routing breaks exact ties
+                                    # its own way); checked to be a valid top-k separately
+                                    r = o.routing
+                                    d = build_dispatch(r.topk_idx, r.topk_weight,
+                                                       cfg.num_experts)
+                                    err = rel_err(o.hidden_states, layer_reference(lay, x, d))
+                                    bad = topk_violations(lay, x, r.topk_idx)
+                            except Exception as exc:
+                                err, d, bad = float("nan"), None, -1
+                                self.error(f"check {mode} {shape} {tokens} {wname} {name}", exc)
+                            self.record_check(shape, "router", tokens, d, wname,
+                                              f"{name}+{mode}", err if bad == 0 else float("nan"))
+                            if bad:
+                                log(f"   FAIL {name}+{mode}: {bad} tokens with an invalid top-k")
                 self.payload.setdefault("step_graph_counts", []).append(
                     {"shape": shape, "weights": wname, "backend": name,
-                     "captures": step.captures, "replays": step.replays})
+                     "captures": graphed.captures, "replays": graphed.replays})
                 lay.set_backend("loop")
         rows = [r for r in self.payload["check"] if r["shape"] == shape]
         worst = max((r["rel_err"] for r in rows if r["rel_err"] == r["rel_err"]),
@@ -535,13 +554,17 @@ class Bench:
                 wname, backend, step_graph = VARIANTS[label]
                 lay = variants[wname]
                 lay.set_backend(backend)
+                if label.endswith("+torch_route"):
+                    lay.uses_fused_route = lambda t: False  # type: ignore[method-assign]
                 step: Callable[[torch.Tensor], object] = GraphedLayer(lay) if step_graph else lay
                 try:
                     with torch.inference_mode():
                         w = self.nrg.window(lambda s=step, x=x: s(x), a.window)
                 except Exception as exc:
                     self.error(f"energy {shape} {tokens} {label}", exc)
+                    lay.__dict__.pop("uses_fused_route", None)
                     continue
+                lay.__dict__.pop("uses_fused_route", None)
                 info = self.nrg.info()
                 rec = {"shape": shape, "tokens": tokens, "backend": label, "weights": wname,
                        **w, "uj_per_token": w["energy_j"] / (w["steps"] * tokens) * 1e6,
