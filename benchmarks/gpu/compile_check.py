@@ -65,7 +65,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     )
     if src_fn is moe_gemm_wt:
         consts.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
-                      INT4=int4, QGROUP=qgroup)
+                      INT4=int4, QGROUP=qgroup, INT4_ASM=int4 and cfg.int4_asm)
     else:
         consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     sig = _signature(fn, types, consts)
@@ -86,6 +86,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         "st_shared": len(re.findall(r"\bst\.shared", ptx)),
         "cp_async": len(re.findall(r"cp\.async\.(?:cg|ca)", ptx)),
         "ldmatrix": len(re.findall(r"ldmatrix", ptx)),
+        "cvt": len(re.findall(r"\bcvt\.", ptx)), "prmt": len(re.findall(r"\bprmt\.", ptx)),
     }
 
 
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             for which, (n_out, k_dim, gated, combine) in (("gate_up", (f, h, True, False)),
                                                           ("down", (h, f, False, True))):
+                if name not in table:
+                    continue
                 c = table[name][0 if which == "gate_up" else 1]
                 c = ft._fit(c, n_out, k_dim, args.group if int4 else None)
                 if c is None:

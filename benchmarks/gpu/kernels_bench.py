@@ -304,7 +304,8 @@ def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> li
         if m <= 16:
             names = ["w64t16", "w64t16k128", "w64t32"]
         elif m <= 80:
-            names = ["w64t32", "w64t64", "w128t64", "w64t16k128"]
+            names = ["w64t32", "w64t64", "w128t64", "w64t16k128", "w64t64k128", "w64t32s6",
+                     "w64t64c"]
         elif m <= 300:
             names = ["w64t64", "w128t64", "w128t128"]
         else:
@@ -313,7 +314,8 @@ def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> li
     if m <= 16:
         names = ["m16", "m32", "w64t16", "w64t32"]
     elif m <= 80:
-        names = ["m16", "m32", "m64", "w64t32", "w64t64", "w64t64k128", "w128t64", "w64t128"]
+        names = ["m32", "m64", "m64s6", "m64k128", "m32n128", "w64t64", "w64t64s6",
+                 "w128t64", "w128t64k128", "w64t128"]
     elif m <= 300:
         names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128"]
     else:

@@ -51,6 +51,86 @@ def _swizzle(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
+# int4 -> 16-bit float without int->float conversions (the conversion units run at a fraction
+# of the ALU rate and bounded the first version of this kernel). For 4 packed bytes: `prmt`
+# spreads bytes 0,1 and 2,3 into 16-bit lanes, `lop3` keeps one nibble of each lane and ors it
+# into the exponent of 128 (bf16 0x4300) or 1024 (fp16 0x6400), where consecutive integers are
+# exact: the lane holds 128 + q (or 1024 + q); one fma subtracts 136 (1032), giving q - 8
+# exactly, and a second multiplies by the group scale with one rounding, as `dequantize_int4`
+# does in the same dtype. Outputs: the low nibbles (columns j) and the high nibbles (j + K/2).
+@triton.jit
+def _dequant_int4_asm(p, s_lo, s_hi, FP16: tl.constexpr):
+    if FP16:
+        lo, hi = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t0, t1, t2, t3, one, off, nz;
+            mov.b32 one, 0x3C003C00;
+            mov.b32 off, 0xE408E408;
+            mov.b32 nz, 0x80008000;
+            prmt.b32 t0, $4, 0, 0x4140;
+            prmt.b32 t1, $4, 0, 0x4342;
+            shr.b32 t2, t0, 4;
+            shr.b32 t3, t1, 4;
+            lop3.b32 $0, t0, 0x000F000F, 0x64006400, 0xEA;
+            lop3.b32 $1, t1, 0x000F000F, 0x64006400, 0xEA;
+            lop3.b32 $2, t2, 0x000F000F, 0x64006400, 0xEA;
+            lop3.b32 $3, t3, 0x000F000F, 0x64006400, 0xEA;
+            fma.rn.f16x2 $0, $0, one, off;
+            fma.rn.f16x2 $1, $1, one, off;
+            fma.rn.f16x2 $2, $2, one, off;
+            fma.rn.f16x2 $3, $3, one, off;
+            fma.rn.f16x2 $0, $0, $5, nz;
+            fma.rn.f16x2 $1, $1, $6, nz;
+            fma.rn.f16x2 $2, $2, $7, nz;
+            fma.rn.f16x2 $3, $3, $8, nz;
+            }""",
+            constraints="=r,=r,=r,=r,r,r,r,r,r",
+            args=[p, s_lo, s_hi], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        lo, hi = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t0, t1, t2, t3, one, off, nz;
+            mov.b32 one, 0x3F803F80;
+            mov.b32 off, 0xC308C308;
+            mov.b32 nz, 0x80008000;
+            prmt.b32 t0, $4, 0, 0x4140;
+            prmt.b32 t1, $4, 0, 0x4342;
+            shr.b32 t2, t0, 4;
+            shr.b32 t3, t1, 4;
+            lop3.b32 $0, t0, 0x000F000F, 0x43004300, 0xEA;
+            lop3.b32 $1, t1, 0x000F000F, 0x43004300, 0xEA;
+            lop3.b32 $2, t2, 0x000F000F, 0x43004300, 0xEA;
+            lop3.b32 $3, t3, 0x000F000F, 0x43004300, 0xEA;
+            fma.rn.bf16x2 $0, $0, one, off;
+            fma.rn.bf16x2 $1, $1, one, off;
+            fma.rn.bf16x2 $2, $2, one, off;
+            fma.rn.bf16x2 $3, $3, one, off;
+            fma.rn.bf16x2 $0, $0, $5, nz;
+            fma.rn.bf16x2 $1, $1, $6, nz;
+            fma.rn.bf16x2 $2, $2, $7, nz;
+            fma.rn.bf16x2 $3, $3, $8, nz;
+            }""",
+            constraints="=r,=r,=r,=r,r,r,r,r,r",
+            args=[p, s_lo, s_hi], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+    return lo, hi
+
+
+@triton.jit
+def _dequant_int4(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, BLOCK_K: tl.constexpr,
+                  cdt: tl.constexpr, ASM: tl.constexpr):
+    """The two [BLOCK_F, BLOCK_K] weight tiles (columns j and j + K/2) of packed tile p."""
+    if ASM:
+        s_lo = tl.broadcast_to(tl.load(s_ptrs + k_lo // QGROUP).to(cdt)[:, None], p.shape)
+        s_hi = tl.broadcast_to(tl.load(s_ptrs + k_hi // QGROUP).to(cdt)[:, None], p.shape)
+        w_lo, w_hi = _dequant_int4_asm(p, s_lo, s_hi, cdt == tl.float16)
+    else:
+        s_lo = tl.load(s_ptrs + k_lo // QGROUP).to(tl.float32)[:, None]
+        s_hi = tl.load(s_ptrs + k_hi // QGROUP).to(tl.float32)[:, None]
+        w_lo = (((p & 0xF).to(tl.float32) - 8.0) * s_lo).to(cdt)
+        w_hi = (((p >> 4).to(tl.float32) - 8.0) * s_hi).to(cdt)
+    return w_lo, w_hi
+
+
 def moe_gemm(
     a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, c_ptr,
     n_out, k_dim, num_experts, num_pid_m,
@@ -134,7 +214,7 @@ def moe_gemm_wt(
     GROUP_T: tl.constexpr, BLOCK_E: tl.constexpr, GATHER_A: tl.constexpr,
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, INT4_ASM: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -144,6 +224,8 @@ def moe_gemm_wt(
     K step over packed column block [j0, j0 + BLOCK_K) yields two dequantized tiles, for the
     activations' columns j0.. and K/2 + j0.., by a mask and a shift (elementwise). Each tile lies
     in one quantization group (BLOCK_K divides QGROUP and K/2): one scale per row and tile.
+    INT4_ASM dequantizes with bit operations and 16-bit fmas (`_dequant_int4_asm`, bf16/fp16
+    on a GPU); otherwise through fp32 (the interpreter, fp32 compute).
     """
     pid_t, pid_f = _swizzle(tl.program_id(0), num_pid_t, tl.cdiv(n_out, BLOCK_F), GROUP_T)
     valid, e, rows, rmask, tok = _block_rows(pid_t, cnt_ptr, tok_ptr, num_experts,
@@ -175,11 +257,8 @@ def moe_gemm_wt(
         for k0 in range(0, half, BLOCK_K):
             x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
             x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
-            p = tl.load(w_ptrs)
-            s_lo = tl.load(s_ptrs + k0 // QGROUP).to(tl.float32)[:, None]
-            s_hi = tl.load(s_ptrs + (k0 + half) // QGROUP).to(tl.float32)[:, None]
-            w_lo = (((p & 0xF).to(tl.float32) - 8.0) * s_lo).to(cdt)
-            w_hi = (((p >> 4).to(tl.float32) - 8.0) * s_hi).to(cdt)
+            w_lo, w_hi = _dequant_int4(tl.load(w_ptrs), s_ptrs, k0, k0 + half, QGROUP,
+                                       BLOCK_K, cdt, INT4_ASM)
             if DOT_IEEE:
                 acc = tl.dot(w_lo, x_lo, acc=acc, input_precision="ieee")
                 acc = tl.dot(w_hi, x_hi, acc=acc, input_precision="ieee")
@@ -187,11 +266,8 @@ def moe_gemm_wt(
                 acc = tl.dot(w_lo, x_lo, acc=acc)
                 acc = tl.dot(w_hi, x_hi, acc=acc)
             if GATED:
-                p_u = tl.load(w_ptrs + up_w)
-                su_lo = tl.load(s_ptrs + up_s + k0 // QGROUP).to(tl.float32)[:, None]
-                su_hi = tl.load(s_ptrs + up_s + (k0 + half) // QGROUP).to(tl.float32)[:, None]
-                u_lo = (((p_u & 0xF).to(tl.float32) - 8.0) * su_lo).to(cdt)
-                u_hi = (((p_u >> 4).to(tl.float32) - 8.0) * su_hi).to(cdt)
+                u_lo, u_hi = _dequant_int4(tl.load(w_ptrs + up_w), s_ptrs + up_s, k0,
+                                           k0 + half, QGROUP, BLOCK_K, cdt, INT4_ASM)
                 if DOT_IEEE:
                     acc_up = tl.dot(u_lo, x_lo, acc=acc_up, input_precision="ieee")
                     acc_up = tl.dot(u_hi, x_hi, acc=acc_up, input_precision="ieee")

@@ -128,10 +128,12 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 3
     swap: bool = False
+    int4_asm: bool = True  # int4: dequantize by bit operations (GPU, bf16/fp16), not via fp32
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        return cls(**{k: (bool(v) if k == "swap" else int(v)) for k, v in d.items()})
+        flags = ("swap", "int4_asm")
+        return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
 ConfigPair = tuple[KernelConfig, KernelConfig]  # (gate/up kernel, down kernel)
@@ -160,6 +162,12 @@ CANDIDATES: dict[str, ConfigPair] = {
     "w64t64k128": (_wt(64, 64, 128, 8, 4, 3), _wt(64, 64, 128, 8, 4, 3)),
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
     "m128n256": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 256, 64, 8, 8, 3)),
+    # deeper pipelines and longer K runs per weight row, for steps bound by reading weights
+    "m64s6": (KernelConfig(64, 64, 64, 8, 4, 6), KernelConfig(64, 128, 64, 8, 4, 5)),
+    "m64k128": (KernelConfig(64, 64, 128, 8, 4, 4), KernelConfig(64, 128, 128, 8, 8, 3)),
+    "m32n128": (KernelConfig(32, 128, 64, 4, 4, 4), KernelConfig(32, 128, 128, 4, 4, 4)),
+    "w64t64s6": (_wt(64, 64, 64, 8, 4, 6), _wt(64, 64, 64, 8, 4, 6)),
+    "w128t64k128": (_wt(128, 64, 128, 8, 8, 3), _wt(128, 64, 128, 8, 8, 3)),
 }
 # int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
@@ -169,7 +177,15 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t64": (_wt(64, 64, 64, 8, 4, 4), _wt(64, 64, 64, 8, 4, 4)),
     "w128t64": (_wt(128, 64, 64, 8, 8, 4), _wt(128, 64, 64, 8, 8, 4)),
     "w128t128": (_wt(128, 128, 64, 8, 8, 3), _wt(128, 128, 64, 8, 8, 3)),
+    "w64t64k128": (_wt(64, 64, 128, 8, 4, 3), _wt(64, 64, 128, 8, 4, 3)),
+    "w64t32s6": (_wt(64, 32, 64, 4, 4, 6), _wt(64, 32, 64, 4, 4, 6)),
 }
+# The same tiles dequantizing through fp32 conversions ("...c"): the first version, kept to
+# measure what the bit-operation dequantization gains.
+INT4_CANDIDATES.update({
+    f"{name}c": (dataclasses.replace(c1, int4_asm=False), dataclasses.replace(c2, int4_asm=False))
+    for name, (c1, c2) in list(INT4_CANDIDATES.items()) if name in ("w64t16", "w64t64")
+})
 
 
 def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False) -> str:
@@ -295,7 +311,9 @@ def _launch(
         scales.stride(0) if s is not None else 0, scales.stride(1) if s is not None else 0,
         c.stride(0), up_rows,
         BLOCK_F=cfg.block_n, BLOCK_T=bm, GROUP_T=cfg.group_m, INT4=qgroup is not None,
-        QGROUP=qgroup or 1, **common,
+        QGROUP=qgroup or 1, INT4_ASM=(qgroup is not None and cfg.int4_asm and a.is_cuda
+                                      and a.dtype in (torch.bfloat16, torch.float16)),
+        **common,
     )
 
 

@@ -1,0 +1,107 @@
+"""Where the GPU time of one MoE layer step goes: every kernel of the step, in launch order.
+
+Runs `SimpleMoELayer` steps under `torch.profiler` (CUDA activity: kernel start/end times
+from CUPTI) and reports, per variant, each kernel's median duration over the profiled steps,
+the sum (GPU busy time per step) and the step's wall time. Kernels of one Triton function show
+under one name, so they are listed by position in the step ("moe_gemm #1", "moe_gemm #2").
+
+    PYTHONPATH=$PWD python3 benchmarks/gpu/step_profile.py --out $OUT/profile.json \\
+        --shape olmoe-1b-7b --tokens 512,4096 --variants grouped,fused,fused_int4
+
+Times are measured (CUPTI kernel timestamps); no energy here (see kernels_bench.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _meta import provenance, write_json  # noqa: E402
+
+from wattmoe.moe import SimpleMoELayer, get_preset  # noqa: E402
+from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.stacked import stacked_experts  # noqa: E402
+
+# label -> (int4 weights, backend)
+VARIANTS = {"grouped": (False, "grouped"), "fused": (False, "fused"),
+            "fused_int4": (True, "fused"), "loop": (False, "loop")}
+
+
+def profile_steps(layer: SimpleMoELayer, x: torch.Tensor, steps: int) -> dict[str, object]:
+    """Kernel table of `steps` layer steps (after a warm-up)."""
+    with torch.inference_mode():
+        for _ in range(5):
+            layer(x)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            layer(x)
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t) / steps * 1e3
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                layer(x)
+            torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.events() if e.device_type.name == "CUDA"),
+                     key=lambda e: e.time_range.start)
+    per_step = len(kernels) // steps
+    if per_step == 0 or len(kernels) % steps:
+        return {"error": f"{len(kernels)} kernels over {steps} steps", "wall_ms": wall_ms}
+    rows = []
+    seen: dict[str, int] = {}
+    for i in range(per_step):
+        name = kernels[i].name
+        seen[name] = seen.get(name, 0) + 1
+        durs = [kernels[s * per_step + i].time_range.elapsed_us() for s in range(steps)]
+        rows.append({"kernel": f"{name[:60]} #{seen[name]}", "us": statistics.median(durs)})
+    return {"kernels": rows, "gpu_us": sum(r["us"] for r in rows),
+            "launches": per_step, "wall_ms_eager": wall_ms}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="olmoe-1b-7b")
+    ap.add_argument("--tokens", default="512,4096")
+    ap.add_argument("--variants", default="grouped,fused,fused_int4")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", default="profile.json")
+    args = ap.parse_args(argv)
+    dev = torch.device("cuda")
+    cfg = get_preset(args.shape)
+    torch.manual_seed(0)
+    dense = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+    quant = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+    quant.router.load_state_dict(dense.router.state_dict())
+    quant.quantize(min(128, cfg.expert_inner_size))
+    payload: dict[str, object] = {**provenance(), "args": vars(args), "profiles": []}
+    for tokens in (int(t) for t in args.tokens.split(",")):
+        x = torch.randn(tokens, cfg.hidden_size, device=dev).bfloat16()
+        for label in args.variants.split(","):
+            int4, backend = VARIANTS[label]
+            layer = quant if int4 else dense
+            layer.set_backend(backend)
+            res = profile_steps(layer, x, args.steps)
+            conf = (ft.choose_config(stacked_experts(layer.experts), tokens * cfg.top_k, dev)
+                    if backend == "fused" else None)
+            payload["profiles"].append({"shape": args.shape, "tokens": tokens,  # type: ignore[union-attr]
+                                        "variant": label, "fused_config": conf, **res})
+            print(f"== {args.shape} T={tokens} {label} ({conf}): GPU "
+                  f"{res.get('gpu_us', float('nan')):.1f} us in {res.get('launches')} "
+                  f"kernels; eager wall {res['wall_ms_eager'] * 1e3:.1f} us/step", flush=True)
+            for r in res.get("kernels", []):  # type: ignore[union-attr]
+                print(f"   {r['us']:8.1f} us  {r['kernel']}", flush=True)
+            write_json(Path(args.out), payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
