@@ -40,7 +40,7 @@ from wattmoe.moe.router import AdaptiveRouter, RouterOutput
 FUSED_ROUTING_BACKENDS = frozenset({"fused", "fused_graph"})
 
 ROUTE_NUM_WARPS = 4
-_TILE_ELEMS = 4096  # [BLOCK_T, BLOCK_E] elements per route_topk program (16 per thread)
+_TILE_ELEMS = 1024  # [BLOCK_T, BLOCK_E] per route_topk program: 8 per thread, no spills
 _SCATTER_ELEMS = 8192  # [BLOCK_N, BLOCK_E] elements per route_scatter program
 
 
