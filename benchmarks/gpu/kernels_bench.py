@@ -139,6 +139,32 @@ def routing(kind: str, tokens: int, num_experts: int, top_k: int, dev: torch.dev
     return build_dispatch(idx, w, num_experts, cf)
 
 
+def launch_times(fn: Callable[[], object], reps: int = 10) -> tuple[float, float] | None:
+    """Median CUPTI times (ms) of the gate/up and the down launch of `fn` (one fused call),
+    or None where there is no GPU or the launches cannot be told apart."""
+    if not torch.cuda.is_available():
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        sync()
+    ks = sorted((e for e in prof.events()
+                 if e.device_type.name == "CUDA" and e.name.startswith("moe_gemm")),
+                key=lambda e: e.time_range.start)
+    if len(ks) != 2 * reps:
+        return None
+    med = [sorted(e.time_range.elapsed_us() for e in ks[i::2])[reps // 2] / 1e3 for i in (0, 1)]
+    return med[0], med[1]
+
+
+def split_us(split: tuple[float, float] | None) -> str:
+    return f"({split[0] * 1e3:.0f}+{split[1] * 1e3:.0f})" if split else ""
+
+
 def topk_violations(layer: SimpleMoELayer, x: torch.Tensor, topk_idx: torch.Tensor) -> int:
     """Tokens whose chosen experts are not a top-k of the router's logits (duplicates, or an
     unchosen expert scoring strictly higher than a chosen one)."""
@@ -304,10 +330,10 @@ def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> li
         if m <= 16:
             names = ["w64t16", "w64t16k128", "w64t32"]
         elif m <= 80:
-            names = ["w64t32", "w64t64", "w128t64", "w64t16k128", "w64t64k128", "w64t32s6",
-                     "w64t64c"]
+            names = ["w64t32", "w64t64", "w128t64", "w64t64k128", "w64t32s6", "w64t64w8",
+                     "w64t128", "w64t64c"]
         elif m <= 300:
-            names = ["w64t64", "w128t64", "w128t128"]
+            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64w8"]
         else:
             names = ["w128t64", "w128t128"]
         return [n for n in names if n in ft.INT4_CANDIDATES]
@@ -505,22 +531,38 @@ class Bench:
                 with torch.inference_mode():
                     ref = reference(lay.experts, x, d)
                 times: dict[str, float] = {}
-                for cand in tune_candidates(n_assign, cfg.num_experts, wname == "int4"):
+                parts: dict[str, tuple[float, float]] = {}
+                cands = tune_candidates(n_assign, cfg.num_experts, wname == "int4")
+                for cand in [*cands, "composite"]:
+                    if cand == "composite":  # best gate/up launch with the best down launch
+                        if len(parts) < 2:
+                            break
+                        gu = min(parts, key=lambda c: parts[c][0])
+                        dn = min(parts, key=lambda c: parts[c][1])
+                        if gu == dn:
+                            break
+                        cand = f"{gu}/{dn}"
                     try:
                         with torch.inference_mode():
                             poison(self.dev, [64 << 20, 8 << 20])
                             err = rel_err(ft.fused_forward(stk, x, d, cand), ref)
                             ms = bench_ms(lambda c=cand, s=stk, x=x, d=d:
                                           ft.fused_forward(s, x, d, c))
+                            split = launch_times(lambda c=cand, s=stk, x=x, d=d:
+                                                 ft.fused_forward(s, x, d, c))
                     except Exception as exc:
                         self.error(f"tune {shape} {tokens} {wname} {cand}", exc)
                         continue
                     rec = {"shape": shape, "tokens": tokens, "assignments": n_assign,
                            "weights": wname, "impl": f"fused:{cand}", "ms": ms,
+                           "gate_up_ms": split[0] if split else None,
+                           "down_ms": split[1] if split else None,
                            "rel_err": err, "ok": err == err and err <= TOL}
                     self.payload["tune"].append(rec)
                     if rec["ok"]:
                         times[cand] = ms
+                        if split and "/" not in cand:
+                            parts[cand] = split
                     else:
                         log(f"   FAIL tune {cand} {wname} T={tokens}: {err:.3g}")
                 g = float("nan")
@@ -537,7 +579,7 @@ class Bench:
                     best = min(times, key=times.__getitem__)
                     self.tuned.setdefault(ft.shape_key(stk), {})[str(n_assign)] = best
                     log(f"   tune T={tokens:5d} {wname}: " + " ".join(
-                        f"{c}={t * 1e3:.0f}us" for c, t in times.items())
+                        f"{c}={t * 1e3:.0f}us" + split_us(parts.get(c)) for c, t in times.items())
                         + f" -> {best}; grouped {g * 1e3:.0f}us")
         ft.set_tuned(self.dev, self.tuned)
         self.save()

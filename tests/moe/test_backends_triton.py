@@ -49,7 +49,7 @@ def run(ex: list, x: torch.Tensor, d, config: str) -> torch.Tensor:
     return ft.fused_forward(stacked_experts(ex), x, d, config)
 
 
-@pytest.mark.parametrize("config", ["m16", "m32", "m64", "w64t16", "w64t32"])
+@pytest.mark.parametrize("config", ["m16", "m32", "m64", "w64t16", "w64t32", "m32/w64t16"])
 @pytest.mark.parametrize("form", ["swiglu", "relu"])
 @pytest.mark.parametrize("kind", ["uniform", "skewed", "hot", "capacity"])
 def test_fused_fp32_matches_loop(config: str, form: str, kind: str,

@@ -179,6 +179,8 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w128t128": (_wt(128, 128, 64, 8, 8, 3), _wt(128, 128, 64, 8, 8, 3)),
     "w64t64k128": (_wt(64, 64, 128, 8, 4, 3), _wt(64, 64, 128, 8, 4, 3)),
     "w64t32s6": (_wt(64, 32, 64, 4, 4, 6), _wt(64, 32, 64, 4, 4, 6)),
+    "w64t64w8": (_wt(64, 64, 64, 8, 8, 4), _wt(64, 64, 64, 8, 8, 4)),
+    "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
 }
 # The same tiles dequantizing through fp32 conversions ("...c"): the first version, kept to
 # measure what the bit-operation dequantization gains.
@@ -245,13 +247,24 @@ def set_tuned(device: torch.device, table: dict[str, dict[str, str]]) -> None:
     _TUNED[device_key(device)] = table
 
 
+def resolve_config(name: str, quantized: bool) -> ConfigPair | None:
+    """The (gate/up, down) pair of a candidate name, or of "A/B" (A's gate/up launch with B's
+    down launch, what per-launch tuning records); None if a name is unknown."""
+    table = INT4_CANDIDATES if quantized else CANDIDATES
+    first, _, second = name.partition("/")
+    second = second or first
+    if first not in table or second not in table:
+        return None
+    return table[first][0], table[second][1]
+
+
 def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str:
     """Candidate for this stack and step: the tuned table's nearest size, else the heuristic."""
     entries = load_tuned(device).get(shape_key(st))
     if entries:
         near = min(entries, key=lambda n: abs(math.log2(max(int(n), 1) / max(num_assign, 1))))
         name = entries[near]
-        if name in (INT4_CANDIDATES if st.quantized else CANDIDATES):
+        if resolve_config(name, st.quantized) is not None:
             return name
     return heuristic_config(num_assign, st.num_experts, st.quantized)
 
@@ -330,7 +343,8 @@ def fused_forward(
         st: the stacked experts (dense or int4).
         x: [T, H] tokens, on the stack's device.
         d: the dispatch.
-        config: a `CANDIDATES` name or a (gate/up, down) pair; None picks one.
+        config: a `CANDIDATES` name, "A/B" (A's gate/up launch, B's down launch) or a
+            (gate/up, down) pair; None picks one.
 
     Falls back to `grouped_forward` where Triton cannot run these tensors or no tile fits.
     """
@@ -340,11 +354,12 @@ def fused_forward(
     if config is None:
         config = choose_config(st, num_assign, x.device)
     if isinstance(config, str):
-        table = INT4_CANDIDATES if st.quantized else CANDIDATES
-        if config not in table:
+        resolved = resolve_config(config, st.quantized)
+        if resolved is None:
+            table = INT4_CANDIDATES if st.quantized else CANDIDATES
             raise ConfigError(f"unknown {'int4 ' if st.quantized else ''}fused kernel config "
-                              f"{config!r} (known: {', '.join(table)})")
-        pair = table[config]
+                              f"{config!r} (known: {', '.join(table)}, or 'A/B' of two)")
+        pair = resolved
     else:
         pair = config
     h_dim, f_dim = st.hidden_size, st.inner_size
