@@ -20,7 +20,13 @@ from typing import Any
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """HEAD's sha, with '+dirty' when tracked files differ; 'unknown' outside git."""
+    """HEAD's sha, with '+dirty' when tracked files differ; 'unknown' outside git.
+
+    WATTMOE_COMMIT, when set, wins: machines that receive a copy of the working tree (the GPU
+    machine here) may carry stale git metadata, so the caller states the commit it sent.
+    """
+    if os.environ.get("WATTMOE_COMMIT"):
+        return os.environ["WATTMOE_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True, cwd=cwd).stdout.strip()
@@ -28,7 +34,7 @@ def git_commit(cwd: str | Path | None = None) -> str:
                                capture_output=True, text=True, cwd=cwd).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("WATTMOE_COMMIT", "unknown")
+        return "unknown"
 
 
 def machine_info() -> dict[str, Any]:
