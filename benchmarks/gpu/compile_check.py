@@ -65,7 +65,8 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     )
     if src_fn is moe_gemm_wt:
         consts.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
-                      INT4=int4, QGROUP=qgroup, INT4_ASM=int4 and cfg.int4_asm)
+                      INT4=int4, QGROUP=qgroup,
+                      INT4_DEQUANT=int(int4 and cfg.int4_asm))
     else:
         consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     sig = _signature(fn, types, consts)

@@ -122,3 +122,10 @@ def test_fused_backend_uses_triton_in_interpreter(gen: torch.Generator) -> None:
         torch.testing.assert_close(get_backend("fused")(ex, x, d),
                                    get_backend("loop")(ex, x, d), rtol=1e-5, atol=1e-5)
     assert ft._kernel.cache_info().currsize >= 1
+
+
+def test_no_candidate_skips_int4_dequantization() -> None:
+    # the skip mode gives wrong values on purpose (kernel_diag.py); it must never be tuned in
+    for table in (ft.CANDIDATES, ft.INT4_CANDIDATES):
+        for pair in table.values():
+            assert not any(c.int4_skip_dequant for c in pair)

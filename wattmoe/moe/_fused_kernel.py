@@ -117,19 +117,26 @@ def _dequant_int4_asm(p, s_lo, s_hi, FP16: tl.constexpr):
 
 @triton.jit
 def _dequant_int4(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, BLOCK_K: tl.constexpr,
-                  cdt: tl.constexpr, ASM: tl.constexpr):
-    """The two [BLOCK_F, BLOCK_K] weight tiles (columns j and j + K/2) of packed tile p."""
-    if ASM:
+                  cdt: tl.constexpr, MODE: tl.constexpr):
+    """The two [BLOCK_F, BLOCK_K] weight tiles (columns j and j + K/2) of packed tile p.
+
+    MODE 1: bit operations and 16-bit fmas (GPU, bf16/fp16); 0: through fp32; 2: diagnostic
+    only, the bytes reinterpreted as 16-bit floats with no unpacking or scaling (wrong values;
+    `benchmarks/gpu/kernel_diag.py` uses it to measure what dequantization costs).
+    """
+    if MODE == 1:
         s_lo = tl.broadcast_to(tl.load(s_ptrs + k_lo // QGROUP).to(cdt)[:, None], p.shape)
         s_hi = tl.broadcast_to(tl.load(s_ptrs + k_hi // QGROUP).to(cdt)[:, None], p.shape)
         w_lo, w_hi = _dequant_int4_asm(p, s_lo, s_hi, cdt == tl.float16)
+    elif MODE == 2:
+        w_lo = (p.to(tl.uint16) << 8).to(cdt, bitcast=True)
+        w_hi = (p.to(tl.uint16) << 4).to(cdt, bitcast=True)
     else:
         s_lo = tl.load(s_ptrs + k_lo // QGROUP).to(tl.float32)[:, None]
         s_hi = tl.load(s_ptrs + k_hi // QGROUP).to(tl.float32)[:, None]
         w_lo = (((p & 0xF).to(tl.float32) - 8.0) * s_lo).to(cdt)
         w_hi = (((p >> 4).to(tl.float32) - 8.0) * s_hi).to(cdt)
     return w_lo, w_hi
-
 
 def moe_gemm(
     a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, c_ptr,
@@ -214,7 +221,7 @@ def moe_gemm_wt(
     GROUP_T: tl.constexpr, BLOCK_E: tl.constexpr, GATHER_A: tl.constexpr,
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
-    DOT_F32: tl.constexpr, INT4_ASM: tl.constexpr,
+    DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -224,8 +231,8 @@ def moe_gemm_wt(
     K step over packed column block [j0, j0 + BLOCK_K) yields two dequantized tiles, for the
     activations' columns j0.. and K/2 + j0.., by a mask and a shift (elementwise). Each tile lies
     in one quantization group (BLOCK_K divides QGROUP and K/2): one scale per row and tile.
-    INT4_ASM dequantizes with bit operations and 16-bit fmas (`_dequant_int4_asm`, bf16/fp16
-    on a GPU); otherwise through fp32 (the interpreter, fp32 compute).
+    INT4_DEQUANT selects how (`_dequant_int4`): bit operations and 16-bit fmas for bf16/fp16 on
+    a GPU, else through fp32 (the interpreter, fp32 compute).
     """
     pid_t, pid_f = _swizzle(tl.program_id(0), num_pid_t, tl.cdiv(n_out, BLOCK_F), GROUP_T)
     valid, e, rows, rmask, tok = _block_rows(pid_t, cnt_ptr, tok_ptr, num_experts,
@@ -258,7 +265,7 @@ def moe_gemm_wt(
             x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
             x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
             w_lo, w_hi = _dequant_int4(tl.load(w_ptrs), s_ptrs, k0, k0 + half, QGROUP,
-                                       BLOCK_K, cdt, INT4_ASM)
+                                       BLOCK_K, cdt, INT4_DEQUANT)
             if DOT_IEEE:
                 acc = tl.dot(w_lo, x_lo, acc=acc, input_precision="ieee")
                 acc = tl.dot(w_hi, x_hi, acc=acc, input_precision="ieee")
@@ -267,7 +274,7 @@ def moe_gemm_wt(
                 acc = tl.dot(w_hi, x_hi, acc=acc)
             if GATED:
                 u_lo, u_hi = _dequant_int4(tl.load(w_ptrs + up_w), s_ptrs + up_s, k0,
-                                           k0 + half, QGROUP, BLOCK_K, cdt, INT4_ASM)
+                                           k0 + half, QGROUP, BLOCK_K, cdt, INT4_DEQUANT)
                 if DOT_IEEE:
                     acc_up = tl.dot(u_lo, x_lo, acc=acc_up, input_precision="ieee")
                     acc_up = tl.dot(u_hi, x_hi, acc=acc_up, input_precision="ieee")

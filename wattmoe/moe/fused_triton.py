@@ -129,10 +129,13 @@ class KernelConfig:
     num_stages: int = 3
     swap: bool = False
     int4_asm: bool = True  # int4: dequantize by bit operations (GPU, bf16/fp16), not via fp32
+    # diagnostic only (`benchmarks/gpu/kernel_diag.py`): skip int4 unpacking and scaling, so
+    # the results are wrong; measures what dequantization costs. No candidate sets it.
+    int4_skip_dequant: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm")
+        flags = ("swap", "int4_asm", "int4_skip_dequant")
         return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
@@ -324,10 +327,19 @@ def _launch(
         scales.stride(0) if s is not None else 0, scales.stride(1) if s is not None else 0,
         c.stride(0), up_rows,
         BLOCK_F=cfg.block_n, BLOCK_T=bm, GROUP_T=cfg.group_m, INT4=qgroup is not None,
-        QGROUP=qgroup or 1, INT4_ASM=(qgroup is not None and cfg.int4_asm and a.is_cuda
-                                      and a.dtype in (torch.bfloat16, torch.float16)),
+        QGROUP=qgroup or 1, INT4_DEQUANT=_dequant_mode(cfg, a, qgroup),
         **common,
     )
+
+
+def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int:
+    """`_dequant_int4`'s MODE: 1 bit operations (GPU, bf16/fp16), 0 through fp32, 2 skipped."""
+    gpu16 = a.is_cuda and a.dtype in (torch.bfloat16, torch.float16)
+    if qgroup is None or not gpu16:
+        return 0
+    if cfg.int4_skip_dequant:
+        return 2
+    return 1 if cfg.int4_asm else 0
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -1,0 +1,118 @@
+"""What limits the fused MoE kernels: timed variants that leave one stage out.
+
+For one shape and step size, on uniform random routing, times (CUDA events, median) and
+splits per launch (CUPTI):
+
+- int4: the tuned configuration; the same with dequantization through fp32; the same with
+  dequantization skipped (diagnostic mode: the bytes reinterpreted as bf16, wrong values), so
+  the difference is what unpacking and scaling cost inside the kernel;
+- bf16 down launch: with the weighted atomic combine into the fp32 output (what the backend
+  does) and with a plain store of each assignment's row, so the difference is the atomics'.
+
+    PYTHONPATH=$PWD python3 benchmarks/gpu/kernel_diag.py --out $OUT/diag.json
+
+With --ncu, runs each variant a few times only, for `ncu --clock-control none` to profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+from _meta import provenance, write_json  # noqa: E402
+from kernels_bench import bench_ms, launch_times  # noqa: E402
+
+from wattmoe.moe import SimpleMoELayer, build_dispatch, get_preset  # noqa: E402
+from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.stacked import stacked_experts  # noqa: E402
+
+
+def run(fn: Callable[[], object], title: str, rec: dict[str, object],
+        rows: list[dict[str, object]], ncu: bool, split: bool) -> None:
+    """Times fn (or, for ncu, just runs it 3 times) and records the result."""
+    if ncu:
+        for _ in range(3):
+            fn()
+        return
+    ms = bench_ms(fn)
+    parts = launch_times(fn) if split else None
+    rows.append({**rec, "ms": ms, "gate_up_ms": parts[0] if parts else None,
+                 "down_ms": parts[1] if parts else None})
+    extra = f"  (gate/up {parts[0] * 1e3:.1f}, down {parts[1] * 1e3:.1f})" if parts else ""
+    print(f"{title:60s} {ms * 1e3:8.1f} us{extra}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="olmoe-1b-7b")
+    ap.add_argument("--tokens", default="512,4096")
+    ap.add_argument("--out", default="diag.json")
+    ap.add_argument("--ncu", action="store_true", help="run each variant 3 times, no timing")
+    ap.add_argument("--device", default="cuda", help="cpu: smoke test (TRITON_INTERPRET=1)")
+    ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shape")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    cfg = get_preset(args.shape, args.scale)
+    torch.manual_seed(0)
+    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+    qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+    qlayer.quantize(min(128, cfg.expert_inner_size))
+    st, qst = stacked_experts(layer.experts), stacked_experts(qlayer.experts)
+    h_dim, f_dim = cfg.hidden_size, cfg.expert_inner_size
+    rows: list[dict[str, object]] = []
+    for tokens in (int(t) for t in args.tokens.split(",")):
+        idx = torch.rand(tokens, cfg.num_experts, device=dev).topk(cfg.top_k, dim=1).indices
+        wgt = torch.rand(tokens, cfg.top_k, device=dev)
+        d = build_dispatch(idx, wgt / wgt.sum(1, keepdim=True), cfg.num_experts)
+        x = torch.randn(tokens, h_dim, device=dev).bfloat16()
+        n = d.token_idx.numel()
+        q_name = ft.choose_config(qst, n, dev)
+        q_pair = ft.resolve_config(q_name, True)
+        b_name = ft.choose_config(st, n, dev)
+        b_pair = ft.resolve_config(b_name, False)
+        assert q_pair is not None and b_pair is not None
+        variants: dict[str, tuple] = {
+            f"int4 {q_name}": (qst, q_pair),
+            f"int4 {q_name} fp32 dequant": (qst, tuple(dataclasses.replace(c, int4_asm=False)
+                                                        for c in q_pair)),
+            f"int4 {q_name} dequant skipped": (qst, tuple(dataclasses.replace(
+                c, int4_skip_dequant=True) for c in q_pair)),
+            f"bf16 {b_name}": (st, b_pair),
+        }
+        with torch.inference_mode():
+            for label, (stack, pair) in variants.items():
+                fn = functools.partial(ft.fused_forward, stack, x, d, pair)
+                run(fn, f"T={tokens:5d} {label}", {"tokens": tokens, "variant": label},
+                    rows, args.ncu, split=True)
+            # the down launch alone: atomic weighted combine vs a plain store per assignment
+            cfg_dn = ft._fit(b_pair[1], h_dim, f_dim, None)
+            assert cfg_dn is not None and st.w2 is not None
+            hmid = torch.randn(n, f_dim, device=dev).bfloat16()
+            out32 = torch.zeros(tokens, h_dim, device=dev)
+            ybuf = torch.empty(n, h_dim, device=dev, dtype=torch.bfloat16)
+            for label, combine, c in (("down, atomic combine", True, out32),
+                                      ("down, plain store", False, ybuf)):
+                fn = functools.partial(
+                    ft._launch, hmid, d.token_idx, d.weight, d.counts, st.w2, None, c, h_dim,
+                    f_dim, 0, cfg_dn, gather=False, gated=False, act=0, combine=combine,
+                    qgroup=None, ieee=False)
+                name = f"bf16 {b_name} {label}"
+                run(fn, f"T={tokens:5d} {name}", {"tokens": tokens, "variant": name}, rows,
+                    args.ncu, split=False)
+    if not args.ncu:
+        write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
