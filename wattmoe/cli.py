@@ -71,6 +71,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="loop",
+                   help="expert execution backend: loop, grouped, fused, fused_graph, auto, ...")
+    p.add_argument("--int4", action="store_true", help="quantize the experts to packed int4")
     p.add_argument("--cluster", default="h200-cpu",
                    help="place the measured expert loads on this cluster (name or spec file; "
                         "'none' to skip)")
@@ -83,11 +86,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cluster = None if args.cluster.lower() == "none" else args.cluster
     r = run_demo(args.preset, args.scale, args.batch, args.seq, args.steps, dtype=args.dtype,
-                 device=args.device, seed=args.seed, cluster=cluster)
+                 device=args.device, seed=args.seed, cluster=cluster, backend=args.backend,
+                 int4=args.int4)
     t = Table(title=f"{r.preset}: one MoE block, {r.tokens_per_step} tokens/step on {r.device}")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_row("shape", f"H={r.hidden_size} F={r.expert_inner_size} E={r.num_experts} k={r.top_k}")
+    if r.backend != "loop" or r.weights.startswith("int4"):
+        t.add_row("experts", f"{r.backend}, {r.weights}")
     t.add_row("median step (measured)", f"{r.median_step_s * 1e3:.2f} ms")
     t.add_row("p90 step (measured)", f"{r.p90_step_s * 1e3:.2f} ms")
     t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s")

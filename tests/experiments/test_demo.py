@@ -31,3 +31,24 @@ def test_demo_without_cluster_skips_placement() -> None:
 def test_demo_bad_input() -> None:
     with pytest.raises(ConfigError, match="steps, batch and seq must be positive"):
         run_demo("tiny", steps=0)
+
+
+def test_demo_other_backend_and_int4() -> None:
+    r = run_demo("tiny", 1.0, batch=1, seq=8, steps=2, warmup=1, cluster=None,
+                 backend="grouped", int4=True)
+    assert r.backend == "grouped" and r.weights.startswith("int4 (group 64)")
+    assert sum(r.expert_counts) == 2 * 8 * r.top_k
+
+
+def test_demo_unknown_backend_is_one_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown expert backend 'fusd'"):
+        run_demo("tiny", steps=1, backend="fusd")
+
+
+def test_int4_group_size() -> None:
+    from wattmoe.experiments.demo import int4_group_size
+
+    assert int4_group_size(2048, 1408) == 128
+    assert int4_group_size(768, 96) == 32
+    with pytest.raises(ConfigError, match="no int4 group size"):
+        int4_group_size(63, 128)

@@ -10,6 +10,7 @@ import torch
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
+from wattmoe.moe.backends import get_backend
 from wattmoe.telemetry import GpuSystemMonitor
 
 
@@ -49,6 +50,8 @@ class DemoResult:
     energy_backend: str
     mean_power_w: float | None
     energy_note: str
+    backend: str = "loop"
+    weights: str = ""
     cluster: str = ""
     cost_model: str = ""
     placements: tuple[PlacementRow, ...] = ()
@@ -109,6 +112,8 @@ def run_demo(
     device: str = "cpu",
     seed: int = 0,
     cluster: str | None = "h200-cpu",
+    backend: str = "loop",
+    int4: bool = False,
 ) -> DemoResult:
     """Runs `steps` timed forward passes of one `MoETransformerBlock` on random tokens.
 
@@ -116,6 +121,10 @@ def run_demo(
     the device has a counter (NVML, RAPL) and estimated otherwise; the result says which.
     Then the expert loads the router produced are placed on `cluster` (None: skip) by the
     energy-aware heuristic and by the EPLB-style and round-robin baselines (predictions).
+
+    `backend` is the expert execution backend (`wattmoe.moe.backends`: loop, grouped, fused,
+    ...); `int4` quantizes the routed experts to packed int4 first (group size: the largest
+    power of two <= 128 dividing both widths).
     """
     if steps <= 0 or batch <= 0 or seq <= 0 or warmup < 0:
         raise ConfigError(
@@ -124,7 +133,14 @@ def run_demo(
         )
     cfg = get_preset(preset, scale)
     dt = resolve_dtype(dtype)
-    block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed).eval()
+    get_backend(backend)  # unknown names: one clear error before any work
+    block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed,
+                                backend=backend).eval()
+    weights = dtype_name(dt)
+    if int4:
+        group = int4_group_size(cfg.hidden_size, cfg.expert_inner_size)
+        block.moe.quantize(group)
+        weights = f"int4 (group {group}), {weights} compute"
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(batch, seq, cfg.hidden_size, generator=gen).to(device=device, dtype=dt)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -132,7 +148,7 @@ def run_demo(
     aux: list[float] = []
     dropped = 0
     monitor = GpuSystemMonitor(devices=[device])
-    backend = monitor.backend_for(device)
+    meter = monitor.backend_for(device)
     with torch.inference_mode(), monitor:
         for _ in range(warmup):
             block(x)
@@ -160,7 +176,22 @@ def run_demo(
         p90_step_s=times[min(len(times) - 1, int(0.9 * len(times)))],
         tokens_per_s=batch * seq / med, expert_counts=block.moe.tokens_per_expert.tolist(),
         mean_aux_loss=statistics.fmean(aux), dropped=dropped,
-        energy_j=energy.energy_j, energy_source=energy.source, energy_backend=backend.name,
+        energy_j=energy.energy_j, energy_source=energy.source, energy_backend=meter.name,
         mean_power_w=energy.mean_power_w, energy_note=energy.note,
+        backend=backend, weights=weights,
         cluster=cluster or "", cost_model=cost_model, placements=placements,
     )
+
+
+def int4_group_size(hidden: int, inner: int) -> int:
+    """Largest power of two <= 128 dividing both widths (int4 groups must tile each row).
+
+    Raises:
+        ConfigError: no even group size divides both widths.
+    """
+    g = 128
+    while g >= 2 and (hidden % g or inner % g):
+        g //= 2
+    if g < 2:
+        raise ConfigError(f"no int4 group size divides both widths {hidden} and {inner}")
+    return g
