@@ -330,22 +330,21 @@ def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> li
         if m <= 16:
             names = ["w64t16", "w64t16k128", "w64t32"]
         elif m <= 80:
-            names = ["w64t32", "w64t64", "w128t64", "w64t64k128", "w64t32s6", "w64t64w8",
-                     "w64t128", "w64t64c"]
+            names = ["w64t32", "w64t64", "w128t64", "w64t64k128", "w64t32s6", "w64t128",
+                     "w64t64k32", "w64t128k32", "w64t32k32"]
         elif m <= 300:
-            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64w8"]
+            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32"]
         else:
             names = ["w128t64", "w128t128"]
         return [n for n in names if n in ft.INT4_CANDIDATES]
     if m <= 16:
         names = ["m16", "m32", "w64t16", "w64t32"]
     elif m <= 80:
-        names = ["m32", "m64", "m64s6", "m64k128", "m32n128", "w64t64", "w64t64s6",
-                 "w128t64", "w128t64k128", "w64t128"]
+        names = ["m64", "m64n64", "m64s6", "w64t64", "w64t64s6", "w128t64", "w64t128"]
     elif m <= 300:
         names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128"]
     else:
-        names = ["m64n128", "m128", "m128n256", "w128t128"]
+        names = ["m64n128", "m128", "m128n256", "w128t128", "m64n64"]
     return [n for n in names if n in ft.CANDIDATES]
 
 

@@ -166,6 +166,7 @@ CANDIDATES: dict[str, ConfigPair] = {
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
     "m128n256": (KernelConfig(128, 128, 64, 8, 8, 3), KernelConfig(128, 256, 64, 8, 8, 3)),
     # deeper pipelines and longer K runs per weight row, for steps bound by reading weights
+    "m64n64": (KernelConfig(64, 64, 64, 8, 4, 4), KernelConfig(64, 64, 64, 8, 4, 4)),
     "m64s6": (KernelConfig(64, 64, 64, 8, 4, 6), KernelConfig(64, 128, 64, 8, 4, 5)),
     "m64k128": (KernelConfig(64, 64, 128, 8, 4, 4), KernelConfig(64, 128, 128, 8, 8, 3)),
     "m32n128": (KernelConfig(32, 128, 64, 4, 4, 4), KernelConfig(32, 128, 128, 4, 4, 4)),
@@ -183,6 +184,10 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t64k128": (_wt(64, 64, 128, 8, 4, 3), _wt(64, 64, 128, 8, 4, 3)),
     "w64t32s6": (_wt(64, 32, 64, 4, 4, 6), _wt(64, 32, 64, 4, 4, 6)),
     "w64t64w8": (_wt(64, 64, 64, 8, 8, 4), _wt(64, 64, 64, 8, 8, 4)),
+    # K tiles of 32 packed columns: half the dequantized registers, more CTAs per SM
+    "w64t64k32": (_wt(64, 64, 32, 8, 4, 4), _wt(64, 64, 32, 8, 4, 4)),
+    "w64t128k32": (_wt(64, 128, 32, 8, 4, 3), _wt(64, 128, 32, 8, 4, 3)),
+    "w64t32k32": (_wt(64, 32, 32, 4, 4, 4), _wt(64, 32, 32, 4, 4, 4)),
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
 }
 # The same tiles dequantizing through fp32 conversions ("...c"): the first version, kept to
