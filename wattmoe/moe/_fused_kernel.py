@@ -57,61 +57,37 @@ def _swizzle(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 # into the exponent of 128 (bf16 0x4300) or 1024 (fp16 0x6400), where consecutive integers are
 # exact: the lane holds 128 + q (or 1024 + q); one fma subtracts 136 (1032), giving q - 8
 # exactly, and a second multiplies by the group scale with one rounding, as `dequantize_int4`
-# does in the same dtype. Outputs: the low nibbles (columns j) and the high nibbles (j + K/2).
+# does in the same dtype. Outputs $0-$3: the low nibbles (columns j) in $0, $1 and the high
+# nibbles (j + K/2) in $2, $3; inputs: $4 the 4 packed bytes, $5-$8 the scales.
+def _int4_asm(fma: str, one: int, minus_offset: int, magic: int) -> str:
+    def x2(v: int) -> str:
+        return f"0x{v:04X}{v:04X}"
+
+    lines = [".reg .b32 t0, t1, t2, t3, one, off, nz;",
+             f"mov.b32 one, {x2(one)};", f"mov.b32 off, {x2(minus_offset)};",
+             "mov.b32 nz, 0x80008000;",
+             "prmt.b32 t0, $4, 0, 0x4140;", "prmt.b32 t1, $4, 0, 0x4342;",
+             "shr.b32 t2, t0, 4;", "shr.b32 t3, t1, 4;"]
+    lines += [f"lop3.b32 ${i}, t{i}, 0x000F000F, {x2(magic)}, 0xEA;" for i in range(4)]
+    lines += [f"{fma} ${i}, ${i}, one, off;" for i in range(4)]
+    lines += [f"{fma} ${i}, ${i}, ${i + 5}, nz;" for i in range(4)]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+_INT4_ASM_FP16 = tl.constexpr(_int4_asm("fma.rn.f16x2", 0x3C00, 0xE408, 0x6400))
+_INT4_ASM_BF16 = tl.constexpr(_int4_asm("fma.rn.bf16x2", 0x3F80, 0xC308, 0x4300))
+
+
 @triton.jit
 def _dequant_int4_asm(p, s_lo, s_hi, FP16: tl.constexpr):
     if FP16:
         lo, hi = tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 t0, t1, t2, t3, one, off, nz;
-            mov.b32 one, 0x3C003C00;
-            mov.b32 off, 0xE408E408;
-            mov.b32 nz, 0x80008000;
-            prmt.b32 t0, $4, 0, 0x4140;
-            prmt.b32 t1, $4, 0, 0x4342;
-            shr.b32 t2, t0, 4;
-            shr.b32 t3, t1, 4;
-            lop3.b32 $0, t0, 0x000F000F, 0x64006400, 0xEA;
-            lop3.b32 $1, t1, 0x000F000F, 0x64006400, 0xEA;
-            lop3.b32 $2, t2, 0x000F000F, 0x64006400, 0xEA;
-            lop3.b32 $3, t3, 0x000F000F, 0x64006400, 0xEA;
-            fma.rn.f16x2 $0, $0, one, off;
-            fma.rn.f16x2 $1, $1, one, off;
-            fma.rn.f16x2 $2, $2, one, off;
-            fma.rn.f16x2 $3, $3, one, off;
-            fma.rn.f16x2 $0, $0, $5, nz;
-            fma.rn.f16x2 $1, $1, $6, nz;
-            fma.rn.f16x2 $2, $2, $7, nz;
-            fma.rn.f16x2 $3, $3, $8, nz;
-            }""",
-            constraints="=r,=r,=r,=r,r,r,r,r,r",
-            args=[p, s_lo, s_hi], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+            asm=_INT4_ASM_FP16, constraints="=r,=r,=r,=r,r,r,r,r,r", args=[p, s_lo, s_hi],
+            dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
     else:
         lo, hi = tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 t0, t1, t2, t3, one, off, nz;
-            mov.b32 one, 0x3F803F80;
-            mov.b32 off, 0xC308C308;
-            mov.b32 nz, 0x80008000;
-            prmt.b32 t0, $4, 0, 0x4140;
-            prmt.b32 t1, $4, 0, 0x4342;
-            shr.b32 t2, t0, 4;
-            shr.b32 t3, t1, 4;
-            lop3.b32 $0, t0, 0x000F000F, 0x43004300, 0xEA;
-            lop3.b32 $1, t1, 0x000F000F, 0x43004300, 0xEA;
-            lop3.b32 $2, t2, 0x000F000F, 0x43004300, 0xEA;
-            lop3.b32 $3, t3, 0x000F000F, 0x43004300, 0xEA;
-            fma.rn.bf16x2 $0, $0, one, off;
-            fma.rn.bf16x2 $1, $1, one, off;
-            fma.rn.bf16x2 $2, $2, one, off;
-            fma.rn.bf16x2 $3, $3, one, off;
-            fma.rn.bf16x2 $0, $0, $5, nz;
-            fma.rn.bf16x2 $1, $1, $6, nz;
-            fma.rn.bf16x2 $2, $2, $7, nz;
-            fma.rn.bf16x2 $3, $3, $8, nz;
-            }""",
-            constraints="=r,=r,=r,=r,r,r,r,r,r",
-            args=[p, s_lo, s_hi], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+            asm=_INT4_ASM_BF16, constraints="=r,=r,=r,=r,r,r,r,r,r", args=[p, s_lo, s_hi],
+            dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     return lo, hi
 
 
