@@ -10,16 +10,8 @@ are held to 2e-2 here; fp32 (and int4 with fp32 compute) must match `loop` to 1e
 
 from __future__ import annotations
 
-import os
-import sys
-
-if "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-
 import pytest
 import torch
-
-pytest.importorskip("triton")
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe import Expert, QuantizedExpert, quantize_expert
@@ -27,16 +19,10 @@ from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.backends import get_backend
 from wattmoe.moe.stacked import stacked_experts
 
+from .interpreter import _interpreter, requires_interpreter  # noqa: F401 (autouse fixture)
 from .test_backends import make_dispatch, rel_err
 
-pytestmark = pytest.mark.skipif(
-    not ft.interpreting(), reason="Triton was imported before TRITON_INTERPRET=1 was set"
-)
-
-
-@pytest.fixture(autouse=True)
-def _interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+pytestmark = requires_interpreter
 
 
 def experts(num: int, hidden: int, inner: int, form: str = "swiglu",

@@ -8,32 +8,18 @@ valid top-k, and weights are compared with the router's only on rows whose sets 
 
 from __future__ import annotations
 
-import os
-import sys
-
-if "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"
-
 import pytest
 import torch
-
-pytest.importorskip("triton")
 
 from wattmoe.errors import ShapeError
 from wattmoe.moe import SimpleMoELayer, get_preset, switch_balance_loss
 from wattmoe.moe import fused_route as fr
-from wattmoe.moe import fused_triton as ft
 from wattmoe.moe import layer as layer_mod
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
 
-pytestmark = pytest.mark.skipif(
-    not ft.interpreting(), reason="Triton was imported before TRITON_INTERPRET=1 was set"
-)
+from .interpreter import _interpreter, requires_interpreter  # noqa: F401 (autouse fixture)
 
-
-@pytest.fixture(autouse=True)
-def _interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+pytestmark = requires_interpreter
 
 
 class _TestFixedBias(RoutingStrategy):
