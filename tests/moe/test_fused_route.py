@@ -249,3 +249,30 @@ def test_layer_keeps_the_unfused_route_with_capacity_autograd_or_other_backends(
     assert len(spy) == 1
     assert layer.uses_fused_route(x)
     assert not layer.uses_fused_route(x.requires_grad_())
+
+
+def test_auto_routes_fused_once_its_choice_is_a_fused_backend(
+    spy: list[int], gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wattmoe.moe.autoselect import AutoBackend
+
+    cfg = get_preset("tiny").replace(hidden_size=32, expert_inner_size=32)
+    layer = SimpleMoELayer(cfg, seed=2, backend="auto")
+    ref = SimpleMoELayer(cfg, seed=2, backend="loop")
+    for winner, fused_after in (("fused", True), ("grouped", False)):
+        auto = AutoBackend(candidates=["fused", "grouped"],
+                           cost_fn=lambda name, info, w=winner: 0.0 if name == w else 1.0)
+        monkeypatch.setattr(layer, "_backend", auto)
+        spy.clear()
+        x = torch.randn(5, 32, generator=gen)
+        with torch.no_grad():
+            assert not layer.uses_fused_route(x)  # no decision for this step size yet
+            first = layer(x)  # decides, after routing with torch
+            second = layer(x)
+            want = ref(x)
+            assert layer.uses_fused_route(x) is fused_after
+        assert auto.decided(layer.experts, x, 5 * cfg.top_k) == winner
+        assert len(spy) == (1 if fused_after else 0)
+        for out in (first, second):
+            torch.testing.assert_close(out.hidden_states, want.hidden_states, rtol=1e-5,
+                                       atol=1e-5)

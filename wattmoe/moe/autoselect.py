@@ -111,10 +111,21 @@ class AutoBackend:
         self.last = None
 
     def key(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> tuple[object, ...]:
+        return self._key(experts, x, d.token_idx.numel())
+
+    def _key(self, experts: Sequence[nn.Module], x: torch.Tensor,
+             num_assign: int) -> tuple[object, ...]:
         st = stacked_experts(experts)
         weights = f"int4g{st.group_size}" if st.quantized else str(st.dtype)
         return (str(x.device), str(x.dtype), st.num_experts, st.hidden_size, st.inner_size,
-                st.form, weights, bucket(d.token_idx.numel()))
+                st.form, weights, bucket(num_assign))
+
+    def decided(self, experts: Sequence[nn.Module], x: torch.Tensor,
+                num_assign: int) -> str | None:
+        """The backend already chosen for a step of `num_assign` assignments, or None (no
+        decision yet). Lets the layer route with `fused_route` before calling the backend."""
+        dec = self.table.get(self._key(experts, x, num_assign))
+        return dec.backend if dec is not None else None
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
         if needs_autograd(experts, x):

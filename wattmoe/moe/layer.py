@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from wattmoe.errors import ShapeError
+from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import get_backend, needs_autograd
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
 from wattmoe.moe.dispatch import build_dispatch
@@ -110,11 +111,16 @@ class SimpleMoELayer(nn.Module):
     def uses_fused_route(self, tokens: torch.Tensor) -> bool:
         """True if a step on tokens [T, H] routes with `fused_route`.
 
-        That needs a fused expert backend, no capacity factor (capacity keeps the earliest
-        tokens, which needs token order within each expert), Triton for the tokens' device, and
-        no autograd through the router or the experts (the kernels have no backward).
+        That needs a fused expert backend (for `auto`: a fused backend already chosen for this
+        step size), no capacity factor (capacity keeps the earliest tokens, which needs token
+        order within each expert), Triton for the tokens' device, and no autograd through the
+        router or the experts (the kernels have no backward).
         """
-        if self.backend_name not in FUSED_ROUTING_BACKENDS:
+        name = self.backend_name
+        if isinstance(self._backend, AutoBackend):
+            name = self._backend.decided(
+                self.experts, tokens, tokens.shape[0] * self.config.top_k) or ""
+        if name not in FUSED_ROUTING_BACKENDS:
             return False
         if self.config.capacity_factor is not None or not fused_route_available(tokens):
             return False
