@@ -22,19 +22,22 @@ from typing import Any
 def git_commit(cwd: str | Path | None = None) -> str:
     """HEAD's sha, with '+dirty' when tracked files differ; 'unknown' outside git.
 
-    WATTMOE_COMMIT, when set, wins: machines that receive a copy of the working tree (the GPU
-    machine here) may carry stale git metadata, so the caller states the commit it sent.
+    WATTMOE_COMMIT, when set, states the commit: machines that receive a copy of the working
+    tree (the GPU machine here) may carry stale git metadata. If git there names another
+    commit, both are recorded: '<stated> (stated; git here: <sha>[+dirty])'.
     """
-    if os.environ.get("WATTMOE_COMMIT"):
-        return os.environ["WATTMOE_COMMIT"]
+    stated = os.environ.get("WATTMOE_COMMIT", "").strip()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True, cwd=cwd).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, cwd=cwd).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
+        here = sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return stated or "unknown"
+    if not stated or sha.startswith(stated) or stated.startswith(sha):
+        return here
+    return f"{stated} (stated; git here: {here})"
 
 
 def machine_info() -> dict[str, Any]:

@@ -25,6 +25,17 @@ from .test_backends import make_dispatch, rel_err
 pytestmark = requires_interpreter
 
 
+@pytest.fixture
+def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails the test if `fused_forward` falls back to `grouped_forward` (which matches `loop`
+    too, so a silent fallback would pass every numeric check)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fused_forward fell back to grouped_forward")
+
+    monkeypatch.setattr(ft, "grouped_forward", refuse)
+
+
 def experts(num: int, hidden: int, inner: int, form: str = "swiglu",
             dtype: torch.dtype = torch.float32, seed: int = 0) -> list[Expert]:
     torch.manual_seed(seed)
@@ -39,7 +50,7 @@ def run(ex: list, x: torch.Tensor, d, config: str) -> torch.Tensor:
 @pytest.mark.parametrize("form", ["swiglu", "relu"])
 @pytest.mark.parametrize("kind", ["uniform", "skewed", "hot", "capacity"])
 def test_fused_fp32_matches_loop(config: str, form: str, kind: str,
-                                 gen: torch.Generator) -> None:
+                                 gen: torch.Generator, no_fallback: None) -> None:
     ex = experts(8, 64, 32, form)
     d = make_dispatch(kind, 37, 8, 2, gen)
     x = torch.randn(37, 64, generator=gen)
@@ -49,7 +60,7 @@ def test_fused_fp32_matches_loop(config: str, form: str, kind: str,
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_single_token_and_ragged_widths(gen: torch.Generator) -> None:
+def test_fused_single_token_and_ragged_widths(gen: torch.Generator, no_fallback: None) -> None:
     # H=48: K tiles of 32 do not divide it (masked K loop); F=40: columns wrap and are masked
     ex = experts(4, 48, 40)
     x = torch.randn(1, 48, generator=gen)
@@ -59,7 +70,8 @@ def test_fused_single_token_and_ragged_widths(gen: torch.Generator) -> None:
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator) -> None:
+def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator,
+                                                no_fallback: None) -> None:
     ex = experts(8, 64, 64, dtype=torch.bfloat16)
     x = torch.randn(33, 64, generator=gen).bfloat16()
     d = make_dispatch("skewed", 33, 8, 2, gen)
@@ -71,7 +83,7 @@ def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator) -> None:
                          [(32, "w64t16"), (16, "w64t16"), (64, "w64t32"), (64, "w64t16k128")])
 @pytest.mark.parametrize("form", ["swiglu", "relu"])
 def test_fused_int4_dequantizes_in_the_gemm(group: int, config: str, form: str,
-                                            gen: torch.Generator) -> None:
+                                            gen: torch.Generator, no_fallback: None) -> None:
     # K tiles shrink to divide the group and K/2 (group 16: tiles of 16 packed columns; group
     # 64 with K tiles of 128: 64 for gate/up, 32 for down (F=64, K/2=32). fp32
     # compute: exact against loop, which dequantizes separately.
@@ -84,7 +96,7 @@ def test_fused_int4_dequantizes_in_the_gemm(group: int, config: str, form: str,
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_fused_int4_bf16(gen: torch.Generator) -> None:
+def test_fused_int4_bf16(gen: torch.Generator, no_fallback: None) -> None:
     qx = [quantize_expert(e, 32) for e in experts(8, 64, 64, dtype=torch.bfloat16)]
     x = torch.randn(21, 64, generator=gen).bfloat16()
     d = make_dispatch("uniform", 21, 8, 2, gen)
@@ -115,3 +127,33 @@ def test_no_candidate_skips_int4_dequantization() -> None:
     for table in (ft.CANDIDATES, ft.INT4_CANDIDATES):
         for pair in table.values():
             assert not any(c.int4_skip_dequant for c in pair)
+
+
+def test_fused_int4_group_not_a_power_of_two(gen: torch.Generator, no_fallback: None) -> None:
+    # group 48 divides K/2 = 48: the K tile must still be a power of two (16), not 48
+    qx = [quantize_expert(e, group_size=48) for e in experts(4, 96, 96)]
+    d = make_dispatch("uniform", 7, 4, 2, gen)
+    x = torch.randn(7, 96, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, "w64t16"), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fused_int4_without_a_tile_falls_back(gen: torch.Generator,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # group 20, K/2 = 20: no power-of-two tile of >= 16 divides both; grouped math instead
+    calls: list[int] = []
+    grouped = ft.grouped_forward
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return grouped(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "grouped_forward", spy)
+    qx = [quantize_expert(e, group_size=20) for e in experts(4, 40, 40)]
+    d = make_dispatch("uniform", 5, 4, 2, gen)
+    x = torch.randn(5, 40, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, "w64t16"), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    assert calls == [1]

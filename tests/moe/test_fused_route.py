@@ -276,3 +276,22 @@ def test_auto_routes_fused_once_its_choice_is_a_fused_backend(
         for out in (first, second):
             torch.testing.assert_close(out.hidden_states, want.hidden_states, rtol=1e-5,
                                        atol=1e-5)
+
+
+def test_bias_on_another_device_is_one_clear_error(gen: torch.Generator) -> None:
+    router = AdaptiveRouter(32, 8, 2, strategy=_TestFixedBias(torch.zeros(8, device="meta")))
+    with torch.no_grad(), pytest.raises(ShapeError, match="selection bias is on meta"):
+        fr.fused_route(router, torch.randn(4, 32, generator=gen))
+
+
+def test_auto_in_training_neither_stacks_nor_needs_stackable_experts(
+    gen: torch.Generator,
+) -> None:
+    cfg = get_preset("tiny").replace(hidden_size=32, expert_inner_size=32)
+    layer = SimpleMoELayer(cfg, seed=2, backend="auto")
+    ptr = layer.experts[0].up_proj.weight.data_ptr()
+    out = layer(torch.randn(3, 32, generator=gen))  # grad mode: loop path, no stacking
+    assert out.hidden_states.requires_grad
+    assert layer.experts[0].up_proj.weight.data_ptr() == ptr
+    layer.experts[1] = torch.nn.Sequential(torch.nn.Linear(32, 32))  # not stackable
+    layer(torch.randn(3, 32, generator=gen)).hidden_states.sum().backward()

@@ -10,7 +10,7 @@ import torch
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
-from wattmoe.moe.backends import get_backend
+from wattmoe.moe.backends import available_backends, get_backend
 from wattmoe.telemetry import GpuSystemMonitor
 
 
@@ -137,6 +137,8 @@ def run_demo(
     block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed,
                                 backend=backend).eval()
     weights = dtype_name(dt)
+    if backend != "auto" and backend not in available_backends(device, dt):
+        backend = f"{backend} (runs a fallback on {device}: see `available_backends`)"
     if int4:
         group = int4_group_size(cfg.hidden_size, cfg.expert_inner_size)
         block.moe.quantize(group)

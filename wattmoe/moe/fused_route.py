@@ -1,10 +1,11 @@
 """Fused routing: router scores, top-k, counts, dispatch and balance loss in two Triton kernels.
 
-`AdaptiveRouter` followed by `build_dispatch` launches about 25 small kernels per layer step
-(softmax, topk, gathers, counts, arange/repeat_interleave, argsort, ...): on an H200 at 512
-tokens that is ~0.12 ms of GPU time against ~0.25 ms for the experts. `fused_route` keeps the
-gate GEMM, the float cast and the strategy's selection bias in torch and does the rest in two
-kernels (`_route_kernel.py`), after one zero-fill:
+`AdaptiveRouter` followed by `build_dispatch` launches ~35 small kernels per layer step
+(softmax, topk, gathers, counts, arange/repeat_interleave, argsort, ...): on an H200, for a
+512-token OLMoE step, ~107 us of GPU time against ~0.25 ms for the experts (measured,
+results/h200/kernels/run6). `fused_route` keeps the gate GEMM, the float cast and the strategy's
+selection bias in torch and does the rest in two kernels (`_route_kernel.py`) after one
+zero-fill (~19 us in all on the same step):
 
 1. `route_topk`, a program per BLOCK_T tokens: scores (softmax or sigmoid) and probs over the
    E experts in registers, top-k of logits + bias by k rounds of argmax (ties to the lowest
@@ -74,15 +75,18 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _bias_operand(bias: torch.Tensor | None, tokens: int, num_experts: int
-                  ) -> tuple[int, torch.Tensor | None]:
+def _bias_operand(bias: torch.Tensor | None, tokens: int, num_experts: int,
+                  device: torch.device) -> tuple[int, torch.Tensor | None]:
     """(BIAS mode, contiguous fp32 operand): 0 none, 1 one bias [E], 2 a bias per token [T, E].
 
     Raises:
-        ShapeError: the bias does not broadcast to [T, E] as [E], [1, E] or [T, E].
+        ShapeError: the bias does not broadcast to [T, E] as [E], [1, E] or [T, E], or it is
+            not on the logits' device.
     """
     if bias is None:
         return 0, None
+    if bias.device != device:
+        raise ShapeError(f"selection bias is on {bias.device}, the router's logits on {device}")
     shape = tuple(bias.shape)
     if shape in ((num_experts,), (1, num_experts)):
         return 1, bias.reshape(num_experts).float().contiguous()
@@ -126,7 +130,7 @@ def fused_route(
 
     logits = F.linear(x, router.gate.weight).float().contiguous()
     bias = router.strategy.selection_bias(logits)
-    mode, bias_op = _bias_operand(bias, tokens, num_experts)
+    mode, bias_op = _bias_operand(bias, tokens, num_experts, logits.device)
     dev = logits.device
     num_assign = tokens * top_k
     tpe = tokens_per_expert

@@ -17,8 +17,11 @@ The two kernels differ in which operand comes first in the MMA:
   BLOCK_M tokens] tiles. Wgmma's first operand may come from registers, so int4 weights are
   dequantized in registers and go straight into the MMA; all int4 candidates use this kernel.
   int4 stacks use the half-split packing of `wattmoe.moe.quant` (column j and j + K/2 in one
-  byte): a mask and a shift give two tiles of whole columns, scaled by their fp16 group scale in
-  fp32 and cast to the compute dtype. No dequantized copy of the weights is written to memory.
+  byte): a mask and a shift give two tiles of whole columns. On an NVIDIA GPU with bf16/fp16
+  compute, inline PTX does it with bit operations and two 16-bit fmas (the scale rounded to the
+  compute dtype first, as `dequantize_int4` does in that dtype); in the interpreter, for fp32
+  compute and for the "...c" candidates, through fp32 (code - 8) * scale. No dequantized copy of
+  the weights is written to memory.
 
 Blocks are laid out expert after expert; every program finds its expert from `counts` by a
 cumulative sum in registers, so there is no alignment kernel and no host sync: the grid is an
@@ -287,7 +290,7 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
     if qgroup is not None:
         if k_dim % 2:
             return None
-        bk = min(cfg.block_k, qgroup)
+        bk = 1 << (min(cfg.block_k, qgroup).bit_length() - 1)  # Triton tiles: powers of two
         while bk >= 16 and ((k_dim // 2) % bk or qgroup % bk):
             bk //= 2
     else:
@@ -339,7 +342,9 @@ def _launch(
 
 def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int:
     """`_dequant_int4`'s MODE: 1 bit operations (GPU, bf16/fp16), 0 through fp32, 2 skipped."""
-    gpu16 = a.is_cuda and a.dtype in (torch.bfloat16, torch.float16)
+    # the inline PTX is NVIDIA's: ROCm builds of torch also report is_cuda
+    gpu16 = (a.is_cuda and torch.version.hip is None
+             and a.dtype in (torch.bfloat16, torch.float16))
     if qgroup is None or not gpu16:
         return 0
     if cfg.int4_skip_dequant:

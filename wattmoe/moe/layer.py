@@ -116,17 +116,18 @@ class SimpleMoELayer(nn.Module):
         order within each expert), Triton for the tokens' device, and no autograd through the
         router or the experts (the kernels have no backward).
         """
-        name = self.backend_name
-        if isinstance(self._backend, AutoBackend):
-            name = self._backend.decided(
-                self.experts, tokens, tokens.shape[0] * self.config.top_k) or ""
-        if name not in FUSED_ROUTING_BACKENDS:
-            return False
         if self.config.capacity_factor is not None or not fused_route_available(tokens):
             return False
         if torch.is_grad_enabled() and self.router.gate.weight.requires_grad:
             return False
-        return not needs_autograd(self.experts, tokens)
+        if needs_autograd(self.experts, tokens):
+            return False
+        if isinstance(self._backend, AutoBackend):  # asked last: it stacks the experts
+            name = self._backend.decided(
+                self.experts, tokens, tokens.shape[0] * self.config.top_k) or ""
+        else:
+            name = self.backend_name
+        return name in FUSED_ROUTING_BACKENDS
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         """Runs tokens x [..., H] through the layer."""
