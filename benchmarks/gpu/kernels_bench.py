@@ -136,7 +136,7 @@ def routing(kind: str, tokens: int, num_experts: int, top_k: int, dev: torch.dev
     w = torch.rand(tokens, top_k, generator=gen, device=dev) + 0.05
     w = w / w.sum(-1, keepdim=True)
     cf = 0.5 if kind == "capacity" else None
-    return build_dispatch(idx, w, num_experts, cf)
+    return build_dispatch(idx, w, num_experts, cf, with_rowof=True)  # as the layer routes
 
 
 def launch_times(fn: Callable[[], object], reps: int = 10) -> tuple[float, float] | None:

@@ -26,7 +26,7 @@ def _no_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_dispatch(kind: str, tokens: int, num_experts: int, top_k: int,
-                  gen: torch.Generator) -> Dispatch:
+                  gen: torch.Generator, with_rowof: bool = False) -> Dispatch:
     """Routings: uniform, skewed (few experts get most), hot (all on k experts), capacity."""
     if kind == "hot":
         idx = torch.randperm(num_experts, generator=gen)[:top_k].expand(tokens, -1)
@@ -37,7 +37,7 @@ def make_dispatch(kind: str, tokens: int, num_experts: int, top_k: int,
         idx = torch.rand(tokens, num_experts, generator=gen).topk(top_k, -1).indices
     w = torch.rand(tokens, top_k, generator=gen) + 0.1
     return build_dispatch(idx, w / w.sum(-1, keepdim=True), num_experts,
-                          0.5 if kind == "capacity" else None)
+                          0.5 if kind == "capacity" else None, with_rowof=with_rowof)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -330,3 +330,15 @@ def test_graphed_layer_recaptures_after_weights_are_replaced(
         layer.load_state_dict(fresh, assign=True)
         step(x)
         assert step.captures == 3
+
+
+@pytest.mark.parametrize("kind", ["uniform", "capacity"])
+def test_dispatch_rowof_is_each_assignments_row(kind: str, gen: torch.Generator) -> None:
+    d = make_dispatch(kind, 23, 8, 3, gen, with_rowof=True)
+    assert d.rowof is not None and d.rowof.shape == (23 * 3,)
+    kept = d.rowof >= 0
+    assert int((~kept).sum()) == d.dropped
+    rows = d.rowof[kept]
+    assert torch.equal(rows.sort().values, torch.arange(d.token_idx.numel()))  # a bijection
+    slot_tokens = torch.arange(23).repeat_interleave(3)
+    assert torch.equal(d.token_idx[rows], slot_tokens[kept])  # each row holds its token

@@ -10,6 +10,8 @@ are held to 2e-2 here; fp32 (and int4 with fp32 compute) must match `loop` to 1e
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -52,7 +54,8 @@ def run(ex: list, x: torch.Tensor, d, config: str) -> torch.Tensor:
 def test_fused_fp32_matches_loop(config: str, form: str, kind: str,
                                  gen: torch.Generator, no_fallback: None) -> None:
     ex = experts(8, 64, 32, form)
-    d = make_dispatch(kind, 37, 8, 2, gen)
+    # the row-store + combine path (rowof) for half the cases, the atomic path for the rest
+    d = make_dispatch(kind, 37, 8, 2, gen, with_rowof=(form == "swiglu"))
     x = torch.randn(37, 64, generator=gen)
     with torch.no_grad():
         want = get_backend("loop")(ex, x, d)
@@ -99,7 +102,7 @@ def test_fused_int4_dequantizes_in_the_gemm(group: int, config: str, form: str,
 def test_fused_int4_bf16(gen: torch.Generator, no_fallback: None) -> None:
     qx = [quantize_expert(e, 32) for e in experts(8, 64, 64, dtype=torch.bfloat16)]
     x = torch.randn(21, 64, generator=gen).bfloat16()
-    d = make_dispatch("uniform", 21, 8, 2, gen)
+    d = make_dispatch("uniform", 21, 8, 2, gen, with_rowof=True)
     with torch.no_grad():
         assert rel_err(run(qx, x, d, "w64t16"), get_backend("loop")(qx, x, d)) < 2e-2
 
@@ -157,3 +160,17 @@ def test_fused_int4_without_a_tile_falls_back(gen: torch.Generator,
         torch.testing.assert_close(run(qx, x, d, "w64t16"), get_backend("loop")(qx, x, d),
                                    rtol=1e-5, atol=1e-5)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("kind", ["uniform", "capacity", "hot"])
+def test_fused_combine_without_atomics_equals_atomic_path(kind: str, gen: torch.Generator,
+                                                          no_fallback: None) -> None:
+    ex = experts(8, 48, 32)
+    x = torch.randn(19, 48, generator=gen)
+    d = make_dispatch(kind, 19, 8, 3, gen, with_rowof=True)
+    atomic = dataclasses.replace(d, rowof=None)
+    with torch.no_grad():
+        a = run(ex, x, d, "m16")
+        b = run(ex, x, atomic, "m16")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, get_backend("loop")(ex, x, d), rtol=1e-5, atol=1e-5)

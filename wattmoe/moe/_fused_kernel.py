@@ -178,9 +178,10 @@ def moe_gemm(
     elif ACT == 2:
         acc = tl.maximum(acc, 0.0)
     nmask = offs_n < n_out
-    if COMBINE:
+    if COMBINE != 0:
         wgt = tl.load(wt_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         acc = acc * wgt[:, None]
+    if COMBINE == 1:
         c_ptrs = c_ptr + tok[:, None] * stride_cm + offs_n[None, :]
         tl.atomic_add(c_ptrs, acc, mask=rmask[:, None] & nmask[None, :], sem="relaxed")
     else:
@@ -293,11 +294,34 @@ def moe_gemm_wt(
         acc = tl.maximum(acc, 0.0)
     fmask = offs_f < n_out
     mask = fmask[:, None] & rmask[None, :]
-    if COMBINE:
+    if COMBINE != 0:
         wgt = tl.load(wt_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         acc = acc * wgt[None, :]
+    if COMBINE == 1:
         c_ptrs = c_ptr + tok[None, :] * stride_cm + offs_f[:, None]
         tl.atomic_add(c_ptrs, acc, mask=mask, sem="relaxed")
     else:
         c_ptrs = c_ptr + rows[None, :] * stride_cm + offs_f[:, None]
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def moe_combine(
+    y_ptr, rowof_ptr, out_ptr, num_tokens, n_cols, stride_y, stride_o,
+    TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """out[t] = sum over the token's k assignment rows of y (the down launch's weighted rows),
+    in fp32, in slot order (deterministic); rows of dropped assignments (-1) add nothing."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    tmask = t < num_tokens
+    hmask = h < n_cols
+    t64 = t.to(tl.int64)
+    acc = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        r = tl.load(rowof_ptr + t64 * TOP_K + j, mask=tmask, other=-1).to(tl.int64)
+        ok = tmask & (r >= 0)
+        v = tl.load(y_ptr + r[:, None] * stride_y + h[None, :],
+                    mask=ok[:, None] & hmask[None, :], other=0.0)
+        acc += v.to(tl.float32)
+    tl.store(out_ptr + t64[:, None] * stride_o + h[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=tmask[:, None] & hmask[None, :])

@@ -83,7 +83,8 @@ def route_scatter(
     num_assign, num_tokens, num_experts, aux_coef,
     TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, ADD_TPE: tl.constexpr,
 ):
-    """Places BLOCK_N assignments at offsets[e] + pos in the expert-sorted dispatch.
+    """Places BLOCK_N assignments at offsets[e] + pos in the expert-sorted dispatch, and
+    overwrites pos with each assignment's row (`Dispatch.rowof`).
 
     Program 0 also writes [balance, aux] to loss_ptr and, with ADD_TPE, adds counts into
     tpe [E] int64.
@@ -105,6 +106,7 @@ def route_scatter(
     row = base.to(tl.int64) + pos.to(tl.int64)
     tl.store(token_ptr + row, a64 // TOP_K, mask=amask)
     tl.store(weight_ptr + row, w, mask=amask)
+    tl.store(pos_ptr + a64, row.to(tl.int32), mask=amask)  # now each assignment's row
 
     if pid == 0:
         f = cnt.to(tl.float32) / num_assign

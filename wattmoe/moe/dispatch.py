@@ -19,6 +19,9 @@ class Dispatch:
         routed: [E] int64 assignments per expert before capacity.
         dropped: assignments dropped by the capacity limit.
         capacity: per-expert capacity used, or None.
+        rowof: [T * k] integer row of each (token, slot) assignment in this order, -1 where it
+            was dropped; None where not computed. With it the fused backend adds each token's
+            k rows itself instead of with atomics (deterministic, and fewer bytes moved).
     """
 
     token_idx: torch.Tensor
@@ -27,6 +30,7 @@ class Dispatch:
     routed: torch.Tensor
     dropped: int
     capacity: int | None
+    rowof: torch.Tensor | None = None
 
     @property
     def offsets(self) -> torch.Tensor:
@@ -55,12 +59,14 @@ def build_dispatch(
     topk_weight: torch.Tensor,
     num_experts: int,
     capacity_factor: float | None = None,
+    with_rowof: bool = False,
 ) -> Dispatch:
     """Groups the [T, k] assignments by expert with one stable sort (no loop over tokens).
 
     Within an expert, assignments keep token order; with a capacity, the first `capacity`
     assignments of each expert are kept and the rest dropped (earlier tokens win, as in the
-    Switch Transformer).
+    Switch Transformer). `with_rowof` also records each assignment's row (`Dispatch.rowof`;
+    two more small kernels, so only for backends that use it).
     """
     tokens, top_k = topk_idx.shape
     flat_e = topk_idx.reshape(-1)
@@ -70,13 +76,22 @@ def build_dispatch(
     token_idx = flat_tok[order]
     weight = topk_weight.reshape(-1)[order]
     routed = count_experts(sorted_e, num_experts)
+    n = sorted_e.numel()
     if capacity_factor is None:
-        return Dispatch(token_idx, weight, routed, routed, 0, None)
+        rowof = None
+        if with_rowof:
+            rowof = torch.empty_like(order).scatter_(
+                0, order, torch.arange(n, device=order.device))
+        return Dispatch(token_idx, weight, routed, routed, 0, None, rowof)
     cap = expert_capacity(tokens, top_k, num_experts, capacity_factor)
     starts = routed.cumsum(0) - routed
-    pos = torch.arange(sorted_e.numel(), device=sorted_e.device) - starts[sorted_e]
+    pos = torch.arange(n, device=sorted_e.device) - starts[sorted_e]
     keep = pos < cap
     kept = routed.clamp(max=cap)
+    rowof = None
+    if with_rowof:
+        rows = torch.where(keep, keep.long().cumsum(0) - 1, -1)
+        rowof = torch.empty_like(order).scatter_(0, order, rows)
     return Dispatch(
-        token_idx[keep], weight[keep], kept, routed, int((routed - kept).sum()), cap
+        token_idx[keep], weight[keep], kept, routed, int((routed - kept).sum()), cap, rowof
     )

@@ -1,14 +1,16 @@
 """`fused`: the experts of one device in two Triton kernels, bf16/fp16/fp32 or int4 weights.
 
-Two launches (plus a zero-fill and a final cast) of one of two kernels:
+Two launches of one of two kernels, then a combine:
 
 1. gather + gate/up + activation: each program takes a block of assignments of one expert
    (rows of the expert-sorted dispatch, tokens gathered through `token_idx` while loading) and a
    block of the inner width; it accumulates the gate and up projections from one load of the
    activations and writes silu(gate) * up (or relu(up)) to h [N, F] in dispatch order.
 2. down + weighted combine: h times the down projection for a block of rows, times the routing
-   weight, added atomically into an fp32 [T, H] output at the rows' tokens (k assignments of a
-   token meet there; the sum is in fp32, its order is not fixed).
+   weight. With `Dispatch.rowof` (both routing paths of `SimpleMoELayer` provide it for the
+   fused backends) the weighted rows are stored in dispatch order and a third small kernel,
+   `moe_combine`, adds each token's k rows in fp32 and in slot order (deterministic); without
+   it they are added atomically into an fp32 [T, H] output (order not fixed) and cast.
 
 The two kernels differ in which operand comes first in the MMA:
 
@@ -109,6 +111,20 @@ def _kernel(interpret: bool, swap: bool = False) -> Any:
     if swap:
         return triton.jit(moe_gemm_wt, do_not_specialize=["num_pid_t"])
     return triton.jit(moe_gemm, do_not_specialize=["num_pid_m"])
+
+
+@functools.cache
+def _combine_kernel(interpret: bool) -> Any:
+    """`moe_combine` (sums each token's weighted rows), compiled or interpreted."""
+    _kernel(interpret)  # same checks (Triton present, interpreter chosen at import)
+    import triton
+
+    from wattmoe.moe._fused_kernel import moe_combine
+
+    return triton.jit(moe_combine)
+
+
+COMBINE_BLOCK_T, COMBINE_BLOCK_H = 16, 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,15 +323,17 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
 def _launch(
     a: torch.Tensor, tok: torch.Tensor, wt: torch.Tensor, counts: torch.Tensor,
     w: torch.Tensor, s: torch.Tensor | None, c: torch.Tensor, n_out: int, k_dim: int,
-    up_rows: int, cfg: KernelConfig, *, gather: bool, gated: bool, act: int, combine: bool,
+    up_rows: int, cfg: KernelConfig, *, gather: bool, gated: bool, act: int, combine: int,
     qgroup: int | None, ieee: bool,
 ) -> None:
+    """One launch; combine: 0 store rows, 1 weighted atomic add at the rows' tokens, 2 store
+    weighted rows."""
     num_assign, num_experts = tok.numel(), counts.numel()
     bm = cfg.block_m
     num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
     common = dict(
-        GATHER_A=gather, GATED=gated, ACT=act, COMBINE=combine,
+        GATHER_A=gather, GATED=gated, ACT=act, COMBINE=int(combine),
         BLOCK_E=max(MIN_BLOCK_E, 1 << (num_experts - 1).bit_length()),
         EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee, DOT_F32=not a.is_cuda,
         BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -390,9 +408,12 @@ def fused_forward(
     if not use_triton or cfg1 is None or cfg2 is None:
         return grouped_forward(st, x, d)
     x = x.contiguous()
-    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     if num_assign == 0:
-        return out.to(x.dtype)
+        return torch.zeros_like(x)
+    tokens = x.shape[0]
+    rowof = d.rowof
+    if rowof is not None and (rowof.numel() == 0 or rowof.numel() % max(tokens, 1)):
+        rowof = None  # not [T * k]: combine with atomics
     tok = d.token_idx.contiguous()
     wt = d.weight.contiguous()
     counts = d.counts.contiguous()
@@ -406,11 +427,24 @@ def fused_forward(
             w13, w2 = w13.to(x.dtype), w2.to(x.dtype)  # type: ignore[union-attr]
     assert w13 is not None and w2 is not None
     _launch(x, tok, wt, counts, w13, s13, h, f_dim, h_dim, f_dim if st.gated else 0,
-            cfg1, gather=True, gated=st.gated, act=1 if st.gated else 2, combine=False,
+            cfg1, gather=True, gated=st.gated, act=1 if st.gated else 2, combine=0,
             qgroup=qgroup, ieee=ieee)
-    _launch(h, tok, wt, counts, w2, s2, out, h_dim, f_dim, 0, cfg2, gather=False,
-            gated=False, act=0, combine=True, qgroup=qgroup, ieee=ieee)
-    return out if x.dtype == torch.float32 else out.to(x.dtype)
+    if rowof is None:  # weighted fp32 atomic adds at each row's token, then one cast
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        _launch(h, tok, wt, counts, w2, s2, out, h_dim, f_dim, 0, cfg2, gather=False,
+                gated=False, act=0, combine=1, qgroup=qgroup, ieee=ieee)
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
+    # weighted rows stored in dispatch order, then each token's k rows added in one pass
+    y = torch.empty(num_assign, h_dim, dtype=x.dtype, device=x.device)
+    _launch(h, tok, wt, counts, w2, s2, y, h_dim, f_dim, 0, cfg2, gather=False,
+            gated=False, act=0, combine=2, qgroup=qgroup, ieee=ieee)
+    out = torch.empty_like(x)
+    top_k = rowof.numel() // tokens
+    grid = (triton_cdiv(tokens, COMBINE_BLOCK_T), triton_cdiv(h_dim, COMBINE_BLOCK_H))
+    _combine_kernel(interpret=not x.is_cuda)[grid](
+        y, rowof.contiguous(), out, tokens, h_dim, y.stride(0), out.stride(0),
+        TOP_K=top_k, BLOCK_T=COMBINE_BLOCK_T, BLOCK_H=COMBINE_BLOCK_H, num_warps=4)
+    return out
 
 
 def make_fused_backend(config: str | ConfigPair | None = None) -> Callable[..., torch.Tensor]:

@@ -3,7 +3,7 @@
 A decode step of a few dozen tokens launches a handful of kernels whose launch gaps cost as
 much as their work. `GraphedBackend` captures the inner backend once per step shape
 (tokens, assignments, dtype, stack) into a CUDA graph with static input buffers; later steps of
-that shape copy their inputs in (4 small copies), replay, and return a copy of the output.
+that shape copy their inputs in (4-5 small copies), replay, and return a copy of the output.
 
 Only backends with no host synchronization can be captured (`fused`, and `grouped` where
 `torch._grouped_mm` keeps offsets on the device); a shape whose capture fails is remembered and
@@ -70,8 +70,10 @@ class GraphedBackend:
                 or torch.cuda.is_current_stream_capturing()):
             return inner(experts, x, d)
         st = stacked_experts(experts)
+        rowof = d.rowof
         key = (st.build_id, tuple(x.shape), x.dtype, x.device, d.token_idx.numel(),
-               d.token_idx.dtype, d.weight.dtype, d.counts.dtype)
+               d.token_idx.dtype, d.weight.dtype, d.counts.dtype,
+               None if rowof is None else (rowof.numel(), rowof.dtype))
         if key in self._uncapturable:
             return inner(experts, x, d)
         cap = self._graphs.get(key)
@@ -85,6 +87,9 @@ class GraphedBackend:
             cap.d.token_idx.copy_(d.token_idx)
             cap.d.weight.copy_(d.weight)
             cap.d.counts.copy_(d.counts)
+            if rowof is not None:
+                assert cap.d.rowof is not None
+                cap.d.rowof.copy_(rowof)
         cap.graph.replay()
         self.replays += 1
         return cap.out.clone()
@@ -95,7 +100,7 @@ class GraphedBackend:
         inner = get_backend(self.inner)
         sx = x.clone()
         sd = Dispatch(d.token_idx.clone(), d.weight.clone(), d.counts.clone(), d.routed.clone(),
-                      d.dropped, d.capacity)
+                      d.dropped, d.capacity, None if d.rowof is None else d.rowof.clone())
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
