@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for tokens in (int(t) for t in args.tokens.split(",")):
         idx = torch.rand(tokens, cfg.num_experts, device=dev).topk(cfg.top_k, dim=1).indices
         wgt = torch.rand(tokens, cfg.top_k, device=dev)
-        d = build_dispatch(idx, wgt / wgt.sum(1, keepdim=True), cfg.num_experts)
+        d = build_dispatch(idx, wgt / wgt.sum(1, keepdim=True), cfg.num_experts,
+                           with_rowof=True)  # as the layer routes for the fused backends
         x = torch.randn(tokens, h_dim, device=dev).bfloat16()
         n = d.token_idx.numel()
         q_name = ft.choose_config(qst, n, dev)

@@ -335,10 +335,11 @@ def test_graphed_layer_recaptures_after_weights_are_replaced(
 @pytest.mark.parametrize("kind", ["uniform", "capacity"])
 def test_dispatch_rowof_is_each_assignments_row(kind: str, gen: torch.Generator) -> None:
     d = make_dispatch(kind, 23, 8, 3, gen, with_rowof=True)
-    assert d.rowof is not None and d.rowof.shape == (23 * 3,)
-    kept = d.rowof >= 0
+    assert d.rowof is not None and d.rowof.shape == (23, 3)
+    rowof = d.rowof.reshape(-1)
+    kept = rowof >= 0
     assert int((~kept).sum()) == d.dropped
-    rows = d.rowof[kept]
+    rows = rowof[kept]
     assert torch.equal(rows.sort().values, torch.arange(d.token_idx.numel()))  # a bijection
     slot_tokens = torch.arange(23).repeat_interleave(3)
     assert torch.equal(d.token_idx[rows], slot_tokens[kept])  # each row holds its token

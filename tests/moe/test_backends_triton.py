@@ -15,7 +15,7 @@ import dataclasses
 import pytest
 import torch
 
-from wattmoe.errors import ConfigError
+from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe import Expert, QuantizedExpert, quantize_expert
 from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.backends import get_backend
@@ -77,7 +77,7 @@ def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator,
                                                 no_fallback: None) -> None:
     ex = experts(8, 64, 64, dtype=torch.bfloat16)
     x = torch.randn(33, 64, generator=gen).bfloat16()
-    d = make_dispatch("skewed", 33, 8, 2, gen)
+    d = make_dispatch("skewed", 33, 8, 2, gen, with_rowof=True)
     with torch.no_grad():
         assert rel_err(run(ex, x, d, "m32"), get_backend("loop")(ex, x, d)) < 2e-2
 
@@ -174,3 +174,12 @@ def test_fused_combine_without_atomics_equals_atomic_path(kind: str, gen: torch.
         b = run(ex, x, atomic, "m16")
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a, get_backend("loop")(ex, x, d), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_rejects_a_rowof_that_does_not_fit(gen: torch.Generator) -> None:
+    ex = experts(4, 32, 32)
+    x = torch.randn(3, 32, generator=gen)
+    d = make_dispatch("uniform", 6, 4, 2, gen, with_rowof=True)  # built for 6 tokens
+    d = dataclasses.replace(d, token_idx=d.token_idx[:5], weight=d.weight[:5])
+    with pytest.raises(ShapeError, match=r"Dispatch.rowof is \(6, 2\) for 3 tokens"):
+        run(ex, x, d, "m16")

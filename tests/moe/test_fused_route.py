@@ -123,6 +123,13 @@ def check_route(router: AdaptiveRouter, x: torch.Tensor) -> None:
     want_triples = sorted(zip(torch.arange(tokens).repeat_interleave(k).tolist(),
                               idx.reshape(-1).tolist(), got.topk_weight.reshape(-1).tolist()))
     assert triples == want_triples
+    # rowof: each (token, slot) assignment's row holds that token, expert and weight
+    assert d.rowof is not None and d.rowof.shape == (tokens, k)
+    rows = d.rowof.reshape(-1).long()
+    assert torch.equal(rows.sort().values, torch.arange(tokens * k))
+    assert torch.equal(d.token_idx[rows], torch.arange(tokens).repeat_interleave(k))
+    assert torch.equal(expert_of_row[rows], idx.reshape(-1))
+    assert torch.equal(d.weight[rows], got.topk_weight.reshape(-1))
 
 
 CASES = [  # experts, top_k, tokens, score_func, normalize_topk, bias, dtype
@@ -295,3 +302,15 @@ def test_auto_in_training_neither_stacks_nor_needs_stackable_experts(
     assert layer.experts[0].up_proj.weight.data_ptr() == ptr
     layer.experts[1] = torch.nn.Sequential(torch.nn.Linear(32, 32))  # not stackable
     layer(torch.randn(3, 32, generator=gen)).hidden_states.sum().backward()
+
+
+def test_layer_with_capacity_and_fused_experts_matches_loop(gen: torch.Generator) -> None:
+    # capacity: torch routing with rowof (-1 for drops), fused experts, combine pass
+    cfg = get_preset("tiny").replace(hidden_size=32, expert_inner_size=32, capacity_factor=0.5)
+    fused = SimpleMoELayer(cfg, seed=4, backend="fused")
+    loop = SimpleMoELayer(cfg, seed=4, backend="loop")
+    x = torch.randn(11, 32, generator=gen)
+    with torch.no_grad():
+        got, want = fused(x), loop(x)
+    assert got.dropped == want.dropped > 0
+    torch.testing.assert_close(got.hidden_states, want.hidden_states, rtol=1e-5, atol=1e-5)

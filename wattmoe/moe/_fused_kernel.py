@@ -306,11 +306,12 @@ def moe_gemm_wt(
 
 
 def moe_combine(
-    y_ptr, rowof_ptr, out_ptr, num_tokens, n_cols, stride_y, stride_o,
+    y_ptr, rowof_ptr, out_ptr, num_tokens, n_cols, num_rows, stride_y, stride_o,
     TOP_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """out[t] = sum over the token's k assignment rows of y (the down launch's weighted rows),
-    in fp32, in slot order (deterministic); rows of dropped assignments (-1) add nothing."""
+    in fp32, in slot order (deterministic); rows of dropped assignments (-1) add nothing, and
+    rows outside y are never read."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     tmask = t < num_tokens
@@ -319,7 +320,7 @@ def moe_combine(
     acc = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     for j in tl.static_range(TOP_K):
         r = tl.load(rowof_ptr + t64 * TOP_K + j, mask=tmask, other=-1).to(tl.int64)
-        ok = tmask & (r >= 0)
+        ok = tmask & (r >= 0) & (r < num_rows)
         v = tl.load(y_ptr + r[:, None] * stride_y + h[None, :],
                     mask=ok[:, None] & hmask[None, :], other=0.0)
         acc += v.to(tl.float32)

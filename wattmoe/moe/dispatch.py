@@ -19,9 +19,10 @@ class Dispatch:
         routed: [E] int64 assignments per expert before capacity.
         dropped: assignments dropped by the capacity limit.
         capacity: per-expert capacity used, or None.
-        rowof: [T * k] integer row of each (token, slot) assignment in this order, -1 where it
+        rowof: [T, k] integer row of each (token, slot) assignment in this order, -1 where it
             was dropped; None where not computed. With it the fused backend adds each token's
-            k rows itself instead of with atomics (deterministic, and fewer bytes moved).
+            k rows itself instead of with atomics (deterministic, and fewer bytes moved). Code
+            that filters or reorders token_idx must set it to None.
     """
 
     token_idx: torch.Tensor
@@ -81,7 +82,7 @@ def build_dispatch(
         rowof = None
         if with_rowof:
             rowof = torch.empty_like(order).scatter_(
-                0, order, torch.arange(n, device=order.device))
+                0, order, torch.arange(n, device=order.device)).view(tokens, top_k)
         return Dispatch(token_idx, weight, routed, routed, 0, None, rowof)
     cap = expert_capacity(tokens, top_k, num_experts, capacity_factor)
     starts = routed.cumsum(0) - routed
@@ -91,7 +92,7 @@ def build_dispatch(
     rowof = None
     if with_rowof:
         rows = torch.where(keep, keep.long().cumsum(0) - 1, -1)
-        rowof = torch.empty_like(order).scatter_(0, order, rows)
+        rowof = torch.empty_like(order).scatter_(0, order, rows).view(tokens, top_k)
     return Dispatch(
         token_idx[keep], weight[keep], kept, routed, int((routed - kept).sum()), cap, rowof
     )

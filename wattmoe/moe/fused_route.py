@@ -180,4 +180,4 @@ def fused_route(
         bias=bias,
     )
     router.strategy.observe(out)
-    return out, Dispatch(token_idx, weight, counts, counts, 0, None, pos.view(-1))
+    return out, Dispatch(token_idx, weight, counts, counts, 0, None, pos)

@@ -8,9 +8,10 @@ Two launches of one of two kernels, then a combine:
    activations and writes silu(gate) * up (or relu(up)) to h [N, F] in dispatch order.
 2. down + weighted combine: h times the down projection for a block of rows, times the routing
    weight. With `Dispatch.rowof` (both routing paths of `SimpleMoELayer` provide it for the
-   fused backends) the weighted rows are stored in dispatch order and a third small kernel,
-   `moe_combine`, adds each token's k rows in fp32 and in slot order (deterministic); without
-   it they are added atomically into an fp32 [T, H] output (order not fixed) and cast.
+   fused backends) the weighted rows are stored in dispatch order, in the compute dtype, and a
+   third small kernel, `moe_combine`, adds each token's k rows in fp32 and in slot order
+   (deterministic); without it they are added atomically into an fp32 [T, H] output (order not
+   fixed) and cast.
 
 The two kernels differ in which operand comes first in the MMA:
 
@@ -52,7 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wattmoe.errors import ConfigError
+from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.grouped import grouped_forward
@@ -121,7 +122,7 @@ def _combine_kernel(interpret: bool) -> Any:
 
     from wattmoe.moe._fused_kernel import moe_combine
 
-    return triton.jit(moe_combine)
+    return triton.jit(moe_combine, do_not_specialize=["num_tokens", "num_rows"])
 
 
 COMBINE_BLOCK_T, COMBINE_BLOCK_H = 16, 256
@@ -412,8 +413,12 @@ def fused_forward(
         return torch.zeros_like(x)
     tokens = x.shape[0]
     rowof = d.rowof
-    if rowof is not None and (rowof.numel() == 0 or rowof.numel() % max(tokens, 1)):
-        rowof = None  # not [T * k]: combine with atomics
+    if rowof is not None and (rowof.dim() != 2 or rowof.shape[0] != tokens
+                              or rowof.numel() < num_assign):
+        raise ShapeError(
+            f"Dispatch.rowof is {tuple(rowof.shape)} for {tokens} tokens and {num_assign} "
+            "assignments (want [tokens, k]); a dispatch whose token_idx was changed must drop "
+            "it (rowof=None)")
     tok = d.token_idx.contiguous()
     wt = d.weight.contiguous()
     counts = d.counts.contiguous()
@@ -439,10 +444,10 @@ def fused_forward(
     _launch(h, tok, wt, counts, w2, s2, y, h_dim, f_dim, 0, cfg2, gather=False,
             gated=False, act=0, combine=2, qgroup=qgroup, ieee=ieee)
     out = torch.empty_like(x)
-    top_k = rowof.numel() // tokens
+    top_k = rowof.shape[1]
     grid = (triton_cdiv(tokens, COMBINE_BLOCK_T), triton_cdiv(h_dim, COMBINE_BLOCK_H))
     _combine_kernel(interpret=not x.is_cuda)[grid](
-        y, rowof.contiguous(), out, tokens, h_dim, y.stride(0), out.stride(0),
+        y, rowof.contiguous(), out, tokens, h_dim, num_assign, y.stride(0), out.stride(0),
         TOP_K=top_k, BLOCK_T=COMBINE_BLOCK_T, BLOCK_H=COMBINE_BLOCK_H, num_warps=4)
     return out
 

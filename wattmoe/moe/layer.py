@@ -144,7 +144,7 @@ class SimpleMoELayer(nn.Module):
             dispatch = build_dispatch(
                 routing.topk_idx, routing.topk_weight, self.num_experts,
                 self.config.capacity_factor,
-                with_rowof=self.backend_name in FUSED_ROUTING_BACKENDS,
+                with_rowof=self.backend_name in FUSED_ROUTING_BACKENDS | {"auto"},
             )
             self.tokens_per_expert += dispatch.counts
         out = self._backend(self.experts, tokens, dispatch)
