@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
 from kernels_bench import layer_reference, rel_err, topk_violations  # noqa: E402
 
-from wattmoe.experiments.demo import int4_group_size  # noqa: E402
 from wattmoe.moe import SimpleMoELayer, build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
+from wattmoe.moe.quant import int4_group_size  # noqa: E402
 
 CASES = ["qwen1.5-moe-a2.7b@0.25", "switch-base-8@0.5", "deepseek-v3@0.125", "olmoe-1b-7b@1"]
 TOL = 1e-2

@@ -34,6 +34,7 @@ from kernels_bench import bench_ms, launch_times  # noqa: E402
 
 from wattmoe.moe import SimpleMoELayer, build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
     qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-    qlayer.quantize(min(128, cfg.expert_inner_size))
+    qlayer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
     st, qst = stacked_experts(layer.experts), stacked_experts(qlayer.experts)
     h_dim, f_dim = cfg.hidden_size, cfg.expert_inner_size
     rows: list[dict[str, object]] = []

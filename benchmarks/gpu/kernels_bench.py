@@ -49,6 +49,7 @@ from wattmoe.moe.autoselect import AUTO  # noqa: E402
 from wattmoe.moe.backends import get_backend  # noqa: E402
 from wattmoe.moe.dispatch import Dispatch  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
+from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 SHAPES = ["olmoe-1b-7b", "qwen3-30b-a3b", "deepseek-v3"]
@@ -638,7 +639,7 @@ class Bench:
             layer = SimpleMoELayer(cfg, dtype="bf16", device=self.dev).eval()
             qlayer = SimpleMoELayer(cfg, dtype="bf16", device=self.dev).eval()
             qlayer.router.load_state_dict(layer.router.state_dict())
-            qlayer.quantize(min(128, cfg.expert_inner_size))
+            qlayer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
             log(f"   weights: bf16 {stacked_experts(layer.experts).weight_bytes() / 1e9:.2f} GB, "
                 f"int4 {stacked_experts(qlayer.experts).weight_bytes() / 1e9:.2f} GB")
             variants = {"bf16": layer, "int4": qlayer}

@@ -29,6 +29,7 @@ from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.moe import SimpleMoELayer, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 # label -> (int4 weights, backend)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     dense = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
     quant = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
     quant.router.load_state_dict(dense.router.state_dict())
-    quant.quantize(min(128, cfg.expert_inner_size))
+    quant.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
     payload: dict[str, object] = {**provenance(), "args": vars(args), "profiles": []}
     for tokens in (int(t) for t in args.tokens.split(",")):
         x = torch.randn(tokens, cfg.hidden_size, device=dev).bfloat16()

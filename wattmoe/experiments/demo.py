@@ -10,7 +10,8 @@ import torch
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
-from wattmoe.moe.backends import available_backends, get_backend
+from wattmoe.moe.backends import available_backends
+from wattmoe.moe.quant import int4_group_size
 from wattmoe.telemetry import GpuSystemMonitor
 
 
@@ -124,7 +125,7 @@ def run_demo(
 
     `backend` is the expert execution backend (`wattmoe.moe.backends`: loop, grouped, fused,
     ...); `int4` quantizes the routed experts to packed int4 first (group size: the largest
-    power of two <= 128 dividing both widths).
+    power of two <= 128 dividing both widths, `int4_group_size`).
     """
     if steps <= 0 or batch <= 0 or seq <= 0 or warmup < 0:
         raise ConfigError(
@@ -133,7 +134,7 @@ def run_demo(
         )
     cfg = get_preset(preset, scale)
     dt = resolve_dtype(dtype)
-    get_backend(backend)  # unknown names: one clear error before any work
+    # an unknown backend name is one ConfigError here (the layer looks it up first)
     block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed,
                                 backend=backend).eval()
     weights = dtype_name(dt)
@@ -183,17 +184,3 @@ def run_demo(
         backend=backend, weights=weights,
         cluster=cluster or "", cost_model=cost_model, placements=placements,
     )
-
-
-def int4_group_size(hidden: int, inner: int) -> int:
-    """Largest power of two <= 128 dividing both widths (int4 groups must tile each row).
-
-    Raises:
-        ConfigError: no even group size divides both widths.
-    """
-    g = 128
-    while g >= 2 and (hidden % g or inner % g):
-        g //= 2
-    if g < 2:
-        raise ConfigError(f"no int4 group size divides both widths {hidden} and {inner}")
-    return g

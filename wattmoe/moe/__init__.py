@@ -17,6 +17,7 @@ from wattmoe.moe.presets import PRESETS, get_preset
 from wattmoe.moe.quant import (
     QuantizedExpert,
     dequantize_int4,
+    int4_group_size,
     quantize_expert,
     quantize_int4,
     unpack_int4,
@@ -52,6 +53,7 @@ __all__ = [
     "expert_capacity",
     "get_backend",
     "get_preset",
+    "int4_group_size",
     "make_strategy",
     "quantize_expert",
     "quantize_int4",

@@ -51,6 +51,26 @@ def _swizzle(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
+@triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b; IEEE: full fp32 precision (fp32 compute; otherwise Triton may use TF32)."""
+    if IEEE:
+        out = tl.dot(a, b, acc=acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc=acc)
+    return out
+
+
+@triton.jit
+def _activate(acc, acc_up, ACT: tl.constexpr):
+    """ACT 1: silu(gate) * up; 2: relu; 0: identity."""
+    if ACT == 1:
+        acc = acc / (1.0 + tl.exp(-acc)) * acc_up
+    elif ACT == 2:
+        acc = tl.maximum(acc, 0.0)
+    return acc
+
+
 # int4 -> 16-bit float without int->float conversions (the conversion units run at a fraction
 # of the ALU rate and bounded the first version of this kernel). For 4 packed bytes: `prmt`
 # spreads bytes 0,1 and 2,3 into 16-bit lanes, `lop3` keeps one nibble of each lane and ors it
@@ -155,10 +175,7 @@ def moe_gemm(
         if DOT_F32:  # Triton's interpreter multiplies bf16 wrongly: give it fp32
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        if DOT_IEEE:
-            acc = tl.dot(a, b, acc=acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc=acc)
+        acc = _mma(a, b, acc, DOT_IEEE)
         if GATED:
             if EVEN_K:
                 b_u = tl.load(w_ptrs + up_w)
@@ -166,17 +183,11 @@ def moe_gemm(
                 b_u = tl.load(w_ptrs + up_w, mask=kmask[:, None], other=0.0)
             if DOT_F32:
                 b_u = b_u.to(tl.float32)
-            if DOT_IEEE:
-                acc_up = tl.dot(a, b_u, acc=acc_up, input_precision="ieee")
-            else:
-                acc_up = tl.dot(a, b_u, acc=acc_up)
+            acc_up = _mma(a, b_u, acc_up, DOT_IEEE)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    if ACT == 1:
-        acc = acc / (1.0 + tl.exp(-acc)) * acc_up
-    elif ACT == 2:
-        acc = tl.maximum(acc, 0.0)
+    acc = _activate(acc, acc_up, ACT)
     nmask = offs_n < n_out
     if COMBINE != 0:
         wgt = tl.load(wt_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
@@ -243,21 +254,13 @@ def moe_gemm_wt(
             x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
             w_lo, w_hi = _dequant_int4(tl.load(w_ptrs), s_ptrs, k0, k0 + half, QGROUP,
                                        BLOCK_K, cdt, INT4_DEQUANT)
-            if DOT_IEEE:
-                acc = tl.dot(w_lo, x_lo, acc=acc, input_precision="ieee")
-                acc = tl.dot(w_hi, x_hi, acc=acc, input_precision="ieee")
-            else:
-                acc = tl.dot(w_lo, x_lo, acc=acc)
-                acc = tl.dot(w_hi, x_hi, acc=acc)
+            acc = _mma(w_lo, x_lo, acc, DOT_IEEE)
+            acc = _mma(w_hi, x_hi, acc, DOT_IEEE)
             if GATED:
                 u_lo, u_hi = _dequant_int4(tl.load(w_ptrs + up_w), s_ptrs + up_s, k0,
                                            k0 + half, QGROUP, BLOCK_K, cdt, INT4_DEQUANT)
-                if DOT_IEEE:
-                    acc_up = tl.dot(u_lo, x_lo, acc=acc_up, input_precision="ieee")
-                    acc_up = tl.dot(u_hi, x_hi, acc=acc_up, input_precision="ieee")
-                else:
-                    acc_up = tl.dot(u_lo, x_lo, acc=acc_up)
-                    acc_up = tl.dot(u_hi, x_hi, acc=acc_up)
+                acc_up = _mma(u_lo, x_lo, acc_up, DOT_IEEE)
+                acc_up = _mma(u_hi, x_hi, acc_up, DOT_IEEE)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
     else:
@@ -271,27 +274,18 @@ def moe_gemm_wt(
                 w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
             x = tl.trans(x.to(cdt))
             w = w.to(cdt)
-            if DOT_IEEE:
-                acc = tl.dot(w, x, acc=acc, input_precision="ieee")
-            else:
-                acc = tl.dot(w, x, acc=acc)
+            acc = _mma(w, x, acc, DOT_IEEE)
             if GATED:
                 if EVEN_K:
                     u = tl.load(w_ptrs + up_w)
                 else:
                     u = tl.load(w_ptrs + up_w, mask=kmask[None, :], other=0.0)
                 u = u.to(cdt)
-                if DOT_IEEE:
-                    acc_up = tl.dot(u, x, acc=acc_up, input_precision="ieee")
-                else:
-                    acc_up = tl.dot(u, x, acc=acc_up)
+                acc_up = _mma(u, x, acc_up, DOT_IEEE)
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
 
-    if ACT == 1:
-        acc = acc / (1.0 + tl.exp(-acc)) * acc_up
-    elif ACT == 2:
-        acc = tl.maximum(acc, 0.0)
+    acc = _activate(acc, acc_up, ACT)
     fmask = offs_f < n_out
     mask = fmask[:, None] & rmask[None, :]
     if COMBINE != 0:

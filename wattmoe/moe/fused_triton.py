@@ -23,7 +23,7 @@ The two kernels differ in which operand comes first in the MMA:
   byte): a mask and a shift give two tiles of whole columns. On an NVIDIA GPU with bf16/fp16
   compute, inline PTX does it with bit operations and two 16-bit fmas (the scale rounded to the
   compute dtype first, as `dequantize_int4` does in that dtype); in the interpreter, for fp32
-  compute and for the "...c" candidates, through fp32 (code - 8) * scale. No dequantized copy of
+  compute and with `int4_asm=False`, through fp32 (code - 8) * scale. No dequantized copy of
   the weights is written to memory.
 
 Blocks are laid out expert after expert; every program finds its expert from `counts` by a
@@ -188,10 +188,7 @@ CANDIDATES: dict[str, ConfigPair] = {
     # deeper pipelines and longer K runs per weight row, for steps bound by reading weights
     "m64n64": (KernelConfig(64, 64, 64, 8, 4, 4), KernelConfig(64, 64, 64, 8, 4, 4)),
     "m64s6": (KernelConfig(64, 64, 64, 8, 4, 6), KernelConfig(64, 128, 64, 8, 4, 5)),
-    "m64k128": (KernelConfig(64, 64, 128, 8, 4, 4), KernelConfig(64, 128, 128, 8, 8, 3)),
-    "m32n128": (KernelConfig(32, 128, 64, 4, 4, 4), KernelConfig(32, 128, 128, 4, 4, 4)),
     "w64t64s6": (_wt(64, 64, 64, 8, 4, 6), _wt(64, 64, 64, 8, 4, 6)),
-    "w128t64k128": (_wt(128, 64, 128, 8, 8, 3), _wt(128, 64, 128, 8, 8, 3)),
 }
 # int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
@@ -203,19 +200,16 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w128t128": (_wt(128, 128, 64, 8, 8, 3), _wt(128, 128, 64, 8, 8, 3)),
     "w64t64k128": (_wt(64, 64, 128, 8, 4, 3), _wt(64, 64, 128, 8, 4, 3)),
     "w64t32s6": (_wt(64, 32, 64, 4, 4, 6), _wt(64, 32, 64, 4, 4, 6)),
-    "w64t64w8": (_wt(64, 64, 64, 8, 8, 4), _wt(64, 64, 64, 8, 8, 4)),
     # K tiles of 32 packed columns: half the dequantized registers, more CTAs per SM
     "w64t64k32": (_wt(64, 64, 32, 8, 4, 4), _wt(64, 64, 32, 8, 4, 4)),
     "w64t128k32": (_wt(64, 128, 32, 8, 4, 3), _wt(64, 128, 32, 8, 4, 3)),
     "w64t32k32": (_wt(64, 32, 32, 4, 4, 4), _wt(64, 32, 32, 4, 4, 4)),
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
 }
-# The same tiles dequantizing through fp32 conversions ("...c"): the first version, kept to
-# measure what the bit-operation dequantization gains.
-INT4_CANDIDATES.update({
-    f"{name}c": (dataclasses.replace(c1, int4_asm=False), dataclasses.replace(c2, int4_asm=False))
-    for name, (c1, c2) in list(INT4_CANDIDATES.items()) if name in ("w64t16", "w64t64")
-})
+# Candidates that lost every tuning run on the H200 were dropped (their timings are in
+# results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
+# w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
+# benchmarks/gpu/kernel_diag.py to measure the inline-PTX dequantization).
 
 
 def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False) -> str:
@@ -453,9 +447,10 @@ def fused_forward(
 
 
 def make_fused_backend(config: str | ConfigPair | None = None) -> Callable[..., torch.Tensor]:
-    """A `fused` backend pinned to one launch configuration (for tuning and tests)."""
+    """A `fused` backend pinned to one launch configuration (None: chosen per step)."""
 
     def backend(experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
+        """The fused Triton kernels for all experts (module docstring); `loop` under autograd."""
         if needs_autograd(experts, x):
             return loop_backend(experts, x, d)
         return fused_forward(stacked_experts(experts), x, d, config)
@@ -463,12 +458,7 @@ def make_fused_backend(config: str | ConfigPair | None = None) -> Callable[..., 
     return backend
 
 
-@register_backend("fused")
-def fused_backend(experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
-    """Two Triton kernels for all experts; int4 dequantized in the GEMM (module docstring)."""
-    if needs_autograd(experts, x):
-        return loop_backend(experts, x, d)
-    return fused_forward(stacked_experts(experts), x, d)
+fused_backend = register_backend("fused")(make_fused_backend())
 
 
 def config_table_payload(table: dict[str, dict[str, str]], **meta: object) -> dict[str, object]:

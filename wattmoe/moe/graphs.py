@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,42 @@ from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.stacked import stacked_experts
 
 log = logging.getLogger(__name__)
+
+
+class _Uncapturable(RuntimeError):
+    """The captured call failed (a host sync or an operation CUDA graphs cannot record)."""
+
+
+def _warm_and_capture(fn: Callable[[], Any], device: torch.device,
+                      pool: object) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """Runs fn twice on a side stream (compile kernels, create handles, settle the allocator),
+    then records one call into a CUDA graph from `pool`; returns (graph, fn's output).
+
+    Raises:
+        _Uncapturable: the recorded call failed (the device is synchronized first). Errors of
+            the warm-up calls propagate as they are.
+    """
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn()
+    except RuntimeError as exc:
+        torch.cuda.synchronize(device)
+        raise _Uncapturable(str(exc)) from exc
+    return graph, out
+
+
+def _remember(cache: OrderedDict, key: tuple[object, ...], value: object, limit: int) -> None:
+    """Adds a captured graph, dropping the least recently used beyond `limit`."""
+    cache[key] = value
+    while len(cache) > limit:
+        cache.popitem(last=False)
 
 
 @dataclass
@@ -101,31 +138,18 @@ class GraphedBackend:
         sx = x.clone()
         sd = Dispatch(d.token_idx.clone(), d.weight.clone(), d.counts.clone(), d.routed.clone(),
                       d.dropped, d.capacity, None if d.rowof is None else d.rowof.clone())
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # compile kernels, create handles, settle the allocator
-                inner(experts, sx, sd)
-        torch.cuda.current_stream(x.device).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = inner(experts, sx, sd)
-        except RuntimeError as exc:  # a host sync or an uncapturable op inside `inner`
+            graph, out = _warm_and_capture(lambda: inner(experts, sx, sd), x.device, self._pool)
+        except _Uncapturable as exc:  # a host sync or an uncapturable op inside `inner`
             log.info("could not capture %s for %s: %s; running it eagerly", self.inner, key, exc)
             self._uncapturable.add(key)
-            torch.cuda.synchronize(x.device)
             return None
         cap = _Captured(graph, sx, sd, out)
-        self._graphs[key] = cap
+        _remember(self._graphs, key, cap, self.max_graphs)
         self.captures += 1
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
         return cap
-
-
 
 
 class GraphedLayer:
@@ -230,29 +254,18 @@ class GraphedLayer:
         sx = x.clone()
         layer = self.layer
         counts = layer.tokens_per_expert.clone()
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                layer(sx)
-        torch.cuda.current_stream(x.device).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = layer(sx)
-        except RuntimeError as exc:
+            graph, out = _warm_and_capture(lambda: layer(sx), x.device, self._pool)
+        except _Uncapturable as exc:
             log.info("could not capture the layer step for %s: %s; running it eagerly", key, exc)
             self._uncapturable.add(key)
-            torch.cuda.synchronize(x.device)
             layer.tokens_per_expert.copy_(counts)
             return None
         layer.tokens_per_expert.copy_(counts)  # warm-up and capture steps are not real steps
-        self._graphs[key] = (graph, sx, out)
+        _remember(self._graphs, key, (graph, sx, out), self.max_graphs)
         self.captures += 1
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
         return self._graphs[key]
 
 

@@ -43,6 +43,11 @@ class MoEOutput:
     routing: RouterOutput
 
 
+# Backends whose combine uses each assignment's row (`Dispatch.rowof`) when the torch routing
+# path builds the dispatch (`fused_route` always provides it).
+ROWOF_BACKENDS = FUSED_ROUTING_BACKENDS | {"auto"}
+
+
 class SimpleMoELayer(nn.Module):
     """A Mixture-of-Experts feed-forward layer.
 
@@ -144,7 +149,7 @@ class SimpleMoELayer(nn.Module):
             dispatch = build_dispatch(
                 routing.topk_idx, routing.topk_weight, self.num_experts,
                 self.config.capacity_factor,
-                with_rowof=self.backend_name in FUSED_ROUTING_BACKENDS | {"auto"},
+                with_rowof=self.backend_name in ROWOF_BACKENDS,
             )
             self.tokens_per_expert += dispatch.counts
         out = self._backend(self.experts, tokens, dispatch)

@@ -54,6 +54,20 @@ def quantize_int4(
     return packed.contiguous(), scales.squeeze(-1).half().contiguous()
 
 
+def int4_group_size(hidden: int, inner: int) -> int:
+    """Largest power of two <= 128 dividing both widths (int4 groups must tile each row).
+
+    Raises:
+        ConfigError: no even group size divides both widths.
+    """
+    g = 128
+    while g >= 2 and (hidden % g or inner % g):
+        g //= 2
+    if g < 2:
+        raise ConfigError(f"no int4 group size divides both widths {hidden} and {inner}")
+    return g
+
+
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Unpacks uint8 [out, in // 2] into signed int8 codes [out, in] in [-8, 7]."""
     low = (packed & 0x0F).to(torch.int8)
