@@ -4,8 +4,8 @@ For each candidate of `wattmoe.moe.fused_triton` (and each of its two launches),
 Triton kernel for sm_90 (or --arch) with the argument divisibility the JIT sees on a GPU
 (16-byte aligned pointers and strides), then reads the PTX and ptxas' resource report:
 registers, spills, shared memory, whether the MMAs are `wgmma` and whether their first operand
-comes from registers (what the int4 path is built for), and how many shared-memory stores and
-`cp.async` copies the kernel has. Nothing is run, so this works on a CPU-only machine; numbers
+comes from registers (what the int4 path is built for), and how many shared-memory stores,
+`cp.async` copies and TMA loads (`cp.async.bulk.tensor`) the kernel has. Nothing is run, so this works on a CPU-only machine; numbers
 are the compiler's, not measurements.
 
     python benchmarks/gpu/compile_check.py --shape olmoe-1b-7b --weights bf16,int4
@@ -58,10 +58,13 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         "num_pid_t": "i32", "stride_am": "i32", "stride_we": "i32", "stride_wn": "i32",
         "stride_se": "i32", "stride_sn": "i32", "stride_cm": "i32", "up_rows": "i32",
     }
+    w_el = "u8" if int4 else dtype
+    types["w_desc"] = (f"tensordesc<{w_el}[{cfg.block_n}, {cfg.block_k}]>" if cfg.tma
+                       else types["w_ptr"])
     consts: dict[str, Any] = dict(
         BLOCK_K=cfg.block_k, BLOCK_E=256, GATHER_A=not combine, GATED=gated,
         ACT=(1 if gated else 0), COMBINE=combine, EVEN_K=k_dim % cfg.block_k == 0,
-        DOT_IEEE=False, DOT_F32=False,
+        DOT_IEEE=False, DOT_F32=False, W_TMA=cfg.tma,
     )
     if src_fn is moe_gemm_wt:
         consts.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
@@ -86,6 +89,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         "mma_sync": len(re.findall(r"\bmma\.sync", ptx)),
         "st_shared": len(re.findall(r"\bst\.shared", ptx)),
         "cp_async": len(re.findall(r"cp\.async\.(?:cg|ca)", ptx)),
+        "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
         "ldmatrix": len(re.findall(r"ldmatrix", ptx)),
         "cvt": len(re.findall(r"\bcvt\.", ptx)), "prmt": len(re.findall(r"\bprmt\.", ptx)),
     }

@@ -183,3 +183,57 @@ def test_fused_rejects_a_rowof_that_does_not_fit(gen: torch.Generator) -> None:
     d = dataclasses.replace(d, token_idx=d.token_idx[:5], weight=d.weight[:5])
     with pytest.raises(ShapeError, match=r"Dispatch.rowof is \(6, 2\) for 3 tokens"):
         run(ex, x, d, "m16")
+
+
+@pytest.fixture
+def tma_spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records, per launch of a TMA candidate, whether a weight descriptor was made."""
+    made: list[bool] = []
+    real = ft._weight_descriptor
+
+    def spy(w: torch.Tensor, cfg: ft.KernelConfig) -> object:
+        desc = real(w, cfg)
+        made.append(desc is not None)
+        return desc
+
+    monkeypatch.setattr(ft, "_weight_descriptor", spy)
+    return made
+
+
+@pytest.mark.parametrize("config", ["m16d", "w64t32d", "m16d/w64t32d"])
+@pytest.mark.parametrize("form", ["swiglu", "relu"])
+def test_fused_tma_weight_loads_match_loop(config: str, form: str, gen: torch.Generator,
+                                           no_fallback: None, tma_spy: list[bool]) -> None:
+    # F=40 and H=48: tiles run past an expert's rows into the next expert's (and past the
+    # last expert's into the descriptor's zero fill); K=48 is not a multiple of the K tile
+    ex = experts(6, 48, 40, form)
+    d = make_dispatch("skewed", 23, 6, 2, gen, with_rowof=(form == "swiglu"))
+    x = torch.randn(23, 48, generator=gen)
+    with torch.no_grad():
+        got = run(ex, x, d, config)
+        want = get_backend("loop")(ex, x, d)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert tma_spy == [True, True]
+
+
+def test_fused_int4_tma_weight_loads(gen: torch.Generator, no_fallback: None,
+                                     tma_spy: list[bool]) -> None:
+    qx = [quantize_expert(e, group_size=32) for e in experts(8, 128, 64)]
+    d = make_dispatch("hot", 17, 8, 2, gen)
+    x = torch.randn(17, 128, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, "w64t16d"), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    assert tma_spy == [True, True]
+
+
+def test_fused_tma_unaligned_rows_use_plain_loads(gen: torch.Generator, no_fallback: None,
+                                                  tma_spy: list[bool]) -> None:
+    # fp32 rows of 50 (200 bytes) and 36 (144 bytes): the first is not 16-byte aligned
+    ex = experts(4, 50, 36)
+    d = make_dispatch("uniform", 9, 4, 2, gen)
+    x = torch.randn(9, 50, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(ex, x, d, "m16d"), get_backend("loop")(ex, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    assert tma_spy == [False, True]  # gate/up weights [E, 2F, 50]; down weights [E, 50, 36]

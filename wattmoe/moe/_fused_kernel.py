@@ -138,13 +138,18 @@ def moe_gemm(
     a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, c_ptr,
     n_out, k_dim, num_experts, num_pid_m,
     stride_am, stride_we, stride_wn, stride_cm,
-    up_rows,
+    up_rows, w_desc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, BLOCK_E: tl.constexpr, GATHER_A: tl.constexpr,
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, EVEN_K: tl.constexpr,
-    DOT_IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+    DOT_IEEE: tl.constexpr, DOT_F32: tl.constexpr, W_TMA: tl.constexpr,
 ):
-    """Tokens x weights^T: a [BLOCK_M tokens, BLOCK_N outputs] tile per program (dense)."""
+    """Tokens x weights^T: a [BLOCK_M tokens, BLOCK_N outputs] tile per program (dense).
+
+    W_TMA: weight tiles come through `w_desc`, a tensor descriptor of the weights viewed as
+    [experts * rows, K] (TMA on Hopper); its rows past this expert's belong to the next expert
+    or lie outside (zeros), and only feed outputs that are masked at the store.
+    """
     pid_m, pid_n = _swizzle(tl.program_id(0), num_pid_m, tl.cdiv(n_out, BLOCK_N), GROUP_M)
     valid, e, rows, rmask, tok = _block_rows(pid_m, cnt_ptr, tok_ptr, num_experts,
                                              BLOCK_M, BLOCK_E)
@@ -161,23 +166,30 @@ def moe_gemm(
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     w_ptrs = w_ptr + e * stride_we + wn[None, :] * stride_wn + offs_k[:, None]
     up_w = up_rows * stride_wn
+    w_row = (e * (stride_we // stride_wn) + pid_n * BLOCK_N).to(tl.int32)  # W_TMA
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, k_dim, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
-            b = tl.load(w_ptrs)
         else:
             kmask = offs_k < k_dim - k0
             a = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+        if W_TMA:
+            b = tl.trans(w_desc.load([w_row, k0]))
+        elif EVEN_K:
+            b = tl.load(w_ptrs)
+        else:
             b = tl.load(w_ptrs, mask=kmask[:, None], other=0.0)
         if DOT_F32:  # Triton's interpreter multiplies bf16 wrongly: give it fp32
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = _mma(a, b, acc, DOT_IEEE)
         if GATED:
-            if EVEN_K:
+            if W_TMA:
+                b_u = tl.trans(w_desc.load([w_row + up_rows, k0]))
+            elif EVEN_K:
                 b_u = tl.load(w_ptrs + up_w)
             else:
                 b_u = tl.load(w_ptrs + up_w, mask=kmask[:, None], other=0.0)
@@ -204,12 +216,12 @@ def moe_gemm_wt(
     a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, s_ptr, c_ptr,
     n_out, k_dim, num_experts, num_pid_t,
     stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_cm,
-    up_rows,
+    up_rows, w_desc,
     BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_T: tl.constexpr, BLOCK_E: tl.constexpr, GATHER_A: tl.constexpr,
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
-    DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr,
+    DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -220,7 +232,8 @@ def moe_gemm_wt(
     activations' columns j0.. and K/2 + j0.., by a mask and a shift (elementwise). Each tile lies
     in one quantization group (BLOCK_K divides QGROUP and K/2): one scale per row and tile.
     INT4_DEQUANT selects how (`_dequant_int4`): bit operations and 16-bit fmas for bf16/fp16 on
-    a GPU, else through fp32 (the interpreter, fp32 compute).
+    a GPU, else through fp32 (the interpreter, fp32 compute). W_TMA: weight (or packed int4)
+    tiles come through `w_desc` as in `moe_gemm`.
     """
     pid_t, pid_f = _swizzle(tl.program_id(0), num_pid_t, tl.cdiv(n_out, BLOCK_F), GROUP_T)
     valid, e, rows, rmask, tok = _block_rows(pid_t, cnt_ptr, tok_ptr, num_experts,
@@ -242,6 +255,7 @@ def moe_gemm_wt(
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     w_ptrs = w_ptr + e * stride_we + wf[:, None] * stride_wn + offs_k[None, :]
     up_w = up_rows * stride_wn
+    w_row = (e * (stride_we // stride_wn) + pid_f * BLOCK_F).to(tl.int32)  # W_TMA
 
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
@@ -252,13 +266,21 @@ def moe_gemm_wt(
         for k0 in range(0, half, BLOCK_K):
             x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
             x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
-            w_lo, w_hi = _dequant_int4(tl.load(w_ptrs), s_ptrs, k0, k0 + half, QGROUP,
-                                       BLOCK_K, cdt, INT4_DEQUANT)
+            if W_TMA:
+                p = w_desc.load([w_row, k0])
+            else:
+                p = tl.load(w_ptrs)
+            w_lo, w_hi = _dequant_int4(p, s_ptrs, k0, k0 + half, QGROUP, BLOCK_K, cdt,
+                                       INT4_DEQUANT)
             acc = _mma(w_lo, x_lo, acc, DOT_IEEE)
             acc = _mma(w_hi, x_hi, acc, DOT_IEEE)
             if GATED:
-                u_lo, u_hi = _dequant_int4(tl.load(w_ptrs + up_w), s_ptrs + up_s, k0,
-                                           k0 + half, QGROUP, BLOCK_K, cdt, INT4_DEQUANT)
+                if W_TMA:
+                    p_u = w_desc.load([w_row + up_rows, k0])
+                else:
+                    p_u = tl.load(w_ptrs + up_w)
+                u_lo, u_hi = _dequant_int4(p_u, s_ptrs + up_s, k0, k0 + half, QGROUP,
+                                           BLOCK_K, cdt, INT4_DEQUANT)
                 acc_up = _mma(u_lo, x_lo, acc_up, DOT_IEEE)
                 acc_up = _mma(u_hi, x_hi, acc_up, DOT_IEEE)
             a_ptrs += BLOCK_K
@@ -267,16 +289,22 @@ def moe_gemm_wt(
         for k0 in range(0, k_dim, BLOCK_K):
             if EVEN_K:
                 x = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
-                w = tl.load(w_ptrs)
             else:
                 kmask = offs_k < k_dim - k0
                 x = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+            if W_TMA:
+                w = w_desc.load([w_row, k0])
+            elif EVEN_K:
+                w = tl.load(w_ptrs)
+            else:
                 w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
             x = tl.trans(x.to(cdt))
             w = w.to(cdt)
             acc = _mma(w, x, acc, DOT_IEEE)
             if GATED:
-                if EVEN_K:
+                if W_TMA:
+                    u = w_desc.load([w_row + up_rows, k0])
+                elif EVEN_K:
                     u = tl.load(w_ptrs + up_w)
                 else:
                     u = tl.load(w_ptrs + up_w, mask=kmask[None, :], other=0.0)

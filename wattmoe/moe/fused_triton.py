@@ -152,10 +152,13 @@ class KernelConfig:
     # diagnostic only (`benchmarks/gpu/kernel_diag.py`): skip int4 unpacking and scaling, so
     # the results are wrong; measures what dequantization costs. No candidate sets it.
     int4_skip_dequant: bool = False
+    # weight tiles through a tensor descriptor (TMA on Hopper and newer; the interpreter runs
+    # it too); plain loads where Triton has no descriptors or the weights are not aligned
+    tma: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant")
+        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma")
         return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
@@ -165,6 +168,12 @@ ConfigPair = tuple[KernelConfig, KernelConfig]  # (gate/up kernel, down kernel)
 def _wt(block_n: int, block_m: int, block_k: int, group_m: int, warps: int,
         stages: int) -> KernelConfig:
     return KernelConfig(block_m, block_n, block_k, group_m, warps, stages, swap=True)
+
+
+def _with_tma(table: dict[str, ConfigPair], names: Sequence[str]) -> dict[str, ConfigPair]:
+    """"<name>d": candidate <name> with its weight tiles loaded through tensor descriptors."""
+    return {f"{n}d": (dataclasses.replace(table[n][0], tma=True),
+                      dataclasses.replace(table[n][1], tma=True)) for n in names}
 
 
 # Candidates (the benchmark tunes among these on the device); names are what tables record.
@@ -190,6 +199,9 @@ CANDIDATES: dict[str, ConfigPair] = {
     "m64s6": (KernelConfig(64, 64, 64, 8, 4, 6), KernelConfig(64, 128, 64, 8, 4, 5)),
     "w64t64s6": (_wt(64, 64, 64, 8, 4, 6), _wt(64, 64, 64, 8, 4, 6)),
 }
+# TMA weight loads for the tiles that won tuning runs (results/h200/kernels/run15_retune)
+CANDIDATES.update(_with_tma(CANDIDATES, ["m16", "m64", "m128", "m128n256", "w64t32", "w64t128",
+                                         "w128t128"]))
 # int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t16": (_wt(64, 16, 64, 1, 4, 4), _wt(64, 16, 64, 1, 4, 4)),
@@ -206,6 +218,8 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t32k32": (_wt(64, 32, 32, 4, 4, 4), _wt(64, 32, 32, 4, 4, 4)),
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
 }
+INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64k32", "w64t128k32",
+                                                   "w128t128"]))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -333,11 +347,15 @@ def _launch(
         EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee, DOT_F32=not a.is_cuda,
         BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    w_desc = _weight_descriptor(w, cfg) if cfg.tma else None
+    common["W_TMA"] = w_desc is not None
+    if w_desc is None:
+        w_desc = w  # unused by the kernel
     kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
     if not (cfg.swap or qgroup is not None):
         kernel[grid](
             a, tok, wt, counts, w, c, n_out, k_dim, num_experts, num_pid_m,
-            a.stride(0), w.stride(0), w.stride(1), c.stride(0), up_rows,
+            a.stride(0), w.stride(0), w.stride(1), c.stride(0), up_rows, w_desc,
             BLOCK_M=bm, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m, **common,
         )
         return
@@ -346,11 +364,35 @@ def _launch(
         a, tok, wt, counts, w, scales, c, n_out, k_dim, num_experts, num_pid_m,
         a.stride(0), w.stride(0), w.stride(1),
         scales.stride(0) if s is not None else 0, scales.stride(1) if s is not None else 0,
-        c.stride(0), up_rows,
+        c.stride(0), up_rows, w_desc,
         BLOCK_F=cfg.block_n, BLOCK_T=bm, GROUP_T=cfg.group_m, INT4=qgroup is not None,
         QGROUP=qgroup or 1, INT4_DEQUANT=_dequant_mode(cfg, a, qgroup),
         **common,
     )
+
+
+@functools.cache
+def _descriptor_class() -> Any:
+    """Triton's host-side TensorDescriptor, or None (Triton without tensor descriptors)."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:
+        return None
+    return TensorDescriptor
+
+
+def _weight_descriptor(w: torch.Tensor, cfg: KernelConfig) -> Any:
+    """A [BLOCK_N, BLOCK_K] tile descriptor of stacked weights [E, rows, K] viewed as
+    [E * rows, K]; None where TMA cannot address them (no descriptors in this Triton, a
+    non-contiguous stack, or rows/base not 16-byte aligned), and the kernel loads tiles itself."""
+    cls = _descriptor_class()
+    if cls is None or w.dim() != 3 or not w.is_contiguous():
+        return None
+    row_bytes = w.shape[2] * w.element_size()
+    if (row_bytes % 16 or w.data_ptr() % 16 or cfg.block_k * w.element_size() < 16
+            or max(cfg.block_n, cfg.block_k) > 256):
+        return None
+    return cls.from_tensor(w.view(-1, w.shape[2]), [cfg.block_n, cfg.block_k])
 
 
 def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int:
