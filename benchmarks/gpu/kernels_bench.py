@@ -325,7 +325,14 @@ def ceilings(dev: torch.device) -> dict[str, float]:
 
 
 def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> list[str]:
-    """Candidates worth timing for this many rows per expert (both kernels for bf16)."""
+    """Candidates worth timing for this many rows per expert (both kernels for bf16), each
+    followed by its TMA variant ("<name>d") where the table has one."""
+    table = ft.INT4_CANDIDATES if int4 else ft.CANDIDATES
+    return [v for n in _tune_base_names(num_assign, num_experts, int4) if n in table
+            for v in (n, f"{n}d") if v in table]
+
+
+def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]:
     m = num_assign / num_experts
     if int4:
         if m <= 16:
@@ -337,7 +344,7 @@ def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> li
             names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32"]
         else:
             names = ["w128t64", "w128t128"]
-        return [n for n in names if n in ft.INT4_CANDIDATES]
+        return names
     if m <= 16:
         names = ["m16", "m32", "w64t16", "w64t32"]
     elif m <= 80:
@@ -346,7 +353,7 @@ def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> li
         names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128"]
     else:
         names = ["m64n128", "m128", "m128n256", "w128t128", "m64n64"]
-    return [n for n in names if n in ft.CANDIDATES]
+    return names
 
 
 # energy variants: label -> (weights, backend, whole layer step captured as a CUDA graph)
@@ -379,6 +386,8 @@ def parse_args() -> argparse.Namespace:
                     help="of check, tune, energy; run in this order")
     ap.add_argument("--tune-weights", default="bf16,int4")
     ap.add_argument("--tune-tokens", default="", help="default: --tokens")
+    ap.add_argument("--tune-candidates", default="",
+                    help="candidate names to time at every size (default: by rows per expert)")
     ap.add_argument("--check-cases", default="uniform:64,uniform:4096,skewed:512,skewed:4096,"
                     "hot:512,capacity:512,single:1")
     ap.add_argument("--check-backends", default="loop,grouped,fused,fused_graph,grouped_graph,auto")
@@ -533,6 +542,9 @@ class Bench:
                 times: dict[str, float] = {}
                 parts: dict[str, tuple[float, float]] = {}
                 cands = tune_candidates(n_assign, cfg.num_experts, wname == "int4")
+                if self.args.tune_candidates:
+                    table = ft.INT4_CANDIDATES if wname == "int4" else ft.CANDIDATES
+                    cands = [c for c in self.args.tune_candidates.split(",") if c in table]
                 for cand in [*cands, "composite"]:
                     if cand == "composite":  # best gate/up launch with the best down launch
                         if len(parts) < 2:
