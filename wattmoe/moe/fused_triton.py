@@ -200,8 +200,8 @@ CANDIDATES: dict[str, ConfigPair] = {
     "w64t64s6": (_wt(64, 64, 64, 8, 4, 6), _wt(64, 64, 64, 8, 4, 6)),
 }
 # TMA weight loads for the tiles that won tuning runs (results/h200/kernels/run15_retune)
-CANDIDATES.update(_with_tma(CANDIDATES, ["m16", "m64", "m128", "m128n256", "w64t32", "w64t128",
-                                         "w128t128"]))
+CANDIDATES.update(_with_tma(CANDIDATES, ["m16", "m64", "m128", "m128n256", "w64t32", "w64t64",
+                                         "w64t128", "w128t128"]))
 # int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t16": (_wt(64, 16, 64, 1, 4, 4), _wt(64, 16, 64, 1, 4, 4)),
@@ -218,8 +218,8 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t32k32": (_wt(64, 32, 32, 4, 4, 4), _wt(64, 32, 32, 4, 4, 4)),
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
 }
-INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64k32", "w64t128k32",
-                                                   "w128t128"]))
+INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128", "w64t64k32",
+                                                   "w64t128k32", "w128t128"]))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
