@@ -5,8 +5,8 @@ Triton kernel for sm_90 (or --arch) with the argument divisibility the JIT sees 
 (16-byte aligned pointers and strides), then reads the PTX and ptxas' resource report:
 registers, spills, shared memory, whether the MMAs are `wgmma` and whether their first operand
 comes from registers (what the int4 path is built for), and how many shared-memory stores,
-`cp.async` copies and TMA loads (`cp.async.bulk.tensor`) the kernel has. Nothing is run, so this works on a CPU-only machine; numbers
-are the compiler's, not measurements.
+`cp.async` copies and TMA loads (`cp.async.bulk.tensor`) the kernel has. Nothing is run, so
+this works on a CPU-only machine; numbers are the compiler's, not measurements.
 
     python benchmarks/gpu/compile_check.py --shape olmoe-1b-7b --weights bf16,int4
 """
@@ -69,7 +69,8 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     if src_fn is moe_gemm_wt:
         consts.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                       INT4=int4, QGROUP=qgroup,
-                      INT4_DEQUANT=int(int4 and cfg.int4_asm))
+                      INT4_DEQUANT=int(int4 and cfg.int4_asm), TAIL=cfg.tail,
+                      TAIL_T=cfg.tail or 16)
     else:
         consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     sig = _signature(fn, types, consts)

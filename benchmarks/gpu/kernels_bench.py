@@ -339,7 +339,8 @@ def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]
             names = ["w64t16", "w64t16k128", "w64t32"]
         elif m <= 80:
             names = ["w64t32", "w64t64", "w128t64", "w64t64k128", "w64t32s6", "w64t128",
-                     "w64t64k32", "w64t128k32", "w64t32k32"]
+                     "w64t64k32", "w64t128k32", "w64t32k32", "w64t64k32r16", "w64t64k32dr16",
+                     "w64t64k32r32", "w64t64k32dr32"]
         elif m <= 300:
             names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32"]
         else:
@@ -348,7 +349,8 @@ def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]
     if m <= 16:
         names = ["m16", "m32", "w64t16", "w64t32"]
     elif m <= 80:
-        names = ["m64", "m64n64", "m64s6", "w64t64", "w64t64s6", "w128t64", "w64t128"]
+        names = ["m64", "m64n64", "m64s6", "w64t64", "w64t64s6", "w128t64", "w64t128",
+                 "w64t64r16", "w64t64dr16", "w64t64r32", "w64t64dr32"]
     elif m <= 300:
         names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128"]
     else:

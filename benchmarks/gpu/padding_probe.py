@@ -39,8 +39,9 @@ from wattmoe.moe.dispatch import Dispatch  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
-BF16 = "w64t64,w64t64d,w64t128,w64t128d,m64,m64d,m64n64"
-INT4 = "w64t64k32,w64t64k32d,w64t128k32,w64t128k32d,w64t64,w64t128"
+BF16 = "w64t64,w64t64d,w64t128,w64t128d,m64,m64d,m64n64,w64t64r16,w64t64dr16,w64t64dr32"
+INT4 = ("w64t64k32,w64t64k32d,w64t128k32,w64t128k32d,w64t64,w64t128,w64t64k32r16,"
+        "w64t64k32dr16,w64t64k32dr32")
 
 
 def balanced_idx(tokens: int, num_experts: int, top_k: int, dev: torch.device) -> torch.Tensor:

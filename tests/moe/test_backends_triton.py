@@ -237,3 +237,51 @@ def test_fused_tma_unaligned_rows_use_plain_loads(gen: torch.Generator, no_fallb
         torch.testing.assert_close(run(ex, x, d, "m16d"), get_backend("loop")(ex, x, d),
                                    rtol=1e-5, atol=1e-5)
     assert tma_spy == [False, True]  # gate/up weights [E, 2F, 50]; down weights [E, 50, 36]
+
+
+# counts around 64-token tiles: empty, exactly one tile, tails of 1, 16 and 17 rows, two full
+# tiles, two tiles + 2, and a partial first tile
+TAIL_COUNTS = [0, 64, 65, 80, 81, 128, 130, 10]
+
+
+def counted_dispatch(counts: list[int], gen: torch.Generator, with_rowof: bool):
+    """Top-1 dispatch in which expert e gets exactly counts[e] tokens, in random order."""
+    from wattmoe.moe import build_dispatch
+
+    idx = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    idx = idx[torch.randperm(idx.numel(), generator=gen)][:, None]
+    w = torch.rand(idx.shape[0], 1, generator=gen) + 0.1
+    return build_dispatch(idx, w, len(counts), with_rowof=with_rowof)
+
+
+@pytest.mark.parametrize(("config", "with_rowof"),
+                         [("w64t64r16", True), ("w64t64r32", False), ("w64t64dr16", True)])
+def test_fused_tail_rows_ride_on_the_last_tile(config: str, with_rowof: bool,
+                                               gen: torch.Generator, no_fallback: None) -> None:
+    ex = experts(len(TAIL_COUNTS), 32, 32)
+    d = counted_dispatch(TAIL_COUNTS, gen, with_rowof)
+    x = torch.randn(d.token_idx.numel(), 32, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(ex, x, d, config), get_backend("loop")(ex, x, d),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", ["w64t64k32r16", "w64t64k32dr32"])
+def test_fused_int4_tail_rows(config: str, gen: torch.Generator, no_fallback: None) -> None:
+    qx = [quantize_expert(e, group_size=32) for e in experts(len(TAIL_COUNTS), 64, 32)]
+    d = counted_dispatch(TAIL_COUNTS, gen, True)
+    x = torch.randn(d.token_idx.numel(), 64, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_fused_tail_must_be_a_power_of_two(gen: torch.Generator) -> None:
+    ex = experts(4, 32, 32)
+    d = make_dispatch("uniform", 5, 4, 2, gen)
+    x = torch.randn(5, 32, generator=gen)
+    pair = ft.resolve_config("w64t64", False)
+    assert pair is not None
+    bad = tuple(dataclasses.replace(c, tail=24) for c in pair)
+    with pytest.raises(ConfigError, match="tail=24"):
+        ft.fused_forward(stacked_experts(ex), x, d, bad)

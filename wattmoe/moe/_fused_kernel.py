@@ -14,29 +14,51 @@ import triton.language as tl
 
 
 @triton.jit
-def _block_rows(pid_m, cnt_ptr, tok_ptr, num_experts,
-                BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
-    """Expert, dispatch rows and their tokens of row-block `pid_m`.
+def _expert_block(pid_m, cnt_ptr, num_experts, BLOCK_M: tl.constexpr, TAIL: tl.constexpr,
+                  BLOCK_E: tl.constexpr):
+    """Which expert's which row-block `pid_m` is.
 
     Blocks are laid out expert after expert (ceil(count / BLOCK_M) blocks each) and found from
-    `counts` by a cumulative sum in registers. Returns (valid, expert, rows, row mask, tokens);
-    valid is False for blocks past the last expert's (the grid is an upper bound).
+    `counts` by a cumulative sum in registers. With TAIL > 0 an expert's last partial block of
+    <= TAIL rows is not a block of its own: it rides on the block before it (see
+    `moe_gemm_wt`). Returns (valid, expert, block index within the expert, the expert's block
+    count, its row count, its first dispatch row); valid is False for blocks past the last
+    expert's (the grid is an upper bound).
     """
     e_offs = tl.arange(0, BLOCK_E)
     cnt = tl.load(cnt_ptr + e_offs, mask=e_offs < num_experts, other=0).to(tl.int32)
     nblk = (cnt + BLOCK_M - 1) // BLOCK_M
+    if TAIL > 0:
+        nblk -= ((nblk >= 2) & (cnt - (nblk - 1) * BLOCK_M <= TAIL)).to(tl.int32)
     cum = tl.cumsum(nblk, 0)
     valid = pid_m < tl.sum(nblk, 0)
     e = tl.sum((cum <= pid_m).to(tl.int32), 0)
     is_e = e_offs == e
-    first_blk = tl.sum(tl.where(is_e, cum - nblk, 0), 0)
+    blk = pid_m - tl.sum(tl.where(is_e, cum - nblk, 0), 0)
+    nblk_e = tl.sum(tl.where(is_e, nblk, 0), 0)
     cnt_e = tl.sum(tl.where(is_e, cnt, 0), 0)
     row0 = tl.sum(tl.where(e_offs < e, cnt, 0), 0)
-    local = (pid_m - first_blk) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return valid, e.to(tl.int64), blk, nblk_e, cnt_e, row0
+
+
+@triton.jit
+def _rows(row0, start, cnt_e, tok_ptr, SIZE: tl.constexpr):
+    """Dispatch rows start.. start + SIZE of an expert (masked at its count) and their tokens."""
+    local = start + tl.arange(0, SIZE)
     rmask = local < cnt_e  # all False past the last block (cnt_e is 0 there)
     rows = (row0 + local).to(tl.int64)
     tok = tl.load(tok_ptr + rows, mask=rmask, other=0).to(tl.int64)
-    return valid, e.to(tl.int64), rows, rmask, tok
+    return rows, rmask, tok
+
+
+@triton.jit
+def _block_rows(pid_m, cnt_ptr, tok_ptr, num_experts,
+                BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
+    """(valid, expert, rows, row mask, tokens) of row-block `pid_m` (`_expert_block`)."""
+    valid, e, blk, _, cnt_e, row0 = _expert_block(pid_m, cnt_ptr, num_experts, BLOCK_M, 0,
+                                                  BLOCK_E)
+    rows, rmask, tok = _rows(row0, blk * BLOCK_M, cnt_e, tok_ptr, BLOCK_M)
+    return valid, e, rows, rmask, tok
 
 
 @triton.jit
@@ -212,6 +234,108 @@ def moe_gemm(
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=rmask[:, None] & nmask[None, :])
 
 
+@triton.jit
+def _wt_accumulate(
+    a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask, offs_k,
+    k_dim, BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, TAIL_T: tl.constexpr,
+    BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
+    EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
+    W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr,
+):
+    """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
+    HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile."""
+    acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
+    acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
+    acc_tu = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
+    if INT4:
+        half = k_dim // 2
+        for k0 in range(0, half, BLOCK_K):
+            x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
+            x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
+            if HAS_TAIL:
+                t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
+                t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None], other=0.0).to(cdt))
+            if W_TMA:
+                p = w_desc.load([w_row, k0])
+            else:
+                p = tl.load(w_ptrs)
+            w_lo, w_hi = _dequant_int4(p, s_ptrs, k0, k0 + half, QGROUP, BLOCK_K, cdt,
+                                       INT4_DEQUANT)
+            acc = _mma(w_hi, x_hi, _mma(w_lo, x_lo, acc, DOT_IEEE), DOT_IEEE)
+            if HAS_TAIL:
+                acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
+            if GATED:
+                if W_TMA:
+                    p_u = w_desc.load([w_row + up_rows, k0])
+                else:
+                    p_u = tl.load(w_ptrs + up_w)
+                u_lo, u_hi = _dequant_int4(p_u, s_ptrs + up_s, k0, k0 + half, QGROUP,
+                                           BLOCK_K, cdt, INT4_DEQUANT)
+                acc_up = _mma(u_hi, x_hi, _mma(u_lo, x_lo, acc_up, DOT_IEEE), DOT_IEEE)
+                if HAS_TAIL:
+                    acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)
+            a_ptrs += BLOCK_K
+            at_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+    else:
+        for k0 in range(0, k_dim, BLOCK_K):
+            if EVEN_K:
+                x = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
+                if HAS_TAIL:
+                    xt = tl.load(at_ptrs, mask=tmask[:, None], other=0.0)
+            else:
+                kmask = offs_k < k_dim - k0
+                x = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
+                if HAS_TAIL:
+                    xt = tl.load(at_ptrs, mask=tmask[:, None] & kmask[None, :], other=0.0)
+            if W_TMA:
+                w = w_desc.load([w_row, k0])
+            elif EVEN_K:
+                w = tl.load(w_ptrs)
+            else:
+                w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
+            x = tl.trans(x.to(cdt))
+            w = w.to(cdt)
+            acc = _mma(w, x, acc, DOT_IEEE)
+            if HAS_TAIL:
+                xt = tl.trans(xt.to(cdt))
+                acc_t = _mma(w, xt, acc_t, DOT_IEEE)
+            if GATED:
+                if W_TMA:
+                    u = w_desc.load([w_row + up_rows, k0])
+                elif EVEN_K:
+                    u = tl.load(w_ptrs + up_w)
+                else:
+                    u = tl.load(w_ptrs + up_w, mask=kmask[None, :], other=0.0)
+                u = u.to(cdt)
+                acc_up = _mma(u, x, acc_up, DOT_IEEE)
+                if HAS_TAIL:
+                    acc_tu = _mma(u, xt, acc_tu, DOT_IEEE)
+            a_ptrs += BLOCK_K
+            at_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+    return acc, acc_up, acc_t, acc_tu
+
+
+@triton.jit
+def _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm,
+              ACT: tl.constexpr, COMBINE: tl.constexpr):
+    """Epilogue of `moe_gemm_wt` for one [BLOCK_F, tokens] tile: activation, routing weight,
+    then a store of each row (COMBINE 0, 2) or an atomic add at its token (COMBINE 1)."""
+    acc = _activate(acc, acc_up, ACT)
+    mask = fmask[:, None] & rmask[None, :]
+    if COMBINE != 0:
+        wgt = tl.load(wt_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        acc = acc * wgt[None, :]
+    if COMBINE == 1:
+        c_ptrs = c_ptr + tok[None, :] * stride_cm + offs_f[:, None]
+        tl.atomic_add(c_ptrs, acc, mask=mask, sem="relaxed")
+    else:
+        c_ptrs = c_ptr + rows[None, :] * stride_cm + offs_f[:, None]
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
 def moe_gemm_wt(
     a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, s_ptr, c_ptr,
     n_out, k_dim, num_experts, num_pid_t,
@@ -222,6 +346,7 @@ def moe_gemm_wt(
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
+    TAIL: tl.constexpr, TAIL_T: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -234,16 +359,25 @@ def moe_gemm_wt(
     INT4_DEQUANT selects how (`_dequant_int4`): bit operations and 16-bit fmas for bf16/fp16 on
     a GPU, else through fp32 (the interpreter, fp32 compute). W_TMA: weight (or packed int4)
     tiles come through `w_desc` as in `moe_gemm`.
+
+    TAIL > 0 (TAIL_T = TAIL): an expert whose rows overflow its last full token tile by at most
+    TAIL does those rows in the same program, as a second, TAIL_T-token MMA on the same weight
+    tiles, instead of in a program of its own that would read (and dequantize) the weights again
+    for a mostly empty tile. (With TAIL = 0, TAIL_T only sizes unused placeholders.)
     """
     pid_t, pid_f = _swizzle(tl.program_id(0), num_pid_t, tl.cdiv(n_out, BLOCK_F), GROUP_T)
-    valid, e, rows, rmask, tok = _block_rows(pid_t, cnt_ptr, tok_ptr, num_experts,
-                                             BLOCK_T, BLOCK_E)
+    valid, e, blk, nblk_e, cnt_e, row0 = _expert_block(pid_t, cnt_ptr, num_experts, BLOCK_T,
+                                                       TAIL, BLOCK_E)
     if not valid:
         return
+    rows, rmask, tok = _rows(row0, blk * BLOCK_T, cnt_e, tok_ptr, BLOCK_T)
+    trows, tmask, ttok = _rows(row0, (blk + 1) * BLOCK_T, cnt_e, tok_ptr, TAIL_T)
     if GATHER_A:
         a_rows = tok
+        at_rows = ttok
     else:
         a_rows = rows
+        at_rows = trows
     if DOT_F32:
         cdt = tl.float32
     else:
@@ -253,78 +387,30 @@ def moe_gemm_wt(
     wf = (offs_f % n_out).to(tl.int64)  # wrapped, so weight loads need no mask
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
+    at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
     w_ptrs = w_ptr + e * stride_we + wf[:, None] * stride_wn + offs_k[None, :]
-    up_w = up_rows * stride_wn
     w_row = (e * (stride_we // stride_wn) + pid_f * BLOCK_F).to(tl.int32)  # W_TMA
-
-    acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
-    acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
-    if INT4:
-        half = k_dim // 2
-        s_ptrs = s_ptr + e * stride_se + wf * stride_sn
-        up_s = up_rows * stride_sn
-        for k0 in range(0, half, BLOCK_K):
-            x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
-            x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
-            if W_TMA:
-                p = w_desc.load([w_row, k0])
-            else:
-                p = tl.load(w_ptrs)
-            w_lo, w_hi = _dequant_int4(p, s_ptrs, k0, k0 + half, QGROUP, BLOCK_K, cdt,
-                                       INT4_DEQUANT)
-            acc = _mma(w_lo, x_lo, acc, DOT_IEEE)
-            acc = _mma(w_hi, x_hi, acc, DOT_IEEE)
-            if GATED:
-                if W_TMA:
-                    p_u = w_desc.load([w_row + up_rows, k0])
-                else:
-                    p_u = tl.load(w_ptrs + up_w)
-                u_lo, u_hi = _dequant_int4(p_u, s_ptrs + up_s, k0, k0 + half, QGROUP,
-                                           BLOCK_K, cdt, INT4_DEQUANT)
-                acc_up = _mma(u_lo, x_lo, acc_up, DOT_IEEE)
-                acc_up = _mma(u_hi, x_hi, acc_up, DOT_IEEE)
-            a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
-    else:
-        for k0 in range(0, k_dim, BLOCK_K):
-            if EVEN_K:
-                x = tl.load(a_ptrs, mask=rmask[:, None], other=0.0)
-            else:
-                kmask = offs_k < k_dim - k0
-                x = tl.load(a_ptrs, mask=rmask[:, None] & kmask[None, :], other=0.0)
-            if W_TMA:
-                w = w_desc.load([w_row, k0])
-            elif EVEN_K:
-                w = tl.load(w_ptrs)
-            else:
-                w = tl.load(w_ptrs, mask=kmask[None, :], other=0.0)
-            x = tl.trans(x.to(cdt))
-            w = w.to(cdt)
-            acc = _mma(w, x, acc, DOT_IEEE)
-            if GATED:
-                if W_TMA:
-                    u = w_desc.load([w_row + up_rows, k0])
-                elif EVEN_K:
-                    u = tl.load(w_ptrs + up_w)
-                else:
-                    u = tl.load(w_ptrs + up_w, mask=kmask[None, :], other=0.0)
-                u = u.to(cdt)
-                acc_up = _mma(u, x, acc_up, DOT_IEEE)
-            a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
-
-    acc = _activate(acc, acc_up, ACT)
+    s_ptrs = s_ptr + e * stride_se + wf * stride_sn  # INT4
+    up_w = up_rows * stride_wn
+    up_s = up_rows * stride_sn
     fmask = offs_f < n_out
-    mask = fmask[:, None] & rmask[None, :]
-    if COMBINE != 0:
-        wgt = tl.load(wt_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        acc = acc * wgt[None, :]
-    if COMBINE == 1:
-        c_ptrs = c_ptr + tok[None, :] * stride_cm + offs_f[:, None]
-        tl.atomic_add(c_ptrs, acc, mask=mask, sem="relaxed")
+    has_tail = False
+    if TAIL > 0:  # the tail's loop is compiled only for tail configurations
+        has_tail = (blk == nblk_e - 1) & ((blk + 1) * BLOCK_T < cnt_e)
+    if has_tail:
+        acc, acc_up, acc_t, acc_tu = _wt_accumulate(
+            a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
+            offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True)
+        _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
+                  ACT, COMBINE)
     else:
-        c_ptrs = c_ptr + rows[None, :] * stride_cm + offs_f[:, None]
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+        acc, acc_up, acc_t, acc_tu = _wt_accumulate(
+            a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
+            offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False)
+    _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
+              COMBINE)
 
 
 def moe_combine(

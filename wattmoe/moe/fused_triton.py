@@ -155,6 +155,9 @@ class KernelConfig:
     # weight tiles through a tensor descriptor (TMA on Hopper and newer; the interpreter runs
     # it too); plain loads where Triton has no descriptors or the weights are not aligned
     tma: bool = False
+    # `moe_gemm_wt` only: an expert's rows past its last full token tile, up to `tail` of them
+    # (a power of two >= 16, or 0 = off), ride on that tile's program as a second MMA
+    tail: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
@@ -168,6 +171,13 @@ ConfigPair = tuple[KernelConfig, KernelConfig]  # (gate/up kernel, down kernel)
 def _wt(block_n: int, block_m: int, block_k: int, group_m: int, warps: int,
         stages: int) -> KernelConfig:
     return KernelConfig(block_m, block_n, block_k, group_m, warps, stages, swap=True)
+
+
+def _with_tail(table: dict[str, ConfigPair], names: Sequence[str],
+               tail: int) -> dict[str, ConfigPair]:
+    """"<name>r<tail>": candidate <name> (weights first) with tails of up to `tail` rows."""
+    return {f"{n}r{tail}": (dataclasses.replace(table[n][0], tail=tail),
+                            dataclasses.replace(table[n][1], tail=tail)) for n in names}
 
 
 def _with_tma(table: dict[str, ConfigPair], names: Sequence[str]) -> dict[str, ConfigPair]:
@@ -202,6 +212,10 @@ CANDIDATES: dict[str, ConfigPair] = {
 # TMA weight loads for the tiles that won tuning runs (results/h200/kernels/run15_retune)
 CANDIDATES.update(_with_tma(CANDIDATES, ["m16", "m64", "m128", "m128n256", "w64t32", "w64t64",
                                          "w64t128", "w128t128"]))
+# tails (results/h200/kernels/run19_padding: with 64-token tiles, experts just over 64 rows
+# cost a second program that reads the weights again)
+for _t in (16, 32):
+    CANDIDATES.update(_with_tail(CANDIDATES, ["w64t64", "w64t64d"], _t))
 # int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t16": (_wt(64, 16, 64, 1, 4, 4), _wt(64, 16, 64, 1, 4, 4)),
@@ -220,6 +234,9 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
 }
 INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128", "w64t64k32",
                                                    "w64t128k32", "w128t128"]))
+for _t in (16, 32):
+    INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64"],
+                                      _t))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -311,6 +328,8 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
     int4 K tiles (in packed columns) must divide both the group size and K/2, so that each
     dequantized tile lies in one quantization group.
     """
+    if cfg.tail and (cfg.tail < 16 or cfg.tail & (cfg.tail - 1)):
+        raise ConfigError(f"kernel config tail={cfg.tail}: a power of two >= 16, or 0 (off)")
     bn = min(cfg.block_n, max(16, 1 << (n_out - 1).bit_length()))
     if qgroup is not None:
         if k_dim % 2:
@@ -367,7 +386,7 @@ def _launch(
         c.stride(0), up_rows, w_desc,
         BLOCK_F=cfg.block_n, BLOCK_T=bm, GROUP_T=cfg.group_m, INT4=qgroup is not None,
         QGROUP=qgroup or 1, INT4_DEQUANT=_dequant_mode(cfg, a, qgroup),
-        **common,
+        TAIL=cfg.tail, TAIL_T=cfg.tail or 16, **common,
     )
 
 
