@@ -547,6 +547,9 @@ class Bench:
                 if self.args.tune_candidates:
                     table = ft.INT4_CANDIDATES if wname == "int4" else ft.CANDIDATES
                     cands = [c for c in self.args.tune_candidates.split(",") if c in table]
+                    if not cands:
+                        raise SystemExit(f"--tune-candidates: none of them is a {wname} "
+                                         f"candidate (known: {', '.join(table)})")
                 for cand in [*cands, "composite"]:
                     if cand == "composite":  # best gate/up launch with the best down launch
                         if len(parts) < 2:

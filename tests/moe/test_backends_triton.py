@@ -239,9 +239,29 @@ def test_fused_tma_unaligned_rows_use_plain_loads(gen: torch.Generator, no_fallb
     assert tma_spy == [False, True]  # gate/up weights [E, 2F, 50]; down weights [E, 50, 36]
 
 
-# counts around 64-token tiles: empty, exactly one tile, tails of 1, 16 and 17 rows, two full
-# tiles, two tiles + 2, and a partial first tile
-TAIL_COUNTS = [0, 64, 65, 80, 81, 128, 130, 10]
+# counts around 64-token tiles: empty, exactly one tile, tails of 1, 16, 17, 32 and 33 rows,
+# two full tiles, two tiles + 2, and a partial first tile
+TAIL_COUNTS = [0, 64, 65, 80, 81, 96, 97, 128, 130, 10]
+
+
+@pytest.fixture
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """The constexpr keyword arguments of every fused GEMM launch (to see which paths ran)."""
+    seen: list[dict[str, object]] = []
+    real = ft._kernel
+
+    class Spy:
+        def __init__(self, kernel: object) -> None:
+            self.kernel = kernel
+
+        def __getitem__(self, grid: object) -> object:
+            def launch(*args: object, **kwargs: object) -> object:
+                seen.append(kwargs)
+                return self.kernel[grid](*args, **kwargs)  # type: ignore[index]
+            return launch
+
+    monkeypatch.setattr(ft, "_kernel", lambda *a, **k: Spy(real(*a, **k)))
+    return seen
 
 
 def counted_dispatch(counts: list[int], gen: torch.Generator, with_rowof: bool):
@@ -257,18 +277,43 @@ def counted_dispatch(counts: list[int], gen: torch.Generator, with_rowof: bool):
 @pytest.mark.parametrize(("config", "with_rowof"),
                          [("w64t64r16", True), ("w64t64r32", False), ("w64t64dr16", True)])
 def test_fused_tail_rows_ride_on_the_last_tile(config: str, with_rowof: bool,
-                                               gen: torch.Generator, no_fallback: None) -> None:
-    ex = experts(len(TAIL_COUNTS), 32, 32)
+                                               gen: torch.Generator, no_fallback: None,
+                                               launches: list[dict[str, object]]) -> None:
+    ex = experts(len(TAIL_COUNTS), 32, 48)  # F=48: output tiles run past an expert's rows
     d = counted_dispatch(TAIL_COUNTS, gen, with_rowof)
     x = torch.randn(d.token_idx.numel(), 32, generator=gen)
     with torch.no_grad():
         torch.testing.assert_close(run(ex, x, d, config), get_backend("loop")(ex, x, d),
                                    rtol=1e-5, atol=1e-5)
+    tail = int(config.split("r")[-1])
+    gemms = [k for k in launches if "TAIL" in k]
+    assert len(gemms) == 2 and all(k["TAIL"] == tail for k in gemms)
+    assert all(k["W_TMA"] == ("dr" in config) for k in gemms)
+
+
+@pytest.mark.parametrize("tail", [0, 16, 32])
+def test_tail_block_layout_covers_every_row_once(tail: int) -> None:
+    # the kernels' own block layout (`_expert_block`, `_rows`), run by the interpreter
+    from ._layout_probe import layout_hits
+
+    counts = [0, 64, 65, 80, 81, 96, 97, 128, 130, 10, 1, 0]
+    total = sum(counts)
+    hits = torch.zeros(total + 64, dtype=torch.int32)
+    programs = torch.zeros(1, dtype=torch.int32)
+    grid = (total + len(counts) * 63) // 64  # the launcher's upper bound
+    layout_hits[(grid,)](torch.tensor(counts), hits, programs, len(counts), BLOCK=64,
+                         TAIL=tail, TAIL_T=tail or 16, BLOCK_E=16)
+    assert hits[:total].tolist() == [1] * total  # every row once
+    # a last block of <= tail rows rides on the block before it
+    want = sum(-(-c // 64) - (tail > 0 and c > 64 and 0 < c % 64 <= tail) for c in counts)
+    assert int(programs.item()) == want
+    assert int(hits[total:].sum()) == 0
 
 
 @pytest.mark.parametrize("config", ["w64t64k32r16", "w64t64k32dr32"])
 def test_fused_int4_tail_rows(config: str, gen: torch.Generator, no_fallback: None) -> None:
-    qx = [quantize_expert(e, group_size=32) for e in experts(len(TAIL_COUNTS), 64, 32)]
+    # F=96: gate/up output tiles run past an expert's rows (into the next expert's)
+    qx = [quantize_expert(e, group_size=32) for e in experts(len(TAIL_COUNTS), 64, 96)]
     d = counted_dispatch(TAIL_COUNTS, gen, True)
     x = torch.randn(d.token_idx.numel(), 64, generator=gen)
     with torch.no_grad():
@@ -276,12 +321,16 @@ def test_fused_int4_tail_rows(config: str, gen: torch.Generator, no_fallback: No
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_fused_tail_must_be_a_power_of_two(gen: torch.Generator) -> None:
+@pytest.mark.parametrize(("config", "tail", "message"),
+                         [("w64t64", 24, "tail=24"), ("w64t64", 8, "tail=8"),
+                          ("w64t64", 128, "tail=128"), ("m64", 16, "weights-first")])
+def test_fused_bad_tail_is_a_config_error(config: str, tail: int, message: str,
+                                          gen: torch.Generator) -> None:
     ex = experts(4, 32, 32)
     d = make_dispatch("uniform", 5, 4, 2, gen)
     x = torch.randn(5, 32, generator=gen)
-    pair = ft.resolve_config("w64t64", False)
+    pair = ft.resolve_config(config, False)
     assert pair is not None
-    bad = tuple(dataclasses.replace(c, tail=24) for c in pair)
-    with pytest.raises(ConfigError, match="tail=24"):
+    bad = tuple(dataclasses.replace(c, tail=tail) for c in pair)
+    with pytest.raises(ConfigError, match=message):
         ft.fused_forward(stacked_experts(ex), x, d, bad)

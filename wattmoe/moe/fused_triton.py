@@ -328,8 +328,13 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
     int4 K tiles (in packed columns) must divide both the group size and K/2, so that each
     dequantized tile lies in one quantization group.
     """
-    if cfg.tail and (cfg.tail < 16 or cfg.tail & (cfg.tail - 1)):
-        raise ConfigError(f"kernel config tail={cfg.tail}: a power of two >= 16, or 0 (off)")
+    if cfg.tail:
+        if cfg.tail < 16 or cfg.tail & (cfg.tail - 1) or cfg.tail > cfg.block_m:
+            raise ConfigError(f"kernel config tail={cfg.tail}: a power of two from 16 to the "
+                              f"token tile ({cfg.block_m}), or 0 (off)")
+        if not (cfg.swap or qgroup is not None):
+            raise ConfigError("kernel config tail: only the weights-first kernel (swap=True, "
+                              "'w...' candidates) has tail rows")
     bn = min(cfg.block_n, max(16, 1 << (n_out - 1).bit_length()))
     if qgroup is not None:
         if k_dim % 2:
