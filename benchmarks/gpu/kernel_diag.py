@@ -30,12 +30,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
-from kernels_bench import bench_ms, launch_times  # noqa: E402
+from kernels_bench import bench_ms, bf16_and_int4_stacks, launch_times  # noqa: E402
 
-from wattmoe.moe import SimpleMoELayer, build_dispatch, get_preset  # noqa: E402
+from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
-from wattmoe.moe.quant import int4_group_size  # noqa: E402
-from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 
 def run(fn: Callable[[], object], title: str, rec: dict[str, object],
@@ -64,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     cfg = get_preset(args.shape, args.scale)
-    torch.manual_seed(0)
-    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-    qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-    qlayer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
-    st, qst = stacked_experts(layer.experts), stacked_experts(qlayer.experts)
+    st, qst = bf16_and_int4_stacks(cfg, dev)
     h_dim, f_dim = cfg.hidden_size, cfg.expert_inner_size
     rows: list[dict[str, object]] = []
     for tokens in (int(t) for t in args.tokens.split(",")):

@@ -162,6 +162,16 @@ def launch_times(fn: Callable[[], object], reps: int = 10) -> tuple[float, float
     return med[0], med[1]
 
 
+def bf16_and_int4_stacks(cfg, dev: torch.device, seed: int = 0):
+    """The experts of `cfg` on `dev`, stacked: bf16 weights, and int4 of the same weights (group
+    size of `int4_group_size`); for the kernel probes (kernel_diag.py, padding_probe.py)."""
+    torch.manual_seed(seed)
+    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+    qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+    qlayer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
+    return stacked_experts(layer.experts), stacked_experts(qlayer.experts)
+
+
 def split_us(split: tuple[float, float] | None) -> str:
     return f"({split[0] * 1e3:.0f}+{split[1] * 1e3:.0f})" if split else ""
 

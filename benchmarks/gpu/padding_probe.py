@@ -31,13 +31,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
-from kernels_bench import bench_ms, launch_times  # noqa: E402
+from kernels_bench import bench_ms, bf16_and_int4_stacks, launch_times  # noqa: E402
 
-from wattmoe.moe import SimpleMoELayer, build_dispatch, get_preset  # noqa: E402
+from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.dispatch import Dispatch  # noqa: E402
-from wattmoe.moe.quant import int4_group_size  # noqa: E402
-from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 BF16 = "w64t64,w64t64d,w64t128,w64t128d,m64,m64d,m64n64,w64t64r16,w64t64dr16,w64t64dr32"
 INT4 = ("w64t64k32,w64t64k32d,w64t128k32,w64t128k32d,w64t64,w64t128,w64t64k32r16,"
@@ -74,11 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     cfg = get_preset(args.shape, args.scale)
-    torch.manual_seed(0)
-    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-    qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-    qlayer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
-    stacks = {"bf16": stacked_experts(layer.experts), "int4": stacked_experts(qlayer.experts)}
+    st, qst = bf16_and_int4_stacks(cfg, dev)
+    stacks = {"bf16": st, "int4": qst}
     names = {"bf16": [n for n in args.bf16.split(",") if n],
              "int4": [n for n in args.int4.split(",") if n]}
     rows: list[dict[str, object]] = []
