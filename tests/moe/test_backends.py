@@ -343,3 +343,24 @@ def test_dispatch_rowof_is_each_assignments_row(kind: str, gen: torch.Generator)
     assert torch.equal(rows.sort().values, torch.arange(d.token_idx.numel()))  # a bijection
     slot_tokens = torch.arange(23).repeat_interleave(3)
     assert torch.equal(d.token_idx[rows], slot_tokens[kept])  # each row holds its token
+
+
+def test_shipped_tuned_tables_name_known_candidates_that_fit() -> None:
+    # a table that names a dropped or renamed candidate would silently fall back to the heuristic
+    import json
+
+    from wattmoe.moe import fused_triton as ft
+
+    tables = sorted(ft.CONFIG_DIR.glob("*.json"))
+    assert tables
+    for path in tables:
+        for key, entries in json.loads(path.read_text())["configs"].items():
+            fields = dict(f.split("=") for f in key.split(",") if "=" in f)
+            h, f = int(fields["H"]), int(fields["F"])
+            kind = key.rsplit(",", 1)[1]
+            qgroup = int(kind.removeprefix("int4g")) if kind.startswith("int4g") else None
+            for size, name in entries.items():
+                pair = ft.resolve_config(name, qgroup is not None)
+                assert pair is not None, f"{path.name}: {key} {size}: unknown {name!r}"
+                assert ft._fit(pair[0], f, h, qgroup) is not None, (key, name)
+                assert ft._fit(pair[1], h, f, qgroup) is not None, (key, name)
