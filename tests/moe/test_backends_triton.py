@@ -334,3 +334,19 @@ def test_fused_bad_tail_is_a_config_error(config: str, tail: int, message: str,
     bad = tuple(dataclasses.replace(c, tail=tail) for c in pair)
     with pytest.raises(ConfigError, match=message):
         ft.fused_forward(stacked_experts(ex), x, d, bad)
+
+
+def test_fused_tma_descriptors_are_built_once_per_stack(gen: torch.Generator, no_fallback: None,
+                                                        tma_spy: list[bool]) -> None:
+    ex = experts(6, 48, 40)
+    d = make_dispatch("uniform", 11, 6, 2, gen, with_rowof=True)
+    x = torch.randn(11, 48, generator=gen)
+    with torch.no_grad():
+        first = run(ex, x, d, "m16d/w64t32d")
+        again = run(ex, x, d, "m16d/w64t32d")
+        # bf16 tokens on an fp32 stack: weights cast for this call only, never cached
+        run(ex, x.bfloat16(), d, "m16d/w64t32d")
+        run(ex, x.bfloat16(), d, "m16d/w64t32d")
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert tma_spy == [True, True] + [True, True] * 2
+    assert len(stacked_experts(ex).kernel_cache) == 2

@@ -357,10 +357,11 @@ def _launch(
     a: torch.Tensor, tok: torch.Tensor, wt: torch.Tensor, counts: torch.Tensor,
     w: torch.Tensor, s: torch.Tensor | None, c: torch.Tensor, n_out: int, k_dim: int,
     up_rows: int, cfg: KernelConfig, *, gather: bool, gated: bool, act: int, combine: int,
-    qgroup: int | None, ieee: bool,
+    qgroup: int | None, ieee: bool, cache: dict | None = None,
 ) -> None:
     """One launch; combine: 0 store rows, 1 weighted atomic add at the rows' tokens, 2 store
-    weighted rows."""
+    weighted rows. cache: where to keep weight descriptors of `w` (its stack's
+    `kernel_cache`; None for weights that live only for this call)."""
     num_assign, num_experts = tok.numel(), counts.numel()
     bm = cfg.block_m
     num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
@@ -371,7 +372,15 @@ def _launch(
         EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee, DOT_F32=not a.is_cuda,
         BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    w_desc = _weight_descriptor(w, cfg) if cfg.tma else None
+    w_desc = None
+    if cfg.tma:
+        key = (w.data_ptr(), tuple(w.shape), w.dtype, cfg.block_n, cfg.block_k)
+        if cache is not None and key in cache:
+            w_desc = cache[key]
+        else:
+            w_desc = _weight_descriptor(w, cfg)
+            if cache is not None:
+                cache[key] = w_desc
     common["W_TMA"] = w_desc is not None
     if w_desc is None:
         w_desc = w  # unused by the kernel
@@ -484,25 +493,27 @@ def fused_forward(
     counts = d.counts.contiguous()
     h = torch.empty(num_assign, f_dim, dtype=x.dtype, device=x.device)
     ieee = x.dtype == torch.float32
+    cache: dict | None = st.kernel_cache
     if st.quantized:
         w13, s13, w2, s2 = st.q13, st.s13, st.q2, st.s2
     else:
         w13, s13, w2, s2 = st.w13, None, st.w2, None
         if w13.dtype != x.dtype:  # type: ignore[union-attr]
             w13, w2 = w13.to(x.dtype), w2.to(x.dtype)  # type: ignore[union-attr]
+            cache = None  # copies for this call only
     assert w13 is not None and w2 is not None
     _launch(x, tok, wt, counts, w13, s13, h, f_dim, h_dim, f_dim if st.gated else 0,
             cfg1, gather=True, gated=st.gated, act=1 if st.gated else 2, combine=0,
-            qgroup=qgroup, ieee=ieee)
+            qgroup=qgroup, ieee=ieee, cache=cache)
     if rowof is None:  # weighted fp32 atomic adds at each row's token, then one cast
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         _launch(h, tok, wt, counts, w2, s2, out, h_dim, f_dim, 0, cfg2, gather=False,
-                gated=False, act=0, combine=1, qgroup=qgroup, ieee=ieee)
+                gated=False, act=0, combine=1, qgroup=qgroup, ieee=ieee, cache=cache)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
     # weighted rows stored in dispatch order, then each token's k rows added in one pass
     y = torch.empty(num_assign, h_dim, dtype=x.dtype, device=x.device)
     _launch(h, tok, wt, counts, w2, s2, y, h_dim, f_dim, 0, cfg2, gather=False,
-            gated=False, act=0, combine=2, qgroup=qgroup, ieee=ieee)
+            gated=False, act=0, combine=2, qgroup=qgroup, ieee=ieee, cache=cache)
     out = torch.empty_like(x)
     top_k = rowof.shape[1]
     grid = (triton_cdiv(tokens, COMBINE_BLOCK_T), triton_cdiv(h_dim, COMBINE_BLOCK_H))

@@ -27,7 +27,7 @@ import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -59,6 +59,8 @@ class ExpertStack:
         q13, s13, q2, s2: packed int4 codes and fp16 scales, or None for dense stacks.
         group_size: int4 group size G, or None.
         build_id: unique per build (CUDA graphs key on it: a rebuilt stack has new pointers).
+        kernel_cache: per-stack objects of the kernels that depend only on these tensors (the
+            fused backend's TMA descriptors), dropped with the stack.
     """
 
     form: str
@@ -74,6 +76,7 @@ class ExpertStack:
     s2: torch.Tensor | None = None
     group_size: int | None = None
     build_id: int = 0
+    kernel_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def quantized(self) -> bool:
