@@ -322,6 +322,7 @@ def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str
     return heuristic_config(num_assign, st.num_experts, st.quantized)
 
 
+@functools.lru_cache(maxsize=4096)  # once per (config, shape): it runs on every step
 def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> KernelConfig | None:
     """Shrinks tiles to the problem; None if no Triton tile fits (tiny or odd widths).
 
