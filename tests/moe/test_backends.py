@@ -364,3 +364,38 @@ def test_shipped_tuned_tables_name_known_candidates_that_fit() -> None:
                 assert pair is not None, f"{path.name}: {key} {size}: unknown {name!r}"
                 assert ft._fit(pair[0], f, h, qgroup) is not None, (key, name)
                 assert ft._fit(pair[1], h, f, qgroup) is not None, (key, name)
+
+
+def test_user_tuned_table_from_the_environment(tmp_path, monkeypatch, caplog) -> None:
+    import json
+
+    from wattmoe.errors import ConfigError
+    from wattmoe.moe import fused_triton as ft
+    from wattmoe.moe.stacked import stacked_experts
+
+    layer = small_layer()
+    st = stacked_experts(layer.experts)
+    key = ft.shape_key(st)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ft, "_TUNED", {})
+    # a directory: <device key>.json is read
+    (tmp_path / "cpu.json").write_text(json.dumps({"configs": {key: {"64": "w64t16"}}}))
+    monkeypatch.setenv(ft.CONFIG_ENV, str(tmp_path))
+    assert ft.choose_config(st, 64, cpu) == "w64t16"
+    # one file, as kernels_bench.py writes it (tuned elsewhere: a warning, still used)
+    table = tmp_path / "tuned_configs.json"
+    table.write_text(json.dumps({"device": "nvidia_h200", "configs": {key: {"64": "m32"}}}))
+    monkeypatch.setenv(ft.CONFIG_ENV, str(table))
+    monkeypatch.setattr(ft, "_TUNED", {})
+    with caplog.at_level("WARNING"):
+        assert ft.choose_config(st, 64, cpu) == "m32"
+    assert "tuned on nvidia_h200" in caplog.text
+    # bad values: one clear error each
+    for bad, message in [(tmp_path / "missing.json", "no such file"),
+                         (tmp_path / "bad.json", "not a tuned table")]:
+        if bad.name == "bad.json":
+            bad.write_text("{not json")
+        monkeypatch.setenv(ft.CONFIG_ENV, str(bad))
+        monkeypatch.setattr(ft, "_TUNED", {})
+        with pytest.raises(ConfigError, match=message):
+            ft.load_tuned(cpu)

@@ -283,16 +283,50 @@ def _cuda_key(index: int) -> str:
 _TUNED: dict[str, dict[str, dict[str, str]]] = {}
 
 
+CONFIG_ENV = "WATTMOE_KERNEL_CONFIGS"
+
+
 def load_tuned(device: torch.device) -> dict[str, dict[str, str]]:
-    """The tuned table of `device` (kernel_configs/<device key>.json), or an empty one."""
+    """The tuned table of `device`, or an empty one.
+
+    Looked up in $WATTMOE_KERNEL_CONFIGS first (a directory holding <device key>.json, or one
+    table file, as `kernels_bench.py` writes them: `tuned_configs.json`), then in the shipped
+    kernel_configs/<device key>.json. Entries of a user table override shipped ones of the same
+    shape. Raises ConfigError if the variable names nothing or an unreadable table.
+    """
     key = device_key(device)
     if key not in _TUNED:
-        path = CONFIG_DIR / f"{key}.json"
         table: dict[str, dict[str, str]] = {}
-        if path.is_file():
-            table = json.loads(path.read_text()).get("configs", {})
+        shipped = CONFIG_DIR / f"{key}.json"
+        if shipped.is_file():
+            table = json.loads(shipped.read_text()).get("configs", {})
+        user = os.environ.get(CONFIG_ENV, "").strip()
+        if user:
+            table = {**table, **_user_table(Path(user), key)}
         _TUNED[key] = table
     return _TUNED[key]
+
+
+def _user_table(path: Path, key: str) -> dict[str, dict[str, str]]:
+    if path.is_dir():
+        path = path / f"{key}.json"
+        if not path.is_file():
+            return {}  # no table for this device there
+    elif not path.is_file():
+        raise ConfigError(f"{CONFIG_ENV}={path}: no such file or directory")
+    try:
+        payload = json.loads(path.read_text())
+        configs = payload["configs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{CONFIG_ENV}: {path} is not a tuned table ({exc!r}; "
+                          "expected JSON with a 'configs' object)") from None
+    device = payload.get("device")
+    if device not in (None, key):
+        log.warning("%s: %s was tuned on %s, used for %s", CONFIG_ENV, path, device, key)
+    if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
+        raise ConfigError(f"{CONFIG_ENV}: {path}: 'configs' must map shape keys to "
+                          "{assignments: candidate} objects")
+    return configs
 
 
 def set_tuned(device: torch.device, table: dict[str, dict[str, str]]) -> None:
