@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
-from kernels_bench import bench_ms, bf16_and_int4_stacks, launch_times  # noqa: E402
+from kernels_bench import bench_ms, bf16_and_int4_stacks, launch_times, routing  # noqa: E402
 
 from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
@@ -49,14 +49,13 @@ def balanced_idx(tokens: int, num_experts: int, top_k: int, dev: torch.device) -
     return (t % num_experts).contiguous()
 
 
-def dispatch(kind: str, tokens: int, num_experts: int, top_k: int,
-             dev: torch.device) -> Dispatch:
+def dispatch(kind: str, tokens: int, num_experts: int, top_k: int, dev: torch.device,
+             gen: torch.Generator) -> Dispatch:
     if kind == "random":
-        idx = torch.rand(tokens, num_experts, device=dev).topk(top_k, dim=1).indices
-    else:
-        idx = balanced_idx(tokens, num_experts, top_k, dev)
-    w = torch.rand(tokens, top_k, device=dev) + 0.05
-    return build_dispatch(idx, w / w.sum(1, keepdim=True), num_experts, with_rowof=True)
+        return routing("uniform", tokens, num_experts, top_k, dev, gen)
+    w = torch.rand(tokens, top_k, generator=gen, device=dev) + 0.05
+    return build_dispatch(balanced_idx(tokens, num_experts, top_k, dev),
+                          w / w.sum(1, keepdim=True), num_experts, with_rowof=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device(args.device)
     cfg = get_preset(args.shape, args.scale)
     st, qst = bf16_and_int4_stacks(cfg, dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
     stacks = {"bf16": st, "int4": qst}
     names = {"bf16": [n for n in args.bf16.split(",") if n],
              "int4": [n for n in args.int4.split(",") if n]}
     rows: list[dict[str, object]] = []
     for case in args.cases.split(","):
         kind, tokens = case.split(":")[0], int(case.split(":")[1])
-        d = dispatch(kind, tokens, cfg.num_experts, cfg.top_k, dev)
+        d = dispatch(kind, tokens, cfg.num_experts, cfg.top_k, dev, gen)
         counts = d.counts.tolist()
         x = torch.randn(tokens, cfg.hidden_size, device=dev).bfloat16()
         print(f"== {kind} {tokens} tokens: per-expert assignments min {min(counts)}, "

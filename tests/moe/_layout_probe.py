@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from wattmoe.moe._fused_kernel import _expert_block, _rows
+from wattmoe.moe._fused_kernel import _expert_block, _has_tail, _rows
 
 
 @triton.jit
@@ -21,6 +21,6 @@ def layout_hits(cnt_ptr, out_ptr, prog_ptr, num_experts, BLOCK: tl.constexpr, TA
         tl.atomic_add(prog_ptr, 1)
         rows, rmask, _ = _rows(row0, blk * BLOCK, cnt_e, cnt_ptr, BLOCK)
         tl.atomic_add(out_ptr + rows, 1, mask=rmask)
-        if (TAIL > 0) & (blk == nblk_e - 1) & ((blk + 1) * BLOCK < cnt_e):
+        if (TAIL > 0) & _has_tail(blk, nblk_e, cnt_e, BLOCK):
             trows, tmask, _ = _rows(row0, (blk + 1) * BLOCK, cnt_e, cnt_ptr, TAIL_T)
             tl.atomic_add(out_ptr + trows, 1, mask=tmask)

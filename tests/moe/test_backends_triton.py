@@ -187,16 +187,17 @@ def test_fused_rejects_a_rowof_that_does_not_fit(gen: torch.Generator) -> None:
 
 @pytest.fixture
 def tma_spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Records, per launch of a TMA candidate, whether a weight descriptor was made."""
+    """Records, per weight descriptor built (not found in a stack's cache), whether TMA could
+    address the weights."""
     made: list[bool] = []
-    real = ft._weight_descriptor
+    real = ft._new_descriptor
 
     def spy(w: torch.Tensor, cfg: ft.KernelConfig) -> object:
         desc = real(w, cfg)
         made.append(desc is not None)
         return desc
 
-    monkeypatch.setattr(ft, "_weight_descriptor", spy)
+    monkeypatch.setattr(ft, "_new_descriptor", spy)
     return made
 
 

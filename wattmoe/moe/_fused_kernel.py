@@ -52,6 +52,12 @@ def _rows(row0, start, cnt_e, tok_ptr, SIZE: tl.constexpr):
 
 
 @triton.jit
+def _has_tail(blk, nblk_e, cnt_e, BLOCK_M: tl.constexpr):
+    """True for an expert's last block when rows remain past it (they ride on it: TAIL > 0)."""
+    return (blk == nblk_e - 1) & ((blk + 1) * BLOCK_M < cnt_e)
+
+
+@triton.jit
 def _block_rows(pid_m, cnt_ptr, tok_ptr, num_experts,
                 BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr):
     """(valid, expert, rows, row mask, tokens) of row-block `pid_m` (`_expert_block`)."""
@@ -396,7 +402,7 @@ def moe_gemm_wt(
     fmask = offs_f < n_out
     has_tail = False
     if TAIL > 0:  # the tail's loop is compiled only for tail configurations
-        has_tail = (blk == nblk_e - 1) & ((blk + 1) * BLOCK_T < cnt_e)
+        has_tail = _has_tail(blk, nblk_e, cnt_e, BLOCK_T)
     if has_tail:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,

@@ -407,15 +407,7 @@ def _launch(
         EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee, DOT_F32=not a.is_cuda,
         BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    w_desc = None
-    if cfg.tma:
-        key = (w.data_ptr(), tuple(w.shape), w.dtype, cfg.block_n, cfg.block_k)
-        if cache is not None and key in cache:
-            w_desc = cache[key]
-        else:
-            w_desc = _weight_descriptor(w, cfg)
-            if cache is not None:
-                cache[key] = w_desc
+    w_desc = _weight_descriptor(w, cfg, cache) if cfg.tma else None
     common["W_TMA"] = w_desc is not None
     if w_desc is None:
         w_desc = w  # unused by the kernel
@@ -449,10 +441,21 @@ def _descriptor_class() -> Any:
     return TensorDescriptor
 
 
-def _weight_descriptor(w: torch.Tensor, cfg: KernelConfig) -> Any:
+def _weight_descriptor(w: torch.Tensor, cfg: KernelConfig, cache: dict | None = None) -> Any:
     """A [BLOCK_N, BLOCK_K] tile descriptor of stacked weights [E, rows, K] viewed as
     [E * rows, K]; None where TMA cannot address them (no descriptors in this Triton, a
-    non-contiguous stack, or rows/base not 16-byte aligned), and the kernel loads tiles itself."""
+    non-contiguous stack, or rows/base not 16-byte aligned), and the kernel loads tiles itself.
+    Kept in `cache` (the stack's `kernel_cache`) when given."""
+    key = (w.data_ptr(), cfg.block_n, cfg.block_k)
+    if cache is not None and key in cache:
+        return cache[key]
+    desc = _new_descriptor(w, cfg)
+    if cache is not None:
+        cache[key] = desc
+    return desc
+
+
+def _new_descriptor(w: torch.Tensor, cfg: KernelConfig) -> Any:
     cls = _descriptor_class()
     if cls is None or w.dim() != 3 or not w.is_contiguous():
         return None
