@@ -69,16 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda", help="cpu: smoke test (TRITON_INTERPRET=1)")
     ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shape")
     args = ap.parse_args(argv)
+    cases = [_case(ap, c) for c in args.cases.split(",") if c]
+    names = {"bf16": [n for n in args.bf16.split(",") if n],
+             "int4": [n for n in args.int4.split(",") if n]}
+    for wname, table in (("bf16", ft.CANDIDATES), ("int4", ft.INT4_CANDIDATES)):
+        unknown = [n for n in names[wname] if ft.resolve_config(n, wname == "int4") is None]
+        if unknown:
+            ap.error(f"--{wname}: unknown candidates {', '.join(unknown)} "
+                     f"(known: {', '.join(table)})")
     dev = torch.device(args.device)
     cfg = get_preset(args.shape, args.scale)
     st, qst = bf16_and_int4_stacks(cfg, dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     stacks = {"bf16": st, "int4": qst}
-    names = {"bf16": [n for n in args.bf16.split(",") if n],
-             "int4": [n for n in args.int4.split(",") if n]}
     rows: list[dict[str, object]] = []
-    for case in args.cases.split(","):
-        kind, tokens = case.split(":")[0], int(case.split(":")[1])
+    payload = {**provenance(), "args": vars(args), "rows": rows,
+               "source": "measured (CUDA events / CUPTI), time only"}
+    for kind, tokens in cases:
         d = dispatch(kind, tokens, cfg.num_experts, cfg.top_k, dev, gen)
         counts = d.counts.tolist()
         x = torch.randn(tokens, cfg.hidden_size, device=dev).bfloat16()
@@ -98,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
                 split = (f"gate/up {parts[0] * 1e3:6.1f}  down {parts[1] * 1e3:6.1f}"
                          if parts else "")
                 print(f"   {wname} {name:14s} {ms * 1e3:7.1f} us   {split}", flush=True)
-    write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows,
-                                "source": "measured (CUDA events / CUPTI), time only"})
+                write_json(Path(args.out), payload)  # after every row: an interrupted run keeps it
     return 0
+
+
+def _case(ap: argparse.ArgumentParser, text: str) -> tuple[str, int]:
+    kind, _, tokens = text.partition(":")
+    if kind not in ("random", "balanced") or not tokens.isdigit() or int(tokens) < 1:
+        ap.error(f"--cases: {text!r} is not random:N or balanced:N (N tokens >= 1)")
+    return kind, int(tokens)
 
 
 if __name__ == "__main__":

@@ -52,13 +52,21 @@ def main() -> None:
     ap.add_argument("--warps", type=int, default=8)
     args = ap.parse_args()
 
+    try:
+        blocks = [int(b) for b in args.blocks.split(",")]
+        per_sm = [float(v) for v in args.programs_per_sm.split(",")]
+    except ValueError as exc:
+        ap.error(f"--blocks / --programs-per-sm: comma-separated numbers ({exc})")
+    if any(b < 16 or b & (b - 1) for b in blocks) or any(f <= 0 for f in per_sm):
+        ap.error("--blocks: powers of two >= 16; --programs-per-sm: positive")
+    n = (args.mbytes * 10**6 // 2) // max(blocks) * max(blocks)
+    if not 0 < n < 2**31:
+        ap.error(f"--mbytes {args.mbytes}: from one block to 4294 MB (32-bit offsets)")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (NVML energy counter)")
     dev = torch.device("cuda")
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
-    blocks = [int(b) for b in args.blocks.split(",")]
-    n = (args.mbytes * 10**6 // 2) // max(blocks) * max(blocks)
     x = torch.randn(n, device=dev, dtype=torch.bfloat16)
-    if n >= 2**31:
-        raise SystemExit(f"--mbytes {args.mbytes}: at most 4294 MB (32-bit offsets)")
     nbytes = n * 2
     out = torch.empty(4 * sms, device=dev, dtype=torch.float32)
     nrg = Energy()
@@ -85,6 +93,7 @@ def main() -> None:
                "window_s": w["seconds"],
                "source": "measured (NVML total energy counter); time: CUDA events"}
         rows.append(row)
+        write_json(out_path, payload)  # after every row: an interrupted run keeps it
         print(f"{label:>26}  {row['pass_us']:8.1f} us  {row['read_tb_s']:5.2f} TB/s  "
               f"{row['energy_mj_per_pass']:7.2f} mJ/pass  {row['power_w']:6.1f} W", flush=True)
 
@@ -94,20 +103,20 @@ def main() -> None:
     time.sleep(2.0)
     idle_w = (nrg.mj() - e0) / 1e3 / (time.perf_counter() - t0)
     print(f"idle (memory allocated): {idle_w:.1f} W; {idle}", flush=True)
+    out_path = Path(args.out) / "stream_sm_power.json"
+    payload = {**provenance(), "args": vars(args), "sms": sms, "bytes": nbytes,
+               "idle_w": idle_w, "gpu_at_start": idle, "rows": rows}
     copy_dst = [torch.empty_like(x)]
     measure("torch copy (read+write)", None, lambda: copy_dst[0].copy_(x))
     copy_dst.clear()
     for blk in blocks:
-        for f in [float(v) for v in args.programs_per_sm.split(",")]:
+        for f in per_sm:
             p = max(1, round(f * sms))
             measure(f"{f:g}/SM ({p}) x {blk}", p,
                     lambda p=p, blk=blk: _stream_sum[(p,)](x, out, n // blk, BLOCK=blk,
                                                          num_warps=args.warps))
             rows[-1]["block"] = blk
-    meta = provenance()
-    write_json(Path(args.out) / "stream_sm_power.json",
-               {**meta, "args": vars(args), "sms": sms, "bytes": nbytes, "idle_w": idle_w,
-                "gpu_at_start": idle, "rows": rows})
+    write_json(out_path, payload)
 
 
 if __name__ == "__main__":
