@@ -11,7 +11,6 @@ Layout (schema version 1)::
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ from wattmoe.cost_model.base import (
     ProfileFormatError,
     ProfilePoint,
 )
-from wattmoe.provenance import git_commit, machine_info, provenance
+from wattmoe.provenance import git_commit, machine_info, provenance, utc_now
 from wattmoe.provenance import write_json_atomic as save_json
 
 __all__ = ["ProfileDatabase", "git_commit", "load_profile", "machine_info", "provenance",
@@ -50,8 +49,7 @@ class ProfileDatabase:
         return {
             "format": FORMAT,
             "schema_version": self.schema_version,
-            "created_utc": self.created_utc
-            or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "created_utc": self.created_utc or utc_now(),
             "provenance": self.provenance,
             "sweep": self.sweep,
             "profiler": self.profiler,

@@ -88,7 +88,7 @@ def place_measured_loads(
     cfg = layer.config  # type: ignore[attr-defined]
     spec = load_cluster(cluster)
     loads = loads_from_layers([layer], tokens_per_batch=tokens_per_batch)
-    shape = ExpertShape(cfg.hidden_size, cfg.expert_inner_size, cfg.expert_form, dtype)
+    shape = ExpertShape.from_config(cfg, dtype)
     provider = AnalyticCostProvider()
     problem = make_problem(spec, loads, shape, provider, objective="energy")
     rows = []

@@ -140,8 +140,8 @@ def _dequant_int4_asm(p, s_lo, s_hi, FP16: tl.constexpr):
 
 
 @triton.jit
-def _dequant_int4(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, BLOCK_K: tl.constexpr,
-                  cdt: tl.constexpr, MODE: tl.constexpr):
+def _dequant_int4(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
+                  MODE: tl.constexpr):
     """The two [BLOCK_F, BLOCK_K] weight tiles (columns j and j + K/2) of packed tile p.
 
     MODE 1: bit operations and 16-bit fmas (GPU, bf16/fp16); 0: through fp32; 2: diagnostic
@@ -266,8 +266,7 @@ def _wt_accumulate(
                 p = w_desc.load([w_row, k0])
             else:
                 p = tl.load(w_ptrs)
-            w_lo, w_hi = _dequant_int4(p, s_ptrs, k0, k0 + half, QGROUP, BLOCK_K, cdt,
-                                       INT4_DEQUANT)
+            w_lo, w_hi = _dequant_int4(p, s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT)
             acc = _mma(w_hi, x_hi, _mma(w_lo, x_lo, acc, DOT_IEEE), DOT_IEEE)
             if HAS_TAIL:
                 acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
@@ -276,8 +275,8 @@ def _wt_accumulate(
                     p_u = w_desc.load([w_row + up_rows, k0])
                 else:
                     p_u = tl.load(w_ptrs + up_w)
-                u_lo, u_hi = _dequant_int4(p_u, s_ptrs + up_s, k0, k0 + half, QGROUP,
-                                           BLOCK_K, cdt, INT4_DEQUANT)
+                u_lo, u_hi = _dequant_int4(p_u, s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
+                                           INT4_DEQUANT)
                 acc_up = _mma(u_hi, x_hi, _mma(u_lo, x_lo, acc_up, DOT_IEEE), DOT_IEEE)
                 if HAS_TAIL:
                     acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)

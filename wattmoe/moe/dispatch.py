@@ -55,6 +55,11 @@ def count_experts(expert_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
     return counts.index_add_(0, expert_idx.reshape(-1), torch.ones_like(expert_idx.reshape(-1)))
 
 
+def _rowof(order: torch.Tensor, rows: torch.Tensor, tokens: int, top_k: int) -> torch.Tensor:
+    """[tokens, k]: the dispatch row of each (token, slot), from the rows in sorted order."""
+    return torch.empty_like(order).scatter_(0, order, rows).view(tokens, top_k)
+
+
 def build_dispatch(
     topk_idx: torch.Tensor,
     topk_weight: torch.Tensor,
@@ -81,8 +86,7 @@ def build_dispatch(
     if capacity_factor is None:
         rowof = None
         if with_rowof:
-            rowof = torch.empty_like(order).scatter_(
-                0, order, torch.arange(n, device=order.device)).view(tokens, top_k)
+            rowof = _rowof(order, torch.arange(n, device=order.device), tokens, top_k)
         return Dispatch(token_idx, weight, routed, routed, 0, None, rowof)
     cap = expert_capacity(tokens, top_k, num_experts, capacity_factor)
     starts = routed.cumsum(0) - routed
@@ -91,8 +95,7 @@ def build_dispatch(
     kept = routed.clamp(max=cap)
     rowof = None
     if with_rowof:
-        rows = torch.where(keep, keep.long().cumsum(0) - 1, -1)
-        rowof = torch.empty_like(order).scatter_(0, order, rows).view(tokens, top_k)
+        rowof = _rowof(order, torch.where(keep, keep.long().cumsum(0) - 1, -1), tokens, top_k)
     return Dispatch(
         token_idx[keep], weight[keep], kept, routed, int((routed - kept).sum()), cap, rowof
     )
