@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.dispatch import Dispatch, build_dispatch
-from wattmoe.moe.fused_triton import interpreting, triton_available
+from wattmoe.moe.fused_triton import checked_triton, triton_cdiv, triton_runs_on
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput
 
 # Expert backends whose layer steps route with `fused_route` (no capacity, no autograd).
@@ -48,27 +48,15 @@ _SCATTER_ELEMS = 8192  # [BLOCK_N, BLOCK_E] elements per route_scatter program
 @functools.cache
 def _kernels(interpret: bool) -> tuple[Any, Any]:
     """The two Triton functions: compiled for the GPU, or run by Triton's interpreter."""
-    if not triton_available():
-        raise ConfigError("fused routing needs `pip install triton`")
-    import triton
-
+    triton = checked_triton(interpret, "fused routing needs", "run fused routing")
     from wattmoe.moe._route_kernel import route_scatter, route_topk
 
-    if interpret != interpreting():
-        raise ConfigError(
-            "Triton's interpreter is chosen when Triton is imported: set TRITON_INTERPRET=1 "
-            "before the first import to run fused routing on CPU tensors"
-        )
     # token and assignment counts change with every step: no recompiles for their divisibility
     return (triton.jit(route_topk, do_not_specialize=["num_tokens"]),
             triton.jit(route_scatter, do_not_specialize=["num_assign", "num_tokens"]))
 
 
-def fused_route_available(x: torch.Tensor) -> bool:
-    """True if `fused_route` can run on x: CUDA with Triton, or CPU under the interpreter."""
-    if x.is_cuda:
-        return triton_available()
-    return x.device.type == "cpu" and interpreting()
+fused_route_available = triton_runs_on  # can `fused_route` run on x (CUDA, or CPU interpreted)
 
 
 def _pow2(n: int) -> int:
@@ -154,7 +142,7 @@ def fused_route(
     topk_kernel, scatter_kernel = _kernels(interpret=not x.is_cuda)
     block_e = _pow2(num_experts)
     block_t = max(1, min(32, _TILE_ELEMS // block_e))
-    topk_kernel[(-(-tokens // block_t),)](
+    topk_kernel[(triton_cdiv(tokens, block_t),)](
         logits, bias_op if bias_op is not None else logits, probs, topk_idx, topk_weight, pos,
         counts, psum, tokens, num_experts,
         BLOCK_T=block_t, BLOCK_E=block_e, TOP_K=top_k, BLOCK_K=_pow2(top_k), BIAS=mode,
@@ -162,7 +150,7 @@ def fused_route(
         num_warps=ROUTE_NUM_WARPS,
     )
     block_n = max(16, min(128, _SCATTER_ELEMS // block_e))
-    scatter_kernel[(-(-num_assign // block_n),)](
+    scatter_kernel[(triton_cdiv(num_assign, block_n),)](
         counts, topk_idx, pos, topk_weight, token_idx, weight, psum, loss,
         tpe if tpe is not None else counts,
         num_assign, tokens, num_experts, float(router.aux_loss_coef),

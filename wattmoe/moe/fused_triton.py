@@ -94,18 +94,36 @@ def interpreting() -> bool:
     return type(tl.cdiv).__name__ == "InterpretedFunction"
 
 
+def triton_runs_on(x: torch.Tensor) -> bool:
+    """True if this module's kernels (and fused routing's) can run on x's device: CUDA with
+    Triton, or CPU tensors under Triton's interpreter."""
+    return triton_available() and (x.is_cuda or (x.device.type == "cpu" and interpreting()))
+
+
+def checked_triton(interpret: bool, need: str, purpose: str) -> Any:
+    """The triton module, once Triton is installed and its mode matches `interpret`.
+
+    Raises:
+        ConfigError: "<need> `pip install triton`", or the interpreter was not chosen at
+            Triton's import (needed to <purpose> on CPU tensors).
+    """
+    triton = _triton()
+    if triton is None:
+        raise ConfigError(f"{need} `pip install triton`")
+    if interpret != interpreting():
+        raise ConfigError(
+            "Triton's interpreter is chosen when Triton is imported: set TRITON_INTERPRET=1 "
+            f"before the first import to {purpose} on CPU tensors"
+        )
+    return triton
+
+
 @functools.cache
 def _kernel(interpret: bool, swap: bool = False) -> Any:
     """A Triton kernel (`moe_gemm`, or `moe_gemm_wt` if swap): compiled for the GPU, or run by
     Triton's interpreter."""
-    triton = _triton()
-    if triton is None:
-        raise ConfigError("the fused backend's Triton kernels need `pip install triton`")
-    if interpret != interpreting():
-        raise ConfigError(
-            "Triton's interpreter is chosen when Triton is imported: set TRITON_INTERPRET=1 "
-            "before the first import to run the fused kernels on CPU tensors"
-        )
+    triton = checked_triton(interpret, "the fused backend's Triton kernels need",
+                            "run the fused kernels")
     from wattmoe.moe._fused_kernel import moe_gemm, moe_gemm_wt
 
     # the block count changes with every step size: no recompiles for its divisibility by 16
@@ -117,9 +135,8 @@ def _kernel(interpret: bool, swap: bool = False) -> Any:
 @functools.cache
 def _combine_kernel(interpret: bool) -> Any:
     """`moe_combine` (sums each token's weighted rows), compiled or interpreted."""
-    _kernel(interpret)  # same checks (Triton present, interpreter chosen at import)
-    import triton
-
+    triton = checked_triton(interpret, "the fused backend's Triton kernels need",
+                            "run the fused kernels")
     from wattmoe.moe._fused_kernel import moe_combine
 
     return triton.jit(moe_combine, do_not_specialize=["num_tokens", "num_rows"])
@@ -496,7 +513,7 @@ def fused_forward(
 
     Falls back to `grouped_forward` where Triton cannot run these tensors or no tile fits.
     """
-    use_triton = triton_available() and (x.is_cuda or (x.device.type == "cpu" and interpreting()))
+    use_triton = triton_runs_on(x)
     num_assign = d.token_idx.numel()
     qgroup = st.group_size if st.quantized else None
     if config is None:
