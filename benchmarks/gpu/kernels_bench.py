@@ -625,17 +625,14 @@ class Bench:
                 wname, backend, step_graph = VARIANTS[label]
                 lay = variants[wname]
                 lay.set_backend(backend)
-                if label.endswith("+torch_route"):
-                    lay.uses_fused_route = lambda t: False  # type: ignore[method-assign]
+                lay.fused_routing = not label.endswith("+torch_route")
                 step: Callable[[torch.Tensor], object] = GraphedLayer(lay) if step_graph else lay
                 try:
                     with torch.inference_mode():
                         w = self.nrg.window(lambda s=step, x=x: s(x), a.window)
                 except Exception as exc:
                     self.error(f"energy {shape} {tokens} {label}", exc)
-                    lay.__dict__.pop("uses_fused_route", None)
                     continue
-                lay.__dict__.pop("uses_fused_route", None)
                 info = self.nrg.info()
                 rec = {"shape": shape, "tokens": tokens, "backend": label, "weights": wname,
                        **w, "uj_per_token": w["energy_j"] / (w["steps"] * tokens) * 1e6,

@@ -255,6 +255,9 @@ def test_layer_keeps_the_unfused_route_with_capacity_autograd_or_other_backends(
     layer(x)  # nothing to differentiate: fused even in grad mode
     assert len(spy) == 1
     assert layer.uses_fused_route(x)
+    layer.fused_routing = False  # switched off: the torch path, as `+torch_route` measures
+    assert not layer.uses_fused_route(x)
+    layer.fused_routing = True
     assert not layer.uses_fused_route(x.requires_grad_())
 
 

@@ -74,6 +74,8 @@ class SimpleMoELayer(nn.Module):
         self.config = config
         self.backend_name = backend
         self._backend = get_backend(backend)
+        # False: always the torch routing path (to measure the fused routing's share)
+        self.fused_routing = True
         with seeded(seed):
             self.router = AdaptiveRouter(
                 config.hidden_size, config.num_experts, config.top_k, strategy=strategy,
@@ -116,12 +118,14 @@ class SimpleMoELayer(nn.Module):
     def uses_fused_route(self, tokens: torch.Tensor) -> bool:
         """True if a step on tokens [T, H] routes with `fused_route`.
 
-        That needs a fused expert backend (for `auto`: a fused backend already chosen for this
-        step size), no capacity factor (capacity keeps the earliest tokens, which needs token
-        order within each expert), Triton for the tokens' device, and no autograd through the
-        router or the experts (the kernels have no backward).
+        That needs `fused_routing` (True unless switched off), a fused expert backend (for
+        `auto`: a fused backend already chosen for this step size), no capacity factor
+        (capacity keeps the earliest tokens, which needs token order within each expert),
+        Triton for the tokens' device, and no autograd through the router or the experts (the
+        kernels have no backward).
         """
-        if self.config.capacity_factor is not None or not fused_route_available(tokens):
+        if (not self.fused_routing or self.config.capacity_factor is not None
+                or not fused_route_available(tokens)):
             return False
         if torch.is_grad_enabled() and self.router.gate.weight.requires_grad:
             return False
