@@ -29,6 +29,7 @@ from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.moe import SimpleMoELayer, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
@@ -37,8 +38,13 @@ VARIANTS = {"grouped": (False, "grouped"), "fused": (False, "fused"),
             "fused_int4": (True, "fused"), "loop": (False, "loop")}
 
 
-def profile_steps(layer: SimpleMoELayer, x: torch.Tensor, steps: int) -> dict[str, object]:
-    """Kernel table of `steps` layer steps (after a warm-up)."""
+def profile_steps(layer: object, x: torch.Tensor, steps: int) -> dict[str, object]:
+    """Kernel table of `steps` layer steps (after a warm-up).
+
+    Besides each kernel's duration: the step's span on the GPU (first kernel start to last
+    kernel end, median over steps) and the idle time inside it (span minus busy time), which
+    for a CUDA-graph replay is what launch gaps and dependencies cost.
+    """
     with torch.inference_mode():
         for _ in range(5):
             layer(x)
@@ -63,9 +69,16 @@ def profile_steps(layer: SimpleMoELayer, x: torch.Tensor, steps: int) -> dict[st
         name = kernels[i].name
         seen[name] = seen.get(name, 0) + 1
         durs = [kernels[s * per_step + i].time_range.elapsed_us() for s in range(steps)]
-        rows.append({"kernel": f"{name[:60]} #{seen[name]}", "us": statistics.median(durs)})
-    return {"kernels": rows, "gpu_us": sum(r["us"] for r in rows),
-            "launches": per_step, "wall_ms_eager": wall_ms}
+        starts = [kernels[s * per_step + i].time_range.start
+                  - kernels[s * per_step].time_range.start for s in range(steps)]
+        rows.append({"kernel": f"{name[:60]} #{seen[name]}", "us": statistics.median(durs),
+                     "start_us": statistics.median(starts)})
+    spans = [kernels[s * per_step + per_step - 1].time_range.end
+             - kernels[s * per_step].time_range.start for s in range(steps)]
+    busy = sum(r["us"] for r in rows)
+    span = statistics.median(spans)
+    return {"kernels": rows, "gpu_us": busy, "span_us": span, "idle_us": span - busy,
+            "launches": per_step, "wall_ms": wall_ms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="512,4096")
     ap.add_argument("--variants", default="grouped,fused,fused_int4")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--graph", action="store_true",
+                    help="profile replays of the whole step captured in a CUDA graph")
     ap.add_argument("--out", default="profile.json")
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
@@ -90,16 +105,19 @@ def main(argv: list[str] | None = None) -> int:
             int4, backend = VARIANTS[label]
             layer = quant if int4 else dense
             layer.set_backend(backend)
-            res = profile_steps(layer, x, args.steps)
+            res = profile_steps(GraphedLayer(layer, max_tokens=tokens) if args.graph else layer,
+                                x, args.steps)
             conf = (ft.choose_config(stacked_experts(layer.experts), tokens * cfg.top_k, dev)
                     if backend == "fused" else None)
             payload["profiles"].append({"shape": args.shape, "tokens": tokens,  # type: ignore[union-attr]
                                         "variant": label, "fused_config": conf, **res})
             print(f"== {args.shape} T={tokens} {label} ({conf}): GPU "
                   f"{res.get('gpu_us', float('nan')):.1f} us in {res.get('launches')} "
-                  f"kernels; eager wall {res['wall_ms_eager'] * 1e3:.1f} us/step", flush=True)
+                  f"kernels, span {res.get('span_us', float('nan')):.1f} us; "
+                  f"{'graph' if args.graph else 'eager'} wall {res['wall_ms'] * 1e3:.1f} "
+                  "us/step", flush=True)
             for r in res.get("kernels", []):  # type: ignore[union-attr]
-                print(f"   {r['us']:8.1f} us  {r['kernel']}", flush=True)
+                print(f"   {r['start_us']:8.1f} +{r['us']:7.1f} us  {r['kernel']}", flush=True)
             write_json(Path(args.out), payload)
     return 0
 
