@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="512,4096")
     ap.add_argument("--variants", default="grouped,fused,fused_int4")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--ncu", action="store_true",
+                    help="only run each variant's step 3 times (eager, no timing, no profiler): "
+                         "for `ncu --kernel-name regex:moe_gemm --launch-skip 2 ...`")
     ap.add_argument("--graph", action="store_true",
                     help="profile replays of the whole step captured in a CUDA graph")
     ap.add_argument("--out", default="profile.json")
@@ -105,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             int4, backend = VARIANTS[label]
             layer = quant if int4 else dense
             layer.set_backend(backend)
+            if args.ncu:
+                with torch.inference_mode():
+                    for _ in range(3):
+                        layer(x)
+                torch.cuda.synchronize()
+                continue
             res = profile_steps(GraphedLayer(layer, max_tokens=tokens) if args.graph else layer,
                                 x, args.steps)
             conf = (ft.choose_config(stacked_experts(layer.experts), tokens * cfg.top_k, dev)
