@@ -7,6 +7,9 @@ where a more specific type helps callers; they do not invent parallel hierarchie
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class WattmoeError(Exception):
     """Base class of every error wattmoe raises on purpose."""
@@ -26,3 +29,18 @@ class DeviceError(WattmoeError, RuntimeError):
 
 class MeasurementError(WattmoeError, RuntimeError):
     """A measurement could not be taken or is not trustworthy."""
+
+
+@contextlib.contextmanager
+def os_error_as(error: type[WattmoeError], what: str,
+                also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Re-raises an OSError (or one of `also`) from the block as `error(f"{what}: {reason}")`.
+
+    `reason` is the system's short text (`strerror`, e.g. "Permission denied") where the
+    exception has one, else its message. The original is dropped (`from None`), so the CLI
+    prints one line: `with os_error_as(ConfigError, f"cannot write {path!r}"): ...`.
+    """
+    try:
+        yield
+    except (OSError, *also) as exc:
+        raise error(f"{what}: {getattr(exc, 'strerror', None) or exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -261,6 +262,43 @@ def test_graphed_backend_runs_eagerly_on_cpu(gen: torch.Generator) -> None:
     assert g.captures == 0 and g.replays == 0
 
 
+def test_graphed_backend_replays_each_steps_dispatch(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Later steps of a captured shape copy their inputs into the static ones and replay: each
+    must give that step's result (a stale dispatch field would give the captured step's)."""
+    import wattmoe.moe.graphs as graphs
+
+    class FakeCuda(torch.Tensor):  # takes the CUDA path on a CPU
+        @property
+        def is_cuda(self) -> bool:
+            return True
+
+    class FakeGraph:  # replay() re-runs the call on the static inputs, as a graph would
+        def __init__(self, fn):
+            self.fn = fn
+
+        def replay(self) -> None:
+            self.fn()
+
+    def fake_capture(fn, device, pool):
+        out = fn()
+        return FakeGraph(lambda: out.copy_(fn())), out
+
+    monkeypatch.setattr(graphs, "_warm_and_capture", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    g = GraphedBackend("grouped")
+    layer = small_layer()
+    with torch.no_grad():
+        for kind in ["uniform", "skewed", "hot"]:
+            x = torch.randn(12, layer.config.hidden_size, generator=gen)
+            d = make_dispatch(kind, 12, 8, 2, gen, with_rowof=True)
+            out = g(layer.experts, x.as_subclass(FakeCuda), d).as_subclass(torch.Tensor)
+            torch.testing.assert_close(out, get_backend("loop")(layer.experts, x, d),
+                                       rtol=1e-5, atol=1e-6)
+    assert (g.captures, g.replays) == (1, 3)
+
+
 def test_count_experts_matches_bincount(gen: torch.Generator) -> None:
     from wattmoe.moe.dispatch import count_experts
 
@@ -343,6 +381,66 @@ def test_dispatch_rowof_is_each_assignments_row(kind: str, gen: torch.Generator)
     assert torch.equal(rows.sort().values, torch.arange(d.token_idx.numel()))  # a bijection
     slot_tokens = torch.arange(23).repeat_interleave(3)
     assert torch.equal(d.token_idx[rows], slot_tokens[kept])  # each row holds its token
+
+
+def _graph_inputs() -> list[str]:
+    """Dispatch's tensor fields that backends read (a captured graph's static inputs)."""
+    d = make_dispatch("capacity", 4, 4, 2, torch.Generator(), with_rowof=True)
+    return [f.name for f in dataclasses.fields(Dispatch)
+            if isinstance(getattr(d, f.name), torch.Tensor)
+            and f.metadata.get("graph_input", True)]
+
+
+def test_dispatch_tensor_fields_are_known() -> None:
+    # a new field is a graph input unless marked; `routed` alone is not read by backends
+    assert _graph_inputs() == ["token_idx", "weight", "counts", "rowof"]
+    assert [f.name for f in dataclasses.fields(Dispatch)
+            if not f.metadata.get("graph_input", True)] == ["routed"]
+
+
+@pytest.mark.parametrize("with_rowof", [True, False])
+def test_dispatch_clone_clones_every_tensor_field(with_rowof: bool, gen: torch.Generator) -> None:
+    d = make_dispatch("capacity", 23, 8, 3, gen, with_rowof=with_rowof)
+    c = d.clone()
+    for f in dataclasses.fields(Dispatch):
+        v, cv = getattr(d, f.name), getattr(c, f.name)
+        if isinstance(v, torch.Tensor):  # own storage, same values
+            assert cv.data_ptr() != v.data_ptr() and torch.equal(cv, v), f.name
+        else:  # host values and absent tensors as they are
+            assert cv == v, f.name
+    assert (c.rowof is None) == (not with_rowof) and c.dropped > 0 and c.capacity is not None
+
+
+def test_dispatch_copy_refreshes_every_graph_input(gen: torch.Generator) -> None:
+    """A captured graph's static dispatch, refreshed with a later step's: every tensor that
+    backends read must hold the new step's values, in the static storage."""
+    old = make_dispatch("uniform", 23, 8, 3, gen, with_rowof=True)
+    new = make_dispatch("skewed", 23, 8, 3, gen, with_rowof=True)
+    assert old.graph_key() == new.graph_key()
+    static = old.clone()
+    ptrs = {n: getattr(static, n).data_ptr() for n in _graph_inputs()}
+    for n in _graph_inputs():
+        assert not torch.equal(getattr(static, n), getattr(new, n)), n  # a miss would show
+    assert static.copy_(new) is static
+    for n in _graph_inputs():
+        assert torch.equal(getattr(static, n), getattr(new, n)), n
+        assert getattr(static, n).data_ptr() == ptrs[n], n
+    assert torch.equal(static.routed, old.routed)  # not a graph input: left as captured
+    no_rowof = dataclasses.replace(new, rowof=None)
+    with pytest.raises(ValueError, match="rowof"):
+        static.copy_(no_rowof)
+
+
+def test_dispatch_graph_key_sees_every_graph_input(gen: torch.Generator) -> None:
+    d = make_dispatch("capacity", 23, 8, 3, gen, with_rowof=True)
+    key = d.graph_key()
+    for n in _graph_inputs():  # another dtype or shape of any input is another graph
+        t = getattr(d, n)
+        assert dataclasses.replace(d, **{n: t.double()}).graph_key() != key, n
+        assert dataclasses.replace(d, **{n: t.reshape(-1)[:1]}).graph_key() != key, n
+    assert dataclasses.replace(d, rowof=None).graph_key() != key
+    same = dataclasses.replace(d, routed=d.routed.int(), dropped=d.dropped + 1, capacity=99)
+    assert same.graph_key() == key  # host values and `routed` are not read by the graph
 
 
 def test_shipped_tuned_tables_name_known_candidates_that_fit() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from wattmoe.cli import command, console
-from wattmoe.errors import ConfigError
+from wattmoe.errors import ConfigError, os_error_as
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
 
@@ -181,21 +181,17 @@ def _print_comparison(problem: Any, placement: Any) -> None:
 def _write(path: str, text: str) -> None:
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    try:
+    with os_error_as(ConfigError, f"cannot write {path!r}"):
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text)
         tmp.replace(p)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 
 def _read_placement(path: str) -> Any:
     from wattmoe.placement import Placement
 
-    try:
+    with os_error_as(ConfigError, f"cannot read placement {path!r}"):
         text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read placement {path!r}: {exc.strerror or exc}") from None
     return Placement.from_json(text, source=path)
 
 

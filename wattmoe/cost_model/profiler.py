@@ -31,6 +31,7 @@ import torch
 from wattmoe.cost_model.base import CostModelError, DeviceInfo, ProfilePoint
 from wattmoe.cost_model.scenarios import Scenario, build_runner
 from wattmoe.cost_model.traces import capture_kernels
+from wattmoe.errors import os_error_as
 from wattmoe.telemetry.base import Measurement
 
 log = logging.getLogger(__name__)
@@ -166,12 +167,9 @@ class JsonlWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
+        with os_error_as(CostModelError, f"cannot write sweep log {str(self.path)!r}"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a", encoding="utf-8")
-        except OSError as exc:
-            raise CostModelError(
-                f"cannot write sweep log {str(self.path)!r}: {exc.strerror or exc}") from None
 
     def write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record) + "\n")
@@ -200,12 +198,9 @@ def read_jsonl(path: str | Path) -> SweepLog:
             record is not one a sweep writes (the message names the line).
     """
     out = SweepLog()
-    try:
+    with os_error_as(CostModelError, f"cannot read sweep log {str(path)!r}",
+                     also=(UnicodeDecodeError,)):
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CostModelError(
-            f"cannot read sweep log {str(path)!r}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -23,12 +24,17 @@ class Dispatch:
             was dropped; None where not computed. With it the fused backend adds each token's
             k rows itself instead of with atomics (deterministic, and fewer bytes moved). Code
             that filters or reorders token_idx must set it to None.
+
+    A CUDA graph captured with a dispatch reads its tensors at fixed addresses: `graph_key`,
+    `clone` and `copy_` handle every tensor field, so a new one cannot be left stale. A tensor
+    field that backends do not read is marked `metadata={"graph_input": False}` (`routed`,
+    which only the layer's statistics use).
     """
 
     token_idx: torch.Tensor
     weight: torch.Tensor
     counts: torch.Tensor
-    routed: torch.Tensor
+    routed: torch.Tensor = field(metadata={"graph_input": False})
     dropped: int
     capacity: int | None
     rowof: torch.Tensor | None = None
@@ -37,6 +43,47 @@ class Dispatch:
     def offsets(self) -> torch.Tensor:
         """[E + 1] start of each expert's segment, and the total at the end."""
         return torch.cat((self.counts.new_zeros(1), self.counts.cumsum(0)))
+
+    def graph_key(self) -> tuple[object, ...]:
+        """What a graph captured with this dispatch depends on: (shape, dtype) of each tensor
+        that backends read, None for an absent one. Host values (`dropped`, `capacity`) are not
+        part of it."""
+        return tuple(None if (t := getattr(self, n)) is None else (tuple(t.shape), t.dtype)
+                     for n in _GRAPH_INPUTS)
+
+    def clone(self) -> Dispatch:
+        """A copy with every tensor cloned; host values and None fields are kept as they are."""
+        return replace(self, **{n: None if (t := getattr(self, n)) is None else t.clone()
+                                for n in _TENSORS})
+
+    def copy_(self, other: Dispatch) -> Dispatch:
+        """Copies `other`'s tensors that backends read into this dispatch's, in place, and returns
+        self: the static inputs of a captured graph, refreshed before a replay. Host values are
+        left as they are (a graph cannot read them anew). `other.graph_key()` must equal
+        `self.graph_key()`.
+
+        Raises:
+            ValueError: a field is None in one dispatch and a tensor in the other.
+        """
+        for n in _GRAPH_INPUTS:
+            dst, src = getattr(self, n), getattr(other, n)
+            if (dst is None) != (src is None):
+                raise ValueError(f"Dispatch.copy_: {n} is None in one dispatch only")
+            if dst is not None:
+                dst.copy_(src)
+        return self
+
+
+def _tensor_fields(graph_inputs_only: bool) -> tuple[str, ...]:
+    """Names of Dispatch's fields annotated as tensors (or tensor | None)."""
+    hints = typing.get_type_hints(Dispatch)
+    return tuple(f.name for f in fields(Dispatch)
+                 if torch.Tensor in (hints[f.name], *typing.get_args(hints[f.name]))
+                 and (f.metadata.get("graph_input", True) or not graph_inputs_only))
+
+
+_TENSORS = _tensor_fields(graph_inputs_only=False)
+_GRAPH_INPUTS = _tensor_fields(graph_inputs_only=True)
 
 
 def expert_capacity(tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> int:

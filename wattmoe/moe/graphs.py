@@ -107,10 +107,7 @@ class GraphedBackend:
                 or torch.cuda.is_current_stream_capturing()):
             return inner(experts, x, d)
         st = stacked_experts(experts)
-        rowof = d.rowof
-        key = (st.build_id, tuple(x.shape), x.dtype, x.device, d.token_idx.numel(),
-               d.token_idx.dtype, d.weight.dtype, d.counts.dtype,
-               None if rowof is None else (rowof.numel(), rowof.dtype))
+        key = (st.build_id, tuple(x.shape), x.dtype, x.device, d.graph_key())
         if key in self._uncapturable:
             return inner(experts, x, d)
         cap = self._graphs.get(key)
@@ -121,12 +118,7 @@ class GraphedBackend:
         else:
             self._graphs.move_to_end(key)
             cap.x.copy_(x)
-            cap.d.token_idx.copy_(d.token_idx)
-            cap.d.weight.copy_(d.weight)
-            cap.d.counts.copy_(d.counts)
-            if rowof is not None:
-                assert cap.d.rowof is not None
-                cap.d.rowof.copy_(rowof)
+            cap.d.copy_(d)
         cap.graph.replay()
         self.replays += 1
         return cap.out.clone()
@@ -136,8 +128,7 @@ class GraphedBackend:
     ) -> _Captured | None:
         inner = get_backend(self.inner)
         sx = x.clone()
-        sd = Dispatch(d.token_idx.clone(), d.weight.clone(), d.counts.clone(), d.routed.clone(),
-                      d.dropped, d.capacity, None if d.rowof is None else d.rowof.clone())
+        sd = d.clone()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         try:

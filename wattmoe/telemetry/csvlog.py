@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from wattmoe.errors import os_error_as
 from wattmoe.telemetry.base import SOURCES, BackendUnavailable, DeviceSample
 
 COLUMNS: tuple[str, ...] = (
@@ -82,7 +83,8 @@ class SampleCsvWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
+        with os_error_as(BackendUnavailable, f"cannot write telemetry CSV {str(self.path)!r}",
+                         also=(UnicodeDecodeError, csv.Error)):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not self.path.exists() or self.path.stat().st_size == 0
             if not fresh:
@@ -93,10 +95,6 @@ class SampleCsvWriter:
                         f"{self.path} exists with other columns; refusing to append telemetry "
                         "rows to it (choose another --csv path)")
             self._file: IO[str] = self.path.open("a", newline="")
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise BackendUnavailable(
-                f"cannot write telemetry CSV {str(self.path)!r}: "
-                f"{getattr(exc, 'strerror', None) or exc}") from None
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
         self._lock = threading.Lock()
         self.rows = 0
