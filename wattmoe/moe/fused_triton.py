@@ -225,14 +225,22 @@ CANDIDATES: dict[str, ConfigPair] = {
     "m64n64": (KernelConfig(64, 64, 64, 8, 4, 4), KernelConfig(64, 64, 64, 8, 4, 4)),
     "m64s6": (KernelConfig(64, 64, 64, 8, 4, 6), KernelConfig(64, 128, 64, 8, 4, 5)),
     "w64t64s6": (_wt(64, 64, 64, 8, 4, 6), _wt(64, 64, 64, 8, 4, 6)),
+    # 128 weight rows per program: the gathered activations are read from L2 half as often
+    # (ncu, results/h200/kernels/run23_ncu_tune16k: L2 is the busiest unit at 512 tokens)
+    "w128t64s3": (_wt(128, 64, 64, 8, 8, 3), _wt(128, 64, 64, 8, 8, 3)),
+    # and 3 stages on 64-row tiles: more programs per SM (down: 4 instead of 3)
+    "w64t64s3": (_wt(64, 64, 64, 8, 4, 3), _wt(64, 64, 64, 8, 4, 3)),
 }
-# TMA weight loads for the tiles that won tuning runs (results/h200/kernels/run15_retune)
+# TMA weight loads for the tiles that won tuning runs (results/h200/kernels/run15_retune) and
+# the session-4 tiles above
 CANDIDATES.update(_with_tma(CANDIDATES, ["m16", "m64", "m128", "m128n256", "w64t32", "w64t64",
-                                         "w64t128", "w128t128"]))
+                                         "w64t128", "w128t128", "w128t64", "w128t64s3",
+                                         "w64t64s3"]))
 # tails (results/h200/kernels/run19_padding: with 64-token tiles, experts just over 64 rows
 # cost a second program that reads the weights again)
 for _t in (16, 32):
-    CANDIDATES.update(_with_tail(CANDIDATES, ["w64t64", "w64t64d"], _t))
+    CANDIDATES.update(_with_tail(CANDIDATES, ["w64t64", "w64t64d", "w128t64d", "w128t64s3d",
+                                              "w64t64s3d"], _t))
 # int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t16": (_wt(64, 16, 64, 1, 4, 4), _wt(64, 16, 64, 1, 4, 4)),
