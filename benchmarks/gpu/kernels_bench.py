@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.moe import SimpleMoELayer, build_dispatch, dequantize_int4, get_preset  # noqa: E402
+from wattmoe.moe import fused_route as fr  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.autoselect import AUTO  # noqa: E402
 from wattmoe.moe.backends import get_backend  # noqa: E402
@@ -360,7 +361,9 @@ def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]
         names = ["m16", "m32", "w64t16", "w64t32"]
     elif m <= 80:
         names = ["m64", "m64n64", "m64s6", "w64t64", "w64t64s6", "w128t64", "w64t128",
-                 "w64t64r16", "w64t64dr16", "w64t64r32", "w64t64dr32"]
+                 "w64t64r16", "w64t64dr16", "w64t64r32", "w64t64dr32", "w128t64s3",
+                 "w128t64dr16", "w128t64dr32", "w128t64s3dr16", "w128t64s3dr32", "w64t64s3",
+                 "w64t64s3dr16", "w64t64s3dr32"]
     elif m <= 300:
         names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128"]
     else:
@@ -378,6 +381,8 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
     "grouped+step_graph": ("bf16", "grouped", True),
     "fused+step_graph": ("bf16", "fused", True),
     "fused+torch_route": ("bf16", "fused", False),  # fused experts, routing by torch kernels
+    # fused routing with the router's gate GEMM in torch (cuBLAS + cast), not in route_topk
+    "fused+torch_gate+step_graph": ("bf16", "fused", True),
     "fused_int4+step_graph": ("int4", "fused", True),
 }
 
@@ -626,6 +631,7 @@ class Bench:
                 lay = variants[wname]
                 lay.set_backend(backend)
                 lay.fused_routing = not label.endswith("+torch_route")
+                fr.FUSE_GATE = "+torch_gate" not in label
                 step: Callable[[torch.Tensor], object] = GraphedLayer(lay) if step_graph else lay
                 try:
                     with torch.inference_mode():
@@ -633,6 +639,8 @@ class Bench:
                 except Exception as exc:
                     self.error(f"energy {shape} {tokens} {label}", exc)
                     continue
+                finally:
+                    fr.FUSE_GATE = True
                 info = self.nrg.info()
                 rec = {"shape": shape, "tokens": tokens, "backend": label, "weights": wname,
                        **w, "uj_per_token": w["energy_j"] / (w["steps"] * tokens) * 1e6,

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.moe import SimpleMoELayer, get_preset  # noqa: E402
+from wattmoe.moe import fused_route as fr  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
@@ -35,7 +36,9 @@ from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 # label -> (int4 weights, backend)
 VARIANTS = {"grouped": (False, "grouped"), "fused": (False, "fused"),
-            "fused_int4": (True, "fused"), "loop": (False, "loop")}
+            "fused_int4": (True, "fused"), "loop": (False, "loop"),
+            # fused routing with the router's gate GEMM in torch (cuBLAS + cast)
+            "fused+torch_gate": (False, "fused")}
 
 
 def profile_steps(layer: object, x: torch.Tensor, steps: int) -> dict[str, object]:
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             int4, backend = VARIANTS[label]
             layer = quant if int4 else dense
             layer.set_backend(backend)
+            fr.FUSE_GATE = "+torch_gate" not in label
             if args.ncu:
                 with torch.inference_mode():
                     for _ in range(3):

@@ -8,10 +8,13 @@ valid top-k, and weights are compared with the router's only on rows whose sets 
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from wattmoe.errors import ShapeError
+from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe import SimpleMoELayer, get_preset, switch_balance_loss
 from wattmoe.moe import fused_route as fr
 from wattmoe.moe import layer as layer_mod
@@ -22,23 +25,58 @@ from .interpreter import _interpreter, requires_interpreter  # noqa: F401 (autou
 pytestmark = requires_interpreter
 
 
-class _TestFixedBias(RoutingStrategy):
-    """Returns a fixed selection bias (not registered) and records what it observed."""
+class _TestObserver(RoutingStrategy):
+    """No selection bias (`selection_bias` not overridden: the gate GEMM can be fused); records
+    what it observed. Not registered."""
 
-    def __init__(self, bias: torch.Tensor | None) -> None:
+    bias: torch.Tensor | None = None
+
+    def __init__(self) -> None:
         super().__init__()
-        self.bias = bias
         self.observed: list[RouterOutput] = []
-
-    def selection_bias(self, logits: torch.Tensor) -> torch.Tensor | None:
-        return self.bias
 
     def observe(self, output: RouterOutput) -> None:
         self.observed.append(output)
 
 
+class _TestFixedBias(_TestObserver):
+    """Returns a fixed selection bias (None too): overrides `selection_bias`, so `fused_route`
+    keeps the gate GEMM in torch."""
+
+    def __init__(self, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.bias = bias
+
+    def selection_bias(self, logits: torch.Tensor) -> torch.Tensor | None:
+        return self.bias
+
+
+def fuses_gate(router: AdaptiveRouter) -> bool:
+    """Whether the GEMM can be fused: the strategy does not override selection_bias (every
+    router of these tests is fusable otherwise)."""
+    return type(router.strategy).selection_bias is RoutingStrategy.selection_bias
+
+
+def assert_gate_logits(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    """got [T, E] fp32 is F.linear(x, w).float() up to the fp32 accumulation order: ~1e-6 for
+    fp32 x; else rounded to x's dtype like it and at most one ulp apart, on few entries."""
+    want = F.linear(x, w).float()
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    if x.dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        return
+    assert torch.equal(got.to(x.dtype).float(), got)
+    exponent = torch.frexp(torch.maximum(got.abs(), want.abs())).exponent  # |v| < 2**exponent
+    ulp = torch.finfo(x.dtype).eps * torch.exp2(exponent.float() - 1)  # spacing at |v|
+    diff = (got - want).abs()
+    assert bool((diff <= ulp).all()), float((diff / ulp).max())
+    assert float((diff > 0).float().mean()) <= 0.05
+
+
 def make_router(experts: int, top_k: int, score: str, normalize: bool, bias: str, tokens: int,
                 dtype: torch.dtype, gen: torch.Generator, hidden: int = 32) -> AdaptiveRouter:
+    """bias: 'fused' (no selection_bias: the fused gate GEMM), 'none' (a strategy returning
+    None: the torch GEMM), or a bias [E] ('expert'), [1, E] ('expert_row'), [T, E] ('token')."""
     router = AdaptiveRouter(hidden, experts, top_k, score_func=score, normalize_topk=normalize,
                             aux_loss_coef=0.03, dtype=dtype)
     with torch.no_grad():
@@ -50,7 +88,7 @@ def make_router(experts: int, top_k: int, score: str, normalize: bool, bias: str
         b = torch.randn(1, experts, generator=gen)
     elif bias == "token":
         b = torch.randn(tokens, experts, generator=gen)
-    router.set_strategy(_TestFixedBias(b))
+    router.set_strategy(_TestObserver() if bias == "fused" else _TestFixedBias(b))
     return router
 
 
@@ -64,12 +102,21 @@ def reference_weights(router: AdaptiveRouter, logits: torch.Tensor,
 
 
 def check_route(router: AdaptiveRouter, x: torch.Tensor) -> None:
-    """Everything `fused_route` returns, against the router and build_dispatch semantics."""
+    """Everything `fused_route` returns, against the router and build_dispatch semantics.
+    Fusable gates are fused (fuse_gate=True), others take the default path (torch's GEMM)."""
     tokens, num_experts, k = x.shape[0], router.num_experts, router.top_k
     with torch.no_grad():
-        want = router(x)
-        got, d = fr.fused_route(router, x)
-    assert router.strategy.observed[-1] is got
+        got, d = fr.fused_route(router, x, fuse_gate=True if fuses_gate(router) else None)
+        assert router.strategy.observed[-1] is got
+        if fuses_gate(router):  # the kernel's GEMM: F.linear's up to accumulation order
+            assert_gate_logits(got.logits, x, router.gate.weight)
+        else:  # torch's GEMM, as the router's
+            torch.testing.assert_close(got.logits, F.linear(x, router.gate.weight).float(),
+                                       rtol=0, atol=0)
+        # the router's own decisions from the same logits (they are values of x's dtype)
+        assert torch.equal(got.logits.to(x.dtype).float(), got.logits)
+        with mock.patch.object(F, "linear", return_value=got.logits.to(x.dtype)):
+            want = router(x)
     torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=0)
     torch.testing.assert_close(got.probs, want.probs, rtol=1e-6, atol=1e-6)
     assert got.topk_idx.dtype == torch.int64 and got.topk_idx.shape == (tokens, k)
@@ -145,6 +192,11 @@ CASES = [  # experts, top_k, tokens, score_func, normalize_topk, bias, dtype
     (64, 1, 7, "sigmoid", False, "token", torch.float32),
     (64, 8, 37, "sigmoid", False, "none", torch.bfloat16),
     (64, 2, 37, "softmax", False, "token", torch.bfloat16),
+    # the gate GEMM in route_topk
+    (8, 2, 37, "softmax", True, "fused", torch.float32),
+    (6, 4, 1, "sigmoid", False, "fused", torch.bfloat16),
+    (60, 8, 37, "sigmoid", True, "fused", torch.bfloat16),
+    (64, 2, 7, "softmax", False, "fused", torch.float32),
 ]
 
 
@@ -156,6 +208,135 @@ def test_fused_route_matches_router(experts: int, top_k: int, tokens: int, score
     router = make_router(experts, top_k, score, normalize, bias, tokens, dtype, gen)
     x = torch.randn(tokens, 32, generator=gen).to(dtype)
     check_route(router, x)
+
+
+GATE_CASES = [  # experts, hidden, tokens, dtype: H tails, E not a power of two (< 16 too)
+    (6, 80, 37, torch.bfloat16),  # BLOCK_E 16, one partial BLOCK_H=128 chunk
+    (6, 200, 21, torch.float32),  # BLOCK_H 128: a full chunk and a 72 tail
+    (60, 200, 37, torch.bfloat16),
+    (60, 80, 19, torch.float32),
+    (200, 80, 19, torch.bfloat16),  # BLOCK_E 256, BLOCK_H 32: two chunks and a 16 tail
+    (6, 200, 37, torch.float16),
+    (6, 256, 21, torch.bfloat16),  # EVEN_H: two full chunks, no H masks
+]
+
+
+def inf_padded(values: torch.Tensor, cols: int) -> torch.Tensor:
+    """values [R, C] as a view of [R + 16, cols] storage (rows cols apart) whose next 16 rows
+    are inf: a kernel reading rows past the masks makes NaN (numpy warns) or wrong values.
+    Columns C..cols hold zeros (torch 2.13's CPU bf16 GEMM multiplies them by zero)."""
+    rows, c = values.shape
+    storage = torch.zeros(rows + 16, cols, dtype=values.dtype)
+    storage[rows:] = float("inf")
+    storage[:rows, :c] = values
+    return storage[:rows, :c]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize(("experts", "hidden", "tokens", "dtype"), GATE_CASES,
+                         ids=lambda v: str(v).removeprefix("torch."))
+def test_fused_gate_matches_the_torch_gate(experts: int, hidden: int, tokens: int,
+                                           dtype: torch.dtype, gen: torch.Generator) -> None:
+    top_k = min(4, experts - 1)
+    router = AdaptiveRouter(hidden, experts, top_k, dtype=dtype)
+    # x: rows 2H apart; x and the weight amid infs; logits of a few units
+    x = inf_padded(torch.randn(tokens, hidden, generator=gen).to(dtype), 2 * hidden)
+    w = torch.randn(experts, hidden, generator=gen) / hidden**0.5
+    router.gate.weight = torch.nn.Parameter(inf_padded(w.to(dtype), hidden))
+    with torch.no_grad():
+        got, _ = fr.fused_route(router, x, fuse_gate=True)
+        want, _ = fr.fused_route(router, x, fuse_gate=False)
+        # a column-major x is made contiguous first
+        again, _ = fr.fused_route(router, x.t().contiguous().t(), fuse_gate=True)
+    assert_gate_logits(got.logits, x, router.gate.weight)
+    assert torch.equal(again.logits, got.logits)
+    torch.testing.assert_close(want.logits, F.linear(x, router.gate.weight).float(), rtol=0,
+                               atol=0)
+    assert float(got.logits.abs().amax()) > 1.0
+
+    # the same selection, in the same order, on rows whose top k + 1 have no near-ties
+    top = want.logits.topk(top_k + 1, dim=1).values
+    slack = 2 * (got.logits - want.logits).abs().amax(1)
+    clear = ((top[:, :-1] - top[:, 1:]) > slack[:, None]).all(1)
+    assert int(clear.sum()) >= tokens // 2
+    assert torch.equal(got.topk_idx[clear], want.topk_idx[clear])
+    torch.testing.assert_close(got.topk_weight[clear], want.topk_weight[clear], rtol=1e-2,
+                               atol=1e-6)
+    torch.testing.assert_close(got.probs, want.probs, rtol=1e-2, atol=1e-6)
+    assert torch.equal(got.routed_counts, torch.bincount(got.topk_idx.reshape(-1),
+                                                         minlength=experts))
+
+
+class _SpyBias(RoutingStrategy):
+    """Overrides selection_bias (returning None): records the logits it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def selection_bias(self, logits: torch.Tensor) -> torch.Tensor | None:
+        self.seen.append(logits)
+        return None
+
+
+def test_a_strategy_with_selection_bias_keeps_the_torch_gate(gen: torch.Generator) -> None:
+    spy = _SpyBias()
+    router = AdaptiveRouter(40, 6, 2, strategy=spy)
+    x = torch.randn(5, 40, generator=gen)
+    with torch.no_grad(), mock.patch.object(F, "linear", wraps=F.linear) as linear:
+        got, _ = fr.fused_route(router, x)
+        assert linear.call_count == 1
+        assert len(spy.seen) == 1 and spy.seen[0] is got.logits
+        with pytest.raises(ConfigError, match="_SpyBias strategy's selection bias"):
+            fr.fused_route(router, x, fuse_gate=True)
+    torch.testing.assert_close(got.logits, F.linear(x, router.gate.weight), rtol=0, atol=0)
+
+
+def test_the_default_fuses_small_16bit_baseline_gates(gen: torch.Generator,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    router = AdaptiveRouter(40, 6, 2, dtype=torch.bfloat16)  # baseline
+    x = torch.randn(5, 40, generator=gen).bfloat16()
+    fp32 = AdaptiveRouter(40, 6, 2)
+    x32 = x.float()
+    # 262,400 bytes of bf16 weight: past the 256 KiB that pay off (not run: the GEMM raises)
+    big = AdaptiveRouter(16400, 8, 2, dtype=torch.bfloat16)
+    tpe = torch.zeros(6, dtype=torch.int64)
+    with torch.no_grad(), mock.patch.object(F, "linear", side_effect=AssertionError("torch")):
+        got, d = fr.fused_route(router, x, tpe)  # no torch GEMM
+        assert torch.equal(tpe, got.routed_counts) and d.token_idx.numel() == 10
+        assert got.bias is None
+        forced, _ = fr.fused_route(fp32, x32, fuse_gate=True)  # fp32: fused only when asked
+        for r, xs in ((fp32, x32), (big, torch.zeros(1, 16400, dtype=torch.bfloat16))):
+            with pytest.raises(AssertionError, match="torch"):
+                fr.fused_route(r, xs)
+        with pytest.raises(AssertionError, match="torch"):
+            fr.fused_route(router, x, fuse_gate=False)
+        monkeypatch.setattr(fr, "FUSE_GATE", False)  # the module's switch, for benchmarks
+        with pytest.raises(AssertionError, match="torch"):
+            fr.fused_route(router, x)
+        forced_too, _ = fr.fused_route(router, x, fuse_gate=True)
+    assert_gate_logits(got.logits, x, router.gate.weight)
+    assert torch.equal(forced_too.logits, got.logits)
+    assert_gate_logits(forced.logits, x32, fp32.gate.weight)
+
+
+def test_unfusable_gates_keep_torch_or_refuse_fuse_gate(gen: torch.Generator) -> None:
+    x = torch.randn(3, 16, generator=gen)
+    mixed = AdaptiveRouter(16, 4, 2, dtype=torch.bfloat16)  # x fp32, weight bf16
+    with torch.no_grad(), pytest.raises(ConfigError, match=r"gate weight torch\.bfloat16"):
+        fr.fused_route(mixed, x, fuse_gate=True)
+    wide = AdaptiveRouter(16, 513, 2)  # beyond one 512-wide tile
+    with torch.no_grad(), pytest.raises(ConfigError, match="513 experts"):
+        fr.fused_route(wide, x, fuse_gate=True)
+    router = AdaptiveRouter(16, 4, 2)  # grad mode, trainable gate: logits need gradients
+    with pytest.raises(ConfigError, match="gradients"):
+        fr.fused_route(router, x, fuse_gate=True)
+    got, _ = fr.fused_route(router, x)  # the torch GEMM, differentiable logits
+    assert got.logits.requires_grad
+    with torch.no_grad():
+        fused, _ = fr.fused_route(router, x, fuse_gate=True)
+    assert not fused.logits.requires_grad
+    torch.testing.assert_close(fused.logits, got.logits.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_ties_go_to_the_lowest_index_and_padding_is_never_chosen(gen: torch.Generator) -> None:
@@ -213,9 +394,15 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.mark.parametrize("gate", ["torch", "fused"])
 @pytest.mark.parametrize("backend", ["fused", "fused_graph"])
-def test_layer_with_fused_route_matches_loop(backend: str, spy: list[int],
-                                             gen: torch.Generator) -> None:
+def test_layer_with_fused_route_matches_loop(backend: str, gate: str, spy: list[int],
+                                             gen: torch.Generator,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # fp32 gates keep torch's GEMM by default; "fused": the layer's default choice fuses it
+    if gate == "fused":  # and fused_route's own torch GEMM fails
+        monkeypatch.setattr(fr, "_gate_pays_off", lambda router, x: True)
+        monkeypatch.setattr(fr, "F", mock.Mock(linear=mock.Mock(side_effect=AssertionError)))
     cfg = get_preset("tiny").replace(hidden_size=32, expert_inner_size=32)
     fused = SimpleMoELayer(cfg, seed=3, backend=backend)
     loop = SimpleMoELayer(cfg, seed=3, backend="loop")

@@ -1,26 +1,76 @@
 """The Triton kernels of fused routing (see `fused_route` for what they compute).
 
-Kept as plain functions: `fused_route` wraps them with `triton.jit` on first use, compiled for
-the GPU or run by Triton's interpreter. Importing this module needs Triton.
+`route_topk` and `route_scatter` are kept as plain functions: `fused_route` wraps them with
+`triton.jit` on first use, compiled for the GPU or run by Triton's interpreter. The gate-GEMM
+helper below is a `triton.jit` function already (it is called from inside `route_topk`), so this
+module is imported only once Triton's mode (compiled or interpreted) is settled. Importing it
+needs Triton.
 """
 
 from __future__ import annotations
 
+import triton
 import triton.language as tl
+
+
+@triton.jit
+def _gate_logits(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, stride_xt, stride_we,
+                 BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+                 EVEN_H: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """[BLOCK_T, BLOCK_E] fp32 logits x @ w.T of the rows, rounded through x's dtype; zeros on
+    masked rows and experts."""
+    hcols = tl.arange(0, BLOCK_H)
+    x_ptrs = x_ptr + rows64[:, None] * stride_xt + hcols[None, :]
+    w_ptrs = w_ptr + cols[None, :].to(tl.int64) * stride_we + hcols[:, None]  # [BLOCK_H, BLOCK_E]
+    acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
+    for h0 in range(0, hidden, BLOCK_H):
+        if EVEN_H:
+            a = tl.load(x_ptrs, mask=rmask[:, None], other=0.0)
+            b = tl.load(w_ptrs, mask=cmask[None, :], other=0.0)
+        else:
+            hmask = hcols < hidden - h0
+            a = tl.load(x_ptrs, mask=rmask[:, None] & hmask[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=hmask[:, None] & cmask[None, :], other=0.0)
+        if DOT_F32:  # Triton's interpreter multiplies bf16 wrongly: give it fp32
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc=acc, input_precision=DOT_PRECISION)
+        x_ptrs += BLOCK_H
+        w_ptrs += BLOCK_H
+    # as F.linear(x, w).float(): the product rounded to x's dtype (none for fp32 x), then fp32
+    if x_ptr.dtype.element_ty == tl.bfloat16:
+        # round to nearest even in integers: Triton's interpreter truncates in .to(tl.bfloat16)
+        bits = acc.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        out = bits.to(tl.float32, bitcast=True)
+    else:
+        out = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
+    return out
 
 
 def route_topk(
     logits_ptr, bias_ptr, probs_ptr, idx_ptr, weight_ptr, pos_ptr, counts_ptr, psum_ptr,
-    num_tokens, num_experts,
+    x_ptr, w_ptr, num_tokens, num_experts, hidden, stride_xt, stride_we,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr,
     BIAS: tl.constexpr, SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr,
+    FUSE_GATE: tl.constexpr, BLOCK_H: tl.constexpr, EVEN_H: tl.constexpr,
+    DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Scores, top-k and per-expert slots of BLOCK_T tokens.
 
-    logits [T, E] fp32 (E padded to BLOCK_E, masked); BIAS 0: none, 1: bias [E], 2: bias
-    [T, E]. Writes probs [T, E], idx [T, K] int64, weight [T, K] fp32 and pos [T, K] int32
-    (the assignment's slot within its expert, from an atomic add on counts [E] int64), and adds
-    the block's column sums of probs atomically into psum [E] fp32.
+    FUSE_GATE: computes the logits from x [T, H] (row stride stride_xt, unit column stride) and
+    the gate weight w [E, H] (row stride stride_we, same dtype as x): fp32 accumulation with
+    tl.dot over H in BLOCK_H chunks (EVEN_H: H % BLOCK_H == 0, no H masks), rounded to x's dtype
+    and back as `F.linear(x, w).float()` rounds them, and stores them into logits [T, E] fp32;
+    needs BLOCK_T, BLOCK_E, BLOCK_H >= 16 (tl.dot). DOT_F32: both operands go to fp32 first
+    (Triton's interpreter multiplies bf16 wrongly); DOT_PRECISION: tl.dot's input_precision
+    ("ieee" for fp32 x, as torch's F.linear, which uses no TF32 by default; None for 16-bit x).
+    Otherwise logits [T, E] fp32 is read, and x_ptr, w_ptr, hidden and the strides are unused.
+
+    E is padded to BLOCK_E and masked; BIAS 0: none, 1: bias [E], 2: bias [T, E]. Writes
+    probs [T, E], idx [T, K] int64, weight [T, K] fp32 and pos [T, K] int32 (the assignment's
+    slot within its expert, from an atomic add on counts [E] int64), and adds the block's
+    column sums of probs atomically into psum [E] fp32.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -31,7 +81,12 @@ def route_topk(
     mask = rmask[:, None] & cmask[None, :]
     offs = rows64[:, None] * num_experts + cols[None, :]
     # rows past T read zeros: finite scores everywhere, nothing of theirs is stored
-    logit = tl.load(logits_ptr + offs, mask=mask, other=0.0)
+    if FUSE_GATE:
+        logit = _gate_logits(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, stride_xt,
+                             stride_we, BLOCK_T, BLOCK_E, BLOCK_H, EVEN_H, DOT_F32, DOT_PRECISION)
+        tl.store(logits_ptr + offs, logit, mask=mask)
+    else:
+        logit = tl.load(logits_ptr + offs, mask=mask, other=0.0)
 
     if SIGMOID:
         scores = tl.where(cmask[None, :], 1.0 / (1.0 + tl.exp(-logit)), 0.0)

@@ -3,15 +3,38 @@
 `AdaptiveRouter` followed by `build_dispatch` launches ~35 small kernels per layer step
 (softmax, topk, gathers, counts, arange/repeat_interleave, argsort, ...): on an H200, for a
 512-token OLMoE step, ~107 us of GPU time against ~0.25 ms for the experts (measured,
-results/h200/kernels/run6). `fused_route` keeps the gate GEMM, the float cast and the strategy's
-selection bias in torch and does the rest in two kernels (`_route_kernel.py`) after one
-zero-fill (~19 us in all on the same step):
+results/h200/kernels/run6). `fused_route` does it in two kernels (`_route_kernel.py`) after one
+zero-fill. The gate GEMM takes one of two paths:
 
-1. `route_topk`, a program per BLOCK_T tokens: scores (softmax or sigmoid) and probs over the
-   E experts in registers, top-k of logits + bias by k rounds of argmax (ties to the lowest
-   index), the combine weights (renormalized if the router does), and per assignment an atomic
-   add on counts[e] whose old value is the assignment's slot within expert e; the block's
-   column sums of probs are added atomically for the balance loss.
+- torch: `F.linear`, the float cast and the strategy's selection bias in torch, then the
+  kernels read the logits (~19 us in all on that step: GEMM 5.5, cast 2.8, zero-fill 0.9,
+  kernels 6.4 + 4.0).
+- fused: `route_topk` computes the logits itself from x and the gate weight (fp32
+  accumulation, rounded through x's dtype as `F.linear(x, w).float()` rounds them) and stores
+  them: no cuBLAS GEMM and no cast. It can when the strategy's selection bias does not need
+  the logits (it does not override `RoutingStrategy.selection_bias`, so there is none), x and
+  the gate weight share a float dtype and device, E fits one 512-wide tile and the logits
+  need no gradient. Each program (16 tokens) streams the whole weight from L2, so it pays off
+  for small gates only. Measured on an H200 (Triton 3.6, bf16, whole `fused_route` replayed
+  in a CUDA graph, torch -> fused, us): OLMoE E=64 H=2048 (256 KiB) at 1/64/512/4096 tokens
+  16.8/18.5/19.7/28.7 -> 16.6/17.3/18.0/29.5; E=60 H=2048 22.4 -> 15.7 at 512 tokens;
+  E=128 H=2048 (512 KiB) 20.3 -> 25.4; E=256 H=7168 (3.5 MiB) 25.7 -> 79.3. fp32 gates need
+  exact fp32 products (`input_precision="ieee"`, FMA, no tensor cores): E=64 H=2048 at 512
+  tokens took 87 us in the kernel against 20 us for the torch GEMM and the kernel.
+
+`fuse_gate=None` (what the layer uses) therefore fuses bf16/fp16 gates of at most 256 KiB
+where it can; `fuse_gate=True` forces the fused GEMM wherever it can run (else ConfigError),
+`False` keeps torch's; the module's `FUSE_GATE = False` turns the None choice off, for
+benchmarks.
+
+Then:
+
+1. `route_topk`, a program per BLOCK_T tokens: the logits first when the GEMM is fused, then
+   scores (softmax or sigmoid) and probs over the E experts in registers, top-k of logits +
+   bias by k rounds of argmax (ties to the lowest index), the combine weights (renormalized if
+   the router does), and per assignment an atomic add on counts[e] whose old value is the
+   assignment's slot within expert e; the block's column sums of probs are added atomically
+   for the balance loss.
 2. `route_scatter`, a program per block of assignments: the exclusive cumsum of counts in
    registers gives each expert's first row, and the assignment goes to row offsets[e] + slot of
    the expert-sorted `token_idx` / `weight`. Program 0 writes the balance and aux losses and
@@ -35,14 +58,28 @@ import torch.nn.functional as F
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.dispatch import Dispatch, build_dispatch
 from wattmoe.moe.fused_triton import checked_triton, triton_cdiv, triton_runs_on
-from wattmoe.moe.router import AdaptiveRouter, RouterOutput
+from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
 
 # Expert backends whose layer steps route with `fused_route` (no capacity, no autograd).
 FUSED_ROUTING_BACKENDS = frozenset({"fused", "fused_graph"})
 
+# Module switch: False keeps the gate GEMM in torch wherever `fuse_gate` is left at None.
+FUSE_GATE = True
+
 ROUTE_NUM_WARPS = 4
 _TILE_ELEMS = 1024  # [BLOCK_T, BLOCK_E] per route_topk program: 8 per thread, no spills
 _SCATTER_ELEMS = 8192  # [BLOCK_N, BLOCK_E] elements per route_scatter program
+# fused gate GEMM: tl.dot needs every block >= 16; [16, BLOCK_E] top-k tiles; weight tiles
+# [BLOCK_E, BLOCK_H] of ~8K elements; 8 warps past 64 experts, where 4 spill. E past one
+# 512-wide tile keeps the torch GEMM: at BLOCK_E 1024 even 8 warps spill (ptxas, sm_90,
+# Triton 3.9: 255 registers and 0.7-3 KB of stack per thread)
+_GATE_BLOCK_T = 16
+_GATE_MAX_BLOCK_E = 512
+_GATE_TILE_ELEMS = 8192
+_GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# fuse_gate=None fuses 16-bit gates of at most this many bytes: every program streams the whole
+# weight, so bigger ones lose to cuBLAS (see the module docstring)
+_GATE_AUTO_MAX_BYTES = 256 * 1024
 
 
 @functools.cache
@@ -61,6 +98,36 @@ fused_route_available = triton_runs_on  # can `fused_route` run on x (CUDA, or C
 
 def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
+
+
+def _gate_blocks(num_experts: int, hidden: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_E, BLOCK_H, num_warps) of `route_topk` with the fused gate GEMM; the blocks are
+    powers of two, at least 16."""
+    block_e = max(16, _pow2(num_experts))
+    block_h = max(16, min(128, _GATE_TILE_ELEMS // block_e, _pow2(hidden)))
+    return block_e, block_h, 8 if block_e > 64 else ROUTE_NUM_WARPS
+
+
+def _gate_pays_off(router: AdaptiveRouter, x: torch.Tensor) -> bool:
+    """Whether `fuse_gate=None` fuses a fusable gate: 16-bit, at most _GATE_AUTO_MAX_BYTES."""
+    w = router.gate.weight
+    return x.dtype != torch.float32 and w.numel() * w.element_size() <= _GATE_AUTO_MAX_BYTES
+
+
+def _unfusable_gate(router: AdaptiveRouter, x: torch.Tensor) -> str | None:
+    """Why `route_topk` cannot compute the gate GEMM for x, or None if it can."""
+    w = router.gate.weight
+    if type(router.strategy).selection_bias is not RoutingStrategy.selection_bias:
+        return f"the {type(router.strategy).__name__} strategy's selection bias needs the logits"
+    if x.dtype != w.dtype or x.dtype not in _GATE_DTYPES:
+        return f"x is {x.dtype} and the gate weight {w.dtype} (one of fp32, bf16, fp16 needed)"
+    if x.device != w.device:
+        return f"x is on {x.device} and the gate weight on {w.device}"
+    if _gate_blocks(router.num_experts, x.shape[1], x.dtype)[0] > _GATE_MAX_BLOCK_E:
+        return f"{router.num_experts} experts do not fit one {_GATE_MAX_BLOCK_E}-wide tile"
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        return "the logits need gradients (the kernel has no backward)"
+    return None
 
 
 def _bias_operand(bias: torch.Tensor | None, tokens: int, num_experts: int,
@@ -87,39 +154,68 @@ def _bias_operand(bias: torch.Tensor | None, tokens: int, num_experts: int,
 
 
 def fused_route(
-    router: AdaptiveRouter, x: torch.Tensor, tokens_per_expert: torch.Tensor | None = None
+    router: AdaptiveRouter, x: torch.Tensor, tokens_per_expert: torch.Tensor | None = None,
+    *, fuse_gate: bool | None = None,
 ) -> tuple[RouterOutput, Dispatch]:
     """`router(x)` and `build_dispatch(..., capacity_factor=None)` in two Triton kernels.
+
+    The gate GEMM runs inside the first kernel (see the module docstring: possible with no
+    selection bias that needs the logits, x and the gate weight of one float dtype and device,
+    at most 512 experts and no gradient needed; chosen by default for 16-bit gates of at most
+    256 KiB), else in torch with the float cast and the strategy's selection bias, as
+    `router(x)` does.
 
     Args:
         router: the router (gate, score function, top-k, strategy, aux-loss coefficient).
         x: [T, H] tokens, on CUDA (or CPU under Triton's interpreter).
         tokens_per_expert: optional [E] int64 running counts; this step's counts are added.
+        fuse_gate: True: the gate GEMM in the kernel; False: in torch; None: in the kernel
+            where it can run there and pays off (a bf16/fp16 weight of at most 256 KiB), while
+            the module's `FUSE_GATE` is on.
 
     Returns:
         The router's output and the dispatch, as the unfused path gives them, except that
         within one expert's segment of `token_idx` the assignments are not in token order
-        (slots come from atomics); ties in the selection go to the lowest expert index. The
-        counts, balance and aux-loss tensors are views of one small buffer per call.
+        (slots come from atomics); ties in the selection go to the lowest expert index. With
+        the fused GEMM the logits equal `F.linear(x, w).float()` up to the order of the fp32
+        accumulation (for bf16 or fp16 x, one ulp of x's dtype apart on a few entries), and
+        everything else follows from those logits. The counts, balance and aux-loss tensors
+        are views of one small buffer per call.
 
     Raises:
         ShapeError: x is not [T, H], or the strategy's bias does not fit [T, E].
-        ConfigError: Triton cannot run on x's device (see `fused_route_available`).
+        ConfigError: Triton cannot run on x's device (see `fused_route_available`), or
+            `fuse_gate=True` where the gate GEMM cannot run in the kernel.
     """
     if x.dim() != 2 or x.shape[1] != router.hidden_size:
         raise ShapeError(f"router expects [tokens, {router.hidden_size}], got {tuple(x.shape)}")
     if not fused_route_available(x):
         raise ConfigError(f"fused routing cannot run on {x.device} tensors here")
-    tokens, num_experts, top_k = x.shape[0], router.num_experts, router.top_k
+    unfusable = _unfusable_gate(router, x)
+    if fuse_gate and unfusable is not None:
+        raise ConfigError(f"cannot fuse the router's gate GEMM: {unfusable}")
+    if fuse_gate is None:
+        fuse = FUSE_GATE and unfusable is None and _gate_pays_off(router, x)
+    else:
+        fuse = fuse_gate
+    tokens, hidden = x.shape
+    num_experts, top_k = router.num_experts, router.top_k
     if tokens == 0:  # nothing to launch: the unfused path handles the empty step
         routing = router(x)
         dispatch = build_dispatch(routing.topk_idx, routing.topk_weight, num_experts)
         return routing, dispatch
 
-    logits = F.linear(x, router.gate.weight).float().contiguous()
-    bias = router.strategy.selection_bias(logits)
-    mode, bias_op = _bias_operand(bias, tokens, num_experts, logits.device)
-    dev = logits.device
+    dev = x.device
+    w = router.gate.weight
+    if fuse:
+        x = x if x.stride(1) == 1 else x.contiguous()
+        w = w if w.stride(1) == 1 else w.contiguous()
+        logits = torch.empty(tokens, num_experts, dtype=torch.float32, device=dev)
+        bias = None
+    else:
+        logits = F.linear(x, w).float().contiguous()
+        bias = router.strategy.selection_bias(logits)
+    mode, bias_op = _bias_operand(bias, tokens, num_experts, dev)
     num_assign = tokens * top_k
     tpe = tokens_per_expert
     if tpe is not None and (tpe.shape != (num_experts,) or tpe.dtype != torch.int64
@@ -141,13 +237,23 @@ def fused_route(
 
     topk_kernel, scatter_kernel = _kernels(interpret=not x.is_cuda)
     block_e = _pow2(num_experts)
-    block_t = max(1, min(32, _TILE_ELEMS // block_e))
+    if fuse:
+        topk_block_e, block_h, num_warps = _gate_blocks(num_experts, hidden, x.dtype)
+        block_t = _GATE_BLOCK_T
+        gate_x, gate_w, strides = x, w, (x.stride(0), w.stride(0))
+    else:  # gate operands unused: fixed ones, so x's dtype and strides add no kernel variant
+        topk_block_e, block_h, num_warps = block_e, 16, ROUTE_NUM_WARPS
+        block_t = max(1, min(32, _TILE_ELEMS // block_e))
+        gate_x, gate_w, strides, hidden = logits, logits, (0, 0), 0
     topk_kernel[(triton_cdiv(tokens, block_t),)](
         logits, bias_op if bias_op is not None else logits, probs, topk_idx, topk_weight, pos,
-        counts, psum, tokens, num_experts,
-        BLOCK_T=block_t, BLOCK_E=block_e, TOP_K=top_k, BLOCK_K=_pow2(top_k), BIAS=mode,
+        counts, psum, gate_x, gate_w, tokens, num_experts, hidden, *strides,
+        BLOCK_T=block_t, BLOCK_E=topk_block_e, TOP_K=top_k, BLOCK_K=_pow2(top_k), BIAS=mode,
         SIGMOID=router.score_func == "sigmoid", NORMALIZE=bool(router.normalize_topk),
-        num_warps=ROUTE_NUM_WARPS,
+        FUSE_GATE=fuse, BLOCK_H=block_h, EVEN_H=hidden % block_h == 0,
+        DOT_F32=fuse and not x.is_cuda,
+        DOT_PRECISION="ieee" if fuse and x.dtype == torch.float32 else None,
+        num_warps=num_warps,
     )
     block_n = max(16, min(128, _SCATTER_ELEMS // block_e))
     scatter_kernel[(triton_cdiv(num_assign, block_n),)](
