@@ -504,3 +504,32 @@ def test_layer_with_capacity_and_fused_experts_matches_loop(gen: torch.Generator
         got, want = fused(x), loop(x)
     assert got.dropped == want.dropped > 0
     torch.testing.assert_close(got.hidden_states, want.hidden_states, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden, tokens", [(200, 21), (256, 33), (1000, 5), (80, 5)])
+def test_split_gate_sums_every_column_once_in_a_fixed_order(hidden: int, tokens: int,
+                                                           gen: torch.Generator) -> None:
+    # H split over programs (the parts summed by the last to arrive) gives the one-program
+    # logits up to fp32 order, the same on every call, whatever the split
+    router = AdaptiveRouter(hidden, 12, 3, dtype=torch.float32)
+    with torch.no_grad():
+        router.gate.weight.copy_(torch.randn(12, hidden, generator=gen) / hidden**0.5)
+    x = torch.randn(tokens, hidden, generator=gen)
+    block_h = fr._gate_blocks(12, hidden, x.dtype)[1]
+    runs = {}
+    for target in (1, 1024):  # one split per token block; as many splits as BLOCK_H chunks
+        with mock.patch.object(fr, "_GATE_TARGET_PROGRAMS", target), torch.no_grad():
+            nsplit, per = fr._gate_split(tokens, hidden, block_h)
+            assert per % block_h == 0 and nsplit * per >= hidden > (nsplit - 1) * per
+            first, d1 = fr.fused_route(router, x, fuse_gate=True)
+            second, _ = fr.fused_route(router, x, fuse_gate=True)
+        assert torch.equal(first.logits, second.logits)
+        assert_gate_logits(first.logits, x, router.gate.weight)
+        runs[nsplit] = (first, d1)
+    assert min(runs) == 1 and max(runs) == -(-hidden // block_h)
+    (one, d_one), (split, d_split) = runs[1], runs[max(runs)]
+    torch.testing.assert_close(split.logits, one.logits, rtol=1e-6, atol=1e-6)
+    assert torch.equal(split.topk_idx, one.topk_idx)
+    assert torch.equal(d_split.counts, d_one.counts)
+    # the arrival counters lie past counts and the loss floats: the losses are still right
+    torch.testing.assert_close(split.balance_loss, one.balance_loss, rtol=1e-5, atol=1e-6)

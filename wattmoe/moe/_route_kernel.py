@@ -14,16 +14,18 @@ import triton.language as tl
 
 
 @triton.jit
-def _gate_logits(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, stride_xt, stride_we,
-                 BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
-                 EVEN_H: tl.constexpr, DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """[BLOCK_T, BLOCK_E] fp32 logits x @ w.T of the rows, rounded through x's dtype; zeros on
-    masked rows and experts."""
+def _gate_partial(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, h_begin, h_end, stride_xt,
+                  stride_we, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_H: tl.constexpr, EVEN_H: tl.constexpr, DOT_F32: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr):
+    """[BLOCK_T, BLOCK_E] fp32 sums over h in [h_begin, h_end) of x[row, h] * w[col, h] (h_begin
+    a multiple of BLOCK_H); zeros on masked rows and experts."""
     hcols = tl.arange(0, BLOCK_H)
-    x_ptrs = x_ptr + rows64[:, None] * stride_xt + hcols[None, :]
-    w_ptrs = w_ptr + cols[None, :].to(tl.int64) * stride_we + hcols[:, None]  # [BLOCK_H, BLOCK_E]
+    x_ptrs = x_ptr + rows64[:, None] * stride_xt + h_begin + hcols[None, :]
+    w_ptrs = (w_ptr + cols[None, :].to(tl.int64) * stride_we + h_begin
+              + hcols[:, None])  # [BLOCK_H, BLOCK_E]
     acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
-    for h0 in range(0, hidden, BLOCK_H):
+    for h0 in range(h_begin, h_end, BLOCK_H):
         if EVEN_H:
             a = tl.load(x_ptrs, mask=rmask[:, None], other=0.0)
             b = tl.load(w_ptrs, mask=cmask[None, :], other=0.0)
@@ -37,7 +39,13 @@ def _gate_logits(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, stride_xt, st
         acc = tl.dot(a, b, acc=acc, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_H
         w_ptrs += BLOCK_H
-    # as F.linear(x, w).float(): the product rounded to x's dtype (none for fp32 x), then fp32
+    return acc
+
+
+@triton.jit
+def _round_like_x(acc, x_ptr):
+    """fp32 sums rounded as `F.linear(x, w).float()` rounds them: to x's dtype (none for fp32
+    x), then back to fp32."""
     if x_ptr.dtype.element_ty == tl.bfloat16:
         # round to nearest even in integers: Triton's interpreter truncates in .to(tl.bfloat16)
         bits = acc.to(tl.uint32, bitcast=True)
@@ -50,10 +58,11 @@ def _gate_logits(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, stride_xt, st
 
 def route_topk(
     logits_ptr, bias_ptr, probs_ptr, idx_ptr, weight_ptr, pos_ptr, counts_ptr, psum_ptr,
-    x_ptr, w_ptr, num_tokens, num_experts, hidden, stride_xt, stride_we,
+    x_ptr, w_ptr, part_ptr, sem_ptr, num_tokens, num_experts, hidden, h_per_split, stride_xt,
+    stride_we,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr,
     BIAS: tl.constexpr, SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr,
-    FUSE_GATE: tl.constexpr, BLOCK_H: tl.constexpr, EVEN_H: tl.constexpr,
+    FUSE_GATE: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_H: tl.constexpr, EVEN_H: tl.constexpr,
     DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Scores, top-k and per-expert slots of BLOCK_T tokens.
@@ -67,13 +76,24 @@ def route_topk(
     ("ieee" for fp32 x, as torch's F.linear, which uses no TF32 by default; None for 16-bit x).
     Otherwise logits [T, E] fp32 is read, and x_ptr, w_ptr, hidden and the strides are unused.
 
+    NSPLIT > 1 (fused gate only): NSPLIT programs per token block (pid = block * NSPLIT +
+    split), each summing h_per_split columns of H (a multiple of BLOCK_H) into part [NSPLIT, T,
+    E] fp32; each then adds 1 to sem [blocks] int64 (zeroed, acquire-release), and the program
+    that brings it to NSPLIT adds the parts in split order (the same sums on every run) and does
+    the rest for the block. So a step of few tokens still spreads the weight's reads over
+    NSPLIT times as many programs.
+
     E is padded to BLOCK_E and masked; BIAS 0: none, 1: bias [E], 2: bias [T, E]. Writes
     probs [T, E], idx [T, K] int64, weight [T, K] fp32 and pos [T, K] int32 (the assignment's
     slot within its expert, from an atomic add on counts [E] int64), and adds the block's
     column sums of probs atomically into psum [E] fp32.
     """
     pid = tl.program_id(0)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    if FUSE_GATE:
+        block = pid // NSPLIT
+    else:
+        block = pid
+    rows = block * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < num_tokens
     rows64 = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_E)
@@ -82,8 +102,22 @@ def route_topk(
     offs = rows64[:, None] * num_experts + cols[None, :]
     # rows past T read zeros: finite scores everywhere, nothing of theirs is stored
     if FUSE_GATE:
-        logit = _gate_logits(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, stride_xt,
-                             stride_we, BLOCK_T, BLOCK_E, BLOCK_H, EVEN_H, DOT_F32, DOT_PRECISION)
+        h_begin = (pid % NSPLIT) * h_per_split
+        acc = _gate_partial(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, h_begin,
+                            tl.minimum(hidden, h_begin + h_per_split), stride_xt, stride_we,
+                            BLOCK_T, BLOCK_E, BLOCK_H, EVEN_H, DOT_F32, DOT_PRECISION)
+        if NSPLIT > 1:
+            plane = num_tokens.to(tl.int64) * num_experts
+            tl.store(part_ptr + (pid % NSPLIT) * plane + offs, acc, mask=mask)
+            tl.debug_barrier()  # every thread's part is stored before the release below
+            arrived = tl.atomic_add(sem_ptr + block, 1, sem="acq_rel", scope="gpu")
+            if arrived != NSPLIT - 1:
+                return
+            acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
+            for split in tl.static_range(NSPLIT):
+                acc += tl.load(part_ptr + split * plane + offs, mask=mask, other=0.0,
+                               cache_modifier=".cg")
+        logit = _round_like_x(acc, x_ptr)
         tl.store(logits_ptr + offs, logit, mask=mask)
     else:
         logit = tl.load(logits_ptr + offs, mask=mask, other=0.0)

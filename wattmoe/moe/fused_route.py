@@ -80,6 +80,8 @@ _GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # fuse_gate=None fuses 16-bit gates of at most this many bytes: every program streams the whole
 # weight, so bigger ones lose to cuBLAS (see the module docstring)
 _GATE_AUTO_MAX_BYTES = 256 * 1024
+# split H over this many programs in all where the token blocks are fewer (NSPLIT per block)
+_GATE_TARGET_PROGRAMS = 128
 
 
 @functools.cache
@@ -106,6 +108,15 @@ def _gate_blocks(num_experts: int, hidden: int, dtype: torch.dtype) -> tuple[int
     block_e = max(16, _pow2(num_experts))
     block_h = max(16, min(128, _GATE_TILE_ELEMS // block_e, _pow2(hidden)))
     return block_e, block_h, 8 if block_e > 64 else ROUTE_NUM_WARPS
+
+
+def _gate_split(tokens: int, hidden: int, block_h: int) -> tuple[int, int]:
+    """(NSPLIT, columns of H per split): enough programs for ~_GATE_TARGET_PROGRAMS in all, each
+    split a whole number of BLOCK_H chunks and none empty."""
+    chunks = triton_cdiv(hidden, block_h)
+    blocks = triton_cdiv(tokens, _GATE_BLOCK_T)
+    per = triton_cdiv(chunks, min(chunks, max(1, _GATE_TARGET_PROGRAMS // blocks)))
+    return triton_cdiv(chunks, per), per * block_h
 
 
 def _gate_pays_off(router: AdaptiveRouter, x: torch.Tensor) -> bool:
@@ -223,10 +234,16 @@ def fused_route(
         raise ShapeError(f"tokens_per_expert must be a contiguous [{num_experts}] int64 tensor "
                          f"on {dev}, got {tuple(tpe.shape)} {tpe.dtype} on {tpe.device}")
 
-    # one zero-filled launch: counts [E] int64, then psum [E] and [balance, aux] as fp32
-    buf = torch.zeros(num_experts + (num_experts + 3) // 2, dtype=torch.int64, device=dev)
+    if fuse:
+        topk_block_e, block_h, num_warps = _gate_blocks(num_experts, hidden, x.dtype)
+        nsplit, h_per_split = _gate_split(tokens, hidden, block_h)
+    # one zero-filled launch: counts [E] int64, then psum [E] and [balance, aux] as fp32, then
+    # the split gate GEMM's arrival counters (one per token block)
+    nfloat = (num_experts + 3) // 2
+    nsem = triton_cdiv(tokens, _GATE_BLOCK_T) if fuse and nsplit > 1 else 0
+    buf = torch.zeros(num_experts + nfloat + nsem, dtype=torch.int64, device=dev)
     counts = buf[:num_experts]
-    floats = buf[num_experts:].view(torch.float32)
+    floats = buf[num_experts:num_experts + nfloat].view(torch.float32)
     psum, loss = floats[:num_experts], floats[num_experts:num_experts + 2]
     probs = torch.empty(tokens, num_experts, dtype=torch.float32, device=dev)
     topk_idx = torch.empty(tokens, top_k, dtype=torch.int64, device=dev)
@@ -238,19 +255,22 @@ def fused_route(
     topk_kernel, scatter_kernel = _kernels(interpret=not x.is_cuda)
     block_e = _pow2(num_experts)
     if fuse:
-        topk_block_e, block_h, num_warps = _gate_blocks(num_experts, hidden, x.dtype)
         block_t = _GATE_BLOCK_T
         gate_x, gate_w, strides = x, w, (x.stride(0), w.stride(0))
+        part = (torch.empty(nsplit, tokens, num_experts, dtype=torch.float32, device=dev)
+                if nsplit > 1 else logits)
     else:  # gate operands unused: fixed ones, so x's dtype and strides add no kernel variant
         topk_block_e, block_h, num_warps = block_e, 16, ROUTE_NUM_WARPS
         block_t = max(1, min(32, _TILE_ELEMS // block_e))
         gate_x, gate_w, strides, hidden = logits, logits, (0, 0), 0
-    topk_kernel[(triton_cdiv(tokens, block_t),)](
+        nsplit, h_per_split, part = 1, 0, logits
+    topk_kernel[(triton_cdiv(tokens, block_t) * nsplit,)](
         logits, bias_op if bias_op is not None else logits, probs, topk_idx, topk_weight, pos,
-        counts, psum, gate_x, gate_w, tokens, num_experts, hidden, *strides,
+        counts, psum, gate_x, gate_w, part, buf[num_experts + nfloat:] if nsem else buf,
+        tokens, num_experts, hidden, h_per_split, *strides,
         BLOCK_T=block_t, BLOCK_E=topk_block_e, TOP_K=top_k, BLOCK_K=_pow2(top_k), BIAS=mode,
         SIGMOID=router.score_func == "sigmoid", NORMALIZE=bool(router.normalize_topk),
-        FUSE_GATE=fuse, BLOCK_H=block_h, EVEN_H=hidden % block_h == 0,
+        FUSE_GATE=fuse, NSPLIT=nsplit, BLOCK_H=block_h, EVEN_H=hidden % block_h == 0,
         DOT_F32=fuse and not x.is_cuda,
         DOT_PRECISION="ieee" if fuse and x.dtype == torch.float32 else None,
         num_warps=num_warps,
