@@ -298,17 +298,24 @@ def test_the_default_fuses_small_16bit_baseline_gates(gen: torch.Generator,
     x = torch.randn(5, 40, generator=gen).bfloat16()
     fp32 = AdaptiveRouter(40, 6, 2)
     x32 = x.float()
-    # 262,400 bytes of bf16 weight: past the 256 KiB that pay off (not run: the GEMM raises)
-    big = AdaptiveRouter(16400, 8, 2, dtype=torch.bfloat16)
+    # 524,800 bytes of bf16 weight: past the 512 KiB that pay off even split (not run: the
+    # GEMM raises); 262,400 bytes: past 256 KiB, fused only where H is split (few tokens)
+    big = AdaptiveRouter(32800, 8, 2, dtype=torch.bfloat16)
+    mid = AdaptiveRouter(16400, 8, 2, dtype=torch.bfloat16)
+    mid_x = torch.zeros(1, 16400, dtype=torch.bfloat16)
     tpe = torch.zeros(6, dtype=torch.int64)
     with torch.no_grad(), mock.patch.object(F, "linear", side_effect=AssertionError("torch")):
         got, d = fr.fused_route(router, x, tpe)  # no torch GEMM
         assert torch.equal(tpe, got.routed_counts) and d.token_idx.numel() == 10
         assert got.bias is None
         forced, _ = fr.fused_route(fp32, x32, fuse_gate=True)  # fp32: fused only when asked
-        for r, xs in ((fp32, x32), (big, torch.zeros(1, 16400, dtype=torch.bfloat16))):
+        for r, xs in ((fp32, x32), (big, torch.zeros(1, 32800, dtype=torch.bfloat16))):
             with pytest.raises(AssertionError, match="torch"):
                 fr.fused_route(r, xs)
+        with mock.patch.object(fr, "_GATE_TARGET_PROGRAMS", 1), pytest.raises(AssertionError,
+                                                                              match="torch"):
+            fr.fused_route(mid, mid_x)  # one split per token block: torch's GEMM
+        split, _ = fr.fused_route(mid, mid_x)  # split: fused
         with pytest.raises(AssertionError, match="torch"):
             fr.fused_route(router, x, fuse_gate=False)
         monkeypatch.setattr(fr, "FUSE_GATE", False)  # the module's switch, for benchmarks
@@ -318,6 +325,7 @@ def test_the_default_fuses_small_16bit_baseline_gates(gen: torch.Generator,
     assert_gate_logits(got.logits, x, router.gate.weight)
     assert torch.equal(forced_too.logits, got.logits)
     assert_gate_logits(forced.logits, x32, fp32.gate.weight)
+    assert torch.equal(split.logits, torch.zeros(1, 8))
 
 
 def test_unfusable_gates_keep_torch_or_refuse_fuse_gate(gen: torch.Generator) -> None:

@@ -8,24 +8,31 @@ zero-fill. The gate GEMM takes one of two paths:
 
 - torch: `F.linear`, the float cast and the strategy's selection bias in torch, then the
   kernels read the logits (~19 us in all on that step: GEMM 5.5, cast 2.8, zero-fill 0.9,
-  kernels 6.4 + 4.0).
+  kernels 6.4 + 4.0; results/h200/kernels/run22_verify).
 - fused: `route_topk` computes the logits itself from x and the gate weight (fp32
   accumulation, rounded through x's dtype as `F.linear(x, w).float()` rounds them) and stores
   them: no cuBLAS GEMM and no cast. It can when the strategy's selection bias does not need
   the logits (it does not override `RoutingStrategy.selection_bias`, so there is none), x and
   the gate weight share a float dtype and device, E fits one 512-wide tile and the logits
-  need no gradient. Each program (16 tokens) streams the whole weight from L2, so it pays off
-  for small gates only. Measured on an H200 (Triton 3.6, bf16, whole `fused_route` replayed
-  in a CUDA graph, torch -> fused, us): OLMoE E=64 H=2048 (256 KiB) at 1/64/512/4096 tokens
-  16.8/18.5/19.7/28.7 -> 16.6/17.3/18.0/29.5; E=60 H=2048 22.4 -> 15.7 at 512 tokens;
-  E=128 H=2048 (512 KiB) 20.3 -> 25.4; E=256 H=7168 (3.5 MiB) 25.7 -> 79.3. fp32 gates need
-  exact fp32 products (`input_precision="ieee"`, FMA, no tensor cores): E=64 H=2048 at 512
-  tokens took 87 us in the kernel against 20 us for the torch GEMM and the kernel.
+  need no gradient. Each program (16 tokens) streams the weight from L2, so where the token
+  blocks are few H is split over NSPLIT programs per block (~128 programs in all), and the
+  last program of a block to finish adds the parts in split order (the same sums on every
+  run) and goes on with the top-k. Measured on an H200 (Triton 3.6, bf16, the whole
+  `fused_route` replayed in a CUDA graph, us, torch gate -> fused unsplit -> fused split;
+  results/h200/kernels/run25_split_gate/route_gate.json): OLMoE's gate (E=64, H=2048, 256
+  KiB) at 1 / 64 / 512 / 4096 tokens 17.1 -> 18.1 -> 13.8, 19.2 -> 18.0 -> 17.6, 20.3 ->
+  18.9 -> 16.3, 29.4 -> 30.4 (no split at 4096); E=60: 18.3-34.0 -> 14.1-24.6 at every size;
+  E=128 (512 KiB): better split at <= 512 tokens (21.1 -> 19.7 at 512), worse unsplit at
+  4096 (32.7 -> 43.2); E=256 H=7168 (3.5 MiB): worse at every size (25.4 -> 37.0 at 512).
+  In the captured OLMoE layer step at 512 tokens: route_topk 10.2 us with the GEMM vs 6.3 us
+  plus 5.6 + 2.8 us of cuBLAS and cast; step 266.5 vs 272.9 us, 360.3 vs 366.4 uJ/token
+  (run 25, NVML counter). fp32 gates need exact fp32 products (`input_precision="ieee"`:
+  FMA, no tensor cores) and are never fused by default.
 
-`fuse_gate=None` (what the layer uses) therefore fuses bf16/fp16 gates of at most 256 KiB
-where it can; `fuse_gate=True` forces the fused GEMM wherever it can run (else ConfigError),
-`False` keeps torch's; the module's `FUSE_GATE = False` turns the None choice off, for
-benchmarks.
+`fuse_gate=None` (what the layer uses) therefore fuses bf16/fp16 gates of at most 256 KiB, and
+of at most 512 KiB where H is split; `fuse_gate=True` forces the fused GEMM wherever it can run
+(else ConfigError), `False` keeps torch's; the module's `FUSE_GATE = False` turns the None
+choice off, for benchmarks.
 
 Then:
 
@@ -77,8 +84,9 @@ _GATE_BLOCK_T = 16
 _GATE_MAX_BLOCK_E = 512
 _GATE_TILE_ELEMS = 8192
 _GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# fuse_gate=None fuses 16-bit gates of at most this many bytes: every program streams the whole
-# weight, so bigger ones lose to cuBLAS (see the module docstring)
+# fuse_gate=None fuses 16-bit gates of at most this many bytes, and of up to twice as many when
+# H is split: each program streams its share of the weight from L2, so bigger gates lose to
+# cuBLAS (see the module docstring)
 _GATE_AUTO_MAX_BYTES = 256 * 1024
 # split H over this many programs in all where the token blocks are fewer (NSPLIT per block)
 _GATE_TARGET_PROGRAMS = 128
@@ -120,9 +128,14 @@ def _gate_split(tokens: int, hidden: int, block_h: int) -> tuple[int, int]:
 
 
 def _gate_pays_off(router: AdaptiveRouter, x: torch.Tensor) -> bool:
-    """Whether `fuse_gate=None` fuses a fusable gate: 16-bit, at most _GATE_AUTO_MAX_BYTES."""
+    """Whether `fuse_gate=None` fuses a fusable gate: a 16-bit weight of at most
+    _GATE_AUTO_MAX_BYTES, or of at most twice that where H is split (few token blocks)."""
     w = router.gate.weight
-    return x.dtype != torch.float32 and w.numel() * w.element_size() <= _GATE_AUTO_MAX_BYTES
+    nbytes = w.numel() * w.element_size()
+    if x.dtype == torch.float32 or nbytes > 2 * _GATE_AUTO_MAX_BYTES:
+        return False
+    block_h = _gate_blocks(router.num_experts, x.shape[1], x.dtype)[1]
+    return nbytes <= _GATE_AUTO_MAX_BYTES or _gate_split(x.shape[0], x.shape[1], block_h)[0] > 1
 
 
 def _unfusable_gate(router: AdaptiveRouter, x: torch.Tensor) -> str | None:
