@@ -6,7 +6,8 @@ few), with `fuse_gate=True` and no split (one program per 16 tokens), and with
 `fuse_gate=False` (`F.linear` + float cast in torch, then the kernel). Each is captured in a
 CUDA graph and replayed; time per replay from CUDA events (median of 5 batches of 200). Also
 records how far the fused logits are from torch's (max |difference|, share of entries that
-differ) and whether the top-k agree.
+differ), how often each side differs from the products summed in fp64 and rounded once to x's
+dtype, and on how many rows the top-k agree (near-ties reordered count as disagreement).
 
     PYTHONPATH=$PWD python3 benchmarks/gpu/route_gate_bench.py --out $OUT/route_gate.json
 
@@ -96,11 +97,17 @@ def main(argv: list[str] | None = None) -> int:
                 fused, _ = fr.fused_route(router, x, fuse_gate=True)
                 torch_, _ = fr.fused_route(router, x, fuse_gate=False)
                 diff = (fused.logits - torch_.logits).abs()
+                # exact products summed in fp64, rounded once to x's dtype: which side is off
+                exact = (x.double() @ router.gate.weight.double().t()).to(dtype).float()
                 row = {"experts": experts, "hidden": hidden, "top_k": top_k, "tokens": t,
                        "dtype": args.dtype,
                        "nsplit": fr._gate_split(t, hidden, block_h)[0],
                        "max_abs_logit_diff": float(diff.max()),
                        "share_logits_differ": float((diff > 0).float().mean()),
+                       "share_fused_off_exact": float(
+                           (fused.logits != exact).float().mean()),
+                       "share_torch_off_exact": float(
+                           (torch_.logits != exact).float().mean()),
                        "share_rows_same_topk": float(
                            (fused.topk_idx == torch_.topk_idx).all(1).float().mean()),
                        "fused_split_us": graph_us(lambda: route(True)),
@@ -112,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['torch_gate_us']:6.1f} us, fused {row['fused_one_split_us']:6.1f}, "
                   f"fused split {row['fused_split_us']:6.1f}; max |dlogit| "
                   f"{row['max_abs_logit_diff']:.2e}, same top-k rows "
-                  f"{row['share_rows_same_topk']:.3f}", flush=True)
+                  f"{row['share_rows_same_topk']:.3f}; off the fp64-exact rounding: fused "
+                  f"{row['share_fused_off_exact']:.3f}, torch {row['share_torch_off_exact']:.3f}",
+                  flush=True)
             write_json(Path(args.out), payload)
     return 0
 

@@ -46,7 +46,8 @@ def profile_steps(layer: object, x: torch.Tensor, steps: int) -> dict[str, objec
 
     Besides each kernel's duration: the step's span on the GPU (first kernel start to last
     kernel end, median over steps) and the idle time inside it (span minus busy time), which
-    for a CUDA-graph replay is what launch gaps and dependencies cost.
+    for a CUDA-graph replay is what launch gaps and dependencies cost (negative if kernels
+    overlap). For a `GraphedLayer` that could not capture the step, "replays" stays 0.
     """
     with torch.inference_mode():
         for _ in range(5):
@@ -81,7 +82,8 @@ def profile_steps(layer: object, x: torch.Tensor, steps: int) -> dict[str, objec
     busy = sum(r["us"] for r in rows)
     span = statistics.median(spans)
     return {"kernels": rows, "gpu_us": busy, "span_us": span, "idle_us": span - busy,
-            "launches": per_step, "wall_ms": wall_ms}
+            "launches": per_step, "wall_ms": wall_ms,
+            "replays": getattr(layer, "replays", None)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--ncu", action="store_true",
                     help="only run each variant's step 3 times (eager, no timing, no profiler): "
-                         "for `ncu --kernel-name regex:moe_gemm --launch-skip 2 ...`")
+                         "for ncu; with one variant, `--kernel-name regex:moe_gemm "
+                         "--launch-skip 4 --launch-count 2` profiles the third step's two "
+                         "expert launches (launches count across variants)")
     ap.add_argument("--graph", action="store_true",
                     help="profile replays of the whole step captured in a CUDA graph")
     ap.add_argument("--out", default="profile.json")
@@ -127,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {args.shape} T={tokens} {label} ({conf}): GPU "
                   f"{res.get('gpu_us', float('nan')):.1f} us in {res.get('launches')} "
                   f"kernels, span {res.get('span_us', float('nan')):.1f} us; "
-                  f"{'graph' if args.graph else 'eager'} wall {res['wall_ms'] * 1e3:.1f} "
-                  "us/step", flush=True)
+                  f"{'graph' if res.get('replays') else 'eager'} wall "
+                  f"{res['wall_ms'] * 1e3:.1f} us/step", flush=True)
             for r in res.get("kernels", []):  # type: ignore[union-attr]
                 print(f"   {r['start_us']:8.1f} +{r['us']:7.1f} us  {r['kernel']}", flush=True)
             write_json(Path(args.out), payload)

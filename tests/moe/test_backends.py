@@ -429,6 +429,9 @@ def test_dispatch_copy_refreshes_every_graph_input(gen: torch.Generator) -> None
     no_rowof = dataclasses.replace(new, rowof=None)
     with pytest.raises(ValueError, match="rowof"):
         static.copy_(no_rowof)
+    one_count = dataclasses.replace(new, counts=new.counts[:1])  # would broadcast into [E]
+    with pytest.raises(ValueError, match="counts"):
+        static.copy_(one_count)
 
 
 def test_dispatch_graph_key_sees_every_graph_input(gen: torch.Generator) -> None:

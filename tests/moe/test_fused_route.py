@@ -514,11 +514,12 @@ def test_layer_with_capacity_and_fused_experts_matches_loop(gen: torch.Generator
     torch.testing.assert_close(got.hidden_states, want.hidden_states, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("hidden, tokens", [(200, 21), (256, 33), (1000, 5), (80, 5)])
+@pytest.mark.parametrize("hidden, tokens", [(200, 21), (256, 33), (1000, 5), (300, 3)])
 def test_split_gate_sums_every_column_once_in_a_fixed_order(hidden: int, tokens: int,
                                                            gen: torch.Generator) -> None:
     # H split over programs (the parts summed by the last to arrive) gives the one-program
-    # logits up to fp32 order, the same on every call, whatever the split
+    # logits up to fp32 order, the same on every call, whatever the split. (The interpreter
+    # runs programs in order, so the last split always arrives last here; on a GPU any may.)
     router = AdaptiveRouter(hidden, 12, 3, dtype=torch.float32)
     with torch.no_grad():
         router.gate.weight.copy_(torch.randn(12, hidden, generator=gen) / hidden**0.5)
@@ -541,3 +542,29 @@ def test_split_gate_sums_every_column_once_in_a_fixed_order(hidden: int, tokens:
     assert torch.equal(d_split.counts, d_one.counts)
     # the arrival counters lie past counts and the loss floats: the losses are still right
     torch.testing.assert_close(split.balance_loss, one.balance_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_step_with_a_gate_fused_only_when_split(gen: torch.Generator) -> None:
+    # 262,400-byte bf16 gate: whether to fuse depends on the split, which T = 0 has none of
+    router = AdaptiveRouter(16400, 8, 2, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got, d = fr.fused_route(router, torch.zeros(0, 16400, dtype=torch.bfloat16))
+    assert got.topk_idx.shape == (0, 2) and d.token_idx.numel() == 0
+
+
+def test_bf16_rounding_of_the_fused_gate_keeps_nan_and_inf() -> None:
+    from ._round_probe import round_kernel  # imports Triton: only once it runs interpreted
+
+    # NaNs whose rounding carry would reach the exponent or the sign (0x7FFFFFFF is what
+    # NVIDIA's fp32 units produce), infinities, the largest finite floats, ties to even
+    bits = torch.tensor([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7FC00000, 0x7F800000,
+                         0xFF800000, 0x7F7FFFFF, 0x3F808000, 0x3F818000, 0x3F808001,
+                         0, 0x80000000, 0x3F800000, 0x40490FDB, 0xC0490FDB, 0x00000001],
+                        dtype=torch.int64).to(torch.int32)
+    src = bits.view(torch.float32)
+    dst = torch.empty_like(src)
+    round_kernel[(1,)](src, dst, torch.zeros(1, dtype=torch.bfloat16), N=16)
+    want = src.to(torch.bfloat16).float()  # torch rounds to nearest even
+    assert torch.equal(dst.isnan(), want.isnan()) and int(dst[:4].isnan().sum()) == 4
+    fin = ~want.isnan()
+    assert torch.equal(dst[fin], want[fin])

@@ -50,7 +50,8 @@ def _round_like_x(acc, x_ptr):
         # round to nearest even in integers: Triton's interpreter truncates in .to(tl.bfloat16)
         bits = acc.to(tl.uint32, bitcast=True)
         bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        out = bits.to(tl.float32, bitcast=True)
+        # NaNs stay NaN (the carry would run some of them into inf, or through the sign to 0)
+        out = tl.where(acc != acc, acc, bits.to(tl.float32, bitcast=True))
     else:
         out = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
     return out
@@ -58,11 +59,11 @@ def _round_like_x(acc, x_ptr):
 
 def route_topk(
     logits_ptr, bias_ptr, probs_ptr, idx_ptr, weight_ptr, pos_ptr, counts_ptr, psum_ptr,
-    x_ptr, w_ptr, part_ptr, sem_ptr, num_tokens, num_experts, hidden, h_per_split, stride_xt,
-    stride_we,
+    x_ptr, w_ptr, part_ptr, sem_ptr, num_tokens, num_experts, hidden, nsplit, h_per_split,
+    stride_xt, stride_we,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr,
     BIAS: tl.constexpr, SIGMOID: tl.constexpr, NORMALIZE: tl.constexpr,
-    FUSE_GATE: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_H: tl.constexpr, EVEN_H: tl.constexpr,
+    FUSE_GATE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_H: tl.constexpr, EVEN_H: tl.constexpr,
     DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Scores, top-k and per-expert slots of BLOCK_T tokens.
@@ -76,12 +77,13 @@ def route_topk(
     ("ieee" for fp32 x, as torch's F.linear, which uses no TF32 by default; None for 16-bit x).
     Otherwise logits [T, E] fp32 is read, and x_ptr, w_ptr, hidden and the strides are unused.
 
-    NSPLIT > 1 (fused gate only): NSPLIT programs per token block (pid = block * NSPLIT +
-    split), each summing h_per_split columns of H (a multiple of BLOCK_H) into part [NSPLIT, T,
-    E] fp32; each then adds 1 to sem [blocks] int64 (zeroed, acquire-release), and the program
-    that brings it to NSPLIT adds the parts in split order (the same sums on every run) and does
-    the rest for the block. So a step of few tokens still spreads the weight's reads over
-    NSPLIT times as many programs.
+    SPLIT (fused gate only; nsplit > 1, a runtime value so step sizes share one compiled
+    kernel): nsplit programs per token block (pid = block * nsplit + split), each summing
+    h_per_split columns of H (a multiple of BLOCK_H) into part [nsplit, T, E] fp32; each then
+    adds 1 to sem [blocks] int64 (zeroed, acquire-release), and the program that brings it to
+    nsplit adds the parts in split order (the same sums on every run, whatever order the
+    programs finish in) and does the rest for the block. So a step of few tokens still spreads
+    the weight's reads over nsplit times as many programs. Without SPLIT, nsplit must be 1.
 
     E is padded to BLOCK_E and masked; BIAS 0: none, 1: bias [E], 2: bias [T, E]. Writes
     probs [T, E], idx [T, K] int64, weight [T, K] fp32 and pos [T, K] int32 (the assignment's
@@ -89,10 +91,7 @@ def route_topk(
     column sums of probs atomically into psum [E] fp32.
     """
     pid = tl.program_id(0)
-    if FUSE_GATE:
-        block = pid // NSPLIT
-    else:
-        block = pid
+    block = pid // nsplit
     rows = block * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < num_tokens
     rows64 = rows.to(tl.int64)
@@ -102,19 +101,19 @@ def route_topk(
     offs = rows64[:, None] * num_experts + cols[None, :]
     # rows past T read zeros: finite scores everywhere, nothing of theirs is stored
     if FUSE_GATE:
-        h_begin = (pid % NSPLIT) * h_per_split
+        h_begin = (pid % nsplit) * h_per_split
         acc = _gate_partial(x_ptr, w_ptr, rows64, rmask, cols, cmask, hidden, h_begin,
                             tl.minimum(hidden, h_begin + h_per_split), stride_xt, stride_we,
                             BLOCK_T, BLOCK_E, BLOCK_H, EVEN_H, DOT_F32, DOT_PRECISION)
-        if NSPLIT > 1:
+        if SPLIT:
             plane = num_tokens.to(tl.int64) * num_experts
-            tl.store(part_ptr + (pid % NSPLIT) * plane + offs, acc, mask=mask)
+            tl.store(part_ptr + (pid % nsplit) * plane + offs, acc, mask=mask)
             tl.debug_barrier()  # every thread's part is stored before the release below
             arrived = tl.atomic_add(sem_ptr + block, 1, sem="acq_rel", scope="gpu")
-            if arrived != NSPLIT - 1:
+            if arrived != nsplit - 1:
                 return
             acc = tl.zeros((BLOCK_T, BLOCK_E), dtype=tl.float32)
-            for split in tl.static_range(NSPLIT):
+            for split in range(nsplit):
                 acc += tl.load(part_ptr + split * plane + offs, mask=mask, other=0.0,
                                cache_modifier=".cg")
         logit = _round_like_x(acc, x_ptr)

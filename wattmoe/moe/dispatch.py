@@ -63,12 +63,16 @@ class Dispatch:
         `self.graph_key()`.
 
         Raises:
-            ValueError: a field is None in one dispatch and a tensor in the other.
+            ValueError: a field is None in one dispatch and a tensor in the other, or the
+                shapes differ.
         """
         for n in _GRAPH_INPUTS:
             dst, src = getattr(self, n), getattr(other, n)
             if (dst is None) != (src is None):
                 raise ValueError(f"Dispatch.copy_: {n} is None in one dispatch only")
+            if dst is not None and dst.shape != src.shape:  # copy_ would broadcast silently
+                raise ValueError(f"Dispatch.copy_: {n} is {tuple(src.shape)}, the buffer "
+                                 f"{tuple(dst.shape)}")
             if dst is not None:
                 dst.copy_(src)
         return self

@@ -8,7 +8,7 @@ zero-fill. The gate GEMM takes one of two paths:
 
 - torch: `F.linear`, the float cast and the strategy's selection bias in torch, then the
   kernels read the logits (~19 us in all on that step: GEMM 5.5, cast 2.8, zero-fill 0.9,
-  kernels 6.4 + 4.0; results/h200/kernels/run22_verify).
+  kernels 6.4 + 4.0, 19.6 us summed; results/h200/kernels/run22_verify).
 - fused: `route_topk` computes the logits itself from x and the gate weight (fp32
   accumulation, rounded through x's dtype as `F.linear(x, w).float()` rounds them) and stores
   them: no cuBLAS GEMM and no cast. It can when the strategy's selection bias does not need
@@ -30,9 +30,9 @@ zero-fill. The gate GEMM takes one of two paths:
   FMA, no tensor cores) and are never fused by default.
 
 `fuse_gate=None` (what the layer uses) therefore fuses bf16/fp16 gates of at most 256 KiB, and
-of at most 512 KiB where H is split; `fuse_gate=True` forces the fused GEMM wherever it can run
-(else ConfigError), `False` keeps torch's; the module's `FUSE_GATE = False` turns the None
-choice off, for benchmarks.
+of at most 512 KiB where H is split in 4 or more (<= ~512 tokens); `fuse_gate=True` forces the
+fused GEMM wherever it can run (else ConfigError), `False` keeps torch's; the module's
+`FUSE_GATE = False` turns the None choice off, for benchmarks.
 
 Then:
 
@@ -79,7 +79,8 @@ _SCATTER_ELEMS = 8192  # [BLOCK_N, BLOCK_E] elements per route_scatter program
 # fused gate GEMM: tl.dot needs every block >= 16; [16, BLOCK_E] top-k tiles; weight tiles
 # [BLOCK_E, BLOCK_H] of ~8K elements; 8 warps past 64 experts, where 4 spill. E past one
 # 512-wide tile keeps the torch GEMM: at BLOCK_E 1024 even 8 warps spill (ptxas, sm_90,
-# Triton 3.9: 255 registers and 0.7-3 KB of stack per thread)
+# Triton 3.9: 255 registers and 0.7-3 KB of stack per thread); BLOCK_E 512 with a split
+# spills 120 B (forced only: such gates are never fused by default)
 _GATE_BLOCK_T = 16
 _GATE_MAX_BLOCK_E = 512
 _GATE_TILE_ELEMS = 8192
@@ -88,6 +89,7 @@ _GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # H is split: each program streams its share of the weight from L2, so bigger gates lose to
 # cuBLAS (see the module docstring)
 _GATE_AUTO_MAX_BYTES = 256 * 1024
+_GATE_MIN_SPLIT_LARGE = 4  # splits that a gate of up to twice that needs to be fused
 # split H over this many programs in all where the token blocks are fewer (NSPLIT per block)
 _GATE_TARGET_PROGRAMS = 128
 
@@ -99,7 +101,7 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:
     from wattmoe.moe._route_kernel import route_scatter, route_topk
 
     # token and assignment counts change with every step: no recompiles for their divisibility
-    return (triton.jit(route_topk, do_not_specialize=["num_tokens"]),
+    return (triton.jit(route_topk, do_not_specialize=["num_tokens", "nsplit"]),
             triton.jit(route_scatter, do_not_specialize=["num_assign", "num_tokens"]))
 
 
@@ -128,14 +130,16 @@ def _gate_split(tokens: int, hidden: int, block_h: int) -> tuple[int, int]:
 
 
 def _gate_pays_off(router: AdaptiveRouter, x: torch.Tensor) -> bool:
-    """Whether `fuse_gate=None` fuses a fusable gate: a 16-bit weight of at most
-    _GATE_AUTO_MAX_BYTES, or of at most twice that where H is split (few token blocks)."""
+    """Whether `fuse_gate=None` fuses a fusable gate of a non-empty step: a 16-bit weight of
+    at most _GATE_AUTO_MAX_BYTES, or of at most twice that where H is split in 4 or more
+    (<= ~512 tokens: what run 25 measured)."""
     w = router.gate.weight
     nbytes = w.numel() * w.element_size()
     if x.dtype == torch.float32 or nbytes > 2 * _GATE_AUTO_MAX_BYTES:
         return False
     block_h = _gate_blocks(router.num_experts, x.shape[1], x.dtype)[1]
-    return nbytes <= _GATE_AUTO_MAX_BYTES or _gate_split(x.shape[0], x.shape[1], block_h)[0] > 1
+    return (nbytes <= _GATE_AUTO_MAX_BYTES
+            or _gate_split(x.shape[0], x.shape[1], block_h)[0] >= _GATE_MIN_SPLIT_LARGE)
 
 
 def _unfusable_gate(router: AdaptiveRouter, x: torch.Tensor) -> str | None:
@@ -194,17 +198,20 @@ def fused_route(
         x: [T, H] tokens, on CUDA (or CPU under Triton's interpreter).
         tokens_per_expert: optional [E] int64 running counts; this step's counts are added.
         fuse_gate: True: the gate GEMM in the kernel; False: in torch; None: in the kernel
-            where it can run there and pays off (a bf16/fp16 weight of at most 256 KiB), while
-            the module's `FUSE_GATE` is on.
+            where it can run there and pays off (a bf16/fp16 weight of at most 256 KiB, or 512
+            KiB where H is split in 4 or more), while the module's `FUSE_GATE` is on.
 
     Returns:
         The router's output and the dispatch, as the unfused path gives them, except that
         within one expert's segment of `token_idx` the assignments are not in token order
         (slots come from atomics); ties in the selection go to the lowest expert index. With
         the fused GEMM the logits equal `F.linear(x, w).float()` up to the order of the fp32
-        accumulation (for bf16 or fp16 x, one ulp of x's dtype apart on a few entries), and
-        everything else follows from those logits. The counts, balance and aux-loss tensors
-        are views of one small buffer per call.
+        accumulation: for bf16 or fp16 x, one ulp of x's dtype apart where the two sums round
+        differently (on the H200 against cuBLAS, 0-42% of entries depending on the shape,
+        run 25), so near-tied selections can differ; everything else follows from these
+        logits. The summation order depends on T (the split), so a token's logits can change
+        by an ulp with the step size; for a given T every run gives the same ones. The
+        counts, balance and aux-loss tensors are views of one small buffer per call.
 
     Raises:
         ShapeError: x is not [T, H], or the strategy's bias does not fit [T, E].
@@ -218,16 +225,16 @@ def fused_route(
     unfusable = _unfusable_gate(router, x)
     if fuse_gate and unfusable is not None:
         raise ConfigError(f"cannot fuse the router's gate GEMM: {unfusable}")
-    if fuse_gate is None:
-        fuse = FUSE_GATE and unfusable is None and _gate_pays_off(router, x)
-    else:
-        fuse = fuse_gate
     tokens, hidden = x.shape
     num_experts, top_k = router.num_experts, router.top_k
     if tokens == 0:  # nothing to launch: the unfused path handles the empty step
         routing = router(x)
         dispatch = build_dispatch(routing.topk_idx, routing.topk_weight, num_experts)
         return routing, dispatch
+    if fuse_gate is None:
+        fuse = FUSE_GATE and unfusable is None and _gate_pays_off(router, x)
+    else:
+        fuse = fuse_gate
 
     dev = x.device
     w = router.gate.weight
@@ -280,10 +287,10 @@ def fused_route(
     topk_kernel[(triton_cdiv(tokens, block_t) * nsplit,)](
         logits, bias_op if bias_op is not None else logits, probs, topk_idx, topk_weight, pos,
         counts, psum, gate_x, gate_w, part, buf[num_experts + nfloat:] if nsem else buf,
-        tokens, num_experts, hidden, h_per_split, *strides,
+        tokens, num_experts, hidden, nsplit, h_per_split, *strides,
         BLOCK_T=block_t, BLOCK_E=topk_block_e, TOP_K=top_k, BLOCK_K=_pow2(top_k), BIAS=mode,
         SIGMOID=router.score_func == "sigmoid", NORMALIZE=bool(router.normalize_topk),
-        FUSE_GATE=fuse, NSPLIT=nsplit, BLOCK_H=block_h, EVEN_H=hidden % block_h == 0,
+        FUSE_GATE=fuse, SPLIT=nsplit > 1, BLOCK_H=block_h, EVEN_H=hidden % block_h == 0,
         DOT_F32=fuse and not x.is_cuda,
         DOT_PRECISION="ieee" if fuse and x.dtype == torch.float32 else None,
         num_warps=num_warps,
