@@ -15,24 +15,27 @@ zero-fill. The gate GEMM takes one of two paths:
   the logits (it does not override `RoutingStrategy.selection_bias`, so there is none), x and
   the gate weight share a float dtype and device, E fits one 512-wide tile and the logits
   need no gradient. Each program (16 tokens) streams the weight from L2, so where the token
-  blocks are few H is split over NSPLIT programs per block (~128 programs in all), and the
+  blocks are few H is split over nsplit programs per block (~128 programs in all), and the
   last program of a block to finish adds the parts in split order (the same sums on every
   run) and goes on with the top-k. Measured on an H200 (Triton 3.6, bf16, the whole
-  `fused_route` replayed in a CUDA graph, us, torch gate -> fused unsplit -> fused split;
-  results/h200/kernels/run25_split_gate/route_gate.json): OLMoE's gate (E=64, H=2048, 256
-  KiB) at 1 / 64 / 512 / 4096 tokens 17.1 -> 18.1 -> 13.8, 19.2 -> 18.0 -> 17.6, 20.3 ->
-  18.9 -> 16.3, 29.4 -> 30.4 (no split at 4096); E=60: 18.3-34.0 -> 14.1-24.6 at every size;
-  E=128 (512 KiB): better split at <= 512 tokens (21.1 -> 19.7 at 512), worse unsplit at
-  4096 (32.7 -> 43.2); E=256 H=7168 (3.5 MiB): worse at every size (25.4 -> 37.0 at 512).
-  In the captured OLMoE layer step at 512 tokens: route_topk 10.2 us with the GEMM vs 6.3 us
-  plus 5.6 + 2.8 us of cuBLAS and cast; step 266.5 vs 272.9 us, 360.3 vs 366.4 uJ/token
-  (run 25, NVML counter). fp32 gates need exact fp32 products (`input_precision="ieee"`:
-  FMA, no tensor cores) and are never fused by default.
+  `fused_route` replayed in a CUDA graph, us, torch gate -> fused split;
+  results/h200/kernels/run26_gate_check/route_gate.json, run 25 before nsplit became a runtime
+  argument): OLMoE's gate (E=64, H=2048, 256 KiB) at 1 / 64 / 512 / 4096 tokens 16.2 -> 14.0,
+  18.6 -> 15.7, 19.4 -> 16.0, 29.0 -> 29.9 (no split at 4096); E=60 (240 KiB) 17.5-33.5 ->
+  16.1-24.3 at every size; E=128 (512 KiB) 16.8 -> 18.6 at 1 token, 18.6 -> 21.5 at 64, 20.8
+  -> 19.7 at 512, 32.4 -> 43.6 at 4096 (and no energy difference in Qwen3's captured layer
+  step at 64 or 512 tokens); E=256 H=7168 (3.5 MiB) worse at every size (24.8 -> 38.0 at 512).
+  In the captured OLMoE layer step: route_topk 9.9 us with the GEMM against 6.3 us + 5.6
+  (cuBLAS) + 2.8 (cast) without, span 261.4 vs 266.4 us at 512 tokens, 223.6 vs 228.1 at 64
+  (run 26); 360.3 vs 366.4 uJ/token at 512 (run 25, NVML counter). The fused logits are
+  closer to exact: against the products summed in fp64 and rounded once to bf16, the fused
+  logits differ on 0-0.4% of entries, cuBLAS's on up to 42% (E=60; run 26). fp32 gates need
+  exact fp32 products (`input_precision="ieee"`: FMA, no tensor cores) and are never fused by
+  default.
 
-`fuse_gate=None` (what the layer uses) therefore fuses bf16/fp16 gates of at most 256 KiB, and
-of at most 512 KiB where H is split in 4 or more (<= ~512 tokens); `fuse_gate=True` forces the
-fused GEMM wherever it can run (else ConfigError), `False` keeps torch's; the module's
-`FUSE_GATE = False` turns the None choice off, for benchmarks.
+`fuse_gate=None` (what the layer uses) therefore fuses bf16/fp16 gates of at most 256 KiB;
+`fuse_gate=True` forces the fused GEMM wherever it can run (else ConfigError), `False` keeps
+torch's; the module's `FUSE_GATE = False` turns the None choice off, for benchmarks.
 
 Then:
 
@@ -85,11 +88,9 @@ _GATE_BLOCK_T = 16
 _GATE_MAX_BLOCK_E = 512
 _GATE_TILE_ELEMS = 8192
 _GATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# fuse_gate=None fuses 16-bit gates of at most this many bytes, and of up to twice as many when
-# H is split: each program streams its share of the weight from L2, so bigger gates lose to
-# cuBLAS (see the module docstring)
+# fuse_gate=None fuses 16-bit gates of at most this many bytes: each program streams its share
+# of the weight from L2, so bigger gates gain nothing over cuBLAS (see the module docstring)
 _GATE_AUTO_MAX_BYTES = 256 * 1024
-_GATE_MIN_SPLIT_LARGE = 4  # splits that a gate of up to twice that needs to be fused
 # split H over this many programs in all where the token blocks are fewer (NSPLIT per block)
 _GATE_TARGET_PROGRAMS = 128
 
@@ -124,22 +125,16 @@ def _gate_split(tokens: int, hidden: int, block_h: int) -> tuple[int, int]:
     """(NSPLIT, columns of H per split): enough programs for ~_GATE_TARGET_PROGRAMS in all, each
     split a whole number of BLOCK_H chunks and none empty."""
     chunks = triton_cdiv(hidden, block_h)
-    blocks = triton_cdiv(tokens, _GATE_BLOCK_T)
+    blocks = max(1, triton_cdiv(tokens, _GATE_BLOCK_T))
     per = triton_cdiv(chunks, min(chunks, max(1, _GATE_TARGET_PROGRAMS // blocks)))
     return triton_cdiv(chunks, per), per * block_h
 
 
 def _gate_pays_off(router: AdaptiveRouter, x: torch.Tensor) -> bool:
-    """Whether `fuse_gate=None` fuses a fusable gate of a non-empty step: a 16-bit weight of
-    at most _GATE_AUTO_MAX_BYTES, or of at most twice that where H is split in 4 or more
-    (<= ~512 tokens: what run 25 measured)."""
+    """Whether `fuse_gate=None` fuses a fusable gate: a 16-bit weight of at most
+    _GATE_AUTO_MAX_BYTES (runs 25-26: bigger ones are as fast as cuBLAS at best)."""
     w = router.gate.weight
-    nbytes = w.numel() * w.element_size()
-    if x.dtype == torch.float32 or nbytes > 2 * _GATE_AUTO_MAX_BYTES:
-        return False
-    block_h = _gate_blocks(router.num_experts, x.shape[1], x.dtype)[1]
-    return (nbytes <= _GATE_AUTO_MAX_BYTES
-            or _gate_split(x.shape[0], x.shape[1], block_h)[0] >= _GATE_MIN_SPLIT_LARGE)
+    return x.dtype != torch.float32 and w.numel() * w.element_size() <= _GATE_AUTO_MAX_BYTES
 
 
 def _unfusable_gate(router: AdaptiveRouter, x: torch.Tensor) -> str | None:
@@ -198,8 +193,8 @@ def fused_route(
         x: [T, H] tokens, on CUDA (or CPU under Triton's interpreter).
         tokens_per_expert: optional [E] int64 running counts; this step's counts are added.
         fuse_gate: True: the gate GEMM in the kernel; False: in torch; None: in the kernel
-            where it can run there and pays off (a bf16/fp16 weight of at most 256 KiB, or 512
-            KiB where H is split in 4 or more), while the module's `FUSE_GATE` is on.
+            where it can run there and pays off (a bf16/fp16 weight of at most 256 KiB), while
+            the module's `FUSE_GATE` is on.
 
     Returns:
         The router's output and the dispatch, as the unfused path gives them, except that
@@ -208,7 +203,8 @@ def fused_route(
         the fused GEMM the logits equal `F.linear(x, w).float()` up to the order of the fp32
         accumulation: for bf16 or fp16 x, one ulp of x's dtype apart where the two sums round
         differently (on the H200 against cuBLAS, 0-42% of entries depending on the shape,
-        run 25), so near-tied selections can differ; everything else follows from these
+        runs 25-26; the fused ones are the closer to exact), so near-tied selections can
+        differ; everything else follows from these
         logits. The summation order depends on T (the split), so a token's logits can change
         by an ulp with the step size; for a given T every run gives the same ones. The
         counts, balance and aux-loss tensors are views of one small buffer per call.
