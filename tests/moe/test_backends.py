@@ -13,7 +13,7 @@ from wattmoe.moe import Expert, SimpleMoELayer, build_dispatch, get_preset
 from wattmoe.moe.autoselect import AutoBackend, bucket
 from wattmoe.moe.backends import EXPERT_BACKENDS, available_backends, get_backend
 from wattmoe.moe.dispatch import Dispatch
-from wattmoe.moe.graphs import GraphedBackend
+from wattmoe.moe.graphs import GraphedBackend, GraphedLayer
 from wattmoe.moe.grouped import grouped_mm
 from wattmoe.moe.stacked import invalidate_stack, stacked_experts
 
@@ -500,3 +500,41 @@ def test_user_tuned_table_from_the_environment(tmp_path, monkeypatch, caplog) ->
         monkeypatch.setattr(ft, "_TUNED", {})
         with pytest.raises(ConfigError, match=message):
             ft.load_tuned(cpu)
+
+
+def test_graphed_layer_weights_signature_sees_replaced_tensors_not_inplace_updates() -> None:
+    """What a captured step reads, checked before every replay: tensors replaced anywhere
+    outside the routed experts (module cache walked again when children change), the ends of
+    the expert list, the list itself; in-place updates keep the signature."""
+    cfg = get_preset("deepseek-v3", 1 / 64)  # has a shared expert
+    layer = SimpleMoELayer(cfg)
+    g = GraphedLayer(layer)
+    base = g.weights_signature()
+    assert g.weights_signature() == base
+    with torch.no_grad():
+        layer.router.gate.weight.mul_(2.0)  # in place: same storage
+        layer.experts[0].down_proj.weight.add_(1.0)
+    assert g.weights_signature() == base
+
+    def changed(mutate) -> bool:
+        nonlocal base
+        mutate()
+        new = g.weights_signature()
+        moved, base = new != base, new
+        return moved
+
+    gate = layer.router.gate
+    assert changed(lambda: setattr(gate, "weight", torch.nn.Parameter(gate.weight.clone())))
+    assert changed(lambda: setattr(layer.router, "gate", copy.deepcopy(layer.router.gate)))
+    new_gate = layer.router.gate  # the replaced module's tensors are watched too
+    assert changed(lambda: setattr(new_gate, "weight",
+                                   torch.nn.Parameter(new_gate.weight.clone())))
+    shared = layer.shared_expert
+    assert shared is not None
+    assert changed(lambda: setattr(shared.down_proj, "weight",
+                                   torch.nn.Parameter(shared.down_proj.weight.clone())))
+    assert changed(lambda: layer.tokens_per_expert.set_(layer.tokens_per_expert.clone()))
+    last = layer.experts[-1].down_proj
+    assert changed(lambda: setattr(last, "weight", torch.nn.Parameter(last.weight.clone())))
+    assert changed(lambda: setattr(layer, "experts", torch.nn.ModuleList(list(layer.experts))))
+    assert not changed(lambda: None)

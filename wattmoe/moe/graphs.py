@@ -177,11 +177,17 @@ class GraphedLayer:
         self._uncapturable: set[tuple[object, ...]] = set()
         self._pool: object | None = None
         self._weights: tuple[object, ...] | None = None
+        self._modules_cache: tuple[list[nn.Module], tuple[int, ...]] = ([], ())
         self.captures = 0
         self.replays = 0
 
     def weights_signature(self) -> tuple[object, ...]:
-        """Addresses of the tensors a captured step reads (O(1) in the number of experts)."""
+        """Addresses of the tensors a captured step reads (O(1) in the number of experts).
+
+        Runs before every replay, so it reads the modules' parameter and buffer dicts directly
+        from a cached list of the layer's modules outside the routed experts (the layer itself,
+        router, shared expert), walked again only when a module's children change.
+        """
         from wattmoe.moe.stacked import _anchors
 
         layer = self.layer
@@ -190,11 +196,19 @@ class GraphedLayer:
             anchors: tuple[object, ...] = _anchors(experts) if len(experts) else ()
         except AttributeError:
             anchors = tuple(id(e) for e in experts)
-        others = [m for n, m in layer.named_children() if n != "experts"]
-        tensors = [t for m in others for t in (*m.parameters(), *m.buffers())]
-        tensors += list(layer.buffers(recurse=False))
+        mods, tree = self._modules_cache
+        if not mods or tree != self._module_tree(mods):
+            mods = [layer] + [m for n, c in layer.named_children() if n != "experts"
+                              for m in c.modules()]
+            self._modules_cache = (mods, self._module_tree(mods))
         return (id(experts), len(experts), anchors,
-                tuple((t.data_ptr(), t.dtype, t.device) for t in tensors))
+                tuple((t.data_ptr(), t.dtype, t.device.type) for m in mods
+                      for d in (m._parameters, m._buffers) for t in d.values() if t is not None))
+
+    @staticmethod
+    def _module_tree(mods: list[nn.Module]) -> tuple[int, ...]:
+        """Identities of every cached module's children (a replaced submodule changes it)."""
+        return tuple(id(c) for m in mods for c in m._modules.values())
 
     def capturable(self, x: torch.Tensor) -> bool:
         """True if a step on `x` can be captured (see the class docstring)."""

@@ -125,8 +125,16 @@ def _gate_up_rows(expert: nn.Module, f: int) -> list[tuple[nn.Module, slice]]:
 
 
 def _anchors(experts: Sequence[nn.Module]) -> tuple[int, int]:
-    """Pointers that must match the stack: first expert's first and last expert's down rows."""
-    first, last = experts[0], experts[-1]
+    """Pointers that must match the stack: first expert's first and last expert's down rows.
+
+    Runs on every step (stack cache check, graph replays): an `nn.ModuleList`'s ends are read
+    from its module dict (ordered by index) instead of its slower `__getitem__`.
+    """
+    children = getattr(experts, "_modules", None)
+    if isinstance(experts, nn.ModuleList) and children:
+        first, last = next(iter(children.values())), next(reversed(children.values()))
+    else:
+        first, last = experts[0], experts[-1]
     lead = first.gate_proj if first.gate_proj is not None else first.up_proj
     if isinstance(first, QuantizedExpert):
         return lead.packed.data_ptr(), last.down_proj.packed.data_ptr()  # type: ignore[union-attr]

@@ -1,0 +1,60 @@
+"""Benchmark: host time of the checks that run before every captured-step replay.
+
+A `GraphedLayer` replay is one graph launch, so the Python that decides whether the captured
+graph is still valid is most of the host's work per decode step: `weights_signature()` (did any
+tensor the graph reads move?) and, inside fused steps run eagerly, `stacked_experts()` (is the
+expert stack still the experts' one?). This times both on CPU modules (no GPU needed: only
+Python and torch attribute access are timed). Measured, wall clock, best of --repeats.
+
+    python benchmarks/graph_replay_overhead.py --out results/cpu/graph_replay_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import provenance, write_json
+from fused_host_overhead import best_us
+
+from wattmoe.moe import SimpleMoELayer, get_preset
+from wattmoe.moe.graphs import GraphedLayer
+from wattmoe.moe.stacked import stacked_experts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="olmoe-1b-7b@0.0625,deepseek-v3@0.015625")
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+    if args.calls < 1 or args.repeats < 1:
+        ap.error("--calls and --repeats must be >= 1")
+    rows = []
+    for spec in args.shapes.split(","):
+        name, _, scale = spec.partition("@")
+        try:
+            cfg = get_preset(name, float(scale or 1.0))
+        except (KeyError, ValueError) as exc:
+            ap.error(f"--shapes: {spec!r}: {exc}")
+        layer = SimpleMoELayer(cfg, dtype="bf16").eval()
+        graphed = GraphedLayer(layer)
+        stacked_experts(layer.experts)  # built once; later calls only check it
+        row = {"shape": spec,
+               "weights_signature_us": best_us(graphed.weights_signature, args.calls,
+                                               args.repeats),
+               "stacked_experts_check_us": best_us(lambda lay=layer: stacked_experts(lay.experts),
+                                                   args.calls, args.repeats)}
+        rows.append(row)
+        print(f"{spec:28s} weights_signature {row['weights_signature_us']:6.1f} us, "
+              f"stacked_experts (cached) {row['stacked_experts_check_us']:6.1f} us", flush=True)
+    if args.out:
+        write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
