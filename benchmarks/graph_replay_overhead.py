@@ -3,8 +3,11 @@
 A `GraphedLayer` replay is one graph launch, so the Python that decides whether the captured
 graph is still valid is most of the host's work per decode step: `weights_signature()` (did any
 tensor the graph reads move?) and, inside fused steps run eagerly, `stacked_experts()` (is the
-expert stack still the experts' one?). This times both on CPU modules (no GPU needed: only
-Python and torch attribute access are timed). Measured, wall clock, best of --repeats.
+expert stack still the experts' one?). The `auto` backend keys every step twice (the layer asks
+which backend was decided before routing); its key from the stack (`stacked_experts`, as
+before) and from the first expert (`stack_signature`, now) are timed in the same run. All on
+CPU modules (no GPU needed: only Python and torch attribute access are timed). Measured, wall
+clock, best of --repeats.
 
     python benchmarks/graph_replay_overhead.py --out results/cpu/graph_replay_overhead.json
 """
@@ -21,7 +24,14 @@ from fused_host_overhead import best_us
 
 from wattmoe.moe import SimpleMoELayer, get_preset
 from wattmoe.moe.graphs import GraphedLayer
-from wattmoe.moe.stacked import stacked_experts
+from wattmoe.moe.stacked import stack_signature, stacked_experts
+
+
+def key_from_stack(experts) -> tuple[object, ...]:
+    """The `auto` key's expert part as computed before `stack_signature`."""
+    st = stacked_experts(experts)
+    weights = f"int4g{st.group_size}" if st.quantized else str(st.dtype)
+    return (st.num_experts, st.hidden_size, st.inner_size, st.form, weights)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,10 +57,16 @@ def main(argv: list[str] | None = None) -> int:
                "weights_signature_us": best_us(graphed.weights_signature, args.calls,
                                                args.repeats),
                "stacked_experts_check_us": best_us(lambda lay=layer: stacked_experts(lay.experts),
-                                                   args.calls, args.repeats)}
+                                                   args.calls, args.repeats),
+               "auto_key_from_stack_us": best_us(lambda lay=layer: key_from_stack(lay.experts),
+                                                 args.calls, args.repeats),
+               "auto_key_from_first_expert_us": best_us(
+                   lambda lay=layer: stack_signature(lay.experts), args.calls, args.repeats)}
         rows.append(row)
         print(f"{spec:28s} weights_signature {row['weights_signature_us']:6.1f} us, "
-              f"stacked_experts (cached) {row['stacked_experts_check_us']:6.1f} us", flush=True)
+              f"stacked_experts (cached) {row['stacked_experts_check_us']:6.1f} us; auto key "
+              f"from the stack {row['auto_key_from_stack_us']:6.1f} us, from the first expert "
+              f"{row['auto_key_from_first_expert_us']:6.1f} us", flush=True)
     if args.out:
         write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows})
     return 0

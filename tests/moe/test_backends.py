@@ -538,3 +538,26 @@ def test_graphed_layer_weights_signature_sees_replaced_tensors_not_inplace_updat
     assert changed(lambda: setattr(last, "weight", torch.nn.Parameter(last.weight.clone())))
     assert changed(lambda: setattr(layer, "experts", torch.nn.ModuleList(list(layer.experts))))
     assert not changed(lambda: None)
+
+
+def test_stack_signature_is_the_stacks_without_stacking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` keys each step by `stack_signature` (from the first expert) instead of building
+    or checking the stack: it must describe the stack `stacked_experts` builds."""
+    from wattmoe.moe import stacked as stacked_mod
+
+    cfg = get_preset("olmoe-1b-7b", 1 / 32)
+    dense = SimpleMoELayer(cfg, dtype="bf16")
+    quant = SimpleMoELayer(cfg, dtype="bf16").quantize(32)
+    for experts in (dense.experts, list(dense.experts), quant.experts):
+        st = stacked_experts(experts)
+        weights = f"int4g{st.group_size}" if st.quantized else str(st.dtype)
+        want = (st.num_experts, st.hidden_size, st.inner_size, st.form, weights)
+        calls: list[object] = []
+        monkeypatch.setattr(stacked_mod, "stacked_experts", calls.append)
+        assert stacked_mod.stack_signature(experts) == want
+        assert not calls
+        monkeypatch.undo()
+    with pytest.raises(ConfigError, match="empty"):
+        stacked_mod.stack_signature([])
+    with pytest.raises(ConfigError, match="Expert"):
+        stacked_mod.stack_signature([torch.nn.Linear(4, 4)])

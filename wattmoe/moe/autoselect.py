@@ -40,7 +40,7 @@ from wattmoe.moe.backends import (
     register_backend,
 )
 from wattmoe.moe.dispatch import Dispatch
-from wattmoe.moe.stacked import stacked_experts
+from wattmoe.moe.stacked import stack_signature
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,9 @@ class AutoBackend:
 
     def _key(self, experts: Sequence[nn.Module], x: torch.Tensor,
              num_assign: int) -> tuple[object, ...]:
-        st = stacked_experts(experts)
-        weights = f"int4g{st.group_size}" if st.quantized else str(st.dtype)
-        return (str(x.device), str(x.dtype), st.num_experts, st.hidden_size, st.inner_size,
-                st.form, weights, bucket(num_assign))
+        # from the first expert, not the stack: the key is computed twice per step (the layer
+        # asks `decided` first), and the chosen backend checks the stack itself
+        return (str(x.device), str(x.dtype), *stack_signature(experts), bucket(num_assign))
 
     def decided(self, experts: Sequence[nn.Module], x: torch.Tensor,
                 num_assign: int) -> str | None:

@@ -124,17 +124,43 @@ def _gate_up_rows(expert: nn.Module, f: int) -> list[tuple[nn.Module, slice]]:
     return [(up, slice(f, 2 * f)), (gate, slice(0, f))]
 
 
+def _ends(experts: Sequence[nn.Module]) -> tuple[nn.Module, nn.Module]:
+    """First and last expert; an `nn.ModuleList`'s from its module dict (ordered by index),
+    which is cheaper than its `__getitem__` on these per-step paths."""
+    children = getattr(experts, "_modules", None)
+    if isinstance(experts, nn.ModuleList) and children:
+        return next(iter(children.values())), next(reversed(children.values()))
+    return experts[0], experts[-1]
+
+
+def stack_signature(experts: Sequence[nn.Module]) -> tuple[object, ...]:
+    """(experts, hidden, inner, form, weights) of the stack `stacked_experts` would build, from
+    the first expert alone (no stack check: for per-step keys). Experts that cannot be stacked
+    raise what `stacked_experts` raises.
+
+    Raises:
+        ConfigError: see `stacked_experts`.
+    """
+    if len(experts) == 0:
+        raise ConfigError("cannot stack an empty list of experts")
+    first = _ends(experts)[0]
+    if isinstance(first, QuantizedExpert):
+        weights = f"int4g{first.group_size}"
+    elif isinstance(first, Expert):
+        weights = str(first.dtype)
+    else:
+        st = stacked_experts(experts)  # raises the stacking error
+        return (st.num_experts, st.hidden_size, st.inner_size, st.form, str(st.dtype))
+    return (len(experts), first.hidden_size, first.inner_size, first.form, weights)
+
+
 def _anchors(experts: Sequence[nn.Module]) -> tuple[int, int]:
     """Pointers that must match the stack: first expert's first and last expert's down rows.
 
     Runs on every step (stack cache check, graph replays): an `nn.ModuleList`'s ends are read
     from its module dict (ordered by index) instead of its slower `__getitem__`.
     """
-    children = getattr(experts, "_modules", None)
-    if isinstance(experts, nn.ModuleList) and children:
-        first, last = next(iter(children.values())), next(reversed(children.values()))
-    else:
-        first, last = experts[0], experts[-1]
+    first, last = _ends(experts)
     lead = first.gate_proj if first.gate_proj is not None else first.up_proj
     if isinstance(first, QuantizedExpert):
         return lead.packed.data_ptr(), last.down_proj.packed.data_ptr()  # type: ignore[union-attr]
