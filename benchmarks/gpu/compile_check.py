@@ -44,13 +44,16 @@ def _signature(fn: Any, types: dict[str, str], consts: dict[str, Any]) -> dict[s
 
 
 def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gated: bool,
-                combine: bool, n_out: int, k_dim: int, qgroup: int, arch: int) -> dict[str, Any]:
-    """Compiles one launch and returns the compiler's report."""
+                combine: int, n_out: int, k_dim: int, qgroup: int, arch: int,
+                num_experts: int) -> dict[str, Any]:
+    """Compiles one launch with the constexprs `fused_triton._launch` passes on a GPU
+    (`ft.launch_meta`) and returns the compiler's report. combine: 0 for gate/up (rows of h),
+    2 for down as the layer runs it (weighted rows), 1 the atomic combine."""
     src_fn = moe_gemm_wt if (swap or int4) else moe_gemm
     fn = triton.jit(src_fn, do_not_specialize=["num_pid_t" if src_fn is moe_gemm_wt
                                                  else "num_pid_m"])
     a_t = f"*{dtype}"
-    c_t = "*fp32" if combine else a_t
+    c_t = "*fp32" if combine == 1 else a_t
     types = {
         "a_ptr": a_t, "tok_ptr": "*i64", "wt_ptr": "*fp32", "cnt_ptr": "*i64",
         "w_ptr": "*u8" if int4 else a_t, "s_ptr": "*fp16" if int4 else a_t, "c_ptr": c_t,
@@ -61,25 +64,18 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     w_el = "u8" if int4 else dtype
     types["w_desc"] = (f"tensordesc<{w_el}[{cfg.block_n}, {cfg.block_k}]>" if cfg.tma
                        else types["w_ptr"])
-    consts: dict[str, Any] = dict(
-        BLOCK_K=cfg.block_k, BLOCK_E=256, GATHER_A=not combine, GATED=gated,
-        ACT=(1 if gated else 0), COMBINE=combine, EVEN_K=k_dim % cfg.block_k == 0,
-        DOT_IEEE=False, DOT_F32=False, W_TMA=cfg.tma,
-    )
-    if src_fn is moe_gemm_wt:
-        consts.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
-                      INT4=int4, QGROUP=qgroup,
-                      INT4_DEQUANT=int(int4 and cfg.int4_asm), TAIL=cfg.tail,
-                      TAIL_T=cfg.tail or 16)
-    else:
-        consts.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
+    meta = ft.launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=combine == 0,
+                          gated=gated, act=1 if gated else 0, combine=combine,
+                          qgroup=qgroup if int4 else None, ieee=False, interpret=False,
+                          w_tma=cfg.tma, int4_dequant=int(int4 and cfg.int4_asm))
+    opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
+    consts: dict[str, Any] = meta
     sig = _signature(fn, types, consts)
     aligned = [i for i, n in enumerate(fn.arg_names)
                if n not in consts and (sig[n].startswith("*") or n.startswith("stride")
                                         or n in ("n_out", "k_dim", "up_rows"))]
     attrs = {(i,): [["tt.divisibility", _PTR_ALIGNED]] for i in aligned}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     ptx = k.asm["ptx"]
     wgmma = re.findall(r"wgmma\.mma_async[^;]*;", ptx)
@@ -138,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         table = ft.INT4_CANDIDATES if int4 else ft.CANDIDATES
         names = [n for n in args.configs.split(",") if n] or list(table)
         for name in names:
-            for which, (n_out, k_dim, gated, combine) in (("gate_up", (f, h, True, False)),
-                                                          ("down", (h, f, False, True))):
+            for which, (n_out, k_dim, gated, combine) in (("gate_up", (f, h, True, 0)),
+                                                          ("down", (h, f, False, 2))):
                 if name not in table:
                     continue
                 c = table[name][0 if which == "gate_up" else 1]
@@ -150,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     row.update(compile_one(c.swap, c, dtype="bf16", int4=int4, gated=gated,
                                            combine=combine, n_out=n_out, k_dim=k_dim,
-                                           qgroup=args.group, arch=args.arch))
+                                           qgroup=args.group, arch=args.arch,
+                                           num_experts=cfg.num_experts))
                 except Exception as e:  # a failed compile is a result here
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 report.append(row)

@@ -426,22 +426,18 @@ def _launch(
     bm = cfg.block_m
     num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
-    common = dict(
-        GATHER_A=gather, GATED=gated, ACT=act, COMBINE=int(combine),
-        BLOCK_E=max(MIN_BLOCK_E, 1 << (num_experts - 1).bit_length()),
-        EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee, DOT_F32=not a.is_cuda,
-        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
     w_desc = _weight_descriptor(w, cfg, cache) if cfg.tma else None
-    common["W_TMA"] = w_desc is not None
+    meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
+                       act=act, combine=combine, qgroup=qgroup, ieee=ieee,
+                       interpret=not a.is_cuda, w_tma=w_desc is not None,
+                       int4_dequant=_dequant_mode(cfg, a, qgroup))
     if w_desc is None:
         w_desc = w  # unused by the kernel
     kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
     if not (cfg.swap or qgroup is not None):
         kernel[grid](
             a, tok, wt, counts, w, c, n_out, k_dim, num_experts, num_pid_m,
-            a.stride(0), w.stride(0), w.stride(1), c.stride(0), up_rows, w_desc,
-            BLOCK_M=bm, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m, **common,
+            a.stride(0), w.stride(0), w.stride(1), c.stride(0), up_rows, w_desc, **meta,
         )
         return
     scales = s if s is not None else w
@@ -449,11 +445,29 @@ def _launch(
         a, tok, wt, counts, w, scales, c, n_out, k_dim, num_experts, num_pid_m,
         a.stride(0), w.stride(0), w.stride(1),
         scales.stride(0) if s is not None else 0, scales.stride(1) if s is not None else 0,
-        c.stride(0), up_rows, w_desc,
-        BLOCK_F=cfg.block_n, BLOCK_T=bm, GROUP_T=cfg.group_m, INT4=qgroup is not None,
-        QGROUP=qgroup or 1, INT4_DEQUANT=_dequant_mode(cfg, a, qgroup),
-        TAIL=cfg.tail, TAIL_T=cfg.tail or 16, **common,
+        c.stride(0), up_rows, w_desc, **meta,
     )
+
+
+def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
+                act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
+                w_tma: bool, int4_dequant: int) -> dict[str, Any]:
+    """The constexpr arguments, num_warps and num_stages of one launch of `moe_gemm` (tokens
+    first) or `moe_gemm_wt` (weights first: `cfg.swap`, and every int4 launch). `_launch`
+    passes them; `benchmarks/gpu/compile_check.py` compiles with the same ones."""
+    meta: dict[str, Any] = dict(
+        GATHER_A=gather, GATED=gated, ACT=act, COMBINE=int(combine),
+        BLOCK_E=max(MIN_BLOCK_E, 1 << (num_experts - 1).bit_length()),
+        EVEN_K=k_dim % cfg.block_k == 0, DOT_IEEE=ieee, DOT_F32=interpret,
+        BLOCK_K=cfg.block_k, W_TMA=w_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if cfg.swap or qgroup is not None:
+        meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
+                    INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
+                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16)
+    else:
+        meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
+    return meta
 
 
 @functools.cache
