@@ -492,6 +492,37 @@ def test_auto_in_training_neither_stacks_nor_needs_stackable_experts(
     assert layer.experts[0].up_proj.weight.data_ptr() == ptr
     layer.experts[1] = torch.nn.Sequential(torch.nn.Linear(32, 32))  # not stackable
     layer(torch.randn(3, 32, generator=gen)).hidden_states.sum().backward()
+    layer.experts[0] = torch.nn.Sequential(torch.nn.Linear(32, 32))  # the first one neither
+    layer(torch.randn(3, 32, generator=gen)).hidden_states.sum().backward()
+
+
+def test_auto_builds_rows_for_a_fused_combine_only_while_it_may_choose_fused(
+    gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wattmoe.moe.autoselect import AutoBackend
+
+    cfg = get_preset("tiny").replace(hidden_size=32, expert_inner_size=32)
+    layer = SimpleMoELayer(cfg, seed=2, backend="auto")
+    monkeypatch.setattr(layer, "fused_routing", False)  # torch routing: build_dispatch's rows
+    seen: list[bool] = []
+    real = layer_mod.build_dispatch
+
+    def spy(*args, **kwargs):
+        d = real(*args, **kwargs)
+        seen.append(d.rowof is not None)
+        return d
+
+    monkeypatch.setattr(layer_mod, "build_dispatch", spy)
+    for winner, rows_after in (("grouped", False), ("fused", True)):
+        auto = AutoBackend(candidates=["fused", "grouped"],
+                           cost_fn=lambda name, info, w=winner: 0.0 if name == w else 1.0)
+        monkeypatch.setattr(layer, "_backend", auto)
+        seen.clear()
+        with torch.no_grad():
+            x = torch.randn(5, 32, generator=gen)
+            layer(x)  # undecided: rows, in case it picks fused
+            layer(x)
+        assert seen == [True, rows_after], winner
 
 
 def test_layer_with_capacity_and_fused_experts_matches_loop(gen: torch.Generator) -> None:

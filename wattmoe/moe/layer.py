@@ -43,8 +43,9 @@ class MoEOutput:
     routing: RouterOutput
 
 
-# Backends whose combine uses each assignment's row (`Dispatch.rowof`) when the torch routing
-# path builds the dispatch (`fused_route` always provides it).
+# Backends whose combine may use each assignment's row (`Dispatch.rowof`) when the torch routing
+# path builds the dispatch (`fused_route` always provides it): `auto` when its choice for the
+# step size is a fused backend or not made yet.
 ROWOF_BACKENDS = FUSED_ROUTING_BACKENDS | {"auto"}
 
 
@@ -124,19 +125,28 @@ class SimpleMoELayer(nn.Module):
         Triton for the tokens' device, and no autograd through the router or the experts (the
         kernels have no backward).
         """
+        return self._fused_route_possible(tokens) and (
+            self._step_backend(tokens) in FUSED_ROUTING_BACKENDS)
+
+    def _fused_route_possible(self, tokens: torch.Tensor) -> bool:
+        """Every condition of `uses_fused_route` but the backend's."""
         if (not self.fused_routing or self.config.capacity_factor is not None
                 or not fused_route_available(tokens)):
             return False
         if torch.is_grad_enabled() and self.router.gate.weight.requires_grad:
             return False
-        if needs_autograd(self.experts, tokens):
-            return False
-        if isinstance(self._backend, AutoBackend):  # asked last: it stacks the experts
-            name = self._backend.decided(
-                self.experts, tokens, tokens.shape[0] * self.config.top_k) or ""
-        else:
-            name = self.backend_name
-        return name in FUSED_ROUTING_BACKENDS
+        return not needs_autograd(self.experts, tokens)
+
+    def _step_backend(self, tokens: torch.Tensor) -> str | None:
+        """The backend that runs a step on tokens: the layer's; for `auto`, `loop` where the
+        step needs autograd (what it runs then, without looking at the experts), else the one
+        chosen for this step size (None: not chosen yet; the step decides)."""
+        if isinstance(self._backend, AutoBackend):
+            if needs_autograd(self.experts, tokens):
+                return "loop"
+            return self._backend.decided(self.experts, tokens,
+                                         tokens.shape[0] * self.config.top_k)
+        return self.backend_name
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         """Runs tokens x [..., H] through the layer."""
@@ -145,7 +155,9 @@ class SimpleMoELayer(nn.Module):
             raise ShapeError(f"MoE layer expects inputs [..., {h}], got {tuple(x.shape)}")
         shape = x.shape
         tokens = x.reshape(-1, h)
-        if self.uses_fused_route(tokens):
+        step = (self._step_backend(tokens) if self.backend_name in ROWOF_BACKENDS
+                else self.backend_name)
+        if step in FUSED_ROUTING_BACKENDS and self._fused_route_possible(tokens):
             # same decisions; adds this step's counts to tokens_per_expert in the kernel
             routing, dispatch = fused_route(self.router, tokens, self.tokens_per_expert)
         else:
@@ -153,7 +165,9 @@ class SimpleMoELayer(nn.Module):
             dispatch = build_dispatch(
                 routing.topk_idx, routing.topk_weight, self.num_experts,
                 self.config.capacity_factor,
-                with_rowof=self.backend_name in ROWOF_BACKENDS,
+                # rows for a fused combine; `auto` builds them only until it has chosen
+                with_rowof=step in FUSED_ROUTING_BACKENDS or (
+                    step is None and self.backend_name == "auto"),
             )
             self.tokens_per_expert += dispatch.counts
         out = self._backend(self.experts, tokens, dispatch)
