@@ -65,7 +65,8 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     types["w_desc"] = (f"tensordesc<{w_el}[{cfg.block_n}, {cfg.block_k}]>" if cfg.tma
                        else types["w_ptr"])
     meta = ft.launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=combine == 0,
-                          gated=gated, act=1 if gated else 0, combine=combine,
+                          gated=gated, act=(1 if gated else 2) if combine == 0 else 0,
+                          combine=combine,
                           qgroup=qgroup if int4 else None, ieee=False, interpret=False,
                           w_tma=cfg.tma, int4_dequant=int(int4 and cfg.int4_asm))
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         table = ft.INT4_CANDIDATES if int4 else ft.CANDIDATES
         names = [n for n in args.configs.split(",") if n] or list(table)
         for name in names:
-            for which, (n_out, k_dim, gated, combine) in (("gate_up", (f, h, True, 0)),
+            swiglu = cfg.expert_form == "swiglu"
+            for which, (n_out, k_dim, gated, combine) in (("gate_up", (f, h, swiglu, 0)),
                                                           ("down", (h, f, False, 2))):
                 if name not in table:
                     continue

@@ -537,6 +537,8 @@ def test_graphed_layer_weights_signature_sees_replaced_tensors_not_inplace_updat
     last = layer.experts[-1].down_proj
     assert changed(lambda: setattr(last, "weight", torch.nn.Parameter(last.weight.clone())))
     assert changed(lambda: setattr(layer, "experts", torch.nn.ModuleList(list(layer.experts))))
+    # a module with no tensors swapped (a routing strategy): the captured step would be stale
+    assert changed(lambda: layer.router.set_strategy(type(layer.router.strategy)()))
     assert not changed(lambda: None)
 
 

@@ -524,6 +524,36 @@ def test_auto_builds_rows_for_a_fused_combine_only_while_it_may_choose_fused(
             layer(x)
         assert seen == [True, rows_after], winner
 
+    # with a capacity factor the kept rows decide auto's bucket: rows on every step
+    cap = SimpleMoELayer(cfg.replace(capacity_factor=0.5), seed=2, backend="auto")
+    monkeypatch.setattr(cap, "_backend", AutoBackend(
+        candidates=["fused", "grouped"], cost_fn=lambda name, info: 0.0 if name == "grouped"
+        else 1.0))
+    seen.clear()
+    with torch.no_grad():
+        for _ in range(2):
+            cap(torch.randn(5, 32, generator=gen))
+    assert seen == [True, True]
+
+
+def test_an_auto_backend_under_another_name_routes_fused_once_it_chose_fused(
+    spy: list[int], gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wattmoe.moe.autoselect import AutoBackend
+
+    cfg = get_preset("tiny").replace(hidden_size=32, expert_inner_size=32)
+    layer = SimpleMoELayer(cfg, seed=2, backend="loop")
+    monkeypatch.setattr(layer, "_backend", AutoBackend(
+        candidates=["fused", "grouped"], cost_fn=lambda name, info: 0.0 if name == "fused"
+        else 1.0))
+    assert layer.backend_name == "loop"  # the name says nothing: the backend's type does
+    spy.clear()
+    with torch.no_grad():
+        x = torch.randn(5, 32, generator=gen)
+        layer(x)
+        layer(x)
+    assert len(spy) == 1  # the second step routed with fused_route
+
 
 def test_layer_with_capacity_and_fused_experts_matches_loop(gen: torch.Generator) -> None:
     # capacity: torch routing with rowof (-1 for drops), fused experts, combine pass

@@ -97,9 +97,10 @@ class GraphedBackend:
         self.captures = 0
 
     def clear(self) -> None:
-        """Drops every captured graph."""
+        """Drops every captured graph (and the module list `weights_signature` keeps)."""
         self._graphs.clear()
         self._uncapturable.clear()
+        self._modules_cache = ([], ())
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
         inner = get_backend(self.inner)
@@ -186,7 +187,9 @@ class GraphedLayer:
 
         Runs before every replay, so it reads the modules' parameter and buffer dicts directly
         from a cached list of the layer's modules outside the routed experts (the layer itself,
-        router, shared expert), walked again only when a module's children change.
+        router, shared expert), walked again only when a module's children change. The list
+        holds those modules (so their identities stay unique) until the next call after they
+        are replaced; `clear()` drops it.
         """
         from wattmoe.moe.stacked import _anchors
 
@@ -200,9 +203,11 @@ class GraphedLayer:
         if not mods or tree != self._module_tree(mods):
             mods = [layer] + [m for n, c in layer.named_children() if n != "experts"
                               for m in c.modules()]
-            self._modules_cache = (mods, self._module_tree(mods))
-        return (id(experts), len(experts), anchors,
-                tuple((t.data_ptr(), t.dtype, t.device.type) for m in mods
+            tree = self._module_tree(mods)
+            self._modules_cache = (mods, tree)
+        # the tree too: a swapped module without tensors (a routing strategy) changes the step
+        return (id(experts), len(experts), anchors, tree,
+                tuple((t.data_ptr(), t.dtype, t.device) for m in mods
                       for d in (m._parameters, m._buffers) for t in d.values() if t is not None))
 
     @staticmethod
@@ -251,9 +256,10 @@ class GraphedLayer:
         return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
 
     def clear(self) -> None:
-        """Drops every captured graph."""
+        """Drops every captured graph (and the module list `weights_signature` keeps)."""
         self._graphs.clear()
         self._uncapturable.clear()
+        self._modules_cache = ([], ())
 
     def _capture(self, key: tuple[object, ...], x: torch.Tensor):
         sx = x.clone()

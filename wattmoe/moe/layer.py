@@ -43,11 +43,6 @@ class MoEOutput:
     routing: RouterOutput
 
 
-# Backends whose combine may use each assignment's row (`Dispatch.rowof`) when the torch routing
-# path builds the dispatch (`fused_route` always provides it): `auto` when its choice for the
-# step size is a fused backend or not made yet.
-ROWOF_BACKENDS = FUSED_ROUTING_BACKENDS | {"auto"}
-
 
 class SimpleMoELayer(nn.Module):
     """A Mixture-of-Experts feed-forward layer.
@@ -155,8 +150,7 @@ class SimpleMoELayer(nn.Module):
             raise ShapeError(f"MoE layer expects inputs [..., {h}], got {tuple(x.shape)}")
         shape = x.shape
         tokens = x.reshape(-1, h)
-        step = (self._step_backend(tokens) if self.backend_name in ROWOF_BACKENDS
-                else self.backend_name)
+        step = self._step_backend(tokens)
         if step in FUSED_ROUTING_BACKENDS and self._fused_route_possible(tokens):
             # same decisions; adds this step's counts to tokens_per_expert in the kernel
             routing, dispatch = fused_route(self.router, tokens, self.tokens_per_expert)
@@ -165,9 +159,13 @@ class SimpleMoELayer(nn.Module):
             dispatch = build_dispatch(
                 routing.topk_idx, routing.topk_weight, self.num_experts,
                 self.config.capacity_factor,
-                # rows for a fused combine; `auto` builds them only until it has chosen
+                # each assignment's row (`Dispatch.rowof`) for the fused backends' combine
+                # (`fused_route` always gives it); an `AutoBackend` gets the rows until it has
+                # chosen for the step size, and always with a capacity factor (drops move the
+                # step to the bucket of the rows kept)
                 with_rowof=step in FUSED_ROUTING_BACKENDS or (
-                    step is None and self.backend_name == "auto"),
+                    isinstance(self._backend, AutoBackend) and (
+                        step is None or self.config.capacity_factor is not None)),
             )
             self.tokens_per_expert += dispatch.counts
         out = self._backend(self.experts, tokens, dispatch)

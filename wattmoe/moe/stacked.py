@@ -135,11 +135,13 @@ def _ends(experts: Sequence[nn.Module]) -> tuple[nn.Module, nn.Module]:
 
 def stack_signature(experts: Sequence[nn.Module]) -> tuple[object, ...]:
     """(experts, hidden, inner, form, weights) of the stack `stacked_experts` would build, from
-    the first expert alone (no stack check: for per-step keys). Experts that cannot be stacked
-    raise what `stacked_experts` raises.
+    the first expert alone (no stack check: for per-step keys). Only the first expert is looked
+    at: a list whose first expert cannot be stacked raises what `stacked_experts` raises; a
+    mixed list is caught where a backend stacks it.
 
     Raises:
-        ConfigError: see `stacked_experts`.
+        ConfigError: no experts, or a first expert that is neither `Expert` nor
+            `QuantizedExpert` (see `stacked_experts`).
     """
     if len(experts) == 0:
         raise ConfigError("cannot stack an empty list of experts")
