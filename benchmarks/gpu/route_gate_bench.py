@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     for experts, hidden, top_k in gates:
         router = AdaptiveRouter(hidden, experts, top_k, dtype=dtype, device=dev)
         router.requires_grad_(False)
-        block_h = fr._gate_blocks(experts, hidden, dtype)[1]
+        block_h = fr._gate_blocks(experts, hidden)[1]
         for t in tokens:
             x = torch.randn(t, hidden, device=dev).to(dtype)
 

@@ -577,7 +577,7 @@ def test_split_gate_sums_every_column_once_in_a_fixed_order(hidden: int, tokens:
     with torch.no_grad():
         router.gate.weight.copy_(torch.randn(12, hidden, generator=gen) / hidden**0.5)
     x = torch.randn(tokens, hidden, generator=gen)
-    block_h = fr._gate_blocks(12, hidden, x.dtype)[1]
+    block_h = fr._gate_blocks(12, hidden)[1]
     runs = {}
     for target in (1, 1024):  # one split per token block; as many splits as BLOCK_H chunks
         with mock.patch.object(fr, "_GATE_TARGET_PROGRAMS", target), torch.no_grad():

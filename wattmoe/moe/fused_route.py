@@ -113,7 +113,7 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _gate_blocks(num_experts: int, hidden: int, dtype: torch.dtype) -> tuple[int, int, int]:
+def _gate_blocks(num_experts: int, hidden: int) -> tuple[int, int, int]:
     """(BLOCK_E, BLOCK_H, num_warps) of `route_topk` with the fused gate GEMM; the blocks are
     powers of two, at least 16."""
     block_e = max(16, _pow2(num_experts))
@@ -146,7 +146,7 @@ def _unfusable_gate(router: AdaptiveRouter, x: torch.Tensor) -> str | None:
         return f"x is {x.dtype} and the gate weight {w.dtype} (one of fp32, bf16, fp16 needed)"
     if x.device != w.device:
         return f"x is on {x.device} and the gate weight on {w.device}"
-    if _gate_blocks(router.num_experts, x.shape[1], x.dtype)[0] > _GATE_MAX_BLOCK_E:
+    if _gate_blocks(router.num_experts, x.shape[1])[0] > _GATE_MAX_BLOCK_E:
         return f"{router.num_experts} experts do not fit one {_GATE_MAX_BLOCK_E}-wide tile"
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         return "the logits need gradients (the kernel has no backward)"
@@ -218,7 +218,7 @@ def fused_route(
         raise ShapeError(f"router expects [tokens, {router.hidden_size}], got {tuple(x.shape)}")
     if not fused_route_available(x):
         raise ConfigError(f"fused routing cannot run on {x.device} tensors here")
-    unfusable = _unfusable_gate(router, x)
+    unfusable = None if fuse_gate is False else _unfusable_gate(router, x)
     if fuse_gate and unfusable is not None:
         raise ConfigError(f"cannot fuse the router's gate GEMM: {unfusable}")
     tokens, hidden = x.shape
@@ -251,7 +251,7 @@ def fused_route(
                          f"on {dev}, got {tuple(tpe.shape)} {tpe.dtype} on {tpe.device}")
 
     if fuse:
-        topk_block_e, block_h, num_warps = _gate_blocks(num_experts, hidden, x.dtype)
+        topk_block_e, block_h, num_warps = _gate_blocks(num_experts, hidden)
         nsplit, h_per_split = _gate_split(tokens, hidden, block_h)
     # one zero-filled launch: counts [E] int64, then psum [E] and [balance, aux] as fp32, then
     # the split gate GEMM's arrival counters (one per token block)

@@ -28,7 +28,8 @@ from torch import nn
 
 from wattmoe.moe.backends import get_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
-from wattmoe.moe.stacked import stacked_experts
+from wattmoe.moe.router import RoutingStrategy
+from wattmoe.moe.stacked import _anchors, stacked_experts
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,6 @@ class GraphedLayer:
         holds those modules (so their identities stay unique) until the next call after they
         are replaced; `clear()` drops it.
         """
-        from wattmoe.moe.stacked import _anchors
-
         layer = self.layer
         experts = layer.experts
         try:
@@ -217,8 +216,6 @@ class GraphedLayer:
 
     def capturable(self, x: torch.Tensor) -> bool:
         """True if a step on `x` can be captured (see the class docstring)."""
-        from wattmoe.moe.router import RoutingStrategy
-
         layer = self.layer
         strategy = layer.router.strategy
         tokens = x.numel() // max(x.shape[-1], 1)

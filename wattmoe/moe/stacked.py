@@ -146,13 +146,10 @@ def stack_signature(experts: Sequence[nn.Module]) -> tuple[object, ...]:
     if len(experts) == 0:
         raise ConfigError("cannot stack an empty list of experts")
     first = _ends(experts)[0]
-    if isinstance(first, QuantizedExpert):
-        weights = f"int4g{first.group_size}"
-    elif isinstance(first, Expert):
-        weights = str(first.dtype)
-    else:
-        st = stacked_experts(experts)  # raises the stacking error
-        return (st.num_experts, st.hidden_size, st.inner_size, st.form, str(st.dtype))
+    if not isinstance(first, (Expert, QuantizedExpert)):
+        stacked_experts(experts)  # raises the stacking error (only these two kinds stack)
+    weights = (f"int4g{first.group_size}" if isinstance(first, QuantizedExpert)
+               else str(first.dtype))
     return (len(experts), first.hidden_size, first.inner_size, first.form, weights)
 
 
