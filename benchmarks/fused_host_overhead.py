@@ -15,13 +15,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import provenance, write_json
 
-from wattmoe.moe import SimpleMoELayer, build_dispatch, get_preset
+from wattmoe.cost_model.scenarios import resolve_shape_spec
+from wattmoe.errors import ConfigError
+from wattmoe.moe import SimpleMoELayer, build_dispatch
 from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.stacked import stacked_experts
 
@@ -52,19 +55,28 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.tokens < 1 or args.calls < 1 or args.repeats < 1:
         ap.error("--tokens, --calls and --repeats must be >= 1")
-    name, _, scale = args.shape.partition("@")
-    cfg = get_preset(name, float(scale or 1.0))
+    try:
+        cfg = resolve_shape_spec(args.shape)
+    except ConfigError as exc:
+        ap.error(f"--shape: {exc}")
     names = [n for n in args.configs.split(",") if n]
     unknown = [n for n in names if ft.resolve_config(n, False) is None]
     if unknown:
         ap.error(f"--configs: unknown {', '.join(unknown)}")
 
     # no Triton launches: what is left is wattmoe's Python and torch's allocations
-    ft._kernel = lambda *a, **k: _NoLaunch()  # type: ignore[assignment]
-    ft._combine_kernel = lambda *a, **k: _NoLaunch()  # type: ignore[assignment]
-    ft.triton_available = lambda: True  # type: ignore[assignment]
-    ft.interpreting = lambda: True  # type: ignore[assignment]
+    no_launch = {"_kernel": lambda *a, **k: _NoLaunch(),
+                 "_combine_kernel": lambda *a, **k: _NoLaunch(),
+                 "triton_available": lambda: True, "interpreting": lambda: True}
+    with mock.patch.multiple(ft, **no_launch):
+        rows = _measure(args, cfg, names)
+    if args.out:
+        write_json(args.out, {**provenance(), "args": vars(args), "rows": rows,
+                              "source": "measured (wall clock, host only, kernels no-op)"})
+    return 0
 
+
+def _measure(args: argparse.Namespace, cfg, names: list[str]) -> list[dict[str, object]]:
     torch.manual_seed(0)
     st = stacked_experts(SimpleMoELayer(cfg, dtype="bf16").eval().experts)
     idx = torch.rand(args.tokens, cfg.num_experts).topk(cfg.top_k, -1).indices
@@ -85,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         us = best_us(lambda: cls.from_tensor(w2d, [64, 64]), args.calls, args.repeats)
         rows.append({"what": "TensorDescriptor.from_tensor", "us_per_call": us})
         print(f"TensorDescriptor.from_tensor   {us:7.1f} us per call", flush=True)
-    if args.out:
-        write_json(args.out, {**provenance(), "args": vars(args), "rows": rows,
-                              "source": "measured (wall clock, host only, kernels no-op)"})
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import provenance, write_json
 from fused_host_overhead import best_us
 
-from wattmoe.moe import SimpleMoELayer, get_preset
+from wattmoe.cost_model.scenarios import resolve_shape_spec
+from wattmoe.errors import ConfigError
+from wattmoe.moe import SimpleMoELayer
 from wattmoe.moe.graphs import GraphedLayer
 from wattmoe.moe.stacked import stack_signature, stacked_experts
 
@@ -43,13 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.calls < 1 or args.repeats < 1:
         ap.error("--calls and --repeats must be >= 1")
+    try:  # all shapes first: a bad one later must not cost the rows measured before it
+        cfgs = {spec: resolve_shape_spec(spec) for spec in args.shapes.split(",") if spec}
+    except ConfigError as exc:
+        ap.error(f"--shapes: {exc}")
     rows = []
-    for spec in args.shapes.split(","):
-        name, _, scale = spec.partition("@")
-        try:
-            cfg = get_preset(name, float(scale or 1.0))
-        except (KeyError, ValueError) as exc:
-            ap.error(f"--shapes: {spec!r}: {exc}")
+    for spec, cfg in cfgs.items():
         layer = SimpleMoELayer(cfg, dtype="bf16").eval()
         graphed = GraphedLayer(layer)
         stacked_experts(layer.experts)  # built once; later calls only check it

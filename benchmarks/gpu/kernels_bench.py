@@ -166,9 +166,8 @@ def launch_times(fn: Callable[[], object], reps: int = 10) -> tuple[float, float
 def bf16_and_int4_stacks(cfg, dev: torch.device, seed: int = 0):
     """The experts of `cfg` on `dev`, stacked: bf16 weights, and int4 of the same weights (group
     size of `int4_group_size`); for the kernel probes (kernel_diag.py, padding_probe.py)."""
-    torch.manual_seed(seed)
-    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-    qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev, seed=seed).eval()
+    qlayer = SimpleMoELayer(cfg, dtype="bf16", device=dev, seed=seed).eval()
     qlayer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
     return stacked_experts(layer.experts), stacked_experts(qlayer.experts)
 

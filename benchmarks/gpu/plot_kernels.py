@@ -37,10 +37,14 @@ def energy_plot(bench: Path, out: Path) -> Path:
     """uJ/token vs tokens per step, one panel per shape, one line per backend."""
     payload = json.loads(bench.read_text())
     rows = payload["energy"]
+    if not rows:
+        raise ValueError("no energy rows")
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    labels = [*STYLE, *(b for b in dict.fromkeys(r["backend"] for r in rows) if b not in STYLE)]
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4.2), squeeze=False)
     for ax, shape in zip(axes[0], shapes, strict=True):
-        for label, (color, ls) in STYLE.items():
+        for label in labels:  # backends without a style of their own: default colors, dash-dot
+            color, ls = STYLE.get(label, (None, "-."))
             pts = sorted((r["tokens"], r["uj_per_token"]) for r in rows
                          if r["shape"] == shape and r["backend"] == label)
             if pts:
@@ -69,7 +73,8 @@ def stream_plot(stream: Path, out: Path) -> Path:
     sms = payload["sms"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for blk in sorted({r["block"] for r in rows}):
-        pts = sorted((r["programs"] / sms, r) for r in rows if r["block"] == blk)
+        pts = sorted(((r["programs"] / sms, r) for r in rows if r["block"] == blk),
+                     key=lambda t: t[0])
         x = [p for p, _ in pts]
         kb = blk * 2 // 1024
         for ax, field in zip(axes, ("read_tb_s", "power_w", "energy_mj_per_pass"), strict=True):
@@ -102,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         if p is not None and not p.is_file():
             ap.error(f"{p}: no such file")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.bench:
-        print(energy_plot(args.bench, args.out))
-    if args.stream:
-        print(stream_plot(args.stream, args.out))
+    for path, plot, kind in ((args.bench, energy_plot, "kernels_bench.json"),
+                             (args.stream, stream_plot, "stream_sm_power.json")):
+        if path is None:
+            continue
+        try:
+            print(plot(path, args.out))
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            ap.error(f"{path}: not a {kind} with rows to plot ({exc!r})")
     return 0
 
 

@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--gates wants ExHxK,... and --tokens positive integers, got {args.gates!r}, "
                  f"{args.tokens!r}")
+    bad = [f"{e}x{h}x{k}" for e, h, k in gates if k > e or e > fr._GATE_MAX_BLOCK_E]
+    if bad:
+        ap.error(f"--gates {', '.join(bad)}: top-k at most E, and E at most "
+                 f"{fr._GATE_MAX_BLOCK_E} (what the fused gate takes)")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA device")
     dev = torch.device("cuda")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
+from wattmoe.errors import ConfigError  # noqa: E402
 from wattmoe.moe import SimpleMoELayer, get_preset  # noqa: E402
 from wattmoe.moe import fused_route as fr  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
@@ -101,15 +102,26 @@ def main(argv: list[str] | None = None) -> int:
                     help="profile replays of the whole step captured in a CUDA graph")
     ap.add_argument("--out", default="profile.json")
     args = ap.parse_args(argv)
+    try:
+        cfg = get_preset(args.shape)
+        token_sizes = [int(t) for t in args.tokens.split(",") if t]
+        if not token_sizes or min(token_sizes) < 1 or args.steps < 1:
+            raise ValueError("--tokens: positive integers; --steps >= 1")
+    except (ConfigError, ValueError) as exc:
+        ap.error(str(exc))
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA device")
     dev = torch.device("cuda")
-    cfg = get_preset(args.shape)
     torch.manual_seed(0)
     dense = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
     quant = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
     quant.router.load_state_dict(dense.router.state_dict())
     quant.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
     payload: dict[str, object] = {**provenance(), "args": vars(args), "profiles": []}
-    for tokens in (int(t) for t in args.tokens.split(",")):
+    for tokens in token_sizes:
         x = torch.randn(tokens, cfg.hidden_size, device=dev).bfloat16()
         for label in args.variants.split(","):
             int4, backend = VARIANTS[label]

@@ -36,7 +36,7 @@ def _stream_sum(x_ptr, out_ptr, n_blocks, BLOCK: tl.constexpr):
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     offs = tl.arange(0, BLOCK)
     for b in range(pid, n_blocks, tl.num_programs(0)):
-        acc += tl.load(x_ptr + b * BLOCK + offs)  # n < 2**31 (checked).to(tl.float32)
+        acc += tl.load(x_ptr + b * BLOCK + offs).to(tl.float32)  # n < 2**31 (checked)
     tl.store(out_ptr + pid, tl.sum(acc, 0))
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     x = torch.randn(n, device=dev, dtype=torch.bfloat16)
     nbytes = n * 2
-    out = torch.empty(4 * sms, device=dev, dtype=torch.float32)
+    out = torch.empty(max(1, round(max(per_sm) * sms)), device=dev, dtype=torch.float32)
     nrg = Energy()
     rows = []
 
@@ -83,7 +83,7 @@ def main() -> None:
         torch.cuda.synchronize()
         return ev[0].elapsed_time(ev[1]) / reps / 1e3
 
-    def measure(label: str, programs: int | None, fn) -> None:
+    def measure(label: str, programs: int | None, fn, **extra: object) -> None:
         t = timed(fn)
         w = nrg.window(fn, args.window)
         row = {"grid": label, "programs": programs, "pass_us": t * 1e6,
@@ -91,7 +91,7 @@ def main() -> None:
                "energy_mj_per_pass": w["energy_j"] / w["steps"] * 1e3,
                "power_w": w["energy_j"] / w["seconds"], "steps": w["steps"],
                "window_s": w["seconds"],
-               "source": "measured (NVML total energy counter); time: CUDA events"}
+               "source": "measured (NVML total energy counter); time: CUDA events", **extra}
         rows.append(row)
         write_json(out_path, payload)  # after every row: an interrupted run keeps it
         print(f"{label:>26}  {row['pass_us']:8.1f} us  {row['read_tb_s']:5.2f} TB/s  "
@@ -114,8 +114,7 @@ def main() -> None:
             p = max(1, round(f * sms))
             measure(f"{f:g}/SM ({p}) x {blk}", p,
                     lambda p=p, blk=blk: _stream_sum[(p,)](x, out, n // blk, BLOCK=blk,
-                                                         num_warps=args.warps))
-            rows[-1]["block"] = blk
+                                                         num_warps=args.warps), block=blk)
     write_json(out_path, payload)
 
 
