@@ -350,9 +350,11 @@ def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]
         elif m <= 80:
             names = ["w64t32", "w64t64", "w128t64", "w64t64k128", "w64t32s6", "w64t128",
                      "w64t64k32", "w64t128k32", "w64t32k32", "w64t64k32r16", "w64t64k32dr16",
-                     "w64t64k32r32", "w64t64k32dr32"]
+                     "w64t64k32r32", "w64t64k32dr32", "w128t64k32", "w128t64k32s3",
+                     "w128t32k32", "w128t128k32"]
         elif m <= 300:
-            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32"]
+            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32",
+                     "w128t64k32", "w128t128k32"]
         else:
             names = ["w128t64", "w128t128"]
         return names
@@ -413,7 +415,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda", help="'cpu' = smoke test (tiny shapes, no energy)")
     ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shapes")
-    return ap.parse_args()
+    args = ap.parse_args()
+    unknown = [c for c in args.tune_candidates.split(",")
+               if c and c not in ft.CANDIDATES and c not in ft.INT4_CANDIDATES]
+    if unknown:
+        ap.error(f"--tune-candidates: unknown candidate(s) {', '.join(unknown)}")
+    return args
 
 
 class Bench:
