@@ -350,11 +350,9 @@ def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]
         elif m <= 80:
             names = ["w64t32", "w64t64", "w128t64", "w64t64k128", "w64t32s6", "w64t128",
                      "w64t64k32", "w64t128k32", "w64t32k32", "w64t64k32r16", "w64t64k32dr16",
-                     "w64t64k32r32", "w64t64k32dr32", "w128t64k32", "w128t64k32s3",
-                     "w128t32k32", "w128t128k32"]
+                     "w64t64k32r32", "w64t64k32dr32"]
         elif m <= 300:
-            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32",
-                     "w128t64k32", "w128t128k32"]
+            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32"]
         else:
             names = ["w128t64", "w128t128"]
         return names

@@ -107,19 +107,6 @@ def test_fused_int4_bf16(gen: torch.Generator, no_fallback: None) -> None:
         assert rel_err(run(qx, x, d, "w64t16"), get_backend("loop")(qx, x, d)) < 2e-2
 
 
-@pytest.mark.parametrize("config", ["w128t32k32", "w128t64k32s3d/w128t32k32"])
-def test_fused_int4_two_warp_group_tiles(config: str, gen: torch.Generator,
-                                         no_fallback: None) -> None:
-    # 128 weight rows per program (more than the experts have: wrapped rows, masked stores);
-    # skewed routing gives some experts more rows than one 32-token tile
-    qx = [quantize_expert(e, 32) for e in experts(6, 64, 96)]
-    x = torch.randn(45, 64, generator=gen)
-    d = make_dispatch("skewed", 45, 6, 2, gen, with_rowof=True)
-    with torch.no_grad():
-        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
-                                   rtol=1e-5, atol=1e-5)
-
-
 def test_fused_unknown_config_is_a_config_error(gen: torch.Generator) -> None:
     qx = [quantize_expert(e, 32) for e in experts(4, 64, 32)]
     x = torch.randn(3, 64, generator=gen)

@@ -256,26 +256,19 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t128k32": (_wt(64, 128, 32, 8, 4, 3), _wt(64, 128, 32, 8, 4, 3)),
     "w64t32k32": (_wt(64, 32, 32, 4, 4, 4), _wt(64, 32, 32, 4, 4, 4)),
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
-    # 128 weight rows over two warp groups (8 warps, 64 rows each, no dequantization done
-    # twice) with 32-column K steps: 127 registers for OLMoE's gate/up on sm_90 (2 CTAs = 16
-    # warps per SM, against 12 for w64t64k32r16) and the gathered activations read half as
-    # often. ncu (run 23): the int4 launches issue an instruction every 2.2 cycles per
-    # scheduler with 2.8 warps on each, i.e. they are bound by issuing the dequantization.
-    "w128t64k32": (_wt(128, 64, 32, 8, 8, 4), _wt(128, 64, 32, 8, 8, 4)),
-    "w128t64k32s3": (_wt(128, 64, 32, 8, 8, 3), _wt(128, 64, 32, 8, 8, 3)),
-    "w128t32k32": (_wt(128, 32, 32, 8, 8, 4), _wt(128, 32, 32, 8, 8, 4)),
-    "w128t128k32": (_wt(128, 128, 32, 8, 8, 3), _wt(128, 128, 32, 8, 8, 3)),
 }
 INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128", "w64t64k32",
-                                                   "w64t128k32", "w128t128", "w128t64k32",
-                                                   "w128t64k32s3", "w128t128k32"]))
+                                                   "w64t128k32", "w128t128"]))
 for _t in (16, 32):
     INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64"],
                                       _t))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
-# benchmarks/gpu/kernel_diag.py to measure the inline-PTX dequantization).
+# benchmarks/gpu/kernel_diag.py to measure the inline-PTX dequantization); int4 128-row tiles
+# over two warp groups with 32-column K steps (w128t64k32, w128t64k32s3, w128t32k32,
+# w128t128k32 and their TMA variants; results/h200/kernels/run28_verify_int4: at OLMoE 512
+# tokens the best, w128t64k32s3d, took 285 us per step against 264 for the table's pick).
 
 
 def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False) -> str:
