@@ -364,7 +364,8 @@ def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]
                  "w128t64dr16", "w128t64dr32", "w128t64s3dr16", "w128t64s3dr32", "w64t64s3",
                  "w64t64s3dr16", "w64t64s3dr32"]
     elif m <= 300:
-        names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128"]
+        names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128", "w64t128dr16",
+                 "w64t128dr32", "w128t128dr16", "w128t128dr32"]
     else:
         names = ["m64n128", "m128", "m128n256", "w128t128", "m64n64"]
     return names

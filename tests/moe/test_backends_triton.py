@@ -292,6 +292,20 @@ def test_fused_tail_rows_ride_on_the_last_tile(config: str, with_rowof: bool,
     assert all(k["W_TMA"] == ("dr" in config) for k in gemms)
 
 
+def test_fused_tail_rows_on_128_token_tiles(gen: torch.Generator, no_fallback: None,
+                                            launches: list[dict[str, object]]) -> None:
+    # around one 128-token tile: empty, one tile, tails of 1, 31, 32 and 33 rows, two tiles
+    counts = [0, 128, 129, 159, 160, 161, 256, 40]
+    ex = experts(len(counts), 32, 48)
+    d = counted_dispatch(counts, gen, True)
+    x = torch.randn(d.token_idx.numel(), 32, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(run(ex, x, d, "w64t128dr32"), get_backend("loop")(ex, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    gemms = [k for k in launches if "TAIL" in k]
+    assert [(k["BLOCK_T"], k["TAIL"]) for k in gemms] == [(128, 32), (128, 32)]
+
+
 @pytest.mark.parametrize("tail", [0, 16, 32])
 def test_tail_block_layout_covers_every_row_once(tail: int) -> None:
     # the kernels' own block layout (`_expert_block`, `_rows`), run by the interpreter

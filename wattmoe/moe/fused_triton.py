@@ -238,9 +238,11 @@ CANDIDATES.update(_with_tma(CANDIDATES, ["m16", "m64", "m128", "m128n256", "w64t
                                          "w64t64s3"]))
 # tails (results/h200/kernels/run19_padding: with 64-token tiles, experts just over 64 rows
 # cost a second program that reads the weights again)
+# and around 128-token tiles (steps with ~100-300 rows per expert, e.g. DeepSeek-V3 at 4096
+# tokens: 128 +- 11 rows, so about half the experts read their weights twice without a tail)
 for _t in (16, 32):
     CANDIDATES.update(_with_tail(CANDIDATES, ["w64t64", "w64t64d", "w128t64d", "w128t64s3d",
-                                              "w64t64s3d"], _t))
+                                              "w64t64s3d", "w64t128d", "w128t128d"], _t))
 # int4: always weights first (dequantized in registers). K steps cover 2 * block_k columns.
 INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t16": (_wt(64, 16, 64, 1, 4, 4), _wt(64, 16, 64, 1, 4, 4)),
