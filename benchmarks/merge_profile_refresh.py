@@ -1,0 +1,67 @@
+"""Merges a re-measurement of some ops into a committed profile (CPU only, no device needed).
+
+Every point of the profile whose op starts with one of --ops is replaced by the refresh's points
+of those ops; the refresh's sweep runs are appended to `sweep.runs` (with --note) and its
+provenance to `provenance.refreshes`, so the profile keeps saying where each point came from.
+
+    python benchmarks/merge_profile_refresh.py --profile data/profiles/h200.json \\
+        --refresh results/h200/cost_model/fused_refresh3/h200_fused_refresh.json \\
+        --ops moe_layer:fused --what "moe_layer:fused* refresh 3" --note "..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from wattmoe.provenance import write_json_atomic
+
+
+def merge(profile: dict[str, Any], refresh: dict[str, Any], prefixes: list[str], *,
+          what: str, note: str) -> tuple[int, int]:
+    """Merges in place; returns (points removed, points added)."""
+    def ours(point: dict[str, Any]) -> bool:
+        return any(point["op"].startswith(p) for p in prefixes)
+
+    new = [p for p in refresh["points"] if ours(p)]
+    if not new:
+        raise ValueError(f"the refresh has no points of {', '.join(prefixes)}")
+    for key in ("machine", "commit", "command"):
+        if key not in refresh.get("provenance", {}):
+            raise ValueError(f"the refresh's provenance has no '{key}'")
+    kept = [p for p in profile["points"] if not ours(p)]
+    removed = len(profile["points"]) - len(kept)
+    profile["points"] = kept + new
+    for run in refresh.get("sweep", {}).get("runs", []):
+        profile.setdefault("sweep", {}).setdefault("runs", []).append({**run, "note": note})
+    profile.setdefault("provenance", {}).setdefault("refreshes", []).append(
+        {**{k: refresh["provenance"][k] for k in ("machine", "commit", "command")}, "what": what})
+    return removed, len(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", required=True, type=Path, help="profile JSON, rewritten")
+    ap.add_argument("--refresh", required=True, type=Path, help="the re-measurement's JSON")
+    ap.add_argument("--ops", required=True, help="comma list of op prefixes to replace")
+    ap.add_argument("--what", required=True, help="one line for provenance.refreshes")
+    ap.add_argument("--note", required=True, help="one line for the appended sweep runs")
+    args = ap.parse_args(argv)
+    try:
+        profile = json.loads(args.profile.read_text())
+        refresh = json.loads(args.refresh.read_text())
+        removed, added = merge(profile, refresh, [p for p in args.ops.split(",") if p],
+                               what=args.what, note=args.note)
+    except (OSError, ValueError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        print(f"merge_profile_refresh: {exc}", file=sys.stderr)
+        return 2
+    write_json_atomic(args.profile, profile)
+    print(f"{args.profile}: {removed} points replaced by {added} from {args.refresh}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

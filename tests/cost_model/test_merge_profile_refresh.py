@@ -1,0 +1,64 @@
+"""`benchmarks/merge_profile_refresh.py` replaces an op's points and keeps their provenance."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location(
+        "merge_profile_refresh", ROOT / "benchmarks" / "merge_profile_refresh.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _point(op: str, tokens: int, latency: float) -> dict[str, object]:
+    return {"op": op, "preset": "tiny", "tokens": tokens, "latency_s": latency}
+
+
+def _refresh(points: list[dict[str, object]]) -> dict[str, object]:
+    return {"points": points, "sweep": {"runs": [{"ops": ["moe_layer:fused"]}]},
+            "provenance": {"machine": {"gpu": "x"}, "commit": "abc", "command": "wattmoe profile"}}
+
+
+def test_merge_replaces_only_the_refreshed_ops(tmp_path: Path) -> None:
+    mod = _module()
+    profile = {"points": [_point("expert", 1, 1.0), _point("moe_layer:fused", 1, 2.0),
+                          _point("moe_layer:fused_graph", 1, 3.0)],
+               "sweep": {"runs": [{}]}, "provenance": {"refreshes": []}}
+    refresh = _refresh([_point("moe_layer:fused", 1, 0.5), _point("moe_layer:fused_graph", 1, 0.25),
+                        _point("expert", 1, 9.0)])
+    p, r = tmp_path / "profile.json", tmp_path / "refresh.json"
+    p.write_text(json.dumps(profile))
+    r.write_text(json.dumps(refresh))
+    assert mod.main(["--profile", str(p), "--refresh", str(r), "--ops", "moe_layer:fused",
+                     "--what", "refresh 3", "--note", "why"]) == 0
+    out = json.loads(p.read_text())
+    lat = {pt["op"]: pt["latency_s"] for pt in out["points"]}
+    # the refresh's expert point is not taken: only the named ops are replaced
+    assert lat == {"expert": 1.0, "moe_layer:fused": 0.5, "moe_layer:fused_graph": 0.25}
+    assert out["sweep"]["runs"][-1] == {"ops": ["moe_layer:fused"], "note": "why"}
+    assert out["provenance"]["refreshes"] == [
+        {"machine": {"gpu": "x"}, "commit": "abc", "command": "wattmoe profile",
+         "what": "refresh 3"}]
+
+
+def test_merge_without_points_of_the_ops_changes_nothing(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    mod = _module()
+    p, r = tmp_path / "profile.json", tmp_path / "refresh.json"
+    original = json.dumps({"points": [_point("expert", 1, 1.0)]})
+    p.write_text(original)
+    r.write_text(json.dumps(_refresh([_point("expert", 1, 2.0)])))
+    assert mod.main(["--profile", str(p), "--refresh", str(r), "--ops", "moe_layer:fused",
+                     "--what", "w", "--note", "n"]) == 2
+    assert "no points of moe_layer:fused" in capsys.readouterr().err
+    assert p.read_text() == original
