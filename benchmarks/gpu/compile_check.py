@@ -61,14 +61,19 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         "num_pid_t": "i32", "stride_am": "i32", "stride_we": "i32", "stride_wn": "i32",
         "stride_se": "i32", "stride_sn": "i32", "stride_cm": "i32", "up_rows": "i32",
     }
-    w_el = "u8" if int4 else dtype
-    types["w_desc"] = (f"tensordesc<{w_el}[{cfg.block_n}, {cfg.block_k}]>" if cfg.tma
+    frag = int4 and cfg.int4_frag  # fragment-ordered words: 4 packed bytes per element
+    if frag:
+        types["w_ptr"] = "*i32"
+    w_el = ("i32" if frag else "u8") if int4 else dtype
+    bk_el = cfg.block_k // 4 if frag else cfg.block_k
+    types["w_desc"] = (f"tensordesc<{w_el}[{cfg.block_n}, {bk_el}]>" if cfg.tma
                        else types["w_ptr"])
     meta = ft.launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=combine == 0,
                           gated=gated, act=(1 if gated else 2) if combine == 0 else 0,
                           combine=combine,
                           qgroup=qgroup if int4 else None, ieee=False, interpret=False,
-                          w_tma=cfg.tma, int4_dequant=int(int4 and cfg.int4_asm))
+                          w_tma=cfg.tma,
+                          int4_dequant=(3 if frag else int(int4 and cfg.int4_asm)))
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
     consts: dict[str, Any] = meta
     sig = _signature(fn, types, consts)

@@ -336,10 +336,11 @@ def ceilings(dev: torch.device) -> dict[str, float]:
 
 def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> list[str]:
     """Candidates worth timing for this many rows per expert (both kernels for bf16), each
-    followed by its TMA variant ("<name>d") where the table has one."""
+    followed by its TMA variant ("<name>d") and, for int4, its fragment-word variants
+    ("<name>f", "<name>df") where the table has them."""
     table = ft.INT4_CANDIDATES if int4 else ft.CANDIDATES
     return [v for n in _tune_base_names(num_assign, num_experts, int4) if n in table
-            for v in (n, f"{n}d") if v in table]
+            for v in (n, f"{n}d", f"{n}f", f"{n}df") if v in table]
 
 
 def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]:

@@ -365,3 +365,53 @@ def test_fused_tma_descriptors_are_built_once_per_stack(gen: torch.Generator, no
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     assert tma_spy == [True, True] + [True, True] * 2
     assert len(stacked_experts(ex).kernel_cache) == 2
+
+
+# ---- int4 weights as fragment-ordered words (`int4_frag`; MODE 4 in the interpreter) ----
+
+
+@pytest.mark.parametrize("config", ["w64t64k32f", "w64t64k32r16f", "w64t64k32df",
+                                    "w64t16k128f/w64t64k32dr32f"])
+def test_fused_int4_fragment_words_match_loop(config: str, gen: torch.Generator,
+                                              no_fallback: None,
+                                              launches: list[dict[str, object]]) -> None:
+    # K/2 = 32 (gate/up) and 64 (down): whole 32-byte blocks, so the words are read
+    qx = [quantize_expert(e, 32) for e in experts(6, 64, 128)]
+    x = torch.randn(53, 64, generator=gen)
+    d = make_dispatch("skewed", 53, 6, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    gemms = [k for k in launches if "INT4_DEQUANT" in k]
+    assert [k["INT4_DEQUANT"] for k in gemms] == [4, 4]
+
+
+def test_fused_int4_fragment_words_off_where_rows_are_not_whole_blocks(
+        gen: torch.Generator, no_fallback: None, launches: list[dict[str, object]]) -> None:
+    # H = 96: gate/up rows are 48 bytes (not whole 32-byte blocks); down rows (F = 128) are
+    qx = [quantize_expert(e, 32) for e in experts(4, 96, 128)]
+    x = torch.randn(9, 96, generator=gen)
+    d = make_dispatch("uniform", 9, 4, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, "w64t16f"), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    assert [k["INT4_DEQUANT"] for k in launches if "INT4_DEQUANT" in k] == [0, 4]
+
+
+def test_fused_int4_fragment_words_follow_weight_writes(gen: torch.Generator,
+                                                        no_fallback: None) -> None:
+    # the words are a cached copy: writing the experts' packed weights in place refreshes it
+    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
+    x = torch.randn(7, 64, generator=gen)
+    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
+    stk = stacked_experts(qx)
+    with torch.no_grad():
+        first = ft.fused_forward(stk, x, d, "w64t16f")
+        words = [v[1] for k, v in stk.kernel_cache.items() if k[0] == "frag"]
+        qx[2].up_proj.packed.copy_(qx[1].up_proj.packed)  # a view of the stack's codes
+        second = ft.fused_forward(stk, x, d, "w64t16f")
+        torch.testing.assert_close(second, get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(first, second)
+    # refreshed in place: what a captured graph reads is the new weights
+    assert [v[1].data_ptr() for k, v in stk.kernel_cache.items() if k[0] == "frag"] == [
+        t.data_ptr() for t in words]

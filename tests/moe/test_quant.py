@@ -69,3 +69,26 @@ def test_quantized_layer_runs_and_stays_close(gen: torch.Generator) -> None:
 def test_bad_group_size() -> None:
     with pytest.raises(ShapeError, match="multiple of the int4 group size 128"):
         quantize_int4(torch.randn(4, 100), group_size=128)
+
+
+def test_fragment_words_put_each_threads_columns_in_one_word() -> None:
+    from wattmoe.moe.quant import fragment_words
+
+    packed = torch.arange(64, dtype=torch.uint8).repeat(3, 1)  # 3 rows of two 32-byte blocks
+    words = fragment_words(packed)
+    assert words.dtype == torch.int32 and words.shape == (3, 16)
+    b = words.view(torch.uint8).reshape(3, 64)[0].tolist()
+    for blk in (0, 32):
+        for q in range(4):  # word 2q: columns 2q, 2q+1, 8+2q, 9+2q; word 2q+1: 16 more
+            assert b[blk + 8 * q: blk + 8 * q + 8] == [
+                blk + c for c in (2 * q, 2 * q + 1, 8 + 2 * q, 9 + 2 * q,
+                                  16 + 2 * q, 17 + 2 * q, 24 + 2 * q, 25 + 2 * q)]
+
+
+def test_fragment_words_need_whole_blocks() -> None:
+    from wattmoe.moe.quant import fragment_words
+
+    with pytest.raises(ShapeError, match="multiple of 32 bytes"):
+        fragment_words(torch.zeros(2, 48, dtype=torch.uint8))
+    with pytest.raises(ShapeError, match="uint8"):
+        fragment_words(torch.zeros(2, 32, dtype=torch.int8))

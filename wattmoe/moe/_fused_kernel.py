@@ -139,16 +139,101 @@ def _dequant_int4_asm(p, s_lo, s_hi, FP16: tl.constexpr):
     return lo, hi
 
 
+# Fragment-ordered words (MODE 3): within each 32-byte block of a packed row, the bytes of
+# columns {2q, 2q+1, 8+2q, 9+2q} form word 2q and {16+2q, 17+2q, 24+2q, 25+2q} word 2q+1
+# (q = 0..3), the columns that one thread of a warp group holds in wgmma's register operand.
+# One call takes a thread's two words (pack=2) and writes its eight registers directly:
+# $0-$3 the low nibbles of columns (2q,2q+1), (8+2q,9+2q), (16+2q,17+2q), (24+2q,25+2q),
+# $4-$7 the high nibbles likewise; $8, $9 the words; $10, $11 the scales (lo, hi columns).
+def _int4_frag_asm(fma: str, one: int, minus_offset: int, magic: int) -> str:
+    def x2(v: int) -> str:
+        return f"0x{v:04X}{v:04X}"
+
+    lines = [".reg .b32 t0, t1, t2, t3, one, off, nz;",
+             f"mov.b32 one, {x2(one)};", f"mov.b32 off, {x2(minus_offset)};",
+             "mov.b32 nz, 0x80008000;"]
+    for w in range(2):  # word 2q -> registers 0, 1 (lo) and 4, 5 (hi); word 2q+1 -> 2, 3, 6, 7
+        lines += [f"prmt.b32 t0, ${8 + w}, 0, 0x4140;", f"prmt.b32 t1, ${8 + w}, 0, 0x4342;",
+                  "shr.b32 t2, t0, 4;", "shr.b32 t3, t1, 4;"]
+        regs = [2 * w, 2 * w + 1, 4 + 2 * w, 5 + 2 * w]
+        for t, r in enumerate(regs):
+            lines.append(f"lop3.b32 ${r}, t{t}, 0x000F000F, {x2(magic)}, 0xEA;")
+        for t, r in enumerate(regs):
+            lines.append(f"{fma} ${r}, ${r}, one, off;")
+            lines.append(f"{fma} ${r}, ${r}, ${10 if t < 2 else 11}, nz;")
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+_INT4_FRAG_FP16 = tl.constexpr(_int4_frag_asm("fma.rn.f16x2", 0x3C00, 0xE408, 0x6400))
+_INT4_FRAG_BF16 = tl.constexpr(_int4_frag_asm("fma.rn.bf16x2", 0x3F80, 0xC308, 0x4300))
+
+
+@triton.jit
+def _frag_cols(o0, o1, o2, o3):
+    """[R, NB*8] tiles o_h (o_h[:, 8b + m] = column 32b + 8h + m) -> the [R, NB*32] tile."""
+    rows: tl.constexpr = o0.shape[0]
+    nb: tl.constexpr = o0.shape[1] // 8
+    t = tl.join(tl.join(o0, o1), tl.join(o2, o3))  # [R, NB*8, 2 (h & 1), 2 (h >> 1)]
+    t = tl.reshape(t, (rows, nb, 8, 2, 2))
+    t = tl.permute(t, (0, 1, 4, 3, 2))  # [R, NB, h >> 1, h & 1, m]
+    return tl.reshape(t, (rows, nb * 32))
+
+
+@triton.jit
+def _dequant_int4_frag(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr):
+    """MODE 3 of `_dequant_int4`: p is the packed tile as fragment-ordered 32-bit words
+    [BLOCK_F, BLOCK_K / 4]."""
+    s_lo = tl.broadcast_to(tl.load(s_ptrs + k_lo // QGROUP).to(cdt)[:, None], p.shape)
+    s_hi = tl.broadcast_to(tl.load(s_ptrs + k_hi // QGROUP).to(cdt)[:, None], p.shape)
+    if cdt == tl.float16:
+        lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
+            asm=_INT4_FRAG_FP16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
+            args=[p, s_lo, s_hi], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+    else:
+        lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
+            asm=_INT4_FRAG_BF16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
+            args=[p, s_lo, s_hi], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
+    return _frag_cols(lo0, lo1, lo2, lo3), _frag_cols(hi0, hi1, hi2, hi3)
+
+
+@triton.jit
+def _frag_nibbles(p, SHIFT: tl.constexpr):
+    """MODE 4: what `_INT4_FRAG_*` writes, as integer codes (q + 8) of one nibble (SHIFT 0:
+    low, 4: high) by plain Triton operations, for Triton's interpreter: the four [R, NB*8]
+    tiles o_h of `_frag_cols` from fragment-ordered words p [R, NB*8]."""
+    rows: tl.constexpr = p.shape[0]
+    n: tl.constexpr = p.shape[1] // 2
+    w0, w1 = tl.split(tl.reshape(p, (rows, n, 2)))  # words 2q and 2q + 1 of each block
+    o0 = tl.join((w0 >> SHIFT) & 0xF, (w0 >> (8 + SHIFT)) & 0xF)
+    o1 = tl.join((w0 >> (16 + SHIFT)) & 0xF, (w0 >> (24 + SHIFT)) & 0xF)
+    o2 = tl.join((w1 >> SHIFT) & 0xF, (w1 >> (8 + SHIFT)) & 0xF)
+    o3 = tl.join((w1 >> (16 + SHIFT)) & 0xF, (w1 >> (24 + SHIFT)) & 0xF)
+    return (tl.reshape(o0, (rows, 2 * n)), tl.reshape(o1, (rows, 2 * n)),
+            tl.reshape(o2, (rows, 2 * n)), tl.reshape(o3, (rows, 2 * n)))
+
+
 @triton.jit
 def _dequant_int4(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
                   MODE: tl.constexpr):
     """The two [BLOCK_F, BLOCK_K] weight tiles (columns j and j + K/2) of packed tile p.
 
-    MODE 1: bit operations and 16-bit fmas (GPU, bf16/fp16); 0: through fp32; 2: diagnostic
+    MODE 1: bit operations and 16-bit fmas (GPU, bf16/fp16); 0: through fp32; 3: the tile as
+    fragment-ordered 32-bit words [BLOCK_F, BLOCK_K / 4] (`wattmoe.moe.quant.fragment_words`),
+    bit operations and fmas straight into wgmma's register layout (GPU); 4: the same words
+    through fp32 (Triton's interpreter, to test the word order without a GPU); 2: diagnostic
     only, the bytes reinterpreted as 16-bit floats with no unpacking or scaling (wrong values;
     `benchmarks/gpu/kernel_diag.py` uses it to measure what dequantization costs).
     """
-    if MODE == 1:
+    if MODE == 3:
+        w_lo, w_hi = _dequant_int4_frag(p, s_ptrs, k_lo, k_hi, QGROUP, cdt)
+    elif MODE == 4:
+        s_lo = tl.load(s_ptrs + k_lo // QGROUP).to(tl.float32)[:, None]
+        s_hi = tl.load(s_ptrs + k_hi // QGROUP).to(tl.float32)[:, None]
+        l0, l1, l2, l3 = _frag_nibbles(p, 0)
+        h0, h1, h2, h3 = _frag_nibbles(p, 4)
+        w_lo = ((_frag_cols(l0, l1, l2, l3).to(tl.float32) - 8.0) * s_lo).to(cdt)
+        w_hi = ((_frag_cols(h0, h1, h2, h3).to(tl.float32) - 8.0) * s_hi).to(cdt)
+    elif MODE == 1:
         s_lo = tl.broadcast_to(tl.load(s_ptrs + k_lo // QGROUP).to(cdt)[:, None], p.shape)
         s_hi = tl.broadcast_to(tl.load(s_ptrs + k_hi // QGROUP).to(cdt)[:, None], p.shape)
         w_lo, w_hi = _dequant_int4_asm(p, s_lo, s_hi, cdt == tl.float16)
@@ -262,8 +347,8 @@ def _wt_accumulate(
             if HAS_TAIL:
                 t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
                 t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None], other=0.0).to(cdt))
-            if W_TMA:
-                p = w_desc.load([w_row, k0])
+            if W_TMA:  # MODE 3, 4: descriptor and pointers count 32-bit words
+                p = w_desc.load([w_row, k0 // 4 if INT4_DEQUANT >= 3 else k0])
             else:
                 p = tl.load(w_ptrs)
             w_lo, w_hi = _dequant_int4(p, s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT)
@@ -272,7 +357,7 @@ def _wt_accumulate(
                 acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
             if GATED:
                 if W_TMA:
-                    p_u = w_desc.load([w_row + up_rows, k0])
+                    p_u = w_desc.load([w_row + up_rows, k0 // 4 if INT4_DEQUANT >= 3 else k0])
                 else:
                     p_u = tl.load(w_ptrs + up_w)
                 u_lo, u_hi = _dequant_int4(p_u, s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
@@ -282,7 +367,7 @@ def _wt_accumulate(
                     acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)
             a_ptrs += BLOCK_K
             at_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
     else:
         for k0 in range(0, k_dim, BLOCK_K):
             if EVEN_K:
@@ -393,7 +478,11 @@ def moe_gemm_wt(
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
-    w_ptrs = w_ptr + e * stride_we + wf[:, None] * stride_wn + offs_k[None, :]
+    if INT4_DEQUANT >= 3:  # int4 weights as fragment-ordered 32-bit words
+        w_ptrs = (w_ptr + e * stride_we + wf[:, None] * stride_wn
+                  + tl.arange(0, BLOCK_K // 4)[None, :])
+    else:
+        w_ptrs = w_ptr + e * stride_we + wf[:, None] * stride_wn + offs_k[None, :]
     w_row = (e * (stride_we // stride_wn) + pid_f * BLOCK_F).to(tl.int32)  # W_TMA
     s_ptrs = s_ptr + e * stride_se + wf * stride_sn  # INT4
     up_w = up_rows * stride_wn

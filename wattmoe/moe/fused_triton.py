@@ -57,6 +57,7 @@ from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.grouped import grouped_forward
+from wattmoe.moe.quant import FRAGMENT_BYTES, fragment_words
 from wattmoe.moe.stacked import ExpertStack, stacked_experts
 
 log = logging.getLogger(__name__)
@@ -175,10 +176,14 @@ class KernelConfig:
     # `moe_gemm_wt` only: an expert's rows past its last full token tile, up to `tail` of them
     # (a power of two >= 16, or 0 = off), ride on that tile's program as a second MMA
     tail: int = 0
+    # int4: the kernel reads a copy of the packed weights as fragment-ordered 32-bit words
+    # (`quant.fragment_words`, kept in the stack's kernel cache) and dequantizes straight into
+    # wgmma's register layout; ignored where a row or K tile is not a multiple of 32 bytes
+    int4_frag: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma")
+        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag")
         return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
@@ -195,6 +200,12 @@ def _with_tail(table: dict[str, ConfigPair], names: Sequence[str],
     """"<name>r<tail>": candidate <name> (weights first) with tails of up to `tail` rows."""
     return {f"{n}r{tail}": (dataclasses.replace(table[n][0], tail=tail),
                             dataclasses.replace(table[n][1], tail=tail)) for n in names}
+
+
+def _with_frag(table: dict[str, ConfigPair], names: Sequence[str]) -> dict[str, ConfigPair]:
+    """"<name>f": int4 candidate <name> reading fragment-ordered words (`int4_frag`)."""
+    return {f"{n}f": (dataclasses.replace(table[n][0], int4_frag=True),
+                      dataclasses.replace(table[n][1], int4_frag=True)) for n in names}
 
 
 def _with_tma(table: dict[str, ConfigPair], names: Sequence[str]) -> dict[str, ConfigPair]:
@@ -264,6 +275,11 @@ INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128"
 for _t in (16, 32):
     INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64"],
                                       _t))
+# every int4 tile also with fragment-ordered words: compiled for sm_90, the K loop of the
+# `w64t64k32` gate/up launch has 279 instead of 345 instructions (no byte loads and byte
+# packing before the dequantization), and the int4 launches are bound by issuing them (ncu,
+# results/h200/kernels/run23_ncu_tune16k: an instruction every 2.2 cycles per scheduler)
+INT4_CANDIDATES.update(_with_frag(INT4_CANDIDATES, list(INT4_CANDIDATES)))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -411,7 +427,9 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
         bk = min(cfg.block_k, 1 << (k_dim.bit_length() - 1)) if k_dim >= 16 else 0
     if bk < 16:
         return None
-    return dataclasses.replace(cfg, block_n=bn, block_k=bk)
+    frag = (cfg.int4_frag and qgroup is not None and bk % FRAGMENT_BYTES == 0
+            and (k_dim // 2) % FRAGMENT_BYTES == 0)
+    return dataclasses.replace(cfg, block_n=bn, block_k=bk, int4_frag=frag)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,11 +449,15 @@ def _launch(
     bm = cfg.block_m
     num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
-    w_desc = _weight_descriptor(w, cfg, cache) if cfg.tma else None
+    mode = _dequant_mode(cfg, a, qgroup)
+    if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
+        w = _frag_words(w, cache)
+        w_desc = _weight_descriptor(w, _word_tiles(cfg), cache) if cfg.tma else None
+    else:
+        w_desc = _weight_descriptor(w, cfg, cache) if cfg.tma else None
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
                        act=act, combine=combine, qgroup=qgroup, ieee=ieee,
-                       interpret=not a.is_cuda, w_tma=w_desc is not None,
-                       int4_dequant=_dequant_mode(cfg, a, qgroup))
+                       interpret=not a.is_cuda, w_tma=w_desc is not None, int4_dequant=mode)
     if w_desc is None:
         w_desc = w  # unused by the kernel
     kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
@@ -490,7 +512,7 @@ def _weight_descriptor(w: torch.Tensor, cfg: KernelConfig, cache: dict | None = 
     [E * rows, K]; None where TMA cannot address them (no descriptors in this Triton, a
     non-contiguous stack, or rows/base not 16-byte aligned), and the kernel loads tiles itself.
     Kept in `cache` (the stack's `kernel_cache`) when given."""
-    key = (w.data_ptr(), cfg.block_n, cfg.block_k)
+    key = (w.data_ptr(), w.dtype, cfg.block_n, cfg.block_k)
     if cache is not None and key in cache:
         return cache[key]
     desc = _new_descriptor(w, cfg)
@@ -511,15 +533,45 @@ def _new_descriptor(w: torch.Tensor, cfg: KernelConfig) -> Any:
 
 
 def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int:
-    """`_dequant_int4`'s MODE: 1 bit operations (GPU, bf16/fp16), 0 through fp32, 2 skipped."""
+    """`_dequant_int4`'s MODE: 1 bit operations (GPU, bf16/fp16), 0 through fp32, 2 skipped;
+    fragment-ordered words (`cfg.int4_frag`, as `_fit` leaves it): 3 bit operations, 4 fp32."""
+    if qgroup is None:
+        return 0
     # the inline PTX is NVIDIA's: ROCm builds of torch also report is_cuda
     gpu16 = (a.is_cuda and torch.version.hip is None
              and a.dtype in (torch.bfloat16, torch.float16))
-    if qgroup is None or not gpu16:
+    if cfg.int4_frag:
+        return 3 if gpu16 and cfg.int4_asm and not cfg.int4_skip_dequant else 4
+    if not gpu16:
         return 0
     if cfg.int4_skip_dequant:
         return 2
     return 1 if cfg.int4_asm else 0
+
+
+@functools.lru_cache(maxsize=256)
+def _word_tiles(cfg: KernelConfig) -> KernelConfig:
+    """cfg with its K tile counted in 32-bit words (the descriptor of fragment words)."""
+    return dataclasses.replace(cfg, block_k=cfg.block_k // 4)
+
+
+def _frag_words(w: torch.Tensor, cache: dict | None) -> torch.Tensor:
+    """Packed int4 weights [E, rows, K/2] as fragment-ordered words [E, rows, K/8]
+    (`quant.fragment_words`), kept in cache (the stack's `kernel_cache`) and rewritten in
+    place, at the same address, once w has been written to since (its version counter): a
+    captured CUDA graph that reads the words stays valid."""
+    if cache is None:
+        return fragment_words(w)
+    key = ("frag", w.data_ptr())
+    hit = cache.get(key)
+    if hit is not None and hit[0] == w._version:
+        return hit[1]
+    words = fragment_words(w)
+    if hit is not None and hit[1].shape == words.shape:
+        hit[1].copy_(words)
+        words = hit[1]
+    cache[key] = (w._version, words)
+    return words
 
 
 def triton_cdiv(a: int, b: int) -> int:

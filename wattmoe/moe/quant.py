@@ -86,6 +86,33 @@ def dequantize_int4(
     return w.reshape(out_f, in_f)
 
 
+FRAGMENT_BYTES = 32  # `fragment_words` reorders bytes within blocks of this many
+
+
+def fragment_words(packed: torch.Tensor) -> torch.Tensor:
+    """Half-split packed codes [..., in // 2] as 32-bit words in the fused kernel's register
+    order: int32 [..., in // 8], bytes reordered within each 32-byte block of a row.
+
+    Block byte j = 16w + 8h + 2q + i (w, h, i in {0, 1}, q in 0..3) moves to 8q + 4w + 2h + i,
+    so word 2q + w of a block holds the columns {2q, 2q+1, 8+2q, 9+2q} (w = 0) or
+    {16+2q, ..., 25+2q} (w = 1): the ones that thread q of a quad holds in a Hopper wgmma's
+    register operand (`_fused_kernel._dequant_int4_frag`), so the kernel loads each thread's
+    bytes as whole words and writes its operand registers without moving bytes around.
+    A copy: the half-split tensor stays the format of record (`dequantize_int4`).
+
+    Raises:
+        ShapeError: a row is not a whole number of 32-byte blocks, or packed is not uint8.
+    """
+    if packed.dtype != torch.uint8 or packed.dim() == 0 or packed.shape[-1] % FRAGMENT_BYTES:
+        raise ShapeError(f"fragment words need uint8 rows of a multiple of {FRAGMENT_BYTES} "
+                         f"bytes, got {packed.dtype} {tuple(packed.shape)}")
+    lead = packed.shape[:-1]
+    blocks = packed.reshape(*lead, packed.shape[-1] // FRAGMENT_BYTES, 2, 2, 4, 2)  # w h q i
+    nd = blocks.dim()
+    order = (*range(nd - 4), nd - 2, nd - 4, nd - 3, nd - 1)  # -> q w h i
+    return blocks.permute(order).contiguous().reshape(*lead, -1).view(torch.int32)
+
+
 class Int4Linear(nn.Module):
     """A bias-free linear layer with packed int4 weights, dequantized in `forward`."""
 
