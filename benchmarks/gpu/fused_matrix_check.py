@@ -28,8 +28,10 @@ from _meta import provenance, write_json  # noqa: E402
 from kernels_bench import layer_reference, rel_err, topk_violations  # noqa: E402
 
 from wattmoe.moe import SimpleMoELayer, build_dispatch, get_preset  # noqa: E402
+from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
+from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 CASES = ["qwen1.5-moe-a2.7b@0.25", "switch-base-8@0.5", "deepseek-v3@0.125", "olmoe-1b-7b@1"]
 TOL = 1e-2
@@ -41,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--tokens", default="1,37,512")
+    ap.add_argument("--int4-config", default="",
+                    help="int4 layers run this candidate at every size (default: the table's)")
     args = ap.parse_args(argv)
+    if args.int4_config and args.int4_config not in ft.INT4_CANDIDATES:
+        ap.error(f"--int4-config: {args.int4_config!r} is not an int4 candidate")
     dev = torch.device(args.device)
     rows: list[dict[str, object]] = []
     for case in args.cases.split(","):
@@ -55,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                 if int4:
                     group = int4_group_size(cfg.hidden_size, cfg.expert_inner_size)
                     layer.quantize(group)
+                    if args.int4_config:  # this shape's table entry, in this process only
+                        ft.load_tuned(dev)[ft.shape_key(stacked_experts(layer.experts))] = {
+                            "1": args.int4_config}
                 for backend in ("fused", "fused_graph", "fused+step_graph"):
                     layer.set_backend(backend.split("+")[0])
                     step = GraphedLayer(layer) if backend.endswith("step_graph") else layer
