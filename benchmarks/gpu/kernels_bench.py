@@ -334,6 +334,16 @@ def ceilings(dev: torch.device) -> dict[str, float]:
     return {"copy_tb_s": tbs, "bf16_gemm_tflop_s": tf}
 
 
+def _gpu_us(cand: str, parts: dict[str, tuple[float, float]]) -> float | None:
+    """GPU time (gate/up + down launch, ms) of a candidate or an "A/B" pair, from the CUPTI
+    split of single candidates; None where a part was not measured."""
+    gu, _, dn = cand.partition("/")
+    dn = dn or gu
+    if gu not in parts or dn not in parts:
+        return None
+    return parts[gu][0] + parts[dn][1]
+
+
 def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> list[str]:
     """Candidates worth timing for this many rows per expert (both kernels for bf16), each
     followed by its TMA variant ("<name>d") and, for int4, its fragment-word variants
@@ -404,6 +414,10 @@ def parse_args() -> argparse.Namespace:
                     help="of check, tune, energy; run in this order")
     ap.add_argument("--tune-weights", default="bf16,int4")
     ap.add_argument("--tune-tokens", default="", help="default: --tokens")
+    ap.add_argument("--tune-by", choices=("eager", "gpu"), default="eager",
+                    help="pick the candidate with the shortest eager step (host launch cost "
+                         "included) or the shortest GPU time of its two launches (CUPTI; what "
+                         "a captured step runs)")
     ap.add_argument("--tune-candidates", default="",
                     help="candidate names to time at every size (default: by rows per expert)")
     ap.add_argument("--check-cases", default="uniform:64,uniform:4096,skewed:512,skewed:4096,"
@@ -615,6 +629,10 @@ class Bench:
                     self.error(f"tune {shape} {tokens} {wname} grouped", exc)
                 if times:
                     best = min(times, key=times.__getitem__)
+                    gpu = {c: _gpu_us(c, parts) for c in times}
+                    gpu = {c: t for c, t in gpu.items() if t is not None}
+                    if self.args.tune_by == "gpu" and gpu:
+                        best = min(gpu, key=gpu.__getitem__)
                     self.tuned.setdefault(ft.shape_key(stk), {})[str(n_assign)] = best
                     log(f"   tune T={tokens:5d} {wname}: " + " ".join(
                         f"{c}={t * 1e3:.0f}us" + split_us(parts.get(c)) for c, t in times.items())
