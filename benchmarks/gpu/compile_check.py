@@ -75,7 +75,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
                           w_tma=cfg.tma,
                           int4_dequant=(3 if frag else int(int4 and cfg.int4_asm)))
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
-    consts: dict[str, Any] = meta
+    consts: dict[str, Any] = {**meta, "k_dim": k_dim}  # a constexpr of both kernels
     sig = _signature(fn, types, consts)
     aligned = [i for i, n in enumerate(fn.arg_names)
                if n not in consts and (sig[n].startswith("*") or n.startswith("stride")

@@ -249,7 +249,7 @@ def _dequant_int4(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr
 
 def moe_gemm(
     a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, c_ptr,
-    n_out, k_dim, num_experts, num_pid_m,
+    n_out, k_dim: tl.constexpr, num_experts, num_pid_m,
     stride_am, stride_we, stride_wn, stride_cm,
     up_rows, w_desc,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -328,7 +328,7 @@ def moe_gemm(
 @triton.jit
 def _wt_accumulate(
     a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask, offs_k,
-    k_dim, BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, TAIL_T: tl.constexpr,
+    k_dim: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, TAIL_T: tl.constexpr,
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
     W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr,
@@ -428,7 +428,7 @@ def _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, strid
 
 def moe_gemm_wt(
     a_ptr, tok_ptr, wt_ptr, cnt_ptr, w_ptr, s_ptr, c_ptr,
-    n_out, k_dim, num_experts, num_pid_t,
+    n_out, k_dim: tl.constexpr, num_experts, num_pid_t,
     stride_am, stride_we, stride_wn, stride_se, stride_sn, stride_cm,
     up_rows, w_desc,
     BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -439,6 +439,12 @@ def moe_gemm_wt(
     TAIL: tl.constexpr, TAIL_T: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
+
+    k_dim is a compile-time constant (one compile per model width, in both kernels): with a
+    runtime K the K loop may run zero times, the accumulators then reach the epilogue from
+    their zero fill, and ptxas serializes every wgmma that takes its first operand from
+    registers (warning C7515; int4 gate/up with 32-column K steps: 24 waits for 24 wgmma
+    instead of 8, compiled for sm_90).
 
     The weight tile is the MMA's first operand, so an int4 tile is dequantized in registers
     and fed to the tensor cores from there (no shared-memory round trip). int4 weights use the
