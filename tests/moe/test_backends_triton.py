@@ -415,3 +415,19 @@ def test_fused_int4_fragment_words_follow_weight_writes(gen: torch.Generator,
     # refreshed in place: what a captured graph reads is the new weights
     assert [v[1].data_ptr() for k, v in stk.kernel_cache.items() if k[0] == "frag"] == [
         t.data_ptr() for t in words]
+
+
+def test_fragment_words_only_where_their_dequantization_runs() -> None:
+    from types import SimpleNamespace
+
+    cfg = ft.INT4_CANDIDATES["w64t64k32f"][0]
+    on = SimpleNamespace
+    gpu_bf16 = on(is_cuda=True, dtype=torch.bfloat16)
+    gpu_fp32 = on(is_cuda=True, dtype=torch.float32)
+    cpu = on(is_cuda=False, dtype=torch.float32)
+    assert ft._dequant_mode(cfg, cpu, 128) == 4  # the interpreter checks the word order
+    assert ft._dequant_mode(cfg, gpu_fp32, 128) == 0  # fp32 on a GPU: half-split codes
+    assert ft._dequant_mode(cfg, gpu_bf16, 128) == (3 if torch.version.hip is None else 0)
+    assert ft._dequant_mode(cfg, gpu_bf16, None) == 0  # dense weights
+    off = dataclasses.replace(cfg, int4_frag=False)
+    assert ft._dequant_mode(off, cpu, 128) == 0

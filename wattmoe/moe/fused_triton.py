@@ -534,14 +534,19 @@ def _new_descriptor(w: torch.Tensor, cfg: KernelConfig) -> Any:
 
 def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int:
     """`_dequant_int4`'s MODE: 1 bit operations (GPU, bf16/fp16), 0 through fp32, 2 skipped;
-    fragment-ordered words (`cfg.int4_frag`, as `_fit` leaves it): 3 bit operations, 4 fp32."""
+    fragment-ordered words (`cfg.int4_frag`, as `_fit` leaves it): 3 bit operations on a GPU,
+    4 through fp32 in Triton's interpreter (a GPU computing in fp32 reads the half-split
+    codes: the word order's fp32 unpacking compiles to spills there)."""
     if qgroup is None:
         return 0
     # the inline PTX is NVIDIA's: ROCm builds of torch also report is_cuda
     gpu16 = (a.is_cuda and torch.version.hip is None
              and a.dtype in (torch.bfloat16, torch.float16))
     if cfg.int4_frag:
-        return 3 if gpu16 and cfg.int4_asm and not cfg.int4_skip_dequant else 4
+        if gpu16 and cfg.int4_asm and not cfg.int4_skip_dequant:
+            return 3
+        if not a.is_cuda:
+            return 4
     if not gpu16:
         return 0
     if cfg.int4_skip_dequant:
