@@ -431,3 +431,17 @@ def test_fragment_words_only_where_their_dequantization_runs() -> None:
     assert ft._dequant_mode(cfg, gpu_bf16, None) == 0  # dense weights
     off = dataclasses.replace(cfg, int4_frag=False)
     assert ft._dequant_mode(off, cpu, 128) == 0
+
+
+def test_fused_int4_fragment_words_of_inference_tensors(gen: torch.Generator,
+                                                        no_fallback: None) -> None:
+    # weights made under inference mode have no version counter: the words are made once
+    with torch.inference_mode():
+        qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
+        x = torch.randn(7, 64, generator=gen)
+        d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
+        stk = stacked_experts(qx)
+        for _ in range(2):
+            torch.testing.assert_close(ft.fused_forward(stk, x, d, "w64t16f"),
+                                       get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)
+    assert [v[0] for k, v in stk.kernel_cache.items() if k[0] == "frag"] == [None, None]

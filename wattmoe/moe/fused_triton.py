@@ -564,18 +564,21 @@ def _frag_words(w: torch.Tensor, cache: dict | None) -> torch.Tensor:
     """Packed int4 weights [E, rows, K/2] as fragment-ordered words [E, rows, K/8]
     (`quant.fragment_words`), kept in cache (the stack's `kernel_cache`) and rewritten in
     place, at the same address, once w has been written to since (its version counter): a
-    captured CUDA graph that reads the words stays valid."""
+    captured CUDA graph that reads the words stays valid. Inference tensors (made under
+    `torch.inference_mode`) have no version counter: their words are made once, so weights
+    written in place under inference mode need `ExpertStack.kernel_cache.clear()`."""
     if cache is None:
         return fragment_words(w)
     key = ("frag", w.data_ptr())
+    version = None if w.is_inference() else w._version
     hit = cache.get(key)
-    if hit is not None and hit[0] == w._version:
+    if hit is not None and hit[0] == version:
         return hit[1]
     words = fragment_words(w)
     if hit is not None and hit[1].shape == words.shape:
         hit[1].copy_(words)
         words = hit[1]
-    cache[key] = (w._version, words)
+    cache[key] = (version, words)
     return words
 
 
