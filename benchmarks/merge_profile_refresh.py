@@ -1,8 +1,10 @@
 """Merges a re-measurement of some ops into a committed profile (CPU only, no device needed).
 
-Every point of the profile whose op starts with one of --ops is replaced by the refresh's points
-of those ops; the refresh's sweep runs are appended to `sweep.runs` (with --note) and its
-provenance to `provenance.refreshes`, so the profile keeps saying where each point came from.
+The refresh's points whose op starts with one of --ops replace the profile's points of the same
+scenario (op, device, dtype, preset, shape, tokens) and are added where the profile has none; the
+profile's other points stay. The refresh's sweep runs are appended to `sweep.runs` (with
+--note) and its provenance to `provenance.refreshes`, so the profile keeps saying where each
+point came from. A refresh measured on another GPU than the profile is refused.
 
     python benchmarks/merge_profile_refresh.py --profile data/profiles/h200.json \\
         --refresh results/h200/cost_model/fused_refresh3/h200_fused_refresh.json \\
@@ -20,26 +22,33 @@ from typing import Any
 from wattmoe.provenance import write_json_atomic
 
 
+def _scenario(point: dict[str, Any]) -> tuple[object, ...]:
+    return (*(point.get(k) for k in ("op", "device", "dtype", "preset", "tokens")),
+            json.dumps(point.get("shape"), sort_keys=True))
+
+
 def merge(profile: dict[str, Any], refresh: dict[str, Any], prefixes: list[str], *,
           what: str, note: str) -> tuple[int, int]:
-    """Merges in place; returns (points removed, points added)."""
-    def ours(point: dict[str, Any]) -> bool:
-        return any(point["op"].startswith(p) for p in prefixes)
-
-    new = [p for p in refresh["points"] if ours(p)]
+    """Merges in place; returns (points replaced, points added)."""
+    new = [p for p in refresh["points"] if any(p["op"].startswith(x) for x in prefixes)]
     if not new:
         raise ValueError(f"the refresh has no points of {', '.join(prefixes)}")
     for key in ("machine", "commit", "command"):
         if key not in refresh.get("provenance", {}):
             raise ValueError(f"the refresh's provenance has no '{key}'")
-    kept = [p for p in profile["points"] if not ours(p)]
-    removed = len(profile["points"]) - len(kept)
+    gpu = profile.get("provenance", {}).get("machine", {}).get("gpu")
+    theirs = refresh["provenance"]["machine"].get("gpu")
+    if gpu and theirs and gpu != theirs:
+        raise ValueError(f"the refresh was measured on {theirs}, the profile on {gpu}")
+    keys = {_scenario(p) for p in new}
+    kept = [p for p in profile["points"] if _scenario(p) not in keys]
+    replaced = len(profile["points"]) - len(kept)
     profile["points"] = kept + new
     for run in refresh.get("sweep", {}).get("runs", []):
         profile.setdefault("sweep", {}).setdefault("runs", []).append({**run, "note": note})
     profile.setdefault("provenance", {}).setdefault("refreshes", []).append(
         {**{k: refresh["provenance"][k] for k in ("machine", "commit", "command")}, "what": what})
-    return removed, len(new)
+    return replaced, len(new) - replaced
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = json.loads(args.profile.read_text())
         refresh = json.loads(args.refresh.read_text())
-        removed, added = merge(profile, refresh, [p for p in args.ops.split(",") if p],
-                               what=args.what, note=args.note)
+        replaced, added = merge(profile, refresh, [p for p in args.ops.split(",") if p],
+                                what=args.what, note=args.note)
     except (OSError, ValueError, KeyError) as exc:  # JSONDecodeError is a ValueError
         print(f"merge_profile_refresh: {exc}", file=sys.stderr)
         return 2
     write_json_atomic(args.profile, profile)
-    print(f"{args.profile}: {removed} points replaced by {added} from {args.refresh}")
+    print(f"{args.profile}: {replaced} points replaced and {added} added from {args.refresh}")
     return 0
 
 

@@ -21,8 +21,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from types import SimpleNamespace
 from typing import Any
 
+import torch
 import triton
 import triton.backends.nvidia
 from triton.backends.compiler import GPUTarget
@@ -61,7 +63,8 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         "num_pid_t": "i32", "stride_am": "i32", "stride_we": "i32", "stride_wn": "i32",
         "stride_se": "i32", "stride_sn": "i32", "stride_cm": "i32", "up_rows": "i32",
     }
-    frag = int4 and cfg.int4_frag  # fragment-ordered words: 4 packed bytes per element
+    # fragment-ordered words: 4 packed bytes per element
+    frag = _gpu_dequant_mode(cfg, int4, qgroup) == 3
     if frag:
         types["w_ptr"] = "*i32"
     w_el = ("i32" if frag else "u8") if int4 else dtype
@@ -72,8 +75,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
                           gated=gated, act=(1 if gated else 2) if combine == 0 else 0,
                           combine=combine,
                           qgroup=qgroup if int4 else None, ieee=False, interpret=False,
-                          w_tma=cfg.tma,
-                          int4_dequant=(3 if frag else int(int4 and cfg.int4_asm)))
+                          w_tma=cfg.tma, int4_dequant=_gpu_dequant_mode(cfg, int4, qgroup))
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
     consts: dict[str, Any] = {**meta, "k_dim": k_dim}  # a constexpr of both kernels
     sig = _signature(fn, types, consts)
@@ -96,6 +98,12 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         "ldmatrix": len(re.findall(r"ldmatrix", ptx)),
         "cvt": len(re.findall(r"\bcvt\.", ptx)), "prmt": len(re.findall(r"\bprmt\.", ptx)),
     }
+
+
+def _gpu_dequant_mode(cfg: ft.KernelConfig, int4: bool, qgroup: int) -> int:
+    """The int4 MODE `_launch` uses on an NVIDIA GPU with bf16 activations."""
+    gpu_bf16 = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
+    return ft._dequant_mode(cfg, gpu_bf16, qgroup if int4 else None)  # type: ignore[arg-type]
 
 
 def _resource_report(cubin: bytes) -> dict[str, int]:

@@ -335,7 +335,7 @@ def ceilings(dev: torch.device) -> dict[str, float]:
 
 
 def _gpu_us(cand: str, parts: dict[str, tuple[float, float]]) -> float | None:
-    """GPU time (gate/up + down launch, ms) of a candidate or an "A/B" pair, from the CUPTI
+    """GPU time in ms (gate/up + down launch) of a candidate or an "A/B" pair, from the CUPTI
     split of single candidates; None where a part was not measured."""
     gu, _, dn = cand.partition("/")
     dn = dn or gu
@@ -430,10 +430,16 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--device", default="cuda", help="'cpu' = smoke test (tiny shapes, no energy)")
     ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shapes")
     args = ap.parse_args()
-    unknown = [c for c in args.tune_candidates.split(",")
-               if c and c not in ft.CANDIDATES and c not in ft.INT4_CANDIDATES]
+    names = [c for c in args.tune_candidates.split(",") if c]
+    unknown = [c for c in names if c not in ft.CANDIDATES and c not in ft.INT4_CANDIDATES]
     if unknown:
         ap.error(f"--tune-candidates: unknown candidate(s) {', '.join(unknown)}")
+    if names and "tune" in args.sections.split(","):
+        for wname in args.tune_weights.split(","):
+            table = ft.INT4_CANDIDATES if wname == "int4" else ft.CANDIDATES
+            if not any(c in table for c in names):
+                ap.error(f"--tune-candidates: none is a {wname} candidate (drop {wname} from "
+                         "--tune-weights or name one)")
     return args
 
 
@@ -633,6 +639,9 @@ class Bench:
                     gpu = {c: t for c, t in gpu.items() if t is not None}
                     if self.args.tune_by == "gpu" and gpu:
                         best = min(gpu, key=gpu.__getitem__)
+                    elif self.args.tune_by == "gpu":
+                        log(f"   --tune-by gpu: no CUPTI split at T={tokens} {wname}; "
+                            "picked by eager time")
                     self.tuned.setdefault(ft.shape_key(stk), {})[str(n_assign)] = best
                     log(f"   tune T={tokens:5d} {wname}: " + " ".join(
                         f"{c}={t * 1e3:.0f}us" + split_us(parts.get(c)) for c, t in times.items())

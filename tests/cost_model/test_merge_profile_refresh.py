@@ -51,6 +51,25 @@ def test_merge_replaces_only_the_refreshed_ops(tmp_path: Path) -> None:
          "what": "refresh 3"}]
 
 
+def test_merge_keeps_scenarios_the_refresh_did_not_measure(tmp_path: Path) -> None:
+    mod = _module()
+    profile = {"points": [_point("moe_layer:fused", 1, 2.0), _point("moe_layer:fused", 64, 3.0),
+                          {**_point("moe_layer:fused", 1, 4.0), "preset": "olmoe"}]}
+    refresh = _refresh([_point("moe_layer:fused", 1, 0.5), _point("moe_layer:fused", 8, 0.7)])
+    replaced, added = mod.merge(profile, refresh, ["moe_layer:fused"], what="w", note="n")
+    assert (replaced, added) == (1, 1)
+    lat = sorted(p["latency_s"] for p in profile["points"])
+    assert lat == [0.5, 0.7, 3.0, 4.0]
+
+
+def test_merge_refuses_a_refresh_from_another_gpu() -> None:
+    mod = _module()
+    profile = {"points": [], "provenance": {"machine": {"gpu": "NVIDIA H200"}}}
+    with pytest.raises(ValueError, match="measured on x, the profile on NVIDIA H200"):
+        mod.merge(profile, _refresh([_point("moe_layer:fused", 1, 0.5)]), ["moe_layer:fused"],
+                  what="w", note="n")
+
+
 def test_merge_without_points_of_the_ops_changes_nothing(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     mod = _module()

@@ -384,6 +384,19 @@ def test_fused_int4_fragment_words_match_loop(config: str, gen: torch.Generator,
                                    rtol=1e-5, atol=1e-5)
     gemms = [k for k in launches if "INT4_DEQUANT" in k]
     assert [k["INT4_DEQUANT"] for k in gemms] == [4, 4]
+    assert [k["W_TMA"] for k in gemms] == [c.tma for c in ft.resolve_config(config, True)]
+
+
+def test_fused_int4_fragment_words_off_for_k_tiles_under_32_bytes(
+        gen: torch.Generator, no_fallback: None, launches: list[dict[str, object]]) -> None:
+    # group 16: K tiles of 16 packed columns (a tile lies in one group), not a 32-byte block
+    qx = [quantize_expert(e, 16) for e in experts(4, 64, 64)]
+    x = torch.randn(9, 64, generator=gen)
+    d = make_dispatch("uniform", 9, 4, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, "w64t64k32f"), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    assert [k["INT4_DEQUANT"] for k in launches if "INT4_DEQUANT" in k] == [0, 0]
 
 
 def test_fused_int4_fragment_words_off_where_rows_are_not_whole_blocks(
@@ -435,13 +448,39 @@ def test_fragment_words_only_where_their_dequantization_runs() -> None:
 
 def test_fused_int4_fragment_words_of_inference_tensors(gen: torch.Generator,
                                                         no_fallback: None) -> None:
-    # weights made under inference mode have no version counter: the words are made once
+    # experts quantized and stacked under inference mode: the stack's codes still keep a
+    # version counter, so writes made under inference mode refresh the words too
     with torch.inference_mode():
         qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
         x = torch.randn(7, 64, generator=gen)
         d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
         stk = stacked_experts(qx)
-        for _ in range(2):
-            torch.testing.assert_close(ft.fused_forward(stk, x, d, "w64t16f"),
-                                       get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)
-    assert [v[0] for k, v in stk.kernel_cache.items() if k[0] == "frag"] == [None, None]
+        assert not stk.q13.is_inference()
+        first = ft.fused_forward(stk, x, d, "w64t16f")
+        qx[0].down_proj.packed.copy_(qx[3].down_proj.packed)
+        second = ft.fused_forward(stk, x, d, "w64t16f")
+        torch.testing.assert_close(second, get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(first, second)
+
+
+def test_refresh_frag_words_rewrites_written_weights_in_place(gen: torch.Generator,
+                                                              no_fallback: None) -> None:
+    # what a graph replay runs instead of `_launch`: stale words rewritten at their address
+    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
+    x = torch.randn(7, 64, generator=gen)
+    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
+    stk = stacked_experts(qx)
+    with torch.no_grad():
+        ft.fused_forward(stk, x, d, "w64t16f")
+    entries = {k: v for k, v in stk.kernel_cache.items() if k[0] == "frag"}
+    before = {k: (v[1].data_ptr(), v[1].clone()) for k, v in entries.items()}
+    ft.refresh_frag_words(stk.kernel_cache)  # nothing written: nothing changes
+    assert all(torch.equal(stk.kernel_cache[k][1], b) for k, (_, b) in before.items())
+    qx[1].up_proj.packed.copy_(qx[2].up_proj.packed)
+    ft.refresh_frag_words(stk.kernel_cache)
+    from wattmoe.moe.quant import fragment_words
+
+    assert torch.equal(stk.kernel_cache[("frag", stk.q13.data_ptr())][1],
+                       fragment_words(stk.q13))
+    assert {k: v[1].data_ptr() for k, v in stk.kernel_cache.items() if k[0] == "frag"} == {
+        k: p for k, (p, _) in before.items()}

@@ -92,3 +92,14 @@ def test_fragment_words_need_whole_blocks() -> None:
         fragment_words(torch.zeros(2, 48, dtype=torch.uint8))
     with pytest.raises(ShapeError, match="uint8"):
         fragment_words(torch.zeros(2, 32, dtype=torch.int8))
+
+
+def test_fragment_words_into_a_buffer() -> None:
+    from wattmoe.moe.quant import fragment_words
+
+    packed = torch.randint(0, 256, (2, 3, 64), dtype=torch.uint8)
+    out = torch.zeros(2, 3, 16, dtype=torch.int32)
+    assert fragment_words(packed, out=out) is out
+    assert torch.equal(out, fragment_words(packed))
+    with pytest.raises(ShapeError, match="out= must be contiguous int32"):
+        fragment_words(packed, out=torch.zeros(2, 3, 16, dtype=torch.int64))

@@ -563,23 +563,44 @@ def _word_tiles(cfg: KernelConfig) -> KernelConfig:
 def _frag_words(w: torch.Tensor, cache: dict | None) -> torch.Tensor:
     """Packed int4 weights [E, rows, K/2] as fragment-ordered words [E, rows, K/8]
     (`quant.fragment_words`), kept in cache (the stack's `kernel_cache`) and rewritten in
-    place, at the same address, once w has been written to since (its version counter): a
-    captured CUDA graph that reads the words stays valid. Inference tensors (made under
-    `torch.inference_mode`) have no version counter: their words are made once, so weights
-    written in place under inference mode need `ExpertStack.kernel_cache.clear()`."""
+    place, at the same address, once w has been written to since (its version counter), here
+    and by `refresh_frag_words` before a CUDA graph replays: a captured graph reads the words
+    of the current weights. Stacks keep a version counter even when built under inference
+    mode (`stacked._stack_int4`); other inference tensors have none, and their words are made
+    once.
+
+    Raises:
+        RuntimeError: the words are missing or stale while a CUDA graph is being captured
+            (making them would be recorded, not run: capture after an eager call).
+    """
     if cache is None:
         return fragment_words(w)
     key = ("frag", w.data_ptr())
-    version = None if w.is_inference() else w._version
     hit = cache.get(key)
+    version = None if w.is_inference() else w._version
     if hit is not None and hit[0] == version:
         return hit[1]
-    words = fragment_words(w)
-    if hit is not None and hit[1].shape == words.shape:
-        hit[1].copy_(words)
-        words = hit[1]
-    cache[key] = (version, words)
+    if w.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("int4 fragment words are made outside CUDA graph capture: run the "
+                           "step once eagerly before capturing it")
+    if hit is not None and hit[1].shape == (*w.shape[:-1], w.shape[-1] // 4):
+        words = fragment_words(w, out=hit[1])
+    else:
+        words = fragment_words(w)
+    cache[key] = (version, words, w)
     return words
+
+
+def refresh_frag_words(cache: dict) -> None:
+    """Rewrites in place the fragment words in a stack's `kernel_cache` whose weights were
+    written to since (their version counter); a replayed CUDA graph runs no `_launch` that
+    would notice. A few attribute reads when nothing changed."""
+    for key, entry in list(cache.items()):
+        if key[0] != "frag":
+            continue
+        version, words, w = entry
+        if version is not None and w._version != version:
+            cache[key] = (w._version, fragment_words(w, out=words), w)
 
 
 def triton_cdiv(a: int, b: int) -> int:

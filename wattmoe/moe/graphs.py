@@ -26,8 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from wattmoe.errors import ConfigError
 from wattmoe.moe.backends import get_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
+from wattmoe.moe.fused_triton import refresh_frag_words
 from wattmoe.moe.router import RoutingStrategy
 from wattmoe.moe.stacked import _anchors, stacked_experts
 
@@ -61,6 +63,13 @@ def _warm_and_capture(fn: Callable[[], Any], device: torch.device,
         torch.cuda.synchronize(device)
         raise _Uncapturable(str(exc)) from exc
     return graph, out
+
+
+def _refresh_kernel_copies(cache: dict) -> None:
+    """Before a replay: the fused kernels' copies of weights written to in place since (int4
+    fragment words) are rewritten where the graph reads them."""
+    if cache:
+        refresh_frag_words(cache)
 
 
 def _remember(cache: OrderedDict, key: tuple[object, ...], value: object, limit: int) -> None:
@@ -121,6 +130,7 @@ class GraphedBackend:
             self._graphs.move_to_end(key)
             cap.x.copy_(x)
             cap.d.copy_(d)
+            _refresh_kernel_copies(st.kernel_cache)
         cap.graph.replay()
         self.replays += 1
         return cap.out.clone()
@@ -180,6 +190,8 @@ class GraphedLayer:
         self._pool: object | None = None
         self._weights: tuple[object, ...] | None = None
         self._modules_cache: tuple[list[nn.Module], tuple[int, ...]] = ([], ())
+        # kernel caches of the stacks the captured steps read (int4 fragment words to refresh)
+        self._kernel_caches: list[dict] = []
         self.captures = 0
         self.replays = 0
 
@@ -247,6 +259,8 @@ class GraphedLayer:
         else:
             self._graphs.move_to_end(key)
             entry[1].copy_(x)
+            for cache in self._kernel_caches:
+                _refresh_kernel_copies(cache)
         graph, _, out = entry
         graph.replay()
         self.replays += 1
@@ -257,6 +271,7 @@ class GraphedLayer:
         self._graphs.clear()
         self._uncapturable.clear()
         self._modules_cache = ([], ())
+        self._kernel_caches = []
 
     def _capture(self, key: tuple[object, ...], x: torch.Tensor):
         sx = x.clone()
@@ -272,6 +287,12 @@ class GraphedLayer:
             layer.tokens_per_expert.copy_(counts)
             return None
         layer.tokens_per_expert.copy_(counts)  # warm-up and capture steps are not real steps
+        try:
+            cache = stacked_experts(layer.experts).kernel_cache
+        except ConfigError:  # experts that do not stack: no kernel copies to refresh
+            cache = None
+        if cache is not None and not any(c is cache for c in self._kernel_caches):
+            self._kernel_caches.append(cache)
         _remember(self._graphs, key, (graph, sx, out), self.max_graphs)
         self.captures += 1
         return self._graphs[key]

@@ -89,7 +89,7 @@ def dequantize_int4(
 FRAGMENT_BYTES = 32  # `fragment_words` reorders bytes within blocks of this many
 
 
-def fragment_words(packed: torch.Tensor) -> torch.Tensor:
+def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Half-split packed codes [..., in // 2] as 32-bit words in the fused kernel's register
     order: int32 [..., in // 8], bytes reordered within each 32-byte block of a row.
 
@@ -98,10 +98,12 @@ def fragment_words(packed: torch.Tensor) -> torch.Tensor:
     {16+2q, ..., 25+2q} (w = 1): the ones that thread q of a quad holds in a Hopper wgmma's
     register operand (`_fused_kernel._dequant_int4_frag`), so the kernel loads each thread's
     bytes as whole words and writes its operand registers without moving bytes around.
-    A copy: the half-split tensor stays the format of record (`dequantize_int4`).
+    A copy: the half-split tensor stays the format of record (`dequantize_int4`). With `out`
+    (int32, the result's shape) the words are written there, with no temporary copy.
 
     Raises:
-        ShapeError: a row is not a whole number of 32-byte blocks, or packed is not uint8.
+        ShapeError: a row is not a whole number of 32-byte blocks, packed is not uint8, or out
+            does not fit.
     """
     if packed.dtype != torch.uint8 or packed.dim() == 0 or packed.shape[-1] % FRAGMENT_BYTES:
         raise ShapeError(f"fragment words need uint8 rows of a multiple of {FRAGMENT_BYTES} "
@@ -110,7 +112,14 @@ def fragment_words(packed: torch.Tensor) -> torch.Tensor:
     blocks = packed.reshape(*lead, packed.shape[-1] // FRAGMENT_BYTES, 2, 2, 4, 2)  # w h q i
     nd = blocks.dim()
     order = (*range(nd - 4), nd - 2, nd - 4, nd - 3, nd - 1)  # -> q w h i
-    return blocks.permute(order).contiguous().reshape(*lead, -1).view(torch.int32)
+    if out is None:
+        return blocks.permute(order).contiguous().reshape(*lead, -1).view(torch.int32)
+    want = (*lead, packed.shape[-1] // 4)
+    if out.dtype != torch.int32 or tuple(out.shape) != want or not out.is_contiguous():
+        raise ShapeError(f"fragment words out= must be contiguous int32 {want}, got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    out.view(torch.uint8).view(blocks.permute(order).shape).copy_(blocks.permute(order))
+    return out
 
 
 class Int4Linear(nn.Module):

@@ -60,7 +60,9 @@ class ExpertStack:
         group_size: int4 group size G, or None.
         build_id: unique per build (CUDA graphs key on it: a rebuilt stack has new pointers).
         kernel_cache: per-stack objects of the kernels that depend only on these tensors (the
-            fused backend's TMA descriptors), dropped with the stack.
+            fused backend's TMA descriptors and, for int4 "...f" configurations, a copy of
+            the codes as fragment-ordered words: as much memory again as q13 and q2), dropped
+            with the stack.
     """
 
     form: str
@@ -201,6 +203,31 @@ def _all_views(st: ExpertStack, experts: Sequence[nn.Module]) -> bool:
     return True
 
 
+
+def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int, h: int,
+                f: int, g: int) -> None:
+    """Fills st's int4 tensors and makes the experts' codes and scales views of them. Built
+    outside inference mode (even when called inside it), so that the stack's codes keep a
+    version counter: the fused kernels' copies of them (`fused_triton._frag_words`) follow
+    in-place writes through it."""
+    with torch.inference_mode(False):
+        dev = experts[0].up_proj.packed.device
+        st.group_size = g
+        st.q13 = torch.empty(n, rows, h // 2, dtype=torch.uint8, device=dev)
+        st.s13 = torch.empty(n, rows, h // g, dtype=torch.float16, device=dev)
+        st.q2 = torch.empty(n, h, f // 2, dtype=torch.uint8, device=dev)
+        st.s2 = torch.empty(n, h, f // g, dtype=torch.float16, device=dev)
+        for e, ex in enumerate(experts):
+            down = ex.down_proj
+            for lin, sl in _gate_up_rows(ex, f):
+                st.q13[e, sl].copy_(lin.packed)
+                st.s13[e, sl].copy_(lin.scales)
+                lin.packed, lin.scales = st.q13[e, sl], st.s13[e, sl]
+            st.q2[e].copy_(down.packed)
+            st.s2[e].copy_(down.scales)
+            down.packed, down.scales = st.q2[e], st.s2[e]
+
+
 def _build(experts: Sequence[nn.Module]) -> ExpertStack:
     if len(experts) == 0:
         raise ConfigError("cannot stack an empty list of experts")
@@ -225,21 +252,7 @@ def _build(experts: Sequence[nn.Module]) -> ExpertStack:
             g = first.group_size
             if any(e.group_size != g for e in experts):
                 raise ConfigError("stacked int4 experts must share one group size")
-            dev = first.up_proj.packed.device
-            st.group_size = g
-            st.q13 = torch.empty(n, rows, h // 2, dtype=torch.uint8, device=dev)
-            st.s13 = torch.empty(n, rows, h // g, dtype=torch.float16, device=dev)
-            st.q2 = torch.empty(n, h, f // 2, dtype=torch.uint8, device=dev)
-            st.s2 = torch.empty(n, h, f // g, dtype=torch.float16, device=dev)
-            for e, ex in enumerate(experts):
-                down = ex.down_proj
-                for lin, sl in _gate_up_rows(ex, f):
-                    st.q13[e, sl].copy_(lin.packed)
-                    st.s13[e, sl].copy_(lin.scales)
-                    lin.packed, lin.scales = st.q13[e, sl], st.s13[e, sl]
-                st.q2[e].copy_(down.packed)
-                st.s2[e].copy_(down.scales)
-                down.packed, down.scales = st.q2[e], st.s2[e]
+            _stack_int4(st, experts, n, rows, h, f, g)
         else:
             w = first.up_proj.weight
             st.w13 = torch.empty(n, rows, h, dtype=w.dtype, device=w.device)
