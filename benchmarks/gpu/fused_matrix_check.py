@@ -6,7 +6,9 @@ CUDA graph) over: presets with 60 experts (not a power of two), top-1 ReLU exper
 capacity factor, sigmoid routing with a shared expert; bf16 and fp16; dense and int4 experts
 with groups of 32-128 (the fp16 inline-PTX dequantization included); 1, 37 and 512 tokens.
 Each output is compared with an fp32 reference computed from the same (dequantized) weights on
-the step's own routing; the routing is checked to be a valid top-k.
+the step's own routing; the routing is checked to be a valid top-k. Then two experts' down
+projections are swapped in place and the step runs again (a captured graph must read the new
+weights; for int4 the kernels' fragment-word copies are refreshed before the replay).
 
     PYTHONPATH=$PWD python3 benchmarks/gpu/fused_matrix_check.py --out $OUT/matrix.json
 """
@@ -35,6 +37,18 @@ from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 CASES = ["qwen1.5-moe-a2.7b@0.25", "switch-base-8@0.5", "deepseek-v3@0.125", "olmoe-1b-7b@1"]
 TOL = 1e-2
+
+
+def write_expert_in_place(layer: SimpleMoELayer) -> None:
+    """Swaps the down projections of the first two routed experts, in place (the tensors keep
+    their addresses, as `load_state_dict` does)."""
+    a, b = layer.experts[0].down_proj, layer.experts[1].down_proj
+    names = ("packed", "scales") if hasattr(a, "packed") else ("weight",)
+    for n in names:
+        ta, tb = getattr(a, n), getattr(b, n)
+        tmp = ta.clone()
+        ta.copy_(tb)
+        tb.copy_(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +96,18 @@ def main(argv: list[str] | None = None) -> int:
                                 err = rel_err(o.hidden_states, layer_reference(layer, x, d))
                                 bad = topk_violations(layer, x, r.topk_idx)
                                 fused_route = layer.uses_fused_route(x)
+                                # weights written in place: graphs must read the new ones
+                                # (int4: the fused kernels' fragment-word copies refreshed)
+                                write_expert_in_place(layer)
+                                o = step(x)
+                                r = o.routing
+                                d = build_dispatch(r.topk_idx, r.topk_weight, cfg.num_experts,
+                                                   cfg.capacity_factor)
+                                err_w = rel_err(o.hidden_states, layer_reference(layer, x, d))
                             rec.update(rel_err=err, topk_violations=bad,
-                                       fused_route=fused_route,
-                                       ok=err == err and err <= TOL and bad == 0)
+                                       fused_route=fused_route, rel_err_after_write=err_w,
+                                       ok=err == err and err <= TOL and bad == 0
+                                       and err_w == err_w and err_w <= TOL)
                         except Exception as exc:
                             rec.update(ok=False, error=traceback.format_exc()[-2000:])
                             print(f"ERROR {rec}: {exc!r}", flush=True)
