@@ -4,7 +4,8 @@ The refresh's points whose op starts with one of --ops replace the profile's poi
 scenario (op, device, dtype, preset, shape, tokens) and are added where the profile has none; the
 profile's other points stay. The refresh's sweep runs are appended to `sweep.runs` (with
 --note) and its provenance to `provenance.refreshes`, so the profile keeps saying where each
-point came from. A refresh measured on another GPU than the profile is refused.
+point came from. A refresh measured on another GPU than the profile (or with a GPU where the
+profile has none, or the other way round) is refused.
 
     python benchmarks/merge_profile_refresh.py --profile data/profiles/h200.json \\
         --refresh results/h200/cost_model/fused_refresh3/h200_fused_refresh.json \\
@@ -38,9 +39,12 @@ def merge(profile: dict[str, Any], refresh: dict[str, Any], prefixes: list[str],
             raise ValueError(f"the refresh's provenance has no '{key}'")
     gpu = profile.get("provenance", {}).get("machine", {}).get("gpu")
     theirs = refresh["provenance"]["machine"].get("gpu")
-    if gpu and theirs and gpu != theirs:
-        raise ValueError(f"the refresh was measured on {theirs}, the profile on {gpu}")
+    if gpu != theirs:
+        raise ValueError(f"the refresh was measured on {theirs or 'no GPU'}, the profile on "
+                         f"{gpu or 'no GPU'}")
     keys = {_scenario(p) for p in new}
+    if len(keys) < len(new):
+        raise ValueError("the refresh has more than one point of a scenario")
     kept = [p for p in profile["points"] if _scenario(p) not in keys]
     replaced = len(profile["points"]) - len(kept)
     profile["points"] = kept + new

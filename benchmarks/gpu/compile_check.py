@@ -64,7 +64,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         "stride_se": "i32", "stride_sn": "i32", "stride_cm": "i32", "up_rows": "i32",
     }
     # fragment-ordered words: 4 packed bytes per element
-    frag = _gpu_dequant_mode(cfg, int4, qgroup) == 3
+    frag = _gpu_dequant_mode(cfg, int4, qgroup, dtype) == 3
     if frag:
         types["w_ptr"] = "*i32"
     w_el = ("i32" if frag else "u8") if int4 else dtype
@@ -75,7 +75,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
                           gated=gated, act=(1 if gated else 2) if combine == 0 else 0,
                           combine=combine,
                           qgroup=qgroup if int4 else None, ieee=False, interpret=False,
-                          w_tma=cfg.tma, int4_dequant=_gpu_dequant_mode(cfg, int4, qgroup))
+                          w_tma=cfg.tma, int4_dequant=_gpu_dequant_mode(cfg, int4, qgroup, dtype))
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
     consts: dict[str, Any] = {**meta, "k_dim": k_dim}  # a constexpr of both kernels
     sig = _signature(fn, types, consts)
@@ -100,10 +100,11 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     }
 
 
-def _gpu_dequant_mode(cfg: ft.KernelConfig, int4: bool, qgroup: int) -> int:
-    """The int4 MODE `_launch` uses on an NVIDIA GPU with bf16 activations."""
-    gpu_bf16 = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)
-    return ft._dequant_mode(cfg, gpu_bf16, qgroup if int4 else None)  # type: ignore[arg-type]
+def _gpu_dequant_mode(cfg: ft.KernelConfig, int4: bool, qgroup: int, dtype: str) -> int:
+    """The int4 MODE `_launch` uses on an NVIDIA GPU with activations of `dtype`."""
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    gpu = SimpleNamespace(is_cuda=True, dtype=dt)
+    return ft._dequant_mode(cfg, gpu, qgroup if int4 else None)  # type: ignore[arg-type]
 
 
 def _resource_report(cubin: bytes) -> dict[str, int]:

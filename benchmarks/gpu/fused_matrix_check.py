@@ -6,9 +6,10 @@ CUDA graph) over: presets with 60 experts (not a power of two), top-1 ReLU exper
 capacity factor, sigmoid routing with a shared expert; bf16 and fp16; dense and int4 experts
 with groups of 32-128 (the fp16 inline-PTX dequantization included); 1, 37 and 512 tokens.
 Each output is compared with an fp32 reference computed from the same (dequantized) weights on
-the step's own routing; the routing is checked to be a valid top-k. Then two experts' down
-projections are swapped in place and the step runs again (a captured graph must read the new
-weights; for int4 the kernels' fragment-word copies are refreshed before the replay).
+the step's own routing; the routing is checked to be a valid top-k. Then the weights of the
+step's most used expert are swapped in place with another's and the step runs again: its
+output must change and match the reference of the new weights (a captured graph reads them;
+for int4 the kernels' fragment-word copies are refreshed before the replay).
 
     PYTHONPATH=$PWD python3 benchmarks/gpu/fused_matrix_check.py --out $OUT/matrix.json
 """
@@ -39,13 +40,15 @@ CASES = ["qwen1.5-moe-a2.7b@0.25", "switch-base-8@0.5", "deepseek-v3@0.125", "ol
 TOL = 1e-2
 
 
-def write_expert_in_place(layer: SimpleMoELayer) -> None:
-    """Swaps the down projections of the first two routed experts, in place (the tensors keep
-    their addresses, as `load_state_dict` does)."""
-    a, b = layer.experts[0].down_proj, layer.experts[1].down_proj
-    names = ("packed", "scales") if hasattr(a, "packed") else ("weight",)
-    for n in names:
-        ta, tb = getattr(a, n), getattr(b, n)
+def swap_used_experts_in_place(layer: SimpleMoELayer, topk_idx: torch.Tensor) -> None:
+    """Swaps every weight (int4: codes and scales) of the step's most used expert with another
+    expert's (the second most used, or the next one), in place: the tensors keep their
+    addresses, as with `load_state_dict`, and the step's output must change."""
+    used = torch.bincount(topk_idx.reshape(-1), minlength=len(layer.experts)).argsort(
+        descending=True).tolist()
+    a, b = layer.experts[used[0]], layer.experts[used[1]]
+    for ta, tb in zip(a.buffers() if hasattr(a.up_proj, "packed") else a.parameters(),
+                      b.buffers() if hasattr(b.up_proj, "packed") else b.parameters()):
         tmp = ta.clone()
         ta.copy_(tb)
         tb.copy_(tmp)
@@ -98,16 +101,19 @@ def main(argv: list[str] | None = None) -> int:
                                 fused_route = layer.uses_fused_route(x)
                                 # weights written in place: graphs must read the new ones
                                 # (int4: the fused kernels' fragment-word copies refreshed)
-                                write_expert_in_place(layer)
+                                before = o.hidden_states.clone()
+                                swap_used_experts_in_place(layer, r.topk_idx)
                                 o = step(x)
                                 r = o.routing
                                 d = build_dispatch(r.topk_idx, r.topk_weight, cfg.num_experts,
                                                    cfg.capacity_factor)
                                 err_w = rel_err(o.hidden_states, layer_reference(layer, x, d))
+                                changed = not torch.equal(o.hidden_states, before)
                             rec.update(rel_err=err, topk_violations=bad,
                                        fused_route=fused_route, rel_err_after_write=err_w,
+                                       changed_after_write=changed,
                                        ok=err == err and err <= TOL and bad == 0
-                                       and err_w == err_w and err_w <= TOL)
+                                       and err_w == err_w and err_w <= TOL and changed)
                         except Exception as exc:
                             rec.update(ok=False, error=traceback.format_exc()[-2000:])
                             print(f"ERROR {rec}: {exc!r}", flush=True)

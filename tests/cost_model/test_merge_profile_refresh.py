@@ -33,7 +33,7 @@ def test_merge_replaces_only_the_refreshed_ops(tmp_path: Path) -> None:
     mod = _module()
     profile = {"points": [_point("expert", 1, 1.0), _point("moe_layer:fused", 1, 2.0),
                           _point("moe_layer:fused_graph", 1, 3.0)],
-               "sweep": {"runs": [{}]}, "provenance": {"refreshes": []}}
+               "sweep": {"runs": [{}]}, "provenance": {"refreshes": [], "machine": {"gpu": "x"}}}
     refresh = _refresh([_point("moe_layer:fused", 1, 0.5), _point("moe_layer:fused_graph", 1, 0.25),
                         _point("expert", 1, 9.0)])
     p, r = tmp_path / "profile.json", tmp_path / "refresh.json"
@@ -54,7 +54,8 @@ def test_merge_replaces_only_the_refreshed_ops(tmp_path: Path) -> None:
 def test_merge_keeps_scenarios_the_refresh_did_not_measure(tmp_path: Path) -> None:
     mod = _module()
     profile = {"points": [_point("moe_layer:fused", 1, 2.0), _point("moe_layer:fused", 64, 3.0),
-                          {**_point("moe_layer:fused", 1, 4.0), "preset": "olmoe"}]}
+                          {**_point("moe_layer:fused", 1, 4.0), "preset": "olmoe"}],
+               "provenance": {"machine": {"gpu": "x"}}}
     refresh = _refresh([_point("moe_layer:fused", 1, 0.5), _point("moe_layer:fused", 8, 0.7)])
     replaced, added = mod.merge(profile, refresh, ["moe_layer:fused"], what="w", note="n")
     assert (replaced, added) == (1, 1)
@@ -62,12 +63,22 @@ def test_merge_keeps_scenarios_the_refresh_did_not_measure(tmp_path: Path) -> No
     assert lat == [0.5, 0.7, 3.0, 4.0]
 
 
-def test_merge_refuses_a_refresh_from_another_gpu() -> None:
+@pytest.mark.parametrize(("ours", "match"), [("NVIDIA H200", "on x, the profile on NVIDIA H200"),
+                                             (None, "on x, the profile on no GPU")])
+def test_merge_refuses_a_refresh_from_another_machine(ours: str | None, match: str) -> None:
     mod = _module()
-    profile = {"points": [], "provenance": {"machine": {"gpu": "NVIDIA H200"}}}
-    with pytest.raises(ValueError, match="measured on x, the profile on NVIDIA H200"):
+    profile = {"points": [], "provenance": {"machine": {"gpu": ours}}}
+    with pytest.raises(ValueError, match=match):
         mod.merge(profile, _refresh([_point("moe_layer:fused", 1, 0.5)]), ["moe_layer:fused"],
                   what="w", note="n")
+
+
+def test_merge_refuses_a_refresh_with_a_scenario_twice() -> None:
+    mod = _module()
+    refresh = _refresh([_point("moe_layer:fused", 1, 0.5), _point("moe_layer:fused", 1, 0.6)])
+    with pytest.raises(ValueError, match="more than one point of a scenario"):
+        mod.merge({"points": [], "provenance": {"machine": {"gpu": "x"}}}, refresh,
+                  ["moe_layer:fused"], what="w", note="n")
 
 
 def test_merge_without_points_of_the_ops_changes_nothing(tmp_path: Path,

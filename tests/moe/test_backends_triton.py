@@ -484,3 +484,79 @@ def test_refresh_frag_words_rewrites_written_weights_in_place(gen: torch.Generat
                        fragment_words(stk.q13))
     assert {k: v[1].data_ptr() for k, v in stk.kernel_cache.items() if k[0] == "frag"} == {
         k: p for k, (p, _) in before.items()}
+
+
+def test_graphed_layer_refreshes_fragment_words_before_each_replay(
+        monkeypatch: pytest.MonkeyPatch, gen: torch.Generator) -> None:
+    # CUDA graphs on a CPU: a stand-in graph whose replay checks the words it would read
+    import gc
+
+    from wattmoe.moe import SimpleMoELayer, get_preset, graphs
+    from wattmoe.moe.quant import fragment_words
+    from wattmoe.moe.stacked import existing_stack
+
+    stale: list[bool] = []
+
+    class FakeGraph:
+        def __init__(self, layer: SimpleMoELayer) -> None:
+            self.layer = layer
+
+        def replay(self) -> None:
+            st = existing_stack(self.layer.experts)
+            stale.extend(not torch.equal(v[1], fragment_words(v[2]))
+                         for k, v in st.kernel_cache.items() if k[0] == "frag")
+
+    def fake_capture(fn, device, pool):  # warm-up calls, then the "recorded" one
+        fn()
+        fn()
+        return FakeGraph(layer), fn()
+
+    monkeypatch.setattr(graphs, "_warm_and_capture", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+    monkeypatch.setattr(graphs.GraphedLayer, "capturable", lambda self, x: True)
+    cfg = get_preset("olmoe-1b-7b", 0.03125)
+    torch.manual_seed(0)
+    layer = SimpleMoELayer(cfg, dtype="fp32").eval().quantize(32)
+    layer.set_backend("fused")
+    x = torch.randn(5, cfg.hidden_size, generator=gen)
+    monkeypatch.setattr(ft, "choose_config", lambda *args: "w64t16f")
+    with torch.inference_mode():
+        layer(x)  # builds the stack (which re-points the experts' tensors) before capturing
+        g = graphs.GraphedLayer(layer)
+        g(x)
+        g(x)
+        layer.experts[0].down_proj.packed.copy_(layer.experts[1].down_proj.packed.clone())
+        g(x)
+    assert g.captures == 1 and g.replays == 3
+    assert len(stale) == 6 and not any(stale)  # two word tensors (gate/up, down) per replay
+    layer.experts = torch.nn.ModuleList(list(layer.experts))  # a new container: a new stack
+    gc.collect()
+    assert g._stacks[0]() is None  # the old stack is not kept alive by the wrapper
+
+
+def test_fragment_words_made_under_inference_mode_are_rewritten_outside_it(
+        gen: torch.Generator, no_fallback: None) -> None:
+    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
+    x = torch.randn(7, 64, generator=gen)
+    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
+    stk = stacked_experts(qx)
+    with torch.inference_mode():
+        ft.fused_forward(stk, x, d, "w64t16f")  # words made here
+    with torch.no_grad():  # a load_state_dict-like write, then a step, outside inference mode
+        qx[0].up_proj.packed.copy_(qx[3].up_proj.packed)
+        torch.testing.assert_close(ft.fused_forward(stk, x, d, "w64t16f"),
+                                   get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)
+
+
+def test_refresh_frag_words_force_sees_writes_past_the_version_counter(
+        gen: torch.Generator, no_fallback: None) -> None:
+    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
+    x = torch.randn(7, 64, generator=gen)
+    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
+    stk = stacked_experts(qx)
+    with torch.no_grad():
+        ft.fused_forward(stk, x, d, "w64t16f")
+        qx[0].down_proj.packed.data.copy_(qx[2].down_proj.packed)  # .data: no version bump
+        ft.refresh_frag_words(stk.kernel_cache, force=True)
+        torch.testing.assert_close(ft.fused_forward(stk, x, d, "w64t16f"),
+                                   get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)

@@ -567,7 +567,9 @@ def _frag_words(w: torch.Tensor, cache: dict | None) -> torch.Tensor:
     and by `refresh_frag_words` before a CUDA graph replays: a captured graph reads the words
     of the current weights. Stacks keep a version counter even when built under inference
     mode (`stacked._stack_int4`); other inference tensors have none, and their words are made
-    once.
+    once. Writes that bypass the version counter (`.data`, numpy, DLPack) need
+    `refresh_frag_words(stack.kernel_cache, force=True)`. The words are made outside
+    inference mode, so that they can be rewritten in place in any mode.
 
     Raises:
         RuntimeError: the words are missing or stale while a CUDA graph is being captured
@@ -583,24 +585,28 @@ def _frag_words(w: torch.Tensor, cache: dict | None) -> torch.Tensor:
     if w.is_cuda and torch.cuda.is_current_stream_capturing():
         raise RuntimeError("int4 fragment words are made outside CUDA graph capture: run the "
                            "step once eagerly before capturing it")
-    if hit is not None and hit[1].shape == (*w.shape[:-1], w.shape[-1] // 4):
-        words = fragment_words(w, out=hit[1])
-    else:
-        words = fragment_words(w)
+    with torch.inference_mode(False), torch.no_grad():  # rewritable in any mode later
+        if hit is not None and hit[1].shape == (*w.shape[:-1], w.shape[-1] // 4):
+            words = fragment_words(w, out=hit[1])
+        else:
+            words = fragment_words(w)
     cache[key] = (version, words, w)
     return words
 
 
-def refresh_frag_words(cache: dict) -> None:
+def refresh_frag_words(cache: dict, force: bool = False) -> None:
     """Rewrites in place the fragment words in a stack's `kernel_cache` whose weights were
     written to since (their version counter); a replayed CUDA graph runs no `_launch` that
-    would notice. A few attribute reads when nothing changed."""
+    would notice. A few attribute reads when nothing changed. force: rewrite all of them, for
+    writes that bypass the version counter (through `.data`, numpy, DLPack or raw storage)."""
     for key, entry in list(cache.items()):
         if key[0] != "frag":
             continue
         version, words, w = entry
-        if version is not None and w._version != version:
-            cache[key] = (w._version, fragment_words(w, out=words), w)
+        now = None if w.is_inference() else w._version
+        if force or now != version:
+            with torch.inference_mode(False), torch.no_grad():
+                cache[key] = (now, fragment_words(w, out=words), w)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,12 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from wattmoe.errors import ConfigError
 from wattmoe.moe.backends import get_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.fused_triton import refresh_frag_words
 from wattmoe.moe.router import RoutingStrategy
-from wattmoe.moe.stacked import _anchors, stacked_experts
+from wattmoe.moe.stacked import _anchors, existing_stack, stacked_experts
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,9 @@ class GraphedLayer:
         self._pool: object | None = None
         self._weights: tuple[object, ...] | None = None
         self._modules_cache: tuple[list[nn.Module], tuple[int, ...]] = ([], ())
-        # kernel caches of the stacks the captured steps read (int4 fragment words to refresh)
-        self._kernel_caches: list[dict] = []
+        # the stacks the captured steps read (int4 fragment words to refresh before a replay),
+        # weakly: replaced experts drop their stack and the graphs with it
+        self._stacks: list[weakref.ref] = []
         self.captures = 0
         self.replays = 0
 
@@ -259,8 +260,10 @@ class GraphedLayer:
         else:
             self._graphs.move_to_end(key)
             entry[1].copy_(x)
-            for cache in self._kernel_caches:
-                _refresh_kernel_copies(cache)
+            for ref in self._stacks:
+                st = ref()
+                if st is not None:
+                    _refresh_kernel_copies(st.kernel_cache)
         graph, _, out = entry
         graph.replay()
         self.replays += 1
@@ -271,7 +274,7 @@ class GraphedLayer:
         self._graphs.clear()
         self._uncapturable.clear()
         self._modules_cache = ([], ())
-        self._kernel_caches = []
+        self._stacks = []
 
     def _capture(self, key: tuple[object, ...], x: torch.Tensor):
         sx = x.clone()
@@ -287,12 +290,9 @@ class GraphedLayer:
             layer.tokens_per_expert.copy_(counts)
             return None
         layer.tokens_per_expert.copy_(counts)  # warm-up and capture steps are not real steps
-        try:
-            cache = stacked_experts(layer.experts).kernel_cache
-        except ConfigError:  # experts that do not stack: no kernel copies to refresh
-            cache = None
-        if cache is not None and not any(c is cache for c in self._kernel_caches):
-            self._kernel_caches.append(cache)
+        st = existing_stack(layer.experts)  # the one the step used, if it stacked them
+        if st is not None and not any(r() is st for r in self._stacks):
+            self._stacks.append(weakref.ref(st))
         _remember(self._graphs, key, (graph, sx, out), self.max_graphs)
         self.captures += 1
         return self._graphs[key]

@@ -210,7 +210,7 @@ def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int
     outside inference mode (even when called inside it), so that the stack's codes keep a
     version counter: the fused kernels' copies of them (`fused_triton._frag_words`) follow
     in-place writes through it."""
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), torch.no_grad():
         dev = experts[0].up_proj.packed.device
         st.group_size = g
         st.q13 = torch.empty(n, rows, h // 2, dtype=torch.uint8, device=dev)
@@ -283,14 +283,11 @@ def stacked_experts(experts: Sequence[nn.Module], verify: bool = False) -> Exper
     Raises:
         ConfigError: the experts cannot be stacked (mixed kinds or shapes, empty).
     """
-    holder = experts if isinstance(experts, nn.Module) else None
-    if holder is not None:
-        st = holder.__dict__.get(_ATTR)
-    else:
-        key = tuple(id(e) for e in experts)
-        st = _LIST_CACHE.get(key)
-    if st is not None and _matches(st, experts, verify):
+    st = existing_stack(experts, verify)
+    if st is not None:
         return st
+    holder = experts if isinstance(experts, nn.Module) else None
+    key = tuple(id(e) for e in experts)
     st = _build(experts)
     if holder is not None:
         holder.__dict__[_ATTR] = st
@@ -299,6 +296,15 @@ def stacked_experts(experts: Sequence[nn.Module], verify: bool = False) -> Exper
         while len(_LIST_CACHE) > _LIST_CACHE_SIZE:
             _LIST_CACHE.popitem(last=False)
     return st
+
+
+def existing_stack(experts: Sequence[nn.Module], verify: bool = False) -> ExpertStack | None:
+    """The cached stack of `experts` if it still matches them, else None (builds nothing)."""
+    if isinstance(experts, nn.Module):
+        st = experts.__dict__.get(_ATTR)
+    else:
+        st = _LIST_CACHE.get(tuple(id(e) for e in experts))
+    return st if st is not None and _matches(st, experts, verify) else None
 
 
 def invalidate_stack(experts: Sequence[nn.Module]) -> None:
