@@ -6,7 +6,9 @@ int4 buffers) at its slice, so that
 
 - no memory is duplicated (DeepSeek-V3's routed experts alone are 22.5 GB in bf16);
 - in-place updates of an expert (``load_state_dict``, ``param.copy_``, an optimizer step) are
-  seen by the stack without any invalidation;
+  seen by the stack without any invalidation (the fused kernels' int4 fragment-word copies
+  follow them through the tensors' version counter; writes that bypass it, through ``.data``,
+  numpy or DLPack, need ``fused_triton.refresh_frag_words(stack.kernel_cache, force=True)``);
 - a change that *replaces* tensors (``layer.to(...)``, ``layer.quantize()``, assigning
   ``param.data``) is detected on the next call and the stack is rebuilt.
 
