@@ -387,37 +387,37 @@ def test_fused_int4_fragment_words_match_loop(config: str, gen: torch.Generator,
     assert [k["W_TMA"] for k in gemms] == [c.tma for c in ft.resolve_config(config, True)]
 
 
-def test_fused_int4_fragment_words_off_for_k_tiles_under_32_bytes(
-        gen: torch.Generator, no_fallback: None, launches: list[dict[str, object]]) -> None:
+@pytest.mark.parametrize(("group", "hidden", "inner", "config", "modes"), [
     # group 16: K tiles of 16 packed columns (a tile lies in one group), not a 32-byte block
-    qx = [quantize_expert(e, 16) for e in experts(4, 64, 64)]
-    x = torch.randn(9, 64, generator=gen)
-    d = make_dispatch("uniform", 9, 4, 2, gen, with_rowof=True)
-    with torch.no_grad():
-        torch.testing.assert_close(run(qx, x, d, "w64t64k32f"), get_backend("loop")(qx, x, d),
-                                   rtol=1e-5, atol=1e-5)
-    assert [k["INT4_DEQUANT"] for k in launches if "INT4_DEQUANT" in k] == [0, 0]
-
-
-def test_fused_int4_fragment_words_off_where_rows_are_not_whole_blocks(
-        gen: torch.Generator, no_fallback: None, launches: list[dict[str, object]]) -> None:
+    (16, 64, 64, "w64t64k32f", [0, 0]),
     # H = 96: gate/up rows are 48 bytes (not whole 32-byte blocks); down rows (F = 128) are
-    qx = [quantize_expert(e, 32) for e in experts(4, 96, 128)]
-    x = torch.randn(9, 96, generator=gen)
+    (32, 96, 128, "w64t16f", [0, 4]),
+])
+def test_fused_int4_fragment_words_off_where_tiles_are_not_whole_blocks(
+        group: int, hidden: int, inner: int, config: str, modes: list[int],
+        gen: torch.Generator, no_fallback: None, launches: list[dict[str, object]]) -> None:
+    qx = [quantize_expert(e, group) for e in experts(4, hidden, inner)]
+    x = torch.randn(9, hidden, generator=gen)
     d = make_dispatch("uniform", 9, 4, 2, gen, with_rowof=True)
     with torch.no_grad():
-        torch.testing.assert_close(run(qx, x, d, "w64t16f"), get_backend("loop")(qx, x, d),
+        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
                                    rtol=1e-5, atol=1e-5)
-    assert [k["INT4_DEQUANT"] for k in launches if "INT4_DEQUANT" in k] == [0, 4]
+    assert [k["INT4_DEQUANT"] for k in launches if "INT4_DEQUANT" in k] == modes
+
+
+def int4_case(gen: torch.Generator):
+    """Four int4 experts (H = F = 64, groups of 32: whole 32-byte blocks), 7 tokens, top-2,
+    and their stack."""
+    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
+    x = torch.randn(7, 64, generator=gen)
+    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
+    return qx, x, d, stacked_experts(qx)
 
 
 def test_fused_int4_fragment_words_follow_weight_writes(gen: torch.Generator,
                                                         no_fallback: None) -> None:
     # the words are a cached copy: writing the experts' packed weights in place refreshes it
-    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
-    x = torch.randn(7, 64, generator=gen)
-    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
-    stk = stacked_experts(qx)
+    qx, x, d, stk = int4_case(gen)
     with torch.no_grad():
         first = ft.fused_forward(stk, x, d, "w64t16f")
         words = [v[1] for k, v in stk.kernel_cache.items() if k[0] == "frag"]
@@ -451,10 +451,7 @@ def test_fused_int4_fragment_words_of_inference_tensors(gen: torch.Generator,
     # experts quantized and stacked under inference mode: the stack's codes still keep a
     # version counter, so writes made under inference mode refresh the words too
     with torch.inference_mode():
-        qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
-        x = torch.randn(7, 64, generator=gen)
-        d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
-        stk = stacked_experts(qx)
+        qx, x, d, stk = int4_case(gen)
         assert not stk.q13.is_inference()
         first = ft.fused_forward(stk, x, d, "w64t16f")
         qx[0].down_proj.packed.copy_(qx[3].down_proj.packed)
@@ -466,10 +463,7 @@ def test_fused_int4_fragment_words_of_inference_tensors(gen: torch.Generator,
 def test_refresh_frag_words_rewrites_written_weights_in_place(gen: torch.Generator,
                                                               no_fallback: None) -> None:
     # what a graph replay runs instead of `_launch`: stale words rewritten at their address
-    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
-    x = torch.randn(7, 64, generator=gen)
-    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
-    stk = stacked_experts(qx)
+    qx, x, d, stk = int4_case(gen)
     with torch.no_grad():
         ft.fused_forward(stk, x, d, "w64t16f")
     entries = {k: v for k, v in stk.kernel_cache.items() if k[0] == "frag"}
@@ -536,10 +530,7 @@ def test_graphed_layer_refreshes_fragment_words_before_each_replay(
 
 def test_fragment_words_made_under_inference_mode_are_rewritten_outside_it(
         gen: torch.Generator, no_fallback: None) -> None:
-    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
-    x = torch.randn(7, 64, generator=gen)
-    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
-    stk = stacked_experts(qx)
+    qx, x, d, stk = int4_case(gen)
     with torch.inference_mode():
         ft.fused_forward(stk, x, d, "w64t16f")  # words made here
     with torch.no_grad():  # a load_state_dict-like write, then a step, outside inference mode
@@ -550,10 +541,7 @@ def test_fragment_words_made_under_inference_mode_are_rewritten_outside_it(
 
 def test_refresh_frag_words_force_sees_writes_past_the_version_counter(
         gen: torch.Generator, no_fallback: None) -> None:
-    qx = [quantize_expert(e, 32) for e in experts(4, 64, 64)]
-    x = torch.randn(7, 64, generator=gen)
-    d = make_dispatch("uniform", 7, 4, 2, gen, with_rowof=True)
-    stk = stacked_experts(qx)
+    qx, x, d, stk = int4_case(gen)
     with torch.no_grad():
         ft.fused_forward(stk, x, d, "w64t16f")
         qx[0].down_proj.packed.data.copy_(qx[2].down_proj.packed)  # .data: no version bump
