@@ -191,7 +191,7 @@ class GraphedLayer:
         self._weights: tuple[object, ...] | None = None
         self._modules_cache: tuple[list[nn.Module], tuple[int, ...]] = ([], ())
         # the stacks the captured steps read (int4 fragment words to refresh before a replay),
-        # weakly: replaced experts drop their stack and the graphs with it
+        # held weakly: the stack of replaced experts is not kept alive here
         self._stacks: list[weakref.ref] = []
         self.captures = 0
         self.replays = 0

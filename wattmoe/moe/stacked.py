@@ -205,7 +205,6 @@ def _all_views(st: ExpertStack, experts: Sequence[nn.Module]) -> bool:
     return True
 
 
-
 def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int, h: int,
                 f: int, g: int) -> None:
     """Fills st's int4 tensors and makes the experts' codes and scales views of them. Built
