@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="m64,w64t64dr16,w64t64r16")
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--int4", action="store_true",
+                    help="int4 experts (groups of 128) and int4 --configs")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     if args.tokens < 1 or args.calls < 1 or args.repeats < 1:
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         ap.error(f"--shape: {exc}")
     names = [n for n in args.configs.split(",") if n]
-    unknown = [n for n in names if ft.resolve_config(n, False) is None]
+    unknown = [n for n in names if ft.resolve_config(n, args.int4) is None]
     if unknown:
         ap.error(f"--configs: unknown {', '.join(unknown)}")
 
@@ -78,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _measure(args: argparse.Namespace, cfg, names: list[str]) -> list[dict[str, object]]:
     torch.manual_seed(0)
-    st = stacked_experts(SimpleMoELayer(cfg, dtype="bf16").eval().experts)
+    layer = SimpleMoELayer(cfg, dtype="bf16").eval()
+    if args.int4:
+        layer.quantize(128)
+    st = stacked_experts(layer.experts)
     idx = torch.rand(args.tokens, cfg.num_experts).topk(cfg.top_k, -1).indices
     w = torch.rand(args.tokens, cfg.top_k)
     d = build_dispatch(idx, w / w.sum(-1, keepdim=True), cfg.num_experts, with_rowof=True)
@@ -91,7 +96,7 @@ def _measure(args: argparse.Namespace, cfg, names: list[str]) -> list[dict[str, 
         rows.append({"what": f"fused_forward {cname}", "us_per_call": us})
         print(f"fused_forward {cname:14s} {us:7.1f} us per call (kernels no-op)", flush=True)
     cls = ft._descriptor_class()
-    if cls is not None:
+    if cls is not None and not args.int4:
         assert st.w13 is not None
         w2d = st.w13.view(-1, st.w13.shape[2])
         us = best_us(lambda: cls.from_tensor(w2d, [64, 64]), args.calls, args.repeats)

@@ -452,7 +452,7 @@ def _launch(
     mode = _dequant_mode(cfg, a, qgroup)
     if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
         w = _frag_words(w, cache)
-        w_desc = _weight_descriptor(w, _word_tiles(cfg), cache) if cfg.tma else None
+        w_desc = _weight_descriptor(w, cfg, cache, cfg.block_k // 4) if cfg.tma else None
     else:
         w_desc = _weight_descriptor(w, cfg, cache) if cfg.tma else None
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
@@ -507,15 +507,18 @@ def _descriptor_class() -> Any:
     return TensorDescriptor
 
 
-def _weight_descriptor(w: torch.Tensor, cfg: KernelConfig, cache: dict | None = None) -> Any:
+def _weight_descriptor(w: torch.Tensor, cfg: KernelConfig, cache: dict | None = None,
+                       block_k: int | None = None) -> Any:
     """A [BLOCK_N, BLOCK_K] tile descriptor of stacked weights [E, rows, K] viewed as
     [E * rows, K]; None where TMA cannot address them (no descriptors in this Triton, a
     non-contiguous stack, or rows/base not 16-byte aligned), and the kernel loads tiles itself.
-    Kept in `cache` (the stack's `kernel_cache`) when given."""
-    key = (w.data_ptr(), w.dtype, cfg.block_n, cfg.block_k)
+    block_k: the K tile in w's elements where it is not cfg.block_k (fragment words: a
+    quarter). Kept in `cache` (the stack's `kernel_cache`) when given."""
+    bk = cfg.block_k if block_k is None else block_k
+    key = (w.data_ptr(), w.dtype, cfg.block_n, bk)
     if cache is not None and key in cache:
         return cache[key]
-    desc = _new_descriptor(w, cfg)
+    desc = _new_descriptor(w, cfg if bk == cfg.block_k else dataclasses.replace(cfg, block_k=bk))
     if cache is not None:
         cache[key] = desc
     return desc
@@ -552,12 +555,6 @@ def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int
     if cfg.int4_skip_dequant:
         return 2
     return 1 if cfg.int4_asm else 0
-
-
-@functools.lru_cache(maxsize=256)
-def _word_tiles(cfg: KernelConfig) -> KernelConfig:
-    """cfg with its K tile counted in 32-bit words (the descriptor of fragment words)."""
-    return dataclasses.replace(cfg, block_k=cfg.block_k // 4)
 
 
 def _frag_words(w: torch.Tensor, cache: dict | None) -> torch.Tensor:
