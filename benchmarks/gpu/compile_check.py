@@ -34,6 +34,9 @@ from wattmoe.moe import fused_triton as ft
 from wattmoe.moe._fused_kernel import moe_gemm, moe_gemm_wt
 from wattmoe.moe.presets import get_preset
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _meta import provenance, write_json
+
 _PTR_ALIGNED = 16
 
 
@@ -77,7 +80,9 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
                           qgroup=qgroup if int4 else None, ieee=False, interpret=False,
                           w_tma=cfg.tma, int4_dequant=_gpu_dequant_mode(cfg, int4, qgroup, dtype))
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
-    consts: dict[str, Any] = {**meta, "k_dim": k_dim}  # a constexpr of both kernels
+    consts: dict[str, Any] = dict(meta)
+    if any(p.name == "k_dim" and p.is_constexpr for p in fn.params):  # since commit 40f897e
+        consts["k_dim"] = k_dim
     sig = _signature(fn, types, consts)
     aligned = [i for i, n in enumerate(fn.arg_names)
                if n not in consts and (sig[n].startswith("*") or n.startswith("stride")
@@ -89,7 +94,9 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     wgmma = re.findall(r"wgmma\.mma_async[^;]*;", ptx)
     a_regs = sum(1 for w in wgmma if re.search(r"\}, \{%r", w) or _a_is_regs(w))
     return {
-        **_resource_report(k.asm["cubin"]), "shared_bytes": k.metadata.shared,
+        **_resource_report(k.asm["cubin"]), **_sass_report(k.asm["cubin"]),
+        "ptxas_serialized_wgmma": _serialization_warnings(ptx, arch),
+        "shared_bytes": k.metadata.shared,
         "wgmma": len(wgmma), "wgmma_a_from_registers": a_regs,
         "mma_sync": len(re.findall(r"\bmma\.sync", ptx)),
         "st_shared": len(re.findall(r"\bst\.shared", ptx)),
@@ -107,23 +114,62 @@ def _gpu_dequant_mode(cfg: ft.KernelConfig, int4: bool, qgroup: int, dtype: str)
     return ft._dequant_mode(cfg, gpu, qgroup if int4 else None)  # type: ignore[arg-type]
 
 
-def _resource_report(cubin: bytes) -> dict[str, int]:
-    """Registers and stack (spill) bytes from `cuobjdump -res-usage` on the kernel's cubin."""
-    tool = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "cuobjdump")
+def _tool_output(name: str, args: list[str], cubin: bytes) -> str:
+    """stdout of Triton's bundled `name` (cuobjdump) on the kernel's cubin."""
+    tool = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", name)
     if not os.path.exists(tool):
-        tool = shutil.which("cuobjdump") or "cuobjdump"
+        tool = shutil.which(name) or name
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as fh:
             fh.write(cubin)
-        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True,
-                             check=False)
+        out = subprocess.run([tool, *args, path], capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(out.stderr.strip()[-300:])
-    regs = re.search(r"REG:(\d+)", out.stdout)
-    stack = re.search(r"STACK:(\d+)", out.stdout)
+    return out.stdout
+
+
+def _resource_report(cubin: bytes) -> dict[str, int]:
+    """Registers and stack (spill) bytes from `cuobjdump -res-usage` on the kernel's cubin."""
+    out = _tool_output("cuobjdump", ["-res-usage"], cubin)
+    regs = re.search(r"REG:(\d+)", out)
+    stack = re.search(r"STACK:(\d+)", out)
     return {"registers": int(regs.group(1)) if regs else -1,
             "stack_bytes": int(stack.group(1)) if stack else 0}
+
+
+def _sass_report(cubin: bytes) -> dict[str, int]:
+    """From the SASS: instructions in the main K loop (the longest backward branch whose body
+    has an HGMMA), and the kernel's HGMMA and `WARPGROUP.DEPBAR` (wgmma wait) counts."""
+    lines = _tool_output("cuobjdump", ["-sass"], cubin).splitlines()
+    addr = {i: int(m.group(1), 16) for i, line in enumerate(lines)
+            if (m := re.search(r"/\*([0-9a-f]{4,})\*/\s+\S", line))}
+    loop = 0
+    for line in lines:
+        m = re.search(r"/\*([0-9a-f]+)\*/\s+@!?U?P\w+ BRA (0x[0-9a-f]+)", line)
+        if m and int(m.group(2), 16) < int(m.group(1), 16):
+            lo, hi = int(m.group(2), 16), int(m.group(1), 16)
+            body = [lines[j] for j, a in addr.items() if lo <= a <= hi]
+            if any("HGMMA" in b for b in body):
+                loop = max(loop, len(body))
+    sass = "\n".join(lines)
+    return {"k_loop_instructions": loop, "hgmma": sass.count("HGMMA."),
+            "wgmma_waits": sass.count("WARPGROUP.DEPBAR")}
+
+
+def _serialization_warnings(ptx: str, arch: int) -> list[str]:
+    """ptxas' "wgmma ... serialized" notes (C7513, C7515, ...) for this PTX (`ptxas -v`)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as fh:
+            fh.write(ptx)
+        out = subprocess.run([get_ptxas(arch).path, f"-arch=sm_{arch}a", "-v", src, "-o",
+                              os.path.join(tmp, "k.o")], capture_output=True, text=True,
+                             check=False)
+    return [m.group(1) for m in re.finditer(r"\((C75\d\d)\) Potential Performance Loss: wgmma",
+                                             out.stderr)]
 
 
 def _a_is_regs(instr: str) -> bool:
@@ -140,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="", help="candidate names (default: all)")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--out", default="", help="also write the rows (and provenance) as JSON")
     args = ap.parse_args(argv)
     cfg = get_preset(args.shape)
     h, f = cfg.hidden_size, cfg.expert_inner_size
@@ -168,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 report.append(row)
                 print(json.dumps(row), flush=True)
+                if args.out:  # after every row: an interrupted run keeps what it compiled
+                    write_json(args.out, {**provenance(), "args": vars(args), "rows": report,
+                                          "source": "compiler output (no GPU run)"})
     return 0
 
 
