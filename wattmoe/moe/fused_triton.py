@@ -195,23 +195,27 @@ def _wt(block_n: int, block_m: int, block_k: int, group_m: int, warps: int,
     return KernelConfig(block_m, block_n, block_k, group_m, warps, stages, swap=True)
 
 
+def _variants(table: dict[str, ConfigPair], names: Sequence[str], suffix: str,
+              **changes: Any) -> dict[str, ConfigPair]:
+    """"<name><suffix>": candidate <name> with `changes` in both launches' configs."""
+    return {f"{n}{suffix}": (dataclasses.replace(table[n][0], **changes),
+                             dataclasses.replace(table[n][1], **changes)) for n in names}
+
+
 def _with_tail(table: dict[str, ConfigPair], names: Sequence[str],
                tail: int) -> dict[str, ConfigPair]:
     """"<name>r<tail>": candidate <name> (weights first) with tails of up to `tail` rows."""
-    return {f"{n}r{tail}": (dataclasses.replace(table[n][0], tail=tail),
-                            dataclasses.replace(table[n][1], tail=tail)) for n in names}
+    return _variants(table, names, f"r{tail}", tail=tail)
 
 
 def _with_frag(table: dict[str, ConfigPair], names: Sequence[str]) -> dict[str, ConfigPair]:
     """"<name>f": int4 candidate <name> reading fragment-ordered words (`int4_frag`)."""
-    return {f"{n}f": (dataclasses.replace(table[n][0], int4_frag=True),
-                      dataclasses.replace(table[n][1], int4_frag=True)) for n in names}
+    return _variants(table, names, "f", int4_frag=True)
 
 
 def _with_tma(table: dict[str, ConfigPair], names: Sequence[str]) -> dict[str, ConfigPair]:
     """"<name>d": candidate <name> with its weight tiles loaded through tensor descriptors."""
-    return {f"{n}d": (dataclasses.replace(table[n][0], tma=True),
-                      dataclasses.replace(table[n][1], tma=True)) for n in names}
+    return _variants(table, names, "d", tma=True)
 
 
 # Candidates (the benchmark tunes among these on the device); names are what tables record.
@@ -576,19 +580,28 @@ def _frag_words(w: torch.Tensor, cache: dict | None) -> torch.Tensor:
         return fragment_words(w)
     key = ("frag", w.data_ptr())
     hit = cache.get(key)
-    version = None if w.is_inference() else w._version
+    version = _version(w)
     if hit is not None and hit[0] == version:
         return hit[1]
     if w.is_cuda and torch.cuda.is_current_stream_capturing():
         raise RuntimeError("int4 fragment words are made outside CUDA graph capture: run the "
                            "step once eagerly before capturing it")
-    with torch.inference_mode(False), torch.no_grad():  # rewritable in any mode later
-        if hit is not None and hit[1].shape == (*w.shape[:-1], w.shape[-1] // 4):
-            words = fragment_words(w, out=hit[1])
-        else:
-            words = fragment_words(w)
+    fits = hit is not None and hit[1].shape == (*w.shape[:-1], w.shape[-1] // 4)
+    words = _write_words(w, hit[1] if fits else None)
     cache[key] = (version, words, w)
     return words
+
+
+def _version(w: torch.Tensor) -> int | None:
+    """w's version counter; None for inference tensors, which have none."""
+    return None if w.is_inference() else w._version
+
+
+def _write_words(w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """w's fragment words, into out (at its address) when given; made outside inference mode
+    so that they can be rewritten in place in any mode later."""
+    with torch.inference_mode(False), torch.no_grad():
+        return fragment_words(w, out=out)
 
 
 def refresh_frag_words(cache: dict, force: bool = False) -> None:
@@ -600,10 +613,9 @@ def refresh_frag_words(cache: dict, force: bool = False) -> None:
         if key[0] != "frag":
             continue
         version, words, w = entry
-        now = None if w.is_inference() else w._version
+        now = _version(w)
         if force or now != version:
-            with torch.inference_mode(False), torch.no_grad():
-                cache[key] = (now, fragment_words(w, out=words), w)
+            cache[key] = (now, _write_words(w, words), w)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -65,13 +65,6 @@ def _warm_and_capture(fn: Callable[[], Any], device: torch.device,
     return graph, out
 
 
-def _refresh_kernel_copies(cache: dict) -> None:
-    """Before a replay: the fused kernels' copies of weights written to in place since (int4
-    fragment words) are rewritten where the graph reads them."""
-    if cache:
-        refresh_frag_words(cache)
-
-
 def _remember(cache: OrderedDict, key: tuple[object, ...], value: object, limit: int) -> None:
     """Adds a captured graph, dropping the least recently used beyond `limit`."""
     cache[key] = value
@@ -107,10 +100,9 @@ class GraphedBackend:
         self.captures = 0
 
     def clear(self) -> None:
-        """Drops every captured graph (and the module list `weights_signature` keeps)."""
+        """Drops every captured graph."""
         self._graphs.clear()
         self._uncapturable.clear()
-        self._modules_cache = ([], ())
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
         inner = get_backend(self.inner)
@@ -130,7 +122,7 @@ class GraphedBackend:
             self._graphs.move_to_end(key)
             cap.x.copy_(x)
             cap.d.copy_(d)
-            _refresh_kernel_copies(st.kernel_cache)
+            refresh_frag_words(st.kernel_cache)  # int4 words of weights written in place
         cap.graph.replay()
         self.replays += 1
         return cap.out.clone()
@@ -263,7 +255,7 @@ class GraphedLayer:
             for ref in self._stacks:
                 st = ref()
                 if st is not None:
-                    _refresh_kernel_copies(st.kernel_cache)
+                    refresh_frag_words(st.kernel_cache)
         graph, _, out = entry
         graph.replay()
         self.replays += 1
