@@ -26,6 +26,7 @@ from wattmoe.cost_model.scenarios import resolve_shape_spec
 from wattmoe.errors import ConfigError
 from wattmoe.moe import SimpleMoELayer, build_dispatch
 from wattmoe.moe import fused_triton as ft
+from wattmoe.moe.quant import int4_group_size
 from wattmoe.moe.stacked import stacked_experts
 
 
@@ -82,7 +83,7 @@ def _measure(args: argparse.Namespace, cfg, names: list[str]) -> list[dict[str, 
     torch.manual_seed(0)
     layer = SimpleMoELayer(cfg, dtype="bf16").eval()
     if args.int4:
-        layer.quantize(128)
+        layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
     st = stacked_experts(layer.experts)
     idx = torch.rand(args.tokens, cfg.num_experts).topk(cfg.top_k, -1).indices
     w = torch.rand(args.tokens, cfg.top_k)

@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         cfgs = {spec: resolve_shape_spec(spec) for spec in args.shapes.split(",") if spec}
     except ConfigError as exc:
         ap.error(f"--shapes: {exc}")
+    if not cfgs:
+        ap.error("--shapes: no shape given")
     rows = []
+    meta = provenance() if args.out else {}
     for spec, cfg in cfgs.items():
         layer = SimpleMoELayer(cfg, dtype="bf16").eval()
         graphed = GraphedLayer(layer)
@@ -68,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
               f"stacked_experts (cached) {row['stacked_experts_check_us']:6.1f} us; auto key "
               f"from the stack {row['auto_key_from_stack_us']:6.1f} us, from the first expert "
               f"{row['auto_key_from_first_expert_us']:6.1f} us", flush=True)
-    if args.out:
-        write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows})
+        if args.out:  # after every shape: an interrupted run keeps what it measured
+            write_json(Path(args.out), {**meta, "args": vars(args), "rows": rows})
     return 0
 
 

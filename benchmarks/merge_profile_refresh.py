@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.provenance import write_json_atomic
 
 
@@ -30,15 +31,30 @@ def _scenario(point: dict[str, Any]) -> tuple[object, ...]:
 
 def merge(profile: dict[str, Any], refresh: dict[str, Any], prefixes: list[str], *,
           what: str, note: str) -> tuple[int, int]:
-    """Merges in place; returns (points replaced, points added)."""
+    """Merges in place; returns (points replaced, points added).
+
+    Raises:
+        ValueError: a file is not a profile (no list of points with string ops, no machine
+            in the refresh's provenance), or the refresh does not fit (see the module).
+    """
+    for name, doc in (("profile", profile), ("refresh", refresh)):
+        points = doc.get("points") if isinstance(doc, dict) else None
+        if not isinstance(points, list) or not all(
+                isinstance(p, dict) and isinstance(p.get("op"), str) for p in points):
+            raise ValueError(f"the {name} is not a profile (no list of points with an op)")
+    prov = refresh.get("provenance")
+    if not isinstance(prov, dict) or not isinstance(prov.get("machine"), dict):
+        raise ValueError("the refresh's provenance has no machine")
+    mine = profile.get("provenance", {})
+    mine = mine.get("machine", {}) if isinstance(mine, dict) else {}
     new = [p for p in refresh["points"] if any(p["op"].startswith(x) for x in prefixes)]
     if not new:
         raise ValueError(f"the refresh has no points of {', '.join(prefixes)}")
     for key in ("machine", "commit", "command"):
         if key not in refresh.get("provenance", {}):
             raise ValueError(f"the refresh's provenance has no '{key}'")
-    gpu = profile.get("provenance", {}).get("machine", {}).get("gpu")
-    theirs = refresh["provenance"]["machine"].get("gpu")
+    gpu = mine.get("gpu") if isinstance(mine, dict) else None
+    theirs = prov["machine"].get("gpu")
     if gpu != theirs:
         raise ValueError(f"the refresh was measured on {theirs or 'no GPU'}, the profile on "
                          f"{gpu or 'no GPU'}")
@@ -64,14 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", required=True, help="one line for the appended sweep runs")
     args = ap.parse_args(argv)
     try:
-        profile = json.loads(args.profile.read_text())
-        refresh = json.loads(args.refresh.read_text())
+        with os_error_as(ConfigError, "cannot read the profile or the refresh"):
+            profile = json.loads(args.profile.read_text())
+            refresh = json.loads(args.refresh.read_text())
         replaced, added = merge(profile, refresh, [p for p in args.ops.split(",") if p],
                                 what=args.what, note=args.note)
-    except (OSError, ValueError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        with os_error_as(ConfigError, f"cannot write {str(args.profile)!r}"):
+            write_json_atomic(args.profile, profile)
+    except (ConfigError, ValueError) as exc:  # JSONDecodeError is a ValueError
         print(f"merge_profile_refresh: {exc}", file=sys.stderr)
         return 2
-    write_json_atomic(args.profile, profile)
     print(f"{args.profile}: {replaced} points replaced and {added} added from {args.refresh}")
     return 0
 

@@ -30,6 +30,7 @@ import triton.backends.nvidia
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from wattmoe.errors import ConfigError
 from wattmoe.moe import fused_triton as ft
 from wattmoe.moe._fused_kernel import moe_gemm, moe_gemm_wt
 from wattmoe.moe.presets import get_preset
@@ -182,13 +183,20 @@ def _a_is_regs(instr: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="olmoe-1b-7b", help="preset name")
-    ap.add_argument("--weights", default="bf16,int4")
+    ap.add_argument("--weights", default="bf16,int4", help="comma list of bf16, int4")
     ap.add_argument("--configs", default="", help="candidate names (default: all)")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--out", default="", help="also write the rows (and provenance) as JSON")
     args = ap.parse_args(argv)
-    cfg = get_preset(args.shape)
+    bad = [w for w in args.weights.split(",") if w not in ("bf16", "int4")]
+    if bad:
+        ap.error(f"--weights: {', '.join(bad)} (bf16 or int4)")
+    try:
+        cfg = get_preset(args.shape)
+    except ConfigError as exc:
+        ap.error(f"--shape: {exc}")
+    meta = provenance() if args.out else {}
     h, f = cfg.hidden_size, cfg.expert_inner_size
     report = []
     for weights in args.weights.split(","):
@@ -216,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 report.append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:  # after every row: an interrupted run keeps what it compiled
-                    write_json(args.out, {**provenance(), "args": vars(args), "rows": report,
+                    write_json(args.out, {**meta, "args": vars(args), "rows": report,
                                           "source": "compiler output (no GPU run)"})
     return 0
 

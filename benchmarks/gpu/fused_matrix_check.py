@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
 from kernels_bench import layer_reference, rel_err, topk_violations  # noqa: E402
 
-from wattmoe.moe import SimpleMoELayer, build_dispatch, get_preset  # noqa: E402
+from wattmoe.cost_model.scenarios import resolve_shape_spec  # noqa: E402
+from wattmoe.errors import ConfigError  # noqa: E402
+from wattmoe.moe import MoEConfig, SimpleMoELayer, build_dispatch  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
@@ -63,13 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--int4-config", default="",
                     help="int4 layers run this candidate at every size (default: the table's)")
     args = ap.parse_args(argv)
-    if args.int4_config and args.int4_config not in ft.INT4_CANDIDATES:
-        ap.error(f"--int4-config: {args.int4_config!r} is not an int4 candidate")
-    dev = torch.device(args.device)
+    if args.int4_config and ft.resolve_config(args.int4_config, True) is None:
+        ap.error(f"--int4-config: {args.int4_config!r} is not an int4 candidate or 'A/B' pair")
+    cases: list[tuple[str, MoEConfig]] = []
+    for case in (c for c in args.cases.split(",") if c):
+        try:
+            cases.append((case, resolve_shape_spec(case)))
+        except (ConfigError, ValueError) as exc:
+            ap.error(f"--cases: {case!r}: {exc}")
+    try:
+        token_counts = [int(t) for t in args.tokens.split(",") if t]
+        dev = torch.device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        ap.error(f"--tokens/--device: {exc}")
+    if not cases or not token_counts or min(token_counts) < 1:
+        ap.error("--cases and --tokens need at least one entry, tokens >= 1")
     rows: list[dict[str, object]] = []
-    for case in args.cases.split(","):
-        name, _, scale = case.partition("@")
-        cfg = get_preset(name, float(scale or 1))
+    meta = provenance()
+    for case, cfg in cases:
         for dtype in ("bf16", "fp16"):
             for int4 in (False, True):
                 torch.manual_seed(0)
@@ -84,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 for backend in ("fused", "fused_graph", "fused+step_graph"):
                     layer.set_backend(backend.split("+")[0])
                     step = GraphedLayer(layer) if backend.endswith("step_graph") else layer
-                    for tokens in (int(t) for t in args.tokens.split(",")):
+                    for tokens in token_counts:
                         x = torch.randn(tokens, cfg.hidden_size, device=dev)
                         x = x.to(layer.router.gate.weight.dtype)
                         rec = {"case": case, "dtype": dtype, "int4_group": group,
@@ -118,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                             rec.update(ok=False, error=traceback.format_exc()[-2000:])
                             print(f"ERROR {rec}: {exc!r}", flush=True)
                         rows.append(rec)
+                        # after every row: an interrupted run keeps what it checked
+                        write_json(Path(args.out), {**meta, "args": vars(args), "rows": rows})
                         if not rec["ok"]:
                             print(f"FAIL {rec}", flush=True)
                 del layer
@@ -125,7 +140,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(r['case'] == case for r in rows)} ok; worst rel err "
               f"{max((r.get('rel_err', 0) for r in rows if r['case'] == case), default=0):.2e}",
               flush=True)
-    write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows})
     print(f"{sum(r['ok'] for r in rows)} of {len(rows)} ok", flush=True)
     return 0 if all(r["ok"] for r in rows) else 1
 

@@ -334,7 +334,7 @@ def ceilings(dev: torch.device) -> dict[str, float]:
     return {"copy_tb_s": tbs, "bf16_gemm_tflop_s": tf}
 
 
-def _gpu_us(cand: str, parts: dict[str, tuple[float, float]]) -> float | None:
+def _gpu_ms(cand: str, parts: dict[str, tuple[float, float]]) -> float | None:
     """GPU time in ms (gate/up + down launch) of a candidate or an "A/B" pair, from the CUPTI
     split of single candidates; None where a part was not measured."""
     gu, _, dn = cand.partition("/")
@@ -430,6 +430,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--device", default="cuda", help="'cpu' = smoke test (tiny shapes, no energy)")
     ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shapes")
     args = ap.parse_args()
+    bad = [x for x in args.sections.split(",") if x not in ("check", "tune", "energy")]
+    bad += [x for x in args.tune_weights.split(",") if x not in ("bf16", "int4")]
+    if bad:
+        ap.error(f"--sections / --tune-weights: unknown {', '.join(bad)}")
     names = [c for c in args.tune_candidates.split(",") if c]
     unknown = [c for c in names if c not in ft.CANDIDATES and c not in ft.INT4_CANDIDATES]
     if unknown:
@@ -587,10 +591,8 @@ class Bench:
                 cands = tune_candidates(n_assign, cfg.num_experts, wname == "int4")
                 if self.args.tune_candidates:
                     table = ft.INT4_CANDIDATES if wname == "int4" else ft.CANDIDATES
+                    # parse_args made sure each --tune-weights kind has one
                     cands = [c for c in self.args.tune_candidates.split(",") if c in table]
-                    if not cands:
-                        raise SystemExit(f"--tune-candidates: none of them is a {wname} "
-                                         f"candidate (known: {', '.join(table)})")
                 for cand in [*cands, "composite"]:
                     if cand == "composite":  # best gate/up launch with the best down launch
                         if len(parts) < 2:
@@ -635,7 +637,7 @@ class Bench:
                     self.error(f"tune {shape} {tokens} {wname} grouped", exc)
                 if times:
                     best = min(times, key=times.__getitem__)
-                    gpu = {c: _gpu_us(c, parts) for c in times}
+                    gpu = {c: _gpu_ms(c, parts) for c in times}
                     gpu = {c: t for c, t in gpu.items() if t is not None}
                     if self.args.tune_by == "gpu" and gpu:
                         best = min(gpu, key=gpu.__getitem__)
