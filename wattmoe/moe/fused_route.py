@@ -218,17 +218,19 @@ def fused_route(
         raise ShapeError(f"router expects [tokens, {router.hidden_size}], got {tuple(x.shape)}")
     if not fused_route_available(x):
         raise ConfigError(f"fused routing cannot run on {x.device} tensors here")
-    unfusable = None if fuse_gate is False else _unfusable_gate(router, x)
-    if fuse_gate and unfusable is not None:
-        raise ConfigError(f"cannot fuse the router's gate GEMM: {unfusable}")
+    if fuse_gate:
+        unfusable = _unfusable_gate(router, x)
+        if unfusable is not None:
+            raise ConfigError(f"cannot fuse the router's gate GEMM: {unfusable}")
     tokens, hidden = x.shape
     num_experts, top_k = router.num_experts, router.top_k
     if tokens == 0:  # nothing to launch: the unfused path handles the empty step
         routing = router(x)
         dispatch = build_dispatch(routing.topk_idx, routing.topk_weight, num_experts)
         return routing, dispatch
-    if fuse_gate is None:
-        fuse = FUSE_GATE and unfusable is None and _gate_pays_off(router, x)
+    if fuse_gate is None:  # the cheap rule first: most steps that do not fuse stop there
+        fuse = (FUSE_GATE and _gate_pays_off(router, x)
+                and _unfusable_gate(router, x) is None)
     else:
         fuse = fuse_gate
 

@@ -111,14 +111,14 @@ def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None) -> tor
     lead = packed.shape[:-1]
     blocks = packed.reshape(*lead, packed.shape[-1] // FRAGMENT_BYTES, 2, 2, 4, 2)  # w h q i
     nd = blocks.dim()
-    order = (*range(nd - 4), nd - 2, nd - 4, nd - 3, nd - 1)  # -> q w h i
+    ordered = blocks.permute((*range(nd - 4), nd - 2, nd - 4, nd - 3, nd - 1))  # -> q w h i
     if out is None:
-        return blocks.permute(order).contiguous().reshape(*lead, -1).view(torch.int32)
+        return ordered.contiguous().reshape(*lead, -1).view(torch.int32)
     want = (*lead, packed.shape[-1] // 4)
     if out.dtype != torch.int32 or tuple(out.shape) != want or not out.is_contiguous():
         raise ShapeError(f"fragment words out= must be contiguous int32 {want}, got "
                          f"{out.dtype} {tuple(out.shape)}")
-    out.view(torch.uint8).view(blocks.permute(order).shape).copy_(blocks.permute(order))
+    out.view(torch.uint8).view(ordered.shape).copy_(ordered)
     return out
 
 

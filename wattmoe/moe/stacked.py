@@ -287,13 +287,11 @@ def stacked_experts(experts: Sequence[nn.Module], verify: bool = False) -> Exper
     st = existing_stack(experts, verify)
     if st is not None:
         return st
-    holder = experts if isinstance(experts, nn.Module) else None
-    key = tuple(id(e) for e in experts)
     st = _build(experts)
-    if holder is not None:
-        holder.__dict__[_ATTR] = st
+    if isinstance(experts, nn.Module):
+        experts.__dict__[_ATTR] = st
     else:
-        _LIST_CACHE[key] = st
+        _LIST_CACHE[tuple(id(e) for e in experts)] = st
         while len(_LIST_CACHE) > _LIST_CACHE_SIZE:
             _LIST_CACHE.popitem(last=False)
     return st
