@@ -42,6 +42,15 @@ CASES = ["qwen1.5-moe-a2.7b@0.25", "switch-base-8@0.5", "deepseek-v3@0.125", "ol
 TOL = 1e-2
 
 
+def checked_step(step, layer: SimpleMoELayer, x: torch.Tensor):
+    """(output, relative error against the fp32 reference on the step's own routing)."""
+    o = step(x)
+    r = o.routing
+    d = build_dispatch(r.topk_idx, r.topk_weight, layer.config.num_experts,
+                       layer.config.capacity_factor)
+    return o, rel_err(o.hidden_states, layer_reference(layer, x, d))
+
+
 def swap_used_experts_in_place(layer: SimpleMoELayer, topk_idx: torch.Tensor) -> None:
     """Swaps every weight (int4: codes and scales) of the step's most used expert with another
     expert's (the second most used, or the next one), in place: the tensors keep their
@@ -104,23 +113,15 @@ def main(argv: list[str] | None = None) -> int:
                                "backend": backend, "tokens": tokens}
                         try:
                             with torch.inference_mode():
-                                for _ in range(2):  # a graph step: capture, then replay
-                                    o = step(x)
-                                r = o.routing
-                                d = build_dispatch(r.topk_idx, r.topk_weight, cfg.num_experts,
-                                                   cfg.capacity_factor)
-                                err = rel_err(o.hidden_states, layer_reference(layer, x, d))
-                                bad = topk_violations(layer, x, r.topk_idx)
+                                step(x)  # a graph step: capture, then replay
+                                o, err = checked_step(step, layer, x)
+                                bad = topk_violations(layer, x, o.routing.topk_idx)
                                 fused_route = layer.uses_fused_route(x)
                                 # weights written in place: graphs must read the new ones
                                 # (int4: the fused kernels' fragment-word copies refreshed)
                                 before = o.hidden_states.clone()
-                                swap_used_experts_in_place(layer, r.topk_idx)
-                                o = step(x)
-                                r = o.routing
-                                d = build_dispatch(r.topk_idx, r.topk_weight, cfg.num_experts,
-                                                   cfg.capacity_factor)
-                                err_w = rel_err(o.hidden_states, layer_reference(layer, x, d))
+                                swap_used_experts_in_place(layer, o.routing.topk_idx)
+                                o, err_w = checked_step(step, layer, x)
                                 changed = not torch.equal(o.hidden_states, before)
                             rec.update(rel_err=err, topk_violations=bad,
                                        fused_route=fused_route, rel_err_after_write=err_w,
