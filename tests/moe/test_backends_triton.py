@@ -370,7 +370,7 @@ def test_fused_tma_descriptors_are_built_once_per_stack(gen: torch.Generator, no
 # ---- int4 weights as fragment-ordered words (`int4_frag`; MODE 4 in the interpreter) ----
 
 
-@pytest.mark.parametrize("config", ["w64t64k32f", "w64t64k32r16f", "w64t64k32df",
+@pytest.mark.parametrize("config", ["w64t64k32f", "w64t64k32r16fp", "w64t64k32df",
                                     "w64t16k128f/w64t64k32dr32f"])
 def test_fused_int4_fragment_words_match_loop(config: str, gen: torch.Generator,
                                               no_fallback: None,
@@ -478,6 +478,35 @@ def test_refresh_frag_words_rewrites_written_weights_in_place(gen: torch.Generat
                        fragment_words(stk.q13))
     assert {k: v[1].data_ptr() for k, v in stk.kernel_cache.items() if k[0] == "frag"} == {
         k: p for k, (p, _) in before.items()}
+
+
+def test_scale_pairs_are_cached_and_refreshed_in_place(gen: torch.Generator) -> None:
+    # what `_launch` reads with `int4_pairs` on a GPU (MODE 3): kept per stack like the
+    # words, rewritten at the same address after an in-place write to the scales
+    from wattmoe.moe.quant import scale_pairs
+
+    qx, _, _, stk = int4_case(gen)
+    first = ft._derived(stk.s13, stk.kernel_cache, "pairs", torch.bfloat16)
+    assert ft._derived(stk.s13, stk.kernel_cache, "pairs", torch.bfloat16) is first
+    assert torch.equal(first, scale_pairs(stk.s13, torch.bfloat16))
+    with torch.no_grad():
+        qx[2].gate_proj.scales.mul_(2.0)
+    ft.refresh_frag_words(stk.kernel_cache)
+    entry = stk.kernel_cache[("pairs", stk.s13.data_ptr(), torch.bfloat16)]
+    assert entry[1].data_ptr() == first.data_ptr()
+    assert torch.equal(entry[1], scale_pairs(stk.s13, torch.bfloat16))
+
+
+def test_scale_pairs_only_where_their_dequantization_runs() -> None:
+    cfg = ft.INT4_CANDIDATES["w64t64k32fp"][0]
+    assert cfg.int4_frag and cfg.int4_pairs
+    assert ft._uses_scale_pairs(cfg, 3, 2048, 128)
+    assert not ft._uses_scale_pairs(cfg, 4, 2048, 128)  # the interpreter: fp16 scales
+    assert not ft._uses_scale_pairs(cfg, 3, 96, 32)  # K/2 = 48: halves are not whole groups
+    assert not ft._uses_scale_pairs(cfg, 3, 2048, None)
+    assert not ft._uses_scale_pairs(dataclasses.replace(cfg, int4_pairs=False), 3, 2048, 128)
+    assert all(p[0].int4_pairs == p[1].int4_pairs == n.endswith("fp")
+               for n, p in ft.INT4_CANDIDATES.items())
 
 
 def test_graphed_layer_refreshes_fragment_words_before_each_replay(

@@ -103,3 +103,30 @@ def test_fragment_words_into_a_buffer() -> None:
     assert torch.equal(out, fragment_words(packed))
     with pytest.raises(ShapeError, match="out= must be contiguous int32"):
         fragment_words(packed, out=torch.zeros(2, 3, 16, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
+def test_scale_pairs_hold_a_bytes_two_scales(dt: torch.dtype) -> None:
+    from wattmoe.moe.quant import scale_pairs
+
+    scales = torch.randn(2, 3, 6).to(torch.float16)
+    words = scale_pairs(scales, dt)
+    assert words.dtype == torch.int32 and words.shape == (2, 3, 3)
+    low = (words & 0xFFFF).to(torch.int16).view(dt)
+    high = ((words >> 16) & 0xFFFF).to(torch.int16).view(dt)
+    assert torch.equal(low, scales[..., :3].to(dt))  # group g: the low nibbles' columns
+    assert torch.equal(high, scales[..., 3:].to(dt))  # group g + G/2: the high nibbles'
+    out = torch.zeros_like(words)
+    assert scale_pairs(scales, dt, out=out) is out and torch.equal(out, words)
+
+
+def test_scale_pairs_bad_input() -> None:
+    from wattmoe.moe.quant import scale_pairs
+
+    with pytest.raises(ShapeError, match="even number of groups"):
+        scale_pairs(torch.zeros(2, 3, dtype=torch.float16), torch.bfloat16)
+    with pytest.raises(ShapeError, match="16-bit"):
+        scale_pairs(torch.zeros(2, 4, dtype=torch.float16), torch.float32)
+    with pytest.raises(ShapeError, match="out= must be contiguous int32"):
+        scale_pairs(torch.zeros(2, 4, dtype=torch.float16), torch.bfloat16,
+                    out=torch.zeros(2, 3, dtype=torch.int32))

@@ -144,14 +144,20 @@ def _dequant_int4_asm(p, s_lo, s_hi, FP16: tl.constexpr):
 # (q = 0..3), the columns that one thread of a warp group holds in wgmma's register operand.
 # One call takes a thread's two words (pack=2) and writes its eight registers directly:
 # $0-$3 the low nibbles of columns (2q,2q+1), (8+2q,9+2q), (16+2q,17+2q), (24+2q,25+2q),
-# $4-$7 the high nibbles likewise; $8, $9 the words; $10, $11 the scales (lo, hi columns).
-def _int4_frag_asm(fma: str, one: int, minus_offset: int, magic: int) -> str:
+# $4-$7 the high nibbles likewise; $8, $9 the words; $10, $11 the scales (lo, hi columns), or
+# with `pair` $10 (= $11) a scale pair word holding both.
+def _int4_frag_asm(fma: str, one: int, minus_offset: int, magic: int,
+                   pair: bool = False) -> str:
     def x2(v: int) -> str:
         return f"0x{v:04X}{v:04X}"
 
-    lines = [".reg .b32 t0, t1, t2, t3, one, off, nz;",
+    lines = [".reg .b32 t0, t1, t2, t3, one, off, nz, slo, shi;",
              f"mov.b32 one, {x2(one)};", f"mov.b32 off, {x2(minus_offset)};",
              "mov.b32 nz, 0x80008000;"]
+    if pair:  # $10 a scale pair word (lo scale in bits 0-15, hi in 16-31): spread each half
+        lines += ["prmt.b32 slo, $10, 0, 0x1010;", "prmt.b32 shi, $10, 0, 0x3232;"]
+    else:
+        lines += ["mov.b32 slo, $10;", "mov.b32 shi, $11;"]
     for w in range(2):  # word 2q -> registers 0, 1 (lo) and 4, 5 (hi); word 2q+1 -> 2, 3, 6, 7
         lines += [f"prmt.b32 t0, ${8 + w}, 0, 0x4140;", f"prmt.b32 t1, ${8 + w}, 0, 0x4342;",
                   "shr.b32 t2, t0, 4;", "shr.b32 t3, t1, 4;"]
@@ -160,12 +166,16 @@ def _int4_frag_asm(fma: str, one: int, minus_offset: int, magic: int) -> str:
             lines.append(f"lop3.b32 ${r}, t{t}, 0x000F000F, {x2(magic)}, 0xEA;")
         for t, r in enumerate(regs):
             lines.append(f"{fma} ${r}, ${r}, one, off;")
-            lines.append(f"{fma} ${r}, ${r}, ${10 if t < 2 else 11}, nz;")
+            lines.append(f"{fma} ${r}, ${r}, {'slo' if t < 2 else 'shi'}, nz;")
     return "{\n" + "\n".join(lines) + "\n}"
 
 
 _INT4_FRAG_FP16 = tl.constexpr(_int4_frag_asm("fma.rn.f16x2", 0x3C00, 0xE408, 0x6400))
 _INT4_FRAG_BF16 = tl.constexpr(_int4_frag_asm("fma.rn.bf16x2", 0x3F80, 0xC308, 0x4300))
+# the same with $10 (and $11, the same word) a scale pair word (SPAIR)
+_INT4_FRAG_PAIR_FP16 = tl.constexpr(_int4_frag_asm("fma.rn.f16x2", 0x3C00, 0xE408, 0x6400, True))
+_INT4_FRAG_PAIR_BF16 = tl.constexpr(_int4_frag_asm("fma.rn.bf16x2", 0x3F80, 0xC308, 0x4300,
+                                                   True))
 
 
 @triton.jit
@@ -180,19 +190,30 @@ def _frag_cols(o0, o1, o2, o3):
 
 
 @triton.jit
-def _dequant_int4_frag(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr):
+def _dequant_int4_frag(p, s_lo, s_hi, cdt: tl.constexpr, SPAIR: tl.constexpr):
     """MODE 3 of `_dequant_int4`: p is the packed tile as fragment-ordered 32-bit words
-    [BLOCK_F, BLOCK_K / 4]."""
-    s_lo = tl.broadcast_to(tl.load(s_ptrs + k_lo // QGROUP).to(cdt)[:, None], p.shape)
-    s_hi = tl.broadcast_to(tl.load(s_ptrs + k_hi // QGROUP).to(cdt)[:, None], p.shape)
-    if cdt == tl.float16:
-        lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
-            asm=_INT4_FRAG_FP16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
-            args=[p, s_lo, s_hi], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+    [BLOCK_F, BLOCK_K / 4]; SPAIR: s_lo (= s_hi) are the rows' scale pair words."""
+    if SPAIR:
+        sp = tl.broadcast_to(s_lo[:, None], p.shape)
+        if cdt == tl.float16:
+            lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
+                asm=_INT4_FRAG_PAIR_FP16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
+                args=[p, sp], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+        else:
+            lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
+                asm=_INT4_FRAG_PAIR_BF16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
+                args=[p, sp], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
     else:
-        lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
-            asm=_INT4_FRAG_BF16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
-            args=[p, s_lo, s_hi], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
+        s_lo = tl.broadcast_to(s_lo[:, None], p.shape)
+        s_hi = tl.broadcast_to(s_hi[:, None], p.shape)
+        if cdt == tl.float16:
+            lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
+                asm=_INT4_FRAG_FP16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
+                args=[p, s_lo, s_hi], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+        else:
+            lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
+                asm=_INT4_FRAG_BF16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r",
+                args=[p, s_lo, s_hi], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
     return _frag_cols(lo0, lo1, lo2, lo3), _frag_cols(hi0, hi1, hi2, hi3)
 
 
@@ -213,9 +234,36 @@ def _frag_nibbles(p, SHIFT: tl.constexpr):
 
 
 @triton.jit
-def _dequant_int4(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
-                  MODE: tl.constexpr):
-    """The two [BLOCK_F, BLOCK_K] weight tiles (columns j and j + K/2) of packed tile p.
+def _int4_scales(s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
+                 MODE: tl.constexpr, SPAIR: tl.constexpr):
+    """The scales [BLOCK_F] of packed columns k_lo.. and k_hi.. (one group each), in the
+    dtype `_dequant_int4` multiplies in for MODE: the compute dtype for the bit-operation
+    modes (1, 3; the stored fp16 rounded to it, as `dequantize_int4` does), fp32 otherwise.
+
+    SPAIR (MODE 3 only): s_ptrs point to scale pair words (`fused_triton._scale_pairs`): one
+    32-bit word holds both scales in the compute dtype, group g (low half) and g + G/2, the
+    group of the same byte's high nibbles; returned as (words, words). A 32-bit load is one
+    that Triton's pipeliner copies ahead through shared memory (`cp.async`, 4 bytes at
+    least); the 16-bit scale loads it leaves in the loop, where they stall the dequantization
+    (ncu, results/h200/kernels/run36_verify)."""
+    if SPAIR:
+        s_lo = tl.load(s_ptrs + k_lo // QGROUP)
+        s_hi = s_lo
+    else:
+        if MODE == 1 or MODE == 3:
+            sdt: tl.constexpr = cdt
+        else:
+            sdt: tl.constexpr = tl.float32
+        s_lo = tl.load(s_ptrs + k_lo // QGROUP).to(sdt)
+        s_hi = tl.load(s_ptrs + k_hi // QGROUP).to(sdt)
+    return s_lo, s_hi
+
+
+@triton.jit
+def _dequant_int4(p, s_lo, s_hi, cdt: tl.constexpr, MODE: tl.constexpr, SPAIR: tl.constexpr):
+    """The two [BLOCK_F, BLOCK_K] weight tiles (columns j and j + K/2) of packed tile p, with
+    the rows' scales s_lo, s_hi of those columns (`_int4_scales`; SPAIR: both are the rows'
+    scale pair words).
 
     MODE 1: bit operations and 16-bit fmas (GPU, bf16/fp16); 0: through fp32; 3: the tile as
     fragment-ordered 32-bit words [BLOCK_F, BLOCK_K / 4] (`wattmoe.moe.quant.fragment_words`),
@@ -225,26 +273,22 @@ def _dequant_int4(p, s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr
     `benchmarks/gpu/kernel_diag.py` uses it to measure what dequantization costs).
     """
     if MODE == 3:
-        w_lo, w_hi = _dequant_int4_frag(p, s_ptrs, k_lo, k_hi, QGROUP, cdt)
+        w_lo, w_hi = _dequant_int4_frag(p, s_lo, s_hi, cdt, SPAIR)
     elif MODE == 4:
-        s_lo = tl.load(s_ptrs + k_lo // QGROUP).to(tl.float32)[:, None]
-        s_hi = tl.load(s_ptrs + k_hi // QGROUP).to(tl.float32)[:, None]
         l0, l1, l2, l3 = _frag_nibbles(p, 0)
         h0, h1, h2, h3 = _frag_nibbles(p, 4)
-        w_lo = ((_frag_cols(l0, l1, l2, l3).to(tl.float32) - 8.0) * s_lo).to(cdt)
-        w_hi = ((_frag_cols(h0, h1, h2, h3).to(tl.float32) - 8.0) * s_hi).to(cdt)
+        w_lo = ((_frag_cols(l0, l1, l2, l3).to(tl.float32) - 8.0) * s_lo[:, None]).to(cdt)
+        w_hi = ((_frag_cols(h0, h1, h2, h3).to(tl.float32) - 8.0) * s_hi[:, None]).to(cdt)
     elif MODE == 1:
-        s_lo = tl.broadcast_to(tl.load(s_ptrs + k_lo // QGROUP).to(cdt)[:, None], p.shape)
-        s_hi = tl.broadcast_to(tl.load(s_ptrs + k_hi // QGROUP).to(cdt)[:, None], p.shape)
-        w_lo, w_hi = _dequant_int4_asm(p, s_lo, s_hi, cdt == tl.float16)
+        w_lo, w_hi = _dequant_int4_asm(p, tl.broadcast_to(s_lo[:, None], p.shape),
+                                       tl.broadcast_to(s_hi[:, None], p.shape),
+                                       cdt == tl.float16)
     elif MODE == 2:
         w_lo = (p.to(tl.uint16) << 8).to(cdt, bitcast=True)
         w_hi = (p.to(tl.uint16) << 4).to(cdt, bitcast=True)
     else:
-        s_lo = tl.load(s_ptrs + k_lo // QGROUP).to(tl.float32)[:, None]
-        s_hi = tl.load(s_ptrs + k_hi // QGROUP).to(tl.float32)[:, None]
-        w_lo = (((p & 0xF).to(tl.float32) - 8.0) * s_lo).to(cdt)
-        w_hi = (((p >> 4).to(tl.float32) - 8.0) * s_hi).to(cdt)
+        w_lo = (((p & 0xF).to(tl.float32) - 8.0) * s_lo[:, None]).to(cdt)
+        w_hi = (((p >> 4).to(tl.float32) - 8.0) * s_hi[:, None]).to(cdt)
     return w_lo, w_hi
 
 def moe_gemm(
@@ -331,10 +375,11 @@ def _wt_accumulate(
     k_dim: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, TAIL_T: tl.constexpr,
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
-    W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr,
+    W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr, SPAIR: tl.constexpr,
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
-    HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile."""
+    HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
+    SPAIR (int4, MODE 3): the scales are pair words (`_int4_scales`)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
@@ -342,6 +387,10 @@ def _wt_accumulate(
     if INT4:
         half = k_dim // 2
         for k0 in range(0, half, BLOCK_K):
+            s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR)
+            if GATED:
+                su_lo, su_hi = _int4_scales(s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
+                                            INT4_DEQUANT, SPAIR)
             x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
             x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
             if HAS_TAIL:
@@ -351,7 +400,7 @@ def _wt_accumulate(
                 p = w_desc.load([w_row, k0 // 4 if INT4_DEQUANT >= 3 else k0])
             else:
                 p = tl.load(w_ptrs)
-            w_lo, w_hi = _dequant_int4(p, s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT)
+            w_lo, w_hi = _dequant_int4(p, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
             acc = _mma(w_hi, x_hi, _mma(w_lo, x_lo, acc, DOT_IEEE), DOT_IEEE)
             if HAS_TAIL:
                 acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
@@ -360,8 +409,7 @@ def _wt_accumulate(
                     p_u = w_desc.load([w_row + up_rows, k0 // 4 if INT4_DEQUANT >= 3 else k0])
                 else:
                     p_u = tl.load(w_ptrs + up_w)
-                u_lo, u_hi = _dequant_int4(p_u, s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
-                                           INT4_DEQUANT)
+                u_lo, u_hi = _dequant_int4(p_u, su_lo, su_hi, cdt, INT4_DEQUANT, SPAIR)
                 acc_up = _mma(u_hi, x_hi, _mma(u_lo, x_lo, acc_up, DOT_IEEE), DOT_IEEE)
                 if HAS_TAIL:
                     acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)
@@ -436,7 +484,7 @@ def moe_gemm_wt(
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
-    TAIL: tl.constexpr, TAIL_T: tl.constexpr,
+    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -501,14 +549,14 @@ def moe_gemm_wt(
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR)
         _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
                   ACT, COMBINE)
     else:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR)
     _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
               COMBINE)
 

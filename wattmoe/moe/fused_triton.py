@@ -57,7 +57,7 @@ from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.grouped import grouped_forward
-from wattmoe.moe.quant import FRAGMENT_BYTES, fragment_words
+from wattmoe.moe.quant import FRAGMENT_BYTES, fragment_words, scale_pairs
 from wattmoe.moe.stacked import ExpertStack, stacked_experts
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,15 @@ class KernelConfig:
     # (`quant.fragment_words`, kept in the stack's kernel cache) and dequantizes straight into
     # wgmma's register layout; ignored where a row or K tile is not a multiple of 32 bytes
     int4_frag: bool = False
+    # int4 with fragment words on a GPU: the scales as pair words in the compute dtype
+    # (`quant.scale_pairs`, cached like the words), one 32-bit load per row and K step that
+    # Triton's pipeliner copies ahead, instead of two 16-bit loads and conversions in the loop;
+    # ignored where the halves of a row are not whole groups
+    int4_pairs: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag")
+        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs")
         return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
@@ -284,6 +289,12 @@ for _t in (16, 32):
 # packing before the dequantization), and the int4 launches are bound by issuing them (ncu,
 # results/h200/kernels/run23_ncu_tune16k: an instruction every 2.2 cycles per scheduler)
 INT4_CANDIDATES.update(_with_frag(INT4_CANDIDATES, list(INT4_CANDIDATES)))
+# and with scale pair words ("...p", `int4_pairs`): ncu of the table's OLMoE 512-token int4
+# launches (results/h200/kernels/run36_verify) has them waiting on global loads 0.56 (gate/up)
+# and 1.31 (down) cycles per issued instruction; the 16-bit scale loads are the K loop's only
+# global loads that the pipeliner leaves in the loop (sm_90 SASS: 8 LDG.U16 + 8 F2F per step)
+INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
+                                                   if n.endswith("f")], "p", int4_pairs=True))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -454,14 +465,18 @@ def _launch(
     num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
     mode = _dequant_mode(cfg, a, qgroup)
+    spair = s is not None and _uses_scale_pairs(cfg, mode, k_dim, qgroup)
+    if spair:
+        s = _derived(s, cache, "pairs", a.dtype)
     if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
-        w = _frag_words(w, cache)
+        w = _derived(w, cache, "frag")
         w_desc = _weight_descriptor(w, cfg, cache, cfg.block_k // 4) if cfg.tma else None
     else:
         w_desc = _weight_descriptor(w, cfg, cache) if cfg.tma else None
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
                        act=act, combine=combine, qgroup=qgroup, ieee=ieee,
-                       interpret=not a.is_cuda, w_tma=w_desc is not None, int4_dequant=mode)
+                       interpret=not a.is_cuda, w_tma=w_desc is not None, int4_dequant=mode,
+                       spair=spair)
     if w_desc is None:
         w_desc = w  # unused by the kernel
     kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
@@ -482,7 +497,7 @@ def _launch(
 
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
                 act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
-                w_tma: bool, int4_dequant: int) -> dict[str, Any]:
+                w_tma: bool, int4_dequant: int, spair: bool = False) -> dict[str, Any]:
     """The constexpr arguments, num_warps and num_stages of one launch of `moe_gemm` (tokens
     first) or `moe_gemm_wt` (weights first: `cfg.swap`, and every int4 launch). `_launch`
     passes them; `benchmarks/gpu/compile_check.py` compiles with the same ones."""
@@ -495,7 +510,7 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
     if cfg.swap or qgroup is not None:
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
-                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16)
+                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
@@ -561,35 +576,41 @@ def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int
     return 1 if cfg.int4_asm else 0
 
 
-def _frag_words(w: torch.Tensor, cache: dict | None) -> torch.Tensor:
-    """Packed int4 weights [E, rows, K/2] as fragment-ordered words [E, rows, K/8]
-    (`quant.fragment_words`), kept in cache (the stack's `kernel_cache`) and rewritten in
-    place, at the same address, once w has been written to since (its version counter), here
-    and by `refresh_frag_words` before a CUDA graph replays: a captured graph reads the words
-    of the current weights. Stacks keep a version counter even when built under inference
-    mode (`stacked._stack_int4`); other inference tensors have none, and their words are made
-    once. Writes that bypass the version counter (`.data`, numpy, DLPack) need
-    `refresh_frag_words(stack.kernel_cache, force=True)`. The words are made outside
+def _derived(w: torch.Tensor, cache: dict | None, kind: str,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A copy of stack tensor w in the form the int4 kernels read, kept in cache (the stack's
+    `kernel_cache`): kind 'frag', packed codes [E, rows, K/2] as fragment-ordered words
+    [E, rows, K/8] (`quant.fragment_words`); 'pairs', scales [E, rows, G] as pair words in
+    `dtype` [E, rows, G/2] (`quant.scale_pairs`).
+
+    Rewritten in place, at the same address, once w has been written to since (its version
+    counter), here and by `refresh_frag_words` before a CUDA graph replays: a captured graph
+    reads the copies of the current weights. Stacks keep a version counter even when built
+    under inference mode (`stacked._stack_int4`); other inference tensors have none, and their
+    copies are made once. Writes that bypass the version counter (`.data`, numpy, DLPack) need
+    `refresh_frag_words(stack.kernel_cache, force=True)`. The copies are made outside
     inference mode, so that they can be rewritten in place in any mode.
 
     Raises:
-        RuntimeError: the words are missing or stale while a CUDA graph is being captured
-            (making them would be recorded, not run: capture after an eager call).
+        RuntimeError: the copy is missing or stale while a CUDA graph is being captured
+            (making it would be recorded, not run: capture after an eager call).
     """
+    key: tuple = (kind, w.data_ptr()) if dtype is None else (kind, w.data_ptr(), dtype)
     if cache is None:
-        return fragment_words(w)
-    key = ("frag", w.data_ptr())
+        return _write_derived(key, w, None)
     hit = cache.get(key)
     version = _version(w)
     if hit is not None and hit[0] == version:
         return hit[1]
     if w.is_cuda and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError("int4 fragment words are made outside CUDA graph capture: run the "
-                           "step once eagerly before capturing it")
-    fits = hit is not None and hit[1].shape == (*w.shape[:-1], w.shape[-1] // 4)
-    words = _write_words(w, hit[1] if fits else None)
-    cache[key] = (version, words, w)
-    return words
+        raise RuntimeError(f"int4 {_DERIVED[kind]} are made outside CUDA graph capture: run "
+                           "the step once eagerly before capturing it")
+    out = _write_derived(key, w, hit[1] if hit is not None else None)
+    cache[key] = (version, out, w)
+    return out
+
+
+_DERIVED = {"frag": "fragment words", "pairs": "scale pairs"}  # cache kinds of `_derived`
 
 
 def _version(w: torch.Tensor) -> int | None:
@@ -597,25 +618,37 @@ def _version(w: torch.Tensor) -> int | None:
     return None if w.is_inference() else w._version
 
 
-def _write_words(w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """w's fragment words, into out (at its address) when given; made outside inference mode
-    so that they can be rewritten in place in any mode later."""
+def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """The copy of w that cache key `key` names, into out (at its address) where out still
+    fits; made outside inference mode so that it can be rewritten in place in any mode."""
     with torch.inference_mode(False), torch.no_grad():
-        return fragment_words(w, out=out)
+        if key[0] == "frag":
+            fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // 4)
+            return fragment_words(w, out=out if fits else None)
+        fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // 2)
+        return scale_pairs(w, key[2], out=out if fits else None)
 
 
 def refresh_frag_words(cache: dict, force: bool = False) -> None:
-    """Rewrites in place the fragment words in a stack's `kernel_cache` whose weights were
-    written to since (their version counter); a replayed CUDA graph runs no `_launch` that
-    would notice. A few attribute reads when nothing changed. force: rewrite all of them, for
-    writes that bypass the version counter (through `.data`, numpy, DLPack or raw storage)."""
+    """Rewrites in place the int4 copies (fragment words, scale pairs: `_derived`) in a stack's
+    `kernel_cache` whose weights were written to since (their version counter); a replayed
+    CUDA graph runs no `_launch` that would notice. A few attribute reads when nothing
+    changed. force: rewrite all of them, for writes that bypass the version counter (through
+    `.data`, numpy, DLPack or raw storage)."""
     for key, entry in list(cache.items()):
-        if key[0] != "frag":
+        if key[0] not in _DERIVED:
             continue
-        version, words, w = entry
+        version, out, w = entry
         now = _version(w)
         if force or now != version:
-            cache[key] = (now, _write_words(w, words), w)
+            cache[key] = (now, _write_derived(key, w, out), w)
+
+
+def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | None) -> bool:
+    """Whether a launch reads scale pair words: `cfg.int4_pairs` with fragment words on a GPU
+    (MODE 3) and halves of whole groups (a byte's two scales are then groups g and g + G/2)."""
+    return (cfg.int4_pairs and mode == 3 and qgroup is not None
+            and (k_dim // 2) % qgroup == 0)
 
 
 def triton_cdiv(a: int, b: int) -> int:

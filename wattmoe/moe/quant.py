@@ -122,6 +122,35 @@ def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None) -> tor
     return out
 
 
+def scale_pairs(scales: torch.Tensor, dtype: torch.dtype,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Group scales [..., G] (G even) as 32-bit pair words int32 [..., G // 2]: word g holds
+    scale g in `dtype` (bf16 or fp16) in its low 16 bits and scale g + G/2 in its high 16
+    bits, the two scales of one packed byte's nibbles (columns j and j + in/2: the half-split
+    packing, with whole groups in each half). The fused int4 kernel loads one word per row and
+    K step (`_fused_kernel._int4_scales`, SPAIR); rounded to `dtype` exactly as
+    `dequantize_int4` rounds them. A copy; with `out` (int32, the result's shape) written there.
+
+    Raises:
+        ShapeError: G is odd, dtype is not 16-bit, or out does not fit.
+    """
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ShapeError(f"scale pairs are 16-bit (bf16, fp16), got {dtype}")
+    if scales.dim() == 0 or scales.shape[-1] % 2:
+        raise ShapeError(f"scale pairs need an even number of groups per row, got "
+                         f"{tuple(scales.shape)}")
+    g = scales.shape[-1] // 2
+    halves = torch.stack((scales[..., :g].to(dtype), scales[..., g:].to(dtype)), dim=-1)
+    words = halves.view(torch.int16).view(torch.int32).squeeze(-1)  # little-endian: lo first
+    if out is None:
+        return words.contiguous()
+    if out.dtype != torch.int32 or out.shape != words.shape or not out.is_contiguous():
+        raise ShapeError(f"scale pairs out= must be contiguous int32 {tuple(words.shape)}, got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    out.copy_(words)
+    return out
+
+
 class Int4Linear(nn.Module):
     """A bias-free linear layer with packed int4 weights, dequantized in `forward`."""
 

@@ -63,8 +63,9 @@ class ExpertStack:
         build_id: unique per build (CUDA graphs key on it: a rebuilt stack has new pointers).
         kernel_cache: per-stack objects of the kernels that depend only on these tensors (the
             fused backend's TMA descriptors and, for int4 "...f" configurations, a copy of
-            the codes as fragment-ordered words: as much memory again as q13 and q2), dropped
-            with the stack.
+            the codes as fragment-ordered words: as much memory again as q13 and q2; for
+            "...fp", the scales as pair words in the compute dtype, as much as s13 and s2),
+            dropped with the stack.
     """
 
     form: str
@@ -209,7 +210,7 @@ def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int
                 f: int, g: int) -> None:
     """Fills st's int4 tensors and makes the experts' codes and scales views of them. Built
     outside inference mode (even when called inside it), so that the stack's codes keep a
-    version counter: the fused kernels' copies of them (`fused_triton._frag_words`) follow
+    version counter: the fused kernels' copies of them (`fused_triton._derived`) follow
     in-place writes through it."""
     with torch.inference_mode(False), torch.no_grad():
         dev = experts[0].up_proj.packed.device
