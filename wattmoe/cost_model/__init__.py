@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from wattmoe.cost_model.base import (
     BASE_OPS,
+    LAYER_OP_FAMILIES,
+    MOE_LAYER_INT4_PREFIX,
     MOE_LAYER_PREFIX,
     SCHEMA_VERSION,
     CostModelError,
@@ -19,6 +21,8 @@ from wattmoe.cost_model.base import (
     OpShape,
     ProfileFormatError,
     ProfilePoint,
+    layer_op,
+    layer_op_name,
 )
 from wattmoe.cost_model.database import ProfileDatabase, load_profile, save_profile
 from wattmoe.cost_model.fit import EnergyModel, FitError, LatencyModel, fit_energy, fit_latency
@@ -28,6 +32,8 @@ from wattmoe.cost_model.work import op_work
 
 __all__ = [
     "BASE_OPS",
+    "LAYER_OP_FAMILIES",
+    "MOE_LAYER_INT4_PREFIX",
     "MOE_LAYER_PREFIX",
     "SCHEMA_VERSION",
     "CostModelError",
@@ -46,6 +52,8 @@ __all__ = [
     "fit_energy",
     "fit_latency",
     "import_nsys_sqlite",
+    "layer_op",
+    "layer_op_name",
     "load_profile",
     "op_work",
     "save_profile",
