@@ -3,8 +3,10 @@
 `KernelProfiler` runs isolated scenarios (`build_sweep`) with an injected telemetry monitor
 and writes a versioned JSON profile (`save_profile`); `KernelCostModel` loads it and answers
 `get_cost(op, tokens, device, dtype, shape)` by interpolation, extrapolation and fitted
-per-device latency and energy models. `import_nsys_sqlite` reads Nsight Systems exports;
-`collect_ncu` reads hardware counters with Nsight Compute where `ncu` exists.
+per-device latency and energy models; `KernelCostModel.backend_view(backend)`
+(`LayerBackendCosts`) prices one expert as its share of a measured layer step of one backend.
+`import_nsys_sqlite` reads Nsight Systems exports; `collect_ncu` reads hardware counters with
+Nsight Compute where `ncu` exists.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from wattmoe.cost_model.base import (
 )
 from wattmoe.cost_model.database import ProfileDatabase, load_profile, save_profile
 from wattmoe.cost_model.fit import EnergyModel, FitError, LatencyModel, fit_energy, fit_latency
+from wattmoe.cost_model.layer_costs import LayerBackendCosts
 from wattmoe.cost_model.model import FitReport, KernelCostModel
 from wattmoe.cost_model.nsys import NsysReport, import_nsys_sqlite
 from wattmoe.cost_model.work import op_work
@@ -44,6 +47,7 @@ __all__ = [
     "KernelCostModel",
     "KernelTime",
     "LatencyModel",
+    "LayerBackendCosts",
     "NsysReport",
     "OpShape",
     "ProfileDatabase",
