@@ -12,7 +12,7 @@ import pytest
 from tests.cost_model.conftest import SHAPE_A, synthetic_db, synthetic_point
 from tests.cost_model.test_nsys import build_export
 from wattmoe.cli import main
-from wattmoe.cost_model import save_profile
+from wattmoe.cost_model import OpShape, op_work, save_profile
 
 
 @pytest.fixture
@@ -36,6 +36,22 @@ def test_profile_runs_a_small_cpu_sweep(tmp_path: Path, capsys) -> None:
     assert out.with_suffix(".jsonl").exists()
     assert len(list((tmp_path / "plots").glob("*.png"))) == 2
     assert "energy models" in capsys.readouterr().out
+
+
+def test_profile_measures_int4_layer_steps(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "int4.json"
+    assert main(["profile", "--devices", "cpu", "--shapes", "tiny", "--dtypes", "fp32",
+                 "--ops", "moe_layer_int4:loop", "--tokens", "1,8", "--cpu-window", "0.05",
+                 "--reps", "3", "--cooldown-max", "0", "--no-torch-profiler",
+                 "--out", str(out)]) == 0
+    raw = json.loads(out.read_text())
+    assert [p["op"] for p in raw["points"]] == ["moe_layer_int4:loop"] * 2
+    dense = [op_work("moe_layer:loop", p["tokens"], OpShape(**p["shape"]), "fp32")[1]
+             for p in raw["points"]]
+    assert all(p["bytes_moved"] < d for p, d in zip(raw["points"], dense))
+    assert main(["cost", "--profile", str(out), "--op", "moe_layer_int4:loop", "--device",
+                 "cpu", "--dtype", "fp32", "--tokens", "4"]) == 0
+    assert "interpolated" in capsys.readouterr().out
 
 
 def test_cost_prints_a_table(profile: Path, capsys) -> None:
@@ -75,6 +91,7 @@ def test_nsys_import(tmp_path: Path, capsys) -> None:
     ("args", "message"),
     [
         (["cost", "--op", "nope"], "unknown op 'nope'"),
+        (["cost", "--op", "moe_layer_int4:"], "unknown op 'moe_layer_int4:'"),
         (["cost", "--device", "cuda:9"], "unknown device 'cuda:9'"),
         (["cost", "--tokens", "-3"], "batch size must be >= 0 tokens, got -3"),
         (["cost", "--tokens", "abc"], "batch size must be an integer, got 'abc'"),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
-from wattmoe.cost_model import BASE_OPS, CostModelError, OpShape, op_work
+from wattmoe.cost_model import BASE_OPS, CostModelError, OpShape, layer_op, layer_op_name, op_work
+from wattmoe.cost_model.base import check_op
+from wattmoe.cost_model.fit import latency_features
 from wattmoe.cost_model.scenarios import (
     Scenario,
     SweepConfig,
@@ -15,6 +19,8 @@ from wattmoe.cost_model.scenarios import (
     moe_backends,
     resolve_shape_spec,
 )
+from wattmoe.cost_model.work import int4_group
+from wattmoe.moe import QuantizedExpert, int4_group_size
 
 
 def test_log_tokens() -> None:
@@ -51,7 +57,8 @@ def test_shape_specs() -> None:
     assert OpShape.from_key("h2048_f1408_swiglu") == OpShape(2048, 1408)
 
 
-@pytest.mark.parametrize("op", [o for o in BASE_OPS if "copy" not in o] + ["moe_layer:loop"])
+@pytest.mark.parametrize("op", [o for o in BASE_OPS if "copy" not in o]
+                         + ["moe_layer:loop", "moe_layer_int4:loop"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_every_op_runs(op: str, dtype: str) -> None:
     fn = build_runner(Scenario(op, resolve_shape_spec("tiny"), dtype, "cpu", 16))
@@ -84,3 +91,72 @@ def test_work_counts() -> None:
     _, b1 = op_work("moe_layer:loop", 1, layer, "bf16")
     _, b100 = op_work("moe_layer:loop", 100, layer, "bf16")
     assert b1 < b100 and b1 > 2 * 3 * 64 * 128 * 2  # two experts' weights at one token
+
+
+# --- MoE layer steps with int4 experts ---------------------------------------------------------
+
+
+def test_layer_op_names() -> None:
+    assert layer_op("moe_layer:fused") == ("fused", False)
+    assert layer_op("moe_layer_int4:loop") == ("loop", True)
+    for op in ("expert", "expert_int4", "moe_layer", "moe_layer:", "moe_layer_int4:"):
+        assert layer_op(op) is None
+    assert layer_op_name("grouped", int4=True) == "moe_layer_int4:grouped"
+    assert check_op("moe_layer_int4:fused_graph") == "moe_layer_int4:fused_graph"
+    for bad in ("moe_layer_int4", "moe_layer_int4:", "moe_layer_int8:loop"):
+        with pytest.raises(CostModelError, match=r"moe_layer:<backend>, moe_layer_int4:<backend>"):
+            check_op(bad)
+    layer = OpShape(64, 128, num_experts=8, top_k=2)
+    assert layer.for_op("moe_layer_int4:loop") == layer
+
+
+def test_moe_layer_int4_expands_per_backend_and_is_not_a_default() -> None:
+    scs, _ = build_sweep(SweepConfig(shapes=("tiny",), dtypes=("bf16",),
+                                     ops=("moe_layer_int4",), tokens=(1, 8)))
+    assert {s.op for s in scs} == {f"moe_layer_int4:{b}" for b in moe_backends("cpu", "bf16")}
+    assert len(scs) == 2 * len(moe_backends("cpu", "bf16"))
+    assert "moe_layer_int4" not in SweepConfig().ops
+    # one explicit backend is an op of its own
+    scs, _ = build_sweep(SweepConfig(shapes=("tiny",), dtypes=("bf16",),
+                                     ops=("moe_layer_int4:loop",), tokens=(4,)))
+    assert [s.op for s in scs] == ["moe_layer_int4:loop"]
+
+
+def test_int4_layer_work_reads_packed_weights() -> None:
+    layer = OpShape(256, 512, num_experts=8, top_k=2)
+    w = 3 * 256 * 512  # weights of one expert
+    for n in (1, 64):
+        active = min(8, 2 * n)
+        f16, b16 = op_work("moe_layer:loop", n, layer, "bf16")
+        f4, b4 = op_work("moe_layer_int4:loop", n, layer, "bf16")
+        # the active experts' weights: 2 bytes each in bf16, 0.5 + one fp16 scale per 128
+        assert b16 - b4 == pytest.approx(active * w * (2 - (0.5 + 2 / 128)))
+        assert f4 - f16 == pytest.approx(4.0 * active * w)  # unpack and scale
+    assert op_work("moe_layer_int4:fused", 64, layer, "bf16") == op_work(
+        "moe_layer_int4:loop", 64, layer, "bf16")
+    assert int4_group(256, 512) == int4_group_size(256, 512) == 128
+    assert int4_group(96, 160) == int4_group_size(96, 160) == 32
+    # the fit sees the expert invocations of an int4 layer as of any layer
+    assert latency_features("moe_layer_int4:loop", 3, layer, "bf16")[3] == 6
+    assert latency_features("expert_int4", 3, OpShape(256, 512), "bf16")[3] == 0
+
+
+def test_int4_layer_memory_holds_packed_and_dense_weights() -> None:
+    tiny = resolve_shape_spec("tiny")
+    dense = Scenario("moe_layer:loop", tiny, "bf16", "cpu", 16).memory_bytes()
+    int4 = Scenario("moe_layer_int4:loop", tiny, "bf16", "cpu", 16).memory_bytes()
+    packed = 8 * 3 * 64 * 128 * (0.5 + 2 / 64)  # tiny: E=8, H=64, F=128, int4 group 64
+    assert int4 - dense == pytest.approx(packed)
+
+
+@pytest.mark.parametrize("backend", moe_backends("cpu", "bf16"))
+def test_int4_layer_runner_quantizes_the_layer(backend: str) -> None:
+    fn = build_runner(Scenario(f"moe_layer_int4:{backend}", resolve_shape_spec("tiny"), "bf16",
+                               "cpu", 16))
+    layer = inspect.getclosurevars(fn).nonlocals["layer"]
+    assert layer.backend_name == backend and not layer.training
+    assert all(isinstance(e, QuantizedExpert) and e.group_size == 64 and not e.training
+               for e in layer.experts)
+    with torch.inference_mode():
+        out = fn()
+    assert torch.isfinite(out.hidden_states).all()

@@ -70,3 +70,56 @@ def test_nan_loads_from_the_command_line(tmp_path) -> None:
     assert proc.returncode == 2
     assert "layer 0, expert 2 has nan tokens" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def layer_profile(tmp_path):
+    """A saved profile of fused layer steps of the 'tiny' preset on an 'NVIDIA H200' (the
+    h200-cpu cluster's GPU), bf16 only."""
+    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
+    from wattmoe.cost_model import OpShape, save_profile
+
+    layer = OpShape(64, 128, "swiglu", 8, 2)  # tiny
+    pts = [synthetic_point(op, n, s) for n in TOKENS for op, s in (
+        ("moe_layer:fused", layer), ("router_gate", layer.for_op("router_gate")))]
+    db = synthetic_db(pts)
+    db.devices["cuda:0"].name = "NVIDIA H200"
+    return save_profile(db, tmp_path / "layers.json")
+
+
+def test_place_with_a_backend_records_it(layer_profile, tmp_path, capsys) -> None:
+    out = tmp_path / "p.json"
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--cost-model",
+                 str(layer_profile), "--backend", "fused", "--out", str(out)]) == 0
+    assert f"profile {layer_profile}, backend fused" in capsys.readouterr().out
+    p = Placement.from_json(out.read_text())
+    assert p.meta["backend"] == "fused"
+    assert p.summary.cost_sources["gpu0"] == (
+        f"profile {layer_profile} backend fused (measured layer steps, amortized per expert: "
+        "estimate): cuda:0 as nvidia-h200")
+    assert p.summary.cost_sources["cpu0"].startswith("analytic roofline")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cluster", "h200-cpu", "--backend", "fused"], "--backend 'fused' needs --cost-model"),
+    (["--cluster", "h200-cpu", "--preset", "tiny", "--backend", "grouped", "--cost-model",
+      "PROFILE"], "backend 'grouped' was not profiled: no moe_layer:grouped"),
+    (["--cluster", "laptop", "--preset", "tiny", "--backend", "fused", "--cost-model",
+      "PROFILE"], "--backend 'fused': no device of cluster 'laptop' has layer steps"),
+    (["--cluster", "h200-cpu", "--preset", "tiny", "--backend", "fused", "--dtype", "int4",
+      "--cost-model", "PROFILE"], "backend 'fused' with int4 experts was not profiled on cuda:0"),
+    (["--cluster", "h200-cpu", "--preset", "switch-base-8", "--layers", "1", "--backend",
+      "fused", "--cost-model", "PROFILE"], "was not profiled at hidden=768"),
+])
+def test_bad_backend_input_is_one_error(layer_profile, args, message, capsys) -> None:
+    args = [str(layer_profile) if a == "PROFILE" else a for a in args]
+    assert main(["place", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split())  # (the console wraps long lines)
+    assert "Traceback" not in err and err.count("error:") == 1
+
+
+def test_backend_without_a_profile_is_one_line(capsys) -> None:
+    assert main(["place", "--cluster", "h200-cpu", "--backend", "fused"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

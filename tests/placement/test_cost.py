@@ -150,3 +150,44 @@ def test_power_budget_below_idle_is_infeasible(linear_cost: LinearCost) -> None:
     spec["devices"][1]["power_budget_w"] = 3.0
     with pytest.raises(InfeasibleError, match="power budget 3 W"):
         build_cost_graph(cluster_from_dict(spec), linear_cost, SHAPE, 10)
+
+
+def _layer_profile():
+    """A KernelCostModel with fused layer steps (and their router) of a 64 x 128, 8-expert
+    top-2 layer on 'cuda:0', an 'NVIDIA H200', and the expert op on it and on 'cpu'."""
+    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
+    from wattmoe.cost_model import KernelCostModel, OpShape
+
+    layer = OpShape(64, 128, "swiglu", 8, 2)
+    pts = [synthetic_point(op, n, s) for n in TOKENS for op, s in (
+        ("moe_layer:fused", layer), ("router_gate", layer.for_op("router_gate")))]
+    pts += [synthetic_point("expert", n, OpShape(64, 128), device=d) for n in TOKENS
+            for d in ("cuda:0", "cpu")]
+    db = synthetic_db(pts)
+    db.devices["cuda:0"].name = "NVIDIA H200"
+    return KernelCostModel(db)
+
+
+def test_profile_provider_with_a_backend_prices_layer_steps() -> None:
+    model = _layer_profile()
+    view = model.backend_view("fused")
+    assert isinstance(view, ExpertCostProvider)
+    chain = profile_cost_provider(model, label="p (fused)", backend="fused")
+    assert chain.expert_cost("nvidia-h200", 16, 64, 128, "swiglu", "bf16") == \
+        view.expert_cost("cuda:0", 16, 64, 128, "swiglu", "bf16")
+    assert chain.expert_cost("nvidia-h200", 16, 64, 128, "swiglu", "bf16") != \
+        model.expert_cost("cuda:0", 16, 64, 128, "swiglu", "bf16")
+    assert chain.describe("nvidia-h200") == "p (fused): cuda:0 as nvidia-h200"
+    # 'cpu' has no fused steps: the analytic fallback answers for every other device
+    assert chain.describe("cpu-16core").startswith("analytic roofline")
+    with pytest.raises(PlacementError, match="no cost provider knows device 'fake-cpu'"):
+        chain.idle_power_w("fake-cpu")
+    curve = sample_curve(chain, "nvidia-h200", ExpertShape(64, 128), max_tokens=100)
+    assert curve.idle_power_w == 80.0 and np.all(np.diff(curve.latency_s) >= 0)
+
+
+def test_profile_provider_with_an_unprofiled_backend_fails() -> None:
+    from wattmoe.cost_model import CostModelError
+
+    with pytest.raises(CostModelError, match="backend 'grouped' was not profiled"):
+        profile_cost_provider(_layer_profile(), backend="grouped")

@@ -67,8 +67,10 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16, fp16")
     p.add_argument("--ops", default="expert,moe_layer,expert_int4,up_gate_proj,down_proj,"
                    "activation,router_gate,d2h_copy,h2d_copy",
-                   help="ops in priority order; 'moe_layer' = one op per available backend, "
-                        "or moe_layer:<backend>")
+                   help="ops in priority order; 'moe_layer' = one layer step per expert "
+                        "backend available on the device (moe_layer:<backend>), "
+                        "'moe_layer_int4' = the same with packed int4 experts "
+                        "(moe_layer_int4:<backend>; not in the default list), or one such op")
     p.add_argument("--tokens", default="1,4,16,64,256,1024,4096,8192",
                    help="batch sizes (log-spaced by default)")
     p.add_argument("--out", default=None,

@@ -34,6 +34,11 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost-model", metavar="PATH",
                    help="measured profile JSON (wattmoe.cost_model) for the devices it covers; "
                         "analytic roofline estimates for the rest (default: estimates only)")
+    p.add_argument("--backend", metavar="NAME",
+                   help="expert backend (loop, grouped, fused, fused_graph, ...): price each "
+                        "expert as its share of that backend's profiled MoE layer steps "
+                        "(moe_layer:NAME; moe_layer_int4:NAME for --dtype int4) instead of one "
+                        "expert called alone; needs --cost-model")
     p.add_argument("--slo-ms", type=float, help="latency SLO per batch, in milliseconds")
     p.add_argument("--max-replicas", type=int, default=4, help="replicas per expert at most")
     p.add_argument("--redundant", type=int, help="extra replicas per layer at most")
@@ -43,10 +48,17 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the placement JSON here")
 
 
-def build_cost_provider(path: str | None) -> tuple[Any, str]:
-    """The cost provider for `--cost-model` and a description of it."""
+def build_cost_provider(path: str | None, backend: str | None = None) -> tuple[Any, str]:
+    """The cost provider for `--cost-model` (and `--backend`) and a description of it.
+
+    Raises:
+        ConfigError: `backend` without `path`; no such file; a backend the profile lacks.
+    """
     from wattmoe.placement import AnalyticCostProvider, profile_cost_provider
 
+    if backend is not None and not path:
+        raise ConfigError(f"--backend {backend!r} needs --cost-model: a profile with that "
+                          "backend's layer steps (wattmoe profile --ops moe_layer)")
     if not path:
         return AnalyticCostProvider(), "analytic roofline (estimates)"
     if not Path(path).is_file():
@@ -56,7 +68,24 @@ def build_cost_provider(path: str | None) -> tuple[Any, str]:
     except ImportError as exc:  # pragma: no cover - the package ships with wattmoe
         raise ConfigError(f"--cost-model needs wattmoe.cost_model: {exc}") from None
     model = KernelCostModel.load(path)
-    return profile_cost_provider(model, label=f"profile {path} (measured)"), f"profile {path}"
+    if backend is None:
+        return profile_cost_provider(model, label=f"profile {path} (measured)"), f"profile {path}"
+    label = (f"profile {path} backend {backend} (measured layer steps, amortized per expert: "
+             "estimate)")
+    return (profile_cost_provider(model, label=label, backend=backend),
+            f"profile {path}, backend {backend}")
+
+
+def _check_backend_covers(provider: Any, cluster: Any, backend: str) -> None:
+    """Raises ConfigError when `--backend` would price no device of the cluster (every device
+    would fall back to the analytic estimates, and the flag would change nothing)."""
+    profiled = provider.providers[0].devices()
+    wanted = sorted({d.cost_device for d in cluster.devices})
+    if not set(profiled) & set(wanted):
+        raise ConfigError(
+            f"--backend {backend!r}: no device of cluster {cluster.name!r} has layer steps of "
+            f"that backend in the profile (cluster cost devices: {', '.join(wanted)}; "
+            f"profiled with {backend}: {', '.join(profiled) or 'none'})")
 
 
 def _fmt_j(x: float) -> str:
@@ -101,7 +130,9 @@ def cmd_place(args: argparse.Namespace) -> int:
     else:
         loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k, args.tokens, args.skew,
                                 args.seed)
-    provider, provider_txt = build_cost_provider(args.cost_model)
+    provider, provider_txt = build_cost_provider(args.cost_model, args.backend)
+    if args.backend is not None:
+        _check_backend_covers(provider, cluster, args.backend)
     constraints = Constraints(
         latency_slo_s=None if args.slo_ms is None else args.slo_ms / 1e3,
         max_replicas=args.max_replicas, redundant_per_layer=args.redundant)
@@ -113,7 +144,8 @@ def cmd_place(args: argparse.Namespace) -> int:
     elif args.solver == "milp":
         options["options"] = MilpOptions(
             time_limit_s=60.0 if args.time_limit is None else args.time_limit)
-    meta = {"preset": cfg.name, "cost_model": provider_txt, "cluster_spec": str(args.cluster)}
+    meta = {"preset": cfg.name, "cost_model": provider_txt, "cluster_spec": str(args.cluster),
+            "backend": args.backend}
     placement = solve(problem, args.solver, meta=meta, **options)
     _print_placement(placement, cfg.name, loads.source, provider_txt)
     if args.compare:

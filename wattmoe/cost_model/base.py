@@ -21,7 +21,8 @@ SCHEMA_VERSION = 1
 FORMAT = "wattmoe.cost_model.profile"
 
 #: Scenario ops: the kernels one expert launches, the router, the activation copies of a CPU
-#: expert, and a whole MoE layer step per expert backend ('moe_layer:<backend>').
+#: expert, and a whole MoE layer step per expert backend ('moe_layer:<backend>', and with int4
+#: experts 'moe_layer_int4:<backend>'; see `layer_op`).
 BASE_OPS: tuple[str, ...] = (
     "up_gate_proj",  # x @ W_gate^T and x @ W_up^T (one matmul for a 'relu' expert)
     "activation",  # silu(g) * u  (relu(u) for a 'relu' expert)
@@ -33,7 +34,31 @@ BASE_OPS: tuple[str, ...] = (
     "d2h_copy",  # activations device -> host (tokens sent to an expert on the CPU)
 )
 MOE_LAYER_PREFIX = "moe_layer:"
+#: A MoE layer step whose experts are packed int4 (`SimpleMoELayer.quantize`), per backend.
+MOE_LAYER_INT4_PREFIX = "moe_layer_int4:"
+#: Sweep op specs that expand to one layer op per expert backend available on the device,
+#: and whether their experts are int4.
+LAYER_OP_FAMILIES: dict[str, bool] = {"moe_layer": False, "moe_layer_int4": True}
 COPY_OPS: tuple[str, ...] = ("h2d_copy", "d2h_copy")
+
+
+def layer_op(op: str) -> tuple[str, bool] | None:
+    """(backend, int4) of a MoE-layer op, None for any other op.
+
+    'moe_layer:fused' -> ('fused', False); 'moe_layer_int4:loop' -> ('loop', True). The one
+    place that reads layer-op names, so that the work formulas, the fitted features, the
+    scenarios and the shapes treat both families alike.
+    """
+    for prefix, int4 in ((MOE_LAYER_PREFIX, False), (MOE_LAYER_INT4_PREFIX, True)):
+        if op.startswith(prefix) and len(op) > len(prefix):
+            return op[len(prefix):], int4
+    return None
+
+
+def layer_op_name(backend: str, int4: bool = False) -> str:
+    """The op of one MoE layer step with `backend` ('moe_layer:<backend>' or, with int4
+    experts, 'moe_layer_int4:<backend>'); the inverse of `layer_op`."""
+    return (MOE_LAYER_INT4_PREFIX if int4 else MOE_LAYER_PREFIX) + backend
 
 
 class CostModelError(ConfigError):
@@ -46,10 +71,11 @@ class ProfileFormatError(CostModelError):
 
 def check_op(op: str) -> str:
     """Returns `op` if it names a scenario op, else raises CostModelError."""
-    if op in BASE_OPS or (op.startswith(MOE_LAYER_PREFIX) and len(op) > len(MOE_LAYER_PREFIX)):
+    if op in BASE_OPS or layer_op(op) is not None:
         return op
     raise CostModelError(
-        f"unknown op {op!r} (known: {', '.join(BASE_OPS)}, {MOE_LAYER_PREFIX}<backend>)"
+        f"unknown op {op!r} (known: {', '.join(BASE_OPS)}, {MOE_LAYER_PREFIX}<backend>, "
+        f"{MOE_LAYER_INT4_PREFIX}<backend>)"
     )
 
 
@@ -76,8 +102,8 @@ class OpShape:
         hidden: model width H.
         inner: expert inner width F.
         form: 'swiglu' (gate, up, down) or 'relu' (up, down).
-        num_experts: routed experts E (router gate and moe_layer only; 1 otherwise).
-        top_k: experts per token (moe_layer only; 1 otherwise).
+        num_experts: routed experts E (router gate and layer ops only; 1 otherwise).
+        top_k: experts per token (layer ops, `layer_op`, only; 1 otherwise).
     """
 
     hidden: int
@@ -108,7 +134,7 @@ class OpShape:
 
     def for_op(self, op: str) -> OpShape:
         """The part of the shape that `op` depends on (experts/top-k only where they matter)."""
-        if op.startswith(MOE_LAYER_PREFIX):
+        if layer_op(op) is not None:
             return self
         if op == "router_gate":
             return OpShape(self.hidden, self.inner, self.form, self.num_experts, 1)

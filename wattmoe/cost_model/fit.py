@@ -19,14 +19,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import nnls
 
-from wattmoe.cost_model.base import MOE_LAYER_PREFIX, OpShape
+from wattmoe.cost_model.base import OpShape, layer_op
 from wattmoe.cost_model.work import op_work
 
 
 def latency_features(op: str, tokens: float, shape: OpShape, dtype: str) -> np.ndarray:
-    """[1, flops, bytes, expert invocations] of one call."""
+    """[1, flops, bytes, expert invocations] of one call (invocations: layer ops only)."""
     flops, byts = op_work(op, int(tokens), shape, dtype)
-    calls = min(shape.num_experts, tokens * shape.top_k) if op.startswith(MOE_LAYER_PREFIX) else 0
+    calls = min(shape.num_experts, tokens * shape.top_k) if layer_op(op) is not None else 0
     return np.array([1.0, flops, byts, float(calls)])
 
 

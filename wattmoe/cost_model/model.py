@@ -42,6 +42,7 @@ from wattmoe.cost_model.fit import (
     fit_latency,
     latency_features,
 )
+from wattmoe.cost_model.layer_costs import LayerBackendCosts
 from wattmoe.cost_model.work import op_work
 from wattmoe.errors import ConfigError
 
@@ -134,7 +135,8 @@ class FitReport:
 class KernelCostModel:
     """Latency and energy of ops on devices, from a profile database.
 
-    Satisfies the placement package's cost protocol (`expert_cost`, `idle_power_w`).
+    Satisfies the placement package's cost protocol (`expert_cost`, `idle_power_w`); so does
+    `backend_view(backend)`, from the layer steps of one expert backend.
 
     Args:
         db: a loaded `ProfileDatabase` (see `KernelCostModel.load`).
@@ -423,6 +425,16 @@ class KernelCostModel:
             dtype = "bf16" if "bf16" in dts else (dts[0] if dts else "bf16")
         c = self.get_cost(op, tokens, device, dtype, shape=OpShape(hidden, inner, form))
         return c.latency_s, c.energy_j
+
+    def backend_view(self, backend: str) -> LayerBackendCosts:
+        """The placement's cost provider for one expert backend: one expert's share of the
+        profiled `moe_layer:<backend>` steps (`moe_layer_int4:<backend>` for dtype 'int4'),
+        instead of one expert called on its own (`expert_cost`). See `LayerBackendCosts`.
+
+        Raises:
+            CostModelError: the profile holds no layer step of `backend`.
+        """
+        return LayerBackendCosts(self, backend)
 
     def idle_power_w(self, device: str) -> float:
         """Power the device draws while idle (measured before the sweep), in watts."""

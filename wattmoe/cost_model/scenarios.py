@@ -3,7 +3,10 @@
 `build_sweep(SweepConfig)` lists the scenarios; `build_runner(scenario)` allocates the weights
 and inputs and returns a zero-argument callable that runs the op once (no synchronization: the
 profiler synchronizes). Every op that an expert launches has a scenario (see `BASE_OPS`), plus
-one `moe_layer:<backend>` op per expert backend available on the device.
+one `moe_layer:<backend>` op per expert backend available on the device, and the same with
+packed int4 experts (`moe_layer_int4:<backend>`: every backend accepts them; `loop` runs each
+`QuantizedExpert`, `grouped` dequantizes the stacked experts on every call, `fused`
+dequantizes inside its GEMM).
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import torch.nn.functional as F
 from wattmoe.cost_model.base import (
     BASE_OPS,
     COPY_OPS,
-    MOE_LAYER_PREFIX,
+    LAYER_OP_FAMILIES,
     CostModelError,
     OpShape,
     check_op,
     check_tokens,
+    layer_op,
+    layer_op_name,
 )
-from wattmoe.cost_model.work import op_work
+from wattmoe.cost_model.work import int4_weight_bytes, op_work
+from wattmoe.errors import ConfigError
 from wattmoe.moe import (
     AdaptiveRouter,
     Expert,
@@ -33,6 +39,7 @@ from wattmoe.moe import (
     QuantizedExpert,
     SimpleMoELayer,
     get_preset,
+    int4_group_size,
     resolve_dtype,
 )
 
@@ -98,11 +105,19 @@ class Scenario:
         return op_work(self.op, self.tokens, self.shape, self.dtype)
 
     def memory_bytes(self) -> float:
-        """Rough peak memory: weights held plus activations (for skipping what won't fit)."""
+        """Rough peak memory: weights held plus activations (for skipping what won't fit).
+
+        An int4 layer holds its packed experts and, at its peak, a compute-dtype copy of
+        them: the dense layer it is quantized from while it is built, and the stack that
+        `grouped` dequantizes on every call.
+        """
         s, b = self.shape, (4 if self.dtype == "fp32" else 2)
         weights = s.matrices * s.hidden * s.inner * b
-        if self.op.startswith(MOE_LAYER_PREFIX):
+        layer = layer_op(self.op)
+        if layer is not None:
             weights *= s.num_experts
+            if layer[1]:
+                weights += weights / b * int4_weight_bytes(s.hidden, s.inner)
             act = self.tokens * s.top_k * (s.hidden * 4 + s.inner * 3) * b
         else:
             act = self.tokens * (s.hidden * 2 + s.inner * 3) * b
@@ -132,8 +147,9 @@ class SweepConfig:
         shapes: preset specs ('tiny', 'olmoe-1b-7b@0.25') or shape keys.
         dtypes: 'fp32', 'bf16', 'fp16'.
         devices: 'cpu', 'cuda:N'.
-        ops: base ops and/or 'moe_layer' (expands to one op per available backend) or
-            'moe_layer:<backend>'.
+        ops: base ops and/or 'moe_layer' / 'moe_layer_int4' (each expands to one op per
+            backend available on the device) or 'moe_layer:<backend>' /
+            'moe_layer_int4:<backend>'.
         tokens: batch sizes.
         max_memory_bytes: scenarios estimated larger than this are skipped.
     """
@@ -154,7 +170,7 @@ class SweepConfig:
         for d in self.dtypes:
             resolve_dtype(d)
         for op in self.ops:
-            if op != "moe_layer":
+            if op not in LAYER_OP_FAMILIES:
                 check_op(op)
         for dev in self.devices:
             if dev != "cpu" and not (dev.startswith("cuda:") and dev[5:].isdigit()):
@@ -192,8 +208,9 @@ def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
     for op_spec in cfg.ops:
         for dev in cfg.devices:
             for dtype in cfg.dtypes:
-                if op_spec == "moe_layer":
-                    ops = [MOE_LAYER_PREFIX + b for b in moe_backends(dev, dtype)]
+                if op_spec in LAYER_OP_FAMILIES:
+                    int4 = LAYER_OP_FAMILIES[op_spec]
+                    ops = [layer_op_name(b, int4) for b in moe_backends(dev, dtype)]
                 elif op_spec in COPY_OPS and not dev.startswith("cuda"):
                     notes.append(f"{op_spec} skipped on {dev}: host<->device copies need a GPU")
                     continue
@@ -216,10 +233,11 @@ def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
 
 
 def _int4_group(shape: OpShape) -> int:
-    for g in (128, 64, 32, 16, 8, 2):
-        if shape.hidden % g == 0 and shape.inner % g == 0:
-            return g
-    raise CostModelError(f"no int4 group size divides hidden={shape.hidden}, inner={shape.inner}")
+    """The int4 group size of `shape` (`int4_group_size`), as a CostModelError if none fits."""
+    try:
+        return int4_group_size(shape.hidden, shape.inner)
+    except ConfigError as exc:
+        raise CostModelError(str(exc)) from None
 
 
 def build_runner(sc: Scenario, seed: int = 0) -> Callable[[], Any]:
@@ -279,10 +297,13 @@ def build_runner(sc: Scenario, seed: int = 0) -> Callable[[], Any]:
                 return lambda: host.to(dev)
             on_dev = rand(n, s.hidden)
             return lambda: on_dev.to("cpu")
-        if op.startswith(MOE_LAYER_PREFIX):
-            backend = op[len(MOE_LAYER_PREFIX):]
-            layer = SimpleMoELayer(sc.config, dtype=dt, device=dev, backend=backend,
-                                   seed=seed).eval()
+        lay = layer_op(op)
+        if lay is not None:
+            backend, int4 = lay
+            layer = SimpleMoELayer(sc.config, dtype=dt, device=dev, backend=backend, seed=seed)
+            if int4:
+                layer.quantize(_int4_group(s))
+            layer.eval()
             x = rand(n, s.hidden)
             return lambda: layer(x)
     raise CostModelError(f"no scenario builder for op {sc.op!r}")

@@ -8,10 +8,28 @@ so a fitted model transfers between shapes, not between devices.
 
 from __future__ import annotations
 
-from wattmoe.cost_model.base import MOE_LAYER_PREFIX, CostModelError, OpShape, check_op
+from wattmoe.cost_model.base import CostModelError, OpShape, check_op, layer_op
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 INT4_GROUP = 128
+INT4_CODE_BYTES = 0.5  # two 4-bit codes per byte
+INT4_SCALE_BYTES = 2.0  # one fp16 scale per group of input columns
+
+
+def int4_group(hidden: int, inner: int) -> int:
+    """The int4 group size a layer of this shape is quantized with: the largest power of two
+    <= 128 dividing both widths (the rule of `wattmoe.moe.quant.int4_group_size`, repeated
+    here so that the work formulas need no torch); 2 where none does."""
+    g = INT4_GROUP
+    while g > 2 and (hidden % g or inner % g):
+        g //= 2
+    return g
+
+
+def int4_weight_bytes(hidden: int, inner: int) -> float:
+    """Bytes one weight takes in packed int4: half a byte of code plus its share of the
+    group's fp16 scale."""
+    return INT4_CODE_BYTES + INT4_SCALE_BYTES / int4_group(hidden, inner)
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -78,14 +96,31 @@ def op_work(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, fl
         return _router_work(n, s, b)
     if op in ("h2d_copy", "d2h_copy"):
         return 0.0, b * n * h
-    if op.startswith(MOE_LAYER_PREFIX):
-        assigned = n * s.top_k
-        active = min(float(s.num_experts), assigned)  # experts that receive >= 1 token
-        rf, rb = _router_work(n, s, b)
-        fl, by, _ = _expert_work(assigned, s, b)
-        # the weight term of _expert_work counts one expert; `active` experts are read
-        by += (active - 1.0) * b * s.matrices * h * f if active >= 1 else -b * s.matrices * h * f
-        # dispatch: gather inputs, scale, index_add outputs, zero-fill the output
-        by += b * (2 * assigned * h + 2 * assigned * h + 2 * n * h) + 8.0 * 4 * assigned
-        return rf + fl + 3.0 * assigned * h, rb + by
+    layer = layer_op(op)
+    if layer is not None:
+        return _layer_work(n, s, b, int4=layer[1])
     raise CostModelError(f"no work formula for op {op!r}")  # pragma: no cover
+
+
+def _layer_work(n: float, s: OpShape, b: int, int4: bool) -> tuple[float, float]:
+    """FLOPs and bytes of one MoE layer step (router, dispatch, experts, combine).
+
+    Only the experts that receive tokens read their weights: in the compute dtype, or for an
+    int4 layer as packed codes plus fp16 group scales (what every backend reads from memory;
+    the unpack and scale are counted as 4 FLOPs per weight, and the dequantized copies that
+    `loop` and `grouped` materialize are left to the per-backend latency fit).
+    """
+    h, f = s.hidden, s.inner
+    assigned = n * s.top_k
+    active = min(float(s.num_experts), assigned)  # experts that receive >= 1 token
+    rf, rb = _router_work(n, s, b)
+    fl, by, _ = _expert_work(assigned, s, b)
+    w = s.matrices * h * f
+    # the weight term of _expert_work counts one expert in the compute dtype; `active`
+    # experts are read, each in its stored format
+    by += active * w * (int4_weight_bytes(h, f) if int4 else b) - b * w
+    if int4:
+        fl += 4.0 * active * w
+    # dispatch: gather inputs, scale, index_add outputs, zero-fill the output
+    by += b * (2 * assigned * h + 2 * assigned * h + 2 * n * h) + 8.0 * 4 * assigned
+    return rf + fl + 3.0 * assigned * h, rb + by

@@ -214,19 +214,33 @@ class AliasedCostProvider:
             self._name(device), tokens, hidden, inner, form, dtype)
 
 
-def profile_cost_provider(model: object, label: str = "",
-                          fallback: object | None = None) -> ChainCostProvider:
+def profile_cost_provider(model: object, label: str = "", fallback: object | None = None,
+                          backend: str | None = None) -> ChainCostProvider:
     """A measured profile (a `wattmoe.cost_model.KernelCostModel`) for the devices it covers,
     named by their hardware ('NVIDIA H200' answers for cost device 'nvidia-h200'), and the
-    analytic roofline (estimates) for every other device."""
+    analytic roofline (estimates) for every other device.
+
+    Args:
+        model: the profile's cost model.
+        label: how `describe` names the profile's figures.
+        fallback: the provider for the other devices (default: `AnalyticCostProvider`).
+        backend: an expert backend ('fused', 'grouped', ...): price an expert as its share
+            of the profiled layer steps of that backend (`model.backend_view(backend)`)
+            instead of one expert called alone; devices of the profile without steps of
+            that backend are left to `fallback`.
+
+    Raises:
+        CostModelError (a `ConfigError`): `backend` was not profiled.
+    """
+    provider = model if backend is None else model.backend_view(backend)  # type: ignore[attr-defined]
     aliases: dict[str, str] = {}
     infos = getattr(getattr(model, "db", None), "devices", {}) or {}
-    for dev in model.devices():  # type: ignore[attr-defined]
+    for dev in provider.devices():  # type: ignore[attr-defined]
         info = infos.get(dev)
         hardware = (info.get("name") if isinstance(info, Mapping) else getattr(info, "name", None)
                     ) or dev
         aliases[device_slug(str(hardware))] = dev
-    return ChainCostProvider([AliasedCostProvider(model, aliases, label),
+    return ChainCostProvider([AliasedCostProvider(provider, aliases, label),
                               fallback or AnalyticCostProvider()])
 
 

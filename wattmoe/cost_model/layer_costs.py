@@ -1,0 +1,196 @@
+"""`LayerBackendCosts`: one expert's share of a measured MoE layer step, for the placement.
+
+`KernelCostModel.expert_cost` prices one expert called on its own (the `expert` op, what the
+`loop` backend runs per expert). A layer runs its experts through a backend (`grouped`,
+`fused`, their CUDA graphs ...) whose cost per expert is not that. This view answers the
+placement's question, "what does one expert cost on this device for n tokens", from the
+profiled steps of one backend, `moe_layer:<backend>` (`moe_layer_int4:<backend>` for dtype
+'int4', in the compute dtype that was profiled, bf16 preferred):
+
+- the layer shape: a profiled step of that op with the same hidden, inner and form on the
+  device and dtype; where several (E, top_k) were, the one whose range of rows per expert
+  (profiled tokens x top_k / E) holds n, else the one nearest to n in log rows; ties go to the
+  first shape key in sorted order;
+- the step: every expert of that layer gets n rows, so the layer runs T = n E / top_k tokens,
+  rounded up to an integer >= 1; the cost at T is scaled by the ratio exact / rounded T;
+- the experts' part: the step minus the router gate (the `router_gate` curve of the same
+  shape, device and dtype, where one was profiled; where none was, the whole step is charged
+  to the experts, which overstates them by the router's share), divided by E;
+- never <= 0: measured steps are noisy and, at a few tokens, the router can cost about as much
+  as the step, so the experts' part is at least `MIN_EXPERT_SHARE` of the step;
+- never above the device's power limit: where the router takes a larger share of the step's
+  time than of its energy (a launch-bound router at a few hundred tokens), the remainder's
+  energy over its time can exceed the enforced limit; its time is then stretched to
+  energy / limit, as a power cap would.
+
+Latency and energy are computed alike; energy includes the idle power drawn meanwhile (as in
+`KernelCostModel.expert_cost`). The figures keep the `source` of the measured steps, but the
+split into one expert's share is a model: an estimate of what one expert costs in the step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from wattmoe.cost_model.base import (
+    CostModelError,
+    KernelCost,
+    OpShape,
+    check_tokens,
+    layer_op,
+    layer_op_name,
+)
+
+if TYPE_CHECKING:
+    from wattmoe.cost_model.model import Curve, KernelCostModel
+
+#: The least share of a layer step charged to its experts (when the router's measured cost
+#: is as large as the step's, or larger).
+MIN_EXPERT_SHARE = 0.05
+#: `KernelCost.method` of an amortized answer.
+METHOD = "layer-amortized"
+
+
+def profiled_backends(model: KernelCostModel, device: str | None = None) -> list[str]:
+    """Expert backends with profiled layer steps (bf16/fp32 or int4) in `model`, on `device`
+    or on any device."""
+    return sorted({lay[0] for op in model.ops(device) if (lay := layer_op(op)) is not None})
+
+
+class LayerBackendCosts:
+    """The placement's `ExpertCostProvider` for one expert backend, from measured layer steps.
+
+    See the module docstring for how a step is split per expert.
+
+    Args:
+        model: a `KernelCostModel` whose profile holds `moe_layer:<backend>` (and/or
+            `moe_layer_int4:<backend>`) points.
+        backend: the expert backend ('loop', 'grouped', 'fused', 'fused_graph', ...).
+
+    Raises:
+        CostModelError: no device of the profile has a layer step of `backend`.
+    """
+
+    def __init__(self, model: KernelCostModel, backend: str) -> None:
+        known = profiled_backends(model)
+        if backend not in known:
+            raise CostModelError(
+                f"backend {backend!r} was not profiled: no {layer_op_name(backend)} or "
+                f"{layer_op_name(backend, int4=True)} points in this profile (profiled "
+                f"backends: {', '.join(known) or 'none; run `wattmoe profile --ops moe_layer`'})"
+            )
+        self.model = model
+        self.backend = backend
+
+    def devices(self) -> list[str]:
+        """The profile's devices with layer steps of this backend (bf16/fp32 or int4)."""
+        return [d for d in self.model.devices() if self.backend in profiled_backends(self.model, d)]
+
+    def describe(self, device: str) -> str:
+        return (f"backend {self.backend} on {device} (measured layer steps, amortized per "
+                "expert: estimate)")
+
+    def idle_power_w(self, device: str) -> float:
+        """The device's idle power, from the profile (see `KernelCostModel.idle_power_w`)."""
+        return self.model.idle_power_w(device)
+
+    def expert_cost(self, device: str, tokens: int, hidden: int, inner: int, form: str,
+                    dtype: str) -> tuple[float, float]:
+        """(latency_s, energy_j incl. idle power during it) of one expert's share of a layer
+        step of this backend in which every expert gets `tokens` rows."""
+        c = self.amortized_cost(device, tokens, hidden, inner, form, dtype)
+        return c.latency_s, c.energy_j
+
+    def amortized_cost(self, device: str, tokens: int, hidden: int, inner: int, form: str,
+                       dtype: str) -> KernelCost:
+        """`expert_cost` as a `KernelCost` (source: the profile's; method 'layer-amortized').
+
+        Raises:
+            CostModelError: unknown device; this backend, or this dtype of it, not profiled on
+                the device; no profiled layer shape of this hidden, inner and form; a negative
+                or non-integer token count.
+        """
+        tokens = check_tokens(tokens)
+        op, dt = self._op(device, dtype)
+        curve = self._layer_curve(op, device, dt, OpShape(hidden, inner, form), tokens)
+        if tokens == 0:
+            return KernelCost(0.0, 0.0, 0.0, 0.0, curve.source, "empty")
+        e, k = curve.shape.num_experts, curve.shape.top_k
+        exact = tokens * e / k
+        layer_tokens = max(1, -(-tokens * e // k))  # ceil, in integers
+        scale = exact / layer_tokens / e
+        step = self.model.get_cost(op, layer_tokens, device, dt, shape=curve.shape)
+        router = self._router_cost(device, dt, curve.shape, layer_tokens)
+        lat = _experts_part(step.latency_s, router.latency_s if router else 0.0) * scale
+        en = _experts_part(step.energy_j, router.energy_j if router else 0.0) * scale
+        info = self.model.db.devices.get(device)
+        limit = info.power_limit_w if info is not None else None
+        if limit and en > limit * lat:
+            lat = en / limit
+        avg = en / lat if lat > 0 else 0.0
+        return KernelCost(lat, en, avg, max(step.peak_power_w, avg), step.source, METHOD)
+
+    # --- lookups --------------------------------------------------------------------------
+
+    def _op(self, device: str, dtype: str) -> tuple[str, str]:
+        """The layer op and the profiled compute dtype that answer for `dtype` on `device`."""
+        devices = self.model.devices()
+        if device not in devices:
+            raise CostModelError(
+                f"unknown device {device!r}: not in this profile (profiled: {', '.join(devices)})"
+            )
+        int4 = dtype == "int4"
+        op = layer_op_name(self.backend, int4)
+        dts = sorted({k[2] for k in self.model.curves if k[:2] == (op, device)})
+        if not dts:
+            here = [o for o in self.model.ops(device) if layer_op(o) is not None]
+            raise CostModelError(
+                f"backend {self.backend!r}{' with int4 experts' if int4 else ''} was not "
+                f"profiled on {device}: no {op} points (layer steps profiled there: "
+                f"{', '.join(here) or 'none'})"
+            )
+        if int4:
+            return op, "bf16" if "bf16" in dts else dts[0]
+        if dtype not in dts:
+            raise CostModelError(f"{op} was not profiled on {device} in {dtype!r} "
+                                 f"(profiled in: {', '.join(dts)})")
+        return op, dtype
+
+    def _layer_curve(self, op: str, device: str, dtype: str, want: OpShape,
+                     tokens: int) -> Curve:
+        """The profiled layer shape of `want`'s hidden, inner and form whose rows per expert
+        cover `tokens` best (module docstring)."""
+        all_curves = sorted(self.model.shapes(op, device, dtype), key=lambda c: c.shape.key)
+        curves = [c for c in all_curves if (c.shape.hidden, c.shape.inner, c.shape.form)
+                  == (want.hidden, want.inner, want.form)]
+        if not curves:
+            raise CostModelError(
+                f"{op} on {device} ({dtype}) was not profiled at hidden={want.hidden}, "
+                f"inner={want.inner}, form={want.form} (profiled layer shapes: "
+                f"{', '.join(c.shape.key for c in all_curves)}); profile one with "
+                f"`wattmoe profile --ops {op} --shapes h{want.hidden}_f{want.inner}_"
+                f"{want.form}_e<E>_k<K>`"
+            )
+        n = max(tokens, 1)
+
+        def miss(c: Curve) -> float:
+            per_row = c.shape.top_k / c.shape.num_experts
+            lo, hi = float(c.tokens[0]) * per_row, float(c.tokens[-1]) * per_row
+            return math.log(lo / n) if n < lo else math.log(n / hi) if n > hi else 0.0
+
+        return min(curves, key=miss)
+
+    def _router_cost(self, device: str, dtype: str, shape: OpShape,
+                     tokens: int) -> KernelCost | None:
+        """The router gate's cost in a step of `tokens` tokens, None if it was not profiled at
+        this shape, device and dtype."""
+        rshape = shape.for_op("router_gate")
+        if ("router_gate", device, dtype, rshape.key) not in self.model.curves:
+            return None
+        return self.model.get_cost("router_gate", tokens, device, dtype, shape=rshape)
+
+
+def _experts_part(step: float, router: float) -> float:
+    """The step minus the router, at least `MIN_EXPERT_SHARE` of the step."""
+    return max(step - router, MIN_EXPERT_SHARE * step)
