@@ -13,15 +13,13 @@ profiled steps of one backend, `moe_layer:<backend>` (`moe_layer_int4:<backend>`
   first shape key in sorted order;
 - the step: every expert of that layer gets n rows, so the layer runs T = n E / top_k tokens,
   rounded up to an integer >= 1; the cost at T is scaled by the ratio exact / rounded T;
-- the experts' part: the step minus the router gate (the `router_gate` curve of the same
-  shape, device and dtype, where one was profiled; where none was, the whole step is charged
-  to the experts, which overstates them by the router's share), divided by E;
-- never <= 0: measured steps are noisy and, at a few tokens, the router can cost about as much
-  as the step, so the experts' part is at least `MIN_EXPERT_SHARE` of the step;
-- never above the device's power limit: where the router takes a larger share of the step's
-  time than of its energy (a launch-bound router at a few hundred tokens), the remainder's
-  energy over its time can exceed the enforced limit; its time is then stretched to
-  energy / limit, as a power cap would.
+- the experts' part: the whole step divided by E. The step includes its routing, as the
+  backend does it (the fused backends route in their own kernel, ~20 us at 512 OLMoE tokens;
+  the others through the torch router): a standalone `router_gate` measurement times another
+  implementation, so subtracting it would be wrong for the fused backends (on the committed
+  H200 profile it left remainders drawing 820-960 W, above the card's 700 W limit). Each
+  expert thus carries 1/E of the step's routing, which a deployment pays once per token:
+  an overstatement by the router's share of the step.
 
 Latency and energy are computed alike; energy includes the idle power drawn meanwhile (as in
 `KernelCostModel.expert_cost`). The figures keep the `source` of the measured steps, but the
@@ -45,9 +43,6 @@ from wattmoe.cost_model.base import (
 if TYPE_CHECKING:
     from wattmoe.cost_model.model import Curve, KernelCostModel
 
-#: The least share of a layer step charged to its experts (when the router's measured cost
-#: is as large as the step's, or larger).
-MIN_EXPERT_SHARE = 0.05
 #: `KernelCost.method` of an amortized answer.
 METHOD = "layer-amortized"
 
@@ -121,15 +116,8 @@ class LayerBackendCosts:
         layer_tokens = max(1, -(-tokens * e // k))  # ceil, in integers
         scale = exact / layer_tokens / e
         step = self.model.get_cost(op, layer_tokens, device, dt, shape=curve.shape)
-        router = self._router_cost(device, dt, curve.shape, layer_tokens)
-        lat = _experts_part(step.latency_s, router.latency_s if router else 0.0) * scale
-        en = _experts_part(step.energy_j, router.energy_j if router else 0.0) * scale
-        info = self.model.db.devices.get(device)
-        limit = info.power_limit_w if info is not None else None
-        if limit and en > limit * lat:
-            lat = en / limit
-        avg = en / lat if lat > 0 else 0.0
-        return KernelCost(lat, en, avg, max(step.peak_power_w, avg), step.source, METHOD)
+        return KernelCost(step.latency_s * scale, step.energy_j * scale, step.avg_power_w,
+                          step.peak_power_w, step.source, METHOD)
 
     # --- lookups --------------------------------------------------------------------------
 
@@ -180,17 +168,3 @@ class LayerBackendCosts:
             return math.log(lo / n) if n < lo else math.log(n / hi) if n > hi else 0.0
 
         return min(curves, key=miss)
-
-    def _router_cost(self, device: str, dtype: str, shape: OpShape,
-                     tokens: int) -> KernelCost | None:
-        """The router gate's cost in a step of `tokens` tokens, None if it was not profiled at
-        this shape, device and dtype."""
-        rshape = shape.for_op("router_gate")
-        if ("router_gate", device, dtype, rshape.key) not in self.model.curves:
-            return None
-        return self.model.get_cost("router_gate", tokens, device, dtype, shape=rshape)
-
-
-def _experts_part(step: float, router: float) -> float:
-    """The step minus the router, at least `MIN_EXPERT_SHARE` of the step."""
-    return max(step - router, MIN_EXPERT_SHARE * step)
