@@ -75,7 +75,6 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     spair = int4 and ft._uses_scale_pairs(cfg, mode, k_dim, qgroup)
     if spair:  # scale pair words
         types["s_ptr"] = "*i32"
-    il = int4 and ft._uses_interleave(cfg, mode, gated, n_out)
     w_el = ("i32" if frag else "u8") if int4 else dtype
     bk_el = cfg.block_k // 4 if frag else cfg.block_k
     types["w_desc"] = (f"tensordesc<{w_el}[{cfg.block_n}, {bk_el}]>" if cfg.tma
@@ -84,7 +83,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
                           gated=gated, act=(1 if gated else 2) if combine == 0 else 0,
                           combine=combine,
                           qgroup=qgroup if int4 else None, ieee=False, interpret=False,
-                          w_tma=cfg.tma, int4_dequant=mode, spair=spair, il=il)
+                          w_tma=cfg.tma, int4_dequant=mode, spair=spair)
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
     consts: dict[str, Any] = dict(meta)
     if any(p.name == "k_dim" and p.is_constexpr for p in fn.params):  # since commit 40f897e

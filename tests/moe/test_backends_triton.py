@@ -480,50 +480,6 @@ def test_refresh_frag_words_rewrites_written_weights_in_place(gen: torch.Generat
         k: p for k, (p, _) in before.items()}
 
 
-@pytest.mark.parametrize("config", ["w64t64k32fi", "w64t64k32r16fpi", "w64t16fi",
-                                    "w64t64k32dr32fi"])
-@pytest.mark.parametrize("form", ["swiglu", "relu"])
-def test_fused_int4_interleaved_gate_up_rows_match_loop(
-        config: str, form: str, gen: torch.Generator, no_fallback: None,
-        launches: list[dict[str, object]]) -> None:
-    # F = 96: three blocks of 32 gate and 32 up rows per expert; skewed counts give tails
-    qx = [quantize_expert(e, 32) for e in experts(6, 64, 96, form)]
-    x = torch.randn(53, 64, generator=gen)
-    d = make_dispatch("skewed", 53, 6, 2, gen, with_rowof=True)
-    with torch.no_grad():
-        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
-                                   rtol=1e-5, atol=1e-5)
-    gemms = [k for k in launches if "INT4_DEQUANT" in k]
-    assert [k["IL"] for k in gemms] == [form == "swiglu", False]  # gate/up only, gated only
-
-
-def test_interleaved_rows_are_blocks_of_gate_then_up() -> None:
-    t = torch.arange(2 * 96).view(1, 192, 1)  # rows 0..95 gate, 96..191 up
-    rows = ft._interleave_rows(t, 32).view(-1).tolist()
-    assert rows[:64] == list(range(32)) + list(range(96, 128))
-    assert rows[64:128] == list(range(32, 64)) + list(range(128, 160))
-    cfg = ft.INT4_CANDIDATES["w64t64k32fi"][0]
-    assert ft._uses_interleave(cfg, 3, True, 96) and ft._uses_interleave(cfg, 4, True, 96)
-    assert not ft._uses_interleave(cfg, 3, False, 96)  # down / relu: nothing to interleave
-    assert not ft._uses_interleave(cfg, 1, True, 96)  # half-split codes
-    assert not ft._uses_interleave(cfg, 3, True, 80)  # F not whole blocks of 32
-
-
-def test_interleaved_copies_follow_weight_writes(gen: torch.Generator,
-                                                 no_fallback: None) -> None:
-    # the interleaved words and scales are cached copies too: in-place writes refresh them
-    qx, x, d, stk = int4_case(gen)
-    with torch.no_grad():
-        first = ft.fused_forward(stk, x, d, "w64t16fi")
-        qx[1].gate_proj.packed.copy_(qx[2].gate_proj.packed)
-        qx[1].up_proj.scales.mul_(3.0)
-        second = ft.fused_forward(stk, x, d, "w64t16fi")
-        torch.testing.assert_close(second, get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)
-    assert not torch.equal(first, second)
-    assert {k for k in stk.kernel_cache if k[0] in ("frag", "scales") and k[-1] == 32} == {
-        ("frag", stk.q13.data_ptr(), 32), ("scales", stk.s13.data_ptr(), None, 32)}
-
-
 def test_scale_pairs_are_cached_and_refreshed_in_place(gen: torch.Generator) -> None:
     # what `_launch` reads with `int4_pairs` on a GPU (MODE 3): kept per stack like the
     # words, rewritten at the same address after an in-place write to the scales
@@ -549,7 +505,7 @@ def test_scale_pairs_only_where_their_dequantization_runs() -> None:
     assert not ft._uses_scale_pairs(cfg, 3, 96, 32)  # K/2 = 48: halves are not whole groups
     assert not ft._uses_scale_pairs(cfg, 3, 2048, None)
     assert not ft._uses_scale_pairs(dataclasses.replace(cfg, int4_pairs=False), 3, 2048, 128)
-    assert all(p[0].int4_pairs == p[1].int4_pairs == n.endswith(("fp", "fpi"))
+    assert all(p[0].int4_pairs == p[1].int4_pairs == n.endswith("fp")
                for n, p in ft.INT4_CANDIDATES.items())
 
 

@@ -484,7 +484,7 @@ def moe_gemm_wt(
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
-    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr, IL: tl.constexpr,
+    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -508,15 +508,8 @@ def moe_gemm_wt(
     TAIL does those rows in the same program, as a second, TAIL_T-token MMA on the same weight
     tiles, instead of in a program of its own that would read (and dequantize) the weights again
     for a mostly empty tile. (With TAIL = 0, TAIL_T only sizes unused placeholders.)
-
-    IL (gate/up, GATED): the weights (and scales) are a copy whose rows interleave gate and up
-    in blocks of BLOCK_F / 2 (`fused_triton._interleave_rows`): a program's BLOCK_F weight rows
-    are BLOCK_F / 2 gate rows and the same up rows, accumulated in one tile and split in the
-    epilogue, for BLOCK_F / 2 outputs. One accumulator and one dequantized operand per K step
-    instead of two: half the registers of a gated tile, for twice the programs.
     """
-    pid_t, pid_f = _swizzle(tl.program_id(0), num_pid_t,
-                            tl.cdiv(n_out, BLOCK_F // 2 if IL else BLOCK_F), GROUP_T)
+    pid_t, pid_f = _swizzle(tl.program_id(0), num_pid_t, tl.cdiv(n_out, BLOCK_F), GROUP_T)
     valid, e, blk, nblk_e, cnt_e, row0 = _expert_block(pid_t, cnt_ptr, num_experts, BLOCK_T,
                                                        TAIL, BLOCK_E)
     if not valid:
@@ -534,12 +527,8 @@ def moe_gemm_wt(
     else:
         cdt = a_ptr.dtype.element_ty
 
-    if IL:  # BLOCK_F interleaved weight rows -> BLOCK_F / 2 outputs (n_out: their count)
-        offs_f = pid_f * (BLOCK_F // 2) + tl.arange(0, BLOCK_F // 2)
-        wf = (pid_f * BLOCK_F + tl.arange(0, BLOCK_F)).to(tl.int64)  # < 2 n_out: no wrap
-    else:
-        offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
-        wf = (offs_f % n_out).to(tl.int64)  # wrapped, so weight loads need no mask
+    offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+    wf = (offs_f % n_out).to(tl.int64)  # wrapped, so weight loads need no mask
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
@@ -556,39 +545,20 @@ def moe_gemm_wt(
     has_tail = False
     if TAIL > 0:  # the tail's loop is compiled only for tail configurations
         has_tail = _has_tail(blk, nblk_e, cnt_e, BLOCK_T)
-    ACC_GATED: tl.constexpr = GATED and not IL  # IL: gate and up rows in one accumulator
     if has_tail:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
-            offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, ACC_GATED, INT4, QGROUP, EVEN_K,
+            offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
             DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR)
-        if IL:
-            g_t, u_t = _split_rows(acc_t)
-            _wt_store(g_t, u_t, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
-                      ACT, COMBINE)
-        else:
-            _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr,
-                      stride_cm, ACT, COMBINE)
+        _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
+                  ACT, COMBINE)
     else:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
-            offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, ACC_GATED, INT4, QGROUP, EVEN_K,
+            offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
             DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR)
-    if IL:
-        g, u = _split_rows(acc)
-        _wt_store(g, u, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT, COMBINE)
-    else:
-        _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
-                  COMBINE)
-
-
-@triton.jit
-def _split_rows(acc):
-    """[2R, T] -> its first R rows and its last R rows (IL: the gate and the up rows)."""
-    r: tl.constexpr = acc.shape[0] // 2
-    t: tl.constexpr = acc.shape[1]
-    halves = tl.permute(tl.reshape(acc, (2, r, t)), (1, 2, 0))
-    return tl.split(halves)
+    _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
+              COMBINE)
 
 
 def moe_combine(

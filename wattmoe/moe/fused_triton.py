@@ -185,17 +185,10 @@ class KernelConfig:
     # Triton's pipeliner copies ahead, instead of two 16-bit loads and conversions in the loop;
     # ignored where the halves of a row are not whole groups
     int4_pairs: bool = False
-    # int4 gate/up with fragment words: the kernel reads copies of the codes and scales whose
-    # rows interleave gate and up in blocks of block_n / 2 (`_interleave_rows`, cached like the
-    # words), one accumulator per program instead of two: half the registers of a gated tile
-    # for twice the programs (`moe_gemm_wt`, IL); ignored for the down launch and where F is
-    # not a multiple of block_n / 2
-    int4_il: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs",
-                 "int4_il")
+        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs")
         return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
@@ -285,16 +278,12 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t128k32": (_wt(64, 128, 32, 8, 4, 3), _wt(64, 128, 32, 8, 4, 3)),
     "w64t32k32": (_wt(64, 32, 32, 4, 4, 4), _wt(64, 32, 32, 4, 4, 4)),
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
-    # 64-column K steps in 3 stages: with interleaved gate/up rows ("...i") 3 CTAs per SM by
-    # shared memory as well as by registers (sm_90 compile: "w64t64r16fpi" 167 registers but
-    # 95 KB of shared memory in 4 stages)
-    "w64t64s3": (_wt(64, 64, 64, 8, 4, 3), _wt(64, 64, 64, 8, 4, 3)),
 }
 INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128", "w64t64k32",
                                                    "w64t128k32", "w128t128"]))
 for _t in (16, 32):
-    INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64",
-                                                        "w64t64s3"], _t))
+    INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64"],
+                                      _t))
 # every int4 tile also with fragment-ordered words: compiled for sm_90, the K loop of the
 # `w64t64k32` gate/up launch has 279 instead of 345 instructions (no byte loads and byte
 # packing before the dequantization), and the int4 launches are bound by issuing them (ncu,
@@ -306,11 +295,6 @@ INT4_CANDIDATES.update(_with_frag(INT4_CANDIDATES, list(INT4_CANDIDATES)))
 # global loads that the pipeliner leaves in the loop (sm_90 SASS: 8 LDG.U16 + 8 F2F per step)
 INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
                                                    if n.endswith("f")], "p", int4_pairs=True))
-# and with gate and up rows interleaved ("...i", `int4_il`): the gate/up launches of the
-# 64-token tiles ran 2 CTAs per SM (`w64t64r16fp`: 228 registers, no eligible warp 59% of the
-# cycles, ncu in results/h200/kernels/run37_scale_pairs); one accumulator instead of two
-INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
-                                                   if n.endswith(("f", "fp"))], "i", int4_il=True))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -482,22 +466,17 @@ def _launch(
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
     mode = _dequant_mode(cfg, a, qgroup)
     spair = s is not None and _uses_scale_pairs(cfg, mode, k_dim, qgroup)
-    il = cfg.block_n // 2 if _uses_interleave(cfg, mode, gated, n_out) else 0
     if spair:
-        s = _derived(s, cache, "pairs", a.dtype, il)
-    elif il:
-        s = _derived(s, cache, "scales", None, il)  # type: ignore[arg-type]
-    if il:  # block_n interleaved weight rows give block_n / 2 outputs
-        grid = (num_pid_m * triton_cdiv(n_out, il),)
+        s = _derived(s, cache, "pairs", a.dtype)
     if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
-        w = _derived(w, cache, "frag", None, il)
+        w = _derived(w, cache, "frag")
         w_desc = _weight_descriptor(w, cfg, cache, cfg.block_k // 4) if cfg.tma else None
     else:
         w_desc = _weight_descriptor(w, cfg, cache) if cfg.tma else None
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
                        act=act, combine=combine, qgroup=qgroup, ieee=ieee,
                        interpret=not a.is_cuda, w_tma=w_desc is not None, int4_dequant=mode,
-                       spair=spair, il=il > 0)
+                       spair=spair)
     if w_desc is None:
         w_desc = w  # unused by the kernel
     kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
@@ -518,8 +497,7 @@ def _launch(
 
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
                 act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
-                w_tma: bool, int4_dequant: int, spair: bool = False,
-                il: bool = False) -> dict[str, Any]:
+                w_tma: bool, int4_dequant: int, spair: bool = False) -> dict[str, Any]:
     """The constexpr arguments, num_warps and num_stages of one launch of `moe_gemm` (tokens
     first) or `moe_gemm_wt` (weights first: `cfg.swap`, and every int4 launch). `_launch`
     passes them; `benchmarks/gpu/compile_check.py` compiles with the same ones."""
@@ -532,7 +510,7 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
     if cfg.swap or qgroup is not None:
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
-                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, IL=il)
+                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
@@ -599,12 +577,11 @@ def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int
 
 
 def _derived(w: torch.Tensor, cache: dict | None, kind: str,
-             dtype: torch.dtype | None = None, il: int = 0) -> torch.Tensor:
+             dtype: torch.dtype | None = None) -> torch.Tensor:
     """A copy of stack tensor w in the form the int4 kernels read, kept in cache (the stack's
     `kernel_cache`): kind 'frag', packed codes [E, rows, K/2] as fragment-ordered words
     [E, rows, K/8] (`quant.fragment_words`); 'pairs', scales [E, rows, G] as pair words in
-    `dtype` [E, rows, G/2] (`quant.scale_pairs`); 'scales', the scales as they are. il > 0:
-    with the gate and up rows interleaved in blocks of il rows (`_interleave_rows`).
+    `dtype` [E, rows, G/2] (`quant.scale_pairs`).
 
     Rewritten in place, at the same address, once w has been written to since (its version
     counter), here and by `refresh_frag_words` before a CUDA graph replays: a captured graph
@@ -618,10 +595,9 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
         RuntimeError: the copy is missing or stale while a CUDA graph is being captured
             (making it would be recorded, not run: capture after an eager call).
     """
-    key: tuple = (kind, w.data_ptr()) + ((dtype,) if kind != "frag" else ()) + (
-        (il,) if il else ())
+    key: tuple = (kind, w.data_ptr()) if dtype is None else (kind, w.data_ptr(), dtype)
     if cache is None:
-        return _write_derived(kind, w, None, dtype, il)
+        return _write_derived(key, w, None)
     hit = cache.get(key)
     version = _version(w)
     if hit is not None and hit[0] == version:
@@ -629,13 +605,12 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
     if w.is_cuda and torch.cuda.is_current_stream_capturing():
         raise RuntimeError(f"int4 {_DERIVED[kind]} are made outside CUDA graph capture: run "
                            "the step once eagerly before capturing it")
-    out = _write_derived(kind, w, hit[1] if hit is not None else None, dtype, il)
-    cache[key] = (version, out, w, (kind, dtype, il))
+    out = _write_derived(key, w, hit[1] if hit is not None else None)
+    cache[key] = (version, out, w)
     return out
 
 
-# cache kinds of `_derived`
-_DERIVED = {"frag": "fragment words", "pairs": "scale pairs", "scales": "interleaved scales"}
+_DERIVED = {"frag": "fragment words", "pairs": "scale pairs"}  # cache kinds of `_derived`
 
 
 def _version(w: torch.Tensor) -> int | None:
@@ -643,38 +618,15 @@ def _version(w: torch.Tensor) -> int | None:
     return None if w.is_inference() else w._version
 
 
-def _interleave_rows(t: torch.Tensor, blk: int) -> torch.Tensor:
-    """[E, 2F, ...] gate rows then up rows -> gate rows b*blk.. (b+1)*blk, then the same up
-    rows, for b = 0.. F/blk - 1 (what an IL gate/up program reads as one tile)."""
-    rows = t.shape[1]
-    idx = torch.arange(rows, device=t.device).view(2, rows // (2 * blk), blk)
-    return t.index_select(1, idx.permute(1, 0, 2).reshape(-1))
-
-
-def _write_derived(kind: str, w: torch.Tensor, out: torch.Tensor | None,
-                   dtype: torch.dtype | None, il: int) -> torch.Tensor:
-    """`_derived`'s copy of w, into out (at its address) where out still fits; made outside
-    inference mode so that it can be rewritten in place in any mode."""
+def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """The copy of w that cache key `key` names, into out (at its address) where out still
+    fits; made outside inference mode so that it can be rewritten in place in any mode."""
     with torch.inference_mode(False), torch.no_grad():
-        if kind == "frag":
-            shape = (*w.shape[:-1], w.shape[-1] // 4)
-        elif kind == "pairs":
-            shape = (*w.shape[:-1], w.shape[-1] // 2)
-        else:
-            shape = tuple(w.shape)
-        fits = out is not None and tuple(out.shape) == shape
-        if not il:
-            if kind == "frag":
-                return fragment_words(w, out=out if fits else None)
-            if kind == "pairs":
-                return scale_pairs(w, dtype, out=out if fits else None)  # type: ignore[arg-type]
-        base = (fragment_words(w) if kind == "frag" else
-                scale_pairs(w, dtype) if kind == "pairs" else w)  # type: ignore[arg-type]
-        base = _interleave_rows(base, il) if il else base
-        if fits:
-            assert out is not None
-            return out.copy_(base)
-        return base.contiguous()
+        if key[0] == "frag":
+            fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // 4)
+            return fragment_words(w, out=out if fits else None)
+        fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // 2)
+        return scale_pairs(w, key[2], out=out if fits else None)
 
 
 def refresh_frag_words(cache: dict, force: bool = False) -> None:
@@ -686,18 +638,10 @@ def refresh_frag_words(cache: dict, force: bool = False) -> None:
     for key, entry in list(cache.items()):
         if key[0] not in _DERIVED:
             continue
-        version, out, w, (kind, dtype, il) = entry
+        version, out, w = entry
         now = _version(w)
         if force or now != version:
-            cache[key] = (now, _write_derived(kind, w, out, dtype, il), w, (kind, dtype, il))
-
-
-def _uses_interleave(cfg: KernelConfig, mode: int, gated: bool, n_out: int) -> bool:
-    """Whether a launch reads gate/up rows interleaved (`cfg.int4_il`): a gated int4 launch
-    with fragment words (MODE 3 on a GPU, 4 in the interpreter) whose F is whole blocks of
-    block_n / 2 rows (>= 16, a Triton tile)."""
-    half = cfg.block_n // 2
-    return cfg.int4_il and gated and mode in (3, 4) and half >= 16 and n_out % half == 0
+            cache[key] = (now, _write_derived(key, w, out), w)
 
 
 def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | None) -> bool:
