@@ -68,10 +68,10 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         "stride_se": "i32", "stride_sn": "i32", "stride_cm": "i32", "up_rows": "i32",
     }
     # fragment-ordered words: 4 packed bytes per element
-    frag = _gpu_dequant_mode(cfg, int4, qgroup, dtype) == 3
+    mode = _gpu_dequant_mode(cfg, int4, qgroup, dtype)
+    frag = mode == 3
     if frag:
         types["w_ptr"] = "*i32"
-    mode = _gpu_dequant_mode(cfg, int4, qgroup, dtype)
     spair = int4 and ft._uses_scale_pairs(cfg, mode, k_dim, qgroup)
     if spair:  # scale pair words
         types["s_ptr"] = "*i32"

@@ -371,7 +371,8 @@ def test_fused_tma_descriptors_are_built_once_per_stack(gen: torch.Generator, no
 
 
 @pytest.mark.parametrize("config", ["w64t64k32f", "w64t64k32r16fp", "w64t64k32df",
-                                    "w64t16k128f/w64t64k32dr32f"])
+                                    "w64t16k128f/w64t64k32dr32f", "w64t64k32dfp",
+                                    "w64t16fp/w64t64k32dr32fp"])
 def test_fused_int4_fragment_words_match_loop(config: str, gen: torch.Generator,
                                               no_fallback: None,
                                               launches: list[dict[str, object]]) -> None:
@@ -385,6 +386,25 @@ def test_fused_int4_fragment_words_match_loop(config: str, gen: torch.Generator,
     gemms = [k for k in launches if "INT4_DEQUANT" in k]
     assert [k["INT4_DEQUANT"] for k in gemms] == [4, 4]
     assert [k["W_TMA"] for k in gemms] == [c.tma for c in ft.resolve_config(config, True)]
+    assert [k["SPAIR"] for k in gemms] == [c.int4_pairs for c in ft.resolve_config(config, True)]
+
+
+@pytest.mark.parametrize("config", ["w64t64k32r16fp", "w64t16fp", "w64t64k32dr32fp"])
+@pytest.mark.parametrize("form", ["swiglu", "relu"])
+def test_fused_int4_scale_pairs_match_loop(config: str, form: str, gen: torch.Generator,
+                                           no_fallback: None,
+                                           launches: list[dict[str, object]]) -> None:
+    # groups of 32 = one K step: every step reads another pair word (4 steps in gate/up, 2 in
+    # down), and the up rows' pairs lie F rows past the gate rows'; the interpreter reads fp16
+    # pairs (MODE 4), the same indexing and strides as the GPU's compute-dtype pairs
+    qx = [quantize_expert(e, 32) for e in experts(6, 256, 128, form)]
+    x = torch.randn(41, 256, generator=gen)
+    d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    gemms = [k for k in launches if "INT4_DEQUANT" in k]
+    assert [(k["SPAIR"], k["INT4_DEQUANT"]) for k in gemms] == [(True, 4), (True, 4)]
 
 
 @pytest.mark.parametrize(("group", "hidden", "inner", "config", "modes"), [
@@ -501,7 +521,8 @@ def test_scale_pairs_only_where_their_dequantization_runs() -> None:
     cfg = ft.INT4_CANDIDATES["w64t64k32fp"][0]
     assert cfg.int4_frag and cfg.int4_pairs
     assert ft._uses_scale_pairs(cfg, 3, 2048, 128)
-    assert not ft._uses_scale_pairs(cfg, 4, 2048, 128)  # the interpreter: fp16 scales
+    assert ft._uses_scale_pairs(cfg, 4, 2048, 128)  # the interpreter: fp16 pair words
+    assert not ft._uses_scale_pairs(cfg, 1, 2048, 128)  # half-split codes
     assert not ft._uses_scale_pairs(cfg, 3, 96, 32)  # K/2 = 48: halves are not whole groups
     assert not ft._uses_scale_pairs(cfg, 3, 2048, None)
     assert not ft._uses_scale_pairs(dataclasses.replace(cfg, int4_pairs=False), 3, 2048, 128)

@@ -90,51 +90,35 @@ def frag_cols(o: list[torch.Tensor]) -> torch.Tensor:
     return t.reshape(rows, nb, 8, 2, 2).permute(0, 1, 4, 3, 2).reshape(rows, nb * 32)
 
 
+@pytest.mark.parametrize("pair", [False, True])
 @pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16])
-def test_fragment_word_asm_dequantizes_like_the_reference(dt: torch.dtype) -> None:
+def test_fragment_word_asm_dequantizes_like_the_reference(dt: torch.dtype, pair: bool) -> None:
+    # pair: the SPAIR variant, $10 (= $11) the row's scale pair word (`quant.scale_pairs`);
+    # else $10, $11 the row's two scales, each in both 16-bit lanes
     from wattmoe.moe import _fused_kernel as fk
+    from wattmoe.moe.quant import scale_pairs
 
-    asm = (fk._INT4_FRAG_FP16 if dt == torch.float16 else fk._INT4_FRAG_BF16).value
+    fp16 = dt == torch.float16
+    asm = ((fk._INT4_FRAG_PAIR_FP16 if fp16 else fk._INT4_FRAG_PAIR_BF16) if pair else
+           (fk._INT4_FRAG_FP16 if fp16 else fk._INT4_FRAG_BF16)).value
     torch.manual_seed(0)
     rows, k = 3, 128  # K/2 = 64 bytes: two 32-byte blocks, one scale group per half
     packed, scales = quantize_int4(torch.randn(rows, k), group_size=k // 2)
     words = fragment_words(packed)
     s_lo, s_hi = scales[:, 0].to(dt), scales[:, 1].to(dt)
+    pairs = scale_pairs(scales, dt)  # [rows, 1]: groups 0 (low nibbles) and 1 (high)
     outs = [torch.zeros(rows, words.shape[1], dtype=dt) for _ in range(8)]
     for r in range(rows):
         for j in range(0, words.shape[1], 2):  # one thread's two words
             regs = [0] * 12
             regs[8], regs[9] = (int(words[r, j]) & 0xFFFFFFFF, int(words[r, j + 1]) & 0xFFFFFFFF)
-            regs[10] = _pack(s_lo[r:r + 1], s_lo[r:r + 1])
-            regs[11] = _pack(s_hi[r:r + 1], s_hi[r:r + 1])
+            if pair:
+                regs[10] = regs[11] = int(pairs[r, 0]) & 0xFFFFFFFF
+            else:
+                regs[10] = _pack(s_lo[r:r + 1], s_lo[r:r + 1])
+                regs[11] = _pack(s_hi[r:r + 1], s_hi[r:r + 1])
             regs = run_asm(asm, regs, dt)
             for o in range(8):  # each output register: elements j, j + 1
-                lo, hi = _halves(regs[o], dt)
-                outs[o][r, j], outs[o][r, j + 1] = lo[0], hi[0]
-    got = torch.cat((frag_cols(outs[:4]), frag_cols(outs[4:])), dim=1)
-    assert torch.equal(got, dequantize_int4(packed, scales, dt))
-
-
-@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16])
-def test_scale_pair_asm_dequantizes_like_the_reference(dt: torch.dtype) -> None:
-    # the SPAIR variant: $10 is the row's scale pair word (`quant.scale_pairs`), $11 unused
-    from wattmoe.moe import _fused_kernel as fk
-    from wattmoe.moe.quant import scale_pairs
-
-    asm = (fk._INT4_FRAG_PAIR_FP16 if dt == torch.float16 else fk._INT4_FRAG_PAIR_BF16).value
-    torch.manual_seed(1)
-    rows, k = 3, 128
-    packed, scales = quantize_int4(torch.randn(rows, k), group_size=k // 2)
-    words = fragment_words(packed)
-    pairs = scale_pairs(scales, dt)  # [rows, 1]: groups 0 (low nibbles) and 1 (high)
-    outs = [torch.zeros(rows, words.shape[1], dtype=dt) for _ in range(8)]
-    for r in range(rows):
-        for j in range(0, words.shape[1], 2):
-            regs = [0] * 12
-            regs[8], regs[9] = (int(words[r, j]) & 0xFFFFFFFF, int(words[r, j + 1]) & 0xFFFFFFFF)
-            regs[10] = regs[11] = int(pairs[r, 0]) & 0xFFFFFFFF
-            regs = run_asm(asm, regs, dt)
-            for o in range(8):
                 lo, hi = _halves(regs[o], dt)
                 outs[o][r, j], outs[o][r, j + 1] = lo[0], hi[0]
     got = torch.cat((frag_cols(outs[:4]), frag_cols(outs[4:])), dim=1)

@@ -144,8 +144,9 @@ def cmd_place(args: argparse.Namespace) -> int:
     elif args.solver == "milp":
         options["options"] = MilpOptions(
             time_limit_s=60.0 if args.time_limit is None else args.time_limit)
-    meta = {"preset": cfg.name, "cost_model": provider_txt, "cluster_spec": str(args.cluster),
-            "backend": args.backend}
+    meta = {"preset": cfg.name, "cost_model": provider_txt, "cluster_spec": str(args.cluster)}
+    if args.backend:
+        meta["backend"] = args.backend
     placement = solve(problem, args.solver, meta=meta, **options)
     _print_placement(placement, cfg.name, loads.source, provider_txt)
     if args.compare:

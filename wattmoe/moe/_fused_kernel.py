@@ -240,11 +240,13 @@ def _int4_scales(s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
     dtype `_dequant_int4` multiplies in for MODE: the compute dtype for the bit-operation
     modes (1, 3; the stored fp16 rounded to it, as `dequantize_int4` does), fp32 otherwise.
 
-    SPAIR (MODE 3 only): s_ptrs point to scale pair words (`fused_triton._scale_pairs`): one
-    32-bit word holds both scales in the compute dtype, group g (low half) and g + G/2, the
-    group of the same byte's high nibbles; returned as (words, words). A 32-bit load is one
-    that Triton's pipeliner copies ahead through shared memory (`cp.async`, 4 bytes at
-    least); the 16-bit scale loads it leaves in the loop, where they stall the dequantization
+    SPAIR (MODE 3, and 4 in the interpreter): s_ptrs point to scale pair words
+    (`quant.scale_pairs`, cached by `fused_triton._derived`): one 32-bit word holds both scales
+    in the compute dtype (fp16 for MODE 4: the stored scales, exactly), group g (low half) and
+    g + G/2, the group of the same byte's high nibbles; returned as (words, words). A 32-bit
+    load is one that Triton's pipeliner copies ahead through shared memory (`cp.async`, 4
+    bytes at least); the 16-bit scale loads it leaves in the loop, where they stall the
+    dequantization
     (ncu, results/h200/kernels/run36_verify)."""
     if SPAIR:
         s_lo = tl.load(s_ptrs + k_lo // QGROUP)
@@ -275,6 +277,10 @@ def _dequant_int4(p, s_lo, s_hi, cdt: tl.constexpr, MODE: tl.constexpr, SPAIR: t
     if MODE == 3:
         w_lo, w_hi = _dequant_int4_frag(p, s_lo, s_hi, cdt, SPAIR)
     elif MODE == 4:
+        if SPAIR:  # fp16 pair words: the low half, then the high half
+            s_lo = (s_lo & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+            s_hi = ((s_hi >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(
+                tl.float32)
         l0, l1, l2, l3 = _frag_nibbles(p, 0)
         h0, h1, h2, h3 = _frag_nibbles(p, 4)
         w_lo = ((_frag_cols(l0, l1, l2, l3).to(tl.float32) - 8.0) * s_lo[:, None]).to(cdt)
@@ -379,7 +385,7 @@ def _wt_accumulate(
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
     HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
-    SPAIR (int4, MODE 3): the scales are pair words (`_int4_scales`)."""
+    SPAIR (int4, MODE 3 and 4): the scales are pair words (`_int4_scales`)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
@@ -388,9 +394,6 @@ def _wt_accumulate(
         half = k_dim // 2
         for k0 in range(0, half, BLOCK_K):
             s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR)
-            if GATED:
-                su_lo, su_hi = _int4_scales(s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
-                                            INT4_DEQUANT, SPAIR)
             x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
             x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
             if HAS_TAIL:
@@ -409,6 +412,8 @@ def _wt_accumulate(
                     p_u = w_desc.load([w_row + up_rows, k0 // 4 if INT4_DEQUANT >= 3 else k0])
                 else:
                     p_u = tl.load(w_ptrs + up_w)
+                su_lo, su_hi = _int4_scales(s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
+                                            INT4_DEQUANT, SPAIR)
                 u_lo, u_hi = _dequant_int4(p_u, su_lo, su_hi, cdt, INT4_DEQUANT, SPAIR)
                 acc_up = _mma(u_hi, x_hi, _mma(u_lo, x_lo, acc_up, DOT_IEEE), DOT_IEEE)
                 if HAS_TAIL:

@@ -466,8 +466,8 @@ def _launch(
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
     mode = _dequant_mode(cfg, a, qgroup)
     spair = s is not None and _uses_scale_pairs(cfg, mode, k_dim, qgroup)
-    if spair:
-        s = _derived(s, cache, "pairs", a.dtype)
+    if spair:  # the interpreter (MODE 4) reads fp16 pairs: the stored scales, exactly
+        s = _derived(s, cache, "pairs", a.dtype if mode == 3 else torch.float16)
     if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
         w = _derived(w, cache, "frag")
         w_desc = _weight_descriptor(w, cfg, cache, cfg.block_k // 4) if cfg.tma else None
@@ -595,6 +595,8 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
         RuntimeError: the copy is missing or stale while a CUDA graph is being captured
             (making it would be recorded, not run: capture after an eager call).
     """
+    if (kind == "pairs") != (dtype is not None):
+        raise ValueError(f"int4 {_DERIVED[kind]}: a dtype is given for scale pairs only")
     key: tuple = (kind, w.data_ptr()) if dtype is None else (kind, w.data_ptr(), dtype)
     if cache is None:
         return _write_derived(key, w, None)
@@ -645,9 +647,10 @@ def refresh_frag_words(cache: dict, force: bool = False) -> None:
 
 
 def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | None) -> bool:
-    """Whether a launch reads scale pair words: `cfg.int4_pairs` with fragment words on a GPU
-    (MODE 3) and halves of whole groups (a byte's two scales are then groups g and g + G/2)."""
-    return (cfg.int4_pairs and mode == 3 and qgroup is not None
+    """Whether a launch reads scale pair words: `cfg.int4_pairs` with fragment words (MODE 3 on
+    a GPU; 4 in Triton's interpreter, so that the CPU tests run the pairs' indexing) and
+    halves of whole groups (a byte's two scales are then groups g and g + G/2)."""
+    return (cfg.int4_pairs and mode in (3, 4) and qgroup is not None
             and (k_dim // 2) % qgroup == 0)
 
 
