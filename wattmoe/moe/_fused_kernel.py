@@ -99,6 +99,27 @@ def _activate(acc, acc_up, ACT: tl.constexpr):
     return acc
 
 
+def _x2(v: int) -> str:
+    """A 16-bit constant in both halves of a 32-bit PTX immediate."""
+    return f"0x{v:04X}{v:04X}"
+
+
+def _asm_prologue(one: int, minus_offset: int, regs: str = "") -> list[str]:
+    """The int4 asm's scratch registers (t0-t3, the fma constants, and `regs`) and constants."""
+    return [f".reg .b32 t0, t1, t2, t3, one, off, nz{regs};",
+            f"mov.b32 one, {_x2(one)};", f"mov.b32 off, {_x2(minus_offset)};",
+            "mov.b32 nz, 0x80008000;"]
+
+
+def _asm_unpack(src: str, dst: list[str], magic: int) -> list[str]:
+    """The 4 bytes of `src` -> 128 + q (or 1024 + q) in the 16-bit lanes of dst[0], dst[1]
+    (low nibbles of bytes 0,1 and 2,3) and dst[2], dst[3] (their high nibbles)."""
+    lines = [f"prmt.b32 t0, {src}, 0, 0x4140;", f"prmt.b32 t1, {src}, 0, 0x4342;",
+             "shr.b32 t2, t0, 4;", "shr.b32 t3, t1, 4;"]
+    return lines + [f"lop3.b32 {r}, t{t}, 0x000F000F, {_x2(magic)}, 0xEA;"
+                    for t, r in enumerate(dst)]
+
+
 # int4 -> 16-bit float without int->float conversions (the conversion units run at a fraction
 # of the ALU rate and bounded the first version of this kernel). For 4 packed bytes: `prmt`
 # spreads bytes 0,1 and 2,3 into 16-bit lanes, `lop3` keeps one nibble of each lane and ors it
@@ -108,17 +129,10 @@ def _activate(acc, acc_up, ACT: tl.constexpr):
 # does in the same dtype. Outputs $0-$3: the low nibbles (columns j) in $0, $1 and the high
 # nibbles (j + K/2) in $2, $3; inputs: $4 the 4 packed bytes, $5-$8 the scales.
 def _int4_asm(fma: str, one: int, minus_offset: int, magic: int) -> str:
-    def x2(v: int) -> str:
-        return f"0x{v:04X}{v:04X}"
-
-    lines = [".reg .b32 t0, t1, t2, t3, one, off, nz;",
-             f"mov.b32 one, {x2(one)};", f"mov.b32 off, {x2(minus_offset)};",
-             "mov.b32 nz, 0x80008000;",
-             "prmt.b32 t0, $4, 0, 0x4140;", "prmt.b32 t1, $4, 0, 0x4342;",
-             "shr.b32 t2, t0, 4;", "shr.b32 t3, t1, 4;"]
-    lines += [f"lop3.b32 ${i}, t{i}, 0x000F000F, {x2(magic)}, 0xEA;" for i in range(4)]
-    lines += [f"{fma} ${i}, ${i}, one, off;" for i in range(4)]
-    lines += [f"{fma} ${i}, ${i}, ${i + 5}, nz;" for i in range(4)]
+    regs = [f"${i}" for i in range(4)]
+    lines = _asm_prologue(one, minus_offset) + _asm_unpack("$4", regs, magic)
+    lines += [f"{fma} {r}, {r}, one, off;" for r in regs]
+    lines += [f"{fma} {r}, {r}, ${i + 5}, nz;" for i, r in enumerate(regs)]
     return "{\n" + "\n".join(lines) + "\n}"
 
 
@@ -148,25 +162,17 @@ def _dequant_int4_asm(p, s_lo, s_hi, FP16: tl.constexpr):
 # with `pair` $10 (= $11) a scale pair word holding both.
 def _int4_frag_asm(fma: str, one: int, minus_offset: int, magic: int,
                    pair: bool = False) -> str:
-    def x2(v: int) -> str:
-        return f"0x{v:04X}{v:04X}"
-
-    lines = [".reg .b32 t0, t1, t2, t3, one, off, nz, slo, shi;",
-             f"mov.b32 one, {x2(one)};", f"mov.b32 off, {x2(minus_offset)};",
-             "mov.b32 nz, 0x80008000;"]
+    lines = _asm_prologue(one, minus_offset, ", slo, shi")
     if pair:  # $10 a scale pair word (lo scale in bits 0-15, hi in 16-31): spread each half
         lines += ["prmt.b32 slo, $10, 0, 0x1010;", "prmt.b32 shi, $10, 0, 0x3232;"]
     else:
         lines += ["mov.b32 slo, $10;", "mov.b32 shi, $11;"]
     for w in range(2):  # word 2q -> registers 0, 1 (lo) and 4, 5 (hi); word 2q+1 -> 2, 3, 6, 7
-        lines += [f"prmt.b32 t0, ${8 + w}, 0, 0x4140;", f"prmt.b32 t1, ${8 + w}, 0, 0x4342;",
-                  "shr.b32 t2, t0, 4;", "shr.b32 t3, t1, 4;"]
-        regs = [2 * w, 2 * w + 1, 4 + 2 * w, 5 + 2 * w]
+        regs = [f"${r}" for r in (2 * w, 2 * w + 1, 4 + 2 * w, 5 + 2 * w)]
+        lines += _asm_unpack(f"${8 + w}", regs, magic)
         for t, r in enumerate(regs):
-            lines.append(f"lop3.b32 ${r}, t{t}, 0x000F000F, {x2(magic)}, 0xEA;")
-        for t, r in enumerate(regs):
-            lines.append(f"{fma} ${r}, ${r}, one, off;")
-            lines.append(f"{fma} ${r}, ${r}, {'slo' if t < 2 else 'shi'}, nz;")
+            lines.append(f"{fma} {r}, {r}, one, off;")
+            lines.append(f"{fma} {r}, {r}, {'slo' if t < 2 else 'shi'}, nz;")
     return "{\n" + "\n".join(lines) + "\n}"
 
 

@@ -236,29 +236,35 @@ def fused_route(
 
     dev = x.device
     w = router.gate.weight
-    if fuse:
-        x = x if x.stride(1) == 1 else x.contiguous()
-        w = w if w.stride(1) == 1 else w.contiguous()
-        logits = torch.empty(tokens, num_experts, dtype=torch.float32, device=dev)
-        bias = None
-    else:
-        logits = F.linear(x, w).float().contiguous()
-        bias = router.strategy.selection_bias(logits)
-    mode, bias_op = _bias_operand(bias, tokens, num_experts, dev)
-    num_assign = tokens * top_k
     tpe = tokens_per_expert
     if tpe is not None and (tpe.shape != (num_experts,) or tpe.dtype != torch.int64
                             or tpe.device != dev or not tpe.is_contiguous()):
         raise ShapeError(f"tokens_per_expert must be a contiguous [{num_experts}] int64 tensor "
                          f"on {dev}, got {tuple(tpe.shape)} {tpe.dtype} on {tpe.device}")
-
-    if fuse:
+    block_e = _pow2(num_experts)
+    if fuse:  # the logits come out of route_topk's own gate GEMM
+        x = x if x.stride(1) == 1 else x.contiguous()
+        w = w if w.stride(1) == 1 else w.contiguous()
+        logits = torch.empty(tokens, num_experts, dtype=torch.float32, device=dev)
+        bias = None
         topk_block_e, block_h, num_warps = _gate_blocks(num_experts, hidden)
         nsplit, h_per_split = _gate_split(tokens, hidden, block_h)
+        block_t = _GATE_BLOCK_T
+        gate_x, gate_w, strides = x, w, (x.stride(0), w.stride(0))
+    else:  # gate operands unused: fixed ones, so x's dtype and strides add no kernel variant
+        logits = F.linear(x, w).float().contiguous()
+        bias = router.strategy.selection_bias(logits)
+        topk_block_e, block_h, num_warps = block_e, 16, ROUTE_NUM_WARPS
+        block_t = max(1, min(32, _TILE_ELEMS // block_e))
+        gate_x, gate_w, strides, hidden = logits, logits, (0, 0), 0
+        nsplit, h_per_split = 1, 0
+    mode, bias_op = _bias_operand(bias, tokens, num_experts, dev)
+    num_assign = tokens * top_k
+
     # one zero-filled launch: counts [E] int64, then psum [E] and [balance, aux] as fp32, then
     # the split gate GEMM's arrival counters (one per token block)
     nfloat = (num_experts + 3) // 2
-    nsem = triton_cdiv(tokens, _GATE_BLOCK_T) if fuse and nsplit > 1 else 0
+    nsem = triton_cdiv(tokens, _GATE_BLOCK_T) if nsplit > 1 else 0
     buf = torch.zeros(num_experts + nfloat + nsem, dtype=torch.int64, device=dev)
     counts = buf[:num_experts]
     floats = buf[num_experts:num_experts + nfloat].view(torch.float32)
@@ -269,19 +275,10 @@ def fused_route(
     pos = torch.empty(tokens, top_k, dtype=torch.int32, device=dev)
     token_idx = torch.empty(num_assign, dtype=torch.int64, device=dev)
     weight = torch.empty(num_assign, dtype=torch.float32, device=dev)
+    part = (torch.empty(nsplit, tokens, num_experts, dtype=torch.float32, device=dev)
+            if nsplit > 1 else logits)  # the split GEMM's partial logits
 
     topk_kernel, scatter_kernel = _kernels(interpret=not x.is_cuda)
-    block_e = _pow2(num_experts)
-    if fuse:
-        block_t = _GATE_BLOCK_T
-        gate_x, gate_w, strides = x, w, (x.stride(0), w.stride(0))
-        part = (torch.empty(nsplit, tokens, num_experts, dtype=torch.float32, device=dev)
-                if nsplit > 1 else logits)
-    else:  # gate operands unused: fixed ones, so x's dtype and strides add no kernel variant
-        topk_block_e, block_h, num_warps = block_e, 16, ROUTE_NUM_WARPS
-        block_t = max(1, min(32, _TILE_ELEMS // block_e))
-        gate_x, gate_w, strides, hidden = logits, logits, (0, 0), 0
-        nsplit, h_per_split, part = 1, 0, logits
     topk_kernel[(triton_cdiv(tokens, block_t) * nsplit,)](
         logits, bias_op if bias_op is not None else logits, probs, topk_idx, topk_weight, pos,
         counts, psum, gate_x, gate_w, part, buf[num_experts + nfloat:] if nsem else buf,
