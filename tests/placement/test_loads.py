@@ -71,6 +71,13 @@ def test_read_loads_formats(tmp_path) -> None:
         read_loads(tmp_path / "nan.csv", top_k=1)
     with pytest.raises(ConfigError, match="cannot read loads file"):
         read_loads(tmp_path / "missing.npy", top_k=1)
+    # an unknown suffix says so, not "not a numeric matrix" (ConfigError is a ValueError)
+    (tmp_path / "l.yaml").write_text("[[1]]")
+    with pytest.raises(ConfigError, match=r"^loads file .*l\.yaml': use \.npy, \.csv or \.json$"):
+        read_loads(tmp_path / "l.yaml", top_k=1)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not a numeric matrix"):
+        read_loads(tmp_path / "bad.json", top_k=1)
 
 
 def test_loads_from_measured_layer_counts() -> None:

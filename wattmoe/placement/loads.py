@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wattmoe.errors import ConfigError
+from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.placement.base import PlacementError
 
 
@@ -176,20 +176,18 @@ def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = No
     """Reads a `[layers, experts]` matrix from .npy, .csv (comma separated, '#' comments) or
     .json (a list of lists). The edge of the package: its only file I/O besides specs."""
     path = Path(path)
-    try:
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        elif suffix == ".json":
-            data = json.loads(path.read_text())
-        elif suffix in (".csv", ".txt"):
-            data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
-        else:
-            raise ConfigError(f"loads file {str(path)!r}: use .npy, .csv or .json")
-    except OSError as exc:
-        raise ConfigError(f"cannot read loads file {str(path)!r}: {exc.strerror or exc}") \
-            from None
-    except ValueError as exc:
-        raise ConfigError(f"loads file {str(path)!r} is not a numeric matrix: "
-                          f"{str(exc).splitlines()[0]}") from None
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".json", ".csv", ".txt"):
+        raise ConfigError(f"loads file {str(path)!r}: use .npy, .csv or .json")
+    with os_error_as(ConfigError, f"cannot read loads file {str(path)!r}"):
+        try:
+            if suffix == ".npy":
+                data = np.load(path, allow_pickle=False)
+            elif suffix == ".json":
+                data = json.loads(path.read_text())
+            else:
+                data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
+        except ValueError as exc:
+            raise ConfigError(f"loads file {str(path)!r} is not a numeric matrix: "
+                              f"{str(exc).splitlines()[0]}") from None
     return make_loads(data, top_k, tokens_per_batch, source=path.name)
