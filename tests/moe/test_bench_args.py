@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.scripts import load_script
 from wattmoe.moe import get_preset
 
 KERNELS_BENCH = "benchmarks/gpu/kernels_bench.py"
+STEP_PROFILE = "benchmarks/gpu/step_profile.py"
 
 
 def test_kernels_bench_shapes_default_to_full_size_on_a_gpu() -> None:
@@ -58,6 +60,31 @@ def test_kernels_bench_refuses_a_bad_value_in_one_line(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         load_script(KERNELS_BENCH).parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("spec", ["olmoe-1b-7b", "olmoe-1b-7b@0.25", "h2048_f1408_swiglu_e60_k4"])
+def test_step_profile_takes_the_specs_kernels_bench_takes(
+        spec: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # accepted: the run goes on to its next check, the GPU (made absent here)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        load_script(STEP_PROFILE).main(["--shape", spec])
+    assert exc.value.code == 2
+    assert "error: needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("olmoe", "--shape: unknown preset 'olmoe'; did you mean 'olmoe-1b-7b'?"),
+    ("olmoe-1b-7b@x", "--shape: bad scale in shape spec 'olmoe-1b-7b@x'"),
+    ("olmoe-1b-7b@-1", "--shape: shape 'olmoe-1b-7b@-1': scale must be > 0"),
+])
+def test_step_profile_refuses_an_unknown_spec_in_one_line(
+        spec: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load_script(STEP_PROFILE).main(["--shape", spec])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
