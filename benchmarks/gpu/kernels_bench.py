@@ -4,7 +4,9 @@ Usage (on the GPU machine, from the project root):
 
     PYTHONPATH=$PWD python3 benchmarks/gpu/kernels_bench.py --out $OUT
 
-Sections, in this order, per expert shape (OLMoE, Qwen3-30B-A3B, DeepSeek-V3 by default):
+Sections, in this order, per expert shape (OLMoE, Qwen3-30B-A3B, DeepSeek-V3 by default; with
+`--device cpu`, a smoke test, the same presets at 1/32 of their widths unless --shapes says
+otherwise):
 
 1. check: every backend (bf16 and int4 experts) against an fp32 reference computed from the
    same weights, on fresh random tokens and routings (uniform, Zipf-skewed with many empty
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import platform
 import sys
@@ -43,7 +46,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
-from wattmoe.moe import SimpleMoELayer, build_dispatch, dequantize_int4, get_preset  # noqa: E402
+from wattmoe.cost_model.scenarios import resolve_shape_spec  # noqa: E402
+from wattmoe.errors import ConfigError  # noqa: E402
+from wattmoe.moe import MoEConfig, SimpleMoELayer, build_dispatch, dequantize_int4  # noqa: E402
 from wattmoe.moe import fused_route as fr  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.autoselect import AUTO  # noqa: E402
@@ -54,7 +59,55 @@ from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
 SHAPES = ["olmoe-1b-7b", "qwen3-30b-a3b", "deepseek-v3"]
+# widths of SHAPES off the GPU (smoke test): DeepSeek-V3 becomes H=256, F=64 with its 256
+# experts, top-8 (at full size its experts alone are 22.5 GB of bf16 weights, twice over)
+CPU_SCALE = 1 / 32
 TOL = 1e-2  # bf16 operands: relative error between 1e-3 and 1e-2 (METHOD.md)
+
+
+def default_shapes(device: torch.device) -> str:
+    """The --shapes of a run that names none: SHAPES at full size on a GPU; on any other device
+    (a smoke test, `--device cpu`) the same presets at CPU_SCALE of their widths, which keeps
+    the numbers of experts and top-k and runs on a CPU in a few minutes."""
+    if device.type == "cuda":
+        return ",".join(SHAPES)
+    return ",".join(f"{name}@{CPU_SCALE:g}" for name in SHAPES)
+
+
+def shape_config(spec: str, scale: float = 1.0) -> MoEConfig:
+    """The config of one shape spec, its widths also multiplied by `scale`.
+
+    A spec is what `resolve_shape_spec` reads, as in the sibling benchmarks: a preset
+    ('olmoe-1b-7b'), a preset at a width scale ('olmoe-1b-7b@0.25') or a shape key
+    ('h2048_f1408_swiglu_e60_k4'). step_profile.py reads its --shape with this function too.
+
+    Raises:
+        ConfigError: unknown preset, unreadable shape key, or a scale that is not a positive
+            number or overflows a width (the message starts with the spec).
+    """
+    try:
+        cfg = resolve_shape_spec(spec)
+        return cfg if scale == 1 else cfg.scaled(scale)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if repr(spec) in msg else f"shape {spec!r}: {msg}") from None
+    except OverflowError:  # float('inf') or a width beyond it: round() cannot make it an int
+        raise ConfigError(f"shape {spec!r}: scale too large") from None
+
+
+def resolve_shapes(specs: str, scale: float = 1.0) -> list[tuple[str, MoEConfig]]:
+    """(spec, config) of each comma-separated spec (see `shape_config`), empty ones skipped.
+
+    The spec as written is the shape's label in the results and the summary table.
+
+    Raises:
+        ConfigError: a spec `shape_config` refuses, or no spec at all.
+    """
+    shapes = [(spec, shape_config(spec, scale))
+              for spec in (s.strip() for s in specs.split(",")) if spec]
+    if not shapes:
+        raise ConfigError(f"no shape in {specs!r}")
+    return shapes
 
 
 def log(msg: str) -> None:
@@ -398,9 +451,17 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
 }
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: a bad value ends the run here with one usage error.
+
+    --shapes, when not given, is filled in from --device (`default_shapes`).
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated shape specs: presets (olmoe-1b-7b), presets at a "
+                         "width scale (olmoe-1b-7b@0.25) or shape keys "
+                         f"(h2048_f1408_swiglu_e60_k4); default: {','.join(SHAPES)} on cuda, "
+                         f"the same at @{CPU_SCALE:g} on any other device")
     ap.add_argument("--tokens", default="64,512,4096,16384")
     ap.add_argument("--window", type=float, default=2.0)
     ap.add_argument("--variants", default="loop,grouped,fused,fused_int4",
@@ -427,9 +488,25 @@ def parse_args() -> argparse.Namespace:
                     help="backends whose whole-step graph (GraphedLayer) is checked at 64, 512")
     ap.add_argument("--out", default="results/h200/kernels")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda", help="'cpu' = smoke test (tiny shapes, no energy)")
-    ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shapes")
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cuda",
+                    help="'cpu' (any device but cuda) = smoke test: by default the shapes at "
+                         f"1/{1 / CPU_SCALE:g} of their widths (see --shapes), timed on the host "
+                         "clock, no energy (0 J: no NVML) and no measured ceilings")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="width scale of every shape, on top of a spec's own @SCALE")
+    args = ap.parse_args(argv)
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError as exc:
+        ap.error(f"--device: {exc}")
+    if not 0 < args.scale < math.inf:
+        ap.error(f"--scale: a positive number, got {args.scale}")
+    if args.shapes is None:
+        args.shapes = default_shapes(dev)
+    try:
+        resolve_shapes(args.shapes, args.scale)
+    except ConfigError as exc:
+        ap.error(f"--shapes: {exc}")
     bad = [x for x in args.sections.split(",") if x not in ("check", "tune", "energy")]
     bad += [x for x in args.tune_weights.split(",") if x not in ("bf16", "int4")]
     if bad:
@@ -452,6 +529,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.shapes = resolve_shapes(args.shapes, args.scale)
         self.out_dir = Path(args.out)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.tokens = [int(t) for t in args.tokens.split(",")]
@@ -698,8 +776,7 @@ class Bench:
             self.save()
 
     def run(self) -> None:
-        for shape in self.args.shapes.split(","):
-            cfg = get_preset(shape, self.args.scale)
+        for shape, cfg in self.shapes:
             log(f"== {shape}: H={cfg.hidden_size} F={cfg.expert_inner_size} "
                 f"E={cfg.num_experts} k={cfg.top_k}")
             torch.manual_seed(self.args.seed)
@@ -722,9 +799,10 @@ class Bench:
         rows = self.payload["energy"]
         labels = list(dict.fromkeys(r["backend"] for r in rows))
         log("\nuJ/token (NVML counter, whole layer step: router + dispatch + experts + combine)")
-        log(f"{'shape':14s} {'tokens':>6s} " + " ".join(f"{lb[:13]:>13s}" for lb in labels)
+        w = max(14, *(len(shape) for shape, _ in self.shapes))  # labels like "olmoe-1b-7b@0.25"
+        log(f"{'shape':{w}s} {'tokens':>6s} " + " ".join(f"{lb[:13]:>13s}" for lb in labels)
             + "  g/fused g/int4")
-        for shape in self.args.shapes.split(","):
+        for shape, _ in self.shapes:
             for tokens in self.tokens:
                 row = {r["backend"]: r["uj_per_token"] for r in rows
                        if r["shape"] == shape and r["tokens"] == tokens}
@@ -732,15 +810,15 @@ class Bench:
                     continue
                 g, f, q = row.get("grouped"), row.get("fused"), row.get("fused_int4")
                 rat = f"{g / f:6.2f}x {g / q:5.2f}x" if g and f and q else ""
-                log(f"{shape:14s} {tokens:6d} " + " ".join(
+                log(f"{shape:{w}s} {tokens:6d} " + " ".join(
                     f"{row.get(lb, float('nan')):13.1f}" for lb in labels) + f"  {rat}")
         nfail = sum(1 for r in self.payload["check"] if not r["ok"])
         log(f"check: {len(self.payload['check'])} runs, {nfail} failed; "
             f"errors: {len(self.payload['errors'])}; wall {self.elapsed():.0f}s")
 
 
-def main() -> None:
-    Bench(parse_args()).run()
+def main(argv: list[str] | None = None) -> None:
+    Bench(parse_args(argv)).run()
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
+from kernels_bench import shape_config  # noqa: E402
 
 from wattmoe.errors import ConfigError  # noqa: E402
-from wattmoe.moe import SimpleMoELayer, get_preset  # noqa: E402
+from wattmoe.moe import SimpleMoELayer  # noqa: E402
 from wattmoe.moe import fused_route as fr  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
@@ -89,7 +90,10 @@ def profile_steps(layer: object, x: torch.Tensor, steps: int) -> dict[str, objec
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="olmoe-1b-7b")
+    ap.add_argument("--shape", default="olmoe-1b-7b",
+                    help="one shape spec, as kernels_bench.py --shapes reads them: a preset "
+                         "(olmoe-1b-7b), a preset at a width scale (olmoe-1b-7b@0.25) or a "
+                         "shape key (h2048_f1408_swiglu_e60_k4)")
     ap.add_argument("--tokens", default="512,4096")
     ap.add_argument("--variants", default="grouped,fused,fused_int4")
     ap.add_argument("--steps", type=int, default=20)
@@ -103,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="profile.json")
     args = ap.parse_args(argv)
     try:
-        cfg = get_preset(args.shape)
+        cfg = shape_config(args.shape)
+    except ConfigError as exc:
+        ap.error(f"--shape: {exc}")
+    try:
         token_sizes = [int(t) for t in args.tokens.split(",") if t]
         if not token_sizes or min(token_sizes) < 1 or args.steps < 1:
             raise ValueError("--tokens: positive integers; --steps >= 1")
-    except (ConfigError, ValueError) as exc:
+    except ValueError as exc:
         ap.error(str(exc))
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location(
-        "merge_profile_refresh", ROOT / "benchmarks" / "merge_profile_refresh.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+SCRIPT = "benchmarks/merge_profile_refresh.py"
 
 
 def _point(op: str, tokens: int, latency: float) -> dict[str, object]:
@@ -30,7 +22,7 @@ def _refresh(points: list[dict[str, object]]) -> dict[str, object]:
 
 
 def test_merge_replaces_only_the_refreshed_ops(tmp_path: Path) -> None:
-    mod = _module()
+    mod = load_script(SCRIPT)
     profile = {"points": [_point("expert", 1, 1.0), _point("moe_layer:fused", 1, 2.0),
                           _point("moe_layer:fused_graph", 1, 3.0)],
                "sweep": {"runs": [{}]}, "provenance": {"refreshes": [], "machine": {"gpu": "x"}}}
@@ -52,7 +44,7 @@ def test_merge_replaces_only_the_refreshed_ops(tmp_path: Path) -> None:
 
 
 def test_merge_keeps_scenarios_the_refresh_did_not_measure(tmp_path: Path) -> None:
-    mod = _module()
+    mod = load_script(SCRIPT)
     profile = {"points": [_point("moe_layer:fused", 1, 2.0), _point("moe_layer:fused", 64, 3.0),
                           {**_point("moe_layer:fused", 1, 4.0), "preset": "olmoe"}],
                "provenance": {"machine": {"gpu": "x"}}}
@@ -66,7 +58,7 @@ def test_merge_keeps_scenarios_the_refresh_did_not_measure(tmp_path: Path) -> No
 @pytest.mark.parametrize(("ours", "match"), [("NVIDIA H200", "on x, the profile on NVIDIA H200"),
                                              (None, "on x, the profile on no GPU")])
 def test_merge_refuses_a_refresh_from_another_machine(ours: str | None, match: str) -> None:
-    mod = _module()
+    mod = load_script(SCRIPT)
     profile = {"points": [], "provenance": {"machine": {"gpu": ours}}}
     with pytest.raises(ValueError, match=match):
         mod.merge(profile, _refresh([_point("moe_layer:fused", 1, 0.5)]), ["moe_layer:fused"],
@@ -74,7 +66,7 @@ def test_merge_refuses_a_refresh_from_another_machine(ours: str | None, match: s
 
 
 def test_merge_refuses_a_refresh_with_a_scenario_twice() -> None:
-    mod = _module()
+    mod = load_script(SCRIPT)
     refresh = _refresh([_point("moe_layer:fused", 1, 0.5), _point("moe_layer:fused", 1, 0.6)])
     with pytest.raises(ValueError, match="more than one point of a scenario"):
         mod.merge({"points": [], "provenance": {"machine": {"gpu": "x"}}}, refresh,
@@ -83,7 +75,7 @@ def test_merge_refuses_a_refresh_with_a_scenario_twice() -> None:
 
 def test_merge_without_points_of_the_ops_changes_nothing(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
-    mod = _module()
+    mod = load_script(SCRIPT)
     p, r = tmp_path / "profile.json", tmp_path / "refresh.json"
     original = json.dumps({"points": [_point("expert", 1, 1.0)]})
     p.write_text(original)

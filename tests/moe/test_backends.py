@@ -17,6 +17,8 @@ from wattmoe.moe.graphs import GraphedBackend, GraphedLayer
 from wattmoe.moe.grouped import grouped_mm
 from wattmoe.moe.stacked import invalidate_stack, stacked_experts
 
+from .conftest import FakeGraph
+
 FAST = ["grouped", "fused", "fused_graph", "grouped_graph", "auto"]
 
 
@@ -273,14 +275,7 @@ def test_graphed_backend_replays_each_steps_dispatch(
         def is_cuda(self) -> bool:
             return True
 
-    class FakeGraph:  # replay() re-runs the call on the static inputs, as a graph would
-        def __init__(self, fn):
-            self.fn = fn
-
-        def replay(self) -> None:
-            self.fn()
-
-    def fake_capture(fn, device, pool):
+    def fake_capture(fn, device, pool):  # replay() re-runs the call on the static inputs
         out = fn()
         return FakeGraph(lambda: out.copy_(fn())), out
 
@@ -327,13 +322,6 @@ def test_graphed_layer_recaptures_after_weights_are_replaced(
     load_state_dict(assign=True)) must drop the graphs; in-place updates must not."""
     from wattmoe.moe.graphs import GraphedLayer
 
-    class FakeGraph:  # replay() re-runs the step on the static input, as a graph would
-        def __init__(self, fn):
-            self.fn = fn
-
-        def replay(self) -> None:
-            self.fn()
-
     layer = small_layer(seed=5)
     layer.set_backend("grouped")
     step = GraphedLayer(layer)
@@ -343,7 +331,7 @@ def test_graphed_layer_recaptures_after_weights_are_replaced(
         frozen = copy.deepcopy(layer)  # the step as captured: the weights it was captured with
         out = frozen(sx)
 
-        def run() -> None:
+        def run() -> None:  # replay() re-runs the step on the static input, as a graph would
             out.hidden_states.copy_(frozen(sx).hidden_states)
 
         step._graphs[key] = (FakeGraph(run), sx, out)

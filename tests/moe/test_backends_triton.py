@@ -21,6 +21,7 @@ from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.backends import get_backend
 from wattmoe.moe.stacked import stacked_experts
 
+from .conftest import FakeGraph
 from .interpreter import _interpreter, requires_interpreter  # noqa: F401 (autouse fixture)
 from .test_backends import make_dispatch, rel_err
 
@@ -541,19 +542,15 @@ def test_graphed_layer_refreshes_fragment_words_before_each_replay(
 
     stale: list[bool] = []
 
-    class FakeGraph:
-        def __init__(self, layer: SimpleMoELayer) -> None:
-            self.layer = layer
-
-        def replay(self) -> None:
-            st = existing_stack(self.layer.experts)
-            stale.extend(not torch.equal(v[1], fragment_words(v[2]))
-                         for k, v in st.kernel_cache.items() if k[0] == "frag")
+    def check_words() -> None:  # a replay: are the words it would read those of the codes?
+        st = existing_stack(layer.experts)
+        stale.extend(not torch.equal(v[1], fragment_words(v[2]))
+                     for k, v in st.kernel_cache.items() if k[0] == "frag")
 
     def fake_capture(fn, device, pool):  # warm-up calls, then the "recorded" one
         fn()
         fn()
-        return FakeGraph(layer), fn()
+        return FakeGraph(check_words), fn()
 
     monkeypatch.setattr(graphs, "_warm_and_capture", fake_capture)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())

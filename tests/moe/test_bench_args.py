@@ -1,0 +1,90 @@
+"""The GPU benchmarks' command lines (benchmarks/gpu/): shape specs and checks, no GPU needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.scripts import load_script
+from wattmoe.moe import get_preset
+
+KERNELS_BENCH = "benchmarks/gpu/kernels_bench.py"
+STEP_PROFILE = "benchmarks/gpu/step_profile.py"
+
+
+def test_kernels_bench_shapes_default_to_full_size_on_a_gpu() -> None:
+    kb = load_script(KERNELS_BENCH)
+    args = kb.parse_args(["--device", "cuda"])  # parsing only: no GPU needed
+    assert args.shapes == "olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3"
+    assert [cfg for _, cfg in kb.resolve_shapes(args.shapes)] == [
+        get_preset(n) for n in ("olmoe-1b-7b", "qwen3-30b-a3b", "deepseek-v3")]
+
+
+def test_kernels_bench_on_a_cpu_runs_the_presets_at_1_32_width() -> None:
+    # at full size DeepSeek-V3's experts alone are 22.5 GB of bf16: a CPU smoke run ran out
+    kb = load_script(KERNELS_BENCH)
+    args = kb.parse_args(["--device", "cpu"])
+    assert args.shapes == "olmoe-1b-7b@0.03125,qwen3-30b-a3b@0.03125,deepseek-v3@0.03125"
+    shapes = kb.resolve_shapes(args.shapes, args.scale)
+    assert [(label, c.hidden_size, c.expert_inner_size, c.num_experts, c.top_k)
+            for label, c in shapes] == [
+        ("olmoe-1b-7b@0.03125", 64, 64, 64, 8),
+        ("qwen3-30b-a3b@0.03125", 64, 64, 128, 8),
+        ("deepseek-v3@0.03125", 256, 64, 256, 8),
+    ]
+    assert shapes[2][1].num_shared_experts == 1  # the rest of the preset is kept
+
+
+def test_kernels_bench_reads_specs_as_written_and_scale_on_top() -> None:
+    kb = load_script(KERNELS_BENCH)
+    args = kb.parse_args(["--device", "cpu", "--shapes", "olmoe-1b-7b@0.25, tiny,,"
+                          "h2048_f1408_swiglu_e60_k4", "--scale", "0.5"])
+    shapes = kb.resolve_shapes(args.shapes, args.scale)
+    assert [(label, c.hidden_size, c.expert_inner_size) for label, c in shapes] == [
+        ("olmoe-1b-7b@0.25", 256, 128), ("tiny", 64, 64),
+        ("h2048_f1408_swiglu_e60_k4", 1024, 704)]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--shapes", "olmoe"], "--shapes: unknown preset 'olmoe'"),
+    (["--shapes", "nope@2"], "--shapes: shape 'nope@2': unknown preset 'nope'"),
+    (["--shapes", "tiny@x"], "bad scale in shape spec 'tiny@x'"),
+    (["--shapes", "tiny@0"], "shape 'tiny@0': scale must be > 0"),
+    (["--shapes", "tiny@inf"], "shape 'tiny@inf': scale too large"),
+    (["--shapes", "h12_fx"], "cannot read shape 'h12_fx'"),
+    (["--shapes", ","], "--shapes: no shape in ','"),
+    (["--scale", "0"], "--scale: a positive number"),
+    (["--device", "gpu"], "--device: "),
+])
+def test_kernels_bench_refuses_a_bad_value_in_one_line(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load_script(KERNELS_BENCH).parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("spec", ["olmoe-1b-7b", "olmoe-1b-7b@0.25", "h2048_f1408_swiglu_e60_k4"])
+def test_step_profile_takes_the_specs_kernels_bench_takes(
+        spec: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # accepted: the run goes on to its next check, the GPU (made absent here)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        load_script(STEP_PROFILE).main(["--shape", spec])
+    assert exc.value.code == 2
+    assert "error: needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("olmoe", "--shape: unknown preset 'olmoe'; did you mean 'olmoe-1b-7b'?"),
+    ("olmoe-1b-7b@x", "--shape: bad scale in shape spec 'olmoe-1b-7b@x'"),
+    ("olmoe-1b-7b@-1", "--shape: shape 'olmoe-1b-7b@-1': scale must be > 0"),
+])
+def test_step_profile_refuses_an_unknown_spec_in_one_line(
+        spec: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load_script(STEP_PROFILE).main(["--shape", spec])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
