@@ -398,6 +398,8 @@ def _wt_accumulate(
     acc_tu = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
     if INT4:
         half = k_dim // 2
+        # the weights' K step in their elements: fragment words (MODE 3, 4) hold 4 packed bytes
+        KW: tl.constexpr = BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
         for k0 in range(0, half, BLOCK_K):
             s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR)
             x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
@@ -406,7 +408,7 @@ def _wt_accumulate(
                 t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
                 t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None], other=0.0).to(cdt))
             if W_TMA:  # MODE 3, 4: descriptor and pointers count 32-bit words
-                p = w_desc.load([w_row, k0 // 4 if INT4_DEQUANT >= 3 else k0])
+                p = w_desc.load([w_row, (k0 // BLOCK_K) * KW])
             else:
                 p = tl.load(w_ptrs)
             w_lo, w_hi = _dequant_int4(p, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
@@ -415,7 +417,7 @@ def _wt_accumulate(
                 acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
             if GATED:
                 if W_TMA:
-                    p_u = w_desc.load([w_row + up_rows, k0 // 4 if INT4_DEQUANT >= 3 else k0])
+                    p_u = w_desc.load([w_row + up_rows, (k0 // BLOCK_K) * KW])
                 else:
                     p_u = tl.load(w_ptrs + up_w)
                 su_lo, su_hi = _int4_scales(s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
@@ -426,7 +428,7 @@ def _wt_accumulate(
                     acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)
             a_ptrs += BLOCK_K
             at_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
+            w_ptrs += KW
     else:
         for k0 in range(0, k_dim, BLOCK_K):
             if EVEN_K:
