@@ -575,6 +575,37 @@ def test_graphed_layer_refreshes_fragment_words_before_each_replay(
     assert g._stacks[0]() is None  # the old stack is not kept alive by the wrapper
 
 
+def test_graphed_layer_captures_once_when_its_warm_up_builds_the_stack(
+        monkeypatch: pytest.MonkeyPatch, gen: torch.Generator) -> None:
+    # no eager step before the wrapper: the first capture's warm-up stacks the experts, which
+    # re-points their tensors; the graph reads the stack, so it is kept, not captured again
+    from wattmoe.moe import SimpleMoELayer, get_preset, graphs
+    from wattmoe.moe.stacked import existing_stack
+
+    def fake_capture(fn, device, pool):
+        fn()
+        return FakeGraph(lambda: None), fn()
+
+    monkeypatch.setattr(graphs, "_warm_and_capture", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+    monkeypatch.setattr(graphs.GraphedLayer, "capturable", lambda self, x: True)
+    cfg = get_preset("olmoe-1b-7b", 0.03125)
+    layer = SimpleMoELayer(cfg, dtype="fp32").eval()
+    layer.set_backend("fused")
+    x = torch.randn(5, cfg.hidden_size, generator=gen)
+    with torch.inference_mode():
+        g = graphs.GraphedLayer(layer)
+        assert existing_stack(layer.experts) is None
+        for _ in range(3):
+            g(x)
+        assert existing_stack(layer.experts) is not None
+        assert (g.captures, g.replays) == (1, 3)
+        layer.quantize(32)  # replaced tensors: dropped and captured again, once
+        g(x)
+        g(x)
+    assert (g.captures, g.replays) == (2, 5)
+
+
 def test_fragment_words_made_under_inference_mode_are_rewritten_outside_it(
         gen: torch.Generator, no_fallback: None) -> None:
     qx, x, d, stk = int4_case(gen)

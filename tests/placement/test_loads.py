@@ -73,7 +73,8 @@ def test_read_loads_formats(tmp_path) -> None:
         read_loads(tmp_path / "missing.npy", top_k=1)
     # an unknown suffix says so, not "not a numeric matrix" (ConfigError is a ValueError)
     (tmp_path / "l.yaml").write_text("[[1]]")
-    with pytest.raises(ConfigError, match=r"^loads file '[^']*l\.yaml': use \.npy, \.csv or \.json$"):
+    want = r"^loads file '[^']*l\.yaml': use \.npy, \.csv or \.json$"
+    with pytest.raises(ConfigError, match=want):
         read_loads(tmp_path / "l.yaml", top_k=1)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="is not a numeric matrix"):

@@ -249,6 +249,12 @@ class GraphedLayer:
             entry = self._capture(key, x)
             if entry is None:
                 return self.layer(x)
+            after = self.weights_signature()
+            if after != sig:  # the warm-up stacked the experts (re-pointing their tensors):
+                # this graph reads the new addresses, any other the old ones
+                for k in [k for k in self._graphs if k != key]:
+                    del self._graphs[k]
+                self._weights = after
         else:
             self._graphs.move_to_end(key)
             entry[1].copy_(x)
