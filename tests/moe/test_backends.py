@@ -334,7 +334,7 @@ def test_graphed_layer_recaptures_after_weights_are_replaced(
         def run() -> None:  # replay() re-runs the step on the static input, as a graph would
             out.hidden_states.copy_(frozen(sx).hidden_states)
 
-        step._graphs[key] = (FakeGraph(run), sx, out)
+        step._graphs[key] = (FakeGraph(run), sx, out, step._refresh_derived())
         step.captures += 1
         return step._graphs[key]
 

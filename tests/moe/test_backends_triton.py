@@ -570,6 +570,11 @@ def test_graphed_layer_refreshes_fragment_words_before_each_replay(
         g(x)
     assert g.captures == 1 and g.replays == 3
     assert len(stale) == 6 and not any(stale)  # two word tensors (gate/up, down) per replay
+    with torch.inference_mode():
+        existing_stack(layer.experts).kernel_cache.clear()  # the words the graph reads go
+        g(x)  # made anew at other addresses: the step is captured again, not replayed stale
+        g(x)
+    assert (g.captures, g.replays) == (2, 5) and len(stale) == 10 and not any(stale)
     layer.experts = torch.nn.ModuleList(list(layer.experts))  # a new container: a new stack
     gc.collect()
     assert g._stacks[0]() is None  # the old stack is not kept alive by the wrapper
@@ -604,6 +609,42 @@ def test_graphed_layer_captures_once_when_its_warm_up_builds_the_stack(
         g(x)
         g(x)
     assert (g.captures, g.replays) == (2, 5)
+
+
+def test_graphed_backend_recaptures_when_the_int4_copies_are_made_anew(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a cleared kernel cache frees the words a captured graph reads: capture again
+    from wattmoe.moe import graphs
+
+    class FakeCuda(torch.Tensor):  # takes the CUDA path on a CPU
+        @property
+        def is_cuda(self) -> bool:
+            return True
+
+    def fake_capture(fn, device, pool):  # replay() re-runs the call on the static inputs
+        out = fn()
+        return FakeGraph(lambda: out.copy_(fn())), out
+
+    monkeypatch.setattr(graphs, "_warm_and_capture", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(ft, "choose_config", lambda *args: "w64t16f")
+    from wattmoe.moe import backends
+
+    def fused_on_cpu(experts, x, d):  # the kernels in Triton's interpreter, on a plain tensor
+        return get_backend("fused")(experts, x.as_subclass(torch.Tensor), d)
+
+    monkeypatch.setitem(backends.EXPERT_BACKENDS, "fused_on_cpu", fused_on_cpu)
+    qx, x, d, stk = int4_case(gen)
+    g = graphs.GraphedBackend("fused_on_cpu")
+    with torch.no_grad():
+        for _ in range(2):
+            g(qx, x.as_subclass(FakeCuda), d)
+        stk.kernel_cache.clear()
+        out = g(qx, x.as_subclass(FakeCuda), d).as_subclass(torch.Tensor)
+        g(qx, x.as_subclass(FakeCuda), d)
+        torch.testing.assert_close(out, get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)
+    assert (g.captures, g.replays) == (2, 4)
 
 
 def test_fragment_words_made_under_inference_mode_are_rewritten_outside_it(

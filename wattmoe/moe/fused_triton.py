@@ -631,19 +631,28 @@ def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None) -> tor
         return scale_pairs(w, key[2], out=out if fits else None)
 
 
-def refresh_frag_words(cache: dict, force: bool = False) -> None:
+def refresh_frag_words(cache: dict, force: bool = False) -> tuple[int, ...]:
     """Rewrites in place the int4 copies (fragment words, scale pairs: `_derived`) in a stack's
     `kernel_cache` whose weights were written to since (their version counter); a replayed
     CUDA graph runs no `_launch` that would notice. A few attribute reads when nothing
     changed. force: rewrite all of them, for writes that bypass the version counter (through
-    `.data`, numpy, DLPack or raw storage)."""
+    `.data`, numpy, DLPack or raw storage).
+
+    Returns the copies' addresses: a graph captured with other ones (the cache was cleared,
+    or a copy made anew) would read memory that is no longer these copies, and must be
+    captured again (`graphs.GraphedBackend`, `graphs.GraphedLayer` compare them).
+    """
+    ptrs = []
     for key, entry in list(cache.items()):
         if key[0] not in _DERIVED:
             continue
         version, out, w = entry
         now = _version(w)
         if force or now != version:
-            cache[key] = (now, _write_derived(key, w, out), w)
+            out = _write_derived(key, w, out)
+            cache[key] = (now, out, w)
+        ptrs.append(out.data_ptr())
+    return tuple(ptrs)
 
 
 def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | None) -> bool:

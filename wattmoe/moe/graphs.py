@@ -78,6 +78,7 @@ class _Captured:
     x: torch.Tensor
     d: Dispatch
     out: torch.Tensor
+    derived: tuple[int, ...] = ()  # the int4 copies the graph reads (`refresh_frag_words`)
 
 
 class GraphedBackend:
@@ -114,15 +115,20 @@ class GraphedBackend:
         if key in self._uncapturable:
             return inner(experts, x, d)
         cap = self._graphs.get(key)
+        # int4 copies of weights written in place are rewritten; copies made anew (a cleared
+        # kernel cache) are not what the graph reads: capture it again
+        if cap is not None and refresh_frag_words(st.kernel_cache) != cap.derived:
+            del self._graphs[key]
+            cap = None
         if cap is None:
             cap = self._capture(key, experts, x, d)
             if cap is None:
                 return inner(experts, x, d)
+            cap.derived = refresh_frag_words(st.kernel_cache)
         else:
             self._graphs.move_to_end(key)
             cap.x.copy_(x)
             cap.d.copy_(d)
-            refresh_frag_words(st.kernel_cache)  # int4 words of weights written in place
         cap.graph.replay()
         self.replays += 1
         return cap.out.clone()
@@ -164,7 +170,10 @@ class GraphedLayer:
     (`load_state_dict`, an optimizer step) are seen; a change that replaces tensors
     (`layer.quantize()`, `layer.to(...)`, `load_state_dict(assign=True)`, a new routed-expert
     list) is detected on the next call (router, shared expert, buffers and the first and last
-    routed experts are checked) and every graph is dropped and captured again.
+    routed experts are checked) and every graph is dropped and captured again. The int4
+    kernels' copies of the weights (fragment words, scale pairs) are rewritten in place before
+    each replay; copies made anew (the stack's `kernel_cache` cleared) get the step captured
+    again.
 
     Args:
         layer: the layer; its backend is used as set (`layer.set_backend(...)`).
@@ -176,8 +185,9 @@ class GraphedLayer:
         self.layer = layer
         self.max_tokens = max_tokens
         self.max_graphs = max_graphs
-        self._graphs: OrderedDict[tuple[object, ...], tuple[torch.cuda.CUDAGraph,
-                                                            torch.Tensor, object]] = OrderedDict()
+        # key -> (graph, static input, static output, the int4 copies it reads)
+        self._graphs: OrderedDict[tuple[object, ...], tuple[
+            torch.cuda.CUDAGraph, torch.Tensor, object, tuple[int, ...]]] = OrderedDict()
         self._uncapturable: set[tuple[object, ...]] = set()
         self._pool: object | None = None
         self._weights: tuple[object, ...] | None = None
@@ -245,6 +255,11 @@ class GraphedLayer:
         if key in self._uncapturable:
             return self.layer(x)
         entry = self._graphs.get(key)
+        # int4 copies of weights written in place are rewritten; copies made anew (a cleared
+        # kernel cache) are not what the graph reads: capture it again
+        if entry is not None and self._refresh_derived() != entry[3]:
+            del self._graphs[key]
+            entry = None
         if entry is None:
             entry = self._capture(key, x)
             if entry is None:
@@ -258,14 +273,19 @@ class GraphedLayer:
         else:
             self._graphs.move_to_end(key)
             entry[1].copy_(x)
-            for ref in self._stacks:
-                st = ref()
-                if st is not None:
-                    refresh_frag_words(st.kernel_cache)
-        graph, _, out = entry
+        graph, _, out, _ = entry
         graph.replay()
         self.replays += 1
         return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
+
+    def _refresh_derived(self) -> tuple[int, ...]:
+        """`refresh_frag_words` on every stack a captured step reads; their copies' addresses."""
+        ptrs: tuple[int, ...] = ()
+        for ref in self._stacks:
+            st = ref()
+            if st is not None:
+                ptrs += refresh_frag_words(st.kernel_cache)
+        return ptrs
 
     def clear(self) -> None:
         """Drops every captured graph (and the module list `weights_signature` keeps)."""
@@ -291,7 +311,7 @@ class GraphedLayer:
         st = existing_stack(layer.experts)  # the one the step used, if it stacked them
         if st is not None and not any(r() is st for r in self._stacks):
             self._stacks.append(weakref.ref(st))
-        _remember(self._graphs, key, (graph, sx, out), self.max_graphs)
+        _remember(self._graphs, key, (graph, sx, out, self._refresh_derived()), self.max_graphs)
         self.captures += 1
         return self._graphs[key]
 
