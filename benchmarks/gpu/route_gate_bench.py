@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.moe import fused_route as fr  # noqa: E402
+from wattmoe.moe.graphs import _warm_and_capture  # noqa: E402
 from wattmoe.moe.router import AdaptiveRouter  # noqa: E402
 
 # (experts, hidden, top_k): OLMoE, Qwen1.5-MoE-A2.7B (60), Qwen3-30B-A3B (128), DeepSeek-V3
@@ -38,16 +39,9 @@ DEFAULT_GATES = "64x2048x8,60x2048x4,128x2048x8,256x7168x8"
 
 
 def graph_us(fn: Callable[[], object], batches: int = 5, reps: int = 200) -> float:
-    """Median us per replay of fn captured in a CUDA graph."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    """Median us per replay of fn captured in a CUDA graph (warmed up and captured as the
+    layer's graphs are, `graphs._warm_and_capture`)."""
+    g, _ = _warm_and_capture(fn, torch.device("cuda", torch.cuda.current_device()), None)
     for _ in range(20):
         g.replay()
     times = []
