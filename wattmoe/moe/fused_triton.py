@@ -470,9 +470,8 @@ def _launch(
         s = _derived(s, cache, "pairs", a.dtype if mode == 3 else torch.float16)
     if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
         w = _derived(w, cache, "frag")
-        w_desc = _weight_descriptor(w, cfg, cache, cfg.block_k // 4) if cfg.tma else None
-    else:
-        w_desc = _weight_descriptor(w, cfg, cache) if cfg.tma else None
+    w_desc = (_weight_descriptor(w, cfg, cache, cfg.block_k // 4 if mode >= 3 else None)
+              if cfg.tma else None)
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
                        act=act, combine=combine, qgroup=qgroup, ieee=ieee,
                        interpret=not a.is_cuda, w_tma=w_desc is not None, int4_dequant=mode,
@@ -596,7 +595,7 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
             (making it would be recorded, not run: capture after an eager call).
     """
     if (kind == "pairs") != (dtype is not None):
-        raise ValueError(f"int4 {_DERIVED[kind]}: a dtype is given for scale pairs only")
+        raise ValueError(f"int4 {_DERIVED[kind][0]}: a dtype is given for scale pairs only")
     key: tuple = (kind, w.data_ptr()) if dtype is None else (kind, w.data_ptr(), dtype)
     if cache is None:
         return _write_derived(key, w, None)
@@ -605,14 +604,26 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
     if hit is not None and hit[0] == version:
         return hit[1]
     if w.is_cuda and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(f"int4 {_DERIVED[kind]} are made outside CUDA graph capture: run "
+        raise RuntimeError(f"int4 {_DERIVED[kind][0]} are made outside CUDA graph capture: run "
                            "the step once eagerly before capturing it")
     out = _write_derived(key, w, hit[1] if hit is not None else None)
     cache[key] = (version, out, w)
     return out
 
 
-_DERIVED = {"frag": "fragment words", "pairs": "scale pairs"}  # cache kinds of `_derived`
+def _frag_copy(w: torch.Tensor, dtype: torch.dtype | None,
+               out: torch.Tensor | None) -> torch.Tensor:
+    return fragment_words(w, out=out)
+
+
+def _pairs_copy(w: torch.Tensor, dtype: torch.dtype | None,
+                out: torch.Tensor | None) -> torch.Tensor:
+    return scale_pairs(w, dtype, out=out)  # type: ignore[arg-type]
+
+
+# cache kinds of `_derived`: (what they are, last dim of w per element of the copy, builder)
+_DERIVED: dict[str, tuple[str, int, Callable[..., torch.Tensor]]] = {
+    "frag": ("fragment words", 4, _frag_copy), "pairs": ("scale pairs", 2, _pairs_copy)}
 
 
 def _version(w: torch.Tensor) -> int | None:
@@ -623,12 +634,10 @@ def _version(w: torch.Tensor) -> int | None:
 def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     """The copy of w that cache key `key` names, into out (at its address) where out still
     fits; made outside inference mode so that it can be rewritten in place in any mode."""
+    _, per, build = _DERIVED[key[0]]
+    fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // per)
     with torch.inference_mode(False), torch.no_grad():
-        if key[0] == "frag":
-            fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // 4)
-            return fragment_words(w, out=out if fits else None)
-        fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // 2)
-        return scale_pairs(w, key[2], out=out if fits else None)
+        return build(w, key[2] if len(key) > 2 else None, out if fits else None)
 
 
 def refresh_frag_words(cache: dict, force: bool = False) -> tuple[int, ...]:
