@@ -408,64 +408,6 @@ def test_fused_int4_scale_pairs_match_loop(config: str, form: str, gen: torch.Ge
     assert [(k["SPAIR"], k["INT4_DEQUANT"]) for k in gemms] == [(True, 4), (True, 4)]
 
 
-@pytest.mark.parametrize("config", ["w64t64k32r16fpb", "w64t16fb", "w64t64k32dr32fpb",
-                                    "w64t64r16fpb/w64t16fb"])
-@pytest.mark.parametrize(("form", "group"), [("swiglu", 64), ("relu", 128), ("swiglu", 128)])
-def test_fused_int4_block_split_words_match_loop(config: str, form: str, group: int,
-                                                 gen: torch.Generator, no_fallback: None,
-                                                 launches: list[dict[str, object]]) -> None:
-    # block-split words: a K step is 2 * BLOCK_K consecutive columns (one activation tile,
-    # one MMA); H = 256 and F = 384: 2 and 3 steps of 64 columns per 128-column group, the up
-    # rows' scales F rows past the gate rows', groups of 64 shrink 64-column K tiles to 32
-    qx = [quantize_expert(e, group) for e in experts(5, 256, 384, form)]
-    x = torch.randn(37, 256, generator=gen)
-    d = make_dispatch("skewed", 37, 5, 2, gen, with_rowof=True)
-    with torch.no_grad():
-        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
-                                   rtol=1e-5, atol=1e-5)
-    gemms = [k for k in launches if "INT4_DEQUANT" in k]
-    pair = ft.resolve_config(config, True)
-    assert [(k["BSPLIT"], k["INT4_DEQUANT"]) for k in gemms] == [(True, 4), (True, 4)]
-    assert [k["SPAIR"] for k in gemms] == [c.int4_pairs for c in pair]
-    if group == 64:
-        assert [k["BLOCK_K"] for k in gemms] == [32, 32]
-
-
-def test_block_split_fits_a_step_in_one_group() -> None:
-    cfg = ft.INT4_CANDIDATES["w64t64fpb"][0]  # 64 packed columns: 128 columns a step
-    assert cfg.int4_bsplit and cfg.block_k == 64
-    assert ft._fit(cfg, 1024, 2048, 128).block_k == 64
-    assert ft._fit(cfg, 1024, 2048, 64).block_k == 32  # 64 columns per group
-    off = ft._fit(cfg, 1024, 2048, 32)  # a 32-byte block spans two groups: half-split
-    assert off is not None and not off.int4_bsplit and off.int4_frag and off.block_k == 32
-    assert not ft._fit(ft.INT4_CANDIDATES["w64t64fp"][0], 1024, 2048, 128).int4_bsplit
-    assert all(p[0].int4_bsplit == p[1].int4_bsplit == n.endswith("b")
-               for n, p in ft.INT4_CANDIDATES.items())
-    # pair words of one group each: halves of whole groups are not needed
-    assert ft._uses_scale_pairs(ft._fit(cfg, 1024, 192, 64), 3, 192, 64)
-
-
-def test_block_split_words_are_cached_apart_from_half_split_ones(
-        gen: torch.Generator, no_fallback: None) -> None:
-    from wattmoe.moe.quant import fragment_words, scale_pairs
-
-    qx = [quantize_expert(e, 64) for e in experts(3, 128, 128)]
-    stk = stacked_experts(qx)
-    x = torch.randn(5, 128, generator=gen)
-    d = make_dispatch("uniform", 5, 3, 2, gen, with_rowof=True)
-    with torch.no_grad():
-        half = ft.fused_forward(stk, x, d, "w64t16fp")
-        block = ft.fused_forward(stk, x, d, "w64t16fpb")
-    torch.testing.assert_close(half, block, rtol=1e-6, atol=1e-6)
-    kinds = sorted({k[0] for k in stk.kernel_cache if k[0] in ft._DERIVED})
-    assert kinds == ["frag", "fragb", "pairs", "pairsb"]
-    for key, (_, out, w) in stk.kernel_cache.items():
-        if key[0] == "fragb":
-            assert torch.equal(out, fragment_words(w, split="block"))
-        if key[0] == "pairsb":
-            assert torch.equal(out, scale_pairs(w, torch.float16, split="block"))
-
-
 @pytest.mark.parametrize(("group", "hidden", "inner", "config", "modes"), [
     # group 16: K tiles of 16 packed columns (a tile lies in one group), not a 32-byte block
     (16, 64, 64, "w64t64k32f", [0, 0]),

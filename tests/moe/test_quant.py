@@ -130,34 +130,3 @@ def test_scale_pairs_bad_input() -> None:
     with pytest.raises(ShapeError, match="out= must be contiguous int32"):
         scale_pairs(torch.zeros(2, 4, dtype=torch.float16), torch.bfloat16,
                     out=torch.zeros(2, 3, dtype=torch.int32))
-
-
-def test_block_split_keeps_a_bytes_columns_in_one_block(gen: torch.Generator) -> None:
-    from wattmoe.moe.quant import block_split, fragment_words
-
-    packed, _ = quantize_int4(torch.randn(3, 256, generator=gen), group_size=64)
-    codes = unpack_int4(packed) + 8  # the row's codes in column order
-    b = block_split(packed)
-    assert b.shape == packed.shape and b.dtype == torch.uint8
-    for blk in range(4):  # byte 32b + i: columns 64b + i (low) and 64b + 32 + i (high)
-        for i in (0, 5, 31):
-            assert (b[:, 32 * blk + i] & 0xF).tolist() == codes[:, 64 * blk + i].tolist()
-            assert (b[:, 32 * blk + i] >> 4).tolist() == codes[:, 64 * blk + 32 + i].tolist()
-    assert torch.equal(fragment_words(packed, split="block"), fragment_words(b))
-    with pytest.raises(ShapeError, match="multiple of 32 bytes"):
-        block_split(torch.zeros(2, 48, dtype=torch.uint8))
-    with pytest.raises(ShapeError, match="split is 'half' or 'block'"):
-        fragment_words(packed, split="quarter")
-
-
-def test_block_split_scale_words_repeat_each_groups_scale() -> None:
-    from wattmoe.moe.quant import scale_pairs
-
-    scales = torch.randn(2, 3).to(torch.float16)  # an odd number of groups is fine
-    words = scale_pairs(scales, torch.bfloat16, split="block")
-    assert words.dtype == torch.int32 and words.shape == (2, 3)
-    low = (words & 0xFFFF).to(torch.int16).view(torch.bfloat16)
-    high = ((words >> 16) & 0xFFFF).to(torch.int16).view(torch.bfloat16)
-    assert torch.equal(low, scales.to(torch.bfloat16)) and torch.equal(high, low)
-    with pytest.raises(ShapeError, match="split is 'half' or 'block'"):
-        scale_pairs(scales, torch.bfloat16, split="other")

@@ -196,17 +196,6 @@ def _frag_cols(o0, o1, o2, o3):
 
 
 @triton.jit
-def _bsplit_cols(w_lo, w_hi):
-    """Block-split words (`quant.block_split`): the low- and high-nibble tiles [R, NB*32] of a
-    K step -> its [R, NB*64] tile of consecutive columns (64b + c from w_lo's block b,
-    64b + 32 + c from w_hi's)."""
-    rows: tl.constexpr = w_lo.shape[0]
-    nb: tl.constexpr = w_lo.shape[1] // 32
-    t = tl.join(tl.reshape(w_lo, (rows, nb, 32)), tl.reshape(w_hi, (rows, nb, 32)))
-    return tl.reshape(tl.permute(t, (0, 1, 3, 2)), (rows, nb * 64))
-
-
-@triton.jit
 def _dequant_int4_frag(p, s_lo, s_hi, cdt: tl.constexpr, SPAIR: tl.constexpr):
     """MODE 3 of `_dequant_int4`: p is the packed tile as fragment-ordered 32-bit words
     [BLOCK_F, BLOCK_K / 4]; SPAIR: s_lo (= s_hi) are the rows' scale pair words."""
@@ -399,13 +388,10 @@ def _wt_accumulate(
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
     W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr, SPAIR: tl.constexpr,
-    BSPLIT: tl.constexpr,
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
     HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
-    SPAIR (int4, MODE 3 and 4): the scales are pair words (`_int4_scales`). BSPLIT (int4,
-    MODE 3 and 4): block-split words (`quant.block_split`), a K step's BLOCK_K packed columns
-    are 2 * BLOCK_K consecutive columns, one activation tile and one MMA per accumulator."""
+    SPAIR (int4, MODE 3 and 4): the scales are pair words (`_int4_scales`)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
@@ -414,68 +400,35 @@ def _wt_accumulate(
         half = k_dim // 2
         # the weights' K step in their elements: fragment words (MODE 3, 4) hold 4 packed bytes
         KW: tl.constexpr = BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
-        if BSPLIT:
-            for k0 in range(0, half, BLOCK_K):
-                # one group per step: both halves of the (pair) scale words are its scale
-                s_w, _ = _int4_scales(s_ptrs, 2 * k0, 2 * k0, QGROUP, cdt, INT4_DEQUANT, SPAIR)
-                x = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
-                if HAS_TAIL:
-                    xt = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
+        for k0 in range(0, half, BLOCK_K):
+            s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR)
+            x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
+            x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
+            if HAS_TAIL:
+                t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
+                t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None], other=0.0).to(cdt))
+            if W_TMA:  # MODE 3, 4: descriptor and pointers count 32-bit words
+                p = w_desc.load([w_row, (k0 // BLOCK_K) * KW])
+            else:
+                p = tl.load(w_ptrs)
+            w_lo, w_hi = _dequant_int4(p, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
+            acc = _mma(w_hi, x_hi, _mma(w_lo, x_lo, acc, DOT_IEEE), DOT_IEEE)
+            if HAS_TAIL:
+                acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
+            if GATED:
                 if W_TMA:
-                    p = w_desc.load([w_row, (k0 // BLOCK_K) * KW])
+                    p_u = w_desc.load([w_row + up_rows, (k0 // BLOCK_K) * KW])
                 else:
-                    p = tl.load(w_ptrs)
-                w_lo, w_hi = _dequant_int4(p, s_w, s_w, cdt, INT4_DEQUANT, SPAIR)
-                w = _bsplit_cols(w_lo, w_hi)
-                acc = _mma(w, x, acc, DOT_IEEE)
+                    p_u = tl.load(w_ptrs + up_w)
+                su_lo, su_hi = _int4_scales(s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
+                                            INT4_DEQUANT, SPAIR)
+                u_lo, u_hi = _dequant_int4(p_u, su_lo, su_hi, cdt, INT4_DEQUANT, SPAIR)
+                acc_up = _mma(u_hi, x_hi, _mma(u_lo, x_lo, acc_up, DOT_IEEE), DOT_IEEE)
                 if HAS_TAIL:
-                    acc_t = _mma(w, xt, acc_t, DOT_IEEE)
-                if GATED:
-                    if W_TMA:
-                        p_u = w_desc.load([w_row + up_rows, (k0 // BLOCK_K) * KW])
-                    else:
-                        p_u = tl.load(w_ptrs + up_w)
-                    su_w, _ = _int4_scales(s_ptrs + up_s, 2 * k0, 2 * k0, QGROUP, cdt,
-                                           INT4_DEQUANT, SPAIR)
-                    u_lo, u_hi = _dequant_int4(p_u, su_w, su_w, cdt, INT4_DEQUANT, SPAIR)
-                    u = _bsplit_cols(u_lo, u_hi)
-                    acc_up = _mma(u, x, acc_up, DOT_IEEE)
-                    if HAS_TAIL:
-                        acc_tu = _mma(u, xt, acc_tu, DOT_IEEE)
-                a_ptrs += 2 * BLOCK_K
-                at_ptrs += 2 * BLOCK_K
-                w_ptrs += KW
-        else:
-            for k0 in range(0, half, BLOCK_K):
-                s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR)
-                x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
-                x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
-                if HAS_TAIL:
-                    t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
-                    t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None],
-                                            other=0.0).to(cdt))
-                if W_TMA:  # MODE 3, 4: descriptor and pointers count 32-bit words
-                    p = w_desc.load([w_row, (k0 // BLOCK_K) * KW])
-                else:
-                    p = tl.load(w_ptrs)
-                w_lo, w_hi = _dequant_int4(p, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
-                acc = _mma(w_hi, x_hi, _mma(w_lo, x_lo, acc, DOT_IEEE), DOT_IEEE)
-                if HAS_TAIL:
-                    acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
-                if GATED:
-                    if W_TMA:
-                        p_u = w_desc.load([w_row + up_rows, (k0 // BLOCK_K) * KW])
-                    else:
-                        p_u = tl.load(w_ptrs + up_w)
-                    su_lo, su_hi = _int4_scales(s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
-                                                INT4_DEQUANT, SPAIR)
-                    u_lo, u_hi = _dequant_int4(p_u, su_lo, su_hi, cdt, INT4_DEQUANT, SPAIR)
-                    acc_up = _mma(u_hi, x_hi, _mma(u_lo, x_lo, acc_up, DOT_IEEE), DOT_IEEE)
-                    if HAS_TAIL:
-                        acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)
-                a_ptrs += BLOCK_K
-                at_ptrs += BLOCK_K
-                w_ptrs += KW
+                    acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)
+            a_ptrs += BLOCK_K
+            at_ptrs += BLOCK_K
+            w_ptrs += KW
     else:
         for k0 in range(0, k_dim, BLOCK_K):
             if EVEN_K:
@@ -544,7 +497,7 @@ def moe_gemm_wt(
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
-    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr, BSPLIT: tl.constexpr,
+    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -590,12 +543,8 @@ def moe_gemm_wt(
     offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     wf = (offs_f % n_out).to(tl.int64)  # wrapped, so weight loads need no mask
     offs_k = tl.arange(0, BLOCK_K)
-    if BSPLIT:  # a K step's activations: 2 * BLOCK_K consecutive columns
-        offs_a = tl.arange(0, 2 * BLOCK_K)
-    else:
-        offs_a = offs_k
-    a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_a[None, :]
-    at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_a[None, :]
+    a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
+    at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
     if INT4_DEQUANT >= 3:  # int4 weights as fragment-ordered 32-bit words
         w_ptrs = (w_ptr + e * stride_we + wf[:, None] * stride_wn
                   + tl.arange(0, BLOCK_K // 4)[None, :])
@@ -613,14 +562,14 @@ def moe_gemm_wt(
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, BSPLIT)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR)
         _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
                   ACT, COMBINE)
     else:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, BSPLIT)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR)
     _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
               COMBINE)
 

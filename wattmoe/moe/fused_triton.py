@@ -185,17 +185,10 @@ class KernelConfig:
     # Triton's pipeliner copies ahead, instead of two 16-bit loads and conversions in the loop;
     # ignored where the halves of a row are not whole groups
     int4_pairs: bool = False
-    # int4 with fragment words: the words of the block-split repacking (`quant.block_split`,
-    # cached like the words): a K step is one tile of consecutive columns, one activation load
-    # and one MMA per accumulator instead of two (Triton waits for the first MMA of a pair into
-    # one accumulator before issuing the second: sm_90 compile of the half-split launches);
-    # ignored where a K step's 2 * block_k columns do not lie in one quantization group
-    int4_bsplit: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs",
-                 "int4_bsplit")
+        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs")
         return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
@@ -302,12 +295,6 @@ INT4_CANDIDATES.update(_with_frag(INT4_CANDIDATES, list(INT4_CANDIDATES)))
 # global loads that the pipeliner leaves in the loop (sm_90 SASS: 8 LDG.U16 + 8 F2F per step)
 INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
                                                    if n.endswith("f")], "p", int4_pairs=True))
-# and with block-split words ("...b", `int4_bsplit`): the sm_90 compile of the half-split
-# launches has a full wgmma wait between the two MMAs of each step into one accumulator
-# (`WARPGROUP.DEPBAR.LE gsb0, 0x0`: 4 per K step in the `w64t64r16fp` gate/up loop)
-INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
-                                                   if n.endswith(("f", "fp"))], "b",
-                                 int4_bsplit=True))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -457,12 +444,7 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
         return None
     frag = (cfg.int4_frag and qgroup is not None and bk % FRAGMENT_BYTES == 0
             and (k_dim // 2) % FRAGMENT_BYTES == 0)
-    bsplit = frag and cfg.int4_bsplit
-    if bsplit:  # a step's 2 * bk consecutive columns in one group
-        while bk > FRAGMENT_BYTES and qgroup % (2 * bk):  # type: ignore[operator]
-            bk //= 2
-        bsplit = qgroup % (2 * bk) == 0  # type: ignore[operator]
-    return dataclasses.replace(cfg, block_n=bn, block_k=bk, int4_frag=frag, int4_bsplit=bsplit)
+    return dataclasses.replace(cfg, block_n=bn, block_k=bk, int4_frag=frag)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,18 +466,16 @@ def _launch(
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
     mode = _dequant_mode(cfg, a, qgroup)
     spair = s is not None and _uses_scale_pairs(cfg, mode, k_dim, qgroup)
-    bsplit = cfg.int4_bsplit and mode >= 3
     if spair:  # the interpreter (MODE 4) reads fp16 pairs: the stored scales, exactly
-        s = _derived(s, cache, "pairsb" if bsplit else "pairs",
-                     a.dtype if mode == 3 else torch.float16)
+        s = _derived(s, cache, "pairs", a.dtype if mode == 3 else torch.float16)
     if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
-        w = _derived(w, cache, "fragb" if bsplit else "frag")
+        w = _derived(w, cache, "frag")
     w_desc = (_weight_descriptor(w, cfg, cache, cfg.block_k // 4 if mode >= 3 else None)
               if cfg.tma else None)
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
                        act=act, combine=combine, qgroup=qgroup, ieee=ieee,
                        interpret=not a.is_cuda, w_tma=w_desc is not None, int4_dequant=mode,
-                       spair=spair, bsplit=bsplit)
+                       spair=spair)
     if w_desc is None:
         w_desc = w  # unused by the kernel
     kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
@@ -516,8 +496,7 @@ def _launch(
 
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
                 act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
-                w_tma: bool, int4_dequant: int, spair: bool = False,
-                bsplit: bool = False) -> dict[str, Any]:
+                w_tma: bool, int4_dequant: int, spair: bool = False) -> dict[str, Any]:
     """The constexpr arguments, num_warps and num_stages of one launch of `moe_gemm` (tokens
     first) or `moe_gemm_wt` (weights first: `cfg.swap`, and every int4 launch). `_launch`
     passes them; `benchmarks/gpu/compile_check.py` compiles with the same ones."""
@@ -530,7 +509,7 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
     if cfg.swap or qgroup is not None:
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
-                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, BSPLIT=bsplit)
+                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
@@ -601,8 +580,7 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
     """A copy of stack tensor w in the form the int4 kernels read, kept in cache (the stack's
     `kernel_cache`): kind 'frag', packed codes [E, rows, K/2] as fragment-ordered words
     [E, rows, K/8] (`quant.fragment_words`); 'pairs', scales [E, rows, G] as pair words in
-    `dtype` [E, rows, G/2] (`quant.scale_pairs`); 'fragb' and 'pairsb' the same for the
-    block-split repacking (pairsb: [E, rows, G], each group's scale in both halves).
+    `dtype` [E, rows, G/2] (`quant.scale_pairs`).
 
     Rewritten in place, at the same address, once w has been written to since (its version
     counter), here and by `refresh_frag_words` before a CUDA graph replays: a captured graph
@@ -616,7 +594,7 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
         RuntimeError: the copy is missing or stale while a CUDA graph is being captured
             (making it would be recorded, not run: capture after an eager call).
     """
-    if kind.startswith("pairs") != (dtype is not None):
+    if (kind == "pairs") != (dtype is not None):
         raise ValueError(f"int4 {_DERIVED[kind][0]}: a dtype is given for scale pairs only")
     key: tuple = (kind, w.data_ptr()) if dtype is None else (kind, w.data_ptr(), dtype)
     if cache is None:
@@ -633,23 +611,19 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
     return out
 
 
-def _copy_builder(build: Callable[..., torch.Tensor], split: str,
-                  dtype_arg: bool) -> Callable[..., torch.Tensor]:
-    def copy(w: torch.Tensor, dtype: torch.dtype | None,
-             out: torch.Tensor | None) -> torch.Tensor:
-        if dtype_arg:
-            return build(w, dtype, out=out, split=split)
-        return build(w, out=out, split=split)
-    return copy
+def _frag_copy(w: torch.Tensor, dtype: torch.dtype | None,
+               out: torch.Tensor | None) -> torch.Tensor:
+    return fragment_words(w, out=out)
+
+
+def _pairs_copy(w: torch.Tensor, dtype: torch.dtype | None,
+                out: torch.Tensor | None) -> torch.Tensor:
+    return scale_pairs(w, dtype, out=out)  # type: ignore[arg-type]
 
 
 # cache kinds of `_derived`: (what they are, last dim of w per element of the copy, builder)
 _DERIVED: dict[str, tuple[str, int, Callable[..., torch.Tensor]]] = {
-    "frag": ("fragment words", 4, _copy_builder(fragment_words, "half", False)),
-    "pairs": ("scale pairs", 2, _copy_builder(scale_pairs, "half", True)),
-    "fragb": ("block-split fragment words", 4, _copy_builder(fragment_words, "block", False)),
-    "pairsb": ("block-split scale words", 1, _copy_builder(scale_pairs, "block", True)),
-}
+    "frag": ("fragment words", 4, _frag_copy), "pairs": ("scale pairs", 2, _pairs_copy)}
 
 
 def _version(w: torch.Tensor) -> int | None:
@@ -695,7 +669,7 @@ def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | No
     a GPU; 4 in Triton's interpreter, so that the CPU tests run the pairs' indexing) and
     halves of whole groups (a byte's two scales are then groups g and g + G/2)."""
     return (cfg.int4_pairs and mode in (3, 4) and qgroup is not None
-            and (cfg.int4_bsplit or (k_dim // 2) % qgroup == 0))
+            and (k_dim // 2) % qgroup == 0)
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -89,27 +89,7 @@ def dequantize_int4(
 FRAGMENT_BYTES = 32  # `fragment_words` reorders bytes within blocks of this many
 
 
-def block_split(packed: torch.Tensor) -> torch.Tensor:
-    """Half-split packed codes [..., in // 2] repacked "block-split": byte 32b + i of a row
-    holds column 64b + i in its low nibble and column 64b + 32 + i in its high nibble, so both
-    nibbles of a byte lie in one 64-column block (and one quantization group, for groups of
-    64 or more). The fused kernel then reads a K step's weights as one tile of whole
-    consecutive columns, for one MMA per step against one activation tile (half-split gives
-    two tiles K/2 apart, two MMAs into one accumulator, which Triton separates by a wait).
-
-    Raises:
-        ShapeError: packed is not uint8 or a row is not a whole number of 32-byte blocks.
-    """
-    if packed.dtype != torch.uint8 or packed.dim() == 0 or packed.shape[-1] % FRAGMENT_BYTES:
-        raise ShapeError(f"block-split codes need uint8 rows of a multiple of {FRAGMENT_BYTES} "
-                         f"bytes, got {packed.dtype} {tuple(packed.shape)}")
-    cols = torch.cat((packed & 0xF, packed >> 4), dim=-1)  # the row's codes in column order
-    blocks = cols.reshape(*packed.shape[:-1], -1, 2, FRAGMENT_BYTES)
-    return (blocks[..., 0, :] | (blocks[..., 1, :] << 4)).reshape(packed.shape)
-
-
-def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None,
-                   split: str = "half") -> torch.Tensor:
+def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Half-split packed codes [..., in // 2] as 32-bit words in the fused kernel's register
     order: int32 [..., in // 8], bytes reordered within each 32-byte block of a row.
 
@@ -120,8 +100,6 @@ def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None,
     bytes as whole words and writes its operand registers without moving bytes around.
     A copy: the half-split tensor stays the format of record (`dequantize_int4`). With `out`
     (int32, the result's shape) the words are written there, with no temporary copy.
-    split="block": the words of the `block_split` repacking (the nibbles of block byte j are
-    columns 64b + j and 64b + 32 + j instead of j and j + in/2).
 
     Raises:
         ShapeError: a row is not a whole number of 32-byte blocks, packed is not uint8, or out
@@ -130,10 +108,6 @@ def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None,
     if packed.dtype != torch.uint8 or packed.dim() == 0 or packed.shape[-1] % FRAGMENT_BYTES:
         raise ShapeError(f"fragment words need uint8 rows of a multiple of {FRAGMENT_BYTES} "
                          f"bytes, got {packed.dtype} {tuple(packed.shape)}")
-    if split not in ("half", "block"):
-        raise ShapeError(f"fragment words: split is 'half' or 'block', got {split!r}")
-    if split == "block":
-        packed = block_split(packed)
     lead = packed.shape[:-1]
     blocks = packed.reshape(*lead, packed.shape[-1] // FRAGMENT_BYTES, 2, 2, 4, 2)  # w h q i
     nd = blocks.dim()
@@ -149,32 +123,24 @@ def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None,
 
 
 def scale_pairs(scales: torch.Tensor, dtype: torch.dtype,
-                out: torch.Tensor | None = None, split: str = "half") -> torch.Tensor:
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """Group scales [..., G] (G even) as 32-bit pair words int32 [..., G // 2]: word g holds
     scale g in `dtype` (bf16 or fp16) in its low 16 bits and scale g + G/2 in its high 16
     bits, the two scales of one packed byte's nibbles (columns j and j + in/2: the half-split
     packing, with whole groups in each half). The fused int4 kernel loads one word per row and
     K step (`_fused_kernel._int4_scales`, SPAIR); rounded to `dtype` exactly as
     `dequantize_int4` rounds them. A copy; with `out` (int32, the result's shape) written there.
-    split="block" (the `block_split` repacking, whose bytes hold two columns of one group):
-    int32 [..., G], word g holding scale g in both halves (G may be odd).
 
     Raises:
         ShapeError: G is odd, dtype is not 16-bit, or out does not fit.
     """
     if dtype not in (torch.bfloat16, torch.float16):
         raise ShapeError(f"scale pairs are 16-bit (bf16, fp16), got {dtype}")
-    if split not in ("half", "block"):
-        raise ShapeError(f"scale pairs: split is 'half' or 'block', got {split!r}")
-    if scales.dim() == 0 or (split == "half" and scales.shape[-1] % 2):
+    if scales.dim() == 0 or scales.shape[-1] % 2:
         raise ShapeError(f"scale pairs need an even number of groups per row, got "
                          f"{tuple(scales.shape)}")
-    if split == "block":
-        lo = hi = scales.to(dtype)
-    else:
-        g = scales.shape[-1] // 2
-        lo, hi = scales[..., :g].to(dtype), scales[..., g:].to(dtype)
-    halves = torch.stack((lo, hi), dim=-1)
+    g = scales.shape[-1] // 2
+    halves = torch.stack((scales[..., :g].to(dtype), scales[..., g:].to(dtype)), dim=-1)
     words = halves.view(torch.int16).view(torch.int32).squeeze(-1)  # little-endian: lo first
     if out is None:
         return words.contiguous()
