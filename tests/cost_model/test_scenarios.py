@@ -93,6 +93,29 @@ def test_work_counts() -> None:
     assert b1 < b100 and b1 > 2 * 3 * 64 * 128 * 2  # two experts' weights at one token
 
 
+def test_int4_layer_work_counts_the_dequantized_copies_each_backend_makes() -> None:
+    # torch's dequantization moves 9 + 3b bytes per weight besides the scales (int8 unpack 8,
+    # cast 1 + b, scaling 2b), and a matmul then reads the copy (b): 17.0156 bytes per bf16
+    # weight with groups of 128, against 0.5156 for the codes and scales a fused kernel reads
+    layer = OpShape(2048, 1024, num_experts=64, top_k=8)
+    w = 3 * 2048 * 1024
+    per_copy, per_read = 9 + 3 * 2 + 2 / 128 + 2, 0.5 + 2 / 128
+    _, fused = op_work("moe_layer_int4:fused", 1, layer, "bf16")  # 8 experts run
+    _, loop = op_work("moe_layer_int4:loop", 1, layer, "bf16")  # their 8 copies
+    _, grouped = op_work("moe_layer_int4:grouped", 1, layer, "bf16")  # the whole stack's 64
+    assert loop - fused == pytest.approx(8 * w * (per_copy - per_read))
+    assert grouped - fused == pytest.approx(64 * w * per_copy - 8 * w * per_read)
+    assert op_work("moe_layer_int4:grouped_graph", 1, layer, "bf16")[1] == grouped
+    # at 64 tokens every expert runs: loop and grouped make the same copies
+    assert op_work("moe_layer_int4:loop", 64, layer, "bf16") == pytest.approx(
+        op_work("moe_layer_int4:grouped", 64, layer, "bf16"))
+    # one expert alone: the same chain, the dense expert reading the copy
+    one = OpShape(2048, 1024)
+    f4, b4 = op_work("expert_int4", 4, one, "bf16")
+    f2, b2 = op_work("expert", 4, one, "bf16")
+    assert (f4 - f2, b4 - b2) == pytest.approx((4 * w, w * (9 + 3 * 2 + 2 / 128)))
+
+
 # --- MoE layer steps with int4 experts ---------------------------------------------------------
 
 
@@ -127,13 +150,13 @@ def test_int4_layer_work_reads_packed_weights() -> None:
     w = 3 * 256 * 512  # weights of one expert
     for n in (1, 64):
         active = min(8, 2 * n)
-        f16, b16 = op_work("moe_layer:loop", n, layer, "bf16")
-        f4, b4 = op_work("moe_layer_int4:loop", n, layer, "bf16")
+        f16, b16 = op_work("moe_layer:fused", n, layer, "bf16")
+        f4, b4 = op_work("moe_layer_int4:fused", n, layer, "bf16")
         # the active experts' weights: 2 bytes each in bf16, 0.5 + one fp16 scale per 128
         assert b16 - b4 == pytest.approx(active * w * (2 - (0.5 + 2 / 128)))
         assert f4 - f16 == pytest.approx(4.0 * active * w)  # unpack and scale
     assert op_work("moe_layer_int4:fused", 64, layer, "bf16") == op_work(
-        "moe_layer_int4:loop", 64, layer, "bf16")
+        "moe_layer_int4:fused_graph", 64, layer, "bf16")
     assert int4_group(256, 512) == int4_group_size(256, 512) == 128
     assert int4_group(96, 160) == int4_group_size(96, 160) == 32
     # the fit sees the expert invocations of an int4 layer as of any layer

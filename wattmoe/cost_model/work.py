@@ -88,9 +88,9 @@ def op_work(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, fl
     if op == "expert_int4":
         fl, by, mats = _expert_work(n, s, b)
         w = mats * h * f
-        # read packed codes (1/2 byte) + fp16 scales, unpack to int8, scale into the compute
-        # dtype, then the dense expert reads the dequantized weights (counted in `by`)
-        deq_bytes = w * 0.5 + 2.0 * w / INT4_GROUP + w * 2 + w * 2 * b
+        # dequantize (codes and scales read, the copy in the compute dtype written); the
+        # dense expert reads the copy (counted in `by`)
+        deq_bytes = w * (_dequant_bytes(b) + INT4_SCALE_BYTES / INT4_GROUP)
         return fl + 4.0 * w, by + deq_bytes
     if op == "router_gate":
         return _router_work(n, s, b)
@@ -98,17 +98,34 @@ def op_work(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, fl
         return 0.0, b * n * h
     layer = layer_op(op)
     if layer is not None:
-        return _layer_work(n, s, b, int4=layer[1])
+        return _layer_work(n, s, b, int4=layer[1], backend=layer[0])
     raise CostModelError(f"no work formula for op {op!r}")  # pragma: no cover
 
 
-def _layer_work(n: float, s: OpShape, b: int, int4: bool) -> tuple[float, float]:
+def _dequant_bytes(b: int) -> float:
+    """Bytes per weight that `quant.dequantize_int4` moves in torch, scales aside: the codes
+    to int8 codes (8: a mask, a shift and their two casts each read and write half a byte per
+    weight, then the concatenation and the -8 offset each read and write one), the cast to the
+    compute dtype (1 + b) and the scaling (2b)."""
+    return 9.0 + 3.0 * b
+
+
+#: int4 layer backends that dequantize into a copy in the compute dtype on every call, and
+#: whether they do the whole stack (`grouped`: `ExpertStack.dense`) or only the experts that
+#: receive tokens (`loop`: each `QuantizedExpert` that runs). The fused backends dequantize in
+#: registers and move only the codes and scales.
+_DEQUANT_COPIES: dict[str, bool] = {"loop": False, "grouped": True, "grouped_graph": True}
+
+
+def _layer_work(n: float, s: OpShape, b: int, int4: bool,
+                backend: str = "") -> tuple[float, float]:
     """FLOPs and bytes of one MoE layer step (router, dispatch, experts, combine).
 
     Only the experts that receive tokens read their weights: in the compute dtype, or for an
     int4 layer as packed codes plus fp16 group scales (what every backend reads from memory;
-    the unpack and scale are counted as 4 FLOPs per weight, and the dequantized copies that
-    `loop` and `grouped` materialize are left to the per-backend latency fit).
+    the unpack and scale are counted as 4 FLOPs per weight). Backends that materialize
+    dequantized copies (`_DEQUANT_COPIES`) also move those copies, for the whole stack
+    (grouped) or the experts that run (loop).
     """
     h, f = s.hidden, s.inner
     assigned = n * s.top_k
@@ -118,9 +135,18 @@ def _layer_work(n: float, s: OpShape, b: int, int4: bool) -> tuple[float, float]
     w = s.matrices * h * f
     # the weight term of _expert_work counts one expert in the compute dtype; `active`
     # experts are read, each in its stored format
-    by += active * w * (int4_weight_bytes(h, f) if int4 else b) - b * w
-    if int4:
-        fl += 4.0 * active * w
+    if int4 and backend in _DEQUANT_COPIES:
+        dequantized = float(s.num_experts) if _DEQUANT_COPIES[backend] else active
+        # each dequantized weight: torch's dequantization, its scale, the copy read by a matmul
+        weights = dequantized * w * (_dequant_bytes(b) + INT4_SCALE_BYTES / int4_group(h, f) + b)
+    elif int4:  # the fused backends dequantize in registers the weights they read
+        dequantized = active
+        weights = active * w * int4_weight_bytes(h, f)
+    else:
+        dequantized = 0.0
+        weights = active * w * b
+    by += weights - b * w  # _expert_work counted one expert's weights in the compute dtype
+    fl += 4.0 * dequantized * w
     # dispatch: gather inputs, scale, index_add outputs, zero-fill the output
     by += b * (2 * assigned * h + 2 * assigned * h + 2 * n * h) + 8.0 * 4 * assigned
     return rf + fl + 3.0 * assigned * h, rb + by

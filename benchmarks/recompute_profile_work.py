@@ -1,0 +1,77 @@
+"""Recomputes the work features (FLOPs, bytes moved) of a committed profile's points with the
+current formulas of `wattmoe.cost_model.work` (CPU only, no device needed).
+
+The profiler stores each point's FLOPs and bytes as the formulas gave them when it ran, and the
+fitted energy models read those. When a formula is corrected, the measured points stay what
+they are (time, energy) and only their features are rewritten; the change is recorded in
+`provenance.refreshes` with --what, the commit and the number of points changed.
+
+    python benchmarks/recompute_profile_work.py --profile data/profiles/h200.json \\
+        --ops moe_layer_int4: --what "int4 layer ops: the dequantized copies counted"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from wattmoe.cost_model.base import OpShape
+from wattmoe.cost_model.work import op_work
+from wattmoe.errors import ConfigError, os_error_as
+from wattmoe.provenance import git_commit, utc_now, write_json_atomic
+
+
+def recompute(profile: dict[str, Any], prefixes: list[str], what: str) -> int:
+    """Rewrites the features in place; returns how many points changed.
+
+    Raises:
+        ValueError: the file is not a profile, a point's shape is not an op shape, or no point
+            has an op of `prefixes`.
+    """
+    points = profile.get("points") if isinstance(profile, dict) else None
+    if not isinstance(points, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("op"), str) for p in points):
+        raise ValueError("not a profile (no list of points with an op)")
+    chosen = [p for p in points if any(p["op"].startswith(x) for x in prefixes)]
+    if not chosen:
+        raise ValueError(f"the profile has no points of {', '.join(prefixes)}")
+    changed = 0
+    for p in chosen:
+        try:
+            flops, byts = op_work(p["op"], int(p["tokens"]), OpShape(**p["shape"]), p["dtype"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"point {p['op']} has no usable tokens/shape/dtype ({exc})") from None
+        if (flops, byts) != (p.get("flops"), p.get("bytes_moved")):
+            p["flops"], p["bytes_moved"] = flops, byts
+            changed += 1
+    profile.setdefault("provenance", {}).setdefault("refreshes", []).append(
+        {"what": what, "commit": git_commit(), "date_utc": utc_now(),
+         "command": "benchmarks/recompute_profile_work.py --ops " + ",".join(prefixes),
+         "points_changed": changed})
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", required=True, type=Path, help="profile JSON, rewritten")
+    ap.add_argument("--ops", required=True, help="comma list of op prefixes")
+    ap.add_argument("--what", required=True, help="one line for provenance.refreshes")
+    args = ap.parse_args(argv)
+    try:
+        with os_error_as(ConfigError, "cannot read the profile"):
+            profile = json.loads(args.profile.read_text())
+        changed = recompute(profile, [p for p in args.ops.split(",") if p], args.what)
+        with os_error_as(ConfigError, f"cannot write {str(args.profile)!r}"):
+            write_json_atomic(args.profile, profile)
+    except (ConfigError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        print(f"recompute_profile_work: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.profile}: work features of {changed} points rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
