@@ -83,10 +83,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
                           gated=gated, act=(1 if gated else 2) if combine == 0 else 0,
                           combine=combine,
                           qgroup=qgroup if int4 else None, ieee=False, interpret=False,
-                          w_tma=cfg.tma and not ft.uses_stack(cfg, gated, qgroup if int4
-                                                               else None),
-                          int4_dequant=mode, spair=spair,
-                          stack=ft.uses_stack(cfg, gated, qgroup if int4 else None))
+                          w_tma=cfg.tma, int4_dequant=mode, spair=spair)
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
     consts: dict[str, Any] = dict(meta)
     if any(p.name == "k_dim" and p.is_constexpr for p in fn.params):  # since commit 40f897e

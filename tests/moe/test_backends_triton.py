@@ -408,36 +408,6 @@ def test_fused_int4_scale_pairs_match_loop(config: str, form: str, gen: torch.Ge
     assert [(k["SPAIR"], k["INT4_DEQUANT"]) for k in gemms] == [(True, 4), (True, 4)]
 
 
-@pytest.mark.parametrize("config", ["w64t64k32r16fpg", "w64t16fpg", "w64t64r32fpg/w64t16fp"])
-@pytest.mark.parametrize("form", ["swiglu", "relu"])
-def test_fused_int4_stacked_gate_up_tile_matches_loop(config: str, form: str,
-                                                      gen: torch.Generator, no_fallback: None,
-                                                      launches: list[dict[str, object]]) -> None:
-    # gate and up rows as one tile of 2 * BLOCK_F rows: F = 96 is not a multiple of the
-    # 64-row tile (the wrapped rows of the last F tile), skewed routing fills tails
-    qx = [quantize_expert(e, 32) for e in experts(5, 128, 96, form)]
-    x = torch.randn(61, 128, generator=gen)
-    d = make_dispatch("skewed", 61, 5, 2, gen, with_rowof=True)
-    with torch.no_grad():
-        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
-                                   rtol=1e-5, atol=1e-5)
-    gemms = [k for k in launches if "INT4_DEQUANT" in k]
-    # only the gated experts' gate/up launch stacks its rows
-    assert [k["STACK"] for k in gemms] == [form == "swiglu", False]
-    # fragment words in gate/up (K/2 = 64 bytes); down's rows (K/2 = 48) are not whole blocks
-    assert [k["INT4_DEQUANT"] for k in gemms] == [4, 0]
-
-
-def test_stacked_tiles_only_in_gated_int4_launches() -> None:
-    cfg = ft.INT4_CANDIDATES["w64t64r16fpg"][0]
-    assert cfg.int4_stack and cfg.num_warps == 8
-    assert ft.uses_stack(cfg, True, 128)
-    assert not ft.uses_stack(cfg, False, 128)  # down, or a relu expert's up launch
-    assert not ft.uses_stack(cfg, True, None)  # dense weights
-    assert not ft.INT4_CANDIDATES["w64t64r16fpg"][1].int4_stack  # the pair's down launch
-    assert all(p[0].int4_stack == n.endswith("g") for n, p in ft.INT4_CANDIDATES.items())
-
-
 @pytest.mark.parametrize(("group", "hidden", "inner", "config", "modes"), [
     # group 16: K tiles of 16 packed columns (a tile lies in one group), not a 32-byte block
     (16, 64, 64, "w64t64k32f", [0, 0]),
@@ -557,7 +527,7 @@ def test_scale_pairs_only_where_their_dequantization_runs() -> None:
     assert not ft._uses_scale_pairs(cfg, 3, 96, 32)  # K/2 = 48: halves are not whole groups
     assert not ft._uses_scale_pairs(cfg, 3, 2048, None)
     assert not ft._uses_scale_pairs(dataclasses.replace(cfg, int4_pairs=False), 3, 2048, 128)
-    assert all(p[0].int4_pairs == p[1].int4_pairs == n.removesuffix("g").endswith("fp")
+    assert all(p[0].int4_pairs == p[1].int4_pairs == n.endswith("fp")
                for n, p in ft.INT4_CANDIDATES.items())
 
 

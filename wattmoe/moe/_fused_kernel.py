@@ -382,56 +382,21 @@ def moe_gemm(
 
 
 @triton.jit
-def _unstack(acc2):
-    """[2 * F, T] accumulator of a stacked gate|up tile -> (gate [F, T], up [F, T])."""
-    f: tl.constexpr = acc2.shape[0] // 2
-    t = tl.permute(tl.reshape(acc2, (2, f, acc2.shape[1])), (1, 2, 0))
-    return tl.split(t)
-
-
-@triton.jit
 def _wt_accumulate(
     a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask, offs_k,
     k_dim: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, TAIL_T: tl.constexpr,
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
     W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr, SPAIR: tl.constexpr,
-    STACK: tl.constexpr,
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
     HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
-    SPAIR (int4, MODE 3 and 4): the scales are pair words (`_int4_scales`). STACK (int4,
-    gated): w_ptrs and s_ptrs address the gate rows and then the up rows as one tile of
-    2 * BLOCK_F rows (`moe_gemm_wt`), one MMA per K step into one [2 * BLOCK_F, tokens]
-    accumulator, split into (gate, up) at the end."""
+    SPAIR (int4, MODE 3 and 4): the scales are pair words (`_int4_scales`)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
     acc_tu = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
-    if STACK:
-        half = k_dim // 2
-        KW: tl.constexpr = BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
-        acc2 = tl.zeros((2 * BLOCK_F, BLOCK_T), dtype=tl.float32)
-        acc2_t = tl.zeros((2 * BLOCK_F, TAIL_T), dtype=tl.float32)
-        for k0 in range(0, half, BLOCK_K):
-            s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR)
-            x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
-            x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
-            if HAS_TAIL:
-                t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
-                t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None],
-                                        other=0.0).to(cdt))
-            p = tl.load(w_ptrs)
-            w_lo, w_hi = _dequant_int4(p, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
-            acc2 = _mma(w_hi, x_hi, _mma(w_lo, x_lo, acc2, DOT_IEEE), DOT_IEEE)
-            if HAS_TAIL:
-                acc2_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc2_t, DOT_IEEE), DOT_IEEE)
-            a_ptrs += BLOCK_K
-            at_ptrs += BLOCK_K
-            w_ptrs += KW
-        acc, acc_up = _unstack(acc2)
-        acc_t, acc_tu = _unstack(acc2_t)
-    elif INT4:
+    if INT4:
         half = k_dim // 2
         # the weights' K step in their elements: fragment words (MODE 3, 4) hold 4 packed bytes
         KW: tl.constexpr = BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
@@ -532,7 +497,7 @@ def moe_gemm_wt(
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
-    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr, STACK: tl.constexpr,
+    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -580,10 +545,6 @@ def moe_gemm_wt(
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
-    if STACK:  # the F tile's gate rows, then its up rows: one tile of 2 * BLOCK_F rows
-        r2 = tl.arange(0, 2 * BLOCK_F)
-        wf = ((pid_f * BLOCK_F + r2 % BLOCK_F) % n_out + (r2 // BLOCK_F) * up_rows).to(
-            tl.int64)
     if INT4_DEQUANT >= 3:  # int4 weights as fragment-ordered 32-bit words
         w_ptrs = (w_ptr + e * stride_we + wf[:, None] * stride_wn
                   + tl.arange(0, BLOCK_K // 4)[None, :])
@@ -601,14 +562,14 @@ def moe_gemm_wt(
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, STACK)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR)
         _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
                   ACT, COMBINE)
     else:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, STACK)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR)
     _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
               COMBINE)
 

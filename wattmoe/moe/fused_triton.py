@@ -185,16 +185,10 @@ class KernelConfig:
     # Triton's pipeliner copies ahead, instead of two 16-bit loads and conversions in the loop;
     # ignored where the halves of a row are not whole groups
     int4_pairs: bool = False
-    # int4 gate/up launch: the F tile's gate rows and up rows as one weight tile of
-    # 2 * block_n rows, one MMA per K step into one accumulator (with 8 warps, one warp group
-    # per projection: half the accumulator and operand registers per thread of two separate
-    # tiles, so twice the warps per SM); plain weight loads, ignored in other launches
-    int4_stack: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs",
-                 "int4_stack")
+        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs")
         return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
@@ -301,16 +295,6 @@ INT4_CANDIDATES.update(_with_frag(INT4_CANDIDATES, list(INT4_CANDIDATES)))
 # global loads that the pipeliner leaves in the loop (sm_90 SASS: 8 LDG.U16 + 8 F2F per step)
 INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
                                                    if n.endswith("f")], "p", int4_pairs=True))
-# the gate/up launch with gate and up rows stacked into one tile over two warp groups ("...g",
-# `int4_stack`, 8 warps; the down launch as in the candidate without): the table's gate/up
-# tiles hold two accumulators per thread at 226 registers, 2 CTAs (8 warps) per SM
-# (results/h200/kernels/run37_scale_pairs, ncu: no eligible warp in 59% of cycles)
-INT4_CANDIDATES.update({
-    f"{n}g": (dataclasses.replace(INT4_CANDIDATES[n][0], int4_stack=True, num_warps=8),
-              INT4_CANDIDATES[n][1])
-    for n in ("w64t64r16fp", "w64t64k32r16fp", "w64t64fp", "w64t16fp", "w64t32fp",
-              "w64t128k32fp", "w64t64r32fp")
-    if n in INT4_CANDIDATES})
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -486,13 +470,12 @@ def _launch(
         s = _derived(s, cache, "pairs", a.dtype if mode == 3 else torch.float16)
     if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
         w = _derived(w, cache, "frag")
-    stack = uses_stack(cfg, gated, qgroup)
     w_desc = (_weight_descriptor(w, cfg, cache, cfg.block_k // 4 if mode >= 3 else None)
-              if cfg.tma and not stack else None)
+              if cfg.tma else None)
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
                        act=act, combine=combine, qgroup=qgroup, ieee=ieee,
                        interpret=not a.is_cuda, w_tma=w_desc is not None, int4_dequant=mode,
-                       spair=spair, stack=stack)
+                       spair=spair)
     if w_desc is None:
         w_desc = w  # unused by the kernel
     kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
@@ -513,8 +496,7 @@ def _launch(
 
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
                 act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
-                w_tma: bool, int4_dequant: int, spair: bool = False,
-                stack: bool = False) -> dict[str, Any]:
+                w_tma: bool, int4_dequant: int, spair: bool = False) -> dict[str, Any]:
     """The constexpr arguments, num_warps and num_stages of one launch of `moe_gemm` (tokens
     first) or `moe_gemm_wt` (weights first: `cfg.swap`, and every int4 launch). `_launch`
     passes them; `benchmarks/gpu/compile_check.py` compiles with the same ones."""
@@ -527,7 +509,7 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
     if cfg.swap or qgroup is not None:
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
-                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, STACK=stack)
+                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
@@ -680,12 +662,6 @@ def refresh_frag_words(cache: dict, force: bool = False) -> tuple[int, ...]:
             cache[key] = (now, out, w)
         ptrs.append(out.data_ptr())
     return tuple(ptrs)
-
-
-def uses_stack(cfg: KernelConfig, gated: bool, qgroup: int | None) -> bool:
-    """Whether a launch reads its gate and up rows as one stacked tile (`cfg.int4_stack`):
-    the int4 gate/up launch of a gated expert; its weight tiles are loaded without TMA."""
-    return cfg.int4_stack and gated and qgroup is not None
 
 
 def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | None) -> bool:
