@@ -223,6 +223,26 @@ def _dequant_int4_frag(p, s_lo, s_hi, cdt: tl.constexpr, SPAIR: tl.constexpr):
     return _frag_cols(lo0, lo1, lo2, lo3), _frag_cols(hi0, hi1, hi2, hi3)
 
 
+# MODE 5 (diagnostic only, `benchmarks/gpu/kernel_diag.py`): a thread's two fragment words
+# copied into its eight operand registers, no unpacking or scaling (wrong values): what the
+# fragment-word launches cost without the dequantization's instructions.
+_FRAG_SKIP = tl.constexpr("{\n" + "\n".join(f"mov.b32 ${r}, ${8 + r % 2};" for r in range(8))
+                          + "\n}")
+
+
+@triton.jit
+def _frag_skip(p, cdt: tl.constexpr):
+    if cdt == tl.float16:
+        lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
+            asm=_FRAG_SKIP, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[p],
+            dtype=(tl.float16,) * 8, is_pure=True, pack=2)
+    else:
+        lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = tl.inline_asm_elementwise(
+            asm=_FRAG_SKIP, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r", args=[p],
+            dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
+    return _frag_cols(lo0, lo1, lo2, lo3), _frag_cols(hi0, hi1, hi2, hi3)
+
+
 @triton.jit
 def _frag_nibbles(p, SHIFT: tl.constexpr):
     """MODE 4: what `_INT4_FRAG_*` writes, as integer codes (q + 8) of one nibble (SHIFT 0:
@@ -278,7 +298,8 @@ def _dequant_int4(p, s_lo, s_hi, cdt: tl.constexpr, MODE: tl.constexpr, SPAIR: t
     bit operations and fmas straight into wgmma's register layout (GPU); 4: the same words
     through fp32 (Triton's interpreter, to test the word order without a GPU); 2: diagnostic
     only, the bytes reinterpreted as 16-bit floats with no unpacking or scaling (wrong values;
-    `benchmarks/gpu/kernel_diag.py` uses it to measure what dequantization costs).
+    `benchmarks/gpu/kernel_diag.py` uses it to measure what dequantization costs); 5: the
+    same for fragment-ordered words (their bits copied into the operand registers).
     """
     if MODE == 3:
         w_lo, w_hi = _dequant_int4_frag(p, s_lo, s_hi, cdt, SPAIR)
@@ -295,6 +316,8 @@ def _dequant_int4(p, s_lo, s_hi, cdt: tl.constexpr, MODE: tl.constexpr, SPAIR: t
         w_lo, w_hi = _dequant_int4_asm(p, tl.broadcast_to(s_lo[:, None], p.shape),
                                        tl.broadcast_to(s_hi[:, None], p.shape),
                                        cdt == tl.float16)
+    elif MODE == 5:
+        w_lo, w_hi = _frag_skip(p, cdt)
     elif MODE == 2:
         w_lo = (p.to(tl.uint16) << 8).to(cdt, bitcast=True)
         w_hi = (p.to(tl.uint16) << 4).to(cdt, bitcast=True)

@@ -467,7 +467,7 @@ def _launch(
     mode = _dequant_mode(cfg, a, qgroup)
     spair = s is not None and _uses_scale_pairs(cfg, mode, k_dim, qgroup)
     if spair:  # the interpreter (MODE 4) reads fp16 pairs: the stored scales, exactly
-        s = _derived(s, cache, "pairs", a.dtype if mode == 3 else torch.float16)
+        s = _derived(s, cache, "pairs", a.dtype if mode in (3, 5) else torch.float16)
     if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
         w = _derived(w, cache, "frag")
     w_desc = (_weight_descriptor(w, cfg, cache, cfg.block_k // 4 if mode >= 3 else None)
@@ -557,7 +557,7 @@ def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int
     """`_dequant_int4`'s MODE: 1 bit operations (GPU, bf16/fp16), 0 through fp32, 2 skipped;
     fragment-ordered words (`cfg.int4_frag`, as `_fit` leaves it): 3 bit operations on a GPU,
     4 through fp32 in Triton's interpreter (a GPU computing in fp32 reads the half-split
-    codes: the word order's fp32 unpacking compiles to spills there)."""
+    codes: the word order's fp32 unpacking compiles to spills there), 5 skipped (GPU)."""
     if qgroup is None:
         return 0
     # the inline PTX is NVIDIA's: ROCm builds of torch also report is_cuda
@@ -566,6 +566,8 @@ def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int
     if cfg.int4_frag:
         if gpu16 and cfg.int4_asm and not cfg.int4_skip_dequant:
             return 3
+        if gpu16 and cfg.int4_skip_dequant:  # diagnostic: the words, not dequantized
+            return 5
         if not a.is_cuda:
             return 4
     if not gpu16:
@@ -668,7 +670,7 @@ def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | No
     """Whether a launch reads scale pair words: `cfg.int4_pairs` with fragment words (MODE 3 on
     a GPU; 4 in Triton's interpreter, so that the CPU tests run the pairs' indexing) and
     halves of whole groups (a byte's two scales are then groups g and g + G/2)."""
-    return (cfg.int4_pairs and mode in (3, 4) and qgroup is not None
+    return (cfg.int4_pairs and mode in (3, 4, 5) and qgroup is not None
             and (k_dim // 2) % qgroup == 0)
 
 
