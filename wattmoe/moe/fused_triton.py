@@ -282,8 +282,8 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
 INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128", "w64t64k32",
                                                    "w64t128k32", "w128t128"]))
 for _t in (16, 32):
-    INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64"],
-                                      _t))
+    INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64",
+                                                        "w128t64"], _t))
 # every int4 tile also with fragment-ordered words: compiled for sm_90, the K loop of the
 # `w64t64k32` gate/up launch has 279 instead of 345 instructions (no byte loads and byte
 # packing before the dequantization), and the int4 launches are bound by issuing them (ncu,
