@@ -282,8 +282,8 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
 INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128", "w64t64k32",
                                                    "w64t128k32", "w128t128"]))
 for _t in (16, 32):
-    INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64",
-                                                        "w128t64"], _t))
+    INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64"],
+                                      _t))
 # every int4 tile also with fragment-ordered words: compiled for sm_90, the K loop of the
 # `w64t64k32` gate/up launch has 279 instead of 345 instructions (no byte loads and byte
 # packing before the dequantization), and the int4 launches are bound by issuing them (ncu,
@@ -301,7 +301,10 @@ INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
 # benchmarks/gpu/kernel_diag.py to measure the inline-PTX dequantization); int4 128-row tiles
 # over two warp groups with 32-column K steps (w128t64k32, w128t64k32s3, w128t32k32,
 # w128t128k32 and their TMA variants; results/h200/kernels/run28_verify_int4: at OLMoE 512
-# tokens the best, w128t64k32s3d, took 285 us per step against 264 for the table's pick).
+# tokens the best, w128t64k32s3d, took 285 us per step against 264 for the table's pick);
+# and with tail rows (w128t64r16fp, w128t64r32fp; results/h200/kernels/run50_w128: OLMoE 512
+# gate/up 117 vs 104 us). Kernel variants measured and reverted: block-split words (run44),
+# gate and up rows stacked over two warp groups (run47), interleaved gate/up rows (run41).
 
 
 def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False) -> str:
