@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wattmoe.cost_model.base import OpShape
+from wattmoe.cost_model.base import CostModelError, OpShape, ProfileFormatError
+from wattmoe.cost_model.database import parse_profile
 from wattmoe.cost_model.work import op_work
 from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.provenance import git_commit, utc_now, write_json_atomic
@@ -28,26 +29,33 @@ def recompute(profile: dict[str, Any], prefixes: list[str], what: str) -> int:
     """Rewrites the features in place; returns how many points changed.
 
     Raises:
-        ValueError: the file is not a profile, a point's shape is not an op shape, or no point
-            has an op of `prefixes`.
+        ConfigError: no op prefix; the file is not a valid profile (`ProfileFormatError`, as
+            `wattmoe cost` would refuse it), or no point has an op of `prefixes`, or a point's
+            op, dtype or batch size has no work formula (`CostModelError`).
     """
-    points = profile.get("points") if isinstance(profile, dict) else None
-    if not isinstance(points, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("op"), str) for p in points):
-        raise ValueError("not a profile (no list of points with an op)")
-    chosen = [p for p in points if any(p["op"].startswith(x) for x in prefixes)]
+    if not prefixes:
+        raise ConfigError("--ops names no op prefix")
+    parse_profile(profile)  # one error for anything `load_profile` would refuse
+    refreshes = profile["provenance"].setdefault("refreshes", [])
+    if not isinstance(refreshes, list):
+        raise ProfileFormatError("profile: provenance.refreshes is not a list")
+    points = profile["points"]
+    chosen = [(i, p) for i, p in enumerate(points)
+              if any(p["op"].startswith(x) for x in prefixes)]
     if not chosen:
-        raise ValueError(f"the profile has no points of {', '.join(prefixes)}")
+        raise ConfigError(f"the profile has no points of {', '.join(prefixes)}")
     changed = 0
-    for p in chosen:
+    for i, p in chosen:
         try:
-            flops, byts = op_work(p["op"], int(p["tokens"]), OpShape(**p["shape"]), p["dtype"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"point {p['op']} has no usable tokens/shape/dtype ({exc})") from None
+            if p["tokens"] < 0:
+                raise CostModelError(f"batch size must be >= 0 tokens, got {p['tokens']}")
+            flops, byts = op_work(p["op"], p["tokens"], OpShape(**p["shape"]), p["dtype"])
+        except CostModelError as exc:
+            raise CostModelError(f"point {i} ({p['op']}): {exc}") from None
         if (flops, byts) != (p.get("flops"), p.get("bytes_moved")):
             p["flops"], p["bytes_moved"] = flops, byts
             changed += 1
-    profile.setdefault("provenance", {}).setdefault("refreshes", []).append(
+    refreshes.append(
         {"what": what, "commit": git_commit(), "date_utc": utc_now(),
          "command": "benchmarks/recompute_profile_work.py --ops " + ",".join(prefixes),
          "points_changed": changed})

@@ -95,16 +95,18 @@ def test_work_counts() -> None:
 
 def test_int4_layer_work_counts_the_dequantized_copies_each_backend_makes() -> None:
     # torch's dequantization moves 9 + 3b bytes per weight besides the scales (int8 unpack 8,
-    # cast 1 + b, scaling 2b), and a matmul then reads the copy (b): 17.0156 bytes per bf16
-    # weight with groups of 128, against 0.5156 for the codes and scales a fused kernel reads
+    # cast 1 + b, scaling 2b): 15.0156 bytes per bf16 weight with groups of 128, and a matmul
+    # then reads the copy (b) of each expert that runs; a fused kernel reads 0.5156 (codes and
+    # scales) of each expert that runs
     layer = OpShape(2048, 1024, num_experts=64, top_k=8)
     w = 3 * 2048 * 1024
-    per_copy, per_read = 9 + 3 * 2 + 2 / 128 + 2, 0.5 + 2 / 128
+    per_deq, per_read = 9 + 3 * 2 + 2 / 128, 0.5 + 2 / 128
     _, fused = op_work("moe_layer_int4:fused", 1, layer, "bf16")  # 8 experts run
     _, loop = op_work("moe_layer_int4:loop", 1, layer, "bf16")  # their 8 copies
     _, grouped = op_work("moe_layer_int4:grouped", 1, layer, "bf16")  # the whole stack's 64
-    assert loop - fused == pytest.approx(8 * w * (per_copy - per_read))
-    assert grouped - fused == pytest.approx(64 * w * per_copy - 8 * w * per_read)
+    assert loop - fused == pytest.approx(8 * w * (per_deq + 2 - per_read))
+    # grouped dequantizes all 64 experts, but its grouped GEMM reads only the 8 that have rows
+    assert grouped - fused == pytest.approx(64 * w * per_deq + 8 * w * (2 - per_read))
     assert op_work("moe_layer_int4:grouped_graph", 1, layer, "bf16")[1] == grouped
     # at 64 tokens every expert runs: loop and grouped make the same copies
     assert op_work("moe_layer_int4:loop", 64, layer, "bf16") == pytest.approx(
@@ -114,6 +116,10 @@ def test_int4_layer_work_counts_the_dequantized_copies_each_backend_makes() -> N
     f4, b4 = op_work("expert_int4", 4, one, "bf16")
     f2, b2 = op_work("expert", 4, one, "bf16")
     assert (f4 - f2, b4 - b2) == pytest.approx((4 * w, w * (9 + 3 * 2 + 2 / 128)))
+    # the scales of the group size the expert is quantized with (`int4_group_size`: 64 here)
+    small = OpShape(64, 128)
+    b4 = op_work("expert_int4", 4, small, "bf16")[1] - op_work("expert", 4, small, "bf16")[1]
+    assert b4 == pytest.approx(3 * 64 * 128 * (9 + 3 * 2 + 2 / 64))
 
 
 # --- MoE layer steps with int4 experts ---------------------------------------------------------

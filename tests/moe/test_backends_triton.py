@@ -465,6 +465,14 @@ def test_fragment_words_only_where_their_dequantization_runs() -> None:
     assert ft._dequant_mode(cfg, gpu_bf16, None) == 0  # dense weights
     off = dataclasses.replace(cfg, int4_frag=False)
     assert ft._dequant_mode(off, cpu, 128) == 0
+    # kernel_diag's skip variant keeps the launch's data path: MODE 5 reads the fragment words
+    # (2 the half-split codes); the interpreter and fp32 ignore the flag
+    skip = dataclasses.replace(cfg, int4_skip_dequant=True)
+    assert ft._dequant_mode(skip, gpu_bf16, 128) == (5 if torch.version.hip is None else 0)
+    assert ft._dequant_mode(dataclasses.replace(skip, int4_frag=False), gpu_bf16, 128) == (
+        2 if torch.version.hip is None else 0)
+    assert ft._dequant_mode(skip, cpu, 128) == 4
+    assert ft._dequant_mode(skip, gpu_fp32, 128) == 0
 
 
 def test_fused_int4_fragment_words_of_inference_tensors(gen: torch.Generator,
@@ -523,6 +531,8 @@ def test_scale_pairs_only_where_their_dequantization_runs() -> None:
     assert cfg.int4_frag and cfg.int4_pairs
     assert ft._uses_scale_pairs(cfg, 3, 2048, 128)
     assert ft._uses_scale_pairs(cfg, 4, 2048, 128)  # the interpreter: fp16 pair words
+    assert ft._uses_scale_pairs(cfg, 5, 2048, 128)  # kernel_diag's skip of MODE 3
+    assert not ft._uses_scale_pairs(cfg, 2, 2048, 128)  # the skip of half-split codes
     assert not ft._uses_scale_pairs(cfg, 1, 2048, 128)  # half-split codes
     assert not ft._uses_scale_pairs(cfg, 3, 96, 32)  # K/2 = 48: halves are not whole groups
     assert not ft._uses_scale_pairs(cfg, 3, 2048, None)

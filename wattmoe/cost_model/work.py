@@ -90,7 +90,7 @@ def op_work(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, fl
         w = mats * h * f
         # dequantize (codes and scales read, the copy in the compute dtype written); the
         # dense expert reads the copy (counted in `by`)
-        deq_bytes = w * (_dequant_bytes(b) + INT4_SCALE_BYTES / INT4_GROUP)
+        deq_bytes = w * (_dequant_bytes(b) + INT4_SCALE_BYTES / int4_group(h, f))
         return fl + 4.0 * w, by + deq_bytes
     if op == "router_gate":
         return _router_work(n, s, b)
@@ -112,8 +112,10 @@ def _dequant_bytes(b: int) -> float:
 
 #: int4 layer backends that dequantize into a copy in the compute dtype on every call, and
 #: whether they do the whole stack (`grouped`: `ExpertStack.dense`) or only the experts that
-#: receive tokens (`loop`: each `QuantizedExpert` that runs). The fused backends dequantize in
-#: registers and move only the codes and scales.
+#: receive tokens (`loop`: each `QuantizedExpert` that runs). Either way the matmuls read only
+#: the copies of the experts that receive tokens (`torch._grouped_mm` and its per-expert loop
+#: skip empty groups). The fused backends dequantize in registers and move only the codes and
+#: scales.
 _DEQUANT_COPIES: dict[str, bool] = {"loop": False, "grouped": True, "grouped_graph": True}
 
 
@@ -125,7 +127,8 @@ def _layer_work(n: float, s: OpShape, b: int, int4: bool,
     int4 layer as packed codes plus fp16 group scales (what every backend reads from memory;
     the unpack and scale are counted as 4 FLOPs per weight). Backends that materialize
     dequantized copies (`_DEQUANT_COPIES`) also move those copies, for the whole stack
-    (grouped) or the experts that run (loop).
+    (grouped) or the experts that run (loop); a matmul reads the copies of the experts that
+    run.
     """
     h, f = s.hidden, s.inner
     assigned = n * s.top_k
@@ -137,8 +140,10 @@ def _layer_work(n: float, s: OpShape, b: int, int4: bool,
     # experts are read, each in its stored format
     if int4 and backend in _DEQUANT_COPIES:
         dequantized = float(s.num_experts) if _DEQUANT_COPIES[backend] else active
-        # each dequantized weight: torch's dequantization, its scale, the copy read by a matmul
-        weights = dequantized * w * (_dequant_bytes(b) + INT4_SCALE_BYTES / int4_group(h, f) + b)
+        # torch's dequantization and the scales of every copy; the matmuls read the copies of
+        # the active experts only
+        weights = (dequantized * w * (_dequant_bytes(b) + INT4_SCALE_BYTES / int4_group(h, f))
+                   + active * w * b)
     elif int4:  # the fused backends dequantize in registers the weights they read
         dequantized = active
         weights = active * w * int4_weight_bytes(h, f)

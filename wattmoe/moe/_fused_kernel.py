@@ -266,14 +266,13 @@ def _int4_scales(s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
     dtype `_dequant_int4` multiplies in for MODE: the compute dtype for the bit-operation
     modes (1, 3; the stored fp16 rounded to it, as `dequantize_int4` does), fp32 otherwise.
 
-    SPAIR (MODE 3, and 4 in the interpreter): s_ptrs point to scale pair words
-    (`quant.scale_pairs`, cached by `fused_triton._derived`): one 32-bit word holds both scales
-    in the compute dtype (fp16 for MODE 4: the stored scales, exactly), group g (low half) and
-    g + G/2, the group of the same byte's high nibbles; returned as (words, words). A 32-bit
-    load is one that Triton's pipeliner copies ahead through shared memory (`cp.async`, 4
-    bytes at least); the 16-bit scale loads it leaves in the loop, where they stall the
-    dequantization
-    (ncu, results/h200/kernels/run36_verify)."""
+    SPAIR (MODE 3 and its diagnostic skip 5, and 4 in the interpreter): s_ptrs point to scale
+    pair words (`quant.scale_pairs`, cached by `fused_triton._derived`): one 32-bit word holds
+    both scales in the compute dtype (fp16 for MODE 4: the stored scales, exactly), group g
+    (low half) and g + G/2, the group of the same byte's high nibbles; returned as (words,
+    words). A 32-bit load is one that Triton's pipeliner copies ahead through shared memory
+    (`cp.async`, 4 bytes at least); the 16-bit scale loads it leaves in the loop, where they
+    stall the dequantization (ncu, results/h200/kernels/run36_verify)."""
     if SPAIR:
         s_lo = tl.load(s_ptrs + k_lo // QGROUP)
         s_hi = s_lo
@@ -414,14 +413,14 @@ def _wt_accumulate(
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
     HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
-    SPAIR (int4, MODE 3 and 4): the scales are pair words (`_int4_scales`)."""
+    SPAIR (int4, MODE 3, 4 and 5): the scales are pair words (`_int4_scales`)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
     acc_tu = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
     if INT4:
         half = k_dim // 2
-        # the weights' K step in their elements: fragment words (MODE 3, 4) hold 4 packed bytes
+        # the weights' K step in their elements: fragment words (MODE >= 3) hold 4 packed bytes
         KW: tl.constexpr = BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
         for k0 in range(0, half, BLOCK_K):
             s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR)
@@ -430,7 +429,7 @@ def _wt_accumulate(
             if HAS_TAIL:
                 t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
                 t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None], other=0.0).to(cdt))
-            if W_TMA:  # MODE 3, 4: descriptor and pointers count 32-bit words
+            if W_TMA:  # MODE >= 3: descriptor and pointers count 32-bit words
                 p = w_desc.load([w_row, (k0 // BLOCK_K) * KW])
             else:
                 p = tl.load(w_ptrs)

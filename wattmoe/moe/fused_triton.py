@@ -671,8 +671,9 @@ def refresh_frag_words(cache: dict, force: bool = False) -> tuple[int, ...]:
 
 def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | None) -> bool:
     """Whether a launch reads scale pair words: `cfg.int4_pairs` with fragment words (MODE 3 on
-    a GPU; 4 in Triton's interpreter, so that the CPU tests run the pairs' indexing) and
-    halves of whole groups (a byte's two scales are then groups g and g + G/2)."""
+    a GPU, and its diagnostic skip 5; 4 in Triton's interpreter, so that the CPU tests run the
+    pairs' indexing) and halves of whole groups (a byte's two scales are then groups g and
+    g + G/2)."""
     return (cfg.int4_pairs and mode in (3, 4, 5) and qgroup is not None
             and (k_dim // 2) % qgroup == 0)
 
