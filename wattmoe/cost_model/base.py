@@ -12,6 +12,7 @@ or 'replayed'. Predictions keep the source of the points they come from.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,6 +54,12 @@ def layer_op(op: str) -> tuple[str, bool] | None:
         if op.startswith(prefix) and len(op) > len(prefix):
             return op[len(prefix):], int4
     return None
+
+
+def int4_compute_dtype(profiled: Sequence[str]) -> str:
+    """The compute dtype an int4 cost answers in, of the dtypes `profiled` for its op or
+    device: bf16 where profiled (or where nothing is), else the first profiled one."""
+    return "bf16" if "bf16" in profiled or not profiled else sorted(profiled)[0]
 
 
 def layer_op_name(backend: str, int4: bool = False) -> str:

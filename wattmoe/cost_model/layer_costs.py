@@ -36,6 +36,7 @@ from wattmoe.cost_model.base import (
     KernelCost,
     OpShape,
     check_tokens,
+    int4_compute_dtype,
     layer_op,
     layer_op_name,
 )
@@ -139,7 +140,7 @@ class LayerBackendCosts:
                 f"{', '.join(here) or 'none'})"
             )
         if int4:
-            return op, "bf16" if "bf16" in dts else dts[0]
+            return op, int4_compute_dtype(dts)
         if dtype not in dts:
             raise CostModelError(f"{op} was not profiled on {device} in {dtype!r} "
                                  f"(profiled in: {', '.join(dts)})")

@@ -32,6 +32,7 @@ from wattmoe.cost_model.base import (
     ProfilePoint,
     check_op,
     check_tokens,
+    int4_compute_dtype,
 )
 from wattmoe.cost_model.database import ProfileDatabase, load_profile
 from wattmoe.cost_model.fit import (
@@ -421,8 +422,7 @@ class KernelCostModel:
         op = "expert"
         if dtype == "int4":
             op = "expert_int4"
-            dts = self.dtypes(device) if device in self.devices() else []
-            dtype = "bf16" if "bf16" in dts else (dts[0] if dts else "bf16")
+            dtype = int4_compute_dtype(self.dtypes(device) if device in self.devices() else [])
         c = self.get_cost(op, tokens, device, dtype, shape=OpShape(hidden, inner, form))
         return c.latency_s, c.energy_j
 
