@@ -55,3 +55,28 @@ def test_bad_input_is_one_line_without_traceback() -> None:
     assert proc.returncode == 2
     assert "unknown preset 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # a block too big for the machine (demo --scale 1e9): was the allocator's RuntimeError
+    # traceback; the CPU allocator's message is faked here, not allocated
+    import wattmoe.experiments.demo as demo
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 256000000000 bytes. "
+                           "Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(demo, "run_demo", oom)
+    assert main(["demo", "--preset", "tiny", "--scale", "1e9", "--cluster", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "out of memory on cpu: tried to allocate 256000000000 bytes; lower --scale" in err
+    assert len(err.strip().splitlines()) == 1
+
+    def other(*args, **kwargs):
+        raise RuntimeError("a bug, not a memory error")
+
+    monkeypatch.setattr(demo, "run_demo", other)
+    with pytest.raises(RuntimeError, match="a bug"):  # not hidden as a user error
+        main(["demo", "--preset", "tiny", "--cluster", "none"])

@@ -41,3 +41,31 @@ def _repo(path) -> str:
     run("add", "f")
     run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "m")
     return run("rev-parse", "HEAD")
+
+
+def test_write_text_atomic_keeps_a_stream_and_leaves_no_temporary(tmp_path) -> None:
+    import os
+    import threading
+
+    from wattmoe.provenance import write_json_atomic, write_text_atomic
+
+    # a FIFO (like /dev/stdout or /dev/null) is written in place: renaming a temporary file
+    # over it (as before) replaced the device node with a regular file
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    write_json_atomic(fifo, {"a": 1})
+    reader.join(10)
+    assert got == ['{\n "a": 1\n}\n'] and fifo.is_fifo()
+    # a failed write leaves no '<name>.tmp' behind (was: one per failed --out)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError):
+        write_text_atomic(folder, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "fifo"]
+    # a file on the way is "Not a directory" (mkdir said "File exists", which misleads)
+    (tmp_path / "f.json").write_text("{}")
+    with pytest.raises(NotADirectoryError):
+        write_text_atomic(tmp_path / "f.json" / "x.json", "x")

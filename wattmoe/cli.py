@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from wattmoe.errors import WattmoeError
+from wattmoe.errors import ConfigError, WattmoeError
 
 # Piped output (CI logs, README examples) gets a fixed width instead of the 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -85,9 +86,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from wattmoe.experiments.demo import run_demo
 
     cluster = None if args.cluster.lower() == "none" else args.cluster
-    r = run_demo(args.preset, args.scale, args.batch, args.seq, args.steps, dtype=args.dtype,
-                 device=args.device, seed=args.seed, cluster=cluster, backend=args.backend,
-                 int4=args.int4)
+    try:
+        r = run_demo(args.preset, args.scale, args.batch, args.seq, args.steps,
+                     dtype=args.dtype, device=args.device, seed=args.seed, cluster=cluster,
+                     backend=args.backend, int4=args.int4)
+    except RuntimeError as exc:
+        # torch.OutOfMemoryError (a GPU) or the CPU allocator's RuntimeError: too big a block
+        # or batch for this machine is the user's choice, not a bug
+        text = str(exc)
+        if type(exc).__name__ != "OutOfMemoryError" and "can't allocate memory" not in text:
+            raise
+        tried = re.search(r"tried to allocate [^.(;]+", text)
+        raise ConfigError(
+            f"out of memory on {args.device}{': ' + tried.group(0).strip() if tried else ''}; "
+            f"lower --scale ({args.scale:g}), --batch ({args.batch}) or --seq ({args.seq})"
+        ) from None
     t = Table(title=f"{r.preset}: one MoE block, {r.tokens_per_step} tokens/step on {r.device}")
     t.add_column("metric")
     t.add_column("value", justify="right")

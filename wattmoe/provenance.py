@@ -8,6 +8,7 @@ in `WATTMOE_COMMIT`.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
 import os
@@ -102,16 +103,42 @@ def finite_json(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Writes JSON (NaN/inf as null) via a temporary file, fsync and rename, so that readers
-    never see half a file and an interrupted write leaves the old one."""
+def write_text_atomic(path: str | Path, text: str, fsync: bool = True) -> Path:
+    """Writes `text` via a temporary file beside `path` (fsync, then rename), so that readers
+    never see half a file and an interrupted write leaves the old one; the temporary file is
+    removed when the write fails.
+
+    A `path` that exists but is no regular file or folder (/dev/stdout, /dev/null, a FIFO) is
+    written in place: renaming over it would replace the device with a file.
+
+    Raises:
+        OSError: cannot write; NotADirectoryError when a folder on the way is a file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with path.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # mkdir's word for "a parent is a file"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                 str(path.parent)) from None
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(finite_json(payload), fh, indent=1, allow_nan=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Writes JSON (NaN/inf as null) with `write_text_atomic`."""
+    return write_text_atomic(
+        path, json.dumps(finite_json(payload), indent=1, allow_nan=False) + "\n")

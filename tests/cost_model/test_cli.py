@@ -100,6 +100,7 @@ def test_nsys_import(tmp_path: Path, capsys) -> None:
         (["cost", "--device", "cuda:9"], "unknown device 'cuda:9'"),
         (["cost", "--tokens", "-3"], "batch size must be >= 0 tokens, got -3"),
         (["cost", "--tokens", "abc"], "batch size must be an integer, got 'abc'"),
+        (["cost", "--tokens", ""], "--tokens: no batch size in ''"),  # was: exit 0, no rows
     ],
 )
 def test_bad_queries_print_one_line(profile: Path, capsys, args, message) -> None:
@@ -135,6 +136,40 @@ def test_bad_profile_files_print_one_line(tmp_path: Path, content: str, message:
 def test_profile_rejects_negative_batch_sizes(capsys) -> None:
     assert main(["profile", "--tokens", "1,-8"]) == 2
     assert "--tokens must all be >= 1" in capsys.readouterr().err
+
+
+def test_profile_refuses_a_folder_out_and_a_negative_ncu_before_the_sweep(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    import wattmoe.cost_model.runner as runner
+
+    def no_sweep(*args, **kwargs):  # pragma: no cover - reached only by the old code
+        raise AssertionError("the sweep ran")
+
+    monkeypatch.setattr(runner, "run_profile", no_sweep)
+    # was: the whole sweep, then an IsADirectoryError traceback when saving the JSON
+    assert main(["profile", "--out", str(tmp_path)]) == 2
+    assert f"--out {str(tmp_path)!r} is a folder" in capsys.readouterr().err
+    # was: accepted; on a GPU, cands[:-1] collected counters for all scenarios but one
+    assert main(["profile", "--ncu", "-1", "--out", str(tmp_path / "p.json")]) == 2
+    assert "--ncu must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_profile_that_cannot_be_saved_is_one_line_naming_the_jsonl(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    import wattmoe.cost_model.runner as runner
+
+    def full(db, out):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "save_profile", full)
+    out = tmp_path / "cpu.json"
+    assert main(["profile", "--devices", "cpu", "--shapes", "tiny", "--dtypes", "fp32",
+                 "--ops", "activation", "--tokens", "1", "--cpu-window", "0.01", "--reps", "1",
+                 "--cooldown-max", "0", "--no-torch-profiler", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write profile {str(out)!r}" in err and "No space left on device" in err
+    assert "--resume" in err and "Traceback" not in err
+    assert '"record": "point"' in out.with_suffix(".jsonl").read_text()  # kept
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from wattmoe.errors import ConfigError
+from wattmoe.errors import ConfigError, DeviceError
 from wattmoe.experiments.demo import run_demo
 
 
@@ -56,3 +56,18 @@ def test_int4_group_size() -> None:
     assert int4_group_size(768, 96) == 32
     with pytest.raises(ConfigError, match="no int4 group size"):
         int4_group_size(63, 128)
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "cuda"])
+def test_demo_unknown_device_is_one_clear_error(device: str) -> None:
+    # was: a RuntimeError/AssertionError traceback from torch (or, for 'cuda', a KeyError
+    # after the run: the monitor names it cuda:0)
+    with pytest.raises(ConfigError, match=f"unknown device '{device}'; use 'cpu' or 'cuda:N'"):
+        run_demo("tiny", steps=1, device=device)
+
+
+def test_demo_absent_gpu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="'cuda:0' is not available here: torch sees 0"):
+        run_demo("tiny", steps=1, device="cuda:0")

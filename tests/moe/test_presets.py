@@ -39,3 +39,10 @@ def test_every_preset_instantiates_scaled(name: str, scale: float) -> None:
 def test_bad_scale() -> None:
     with pytest.raises(ConfigError, match="scale must be > 0"):
         get_preset("tiny", 0)
+    # inf or nan ('olmoe-1b-7b@inf', --scale inf) is the same one-line error, not an
+    # OverflowError from rounding the widths
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="scale must be > 0 and finite"):
+            get_preset("tiny", bad)
+    with pytest.raises(ConfigError, match="scale 1e\\+308 is too large"):
+        get_preset("tiny", 1e308)  # finite, but a width times it is not

@@ -123,3 +123,24 @@ def test_backend_without_a_profile_is_one_line(capsys) -> None:
     assert main(["place", "--cluster", "h200-cpu", "--backend", "fused"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_place_out_to_a_stream_keeps_it(tmp_path, capsys) -> None:
+    import os
+    import threading
+
+    # `--out /dev/stdout` (or /dev/null): was replaced by a regular file through the rename
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--out", str(fifo)]) == 0
+    reader.join(10)
+    assert fifo.is_fifo() and Placement.from_json(got[0]).cluster == "h200-cpu"
+    capsys.readouterr()
+    (tmp_path / "f.json").write_text("{}")
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny",
+                 "--out", str(tmp_path / "f.json" / "p.json")]) == 2
+    assert "f.json/p.json': Not a directory" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -81,6 +81,21 @@ def test_read_loads_formats(tmp_path) -> None:
         read_loads(tmp_path / "bad.json", top_k=1)
 
 
+def test_empty_loads_file_is_one_error_and_no_numpy_warning(tmp_path) -> None:
+    import warnings
+
+    # was: numpy's "loadtxt: input contained no data" UserWarning on stderr, then
+    # "loads must be a [layers, experts] matrix, got shape (0, 1)"
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "comments.csv").write_text("# layers x experts\n")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8)))
+    for name in ("empty.csv", "comments.csv", "empty.npy"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ConfigError, match=f"loads file '[^']*{name}' holds no counts"):
+                read_loads(tmp_path / name, top_k=1)
+
+
 def test_loads_from_measured_layer_counts() -> None:
     torch = pytest.importorskip("torch")
     from wattmoe.moe import SimpleMoELayer, get_preset

@@ -33,6 +33,7 @@ def test_monitor_replays_a_recording(capsys: pytest.CaptureFixture[str]) -> None
     (["--replay", "/nonexistent/rec.csv"], "cannot read telemetry CSV"),
     (["--seconds", "0"], "--seconds must be > 0"),
     (["--interval", "-1", "--devices", "cpu"], "interval_s must be a number > 0"),
+    (["--speed", "5", "--devices", "cpu", "--seconds", "0.1"], "--speed 5 needs --replay"),
 ])
 def test_bad_input_is_one_line(argv: list[str], message: str,
                                capsys: pytest.CaptureFixture[str]) -> None:

@@ -139,6 +139,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise ConfigError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps}, {args.warmup}")
     if any(t < 1 for t in _ints(args.tokens)):
         raise ConfigError(f"--tokens must all be >= 1, got {args.tokens!r}")
+    if args.ncu < 0:  # a negative N sliced off the last scenarios instead of taking none
+        raise ConfigError(f"--ncu must be >= 0, got {args.ncu}")
+    if args.out and Path(args.out).is_dir():  # found before the sweep, not when saving it
+        raise ConfigError(f"--out {args.out!r} is a folder; give the profile's file name, "
+                          f"e.g. {str(Path(args.out) / default_profile_path().name)!r}")
     sweep = SweepConfig(shapes=_csv(args.shapes), dtypes=_csv(args.dtypes),
                         devices=_devices(args.devices), ops=_csv(args.ops),
                         tokens=_ints(args.tokens), max_memory_bytes=args.max_memory_gb * 1e9)
@@ -262,6 +267,8 @@ def _tokens_arg(text: str) -> list[int]:
         except ValueError:
             raise ConfigError(f"batch size must be an integer, got {t!r}") from None
         out.append(check_tokens(n))
+    if not out:  # was: an empty table and exit 0
+        raise ConfigError(f"--tokens: no batch size in {text!r}")
     return out
 
 

@@ -212,12 +212,10 @@ def _print_comparison(problem: Any, placement: Any) -> None:
 
 
 def _write(path: str, text: str) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
+    from wattmoe.provenance import write_text_atomic
+
     with os_error_as(ConfigError, f"cannot write {path!r}"):
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        tmp.replace(p)
+        write_text_atomic(path, text, fsync=False)
 
 
 def _read_placement(path: str) -> Any:

@@ -25,7 +25,8 @@ def _monitor_args(p: argparse.ArgumentParser) -> None:
                         "replay it with --replay)")
     p.add_argument("--replay", default=None, metavar="PATH",
                    help="play back a recorded telemetry CSV instead of reading devices")
-    p.add_argument("--speed", type=float, default=1.0, help="replay speed factor")
+    p.add_argument("--speed", type=float, default=None,
+                   help="replay speed factor (default 1; with --replay only)")
 
 
 def _f(v: float | None, fmt: str = ".1f", unit: str = "") -> str:
@@ -77,10 +78,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     if args.seconds is not None and not args.seconds > 0:
         raise ConfigError(f"--seconds must be > 0, got {args.seconds}")
+    if args.speed is not None and not args.replay:  # was: silently ignored
+        raise ConfigError(f"--speed {args.speed:g} needs --replay: live devices run in real time")
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     backends = None
     if args.replay:
-        replay = ReplayBackend(args.replay, speed=args.speed)
+        replay = ReplayBackend(args.replay, speed=1.0 if args.speed is None else args.speed)
         backends = {d: replay for d in replay.devices()}
     mon = GpuSystemMonitor(devices, interval_s=args.interval, csv_path=args.csv,
                            backends=backends)

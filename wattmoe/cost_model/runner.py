@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from wattmoe.cost_model.base import CostModelError
 from wattmoe.cost_model.database import ProfileDatabase, provenance, save_profile
 from wattmoe.cost_model.profiler import (
     EnergyMonitor,
@@ -19,6 +20,7 @@ from wattmoe.cost_model.profiler import (
     read_jsonl,
 )
 from wattmoe.cost_model.scenarios import Scenario, SweepConfig, build_sweep
+from wattmoe.errors import os_error_as
 
 log = logging.getLogger(__name__)
 
@@ -73,5 +75,8 @@ def run_profile(
         sweep={"runs": [r["sweep"] for r in logged.runs], "skipped_notes": notes},
         profiler=asdict(config), errors=logged.errors, skipped=res.skipped,
     )
-    save_profile(db, out)
+    # the sweep's points are safe in the JSONL: say so, in one line, if the JSON cannot be written
+    with os_error_as(CostModelError, f"cannot write profile {str(out)!r} (the measured "
+                     f"scenarios are in {str(jsonl)!r}: rerun with --resume to write it)"):
+        save_profile(db, out)
     return db, res

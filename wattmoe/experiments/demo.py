@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
-from wattmoe.errors import ConfigError
+from wattmoe.errors import ConfigError, DeviceError
 from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
 from wattmoe.moe.backends import available_backends
 from wattmoe.moe.quant import int4_group_size
@@ -102,6 +103,19 @@ def place_measured_loads(
     return "analytic roofline (estimates)", tuple(rows)
 
 
+def _check_device(device: str) -> None:
+    """Raises ConfigError for a name other than 'cpu' or 'cuda:N', DeviceError for a GPU that
+    torch cannot use here (before torch fails on it with a traceback)."""
+    m = re.fullmatch(r"cuda:(\d+)", device)
+    if device != "cpu" and m is None:
+        raise ConfigError(f"unknown device {device!r}; use 'cpu' or 'cuda:N'")
+    if m is not None:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(m.group(1)) >= n:
+            raise DeviceError(f"device {device!r} is not available here: torch sees {n} CUDA "
+                              "device(s)" + ("" if n else " (a CPU-only torch build or no GPU)"))
+
+
 def run_demo(
     preset: str = "olmoe-1b-7b",
     scale: float = 0.25,
@@ -126,12 +140,17 @@ def run_demo(
     `backend` is the expert execution backend (`wattmoe.moe.backends`: loop, grouped, fused,
     ...); `int4` quantizes the routed experts to packed int4 first (group size: the largest
     power of two <= 128 dividing both widths, `int4_group_size`).
+
+    Raises:
+        ConfigError: a bad count, preset, scale, dtype, backend or device name.
+        DeviceError: a 'cuda:N' that torch cannot use here.
     """
     if steps <= 0 or batch <= 0 or seq <= 0 or warmup < 0:
         raise ConfigError(
             f"steps, batch and seq must be positive and warmup >= 0 "
             f"(got steps={steps}, batch={batch}, seq={seq}, warmup={warmup})"
         )
+    _check_device(device)
     cfg = get_preset(preset, scale)
     dt = resolve_dtype(dtype)
     # an unknown backend name is one ConfigError here (the layer looks it up first)

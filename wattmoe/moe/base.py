@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -170,13 +171,18 @@ class MoEConfig:
 
         Widths are rounded to a multiple of `multiple` (so int4 groups and attention heads fit);
         the numbers of experts, top-k and layers are kept.
+
+        Raises:
+            ConfigError: a scale that is not finite and > 0, or so large that a width overflows.
         """
-        if not scale > 0:
-            raise ConfigError(f"scale must be > 0, got {scale}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"scale must be > 0 and finite, got {scale}")
         if scale == 1:
             return self
 
         def rnd(v: int, m: int) -> int:
+            if not math.isfinite(v * scale):  # round() of inf is an OverflowError
+                raise ConfigError(f"scale {scale:g} is too large: a width of {v} overflows")
             return max(m, round(v * scale / m) * m)
 
         heads = self.num_heads

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +187,12 @@ def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = No
             elif suffix == ".json":
                 data = json.loads(path.read_text())
             else:
-                data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
+                with warnings.catch_warnings():  # numpy warns of an empty file: said below
+                    warnings.simplefilter("ignore", UserWarning)
+                    data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
         except ValueError as exc:
             raise ConfigError(f"loads file {str(path)!r} is not a numeric matrix: "
                               f"{str(exc).splitlines()[0]}") from None
+    if isinstance(data, np.ndarray) and data.size == 0:
+        raise ConfigError(f"loads file {str(path)!r} holds no counts (an empty matrix)")
     return make_loads(data, top_k, tokens_per_batch, source=path.name)
