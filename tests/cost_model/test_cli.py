@@ -154,6 +154,32 @@ def test_profile_refuses_a_folder_out_and_a_negative_ncu_before_the_sweep(
     assert "--ncu must be >= 0, got -1" in capsys.readouterr().err
 
 
+def test_profile_refuses_a_deadline_that_lets_nothing_run(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "p.json"
+    out.write_text("{}")
+    # was (0): every scenario 'not run', then an empty profile written over the file, exit 0
+    for bad in ("0", "-5"):
+        assert main(["profile", "--deadline", bad, "--out", str(out)]) == 2
+        assert f"deadline_s must be a finite number > 0, got {float(bad)}" in (
+            capsys.readouterr().err)
+    assert out.read_text() == "{}"
+
+
+def test_interrupted_profile_says_where_its_points_are(tmp_path: Path, capsys,
+                                                       monkeypatch) -> None:
+    import wattmoe.cost_model.runner as runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_profile", interrupted)
+    out = tmp_path / "p.json"
+    assert main(["profile", "--devices", "cpu", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert str(out.with_suffix(".jsonl")) in err and "--resume" in err
+    assert "interrupted" in err and "Traceback" not in err
+
+
 def test_profile_that_cannot_be_saved_is_one_line_naming_the_jsonl(
         tmp_path: Path, capsys, monkeypatch) -> None:
     import wattmoe.cost_model.runner as runner
@@ -220,7 +246,7 @@ def test_cost_eval_rejects_a_nan_split(profile: Path, capsys) -> None:
         (["--devices", "cuda:99"], "cuda:99"),
         (["--max-memory-gb", "nan"], "max_memory_bytes must be a finite number > 0"),
         (["--max-memory-gb", "-1"], "max_memory_bytes must be a finite number > 0"),
-        (["--deadline", "nan"], "deadline_s must be a finite number >= 0"),
+        (["--deadline", "nan"], "deadline_s must be a finite number > 0"),
         (["--out", "{blocker}/sub/p.json"], "cannot write sweep log"),
     ],
 )

@@ -11,6 +11,7 @@ import pytest
 
 from tests.cost_model.conftest import FakeBackend, FakeMonitor
 from wattmoe.cost_model import scenarios as scenarios_mod
+from wattmoe.cost_model.base import CostModelError
 from wattmoe.cost_model.profiler import (
     KernelProfiler,
     ProfilerConfig,
@@ -136,6 +137,18 @@ def test_a_new_sweep_keeps_the_previous_jsonl_aside(tmp_path: Path, fake_monitor
     assert len(read_jsonl(out.with_suffix(".jsonl")).points) == 1
 
 
+def test_a_sweep_that_measures_nothing_leaves_the_profile_as_it_was(tmp_path: Path,
+                                                                    fake_monitor) -> None:
+    sweep = SweepConfig(shapes=("tiny",), dtypes=("fp32",), ops=("expert",), tokens=(1, 4))
+    out = tmp_path / "p.json"
+    out.write_text('{"points": []}')
+    # a deadline past before the first scenario would start: no scenario runs
+    with pytest.raises(CostModelError, match=r"no scenario was measured \(2 not run\); .* "
+                                             r"was not written and is left as it was"):
+        run_profile(sweep, ProfilerConfig(**{**FAST, "deadline_s": 1e-12}), fake_monitor, out)
+    assert out.read_text() == '{"points": []}'
+
+
 def test_a_failing_scenario_is_recorded_and_the_sweep_goes_on(tmp_path: Path, fake_monitor,
                                                               monkeypatch) -> None:
     real = scenarios_mod.build_runner
@@ -158,7 +171,8 @@ def test_a_failing_scenario_is_recorded_and_the_sweep_goes_on(tmp_path: Path, fa
 def test_deadline_stops_starting_scenarios(fake_monitor) -> None:
     scs, _ = build_sweep(SweepConfig(shapes=("tiny",), dtypes=("fp32",), ops=("expert",),
                                      tokens=(1, 2, 4, 8)))
-    res = KernelProfiler(fake_monitor, ProfilerConfig(**{**FAST, "deadline_s": 0.0})).run_sweep(scs)
+    cfg = ProfilerConfig(**{**FAST, "deadline_s": 1e-12})  # past before the first scenario
+    res = KernelProfiler(fake_monitor, cfg).run_sweep(scs)
     assert res.points == [] and len(res.skipped) == 4
 
 

@@ -170,6 +170,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
             db, res = run_profile(sweep, pcfg, monitor, out, resume=args.resume,
                                   progress=progress,
                                   on_start=lambda n: bar.update(task, total=n))
+    except KeyboardInterrupt:
+        err_console.print(f"the scenarios measured so far are in {jsonl_path_for(out)}; "
+                          f"the same command with --resume measures the rest and writes {out}",
+                          highlight=False)
+        raise
     finally:
         monitor.stop()
     if args.ncu and _ncu_subset(db.points, args.ncu):

@@ -120,8 +120,9 @@ class ProfilerConfig:
         if self.min_window_s is not None and not self.min_window_s > 0:
             raise CostModelError(f"min_window_s must be > 0, got {self.min_window_s}")
         if self.deadline_s is not None and not (math.isfinite(self.deadline_s)
-                                                and self.deadline_s >= 0):
-            raise CostModelError(f"deadline_s must be a finite number >= 0, got {self.deadline_s}")
+                                                and self.deadline_s > 0):
+            # 0 would start no scenario at all
+            raise CostModelError(f"deadline_s must be a finite number > 0, got {self.deadline_s}")
 
 
 @dataclass

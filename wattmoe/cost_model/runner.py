@@ -67,6 +67,11 @@ def run_profile(
     res = KernelProfiler(monitor, config).run_sweep(scenarios, jsonl, progress=progress,
                                                     resume=resume)
     logged = read_jsonl(jsonl)
+    if not logged.points and not logged.errors:  # e.g. every scenario past the deadline
+        raise CostModelError(
+            f"no scenario was measured ({len(res.skipped)} not run); "
+            f"{str(out)!r} was not written" + (" and is left as it was"
+                                               if Path(out).exists() else ""))
     if len(logged.runs) > 1:
         prov["command"] = " ; ".join(r["command"] for r in logged.runs)
         prov["commits"] = sorted({r["commit"] for r in logged.runs})
