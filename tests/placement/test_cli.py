@@ -119,6 +119,16 @@ def test_bad_backend_input_is_one_error(layer_profile, args, message, capsys) ->
     assert "Traceback" not in err and err.count("error:") == 1
 
 
+def test_cost_model_folder_or_missing_file_is_named(tmp_path, capsys) -> None:
+    # was: "no such file" for a folder too
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--cost-model",
+                 str(tmp_path)]) == 2
+    assert "a folder, not a profile file" in capsys.readouterr().err
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--cost-model",
+                 str(tmp_path / "absent.json")]) == 2
+    assert "absent.json': no such file" in capsys.readouterr().err
+
+
 def test_backend_without_a_profile_is_one_line(capsys) -> None:
     assert main(["place", "--cluster", "h200-cpu", "--backend", "fused"]) == 2
     err = capsys.readouterr().err

@@ -62,7 +62,8 @@ def build_cost_provider(path: str | None, backend: str | None = None) -> tuple[A
     if not path:
         return AnalyticCostProvider(), "analytic roofline (estimates)"
     if not Path(path).is_file():
-        raise ConfigError(f"--cost-model {path!r}: no such file")
+        what = "a folder, not a profile file" if Path(path).is_dir() else "no such file"
+        raise ConfigError(f"--cost-model {path!r}: {what}")
     try:
         from wattmoe.cost_model import KernelCostModel
     except ImportError as exc:  # pragma: no cover - the package ships with wattmoe
