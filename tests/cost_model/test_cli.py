@@ -244,8 +244,8 @@ def test_cost_eval_rejects_a_nan_split(profile: Path, capsys) -> None:
     ("args", "message"),
     [
         (["--devices", "cuda:99"], "cuda:99"),
-        (["--max-memory-gb", "nan"], "max_memory_bytes must be a finite number > 0"),
-        (["--max-memory-gb", "-1"], "max_memory_bytes must be a finite number > 0"),
+        (["--max-memory-gb", "nan"], "--max-memory-gb must be a finite number > 0, got nan"),
+        (["--max-memory-gb", "-1"], "--max-memory-gb must be a finite number > 0, got -1.0"),
         (["--deadline", "nan"], "deadline_s must be a finite number > 0"),
         (["--out", "{blocker}/sub/p.json"], "cannot write sweep log"),
     ],

@@ -176,7 +176,7 @@ def test_one_unmeasurable_point_is_interpolated_from_its_neighbours() -> None:
         ({"tokens": -1}, "batch size must be >= 0 tokens, got -1"),
         ({"tokens": 2.5}, "batch size must be an integer, got 2.5"),
         ({"tokens": "many"}, "batch size must be an integer, got 'many'"),
-        ({"shape": None}, "profiled at several shapes"),
+        ({"shape": None}, "swiglu_e1_k1): choose one (shape=; `wattmoe cost --shape`)"),
         ({"shape": "not-a-preset"}, "unknown preset 'not-a-preset'"),
     ],
 )

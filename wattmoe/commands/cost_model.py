@@ -139,6 +139,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise ConfigError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps}, {args.warmup}")
     if any(t < 1 for t in _ints(args.tokens)):
         raise ConfigError(f"--tokens must all be >= 1, got {args.tokens!r}")
+    if not (math.isfinite(args.max_memory_gb) and args.max_memory_gb > 0):
+        raise ConfigError(f"--max-memory-gb must be a finite number > 0, got "
+                          f"{args.max_memory_gb}")
     if args.ncu < 0:  # a negative N sliced off the last scenarios instead of taking none
         raise ConfigError(f"--ncu must be >= 0, got {args.ncu}")
     if args.out and Path(args.out).is_dir():  # found before the sweep, not when saving it

@@ -229,7 +229,8 @@ class KernelCostModel:
             if len(curves) == 1:
                 return curves[0].shape
             names = ", ".join(sorted(p for c in curves for p in c.presets))
-            raise CostModelError(f"op {op!r} was profiled at several shapes ({names}): pass shape=")
+            raise CostModelError(f"op {op!r} was profiled at several shapes ({names}): choose "
+                                 "one (shape=; `wattmoe cost --shape`)")
         if isinstance(shape, OpShape):
             return shape.for_op(op)
         if isinstance(shape, str):
