@@ -29,8 +29,24 @@ def test_place_diff(tmp_path, capsys) -> None:
                      "--objective", "balance", "--out", str(path)]) == 0
     capsys.readouterr()
     assert main(["place-diff", str(a), str(b)]) == 0
-    text = capsys.readouterr().out
-    assert "experts moved" in text and "bytes to migrate" in text
+    out = capsys.readouterr()
+    assert "experts moved" in out.out and "bytes to migrate" in out.out
+    assert "different clusters" not in out.err
+
+
+def test_place_diff_says_when_the_clusters_differ(tmp_path, capsys) -> None:
+    import json
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["place", "--cluster", "8xh200-2node", "--layers", "1", "--objective",
+                 "balance", "--out", str(a)]) == 0
+    d = json.loads(a.read_text())
+    d["cluster"] = "renamed"  # the same devices under another cluster name
+    b.write_text(json.dumps(d))
+    capsys.readouterr()
+    assert main(["place-diff", str(a), str(b)]) == 0
+    err = capsys.readouterr().err
+    assert "different clusters ('8xh200-2node' and 'renamed')" in " ".join(err.split())
 
 
 def test_place_with_loads_file(tmp_path, capsys) -> None:

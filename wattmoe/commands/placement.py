@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from wattmoe.cli import command, console
+from wattmoe.cli import command, console, err_console
 from wattmoe.errors import ConfigError, os_error_as
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
@@ -238,6 +238,9 @@ def cmd_place_diff(args: argparse.Namespace) -> int:
 
     a, b = _read_placement(args.a), _read_placement(args.b)
     d = diff_placements(a, b)
+    if a.cluster != b.cluster:  # legal (a cluster renamed or resized), but say so
+        err_console.print(f"note: the placements are of different clusters ({a.cluster!r} and "
+                          f"{b.cluster!r}); devices are matched by name", highlight=False)
     t = Table(title=f"{args.a} -> {args.b}")
     t.add_column("metric")
     t.add_column("value", justify="right")
