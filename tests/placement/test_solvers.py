@@ -274,6 +274,13 @@ def test_infeasible_slo_is_one_clear_error(linear_cost: LinearCost) -> None:
         solve(problem, "heuristic")
 
 
+def test_tiny_slos_are_printed_with_their_digits() -> None:
+    from wattmoe.placement.problem import _ms
+
+    # was: 1e-8 s printed as "0.000 ms"
+    assert _ms(1e-8) == "1e-05 ms" and _ms(5e-4) == "0.500 ms" and _ms(0.0) == "0.000 ms"
+
+
 def test_unknown_solver() -> None:
     problem = make_problem(load_cluster("laptop"), synthetic_loads(1, 8, 2, 64, seed=0),
                            OLMOE, ANALYTIC)

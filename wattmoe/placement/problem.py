@@ -176,8 +176,8 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
         bound = latency_lower_bound(problem)
         if bound > slo:
             raise InfeasibleError(
-                f"latency SLO {slo * 1e3:.3f} ms is infeasible: any placement takes at least "
-                f"{bound * 1e3:.3f} ms per batch (each layer's hottest expert split over "
+                f"latency SLO {_ms(slo)} is infeasible: any placement takes at least "
+                f"{_ms(bound)} per batch (each layer's hottest expert split over "
                 f"{problem.max_replicas} replicas on the fastest devices)"
             )
     return problem
@@ -269,7 +269,7 @@ def evaluate(problem: PlacementProblem, assignment: np.ndarray) -> Evaluation:
                           f"redundant_per_layer {budget}")
     slo = problem.constraints.latency_slo_s
     if slo is not None and latency > slo * (1 + 1e-9):
-        violations.append(f"latency {latency * 1e3:.3f} ms exceeds the SLO {slo * 1e3:.3f} ms")
+        violations.append(f"latency {_ms(latency)} exceeds the SLO {_ms(slo)}")
     return Evaluation(
         layer_time_s=T, layer_tokens=tok, kernel_energy_j=kernel,
         transfer_energy_j=float(transfer.sum()), idle_energy_j=idle, replicas=r,
@@ -278,3 +278,10 @@ def evaluate(problem: PlacementProblem, assignment: np.ndarray) -> Evaluation:
         objective=problem.objective_value(per_token, latency, imbalance),
         violations=tuple(violations),
     )
+
+
+def _ms(seconds: float) -> str:
+    """A time in milliseconds to the microsecond, or to 3 significant digits below that (an
+    SLO of 1e-5 ms was printed as 0.000 ms)."""
+    ms = seconds * 1e3
+    return f"{ms:.3f} ms" if abs(ms) >= 1e-3 or ms == 0 else f"{ms:.3g} ms"
