@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wattmoe.cost_model.base import CostModelError, OpShape, ProfileFormatError
+from wattmoe.cost_model.base import CostModelError, OpShape, ProfileFormatError, check_tokens
 from wattmoe.cost_model.database import parse_profile
 from wattmoe.cost_model.work import op_work
 from wattmoe.errors import ConfigError, os_error_as
@@ -47,9 +47,8 @@ def recompute(profile: dict[str, Any], prefixes: list[str], what: str) -> int:
     changed = 0
     for i, p in chosen:
         try:
-            if p["tokens"] < 0:
-                raise CostModelError(f"batch size must be >= 0 tokens, got {p['tokens']}")
-            flops, byts = op_work(p["op"], p["tokens"], OpShape(**p["shape"]), p["dtype"])
+            flops, byts = op_work(p["op"], check_tokens(p["tokens"]), OpShape(**p["shape"]),
+                                  p["dtype"])
         except CostModelError as exc:
             raise CostModelError(f"point {i} ({p['op']}): {exc}") from None
         if (flops, byts) != (p.get("flops"), p.get("bytes_moved")):

@@ -90,8 +90,7 @@ def op_work(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, fl
         w = mats * h * f
         # dequantize (codes and scales read, the copy in the compute dtype written); the
         # dense expert reads the copy (counted in `by`)
-        deq_bytes = w * (_dequant_bytes(b) + INT4_SCALE_BYTES / int4_group(h, f))
-        return fl + 4.0 * w, by + deq_bytes
+        return fl + 4.0 * w, by + w * _dequant_bytes(b, h, f)
     if op == "router_gate":
         return _router_work(n, s, b)
     if op in ("h2d_copy", "d2h_copy"):
@@ -102,12 +101,12 @@ def op_work(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, fl
     raise CostModelError(f"no work formula for op {op!r}")  # pragma: no cover
 
 
-def _dequant_bytes(b: int) -> float:
-    """Bytes per weight that `quant.dequantize_int4` moves in torch, scales aside: the codes
-    to int8 codes (8: a mask, a shift and their two casts each read and write half a byte per
-    weight, then the concatenation and the -8 offset each read and write one), the cast to the
-    compute dtype (1 + b) and the scaling (2b)."""
-    return 9.0 + 3.0 * b
+def _dequant_bytes(b: int, hidden: int, inner: int) -> float:
+    """Bytes per weight that `quant.dequantize_int4` moves in torch: the codes to int8 codes
+    (8: a mask, a shift and their two casts each read and write half a byte per weight, then
+    the concatenation and the -8 offset each read and write one), the cast to the compute
+    dtype (1 + b), the scaling (2b), and the weight's share of its group's fp16 scale."""
+    return 9.0 + 3.0 * b + INT4_SCALE_BYTES / int4_group(hidden, inner)
 
 
 #: int4 layer backends that dequantize into a copy in the compute dtype on every call, and
@@ -142,8 +141,7 @@ def _layer_work(n: float, s: OpShape, b: int, int4: bool,
         dequantized = float(s.num_experts) if _DEQUANT_COPIES[backend] else active
         # torch's dequantization and the scales of every copy; the matmuls read the copies of
         # the active experts only
-        weights = (dequantized * w * (_dequant_bytes(b) + INT4_SCALE_BYTES / int4_group(h, f))
-                   + active * w * b)
+        weights = dequantized * w * _dequant_bytes(b, h, f) + active * w * b
     elif int4:  # the fused backends dequantize in registers the weights they read
         dequantized = active
         weights = active * w * int4_weight_bytes(h, f)
