@@ -11,9 +11,9 @@ import sys
 sys.path.insert(0, "benchmarks/gpu")
 sys.path.insert(0, "benchmarks")
 
-import compile_check as cc  # noqa: E402
+import compile_check as cc
 
-from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe import fused_triton as ft
 
 for which, name in (("gate_up", "w64t64r16fp"), ("down", "w64t64k32r16fp")):
     gated = which == "gate_up"
