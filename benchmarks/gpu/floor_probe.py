@@ -1,0 +1,342 @@
+"""How few joules could any kernel spend on the experts of one layer step? Measured floors.
+
+The issue's 512-token targets ask the fused step to spend 2x (bf16) and 3x (int4) less energy
+than the `torch._grouped_mm` step. Whether a kernel can get there is a question about the card,
+not about one kernel, so this script measures, on the same lease, what the expert part of such
+a step costs in the cheapest forms there are (every row: NVML total-energy counter over a
+>= --window s window of CUDA-graph replays, time by CUDA events):
+
+- `stream bf16` / `stream int4`: one read of the step's weight bytes (bf16; int4 codes plus
+  fp16 scales) by a Triton streaming kernel at the grid that read fastest in run 15 (4 programs
+  per SM). Any kernel must read these bytes once per step (they do not fit in L2).
+- `bmm`: cuBLAS batched GEMMs on the ideal version of the work: every expert gets exactly
+  tokens * k / E rows, already gathered (no routing, gather, scatter or combine), the same SwiGLU
+  in between.
+- `bmm, weights from L2`: the same with one expert's weights standing in for all (stride 0), so
+  the weights come from L2: the multiply-accumulate work of these tile shapes with cuBLAS, with
+  almost no weight traffic from HBM.
+- the project's fused kernels (bf16 and int4, the tuned table's configurations) and the grouped
+  experts (`grouped_forward`) on the same balanced routing and on uniform random routing, experts
+  only (no router), each captured in a graph.
+
+With --layer-json (a `kernels_bench.py` JSON of the same lease with the layer steps at the same
+sizes) it also prints bounds: the rest of the captured fused step (routing, dispatch, combine,
+copies: the step's energy minus its experts' energy on random routing, a difference of two
+measurements) plus a floor for the experts, against the grouped step. The floor for the experts
+is the larger of the byte stream and the L2-resident cuBLAS GEMMs: a kernel must do both, and
+is assumed to be no cheaper than either alone. These are bounds with stated assumptions
+(cuBLAS's efficiency on these tiles; streaming at the best measured rate), labeled estimates.
+
+    PYTHONPATH=$PWD python3 benchmarks/gpu/floor_probe.py --out $OUT/floor.json \
+        --layer-json $OUT/k/kernels_bench.json
+
+--device cpu is a smoke test (host clock, 0 J, no streaming kernel, no graphs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+from _meta import provenance, write_json  # noqa: E402
+from kernels_bench import (  # noqa: E402
+    ClockOnly,
+    Energy,
+    bf16_and_int4_stacks,
+    resolve_shapes,
+    routing,
+)
+from padding_probe import balanced_idx  # noqa: E402
+
+from wattmoe.errors import ConfigError  # noqa: E402
+from wattmoe.moe import build_dispatch  # noqa: E402
+from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.grouped import activation, grouped_forward  # noqa: E402
+
+STREAM_BLOCK = 8192  # bf16 elements per program and loop step: run 15's fastest grid
+STREAM_PER_SM = 4
+CHUNK = 1 << 30  # elements per streaming launch (the kernel's offsets are 32-bit)
+
+
+def _stream_fn(buf: torch.Tensor, sms: int) -> Callable[[], None]:
+    """One read of buf (bf16 view, length a multiple of STREAM_BLOCK) by `_stream_sum`."""
+    from stream_sm_power import _stream_sum
+
+    grid = STREAM_PER_SM * sms
+    out = torch.empty(grid, device=buf.device, dtype=torch.float32)
+    chunks = [buf[i:i + CHUNK] for i in range(0, buf.numel(), CHUNK)]
+
+    def fn() -> None:
+        for c in chunks:
+            _stream_sum[(grid,)](c, out, c.numel() // STREAM_BLOCK, BLOCK=STREAM_BLOCK,
+                                 num_warps=8)
+    return fn
+
+
+def stream_buffer(nbytes: int, dev: torch.device) -> torch.Tensor:
+    """A bf16 buffer of at least nbytes, rounded up to whole stream blocks."""
+    n = -(-nbytes // 2 // STREAM_BLOCK) * STREAM_BLOCK
+    return torch.empty(n, device=dev, dtype=torch.bfloat16).normal_()
+
+
+def graphed(fn: Callable[[], object], dev: torch.device) -> Callable[[], object]:
+    """fn captured in a CUDA graph (after warm-up runs); fn itself off CUDA."""
+    if dev.type != "cuda":
+        return fn
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def time_us(fn: Callable[[], object], dev: torch.device) -> float:
+    """us per call: the median of 5 timings of 20 calls by CUDA events (one call timed by the
+    host clock off CUDA, the smoke test, where Triton's interpreter runs the kernels)."""
+    reps, rounds = (20, 5) if dev.type == "cuda" else (1, 1)
+    fn()
+    out = []
+    for _ in range(rounds):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+            ev[0].record()
+            for _ in range(reps):
+                fn()
+            ev[1].record()
+            torch.cuda.synchronize()
+            out.append(ev[0].elapsed_time(ev[1]) * 1e3 / reps)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            out.append((time.perf_counter() - t0) * 1e6 / reps)
+    return statistics.median(out)
+
+
+def expert_flops(cfg, rows: int, gated: bool) -> float:
+    """Multiply-adds x 2 of the expert GEMMs for `rows` assignments."""
+    return 2.0 * rows * cfg.hidden_size * cfg.expert_inner_size * (3 if gated else 2)
+
+
+def probe_shape(spec: str, cfg, tokens: int, args, nrg, dev: torch.device,
+                record: Callable[[dict[str, object]], None]) -> None:
+    e_num, k, h_dim = cfg.num_experts, cfg.top_k, cfg.hidden_size
+    if (tokens * k) % e_num:
+        raise SystemExit(f"error: {spec} at {tokens} tokens: tokens x k = {tokens * k} is not a "
+                         f"multiple of {e_num} experts, so no routing is exactly balanced")
+    m = tokens * k // e_num
+    gen = torch.Generator(device=dev).manual_seed(args.seed)
+    st, qst = bf16_and_int4_stacks(cfg, dev, seed=args.seed)
+    w13, w2 = st.dense(torch.bfloat16)
+    bytes_bf16 = w13.numel() * 2 + w2.numel() * 2
+    assert qst.q13 is not None and qst.s13 is not None and qst.q2 is not None
+    assert qst.s2 is not None
+    bytes_int4 = sum(t.numel() * t.element_size() for t in (qst.q13, qst.s13, qst.q2, qst.s2))
+    flops = expert_flops(cfg, tokens * k, st.gated)
+    base = {"shape": spec, "tokens": tokens, "rows_per_expert": m,
+            "weight_bytes_bf16": bytes_bf16, "weight_bytes_int4": bytes_int4, "flops": flops}
+
+    def measure(variant: str, fn: Callable[[], object], graph: bool = True,
+                **extra: object) -> None:
+        run = graphed(fn, dev) if graph else fn
+        t = time_us(run, dev)
+        w = nrg.window(run, args.window)
+        mj = w["energy_j"] / w["steps"] * 1e3
+        row = {**base, "variant": variant, "us": t, "energy_mj": mj,
+               "power_w": w["energy_j"] / w["seconds"] if w["seconds"] else 0.0,
+               "steps": w["steps"], "window_s": w["seconds"], "source": nrg.source,
+               "time_source": "CUDA events" if dev.type == "cuda" else "host clock", **extra}
+        record(row)
+        print(f"{spec:>14} T={tokens:<5} {variant:44s} {t:9.1f} us {mj:9.2f} mJ "
+              f"{row['power_w']:6.0f} W", flush=True)
+
+    if dev.type == "cuda":
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        for name, nbytes in (("stream bf16 weight bytes", bytes_bf16),
+                             ("stream int4 weight bytes", bytes_int4)):
+            buf = stream_buffer(nbytes, dev)
+            measure(name, _stream_fn(buf, sms), graph=False, bytes=buf.numel() * 2)
+            del buf
+    # cuBLAS on the ideal work: exactly m rows per expert, gathered, no routing or combine
+    x3 = torch.randn(e_num, m, h_dim, device=dev, generator=gen).bfloat16()
+    w13t, w2t = w13.transpose(1, 2), w2.transpose(1, 2)
+
+    def bmm(a13: torch.Tensor, a2: torch.Tensor) -> Callable[[], torch.Tensor]:
+        def fn() -> torch.Tensor:
+            hmid = torch.bmm(x3, a13)
+            act = activation(hmid.view(-1, hmid.shape[-1]), st.gated).view(e_num, m, -1)
+            return torch.bmm(act, a2)
+        return fn
+
+    measure("bmm (cuBLAS), balanced, no routing", bmm(w13t, w2t))
+    one13, one2 = w13t[:1].expand_as(w13t), w2t[:1].expand_as(w2t)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        bmm(one13, one2)()
+        torch.cuda.synchronize()
+        extra_mb = (torch.cuda.max_memory_allocated(dev) - before) / 1e6
+    else:
+        extra_mb = 0.0
+    # a copy of the expanded weights would show as ~E x one expert's bytes of extra memory
+    measure("bmm (cuBLAS), weights from L2 (one expert)", bmm(one13, one2),
+            peak_extra_mb=extra_mb, one_expert_mb=bytes_bf16 / e_num / 1e6)
+
+    x = torch.randn(tokens, h_dim, device=dev, generator=gen).bfloat16()
+    w = torch.rand(tokens, k, device=dev, generator=gen) + 0.05
+    dispatches = {
+        "balanced": build_dispatch(balanced_idx(tokens, e_num, k, dev), w / w.sum(1, True),
+                                   e_num, with_rowof=True),
+        "random": routing("uniform", tokens, e_num, k, dev, gen),
+    }
+    with torch.inference_mode():
+        for rname, d in dispatches.items():
+            n = d.token_idx.numel()
+            for wname, stack in (("bf16", st), ("int4", qst)):
+                cfg_name = ft.choose_config(stack, n, dev)
+                pair = ft.resolve_config(cfg_name, stack.quantized)
+                measure(f"fused {wname} experts, {rname} routing",
+                        lambda stack=stack, d=d, pair=pair: ft.fused_forward(stack, x, d, pair),
+                        config=cfg_name)
+            measure(f"grouped bf16 experts, {rname} routing",
+                    lambda d=d: grouped_forward(st, x, d))
+
+
+def _layer_rows(path: Path) -> list[dict[str, object]]:
+    try:
+        data = json.loads(path.read_text())
+        rows = data["energy"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"error: --layer-json {path}: not a kernels_bench.py result with an "
+                         f"'energy' section ({exc.__class__.__name__}: {exc})") from None
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def bounds(rows: list[dict[str, object]], layer: list[dict[str, object]]
+           ) -> list[dict[str, object]]:
+    """Per (shape, tokens): the grouped step against floors for the fused step (estimates).
+
+    The layer steps are the captured ones ("+step_graph") where the run has them, else eager.
+    rest = fused step - fused experts on random routing (the same weights' kind); the floor of
+    the experts is max(stream of the weight bytes, cuBLAS GEMMs with L2-resident weights).
+    """
+    out = []
+    keys = sorted({(r["shape"], r["tokens"]) for r in rows}, key=str)
+    for shape, tokens in keys:
+        mine = {r["variant"]: r["energy_mj"] for r in rows
+                if r["shape"] == shape and r["tokens"] == tokens}
+
+        def step_mj(backend: str, mine_shape=shape, mine_tokens=tokens) -> tuple[float, str]:
+            for suffix in ("+step_graph", ""):
+                for r in layer:
+                    if (r.get("shape") == mine_shape and r.get("tokens") == mine_tokens
+                            and r.get("backend") == backend + suffix
+                            and r.get("uj_per_token")):
+                        return float(r["uj_per_token"]) * mine_tokens / 1e3, backend + suffix
+            return math.nan, ""
+
+        grouped, g_name = step_mj("grouped")
+        l2 = mine.get("bmm (cuBLAS), weights from L2 (one expert)", math.nan)
+        rec: dict[str, object] = {"shape": shape, "tokens": tokens,
+                                  "grouped_step_mj": grouped, "grouped_step": g_name,
+                                  "source": "estimate: sums and differences of measured "
+                                            "energies (see the docstring)"}
+        for wname, fused_backend in (("bf16", "fused"), ("int4", "fused_int4")):
+            step, s_name = step_mj(fused_backend)
+            experts = mine.get(f"fused {wname} experts, random routing", math.nan)
+            rest = step - experts
+            stream = mine.get(f"stream {wname} weight bytes", math.nan)
+            floor = max(stream, l2)
+            cublas = mine.get("bmm (cuBLAS), balanced, no routing", math.nan)
+            rec[wname] = {
+                "fused_step": s_name, "fused_step_mj": step,
+                "ratio_now": grouped / step,
+                "rest_mj": rest,
+                "experts_floor_mj": floor,
+                "ratio_ceiling": grouped / (floor + rest),
+                "ratio_ceiling_no_rest": grouped / floor,
+                **({"ratio_cublas_bmm": grouped / (cublas + rest)} if wname == "bf16" else {}),
+            }
+        out.append(rec)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3")
+    ap.add_argument("--tokens", default="512", help="comma-separated step sizes")
+    ap.add_argument("--window", type=float, default=2.0, help="seconds per energy window")
+    ap.add_argument("--layer-json", default=None,
+                    help="kernels_bench.py JSON of the same lease, for the bounds")
+    ap.add_argument("--out", default="floor.json")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda", help="cpu: smoke test (0 J, host clock)")
+    ap.add_argument("--scale", type=float, default=1.0, help="width scale of every shape")
+    args = ap.parse_args(argv)
+    try:
+        tokens_list = [int(t) for t in args.tokens.split(",") if t]
+    except ValueError:
+        ap.error(f"--tokens: comma-separated integers, got {args.tokens!r}")
+    if not tokens_list or min(tokens_list) < 1:
+        ap.error("--tokens: at least one step size, each >= 1")
+    if not args.window > 0:
+        ap.error("--window: seconds > 0")
+    try:
+        shapes = resolve_shapes(args.shapes, args.scale)
+    except ConfigError as exc:
+        ap.error(f"--shapes: {exc}")
+    layer = _layer_rows(Path(args.layer_json)) if args.layer_json else None
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU here (--device cpu is the smoke test)")
+    nrg = Energy() if dev.type == "cuda" else ClockOnly()
+    out_path = Path(args.out)
+    payload: dict[str, object] = {**provenance(), "args": vars(args), "gpu": nrg.info(),
+                                  "rows": []}
+    rows: list[dict[str, object]] = payload["rows"]  # type: ignore[assignment]
+
+    def record(row: dict[str, object]) -> None:
+        rows.append(row)
+        write_json(out_path, payload)  # after every row: an interrupted run keeps it
+
+    for spec, cfg in shapes:
+        for tokens in tokens_list:
+            probe_shape(spec, cfg, tokens, args, nrg, dev, record)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    if layer is not None:
+        payload["bounds"] = bounds(rows, layer)
+        for b in payload["bounds"]:  # type: ignore[union-attr]
+            for wname in ("bf16", "int4"):
+                r = b[wname]
+                print(f"{b['shape']:>14} T={b['tokens']:<5} {wname}: now {r['ratio_now']:.2f}x; "
+                      f"ceiling {r['ratio_ceiling']:.2f}x (experts floor "
+                      f"{r['experts_floor_mj']:.1f} mJ + rest {r['rest_mj']:.1f} mJ vs grouped "
+                      f"{b['grouped_step_mj']:.1f} mJ; {r['ratio_ceiling_no_rest']:.2f}x with "
+                      f"no rest)" + (f"; cuBLAS bmm {r['ratio_cublas_bmm']:.2f}x"
+                                     if "ratio_cublas_bmm" in r else ""), flush=True)
+    write_json(out_path, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
