@@ -284,6 +284,11 @@ INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128"
 for _t in (16, 32):
     INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t64k32", "w64t64k32d", "w64t64"],
                                       _t))
+# and on 16- and 32-token tiles, for steps with ~16-48 rows per expert (512 tokens: Qwen3-30B-A3B
+# 32 +- 6, DeepSeek-V3 16 +- 4): run 53 (results/h200/kernels/run53_floors) had the table's
+# 64- and 32-token tiles there, half of whose MMA columns are padding
+INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32", "w64t16"], 16))
+INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32"], 32))
 # every int4 tile also with fragment-ordered words: compiled for sm_90, the K loop of the
 # `w64t64k32` gate/up launch has 279 instead of 345 instructions (no byte loads and byte
 # packing before the dequantization), and the int4 launches are bound by issuing them (ncu,
