@@ -289,6 +289,12 @@ for _t in (16, 32):
 # 64- and 32-token tiles there, half of whose MMA columns are padding
 INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32", "w64t16"], 16))
 INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32"], 32))
+# 128 weight rows over two warp groups on 32-token tiles: each program reads its activation
+# tile once for twice the rows (Qwen3's down launch at 512 tokens re-reads 48-row activation
+# tiles once per 64 output rows: ~300 MB from L2 against 100 MB of int4 weights)
+INT4_CANDIDATES.update({"w128t32": (_wt(128, 32, 64, 4, 8, 4), _wt(128, 32, 64, 4, 8, 4)),
+                        "w128t32k32s3": (_wt(128, 32, 32, 4, 8, 3), _wt(128, 32, 32, 4, 8, 3))})
+INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w128t32", "w128t32k32s3"], 16))
 # every int4 tile also with fragment-ordered words: compiled for sm_90, the K loop of the
 # `w64t64k32` gate/up launch has 279 instead of 345 instructions (no byte loads and byte
 # packing before the dequantization), and the int4 launches are bound by issuing them (ncu,
