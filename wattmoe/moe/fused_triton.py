@@ -289,12 +289,6 @@ for _t in (16, 32):
 # 64- and 32-token tiles there, half of whose MMA columns are padding
 INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32", "w64t16"], 16))
 INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32"], 32))
-# 128 weight rows over two warp groups on 32-token tiles: each program reads its activation
-# tile once for twice the rows (Qwen3's down launch at 512 tokens re-reads 48-row activation
-# tiles once per 64 output rows: ~300 MB from L2 against 100 MB of int4 weights)
-INT4_CANDIDATES.update({"w128t32": (_wt(128, 32, 64, 4, 8, 4), _wt(128, 32, 64, 4, 8, 4)),
-                        "w128t32k32s3": (_wt(128, 32, 32, 4, 8, 3), _wt(128, 32, 32, 4, 8, 3))})
-INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w128t32", "w128t32k32s3"], 16))
 # every int4 tile also with fragment-ordered words: compiled for sm_90, the K loop of the
 # `w64t64k32` gate/up launch has 279 instead of 345 instructions (no byte loads and byte
 # packing before the dequantization), and the int4 launches are bound by issuing them (ncu,
@@ -314,7 +308,9 @@ INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
 # w128t128k32 and their TMA variants; results/h200/kernels/run28_verify_int4: at OLMoE 512
 # tokens the best, w128t64k32s3d, took 285 us per step against 264 for the table's pick);
 # and with tail rows (w128t64r16fp, w128t64r32fp; results/h200/kernels/run50_w128: OLMoE 512
-# gate/up 117 vs 104 us). Kernel variants measured and reverted: block-split words (run44),
+# gate/up 117 vs 104 us); on 32-token tiles (w128t32, w128t32k32s3, with 16-row tails;
+# results/h200/kernels/run55_w128t32: Qwen3 512 gate/up 133 vs 108 us, down 83 vs 85). Kernel
+# variants measured and reverted: block-split words (run44),
 # gate and up rows stacked over two warp groups (run47), interleaved gate/up rows (run41).
 
 
