@@ -55,6 +55,7 @@ from kernels_bench import (  # noqa: E402
     ClockOnly,
     Energy,
     bf16_and_int4_stacks,
+    graphed,
     resolve_shapes,
     routing,
 )
@@ -89,22 +90,6 @@ def stream_buffer(nbytes: int, dev: torch.device) -> torch.Tensor:
     """A bf16 buffer of at least nbytes, rounded up to whole stream blocks."""
     n = -(-nbytes // 2 // STREAM_BLOCK) * STREAM_BLOCK
     return torch.empty(n, device=dev, dtype=torch.bfloat16).normal_()
-
-
-def graphed(fn: Callable[[], object], dev: torch.device) -> Callable[[], object]:
-    """fn captured in a CUDA graph (after warm-up runs); fn itself off CUDA."""
-    if dev.type != "cuda":
-        return fn
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 def time_us(fn: Callable[[], object], dev: torch.device) -> float:

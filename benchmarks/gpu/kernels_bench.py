@@ -119,6 +119,22 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def graphed(fn: Callable[[], object], dev: torch.device) -> Callable[[], object]:
+    """fn captured in a CUDA graph (after warm-up runs on a side stream); fn itself off CUDA."""
+    if dev.type != "cuda":
+        return fn
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
 def bench_ms(fn: Callable[[], object]) -> float:
     """Median time of fn in ms: triton.testing.do_bench (CUDA events) on a GPU, else a timer."""
     if torch.cuda.is_available():
@@ -475,10 +491,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="of check, tune, energy; run in this order")
     ap.add_argument("--tune-weights", default="bf16,int4")
     ap.add_argument("--tune-tokens", default="", help="default: --tokens")
-    ap.add_argument("--tune-by", choices=("eager", "gpu"), default="eager",
+    ap.add_argument("--tune-by", choices=("eager", "gpu", "energy"), default="eager",
                     help="pick the candidate with the shortest eager step (host launch cost "
-                         "included) or the shortest GPU time of its two launches (CUPTI; what "
-                         "a captured step runs)")
+                         "included), the shortest GPU time of its two launches (CUPTI; what "
+                         "a captured step runs), or the fewest joules per captured experts "
+                         "step (NVML counter) among the --tune-energy-top fastest by GPU time")
+    ap.add_argument("--tune-energy-top", type=int, default=4,
+                    help="--tune-by energy: how many of the fastest candidates (GPU time, "
+                         "the composite pair included) get an energy window each")
+    ap.add_argument("--tune-window", type=float, default=1.0,
+                    help="--tune-by energy: seconds per candidate's energy window")
     ap.add_argument("--tune-candidates", default="",
                     help="candidate names to time at every size (default: by rows per expert)")
     ap.add_argument("--check-cases", default="uniform:64,uniform:4096,skewed:512,skewed:4096,"
@@ -501,6 +523,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--device: {exc}")
     if not 0 < args.scale < math.inf:
         ap.error(f"--scale: a positive number, got {args.scale}")
+    if args.tune_energy_top < 1 or not 0 < args.tune_window < math.inf:
+        ap.error("--tune-energy-top: at least 1; --tune-window: seconds > 0")
     if args.shapes is None:
         args.shapes = default_shapes(dev)
     try:
@@ -717,17 +741,48 @@ class Bench:
                     best = min(times, key=times.__getitem__)
                     gpu = {c: _gpu_ms(c, parts) for c in times}
                     gpu = {c: t for c, t in gpu.items() if t is not None}
-                    if self.args.tune_by == "gpu" and gpu:
+                    if self.args.tune_by in ("gpu", "energy") and gpu:
                         best = min(gpu, key=gpu.__getitem__)
-                    elif self.args.tune_by == "gpu":
-                        log(f"   --tune-by gpu: no CUPTI split at T={tokens} {wname}; "
-                            "picked by eager time")
+                    elif self.args.tune_by in ("gpu", "energy"):
+                        log(f"   --tune-by {self.args.tune_by}: no CUPTI split at T={tokens} "
+                            f"{wname}; picked by eager time")
+                    if self.args.tune_by == "energy":
+                        best = self._tune_energy(stk, x, d, gpu or times, best, shape, tokens,
+                                                 wname)
                     self.tuned.setdefault(ft.shape_key(stk), {})[str(n_assign)] = best
                     log(f"   tune T={tokens:5d} {wname}: " + " ".join(
                         f"{c}={t * 1e3:.0f}us" + split_us(parts.get(c)) for c, t in times.items())
                         + f" -> {best}; grouped {g * 1e3:.0f}us")
         ft.set_tuned(self.dev, self.tuned)
         self.save()
+
+    def _tune_energy(self, stk, x: torch.Tensor, d: Dispatch, times: dict[str, float],
+                     best: str, shape: str, tokens: int, wname: str) -> str:
+        """The candidate, of the --tune-energy-top fastest, whose experts step (captured in a
+        CUDA graph where there is one) spends the fewest joules (NVML window each); `best`
+        where no window measured anything. Each window's energy goes into its tune record."""
+        fastest = sorted(times, key=times.__getitem__)[:self.args.tune_energy_top]
+        mj: dict[str, float] = {}
+        for cand in fastest:
+            try:
+                with torch.inference_mode():
+                    run = graphed(lambda c=cand: ft.fused_forward(stk, x, d, c), self.dev)
+                    w = self.nrg.window(run, self.args.tune_window)
+            except Exception as exc:
+                self.error(f"tune energy {shape} {tokens} {wname} {cand}", exc)
+                continue
+            mj[cand] = w["energy_j"] / w["steps"] * 1e3
+            for rec in self.payload["tune"]:
+                if (rec["shape"], rec["tokens"], rec["weights"], rec["impl"]) == (
+                        shape, tokens, wname, f"fused:{cand}"):
+                    rec.update(energy_mj=mj[cand], energy_power_w=w["energy_j"] / w["seconds"]
+                               if w["seconds"] else None, energy_source=self.nrg.source)
+        if not any(mj.values()):  # no counter (smoke test) or nothing measured
+            return best
+        pick = min(mj, key=mj.__getitem__)
+        log(f"   tune T={tokens:5d} {wname} by energy: " + " ".join(
+            f"{c}={e:.2f}mJ" for c, e in mj.items()) + f" -> {pick}")
+        return pick
 
     def energy(self, shape: str, cfg, variants: dict[str, SimpleMoELayer]) -> None:
         a = self.args

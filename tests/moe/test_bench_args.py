@@ -89,3 +89,48 @@ def test_step_profile_refuses_an_unknown_spec_in_one_line(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _bench_with_fake_counter(tmp_path, monkeypatch, joules: dict[str, float]):
+    kb = load_script(KERNELS_BENCH)
+    args = kb.parse_args(["--device", "cpu", "--shapes", "tiny", "--out", str(tmp_path),
+                          "--tune-by", "energy", "--tune-energy-top", "2"])
+    bench = kb.Bench(args)
+    ran: list[str] = []
+    monkeypatch.setattr(kb.ft, "fused_forward", lambda st, x, d, cand: ran.append(cand))
+
+    class Counter:  # the joules of a window follow the candidate its step ran
+        source = "test counter"
+
+        def window(self, step, seconds: float) -> dict[str, float]:
+            step()
+            return {"energy_j": joules[ran[-1]], "seconds": seconds, "steps": 1000}
+
+        def info(self) -> dict[str, object]:
+            return {}
+
+    bench.nrg = Counter()
+    bench.payload["tune"] = [{"shape": "tiny", "tokens": 8, "weights": "int4",
+                              "impl": f"fused:{c}"} for c in joules]
+    return bench
+
+
+def test_tune_by_energy_takes_the_fewest_joules_among_the_fastest(tmp_path, monkeypatch) -> None:
+    bench = _bench_with_fake_counter(tmp_path, monkeypatch, {"a": 3.0, "b": 2.0, "c": 1.0})
+    gpu_ms = {"a": 1.0, "b": 2.0, "c": 3.0}  # c spends least but is not among the 2 fastest
+    assert bench._tune_energy(None, None, None, gpu_ms, "a", "tiny", 8, "int4") == "b"
+    assert [r.get("energy_mj") for r in bench.payload["tune"]] == [3.0, 2.0, None]
+
+
+def test_tune_by_energy_without_a_counter_keeps_the_fastest(tmp_path, monkeypatch) -> None:
+    bench = _bench_with_fake_counter(tmp_path, monkeypatch, {"a": 0.0, "b": 0.0})
+    assert bench._tune_energy(None, None, None, {"a": 2.0, "b": 1.0}, "b", "tiny", 8,
+                              "int4") == "b"
+
+
+@pytest.mark.parametrize("argv", [["--tune-energy-top", "0"], ["--tune-window", "0"]])
+def test_tune_by_energy_options_are_checked(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        load_script(KERNELS_BENCH).parse_args(["--device", "cpu", *argv])
+    assert exc.value.code == 2
+    assert "--tune-energy-top: at least 1" in capsys.readouterr().err
