@@ -10,7 +10,7 @@ tail -1 $OUT/m_log.txt
 timeout 300 python3 benchmarks/gpu/kernels_bench.py --out /tmp/k --sections check,energy --check-step-graph fused \
   --variants loop,grouped,fused,fused_int4 \
   --graph-variants grouped+step_graph,fused+step_graph,fused_int4+step_graph \
-  --graph-tokens 64,512 --graph-max-experts 128 --window 2 > /tmp/k/../k_log.txt 2>&1
+  --graph-tokens 64,512 --graph-max-experts 128 --window 2 > /tmp/k_log.txt 2>&1
 mkdir -p /tmp/k; cp /tmp/k_log.txt /tmp/k/; tar czf $OUT/k.tgz -C /tmp k
 grep -v Warn /tmp/k_log.txt | tail -17
 timeout 185 python3 benchmarks/gpu/floor_probe.py --out /tmp/k/floor.json --layer-json /tmp/k/kernels_bench.json \
