@@ -1,9 +1,10 @@
-"""Plots of committed kernel results (no GPU needed): energy per token per backend, and the
-streaming-power sweep.
+"""Plots of committed kernel results (no GPU needed): energy per token per backend, the
+streaming-power sweep, and the floors of one step's experts.
 
     python benchmarks/gpu/plot_kernels.py \
         --bench results/h200/kernels/run18_final/k/kernels_bench.json \
         --stream results/h200/kernels/run15_retune/s/stream_sm_power.json \
+        --floor results/h200/kernels/run57_final_table/k/floor.json \
         --out results/h200/kernels/plots
 
 Every figure is drawn from the JSON's measured numbers (NVML energy counter, CUDA events) and
@@ -141,6 +142,70 @@ def read_stream(path: Path) -> StreamFile:
     return StreamFile(rows, sms, idle_w)
 
 
+@dataclass(frozen=True)
+class FloorRow:
+    """One measurement of a floor_probe.json: the experts of one step in one form."""
+
+    shape: str
+    tokens: int
+    variant: str
+    energy_mj: float
+
+
+def read_floor(path: Path) -> list[FloorRow]:
+    """The rows of a floor_probe.json.
+
+    Raises:
+        InputError: unreadable, a field missing or of the wrong type, or no rows.
+    """
+    payload = _load(path, "floor_probe.json")
+    try:  # only reads and converts the file's fields: any error here is the file's
+        rows = [FloorRow(str(r["shape"]), int(r["tokens"]), str(r["variant"]),
+                         _measured(r["energy_mj"])) for r in payload["rows"]]
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # as in read_bench
+        raise InputError(f"{path}: not a floor_probe.json with rows to plot ({exc!r})") from None
+    if not rows:
+        raise InputError(f"{path}: no rows to plot")
+    return rows
+
+
+def floor_plot(floor: Path, out: Path) -> Path:
+    """Energy per step of each form of the experts, one panel per (shape, step size), as a
+    fraction of the grouped experts on random routing where the file has them.
+
+    Raises:
+        InputError: `floor` is not a readable floor_probe.json with rows.
+    """
+    rows = read_floor(floor)
+    cases = list(dict.fromkeys((r.shape, r.tokens) for r in rows))
+    fig, axes = plt.subplots(1, len(cases), figsize=(6.5 * len(cases), 4.6), squeeze=False)
+    for ax, (shape, tokens) in zip(axes[0], cases, strict=True):
+        mine = [r for r in rows if (r.shape, r.tokens) == (shape, tokens)]
+        ref = next((r.energy_mj for r in mine
+                    if r.variant == "grouped bf16 experts, random routing"), None)
+        colors = ["tab:gray" if r.variant.startswith(("stream", "bmm")) else
+                  "tab:blue" if r.variant.startswith("grouped") else
+                  "tab:green" if "int4" in r.variant else "tab:red" for r in mine]
+        y = range(len(mine))
+        ax.barh(list(y), [r.energy_mj for r in mine], color=colors)
+        ax.set_yticks(list(y), [r.variant for r in mine], fontsize=7)
+        ax.invert_yaxis()
+        for i, r in enumerate(mine):
+            note = f" {r.energy_mj:.1f}" + (f" ({r.energy_mj / ref:.2f})" if ref else "")
+            ax.text(r.energy_mj, i, note, va="center", fontsize=7)
+        ax.set_xlabel("mJ per step (measured, NVML); in brackets: / grouped, random routing")
+        ax.set_title(f"{shape}, {tokens} tokens per step", fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set_xlim(0, max(r.energy_mj for r in mine) * 1.35)
+    fig.suptitle(f"the experts of one step: floors (gray) against the fused (red bf16, green "
+                 f"int4) and grouped (blue) kernels ({floor})", fontsize=9)
+    fig.tight_layout()
+    path = out / "floors.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def energy_plot(bench: Path, out: Path) -> Path:
     """uJ/token vs tokens per step, one panel per shape, one line per backend.
 
@@ -212,15 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", type=Path, help="a kernels_bench.json")
     ap.add_argument("--stream", type=Path, help="a stream_sm_power.json")
+    ap.add_argument("--floor", type=Path, help="a floor_probe.json")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    if not args.bench and not args.stream:
-        ap.error("give --bench and/or --stream")
-    for p in (args.bench, args.stream):
+    if not args.bench and not args.stream and not args.floor:
+        ap.error("give --bench, --stream and/or --floor")
+    for p in (args.bench, args.stream, args.floor):
         if p is not None and not p.is_file():
             ap.error(f"{p}: no such file")
     args.out.mkdir(parents=True, exist_ok=True)
-    for path, plot in ((args.bench, energy_plot), (args.stream, stream_plot)):
+    for path, plot in ((args.bench, energy_plot), (args.stream, stream_plot),
+                       (args.floor, floor_plot)):
         if path is None:
             continue
         try:

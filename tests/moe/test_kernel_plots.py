@@ -103,3 +103,27 @@ def test_an_error_while_drawing_is_not_blamed_on_the_input(
     monkeypatch.setattr(mod.plt, "subplots", broken)
     with pytest.raises(error, match="a bug in the figure code"):
         mod.main(["--bench", str(bench), "--out", str(tmp_path)])
+
+
+def test_floor_plot_from_committed_results(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    floor = RESULTS / "run57_final_table" / "k" / "floor.json"
+    assert load_script(SCRIPT).main(["--floor", str(floor), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "floors.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"rows": []}, "no rows to plot"),
+    ({"rows": [{"shape": "s", "tokens": 512, "variant": "v"}]}, "KeyError('energy_mj')"),
+    ({}, "KeyError('rows')"),
+])
+def test_a_bad_floor_file_is_one_usage_error(tmp_path: Path, payload: dict[str, object],
+                                             message: str, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps(payload))
+    with pytest.raises(SystemExit) as exc:
+        load_script(SCRIPT).main(["--floor", str(floor), "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
