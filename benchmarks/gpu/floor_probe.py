@@ -216,50 +216,66 @@ def _layer_rows(path: Path) -> list[dict[str, object]]:
     return [r for r in rows if isinstance(r, dict)]
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN where b is not a positive number (a missing part, or no counter: 0 J)."""
+    return a / b if b > 0 else math.nan
+
+
 def bounds(rows: list[dict[str, object]], layer: list[dict[str, object]]
            ) -> list[dict[str, object]]:
     """Per (shape, tokens): the grouped step against floors for the fused step (estimates).
 
-    The layer steps are the captured ones ("+step_graph") where the run has them, else eager.
-    rest = fused step - fused experts on random routing (the same weights' kind); the floor of
-    the experts is max(stream of the weight bytes, cuBLAS GEMMs with L2-resident weights).
+    The layer steps are the captured ones ("+step_graph") where the run has both the grouped
+    and the fused step captured, else the eager ones: a ratio never sets a captured step
+    against an eager one. rest = fused step - fused experts on random routing (the same
+    weights' kind); the floor of the experts is max(stream of the weight bytes, cuBLAS GEMMs
+    with L2-resident weights), NaN where either was not measured.
     """
     out = []
-    keys = sorted({(r["shape"], r["tokens"]) for r in rows}, key=str)
+    keys = sorted({(r["shape"], r["tokens"]) for r in rows},
+                  key=lambda k: (str(k[0]), float(k[1])))  # type: ignore[arg-type]
     for shape, tokens in keys:
         mine = {r["variant"]: r["energy_mj"] for r in rows
                 if r["shape"] == shape and r["tokens"] == tokens}
 
-        def step_mj(backend: str, mine_shape=shape, mine_tokens=tokens) -> tuple[float, str]:
-            for suffix in ("+step_graph", ""):
-                for r in layer:
-                    if (r.get("shape") == mine_shape and r.get("tokens") == mine_tokens
-                            and r.get("backend") == backend + suffix
-                            and r.get("uj_per_token")):
-                        return float(r["uj_per_token"]) * mine_tokens / 1e3, backend + suffix
-            return math.nan, ""
+        def step_mj(backend: str, mine_shape=shape, mine_tokens=tokens) -> float:
+            for r in layer:
+                if (r.get("shape") == mine_shape and r.get("tokens") == mine_tokens
+                        and r.get("backend") == backend and r.get("uj_per_token")):
+                    return float(r["uj_per_token"]) * mine_tokens / 1e3
+            return math.nan
 
-        grouped, g_name = step_mj("grouped")
+        def pair(fused_backend: str) -> tuple[float, str, float, str]:
+            """(grouped mJ, its backend, fused mJ, its backend), both captured or both eager."""
+            for suffix in ("+step_graph", ""):
+                g, f = step_mj("grouped" + suffix), step_mj(fused_backend + suffix)
+                if g == g and f == f:
+                    return g, "grouped" + suffix, f, fused_backend + suffix
+            return math.nan, "", math.nan, ""
+
         l2 = mine.get("bmm (cuBLAS), weights from L2 (one expert)", math.nan)
+        grouped, g_name, _, _ = pair("fused")
         rec: dict[str, object] = {"shape": shape, "tokens": tokens,
                                   "grouped_step_mj": grouped, "grouped_step": g_name,
                                   "source": "estimate: sums and differences of measured "
-                                            "energies (see the docstring)"}
+                                            "energies (floor_probe.py, bounds())"}
         for wname, fused_backend in (("bf16", "fused"), ("int4", "fused_int4")):
-            step, s_name = step_mj(fused_backend)
+            grouped, g_name, step, s_name = pair(fused_backend)
             experts = mine.get(f"fused {wname} experts, random routing", math.nan)
             rest = step - experts
             stream = mine.get(f"stream {wname} weight bytes", math.nan)
-            floor = max(stream, l2)
+            floor = max(stream, l2) if stream == stream and l2 == l2 else math.nan
             cublas = mine.get("bmm (cuBLAS), balanced, no routing", math.nan)
             rec[wname] = {
+                "grouped_step": g_name, "grouped_step_mj": grouped,
                 "fused_step": s_name, "fused_step_mj": step,
-                "ratio_now": grouped / step,
+                "ratio_now": _ratio(grouped, step),
                 "rest_mj": rest,
                 "experts_floor_mj": floor,
-                "ratio_ceiling": grouped / (floor + rest),
-                "ratio_ceiling_no_rest": grouped / floor,
-                **({"ratio_cublas_bmm": grouped / (cublas + rest)} if wname == "bf16" else {}),
+                "ratio_ceiling": _ratio(grouped, floor + rest),
+                "ratio_ceiling_no_rest": _ratio(grouped, floor),
+                **({"ratio_cublas_bmm": _ratio(grouped, cublas + rest)}
+                   if wname == "bf16" else {}),
             }
         out.append(rec)
     return out
@@ -316,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{b['shape']:>14} T={b['tokens']:<5} {wname}: now {r['ratio_now']:.2f}x; "
                       f"ceiling {r['ratio_ceiling']:.2f}x (experts floor "
                       f"{r['experts_floor_mj']:.1f} mJ + rest {r['rest_mj']:.1f} mJ vs grouped "
-                      f"{b['grouped_step_mj']:.1f} mJ; {r['ratio_ceiling_no_rest']:.2f}x with "
+                      f"{r['grouped_step_mj']:.1f} mJ; {r['ratio_ceiling_no_rest']:.2f}x with "
                       f"no rest)" + (f"; cuBLAS bmm {r['ratio_cublas_bmm']:.2f}x"
                                      if "ratio_cublas_bmm" in r else ""), flush=True)
     write_json(out_path, payload)

@@ -79,3 +79,37 @@ def test_bad_arguments_are_usage_errors(flag: str, value: str, tmp_path, capsys)
         fp.main(["--device", "cpu", flag, value, "--out", str(tmp_path / "f.json")])
     assert exc.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_bounds_never_set_a_captured_step_against_an_eager_one() -> None:
+    fp = load_script(FLOOR)
+    rows = _rows("s", {"stream bf16 weight bytes": 120.0,
+                       "bmm (cuBLAS), weights from L2 (one expert)": 60.0,
+                       "fused bf16 experts, random routing": 160.0})
+    # the grouped step captured, the fused one only eager: both eager
+    layer = _layer("s", {"grouped+step_graph": 280.0, "grouped": 400.0, "fused": 200.0})
+    (b,) = fp.bounds(rows, layer)
+    assert (b["bf16"]["grouped_step"], b["bf16"]["fused_step"]) == ("grouped", "fused")
+    assert b["bf16"]["ratio_now"] == pytest.approx(400.0 / 200.0)
+
+
+@pytest.mark.parametrize("missing", ["stream bf16 weight bytes",
+                                     "bmm (cuBLAS), weights from L2 (one expert)"])
+def test_a_missing_floor_part_leaves_the_floor_nan(missing: str) -> None:
+    fp = load_script(FLOOR)
+    mj = {"stream bf16 weight bytes": 120.0, "bmm (cuBLAS), weights from L2 (one expert)": 60.0,
+          "fused bf16 experts, random routing": 160.0}
+    del mj[missing]
+    (b,) = fp.bounds(_rows("s", mj), _layer("s", {"grouped+step_graph": 280.0,
+                                                   "fused+step_graph": 180.0}))
+    assert math.isnan(b["bf16"]["experts_floor_mj"])
+    assert math.isnan(b["bf16"]["ratio_ceiling"])
+
+
+def test_zero_joules_give_nan_ratios_not_a_crash() -> None:
+    fp = load_script(FLOOR)  # e.g. rows of the CPU smoke test (0 J) against a GPU run's steps
+    rows = _rows("s", {"stream bf16 weight bytes": 0.0,
+                       "bmm (cuBLAS), weights from L2 (one expert)": 0.0,
+                       "fused bf16 experts, random routing": 0.0})
+    (b,) = fp.bounds(rows, _layer("s", {"grouped+step_graph": 280.0, "fused+step_graph": 180.0}))
+    assert math.isnan(b["bf16"]["ratio_ceiling_no_rest"])
