@@ -124,10 +124,7 @@ def expert_flops(cfg, rows: int, gated: bool) -> float:
 def probe_shape(spec: str, cfg, tokens: int, args, nrg, dev: torch.device,
                 record: Callable[[dict[str, object]], None]) -> None:
     e_num, k, h_dim = cfg.num_experts, cfg.top_k, cfg.hidden_size
-    if (tokens * k) % e_num:
-        raise SystemExit(f"error: {spec} at {tokens} tokens: tokens x k = {tokens * k} is not a "
-                         f"multiple of {e_num} experts, so no routing is exactly balanced")
-    m = tokens * k // e_num
+    m = tokens * k // e_num  # main() checked that tokens x k is a multiple of e_num
     gen = torch.Generator(device=dev).manual_seed(args.seed)
     st, qst = bf16_and_int4_stacks(cfg, dev, seed=args.seed)
     w13, w2 = st.dense(torch.bfloat16)
@@ -207,13 +204,27 @@ def probe_shape(spec: str, cfg, tokens: int, args, nrg, dev: torch.device,
 
 
 def _layer_rows(path: Path) -> list[dict[str, object]]:
+    """The 'energy' rows of a kernels_bench.py JSON.
+
+    Raises:
+        ValueError: the file cannot be read, is not such a JSON, or a row's uj_per_token is
+            neither null nor a number (checked here, before any measurement, so that a bad
+            file does not end a GPU run in a traceback).
+    """
     try:
         data = json.loads(path.read_text())
-        rows = data["energy"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"error: --layer-json {path}: not a kernels_bench.py result with an "
-                         f"'energy' section ({exc.__class__.__name__}: {exc})") from None
-    return [r for r in rows if isinstance(r, dict)]
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read it ({exc.__class__.__name__}: {exc})") from None
+    rows = data.get("energy") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError("not a kernels_bench.py result with an 'energy' list")
+    rows = [r for r in rows if isinstance(r, dict)]
+    for r in rows:
+        v = r.get("uj_per_token")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"uj_per_token {v!r} is not a number ({r.get('shape')}, "
+                             f"{r.get('tokens')} tokens, {r.get('backend')})")
+    return rows
 
 
 def _ratio(a: float, b: float) -> float:
@@ -299,14 +310,32 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tokens: comma-separated integers, got {args.tokens!r}")
     if not tokens_list or min(tokens_list) < 1:
         ap.error("--tokens: at least one step size, each >= 1")
-    if not args.window > 0:
-        ap.error("--window: seconds > 0")
+    if not 0 < args.window < math.inf:
+        ap.error("--window: seconds > 0, finite")
     try:
         shapes = resolve_shapes(args.shapes, args.scale)
     except ConfigError as exc:
         ap.error(f"--shapes: {exc}")
-    layer = _layer_rows(Path(args.layer_json)) if args.layer_json else None
-    dev = torch.device(args.device)
+    for spec, cfg in shapes:  # before any measurement: no run ends half-way on this
+        for t in tokens_list:
+            if (t * cfg.top_k) % cfg.num_experts:
+                ap.error(f"--tokens: {spec} at {t} tokens: tokens x k = {t * cfg.top_k} is not "
+                         f"a multiple of {cfg.num_experts} experts, so no routing is exactly "
+                         "balanced")
+    layer = None
+    if args.layer_json:
+        try:
+            layer = _layer_rows(Path(args.layer_json))
+        except ValueError as exc:
+            ap.error(f"--layer-json {args.layer_json}: {exc}")
+        if not any((r.get("shape"), r.get("tokens")) == (spec, t)
+                   for r in layer for spec, _ in shapes for t in tokens_list):
+            ap.error(f"--layer-json {args.layer_json}: no layer step of these shapes at these "
+                     "token counts")
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError as exc:
+        ap.error(f"--device: {exc}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU here (--device cpu is the smoke test)")
     nrg = Energy() if dev.type == "cuda" else ClockOnly()

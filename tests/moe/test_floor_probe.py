@@ -61,24 +61,41 @@ def test_bounds_fall_back_to_eager_steps_and_leave_missing_ones_nan() -> None:
     assert math.isnan(b["int4"]["ratio_ceiling"])  # no int4 step in this run
 
 
-def test_a_layer_json_that_is_not_a_kernels_bench_result_is_one_error(tmp_path) -> None:
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"rows": []}, "not a kernels_bench.py result"),
+    ({"energy": 5}, "not a kernels_bench.py result"),
+    ({"energy": [{"shape": "tiny", "tokens": 8, "backend": "grouped", "uj_per_token": "x"}]},
+     "is not a number"),
+    ({"energy": [{"shape": "other", "tokens": 8, "backend": "grouped", "uj_per_token": 1.0}]},
+     "no layer step of these shapes"),
+    (None, "cannot read it"),
+])
+def test_a_bad_layer_json_is_one_usage_error(payload, message: str, tmp_path, capsys) -> None:
     fp = load_script(FLOOR)
     bad = tmp_path / "k.json"
-    bad.write_text(json.dumps({"rows": []}))
-    with pytest.raises(SystemExit, match=r"not a kernels_bench\.py result"):
-        fp.main(["--device", "cpu", "--shapes", "tiny", "--layer-json", str(bad),
+    if payload is not None:
+        bad.write_text(json.dumps(payload))
+    with pytest.raises(SystemExit) as exc:
+        fp.main(["--device", "cpu", "--shapes", "tiny", "--tokens", "8", "--layer-json", str(bad),
                  "--out", str(tmp_path / "f.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "f.json").exists()
 
 
 @pytest.mark.parametrize("flag, value", [("--tokens", "5x"), ("--tokens", "0"),
-                                         ("--window", "0"), ("--shapes", "nope")])
+                                         ("--tokens", "3"),  # 3 x k=2 is no multiple of 8
+                                         ("--window", "0"), ("--window", "inf"),
+                                         ("--shapes", "nope"), ("--device", "foo")])
 def test_bad_arguments_are_usage_errors(flag: str, value: str, tmp_path, capsys) -> None:
     fp = load_script(FLOOR)
     with pytest.raises(SystemExit) as exc:
-        fp.main(["--device", "cpu", flag, value, "--out", str(tmp_path / "f.json")])
+        fp.main(["--device", "cpu", "--shapes", "tiny", flag, value,
+                 "--out", str(tmp_path / "f.json")])
     assert exc.value.code == 2
     assert flag in capsys.readouterr().err
+    assert not (tmp_path / "f.json").exists()
 
 
 def test_bounds_never_set_a_captured_step_against_an_eager_one() -> None:
