@@ -127,3 +127,15 @@ def test_a_bad_floor_file_is_one_usage_error(tmp_path: Path, payload: dict[str, 
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("energies", [(None, 10.0), (10.0, None), (0.0, 0.0)])
+def test_floor_plot_draws_null_and_zero_energies(tmp_path: Path, energies) -> None:
+    pytest.importorskip("matplotlib")  # null: NaN written by write_json; 0 J: CPU smoke test
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps({"rows": [
+        {"shape": "s", "tokens": 512, "variant": v, "energy_mj": e} for v, e in
+        zip(("stream bf16 weight bytes", "grouped bf16 experts, random routing"), energies,
+            strict=True)]}))
+    assert load_script(SCRIPT).main(["--floor", str(floor), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "floors.png").is_file()
