@@ -630,8 +630,8 @@ class Bench:
         for name in filter(None, self.args.check_step_graph.split(",")):
             for wname, lay in variants.items():
                 lay.set_backend(name)
-                graphed = GraphedLayer(lay)
-                for mode, step in (("layer", lay), ("step_graph", graphed)):
+                whole = GraphedLayer(lay)
+                for mode, step in (("layer", lay), ("step_graph", whole)):
                     for tokens in (64, 512):
                         for _ in range(2):  # the second input replays the captured graph
                             x = self.randn(tokens, cfg.hidden_size)
@@ -655,7 +655,7 @@ class Bench:
                                 log(f"   FAIL {name}+{mode}: {bad} tokens with an invalid top-k")
                 self.payload.setdefault("step_graph_counts", []).append(
                     {"shape": shape, "weights": wname, "backend": name,
-                     "captures": graphed.captures, "replays": graphed.replays})
+                     "captures": whole.captures, "replays": whole.replays})
                 lay.set_backend("loop")
         rows = [r for r in self.payload["check"] if r["shape"] == shape]
         worst = max((r["rel_err"] for r in rows if r["rel_err"] == r["rel_err"]),
