@@ -4,7 +4,7 @@ The issue's 512-token targets ask the fused step to spend 2x (bf16) and 3x (int4
 than the `torch._grouped_mm` step. Whether a kernel can get there is a question about the card,
 not about one kernel, so this script measures, on the same lease, what the expert part of such
 a step costs in the cheapest forms there are (every row: NVML total-energy counter over a
->= --window s window of CUDA-graph replays, time by CUDA events):
+>= --window s window of CUDA-graph replays, the streams' launches eager; time by CUDA events):
 
 - `stream bf16` / `stream int4`: one read of the step's weight bytes (bf16; int4 codes plus
   fp16 scales) by a Triton streaming kernel at the grid that read fastest in run 15 (4 programs
@@ -13,8 +13,8 @@ a step costs in the cheapest forms there are (every row: NVML total-energy count
   tokens * k / E rows, already gathered (no routing, gather, scatter or combine), the same SwiGLU
   in between.
 - `bmm, weights from L2`: the same with one expert's weights standing in for all (stride 0), so
-  the weights come from L2: the multiply-accumulate work of these tile shapes with cuBLAS, with
-  almost no weight traffic from HBM.
+  the weights come from L2 where one expert's weights fit there (not DeepSeek-V3's 88 MB): the
+  multiply-accumulate work of these tile shapes with cuBLAS, with little weight traffic from HBM.
 - the project's fused kernels (bf16 and int4, the tuned table's configurations) and the grouped
   experts (`grouped_forward`) on the same balanced routing and on uniform random routing, experts
   only (no router), each captured in a graph.
