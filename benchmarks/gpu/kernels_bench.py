@@ -54,7 +54,7 @@ from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.autoselect import AUTO  # noqa: E402
 from wattmoe.moe.backends import get_backend  # noqa: E402
 from wattmoe.moe.dispatch import Dispatch  # noqa: E402
-from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
+from wattmoe.moe.graphs import GraphedLayer, _warm_and_capture  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import stacked_experts  # noqa: E402
 
@@ -120,19 +120,12 @@ def sync() -> None:
 
 
 def graphed(fn: Callable[[], object], dev: torch.device) -> Callable[[], object]:
-    """fn captured in a CUDA graph (after warm-up runs on a side stream); fn itself off CUDA."""
+    """fn captured in a CUDA graph (warmed up on a side stream, as the graph backends do); fn
+    itself off CUDA."""
     if dev.type != "cuda":
         return fn
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
+    graph, _ = _warm_and_capture(fn, dev, None)
+    return graph.replay
 
 
 def bench_ms(fn: Callable[[], object]) -> float:
@@ -523,8 +516,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--device: {exc}")
     if not 0 < args.scale < math.inf:
         ap.error(f"--scale: a positive number, got {args.scale}")
-    if args.tune_energy_top < 1 or not 0 < args.tune_window < math.inf:
-        ap.error("--tune-energy-top: at least 1; --tune-window: seconds > 0")
+    if args.tune_energy_top < 1:
+        ap.error(f"--tune-energy-top: at least 1, got {args.tune_energy_top}")
+    if not 0 < args.tune_window < math.inf:
+        ap.error(f"--tune-window: seconds > 0, finite, got {args.tune_window}")
     if args.shapes is None:
         args.shapes = default_shapes(dev)
     try:

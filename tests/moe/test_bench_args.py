@@ -128,9 +128,13 @@ def test_tune_by_energy_without_a_counter_keeps_the_fastest(tmp_path, monkeypatc
                               "int4") == "b"
 
 
-@pytest.mark.parametrize("argv", [["--tune-energy-top", "0"], ["--tune-window", "0"]])
-def test_tune_by_energy_options_are_checked(argv: list[str], capsys) -> None:
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tune-energy-top", "0"], "--tune-energy-top: at least 1, got 0"),
+    (["--tune-window", "0"], "--tune-window: seconds > 0, finite, got 0.0"),
+    (["--tune-window", "inf"], "--tune-window: seconds > 0, finite, got inf"),
+])
+def test_tune_by_energy_options_are_checked(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         load_script(KERNELS_BENCH).parse_args(["--device", "cpu", *argv])
     assert exc.value.code == 2
-    assert "--tune-energy-top: at least 1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
