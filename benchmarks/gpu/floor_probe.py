@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +52,7 @@ from _meta import provenance, write_json  # noqa: E402
 from kernels_bench import (  # noqa: E402
     ClockOnly,
     Energy,
+    bench_ms,
     bf16_and_int4_stacks,
     graphed,
     resolve_shapes,
@@ -92,30 +91,6 @@ def stream_buffer(nbytes: int, dev: torch.device) -> torch.Tensor:
     return torch.empty(n, device=dev, dtype=torch.bfloat16).normal_()
 
 
-def time_us(fn: Callable[[], object], dev: torch.device) -> float:
-    """us per call: the median of 5 timings of 20 calls by CUDA events (one call timed by the
-    host clock off CUDA, the smoke test, where Triton's interpreter runs the kernels)."""
-    reps, rounds = (20, 5) if dev.type == "cuda" else (1, 1)
-    fn()
-    out = []
-    for _ in range(rounds):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            ev[0].record()
-            for _ in range(reps):
-                fn()
-            ev[1].record()
-            torch.cuda.synchronize()
-            out.append(ev[0].elapsed_time(ev[1]) * 1e3 / reps)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            out.append((time.perf_counter() - t0) * 1e6 / reps)
-    return statistics.median(out)
-
-
 def expert_flops(cfg, rows: int, gated: bool) -> float:
     """Multiply-adds x 2 of the expert GEMMs for `rows` assignments."""
     return 2.0 * rows * cfg.hidden_size * cfg.expert_inner_size * (3 if gated else 2)
@@ -139,7 +114,7 @@ def probe_shape(spec: str, cfg, tokens: int, args, nrg, dev: torch.device,
     def measure(variant: str, fn: Callable[[], object], graph: bool = True,
                 **extra: object) -> None:
         run = graphed(fn, dev) if graph else fn
-        t = time_us(run, dev)
+        t = bench_ms(run) * 1e3  # us: median by CUDA events (triton's do_bench) on a GPU
         w = nrg.window(run, args.window)
         mj = w["energy_j"] / w["steps"] * 1e3
         row = {**base, "variant": variant, "us": t, "energy_mj": mj,
