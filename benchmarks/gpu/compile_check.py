@@ -69,7 +69,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     }
     # fragment-ordered words: 4 packed bytes per element
     mode = _gpu_dequant_mode(cfg, int4, qgroup, dtype)
-    frag = mode in (3, 5)
+    frag = ft._gpu_frag_words(mode)
     if frag:
         types["w_ptr"] = "*i32"
     spair = int4 and ft._uses_scale_pairs(cfg, mode, k_dim, qgroup)

@@ -477,10 +477,10 @@ def _launch(
     mode = _dequant_mode(cfg, a, qgroup)
     spair = s is not None and _uses_scale_pairs(cfg, mode, k_dim, qgroup)
     if spair:  # the interpreter (MODE 4) reads fp16 pairs: the stored scales, exactly
-        s = _derived(s, cache, "pairs", a.dtype if mode in (3, 5) else torch.float16)
-    if mode >= 3:  # fragment-ordered words: 4 packed bytes per element
+        s = _derived(s, cache, "pairs", a.dtype if _gpu_frag_words(mode) else torch.float16)
+    if _frag_words(mode):  # fragment-ordered words: 4 packed bytes per element
         w = _derived(w, cache, "frag")
-    w_desc = (_weight_descriptor(w, cfg, cache, cfg.block_k // 4 if mode >= 3 else None)
+    w_desc = (_weight_descriptor(w, cfg, cache, cfg.block_k // 4 if _frag_words(mode) else None)
               if cfg.tma else None)
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
                        act=act, combine=combine, qgroup=qgroup, ieee=ieee,
@@ -587,6 +587,17 @@ def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int
     return 1 if cfg.int4_asm else 0
 
 
+def _frag_words(mode: int) -> bool:
+    """Whether `_dequant_int4`'s MODE reads fragment-ordered words (3, 4 and 5)."""
+    return mode in (3, 4, 5)
+
+
+def _gpu_frag_words(mode: int) -> bool:
+    """Whether MODE reads fragment words on a GPU (3, and its diagnostic skip 5): scale pair
+    words there are in the compute dtype, in the interpreter (4) in fp16."""
+    return mode in (3, 5)
+
+
 def _derived(w: torch.Tensor, cache: dict | None, kind: str,
              dtype: torch.dtype | None = None) -> torch.Tensor:
     """A copy of stack tensor w in the form the int4 kernels read, kept in cache (the stack's
@@ -681,7 +692,7 @@ def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | No
     a GPU, and its diagnostic skip 5; 4 in Triton's interpreter, so that the CPU tests run the
     pairs' indexing) and halves of whole groups (a byte's two scales are then groups g and
     g + G/2)."""
-    return (cfg.int4_pairs and mode in (3, 4, 5) and qgroup is not None
+    return (cfg.int4_pairs and _frag_words(mode) and qgroup is not None
             and (k_dim // 2) % qgroup == 0)
 
 
