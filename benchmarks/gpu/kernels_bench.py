@@ -494,6 +494,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "the composite pair included) get an energy window each")
     ap.add_argument("--tune-window", type=float, default=1.0,
                     help="--tune-by energy: seconds per candidate's energy window")
+    ap.add_argument("--tune-energy-rounds", type=int, default=2,
+                    help="--tune-by energy: windows per candidate, in alternating order")
     ap.add_argument("--tune-candidates", default="",
                     help="candidate names to time at every size (default: by rows per expert)")
     ap.add_argument("--check-cases", default="uniform:64,uniform:4096,skewed:512,skewed:4096,"
@@ -518,6 +520,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--scale: a positive number, got {args.scale}")
     if args.tune_energy_top < 1:
         ap.error(f"--tune-energy-top: at least 1, got {args.tune_energy_top}")
+    if args.tune_energy_rounds < 1:
+        ap.error(f"--tune-energy-rounds: at least 1, got {args.tune_energy_rounds}")
     if not 0 < args.tune_window < math.inf:
         ap.error(f"--tune-window: seconds > 0, finite, got {args.tune_window}")
     if args.shapes is None:
@@ -754,24 +758,39 @@ class Bench:
     def _tune_energy(self, stk, x: torch.Tensor, d: Dispatch, times: dict[str, float],
                      best: str, shape: str, tokens: int, wname: str) -> str:
         """The candidate, of the --tune-energy-top fastest, whose experts step (captured in a
-        CUDA graph where there is one) spends the fewest joules (NVML window each); `best`
-        where no window measured anything. Each window's energy goes into its tune record."""
+        CUDA graph where there is one) spends the fewest joules: the mean of --tune-energy-rounds
+        NVML windows each, the rounds in alternating order (fastest first, then last first) so
+        that a drift of the card's temperature or clocks during tuning falls on every
+        candidate alike; `best` where no window measured anything. The windows' energies go
+        into the candidates' tune records."""
         fastest = sorted(times, key=times.__getitem__)[:self.args.tune_energy_top]
-        mj: dict[str, float] = {}
-        for cand in fastest:
-            try:
-                with torch.inference_mode():
-                    run = graphed(lambda c=cand: ft.fused_forward(stk, x, d, c), self.dev)
-                    w = self.nrg.window(run, self.args.tune_window)
-            except Exception as exc:
-                self.error(f"tune energy {shape} {tokens} {wname} {cand}", exc)
-                continue
-            mj[cand] = w["energy_j"] / w["steps"] * 1e3
-            for rec in self.payload["tune"]:
-                if (rec["shape"], rec["tokens"], rec["weights"], rec["impl"]) == (
-                        shape, tokens, wname, f"fused:{cand}"):
-                    rec.update(energy_mj=mj[cand], energy_power_w=w["energy_j"] / w["seconds"]
-                               if w["seconds"] else None, energy_source=self.nrg.source)
+        runs: dict[str, Callable[[], object]] = {}
+        windows: dict[str, list[dict[str, float]]] = {}
+        for r in range(self.args.tune_energy_rounds):
+            for cand in (fastest if r % 2 == 0 else fastest[::-1]):
+                try:
+                    with torch.inference_mode():
+                        if cand not in runs:
+                            runs[cand] = graphed(
+                                lambda c=cand: ft.fused_forward(stk, x, d, c), self.dev)
+                        windows.setdefault(cand, []).append(
+                            self.nrg.window(runs[cand], self.args.tune_window))
+                except Exception as exc:
+                    self.error(f"tune energy {shape} {tokens} {wname} {cand}", exc)
+                    fastest = [c for c in fastest if c != cand]
+                    windows.pop(cand, None)
+        mj = {c: sum(w["energy_j"] / w["steps"] for w in ws) / len(ws) * 1e3
+              for c, ws in windows.items()}
+        for rec in self.payload["tune"]:
+            cand = rec["impl"].removeprefix("fused:")
+            if (rec["shape"], rec["tokens"], rec["weights"]) == (shape, tokens, wname) and (
+                    cand in mj):
+                ws = windows[cand]
+                rec.update(energy_mj=mj[cand],
+                           energy_mj_windows=[w["energy_j"] / w["steps"] * 1e3 for w in ws],
+                           energy_power_w=sum(w["energy_j"] for w in ws)
+                           / sum(w["seconds"] for w in ws) if any(w["seconds"] for w in ws)
+                           else None, energy_source=self.nrg.source)
         if not any(mj.values()):  # no counter (smoke test) or nothing measured
             return best
         pick = min(mj, key=mj.__getitem__)

@@ -120,6 +120,28 @@ def test_tune_by_energy_takes_the_fewest_joules_among_the_fastest(tmp_path, monk
     gpu_ms = {"a": 1.0, "b": 2.0, "c": 3.0}  # c spends least but is not among the 2 fastest
     assert bench._tune_energy(None, None, None, gpu_ms, "a", "tiny", 8, "int4") == "b"
     assert [r.get("energy_mj") for r in bench.payload["tune"]] == [3.0, 2.0, None]
+    assert bench.payload["tune"][0]["energy_mj_windows"] == [3.0, 3.0]  # 2 rounds by default
+
+
+def test_tune_by_energy_alternates_the_order_and_averages_the_rounds(tmp_path,
+                                                                     monkeypatch) -> None:
+    # a counter that drifts up by 1 J per window: in a fixed order the first candidate would
+    # always look cheapest; alternating rounds give both the same mean drift
+    bench = _bench_with_fake_counter(tmp_path, monkeypatch, {"a": 2.0, "b": 1.9})
+    done = [0]  # windows measured so far
+    window = bench.nrg.window
+
+    def drifting(step, seconds: float) -> dict[str, float]:
+        w = window(step, seconds)
+        w["energy_j"] += done[0]
+        done[0] += 1
+        return w
+
+    bench.nrg.window = drifting
+    assert bench._tune_energy(None, None, None, {"a": 1.0, "b": 2.0}, "a", "tiny", 8,
+                              "int4") == "b"
+    a, b = (r["energy_mj_windows"] for r in bench.payload["tune"])
+    assert a == [2.0, 5.0] and b == [2.9, 3.9]  # order a b | b a
 
 
 def test_tune_by_energy_without_a_counter_keeps_the_fastest(tmp_path, monkeypatch) -> None:
@@ -130,6 +152,7 @@ def test_tune_by_energy_without_a_counter_keeps_the_fastest(tmp_path, monkeypatc
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--tune-energy-top", "0"], "--tune-energy-top: at least 1, got 0"),
+    (["--tune-energy-rounds", "0"], "--tune-energy-rounds: at least 1, got 0"),
     (["--tune-window", "0"], "--tune-window: seconds > 0, finite, got 0.0"),
     (["--tune-window", "inf"], "--tune-window: seconds > 0, finite, got inf"),
 ])
