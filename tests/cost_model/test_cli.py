@@ -54,9 +54,15 @@ def test_profile_measures_int4_layer_steps(tmp_path: Path, capsys) -> None:
     assert [p["bytes_moved"] for p in raw["points"]] == [
         op_work("moe_layer_int4:loop", p["tokens"], OpShape(**p["shape"]), "fp32")[1]
         for p in raw["points"]]
+    capsys.readouterr()
     assert main(["cost", "--profile", str(out), "--op", "moe_layer_int4:loop", "--device",
-                 "cpu", "--dtype", "fp32", "--tokens", "4"]) == 0
-    assert "interpolated" in capsys.readouterr().out
+                 "cpu", "--dtype", "fp32", "--tokens", "4", "--json"]) == 0
+    by_op = json.loads(capsys.readouterr().out)
+    assert by_op[0]["method"] == "interpolated"
+    # --backend NAME --int4 is the same query as --op moe_layer_int4:NAME
+    assert main(["cost", "--profile", str(out), "--backend", "loop", "--int4", "--device",
+                 "cpu", "--dtype", "fp32", "--tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == by_op
 
 
 def test_cost_prints_a_table(profile: Path, capsys) -> None:
@@ -101,6 +107,10 @@ def test_nsys_import(tmp_path: Path, capsys) -> None:
         (["cost", "--tokens", "-3"], "batch size must be >= 0 tokens, got -3"),
         (["cost", "--tokens", "abc"], "batch size must be an integer, got 'abc'"),
         (["cost", "--tokens", ""], "--tokens: no batch size in ''"),  # was: exit 0, no rows
+        (["cost", "--backend", "fused", "--op", "expert"], "give --op or --backend, not both"),
+        (["cost", "--int4"], "--int4 goes with --backend"),
+        (["cost", "--backend", " "], "--backend: a backend name"),
+        (["cost", "--backend", "nope"], "op 'moe_layer:nope' was not profiled on cuda:0"),
     ],
 )
 def test_bad_queries_print_one_line(profile: Path, capsys, args, message) -> None:

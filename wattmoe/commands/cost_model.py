@@ -252,7 +252,13 @@ def _print_report(model: Any) -> None:
 def _cost_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None,
                    help="profile JSON (default data/profiles/<host>.json)")
-    p.add_argument("--op", default="expert", help="op to price (see `wattmoe cost --list`)")
+    p.add_argument("--op", default=None,
+                   help="op to price (see `wattmoe cost --list`; default expert)")
+    p.add_argument("--backend", metavar="NAME", default=None,
+                   help="price one MoE layer step with this expert backend (loop, grouped, "
+                        "fused, fused_graph, ...): the op moe_layer:NAME, or "
+                        "moe_layer_int4:NAME with --int4")
+    p.add_argument("--int4", action="store_true", help="with --backend: packed-int4 experts")
     p.add_argument("--tokens", default="1,64,1024", help="batch sizes, comma-separated")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
@@ -280,6 +286,22 @@ def _tokens_arg(text: str) -> list[int]:
     return out
 
 
+def _cost_op(args: argparse.Namespace) -> str:
+    """The op `wattmoe cost` prices: --op, or the layer op of --backend [--int4]."""
+    from wattmoe.cost_model.base import layer_op_name
+
+    if args.backend is not None:
+        if args.op is not None:
+            raise ConfigError("give --op or --backend, not both (--backend NAME prices the op "
+                              "moe_layer:NAME)")
+        if not args.backend.strip():
+            raise ConfigError("--backend: a backend name (loop, grouped, fused, ...), got ''")
+        return layer_op_name(args.backend.strip(), args.int4)
+    if args.int4:
+        raise ConfigError("--int4 goes with --backend (or give --op moe_layer_int4:NAME)")
+    return args.op if args.op is not None else "expert"
+
+
 @command("cost", "query the cost model: latency, energy and power of an op", _cost_args)
 def cmd_cost(args: argparse.Namespace) -> int:
     from rich.table import Table
@@ -287,6 +309,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
 
     tokens = _tokens_arg(args.tokens)
+    args.op = _cost_op(args)
     model = KernelCostModel.load(args.profile or default_profile_path(), args.latency)
     if args.list:
         t = Table(title="profiled (op, device, dtype): shapes")
