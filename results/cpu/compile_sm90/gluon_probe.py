@@ -81,6 +81,8 @@ def pipelined_kernel(w_ptr, x_ptr, c_ptr, K: gl.constexpr, BM: gl.constexpr, BN:
                 ring.index(nxt % STAGES), x_ptr + (nxt * BK + rkb)[:, None] * BN + rn[None, :])
         async_copy.commit_group()
         async_copy.wait_group(STAGES - 1)
+        gl.thread_barrier()  # every thread's copies of this tile landed
+        hopper.fence_async_shared()  # and are visible to the wgmma (async proxy)
         tok = hopper.warpgroup_mma(a, ring.index(i % STAGES), acc, is_async=True)
         if i + 1 < K // BK:  # the next step's operand, converted while this step's MMA runs
             q = gl.load(w_ptr + rm[:, None] * K + ((i + 1) * BK + rk)[None, :])
