@@ -1,0 +1,263 @@
+"""Does explicit overlap make the int4 gate/up launch faster? A Gluon kernel against Triton's.
+
+KERNEL_NOTES version 8: the int4 launches take about the sum of their MMA time and their
+instruction-issue time (Qwen3 at 512 tokens, estimates), as if the dequantization and the MMAs
+barely overlapped in Triton's software pipeline. This experiment writes the same gate/up launch
+(int4 half-split codes, fp16 scales, gathered activation rows, SwiGLU epilogue) in Gluon
+(`triton.experimental.gluon`, Triton >= 3.6, Hopper) with the overlap spelled out:
+
+- the activation tiles of the next STAGES - 1 K steps are copied ahead into a ring of shared
+  buffers (cp.async, masked past the block's rows);
+- each K step issues its four wgmma (gate and up, low and high nibble halves) asynchronously,
+  with the weight tiles as register operands;
+- while they run, the next K step's codes and scales are loaded and dequantized (through fp32,
+  the simple way: `int4_asm=False` in the Triton kernel);
+- then it waits for the MMAs.
+
+It is an experiment, not a backend: the grid comes from a block table built on the host (a
+host sync), and there are no tails. On one GPU it checks the result against an fp32 reference
+and times (CUDA events, median) the Gluon launch against Triton's gate/up launch with the same
+tiles and the same fp32 dequantization, and against the tuned table's launch:
+
+    PYTHONPATH=$PWD python3 benchmarks/gpu/gluon_int4_probe.py --out $OUT/gluon.json
+
+If the Gluon launch is much faster at equal dequantization, the pipeline structure is what
+holds the int4 launches back, and the bit-operation dequantization and fragment words are
+worth porting to it. Written without a GPU (sm_90 compiles with Triton 3.6 on the CPU machine);
+not yet run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia import hopper
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+
+
+@gluon.jit
+def _dequant(q, s_lo, s_hi, a_l: gl.constexpr):
+    """Half-split codes [BF, BK] (byte j: column j low nibble, column j + K/2 high nibble) to
+    the two bf16 register operands, scaled by one fp16 scale per row each."""
+    lo = ((q & 15).to(gl.float32) - 8.0) * s_lo.to(gl.float32)[:, None]
+    hi = ((q >> 4).to(gl.float32) - 8.0) * s_hi.to(gl.float32)[:, None]
+    return (gl.convert_layout(lo.to(gl.bfloat16), a_l),
+            gl.convert_layout(hi.to(gl.bfloat16), a_l))
+
+
+@gluon.jit
+def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_ptr, blk_n_ptr,
+                        n_ftiles, H: gl.constexpr, F: gl.constexpr, G: gl.constexpr,
+                        BF: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
+                        STAGES: gl.constexpr):
+    """h[rows, ftile] = silu(x[tok] Wg^T) * (x[tok] Wu^T) for one (row block, F tile).
+
+    q: [E, 2F, H/2] uint8 (gate rows, then up rows), s: [E, 2F, H/G] fp16, h: [rows, F] bf16.
+    One K step covers BK packed columns: activation columns j0.. and H/2 + j0.. ."""
+    pid = gl.program_id(0)
+    b = pid // n_ftiles
+    ft = pid % n_ftiles
+    e = gl.load(blk_e_ptr + b).to(gl.int64)
+    r0 = gl.load(blk_r0_ptr + b)
+    nrow = gl.load(blk_n_ptr + b)
+
+    blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, BT, 16])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    x_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BK], gl.bfloat16)
+    ring_lo = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, BK], x_sl)
+    ring_hi = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, BK], x_sl)
+
+    rt = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
+    rk = gl.arange(0, BK, layout=gl.SliceLayout(0, blk))
+    rf = gl.arange(0, BF, layout=gl.SliceLayout(1, blk))
+    tmask = rt < nrow
+    tok = gl.load(tok_ptr + r0 + rt, mask=tmask, other=0).to(gl.int64)
+    x_lo = x_ptr + tok[:, None] * H + rk[None, :]  # [BT, BK], columns j0..
+    xmask = tmask[:, None] & (rk[None, :] < BK)
+    g_rows = (ft * BF + rf).to(gl.int64)
+    q_g = q_ptr + e * (2 * F * (H // 2)) + g_rows[:, None] * (H // 2) + rk[None, :]
+    q_u = q_g + F * (H // 2)
+    s_g = s_ptr + e * (2 * F * (H // G)) + g_rows * (H // G)
+    s_u = s_g + F * (H // G)
+
+    NK: gl.constexpr = (H // 2) // BK
+    for st in gl.static_range(STAGES - 1):  # prologue: the first activation tiles in flight
+        async_copy.async_copy_global_to_shared(ring_lo.index(st), x_lo + st * BK, mask=xmask)
+        async_copy.async_copy_global_to_shared(ring_hi.index(st), x_lo + (H // 2 + st * BK),
+                                               mask=xmask)
+        async_copy.commit_group()
+
+    acc_g = gl.zeros([BF, BT], gl.float32, mma)
+    acc_u = gl.zeros([BF, BT], gl.float32, mma)
+    g_lo, g_hi = _dequant(gl.load(q_g), gl.load(s_g), gl.load(s_g + (H // 2) // G), a_l)
+    u_lo, u_hi = _dequant(gl.load(q_u), gl.load(s_u), gl.load(s_u + (H // 2) // G), a_l)
+    for i in range(NK):
+        nxt = i + STAGES - 1
+        if nxt < NK:
+            async_copy.async_copy_global_to_shared(ring_lo.index(nxt % STAGES),
+                                                   x_lo + nxt * BK, mask=xmask)
+            async_copy.async_copy_global_to_shared(ring_hi.index(nxt % STAGES),
+                                                   x_lo + (H // 2 + nxt * BK), mask=xmask)
+        async_copy.commit_group()
+        async_copy.wait_group(STAGES - 1)
+        gl.thread_barrier()  # every thread's copies of this step's tiles landed
+        hopper.fence_async_shared()  # and are visible to the wgmma
+        xl = ring_lo.index(i % STAGES).permute((1, 0))  # [BK, BT]
+        xh = ring_hi.index(i % STAGES).permute((1, 0))
+        t_g = hopper.warpgroup_mma(g_lo, xl, acc_g, is_async=True)
+        t_g = hopper.warpgroup_mma(g_hi, xh, t_g, is_async=True)
+        t_u = hopper.warpgroup_mma(u_lo, xl, acc_u, is_async=True)
+        t_u = hopper.warpgroup_mma(u_hi, xh, t_u, is_async=True)
+        if i + 1 < NK:  # the next step's operands, dequantized while this step's MMAs run
+            j1 = (i + 1) * BK
+            g_lo, g_hi = _dequant(gl.load(q_g + j1), gl.load(s_g + j1 // G),
+                                  gl.load(s_g + (H // 2 + j1) // G), a_l)
+            u_lo, u_hi = _dequant(gl.load(q_u + j1), gl.load(s_u + j1 // G),
+                                  gl.load(s_u + (H // 2 + j1) // G), a_l)
+        acc_g, acc_u = hopper.warpgroup_mma_wait(num_outstanding=0, deps=[t_g, t_u])
+        gl.thread_barrier()  # nobody refills this slot before every warp's MMAs read it
+
+    act = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u  # SwiGLU in fp32
+    out = gl.convert_layout(act.to(gl.bfloat16), blk)
+    rt_o = gl.arange(0, BT, layout=gl.SliceLayout(0, blk))
+    h_ptrs = h_ptr + (r0 + rt_o)[None, :].to(gl.int64) * F + (ft * BF + rf)[:, None]
+    gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf < BF)[:, None])
+
+
+def block_table(counts: torch.Tensor, bt: int) -> tuple[torch.Tensor, ...]:
+    """(expert, first dispatch row, rows) of each block of <= bt rows, expert after expert
+    (a host sync: this is an experiment, not the capturable grid of `moe_gemm_wt`)."""
+    es, r0s, ns = [], [], []
+    row = 0
+    for e, c in enumerate(counts.tolist()):
+        for start in range(0, c, bt):
+            es.append(e)
+            r0s.append(row + start)
+            ns.append(min(bt, c - start))
+        row += c
+    dev = counts.device
+    return tuple(torch.tensor(v, dtype=torch.int32, device=dev) for v in (es, r0s, ns))
+
+
+def gluon_gate_up(st, x: torch.Tensor, tok: torch.Tensor, counts: torch.Tensor, *,
+                  bf: int = 64, bt: int = 64, bk: int = 64, stages: int = 3) -> torch.Tensor:
+    """The Gluon launch on an int4 stack (`ExpertStack` with q13, s13): h [rows, F] bf16."""
+    h_dim, f_dim, g = st.hidden_size, st.inner_size, st.group_size
+    if (h_dim // 2) % bk or g % bk or f_dim % bf:
+        raise ValueError(f"tiles bk={bk}, bf={bf} do not divide H/2={h_dim // 2}, G={g}, "
+                         f"F={f_dim}")
+    blk_e, blk_r0, blk_n = block_table(counts, bt)
+    h = torch.empty(tok.numel(), f_dim, dtype=torch.bfloat16, device=x.device)
+    n_ft = f_dim // bf
+    grid = (blk_e.numel() * n_ft,)
+    gate_up_int4_kernel[grid](x, tok, st.q13, st.s13, h, blk_e, blk_r0, blk_n, n_ft,
+                              H=h_dim, F=f_dim, G=g, BF=bf, BT=bt, BK=bk, STAGES=stages,
+                              num_warps=4)
+    return h
+
+
+def reference_gate_up(st, x: torch.Tensor, tok: torch.Tensor, counts: torch.Tensor
+                      ) -> torch.Tensor:
+    """silu(x Wg^T) * (x Wu^T) per dispatch row, weights dequantized in fp32."""
+    from wattmoe.moe.quant import dequantize_int4
+
+    f_dim = st.inner_size
+    out = torch.empty(tok.numel(), f_dim, dtype=torch.float32, device=x.device)
+    row = 0
+    for e, c in enumerate(counts.tolist()):
+        if c:
+            w = dequantize_int4(st.q13[e], st.s13[e], torch.float32)
+            hm = x[tok[row:row + c]].float() @ w.t()
+            out[row:row + c] = torch.nn.functional.silu(hm[:, :f_dim]) * hm[:, f_dim:]
+        row += c
+    return out
+
+
+def _variants(qst, x: torch.Tensor, d, dev: torch.device
+              ) -> dict[str, Callable[[], torch.Tensor]]:
+    """The launches compared on one dispatch: the Gluon kernel at 2-4 stages, Triton's gate/up
+    with the same tiles (fp32 and bit-operation dequantization) and the tuned table's."""
+    from wattmoe.moe import fused_triton as ft
+
+    tok, counts = d.token_idx.contiguous(), d.counts.contiguous()
+    f_dim, h_dim, g = qst.inner_size, qst.hidden_size, qst.group_size
+    bt = 64 if tok.numel() / counts.numel() > 48 else 32
+    variants: dict[str, Callable[[], torch.Tensor]] = {
+        f"gluon bt{bt} s{stages}": (
+            lambda s=stages: gluon_gate_up(qst, x, tok, counts, bt=bt, stages=s))
+        for stages in (2, 3, 4)}
+
+    def triton_launch(cfg1):
+        def fn():
+            h = torch.empty(tok.numel(), f_dim, dtype=torch.bfloat16, device=dev)
+            ft._launch(x, tok, d.weight, counts, qst.q13, qst.s13, h, f_dim, h_dim, f_dim,
+                       cfg1, gather=True, gated=True, act=1, combine=0, qgroup=g,
+                       ieee=False, cache=qst.kernel_cache)
+            return h
+        return fn
+
+    base = ft._fit(ft.INT4_CANDIDATES[f"w64t{bt}"][0], f_dim, h_dim, g)
+    variants[f"triton w64t{bt} fp32 dequant"] = triton_launch(
+        dataclasses.replace(base, int4_asm=False))
+    variants[f"triton w64t{bt} bit-op dequant"] = triton_launch(base)
+    table = ft.resolve_config(ft.choose_config(qst, tok.numel(), dev), True)
+    variants["triton table gate/up"] = triton_launch(ft._fit(table[0], f_dim, h_dim, g))
+    return variants
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _meta import provenance, write_json
+    from kernels_bench import bench_ms, bf16_and_int4_stacks, routing
+
+    from wattmoe.moe import get_preset
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="olmoe-1b-7b,qwen3-30b-a3b")
+    ap.add_argument("--tokens", default="512")
+    ap.add_argument("--out", default="gluon.json")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
+        ap.error("needs a Hopper GPU (sm_90): wgmma")
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rows: list[dict[str, object]] = []
+    payload = {**provenance(), "triton": triton.__version__, "args": vars(args), "rows": rows}
+    for shape in args.shapes.split(","):
+        cfg = get_preset(shape)
+        _, qst = bf16_and_int4_stacks(cfg, dev)
+        for tokens in (int(t) for t in args.tokens.split(",")):
+            d = routing("uniform", tokens, cfg.num_experts, cfg.top_k, dev, gen)
+            x = torch.randn(tokens, cfg.hidden_size, device=dev, generator=gen).bfloat16()
+            ref = reference_gate_up(qst, x, d.token_idx, d.counts)
+            for name, fn in _variants(qst, x, d, dev).items():
+                rec: dict[str, object] = {"shape": shape, "tokens": tokens, "variant": name}
+                try:
+                    out = fn().float()
+                    err = ((out - ref).norm() / ref.norm()).item()
+                    rec.update(rel_err=err, us=bench_ms(fn) * 1e3)
+                except Exception as exc:  # record and go on: the other variants still run
+                    rec["error"] = f"{exc.__class__.__name__}: {exc}"
+                rows.append(rec)
+                write_json(Path(args.out), payload)
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()},
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
