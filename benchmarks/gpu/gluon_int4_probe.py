@@ -135,10 +135,13 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
         gl.thread_barrier()  # nobody refills this slot before every warp's MMAs read it
 
     act = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u  # SwiGLU in fp32
-    out = gl.convert_layout(act.to(gl.bfloat16), blk)
-    rt_o = gl.arange(0, BT, layout=gl.SliceLayout(0, blk))
-    h_ptrs = h_ptr + (r0 + rt_o)[None, :].to(gl.int64) * F + (ft * BF + rf)[:, None]
-    gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf < BF)[:, None])
+    # h is F-contiguous, dim 0 of the tile: 8 consecutive outputs per thread (16-byte stores)
+    o_l: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, 4], [0, 1])
+    out = gl.convert_layout(act.to(gl.bfloat16), o_l)
+    rf_o = gl.arange(0, BF, layout=gl.SliceLayout(1, o_l))
+    rt_o = gl.arange(0, BT, layout=gl.SliceLayout(0, o_l))
+    h_ptrs = h_ptr + (r0 + rt_o)[None, :].to(gl.int64) * F + (ft * BF + rf_o)[:, None]
+    gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf_o < BF)[:, None])
 
 
 def block_table(counts: torch.Tensor, bt: int) -> tuple[torch.Tensor, ...]:
