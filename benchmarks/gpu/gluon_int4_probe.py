@@ -125,13 +125,17 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
         t_g = hopper.warpgroup_mma(g_hi, xh, t_g, is_async=True)
         t_u = hopper.warpgroup_mma(u_lo, xl, acc_u, is_async=True)
         t_u = hopper.warpgroup_mma(u_hi, xh, t_u, is_async=True)
+        in_flight = [g_lo, g_hi, u_lo, u_hi]  # the MMAs' register operands, until the wait
         if i + 1 < NK:  # the next step's operands, dequantized while this step's MMAs run
             j1 = (i + 1) * BK
             g_lo, g_hi = _dequant(gl.load(q_g + j1), gl.load(s_g + j1 // G),
                                   gl.load(s_g + (H // 2 + j1) // G), a_l)
             u_lo, u_hi = _dequant(gl.load(q_u + j1), gl.load(s_u + j1 // G),
                                   gl.load(s_u + (H // 2 + j1) // G), a_l)
-        acc_g, acc_u = hopper.warpgroup_mma_wait(num_outstanding=0, deps=[t_g, t_u])
+        # the operands in deps stay live (in their registers) until the wait: without them
+        # the next step's operands may be written into registers the MMAs still read
+        acc_g, acc_u, _, _, _, _ = hopper.warpgroup_mma_wait(
+            num_outstanding=0, deps=[t_g, t_u] + in_flight)
         gl.thread_barrier()  # nobody refills this slot before every warp's MMAs read it
 
     act = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u  # SwiGLU in fp32
