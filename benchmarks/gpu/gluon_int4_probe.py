@@ -169,15 +169,15 @@ def block_table(counts: torch.Tensor, bt: int) -> tuple[torch.Tensor, ...]:
 
 def gluon_gate_up(st, x: torch.Tensor, tok: torch.Tensor, counts: torch.Tensor, *,
                   bf: int = 64, bt: int = 64, bk: int = 64, stages: int = 3,
-                  table: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+                  blocks: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """The Gluon launch on an int4 stack (`ExpertStack` with q13, s13): h [rows, F] bf16.
-    table: `block_table(counts, bt)`, built here if not given (a host sync: pass it in when
+    blocks: `block_table(counts, bt)`, built here if not given (a host sync: pass it in when
     timing the launch)."""
     h_dim, f_dim, g = st.hidden_size, st.inner_size, st.group_size
     if (h_dim // 2) % bk or g % bk or f_dim % bf:
         raise ValueError(f"tiles bk={bk}, bf={bf} do not divide H/2={h_dim // 2}, G={g}, "
                          f"F={f_dim}")
-    blk_e, blk_r0, blk_n = table if table is not None else block_table(counts, bt)
+    blk_e, blk_r0, blk_n = blocks if blocks is not None else block_table(counts, bt)
     h = torch.empty(tok.numel(), f_dim, dtype=torch.bfloat16, device=x.device)
     n_ft = f_dim // bf
     grid = (blk_e.numel() * n_ft,)
@@ -213,10 +213,10 @@ def _variants(qst, x: torch.Tensor, d, dev: torch.device
     tok, counts = d.token_idx.contiguous(), d.counts.contiguous()
     f_dim, h_dim, g = qst.inner_size, qst.hidden_size, qst.group_size
     bt = 64 if tok.numel() / counts.numel() > 48 else 32
-    table = block_table(counts, bt)  # once, outside the timed launches (it syncs the host)
+    blocks = block_table(counts, bt)  # once, outside the timed launches (it syncs the host)
     variants: dict[str, Callable[[], torch.Tensor]] = {
         f"gluon bt{bt} s{stages}": (
-            lambda s=stages: gluon_gate_up(qst, x, tok, counts, bt=bt, stages=s, table=table))
+            lambda s=stages: gluon_gate_up(qst, x, tok, counts, bt=bt, stages=s, blocks=blocks))
         for stages in (2, 3, 4)}
 
     def triton_launch(cfg1):
