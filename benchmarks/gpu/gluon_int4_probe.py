@@ -15,9 +15,10 @@ barely overlapped in Triton's software pipeline. This experiment writes the same
 - then it waits for the MMAs.
 
 It is an experiment, not a backend: the grid comes from a block table built on the host (a
-host sync, done once per dispatch, outside the timed launches), and there are no tails. On one GPU it checks the result against an fp32 reference
-and times (CUDA events, median) the Gluon launch against Triton's gate/up launch with the same
-tiles and the same fp32 dequantization, and against the tuned table's launch:
+host sync, done once per dispatch, outside the timed launches), and there are no tails. On one
+GPU it checks the result against an fp32 reference and times (CUDA events, median; a variant
+off by more than bf16 allows is not timed) the Gluon launch against Triton's gate/up launch
+with the same tiles and the same fp32 dequantization, and against the tuned table's launch:
 
     PYTHONPATH=$PWD python3 benchmarks/gpu/gluon_int4_probe.py --out $OUT/gluon.json
 
@@ -129,7 +130,7 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
         t_g = hopper.warpgroup_mma(g_hi, xh, t_g, is_async=True)
         t_u = hopper.warpgroup_mma(u_lo, xl, acc_u, is_async=True)
         t_u = hopper.warpgroup_mma(u_hi, xh, t_u, is_async=True)
-        in_flight = [g_lo, g_hi, u_lo, u_hi]  # the MMAs' register operands, until the wait
+        f_glo, f_ghi, f_ulo, f_uhi = g_lo, g_hi, u_lo, u_hi  # the MMAs' operands, until the wait
         if i + 1 < NK:  # the next step's operands, dequantized while this step's MMAs run
             j1 = (i + 1) * BK
             g_lo, g_hi = _dequant(gl.load(q_g + j1), gl.load(s_g + j1 // G),
@@ -139,7 +140,7 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
         # the operands in deps stay live (in their registers) until the wait: without them
         # the next step's operands may be written into registers the MMAs still read
         acc_g, acc_u, _, _, _, _ = hopper.warpgroup_mma_wait(
-            num_outstanding=0, deps=[t_g, t_u] + in_flight)
+            num_outstanding=0, deps=[t_g, t_u, f_glo, f_ghi, f_ulo, f_uhi])
         gl.thread_barrier()  # nobody refills this slot before every warp's MMAs read it
 
     act = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u  # SwiGLU in fp32
@@ -150,6 +151,9 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
     rt_o = gl.arange(0, BT, layout=gl.SliceLayout(0, o_l))
     h_ptrs = h_ptr + (r0 + rt_o)[None, :].to(gl.int64) * F + (ft * BF + rf_o)[:, None]
     gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf_o < BF)[:, None])
+
+
+TOL = 2e-2  # relative error allowed against the fp32 reference (bf16 inputs and outputs)
 
 
 def block_table(counts: torch.Tensor, bt: int) -> tuple[torch.Tensor, ...]:
@@ -266,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     out = fn().float()
                     err = ((out - ref).norm() / ref.norm()).item()
-                    rec.update(rel_err=err, us=bench_ms(fn) * 1e3)
+                    rec.update(rel_err=err, ok=err <= TOL)
+                    if rec["ok"]:  # a wrong kernel's time means nothing
+                        rec["us"] = bench_ms(fn) * 1e3
                 except Exception as exc:  # record and go on: the other variants still run
                     rec["error"] = f"{exc.__class__.__name__}: {exc}"
                 rows.append(rec)
