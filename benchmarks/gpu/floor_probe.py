@@ -54,6 +54,7 @@ from kernels_bench import (  # noqa: E402
     Energy,
     bench_ms,
     bf16_and_int4_stacks,
+    expert_flops,
     graphed,
     resolve_shapes,
     routing,
@@ -91,23 +92,16 @@ def stream_buffer(nbytes: int, dev: torch.device) -> torch.Tensor:
     return torch.empty(n, device=dev, dtype=torch.bfloat16).normal_()
 
 
-def expert_flops(cfg, rows: int, gated: bool) -> float:
-    """Multiply-adds x 2 of the expert GEMMs for `rows` assignments."""
-    return 2.0 * rows * cfg.hidden_size * cfg.expert_inner_size * (3 if gated else 2)
-
-
-def probe_shape(spec: str, cfg, tokens: int, args, nrg, dev: torch.device,
+def probe_shape(spec: str, cfg, stacks: tuple, tokens: int, args, nrg, dev: torch.device,
                 record: Callable[[dict[str, object]], None]) -> None:
+    """Every floor row of one shape at one step size; stacks: its (bf16, int4) experts."""
     e_num, k, h_dim = cfg.num_experts, cfg.top_k, cfg.hidden_size
     m = tokens * k // e_num  # main() checked that tokens x k is a multiple of e_num
     gen = torch.Generator(device=dev).manual_seed(args.seed)
-    st, qst = bf16_and_int4_stacks(cfg, dev, seed=args.seed)
+    st, qst = stacks
     w13, w2 = st.dense(torch.bfloat16)
-    bytes_bf16 = w13.numel() * 2 + w2.numel() * 2
-    assert qst.q13 is not None and qst.s13 is not None and qst.q2 is not None
-    assert qst.s2 is not None
-    bytes_int4 = sum(t.numel() * t.element_size() for t in (qst.q13, qst.s13, qst.q2, qst.s2))
-    flops = expert_flops(cfg, tokens * k, st.gated)
+    bytes_bf16, bytes_int4 = st.weight_bytes(), qst.weight_bytes()
+    flops = expert_flops(cfg, tokens * k)
     base = {"shape": spec, "tokens": tokens, "rows_per_expert": m,
             "weight_bytes_bf16": bytes_bf16, "weight_bytes_int4": bytes_int4, "flops": flops}
 
@@ -324,10 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out_path, payload)  # after every row: an interrupted run keeps it
 
     for spec, cfg in shapes:
+        stacks = bf16_and_int4_stacks(cfg, dev, seed=args.seed)  # once per shape
         for tokens in tokens_list:
-            probe_shape(spec, cfg, tokens, args, nrg, dev, record)
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            probe_shape(spec, cfg, stacks, tokens, args, nrg, dev, record)
+        del stacks
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     if layer is not None:
         payload["bounds"] = bounds(rows, layer)
         for b in payload["bounds"]:  # type: ignore[union-attr]

@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     from _meta import provenance, write_json
     from kernels_bench import bench_ms, bf16_and_int4_stacks, routing
 
+    from wattmoe.errors import ConfigError
     from wattmoe.moe import get_preset
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -252,16 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="512")
     ap.add_argument("--out", default="gluon.json")
     args = ap.parse_args(argv)
+    try:
+        cfgs = [(name, get_preset(name)) for name in args.shapes.split(",") if name]
+        tokens_list = [int(t) for t in args.tokens.split(",") if t]
+    except (ConfigError, ValueError) as exc:
+        ap.error(f"--shapes/--tokens: {exc}")
+    if not cfgs or not tokens_list or min(tokens_list) < 1:
+        ap.error("--shapes and --tokens need at least one entry, tokens >= 1")
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9:
         ap.error("needs a Hopper GPU (sm_90): wgmma")
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
     rows: list[dict[str, object]] = []
     payload = {**provenance(), "triton": triton.__version__, "args": vars(args), "rows": rows}
-    for shape in args.shapes.split(","):
-        cfg = get_preset(shape)
+    for shape, cfg in cfgs:
         _, qst = bf16_and_int4_stacks(cfg, dev)
-        for tokens in (int(t) for t in args.tokens.split(",")):
+        for tokens in tokens_list:
             d = routing("uniform", tokens, cfg.num_experts, cfg.top_k, dev, gen)
             x = torch.randn(tokens, cfg.hidden_size, device=dev, generator=gen).bfloat16()
             ref = reference_gate_up(qst, x, d.token_idx, d.counts)

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.cost_model.scenarios import resolve_shape_spec  # noqa: E402
+from wattmoe.cost_model.work import int4_weight_bytes  # noqa: E402
 from wattmoe.errors import ConfigError  # noqa: E402
 from wattmoe.moe import MoEConfig, SimpleMoELayer, build_dispatch, dequantize_int4  # noqa: E402
 from wattmoe.moe import fused_route as fr  # noqa: E402
@@ -355,14 +356,21 @@ class Energy:
 # ---------------------------------------------------------------------------------------------
 
 
+def expert_flops(cfg: MoEConfig, rows: int) -> float:
+    """Multiply-adds x 2 of the expert GEMMs for `rows` assignments (3 matrices for SwiGLU
+    experts, 2 for ReLU ones)."""
+    mats = 3 if cfg.expert_form == "swiglu" else 2
+    return 2.0 * rows * mats * cfg.hidden_size * cfg.expert_inner_size
+
+
 def floors(cfg, tokens: int, bytes_per_weight: float, peak_tflops: float, peak_tbs: float
            ) -> dict[str, float]:
     """FLOPs and fewest bytes of one step's experts; their times at the measured ceilings."""
     h, f, e, k = cfg.hidden_size, cfg.expert_inner_size, cfg.num_experts, cfg.top_k
-    n = tokens * k
-    flops = 2 * n * 3 * h * f
+    flops = expert_flops(cfg, tokens * k)
+    mats = 3 if cfg.expert_form == "swiglu" else 2
     touched = e * (1 - (1 - k / e) ** tokens)  # expected experts with >= 1 token
-    wbytes = touched * 3 * h * f * bytes_per_weight
+    wbytes = touched * mats * h * f * bytes_per_weight
     act_bytes = 2 * tokens * h * 2  # x read once, out written once (bf16)
     nbytes = wbytes + act_bytes
     return {"flops": flops, "bytes": nbytes, "experts_touched": touched,
@@ -830,7 +838,9 @@ class Bench:
                        "mean_power_w": w["energy_j"] / w["seconds"],
                        "temperature_c_after": info.get("temperature_c"),
                        "sm_clock_mhz_after": info.get("sm_clock_mhz"),
-                       "floors": floors(cfg, tokens, 2.0 if wname == "bf16" else 0.5 + 2 / 128,
+                       "floors": floors(cfg, tokens, 2.0 if wname == "bf16" else
+                                        int4_weight_bytes(cfg.hidden_size,
+                                                          cfg.expert_inner_size),
                                         self.ceil["bf16_gemm_tflop_s"], self.ceil["copy_tb_s"]),
                        "fused_config": (ft.choose_config(stacked_experts(lay.experts),
                                                          tokens * cfg.top_k, self.dev)
