@@ -45,6 +45,8 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from wattmoe.moe._fused_kernel import _INT4_FRAG_PAIR_BF16  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 
@@ -153,6 +155,150 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
     gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf_o < BF)[:, None])
 
 
+_FRAG_ASM = gl.constexpr(_INT4_FRAG_PAIR_BF16.value)
+
+
+def frag_word_layout(bk: int) -> gl.DistributedLinearLayout:
+    """Where a warp group's threads hold the fragment words [64, bk/4] of one K step: thread
+    (lane 4g + q) holds words 2q and 2q + 1 of each 32-byte block (registers 0/1, and one more
+    register bit per further block) of rows g and g + 8 (a register bit) of its warp's 16
+    rows: the words whose unpacked columns are its wgmma register operand's."""
+    if bk < 32 or bk & (bk - 1):
+        raise ValueError(f"BK={bk}: a power of two >= 32 (whole 32-byte blocks)")
+    blocks = [[0, 8 << i] for i in range((bk // 32).bit_length() - 1)]
+    return gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [8, 0], *blocks], lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, bk // 4])
+
+
+@gluon.jit
+def _frag_dequant(w, sp, a_l: gl.constexpr):
+    """Fragment-ordered words [BF, BK/4] (`quant.fragment_words`) and the rows' scale pair
+    words [BF] (`quant.scale_pairs`, bf16) to the two bf16 register operands [BF, BK], with
+    the table kernel's bit-operation asm (`_fused_kernel._INT4_FRAG_PAIR_BF16`): a thread's
+    two words per 32-byte block become its eight operand registers, and the join / reshape /
+    permute below only name them (asserted: the conversion to a_l moves no data)."""
+    sp2 = gl.broadcast(sp[:, None], w)[0]
+    lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = gl.inline_asm_elementwise(
+        asm=_FRAG_ASM, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r", args=[w, sp2],
+        dtype=(gl.bfloat16,) * 8, is_pure=True, pack=2)
+    return _frag_cols(lo0, lo1, lo2, lo3, a_l), _frag_cols(hi0, hi1, hi2, hi3, a_l)
+
+
+@gluon.jit
+def _frag_cols(o0, o1, o2, o3, a_l: gl.constexpr):
+    """o_h [R, NB*8] (o_h[:, 8b + m] = column 32b + 8h + m) -> [R, NB*32] in layout a_l."""
+    rows: gl.constexpr = o0.shape[0]
+    nb: gl.constexpr = o0.shape[1] // 8
+    t = gl.join(gl.join(o0, o1), gl.join(o2, o3))  # [R, NB*8, 2 (h & 1), 2 (h >> 1)]
+    t = gl.reshape(t, (rows, nb, 8, 2, 2))
+    t = gl.permute(t, (0, 1, 4, 3, 2))  # [R, NB, h >> 1, h & 1, m]
+    return gl.convert_layout(gl.reshape(t, (rows, nb * 32)), a_l, assert_trivial=True)
+
+
+@gluon.jit
+def gate_up_int4_frag_kernel(x_ptr, tok_ptr, w_ptr, sp_ptr, h_ptr, blk_e_ptr, blk_r0_ptr,
+                             blk_n_ptr, n_ftiles, H: gl.constexpr, F: gl.constexpr,
+                             G: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
+                             STAGES: gl.constexpr, W_L: gl.constexpr):
+    """`gate_up_int4_kernel` at the table kernel's operating point: the codes as fragment
+    words (w: [E, 2F, H/8] int32) and scale pair words (sp: [E, 2F, H/G/2] int32, bf16
+    halves), dequantized by the same asm. The words of step i + 2 are loaded (into
+    registers) while step i's MMAs run and step i + 1 is dequantized, so that their global
+    latency is hidden (run 60: the first kernel's loads were not, long-scoreboard stalls).
+    BF is 64 (one warp group's rows)."""
+    BF: gl.constexpr = 64
+    BW: gl.constexpr = BK // 4  # words per row and K step
+    pid = gl.program_id(0)
+    b = pid // n_ftiles
+    ft = pid % n_ftiles
+    e = gl.load(blk_e_ptr + b).to(gl.int64)
+    r0 = gl.load(blk_r0_ptr + b)
+    nrow = gl.load(blk_n_ptr + b)
+
+    blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, BT, 16])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    w_l: gl.constexpr = W_L  # `frag_word_layout(BK)`
+    x_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BK], gl.bfloat16)
+    ring_lo = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, BK], x_sl)
+    ring_hi = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, BK], x_sl)
+
+    rt = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
+    rk = gl.arange(0, BK, layout=gl.SliceLayout(0, blk))
+    tmask = rt < nrow
+    tok = gl.load(tok_ptr + r0 + rt, mask=tmask, other=0).to(gl.int64)
+    x_lo = x_ptr + tok[:, None] * H + rk[None, :]
+    xmask = tmask[:, None] & (rk[None, :] < BK)
+    NP: gl.constexpr = H // G // 2  # scale pair words per row
+    rf_w = gl.arange(0, BF, layout=gl.SliceLayout(1, w_l))
+    rw = gl.arange(0, BW, layout=gl.SliceLayout(0, w_l))
+    g_rows = (ft * BF + rf_w).to(gl.int64)
+    w_g = w_ptr + e * (2 * F * (H // 8)) + g_rows[:, None] * (H // 8) + rw[None, :]
+    w_u = w_g + F * (H // 8)
+    sp_g = sp_ptr + e * (2 * F * NP) + g_rows * NP
+    sp_u = sp_g + F * NP
+
+    NK: gl.constexpr = (H // 2) // BK
+    for st in gl.static_range(STAGES - 1):
+        if st < NK:
+            async_copy.async_copy_global_to_shared(ring_lo.index(st), x_lo + st * BK,
+                                                   mask=xmask)
+            async_copy.async_copy_global_to_shared(ring_hi.index(st),
+                                                   x_lo + (H // 2 + st * BK), mask=xmask)
+        async_copy.commit_group()
+
+    acc_g = gl.zeros([BF, BT], gl.float32, mma)
+    acc_u = gl.zeros([BF, BT], gl.float32, mma)
+    g_lo, g_hi = _frag_dequant(gl.load(w_g), gl.load(sp_g), a_l)
+    u_lo, u_hi = _frag_dequant(gl.load(w_u), gl.load(sp_u), a_l)
+    j1 = (1 % NK) * BK  # step 1's words in flight (step 0 again for a one-step loop)
+    nw_g = gl.load(w_g + j1 // 4)
+    nw_u = gl.load(w_u + j1 // 4)
+    ns_g = gl.load(sp_g + j1 // G)
+    ns_u = gl.load(sp_u + j1 // G)
+    for i in range(NK):
+        nxt = i + STAGES - 1
+        if nxt < NK:
+            async_copy.async_copy_global_to_shared(ring_lo.index(nxt % STAGES),
+                                                   x_lo + nxt * BK, mask=xmask)
+            async_copy.async_copy_global_to_shared(ring_hi.index(nxt % STAGES),
+                                                   x_lo + (H // 2 + nxt * BK), mask=xmask)
+        async_copy.commit_group()
+        async_copy.wait_group(STAGES - 1)
+        gl.thread_barrier()
+        hopper.fence_async_shared()
+        xl = ring_lo.index(i % STAGES).permute((1, 0))
+        xh = ring_hi.index(i % STAGES).permute((1, 0))
+        t_g = hopper.warpgroup_mma(g_lo, xl, acc_g, is_async=True)
+        t_g = hopper.warpgroup_mma(g_hi, xh, t_g, is_async=True)
+        t_u = hopper.warpgroup_mma(u_lo, xl, acc_u, is_async=True)
+        t_u = hopper.warpgroup_mma(u_hi, xh, t_u, is_async=True)
+        f_glo, f_ghi, f_ulo, f_uhi = g_lo, g_hi, u_lo, u_hi
+        # step i + 2's words (wrapping past the end: a few wasted loads, no branch)
+        j2 = ((i + 2) % NK) * BK
+        w2_g = gl.load(w_g + j2 // 4)
+        w2_u = gl.load(w_u + j2 // 4)
+        s2_g = gl.load(sp_g + j2 // G)
+        s2_u = gl.load(sp_u + j2 // G)
+        # step i + 1 dequantized from the words loaded one step ago, while the MMAs run
+        g_lo, g_hi = _frag_dequant(nw_g, ns_g, a_l)
+        u_lo, u_hi = _frag_dequant(nw_u, ns_u, a_l)
+        nw_g, nw_u, ns_g, ns_u = w2_g, w2_u, s2_g, s2_u
+        acc_g, acc_u, _, _, _, _ = hopper.warpgroup_mma_wait(
+            num_outstanding=0, deps=[t_g, t_u, f_glo, f_ghi, f_ulo, f_uhi])
+        gl.thread_barrier()
+
+    act = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
+    o_l: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, 4], [0, 1])
+    out = gl.convert_layout(act.to(gl.bfloat16), o_l)
+    rf_o = gl.arange(0, BF, layout=gl.SliceLayout(1, o_l))
+    rt_o = gl.arange(0, BT, layout=gl.SliceLayout(0, o_l))
+    h_ptrs = h_ptr + (r0 + rt_o)[None, :].to(gl.int64) * F + (ft * BF + rf_o)[:, None]
+    gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf_o < BF)[:, None])
+
+
 TOL = 2e-2  # relative error allowed against the fp32 reference (bf16 inputs and outputs)
 
 
@@ -191,6 +337,30 @@ def gluon_gate_up(st, x: torch.Tensor, tok: torch.Tensor, counts: torch.Tensor, 
     return h
 
 
+def gluon_frag_gate_up(st, x: torch.Tensor, tok: torch.Tensor, counts: torch.Tensor, *,
+                       bt: int = 32, bk: int = 64, stages: int = 2,
+                       blocks: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """`gate_up_int4_frag_kernel` on an int4 stack: h [rows, F] bf16. The fragment words and
+    scale pairs are the stack's cached copies (`fused_triton._derived`, as the table's launch
+    reads them); blocks as in `gluon_gate_up`."""
+    from wattmoe.moe import fused_triton as ft
+
+    h_dim, f_dim, g = st.hidden_size, st.inner_size, st.group_size
+    if (h_dim // 2) % bk or g % bk or f_dim % 64 or (h_dim // 2) % g:
+        raise ValueError(f"tiles bk={bk}, bf=64 do not divide H/2={h_dim // 2}, G={g}, "
+                         f"F={f_dim}")
+    words = ft._derived(st.q13, st.kernel_cache, "frag")
+    pairs = ft._derived(st.s13, st.kernel_cache, "pairs", torch.bfloat16)
+    blk_e, blk_r0, blk_n = blocks if blocks is not None else block_table(counts, bt)
+    h = torch.empty(tok.numel(), f_dim, dtype=torch.bfloat16, device=x.device)
+    n_ft = f_dim // 64
+    grid = (blk_e.numel() * n_ft,)
+    gate_up_int4_frag_kernel[grid](x, tok, words, pairs, h, blk_e, blk_r0, blk_n, n_ft,
+                                   H=h_dim, F=f_dim, G=g, BT=bt, BK=bk, STAGES=stages,
+                                   W_L=frag_word_layout(bk), num_warps=4)
+    return h
+
+
 def reference_gate_up(st, x: torch.Tensor, tok: torch.Tensor, counts: torch.Tensor
                       ) -> torch.Tensor:
     """silu(x Wg^T) * (x Wu^T) per dispatch row, weights dequantized in fp32."""
@@ -222,6 +392,12 @@ def _variants(qst, x: torch.Tensor, d, dev: torch.device
         f"gluon bt{bt} s{stages}": (
             lambda s=stages: gluon_gate_up(qst, x, tok, counts, bt=bt, stages=s, blocks=blocks))
         for stages in (2, 3, 4)}
+    for fbt in (bt, bt // 2):  # the table kernel's dequantization, on two token tiles
+        fblocks = blocks if fbt == bt else block_table(counts, fbt)
+        for bk, stages in ((64, 2), (64, 3), (128, 2)):
+            variants[f"gluon frag bt{fbt} bk{bk} s{stages}"] = (
+                lambda b=fbt, k=bk, s=stages, bl=fblocks: gluon_frag_gate_up(
+                    qst, x, tok, counts, bt=b, bk=k, stages=s, blocks=bl))
 
     def triton_launch(cfg1):
         def fn():
@@ -252,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default="olmoe-1b-7b,qwen3-30b-a3b")
     ap.add_argument("--tokens", default="512")
     ap.add_argument("--out", default="gluon.json")
+    ap.add_argument("--only", default="",
+                    help="run the variants whose name contains this (e.g. for ncu: 'table')")
     args = ap.parse_args(argv)
     try:
         cfgs = [(name, get_preset(name)) for name in args.shapes.split(",") if name]
@@ -273,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(tokens, cfg.hidden_size, device=dev, generator=gen).bfloat16()
             ref = reference_gate_up(qst, x, d.token_idx, d.counts)
             for name, fn in _variants(qst, x, d, dev).items():
+                if args.only not in name:
+                    continue
                 rec: dict[str, object] = {"shape": shape, "tokens": tokens, "variant": name}
                 try:
                     out = fn().float()
