@@ -12,6 +12,11 @@ splits per launch (CUPTI):
     PYTHONPATH=$PWD python3 benchmarks/gpu/kernel_diag.py --out $OUT/diag.json
 
 With --ncu, runs each variant a few times only, for `ncu --clock-control none` to profile.
+With --energy S, also measures each int4 and bf16 variant's experts step captured in a CUDA
+graph over NVML windows of S seconds (two each, in alternating order): the joules per step of
+the same work with dequantization as shipped, through fp32 and skipped. The skipped variant
+multiplies reinterpreted bits (its values, and how much its MMAs toggle, are not the real
+weights'), so its energy is an estimate of a dequantization-free launch, not a measurement of one.
 """
 
 from __future__ import annotations
@@ -30,7 +35,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
-from kernels_bench import bench_ms, bf16_and_int4_stacks, launch_times  # noqa: E402
+from kernels_bench import (  # noqa: E402
+    Energy,
+    bench_ms,
+    bf16_and_int4_stacks,
+    graphed,
+    launch_times,
+)
 
 from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
@@ -51,6 +62,30 @@ def run(fn: Callable[[], object], title: str, rec: dict[str, object],
     print(f"{title:60s} {ms * 1e3:8.1f} us{extra}", flush=True)
 
 
+def energy_rows(variants: dict[str, tuple], x: torch.Tensor, d, tokens: int, seconds: float,
+                dev: torch.device, rows: list[dict[str, object]]) -> None:
+    """mJ per captured experts step of each variant: the mean of two NVML windows, the second
+    round in reverse order, so that a drift during the run falls on every variant alike."""
+    nrg = Energy(dev.index or 0)
+    steps = {label: graphed(functools.partial(ft.fused_forward, stack, x, d, pair), dev)
+             for label, (stack, pair) in variants.items()}
+    windows: dict[str, list[dict[str, float]]] = {label: [] for label in steps}
+    for order in (list(steps), list(steps)[::-1]):
+        for label in order:
+            windows[label].append(nrg.window(steps[label], seconds))
+    for label, ws in windows.items():
+        mj = [w["energy_j"] / w["steps"] * 1e3 for w in ws]
+        watts = sum(w["energy_j"] for w in ws) / sum(w["seconds"] for w in ws)
+        rows.append({"tokens": tokens, "variant": label, "energy_mj": sum(mj) / len(mj),
+                     "energy_mj_windows": mj, "power_w": watts,
+                     "energy_source": nrg.source + (
+                         "; an estimate of a dequantization-free step (wrong values)"
+                         if "skipped" in label else ""),
+                     "graph": True})
+        print(f"T={tokens:5d} {label:55s} {sum(mj) / len(mj):8.2f} mJ per captured experts "
+              f"step ({watts:.0f} W)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="olmoe-1b-7b")
@@ -59,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ncu", action="store_true", help="run each variant 3 times, no timing")
     ap.add_argument("--device", default="cuda", help="cpu: smoke test (TRITON_INTERPRET=1)")
     ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shape")
+    ap.add_argument("--energy", type=float, default=0.0,
+                    help="seconds per NVML window on each variant's captured experts step "
+                         "(0: no energy; needs a GPU)")
     args = ap.parse_args(argv)
+    if args.energy < 0 or (args.energy and (args.ncu or args.device == "cpu")):
+        ap.error("--energy: seconds >= 0, on a GPU, without --ncu")
     dev = torch.device(args.device)
     cfg = get_preset(args.shape, args.scale)
     st, qst = bf16_and_int4_stacks(cfg, dev)
@@ -90,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 fn = functools.partial(ft.fused_forward, stack, x, d, pair)
                 run(fn, f"T={tokens:5d} {label}", {"tokens": tokens, "variant": label},
                     rows, args.ncu, split=True)
+            if args.energy:
+                energy_rows(variants, x, d, tokens, args.energy, dev, rows)
             # the down launch alone: atomic weighted combine vs a plain store per assignment
             cfg_dn = ft._fit(b_pair[1], h_dim, f_dim, None)
             assert cfg_dn is not None and st.w2 is not None
