@@ -22,10 +22,16 @@ with the same tiles and the same fp32 dequantization, and against the tuned tabl
 
     PYTHONPATH=$PWD python3 benchmarks/gpu/gluon_int4_probe.py --out $OUT/gluon.json
 
-If the Gluon launch is much faster at equal dequantization, the pipeline structure is what
-holds the int4 launches back, and the bit-operation dequantization and fragment words are
-worth porting to it. Written without a GPU (sm_90 compiles with Triton 3.6 on the CPU machine);
-not yet run.
+A second kernel, `gate_up_int4_frag_kernel`, does the same at the table kernel's
+dequantization (fragment words and scale pairs through its bit-operation asm, the words of
+step i + 2 loaded while step i's MMAs run).
+
+Measured (results/h200/kernels/run60_gluon_probe, run62_gluon_frag): neither is faster than
+Triton. At equal fp32 dequantization the first is 13-38% slower than Triton's same-tile launch;
+the fragment-word kernel is 30-41% slower than the table's launch (Qwen3 at 512 tokens: 158.8
+vs 112.8 us). ncu: it holds two operand sets live across the MMAs (254 registers, 2 CTAs per
+SM against Triton's 3) and issues ~1.5x the instructions, while Triton's launch already keeps
+the tensor pipe busy 34% of its time by interleaving its resident CTAs.
 """
 
 from __future__ import annotations
