@@ -70,6 +70,28 @@ def _dequant(q, s_lo, s_hi, a_l: gl.constexpr):
 
 
 @gluon.jit
+def _copy_x(slot_lo, slot_hi, x_lo, step, xmask, H: gl.constexpr, BK: gl.constexpr):
+    """Step `step`'s gathered activation tiles (columns j0.. and H/2 + j0..) into one ring
+    slot, by cp.async (masked past the block's rows)."""
+    async_copy.async_copy_global_to_shared(slot_lo, x_lo + step * BK, mask=xmask)
+    async_copy.async_copy_global_to_shared(slot_hi, x_lo + (H // 2 + step * BK), mask=xmask)
+
+
+@gluon.jit
+def _swiglu_store(acc_g, acc_u, h_ptr, r0, nrow, ft, F: gl.constexpr, BF: gl.constexpr,
+                  BT: gl.constexpr):
+    """h[r0 + t, ft * BF + f] = silu(gate) * up of the [BF, BT] accumulators (fp32), in bf16."""
+    act = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
+    # h is F-contiguous, dim 0 of the tile: 8 consecutive outputs per thread (16-byte stores)
+    o_l: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, 4], [0, 1])
+    out = gl.convert_layout(act.to(gl.bfloat16), o_l)
+    rf_o = gl.arange(0, BF, layout=gl.SliceLayout(1, o_l))
+    rt_o = gl.arange(0, BT, layout=gl.SliceLayout(0, o_l))
+    h_ptrs = h_ptr + (r0 + rt_o)[None, :].to(gl.int64) * F + (ft * BF + rf_o)[:, None]
+    gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf_o < BF)[:, None])
+
+
+@gluon.jit
 def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_ptr, blk_n_ptr,
                         n_ftiles, H: gl.constexpr, F: gl.constexpr, G: gl.constexpr,
                         BF: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
@@ -111,10 +133,7 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
     NK: gl.constexpr = (H // 2) // BK
     for st in gl.static_range(STAGES - 1):  # prologue: the first activation tiles in flight
         if st < NK:  # (a K loop shorter than the ring: no copies past the row's end)
-            async_copy.async_copy_global_to_shared(ring_lo.index(st), x_lo + st * BK,
-                                                   mask=xmask)
-            async_copy.async_copy_global_to_shared(ring_hi.index(st),
-                                                   x_lo + (H // 2 + st * BK), mask=xmask)
+            _copy_x(ring_lo.index(st), ring_hi.index(st), x_lo, st, xmask, H, BK)
         async_copy.commit_group()  # one group per step, empty or not: the waits count them
 
     acc_g = gl.zeros([BF, BT], gl.float32, mma)
@@ -124,10 +143,8 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
     for i in range(NK):
         nxt = i + STAGES - 1
         if nxt < NK:
-            async_copy.async_copy_global_to_shared(ring_lo.index(nxt % STAGES),
-                                                   x_lo + nxt * BK, mask=xmask)
-            async_copy.async_copy_global_to_shared(ring_hi.index(nxt % STAGES),
-                                                   x_lo + (H // 2 + nxt * BK), mask=xmask)
+            _copy_x(ring_lo.index(nxt % STAGES), ring_hi.index(nxt % STAGES), x_lo, nxt,
+                    xmask, H, BK)
         async_copy.commit_group()
         async_copy.wait_group(STAGES - 1)
         gl.thread_barrier()  # every thread's copies of this step's tiles landed
@@ -151,14 +168,7 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
             num_outstanding=0, deps=[t_g, t_u, f_glo, f_ghi, f_ulo, f_uhi])
         gl.thread_barrier()  # nobody refills this slot before every warp's MMAs read it
 
-    act = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u  # SwiGLU in fp32
-    # h is F-contiguous, dim 0 of the tile: 8 consecutive outputs per thread (16-byte stores)
-    o_l: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, 4], [0, 1])
-    out = gl.convert_layout(act.to(gl.bfloat16), o_l)
-    rf_o = gl.arange(0, BF, layout=gl.SliceLayout(1, o_l))
-    rt_o = gl.arange(0, BT, layout=gl.SliceLayout(0, o_l))
-    h_ptrs = h_ptr + (r0 + rt_o)[None, :].to(gl.int64) * F + (ft * BF + rf_o)[:, None]
-    gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf_o < BF)[:, None])
+    _swiglu_store(acc_g, acc_u, h_ptr, r0, nrow, ft, F, BF, BT)
 
 
 _FRAG_ASM = gl.constexpr(_INT4_FRAG_PAIR_BF16.value)
@@ -249,10 +259,7 @@ def gate_up_int4_frag_kernel(x_ptr, tok_ptr, w_ptr, sp_ptr, h_ptr, blk_e_ptr, bl
     NK: gl.constexpr = (H // 2) // BK
     for st in gl.static_range(STAGES - 1):
         if st < NK:
-            async_copy.async_copy_global_to_shared(ring_lo.index(st), x_lo + st * BK,
-                                                   mask=xmask)
-            async_copy.async_copy_global_to_shared(ring_hi.index(st),
-                                                   x_lo + (H // 2 + st * BK), mask=xmask)
+            _copy_x(ring_lo.index(st), ring_hi.index(st), x_lo, st, xmask, H, BK)
         async_copy.commit_group()
 
     acc_g = gl.zeros([BF, BT], gl.float32, mma)
@@ -267,10 +274,8 @@ def gate_up_int4_frag_kernel(x_ptr, tok_ptr, w_ptr, sp_ptr, h_ptr, blk_e_ptr, bl
     for i in range(NK):
         nxt = i + STAGES - 1
         if nxt < NK:
-            async_copy.async_copy_global_to_shared(ring_lo.index(nxt % STAGES),
-                                                   x_lo + nxt * BK, mask=xmask)
-            async_copy.async_copy_global_to_shared(ring_hi.index(nxt % STAGES),
-                                                   x_lo + (H // 2 + nxt * BK), mask=xmask)
+            _copy_x(ring_lo.index(nxt % STAGES), ring_hi.index(nxt % STAGES), x_lo, nxt,
+                    xmask, H, BK)
         async_copy.commit_group()
         async_copy.wait_group(STAGES - 1)
         gl.thread_barrier()
@@ -296,13 +301,7 @@ def gate_up_int4_frag_kernel(x_ptr, tok_ptr, w_ptr, sp_ptr, h_ptr, blk_e_ptr, bl
             num_outstanding=0, deps=[t_g, t_u, f_glo, f_ghi, f_ulo, f_uhi])
         gl.thread_barrier()
 
-    act = acc_g / (1.0 + gl.exp(-acc_g)) * acc_u
-    o_l: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, 4], [0, 1])
-    out = gl.convert_layout(act.to(gl.bfloat16), o_l)
-    rf_o = gl.arange(0, BF, layout=gl.SliceLayout(1, o_l))
-    rt_o = gl.arange(0, BT, layout=gl.SliceLayout(0, o_l))
-    h_ptrs = h_ptr + (r0 + rt_o)[None, :].to(gl.int64) * F + (ft * BF + rf_o)[:, None]
-    gl.store(h_ptrs, out, mask=(rt_o < nrow)[None, :] & (rf_o < BF)[:, None])
+    _swiglu_store(acc_g, acc_u, h_ptr, r0, nrow, ft, F, BF, BT)
 
 
 TOL = 2e-2  # relative error allowed against the fp32 reference (bf16 inputs and outputs)
