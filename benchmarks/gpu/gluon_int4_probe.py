@@ -70,6 +70,27 @@ def _dequant(q, s_lo, s_hi, a_l: gl.constexpr):
 
 
 @gluon.jit
+def _block(blk_e_ptr, blk_r0_ptr, blk_n_ptr, n_ftiles):
+    """This program's F tile, expert, first dispatch row and rows (the host's block table)."""
+    pid = gl.program_id(0)
+    b = pid // n_ftiles
+    e = gl.load(blk_e_ptr + b).to(gl.int64)
+    return pid % n_ftiles, e, gl.load(blk_r0_ptr + b), gl.load(blk_n_ptr + b)
+
+
+@gluon.jit
+def _x_tiles(x_ptr, tok_ptr, r0, nrow, H: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr):
+    """Pointers [BT, BK] to the block's gathered activation rows, columns 0..BK (step 0's low
+    half), and the mask of its rows."""
+    blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    rt = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
+    rk = gl.arange(0, BK, layout=gl.SliceLayout(0, blk))
+    tmask = rt < nrow
+    tok = gl.load(tok_ptr + r0 + rt, mask=tmask, other=0).to(gl.int64)
+    return x_ptr + tok[:, None] * H + rk[None, :], tmask[:, None] & (rk[None, :] < BK)
+
+
+@gluon.jit
 def _copy_x(slot_lo, slot_hi, x_lo, step, xmask, H: gl.constexpr, BK: gl.constexpr):
     """Step `step`'s gathered activation tiles (columns j0.. and H/2 + j0..) into one ring
     slot, by cp.async (masked past the block's rows)."""
@@ -100,14 +121,8 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
 
     q: [E, 2F, H/2] uint8 (gate rows, then up rows), s: [E, 2F, H/G] fp16, h: [rows, F] bf16.
     One K step covers BK packed columns: activation columns j0.. and H/2 + j0.. ."""
-    pid = gl.program_id(0)
-    b = pid // n_ftiles
-    ft = pid % n_ftiles
-    e = gl.load(blk_e_ptr + b).to(gl.int64)
-    r0 = gl.load(blk_r0_ptr + b)
-    nrow = gl.load(blk_n_ptr + b)
+    ft, e, r0, nrow = _block(blk_e_ptr, blk_r0_ptr, blk_n_ptr, n_ftiles)
 
-    blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BT, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -115,12 +130,7 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
     ring_lo = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, BK], x_sl)
     ring_hi = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, BK], x_sl)
 
-    rt = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
-    rk = gl.arange(0, BK, layout=gl.SliceLayout(0, blk))
-    tmask = rt < nrow
-    tok = gl.load(tok_ptr + r0 + rt, mask=tmask, other=0).to(gl.int64)
-    x_lo = x_ptr + tok[:, None] * H + rk[None, :]  # [BT, BK], columns j0..
-    xmask = tmask[:, None] & (rk[None, :] < BK)
+    x_lo, xmask = _x_tiles(x_ptr, tok_ptr, r0, nrow, H, BT, BK)
     # weight codes and scales straight in the wgmma operand layout (2-byte loads per thread)
     rf_a = gl.arange(0, BF, layout=gl.SliceLayout(1, a_l))
     rk_a = gl.arange(0, BK, layout=gl.SliceLayout(0, a_l))
@@ -225,14 +235,8 @@ def gate_up_int4_frag_kernel(x_ptr, tok_ptr, w_ptr, sp_ptr, h_ptr, blk_e_ptr, bl
     BF is 64 (one warp group's rows)."""
     BF: gl.constexpr = 64
     BW: gl.constexpr = BK // 4  # words per row and K step
-    pid = gl.program_id(0)
-    b = pid // n_ftiles
-    ft = pid % n_ftiles
-    e = gl.load(blk_e_ptr + b).to(gl.int64)
-    r0 = gl.load(blk_r0_ptr + b)
-    nrow = gl.load(blk_n_ptr + b)
+    ft, e, r0, nrow = _block(blk_e_ptr, blk_r0_ptr, blk_n_ptr, n_ftiles)
 
-    blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BT, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -241,12 +245,7 @@ def gate_up_int4_frag_kernel(x_ptr, tok_ptr, w_ptr, sp_ptr, h_ptr, blk_e_ptr, bl
     ring_lo = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, BK], x_sl)
     ring_hi = gl.allocate_shared_memory(gl.bfloat16, [STAGES, BT, BK], x_sl)
 
-    rt = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
-    rk = gl.arange(0, BK, layout=gl.SliceLayout(0, blk))
-    tmask = rt < nrow
-    tok = gl.load(tok_ptr + r0 + rt, mask=tmask, other=0).to(gl.int64)
-    x_lo = x_ptr + tok[:, None] * H + rk[None, :]
-    xmask = tmask[:, None] & (rk[None, :] < BK)
+    x_lo, xmask = _x_tiles(x_ptr, tok_ptr, r0, nrow, H, BT, BK)
     NP: gl.constexpr = H // G // 2  # scale pair words per row
     rf_w = gl.arange(0, BF, layout=gl.SliceLayout(1, w_l))
     rw = gl.arange(0, BW, layout=gl.SliceLayout(0, w_l))
