@@ -99,6 +99,24 @@ def _copy_x(slot_lo, slot_hi, x_lo, step, xmask, H: gl.constexpr, BK: gl.constex
 
 
 @gluon.jit
+def _ring_step(ring_lo, ring_hi, x_lo, xmask, i, NK: gl.constexpr, STAGES: gl.constexpr,
+               H: gl.constexpr, BK: gl.constexpr):
+    """K step i of the activation ring: step i + STAGES - 1's copies issued (one commit group
+    per step, empty or not: the waits count them), step i's waited for, made visible to the
+    wgmma; its two tiles [BK, BT] returned."""
+    nxt = i + STAGES - 1
+    if nxt < NK:
+        _copy_x(ring_lo.index(nxt % STAGES), ring_hi.index(nxt % STAGES), x_lo, nxt, xmask,
+                H, BK)
+    async_copy.commit_group()
+    async_copy.wait_group(STAGES - 1)
+    gl.thread_barrier()  # every thread's copies of this step's tiles landed
+    hopper.fence_async_shared()  # and are visible to the wgmma
+    return (ring_lo.index(i % STAGES).permute((1, 0)),
+            ring_hi.index(i % STAGES).permute((1, 0)))
+
+
+@gluon.jit
 def _swiglu_store(acc_g, acc_u, h_ptr, r0, nrow, ft, F: gl.constexpr, BF: gl.constexpr,
                   BT: gl.constexpr):
     """h[r0 + t, ft * BF + f] = silu(gate) * up of the [BF, BT] accumulators (fp32), in bf16."""
@@ -151,16 +169,7 @@ def gate_up_int4_kernel(x_ptr, tok_ptr, q_ptr, s_ptr, h_ptr, blk_e_ptr, blk_r0_p
     g_lo, g_hi = _dequant(gl.load(q_g), gl.load(s_g), gl.load(s_g + (H // 2) // G), a_l)
     u_lo, u_hi = _dequant(gl.load(q_u), gl.load(s_u), gl.load(s_u + (H // 2) // G), a_l)
     for i in range(NK):
-        nxt = i + STAGES - 1
-        if nxt < NK:
-            _copy_x(ring_lo.index(nxt % STAGES), ring_hi.index(nxt % STAGES), x_lo, nxt,
-                    xmask, H, BK)
-        async_copy.commit_group()
-        async_copy.wait_group(STAGES - 1)
-        gl.thread_barrier()  # every thread's copies of this step's tiles landed
-        hopper.fence_async_shared()  # and are visible to the wgmma
-        xl = ring_lo.index(i % STAGES).permute((1, 0))  # [BK, BT]
-        xh = ring_hi.index(i % STAGES).permute((1, 0))
+        xl, xh = _ring_step(ring_lo, ring_hi, x_lo, xmask, i, NK, STAGES, H, BK)
         t_g = hopper.warpgroup_mma(g_lo, xl, acc_g, is_async=True)
         t_g = hopper.warpgroup_mma(g_hi, xh, t_g, is_async=True)
         t_u = hopper.warpgroup_mma(u_lo, xl, acc_u, is_async=True)
@@ -271,16 +280,7 @@ def gate_up_int4_frag_kernel(x_ptr, tok_ptr, w_ptr, sp_ptr, h_ptr, blk_e_ptr, bl
     ns_g = gl.load(sp_g + j1 // G)
     ns_u = gl.load(sp_u + j1 // G)
     for i in range(NK):
-        nxt = i + STAGES - 1
-        if nxt < NK:
-            _copy_x(ring_lo.index(nxt % STAGES), ring_hi.index(nxt % STAGES), x_lo, nxt,
-                    xmask, H, BK)
-        async_copy.commit_group()
-        async_copy.wait_group(STAGES - 1)
-        gl.thread_barrier()
-        hopper.fence_async_shared()
-        xl = ring_lo.index(i % STAGES).permute((1, 0))
-        xh = ring_hi.index(i % STAGES).permute((1, 0))
+        xl, xh = _ring_step(ring_lo, ring_hi, x_lo, xmask, i, NK, STAGES, H, BK)
         t_g = hopper.warpgroup_mma(g_lo, xl, acc_g, is_async=True)
         t_g = hopper.warpgroup_mma(g_hi, xh, t_g, is_async=True)
         t_u = hopper.warpgroup_mma(u_lo, xl, acc_u, is_async=True)
