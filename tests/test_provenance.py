@@ -69,3 +69,25 @@ def test_write_text_atomic_keeps_a_stream_and_leaves_no_temporary(tmp_path) -> N
     (tmp_path / "f.json").write_text("{}")
     with pytest.raises(NotADirectoryError):
         write_text_atomic(tmp_path / "f.json" / "x.json", "x")
+
+
+def test_default_is_the_commit_of_wattmoe_not_of_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # was: `git rev-parse HEAD` in the process's cwd, so `wattmoe profile` run inside another
+    # repository recorded that repository's commit as the profile's provenance
+    from pathlib import Path
+
+    import wattmoe
+
+    monkeypatch.delenv("WATTMOE_COMMIT", raising=False)
+    other = _repo(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    recorded = git_commit()
+    assert other not in recorded
+    ours = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(wattmoe.__file__).parent)
+    if ours.returncode == 0:  # wattmoe runs from a git checkout
+        assert recorded.split("+")[0] == ours.stdout.strip()
+    else:
+        assert recorded == "unknown"

@@ -19,9 +19,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
 
 def git_commit(cwd: str | Path | None = None) -> str:
     """HEAD's sha, with '+dirty' when tracked files differ; 'unknown' outside git.
+
+    `cwd` None: the git checkout wattmoe itself runs from (not the process's working
+    directory, which may be another repository); 'unknown' when wattmoe is not a tracked
+    part of one (an installed copy, even inside some other repository's tree).
 
     WATTMOE_COMMIT, when set, states the commit: machines that receive a copy of the working
     tree (the GPU machine here) may carry stale git metadata. If git there names another
@@ -29,6 +35,10 @@ def git_commit(cwd: str | Path | None = None) -> str:
     """
     stated = os.environ.get("WATTMOE_COMMIT", "").strip()
     try:
+        if cwd is None:
+            cwd = _PACKAGE_DIR
+            subprocess.run(["git", "ls-files", "--error-unmatch", Path(__file__).name],
+                           capture_output=True, check=True, cwd=cwd)
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True, cwd=cwd).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],

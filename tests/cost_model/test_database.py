@@ -90,6 +90,12 @@ def test_missing_file(tmp_path: Path) -> None:
         (lambda r: r["points"][0].update(device="cuda:3"), "device 'cuda:3' is not in 'devices'"),
         (lambda r: r["points"][0].update(tokens="8"), "field 'tokens' has the wrong type"),
         (lambda r: r["points"][0].update(energy_j=-2.0), "energy_j must be >= 0"),
+        # was: accepted, then log(-4) warnings and "no energy was measured for expert"
+        (lambda r: r["points"][0].update(tokens=-4), "point 0: tokens must be >= 1, got -4"),
+        # was: accepted, and every figure the profile answered said it was 'guessed'
+        (lambda r: r["points"][0].update(source="guessed"),
+         "point 0: source must be one of measured, estimated, simulated, replayed, got "
+         "'guessed'"),
     ],
 )
 def test_invalid_fields_name_the_field(tmp_path: Path, mutate, message) -> None:

@@ -126,6 +126,22 @@ def test_sweep_writes_jsonl_incrementally_and_resumes(tmp_path: Path, fake_monit
     assert len(saved["points"]) == 6
 
 
+def test_resume_after_a_torn_last_line(tmp_path: Path, fake_monitor) -> None:
+    # an interrupted write leaves a last line without its newline; --resume used to append
+    # after it, gluing its first record onto the torn one: the sweep then measured everything
+    # left and failed at the end ("line N is not JSON"), and every later --resume did too
+    sweep = SweepConfig(shapes=("tiny",), dtypes=("fp32",), ops=("expert",), tokens=(1, 16))
+    out = tmp_path / "p.json"
+    run_profile(sweep, ProfilerConfig(**FAST), fake_monitor, out)
+    jl = out.with_suffix(".jsonl")
+    jl.write_text(jl.read_text() + '{"record": "point", "op": "exp')
+    bigger = SweepConfig(shapes=("tiny",), dtypes=("fp32",), ops=("expert",), tokens=(1, 16, 64))
+    db, _ = run_profile(bigger, ProfilerConfig(**FAST), fake_monitor, out, resume=True)
+    assert sorted(p.tokens for p in db.points) == [1, 16, 64]
+    assert all(json.loads(line) for line in jl.read_text().splitlines())
+    assert len(read_jsonl(jl).runs) == 2
+
+
 def test_a_new_sweep_keeps_the_previous_jsonl_aside(tmp_path: Path, fake_monitor) -> None:
     sweep = SweepConfig(shapes=("tiny",), dtypes=("fp32",), ops=("expert",), tokens=(1,))
     out = tmp_path / "p.json"

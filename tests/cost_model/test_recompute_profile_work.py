@@ -59,7 +59,8 @@ def test_recompute_rewrites_only_the_named_ops(tmp_path: Path, capsys) -> None:
     (lambda d: d.update(provenance=[]), "provenance"),
     (lambda d: d["provenance"].update(refreshes="x"), "refreshes is not a list"),
     (lambda d: d.pop("format"), "not a wattmoe profile"),
-    (lambda d: d["points"][0].update(tokens=-4), "point 0 (moe_layer_int4:loop): batch size"),
+    # refused by the profile loader itself now (parse_profile), before any work formula
+    (lambda d: d["points"][0].update(tokens=-4), "point 0: tokens must be >= 1, got -4"),
     (lambda d: d["points"][0].update(tokens="4"), "tokens"),
     (lambda d: d["points"][0].update(dtype="int8"), "point 0 (moe_layer_int4:loop): unknown dtype"),
     (lambda d: d["points"][0]["shape"].update(hidden=0), "hidden"),

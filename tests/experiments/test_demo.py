@@ -71,3 +71,33 @@ def test_demo_absent_gpu_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match="'cuda:0' is not available here: torch sees 0"):
         run_demo("tiny", steps=1, device="cuda:0")
+
+
+def test_demo_unknown_cluster_fails_before_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # was: the whole timed run first (a minute at --steps 30), then the cluster's error
+    import wattmoe.experiments.demo as demo
+
+    def no_block(*args, **kwargs):
+        raise AssertionError("the block was built before the cluster was checked")
+
+    monkeypatch.setattr(demo, "MoETransformerBlock", no_block)
+    with pytest.raises(ConfigError, match="unknown cluster 'nope'"):
+        run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster="nope")
+
+
+def test_demo_int4_places_int4_experts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the experts measured are packed int4: the placement must price int4 weights (memory and
+    # bytes read), not the fp32 compute dtype's (was: dtype_name(dt), 'fp32')
+    import wattmoe.experiments.demo as demo
+
+    seen: list[str] = []
+    real = demo.place_measured_loads
+
+    def spy(layer, tokens, cluster, dtype, *args, **kwargs):
+        seen.append(dtype)
+        return real(layer, tokens, cluster, dtype, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "place_measured_loads", spy)
+    run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster="h200-cpu", int4=True)
+    run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster="h200-cpu")
+    assert seen == ["int4", "fp32"]

@@ -68,6 +68,7 @@ def test_place_with_loads_file(tmp_path, capsys) -> None:
     (["--cluster", "laptop", "--time-limit", "nan"], "time_limit_s must be a finite number > 0"),
     (["--cluster", "laptop", "--solver", "milp", "--time-limit", "0"],
      "time_limit_s must be a finite number > 0"),
+    (["--cluster", "laptop", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
 ])
 def test_bad_input_is_one_line(args, message, capsys) -> None:
     assert main(["place", *args]) == 2

@@ -52,6 +52,12 @@ def test_synthetic_loads_are_seeded_and_plausible() -> None:
     assert u.tokens.max() < 2 * u.tokens.mean()
 
 
+def test_negative_seed_is_one_config_error() -> None:
+    # numpy's SeedSequence raises a bare ValueError for it (a traceback in `wattmoe place`)
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0, got -1"):
+        synthetic_loads(1, 8, 2, 10, "uniform", seed=-1)
+
+
 def test_bad_skew() -> None:
     with pytest.raises(ConfigError, match="zipf:S"):
         synthetic_loads(1, 8, 2, 10, "pareto:2")

@@ -49,3 +49,26 @@ def test_unwritable_csv_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]
                  "--csv", str(blocker / "sub" / "mon.csv")]) == 2
     err = capsys.readouterr().err
     assert "cannot write telemetry CSV" in err and "Traceback" not in err
+
+
+def test_monitor_replay_ends_with_the_recording() -> None:
+    # was: played the 4 s recording, then held its last row until Ctrl-C (a hang without
+    # --seconds), and the summary divided the recording's energy by the wall time watched:
+    # with --seconds 10 at speed 4, "over 10.0 s" and a quarter of the recorded mean power
+    import re
+    import subprocess
+    import sys
+
+    entry = "import sys; from wattmoe.cli import main; sys.exit(main())"
+    for extra in ([], ["--seconds", "10"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", entry, "monitor", "--replay", str(DATA / "sim_recorded.csv"),
+             "--speed", "4", *extra], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        row = next(line for line in proc.stdout.splitlines() if "replayed" in line
+                   and "->" in line)
+        energy, mean = (float(x) for x in re.findall(r"[\d.]+", row.split("│")[2] + " "
+                                                      + row.split("│")[3]))
+        # the recording: 1451.9 J over 4.0 s, 363 W on average
+        assert 1300 < energy <= 1452 and 330 < mean < 400, row
+        assert "over 4.0 s of the recording" in proc.stdout

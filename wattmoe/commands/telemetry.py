@@ -24,7 +24,8 @@ def _monitor_args(p: argparse.ArgumentParser) -> None:
                    help="append every sample to this CSV (columns: wattmoe/telemetry/csvlog.py; "
                         "replay it with --replay)")
     p.add_argument("--replay", default=None, metavar="PATH",
-                   help="play back a recorded telemetry CSV instead of reading devices")
+                   help="play back a recorded telemetry CSV instead of reading devices (ends with "
+                        "the recording)")
     p.add_argument("--speed", type=float, default=None,
                    help="replay speed factor (default 1; with --replay only)")
 
@@ -82,6 +83,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         raise ConfigError(f"--speed {args.speed:g} needs --replay: live devices run in real time")
     devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
     backends = None
+    replay = None
     if args.replay:
         replay = ReplayBackend(args.replay, speed=1.0 if args.speed is None else args.speed)
         backends = {d: replay for d in replay.devices()}
@@ -91,10 +93,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     last: dict[str, float] = {}
     t0 = time.monotonic()
     with mon:
+        if replay is not None:
+            replay.rewind()  # play the recording from its start, in the window
+        recorded0 = None if replay is None else replay.recorded_position_s()
         mon.begin_window("monitor")
         try:
             with Live(_table(mon, first, 0.0), console=console, refresh_per_second=4) as live:
                 while args.seconds is None or time.monotonic() - t0 < args.seconds:
+                    if replay is not None and replay.finished:
+                        break  # the recording has ended: nothing more to play
                     time.sleep(min(0.25, mon.interval_s))
                     for d in mon.devices:
                         s = mon.latest(d)
@@ -105,8 +112,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         m = mon.end_window("monitor")
+        recorded1 = None if replay is None else replay.recorded_position_s()
     console.print()
-    summary = Table(title=f"over {m.duration_s:.1f} s")
+    title = f"over {m.duration_s:.1f} s"
+    if recorded0 is not None and recorded1 is not None:
+        title = (f"over {recorded1 - recorded0:.1f} s of the recording (played in "
+                 f"{m.duration_s:.1f} s)")
+    summary = Table(title=title)
     for col in ("device", "energy J", "mean W", "peak W", "temp C start -> end", "source", "note"):
         summary.add_column(col, justify="left" if col in ("device", "source", "note") else "right")
     for d, r in m.devices.items():

@@ -26,6 +26,7 @@ from wattmoe.cost_model.base import (
 )
 from wattmoe.provenance import git_commit, machine_info, provenance, utc_now
 from wattmoe.provenance import write_json_atomic as save_json
+from wattmoe.telemetry.base import SOURCES
 
 __all__ = ["ProfileDatabase", "git_commit", "load_profile", "machine_info", "provenance",
            "save_json", "save_profile"]
@@ -111,6 +112,11 @@ def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
             _need(pr, key, typ, at)
         if pr["device"] not in devices:
             raise ProfileFormatError(f"{at}: device {pr['device']!r} is not in 'devices'")
+        if pr["tokens"] < 1:
+            raise ProfileFormatError(f"{at}: tokens must be >= 1, got {pr['tokens']}")
+        if pr.get("source") not in SOURCES:
+            raise ProfileFormatError(f"{at}: source must be one of {', '.join(SOURCES)}, got "
+                                     f"{pr.get('source')!r}")
         if not (pr["latency_s"] > 0 and math.isfinite(pr["latency_s"])):
             raise ProfileFormatError(f"{at}: latency_s must be > 0, got {pr['latency_s']}")
         if pr.get("energy_j") is not None and not pr["energy_j"] >= 0:

@@ -170,7 +170,28 @@ class JsonlWriter:
         self.path = Path(path)
         with os_error_as(CostModelError, f"cannot write sweep log {str(self.path)!r}"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._end_torn_tail()
             self._fh = self.path.open("a", encoding="utf-8")
+
+    def _end_torn_tail(self) -> None:
+        """An interrupted write can leave a last line without its newline: appending after it
+        would glue the next record onto it. A complete record gets its newline; a torn one
+        is cut off (`read_jsonl` ignores it anyway)."""
+        if not self.path.is_file():
+            return
+        with self.path.open("rb+") as fh:
+            data = fh.read()
+            if not data or data.endswith(b"\n"):
+                return
+            cut = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[cut:])
+            except ValueError:
+                log.warning("%s: cutting off a truncated last line (an interrupted write)",
+                            self.path)
+                fh.truncate(cut)
+            else:
+                fh.write(b"\n")
 
     def write(self, record: dict[str, Any]) -> None:
         self._fh.write(json.dumps(record) + "\n")

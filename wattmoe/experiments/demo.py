@@ -13,6 +13,7 @@ from wattmoe.errors import ConfigError, DeviceError
 from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
 from wattmoe.moe.backends import available_backends
 from wattmoe.moe.quant import int4_group_size
+from wattmoe.placement.spec import ClusterSpec, load_cluster
 from wattmoe.telemetry import GpuSystemMonitor
 
 
@@ -72,7 +73,7 @@ class DemoResult:
 
 
 def place_measured_loads(
-    layer: object, tokens_per_batch: int, cluster: str, dtype: str,
+    layer: object, tokens_per_batch: int, cluster: str | ClusterSpec, dtype: str,
     solvers: tuple[str, ...] = ("heuristic", "eplb", "round-robin"),
 ) -> tuple[str, tuple[PlacementRow, ...]]:
     """Places the experts of `layer` by the loads its router produced (its utilization counts)
@@ -80,14 +81,13 @@ def place_measured_loads(
     from wattmoe.placement import (
         AnalyticCostProvider,
         ExpertShape,
-        load_cluster,
         loads_from_layers,
         make_problem,
         solve,
     )
 
     cfg = layer.config  # type: ignore[attr-defined]
-    spec = load_cluster(cluster)
+    spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster(cluster)
     loads = loads_from_layers([layer], tokens_per_batch=tokens_per_batch)
     shape = ExpertShape.from_config(cfg, dtype)
     provider = AnalyticCostProvider()
@@ -151,6 +151,8 @@ def run_demo(
             f"(got steps={steps}, batch={batch}, seq={seq}, warmup={warmup})"
         )
     _check_device(device)
+    # a bad cluster name or spec is an error now, not after the timed run
+    spec = load_cluster(cluster) if cluster is not None else None
     cfg = get_preset(preset, scale)
     dt = resolve_dtype(dtype)
     # an unknown backend name is one ConfigError here (the layer looks it up first)
@@ -188,9 +190,10 @@ def run_demo(
     times.sort()
     med = statistics.median(times)
     cost_model, placements = ("", ())
-    if cluster is not None:
+    if spec is not None:
+        # int4 experts are placed as int4 weights (their memory and the bytes they read)
         cost_model, placements = place_measured_loads(
-            block.moe, batch * seq, cluster, dtype_name(dt))
+            block.moe, batch * seq, spec, "int4" if int4 else dtype_name(dt))
     return DemoResult(
         preset=cfg.name, hidden_size=cfg.hidden_size, expert_inner_size=cfg.expert_inner_size,
         num_experts=cfg.num_experts, top_k=cfg.top_k, tokens_per_step=batch * seq, steps=steps,

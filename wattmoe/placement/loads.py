@@ -142,6 +142,9 @@ def synthetic_loads(num_layers: int, num_experts: int, top_k: int, tokens_per_ba
             raise ConfigError(f"{name} must be a positive integer, got {v!r}")
     if top_k > num_experts:
         raise ConfigError(f"top_k={top_k} is larger than num_experts={num_experts}")
+    if not isinstance(seed, np.random.Generator) and (
+            isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0):
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
     _, exponent = parse_skew(skew)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     ranks = np.arange(1, num_experts + 1, dtype=np.float64)

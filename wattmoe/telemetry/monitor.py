@@ -122,6 +122,7 @@ class _Edge:
     temperature_c: float | None
     reasons: tuple[str, ...]
     error: str = ""
+    recorded_s: float | None = None  # a replay's recorded time at the edge
 
 
 @dataclass
@@ -399,6 +400,8 @@ class GpuSystemMonitor:
                 energy = read(device) if read is not None else backend.sample(device).energy_j
             except TelemetryError as exc:
                 energy, error = None, f"energy read failed: {exc}"
+            position = getattr(backend, "recorded_position_s", None)
+            recorded = position() if callable(position) else None
             t1 = time.monotonic()
             temp, reasons = None, ()
             latest = self._latest.get(device)
@@ -411,7 +414,7 @@ class GpuSystemMonitor:
                     temp, reasons = s.temperature_c, s.clock_event_reasons
                 except TelemetryError:
                     pass
-            edges[device] = _Edge((t0 + t1) / 2, energy, temp, reasons, error)
+            edges[device] = _Edge((t0 + t1) / 2, energy, temp, reasons, error, recorded)
         return edges
 
     def begin_window(self, name: str, *, sync: bool = False) -> None:
@@ -479,8 +482,12 @@ class GpuSystemMonitor:
     def _device_result(self, device: str, backend: TelemetryBackend, b: _Edge, e: _Edge,
                        acc: _Acc, running: bool) -> DeviceMeasurement:
         period = float(backend.counter_period_s)
-        # a replay played faster than real time covers `time_scale` recorded s per second
-        duration = (e.t - b.t) * float(getattr(backend, "time_scale", 1.0))
+        # a replay played faster than real time covers `time_scale` recorded s per second,
+        # and none once its recording has ended: its own recorded times at the edges say
+        if b.recorded_s is not None and e.recorded_s is not None:
+            duration = e.recorded_s - b.recorded_s
+        else:
+            duration = (e.t - b.t) * float(getattr(backend, "time_scale", 1.0))
         notes = [x for x in (b.error and f"begin: {b.error}", e.error and f"end: {e.error}") if x]
         sampled_mean = acc.power_sum / acc.n_power if acc.n_power else None
         energy: float | None = None

@@ -125,6 +125,11 @@ class ReplayBackend:
             elapsed %= span
         return self._t0 + elapsed
 
+    def recorded_position_s(self) -> float | None:
+        """The recorded time played now, held at the recording's end (None when looping: the
+        recorded time covered between two moments is then not a difference of positions)."""
+        return None if self.loop else min(self.position_s(), self._t1)
+
     @property
     def finished(self) -> bool:
         return not self.loop and self.position_s() >= self._t1
