@@ -171,3 +171,18 @@ def test_place_out_to_a_stream_keeps_it(tmp_path, capsys) -> None:
                  "--out", str(tmp_path / "f.json" / "p.json")]) == 2
     assert "f.json/p.json': Not a directory" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_place_diff_names_a_missing_field(tmp_path, capsys) -> None:
+    import json
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["place", "--cluster", "laptop", "--preset", "tiny", "--out", str(a)]) == 0
+    d = json.loads(a.read_text())
+    del d["layers"]
+    b.write_text(json.dumps(d))
+    capsys.readouterr()
+    assert main(["place-diff", str(a), str(b)]) == 2  # was: "malformed: KeyError: 'layers'"
+    err = capsys.readouterr().err
+    assert f"placement {b}: missing field 'layers'" in " ".join(err.split())
+    assert "Traceback" not in err and "KeyError" not in err
