@@ -102,3 +102,15 @@ def test_missing_fields_are_named(two_placements, mutate, message) -> None:
     mutate(d)
     with pytest.raises(PlacementError, match=f"^{message}$"):
         Placement.from_dict(d, source="p.json")
+
+
+@pytest.mark.parametrize("value", [-5, 0, 1.5, True, "12", float("nan")])
+def test_bad_expert_bytes_is_rejected(two_placements, value) -> None:
+    # was: accepted (-5 -> negative bytes to migrate; 1.5 and true read as 1 byte)
+    d = two_placements[0].to_dict()
+    d["expert_bytes"] = value
+    with pytest.raises(PlacementError, match=r"^placement p.json: field 'expert_bytes' must be a "
+                       r"positive integer \(bytes of one expert's weights\), got "):
+        Placement.from_dict(d, source="p.json")
+    d["expert_bytes"] = 12582912.0  # integral: fine
+    assert Placement.from_dict(d).expert_bytes == 12582912

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -245,6 +246,11 @@ class Placement:
             if not isinstance(d[key], list):
                 raise PlacementError(f"{where}: field {key!r} must be a list, got "
                                      f"{type(d[key]).__name__}")
+        eb = d["expert_bytes"]
+        if isinstance(eb, bool) or not isinstance(eb, int | float) or not math.isfinite(eb) \
+                or eb < 1 or eb != int(eb):
+            raise PlacementError(f"{where}: field 'expert_bytes' must be a positive integer "
+                                 f"(bytes of one expert's weights), got {eb!r}")
         try:
             names = tuple(str(n) for n in d["devices"])
             index = {n: i for i, n in enumerate(names)}
