@@ -96,6 +96,11 @@ def test_missing_file(tmp_path: Path) -> None:
         (lambda r: r["points"][0].update(source="guessed"),
          "point 0: source must be one of measured, estimated, simulated, replayed, got "
          "'guessed'"),
+        # was: "point 1: ProfilePoint.__init__() missing 1 required positional argument: ..."
+        (lambda r: r["points"][1].pop("energy_j"), "point 1: missing field 'energy_j'"),
+        (lambda r: r["points"][0].pop("reps"), "point 0: missing field 'reps'"),
+        (lambda r: r["points"][0]["shape"].pop("hidden"), "point 0: shape: missing field "
+         "'hidden'"),
     ],
 )
 def test_invalid_fields_name_the_field(tmp_path: Path, mutate, message) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from wattmoe.cost_model.base import (
     FORMAT,
     SCHEMA_VERSION,
     DeviceInfo,
+    OpShape,
     ProfileFormatError,
     ProfilePoint,
 )
@@ -64,6 +65,16 @@ class ProfileDatabase:
 def save_profile(db: ProfileDatabase, path: str | Path) -> Path:
     """Writes `db` atomically (temporary file in the same folder, fsync, rename)."""
     return save_json(path, db.to_dict())
+
+
+def _required(cls: type) -> tuple[str, ...]:
+    """The fields of dataclass `cls` that have no default."""
+    return tuple(f.name for f in fields(cls)
+                 if f.default is MISSING and f.default_factory is MISSING)
+
+
+_REQUIRED_POINT_FIELDS = _required(ProfilePoint)
+_REQUIRED_SHAPE_FIELDS = _required(OpShape)
 
 
 def _need(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
@@ -110,6 +121,10 @@ def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
         for key, typ in (("op", str), ("device", str), ("dtype", str), ("tokens", int),
                          ("latency_s", (int, float)), ("shape", dict)):
             _need(pr, key, typ, at)
+        for key in _REQUIRED_POINT_FIELDS:  # the rest of what ProfilePoint needs
+            _need(pr, key, object, at)
+        for key in _REQUIRED_SHAPE_FIELDS:
+            _need(pr["shape"], key, object, f"{at}: shape")
         if pr["device"] not in devices:
             raise ProfileFormatError(f"{at}: device {pr['device']!r} is not in 'devices'")
         if pr["tokens"] < 1:
