@@ -101,6 +101,13 @@ def test_missing_file(tmp_path: Path) -> None:
         (lambda r: r["points"][0].pop("reps"), "point 0: missing field 'reps'"),
         (lambda r: r["points"][0]["shape"].pop("hidden"), "point 0: shape: missing field "
          "'hidden'"),
+        # was: accepted; a NaN or negative idle power then went into every energy answer
+        (lambda r: r["devices"]["cuda:0"].update(idle_power_w=float("nan")),
+         "device 'cuda:0': idle_power_w must be a number >= 0 or null, got nan"),
+        (lambda r: r["devices"]["cuda:0"].update(idle_power_w=-5.0),
+         "device 'cuda:0': idle_power_w must be a number >= 0 or null, got -5.0"),
+        (lambda r: r["devices"]["cuda:0"].update(idle_power_w="80"),
+         "device 'cuda:0': idle_power_w must be a number >= 0 or null, got '80'"),
     ],
 )
 def test_invalid_fields_name_the_field(tmp_path: Path, mutate, message) -> None:

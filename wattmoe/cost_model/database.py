@@ -113,6 +113,12 @@ def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
         devices = {k: DeviceInfo(**v) for k, v in devices_raw.items()}
     except TypeError as exc:
         raise ProfileFormatError(f"{where}: bad device entry ({exc})") from None
+    for name, info in devices.items():
+        idle = info.idle_power_w
+        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)
+                                 or not math.isfinite(idle) or idle < 0):
+            raise ProfileFormatError(f"{where}: device {name!r}: idle_power_w must be a number "
+                                     f">= 0 or null, got {idle!r}")
     points: list[ProfilePoint] = []
     for i, pr in enumerate(points_raw):
         at = f"{where}: point {i}"
