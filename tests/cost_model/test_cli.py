@@ -212,7 +212,8 @@ def test_profile_that_cannot_be_saved_is_one_line_naming_the_jsonl(
     ("measured", "content", "message"),
     [
         ("missing.jsonl", None, "cannot read sweep log"),
-        ("rec.jsonl", '{"a": 1}\n{"b": 2}\n', "line 1 is not a sweep 'point' record"),
+        # (the profile loader's checks name the field; was "line 1 is not a sweep 'point' record")
+        ("rec.jsonl", '{"a": 1}\n{"b": 2}\n', "line 1: missing field 'op'"),
         ("list.jsonl", "[1, 2]\n{}\n", "line 1 is not a JSON object"),
         ("empty.jsonl", "", "holds no measured points"),
     ],
@@ -225,6 +226,27 @@ def test_cost_eval_bad_measurements_print_one_line(profile: Path, tmp_path: Path
     assert main(["cost-eval", "--profile", str(profile), "--measured", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # was: both accepted, and scored as if they were good measurements
+        ({"tokens": 0}, "bad.jsonl: line 2: tokens must be >= 1, got 0"),
+        ({"source": "guessed"}, "bad.jsonl: line 2: source must be one of measured, estimated, "
+         "simulated, replayed, got 'guessed'"),
+        ({"latency_s": -1.0}, "bad.jsonl: line 2: latency_s must be > 0, got -1.0"),
+    ],
+)
+def test_cost_eval_checks_sweep_points_like_the_profile_loader(
+        profile: Path, linear_db, tmp_path: Path, capsys, change, message) -> None:
+    good, bad = (json.dumps({"record": "point", **p.to_dict()}) for p in linear_db.points[:2])
+    bad = json.dumps({**json.loads(bad), **change})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n{bad}\n")
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
