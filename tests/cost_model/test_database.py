@@ -101,6 +101,12 @@ def test_missing_file(tmp_path: Path) -> None:
         (lambda r: r["points"][0].pop("reps"), "point 0: missing field 'reps'"),
         (lambda r: r["points"][0]["shape"].pop("hidden"), "point 0: shape: missing field "
          "'hidden'"),
+        # was: a TypeError traceback ('>=' not supported between 'str' and 'int')
+        (lambda r: r["points"][0].update(energy_j="5"), "point 0: field 'energy_j' has the "
+         "wrong type \\(str\\)"),
+        # was: accepted as 1 token / 1 second
+        (lambda r: r["points"][0].update(tokens=True), "point 0: field 'tokens' has the wrong "
+         "type \\(bool\\)"),
         # was: accepted; a NaN or negative idle power then went into every energy answer
         (lambda r: r["devices"]["cuda:0"].update(idle_power_w=float("nan")),
          "device 'cuda:0': idle_power_w must be a number >= 0 or null, got nan"),

@@ -81,7 +81,8 @@ _REQUIRED_SHAPE_FIELDS = _required(OpShape)
 def _need(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
     if key not in d:
         raise ProfileFormatError(f"{where}: missing field {key!r}")
-    if not isinstance(d[key], typ):
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if not isinstance(d[key], typ) or (isinstance(d[key], bool) and int in types):
         raise ProfileFormatError(f"{where}: field {key!r} has the wrong type "
                                  f"({type(d[key]).__name__})")
     return d[key]
@@ -114,6 +115,8 @@ def parse_point(pr: Any, at: str, devices: Container[str] | None = None) -> Prof
                                  f"{pr.get('source')!r}")
     if not (pr["latency_s"] > 0 and math.isfinite(pr["latency_s"])):
         raise ProfileFormatError(f"{at}: latency_s must be > 0, got {pr['latency_s']}")
+    if pr.get("energy_j") is not None:
+        _need(pr, "energy_j", (int, float), at)
     if pr.get("energy_j") is not None and not pr["energy_j"] >= 0:
         raise ProfileFormatError(f"{at}: energy_j must be >= 0, got {pr['energy_j']}")
     try:
