@@ -75,6 +75,13 @@ def _bad(mutate) -> str:
     (lambda d: d["links"][0].update(energy_j_per_byte=float("nan")), "energy_j_per_byte"),
     (lambda d: d["links"].append(dict(d["links"][0])), "duplicate link"),
     (lambda d: d.update(devices=[]), "at least one device"),
+    # was: "field memory_bytes must be a positive number" without the value
+    (lambda d: d["devices"][0].update(memory_bytes=True),
+     "device 'gpu0': field memory_bytes must be a positive number, got True"),
+    (lambda d: d["devices"][0].update(memory_bytes="lots"),
+     "device 'gpu0': field memory_bytes must be a positive number, got 'lots'"),
+    (lambda d: d["links"][0].update(latency_s=None),
+     "link gpu0-cpu0: field latency_s must be a number >= 0, got None"),
 ])
 def test_invalid_specs_name_the_field(mutate, expected: str) -> None:
     msg = _bad(mutate)

@@ -146,7 +146,8 @@ class ClusterSpec:
 
 def _number(where: str, field: str, value: Any, *, positive: bool = True) -> float:
     """A finite float (numeric strings such as '141e9' are accepted: YAML 1.1 reads them as
-    text), > 0 if `positive` else >= 0."""
+    text), > 0 if `positive` else >= 0. The message echoes the value as given."""
+    given = value
     if isinstance(value, bool):
         value = None
     if isinstance(value, str):
@@ -157,8 +158,7 @@ def _number(where: str, field: str, value: Any, *, positive: bool = True) -> flo
     if not isinstance(value, int | float) or not math.isfinite(value) or \
             (value <= 0 if positive else value < 0):
         need = "a positive number" if positive else "a number >= 0"
-        raise ConfigError(f"{where}: field {field} must be {need}, got {value!r}"
-                          if value is not None else f"{where}: field {field} must be {need}")
+        raise ConfigError(f"{where}: field {field} must be {need}, got {given!r}")
     return float(value)
 
 
