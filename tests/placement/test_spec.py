@@ -71,6 +71,9 @@ def _bad(mutate) -> str:
     (lambda d: d["devices"][1].update(node="n7"), "unknown node 'n7'"),
     (lambda d: d.update(links=[]), "device 'cpu0' has no link path to token home 'gpu0'"),
     (lambda d: d.update(token_home=["tpu0"]), "token_home names unknown device 'tpu0'"),
+    # was: silently read as [gpu0] (the tokens' spread over their homes changed unsaid)
+    (lambda d: d.update(token_home=["gpu0", "cpu0", "gpu0"]),
+     "field token_home lists device 'gpu0' more than once"),
     (lambda d: d["links"][0].update(bandwidth_bytes_per_s=0), "bandwidth_bytes_per_s"),
     (lambda d: d["links"][0].update(energy_j_per_byte=float("nan")), "energy_j_per_byte"),
     (lambda d: d["links"].append(dict(d["links"][0])), "duplicate link"),

@@ -284,8 +284,10 @@ def cluster_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Cluste
         if h not in seen:
             raise ConfigError(f"{where}: field token_home names unknown device {h!r} "
                               f"(devices: {', '.join(d.name for d in devices)})")
+        if home.count(h) > 1:  # was: dropped unsaid (tokens are spread over the homes)
+            raise ConfigError(f"{where}: field token_home lists device {h!r} more than once")
     spec = ClusterSpec(name=name, nodes=tuple(nodes), devices=tuple(devices), links=tuple(links),
-                       token_home=tuple(dict.fromkeys(home)),
+                       token_home=tuple(home),
                        description=str(data.get("description") or ""))
     _check_connected(spec, where)
     return spec
