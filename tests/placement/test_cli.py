@@ -69,6 +69,9 @@ def test_place_with_loads_file(tmp_path, capsys) -> None:
     (["--cluster", "laptop", "--solver", "milp", "--time-limit", "0"],
      "time_limit_s must be a finite number > 0"),
     (["--cluster", "laptop", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    # was: the last weight won (energy=2) without a word
+    (["--cluster", "laptop", "--objective", "energy=1,latency=1,energy=2"],
+     "objective 'energy=1,latency=1,energy=2' weighs energy more than once"),
 ])
 def test_bad_input_is_one_line(args, message, capsys) -> None:
     assert main(["place", *args]) == 2
