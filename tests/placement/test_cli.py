@@ -189,3 +189,16 @@ def test_place_diff_names_a_missing_field(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert f"placement {b}: missing field 'layers'" in " ".join(err.split())
     assert "Traceback" not in err and "KeyError" not in err
+
+
+@pytest.mark.parametrize("extra", [["--tokens", "99"], ["--layers", "5"], ["--seed", "3"],
+                                   ["--tokens", "4096", "--layers", "2"]])
+def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra) -> None:
+    loads = tmp_path / "loads.csv"  # was: the options were ignored without a word
+    loads.write_text("\n".join(",".join(str(i + j) for i in range(8)) for j in range(2)))
+    assert main(["place", "--cluster", "laptop", "--preset", "switch-base-8",
+                 "--loads", str(loads), *extra]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    given = " and ".join(a for a in extra if a.startswith("--"))
+    assert f"{given} set the synthetic loads and do nothing with --loads" in err
+    assert "Traceback" not in err

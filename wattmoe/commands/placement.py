@@ -24,10 +24,12 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--loads", help="[layers, experts] token counts per batch (.npy/.csv/.json)")
     src.add_argument("--skew", default="zipf:1.2",
                      help="synthetic loads: 'uniform' or 'zipf:S' (default zipf:1.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic loads")
-    p.add_argument("--tokens", type=int, default=4096,
+    # (None = not given: with --loads these would do nothing, and that is refused)
+    p.add_argument("--seed", type=int, help="seed of the synthetic loads (default 0)")
+    p.add_argument("--tokens", type=int,
                    help="tokens per batch of the synthetic loads (default 4096)")
-    p.add_argument("--layers", type=int, help="MoE layers (default: the preset's)")
+    p.add_argument("--layers", type=int,
+                   help="MoE layers of the synthetic loads (default: the preset's)")
     p.add_argument("--objective", default="energy",
                    help="energy | latency | balance | a mix like 'energy=1,latency=0.5'")
     p.add_argument("--solver", default="heuristic", choices=SOLVER_NAMES)
@@ -123,14 +125,21 @@ def cmd_place(args: argparse.Namespace) -> int:
     cfg = get_preset(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
+    synthetic_only = [opt for opt, v in (("--tokens", args.tokens), ("--layers", args.layers),
+                                         ("--seed", args.seed)) if v is not None]
+    if args.loads and synthetic_only:
+        raise ConfigError(f"{' and '.join(synthetic_only)} set the synthetic loads and do "
+                          f"nothing with --loads {args.loads!r}: the file's counts give the "
+                          "layers and the tokens per batch")
     if args.loads:
         loads = read_loads(args.loads, top_k=cfg.top_k)
         if loads.num_experts != cfg.num_experts:
             raise ConfigError(f"loads file {args.loads!r} has {loads.num_experts} experts per "
                               f"layer; preset {cfg.name!r} has {cfg.num_experts}")
     else:
-        loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k, args.tokens, args.skew,
-                                args.seed)
+        loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k,
+                                4096 if args.tokens is None else args.tokens, args.skew,
+                                0 if args.seed is None else args.seed)
     provider, provider_txt = build_cost_provider(args.cost_model, args.backend)
     if args.backend is not None:
         _check_backend_covers(provider, cluster, args.backend)
