@@ -107,6 +107,9 @@ def test_nsys_import(tmp_path: Path, capsys) -> None:
         (["cost", "--tokens", "-3"], "batch size must be >= 0 tokens, got -3"),
         (["cost", "--tokens", "abc"], "batch size must be an integer, got 'abc'"),
         (["cost", "--tokens", ""], "--tokens: no batch size in ''"),  # was: exit 0, no rows
+        # was: the empty item dropped without a word (a typo for 1,16,2 went unnoticed)
+        (["cost", "--tokens", "1,,2"], "--tokens '1,,2': item 2 is empty"),
+        (["cost", "--tokens", "1,2,"], "--tokens '1,2,': item 3 is empty"),
         (["cost", "--backend", "fused", "--op", "expert"], "give --op or --backend, not both"),
         (["cost", "--int4"], "--int4 goes with --backend"),
         (["cost", "--backend", " "], "--backend: a backend name"),
@@ -146,6 +149,8 @@ def test_bad_profile_files_print_one_line(tmp_path: Path, content: str, message:
 def test_profile_rejects_negative_batch_sizes(capsys) -> None:
     assert main(["profile", "--tokens", "1,-8"]) == 2
     assert "--tokens must all be >= 1" in capsys.readouterr().err
+    assert main(["profile", "--tokens", "1,,8"]) == 2  # was: swept 1 and 8
+    assert "--tokens '1,,8': item 2 is empty" in capsys.readouterr().err
 
 
 def test_profile_refuses_a_folder_out_and_a_negative_ncu_before_the_sweep(
