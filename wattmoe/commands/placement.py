@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from wattmoe.cli import command, console, err_console
+from wattmoe.cli import command, console, err_console, fmt_bytes
 from wattmoe.errors import ConfigError, os_error_as
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
@@ -100,13 +100,6 @@ def _fmt_j(x: float) -> str:
     return f"{x * 1e9:,.3f} nJ"
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= f:
-            return f"{n / f:,.1f} {unit}"
-    return f"{n:,.0f} B"
-
-
 @command("place", "place experts on a cluster's GPUs and CPUs (energy-aware)", _place_args)
 def cmd_place(args: argparse.Namespace) -> int:
     from wattmoe.moe import get_preset
@@ -191,7 +184,7 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
     for x in s.devices:
         budget = f" / {x.power_budget_w:g} W" if x.power_budget_w else ""
         d.add_row(x.name, x.kind, f"{x.replicas:,}",
-                  f"{_fmt_bytes(x.memory_bytes)} / {_fmt_bytes(x.memory_capacity_bytes)}",
+                  f"{fmt_bytes(x.memory_bytes)} / {fmt_bytes(x.memory_capacity_bytes)}",
                   f"{x.tokens:,.0f}", f"{x.busy_s * 1e3:,.3f} ms", _fmt_j(x.energy_j),
                   f"{x.avg_power_w:,.1f} W{budget}", "yes" if x.powered else "no")
     console.print(d)
@@ -256,7 +249,7 @@ def cmd_place_diff(args: argparse.Namespace) -> int:
     t.add_row("experts moved", f"{d.experts_moved:,} of {a.num_layers * a.num_experts:,}")
     t.add_row("replicas added", f"{d.replicas_added:,}")
     t.add_row("replicas removed", f"{d.replicas_removed:,}")
-    t.add_row("bytes to migrate", _fmt_bytes(d.bytes_to_migrate))
+    t.add_row("bytes to migrate", fmt_bytes(d.bytes_to_migrate))
     for label, p in (("a", a), ("b", b)):
         if p.summary:
             t.add_row(f"energy per token ({label}, estimated)",
@@ -266,6 +259,6 @@ def cmd_place_diff(args: argparse.Namespace) -> int:
     for col in ("device", "receives", "frees"):
         dev.add_column(col, justify="left" if col == "device" else "right")
     for name in d.bytes_in:
-        dev.add_row(name, _fmt_bytes(d.bytes_in[name]), _fmt_bytes(d.bytes_freed[name]))
+        dev.add_row(name, fmt_bytes(d.bytes_in[name]), fmt_bytes(d.bytes_freed[name]))
     console.print(dev)
     return 0
