@@ -149,8 +149,16 @@ def test_bad_profile_files_print_one_line(tmp_path: Path, content: str, message:
 def test_profile_rejects_negative_batch_sizes(capsys) -> None:
     assert main(["profile", "--tokens", "1,-8"]) == 2
     assert "--tokens must all be >= 1" in capsys.readouterr().err
-    assert main(["profile", "--tokens", "1,,8"]) == 2  # was: swept 1 and 8
+
+
+def test_profile_rejects_an_empty_batch_size(tmp_path: Path, capsys) -> None:
+    # was: swept 1 and 8 (a small sweep into tmp_path, should the check ever go)
+    assert main(["profile", "--tokens", "1,,8", "--devices", "cpu", "--shapes", "tiny",
+                 "--dtypes", "fp32", "--ops", "activation", "--cpu-window", "0.01", "--reps",
+                 "1", "--cooldown-max", "0", "--no-torch-profiler",
+                 "--out", str(tmp_path / "p.json")]) == 2
     assert "--tokens '1,,8': item 2 is empty" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_profile_refuses_a_folder_out_and_a_negative_ncu_before_the_sweep(
