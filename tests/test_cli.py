@@ -80,3 +80,11 @@ def test_demo_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(demo, "run_demo", other)
     with pytest.raises(RuntimeError, match="a bug"):  # not hidden as a user error
         main(["demo", "--preset", "tiny", "--cluster", "none"])
+
+
+def test_models_shows_small_expert_sizes_in_a_fitting_unit(capsys) -> None:
+    assert main(["models"]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("│")}
+    assert "48.0 KiB" in rows["tiny"]  # 64 x 128 x 3 x 2 bytes; was "0.0" (MB)
+    assert "336.0 MiB" in rows["mixtral-8x7b"]

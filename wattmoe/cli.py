@@ -42,19 +42,27 @@ def _fmt_params(n: float) -> str:
     return str(int(n))
 
 
+def fmt_bytes(n: float) -> str:
+    """A byte count in the largest binary unit it reaches: '48.0 KiB', '336.0 MiB'."""
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= f:
+            return f"{n / f:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
 @command("models", "list the MoE shape presets")
 def cmd_models(args: argparse.Namespace) -> int:
     from wattmoe.moe import PRESETS
 
     t = Table(title="MoE presets (MoE layers only)")
     for col in ("preset", "hidden", "expert inner", "experts", "top-k", "shared", "layers",
-                "form", "score", "params/expert", "expert MB (bf16)"):
+                "form", "score", "params/expert", "expert (bf16)"):
         t.add_column(col, justify="left" if col in ("preset", "form", "score") else "right")
     for p in PRESETS.values():
         t.add_row(
             p.name, str(p.hidden_size), str(p.expert_inner_size), str(p.num_experts),
             str(p.top_k), str(p.num_shared_experts), str(p.num_layers), p.expert_form,
-            p.score_func, _fmt_params(p.expert_params), f"{p.expert_bytes(2) / 2**20:.1f}",
+            p.score_func, _fmt_params(p.expert_params), fmt_bytes(p.expert_bytes(2)),
         )
     console.print(t)
     return 0

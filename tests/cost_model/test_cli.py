@@ -107,6 +107,9 @@ def test_nsys_import(tmp_path: Path, capsys) -> None:
         (["cost", "--tokens", "-3"], "batch size must be >= 0 tokens, got -3"),
         (["cost", "--tokens", "abc"], "batch size must be an integer, got 'abc'"),
         (["cost", "--tokens", ""], "--tokens: no batch size in ''"),  # was: exit 0, no rows
+        # was: the empty item dropped without a word (a typo for 1,16,2 went unnoticed)
+        (["cost", "--tokens", "1,,2"], "--tokens '1,,2': item 2 is empty"),
+        (["cost", "--tokens", "1,2,"], "--tokens '1,2,': item 3 is empty"),
         (["cost", "--backend", "fused", "--op", "expert"], "give --op or --backend, not both"),
         (["cost", "--int4"], "--int4 goes with --backend"),
         (["cost", "--backend", " "], "--backend: a backend name"),
@@ -146,6 +149,16 @@ def test_bad_profile_files_print_one_line(tmp_path: Path, content: str, message:
 def test_profile_rejects_negative_batch_sizes(capsys) -> None:
     assert main(["profile", "--tokens", "1,-8"]) == 2
     assert "--tokens must all be >= 1" in capsys.readouterr().err
+
+
+def test_profile_rejects_an_empty_batch_size(tmp_path: Path, capsys) -> None:
+    # was: swept 1 and 8 (a small sweep into tmp_path, should the check ever go)
+    assert main(["profile", "--tokens", "1,,8", "--devices", "cpu", "--shapes", "tiny",
+                 "--dtypes", "fp32", "--ops", "activation", "--cpu-window", "0.01", "--reps",
+                 "1", "--cooldown-max", "0", "--no-torch-profiler",
+                 "--out", str(tmp_path / "p.json")]) == 2
+    assert "--tokens '1,,8': item 2 is empty" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_profile_refuses_a_folder_out_and_a_negative_ncu_before_the_sweep(
@@ -212,7 +225,8 @@ def test_profile_that_cannot_be_saved_is_one_line_naming_the_jsonl(
     ("measured", "content", "message"),
     [
         ("missing.jsonl", None, "cannot read sweep log"),
-        ("rec.jsonl", '{"a": 1}\n{"b": 2}\n', "line 1 is not a sweep 'point' record"),
+        # (the profile loader's checks name the field; was "line 1 is not a sweep 'point' record")
+        ("rec.jsonl", '{"a": 1}\n{"b": 2}\n', "line 1: missing field 'op'"),
         ("list.jsonl", "[1, 2]\n{}\n", "line 1 is not a JSON object"),
         ("empty.jsonl", "", "holds no measured points"),
     ],
@@ -225,6 +239,27 @@ def test_cost_eval_bad_measurements_print_one_line(profile: Path, tmp_path: Path
     assert main(["cost-eval", "--profile", str(profile), "--measured", str(path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # was: both accepted, and scored as if they were good measurements
+        ({"tokens": 0}, "bad.jsonl: line 2: tokens must be >= 1, got 0"),
+        ({"source": "guessed"}, "bad.jsonl: line 2: source must be one of measured, estimated, "
+         "simulated, replayed, got 'guessed'"),
+        ({"latency_s": -1.0}, "bad.jsonl: line 2: latency_s must be > 0, got -1.0"),
+    ],
+)
+def test_cost_eval_checks_sweep_points_like_the_profile_loader(
+        profile: Path, linear_db, tmp_path: Path, capsys, change, message) -> None:
+    good, bad = (json.dumps({"record": "point", **p.to_dict()}) for p in linear_db.points[:2])
+    bad = json.dumps({**json.loads(bad), **change})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n{bad}\n")
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

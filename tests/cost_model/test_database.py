@@ -96,6 +96,24 @@ def test_missing_file(tmp_path: Path) -> None:
         (lambda r: r["points"][0].update(source="guessed"),
          "point 0: source must be one of measured, estimated, simulated, replayed, got "
          "'guessed'"),
+        # was: "point 1: ProfilePoint.__init__() missing 1 required positional argument: ..."
+        (lambda r: r["points"][1].pop("energy_j"), "point 1: missing field 'energy_j'"),
+        (lambda r: r["points"][0].pop("reps"), "point 0: missing field 'reps'"),
+        (lambda r: r["points"][0]["shape"].pop("hidden"), "point 0: shape: missing field "
+         "'hidden'"),
+        # was: a TypeError traceback ('>=' not supported between 'str' and 'int')
+        (lambda r: r["points"][0].update(energy_j="5"), "point 0: field 'energy_j' has the "
+         "wrong type \\(str\\)"),
+        # was: accepted as 1 token / 1 second
+        (lambda r: r["points"][0].update(tokens=True), "point 0: field 'tokens' has the wrong "
+         "type \\(bool\\)"),
+        # was: accepted; a NaN or negative idle power then went into every energy answer
+        (lambda r: r["devices"]["cuda:0"].update(idle_power_w=float("nan")),
+         "device 'cuda:0': idle_power_w must be a number >= 0 or null, got nan"),
+        (lambda r: r["devices"]["cuda:0"].update(idle_power_w=-5.0),
+         "device 'cuda:0': idle_power_w must be a number >= 0 or null, got -5.0"),
+        (lambda r: r["devices"]["cuda:0"].update(idle_power_w="80"),
+         "device 'cuda:0': idle_power_w must be a number >= 0 or null, got '80'"),
     ],
 )
 def test_invalid_fields_name_the_field(tmp_path: Path, mutate, message) -> None:

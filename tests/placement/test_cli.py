@@ -69,6 +69,9 @@ def test_place_with_loads_file(tmp_path, capsys) -> None:
     (["--cluster", "laptop", "--solver", "milp", "--time-limit", "0"],
      "time_limit_s must be a finite number > 0"),
     (["--cluster", "laptop", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    # was: the last weight won (energy=2) without a word
+    (["--cluster", "laptop", "--objective", "energy=1,latency=1,energy=2"],
+     "objective 'energy=1,latency=1,energy=2' weighs energy more than once"),
 ])
 def test_bad_input_is_one_line(args, message, capsys) -> None:
     assert main(["place", *args]) == 2
@@ -171,3 +174,31 @@ def test_place_out_to_a_stream_keeps_it(tmp_path, capsys) -> None:
                  "--out", str(tmp_path / "f.json" / "p.json")]) == 2
     assert "f.json/p.json': Not a directory" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_place_diff_names_a_missing_field(tmp_path, capsys) -> None:
+    import json
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["place", "--cluster", "laptop", "--preset", "tiny", "--out", str(a)]) == 0
+    d = json.loads(a.read_text())
+    del d["layers"]
+    b.write_text(json.dumps(d))
+    capsys.readouterr()
+    assert main(["place-diff", str(a), str(b)]) == 2  # was: "malformed: KeyError: 'layers'"
+    err = capsys.readouterr().err
+    assert f"placement {b}: missing field 'layers'" in " ".join(err.split())
+    assert "Traceback" not in err and "KeyError" not in err
+
+
+@pytest.mark.parametrize("extra", [["--tokens", "99"], ["--layers", "5"], ["--seed", "3"],
+                                   ["--tokens", "4096", "--layers", "2"]])
+def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra) -> None:
+    loads = tmp_path / "loads.csv"  # was: the options were ignored without a word
+    loads.write_text("\n".join(",".join(str(i + j) for i in range(8)) for j in range(2)))
+    assert main(["place", "--cluster", "laptop", "--preset", "switch-base-8",
+                 "--loads", str(loads), *extra]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    given = " and ".join(a for a in extra if a.startswith("--"))
+    assert f"{given} set the synthetic loads and do nothing with --loads" in err
+    assert "Traceback" not in err

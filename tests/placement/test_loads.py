@@ -115,3 +115,30 @@ def test_loads_from_measured_layer_counts() -> None:
     assert loads.tokens.shape == (2, cfg.num_experts)
     np.testing.assert_array_equal(loads.tokens[1], layers[1].tokens_per_expert.numpy())
     assert loads.tokens_per_batch == pytest.approx(64)
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    # was: "loads must be a numeric [layers, experts] matrix, got list"
+    ([[1, 2, 3], [1, 2, 3], [1, 2]], "rows differ in length: row 2 has 2 counts, row 0 has 3"),
+    ([[1, 2, 3], 4], "rows differ in length: row 1 is 4, not a list of counts"),
+    # was: accepted, true read as 1 and false as 0
+    ([[1, 2, 3], [1, True, 3]], "layer 1, expert 1 is true; counts must be numbers"),
+    ([1, False, 3], "layer 0, expert 1 is false; counts must be numbers"),
+    # was: accepted, "3" read as 3
+    ([[1, 2, "3"]], 'layer 0, expert 2 is "3"; counts must be numbers'),
+    ([[1, None, 3]], "layer 0, expert 1 is null; counts must be numbers"),
+    ({"layer0": [1, 2]}, "must be a list of rows (a [layers, experts] matrix), got an object"),
+])
+def test_bad_json_loads_name_the_row(tmp_path, rows, message) -> None:
+    path = tmp_path / "l.json"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(ConfigError) as exc:
+        read_loads(path, top_k=1)
+    assert str(exc.value) == f"loads file {str(path)!r}: {message}"
+
+
+def test_bool_npy_loads_are_refused(tmp_path) -> None:
+    np.save(tmp_path / "b.npy", np.array([[True, False, True]]))  # was: read as 1, 0, 1
+    with pytest.raises(ConfigError, match=r"b\.npy' holds true/false values \(a bool array\); "
+                       "counts must be numbers"):
+        read_loads(tmp_path / "b.npy", top_k=1)

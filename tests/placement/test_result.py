@@ -84,3 +84,33 @@ def test_diff_rejects_different_models(two_placements) -> None:
     other = Placement(a.device_names, a.assignment[:, :8], a.expert_bytes)
     with pytest.raises(PlacementError, match="cannot diff"):
         diff_placements(a, other)
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    # was: "is malformed: KeyError: 'layers'"
+    (lambda d: d.pop("layers"), "placement p.json: missing field 'layers'"),
+    (lambda d: d.pop("devices"), "placement p.json: missing field 'devices'"),
+    (lambda d: d.pop("num_experts"), "placement p.json: missing field 'num_experts'"),
+    (lambda d: d.pop("expert_bytes"), "placement p.json: missing field 'expert_bytes'"),
+    (lambda d: d["layers"][1].pop("expert_to_devices"),
+     "placement p.json: layer 1: missing field 'expert_to_devices'"),
+    # was: "is malformed: TypeError: object of type 'int' has no len()"
+    (lambda d: d.update(layers=5), "placement p.json: field 'layers' must be a list, got int"),
+])
+def test_missing_fields_are_named(two_placements, mutate, message) -> None:
+    d = two_placements[0].to_dict()
+    mutate(d)
+    with pytest.raises(PlacementError, match=f"^{message}$"):
+        Placement.from_dict(d, source="p.json")
+
+
+@pytest.mark.parametrize("value", [-5, 0, 1.5, True, "12", float("nan")])
+def test_bad_expert_bytes_is_rejected(two_placements, value) -> None:
+    # was: accepted (-5 -> negative bytes to migrate; 1.5 and true read as 1 byte)
+    d = two_placements[0].to_dict()
+    d["expert_bytes"] = value
+    with pytest.raises(PlacementError, match=r"^placement p.json: field 'expert_bytes' must be a "
+                       r"positive integer \(bytes of one expert's weights\), got "):
+        Placement.from_dict(d, source="p.json")
+    d["expert_bytes"] = 12582912.0  # integral: fine
+    assert Placement.from_dict(d).expert_bytes == 12582912

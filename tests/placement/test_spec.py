@@ -71,10 +71,20 @@ def _bad(mutate) -> str:
     (lambda d: d["devices"][1].update(node="n7"), "unknown node 'n7'"),
     (lambda d: d.update(links=[]), "device 'cpu0' has no link path to token home 'gpu0'"),
     (lambda d: d.update(token_home=["tpu0"]), "token_home names unknown device 'tpu0'"),
+    # was: silently read as [gpu0] (the tokens' spread over their homes changed unsaid)
+    (lambda d: d.update(token_home=["gpu0", "cpu0", "gpu0"]),
+     "field token_home lists device 'gpu0' more than once"),
     (lambda d: d["links"][0].update(bandwidth_bytes_per_s=0), "bandwidth_bytes_per_s"),
     (lambda d: d["links"][0].update(energy_j_per_byte=float("nan")), "energy_j_per_byte"),
     (lambda d: d["links"].append(dict(d["links"][0])), "duplicate link"),
     (lambda d: d.update(devices=[]), "at least one device"),
+    # was: "field memory_bytes must be a positive number" without the value
+    (lambda d: d["devices"][0].update(memory_bytes=True),
+     "device 'gpu0': field memory_bytes must be a positive number, got True"),
+    (lambda d: d["devices"][0].update(memory_bytes="lots"),
+     "device 'gpu0': field memory_bytes must be a positive number, got 'lots'"),
+    (lambda d: d["links"][0].update(latency_s=None),
+     "link gpu0-cpu0: field latency_s must be a number >= 0, got None"),
 ])
 def test_invalid_specs_name_the_field(mutate, expected: str) -> None:
     msg = _bad(mutate)

@@ -22,9 +22,20 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _items(option: str, text: str) -> tuple[str, ...]:
+    """The comma-separated items of `option`'s value; an empty item ('1,,2', '1,2,') is an
+    error (it was dropped without a word)."""
+    items = tuple(t.strip() for t in text.split(","))
+    if text.strip() and "" in items:
+        raise ConfigError(f"{option} {text!r}: item {items.index('') + 1} is empty; separate "
+                          "the values with single commas")
+    return tuple(t for t in items if t)
+
+
+def _ints(text: str, option: str = "--tokens") -> tuple[int, ...]:
+    items = _items(option, text)
     try:
-        return tuple(int(t) for t in _csv(text))
+        return tuple(int(t) for t in items)
     except ValueError:
         raise ConfigError(f"expected comma-separated integers, got {text!r}") from None
 
@@ -275,7 +286,7 @@ def _tokens_arg(text: str) -> list[int]:
     from wattmoe.cost_model.base import check_tokens
 
     out = []
-    for t in _csv(text):
+    for t in _items("--tokens", text):
         try:
             n = int(t)
         except ValueError:

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from wattmoe.cli import command, console, err_console
+from wattmoe.cli import command, console, err_console, fmt_bytes
 from wattmoe.errors import ConfigError, os_error_as
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
@@ -24,10 +24,12 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--loads", help="[layers, experts] token counts per batch (.npy/.csv/.json)")
     src.add_argument("--skew", default="zipf:1.2",
                      help="synthetic loads: 'uniform' or 'zipf:S' (default zipf:1.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic loads")
-    p.add_argument("--tokens", type=int, default=4096,
+    # (None = not given: with --loads these would do nothing, and that is refused)
+    p.add_argument("--seed", type=int, help="seed of the synthetic loads (default 0)")
+    p.add_argument("--tokens", type=int,
                    help="tokens per batch of the synthetic loads (default 4096)")
-    p.add_argument("--layers", type=int, help="MoE layers (default: the preset's)")
+    p.add_argument("--layers", type=int,
+                   help="MoE layers of the synthetic loads (default: the preset's)")
     p.add_argument("--objective", default="energy",
                    help="energy | latency | balance | a mix like 'energy=1,latency=0.5'")
     p.add_argument("--solver", default="heuristic", choices=SOLVER_NAMES)
@@ -98,13 +100,6 @@ def _fmt_j(x: float) -> str:
     return f"{x * 1e9:,.3f} nJ"
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= f:
-            return f"{n / f:,.1f} {unit}"
-    return f"{n:,.0f} B"
-
-
 @command("place", "place experts on a cluster's GPUs and CPUs (energy-aware)", _place_args)
 def cmd_place(args: argparse.Namespace) -> int:
     from wattmoe.moe import get_preset
@@ -123,14 +118,21 @@ def cmd_place(args: argparse.Namespace) -> int:
     cfg = get_preset(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
+    synthetic_only = [opt for opt, v in (("--tokens", args.tokens), ("--layers", args.layers),
+                                         ("--seed", args.seed)) if v is not None]
+    if args.loads and synthetic_only:
+        raise ConfigError(f"{' and '.join(synthetic_only)} set the synthetic loads and do "
+                          f"nothing with --loads {args.loads!r}: the file's counts give the "
+                          "layers and the tokens per batch")
     if args.loads:
         loads = read_loads(args.loads, top_k=cfg.top_k)
         if loads.num_experts != cfg.num_experts:
             raise ConfigError(f"loads file {args.loads!r} has {loads.num_experts} experts per "
                               f"layer; preset {cfg.name!r} has {cfg.num_experts}")
     else:
-        loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k, args.tokens, args.skew,
-                                args.seed)
+        loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k,
+                                4096 if args.tokens is None else args.tokens, args.skew,
+                                0 if args.seed is None else args.seed)
     provider, provider_txt = build_cost_provider(args.cost_model, args.backend)
     if args.backend is not None:
         _check_backend_covers(provider, cluster, args.backend)
@@ -182,7 +184,7 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
     for x in s.devices:
         budget = f" / {x.power_budget_w:g} W" if x.power_budget_w else ""
         d.add_row(x.name, x.kind, f"{x.replicas:,}",
-                  f"{_fmt_bytes(x.memory_bytes)} / {_fmt_bytes(x.memory_capacity_bytes)}",
+                  f"{fmt_bytes(x.memory_bytes)} / {fmt_bytes(x.memory_capacity_bytes)}",
                   f"{x.tokens:,.0f}", f"{x.busy_s * 1e3:,.3f} ms", _fmt_j(x.energy_j),
                   f"{x.avg_power_w:,.1f} W{budget}", "yes" if x.powered else "no")
     console.print(d)
@@ -247,7 +249,7 @@ def cmd_place_diff(args: argparse.Namespace) -> int:
     t.add_row("experts moved", f"{d.experts_moved:,} of {a.num_layers * a.num_experts:,}")
     t.add_row("replicas added", f"{d.replicas_added:,}")
     t.add_row("replicas removed", f"{d.replicas_removed:,}")
-    t.add_row("bytes to migrate", _fmt_bytes(d.bytes_to_migrate))
+    t.add_row("bytes to migrate", fmt_bytes(d.bytes_to_migrate))
     for label, p in (("a", a), ("b", b)):
         if p.summary:
             t.add_row(f"energy per token ({label}, estimated)",
@@ -257,6 +259,6 @@ def cmd_place_diff(args: argparse.Namespace) -> int:
     for col in ("device", "receives", "frees"):
         dev.add_column(col, justify="left" if col == "device" else "right")
     for name in d.bytes_in:
-        dev.add_row(name, _fmt_bytes(d.bytes_in[name]), _fmt_bytes(d.bytes_freed[name]))
+        dev.add_row(name, fmt_bytes(d.bytes_in[name]), fmt_bytes(d.bytes_freed[name]))
     console.print(dev)
     return 0

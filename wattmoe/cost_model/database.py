@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Container
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from wattmoe.cost_model.base import (
     FORMAT,
     SCHEMA_VERSION,
     DeviceInfo,
+    OpShape,
     ProfileFormatError,
     ProfilePoint,
 )
@@ -28,8 +30,8 @@ from wattmoe.provenance import git_commit, machine_info, provenance, utc_now
 from wattmoe.provenance import write_json_atomic as save_json
 from wattmoe.telemetry.base import SOURCES
 
-__all__ = ["ProfileDatabase", "git_commit", "load_profile", "machine_info", "provenance",
-           "save_json", "save_profile"]
+__all__ = ["ProfileDatabase", "git_commit", "load_profile", "machine_info", "parse_point",
+           "provenance", "save_json", "save_profile"]
 
 
 @dataclass
@@ -66,13 +68,61 @@ def save_profile(db: ProfileDatabase, path: str | Path) -> Path:
     return save_json(path, db.to_dict())
 
 
+def _required(cls: type) -> tuple[str, ...]:
+    """The fields of dataclass `cls` that have no default."""
+    return tuple(f.name for f in fields(cls)
+                 if f.default is MISSING and f.default_factory is MISSING)
+
+
+_REQUIRED_POINT_FIELDS = _required(ProfilePoint)
+_REQUIRED_SHAPE_FIELDS = _required(OpShape)
+
+
 def _need(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
     if key not in d:
         raise ProfileFormatError(f"{where}: missing field {key!r}")
-    if not isinstance(d[key], typ):
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if not isinstance(d[key], typ) or (isinstance(d[key], bool) and int in types):
         raise ProfileFormatError(f"{where}: field {key!r} has the wrong type "
                                  f"({type(d[key]).__name__})")
     return d[key]
+
+
+def parse_point(pr: Any, at: str, devices: Container[str] | None = None) -> ProfilePoint:
+    """Validates one measured point: an entry of a profile's 'points' or a line of a sweep log.
+
+    `at` starts every message ('profile p.json: point 3'); `devices` are the device names a
+    point may name (None: not checked; a sweep log lists its devices as it goes).
+
+    Raises:
+        ProfileFormatError: a missing field or an invalid value, named.
+    """
+    if not isinstance(pr, dict):
+        raise ProfileFormatError(f"{at} is not an object")
+    for key, typ in (("op", str), ("device", str), ("dtype", str), ("tokens", int),
+                     ("latency_s", (int, float)), ("shape", dict)):
+        _need(pr, key, typ, at)
+    for key in _REQUIRED_POINT_FIELDS:  # the rest of what ProfilePoint needs
+        _need(pr, key, object, at)
+    for key in _REQUIRED_SHAPE_FIELDS:
+        _need(pr["shape"], key, object, f"{at}: shape")
+    if devices is not None and pr["device"] not in devices:
+        raise ProfileFormatError(f"{at}: device {pr['device']!r} is not in 'devices'")
+    if pr["tokens"] < 1:
+        raise ProfileFormatError(f"{at}: tokens must be >= 1, got {pr['tokens']}")
+    if pr.get("source") not in SOURCES:
+        raise ProfileFormatError(f"{at}: source must be one of {', '.join(SOURCES)}, got "
+                                 f"{pr.get('source')!r}")
+    if not (pr["latency_s"] > 0 and math.isfinite(pr["latency_s"])):
+        raise ProfileFormatError(f"{at}: latency_s must be > 0, got {pr['latency_s']}")
+    if pr.get("energy_j") is not None:
+        _need(pr, "energy_j", (int, float), at)
+    if pr.get("energy_j") is not None and not pr["energy_j"] >= 0:
+        raise ProfileFormatError(f"{at}: energy_j must be >= 0, got {pr['energy_j']}")
+    try:
+        return ProfilePoint.from_dict(pr)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ProfileFormatError(f"{at}: {exc}") from None
 
 
 def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
@@ -102,29 +152,14 @@ def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
         devices = {k: DeviceInfo(**v) for k, v in devices_raw.items()}
     except TypeError as exc:
         raise ProfileFormatError(f"{where}: bad device entry ({exc})") from None
-    points: list[ProfilePoint] = []
-    for i, pr in enumerate(points_raw):
-        at = f"{where}: point {i}"
-        if not isinstance(pr, dict):
-            raise ProfileFormatError(f"{at} is not an object")
-        for key, typ in (("op", str), ("device", str), ("dtype", str), ("tokens", int),
-                         ("latency_s", (int, float)), ("shape", dict)):
-            _need(pr, key, typ, at)
-        if pr["device"] not in devices:
-            raise ProfileFormatError(f"{at}: device {pr['device']!r} is not in 'devices'")
-        if pr["tokens"] < 1:
-            raise ProfileFormatError(f"{at}: tokens must be >= 1, got {pr['tokens']}")
-        if pr.get("source") not in SOURCES:
-            raise ProfileFormatError(f"{at}: source must be one of {', '.join(SOURCES)}, got "
-                                     f"{pr.get('source')!r}")
-        if not (pr["latency_s"] > 0 and math.isfinite(pr["latency_s"])):
-            raise ProfileFormatError(f"{at}: latency_s must be > 0, got {pr['latency_s']}")
-        if pr.get("energy_j") is not None and not pr["energy_j"] >= 0:
-            raise ProfileFormatError(f"{at}: energy_j must be >= 0, got {pr['energy_j']}")
-        try:
-            points.append(ProfilePoint.from_dict(pr))
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ProfileFormatError(f"{at}: {exc}") from None
+    for name, info in devices.items():
+        idle = info.idle_power_w
+        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)
+                                 or not math.isfinite(idle) or idle < 0):
+            raise ProfileFormatError(f"{where}: device {name!r}: idle_power_w must be a number "
+                                     f">= 0 or null, got {idle!r}")
+    points = [parse_point(pr, f"{where}: point {i}", devices)
+              for i, pr in enumerate(points_raw)]
     return ProfileDatabase(
         points=points, devices=devices, provenance=prov, sweep=raw.get("sweep", {}),
         profiler=raw.get("profiler", {}), errors=raw.get("errors", []),

@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 import torch
 
-from wattmoe.cost_model.base import CostModelError, DeviceInfo, ProfilePoint
+from wattmoe.cost_model.base import CostModelError, DeviceInfo, ProfileFormatError, ProfilePoint
+from wattmoe.cost_model.database import parse_point
 from wattmoe.cost_model.scenarios import Scenario, build_runner
 from wattmoe.cost_model.traces import capture_kernels
 from wattmoe.errors import os_error_as
@@ -243,8 +244,10 @@ def read_jsonl(path: str | Path) -> SweepLog:
                 out.errors.append(rec)
             elif kind == "run":
                 out.runs.append(rec)
-            else:
-                out.points.append(ProfilePoint.from_dict(rec))
+            else:  # the profile loader's checks, so that cost-eval takes what it takes
+                out.points.append(parse_point(rec, f"{path}: line {i + 1}"))
+        except ProfileFormatError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             raise CostModelError(
                 f"{path}: line {i + 1} is not a sweep {kind!r} record ({type(exc).__name__}: "

@@ -166,6 +166,8 @@ class Objective:
                     f"cannot read objective {text!r}: use one of {', '.join(OBJECTIVE_TERMS)} "
                     "or a mix like 'energy=1,latency=0.5'"
                 )
+            if name in weights:  # was: the last one won
+                raise ConfigError(f"objective {text!r} weighs {name} more than once")
             try:
                 weights[name] = float(value)
             except ValueError:

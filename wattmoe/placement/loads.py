@@ -175,6 +175,36 @@ def loads_from_layers(layers: Sequence[object], tokens_per_batch: float | None =
     return make_loads(np.stack(rows), top_k, tokens_per_batch, source="SimpleMoELayer counts")
 
 
+def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    return "a string" if isinstance(value, str) else json.dumps(value)
+
+
+def _check_json_counts(data: object, where: str) -> None:
+    """Checks decoded JSON loads cell by cell (numpy would say only "got list", or read true
+    as 1 and "3" as 3): a list of rows of numbers (or one row), every row as long as row 0.
+
+    Raises:
+        ConfigError: naming the row that differs in length or the cell that is not a number.
+    """
+    if not isinstance(data, list):
+        raise ConfigError(f"{where}: must be a list of rows (a [layers, experts] matrix), got "
+                          f"{_json_kind(data)}")
+    rows = data if any(isinstance(r, list) for r in data) else [data]
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise ConfigError(f"{where}: rows differ in length: row {i} is {_json_kind(row)}, "
+                              "not a list of counts")
+        if len(row) != len(rows[0]):
+            raise ConfigError(f"{where}: rows differ in length: row {i} has {len(row)} counts, "
+                              f"row 0 has {len(rows[0])}")
+        for j, v in enumerate(row):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"{where}: layer {i}, expert {j} is {json.dumps(v)}; counts "
+                                  "must be numbers")
+
+
 def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = None,
                ) -> ExpertLoads:
     """Reads a `[layers, experts]` matrix from .npy, .csv (comma separated, '#' comments) or
@@ -198,4 +228,9 @@ def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = No
                               f"{str(exc).splitlines()[0]}") from None
     if isinstance(data, np.ndarray) and data.size == 0:
         raise ConfigError(f"loads file {str(path)!r} holds no counts (an empty matrix)")
+    if isinstance(data, np.ndarray) and data.dtype == bool:
+        raise ConfigError(f"loads file {str(path)!r} holds true/false values (a bool array); "
+                          "counts must be numbers")
+    if suffix == ".json":
+        _check_json_counts(data, f"loads file {str(path)!r}")
     return make_loads(data, top_k, tokens_per_batch, source=path.name)

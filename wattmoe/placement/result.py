@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -238,6 +239,18 @@ class Placement:
         if d.get("version") != SCHEMA_VERSION:
             raise PlacementError(f"{where} has schema version {d.get('version')!r}; this "
                                  f"wattmoe reads version {SCHEMA_VERSION}")
+        for key in ("devices", "layers", "num_experts", "expert_bytes"):
+            if key not in d:
+                raise PlacementError(f"{where}: missing field {key!r}")
+        for key in ("devices", "layers"):
+            if not isinstance(d[key], list):
+                raise PlacementError(f"{where}: field {key!r} must be a list, got "
+                                     f"{type(d[key]).__name__}")
+        eb = d["expert_bytes"]
+        if isinstance(eb, bool) or not isinstance(eb, int | float) or not math.isfinite(eb) \
+                or eb < 1 or eb != int(eb):
+            raise PlacementError(f"{where}: field 'expert_bytes' must be a positive integer "
+                                 f"(bytes of one expert's weights), got {eb!r}")
         try:
             names = tuple(str(n) for n in d["devices"])
             index = {n: i for i, n in enumerate(names)}
@@ -245,6 +258,9 @@ class Placement:
             E = int(d["num_experts"])
             a = np.zeros((len(layers), E, len(names)), dtype=bool)
             for layer, entry in enumerate(layers):
+                if not isinstance(entry, dict) or "expert_to_devices" not in entry:
+                    raise PlacementError(f"{where}: layer {layer}: missing field "
+                                         "'expert_to_devices'")
                 e2d = entry["expert_to_devices"]
                 if len(e2d) != E:
                     raise PlacementError(f"{where}: layer {layer} lists {len(e2d)} experts, "

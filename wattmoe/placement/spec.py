@@ -146,7 +146,8 @@ class ClusterSpec:
 
 def _number(where: str, field: str, value: Any, *, positive: bool = True) -> float:
     """A finite float (numeric strings such as '141e9' are accepted: YAML 1.1 reads them as
-    text), > 0 if `positive` else >= 0."""
+    text), > 0 if `positive` else >= 0. The message echoes the value as given."""
+    given = value
     if isinstance(value, bool):
         value = None
     if isinstance(value, str):
@@ -157,8 +158,7 @@ def _number(where: str, field: str, value: Any, *, positive: bool = True) -> flo
     if not isinstance(value, int | float) or not math.isfinite(value) or \
             (value <= 0 if positive else value < 0):
         need = "a positive number" if positive else "a number >= 0"
-        raise ConfigError(f"{where}: field {field} must be {need}, got {value!r}"
-                          if value is not None else f"{where}: field {field} must be {need}")
+        raise ConfigError(f"{where}: field {field} must be {need}, got {given!r}")
     return float(value)
 
 
@@ -284,8 +284,10 @@ def cluster_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Cluste
         if h not in seen:
             raise ConfigError(f"{where}: field token_home names unknown device {h!r} "
                               f"(devices: {', '.join(d.name for d in devices)})")
+        if home.count(h) > 1:  # was: dropped unsaid (tokens are spread over the homes)
+            raise ConfigError(f"{where}: field token_home lists device {h!r} more than once")
     spec = ClusterSpec(name=name, nodes=tuple(nodes), devices=tuple(devices), links=tuple(links),
-                       token_home=tuple(dict.fromkeys(home)),
+                       token_home=tuple(home),
                        description=str(data.get("description") or ""))
     _check_connected(spec, where)
     return spec
