@@ -470,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(Path(args.out), payload)
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()},
                       flush=True)
+    if not rows:  # --only matched no variant's name
+        print(f"gluon_int4_probe.py: error: --only {args.only!r} matches no variant", flush=True)
+        return 2
     return 0
 
 
