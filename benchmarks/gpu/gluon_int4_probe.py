@@ -28,9 +28,9 @@ step i + 2 loaded while step i's MMAs run).
 
 Measured (results/h200/kernels/run60_gluon_probe, run62_gluon_frag): neither is faster than
 Triton. At equal fp32 dequantization the first is 13-38% slower than Triton's same-tile launch;
-the fragment-word kernel is 30-41% slower than the table's launch (Qwen3 at 512 tokens: 158.8
+the fragment-word kernel is 32-41% slower than the table's launch (Qwen3 at 512 tokens: 158.8
 vs 112.8 us). ncu: it holds two operand sets live across the MMAs (254 registers, 2 CTAs per
-SM against Triton's 3) and issues ~1.5x the instructions, while Triton's launch already keeps
+SM against Triton's 3) and issues ~1.4x the instructions, while Triton's launch already keeps
 the tensor pipe busy 34% of its time by interleaving its resident CTAs.
 """
 
