@@ -261,3 +261,17 @@ def test_router_takes_the_documented_bias_shapes(shape: tuple[int, ...]) -> None
     bias[..., 5] = 100.0
     out = AdaptiveRouter(64, 8, 2, strategy=_FixedBias(bias))(torch.randn(3, 64))
     assert (out.topk_idx[:, 0] == 5).all()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("num_kv_heads", 2.0), ("num_kv_heads", True), ("num_shared_experts", 1.5),
+    ("num_shared_experts", True), ("shared_inner_size", -5), ("shared_inner_size", 33.5),
+    ("capacity_factor", math.inf), ("capacity_factor", "1"), ("capacity_factor", True),
+    ("aux_loss_coef", math.inf), ("normalize_topk", "no"), ("normalize_topk", None),
+])
+def test_config_refuses_field_values_of_the_wrong_kind(field: str, value: object) -> None:
+    # were accepted: a TypeError or OverflowError in the first forward pass (float head or
+    # expert counts, an infinite capacity), an infinite aux loss, or normalize_topk='no'
+    # normalizing
+    with pytest.raises(ConfigError, match=field):
+        get_preset("tiny").replace(**{"num_shared_experts": 1, field: value})
