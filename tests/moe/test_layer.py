@@ -16,6 +16,7 @@ from wattmoe.moe import (
     get_preset,
     switch_balance_loss,
 )
+from wattmoe.moe.router import RoutingStrategy
 
 
 def naive_moe(layer: SimpleMoELayer, x: torch.Tensor) -> torch.Tensor:
@@ -205,3 +206,72 @@ def test_bad_input_errors() -> None:
         SimpleMoELayer(get_preset("tiny"), backend="nope")
     with pytest.raises(ConfigError, match="unknown dtype"):
         SimpleMoELayer(get_preset("tiny"), dtype="int3")
+
+
+@pytest.mark.parametrize("backend", ["loop", "grouped", "auto"])
+def test_input_of_another_dtype_is_one_shape_error(backend: str) -> None:
+    # was: torch's "expected m1 and m2 to have the same dtype" from inside the router
+    layer = SimpleMoELayer(get_preset("tiny"), dtype="bf16", backend=backend, seed=0)
+    with pytest.raises(ShapeError, match=r"torch\.float32.*torch\.bfloat16"):
+        layer(torch.randn(4, 64))
+    with pytest.raises(ShapeError, match=r"torch\.int64"):
+        layer(torch.ones(4, 64, dtype=torch.int64))
+    block = MoETransformerBlock(get_preset("tiny"), dtype="bf16", seed=0)
+    with pytest.raises(ShapeError, match=r"torch\.float32.*torch\.bfloat16"):
+        block(torch.randn(1, 4, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for the layer: allowed
+        assert SimpleMoELayer(get_preset("tiny"), seed=0, backend=backend)(
+            torch.randn(4, 64, dtype=torch.bfloat16)).hidden_states.shape == (4, 64)
+
+
+def test_router_refuses_unknown_score_func_and_bad_sizes() -> None:
+    # was: any score_func other than 'softmax' silently routed with sigmoid
+    from wattmoe.moe import AdaptiveRouter
+    with pytest.raises(ConfigError, match="score_func"):
+        AdaptiveRouter(64, 8, 2, score_func="Softmax")
+    with pytest.raises(ConfigError, match="top_k"):
+        AdaptiveRouter(64, 8, 1.5)
+    with pytest.raises(ConfigError, match="hidden_size"):
+        AdaptiveRouter(0, 8, 2)
+
+
+class _FixedBias(RoutingStrategy):
+    def __init__(self, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.bias = bias
+
+    def selection_bias(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.bias
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 1), (1, 1, 8), (4, 8)])
+def test_router_refuses_a_bias_of_the_wrong_shape(shape: tuple[int, ...]) -> None:
+    # the torch path raised torch's broadcasting error, or broadcast [T, 1] silently, where
+    # fused routing refuses the same bias with a ShapeError
+    from wattmoe.moe import AdaptiveRouter
+    router = AdaptiveRouter(64, 8, 2, strategy=_FixedBias(torch.zeros(shape)))
+    with pytest.raises(ShapeError, match=r"selection bias must be \[8\] or \[3, 8\]"):
+        router(torch.randn(3, 64))
+
+
+@pytest.mark.parametrize("shape", [(8,), (1, 8), (3, 8)])
+def test_router_takes_the_documented_bias_shapes(shape: tuple[int, ...]) -> None:
+    from wattmoe.moe import AdaptiveRouter
+    bias = torch.zeros(shape)
+    bias[..., 5] = 100.0
+    out = AdaptiveRouter(64, 8, 2, strategy=_FixedBias(bias))(torch.randn(3, 64))
+    assert (out.topk_idx[:, 0] == 5).all()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("num_kv_heads", 2.0), ("num_kv_heads", True), ("num_shared_experts", 1.5),
+    ("num_shared_experts", True), ("shared_inner_size", -5), ("shared_inner_size", 33.5),
+    ("capacity_factor", math.inf), ("capacity_factor", "1"), ("capacity_factor", True),
+    ("aux_loss_coef", math.inf), ("normalize_topk", "no"), ("normalize_topk", None),
+])
+def test_config_refuses_field_values_of_the_wrong_kind(field: str, value: object) -> None:
+    # were accepted: a TypeError or OverflowError in the first forward pass (float head or
+    # expert counts, an infinite capacity), an infinite aux loss, or normalize_topk='no'
+    # normalizing
+    with pytest.raises(ConfigError, match=field):
+        get_preset("tiny").replace(**{"num_shared_experts": 1, field: value})

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wattmoe.errors import ShapeError
+from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe import (
     Expert,
     SimpleMoELayer,
@@ -130,3 +130,24 @@ def test_scale_pairs_bad_input() -> None:
     with pytest.raises(ShapeError, match="out= must be contiguous int32"):
         scale_pairs(torch.zeros(2, 4, dtype=torch.float16), torch.bfloat16,
                     out=torch.zeros(2, 3, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e6])
+def test_weights_whose_scale_is_not_an_fp16_number_are_refused(value: float) -> None:
+    # was: the group's fp16 scale became inf (or NaN) and its weights dequantized to NaN, silently
+    w = torch.ones(3, 256)
+    w[2, 130] = value
+    with pytest.raises(ConfigError, match=r"row 2, group 1"):
+        quantize_int4(w, group_size=128)
+    w[2, 130] = 4e5  # max / 7 = 57143 still fits fp16 (65504)
+    packed, scales = quantize_int4(w, group_size=128)
+    assert torch.isfinite(dequantize_int4(packed, scales)).all()
+
+
+def test_group_size_must_be_an_integer_and_experts_quantized_once() -> None:
+    with pytest.raises(ConfigError, match="group_size"):
+        quantize_int4(torch.randn(4, 256), group_size=128.0)
+    q = quantize_expert(Expert(64, 64), group_size=32)
+    # was: AttributeError: 'Int4Linear' object has no attribute 'bias'
+    with pytest.raises(ConfigError, match="already quantized"):
+        quantize_expert(q, group_size=32)

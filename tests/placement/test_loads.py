@@ -142,3 +142,17 @@ def test_bool_npy_loads_are_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"b\.npy' holds true/false values \(a bool array\); "
                        "counts must be numbers"):
         read_loads(tmp_path / "b.npy", top_k=1)
+
+
+
+def test_tokens_per_batch_of_the_wrong_kind_is_one_error() -> None:
+    # was: a TypeError from math.isfinite for a string, and "no tokens at all (every count
+    # is 0)" for a negative tokens_per_batch with counts that are not 0
+    with pytest.raises(PlacementError, match=r"tokens_per_batch must be a number > 0 or None, "
+                                             r"got '3'"):
+        make_loads([[1, 2]], top_k=1, tokens_per_batch="3")
+    with pytest.raises(PlacementError, match="tokens_per_batch must be a finite number > 0, "
+                                             "got -3"):
+        make_loads([[1, 2]], top_k=1, tokens_per_batch=-3)
+    with pytest.raises(PlacementError, match="no tokens at all"):
+        make_loads([[0, 0]], top_k=1)

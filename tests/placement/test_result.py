@@ -114,3 +114,15 @@ def test_bad_expert_bytes_is_rejected(two_placements, value) -> None:
         Placement.from_dict(d, source="p.json")
     d["expert_bytes"] = 12582912.0  # integral: fine
     assert Placement.from_dict(d).expert_bytes == 12582912
+
+
+@pytest.mark.parametrize("method", ["expert_to_devices", "device_to_experts",
+                                    "physical_to_logical"])
+def test_a_layer_that_is_not_there_is_one_error(two_placements, method: str) -> None:
+    # was numpy's "IndexError: index 5 is out of bounds for axis 0 with size 2"
+    p, _ = two_placements
+    lookup = getattr(p, method)
+    for bad in (p.num_layers, -p.num_layers - 1, 0.5, "0"):
+        with pytest.raises(PlacementError, match=f"no layer {bad!r} in this placement"):
+            lookup(bad)
+    assert lookup(-1) == lookup(p.num_layers - 1)  # negative layers count from the end

@@ -32,7 +32,8 @@ def test_monitor_replays_a_recording(capsys: pytest.CaptureFixture[str]) -> None
     (["--devices", "tpu:0"], "unknown device 'tpu:0'"),
     (["--replay", "/nonexistent/rec.csv"], "cannot read telemetry CSV"),
     (["--seconds", "0"], "--seconds must be > 0"),
-    (["--interval", "-1", "--devices", "cpu"], "interval_s must be a number > 0"),
+    (["--interval", "-1", "--devices", "cpu"], "interval_s must be a finite number > 0"),
+    (["--interval", "inf", "--devices", "cpu"], "interval_s must be a finite number > 0"),
     (["--speed", "5", "--devices", "cpu", "--seconds", "0.1"], "--speed 5 needs --replay"),
 ])
 def test_bad_input_is_one_line(argv: list[str], message: str,

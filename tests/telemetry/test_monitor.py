@@ -51,6 +51,10 @@ def test_defaults_and_validation() -> None:
         GpuSystemMonitor(interval_s=0, backends={"sim:0": SimulatedBackend()})
     with pytest.raises(ConfigError, match="buffer_size"):
         GpuSystemMonitor(buffer_size=0, backends={"sim:0": SimulatedBackend()})
+    # was: inf accepted, and the sampler thread died of an OverflowError (not running, unsaid)
+    for bad in (float("inf"), float("nan"), True):
+        with pytest.raises(ConfigError, match="interval_s"):
+            GpuSystemMonitor(interval_s=bad, backends={"sim:0": SimulatedBackend()})
     with pytest.raises(UnknownDeviceError, match="no backend given for 'cpu'"):
         GpuSystemMonitor(["cpu"], backends={"sim:0": SimulatedBackend()})
 
@@ -201,3 +205,12 @@ def test_pressure_follows_the_simulated_device() -> None:
     # no sample yet: the device is read directly
     fresh, _ = sim_monitor()
     assert 0 <= fresh.pressure("sim:1").power <= 1
+
+
+def test_a_very_long_interval_starts_and_stops() -> None:
+    # was: close() raised OverflowError (thread.join's timeout was 10 x the interval)
+    mon = GpuSystemMonitor(interval_s=1e9, backends={"sim:0": SimulatedBackend()})
+    t0 = time.monotonic()
+    with mon:
+        assert mon.running
+    assert not mon.running and time.monotonic() - t0 < 5

@@ -70,5 +70,16 @@ def test_bad_models_and_names() -> None:
         SimPowerModel(idle_w=-1, dynamic_w=1)
     with pytest.raises(ConfigError):
         ThermalModel(time_constant_s=0)
+    nan = float("nan")
+    # was: accepted, and every reading (power, energy, temperature) was NaN
+    for bad in ({"idle_w": nan, "dynamic_w": 1}, {"idle_w": 1, "dynamic_w": float("inf")},
+                {"idle_w": 1, "dynamic_w": 1, "power_limit_w": nan}):
+        with pytest.raises(ConfigError, match="SimPowerModel"):
+            SimPowerModel(**bad)
+    for bad in ({"time_constant_s": nan}, {"resistance_c_per_w": nan}, {"ambient_c": nan}):
+        with pytest.raises(ConfigError, match="ThermalModel"):
+            ThermalModel(**bad)
+    with pytest.raises(ConfigError, match="utilization"):
+        SimulatedBackend().set_utilization("sim:0", nan)
     with pytest.raises(UnknownDeviceError, match="sim:0"):
         SimulatedBackend().sample("sim:9")

@@ -63,8 +63,16 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not _is_int(value) or value <= 0:  # type: ignore[operator]
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
@@ -127,15 +135,27 @@ class MoEConfig:
             raise ConfigError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
+        if self.num_kv_heads is not None:
+            _positive_int("num_kv_heads", self.num_kv_heads)
         kv = self.kv_heads
-        if kv <= 0 or self.num_heads % kv:
+        if self.num_heads % kv:
             raise ConfigError(f"num_kv_heads={kv} must divide num_heads={self.num_heads}")
-        if self.num_shared_experts < 0:
-            raise ConfigError(f"num_shared_experts must be >= 0, got {self.num_shared_experts}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ConfigError(f"capacity_factor must be > 0 or None, got {self.capacity_factor}")
-        if not self.aux_loss_coef >= 0:
-            raise ConfigError(f"aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+        if not _is_int(self.num_shared_experts) or self.num_shared_experts < 0:
+            raise ConfigError(f"num_shared_experts must be an integer >= 0, got "
+                              f"{self.num_shared_experts!r}")
+        if self.shared_inner_size is not None:
+            _positive_int("shared_inner_size", self.shared_inner_size)
+        if not isinstance(self.normalize_topk, bool):
+            raise ConfigError(f"normalize_topk must be True or False, got {self.normalize_topk!r}")
+        if self.capacity_factor is not None and not (
+                _is_real(self.capacity_factor) and math.isfinite(self.capacity_factor)
+                and self.capacity_factor > 0):
+            raise ConfigError(f"capacity_factor must be a finite number > 0 or None, got "
+                              f"{self.capacity_factor!r}")
+        if not (_is_real(self.aux_loss_coef) and math.isfinite(self.aux_loss_coef)
+                and self.aux_loss_coef >= 0):
+            raise ConfigError(f"aux_loss_coef must be a finite number >= 0, got "
+                              f"{self.aux_loss_coef!r}")
 
     @property
     def kv_heads(self) -> int:

@@ -10,7 +10,7 @@ from torch import nn
 
 from wattmoe.errors import ShapeError
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
-from wattmoe.moe.layer import MoEOutput, SimpleMoELayer
+from wattmoe.moe.layer import MoEOutput, SimpleMoELayer, check_input_dtype
 from wattmoe.moe.router import RoutingStrategy
 
 
@@ -72,6 +72,7 @@ class MoETransformerBlock(nn.Module):
                 f"transformer block expects [batch, seq, {self.config.hidden_size}], "
                 f"got {tuple(x.shape)}"
             )
+        check_input_dtype("transformer block", x, self.attn_norm.weight.dtype)
         h = x + self.attn(self.attn_norm(x), self.causal)
         moe_out = self.moe(self.moe_norm(h))
         return dataclasses.replace(moe_out, hidden_states=h + moe_out.hidden_states)

@@ -44,6 +44,15 @@ class MoEOutput:
 
 
 
+def check_input_dtype(what: str, x: torch.Tensor, dtype: torch.dtype) -> None:
+    """Raises a `ShapeError` naming both dtypes unless x has the parameters' dtype (torch
+    would say only "expected m1 and m2 to have the same dtype" from inside the router).
+    Under autocast for x's device, autocast casts, so any dtype passes."""
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ShapeError(f"{what} has {dtype} weights and expects {dtype} inputs, got "
+                         f"{x.dtype} (convert with x.to({dtype}))")
+
+
 class SimpleMoELayer(nn.Module):
     """A Mixture-of-Experts feed-forward layer.
 
@@ -148,6 +157,7 @@ class SimpleMoELayer(nn.Module):
         h = self.config.hidden_size
         if x.dim() == 0 or x.shape[-1] != h:
             raise ShapeError(f"MoE layer expects inputs [..., {h}], got {tuple(x.shape)}")
+        check_input_dtype("MoE layer", x, self.router.gate.weight.dtype)
         shape = x.shape
         tokens = x.reshape(-1, h)
         step = self._step_backend(tokens)

@@ -37,7 +37,8 @@ def quantize_int4(
     if weight.dim() != 2:
         raise ShapeError(f"int4 quantization needs a 2-D weight, got {tuple(weight.shape)}")
     out_f, in_f = weight.shape
-    if group_size <= 0 or group_size % 2:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 \
+            or group_size % 2:
         raise ConfigError(f"group_size must be a positive even number, got {group_size}")
     if in_f % group_size:
         raise ShapeError(
@@ -46,7 +47,18 @@ def quantize_int4(
     w = weight.detach().float().reshape(out_f, in_f // group_size, group_size)
     scales = (w.abs().amax(dim=-1, keepdim=True) / QMAX).clamp_min(1e-8)
     # Round through fp16 so that dequantization with the stored scale is what was quantized.
-    scales = scales.half().float()
+    half_scales = scales.half()
+    bad = ~torch.isfinite(half_scales.squeeze(-1))
+    if bad.any():  # an inf/NaN scale would dequantize the whole group to NaN
+        row, group = (int(i) for i in bad.nonzero()[0])
+        amax = w[row, group].abs().amax().item()
+        raise ConfigError(
+            f"cannot quantize to int4: row {row}, group {group} (columns "
+            f"{group * group_size}..{(group + 1) * group_size - 1}) has max |w| = {amax:g}; "
+            f"its scale max|w|/{QMAX} must be a finite fp16 number (max |w| <= "
+            f"{QMAX * torch.finfo(torch.float16).max:g})"
+        )
+    scales = half_scales.float()
     q = torch.clamp(torch.round(w / scales), QMIN, QMAX).to(torch.int16) - QMIN  # 0..15
     q = q.reshape(out_f, in_f).to(torch.uint8)
     half = in_f // 2
@@ -189,6 +201,11 @@ class QuantizedExpert(FeedForward):
         compute_dtype: str | torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(expert, QuantizedExpert):
+            raise ConfigError("this expert is already quantized to int4 (group size "
+                              f"{expert.group_size}); quantize the original Expert instead")
+        if not isinstance(expert, Expert):
+            raise ConfigError(f"int4 quantization takes an Expert, got {type(expert).__name__}")
         dtype = expert.dtype if compute_dtype is None else resolve_dtype(compute_dtype)
         self.hidden_size = expert.hidden_size
         self.inner_size = expert.inner_size

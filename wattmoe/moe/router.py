@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wattmoe.errors import ConfigError, ShapeError
-from wattmoe.moe.base import ScoreFunc, resolve_dtype
+from wattmoe.moe.base import SCORE_FUNCS, ScoreFunc, resolve_dtype
 from wattmoe.moe.dispatch import count_experts
 
 
@@ -114,6 +114,24 @@ def switch_balance_loss(
     return num_experts * torch.sum(f * p)
 
 
+def check_selection_bias(bias: torch.Tensor | None, tokens: int, num_experts: int) -> None:
+    """Checks a strategy's selection bias against the [tokens, num_experts] logits.
+
+    Raises:
+        ShapeError: the bias is not [E], [1, E] or [T, E] (fused routing takes only these;
+            broadcasting anything else would fail inside torch, or, for [T, 1], add one number
+            per token and change nothing).
+    """
+    if bias is None:
+        return
+    shape = tuple(bias.shape)
+    if shape not in ((num_experts,), (1, num_experts), (tokens, num_experts)):
+        raise ShapeError(
+            f"selection bias must be [{num_experts}] or [{tokens}, {num_experts}] for {tokens} "
+            f"tokens and {num_experts} experts, got {shape}"
+        )
+
+
 class AdaptiveRouter(nn.Module):
     """Gate + top-k router with a pluggable selection strategy.
 
@@ -140,10 +158,14 @@ class AdaptiveRouter(nn.Module):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("num_experts", num_experts),
+                            ("top_k", top_k)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if top_k > num_experts:
             raise ConfigError(f"top_k={top_k} is larger than num_experts={num_experts}")
-        if top_k <= 0:
-            raise ConfigError(f"top_k must be positive, got {top_k}")
+        if score_func not in SCORE_FUNCS:  # was: anything but 'softmax' routed with sigmoid
+            raise ConfigError(f"score_func must be one of {SCORE_FUNCS}, got {score_func!r}")
         self.hidden_size = hidden_size
         self.num_experts = num_experts
         self.top_k = top_k
@@ -170,6 +192,7 @@ class AdaptiveRouter(nn.Module):
         logits = F.linear(x, self.gate.weight).float()
         scores = self.scores(logits)
         bias = self.strategy.selection_bias(logits)
+        check_selection_bias(bias, x.shape[0], self.num_experts)
         select = logits if bias is None else logits + bias
         topk_idx = torch.topk(select, self.top_k, dim=-1).indices
         topk_weight = scores.gather(1, topk_idx)

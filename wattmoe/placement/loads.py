@@ -80,9 +80,17 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
     if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1 \
             or top_k > arr.shape[1]:
         raise PlacementError(f"top_k must be an integer in [1, {arr.shape[1]}], got {top_k!r}")
+    given = tokens_per_batch is not None
     if tokens_per_batch is None:
         tokens_per_batch = float(arr.sum(axis=1).mean() / top_k)
+    elif isinstance(tokens_per_batch, bool) or not isinstance(tokens_per_batch,
+                                                              int | float | np.number):
+        raise PlacementError(f"tokens_per_batch must be a number > 0 or None, got "
+                             f"{tokens_per_batch!r}")
     if not (math.isfinite(tokens_per_batch) and tokens_per_batch > 0):
+        if given:
+            raise PlacementError(f"tokens_per_batch must be a finite number > 0, got "
+                                 f"{tokens_per_batch!r}")
         raise PlacementError("loads are invalid: no tokens at all (every count is 0), so "
                              "energy per token is undefined")
     arr.setflags(write=False)

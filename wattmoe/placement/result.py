@@ -182,18 +182,34 @@ class Placement:
         """[L, E] replicas per expert."""
         return self.assignment.sum(axis=2)
 
+    def _layer(self, layer: object) -> int:
+        """`layer` as an index of `assignment` (negative ones count from the end).
+
+        Raises:
+            PlacementError: not an integer, or no such layer (was numpy's IndexError).
+        """
+        n = self.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, int | np.integer) \
+                or not -n <= layer < n:
+            raise PlacementError(f"no layer {layer!r} in this placement: it has {n} layer"
+                                 f"{'s' if n != 1 else ''} (0..{n - 1})")
+        return int(layer)
+
     def expert_to_devices(self, layer: int) -> list[tuple[str, ...]]:
         """For each expert of `layer`, the devices hosting it."""
         names = self.device_names
-        return [tuple(names[d] for d in np.flatnonzero(row)) for row in self.assignment[layer]]
+        return [tuple(names[d] for d in np.flatnonzero(row))
+                for row in self.assignment[self._layer(layer)]]
 
     def device_to_experts(self, layer: int) -> dict[str, tuple[int, ...]]:
         """For each device, the experts of `layer` it hosts."""
+        layer = self._layer(layer)
         return {name: tuple(int(e) for e in np.flatnonzero(self.assignment[layer, :, d]))
                 for d, name in enumerate(self.device_names)}
 
     def physical_to_logical(self, layer: int) -> list[int]:
         """EPLB's phy2log for `layer`: replicas listed device by device, each as its expert."""
+        layer = self._layer(layer)
         return [e for d in range(len(self.device_names))
                 for e in np.flatnonzero(self.assignment[layer, :, d]).tolist()]
 

@@ -176,8 +176,10 @@ class GpuSystemMonitor:
         *,
         backends: Mapping[str, TelemetryBackend] | None = None,
     ) -> None:
-        if interval_s is not None and not (isinstance(interval_s, int | float) and interval_s > 0):
-            raise ConfigError(f"interval_s must be a number > 0, got {interval_s!r}")
+        if interval_s is not None and (
+                isinstance(interval_s, bool) or not isinstance(interval_s, int | float)
+                or not math.isfinite(interval_s) or interval_s <= 0):
+            raise ConfigError(f"interval_s must be a finite number > 0, got {interval_s!r}")
         if not isinstance(buffer_size, int) or buffer_size < 1:
             raise ConfigError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
         if backends is None:
@@ -263,7 +265,7 @@ class GpuSystemMonitor:
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
-            thread.join(timeout=max(5.0, 10 * self.interval_s))
+            thread.join(timeout=min(max(5.0, 10 * self.interval_s), threading.TIMEOUT_MAX))
             if thread.is_alive():
                 logger.warning("telemetry sampler did not stop within its timeout")
         if self._writer is not None:
@@ -303,7 +305,7 @@ class GpuSystemMonitor:
             s = self._stats
             self._stats = SamplerStats(ticks, s.samples, s.missing, overruns,
                                        time.thread_time() - cpu0, now - wall0)
-            self._stop.wait(max(0.0, next_t - now))
+            self._stop.wait(min(max(0.0, next_t - now), threading.TIMEOUT_MAX))
 
     def sample_once(self) -> dict[str, DeviceSample]:
         """Reads every device now, as one sampler round does (buffer, windows, CSV)."""

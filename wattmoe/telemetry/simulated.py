@@ -28,6 +28,11 @@ from wattmoe.telemetry.base import DeviceSample, Source, UnknownDeviceError
 from wattmoe.telemetry.nvml import NVML_COUNTER_PERIOD_S
 
 
+def _finite(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 @dataclass(frozen=True)
 class ThermalModel:
     """First-order thermal model of one device.
@@ -47,6 +52,13 @@ class ThermalModel:
     initial_c: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("ambient_c", "resistance_c_per_w", "time_constant_s", "slowdown_c"):
+            if not _finite(getattr(self, name)):
+                raise ConfigError(f"ThermalModel.{name} must be a finite number, got "
+                                  f"{getattr(self, name)!r}")
+        if self.initial_c is not None and not _finite(self.initial_c):
+            raise ConfigError(f"ThermalModel.initial_c must be a finite number or None, got "
+                              f"{self.initial_c!r}")
         if self.time_constant_s <= 0:
             raise ConfigError(
                 f"ThermalModel.time_constant_s must be > 0, got {self.time_constant_s}")
@@ -72,11 +84,13 @@ class SimPowerModel:
     thermal: ThermalModel | None = None
 
     def __post_init__(self) -> None:
-        if self.idle_w < 0 or self.dynamic_w < 0:
+        if not (_finite(self.idle_w) and _finite(self.dynamic_w)) \
+                or self.idle_w < 0 or self.dynamic_w < 0:
             raise ConfigError(
                 f"SimPowerModel: idle_w and dynamic_w must be >= 0, got {self.idle_w}, "
                 f"{self.dynamic_w}")
-        if self.power_limit_w is not None and self.power_limit_w <= 0:
+        if self.power_limit_w is not None and not (_finite(self.power_limit_w)
+                                                   and self.power_limit_w > 0):
             raise ConfigError(f"SimPowerModel.power_limit_w must be > 0, got {self.power_limit_w}")
 
     @property
@@ -180,7 +194,13 @@ class SimulatedBackend:
             st.utilization = min(max(float(self._fn(device, now)), 0.0), 1.0)
 
     def set_utilization(self, device: str, utilization: float) -> None:
-        """From now on the device runs at `utilization` (clipped to [0, 1])."""
+        """From now on the device runs at `utilization` (clipped to [0, 1]).
+
+        Raises:
+            ConfigError: utilization is NaN (it cannot be clipped; every reading would be NaN).
+        """
+        if math.isnan(float(utilization)):
+            raise ConfigError(f"utilization of {device!r} must be a number in [0, 1], got NaN")
         with self._lock:
             st = self._state(device)
             self._advance(st, device)
