@@ -18,6 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from wattmoe.checks import is_finite_real
 from wattmoe.cost_model.base import (
     FORMAT,
     SCHEMA_VERSION,
@@ -154,8 +155,7 @@ def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
         raise ProfileFormatError(f"{where}: bad device entry ({exc})") from None
     for name, info in devices.items():
         idle = info.idle_power_w
-        if idle is not None and (isinstance(idle, bool) or not isinstance(idle, int | float)
-                                 or not math.isfinite(idle) or idle < 0):
+        if idle is not None and (not is_finite_real(idle) or idle < 0):
             raise ProfileFormatError(f"{where}: device {name!r}: idle_power_w must be a number "
                                      f">= 0 or null, got {idle!r}")
     points = [parse_point(pr, f"{where}: point {i}", devices)

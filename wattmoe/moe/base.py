@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 
+from wattmoe.checks import check_positive_int, is_finite_real, is_int
 from wattmoe.errors import ConfigError
 
 ExpertForm = Literal["swiglu", "relu"]
@@ -63,19 +64,6 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive_int(name: str, value: object) -> None:
-    if not _is_int(value) or value <= 0:  # type: ignore[operator]
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
 @dataclass(frozen=True)
 class MoEConfig:
     """Shape and routing of one MoE model (all of its MoE layers share it).
@@ -119,7 +107,7 @@ class MoEConfig:
     def __post_init__(self) -> None:
         for name in ("hidden_size", "expert_inner_size", "num_experts", "top_k", "num_layers",
                      "num_heads"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.top_k > self.num_experts:
             raise ConfigError(
                 f"top_k={self.top_k} is larger than num_experts={self.num_experts} "
@@ -136,24 +124,22 @@ class MoEConfig:
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
         if self.num_kv_heads is not None:
-            _positive_int("num_kv_heads", self.num_kv_heads)
+            check_positive_int("num_kv_heads", self.num_kv_heads)
         kv = self.kv_heads
         if self.num_heads % kv:
             raise ConfigError(f"num_kv_heads={kv} must divide num_heads={self.num_heads}")
-        if not _is_int(self.num_shared_experts) or self.num_shared_experts < 0:
+        if not is_int(self.num_shared_experts) or self.num_shared_experts < 0:
             raise ConfigError(f"num_shared_experts must be an integer >= 0, got "
                               f"{self.num_shared_experts!r}")
         if self.shared_inner_size is not None:
-            _positive_int("shared_inner_size", self.shared_inner_size)
+            check_positive_int("shared_inner_size", self.shared_inner_size)
         if not isinstance(self.normalize_topk, bool):
             raise ConfigError(f"normalize_topk must be True or False, got {self.normalize_topk!r}")
         if self.capacity_factor is not None and not (
-                _is_real(self.capacity_factor) and math.isfinite(self.capacity_factor)
-                and self.capacity_factor > 0):
+                is_finite_real(self.capacity_factor) and self.capacity_factor > 0):
             raise ConfigError(f"capacity_factor must be a finite number > 0 or None, got "
                               f"{self.capacity_factor!r}")
-        if not (_is_real(self.aux_loss_coef) and math.isfinite(self.aux_loss_coef)
-                and self.aux_loss_coef >= 0):
+        if not (is_finite_real(self.aux_loss_coef) and self.aux_loss_coef >= 0):
             raise ConfigError(f"aux_loss_coef must be a finite number >= 0, got "
                               f"{self.aux_loss_coef!r}")
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wattmoe.checks import is_int
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.base import resolve_dtype
 from wattmoe.moe.expert import Expert, FeedForward
@@ -37,8 +38,7 @@ def quantize_int4(
     if weight.dim() != 2:
         raise ShapeError(f"int4 quantization needs a 2-D weight, got {tuple(weight.shape)}")
     out_f, in_f = weight.shape
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 \
-            or group_size % 2:
+    if not is_int(group_size) or group_size <= 0 or group_size % 2:
         raise ConfigError(f"group_size must be a positive even number, got {group_size}")
     if in_f % group_size:
         raise ShapeError(

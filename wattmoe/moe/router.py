@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wattmoe.checks import check_positive_int
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.base import SCORE_FUNCS, ScoreFunc, resolve_dtype
 from wattmoe.moe.dispatch import count_experts
@@ -160,8 +161,7 @@ class AdaptiveRouter(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_experts", num_experts),
                             ("top_k", top_k)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, value)
         if top_k > num_experts:
             raise ConfigError(f"top_k={top_k} is larger than num_experts={num_experts}")
         if score_func not in SCORE_FUNCS:  # was: anything but 'softmax' routed with sigmoid

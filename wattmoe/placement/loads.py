@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wattmoe.checks import is_real
 from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.placement.base import PlacementError
 
@@ -208,7 +209,7 @@ def _check_json_counts(data: object, where: str) -> None:
             raise ConfigError(f"{where}: rows differ in length: row {i} has {len(row)} counts, "
                               f"row 0 has {len(rows[0])}")
         for j, v in enumerate(row):
-            if isinstance(v, bool) or not isinstance(v, int | float):
+            if not is_real(v):
                 raise ConfigError(f"{where}: layer {i}, expert {j} is {json.dumps(v)}; counts "
                                   "must be numbers")
 

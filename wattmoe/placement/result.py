@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from wattmoe.checks import is_finite_real
 from wattmoe.placement.base import PlacementError
 from wattmoe.placement.problem import Evaluation, PlacementProblem
 
@@ -263,8 +263,7 @@ class Placement:
                 raise PlacementError(f"{where}: field {key!r} must be a list, got "
                                      f"{type(d[key]).__name__}")
         eb = d["expert_bytes"]
-        if isinstance(eb, bool) or not isinstance(eb, int | float) or not math.isfinite(eb) \
-                or eb < 1 or eb != int(eb):
+        if not is_finite_real(eb) or eb < 1 or eb != int(eb):
             raise PlacementError(f"{where}: field 'expert_bytes' must be a positive integer "
                                  f"(bytes of one expert's weights), got {eb!r}")
         try:

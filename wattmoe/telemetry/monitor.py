@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wattmoe.checks import is_finite_real
 from wattmoe.errors import ConfigError, MeasurementError
 from wattmoe.telemetry.base import (
     DeviceMeasurement,
@@ -176,9 +177,7 @@ class GpuSystemMonitor:
         *,
         backends: Mapping[str, TelemetryBackend] | None = None,
     ) -> None:
-        if interval_s is not None and (
-                isinstance(interval_s, bool) or not isinstance(interval_s, int | float)
-                or not math.isfinite(interval_s) or interval_s <= 0):
+        if interval_s is not None and (not is_finite_real(interval_s) or interval_s <= 0):
             raise ConfigError(f"interval_s must be a finite number > 0, got {interval_s!r}")
         if not isinstance(buffer_size, int) or buffer_size < 1:
             raise ConfigError(f"buffer_size must be an int >= 1, got {buffer_size!r}")

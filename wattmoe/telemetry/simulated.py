@@ -23,14 +23,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from wattmoe.checks import is_finite_real
 from wattmoe.errors import ConfigError
 from wattmoe.telemetry.base import DeviceSample, Source, UnknownDeviceError
 from wattmoe.telemetry.nvml import NVML_COUNTER_PERIOD_S
-
-
-def _finite(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -53,10 +49,10 @@ class ThermalModel:
 
     def __post_init__(self) -> None:
         for name in ("ambient_c", "resistance_c_per_w", "time_constant_s", "slowdown_c"):
-            if not _finite(getattr(self, name)):
+            if not is_finite_real(getattr(self, name)):
                 raise ConfigError(f"ThermalModel.{name} must be a finite number, got "
                                   f"{getattr(self, name)!r}")
-        if self.initial_c is not None and not _finite(self.initial_c):
+        if self.initial_c is not None and not is_finite_real(self.initial_c):
             raise ConfigError(f"ThermalModel.initial_c must be a finite number or None, got "
                               f"{self.initial_c!r}")
         if self.time_constant_s <= 0:
@@ -84,12 +80,12 @@ class SimPowerModel:
     thermal: ThermalModel | None = None
 
     def __post_init__(self) -> None:
-        if not (_finite(self.idle_w) and _finite(self.dynamic_w)) \
+        if not (is_finite_real(self.idle_w) and is_finite_real(self.dynamic_w)) \
                 or self.idle_w < 0 or self.dynamic_w < 0:
             raise ConfigError(
                 f"SimPowerModel: idle_w and dynamic_w must be >= 0, got {self.idle_w}, "
                 f"{self.dynamic_w}")
-        if self.power_limit_w is not None and not (_finite(self.power_limit_w)
+        if self.power_limit_w is not None and not (is_finite_real(self.power_limit_w)
                                                    and self.power_limit_w > 0):
             raise ConfigError(f"SimPowerModel.power_limit_w must be > 0, got {self.power_limit_w}")
 
