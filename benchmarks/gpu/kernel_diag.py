@@ -37,10 +37,12 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
 from kernels_bench import (  # noqa: E402
     Energy,
+    alternating_windows,
     bench_ms,
     bf16_and_int4_stacks,
     graphed,
     launch_times,
+    window_mj,
 )
 
 from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
@@ -69,12 +71,8 @@ def energy_rows(variants: dict[str, tuple], x: torch.Tensor, d, tokens: int, sec
     nrg = Energy(dev.index or 0)
     steps = {label: graphed(functools.partial(ft.fused_forward, stack, x, d, pair), dev)
              for label, (stack, pair) in variants.items()}
-    windows: dict[str, list[dict[str, float]]] = {label: [] for label in steps}
-    for order in (list(steps), list(steps)[::-1]):
-        for label in order:
-            windows[label].append(nrg.window(steps[label], seconds))
-    for label, ws in windows.items():
-        mj = [w["energy_j"] / w["steps"] * 1e3 for w in ws]
+    for label, ws in alternating_windows(nrg, steps, seconds, 2).items():
+        mj = window_mj(ws)
         watts = sum(w["energy_j"] for w in ws) / sum(w["seconds"] for w in ws)
         rows.append({"tokens": tokens, "variant": label, "energy_mj": sum(mj) / len(mj),
                      "energy_mj_windows": mj, "power_w": watts,

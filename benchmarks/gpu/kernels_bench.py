@@ -353,6 +353,32 @@ class Energy:
         return {"energy_j": (e1 - e0) / 1000, "seconds": t1 - t0, "steps": n}
 
 
+def alternating_windows(nrg, steps: dict[str, Callable[[], object]], seconds: float,
+                        rounds: int, on_error: Callable[[str, Exception], None] | None = None,
+                        ) -> dict[str, list[dict[str, float]]]:
+    """`rounds` energy windows of `seconds` on each of `steps` (label -> step), every other
+    round in reverse order, so that a drift of the card's temperature or clocks during the
+    measurement falls on every step alike. A step whose window raises is handed to `on_error`
+    and dropped from the result and the later rounds (without `on_error` the error
+    propagates)."""
+    windows: dict[str, list[dict[str, float]]] = {label: [] for label in steps}
+    for r in range(rounds):
+        for label in (list(windows) if r % 2 == 0 else list(windows)[::-1]):
+            try:
+                windows[label].append(nrg.window(steps[label], seconds))
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(label, exc)
+                del windows[label]
+    return windows
+
+
+def window_mj(windows: list[dict[str, float]]) -> list[float]:
+    """mJ per step of each energy window."""
+    return [w["energy_j"] / w["steps"] * 1e3 for w in windows]
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -772,30 +798,26 @@ class Bench:
         candidate alike; `best` where no window measured anything. The windows' energies go
         into the candidates' tune records."""
         fastest = sorted(times, key=times.__getitem__)[:self.args.tune_energy_top]
+
+        def failed(cand: str, exc: Exception) -> None:
+            self.error(f"tune energy {shape} {tokens} {wname} {cand}", exc)
+
         runs: dict[str, Callable[[], object]] = {}
-        windows: dict[str, list[dict[str, float]]] = {}
-        for r in range(self.args.tune_energy_rounds):
-            for cand in (fastest if r % 2 == 0 else fastest[::-1]):
+        with torch.inference_mode():
+            for cand in fastest:
                 try:
-                    with torch.inference_mode():
-                        if cand not in runs:
-                            runs[cand] = graphed(
-                                lambda c=cand: ft.fused_forward(stk, x, d, c), self.dev)
-                        windows.setdefault(cand, []).append(
-                            self.nrg.window(runs[cand], self.args.tune_window))
+                    runs[cand] = graphed(lambda c=cand: ft.fused_forward(stk, x, d, c), self.dev)
                 except Exception as exc:
-                    self.error(f"tune energy {shape} {tokens} {wname} {cand}", exc)
-                    fastest = [c for c in fastest if c != cand]
-                    windows.pop(cand, None)
-        mj = {c: sum(w["energy_j"] / w["steps"] for w in ws) / len(ws) * 1e3
-              for c, ws in windows.items()}
+                    failed(cand, exc)
+            windows = alternating_windows(self.nrg, runs, self.args.tune_window,
+                                          self.args.tune_energy_rounds, failed)
+        mj = {c: sum(window_mj(ws)) / len(ws) for c, ws in windows.items()}
         for rec in self.payload["tune"]:
             cand = rec["impl"].removeprefix("fused:")
             if (rec["shape"], rec["tokens"], rec["weights"]) == (shape, tokens, wname) and (
                     cand in mj):
                 ws = windows[cand]
-                rec.update(energy_mj=mj[cand],
-                           energy_mj_windows=[w["energy_j"] / w["steps"] * 1e3 for w in ws],
+                rec.update(energy_mj=mj[cand], energy_mj_windows=window_mj(ws),
                            energy_power_w=sum(w["energy_j"] for w in ws)
                            / sum(w["seconds"] for w in ws) if any(w["seconds"] for w in ws)
                            else None, energy_source=self.nrg.source)
