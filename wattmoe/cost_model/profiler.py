@@ -181,12 +181,25 @@ class JsonlWriter:
         if not self.path.is_file():
             return
         with self.path.open("rb+") as fh:
-            data = fh.read()
-            if not data or data.endswith(b"\n"):
+            end = fh.seek(0, os.SEEK_END)
+            if end == 0:
                 return
-            cut = data.rfind(b"\n") + 1
+            fh.seek(end - 1)
+            if fh.read(1) == b"\n":
+                return  # the usual case: one byte read, not the whole log
+            cut = 0  # the start of the last line, looked for backwards in blocks
+            pos = end
+            while pos > 0:
+                size = min(1 << 16, pos)
+                pos -= size
+                fh.seek(pos)
+                i = fh.read(size).rfind(b"\n")
+                if i >= 0:
+                    cut = pos + i + 1
+                    break
+            fh.seek(cut)
             try:
-                json.loads(data[cut:])
+                json.loads(fh.read())
             except ValueError:
                 log.warning("%s: cutting off a truncated last line (an interrupted write)",
                             self.path)
