@@ -45,6 +45,7 @@ from kernels_bench import (  # noqa: E402
     window_mj,
 )
 
+from wattmoe.errors import ConfigError  # noqa: E402
 from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 
@@ -98,12 +99,29 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.energy < 0 or (args.energy and (args.ncu or args.device == "cpu")):
         ap.error("--energy: seconds >= 0, on a GPU, without --ncu")
+    try:
+        cfg = get_preset(args.shape, args.scale)
+        tokens_list = [int(t) for t in args.tokens.split(",")]
+    except (ConfigError, ValueError) as exc:
+        ap.error(f"--shape/--scale/--tokens: {exc}")
+    if min(tokens_list) < 1:
+        ap.error(f"--tokens: step sizes >= 1, got {args.tokens!r}")
     dev = torch.device(args.device)
-    cfg = get_preset(args.shape, args.scale)
     st, qst = bf16_and_int4_stacks(cfg, dev)
-    h_dim, f_dim = cfg.hidden_size, cfg.expert_inner_size
     rows: list[dict[str, object]] = []
-    for tokens in (int(t) for t in args.tokens.split(",")):
+    try:
+        _diagnose(args, cfg, st, qst, tokens_list, dev, rows)
+    finally:  # an interrupted or failed run keeps the rows it measured
+        if not args.ncu and rows:
+            write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows})
+    return 0
+
+
+def _diagnose(args: argparse.Namespace, cfg, st, qst, tokens_list: list[int],
+              dev: torch.device, rows: list[dict[str, object]]) -> None:
+    """The variants of every step size, their rows appended to `rows` as they are measured."""
+    h_dim, f_dim = cfg.hidden_size, cfg.expert_inner_size
+    for tokens in tokens_list:
         idx = torch.rand(tokens, cfg.num_experts, device=dev).topk(cfg.top_k, dim=1).indices
         wgt = torch.rand(tokens, cfg.top_k, device=dev)
         d = build_dispatch(idx, wgt / wgt.sum(1, keepdim=True), cfg.num_experts,
@@ -145,9 +163,6 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"bf16 {b_name} {label}"
                 run(fn, f"T={tokens:5d} {name}", {"tokens": tokens, "variant": name}, rows,
                     args.ncu, split=False)
-    if not args.ncu:
-        write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows})
-    return 0
 
 
 if __name__ == "__main__":
