@@ -51,10 +51,11 @@ def _signature(fn: Any, types: dict[str, str], consts: dict[str, Any]) -> dict[s
 
 def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gated: bool,
                 combine: int, n_out: int, k_dim: int, qgroup: int, arch: int,
-                num_experts: int) -> dict[str, Any]:
+                num_experts: int, dump: str = "") -> dict[str, Any]:
     """Compiles one launch with the constexprs `fused_triton._launch` passes on a GPU
     (`ft.launch_meta`) and returns the compiler's report. combine: 0 for gate/up (rows of h),
-    2 for down as the layer runs it (weighted rows), 1 the atomic combine."""
+    2 for down as the layer runs it (weighted rows), 1 the atomic combine. dump: a path prefix
+    under which the launch's TTGIR, PTX and SASS are written (`<dump>.ttgir` ...)."""
     src_fn = moe_gemm_wt if (swap or int4) else moe_gemm
     fn = triton.jit(src_fn, do_not_specialize=["num_pid_t" if src_fn is moe_gemm_wt
                                                  else "num_pid_m"])
@@ -96,6 +97,13 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     ptx = k.asm["ptx"]
+    if dump:
+        os.makedirs(os.path.dirname(dump) or ".", exist_ok=True)
+        for ext in ("ttgir", "ptx"):
+            with open(f"{dump}.{ext}", "w") as fh:
+                fh.write(k.asm[ext])
+        with open(f"{dump}.sass", "w") as fh:
+            fh.write(_tool_output("cuobjdump", ["-sass"], k.asm["cubin"]))
     wgmma = re.findall(r"wgmma\.mma_async[^;]*;", ptx)
     a_regs = sum(1 for w in wgmma if re.search(r"\}, \{%r", w) or _a_is_regs(w))
     return {
@@ -192,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--out", default="", help="also write the rows (and provenance) as JSON")
+    ap.add_argument("--dump", default="", metavar="DIR",
+                    help="also write each launch's TTGIR, PTX and SASS to DIR")
     args = ap.parse_args(argv)
     bad = [w for w in args.weights.split(",") if w not in ("bf16", "int4")]
     if bad:
@@ -222,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(compile_one(c.swap, c, dtype="bf16", int4=int4, gated=gated,
                                            combine=combine, n_out=n_out, k_dim=k_dim,
                                            qgroup=args.group, arch=args.arch,
-                                           num_experts=cfg.num_experts))
+                                           num_experts=cfg.num_experts,
+                                           dump=os.path.join(args.dump, f"{weights}_{name}_{which}")
+                                           if args.dump else ""))
                 except Exception as e:  # a failed compile is a result here
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 report.append(row)
