@@ -76,6 +76,9 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     spair = int4 and ft._uses_scale_pairs(cfg, mode, k_dim, qgroup)
     if spair:  # scale pair words
         types["s_ptr"] = "*i32"
+    # words and pairs in tile order, as `_launch` decides (gate/up: the up rows F rows on)
+    tiles = spair and ft._uses_tiles(cfg, n_out, n_out if gated else 0,
+                                     2 * n_out if gated else n_out)
     w_el = ("i32" if frag else "u8") if int4 else dtype
     bk_el = cfg.block_k // 4 if frag else cfg.block_k
     types["w_desc"] = (f"tensordesc<{w_el}[{cfg.block_n}, {bk_el}]>" if cfg.tma
@@ -84,7 +87,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
                           gated=gated, act=(1 if gated else 2) if combine == 0 else 0,
                           combine=combine,
                           qgroup=qgroup if int4 else None, ieee=False, interpret=False,
-                          w_tma=cfg.tma, int4_dequant=mode, spair=spair)
+                          w_tma=cfg.tma, int4_dequant=mode, spair=spair, tiles=tiles)
     opts = {"num_warps": meta.pop("num_warps"), "num_stages": meta.pop("num_stages")}
     consts: dict[str, Any] = dict(meta)
     if any(p.name == "k_dim" and p.is_constexpr for p in fn.params):  # since commit 40f897e
@@ -108,7 +111,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     a_regs = sum(1 for w in wgmma if re.search(r"\}, \{%r", w) or _a_is_regs(w))
     return {
         **_resource_report(k.asm["cubin"]), **_sass_report(k.asm["cubin"]),
-        "ptxas_serialized_wgmma": _serialization_warnings(ptx, arch),
+        "ptxas_serialized_wgmma": _serialization_warnings(ptx, arch), "w_tiles": tiles,
         "shared_bytes": k.metadata.shared,
         "wgmma": len(wgmma), "wgmma_a_from_registers": a_regs,
         "mma_sync": len(re.findall(r"\bmma\.sync", ptx)),

@@ -409,6 +409,81 @@ def test_fused_int4_scale_pairs_match_loop(config: str, form: str, gen: torch.Ge
     assert [(k["SPAIR"], k["INT4_DEQUANT"]) for k in gemms] == [(True, 4), (True, 4)]
 
 
+@pytest.mark.parametrize("config", ["w64t64k32r16fpx", "w64t16fpx", "w64t16r16fpx",
+                                    "w64t32r16fpx/w64t32k32r32fpx", "w128t16r16fpx",
+                                    "w128t32fpx/w64t16fp"])
+@pytest.mark.parametrize("form", ["swiglu", "relu"])
+def test_fused_int4_tile_order_matches_loop(config: str, form: str, gen: torch.Generator,
+                                            no_fallback: None,
+                                            launches: list[dict[str, object]]) -> None:
+    # words and pairs in tile order (`int4_tiles`): every K step's tile and every group's
+    # pairs at their tile-order place, the up rows' tiles F rows on; groups of 32 = one K step
+    qx = [quantize_expert(e, 32) for e in experts(6, 256, 128, form)]
+    x = torch.randn(41, 256, generator=gen)
+    d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    gemms = [k for k in launches if "INT4_DEQUANT" in k]
+    want = [c.int4_tiles for c in ft.resolve_config(config, True)]
+    assert [(k["SPAIR"], k["W_TILES"]) for k in gemms] == [(True, t) for t in want]
+
+
+def test_fused_int4_tile_order_off_where_row_tiles_are_not_whole(
+        gen: torch.Generator, no_fallback: None, launches: list[dict[str, object]]) -> None:
+    # F = 192: gate/up's 128-row tiles would cross from gate rows into up rows; down (H = 128)
+    # has whole tiles
+    qx = [quantize_expert(e, 32) for e in experts(4, 128, 192)]
+    x = torch.randn(29, 128, generator=gen)
+    d = make_dispatch("uniform", 29, 4, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, "w128t16fpx"), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+    assert [k["W_TILES"] for k in launches if "INT4_DEQUANT" in k] == [False, True]
+
+
+def test_tile_rows_places_each_tile_contiguously() -> None:
+    from wattmoe.moe.quant import tile_rows
+
+    w = torch.arange(2 * 4 * 6, dtype=torch.int32).reshape(2, 4, 6)
+    t = tile_rows(w, 2, 3)
+    assert t.shape == w.shape
+    # expert 0: rows 0-1 x cols 0-2, then rows 0-1 x cols 3-5, then rows 2-3 ...
+    assert t[0].flatten().tolist() == [0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11,
+                                       12, 13, 14, 18, 19, 20, 15, 16, 17, 21, 22, 23]
+    assert torch.equal(t[1], tile_rows(w[1], 2, 3))
+    out = torch.empty_like(w)
+    assert tile_rows(w, 2, 3, out=out) is out and torch.equal(out, t)
+    with pytest.raises(ShapeError, match="multiple of 3"):
+        tile_rows(w, 3, 3)
+    with pytest.raises(ShapeError, match="out="):
+        tile_rows(w, 2, 3, out=torch.empty(2, 4, 6, dtype=torch.int64))
+
+
+def test_tile_order_copies_are_refreshed_in_place(gen: torch.Generator,
+                                                  no_fallback: None) -> None:
+    # what a graph replay runs instead of `_launch`: the tile-order words and pairs of written
+    # weights and scales rewritten at their addresses
+    from wattmoe.moe.quant import fragment_words, scale_pairs, tile_rows
+
+    qx, x, d, stk = int4_case(gen)
+    with torch.no_grad():
+        ft.fused_forward(stk, x, d, "w64t16fpx")
+    kinds = {k[0] for k in stk.kernel_cache if isinstance(k, tuple) and isinstance(k[0], str)}
+    assert {"frag_tiles", "pair_tiles"} <= kinds and "frag" not in kinds
+    before = {k: v[1].data_ptr() for k, v in stk.kernel_cache.items() if k[0] in kinds}
+    with torch.no_grad():
+        qx[1].up_proj.packed.copy_(qx[2].up_proj.packed)
+        qx[2].gate_proj.scales.mul_(2.0)
+    ft.refresh_frag_words(stk.kernel_cache)
+    for k, v in stk.kernel_cache.items():
+        if k[0] == "frag_tiles" and k[1] == stk.q13.data_ptr():
+            assert torch.equal(v[1], tile_rows(fragment_words(stk.q13), *k[3:]))
+        if k[0] == "pair_tiles" and k[1] == stk.s13.data_ptr():
+            assert torch.equal(v[1], tile_rows(scale_pairs(stk.s13, k[2]), k[3], 1))
+    assert {k: v[1].data_ptr() for k, v in stk.kernel_cache.items() if k[0] in kinds} == before
+
+
 @pytest.mark.parametrize(("group", "hidden", "inner", "config", "modes"), [
     # group 16: K tiles of 16 packed columns (a tile lies in one group), not a 32-byte block
     (16, 64, 64, "w64t64k32f", [0, 0]),
@@ -538,7 +613,7 @@ def test_scale_pairs_only_where_their_dequantization_runs() -> None:
     assert not ft._uses_scale_pairs(cfg, 3, 96, 32)  # K/2 = 48: halves are not whole groups
     assert not ft._uses_scale_pairs(cfg, 3, 2048, None)
     assert not ft._uses_scale_pairs(dataclasses.replace(cfg, int4_pairs=False), 3, 2048, 128)
-    assert all(p[0].int4_pairs == p[1].int4_pairs == n.endswith("fp")
+    assert all(p[0].int4_pairs == p[1].int4_pairs == n.endswith(("fp", "fpx"))
                for n, p in ft.INT4_CANDIDATES.items())
 
 

@@ -261,7 +261,7 @@ def _frag_nibbles(p, SHIFT: tl.constexpr):
 
 @triton.jit
 def _int4_scales(s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
-                 MODE: tl.constexpr, SPAIR: tl.constexpr):
+                 MODE: tl.constexpr, SPAIR: tl.constexpr, GSTRIDE: tl.constexpr = 1):
     """The scales [BLOCK_F] of packed columns k_lo.. and k_hi.. (one group each), in the
     dtype `_dequant_int4` multiplies in for MODE: the compute dtype for the bit-operation
     modes (1, 3; the stored fp16 rounded to it, as `dequantize_int4` does), fp32 otherwise.
@@ -272,9 +272,10 @@ def _int4_scales(s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
     (low half) and g + G/2, the group of the same byte's high nibbles; returned as (words,
     words). A 32-bit load is one that Triton's pipeliner copies ahead through shared memory
     (`cp.async`, 4 bytes at least); the 16-bit scale loads it leaves in the loop, where they
-    stall the dequantization (ncu, results/h200/kernels/run36_verify)."""
+    stall the dequantization (ncu, results/h200/kernels/run36_verify). GSTRIDE: words from one
+    group's to the next's (1; the tile's rows for pairs in tile order, W_TILES)."""
     if SPAIR:
-        s_lo = tl.load(s_ptrs + k_lo // QGROUP)
+        s_lo = tl.load(s_ptrs + (k_lo // QGROUP) * GSTRIDE)
         s_hi = s_lo
     else:
         if MODE == 1 or MODE == 3:
@@ -410,10 +411,13 @@ def _wt_accumulate(
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
     W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr, SPAIR: tl.constexpr,
+    W_TILES: tl.constexpr,
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
     HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
-    SPAIR (int4, MODE 3, 4 and 5): the scales are pair words (`_int4_scales`)."""
+    SPAIR (int4, MODE 3, 4 and 5): the scales are pair words (`_int4_scales`). W_TILES: words
+    and pairs in tile order (`quant.tile_rows`): a K step's words follow the previous step's
+    [BLOCK_F, KW] tile, a group's pairs the previous group's BLOCK_F words."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
@@ -422,8 +426,11 @@ def _wt_accumulate(
         half = k_dim // 2
         # the weights' K step in their elements: fragment words (MODE >= 3) hold 4 packed bytes
         KW: tl.constexpr = BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
+        W_STEP: tl.constexpr = KW * BLOCK_F if W_TILES else KW
+        GSTRIDE: tl.constexpr = BLOCK_F if W_TILES else 1
         for k0 in range(0, half, BLOCK_K):
-            s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR)
+            s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR,
+                                      GSTRIDE)
             x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
             x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
             if HAS_TAIL:
@@ -443,14 +450,14 @@ def _wt_accumulate(
                 else:
                     p_u = tl.load(w_ptrs + up_w)
                 su_lo, su_hi = _int4_scales(s_ptrs + up_s, k0, k0 + half, QGROUP, cdt,
-                                            INT4_DEQUANT, SPAIR)
+                                            INT4_DEQUANT, SPAIR, GSTRIDE)
                 u_lo, u_hi = _dequant_int4(p_u, su_lo, su_hi, cdt, INT4_DEQUANT, SPAIR)
                 acc_up = _mma(u_hi, x_hi, _mma(u_lo, x_lo, acc_up, DOT_IEEE), DOT_IEEE)
                 if HAS_TAIL:
                     acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)
             a_ptrs += BLOCK_K
             at_ptrs += BLOCK_K
-            w_ptrs += KW
+            w_ptrs += W_STEP
     else:
         for k0 in range(0, k_dim, BLOCK_K):
             if EVEN_K:
@@ -519,7 +526,7 @@ def moe_gemm_wt(
     GATED: tl.constexpr, ACT: tl.constexpr, COMBINE: tl.constexpr, INT4: tl.constexpr,
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
-    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr,
+    TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr, W_TILES: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -538,6 +545,10 @@ def moe_gemm_wt(
     INT4_DEQUANT selects how (`_dequant_int4`): bit operations and 16-bit fmas for bf16/fp16 on
     a GPU, else through fp32 (the interpreter, fp32 compute). W_TMA: weight (or packed int4)
     tiles come through `w_desc` as in `moe_gemm`.
+
+    W_TILES (fragment words and scale pairs only): both in tile order (`quant.tile_rows`), each
+    K step's [BLOCK_F, BLOCK_K / 4] words and each group's BLOCK_F pair words contiguous; the
+    launcher sets it only where BLOCK_F divides n_out and up_rows, so no row wraps.
 
     TAIL > 0 (TAIL_T = TAIL): an expert whose rows overflow its last full token tile by at most
     TAIL does those rows in the same program, as a second, TAIL_T-token MMA on the same weight
@@ -567,13 +578,20 @@ def moe_gemm_wt(
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
-    if INT4_DEQUANT >= 3:  # int4 weights as fragment-ordered 32-bit words
+    if W_TILES:  # the row tile's words and pairs, each row at its place in a step's tile
+        tile0 = (pid_f * BLOCK_F).to(tl.int64)
+        r_in = tl.arange(0, BLOCK_F)
+        w_ptrs = (w_ptr + e * stride_we + tile0 * stride_wn + r_in[:, None] * (BLOCK_K // 4)
+                  + tl.arange(0, BLOCK_K // 4)[None, :])
+        s_ptrs = s_ptr + e * stride_se + tile0 * stride_sn + r_in
+    elif INT4_DEQUANT >= 3:  # int4 weights as fragment-ordered 32-bit words
         w_ptrs = (w_ptr + e * stride_we + wf[:, None] * stride_wn
                   + tl.arange(0, BLOCK_K // 4)[None, :])
+        s_ptrs = s_ptr + e * stride_se + wf * stride_sn  # INT4
     else:
         w_ptrs = w_ptr + e * stride_we + wf[:, None] * stride_wn + offs_k[None, :]
+        s_ptrs = s_ptr + e * stride_se + wf * stride_sn  # INT4
     w_row = (e * (stride_we // stride_wn) + pid_f * BLOCK_F).to(tl.int32)  # W_TMA
-    s_ptrs = s_ptr + e * stride_se + wf * stride_sn  # INT4
     up_w = up_rows * stride_wn
     up_s = up_rows * stride_sn
     fmask = offs_f < n_out
@@ -584,14 +602,14 @@ def moe_gemm_wt(
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, W_TILES)
         _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
                   ACT, COMBINE)
     else:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, W_TILES)
     _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
               COMBINE)
 

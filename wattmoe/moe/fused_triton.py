@@ -57,7 +57,7 @@ from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.grouped import grouped_forward
-from wattmoe.moe.quant import FRAGMENT_BYTES, fragment_words, scale_pairs
+from wattmoe.moe.quant import FRAGMENT_BYTES, fragment_words, scale_pairs, tile_rows
 from wattmoe.moe.stacked import ExpertStack, stacked_experts
 
 log = logging.getLogger(__name__)
@@ -185,10 +185,17 @@ class KernelConfig:
     # Triton's pipeliner copies ahead, instead of two 16-bit loads and conversions in the loop;
     # ignored where the halves of a row are not whole groups
     int4_pairs: bool = False
+    # int4 with fragment words and scale pairs: both as copies in which each K step's
+    # [block_n rows, block_k / 4 words] tile, and each group's block_n scale words, are
+    # contiguous (`quant.tile_rows`, cached like the words): one 4 KB run per step instead of
+    # block_n pieces of 64 bytes; ignored with TMA, or where block_n divides neither the
+    # output rows nor the up rows' offset
+    int4_tiles: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs")
+        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs",
+                 "int4_tiles")
         return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
 
 
@@ -278,6 +285,14 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w64t128k32": (_wt(64, 128, 32, 8, 4, 3), _wt(64, 128, 32, 8, 4, 3)),
     "w64t32k32": (_wt(64, 32, 32, 4, 4, 4), _wt(64, 32, 32, 4, 4, 4)),
     "w64t128": (_wt(64, 128, 64, 8, 4, 3), _wt(64, 128, 64, 8, 4, 3)),
+    # 128 weight rows over two warp groups on 16-token tiles: DeepSeek-V3 at 512 tokens (16 +- 4
+    # rows per expert) reads as many activation bytes from L2 as weight bytes with 64-row tiles
+    # (ncu, results/h200/kernels/run69_ncu_deepseek512: L2 77% busy, DRAM 56%, dequantization
+    # skipped); 128 rows read them once per twice the weights
+    "w128t16": (_wt(128, 16, 64, 1, 8, 4), _wt(128, 16, 64, 1, 8, 4)),
+    "w128t16s3": (_wt(128, 16, 64, 1, 8, 3), _wt(128, 16, 64, 1, 8, 3)),
+    "w128t32": (_wt(128, 32, 64, 1, 8, 4), _wt(128, 32, 64, 1, 8, 4)),
+    "w128t32s3": (_wt(128, 32, 64, 1, 8, 3), _wt(128, 32, 64, 1, 8, 3)),
 }
 INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128", "w64t64k32",
                                                    "w64t128k32", "w128t128"]))
@@ -287,7 +302,8 @@ for _t in (16, 32):
 # and on 16- and 32-token tiles, for steps with ~16-48 rows per expert (512 tokens: Qwen3-30B-A3B
 # 32 +- 6, DeepSeek-V3 16 +- 4): run 53 (results/h200/kernels/run53_floors) had the table's
 # 64- and 32-token tiles there, half of whose MMA columns are padding
-INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32", "w64t16"], 16))
+INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32", "w64t16", "w128t16",
+                                                   "w128t16s3"], 16))
 INT4_CANDIDATES.update(_with_tail(INT4_CANDIDATES, ["w64t32", "w64t32k32"], 32))
 # every int4 tile also with fragment-ordered words: compiled for sm_90, the K loop of the
 # `w64t64k32` gate/up launch has 279 instead of 345 instructions (no byte loads and byte
@@ -300,6 +316,14 @@ INT4_CANDIDATES.update(_with_frag(INT4_CANDIDATES, list(INT4_CANDIDATES)))
 # global loads that the pipeliner leaves in the loop (sm_90 SASS: 8 LDG.U16 + 8 F2F per step)
 INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
                                                    if n.endswith("f")], "p", int4_pairs=True))
+# and with words and scale pairs in tile order ("...x", `int4_tiles`), for the tiles of steps
+# bound by reading weights (16-64 tokens): ncu of DeepSeek-V3's table launch at 512 tokens
+# (results/h200/kernels/run69_ncu_deepseek512) has it reading HBM at ~51% of peak, where the bf16
+# launch (128-byte row pieces, no scales) reads at 95%; each K step reads 64-byte pieces of 64
+# rows, and one 4-byte scale word per row
+INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [
+    n for n in INT4_CANDIDATES if n.endswith("fp") and "d" not in n
+    and INT4_CANDIDATES[n][0].block_m <= 64], "x", int4_tiles=True))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -476,16 +500,21 @@ def _launch(
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
     mode = _dequant_mode(cfg, a, qgroup)
     spair = s is not None and _uses_scale_pairs(cfg, mode, k_dim, qgroup)
-    if spair:  # the interpreter (MODE 4) reads fp16 pairs: the stored scales, exactly
-        s = _derived(s, cache, "pairs", a.dtype if _gpu_frag_words(mode) else torch.float16)
-    if _frag_words(mode):  # fragment-ordered words: 4 packed bytes per element
+    tiles = spair and _uses_tiles(cfg, n_out, up_rows, w.shape[-2])
+    pdt = a.dtype if _gpu_frag_words(mode) else torch.float16
+    if tiles:  # words and pairs in tile order (`quant.tile_rows`)
+        s = _derived(s, cache, "pair_tiles", pdt, cfg.block_n)
+        w = _derived(w, cache, "frag_tiles", None, cfg.block_n, cfg.block_k // 4)
+    elif spair:  # the interpreter (MODE 4) reads fp16 pairs: the stored scales, exactly
+        s = _derived(s, cache, "pairs", pdt)
+    if _frag_words(mode) and not tiles:  # fragment-ordered words: 4 packed bytes per element
         w = _derived(w, cache, "frag")
     w_desc = (_weight_descriptor(w, cfg, cache, cfg.block_k // 4 if _frag_words(mode) else None)
               if cfg.tma else None)
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
                        act=act, combine=combine, qgroup=qgroup, ieee=ieee,
                        interpret=not a.is_cuda, w_tma=w_desc is not None, int4_dequant=mode,
-                       spair=spair)
+                       spair=spair, tiles=tiles)
     if w_desc is None:
         w_desc = w  # unused by the kernel
     kernel = _kernel(interpret=not a.is_cuda, swap=cfg.swap or qgroup is not None)
@@ -506,7 +535,8 @@ def _launch(
 
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
                 act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
-                w_tma: bool, int4_dequant: int, spair: bool = False) -> dict[str, Any]:
+                w_tma: bool, int4_dequant: int, spair: bool = False,
+                tiles: bool = False) -> dict[str, Any]:
     """The constexpr arguments, num_warps and num_stages of one launch of `moe_gemm` (tokens
     first) or `moe_gemm_wt` (weights first: `cfg.swap`, and every int4 launch). `_launch`
     passes them; `benchmarks/gpu/compile_check.py` compiles with the same ones."""
@@ -519,7 +549,7 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
     if cfg.swap or qgroup is not None:
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
-                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair)
+                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, W_TILES=tiles)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
@@ -599,11 +629,12 @@ def _gpu_frag_words(mode: int) -> bool:
 
 
 def _derived(w: torch.Tensor, cache: dict | None, kind: str,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
+             dtype: torch.dtype | None = None, *tile: int) -> torch.Tensor:
     """A copy of stack tensor w in the form the int4 kernels read, kept in cache (the stack's
     `kernel_cache`): kind 'frag', packed codes [E, rows, K/2] as fragment-ordered words
     [E, rows, K/8] (`quant.fragment_words`); 'pairs', scales [E, rows, G] as pair words in
-    `dtype` [E, rows, G/2] (`quant.scale_pairs`).
+    `dtype` [E, rows, G/2] (`quant.scale_pairs`); 'frag_tiles' (tile: rows, words per K step)
+    and 'pair_tiles' (tile: rows), the same in tile order (`quant.tile_rows`).
 
     Rewritten in place, at the same address, once w has been written to since (its version
     counter), here and by `refresh_frag_words` before a CUDA graph replays: a captured graph
@@ -617,9 +648,10 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
         RuntimeError: the copy is missing or stale while a CUDA graph is being captured
             (making it would be recorded, not run: capture after an eager call).
     """
-    if (kind == "pairs") != (dtype is not None):
+    if kind.startswith("pair") != (dtype is not None):
         raise ValueError(f"int4 {_DERIVED[kind][0]}: a dtype is given for scale pairs only")
-    key: tuple = (kind, w.data_ptr()) if dtype is None else (kind, w.data_ptr(), dtype)
+    key: tuple = (kind, w.data_ptr()) if dtype is None and not tile else (
+        kind, w.data_ptr(), dtype, *tile)
     if cache is None:
         return _write_derived(key, w, None)
     hit = cache.get(key)
@@ -634,19 +666,37 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
     return out
 
 
-def _frag_copy(w: torch.Tensor, dtype: torch.dtype | None,
-               out: torch.Tensor | None) -> torch.Tensor:
+def _frag_copy(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -> torch.Tensor:
     return fragment_words(w, out=out)
 
 
-def _pairs_copy(w: torch.Tensor, dtype: torch.dtype | None,
-                out: torch.Tensor | None) -> torch.Tensor:
-    return scale_pairs(w, dtype, out=out)  # type: ignore[arg-type]
+def _pairs_copy(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -> torch.Tensor:
+    return scale_pairs(w, params[0], out=out)
+
+
+def _tiles_copy(words: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A builder of tile-ordered copies (`quant.tile_rows`, tile = params[1:]) of what `words`
+    makes of one expert; an expert at a time, so that the temporary is one expert's."""
+    def build(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -> torch.Tensor:
+        rows, cols = (*params[1:], 1)[:2]
+        first = tile_rows(words(w[0], params), rows, cols)
+        if out is None:
+            out = torch.empty((w.shape[0], *first.shape), dtype=first.dtype, device=w.device)
+        out[0].copy_(first)
+        for e in range(1, w.shape[0]):
+            tile_rows(words(w[e], params), rows, cols, out=out[e])
+        return out
+    return build
 
 
 # cache kinds of `_derived`: (what they are, last dim of w per element of the copy, builder)
 _DERIVED: dict[str, tuple[str, int, Callable[..., torch.Tensor]]] = {
-    "frag": ("fragment words", 4, _frag_copy), "pairs": ("scale pairs", 2, _pairs_copy)}
+    "frag": ("fragment words", 4, _frag_copy), "pairs": ("scale pairs", 2, _pairs_copy),
+    "frag_tiles": ("tile-ordered fragment words", 4,
+                   _tiles_copy(lambda w, p: fragment_words(w))),
+    "pair_tiles": ("tile-ordered scale pairs", 2,
+                   _tiles_copy(lambda w, p: scale_pairs(w, p[0]))),
+}
 
 
 def _version(w: torch.Tensor) -> int | None:
@@ -660,7 +710,7 @@ def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None) -> tor
     _, per, build = _DERIVED[key[0]]
     fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // per)
     with torch.inference_mode(False), torch.no_grad():
-        return build(w, key[2] if len(key) > 2 else None, out if fits else None)
+        return build(w, key[2:], out if fits else None)
 
 
 def refresh_frag_words(cache: dict, force: bool = False) -> tuple[int, ...]:
@@ -694,6 +744,15 @@ def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | No
     g + G/2)."""
     return (cfg.int4_pairs and _frag_words(mode) and qgroup is not None
             and (k_dim // 2) % qgroup == 0)
+
+
+def _uses_tiles(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> bool:
+    """Whether a launch that reads scale pairs reads words and pairs in tile order: with
+    `cfg.int4_tiles`, no TMA, and whole row tiles (block_n divides the output rows, the up
+    rows' offset, and the stack's rows)."""
+    bn = cfg.block_n
+    return (cfg.int4_tiles and not cfg.tma and n_out % bn == 0 and up_rows % bn == 0
+            and rows % bn == 0)
 
 
 def triton_cdiv(a: int, b: int) -> int:

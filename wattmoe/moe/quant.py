@@ -163,6 +163,38 @@ def scale_pairs(scales: torch.Tensor, dtype: torch.dtype,
     return out
 
 
+def tile_rows(words: torch.Tensor, rows: int, cols: int,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """Words [..., R, C] reordered so that each [rows, cols] tile is contiguous: the tiles of a
+    block of `rows` rows follow one another along C, and the row blocks follow one another.
+    Element (r, c) moves to (r // rows) * rows * C + (c // cols) * rows * cols
+    + (r % rows) * cols + c % cols of its [R, C] matrix; the result keeps the shape [..., R, C].
+
+    The fused int4 kernel with `int4_tiles` reads its K steps this way: one contiguous block of
+    rows x cols words per step (4 KB for 64 rows of 64 packed bytes), where row-major words
+    give it `rows` pieces of cols words, C words apart; and the scale pair words of a row block
+    (cols = 1) as one contiguous run of `rows` words per group, where row-major pairs give it a
+    4-byte piece per row. A copy; with `out` (the result's shape and dtype) written there.
+
+    Raises:
+        ShapeError: R is not a multiple of rows, C not of cols, or out does not fit.
+    """
+    if rows < 1 or cols < 1:
+        raise ShapeError(f"tile sizes must be >= 1, got {rows} x {cols}")
+    if words.dim() < 2 or words.shape[-2] % rows or words.shape[-1] % cols:
+        raise ShapeError(f"tiles of {rows} x {cols} need [..., R, C] with R a multiple of "
+                         f"{rows} and C of {cols}, got {tuple(words.shape)}")
+    *lead, r, c = words.shape
+    tiled = words.reshape(*lead, r // rows, rows, c // cols, cols).transpose(-3, -2)
+    if out is None:
+        return tiled.contiguous().reshape(words.shape)
+    if out.dtype != words.dtype or out.shape != words.shape or not out.is_contiguous():
+        raise ShapeError(f"tiled words out= must be contiguous {words.dtype} "
+                         f"{tuple(words.shape)}, got {out.dtype} {tuple(out.shape)}")
+    out.view(tiled.shape).copy_(tiled)
+    return out
+
+
 class Int4Linear(nn.Module):
     """A bias-free linear layer with packed int4 weights, dequantized in `forward`."""
 
