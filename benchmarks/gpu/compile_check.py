@@ -77,8 +77,8 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     if spair:  # scale pair words
         types["s_ptr"] = "*i32"
     # words and pairs in tile order, as `_launch` decides (gate/up: the up rows F rows on)
-    tiles = spair and ft._uses_tiles(cfg, n_out, n_out if gated else 0,
-                                     2 * n_out if gated else n_out)
+    tiles = ft._tile_rows(cfg, n_out, n_out if gated else 0,
+                          2 * n_out if gated else n_out) if spair else 0
     w_el = ("i32" if frag else "u8") if int4 else dtype
     bk_el = cfg.block_k // 4 if frag else cfg.block_k
     types["w_desc"] = (f"tensordesc<{w_el}[{cfg.block_n}, {bk_el}]>" if cfg.tma

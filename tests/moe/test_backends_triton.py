@@ -425,21 +425,43 @@ def test_fused_int4_tile_order_matches_loop(config: str, form: str, gen: torch.G
         torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
                                    rtol=1e-5, atol=1e-5)
     gemms = [k for k in launches if "INT4_DEQUANT" in k]
-    want = [c.int4_tiles for c in ft.resolve_config(config, True)]
+    # 64-row layout tiles (F = 128, H = 256): 128-row programs read two tiles' runs per step
+    want = [ft.TILE_ROWS if c.int4_tiles else 0 for c in ft.resolve_config(config, True)]
     assert [(k["SPAIR"], k["W_TILES"]) for k in gemms] == [(True, t) for t in want]
 
 
-def test_fused_int4_tile_order_off_where_row_tiles_are_not_whole(
-        gen: torch.Generator, no_fallback: None, launches: list[dict[str, object]]) -> None:
-    # F = 192: gate/up's 128-row tiles would cross from gate rows into up rows; down (H = 128)
-    # has whole tiles
-    qx = [quantize_expert(e, 32) for e in experts(4, 128, 192)]
+@pytest.mark.parametrize(("inner", "config", "tiles"), [
+    # F = 192: 64-row tiles whole in gate/up and down, 128-row programs over two of them
+    (192, "w128t16fpx", [64, 64]),
+    # F = 96: gate/up's 64-row tiles would cross from gate rows into up rows (row-major words
+    # there); down's K/2 = 48 is not whole 32-byte blocks (no words, no pairs)
+    (96, "w64t16fpx", [0, 0]),
+])
+def test_fused_int4_tile_order_only_where_64_rows_are_whole(
+        inner: int, config: str, tiles: list[int], gen: torch.Generator, no_fallback: None,
+        launches: list[dict[str, object]]) -> None:
+    qx = [quantize_expert(e, 32) for e in experts(4, 128, inner)]
     x = torch.randn(29, 128, generator=gen)
     d = make_dispatch("uniform", 29, 4, 2, gen, with_rowof=True)
     with torch.no_grad():
-        torch.testing.assert_close(run(qx, x, d, "w128t16fpx"), get_backend("loop")(qx, x, d),
+        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
                                    rtol=1e-5, atol=1e-5)
-    assert [k["W_TILES"] for k in launches if "INT4_DEQUANT" in k] == [False, True]
+    assert [k["W_TILES"] for k in launches if "INT4_DEQUANT" in k] == tiles
+
+
+def test_tile_order_launches_of_a_stack_share_one_copy(gen: torch.Generator,
+                                                      no_fallback: None) -> None:
+    # 64- and 128-row programs with the same K step read the same 128-row tile-order copy
+    qx = [quantize_expert(e, 32) for e in experts(6, 256, 128)]
+    x = torch.randn(41, 256, generator=gen)
+    d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
+    stk = stacked_experts(qx)
+    with torch.no_grad():
+        a = ft.fused_forward(stk, x, d, "w64t16fpx")
+        b = ft.fused_forward(stk, x, d, "w128t32fpx")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    kinds = [k[0] for k in stk.kernel_cache if isinstance(k[0], str)]
+    assert sorted(kinds) == ["frag_tiles", "frag_tiles", "pair_tiles", "pair_tiles"]  # w13, w2
 
 
 def test_tile_rows_places_each_tile_contiguously() -> None:

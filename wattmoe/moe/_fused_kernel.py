@@ -273,7 +273,7 @@ def _int4_scales(s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
     words). A 32-bit load is one that Triton's pipeliner copies ahead through shared memory
     (`cp.async`, 4 bytes at least); the 16-bit scale loads it leaves in the loop, where they
     stall the dequantization (ncu, results/h200/kernels/run36_verify). GSTRIDE: words from one
-    group's to the next's (1; the tile's rows for pairs in tile order, W_TILES)."""
+    group's to the next's (1; the layout's tile rows for pairs in tile order, W_TILES)."""
     if SPAIR:
         s_lo = tl.load(s_ptrs + (k_lo // QGROUP) * GSTRIDE)
         s_hi = s_lo
@@ -415,9 +415,9 @@ def _wt_accumulate(
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
     HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
-    SPAIR (int4, MODE 3, 4 and 5): the scales are pair words (`_int4_scales`). W_TILES: words
-    and pairs in tile order (`quant.tile_rows`): a K step's words follow the previous step's
-    [BLOCK_F, KW] tile, a group's pairs the previous group's BLOCK_F words."""
+    SPAIR (int4, MODE 3, 4 and 5): the scales are pair words (`_int4_scales`). W_TILES > 0: words
+    and pairs in tile order of W_TILES rows (`quant.tile_rows`): a K step's words follow the
+    previous step's [W_TILES, KW] tile, a group's pairs the previous group's W_TILES words."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
@@ -426,8 +426,8 @@ def _wt_accumulate(
         half = k_dim // 2
         # the weights' K step in their elements: fragment words (MODE >= 3) hold 4 packed bytes
         KW: tl.constexpr = BLOCK_K // 4 if INT4_DEQUANT >= 3 else BLOCK_K
-        W_STEP: tl.constexpr = KW * BLOCK_F if W_TILES else KW
-        GSTRIDE: tl.constexpr = BLOCK_F if W_TILES else 1
+        W_STEP: tl.constexpr = KW * W_TILES if W_TILES else KW
+        GSTRIDE: tl.constexpr = W_TILES if W_TILES else 1
         for k0 in range(0, half, BLOCK_K):
             s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR,
                                       GSTRIDE)
@@ -546,9 +546,11 @@ def moe_gemm_wt(
     a GPU, else through fp32 (the interpreter, fp32 compute). W_TMA: weight (or packed int4)
     tiles come through `w_desc` as in `moe_gemm`.
 
-    W_TILES (fragment words and scale pairs only): both in tile order (`quant.tile_rows`), each
-    K step's [BLOCK_F, BLOCK_K / 4] words and each group's BLOCK_F pair words contiguous; the
-    launcher sets it only where BLOCK_F divides n_out and up_rows, so no row wraps.
+    W_TILES > 0 (fragment words and scale pairs only): both in tile order of W_TILES rows
+    (`quant.tile_rows`), each K step's [W_TILES, BLOCK_K / 4] words and each group's W_TILES
+    pair words contiguous; a program's BLOCK_F rows are one part of each such run (BLOCK_F
+    divides W_TILES), or span several tiles' runs (W_TILES divides BLOCK_F). The launcher
+    sets it only where W_TILES divides n_out and up_rows, so no row wraps.
 
     TAIL > 0 (TAIL_T = TAIL): an expert whose rows overflow its last full token tile by at most
     TAIL does those rows in the same program, as a second, TAIL_T-token MMA on the same weight
@@ -578,12 +580,20 @@ def moe_gemm_wt(
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
-    if W_TILES:  # the row tile's words and pairs, each row at its place in a step's tile
-        tile0 = (pid_f * BLOCK_F).to(tl.int64)
-        r_in = tl.arange(0, BLOCK_F)
+    if W_TILES >= BLOCK_F:  # words and pairs in tile order: each row at its place in a tile
+        PER: tl.constexpr = W_TILES // BLOCK_F  # programs per layout tile
+        tile0 = ((pid_f // PER) * W_TILES).to(tl.int64)
+        r_in = (pid_f % PER) * BLOCK_F + tl.arange(0, BLOCK_F)  # products: known multiples
         w_ptrs = (w_ptr + e * stride_we + tile0 * stride_wn + r_in[:, None] * (BLOCK_K // 4)
                   + tl.arange(0, BLOCK_K // 4)[None, :])
         s_ptrs = s_ptr + e * stride_se + tile0 * stride_sn + r_in
+    elif W_TILES:  # a program over several layout tiles: each of its rows in its own tile
+        r_all = tl.arange(0, BLOCK_F)
+        tiles = ((pid_f * (BLOCK_F // W_TILES) + r_all // W_TILES) * W_TILES).to(tl.int64)
+        r_in = r_all % W_TILES
+        w_ptrs = (w_ptr + e * stride_we + tiles[:, None] * stride_wn
+                  + r_in[:, None] * (BLOCK_K // 4) + tl.arange(0, BLOCK_K // 4)[None, :])
+        s_ptrs = s_ptr + e * stride_se + tiles * stride_sn + r_in
     elif INT4_DEQUANT >= 3:  # int4 weights as fragment-ordered 32-bit words
         w_ptrs = (w_ptr + e * stride_we + wf[:, None] * stride_wn
                   + tl.arange(0, BLOCK_K // 4)[None, :])

@@ -186,10 +186,11 @@ class KernelConfig:
     # ignored where the halves of a row are not whole groups
     int4_pairs: bool = False
     # int4 with fragment words and scale pairs: both as copies in which each K step's
-    # [block_n rows, block_k / 4 words] tile, and each group's block_n scale words, are
-    # contiguous (`quant.tile_rows`, cached like the words): one 4 KB run per step instead of
-    # block_n pieces of 64 bytes; ignored with TMA, or where block_n divides neither the
-    # output rows nor the up rows' offset
+    # [TILE_ROWS = 64 rows, block_k / 4 words] tile, and each group's 64 scale words, are
+    # contiguous (`quant.tile_rows`, cached like the words; one copy per stack and K step
+    # size, shared by 64- and 128-row programs): a 4 KB run per step and 64 rows instead of
+    # 64 pieces of 64 bytes; ignored with TMA, and where 64 rows do not divide the output
+    # rows and the up rows' offset (`_tile_rows`)
     int4_tiles: bool = False
 
     @classmethod
@@ -505,11 +506,11 @@ def _launch(
     grid = (num_pid_m * triton_cdiv(n_out, cfg.block_n),)
     mode = _dequant_mode(cfg, a, qgroup)
     spair = s is not None and _uses_scale_pairs(cfg, mode, k_dim, qgroup)
-    tiles = spair and _uses_tiles(cfg, n_out, up_rows, w.shape[-2])
+    tiles = _tile_rows(cfg, n_out, up_rows, w.shape[-2]) if spair else 0
     pdt = a.dtype if _gpu_frag_words(mode) else torch.float16
     if tiles:  # words and pairs in tile order (`quant.tile_rows`)
-        s = _derived(s, cache, "pair_tiles", pdt, cfg.block_n)
-        w = _derived(w, cache, "frag_tiles", None, cfg.block_n, cfg.block_k // 4)
+        s = _derived(s, cache, "pair_tiles", pdt, tiles)
+        w = _derived(w, cache, "frag_tiles", None, tiles, cfg.block_k // 4)
     elif spair:  # the interpreter (MODE 4) reads fp16 pairs: the stored scales, exactly
         s = _derived(s, cache, "pairs", pdt)
     if _frag_words(mode) and not tiles:  # fragment-ordered words: 4 packed bytes per element
@@ -541,7 +542,7 @@ def _launch(
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
                 act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
                 w_tma: bool, int4_dequant: int, spair: bool = False,
-                tiles: bool = False) -> dict[str, Any]:
+                tiles: int = 0) -> dict[str, Any]:
     """The constexpr arguments, num_warps and num_stages of one launch of `moe_gemm` (tokens
     first) or `moe_gemm_wt` (weights first: `cfg.swap`, and every int4 launch). `_launch`
     passes them; `benchmarks/gpu/compile_check.py` compiles with the same ones."""
@@ -751,13 +752,19 @@ def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | No
             and (k_dim // 2) % qgroup == 0)
 
 
-def _uses_tiles(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> bool:
-    """Whether a launch that reads scale pairs reads words and pairs in tile order: with
-    `cfg.int4_tiles`, no TMA, and whole row tiles (block_n divides the output rows, the up
-    rows' offset, and the stack's rows)."""
-    bn = cfg.block_n
-    return (cfg.int4_tiles and not cfg.tma and n_out % bn == 0 and up_rows % bn == 0
-            and rows % bn == 0)
+TILE_ROWS = 64  # rows per tile of the tile-order copies (the smallest int4 row tile)
+
+
+def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
+    """The rows per tile in which a launch that reads scale pairs reads words and pairs in tile
+    order, or 0 (row-major): with `cfg.int4_tiles` and no TMA, TILE_ROWS (block_n where it is
+    smaller) where that divides the output rows, the up rows' offset and the stack's rows.
+    One tile size for every program size, so that the tile-order launches on a stack share
+    one copy per K step size: a 128-row program reads two tiles' runs per K step."""
+    if not cfg.int4_tiles or cfg.tma:
+        return 0
+    tr = min(TILE_ROWS, cfg.block_n)
+    return tr if n_out % tr == 0 and up_rows % tr == 0 and rows % tr == 0 else 0
 
 
 def triton_cdiv(a: int, b: int) -> int:
