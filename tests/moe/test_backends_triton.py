@@ -464,6 +464,27 @@ def test_tile_order_launches_of_a_stack_share_one_copy(gen: torch.Generator,
     assert sorted(kinds) == ["frag_tiles", "frag_tiles", "pair_tiles", "pair_tiles"]  # w13, w2
 
 
+def test_tile_rows_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ft.TILE_ROWS_ENV, raising=False)
+    assert ft._tile_rows_setting() == 64
+    monkeypatch.setenv(ft.TILE_ROWS_ENV, "128")
+    assert ft._tile_rows_setting() == 128
+    for bad in ("96", "8", "x", "-64"):
+        monkeypatch.setenv(ft.TILE_ROWS_ENV, bad)
+        with pytest.raises(ConfigError, match="WATTMOE_INT4_TILE_ROWS"):
+            ft._tile_rows_setting()
+
+
+def test_tile_rows_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = ft.INT4_CANDIDATES["w128t32s3fpx"][0]
+    assert ft._tile_rows(cfg, 2048, 2048, 4096) == 64
+    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    assert ft._tile_rows(cfg, 2048, 2048, 4096) == 128
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 2048, 2048, 4096) == 64
+    assert ft._tile_rows(cfg, 192, 192, 384) == 0  # 128 rows do not divide 192
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fp"][0], 2048, 2048, 4096) == 0
+
+
 def test_tile_rows_places_each_tile_contiguously() -> None:
     from wattmoe.moe.quant import tile_rows
 

@@ -752,15 +752,37 @@ def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | No
             and (k_dim // 2) % qgroup == 0)
 
 
-TILE_ROWS = 64  # rows per tile of the tile-order copies (the smallest int4 row tile)
+TILE_ROWS_ENV = "WATTMOE_INT4_TILE_ROWS"
+
+
+def _tile_rows_setting() -> int:
+    """Rows per tile of the tile-order copies: $WATTMOE_INT4_TILE_ROWS, or 64 (the smallest
+    int4 row tile). 64: one copy per stack and K step size, which 128-row programs read as two
+    tiles' runs per K step; 128 (or more): a 128-row program reads one run per K step, and
+    each program size in use has a copy of its own. Read once, at import."""
+    raw = os.environ.get(TILE_ROWS_ENV, "").strip()
+    if not raw:
+        return 64
+    try:
+        rows = int(raw)
+    except ValueError:
+        rows = 0
+    if rows < 16 or rows & (rows - 1):
+        raise ConfigError(f"${TILE_ROWS_ENV}={raw!r}: a power of two >= 16 (rows per tile of "
+                          "the int4 tile-order copies), or unset for 64")
+    return rows
+
+
+TILE_ROWS = _tile_rows_setting()
 
 
 def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
     """The rows per tile in which a launch that reads scale pairs reads words and pairs in tile
     order, or 0 (row-major): with `cfg.int4_tiles` and no TMA, TILE_ROWS (block_n where it is
     smaller) where that divides the output rows, the up rows' offset and the stack's rows.
-    One tile size for every program size, so that the tile-order launches on a stack share
-    one copy per K step size: a 128-row program reads two tiles' runs per K step."""
+    One tile size for every larger program size, so that the tile-order launches on a stack
+    share one copy per K step size: a 128-row program reads two 64-row tiles' runs per K
+    step."""
     if not cfg.int4_tiles or cfg.tma:
         return 0
     tr = min(TILE_ROWS, cfg.block_n)
