@@ -413,11 +413,15 @@ def test_fused_int4_scale_pairs_match_loop(config: str, form: str, gen: torch.Ge
                                     "w64t32r16fpx/w64t32k32r32fpx", "w128t16r16fpx",
                                     "w128t32fpx/w64t16fp"])
 @pytest.mark.parametrize("form", ["swiglu", "relu"])
-def test_fused_int4_tile_order_matches_loop(config: str, form: str, gen: torch.Generator,
-                                            no_fallback: None,
-                                            launches: list[dict[str, object]]) -> None:
+@pytest.mark.parametrize("tile_rows", [128, 64])
+def test_fused_int4_tile_order_matches_loop(config: str, form: str, tile_rows: int,
+                                            gen: torch.Generator, no_fallback: None,
+                                            launches: list[dict[str, object]],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # words and pairs in tile order (`int4_tiles`): every K step's tile and every group's
-    # pairs at their tile-order place, the up rows' tiles F rows on; groups of 32 = one K step
+    # pairs at their tile-order place, the up rows' tiles F rows on; groups of 32 = one K step.
+    # Tiles of 64 rows: 128-row programs read two tiles' runs per K step
+    monkeypatch.setattr(ft, "TILE_ROWS", tile_rows)
     qx = [quantize_expert(e, 32) for e in experts(6, 256, 128, form)]
     x = torch.randn(41, 256, generator=gen)
     d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
@@ -425,21 +429,26 @@ def test_fused_int4_tile_order_matches_loop(config: str, form: str, gen: torch.G
         torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
                                    rtol=1e-5, atol=1e-5)
     gemms = [k for k in launches if "INT4_DEQUANT" in k]
-    # 64-row layout tiles (F = 128, H = 256): 128-row programs read two tiles' runs per step
-    want = [ft.TILE_ROWS if c.int4_tiles else 0 for c in ft.resolve_config(config, True)]
+    want = [min(tile_rows, c.block_n) if c.int4_tiles else 0
+            for c in ft.resolve_config(config, True)]
     assert [(k["SPAIR"], k["W_TILES"]) for k in gemms] == [(True, t) for t in want]
 
 
-@pytest.mark.parametrize(("inner", "config", "tiles"), [
-    # F = 192: 64-row tiles whole in gate/up and down, 128-row programs over two of them
-    (192, "w128t16fpx", [64, 64]),
-    # F = 96: gate/up's 64-row tiles would cross from gate rows into up rows (row-major words
-    # there); down's K/2 = 48 is not whole 32-byte blocks (no words, no pairs)
-    (96, "w64t16fpx", [0, 0]),
+@pytest.mark.parametrize(("inner", "config", "tile_rows", "tiles"), [
+    # F = 192: 128-row tiles would cross from gate rows into up rows (row-major words there),
+    # down (H = 128) has them whole
+    (192, "w128t16fpx", 128, [0, 128]),
+    # 64-row tiles are whole in both; the 128-row programs read two of them per K step
+    (192, "w128t16fpx", 64, [64, 64]),
+    # F = 96: gate/up's 64-row tiles would cross; down's K/2 = 48 is not whole 32-byte blocks
+    # (no words, no pairs)
+    (96, "w64t16fpx", 128, [0, 0]),
 ])
-def test_fused_int4_tile_order_only_where_64_rows_are_whole(
-        inner: int, config: str, tiles: list[int], gen: torch.Generator, no_fallback: None,
-        launches: list[dict[str, object]]) -> None:
+def test_fused_int4_tile_order_only_where_tiles_are_whole(
+        inner: int, config: str, tile_rows: int, tiles: list[int], gen: torch.Generator,
+        no_fallback: None, launches: list[dict[str, object]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ft, "TILE_ROWS", tile_rows)
     qx = [quantize_expert(e, 32) for e in experts(4, 128, inner)]
     x = torch.randn(29, 128, generator=gen)
     d = make_dispatch("uniform", 29, 4, 2, gen, with_rowof=True)
@@ -449,9 +458,13 @@ def test_fused_int4_tile_order_only_where_64_rows_are_whole(
     assert [k["W_TILES"] for k in launches if "INT4_DEQUANT" in k] == tiles
 
 
-def test_tile_order_launches_of_a_stack_share_one_copy(gen: torch.Generator,
-                                                      no_fallback: None) -> None:
-    # 64- and 128-row programs with the same K step read the same 128-row tile-order copy
+@pytest.mark.parametrize(("tile_rows", "copies"), [(64, 1), (128, 2)])
+def test_tile_order_copies_per_stack_follow_the_tile_rows(
+        tile_rows: int, copies: int, gen: torch.Generator, no_fallback: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64-row tiles: 64- and 128-row programs with the same K step read one copy; 128-row
+    # tiles: each program size reads its own
+    monkeypatch.setattr(ft, "TILE_ROWS", tile_rows)
     qx = [quantize_expert(e, 32) for e in experts(6, 256, 128)]
     x = torch.randn(41, 256, generator=gen)
     d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
@@ -461,14 +474,14 @@ def test_tile_order_launches_of_a_stack_share_one_copy(gen: torch.Generator,
         b = ft.fused_forward(stk, x, d, "w128t32fpx")
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     kinds = [k[0] for k in stk.kernel_cache if isinstance(k[0], str)]
-    assert sorted(kinds) == ["frag_tiles", "frag_tiles", "pair_tiles", "pair_tiles"]  # w13, w2
+    assert sorted(kinds) == ["frag_tiles"] * 2 * copies + ["pair_tiles"] * 2 * copies  # w13, w2
 
 
 def test_tile_rows_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ft.TILE_ROWS_ENV, raising=False)
-    assert ft._tile_rows_setting() == 64
-    monkeypatch.setenv(ft.TILE_ROWS_ENV, "128")
     assert ft._tile_rows_setting() == 128
+    monkeypatch.setenv(ft.TILE_ROWS_ENV, "64")
+    assert ft._tile_rows_setting() == 64
     for bad in ("96", "8", "x", "-64"):
         monkeypatch.setenv(ft.TILE_ROWS_ENV, bad)
         with pytest.raises(ConfigError, match="WATTMOE_INT4_TILE_ROWS"):
@@ -477,6 +490,7 @@ def test_tile_rows_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_tile_rows_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = ft.INT4_CANDIDATES["w128t32s3fpx"][0]
+    monkeypatch.setattr(ft, "TILE_ROWS", 64)
     assert ft._tile_rows(cfg, 2048, 2048, 4096) == 64
     monkeypatch.setattr(ft, "TILE_ROWS", 128)
     assert ft._tile_rows(cfg, 2048, 2048, 4096) == 128

@@ -548,9 +548,9 @@ def moe_gemm_wt(
 
     W_TILES > 0 (fragment words and scale pairs only): both in tile order of W_TILES rows
     (`quant.tile_rows`), each K step's [W_TILES, BLOCK_K / 4] words and each group's W_TILES
-    pair words contiguous; a program's BLOCK_F rows are one part of each such run (BLOCK_F
-    divides W_TILES), or span several tiles' runs (W_TILES divides BLOCK_F). The launcher
-    sets it only where W_TILES divides n_out and up_rows, so no row wraps.
+    pair words contiguous; a program's BLOCK_F rows are one tile (W_TILES = BLOCK_F) or span
+    several tiles' runs (W_TILES divides BLOCK_F). The launcher sets it only where W_TILES
+    divides n_out and up_rows, so no row wraps.
 
     TAIL > 0 (TAIL_T = TAIL): an expert whose rows overflow its last full token tile by at most
     TAIL does those rows in the same program, as a second, TAIL_T-token MMA on the same weight
@@ -580,10 +580,9 @@ def moe_gemm_wt(
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
-    if W_TILES >= BLOCK_F:  # words and pairs in tile order: each row at its place in a tile
-        PER: tl.constexpr = W_TILES // BLOCK_F  # programs per layout tile
-        tile0 = ((pid_f // PER) * W_TILES).to(tl.int64)
-        r_in = (pid_f % PER) * BLOCK_F + tl.arange(0, BLOCK_F)  # products: known multiples
+    if W_TILES == BLOCK_F:  # words and pairs in tile order: the program's tile
+        tile0 = (pid_f * BLOCK_F).to(tl.int64)
+        r_in = tl.arange(0, BLOCK_F)
         w_ptrs = (w_ptr + e * stride_we + tile0 * stride_wn + r_in[:, None] * (BLOCK_K // 4)
                   + tl.arange(0, BLOCK_K // 4)[None, :])
         s_ptrs = s_ptr + e * stride_se + tile0 * stride_sn + r_in

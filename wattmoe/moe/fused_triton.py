@@ -186,11 +186,11 @@ class KernelConfig:
     # ignored where the halves of a row are not whole groups
     int4_pairs: bool = False
     # int4 with fragment words and scale pairs: both as copies in which each K step's
-    # [TILE_ROWS = 64 rows, block_k / 4 words] tile, and each group's 64 scale words, are
-    # contiguous (`quant.tile_rows`, cached like the words; one copy per stack and K step
-    # size, shared by 64- and 128-row programs): a 4 KB run per step and 64 rows instead of
-    # 64 pieces of 64 bytes; ignored with TMA, and where 64 rows do not divide the output
-    # rows and the up rows' offset (`_tile_rows`)
+    # [rows, block_k / 4 words] tile, and each group's scale words of those rows, are
+    # contiguous (`quant.tile_rows`, cached like the words; rows = block_n up to TILE_ROWS,
+    # $WATTMOE_INT4_TILE_ROWS): a 4 KB run per step and 64 rows instead of 64 pieces of 64
+    # bytes; ignored with TMA, and where the tile's rows do not divide the output rows and
+    # the up rows' offset (`_tile_rows`)
     int4_tiles: bool = False
 
     @classmethod
@@ -756,13 +756,16 @@ TILE_ROWS_ENV = "WATTMOE_INT4_TILE_ROWS"
 
 
 def _tile_rows_setting() -> int:
-    """Rows per tile of the tile-order copies: $WATTMOE_INT4_TILE_ROWS, or 64 (the smallest
-    int4 row tile). 64: one copy per stack and K step size, which 128-row programs read as two
-    tiles' runs per K step; 128 (or more): a 128-row program reads one run per K step, and
-    each program size in use has a copy of its own. Read once, at import."""
+    """Rows per tile of the tile-order copies: $WATTMOE_INT4_TILE_ROWS, or 128. 128: each
+    program size in use has a copy of its own (64-row programs read 64-row tiles), and a
+    128-row program reads one run per K step; 64: one copy per stack and K step size, which
+    128-row programs read as two tiles' runs per K step. On the H200 64 cost DeepSeek-V3's
+    int4 step at 512 tokens 2.2% more energy (results/h200/kernels/run75_tile_rows: 3559 and
+    3571 vs 3487 and 3488 uJ/token, alternating, one lease) and saves a copy of the int4
+    weights where the table mixes 64- and 128-row tile-order entries. Read once, at import."""
     raw = os.environ.get(TILE_ROWS_ENV, "").strip()
     if not raw:
-        return 64
+        return 128
     try:
         rows = int(raw)
     except ValueError:
@@ -780,9 +783,8 @@ def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
     """The rows per tile in which a launch that reads scale pairs reads words and pairs in tile
     order, or 0 (row-major): with `cfg.int4_tiles` and no TMA, TILE_ROWS (block_n where it is
     smaller) where that divides the output rows, the up rows' offset and the stack's rows.
-    One tile size for every larger program size, so that the tile-order launches on a stack
-    share one copy per K step size: a 128-row program reads two 64-row tiles' runs per K
-    step."""
+    Programs larger than TILE_ROWS read several tiles' runs per K step
+    (`_tile_rows_setting`)."""
     if not cfg.int4_tiles or cfg.tma:
         return 0
     tr = min(TILE_ROWS, cfg.block_n)
