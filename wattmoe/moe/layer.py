@@ -15,7 +15,7 @@ from wattmoe.errors import ShapeError
 from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import get_backend, needs_autograd
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
-from wattmoe.moe.dispatch import build_dispatch
+from wattmoe.moe.dispatch import build_dispatch, check_finite_rows
 from wattmoe.moe.expert import Expert
 from wattmoe.moe.fused_route import FUSED_ROUTING_BACKENDS, fused_route, fused_route_available
 from wattmoe.moe.quant import quantize_expert
@@ -153,13 +153,23 @@ class SimpleMoELayer(nn.Module):
         return self.backend_name
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
-        """Runs tokens x [..., H] through the layer."""
+        """Runs tokens x [..., H] through the layer.
+
+        Raises:
+            ShapeError: x is not [..., H] or not of the parameters' dtype.
+            ConfigError: on the CPU, x has NaN/inf values (the router would send such a token
+                to arbitrary experts and `tokens_per_expert` would count it), or the routing
+                weights do (a NaN gate weight). On a GPU these are not checked: that would
+                synchronize the host every step and break CUDA-graph capture.
+        """
         h = self.config.hidden_size
         if x.dim() == 0 or x.shape[-1] != h:
             raise ShapeError(f"MoE layer expects inputs [..., {h}], got {tuple(x.shape)}")
         check_input_dtype("MoE layer", x, self.router.gate.weight.dtype)
         shape = x.shape
         tokens = x.reshape(-1, h)
+        if tokens.device.type == "cpu":
+            check_finite_rows("MoE layer input", tokens, "token", "column")
         step = self._step_backend(tokens)
         if step in FUSED_ROUTING_BACKENDS and self._fused_route_possible(tokens):
             # same decisions; adds this step's counts to tokens_per_expert in the kernel
