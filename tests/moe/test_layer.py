@@ -327,3 +327,26 @@ def test_build_dispatch_refuses_bad_routing() -> None:
         build_dispatch(idx, w[:, :1], 4)
     with pytest.raises(ConfigError, match="num_experts must be a positive integer, got 0"):
         build_dispatch(idx, w, 0)
+
+
+def test_quantizing_again_with_another_group_size_is_refused(gen: torch.Generator) -> None:
+    # was: the int4 experts were kept as they were (group 32), silently, under group_size=16
+    layer = SimpleMoELayer(get_preset("tiny"), seed=0).quantize(group_size=32)
+    x = torch.randn(5, 64, generator=gen)
+    with torch.no_grad():
+        before = layer(x).hidden_states
+    with pytest.raises(ConfigError, match=r"layer's experts are already quantized to int4 with "
+                                          r"group size 32; group_size=16 would quantize their "
+                                          r"int4 weights again"):
+        layer.quantize(group_size=16)
+    assert {e.group_size for e in layer.experts} == {32}
+    # the same group size again changes nothing
+    assert layer.quantize(group_size=32) is layer
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).hidden_states, before, rtol=0, atol=0)
+    # some experts int4 (group 32), one replaced by a dense one: another size is refused too
+    layer.experts[0] = SimpleMoELayer(get_preset("tiny"), seed=1).experts[0]
+    with pytest.raises(ConfigError, match="group size 32; group_size=64"):
+        layer.quantize(group_size=64)
+    layer.quantize(group_size=32)
+    assert {e.group_size for e in layer.experts} == {32}
