@@ -156,3 +156,21 @@ def test_tokens_per_batch_of_the_wrong_kind_is_one_error() -> None:
         make_loads([[1, 2]], top_k=1, tokens_per_batch=-3)
     with pytest.raises(PlacementError, match="no tokens at all"):
         make_loads([[0, 0]], top_k=1)
+
+
+def test_loads_from_layers_counted_over_several_steps() -> None:
+    torch = pytest.importorskip("torch")
+    from wattmoe.moe import SimpleMoELayer, get_preset
+
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=0)
+    x = torch.randn(64, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        layer(x)
+    loads = loads_from_layers([layer], tokens_per_batch=64, steps=3)
+    np.testing.assert_allclose(loads.tokens[0], layer.tokens_per_expert.numpy() / 3)
+    assert loads.tokens.sum() == pytest.approx(64 * cfg.top_k)
+    assert loads.source == "SimpleMoELayer counts / 3 steps"
+    for bad in (0, 1.5, True):
+        with pytest.raises(PlacementError, match=f"steps must be a positive integer, got {bad}"):
+            loads_from_layers([layer], steps=bad)

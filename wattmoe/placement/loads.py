@@ -167,11 +167,18 @@ def synthetic_loads(num_layers: int, num_experts: int, top_k: int, tokens_per_ba
 
 
 def loads_from_layers(layers: Sequence[object], tokens_per_batch: float | None = None,
-                      ) -> ExpertLoads:
+                      steps: int = 1) -> ExpertLoads:
     """From measured utilization: each layer's `tokens_per_expert` counts
-    (`wattmoe.moe.SimpleMoELayer`; duck-typed, torch tensors or arrays)."""
+    (`wattmoe.moe.SimpleMoELayer`; duck-typed, torch tensors or arrays).
+
+    A layer's counts add up over every step since its last `reset_utilization()`; `steps`
+    says over how many, and the counts are divided by it, so the loads are those of one batch
+    (of `tokens_per_batch` tokens: one step's).
+    """
     if not layers:
         raise PlacementError("loads_from_layers needs at least one layer")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise PlacementError(f"steps must be a positive integer, got {steps!r}")
     rows = []
     for layer in layers:
         counts = layer.tokens_per_expert  # type: ignore[attr-defined]
@@ -181,7 +188,8 @@ def loads_from_layers(layers: Sequence[object], tokens_per_batch: float | None =
     if len({len(r) for r in rows}) != 1:
         raise PlacementError(f"layers have different expert counts: {[len(r) for r in rows]}")
     top_k = int(layers[0].config.top_k)  # type: ignore[attr-defined]
-    return make_loads(np.stack(rows), top_k, tokens_per_batch, source="SimpleMoELayer counts")
+    source = "SimpleMoELayer counts" + (f" / {steps} steps" if steps > 1 else "")
+    return make_loads(np.stack(rows) / steps, top_k, tokens_per_batch, source=source)
 
 
 def _json_kind(value: object) -> str:
