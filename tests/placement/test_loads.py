@@ -174,3 +174,34 @@ def test_loads_from_layers_counted_over_several_steps() -> None:
     for bad in (0, 1.5, True):
         with pytest.raises(PlacementError, match=f"steps must be a positive integer, got {bad}"):
             loads_from_layers([layer], steps=bad)
+
+
+@pytest.mark.parametrize(("layers", "experts", "top_k", "tokens", "skew"), [
+    (8, 64, 8, 4096, "zipf:1.2"), (8, 8, 2, 10, "uniform"), (8, 12, 2, 400, "zipf:3"),
+    (4, 8, 8, 5, "zipf:1.2"), (4, 16, 4, 1, "zipf:1.0"), (2, 256, 8, 8192, "zipf:1.2"),
+    (2, 256, 8, 10**7, "zipf:1.2"),  # 2.56e9 (token, expert) pairs: past numpy's sampler
+])
+def test_synthetic_loads_route_every_token_to_exactly_top_k(
+        layers: int, experts: int, top_k: int, tokens: int, skew: str) -> None:
+    # was: independent Binomial(tokens, pi_e) counts, whose sum missed tokens x top_k by
+    # sampling noise (over it about half the time: more work than the batch's tokens can do)
+    for seed in range(5):
+        loads = synthetic_loads(layers, experts, top_k, tokens, skew, seed=seed)
+        np.testing.assert_array_equal(loads.tokens.sum(axis=1), tokens * top_k)
+        assert loads.tokens.min() >= 0 and loads.tokens.max() <= tokens
+        assert np.array_equal(loads.tokens, np.round(loads.tokens))
+
+
+def test_synthetic_loads_keep_the_expected_counts() -> None:
+    # uniform: every expert expects tokens x top_k / experts
+    u = synthetic_loads(400, 16, 4, 1000, "uniform", seed=0).tokens
+    np.testing.assert_allclose(u.mean(axis=0), 250, rtol=0.01)
+    # zipf:3 on 12 experts, top-2: the most popular expert is capped at pi = 1 (every token
+    # picks it), and keeps exactly `tokens` (no surplus is taken from it)
+    z = synthetic_loads(200, 12, 2, 400, "zipf:3", seed=1).tokens
+    np.testing.assert_array_equal(z.max(axis=1), 400)
+    from wattmoe.placement.loads import _inclusion_probabilities
+
+    pi = _inclusion_probabilities(np.arange(1, 13, dtype=float) ** -3.0, 2)
+    second = np.sort(z, axis=1)[:, -2]  # the second most popular expert, mostly
+    assert second.mean() == pytest.approx(400 * np.sort(pi)[-2], rel=0.05)

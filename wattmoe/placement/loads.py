@@ -133,13 +133,48 @@ def _inclusion_probabilities(weights: np.ndarray, top_k: int) -> np.ndarray:
         budget -= len(idx)
 
 
+def _route_exactly(counts: np.ndarray, pi: np.ndarray, tokens: int, top_k: int,
+                   rng: np.random.Generator) -> None:
+    """Brings one layer's drawn counts to exactly tokens x top_k assignments, in place (see
+    `synthetic_loads`)."""
+    surplus = int(counts.sum()) - tokens * top_k
+    if surplus > 0:  # taken from experts with pi < 1 (pi = 1: every token picks the expert)
+        free = pi < 1.0
+        counts[free] -= _without_replacement(counts[free], surplus, rng)
+    elif surplus < 0:  # added among the (token, expert) pairs not drawn
+        counts += _without_replacement(tokens - counts, -surplus, rng)
+
+
+def _without_replacement(colors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """How many of n items drawn uniformly without replacement from a pool holding colors[i]
+    items of kind i are of each kind (n <= colors.sum())."""
+    if colors.sum() < 10**9:  # the most numpy's sampler takes
+        return rng.multivariate_hypergeometric(colors, n)
+    # a pool this large (>= 1e9 pairs): draws with replacement, a negligible difference here,
+    # capped at what each kind holds and repeated until n are taken
+    taken = np.zeros_like(colors)
+    while n > 0:
+        left = colors - taken
+        got = np.minimum(rng.multinomial(n, left / left.sum()), left)
+        taken += got
+        n -= int(got.sum())
+    return taken
+
+
 def synthetic_loads(num_layers: int, num_experts: int, top_k: int, tokens_per_batch: int,
                     skew: str = "zipf:1.2", seed: int | np.random.Generator = 0) -> ExpertLoads:
     """Token counts of one batch with Zipf-skewed expert popularity.
 
     In each layer, a random permutation of the experts gets popularity 1/rank^S; each token
     picks expert e with probability pi_e proportional to it (capped at 1, summing to top_k),
-    and the count of expert e is Binomial(tokens_per_batch, pi_e).
+    and the count of expert e is drawn as Binomial(tokens_per_batch, pi_e). Independent
+    draws miss tokens_per_batch x top_k by sampling noise (over it half the time: more
+    assignments than the batch's tokens can make), so each layer's row is then
+    brought to exactly tokens_per_batch x top_k, as routing does (every token goes to top_k
+    experts): a surplus is taken uniformly at random from the drawn assignments of the
+    experts with pi_e < 1, a shortfall added uniformly at random among the (token, expert)
+    pairs not drawn. Counts stay in [0, tokens_per_batch]; an expert with pi_e = 1 keeps
+    all the tokens. The change is small (about sqrt(tokens x top_k) assignments a layer).
 
     Args:
         skew: 'uniform' or 'zipf:S'.
@@ -158,9 +193,14 @@ def synthetic_loads(num_layers: int, num_experts: int, top_k: int, tokens_per_ba
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     ranks = np.arange(1, num_experts + 1, dtype=np.float64)
     pi = _inclusion_probabilities(ranks ** -exponent, top_k)
-    counts = np.empty((num_layers, num_experts))
+    counts = np.empty((num_layers, num_experts), dtype=np.int64)
+    chances = np.empty((num_layers, num_experts))
     for layer in range(num_layers):
-        counts[layer] = rng.binomial(tokens_per_batch, pi[rng.permutation(num_experts)])
+        chances[layer] = pi[rng.permutation(num_experts)]
+        counts[layer] = rng.binomial(tokens_per_batch, chances[layer])
+    # after every layer's draws, so that those are the ones a seed always gave
+    for row, p in zip(counts, chances):
+        _route_exactly(row, p, tokens_per_batch, top_k, rng)
     seed_txt = seed if not isinstance(seed, np.random.Generator) else "generator"
     return make_loads(counts, top_k, float(tokens_per_batch),
                       source=f"{skew} seed={seed_txt} tokens={tokens_per_batch}")
