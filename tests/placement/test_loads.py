@@ -205,3 +205,37 @@ def test_synthetic_loads_keep_the_expected_counts() -> None:
     pi = _inclusion_probabilities(np.arange(1, 13, dtype=float) ** -3.0, 2)
     second = np.sort(z, axis=1)[:, -2]  # the second most popular expert, mostly
     assert second.mean() == pytest.approx(400 * np.sort(pi)[-2], rel=0.05)
+
+
+def test_counts_beyond_the_given_tokens_are_refused() -> None:
+    # was: accepted, and energy per batch / tokens_per_batch priced more work per token than
+    # the batch's tokens can make (the demo placed 10 steps' counts as one step's)
+    with pytest.raises(PlacementError, match=r"loads are invalid: layer 1 has 40 assignments, "
+                       r"more than tokens_per_batch x top_k = 16 x 2 = 32 \(1 layer over\); "
+                       r"counts added up over several batches\? divide them by the number of "
+                       r"batches \(loads_from_layers: steps=\)"):
+        make_loads([[16, 16], [20, 20]], top_k=2, tokens_per_batch=16)
+    with pytest.raises(PlacementError, match=r"layer 0, expert 0 has 12 tokens, more than "
+                       r"tokens_per_batch = 10 \(a token picks an expert at most once\)"):
+        make_loads([[12, 4, 4]], top_k=2, tokens_per_batch=10)
+    # up to tokens x top_k is fine (fewer: dropped assignments), float counts within rounding
+    assert make_loads([[16, 16], [10, 12]], top_k=2, tokens_per_batch=16).tokens_per_batch == 16
+    twelfths = np.full((1, 12), 10 / 12)  # sums to 10.000000000000002
+    assert twelfths.sum() > 10
+    assert make_loads(twelfths, top_k=1, tokens_per_batch=10).tokens.sum() == pytest.approx(10)
+    # without tokens_per_batch there is nothing to contradict: the mean over layers, as before
+    assert make_loads([[4, 0], [2, 2]], top_k=1).tokens_per_batch == 4
+
+
+def test_loads_from_layers_over_several_steps_need_steps() -> None:
+    torch = pytest.importorskip("torch")
+    from wattmoe.moe import SimpleMoELayer, get_preset
+
+    layer = SimpleMoELayer(get_preset("tiny"), seed=0)
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    layer(x)
+    layer(x)
+    with pytest.raises(PlacementError, match="has 32 assignments, more than tokens_per_batch x "
+                                             "top_k = 8 x 2 = 16"):
+        loads_from_layers([layer], tokens_per_batch=8)
+    assert loads_from_layers([layer], tokens_per_batch=8, steps=2).tokens.sum() == 16

@@ -51,11 +51,17 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
                source: str = "") -> ExpertLoads:
     """Validates a `[layers, experts]` matrix (or one layer's `[experts]` vector).
 
-    `tokens_per_batch` defaults to the mean over layers of sum(row) / top_k.
+    `tokens_per_batch` defaults to the mean over layers of sum(row) / top_k. A given one
+    must account for the counts: every token goes to at most top_k experts and to an expert
+    at most once, so a row may not sum to more than tokens_per_batch x top_k (fewer is fine:
+    dropped assignments), nor a count exceed tokens_per_batch (within float rounding). More
+    would price more work per token than the batch's tokens can make (counts added up over
+    several batches, for one: divide them by the number of batches).
 
     Raises:
-        PlacementError: wrong shape, NaN/inf or negative counts, or no tokens at all; the
-            message names the first bad (layer, expert).
+        PlacementError: wrong shape, NaN/inf or negative counts, no tokens at all, or counts
+            that a given tokens_per_batch cannot account for; the message names the first bad
+            layer (and expert).
     """
     try:
         arr = np.array(tokens, dtype=np.float64)
@@ -94,8 +100,33 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
                                  f"{tokens_per_batch!r}")
         raise PlacementError("loads are invalid: no tokens at all (every count is 0), so "
                              "energy per token is undefined")
+    if given:
+        _check_accounted(arr, int(top_k), float(tokens_per_batch))
     arr.setflags(write=False)
     return ExpertLoads(arr, int(top_k), float(tokens_per_batch), source)
+
+
+def _check_accounted(arr: np.ndarray, top_k: int, tokens: float) -> None:
+    """Raises PlacementError unless `tokens` tokens routed to top_k experts each can make the
+    counts (see `make_loads`); a relative 1e-9 allows for float counts' rounding."""
+    slack = 1 + 1e-9
+    sums = arr.sum(axis=1)
+    over = sums > tokens * top_k * slack
+    if over.any():
+        layer = int(np.argmax(over))
+        n = int(over.sum())
+        raise PlacementError(
+            f"loads are invalid: layer {layer} has {sums[layer]:g} assignments, more than "
+            f"tokens_per_batch x top_k = {tokens:g} x {top_k} = {tokens * top_k:g} ({n} "
+            f"layer{'s' if n > 1 else ''} over); counts added up over several batches? divide "
+            "them by the number of batches (loads_from_layers: steps=)")
+    big = arr > tokens * slack
+    if big.any():
+        layer, expert = (int(i) for i in np.argwhere(big)[0])
+        raise PlacementError(
+            f"loads are invalid: layer {layer}, expert {expert} has {arr[layer, expert]:g} "
+            f"tokens, more than tokens_per_batch = {tokens:g} (a token picks an expert at most "
+            "once)")
 
 
 def parse_skew(skew: str) -> tuple[str, float]:
