@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from wattmoe.errors import ConfigError, DeviceError
@@ -101,3 +102,24 @@ def test_demo_int4_places_int4_experts(monkeypatch: pytest.MonkeyPatch) -> None:
     run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster="h200-cpu", int4=True)
     run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster="h200-cpu")
     assert seen == ["int4", "fp32"]
+
+
+def test_demo_places_the_loads_of_one_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the layer's counts add up over the timed steps; the placement's batch is one step of
+    # batch x seq tokens, so its loads are the counts / steps (was: the sum over 3 steps with
+    # the tokens of one, 3x the work per token: inflated energy per token)
+    import wattmoe.placement as placement
+
+    seen = []
+    real = placement.make_problem
+
+    def spy(cluster, loads, *args, **kwargs):
+        seen.append(loads)
+        return real(cluster, loads, *args, **kwargs)
+
+    monkeypatch.setattr(placement, "make_problem", spy)
+    r = run_demo("tiny", 1.0, batch=2, seq=16, steps=3, warmup=1, cluster="h200-cpu")
+    (loads,) = seen
+    assert loads.tokens_per_batch == 32
+    assert loads.tokens.sum() == pytest.approx(32 * r.top_k)
+    np.testing.assert_allclose(loads.tokens[0], np.array(r.expert_counts) / 3)

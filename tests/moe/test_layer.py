@@ -275,3 +275,78 @@ def test_config_refuses_field_values_of_the_wrong_kind(field: str, value: object
     # normalizing
     with pytest.raises(ConfigError, match=field):
         get_preset("tiny").replace(**{"num_shared_experts": 1, field: value})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_tokens_are_one_error_not_counted(bad: float, gen: torch.Generator) -> None:
+    # was: the router sent the NaN token to arbitrary experts, tokens_per_expert counted it
+    # (placement's loads), and only its output row said anything was wrong
+    layer = SimpleMoELayer(get_preset("tiny"), seed=0)
+    x = torch.randn(4, 64, generator=gen)
+    x[1, 5] = bad
+    with pytest.raises(ConfigError, match=rf"MoE layer input has 1 NaN/inf value \(first: "
+                                          rf"token 1, column 5 is {bad}\)"):
+        layer(x)
+    assert int(layer.tokens_per_expert.sum()) == 0
+    with pytest.raises(ConfigError, match="token 1"):  # tokens are rows of x [..., H]
+        layer(x.reshape(2, 2, 64))
+    # a NaN gate weight gives NaN routing weights (softmax: all of them): refused where they
+    # are counted
+    with torch.no_grad():
+        layer.router.gate.weight[3, 0] = float("nan")
+    with pytest.raises(ConfigError, match=r"topk_weight has 8 NaN/inf values \(first: token 0, "
+                                          r"slot 0 is nan\)"):
+        layer(torch.randn(4, 64, generator=gen))
+    assert int(layer.tokens_per_expert.sum()) == 0
+
+
+def test_build_dispatch_refuses_bad_routing() -> None:
+    idx, w = torch.tensor([[0, 1], [2, 3]]), torch.full((2, 2), 0.5)
+    assert build_dispatch(idx, w, 4).counts.tolist() == [1, 1, 1, 1]
+    # was: IndexError 'index out of range in self'
+    for e in (4, -1):
+        with pytest.raises(ConfigError, match=rf"topk_idx has 1 expert index out of range "
+                                              rf"\(first: token 1, slot 1 is {e}\); experts are "
+                                              r"0\.\.3 \(num_experts=4\)"):
+            build_dispatch(torch.tensor([[0, 1], [2, e]]), w, 4)
+    with pytest.raises(ConfigError, match=r"topk_idx has 2 expert indices out of range \(first: "
+                                          r"token 0, slot 0 is 7\)"):
+        build_dispatch(torch.tensor([[7, 1], [2, 9]]), w, 4)
+    # was: counted, with the NaN weight carried into the output
+    nan_w = torch.tensor([[0.5, float("nan")], [0.5, 0.5]])
+    with pytest.raises(ConfigError, match=r"topk_weight has 1 NaN/inf value \(first: token 0, "
+                                          r"slot 1 is nan\)"):
+        build_dispatch(idx, nan_w, 4, capacity_factor=1.0)
+    # expert ids that are floats (NaN ones included) are not ids: was argsort of the NaN, then
+    # index_add_'s RuntimeError
+    with pytest.raises(ShapeError, match=r"topk_idx must be an integer \[tokens, k\] tensor, "
+                                         r"got torch\.float32 \(2, 2\)"):
+        build_dispatch(torch.tensor([[0.0, float("nan")], [2.0, 3.0]]), w, 4)
+    with pytest.raises(ShapeError, match=r"topk_weight must be a floating-point tensor of "
+                                         r"topk_idx's shape \(2, 2\), got torch\.float32 \(2, 1\)"):
+        build_dispatch(idx, w[:, :1], 4)
+    with pytest.raises(ConfigError, match="num_experts must be a positive integer, got 0"):
+        build_dispatch(idx, w, 0)
+
+
+def test_quantizing_again_with_another_group_size_is_refused(gen: torch.Generator) -> None:
+    # was: the int4 experts were kept as they were (group 32), silently, under group_size=16
+    layer = SimpleMoELayer(get_preset("tiny"), seed=0).quantize(group_size=32)
+    x = torch.randn(5, 64, generator=gen)
+    with torch.no_grad():
+        before = layer(x).hidden_states
+    with pytest.raises(ConfigError, match=r"layer's experts are already quantized to int4 with "
+                                          r"group size 32; group_size=16 would quantize their "
+                                          r"int4 weights again"):
+        layer.quantize(group_size=16)
+    assert {e.group_size for e in layer.experts} == {32}
+    # the same group size again changes nothing
+    assert layer.quantize(group_size=32) is layer
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).hidden_states, before, rtol=0, atol=0)
+    # some experts int4 (group 32), one replaced by a dense one: another size is refused too
+    layer.experts[0] = SimpleMoELayer(get_preset("tiny"), seed=1).experts[0]
+    with pytest.raises(ConfigError, match="group size 32; group_size=64"):
+        layer.quantize(group_size=64)
+    layer.quantize(group_size=32)
+    assert {e.group_size for e in layer.experts} == {32}

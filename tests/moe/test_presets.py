@@ -46,3 +46,12 @@ def test_bad_scale() -> None:
             get_preset("tiny", bad)
     with pytest.raises(ConfigError, match="scale 1e\\+308 is too large"):
         get_preset("tiny", 1e308)  # finite, but a width times it is not
+
+
+@pytest.mark.parametrize("name", [None, 3, b"tiny", ["tiny"], 1.5])
+def test_name_that_is_not_a_string_is_one_clear_error(name: object) -> None:
+    # was: AttributeError: 'NoneType' object has no attribute 'lower' (bytes: "unknown
+    # preset b'tiny'", as if it were a misspelt name)
+    with pytest.raises(ConfigError, match=r"preset name must be a string, got .*\(known: "
+                                          r"tiny, mixtral-8x7b, .*switch-base-8\)"):
+        get_preset(name)  # type: ignore[arg-type]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -191,3 +193,36 @@ def test_profile_provider_with_an_unprofiled_backend_fails() -> None:
 
     with pytest.raises(CostModelError, match="backend 'grouped' was not profiled"):
         profile_cost_provider(_layer_profile(), backend="grouped")
+
+
+@pytest.mark.parametrize("as_path", [str, Path])
+def test_profile_provider_given_a_path_says_to_load_it(as_path: type) -> None:
+    # was: AttributeError: 'str' object has no attribute 'devices' (placement reads no files)
+    path = as_path("data/profiles/h200.json")
+    with pytest.raises(PlacementError, match=r"profile_cost_provider takes a loaded profile, "
+                       r"got the path 'data/profiles/h200.json'; load it first: "
+                       r"KernelCostModel.load\('data/profiles/h200.json'\) "
+                       r"\(wattmoe.cost_model\)"):
+        profile_cost_provider(path)
+
+
+@pytest.mark.parametrize("model", [None, 3, {"devices": []}])
+def test_profile_provider_given_something_else_names_it(model: object) -> None:
+    with pytest.raises(PlacementError, match=r"profile_cost_provider: model must be a cost "
+                       r"model with devices\(\), expert_cost\(\) and idle_power_w\(\) .*got "
+                       f"{type(model).__name__}"):
+        profile_cost_provider(model)
+
+
+def test_profile_provider_checks_fallback_and_backend_view(linear_cost: LinearCost) -> None:
+    class Profile(LinearCost):
+        def devices(self) -> list[str]:
+            return ["fast"]
+
+    with pytest.raises(PlacementError, match=r"fallback must be a cost provider with "
+                       r"expert_cost\(\) and idle_power_w\(\), got str"):
+        profile_cost_provider(Profile(linear_cost.table), fallback="analytic")
+    # was: AttributeError: 'Profile' object has no attribute 'backend_view'
+    with pytest.raises(PlacementError, match=r"backend 'fused' needs a profile with "
+                       r"backend_view\(\) \(a KernelCostModel\), got Profile"):
+        profile_cost_provider(Profile(linear_cost.table), backend="fused")

@@ -156,3 +156,86 @@ def test_tokens_per_batch_of_the_wrong_kind_is_one_error() -> None:
         make_loads([[1, 2]], top_k=1, tokens_per_batch=-3)
     with pytest.raises(PlacementError, match="no tokens at all"):
         make_loads([[0, 0]], top_k=1)
+
+
+def test_loads_from_layers_counted_over_several_steps() -> None:
+    torch = pytest.importorskip("torch")
+    from wattmoe.moe import SimpleMoELayer, get_preset
+
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=0)
+    x = torch.randn(64, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        layer(x)
+    loads = loads_from_layers([layer], tokens_per_batch=64, steps=3)
+    np.testing.assert_allclose(loads.tokens[0], layer.tokens_per_expert.numpy() / 3)
+    assert loads.tokens.sum() == pytest.approx(64 * cfg.top_k)
+    assert loads.source == "SimpleMoELayer counts / 3 steps"
+    for bad in (0, 1.5, True):
+        with pytest.raises(PlacementError, match=f"steps must be a positive integer, got {bad}"):
+            loads_from_layers([layer], steps=bad)
+
+
+@pytest.mark.parametrize(("layers", "experts", "top_k", "tokens", "skew"), [
+    (8, 64, 8, 4096, "zipf:1.2"), (8, 8, 2, 10, "uniform"), (8, 12, 2, 400, "zipf:3"),
+    (4, 8, 8, 5, "zipf:1.2"), (4, 16, 4, 1, "zipf:1.0"), (2, 256, 8, 8192, "zipf:1.2"),
+    (2, 256, 8, 10**7, "zipf:1.2"),  # 2.56e9 (token, expert) pairs: past numpy's sampler
+])
+def test_synthetic_loads_route_every_token_to_exactly_top_k(
+        layers: int, experts: int, top_k: int, tokens: int, skew: str) -> None:
+    # was: independent Binomial(tokens, pi_e) counts, whose sum missed tokens x top_k by
+    # sampling noise (over it about half the time: more work than the batch's tokens can do)
+    for seed in range(5):
+        loads = synthetic_loads(layers, experts, top_k, tokens, skew, seed=seed)
+        np.testing.assert_array_equal(loads.tokens.sum(axis=1), tokens * top_k)
+        assert loads.tokens.min() >= 0 and loads.tokens.max() <= tokens
+        assert np.array_equal(loads.tokens, np.round(loads.tokens))
+
+
+def test_synthetic_loads_keep_the_expected_counts() -> None:
+    # uniform: every expert expects tokens x top_k / experts
+    u = synthetic_loads(400, 16, 4, 1000, "uniform", seed=0).tokens
+    np.testing.assert_allclose(u.mean(axis=0), 250, rtol=0.01)
+    # zipf:3 on 12 experts, top-2: the most popular expert is capped at pi = 1 (every token
+    # picks it), and keeps exactly `tokens` (no surplus is taken from it)
+    z = synthetic_loads(200, 12, 2, 400, "zipf:3", seed=1).tokens
+    np.testing.assert_array_equal(z.max(axis=1), 400)
+    from wattmoe.placement.loads import _inclusion_probabilities
+
+    pi = _inclusion_probabilities(np.arange(1, 13, dtype=float) ** -3.0, 2)
+    second = np.sort(z, axis=1)[:, -2]  # the second most popular expert, mostly
+    assert second.mean() == pytest.approx(400 * np.sort(pi)[-2], rel=0.05)
+
+
+def test_counts_beyond_the_given_tokens_are_refused() -> None:
+    # was: accepted, and energy per batch / tokens_per_batch priced more work per token than
+    # the batch's tokens can make (the demo placed 10 steps' counts as one step's)
+    with pytest.raises(PlacementError, match=r"loads are invalid: layer 1 has 40 assignments, "
+                       r"more than tokens_per_batch x top_k = 16 x 2 = 32 \(1 layer over\); "
+                       r"counts added up over several batches\? divide them by the number of "
+                       r"batches \(loads_from_layers: steps=\)"):
+        make_loads([[16, 16], [20, 20]], top_k=2, tokens_per_batch=16)
+    with pytest.raises(PlacementError, match=r"layer 0, expert 0 has 12 tokens, more than "
+                       r"tokens_per_batch = 10 \(a token picks an expert at most once\)"):
+        make_loads([[12, 4, 4]], top_k=2, tokens_per_batch=10)
+    # up to tokens x top_k is fine (fewer: dropped assignments), float counts within rounding
+    assert make_loads([[16, 16], [10, 12]], top_k=2, tokens_per_batch=16).tokens_per_batch == 16
+    twelfths = np.full((1, 12), 10 / 12)  # sums to 10.000000000000002
+    assert twelfths.sum() > 10
+    assert make_loads(twelfths, top_k=1, tokens_per_batch=10).tokens.sum() == pytest.approx(10)
+    # without tokens_per_batch there is nothing to contradict: the mean over layers, as before
+    assert make_loads([[4, 0], [2, 2]], top_k=1).tokens_per_batch == 4
+
+
+def test_loads_from_layers_over_several_steps_need_steps() -> None:
+    torch = pytest.importorskip("torch")
+    from wattmoe.moe import SimpleMoELayer, get_preset
+
+    layer = SimpleMoELayer(get_preset("tiny"), seed=0)
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    layer(x)
+    layer(x)
+    with pytest.raises(PlacementError, match="has 32 assignments, more than tokens_per_batch x "
+                                             "top_k = 8 x 2 = 16"):
+        loads_from_layers([layer], tokens_per_batch=8)
+    assert loads_from_layers([layer], tokens_per_batch=8, steps=2).tokens.sum() == 16

@@ -109,3 +109,35 @@ def test_gpu_cluster_builder() -> None:
     assert len(c.devices) == 64
     assert "spine" in {n.name for n in c.nodes}
     assert len(c.token_home) == 64
+
+
+@pytest.mark.parametrize(("args", "kwargs", "message"), [
+    # was: TypeError 'float' object cannot be interpreted as an integer
+    ((1.5, 2), {}, "gpu_cluster(): num_nodes must be a positive integer, got 1.5"),
+    ((2, 1.5), {}, "gpu_cluster(): gpus_per_node must be a positive integer, got 1.5"),
+    # was: TypeError '<' not supported between instances of 'str' and 'int'
+    (("2", 2), {}, "gpu_cluster(): num_nodes must be a positive integer, got '2'"),
+    # was: accepted as 1 node, and the cluster named 'Truex2-nvidia-h200'
+    ((True, 2), {}, "gpu_cluster(): num_nodes must be a positive integer, got True"),
+    ((0, 2), {}, "gpu_cluster(): num_nodes must be a positive integer, got 0"),
+    ((2, -1), {}, "gpu_cluster(): gpus_per_node must be a positive integer, got -1"),
+    # with > 2 nodes the spine links get half of each: was 'got -0.5' for -1
+    ((3, 1), {"network_energy_j_per_byte": -1},
+     "gpu_cluster(): field network_energy_j_per_byte must be a number >= 0, got -1"),
+    ((3, 1), {"network_latency_s": "soon"},
+     "gpu_cluster(): field network_latency_s must be a number >= 0, got 'soon'"),
+])
+def test_gpu_cluster_bad_arguments(args: tuple, kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        gpu_cluster(*args, **kwargs)
+    assert str(err.value) == message
+
+
+def test_gpu_cluster_takes_numpy_counts_and_numeric_strings() -> None:
+    import numpy as np
+
+    assert len(gpu_cluster(np.int64(2), np.int32(3)).devices) == 6
+    # figures read as a spec file reads them (YAML 1.1 gives '1e-5' as text); with > 2 nodes
+    # this was a TypeError from halving a string
+    spine = {(lk.a, lk.b): lk for lk in gpu_cluster(3, 1, network_latency_s="1e-5").links}
+    assert spine["node0", "spine"].latency_s == pytest.approx(5e-6)

@@ -75,9 +75,11 @@ class DemoResult:
 def place_measured_loads(
     layer: object, tokens_per_batch: int, cluster: str | ClusterSpec, dtype: str,
     solvers: tuple[str, ...] = ("heuristic", "eplb", "round-robin"),
+    steps: int = 1,
 ) -> tuple[str, tuple[PlacementRow, ...]]:
-    """Places the experts of `layer` by the loads its router produced (its utilization counts)
-    on `cluster` with the analytic cost model, once per solver."""
+    """Places the experts of `layer` by the loads its router produced (its utilization counts,
+    added up over `steps` steps of `tokens_per_batch` tokens: the loads are their mean per
+    step) on `cluster` with the analytic cost model, once per solver."""
     from wattmoe.placement import (
         AnalyticCostProvider,
         ExpertShape,
@@ -88,7 +90,7 @@ def place_measured_loads(
 
     cfg = layer.config  # type: ignore[attr-defined]
     spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster(cluster)
-    loads = loads_from_layers([layer], tokens_per_batch=tokens_per_batch)
+    loads = loads_from_layers([layer], tokens_per_batch=tokens_per_batch, steps=steps)
     shape = ExpertShape.from_config(cfg, dtype)
     provider = AnalyticCostProvider()
     problem = make_problem(spec, loads, shape, provider, objective="energy")
@@ -193,7 +195,7 @@ def run_demo(
     if spec is not None:
         # int4 experts are placed as int4 weights (their memory and the bytes they read)
         cost_model, placements = place_measured_loads(
-            block.moe, batch * seq, spec, "int4" if int4 else dtype_name(dt))
+            block.moe, batch * seq, spec, "int4" if int4 else dtype_name(dt), steps=steps)
     return DemoResult(
         preset=cfg.name, hidden_size=cfg.hidden_size, expert_inner_size=cfg.expert_inner_size,
         num_experts=cfg.num_experts, top_k=cfg.top_k, tokens_per_step=batch * seq, steps=steps,

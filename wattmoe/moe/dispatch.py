@@ -8,6 +8,9 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from wattmoe.checks import check_positive_int
+from wattmoe.errors import ConfigError, ShapeError
+
 
 @dataclass
 class Dispatch:
@@ -106,6 +109,56 @@ def count_experts(expert_idx: torch.Tensor, num_experts: int) -> torch.Tensor:
     return counts.index_add_(0, expert_idx.reshape(-1), torch.ones_like(expert_idx.reshape(-1)))
 
 
+def check_finite_rows(what: str, x: torch.Tensor, row: str, col: str) -> None:
+    """Raises a ConfigError naming the count and the first (row, col) of x's NaN/inf values.
+
+    For CPU tensors only (a value check on a GPU would synchronize the host: callers skip it
+    there). x is [rows, cols]."""
+    x = x.detach()
+    if bool(torch.isfinite(x.sum(dtype=torch.float32))):
+        return  # a finite sum has no NaN or inf in it (and costs a tenth of isfinite(x))
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        r, c = (int(i) for i in bad.nonzero()[0])
+        n = int(bad.sum())
+        raise ConfigError(f"{what} has {n} NaN/inf value{'' if n == 1 else 's'} (first: "
+                          f"{row} {r}, {col} {c} is {float(x[r, c])})")
+
+
+def check_routing(topk_idx: torch.Tensor, topk_weight: torch.Tensor, num_experts: int) -> None:
+    """Checks the arguments of `build_dispatch` (see there).
+
+    Raises:
+        ShapeError: topk_idx is not an integer [T, k] tensor, or topk_weight not a
+            floating-point tensor of its shape.
+        ConfigError: num_experts is not a positive integer; on the CPU also an expert index
+            outside 0..num_experts-1 or a NaN/inf weight (the first one named).
+    """
+    check_positive_int("build_dispatch num_experts", num_experts)
+    if (topk_idx.dim() != 2 or topk_idx.dtype.is_floating_point or topk_idx.dtype.is_complex
+            or topk_idx.dtype == torch.bool):
+        raise ShapeError(f"build_dispatch: topk_idx must be an integer [tokens, k] tensor, got "
+                         f"{topk_idx.dtype} {tuple(topk_idx.shape)}")
+    if topk_weight.shape != topk_idx.shape or not topk_weight.dtype.is_floating_point:
+        raise ShapeError(f"build_dispatch: topk_weight must be a floating-point tensor of "
+                         f"topk_idx's shape {tuple(topk_idx.shape)}, got {topk_weight.dtype} "
+                         f"{tuple(topk_weight.shape)}")
+    if topk_idx.device.type != "cpu" or topk_weight.device.type != "cpu":
+        return  # a value check would synchronize the host (and break CUDA-graph capture)
+    if topk_idx.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(topk_idx))
+    if low < 0 or high >= num_experts:
+        out = (topk_idx < 0) | (topk_idx >= num_experts)
+        n = int(out.sum())
+        t, s = (int(i) for i in out.nonzero()[0])
+        raise ConfigError(
+            f"build_dispatch: topk_idx has {n} expert {'index' if n == 1 else 'indices'} out of "
+            f"range (first: token {t}, slot {s} is {int(topk_idx[t, s])}); experts are "
+            f"0..{num_experts - 1} (num_experts={num_experts})")
+    check_finite_rows("build_dispatch: topk_weight", topk_weight, "token", "slot")
+
+
 def _rowof(order: torch.Tensor, rows: torch.Tensor, tokens: int, top_k: int) -> torch.Tensor:
     """[tokens, k]: the dispatch row of each (token, slot), from the rows in sorted order."""
     return torch.empty_like(order).scatter_(0, order, rows).view(tokens, top_k)
@@ -124,7 +177,19 @@ def build_dispatch(
     assignments of each expert are kept and the rest dropped (earlier tokens win, as in the
     Switch Transformer). `with_rowof` also records each assignment's row (`Dispatch.rowof`;
     two more small kernels, so only for backends that use it).
+
+    The counts (`Dispatch.counts`, which `SimpleMoELayer.tokens_per_expert` adds up) count
+    every assignment, so bad ones are refused rather than counted: on CPU tensors an expert
+    index outside 0..num_experts-1 or a NaN/inf weight (what a NaN token or gate weight gives)
+    is a ConfigError naming the first. On a GPU the values are not checked: that would
+    synchronize the host every step and break CUDA-graph capture of the step.
+
+    Raises:
+        ShapeError: topk_idx is not an integer [T, k] tensor, or topk_weight not a
+            floating-point tensor of its shape.
+        ConfigError: num_experts is not a positive integer; on the CPU, a bad index or weight.
     """
+    check_routing(topk_idx, topk_weight, num_experts)
     tokens, top_k = topk_idx.shape
     flat_e = topk_idx.reshape(-1)
     flat_tok = torch.arange(tokens, device=topk_idx.device).repeat_interleave(top_k)

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from wattmoe.errors import ShapeError
+from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import get_backend, needs_autograd
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
-from wattmoe.moe.dispatch import build_dispatch
+from wattmoe.moe.dispatch import build_dispatch, check_finite_rows
 from wattmoe.moe.expert import Expert
 from wattmoe.moe.fused_route import FUSED_ROUTING_BACKENDS, fused_route, fused_route_available
-from wattmoe.moe.quant import quantize_expert
+from wattmoe.moe.quant import QuantizedExpert, quantize_expert
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
 
 
@@ -114,7 +114,25 @@ class SimpleMoELayer(nn.Module):
         self.tokens_per_expert.zero_()
 
     def quantize(self, group_size: int = 128) -> SimpleMoELayer:
-        """Replaces every routed expert by its packed-int4 `QuantizedExpert`, in place."""
+        """Replaces every routed expert by its packed-int4 `QuantizedExpert`, in place.
+
+        Experts that are int4 already are kept: called again with their group size, this
+        quantizes only the dense experts (none: it changes nothing). The original weights are
+        not kept, so another group size cannot be had from them, and quantizing the int4
+        weights again would compound the error: it is refused.
+
+        Raises:
+            ConfigError: some experts are int4 with a group size other than `group_size`; or
+                (from `quantize_int4`) a bad group size or a weight that cannot be quantized.
+        """
+        done = sorted({e.group_size for e in self.experts if isinstance(e, QuantizedExpert)})
+        if done and done != [group_size]:
+            have = " and ".join(str(g) for g in done)
+            raise ConfigError(
+                f"this layer's experts are already quantized to int4 with group size {have}; "
+                f"group_size={group_size!r} would quantize their int4 weights again (the "
+                "original weights are not kept): build the layer anew and quantize it once "
+                "with the group size you want")
         self.experts = nn.ModuleList(
             quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
         )
@@ -153,13 +171,23 @@ class SimpleMoELayer(nn.Module):
         return self.backend_name
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
-        """Runs tokens x [..., H] through the layer."""
+        """Runs tokens x [..., H] through the layer.
+
+        Raises:
+            ShapeError: x is not [..., H] or not of the parameters' dtype.
+            ConfigError: on the CPU, x has NaN/inf values (the router would send such a token
+                to arbitrary experts and `tokens_per_expert` would count it), or the routing
+                weights do (a NaN gate weight). On a GPU these are not checked: that would
+                synchronize the host every step and break CUDA-graph capture.
+        """
         h = self.config.hidden_size
         if x.dim() == 0 or x.shape[-1] != h:
             raise ShapeError(f"MoE layer expects inputs [..., {h}], got {tuple(x.shape)}")
         check_input_dtype("MoE layer", x, self.router.gate.weight.dtype)
         shape = x.shape
         tokens = x.reshape(-1, h)
+        if tokens.device.type == "cpu":
+            check_finite_rows("MoE layer input", tokens, "token", "column")
         step = self._step_backend(tokens)
         if step in FUSED_ROUTING_BACKENDS and self._fused_route_possible(tokens):
             # same decisions; adds this step's counts to tokens_per_expert in the kernel

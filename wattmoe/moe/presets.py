@@ -63,8 +63,12 @@ def get_preset(name: str, scale: float = 1.0) -> MoEConfig:
     """The preset called `name`, optionally scaled ('olmoe-1b-7b', 0.25).
 
     Raises:
-        ConfigError: no preset has that name (the message suggests the closest).
+        ConfigError: `name` is not a string, or no preset has that name (the message suggests
+            the closest); either way it lists the known presets.
     """
+    if not isinstance(name, str):
+        raise ConfigError(f"preset name must be a string, got {name!r} "
+                          f"({type(name).__name__}) (known: {', '.join(PRESETS)})")
     key = name.lower()
     if key not in PRESETS:
         close = difflib.get_close_matches(key, PRESETS, n=1)

@@ -17,6 +17,7 @@ Model of one expert over n tokens (m = 3 matrices for SwiGLU, 2 for ReLU):
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -221,7 +222,8 @@ def profile_cost_provider(model: object, label: str = "", fallback: object | Non
     analytic roofline (estimates) for every other device.
 
     Args:
-        model: the profile's cost model.
+        model: the loaded profile (`KernelCostModel.load(path)`), not its path: placement
+            reads no files, so a path is refused with a message saying to load it first.
         label: how `describe` names the profile's figures.
         fallback: the provider for the other devices (default: `AnalyticCostProvider`).
         backend: an expert backend ('fused', 'grouped', ...): price an expert as its share
@@ -230,8 +232,16 @@ def profile_cost_provider(model: object, label: str = "", fallback: object | Non
             that backend are left to `fallback`.
 
     Raises:
+        PlacementError: `model` is a path (str or os.PathLike) or not a cost model (no
+            `devices()`, `expert_cost()`, `idle_power_w()`; with `backend`, no
+            `backend_view()`), or `fallback` is not a cost provider.
         CostModelError (a `ConfigError`): `backend` was not profiled.
     """
+    _check_profile(model, backend)
+    if fallback is not None and not _has_methods(fallback, "expert_cost", "idle_power_w"):
+        raise PlacementError(f"profile_cost_provider: fallback must be a cost provider with "
+                             f"expert_cost() and idle_power_w(), got "
+                             f"{type(fallback).__name__}")
     provider = model if backend is None else model.backend_view(backend)  # type: ignore[attr-defined]
     aliases: dict[str, str] = {}
     infos = getattr(getattr(model, "db", None), "devices", {}) or {}
@@ -242,6 +252,27 @@ def profile_cost_provider(model: object, label: str = "", fallback: object | Non
         aliases[device_slug(str(hardware))] = dev
     return ChainCostProvider([AliasedCostProvider(provider, aliases, label),
                               fallback or AnalyticCostProvider()])
+
+
+def _has_methods(obj: object, *names: str) -> bool:
+    return all(callable(getattr(obj, n, None)) for n in names)
+
+
+def _check_profile(model: object, backend: str | None) -> None:
+    """Raises PlacementError unless `model` is a loaded profile `profile_cost_provider` can
+    use; for a path, the message says how to load it."""
+    if isinstance(model, str | os.PathLike):
+        path = os.fspath(model)
+        raise PlacementError(f"profile_cost_provider takes a loaded profile, got the path "
+                             f"{path!r}; load it first: KernelCostModel.load({path!r}) "
+                             "(wattmoe.cost_model)")
+    if not _has_methods(model, "devices", "expert_cost", "idle_power_w"):
+        raise PlacementError("profile_cost_provider: model must be a cost model with "
+                             "devices(), expert_cost() and idle_power_w() (a KernelCostModel), "
+                             f"got {type(model).__name__}")
+    if backend is not None and not _has_methods(model, "backend_view"):
+        raise PlacementError(f"profile_cost_provider: backend {backend!r} needs a profile with "
+                             f"backend_view() (a KernelCostModel), got {type(model).__name__}")
 
 
 def device_slug(name: str) -> str:

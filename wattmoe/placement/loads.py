@@ -51,11 +51,17 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
                source: str = "") -> ExpertLoads:
     """Validates a `[layers, experts]` matrix (or one layer's `[experts]` vector).
 
-    `tokens_per_batch` defaults to the mean over layers of sum(row) / top_k.
+    `tokens_per_batch` defaults to the mean over layers of sum(row) / top_k. A given one
+    must account for the counts: every token goes to at most top_k experts and to an expert
+    at most once, so a row may not sum to more than tokens_per_batch x top_k (fewer is fine:
+    dropped assignments), nor a count exceed tokens_per_batch (within float rounding). More
+    would price more work per token than the batch's tokens can make (counts added up over
+    several batches, for one: divide them by the number of batches).
 
     Raises:
-        PlacementError: wrong shape, NaN/inf or negative counts, or no tokens at all; the
-            message names the first bad (layer, expert).
+        PlacementError: wrong shape, NaN/inf or negative counts, no tokens at all, or counts
+            that a given tokens_per_batch cannot account for; the message names the first bad
+            layer (and expert).
     """
     try:
         arr = np.array(tokens, dtype=np.float64)
@@ -94,8 +100,33 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
                                  f"{tokens_per_batch!r}")
         raise PlacementError("loads are invalid: no tokens at all (every count is 0), so "
                              "energy per token is undefined")
+    if given:
+        _check_accounted(arr, int(top_k), float(tokens_per_batch))
     arr.setflags(write=False)
     return ExpertLoads(arr, int(top_k), float(tokens_per_batch), source)
+
+
+def _check_accounted(arr: np.ndarray, top_k: int, tokens: float) -> None:
+    """Raises PlacementError unless `tokens` tokens routed to top_k experts each can make the
+    counts (see `make_loads`); a relative 1e-9 allows for float counts' rounding."""
+    slack = 1 + 1e-9
+    sums = arr.sum(axis=1)
+    over = sums > tokens * top_k * slack
+    if over.any():
+        layer = int(np.argmax(over))
+        n = int(over.sum())
+        raise PlacementError(
+            f"loads are invalid: layer {layer} has {sums[layer]:g} assignments, more than "
+            f"tokens_per_batch x top_k = {tokens:g} x {top_k} = {tokens * top_k:g} ({n} "
+            f"layer{'s' if n > 1 else ''} over); counts added up over several batches? divide "
+            "them by the number of batches (loads_from_layers: steps=)")
+    big = arr > tokens * slack
+    if big.any():
+        layer, expert = (int(i) for i in np.argwhere(big)[0])
+        raise PlacementError(
+            f"loads are invalid: layer {layer}, expert {expert} has {arr[layer, expert]:g} "
+            f"tokens, more than tokens_per_batch = {tokens:g} (a token picks an expert at most "
+            "once)")
 
 
 def parse_skew(skew: str) -> tuple[str, float]:
@@ -133,13 +164,48 @@ def _inclusion_probabilities(weights: np.ndarray, top_k: int) -> np.ndarray:
         budget -= len(idx)
 
 
+def _route_exactly(counts: np.ndarray, pi: np.ndarray, tokens: int, top_k: int,
+                   rng: np.random.Generator) -> None:
+    """Brings one layer's drawn counts to exactly tokens x top_k assignments, in place (see
+    `synthetic_loads`)."""
+    surplus = int(counts.sum()) - tokens * top_k
+    if surplus > 0:  # taken from experts with pi < 1 (pi = 1: every token picks the expert)
+        free = pi < 1.0
+        counts[free] -= _without_replacement(counts[free], surplus, rng)
+    elif surplus < 0:  # added among the (token, expert) pairs not drawn
+        counts += _without_replacement(tokens - counts, -surplus, rng)
+
+
+def _without_replacement(colors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """How many of n items drawn uniformly without replacement from a pool holding colors[i]
+    items of kind i are of each kind (n <= colors.sum())."""
+    if colors.sum() < 10**9:  # the most numpy's sampler takes
+        return rng.multivariate_hypergeometric(colors, n)
+    # a pool this large (>= 1e9 pairs): draws with replacement, a negligible difference here,
+    # capped at what each kind holds and repeated until n are taken
+    taken = np.zeros_like(colors)
+    while n > 0:
+        left = colors - taken
+        got = np.minimum(rng.multinomial(n, left / left.sum()), left)
+        taken += got
+        n -= int(got.sum())
+    return taken
+
+
 def synthetic_loads(num_layers: int, num_experts: int, top_k: int, tokens_per_batch: int,
                     skew: str = "zipf:1.2", seed: int | np.random.Generator = 0) -> ExpertLoads:
     """Token counts of one batch with Zipf-skewed expert popularity.
 
     In each layer, a random permutation of the experts gets popularity 1/rank^S; each token
     picks expert e with probability pi_e proportional to it (capped at 1, summing to top_k),
-    and the count of expert e is Binomial(tokens_per_batch, pi_e).
+    and the count of expert e is drawn as Binomial(tokens_per_batch, pi_e). Independent
+    draws miss tokens_per_batch x top_k by sampling noise (over it half the time: more
+    assignments than the batch's tokens can make), so each layer's row is then
+    brought to exactly tokens_per_batch x top_k, as routing does (every token goes to top_k
+    experts): a surplus is taken uniformly at random from the drawn assignments of the
+    experts with pi_e < 1, a shortfall added uniformly at random among the (token, expert)
+    pairs not drawn. Counts stay in [0, tokens_per_batch]; an expert with pi_e = 1 keeps
+    all the tokens. The change is small (about sqrt(tokens x top_k) assignments a layer).
 
     Args:
         skew: 'uniform' or 'zipf:S'.
@@ -158,20 +224,32 @@ def synthetic_loads(num_layers: int, num_experts: int, top_k: int, tokens_per_ba
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     ranks = np.arange(1, num_experts + 1, dtype=np.float64)
     pi = _inclusion_probabilities(ranks ** -exponent, top_k)
-    counts = np.empty((num_layers, num_experts))
+    counts = np.empty((num_layers, num_experts), dtype=np.int64)
+    chances = np.empty((num_layers, num_experts))
     for layer in range(num_layers):
-        counts[layer] = rng.binomial(tokens_per_batch, pi[rng.permutation(num_experts)])
+        chances[layer] = pi[rng.permutation(num_experts)]
+        counts[layer] = rng.binomial(tokens_per_batch, chances[layer])
+    # after every layer's draws, so that those are the ones a seed always gave
+    for row, p in zip(counts, chances):
+        _route_exactly(row, p, tokens_per_batch, top_k, rng)
     seed_txt = seed if not isinstance(seed, np.random.Generator) else "generator"
     return make_loads(counts, top_k, float(tokens_per_batch),
                       source=f"{skew} seed={seed_txt} tokens={tokens_per_batch}")
 
 
 def loads_from_layers(layers: Sequence[object], tokens_per_batch: float | None = None,
-                      ) -> ExpertLoads:
+                      steps: int = 1) -> ExpertLoads:
     """From measured utilization: each layer's `tokens_per_expert` counts
-    (`wattmoe.moe.SimpleMoELayer`; duck-typed, torch tensors or arrays)."""
+    (`wattmoe.moe.SimpleMoELayer`; duck-typed, torch tensors or arrays).
+
+    A layer's counts add up over every step since its last `reset_utilization()`; `steps`
+    says over how many, and the counts are divided by it, so the loads are those of one batch
+    (of `tokens_per_batch` tokens: one step's).
+    """
     if not layers:
         raise PlacementError("loads_from_layers needs at least one layer")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise PlacementError(f"steps must be a positive integer, got {steps!r}")
     rows = []
     for layer in layers:
         counts = layer.tokens_per_expert  # type: ignore[attr-defined]
@@ -181,7 +259,8 @@ def loads_from_layers(layers: Sequence[object], tokens_per_batch: float | None =
     if len({len(r) for r in rows}) != 1:
         raise PlacementError(f"layers have different expert counts: {[len(r) for r in rows]}")
     top_k = int(layers[0].config.top_k)  # type: ignore[attr-defined]
-    return make_loads(np.stack(rows), top_k, tokens_per_batch, source="SimpleMoELayer counts")
+    source = "SimpleMoELayer counts" + (f" / {steps} steps" if steps > 1 else "")
+    return make_loads(np.stack(rows) / steps, top_k, tokens_per_batch, source=source)
 
 
 def _json_kind(value: object) -> str:

@@ -24,14 +24,17 @@ Shipped specs live in `wattmoe/placement/clusters/` and load by name.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wattmoe.checks import check_positive_int
 from wattmoe.errors import ConfigError
 
 DEVICE_KINDS: tuple[str, ...] = ("gpu", "cpu")
@@ -366,6 +369,15 @@ def load_cluster(name_or_path: str | Path) -> ClusterSpec:
 # --- builders ---------------------------------------------------------------------------------
 
 
+def _count(name: str, value: Any) -> int:
+    """`value` as an int (a numpy integer too); ConfigError naming `name` unless it is > 0."""
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError):
+            value = operator.index(value)
+    check_positive_int(f"gpu_cluster(): {name}", value)
+    return value
+
+
 def gpu_cluster(num_nodes: int, gpus_per_node: int, *, cost_device: str = "nvidia-h200",
                 memory_bytes: float = 1.3e11, nvlink_bandwidth_bytes_per_s: float = 4.5e11,
                 nvlink_energy_j_per_byte: float = 8e-12, nvlink_latency_s: float = 3e-6,
@@ -374,10 +386,20 @@ def gpu_cluster(num_nodes: int, gpus_per_node: int, *, cost_device: str = "nvidi
                 name: str | None = None) -> ClusterSpec:
     """`num_nodes` x `gpus_per_node` GPUs: NVLink to each node's switch, the nodes joined by
     one network (directly for two nodes, through a 'spine' switch node for more).
-    Link figures are estimates for H200 NVLink 4 and 8x400 Gb/s InfiniBand."""
-    if num_nodes < 1 or gpus_per_node < 1:
-        raise ConfigError(f"gpu_cluster needs >= 1 node and >= 1 GPU per node, "
-                          f"got {num_nodes} x {gpus_per_node}")
+    Link figures are estimates for H200 NVLink 4 and 8x400 Gb/s InfiniBand.
+
+    Raises:
+        ConfigError: a count that is not a positive integer (numpy integers are taken, bools
+            and floats are not), or a figure that `cluster_from_dict` refuses; the message
+            names the argument and the value given.
+    """
+    num_nodes = _count("num_nodes", num_nodes)
+    gpus_per_node = _count("gpus_per_node", gpus_per_node)
+    # checked here, as given: with > 2 nodes the spine links get half of each
+    network_energy_j_per_byte = _number("gpu_cluster()", "network_energy_j_per_byte",
+                                        network_energy_j_per_byte, positive=False)
+    network_latency_s = _number("gpu_cluster()", "network_latency_s", network_latency_s,
+                                positive=False)
     nodes = [{"name": f"node{n}"} for n in range(num_nodes)]
     devices, links = [], []
     for n in range(num_nodes):
