@@ -399,14 +399,21 @@ def test_fused_int4_scale_pairs_match_loop(config: str, form: str, gen: torch.Ge
     # groups of 32 = one K step: every step reads another pair word (4 steps in gate/up, 2 in
     # down), and the up rows' pairs lie F rows past the gate rows'; the interpreter reads fp16
     # pairs (MODE 4), the same indexing and strides as the GPU's compute-dtype pairs
+    gemms = _pairs_case_launches(config, form, gen, launches)
+    assert [(k["SPAIR"], k["INT4_DEQUANT"]) for k in gemms] == [(True, 4), (True, 4)]
+
+
+def _pairs_case_launches(config: str, form: str, gen: torch.Generator,
+                         launches: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Six int4 experts (H = 256, F = 128, groups of 32) against `loop` with `config`; the
+    int4 launches' constexprs."""
     qx = [quantize_expert(e, 32) for e in experts(6, 256, 128, form)]
     x = torch.randn(41, 256, generator=gen)
     d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
     with torch.no_grad():
         torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
                                    rtol=1e-5, atol=1e-5)
-    gemms = [k for k in launches if "INT4_DEQUANT" in k]
-    assert [(k["SPAIR"], k["INT4_DEQUANT"]) for k in gemms] == [(True, 4), (True, 4)]
+    return [k for k in launches if "INT4_DEQUANT" in k]
 
 
 @pytest.mark.parametrize("config", ["w64t64k32r16fpx", "w64t16fpx", "w64t16r16fpx",
@@ -422,13 +429,7 @@ def test_fused_int4_tile_order_matches_loop(config: str, form: str, tile_rows: i
     # pairs at their tile-order place, the up rows' tiles F rows on; groups of 32 = one K step.
     # Tiles of 64 rows: 128-row programs read two tiles' runs per K step
     monkeypatch.setattr(ft, "TILE_ROWS", tile_rows)
-    qx = [quantize_expert(e, 32) for e in experts(6, 256, 128, form)]
-    x = torch.randn(41, 256, generator=gen)
-    d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
-    with torch.no_grad():
-        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
-                                   rtol=1e-5, atol=1e-5)
-    gemms = [k for k in launches if "INT4_DEQUANT" in k]
+    gemms = _pairs_case_launches(config, form, gen, launches)
     want = [min(tile_rows, c.block_n) if c.int4_tiles else 0
             for c in ft.resolve_config(config, True)]
     assert [(k["SPAIR"], k["W_TILES"]) for k in gemms] == [(True, t) for t in want]
