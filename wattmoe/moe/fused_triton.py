@@ -772,7 +772,7 @@ def _tile_rows_setting() -> int:
         rows = 0
     if rows < 16 or rows & (rows - 1):
         raise ConfigError(f"${TILE_ROWS_ENV}={raw!r}: a power of two >= 16 (rows per tile of "
-                          "the int4 tile-order copies), or unset for 64")
+                          "the int4 tile-order copies), or unset for 128")
     return rows
 
 
