@@ -593,12 +593,12 @@ def moe_gemm_wt(
         w_ptrs = (w_ptr + e * stride_we + tiles[:, None] * stride_wn
                   + r_in[:, None] * (BLOCK_K // 4) + tl.arange(0, BLOCK_K // 4)[None, :])
         s_ptrs = s_ptr + e * stride_se + tiles * stride_sn + r_in
-    elif INT4_DEQUANT >= 3:  # int4 weights as fragment-ordered 32-bit words
-        w_ptrs = (w_ptr + e * stride_we + wf[:, None] * stride_wn
-                  + tl.arange(0, BLOCK_K // 4)[None, :])
-        s_ptrs = s_ptr + e * stride_se + wf * stride_sn  # INT4
     else:
-        w_ptrs = w_ptr + e * stride_we + wf[:, None] * stride_wn + offs_k[None, :]
+        if INT4_DEQUANT >= 3:  # int4 weights as fragment-ordered 32-bit words
+            w_ptrs = (w_ptr + e * stride_we + wf[:, None] * stride_wn
+                      + tl.arange(0, BLOCK_K // 4)[None, :])
+        else:
+            w_ptrs = w_ptr + e * stride_we + wf[:, None] * stride_wn + offs_k[None, :]
         s_ptrs = s_ptr + e * stride_se + wf * stride_sn  # INT4
     w_row = (e * (stride_we // stride_wn) + pid_f * BLOCK_F).to(tl.int32)  # W_TMA
     up_w = up_rows * stride_wn
