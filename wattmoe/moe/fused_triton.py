@@ -299,9 +299,11 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w256t32s3": (_wt(256, 32, 64, 1, 16, 3), _wt(256, 32, 64, 1, 16, 3)),
     "w256t32s2": (_wt(256, 32, 64, 1, 16, 2), _wt(256, 32, 64, 1, 16, 2)),
     "w256t16s3": (_wt(256, 16, 64, 1, 16, 3), _wt(256, 16, 64, 1, 16, 3)),
-    # 256 rows over two warp groups (two m64 MMAs each): sm_90 down at 128 registers, 2 CTAs
-    # per SM (the 16-warp w256 tiles: 1); not yet run on a GPU
+    # 256 rows over two warp groups (two m64 MMAs each): sm_90 down at 127-128 registers, 2
+    # CTAs per SM (the 16-warp w256 tiles: 1); not yet run on a GPU (512 rows over four warp
+    # groups spilled in gate/up: not a candidate)
     "w256t32s3w8": (_wt(256, 32, 64, 1, 8, 3), _wt(256, 32, 64, 1, 8, 3)),
+    "w256t16s3w8": (_wt(256, 16, 64, 1, 8, 3), _wt(256, 16, 64, 1, 8, 3)),
 }
 INT4_CANDIDATES.update(_with_tma(INT4_CANDIDATES, ["w64t16", "w64t64", "w64t128", "w64t64k32",
                                                    "w64t128k32", "w128t128"]))
