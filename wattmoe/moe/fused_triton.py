@@ -397,7 +397,9 @@ def load_tuned(device: torch.device) -> dict[str, dict[str, str]]:
     Looked up in $WATTMOE_KERNEL_CONFIGS first (a directory holding <device key>.json, or one
     table file, as `kernels_bench.py` writes them: `tuned_configs.json`), then in the shipped
     kernel_configs/<device key>.json. Entries of a user table override shipped ones of the same
-    shape. Raises ConfigError if the variable names nothing or an unreadable table.
+    shape. Raises ConfigError if the variable names nothing or an unreadable table, or the
+    table has an entry the launcher cannot use (a size that is not an integer, a name that
+    is not a candidate: `_check_entries`).
     """
     key = device_key(device)
     if key not in _TUNED:
@@ -431,7 +433,29 @@ def _user_table(path: Path, key: str) -> dict[str, dict[str, str]]:
     if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
         raise ConfigError(f"{CONFIG_ENV}: {path}: 'configs' must map shape keys to "
                           "{assignments: candidate} objects")
+    for shape, entries in configs.items():
+        _check_entries(path, shape, entries)
     return configs
+
+
+def _check_entries(path: Path, shape: str, entries: dict[str, Any]) -> None:
+    """Raises ConfigError for a user table's entry that `choose_config` could not use (it
+    would fall back to the heuristic without a word): a size that is not an integer, or a
+    name that is not a candidate (or "A/B" of two) of the shape's kind (int4 or not)."""
+    quantized = str(shape).rsplit(",", 1)[-1].startswith("int4g")
+    for size, name in entries.items():
+        where = f"{CONFIG_ENV}: {path}: {shape!r} at {size!r}"
+        try:
+            int(size)
+        except ValueError:
+            raise ConfigError(f"{where}: the key must be the assignments per step (an "
+                              "integer)") from None
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: {name!r} is not a candidate name (a string)")
+        if resolve_config(name, quantized) is None:
+            raise ConfigError(f"{where}: unknown {'int4 ' if quantized else ''}fused kernel "
+                              f"config {name!r} (not in {'INT4_' if quantized else ''}"
+                              "CANDIDATES of this version; 'A/B' names two of them)")
 
 
 def set_tuned(device: torch.device, table: dict[str, dict[str, str]]) -> None:
