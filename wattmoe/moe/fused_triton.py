@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wattmoe.checks import check_positive_int, is_finite_real, is_int
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
@@ -193,11 +194,48 @@ class KernelConfig:
     # the up rows' offset (`_tile_rows`)
     int4_tiles: bool = False
 
+    def __post_init__(self) -> None:
+        """Raises ConfigError for a value no launch can use (Triton tiles and warp counts are
+        powers of two; a zero or negative count ran wrong or crashed the interpreter)."""
+        for name in ("block_m", "block_n", "block_k", "num_warps"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 1 or v & (v - 1):
+                raise ConfigError(f"kernel config {name} must be a power of two, got {v!r}")
+        for name in ("group_m", "num_stages"):
+            check_positive_int(f"kernel config {name}", getattr(self, name))
+        if not is_int(self.tail) or self.tail < 0:  # which tails fit a tile: `_fit`
+            raise ConfigError(f"kernel config tail must be an integer >= 0, got {self.tail!r}")
+
     @classmethod
-    def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs",
-                 "int4_tiles")
-        return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
+    def from_dict(cls, d: dict[str, Any]) -> KernelConfig:
+        """The config a dict of its fields describes (`dataclasses.asdict`'s form: integers,
+        and True/False or 1/0 for the flags).
+
+        Raises:
+            ConfigError: not a dict, an unknown or missing field, or a value of the wrong kind.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"a kernel config is an object of its fields, got {d!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in d if k not in fields]
+        if unknown:
+            raise ConfigError(f"kernel config: unknown field {unknown[0]!r} (known: "
+                              f"{', '.join(fields)})")
+        missing = [k for k, f in fields.items() if k not in d
+                   and f.default is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"kernel config: missing field(s) {', '.join(missing)}")
+        values: dict[str, Any] = {}
+        for k, v in d.items():
+            if fields[k].type == "bool":
+                if v not in (True, False) or not isinstance(v, bool | int):
+                    raise ConfigError(f"kernel config {k} must be true or false, got {v!r}")
+                values[k] = bool(v)
+            elif is_finite_real(v) and v == int(v):  # JSON may write 64 as 64.0
+                values[k] = int(v)
+            else:
+                raise ConfigError(f"kernel config {k} must be an integer, got {v!r}")
+        return cls(**values)
 
 
 ConfigPair = tuple[KernelConfig, KernelConfig]  # (gate/up kernel, down kernel)
