@@ -47,6 +47,26 @@ def test_error_text_in_brackets_is_printed_verbatim(capsys: pytest.CaptureFixtur
     assert "loads must be a [layers, experts] matrix" in capsys.readouterr().err
 
 
+def test_a_long_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # piped stderr (CI logs) is 160 columns wide: rich broke longer messages into two lines
+    from wattmoe.cli import command
+    from wattmoe.errors import ConfigError
+
+    text = "WATTMOE_KERNEL_CONFIGS: /some/long/path/tuned_configs.json: " + "x" * 200
+
+    @command("_raise-long", "test only")
+    def _raise(args):  # pragma: no cover - called through main
+        raise ConfigError(text)
+
+    try:
+        assert main(["_raise-long"]) == 2
+    finally:
+        import wattmoe.cli as cli
+
+        cli._COMMANDS[:] = [c for c in cli._COMMANDS if c[0] != "_raise-long"]
+    assert capsys.readouterr().err.splitlines() == [f"error: {text}"]
+
+
 def test_bad_input_is_one_line_without_traceback() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "wattmoe.cli", "demo", "--preset", "nope", "--steps", "1"],

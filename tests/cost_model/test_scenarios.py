@@ -47,6 +47,11 @@ def test_sweep_config_rejects_bad_values() -> None:
         SweepConfig(ops=("transpose",))
     with pytest.raises(CostModelError, match=">= 0 tokens"):
         SweepConfig(tokens=(-4,))
+    # a misspelled backend: every scenario of it failed, and `wattmoe profile` exited 0
+    for op in ("moe_layer:bogus", "moe_layer_int4:FUSED"):
+        with pytest.raises(CostModelError, match=f"unknown expert backend .* in op '{op}'"):
+            SweepConfig(ops=("expert", op))
+    assert SweepConfig(ops=("moe_layer:auto", "moe_layer_int4:fused_graph")).ops
 
 
 def test_shape_specs() -> None:

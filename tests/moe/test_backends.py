@@ -551,3 +551,47 @@ def test_stack_signature_is_the_stacks_without_stacking(monkeypatch: pytest.Monk
         stacked_mod.stack_signature([])
     with pytest.raises(ConfigError, match="Expert"):
         stacked_mod.stack_signature([torch.nn.Linear(4, 4)])
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ({"64": "w64t16zz"}, "unknown fused kernel config 'w64t16zz'"),  # a name with a bad tail
+    ({"64": "w64t16r"}, "unknown fused kernel config 'w64t16r'"),
+    ({"64": "w64t16/zz"}, "unknown fused kernel config 'w64t16/zz'"),  # "A/B" with a bad B
+    ({"64": "w64t64fpx"}, "unknown fused kernel config 'w64t64fpx'"),  # int4-only, dense key
+    ({"lots": "m32"}, "assignments per step"),
+    ({"64": 5}, "a candidate name"),
+])
+def test_user_tuned_table_entries_are_checked(entries: dict, message: str, tmp_path,
+                                              monkeypatch) -> None:
+    # an entry the launcher cannot use was silently replaced by the heuristic's pick (or
+    # failed later with a ValueError / AttributeError from inside choose_config)
+    import json
+
+    from wattmoe.moe import fused_triton as ft
+
+    st = stacked_experts(small_layer().experts)
+    table = tmp_path / "tuned_configs.json"
+    table.write_text(json.dumps({"configs": {ft.shape_key(st): entries}}))
+    monkeypatch.setenv(ft.CONFIG_ENV, str(table))
+    monkeypatch.setattr(ft, "_TUNED", {})
+    with pytest.raises(ConfigError, match=message) as info:
+        ft.choose_config(st, 64, torch.device("cpu"))
+    assert str(table) in str(info.value)
+
+
+def test_user_tuned_table_takes_composite_and_int4_names(tmp_path, monkeypatch) -> None:
+    import json
+
+    from wattmoe.moe import fused_triton as ft
+
+    layer = small_layer()
+    st = stacked_experts(layer.experts)
+    qst = stacked_experts(copy.deepcopy(layer).quantize(64).experts)
+    table = tmp_path / "tuned_configs.json"
+    table.write_text(json.dumps({"configs": {ft.shape_key(st): {"64": "w64t16/m32"},
+                                             ft.shape_key(qst): {"64": "w64t64fpx/w64t32"}}}))
+    monkeypatch.setenv(ft.CONFIG_ENV, str(table))
+    monkeypatch.setattr(ft, "_TUNED", {})
+    cpu = torch.device("cpu")
+    assert ft.choose_config(st, 64, cpu) == "w64t16/m32"
+    assert ft.choose_config(qst, 64, cpu) == "w64t64fpx/w64t32"

@@ -352,6 +352,40 @@ def test_fused_bad_tail_is_a_config_error(config: str, tail: int, message: str,
         ft.fused_forward(stacked_experts(ex), x, d, bad)
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(block_m=0), "block_m"), (dict(block_m=48), "block_m"), (dict(block_n=-16), "block_n"),
+    (dict(block_k=0), "block_k"), (dict(block_k=24), "block_k"),
+    (dict(group_m=0), "group_m"),  # was a wrong answer
+    (dict(group_m=-1), "group_m"),  # crashed the interpreter (free(): invalid pointer)
+    (dict(num_warps=3), "num_warps"), (dict(num_stages=0), "num_stages"),
+    (dict(tail=-16), "tail"), (dict(block_m=16.0), "block_m"),
+])
+def test_kernel_config_refuses_bad_values(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"kernel config {message}"):
+        dataclasses.replace(ft.CANDIDATES["m16"][0], **change)
+
+
+def test_kernel_config_from_dict() -> None:
+    for pair in (*ft.CANDIDATES.values(), *ft.INT4_CANDIDATES.values()):
+        for c in pair:
+            assert ft.KernelConfig.from_dict(dataclasses.asdict(c)) == c
+    base = {"block_m": 16, "block_n": 64, "block_k": 64}
+    assert ft.KernelConfig.from_dict({**base, "swap": 1, "tma": 0}) == ft.KernelConfig(
+        16, 64, 64, swap=True)
+    for bad, message in [
+        ({**base, "blok_m": 16}, "unknown field 'blok_m'"),
+        ({"block_m": 16}, "missing field"),
+        ({**base, "block_m": "x"}, "block_m"),
+        ({**base, "block_m": 16.5}, "block_m"),  # was truncated to 16
+        ({**base, "block_m": None}, "block_m"),
+        ({**base, "swap": "false"}, "swap"),  # was True
+        ({**base, "tma": 2}, "tma"),
+        ([16, 64, 64], "an object"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            ft.KernelConfig.from_dict(bad)  # type: ignore[arg-type]
+
+
 def test_fused_tma_descriptors_are_built_once_per_stack(gen: torch.Generator, no_fallback: None,
                                                         tma_spy: list[bool]) -> None:
     ex = experts(6, 48, 40)

@@ -42,6 +42,7 @@ from wattmoe.moe import (
     int4_group_size,
     resolve_dtype,
 )
+from wattmoe.moe.backends import EXPERT_BACKENDS
 
 DEFAULT_TOKENS: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096, 8192)
 
@@ -172,6 +173,11 @@ class SweepConfig:
         for op in self.ops:
             if op not in LAYER_OP_FAMILIES:
                 check_op(op)
+            layer = layer_op(op)
+            if layer is not None and layer[0] not in EXPERT_BACKENDS:
+                raise CostModelError(
+                    f"unknown expert backend {layer[0]!r} in op {op!r} (known: "
+                    f"{', '.join(sorted(EXPERT_BACKENDS))})")
         for dev in self.devices:
             if dev != "cpu" and not (dev.startswith("cuda:") and dev[5:].isdigit()):
                 raise CostModelError(f"unknown device {dev!r}; use 'cpu' or 'cuda:N'")

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wattmoe.checks import check_positive_int, is_finite_real, is_int
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
@@ -193,11 +194,48 @@ class KernelConfig:
     # the up rows' offset (`_tile_rows`)
     int4_tiles: bool = False
 
+    def __post_init__(self) -> None:
+        """Raises ConfigError for a value no launch can use (Triton tiles and warp counts are
+        powers of two; a zero or negative count ran wrong or crashed the interpreter)."""
+        for name in ("block_m", "block_n", "block_k", "num_warps"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 1 or v & (v - 1):
+                raise ConfigError(f"kernel config {name} must be a power of two, got {v!r}")
+        for name in ("group_m", "num_stages"):
+            check_positive_int(f"kernel config {name}", getattr(self, name))
+        if not is_int(self.tail) or self.tail < 0:  # which tails fit a tile: `_fit`
+            raise ConfigError(f"kernel config tail must be an integer >= 0, got {self.tail!r}")
+
     @classmethod
-    def from_dict(cls, d: dict[str, int]) -> KernelConfig:
-        flags = ("swap", "int4_asm", "int4_skip_dequant", "tma", "int4_frag", "int4_pairs",
-                 "int4_tiles")
-        return cls(**{k: (bool(v) if k in flags else int(v)) for k, v in d.items()})
+    def from_dict(cls, d: dict[str, Any]) -> KernelConfig:
+        """The config a dict of its fields describes (`dataclasses.asdict`'s form: integers,
+        and True/False or 1/0 for the flags).
+
+        Raises:
+            ConfigError: not a dict, an unknown or missing field, or a value of the wrong kind.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"a kernel config is an object of its fields, got {d!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in d if k not in fields]
+        if unknown:
+            raise ConfigError(f"kernel config: unknown field {unknown[0]!r} (known: "
+                              f"{', '.join(fields)})")
+        missing = [k for k, f in fields.items() if k not in d
+                   and f.default is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"kernel config: missing field(s) {', '.join(missing)}")
+        values: dict[str, Any] = {}
+        for k, v in d.items():
+            if fields[k].type == "bool":
+                if v not in (True, False) or not isinstance(v, bool | int):
+                    raise ConfigError(f"kernel config {k} must be true or false, got {v!r}")
+                values[k] = bool(v)
+            elif is_finite_real(v) and v == int(v):  # JSON may write 64 as 64.0
+                values[k] = int(v)
+            else:
+                raise ConfigError(f"kernel config {k} must be an integer, got {v!r}")
+        return cls(**values)
 
 
 ConfigPair = tuple[KernelConfig, KernelConfig]  # (gate/up kernel, down kernel)
@@ -399,7 +437,9 @@ def load_tuned(device: torch.device) -> dict[str, dict[str, str]]:
     Looked up in $WATTMOE_KERNEL_CONFIGS first (a directory holding <device key>.json, or one
     table file, as `kernels_bench.py` writes them: `tuned_configs.json`), then in the shipped
     kernel_configs/<device key>.json. Entries of a user table override shipped ones of the same
-    shape. Raises ConfigError if the variable names nothing or an unreadable table.
+    shape. Raises ConfigError if the variable names nothing or an unreadable table, or the
+    table has an entry the launcher cannot use (a size that is not an integer, a name that
+    is not a candidate: `_check_entries`).
     """
     key = device_key(device)
     if key not in _TUNED:
@@ -433,7 +473,29 @@ def _user_table(path: Path, key: str) -> dict[str, dict[str, str]]:
     if not isinstance(configs, dict) or not all(isinstance(v, dict) for v in configs.values()):
         raise ConfigError(f"{CONFIG_ENV}: {path}: 'configs' must map shape keys to "
                           "{assignments: candidate} objects")
+    for shape, entries in configs.items():
+        _check_entries(path, shape, entries)
     return configs
+
+
+def _check_entries(path: Path, shape: str, entries: dict[str, Any]) -> None:
+    """Raises ConfigError for a user table's entry that `choose_config` could not use (it
+    would fall back to the heuristic without a word): a size that is not an integer, or a
+    name that is not a candidate (or "A/B" of two) of the shape's kind (int4 or not)."""
+    quantized = str(shape).rsplit(",", 1)[-1].startswith("int4g")
+    for size, name in entries.items():
+        where = f"{CONFIG_ENV}: {path}: {shape!r} at {size!r}"
+        try:
+            int(size)
+        except ValueError:
+            raise ConfigError(f"{where}: the key must be the assignments per step (an "
+                              "integer)") from None
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: {name!r} is not a candidate name (a string)")
+        if resolve_config(name, quantized) is None:
+            raise ConfigError(f"{where}: unknown {'int4 ' if quantized else ''}fused kernel "
+                              f"config {name!r} (not in {'INT4_' if quantized else ''}"
+                              "CANDIDATES of this version; 'A/B' names two of them)")
 
 
 def set_tuned(device: torch.device, table: dict[str, dict[str, str]]) -> None:
