@@ -523,6 +523,19 @@ def test_tile_rows_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
             ft._tile_rows_setting()
 
 
+def test_tile_rows_setting_is_read_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    # not at import: a bad value fails the first int4 tile-order launch, not `import wattmoe`
+    cfg = ft.INT4_CANDIDATES["w128t32s3fpx"][0]
+    monkeypatch.setattr(ft, "TILE_ROWS", None)
+    monkeypatch.setenv(ft.TILE_ROWS_ENV, "96")
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fp"][0], 2048, 2048, 4096) == 0  # no tiles
+    with pytest.raises(ConfigError, match="WATTMOE_INT4_TILE_ROWS"):
+        ft._tile_rows(cfg, 2048, 2048, 4096)
+    monkeypatch.setenv(ft.TILE_ROWS_ENV, "64")
+    assert ft._tile_rows(cfg, 2048, 2048, 4096) == 64
+    assert ft.TILE_ROWS == 64
+
+
 def test_tile_rows_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = ft.INT4_CANDIDATES["w128t32s3fpx"][0]
     monkeypatch.setattr(ft, "TILE_ROWS", 64)

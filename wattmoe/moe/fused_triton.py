@@ -830,7 +830,9 @@ def _tile_rows_setting() -> int:
     128-row programs read as two tiles' runs per K step. On the H200 64 cost DeepSeek-V3's
     int4 step at 512 tokens 2.2% more energy (results/h200/kernels/run75_tile_rows: 3559 and
     3571 vs 3487 and 3488 uJ/token, alternating, one lease) and saves a copy of the int4
-    weights where the table mixes 64- and 128-row tile-order entries. Read once, at import."""
+    weights where the table mixes 64- and 128-row tile-order entries. Read once, by the first
+    launch that could read tile order (`_tile_rows`), so that a bad value fails there and not
+    at import."""
     raw = os.environ.get(TILE_ROWS_ENV, "").strip()
     if not raw:
         return 128
@@ -844,7 +846,7 @@ def _tile_rows_setting() -> int:
     return rows
 
 
-TILE_ROWS = _tile_rows_setting()
+TILE_ROWS: int | None = None  # `_tile_rows_setting()`, read at the first use
 
 
 def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
@@ -853,8 +855,11 @@ def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
     smaller) where that divides the output rows, the up rows' offset and the stack's rows.
     Programs larger than TILE_ROWS read several tiles' runs per K step
     (`_tile_rows_setting`)."""
+    global TILE_ROWS
     if not cfg.int4_tiles or cfg.tma:
         return 0
+    if TILE_ROWS is None:
+        TILE_ROWS = _tile_rows_setting()
     tr = min(TILE_ROWS, cfg.block_n)
     return tr if n_out % tr == 0 and up_rows % tr == 0 and rows % tr == 0 else 0
 
