@@ -45,6 +45,14 @@ def test_demo_other_backend_and_int4() -> None:
     assert r.backend.startswith("fused_graph (runs a fallback on cpu")
 
 
+def test_demo_auto_says_what_it_ran() -> None:
+    # the choice is recorded: which backend auto ran in the timed steps, and why
+    r = run_demo("tiny", 1.0, batch=1, seq=8, steps=2, warmup=1, cluster=None, backend="auto")
+    assert r.backend.startswith("auto: ") and "of 2 steps" in r.backend
+    ran = r.backend.removeprefix("auto: ").split(" (")[0]
+    assert ran in ("loop", "grouped", "fused", "fused_graph", "grouped_graph")
+
+
 def test_demo_unknown_backend_is_one_clear_error() -> None:
     with pytest.raises(ConfigError, match="unknown expert backend 'fusd'"):
         run_demo("tiny", steps=1, backend="fusd")

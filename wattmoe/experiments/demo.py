@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 from wattmoe.errors import ConfigError, DeviceError
 from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
+from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import available_backends
 from wattmoe.moe.quant import int4_group_size
 from wattmoe.placement.spec import ClusterSpec, load_cluster
@@ -175,10 +177,12 @@ def run_demo(
     dropped = 0
     monitor = GpuSystemMonitor(devices=[device])
     meter = monitor.backend_for(device)
+    auto = block.moe._backend if isinstance(block.moe._backend, AutoBackend) else None
     with torch.inference_mode(), monitor:
         for _ in range(warmup):
             block(x)
         block.moe.reset_utilization()
+        ran_before = Counter(auto.counts) if auto is not None else Counter()
         with monitor.window("demo", sync=True) as window:
             for _ in range(steps):
                 sync()
@@ -189,6 +193,11 @@ def run_demo(
                 aux.append(float(out.aux_loss))
                 dropped += out.dropped
     energy = window.measurement.devices[device]
+    if auto is not None:  # what `auto` chose for the timed steps, and how
+        ran = Counter(auto.counts) - ran_before
+        why = f"{auto.last.reason}; " if auto.last is not None else ""
+        backend = "auto: " + ", ".join(f"{n} ({why}{c} of {steps} steps)"
+                                        for n, c in ran.most_common())
     times.sort()
     med = statistics.median(times)
     cost_model, placements = ("", ())
