@@ -523,6 +523,14 @@ def test_tile_rows_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
             ft._tile_rows_setting()
 
 
+def test_resolve_config_needs_both_halves_of_a_pair() -> None:
+    assert ft.resolve_config("w64t16fp", True) == ft.INT4_CANDIDATES["w64t16fp"]
+    pair = ft.resolve_config("w64t16fp/w64t32fp", True)
+    assert pair == (ft.INT4_CANDIDATES["w64t16fp"][0], ft.INT4_CANDIDATES["w64t32fp"][1])
+    for bad in ("w64t16fp/", "/w64t16fp", "/", "w64t16fp/nope"):
+        assert ft.resolve_config(bad, True) is None
+
+
 def test_tile_rows_setting_is_read_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
     # not at import: a bad value fails the first int4 tile-order launch, not `import wattmoe`
     cfg = ft.INT4_CANDIDATES["w128t32s3fpx"][0]

@@ -507,9 +507,10 @@ def resolve_config(name: str, quantized: bool) -> ConfigPair | None:
     """The (gate/up, down) pair of a candidate name, or of "A/B" (A's gate/up launch with B's
     down launch, what per-launch tuning records); None if a name is unknown."""
     table = INT4_CANDIDATES if quantized else CANDIDATES
-    first, _, second = name.partition("/")
-    second = second or first
-    if first not in table or second not in table:
+    first, slash, second = name.partition("/")
+    if not slash:
+        second = first
+    if first not in table or second not in table:  # "A/" and "/B" name nothing
         return None
     return table[first][0], table[second][1]
 
