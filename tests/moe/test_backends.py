@@ -251,6 +251,11 @@ def test_auto_uses_cost_fn(gen: torch.Generator) -> None:
     assert auto.last.backend == "loop" and auto.last.reason == "cost" and seen == [16, 16]
     with pytest.raises(ConfigError):
         AutoBackend(candidates=["auto"])
+    with pytest.raises(ConfigError, match="names no backend"):
+        AutoBackend(candidates=[])
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ConfigError, match="repeats"):
+            AutoBackend(repeats=bad)
 
 
 def test_graphed_backend_runs_eagerly_on_cpu(gen: torch.Generator) -> None:

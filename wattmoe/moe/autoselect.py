@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from wattmoe.checks import check_positive_int
 from wattmoe.errors import ConfigError
 from wattmoe.moe.backends import (
     EXPERT_BACKENDS,
@@ -99,9 +100,13 @@ class AutoBackend:
             unknown = [c for c in candidates if c not in EXPERT_BACKENDS or c == "auto"]
             if unknown:
                 raise ConfigError(f"auto: unknown or invalid candidate backends {unknown}")
+            if not candidates:  # None means every available backend; [] would mean that too
+                raise ConfigError("auto: candidates=[] names no backend to choose from (None: "
+                                  "every backend available for the step's device and dtype)")
+        check_positive_int("auto: repeats", repeats)
         self.candidates = list(candidates) if candidates is not None else None
         self.cost_fn = cost_fn
-        self.repeats = max(1, repeats)
+        self.repeats = repeats
         self.table: dict[tuple[object, ...], Decision] = {}
         self.decisions: list[Decision] = []
         self.counts: Counter[str] = Counter()
