@@ -55,6 +55,22 @@ def test_demo_auto_says_what_it_ran() -> None:
     assert ran in EXPERT_BACKENDS and ran != "auto"
 
 
+def test_demo_labels_the_fused_kernels_under_the_interpreter(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # under TRITON_INTERPRET=1 the fused backend runs its Triton kernels on the CPU (no
+    # fallback); whether Triton interprets is decided when it is first imported
+    import wattmoe.experiments.demo as demo
+
+    monkeypatch.setattr(demo, "interpreting", lambda: True)
+    r = demo.run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster=None,
+                      backend="fused")
+    assert r.backend == "fused (Triton's interpreter on cpu: TRITON_INTERPRET=1)"
+    monkeypatch.setattr(demo, "interpreting", lambda: False)
+    r = demo.run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster=None,
+                      backend="fused")
+    assert "runs a fallback on cpu" in r.backend
+
+
 def test_demo_unknown_backend_is_one_clear_error() -> None:
     with pytest.raises(ConfigError, match="unknown expert backend 'fusd'"):
         run_demo("tiny", steps=1, backend="fusd")

@@ -14,6 +14,7 @@ from wattmoe.errors import ConfigError, DeviceError
 from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
 from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import available_backends
+from wattmoe.moe.fused_triton import interpreting
 from wattmoe.moe.quant import int4_group_size
 from wattmoe.placement.spec import ClusterSpec, load_cluster
 from wattmoe.telemetry import GpuSystemMonitor
@@ -163,7 +164,9 @@ def run_demo(
     block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed,
                                 backend=backend).eval()
     weights = dtype_name(dt)
-    if backend != "auto" and backend not in available_backends(device, dt):
+    if backend in ("fused", "fused_graph") and device == "cpu" and interpreting():
+        backend = f"{backend} (Triton's interpreter on cpu: TRITON_INTERPRET=1)"
+    elif backend != "auto" and backend not in available_backends(device, dt):
         backend = f"{backend} (runs a fallback on {device}: see `available_backends`)"
     if int4:
         group = int4_group_size(cfg.hidden_size, cfg.expert_inner_size)
