@@ -473,8 +473,10 @@ def test_fused_int4_tile_order_matches_loop(config: str, form: str, tile_rows: i
     # F = 192: 128-row tiles would cross from gate rows into up rows (row-major words there),
     # down (H = 128) has them whole
     (192, "w128t16fpx", 128, [0, 128]),
-    # 64-row tiles are whole in both; the 128-row programs read two of them per K step
-    (192, "w128t16fpx", 64, [64, 64]),
+    # 64-row tiles are whole in both, but gate/up's 128-row programs are not (192 rows: the
+    # second program would read rows past the gate rows): row-major there; down's read two
+    # tiles' runs per K step
+    (192, "w128t16fpx", 64, [0, 64]),
     # F = 96: gate/up's 64-row tiles would cross; down's K/2 = 48 is not whole 32-byte blocks
     # (no words, no pairs)
     (96, "w64t16fpx", 128, [0, 0]),
@@ -552,6 +554,9 @@ def test_tile_rows_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ft._tile_rows(cfg, 2048, 2048, 4096) == 128
     assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 2048, 2048, 4096) == 64
     assert ft._tile_rows(cfg, 192, 192, 384) == 0  # 128 rows do not divide 192
+    monkeypatch.setattr(ft, "TILE_ROWS", 64)
+    assert ft._tile_rows(cfg, 192, 192, 384) == 0  # nor whole 128-row programs
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 192, 192, 384) == 64
     assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fp"][0], 2048, 2048, 4096) == 0
 
 

@@ -853,7 +853,8 @@ TILE_ROWS: int | None = None  # `_tile_rows_setting()`, read at the first use
 def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
     """The rows per tile in which a launch that reads scale pairs reads words and pairs in tile
     order, or 0 (row-major): with `cfg.int4_tiles` and no TMA, TILE_ROWS (block_n where it is
-    smaller) where that divides the output rows, the up rows' offset and the stack's rows.
+    smaller) where that divides the output rows, the up rows' offset and the stack's rows, and
+    block_n divides the output rows.
     Programs larger than TILE_ROWS read several tiles' runs per K step
     (`_tile_rows_setting`)."""
     global TILE_ROWS
@@ -862,7 +863,11 @@ def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
     if TILE_ROWS is None:
         TILE_ROWS = _tile_rows_setting()
     tr = min(TILE_ROWS, cfg.block_n)
-    return tr if n_out % tr == 0 and up_rows % tr == 0 and rows % tr == 0 else 0
+    # whole program tiles too: a program over several layout tiles reads its rows without
+    # the row-major path's wrap, so rows past n_out would read the next rows (or past the
+    # stack)
+    whole = n_out % cfg.block_n == 0
+    return tr if whole and n_out % tr == 0 and up_rows % tr == 0 and rows % tr == 0 else 0
 
 
 def triton_cdiv(a: int, b: int) -> int:
