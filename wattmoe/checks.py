@@ -23,6 +23,11 @@ def is_finite_real(value: object) -> bool:
     return is_real(value) and math.isfinite(value)  # type: ignore[arg-type]
 
 
+def is_power_of_two(value: object) -> bool:
+    """A Python int (not a bool) that is 1, 2, 4, ..."""
+    return is_int(value) and value >= 1 and not value & (value - 1)  # type: ignore[operator]
+
+
 def check_positive_int(name: str, value: object) -> None:
     """Raises ConfigError naming `name` unless value is an int > 0 (not a bool)."""
     if not is_int(value) or value <= 0:  # type: ignore[operator]

@@ -180,7 +180,8 @@ def run_demo(
     dropped = 0
     monitor = GpuSystemMonitor(devices=[device])
     meter = monitor.backend_for(device)
-    auto = block.moe._backend if isinstance(block.moe._backend, AutoBackend) else None
+    auto = block.moe.expert_backend
+    auto = auto if isinstance(auto, AutoBackend) else None
     with torch.inference_mode(), monitor:
         for _ in range(warmup):
             block(x)

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wattmoe.checks import check_positive_int, is_finite_real, is_int
+from wattmoe.checks import check_positive_int, is_finite_real, is_int, is_power_of_two
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
@@ -199,7 +199,7 @@ class KernelConfig:
         powers of two; a zero or negative count ran wrong or crashed the interpreter)."""
         for name in ("block_m", "block_n", "block_k", "num_warps"):
             v = getattr(self, name)
-            if not is_int(v) or v < 1 or v & (v - 1):
+            if not is_power_of_two(v):
                 raise ConfigError(f"kernel config {name} must be a power of two, got {v!r}")
         for name in ("group_m", "num_stages"):
             check_positive_int(f"kernel config {name}", getattr(self, name))
@@ -534,7 +534,7 @@ def _fit(cfg: KernelConfig, n_out: int, k_dim: int, qgroup: int | None) -> Kerne
     dequantized tile lies in one quantization group.
     """
     if cfg.tail:
-        if cfg.tail < 16 or cfg.tail & (cfg.tail - 1) or cfg.tail > cfg.block_m:
+        if cfg.tail < 16 or not is_power_of_two(cfg.tail) or cfg.tail > cfg.block_m:
             raise ConfigError(f"kernel config tail={cfg.tail}: a power of two from 16 to the "
                               f"token tile ({cfg.block_m}), or 0 (off)")
         if not (cfg.swap or qgroup is not None):
@@ -749,28 +749,34 @@ def _pairs_copy(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -> tor
     return scale_pairs(w, params[0], out=out)
 
 
-def _tiles_copy(words: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """A builder of tile-ordered copies (`quant.tile_rows`, tile = params[1:]) of what `words`
-    makes of one expert; an expert at a time, so that the temporary is one expert's."""
-    def build(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -> torch.Tensor:
-        rows, cols = (*params[1:], 1)[:2]
-        first = tile_rows(words(w[0], params), rows, cols)
-        if out is None:
-            out = torch.empty((w.shape[0], *first.shape), dtype=first.dtype, device=w.device)
-        out[0].copy_(first)
-        for e in range(1, w.shape[0]):
-            tile_rows(words(w[e], params), rows, cols, out=out[e])
-        return out
-    return build
+def _per_expert_tiles(w: torch.Tensor, per: int, out: torch.Tensor | None,
+                      one: Callable[[torch.Tensor], torch.Tensor], rows: int,
+                      cols: int) -> torch.Tensor:
+    """`quant.tile_rows` of `one(w[e])` for every expert e, into out (int32 [E, R, C / per]);
+    an expert at a time, so that the temporary is one expert's."""
+    if out is None:
+        out = torch.empty((*w.shape[:-1], w.shape[-1] // per), dtype=torch.int32,
+                          device=w.device)
+    for e in range(w.shape[0]):
+        tile_rows(one(w[e]), rows, cols, out=out[e])
+    return out
+
+
+def _frag_tiles_copy(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -> torch.Tensor:
+    _, rows, words_per_step = params
+    return _per_expert_tiles(w, 4, out, fragment_words, rows, words_per_step)
+
+
+def _pair_tiles_copy(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -> torch.Tensor:
+    dtype, rows = params
+    return _per_expert_tiles(w, 2, out, lambda we: scale_pairs(we, dtype), rows, 1)
 
 
 # cache kinds of `_derived`: (what they are, last dim of w per element of the copy, builder)
 _DERIVED: dict[str, tuple[str, int, Callable[..., torch.Tensor]]] = {
     "frag": ("fragment words", 4, _frag_copy), "pairs": ("scale pairs", 2, _pairs_copy),
-    "frag_tiles": ("tile-ordered fragment words", 4,
-                   _tiles_copy(lambda w, p: fragment_words(w))),
-    "pair_tiles": ("tile-ordered scale pairs", 2,
-                   _tiles_copy(lambda w, p: scale_pairs(w, p[0]))),
+    "frag_tiles": ("tile-ordered fragment words", 4, _frag_tiles_copy),
+    "pair_tiles": ("tile-ordered scale pairs", 2, _pair_tiles_copy),
 }
 
 
@@ -841,7 +847,7 @@ def _tile_rows_setting() -> int:
         rows = int(raw)
     except ValueError:
         rows = 0
-    if rows < 16 or rows & (rows - 1):
+    if rows < 16 or not is_power_of_two(rows):
         raise ConfigError(f"${TILE_ROWS_ENV}={raw!r}: a power of two >= 16 (rows per tile of "
                           "the int4 tile-order copies), or unset for 128")
     return rows
@@ -862,12 +868,12 @@ def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
         return 0
     if TILE_ROWS is None:
         TILE_ROWS = _tile_rows_setting()
-    tr = min(TILE_ROWS, cfg.block_n)
-    # whole program tiles too: a program over several layout tiles reads its rows without
-    # the row-major path's wrap, so rows past n_out would read the next rows (or past the
-    # stack)
+    tr = min(TILE_ROWS, cfg.block_n)  # divides block_n: both are powers of two
+    # whole program tiles (so whole layout tiles): a program over several layout tiles reads
+    # its rows without the row-major path's wrap, so rows past n_out would read the next
+    # rows (or past the stack)
     whole = n_out % cfg.block_n == 0
-    return tr if whole and n_out % tr == 0 and up_rows % tr == 0 and rows % tr == 0 else 0
+    return tr if whole and up_rows % tr == 0 and rows % tr == 0 else 0
 
 
 def triton_cdiv(a: int, b: int) -> int:

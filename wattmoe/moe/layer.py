@@ -105,6 +105,12 @@ class SimpleMoELayer(nn.Module):
     def num_experts(self) -> int:
         return self.config.num_experts
 
+    @property
+    def expert_backend(self) -> object:
+        """What runs the experts: the registered backend `backend_name` names (for `auto`, its
+        `AutoBackend`, whose `decisions` and `counts` say what it chose)."""
+        return self._backend
+
     def set_backend(self, name: str) -> None:
         self._backend = get_backend(name)
         self.backend_name = name
