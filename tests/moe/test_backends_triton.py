@@ -452,7 +452,11 @@ def _pairs_case_launches(config: str, form: str, gen: torch.Generator,
 
 @pytest.mark.parametrize("config", ["w64t64k32r16fpx", "w64t16fpx", "w64t16r16fpx",
                                     "w64t32r16fpx/w64t32k32r32fpx", "w128t16r16fpx",
-                                    "w128t32fpx/w64t16fp"])
+                                    "w128t32fpx/w64t16fp",
+                                    # the shipped 512-token pairs: 256-row down programs over
+                                    # two warp groups, 128-row tiles (four 64-row runs at 64)
+                                    "w128t32s3fpx/w256t32s3w8fpx",
+                                    "w64t32r16fpx/w256t32s3w8fpx", "w128t128fpx"])
 @pytest.mark.parametrize("form", ["swiglu", "relu"])
 @pytest.mark.parametrize("tile_rows", [128, 64])
 def test_fused_int4_tile_order_matches_loop(config: str, form: str, tile_rows: int,
