@@ -687,6 +687,34 @@ def test_fused_int4_fragment_words_of_inference_tensors(gen: torch.Generator,
     assert not torch.equal(first, second)
 
 
+def test_graphs_keep_their_copies_when_a_stack_gains_one(
+        gen: torch.Generator, no_fallback: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a graph captured at one step size reads that size's int4 copies: a copy made later for
+    # another program size, or a copy rewritten in place, leaves it valid; a copy it reads
+    # made anew at another address does not
+    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    qx = [quantize_expert(e, 32) for e in experts(6, 256, 128)]
+    x = torch.randn(41, 256, generator=gen)
+    d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
+    stk = stacked_experts(qx)
+    with torch.no_grad():
+        ft.fused_forward(stk, x, d, "w64t16fpx")
+        captured = ft.refresh_frag_words(stk.kernel_cache)
+        ft.fused_forward(stk, x, d, "w128t32fpx")  # 128-row tiles: copies of their own
+        now = ft.refresh_frag_words(stk.kernel_cache)
+        assert len(now) > len(captured) and not ft.copies_moved(captured, now)
+        qx[1].up_proj.packed.copy_(qx[2].up_proj.packed)  # rewritten at the same addresses
+        assert not ft.copies_moved(captured, ft.refresh_frag_words(stk.kernel_cache))
+        held = [v[1] for v in stk.kernel_cache.values()]  # so that no address is handed back
+        stk.kernel_cache.clear()
+        ft.fused_forward(stk, x, d, "w64t16fpx")
+        assert ft.copies_moved(captured, ft.refresh_frag_words(stk.kernel_cache))
+    del held
+    # the same address under another key (memory handed from one copy to another) is moved
+    (key, ptr), = list(captured)[:1]
+    assert ft.copies_moved(frozenset({(key, ptr)}), frozenset({(("frag", 0), ptr)}))
+
+
 def test_refresh_frag_words_rewrites_written_weights_in_place(gen: torch.Generator,
                                                               no_fallback: None) -> None:
     # what a graph replay runs instead of `_launch`: stale words rewritten at their address

@@ -794,16 +794,18 @@ def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None) -> tor
         return build(w, key[2:], out if fits else None)
 
 
-def refresh_frag_words(cache: dict, force: bool = False) -> tuple[int, ...]:
+def refresh_frag_words(cache: dict, force: bool = False) -> frozenset[tuple[tuple, int]]:
     """Rewrites in place the int4 copies (fragment words, scale pairs: `_derived`) in a stack's
     `kernel_cache` whose weights were written to since (their version counter); a replayed
     CUDA graph runs no `_launch` that would notice. A few attribute reads when nothing
     changed. force: rewrite all of them, for writes that bypass the version counter (through
     `.data`, numpy, DLPack or raw storage).
 
-    Returns the copies' addresses: a graph captured with other ones (the cache was cleared,
-    or a copy made anew) would read memory that is no longer these copies, and must be
-    captured again (`graphs.GraphedBackend`, `graphs.GraphedLayer` compare them).
+    Returns each copy's cache key with its address. A graph captured while a copy it reads
+    had another address (the cache was cleared, or the copy made anew) would read memory that
+    is no longer that copy, and must be captured again; copies made since for other program
+    sizes do not concern it (`copies_moved`, used by `graphs.GraphedBackend` and
+    `graphs.GraphedLayer`).
     """
     ptrs = []
     for key, entry in list(cache.items()):
@@ -814,8 +816,17 @@ def refresh_frag_words(cache: dict, force: bool = False) -> tuple[int, ...]:
         if force or now != version:
             out = _write_derived(key, w, out)
             cache[key] = (now, out, w)
-        ptrs.append(out.data_ptr())
-    return tuple(ptrs)
+        ptrs.append((key, out.data_ptr()))
+    return frozenset(ptrs)
+
+
+def copies_moved(captured: frozenset[tuple[tuple, int]],
+                 now: frozenset[tuple[tuple, int]]) -> bool:
+    """Whether a graph captured with the int4 copies `captured` (`refresh_frag_words` then)
+    would read stale memory with the copies `now`: one of its copies is gone or has another
+    address. The key travels with the address, so that memory the allocator hands from one
+    copy to another copy is not taken for the same copy."""
+    return not captured <= now
 
 
 def _uses_scale_pairs(cfg: KernelConfig, mode: int, k_dim: int, qgroup: int | None) -> bool:

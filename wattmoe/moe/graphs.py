@@ -29,7 +29,7 @@ from torch import nn
 
 from wattmoe.moe.backends import get_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
-from wattmoe.moe.fused_triton import refresh_frag_words
+from wattmoe.moe.fused_triton import copies_moved, refresh_frag_words
 from wattmoe.moe.router import RoutingStrategy
 from wattmoe.moe.stacked import _anchors, existing_stack, stacked_experts
 
@@ -78,7 +78,7 @@ class _Captured:
     x: torch.Tensor
     d: Dispatch
     out: torch.Tensor
-    derived: tuple[int, ...] = ()  # the int4 copies the graph reads (`refresh_frag_words`)
+    derived: frozenset = frozenset()  # the int4 copies when captured (`refresh_frag_words`)
 
 
 class GraphedBackend:
@@ -117,7 +117,7 @@ class GraphedBackend:
         cap = self._graphs.get(key)
         # int4 copies of weights written in place are rewritten; copies made anew (a cleared
         # kernel cache) are not what the graph reads: capture it again
-        if cap is not None and refresh_frag_words(st.kernel_cache) != cap.derived:
+        if cap is not None and copies_moved(cap.derived, refresh_frag_words(st.kernel_cache)):
             del self._graphs[key]
             cap = None
         if cap is None:
@@ -257,7 +257,7 @@ class GraphedLayer:
         entry = self._graphs.get(key)
         # int4 copies of weights written in place are rewritten; copies made anew (a cleared
         # kernel cache) are not what the graph reads: capture it again
-        if entry is not None and self._refresh_derived() != entry[3]:
+        if entry is not None and copies_moved(entry[3], self._refresh_derived()):
             del self._graphs[key]
             entry = None
         if entry is None:
@@ -278,13 +278,14 @@ class GraphedLayer:
         self.replays += 1
         return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
 
-    def _refresh_derived(self) -> tuple[int, ...]:
-        """`refresh_frag_words` on every stack a captured step reads; their copies' addresses."""
-        ptrs: tuple[int, ...] = ()
+    def _refresh_derived(self) -> frozenset:
+        """`refresh_frag_words` on every stack a captured step reads; their copies' keys and
+        addresses."""
+        ptrs: frozenset = frozenset()
         for ref in self._stacks:
             st = ref()
             if st is not None:
-                ptrs += refresh_frag_words(st.kernel_cache)
+                ptrs |= refresh_frag_words(st.kernel_cache)
         return ptrs
 
     def clear(self) -> None:
