@@ -57,7 +57,7 @@ from wattmoe.moe.backends import get_backend  # noqa: E402
 from wattmoe.moe.dispatch import Dispatch  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer, _warm_and_capture  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
-from wattmoe.moe.stacked import stacked_experts  # noqa: E402
+from wattmoe.moe.stacked import existing_stack, stacked_experts  # noqa: E402
 
 SHAPES = ["olmoe-1b-7b", "qwen3-30b-a3b", "deepseek-v3"]
 # widths of SHAPES off the GPU (smoke test): DeepSeek-V3 becomes H=256, F=64 with its 256
@@ -890,11 +890,26 @@ class Bench:
             variants = {"bf16": layer, "int4": qlayer}
             for section in self.args.sections.split(","):
                 getattr(self, section)(shape, cfg, variants)
+            self.record_copies(shape, qlayer)
             del layer, qlayer, variants
             if self.dev.type == "cuda":
                 torch.cuda.empty_cache()
         self.save()
         self.summary()
+
+    def record_copies(self, shape: str, qlayer: SimpleMoELayer) -> None:
+        """What the int4 stack's kernel copies held after the sections ran (every program size
+        they used), against its packed codes and scales."""
+        st = existing_stack(qlayer.experts)
+        if st is None:
+            return
+        copies = ft.copy_bytes(st.kernel_cache)
+        self.payload.setdefault("int4_copies", []).append(
+            {"shape": shape, "weight_bytes": st.weight_bytes(), "copy_bytes": copies})
+        if copies:
+            log(f"   int4 kernel copies: {sum(copies.values()) / 1e9:.2f} GB ("
+                + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in sorted(copies.items()))
+                + f") besides {st.weight_bytes() / 1e9:.2f} GB of codes and scales")
 
     def summary(self) -> None:
         rows = self.payload["energy"]

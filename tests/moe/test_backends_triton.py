@@ -516,6 +516,15 @@ def test_tile_order_copies_per_stack_follow_the_tile_rows(
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     kinds = [k[0] for k in stk.kernel_cache if isinstance(k[0], str)]
     assert sorted(kinds) == ["frag_tiles"] * 2 * copies + ["pair_tiles"] * 2 * copies  # w13, w2
+    # each copy of the codes holds as many bytes as the codes, each of the scales (fp16 pairs
+    # in the interpreter) as many as the scales
+    def nbytes(*ts: torch.Tensor) -> int:
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    assert ft.copy_bytes(stk.kernel_cache) == {
+        "frag_tiles": copies * nbytes(stk.q13, stk.q2),
+        "pair_tiles": copies * nbytes(stk.s13, stk.s2)}
+    assert ft.copy_bytes({}) == {}
 
 
 def test_tile_rows_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

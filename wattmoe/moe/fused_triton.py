@@ -820,6 +820,17 @@ def refresh_frag_words(cache: dict, force: bool = False) -> frozenset[tuple[tupl
     return frozenset(ptrs)
 
 
+def copy_bytes(cache: dict) -> dict[str, int]:
+    """Bytes of the int4 copies (`_derived`) in a stack's `kernel_cache`, per kind ('frag',
+    'pairs', 'frag_tiles', 'pair_tiles'; kinds with no copy are left out): the memory the fused
+    int4 kernels hold besides the packed codes and scales."""
+    out: dict[str, int] = {}
+    for key, entry in cache.items():
+        if isinstance(key, tuple) and key and key[0] in _DERIVED:
+            out[key[0]] = out.get(key[0], 0) + entry[1].numel() * entry[1].element_size()
+    return out
+
+
 def copies_moved(captured: frozenset[tuple[tuple, int]],
                  now: frozenset[tuple[tuple, int]]) -> bool:
     """Whether a graph captured with the int4 copies `captured` (`refresh_frag_words` then)

@@ -64,8 +64,9 @@ class ExpertStack:
         kernel_cache: per-stack objects of the kernels that depend only on these tensors (the
             fused backend's TMA descriptors and, for int4 "...f" configurations, a copy of
             the codes as fragment-ordered words: as much memory again as q13 and q2; for
-            "...fp", the scales as pair words in the compute dtype, as much as s13 and s2),
-            dropped with the stack.
+            "...fp", the scales as pair words in the compute dtype, as much as s13 and s2;
+            for "...fpx", both in tile order, one copy per tile size in use), dropped with
+            the stack; `fused_triton.copy_bytes(kernel_cache)` says how much they hold.
     """
 
     form: str
