@@ -11,6 +11,7 @@ are held to 2e-2 here; fp32 (and int4 with fp32 compute) must match `loop` to 1e
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 import torch
@@ -502,10 +503,11 @@ def test_fused_int4_tile_order_only_where_tiles_are_whole(
 @pytest.mark.parametrize(("tile_rows", "copies"), [(64, 1), (128, 2)])
 def test_tile_order_copies_per_stack_follow_the_tile_rows(
         tile_rows: int, copies: int, gen: torch.Generator, no_fallback: None,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # 64-row tiles: 64- and 128-row programs with the same K step read one copy; 128-row
     # tiles: each program size reads its own
     monkeypatch.setattr(ft, "TILE_ROWS", tile_rows)
+    caplog.set_level(logging.INFO, logger=ft.__name__)
     qx = [quantize_expert(e, 32) for e in experts(6, 256, 128)]
     x = torch.randn(41, 256, generator=gen)
     d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
@@ -525,6 +527,13 @@ def test_tile_order_copies_per_stack_follow_the_tile_rows(
         "frag_tiles": copies * nbytes(stk.q13, stk.q2),
         "pair_tiles": copies * nbytes(stk.s13, stk.s2)}
     assert ft.copy_bytes({}) == {}
+    # each new copy is logged once, with what the stack's copies hold by then
+    made = [r.getMessage() for r in caplog.records if "fused int4: new" in r.getMessage()]
+    assert len(made) == 4 * copies
+    assert made[-1].endswith(f"hold {sum(ft.copy_bytes(stk.kernel_cache).values()) / 1e6:.1f} MB")
+    with torch.no_grad():
+        ft.fused_forward(stk, x, d, "w64t16fpx")
+    assert sum("fused int4: new" in r.getMessage() for r in caplog.records) == 4 * copies
 
 
 def test_tile_rows_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

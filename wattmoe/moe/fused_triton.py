@@ -738,6 +738,11 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
                            "the step once eagerly before capturing it")
     out = _write_derived(key, w, hit[1] if hit is not None else None)
     cache[key] = (version, out, w)
+    if hit is None:  # memory the stack holds from now on: say so once per copy
+        total = sum(copy_bytes(cache).values())
+        log.info("fused int4: new %s copy of a [%s] stack, %.1f MB; its copies hold %.1f MB",
+                 _DERIVED[kind][0], "x".join(map(str, w.shape)), out.numel()
+                 * out.element_size() / 1e6, total / 1e6)
     return out
 
 
