@@ -126,6 +126,11 @@ def test_place_with_a_backend_records_it(layer_profile, tmp_path, capsys) -> Non
       "PROFILE"], "backend 'grouped' was not profiled: no moe_layer:grouped"),
     (["--cluster", "laptop", "--preset", "tiny", "--backend", "fused", "--cost-model",
       "PROFILE"], "--backend 'fused': no device of cluster 'laptop' has layer steps"),
+    # was: accepted, every device priced by the analytic estimates, and the summary's
+    # "cost model" row said "profile PROFILE" all the same
+    (["--cluster", "laptop", "--preset", "tiny", "--cost-model", "PROFILE"],
+     "no device of cluster 'laptop' is in the profile (cluster cost devices: laptop-cpu-8core, "
+     "laptop-gpu; profiled: nvidia-h200)"),
     (["--cluster", "h200-cpu", "--preset", "tiny", "--backend", "fused", "--dtype", "int4",
       "--cost-model", "PROFILE"], "backend 'fused' with int4 experts was not profiled on cuda:0"),
     (["--cluster", "h200-cpu", "--preset", "switch-base-8", "--layers", "1", "--backend",
