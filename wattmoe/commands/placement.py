@@ -71,9 +71,12 @@ def build_cost_provider(path: str | None, backend: str | None = None) -> tuple[A
     except ImportError as exc:  # pragma: no cover - the package ships with wattmoe
         raise ConfigError(f"--cost-model needs wattmoe.cost_model: {exc}") from None
     model = KernelCostModel.load(path)
+    # where the profile's energy came from: 'estimated' on a device without a counter (a CPU
+    # without RAPL), never labelled measured
+    source = "/".join(sorted({info.source for info in model.db.devices.values()})) or "measured"
     if backend is None:
-        return profile_cost_provider(model, label=f"profile {path} (measured)"), f"profile {path}"
-    label = (f"profile {path} backend {backend} (measured layer steps, amortized per expert: "
+        return profile_cost_provider(model, label=f"profile {path} ({source})"), f"profile {path}"
+    label = (f"profile {path} backend {backend} ({source} layer steps, amortized per expert: "
              "estimate)")
     return (profile_cost_provider(model, label=label, backend=backend),
             f"profile {path}, backend {backend}")
