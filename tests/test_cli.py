@@ -30,6 +30,28 @@ def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "tokens/s" in capsys.readouterr().out
 
 
+def test_demo_interrupted_prints_what_it_timed(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # Ctrl-C in the timed steps: the table of the finished steps, and exit status 130
+    from wattmoe.moe import SimpleMoELayer
+
+    real = SimpleMoELayer.forward
+    calls: list[int] = []
+
+    def stop_in_the_fourth_call(self, *args, **kwargs):  # 2 warm-up calls, 1 timed step
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SimpleMoELayer, "forward", stop_in_the_fourth_call)
+    assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "50", "--seq", "8",
+                 "--cluster", "none"]) == 130
+    out = capsys.readouterr().out
+    assert "1 of 50 (interrupted)" in out and "tokens/s" in out
+    assert "interrupted after 1 of 50 timed steps" in out
+
+
 def test_error_text_in_brackets_is_printed_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
     from wattmoe.cli import command
     from wattmoe.errors import ConfigError

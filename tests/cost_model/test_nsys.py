@@ -105,6 +105,9 @@ def test_export_without_gpu_metrics(tmp_path: Path) -> None:
 def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ProfileFormatError, match="does not exist"):
         import_nsys_sqlite(tmp_path / "absent.sqlite")
+    # was: a folder was "does not exist" too
+    with pytest.raises(ProfileFormatError, match="is a folder, not an nsys export"):
+        import_nsys_sqlite(tmp_path)
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ProfileFormatError, match="not an SQLite file"):

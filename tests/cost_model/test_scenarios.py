@@ -62,6 +62,17 @@ def test_shape_specs() -> None:
     assert OpShape.from_key("h2048_f1408_swiglu") == OpShape(2048, 1408)
 
 
+@pytest.mark.parametrize(("key", "why"), [
+    ("h96_f200_swiglu_e4_k8", "shape top_k=8 > num_experts=4"),
+    ("h0_f200_swiglu_e4_k2", "shape field hidden must be a positive integer, got 0"),
+])
+def test_shape_key_that_parses_but_is_invalid_says_why(key: str, why: str) -> None:
+    # was: the shape's own ValueError was caught as unreadable ("cannot read shape ...;
+    # expected like 'h2048_f1024_swiglu_e64_k8'"), though the key had exactly that form
+    with pytest.raises(CostModelError, match=f"^{why}"):
+        OpShape.from_key(key)
+
+
 @pytest.mark.parametrize("op", [o for o in BASE_OPS if "copy" not in o]
                          + ["moe_layer:loop", "moe_layer_int4:loop"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

@@ -154,3 +154,34 @@ def test_demo_places_the_loads_of_one_step(monkeypatch: pytest.MonkeyPatch) -> N
     assert loads.tokens_per_batch == 32
     assert loads.tokens.sum() == pytest.approx(32 * r.top_k)
     np.testing.assert_allclose(loads.tokens[0], np.array(r.expert_counts) / 3)
+
+
+def test_demo_interrupted_keeps_the_steps_it_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C during the timed steps: was a bare "interrupted" and nothing of what was measured
+    # (demo --steps 1000, stopped after a minute). Now the finished steps are reported, and
+    # a step cut off after its routing counted does not leak into the placed loads.
+    from wattmoe.moe import SimpleMoELayer
+
+    real = SimpleMoELayer.forward
+    calls: list[int] = []
+
+    def stop_in_the_fourth_call(self, *args, **kwargs):
+        calls.append(1)
+        out = real(self, *args, **kwargs)  # routing counted this step's tokens
+        if len(calls) == 4:  # 1 warm-up, 2 timed steps, then Ctrl-C mid-step
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(SimpleMoELayer, "forward", stop_in_the_fourth_call)
+    r = run_demo("tiny", 1.0, batch=2, seq=16, steps=10, warmup=1, cluster="h200-cpu")
+    assert (r.steps, r.steps_requested) == (2, 10)
+    assert sum(r.expert_counts) == 2 * 32 * r.top_k
+    assert {p.solver for p in r.placements} == {"heuristic", "eplb", "round-robin"}
+    assert "interrupted after 2 of 10 timed steps" in r.energy_note
+    # interrupted before any timed step finished: nothing to report, the interrupt goes on
+    def stop_at_once(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SimpleMoELayer, "forward", stop_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo("tiny", 1.0, batch=1, seq=8, steps=3, warmup=0, cluster=None)

@@ -107,6 +107,27 @@ def layer_profile(tmp_path):
     return save_profile(db, tmp_path / "layers.json")
 
 
+def test_a_profile_of_estimated_energy_is_not_labelled_measured(tmp_path, capsys) -> None:
+    # a profile taken where the device had no energy counter (a CPU without RAPL, like
+    # data/profiles/cpu.json): its costs were labelled "profile PATH (measured)"
+    import dataclasses
+
+    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
+    from wattmoe.cost_model import OpShape, save_profile
+
+    pts = [dataclasses.replace(synthetic_point("expert", n, OpShape(64, 128)),
+                               source="estimated") for n in TOKENS]
+    db = synthetic_db(pts)
+    db.devices["cuda:0"].name = "NVIDIA H200"
+    db.devices["cuda:0"].source = "estimated"
+    path = save_profile(db, tmp_path / "est.json")
+    out = tmp_path / "p.json"
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--cost-model",
+                 str(path), "--out", str(out)]) == 0
+    assert Placement.from_json(out.read_text()).summary.cost_sources["gpu0"] == (
+        f"profile {path} (estimated): cuda:0 as nvidia-h200")
+
+
 def test_place_with_a_backend_records_it(layer_profile, tmp_path, capsys) -> None:
     out = tmp_path / "p.json"
     assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--cost-model",
@@ -126,6 +147,11 @@ def test_place_with_a_backend_records_it(layer_profile, tmp_path, capsys) -> Non
       "PROFILE"], "backend 'grouped' was not profiled: no moe_layer:grouped"),
     (["--cluster", "laptop", "--preset", "tiny", "--backend", "fused", "--cost-model",
       "PROFILE"], "--backend 'fused': no device of cluster 'laptop' has layer steps"),
+    # was: accepted, every device priced by the analytic estimates, and the summary's
+    # "cost model" row said "profile PROFILE" all the same
+    (["--cluster", "laptop", "--preset", "tiny", "--cost-model", "PROFILE"],
+     "no device of cluster 'laptop' is in the profile (cluster cost devices: laptop-cpu-8core, "
+     "laptop-gpu; profiled: nvidia-h200)"),
     (["--cluster", "h200-cpu", "--preset", "tiny", "--backend", "fused", "--dtype", "int4",
       "--cost-model", "PROFILE"], "backend 'fused' with int4 experts was not profiled on cuda:0"),
     (["--cluster", "h200-cpu", "--preset", "switch-base-8", "--layers", "1", "--backend",

@@ -251,6 +251,23 @@ def test_expert_larger_than_every_device() -> None:
         make_problem(load_cluster("laptop"), loads, ExpertShape(65536, 65536), ANALYTIC)
 
 
+def test_small_sizes_in_memory_errors_are_readable() -> None:
+    # was: "one expert (... 0.0 MiB) is larger than ... (largest: gpu0 with 0.0 MiB)" for a
+    # 48 KiB expert and a 1000-byte device: sizes below 0.05 MiB printed as zero
+    loads = synthetic_loads(1, 8, 2, 64, seed=0)
+    spec = load_cluster("h200-cpu").to_dict()
+    for d in spec["devices"]:
+        d["memory_bytes"] = 1000
+    with pytest.raises(InfeasibleError, match=r"bf16: 48\.0 KiB\) .* gpu0 with 1,000 B\)"):
+        make_problem(cluster_from_dict(spec), loads, ExpertShape(64, 128), ANALYTIC)
+    for d in spec["devices"]:
+        d["memory_bytes"] = 2 * 49152
+    with pytest.raises(InfeasibleError, match=r"need 768\.0 KiB \(48\.0 KiB each\) .* "
+                                              r"hold 4 experts \(192\.0 KiB\)"):
+        make_problem(cluster_from_dict(spec), synthetic_loads(2, 8, 2, 64, seed=0),
+                     ExpertShape(64, 128), ANALYTIC)
+
+
 def test_experts_that_do_not_fit_together() -> None:
     loads = synthetic_loads(2, 8, 2, 64, seed=0)
     spec = load_cluster("h200-cpu").to_dict()

@@ -71,24 +71,34 @@ def build_cost_provider(path: str | None, backend: str | None = None) -> tuple[A
     except ImportError as exc:  # pragma: no cover - the package ships with wattmoe
         raise ConfigError(f"--cost-model needs wattmoe.cost_model: {exc}") from None
     model = KernelCostModel.load(path)
+    # where the profile's energy came from: 'estimated' on a device without a counter (a CPU
+    # without RAPL), never labelled measured
+    source = "/".join(sorted({info.source for info in model.db.devices.values()})) or "measured"
     if backend is None:
-        return profile_cost_provider(model, label=f"profile {path} (measured)"), f"profile {path}"
-    label = (f"profile {path} backend {backend} (measured layer steps, amortized per expert: "
+        return profile_cost_provider(model, label=f"profile {path} ({source})"), f"profile {path}"
+    label = (f"profile {path} backend {backend} ({source} layer steps, amortized per expert: "
              "estimate)")
     return (profile_cost_provider(model, label=label, backend=backend),
             f"profile {path}, backend {backend}")
 
 
-def _check_backend_covers(provider: Any, cluster: Any, backend: str) -> None:
-    """Raises ConfigError when `--backend` would price no device of the cluster (every device
-    would fall back to the analytic estimates, and the flag would change nothing)."""
+def _check_profile_covers(provider: Any, cluster: Any, path: str, backend: str | None) -> None:
+    """Raises ConfigError when `--cost-model` (with `--backend`: that backend's layer steps)
+    would price no device of the cluster (every device would fall back to the analytic
+    estimates, and the flag would change nothing but the summary's label)."""
     profiled = provider.providers[0].devices()
     wanted = sorted({d.cost_device for d in cluster.devices})
-    if not set(profiled) & set(wanted):
+    if set(profiled) & set(wanted):
+        return
+    if backend is not None:
         raise ConfigError(
             f"--backend {backend!r}: no device of cluster {cluster.name!r} has layer steps of "
             f"that backend in the profile (cluster cost devices: {', '.join(wanted)}; "
             f"profiled with {backend}: {', '.join(profiled) or 'none'})")
+    raise ConfigError(
+        f"--cost-model {path!r}: no device of cluster {cluster.name!r} is in the profile "
+        f"(cluster cost devices: {', '.join(wanted)}; profiled: {', '.join(profiled) or 'none'}"
+        "); name a profiled device as a device's cost_device, or leave --cost-model out")
 
 
 def _fmt_j(x: float) -> str:
@@ -134,8 +144,8 @@ def cmd_place(args: argparse.Namespace) -> int:
                                 4096 if args.tokens is None else args.tokens, args.skew,
                                 0 if args.seed is None else args.seed)
     provider, provider_txt = build_cost_provider(args.cost_model, args.backend)
-    if args.backend is not None:
-        _check_backend_covers(provider, cluster, args.backend)
+    if args.cost_model:
+        _check_profile_covers(provider, cluster, args.cost_model, args.backend)
     constraints = Constraints(
         latency_slo_s=None if args.slo_ms is None else args.slo_ms / 1e3,
         max_replicas=args.max_replicas, redundant_per_layer=args.redundant)

@@ -160,12 +160,14 @@ class OpShape:
         try:
             vals = {p[0]: p[1:] for p in parts if p and p[0] in "hfek" and p[1:].isdigit()}
             form = next(p for p in parts if p in ("swiglu", "relu"))
-            return cls(int(vals["h"]), int(vals["f"]), form, int(vals.get("e", 1)),
-                       int(vals.get("k", 1)))
+            dims = (int(vals["h"]), int(vals["f"]), int(vals.get("e", 1)), int(vals.get("k", 1)))
         except (KeyError, StopIteration, ValueError):
             raise CostModelError(
                 f"cannot read shape {key!r}; expected like 'h2048_f1024_swiglu_e64_k8'"
             ) from None
+        # outside the try: a key of the right form with invalid values (k > e, h0) gets the
+        # shape's own error, not "cannot read"
+        return cls(dims[0], dims[1], form, dims[2], dims[3])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -109,7 +109,8 @@ def import_nsys_sqlite(path: str | Path) -> NsysReport:
     """
     path = Path(path)
     if not path.is_file():
-        raise ProfileFormatError(f"nsys export {str(path)!r} does not exist")
+        what = "is a folder, not an nsys export" if path.is_dir() else "does not exist"
+        raise ProfileFormatError(f"nsys export {str(path)!r} {what}")
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         tables = _tables(con)

@@ -61,6 +61,7 @@ class DemoResult:
     cluster: str = ""
     cost_model: str = ""
     placements: tuple[PlacementRow, ...] = ()
+    steps_requested: int = 0  # more than `steps` when Ctrl-C stopped the timed steps early
 
     @property
     def energy_per_token_j(self) -> float | None:
@@ -149,6 +150,8 @@ def run_demo(
     Raises:
         ConfigError: a bad count, preset, scale, dtype, backend or device name.
         DeviceError: a 'cuda:N' that torch cannot use here.
+        KeyboardInterrupt: Ctrl-C before the first timed step finished. Later, the timed
+            steps stop and the result covers those that finished (`steps` < `steps_requested`).
     """
     if steps <= 0 or batch <= 0 or seq <= 0 or warmup < 0:
         raise ConfigError(
@@ -175,9 +178,8 @@ def run_demo(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(batch, seq, cfg.hidden_size, generator=gen).to(device=device, dtype=dt)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times: list[float] = []
-    aux: list[float] = []
-    dropped = 0
+    done: list[tuple[float, float, int]] = []  # per finished step: time, aux loss, dropped
+    interrupted = False
     monitor = GpuSystemMonitor(devices=[device])
     meter = monitor.backend_for(device)
     auto = block.moe.expert_backend
@@ -186,17 +188,35 @@ def run_demo(
         for _ in range(warmup):
             block(x)
         block.moe.reset_utilization()
+        counted = block.moe.tokens_per_expert.clone()  # the counts of the finished steps
         ran_before = Counter(auto.counts) if auto is not None else Counter()
         with monitor.window("demo", sync=True) as window:
-            for _ in range(steps):
-                sync()
-                t0 = time.perf_counter()
-                out = block(x)
-                sync()
-                times.append(time.perf_counter() - t0)
-                aux.append(float(out.aux_loss))
-                dropped += out.dropped
+            try:
+                for _ in range(steps):
+                    sync()
+                    t0 = time.perf_counter()
+                    out = block(x)
+                    sync()
+                    elapsed = time.perf_counter() - t0
+                    counted = block.moe.tokens_per_expert.clone()
+                    done.append((elapsed, float(out.aux_loss), int(out.dropped)))
+            except KeyboardInterrupt:
+                # Ctrl-C: keep the steps that finished; a step cut off after its routing
+                # counted its tokens must not reach the placed loads
+                if not done:
+                    raise
+                interrupted = True
+                block.moe.tokens_per_expert.copy_(counted)
+    requested, steps = steps, len(done)
+    times = [t for t, _, _ in done]
+    aux = [a for _, a, _ in done]
+    dropped = sum(d for _, _, d in done)
     energy = window.measurement.devices[device]
+    note = energy.note
+    if interrupted:
+        note = "; ".join(x for x in (
+            f"interrupted after {steps} of {requested} timed steps (the energy window also "
+            "covers the step under way)", note) if x)
     if auto is not None:  # what `auto` chose for the timed steps, and how
         ran = Counter(auto.counts) - ran_before
         why = f"{auto.last.reason}; " if auto.last is not None else ""
@@ -217,7 +237,8 @@ def run_demo(
         tokens_per_s=batch * seq / med, expert_counts=block.moe.tokens_per_expert.tolist(),
         mean_aux_loss=statistics.fmean(aux), dropped=dropped,
         energy_j=energy.energy_j, energy_source=energy.source, energy_backend=meter.name,
-        mean_power_w=energy.mean_power_w, energy_note=energy.note,
+        mean_power_w=energy.mean_power_w, energy_note=note,
         backend=backend, weights=weights,
         cluster=cluster or "", cost_model=cost_model, placements=placements,
+        steps_requested=requested,
     )

@@ -139,6 +139,15 @@ class PlacementProblem:
                 + obj.balance * imbalance / ref_b)
 
 
+def _bytes_txt(n: float) -> str:
+    """A byte count in the largest binary unit it reaches ('48.0 KiB', '1,000 B'): a fixed
+    unit printed small experts and devices as '0.0 MiB'."""
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= f:
+            return f"{n / f:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
 def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
                  provider: ExpertCostProvider, objective: Objective | str = "energy",
                  constraints: Constraints | None = None) -> PlacementProblem:
@@ -151,20 +160,19 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
     constraints = constraints or Constraints()
     L, E = loads.tokens.shape
     graph = build_cost_graph(cluster, provider, shape, max_tokens=float(loads.tokens.max()))
-    mib = shape.weight_bytes / 2**20
+    each = _bytes_txt(shape.weight_bytes)
     if graph.slots.max() == 0:
         big = int(np.argmax([d.memory_bytes for d in cluster.devices]))
         raise InfeasibleError(
             f"one expert (H={shape.hidden}, F={shape.inner}, {shape.form}, {shape.dtype}: "
-            f"{mib:,.1f} MiB) is larger than the memory of every device (largest: "
-            f"{cluster.devices[big].name} with "
-            f"{cluster.devices[big].memory_bytes / 2**20:,.1f} MiB)"
+            f"{each}) is larger than the memory of every device (largest: "
+            f"{cluster.devices[big].name} with {_bytes_txt(cluster.devices[big].memory_bytes)})"
         )
     if int(graph.slots.sum()) < L * E:
         raise InfeasibleError(
-            f"the {L} x {E} experts need {L * E * shape.weight_bytes / 2**30:,.1f} GiB "
-            f"({mib:,.1f} MiB each) but all devices together hold {int(graph.slots.sum())} "
-            f"experts ({sum(d.memory_bytes for d in cluster.devices) / 2**30:,.1f} GiB)"
+            f"the {L} x {E} experts need {_bytes_txt(L * E * shape.weight_bytes)} "
+            f"({each} each) but all devices together hold {int(graph.slots.sum())} "
+            f"experts ({_bytes_txt(sum(d.memory_bytes for d in cluster.devices))})"
         )
     problem = PlacementProblem(graph, loads, Objective.parse(objective), constraints)
     ref = evaluate(problem, round_robin_assignment(L, E, graph.slots))
