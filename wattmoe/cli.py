@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from wattmoe.errors import ConfigError, WattmoeError
+from wattmoe.units import fmt_bytes
 
 # Piped output (CI logs, README examples) gets a fixed width instead of the 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -40,14 +41,6 @@ def _fmt_params(n: float) -> str:
         if n >= div:
             return f"{n / div:.2f}{unit}"
     return str(int(n))
-
-
-def fmt_bytes(n: float) -> str:
-    """A byte count in the largest binary unit it reaches: '48.0 KiB', '336.0 MiB'."""
-    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= f:
-            return f"{n / f:,.1f} {unit}"
-    return f"{n:,.0f} B"
 
 
 @command("models", "list the MoE shape presets")

@@ -8,8 +8,9 @@ from typing import Any
 
 from rich.table import Table
 
-from wattmoe.cli import command, console, err_console, fmt_bytes
+from wattmoe.cli import command, console, err_console
 from wattmoe.errors import ConfigError, os_error_as
+from wattmoe.units import fmt_bytes
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
 

@@ -33,6 +33,7 @@ from wattmoe.placement.base import (
 from wattmoe.placement.graph import CostGraph, build_cost_graph
 from wattmoe.placement.loads import ExpertLoads
 from wattmoe.placement.spec import ClusterSpec
+from wattmoe.units import fmt_bytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,15 +140,6 @@ class PlacementProblem:
                 + obj.balance * imbalance / ref_b)
 
 
-def _bytes_txt(n: float) -> str:
-    """A byte count in the largest binary unit it reaches ('48.0 KiB', '1,000 B'): a fixed
-    unit printed small experts and devices as '0.0 MiB'."""
-    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= f:
-            return f"{n / f:,.1f} {unit}"
-    return f"{n:,.0f} B"
-
-
 def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
                  provider: ExpertCostProvider, objective: Objective | str = "energy",
                  constraints: Constraints | None = None) -> PlacementProblem:
@@ -160,19 +152,19 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
     constraints = constraints or Constraints()
     L, E = loads.tokens.shape
     graph = build_cost_graph(cluster, provider, shape, max_tokens=float(loads.tokens.max()))
-    each = _bytes_txt(shape.weight_bytes)
+    each = fmt_bytes(shape.weight_bytes)
     if graph.slots.max() == 0:
         big = int(np.argmax([d.memory_bytes for d in cluster.devices]))
         raise InfeasibleError(
             f"one expert (H={shape.hidden}, F={shape.inner}, {shape.form}, {shape.dtype}: "
             f"{each}) is larger than the memory of every device (largest: "
-            f"{cluster.devices[big].name} with {_bytes_txt(cluster.devices[big].memory_bytes)})"
+            f"{cluster.devices[big].name} with {fmt_bytes(cluster.devices[big].memory_bytes)})"
         )
     if int(graph.slots.sum()) < L * E:
         raise InfeasibleError(
-            f"the {L} x {E} experts need {_bytes_txt(L * E * shape.weight_bytes)} "
+            f"the {L} x {E} experts need {fmt_bytes(L * E * shape.weight_bytes)} "
             f"({each} each) but all devices together hold {int(graph.slots.sum())} "
-            f"experts ({_bytes_txt(sum(d.memory_bytes for d in cluster.devices))})"
+            f"experts ({fmt_bytes(sum(d.memory_bytes for d in cluster.devices))})"
         )
     problem = PlacementProblem(graph, loads, Objective.parse(objective), constraints)
     ref = evaluate(problem, round_robin_assignment(L, E, graph.slots))
