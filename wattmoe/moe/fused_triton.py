@@ -338,8 +338,10 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w256t32s2": (_wt(256, 32, 64, 1, 16, 2), _wt(256, 32, 64, 1, 16, 2)),
     "w256t16s3": (_wt(256, 16, 64, 1, 16, 3), _wt(256, 16, 64, 1, 16, 3)),
     # 256 rows over two warp groups (two m64 MMAs each): sm_90 down at 127-128 registers, 2
-    # CTAs per SM (the 16-warp w256 tiles: 1); not yet run on a GPU (512 rows over four warp
-    # groups spilled in gate/up: not a candidate)
+    # CTAs per SM (the 16-warp w256 tiles: 1); as the down launch of the 512-token int4
+    # entries of DeepSeek-V3 and Qwen3 since runs 76-79 (results/h200/kernels: 3.5% and 4-6%
+    # less energy per captured experts step); 512 rows over four warp groups spilled in
+    # gate/up: not a candidate
     "w256t32s3w8": (_wt(256, 32, 64, 1, 8, 3), _wt(256, 32, 64, 1, 8, 3)),
     "w256t16s3w8": (_wt(256, 16, 64, 1, 8, 3), _wt(256, 16, 64, 1, 8, 3)),
 }
@@ -370,8 +372,8 @@ INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
 # (results/h200/kernels/run69_ncu_deepseek512) has it reading HBM at ~51% of peak, where the bf16
 # launch (128-byte row pieces, no scales) reads at 95%; each K step reads 64-byte pieces of 64
 # rows, and one 4-byte scale word per row
-# (and on the 128-token tiles of 4096 tokens and more, not yet tuned on a GPU: with them the
-# table's 4096-token entries could drop the row-major words' copy)
+# (and on the 128-token tiles of 4096 tokens and more: `w128t128fpx` is the table's 4096- and
+# 16384-token entry since runs 76-78, 3-7% less energy per layer step than the row-major words)
 INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [
     n for n in INT4_CANDIDATES if n.endswith("fp") and "d" not in n], "x", int4_tiles=True))
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
