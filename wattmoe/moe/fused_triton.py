@@ -339,7 +339,7 @@ INT4_CANDIDATES: dict[str, ConfigPair] = {
     "w256t16s3": (_wt(256, 16, 64, 1, 16, 3), _wt(256, 16, 64, 1, 16, 3)),
     # 256 rows over two warp groups (two m64 MMAs each): sm_90 down at 127-128 registers, 2
     # CTAs per SM (the 16-warp w256 tiles: 1); as the down launch of the 512-token int4
-    # entries of DeepSeek-V3 and Qwen3 since runs 76-79 (results/h200/kernels: 3.5% and 4-6%
+    # entries of DeepSeek-V3 and Qwen3 since runs 76-79 (results/h200/kernels: 3.5% and 5.7%
     # less energy per captured experts step); 512 rows over four warp groups spilled in
     # gate/up: not a candidate
     "w256t32s3w8": (_wt(256, 32, 64, 1, 8, 3), _wt(256, 32, 64, 1, 8, 3)),
