@@ -536,6 +536,38 @@ def test_tile_order_copies_per_stack_follow_the_tile_rows(
     assert sum("fused int4: new" in r.getMessage() for r in caplog.records) == 4 * copies
 
 
+def test_int4_heuristic_on_sm90_takes_the_tuned_families(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # untuned int4 shapes on an H100/H200 get the families that won every H200 tuning; CPUs
+    # and other GPUs keep the plain tiles
+    picks = {m: ft.heuristic_config(m * 64, 64, True, sm90=True) for m in (2, 16, 32, 64, 512)}
+    assert picks == {2: "w64t16fpx", 16: "w64t16fpx", 32: "w64t32r16fpx",
+                     64: "w64t64r16fpx", 512: "w128t128fpx"}
+    assert all(ft.resolve_config(n, True) is not None for n in picks.values())
+    assert ft.heuristic_config(64 * 64, 64, True) == "w64t64"
+    assert ft.heuristic_config(64 * 64, 64, False, sm90=True) == "m64"  # bf16: unchanged
+    qst = stacked_experts([quantize_expert(e, 32) for e in experts(4, 64, 32)])
+    assert ft.choose_config(qst, 64, torch.device("cpu")) == "w64t16"
+    monkeypatch.setattr(ft, "_is_sm90", lambda device: True)
+    monkeypatch.setattr(ft, "load_tuned", lambda device: {})
+    assert ft.choose_config(qst, 64, torch.device("cpu")) == "w64t16fpx"
+
+
+@pytest.mark.parametrize("config", ["w64t32r16fpx", "w64t64r16fpx", "w128t128fpx"])
+@pytest.mark.parametrize(("hidden", "inner", "group"), [(96, 224, 32), (128, 192, 64)])
+def test_int4_heuristic_picks_on_shapes_with_partial_tiles(
+        config: str, hidden: int, inner: int, group: int, gen: torch.Generator,
+        no_fallback: None) -> None:
+    # an untuned shape whose rows are not whole tiles (F = 224, 192; H = 96) or whose halves are not
+    # whole groups falls back to row-major words or half-split codes, with the same outputs
+    qx = [quantize_expert(e, group) for e in experts(5, hidden, inner)]
+    x = torch.randn(37, hidden, generator=gen)
+    d = make_dispatch("skewed", 37, 5, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        torch.testing.assert_close(run(qx, x, d, config), get_backend("loop")(qx, x, d),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_tile_rows_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ft.TILE_ROWS_ENV, raising=False)
     assert ft._tile_rows_setting() == 128

@@ -390,9 +390,19 @@ INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [
 # gate and up rows stacked over two warp groups (run47), interleaved gate/up rows (run41).
 
 
-def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False) -> str:
-    """Candidate name for N assignments over E experts, by rows per expert (no tuning)."""
+def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
+                     sm90: bool = False) -> str:
+    """Candidate name for N assignments over E experts, by rows per expert (no tuning).
+
+    int4 on sm_90 (`sm90`): the families that won every int4 tuning of the three H200 shapes
+    (kernel_configs/nvidia_h200.json, runs 70-78): fragment words and scale pairs in tile
+    order, with tail rows on 32- and 64-token tiles; they fall back to row-major words, or to
+    half-split codes, where a shape's tiles or groups are not whole. Elsewhere the plain
+    tiles, which no GPU of another kind has measured against."""
     m = num_assign / max(num_experts, 1)
+    if quantized and sm90:
+        return ("w64t16fpx" if m <= 16 else "w64t32r16fpx" if m <= 48 else "w64t64r16fpx"
+                if m <= 96 else "w128t128fpx")
     if quantized:
         return "w64t16" if m <= 16 else "w64t32" if m <= 32 else "w64t64" if m <= 96 else (
             "w128t128")
@@ -525,7 +535,19 @@ def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str
         name = entries[near]
         if resolve_config(name, st.quantized) is not None:
             return name
-    return heuristic_config(num_assign, st.num_experts, st.quantized)
+    return heuristic_config(num_assign, st.num_experts, st.quantized, _is_sm90(device))
+
+
+def _is_sm90(device: torch.device) -> bool:
+    """Whether `device` is an NVIDIA GPU of compute capability 9.0 (H100, H200)."""
+    if device.type != "cuda" or torch.version.hip is not None:
+        return False
+    return _cuda_sm90(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_sm90(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) == (9, 0)
 
 
 @functools.lru_cache(maxsize=4096)  # once per (config, shape): it runs on every step
