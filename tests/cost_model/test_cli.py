@@ -175,6 +175,13 @@ def test_profile_refuses_a_folder_out_and_a_negative_ncu_before_the_sweep(
     # was: accepted; on a GPU, cands[:-1] collected counters for all scenarios but one
     assert main(["profile", "--ncu", "-1", "--out", str(tmp_path / "p.json")]) == 2
     assert "--ncu must be >= 0, got -1" in capsys.readouterr().err
+    # was: the whole sweep, then "cannot write (File exists)" for the plots
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for plot in (blocker, blocker / "plots"):
+        assert main(["profile", "--out", str(tmp_path / "p.json"), "--plot", str(plot)]) == 2
+        err = capsys.readouterr().err
+        assert f"--plot {str(plot)!r}: {str(blocker)!r} is a file, not a folder" in err
 
 
 def test_profile_refuses_a_deadline_that_lets_nothing_run(tmp_path: Path, capsys) -> None:

@@ -49,6 +49,17 @@ def _writing(option: str, path: str) -> Iterator[None]:
         raise ConfigError(f"{option} {path!r}: cannot write ({exc.strerror or exc})") from None
 
 
+def _check_folder(option: str, path: str) -> None:
+    """Refuses a folder `path` that cannot be made because it, or a folder above it, is an
+    existing file (found before a long run, not when writing into it afterwards)."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ConfigError(f"{option} {path!r}: {str(q)!r} is a file, not a folder")
+            return
+
+
 def _fmt_s(v: float) -> str:
     if v >= 1:
         return f"{v:.3f} s"
@@ -158,6 +169,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).is_dir():  # found before the sweep, not when saving it
         raise ConfigError(f"--out {args.out!r} is a folder; give the profile's file name, "
                           f"e.g. {str(Path(args.out) / default_profile_path().name)!r}")
+    if args.plot:
+        _check_folder("--plot", args.plot)
     sweep = SweepConfig(shapes=_csv(args.shapes), dtypes=_csv(args.dtypes),
                         devices=_devices(args.devices), ops=_csv(args.ops),
                         tokens=_ints(args.tokens), max_memory_bytes=args.max_memory_gb * 1e9)
