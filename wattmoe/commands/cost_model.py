@@ -392,7 +392,8 @@ def cmd_profile_plot(args: argparse.Namespace) -> int:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="profile JSON the model is built from")
     p.add_argument("--measured", required=True, nargs="+",
-                   help="held-out measurements (.json profiles or .jsonl sweeps)")
+                   help="held-out measurements (.json profiles or .jsonl sweeps); points of an "
+                        "op, device or dtype the profile lacks are skipped and listed")
     p.add_argument("--out", default=None, help="write rows and summary JSON here")
     p.add_argument("--csv", default=None, help="write the rows as CSV here")
     p.add_argument("--split-latency", type=float, default=None, metavar="S",
@@ -424,9 +425,13 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
         if not got:
             raise ConfigError(f"--measured {m!r} holds no measured points")
         pts += got
-    rows = evaluate(model, pts)
+    rows, skipped = evaluate(model, pts)
+    if not rows:
+        raise ConfigError(f"the profile cannot predict any of the {len(pts)} measured points "
+                          f"(first: {skipped[0].describe()}: {skipped[0].reason})")
     summary = summarize(rows, args.split_latency)
-    t = Table(title=f"held-out accuracy of {args.profile} ({len(rows)} points)")
+    note = f"; {len(skipped)} skipped: the profile cannot predict them" if skipped else ""
+    t = Table(title=f"held-out accuracy of {args.profile} ({len(rows)} points{note})")
     for col in ("kind", "n", "latency median |err|", "latency p90", "energy median |err|",
                 "energy p90", "energy model alone, median"):
         t.add_column(col, justify="left" if col == "kind" else "right")
@@ -440,12 +445,20 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
                   pct(s["energy"], "p90_abs_pct"),
                   pct(s["energy_model_only"], "median_abs_pct"))
     console.print(t)
+    groups: dict[tuple[str, str, str, str], int] = {}
+    for sk in skipped:
+        key = (sk.op, sk.device, sk.dtype, sk.reason)
+        groups[key] = groups.get(key, 0) + 1
+    for (op, device, dtype, reason), n in groups.items():
+        console.print(f"skipped {n} point{'s' if n != 1 else ''} of {op} {device} {dtype}: "
+                      f"{reason}", highlight=False)
     if args.out:
         with _writing("--out", args.out):
             save_json(args.out, {"provenance": provenance(), "profile": args.profile,
                                  "latency_basis": args.latency,
                                  "measured": args.measured, "summary": summary,
-                                 "rows": [r.to_dict() for r in rows]})
+                                 "rows": [r.to_dict() for r in rows],
+                                 "skipped": [sk.to_dict() for sk in skipped]})
         console.print(f"wrote {args.out}")
     if args.csv:
         with _writing("--csv", args.csv):
