@@ -118,6 +118,21 @@ def test_cost_eval_skips_points_the_profile_cannot_answer(profile: Path, tmp_pat
     assert "the profile cannot predict any of the 1 measured points" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["cost"], ["profile-plot", "--out", "{tmp}/pl"]])
+def test_a_missing_default_profile_says_to_pass_profile(tmp_path: Path, capsys, monkeypatch,
+                                                        command) -> None:
+    import wattmoe.commands.cost_model as cli
+
+    missing = tmp_path / "profiles" / "thishost.json"
+    monkeypatch.setattr(cli, "default_profile_path", lambda: missing)
+    # was: "cannot read profile '.../thishost.json': No such file or directory", no way out
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in command]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"no profile of this machine at {str(missing)!r}: pass --profile PATH (a profile "
+            "JSON, e.g. one in data/profiles/) or make one with `wattmoe profile`") in err
+    assert not (tmp_path / "pl").exists()
+
+
 def test_nsys_import(tmp_path: Path, capsys) -> None:
     db = build_export(tmp_path / "r.sqlite")
     assert main(["nsys-import", str(db), "--json", str(tmp_path / "k.json")]) == 0

@@ -146,6 +146,19 @@ def default_profile_path() -> Path:
     return Path("data/profiles") / f"{platform.node() or 'machine'}.json"
 
 
+def _profile_to_read(given: str | None) -> Path:
+    """`--profile`, or this machine's default profile, which must exist (a missing one was
+    "cannot read profile ...: No such file or directory", without saying what to do)."""
+    if given is not None:
+        return Path(given)
+    path = default_profile_path()
+    if not path.exists():
+        raise ConfigError(f"no profile of this machine at {str(path)!r}: pass --profile PATH "
+                          "(a profile JSON, e.g. one in data/profiles/) or make one with "
+                          "`wattmoe profile`")
+    return path
+
+
 @command("profile", "run the kernel profiling sweep and write the versioned cost-model JSON",
          _profile_args)
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -334,7 +347,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     tokens = _tokens_arg(args.tokens)
     args.op = _cost_op(args)
-    model = KernelCostModel.load(args.profile or default_profile_path(), args.latency)
+    model = KernelCostModel.load(_profile_to_read(args.profile), args.latency)
     if args.list:
         t = Table(title="profiled (op, device, dtype): shapes")
         for col in ("device", "dtype", "op", "shapes", "batch sizes"):
@@ -379,7 +392,7 @@ def cmd_profile_plot(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.database import load_profile
     from wattmoe.cost_model.plots import plot_profile
 
-    db = load_profile(args.profile or default_profile_path())
+    db = load_profile(_profile_to_read(args.profile))
     with _writing("--out", args.out):
         paths = plot_profile(db, args.out)
     console.print(f"wrote {len(paths)} plots to {args.out}")
