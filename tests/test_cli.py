@@ -30,6 +30,15 @@ def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "tokens/s" in capsys.readouterr().out
 
 
+def test_demo_title_shows_the_shape_a_small_scale_rounds_to(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # widths are rounded to multiples of 64, at least 64 (MoEConfig.scaled): the title said
+    # only 'tiny@1e-09' for what ran at H=64 F=64
+    assert main(["demo", "--preset", "tiny", "--scale", "1e-9", "--steps", "1", "--seq", "8",
+                 "--cluster", "none"]) == 0
+    assert "tiny@1e-09 (H=64 F=64): one MoE block" in capsys.readouterr().out
+
+
 def test_demo_interrupted_prints_what_it_timed(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     # Ctrl-C in the timed steps: the table of the finished steps, and exit status 130

@@ -66,7 +66,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="olmoe-1b-7b", help="shape preset (see `wattmoe models`)")
-    p.add_argument("--scale", type=float, default=0.25, help="width scale factor of the preset")
+    p.add_argument("--scale", type=float, default=0.25,
+                   help="width scale factor of the preset (widths are rounded to multiples of "
+                        "64, at least 64)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step")
     p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     p.add_argument("--steps", type=int, default=10, help="timed forward passes")
@@ -102,7 +104,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"out of memory on {args.device}{': ' + tried.group(0).strip() if tried else ''}; "
             f"lower --scale ({args.scale:g}), --batch ({args.batch}) or --seq ({args.seq})"
         ) from None
-    t = Table(title=f"{r.preset}: one MoE block, {r.tokens_per_step} tokens/step on {r.device}")
+    # the shape that ran: a scale's widths are rounded to multiples of 64, at least 64
+    t = Table(title=f"{r.preset} (H={r.hidden_size} F={r.expert_inner_size}): one MoE block, "
+                    f"{r.tokens_per_step} tokens/step on {r.device}")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_row("shape", f"H={r.hidden_size} F={r.expert_inner_size} E={r.num_experts} k={r.top_k}")

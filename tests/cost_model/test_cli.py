@@ -91,6 +91,48 @@ def test_plot_and_eval(profile: Path, tmp_path: Path, capsys) -> None:
     assert (tmp_path / "e.csv").read_text().count("\n") == 3
 
 
+def test_cost_eval_skips_points_the_profile_cannot_answer(profile: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    # was: exit 2 at the first such point, with no evaluation of the others
+    held = save_profile(synthetic_db([
+        synthetic_point("expert", 2, SHAPE_A), synthetic_point("expert", 8, SHAPE_A),
+        synthetic_point("activation", 8, SHAPE_A), synthetic_point("expert", 8, SHAPE_A,
+                                                                   device="cuda:1")]),
+        tmp_path / "held.json")
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(held),
+                 "--out", str(tmp_path / "e.json")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(2 points; 2 skipped: the profile cannot predict them)" in out
+    assert ("skipped 1 point of activation cuda:0 bf16: op 'activation' was not profiled on "
+            "cuda:0 (profiled: expert)") in out
+    assert "skipped 1 point of expert cuda:1 bf16: unknown device 'cuda:1'" in out
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert rep["summary"]["all"]["latency"]["n"] == 2
+    assert [(s["op"], s["device"], s["tokens"]) for s in rep["skipped"]] == [
+        ("activation", "cuda:0", 8), ("expert", "cuda:1", 8)]
+    assert all(s["reason"] for s in rep["skipped"])
+    # none the profile can answer: one line, exit 2
+    only = save_profile(synthetic_db([synthetic_point("activation", 8, SHAPE_A)]),
+                        tmp_path / "only.json")
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(only)]) == 2
+    assert "the profile cannot predict any of the 1 measured points" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["cost"], ["profile-plot", "--out", "{tmp}/pl"]])
+def test_a_missing_default_profile_says_to_pass_profile(tmp_path: Path, capsys, monkeypatch,
+                                                        command) -> None:
+    import wattmoe.commands.cost_model as cli
+
+    missing = tmp_path / "profiles" / "thishost.json"
+    monkeypatch.setattr(cli, "default_profile_path", lambda: missing)
+    # was: "cannot read profile '.../thishost.json': No such file or directory", no way out
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in command]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"no profile of this machine at {str(missing)!r}: pass --profile PATH (a profile "
+            "JSON, e.g. one in data/profiles/) or make one with `wattmoe profile`") in err
+    assert not (tmp_path / "pl").exists()
+
+
 def test_nsys_import(tmp_path: Path, capsys) -> None:
     db = build_export(tmp_path / "r.sqlite")
     assert main(["nsys-import", str(db), "--json", str(tmp_path / "k.json")]) == 0
@@ -175,6 +217,13 @@ def test_profile_refuses_a_folder_out_and_a_negative_ncu_before_the_sweep(
     # was: accepted; on a GPU, cands[:-1] collected counters for all scenarios but one
     assert main(["profile", "--ncu", "-1", "--out", str(tmp_path / "p.json")]) == 2
     assert "--ncu must be >= 0, got -1" in capsys.readouterr().err
+    # was: the whole sweep, then "cannot write (File exists)" for the plots
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for plot in (blocker, blocker / "plots"):
+        assert main(["profile", "--out", str(tmp_path / "p.json"), "--plot", str(plot)]) == 2
+        err = capsys.readouterr().err
+        assert f"--plot {str(plot)!r}: {str(blocker)!r} is a file, not a folder" in err
 
 
 def test_profile_refuses_a_deadline_that_lets_nothing_run(tmp_path: Path, capsys) -> None:

@@ -215,6 +215,14 @@ def test_place_diff_names_a_missing_field(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert f"placement {b}: missing field 'layers'" in " ".join(err.split())
     assert "Traceback" not in err and "KeyError" not in err
+    # was: "malformed: TypeError: PlacementSummary.__init__() missing 7 required ..."
+    d = json.loads(a.read_text())
+    d["summary"] = {**d["summary"], "energy_j_per_token": "x"}
+    b.write_text(json.dumps(d))
+    assert main(["place-diff", str(a), str(b)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"placement {b}: summary: field 'energy_j_per_token' must be a number, got 'x'"
+            in err) and "TypeError" not in err
 
 
 @pytest.mark.parametrize("extra", [["--tokens", "99"], ["--layers", "5"], ["--seed", "3"],

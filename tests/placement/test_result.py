@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -101,6 +102,39 @@ def test_missing_fields_are_named(two_placements, mutate, message) -> None:
     d = two_placements[0].to_dict()
     mutate(d)
     with pytest.raises(PlacementError, match=f"^{message}$"):
+        Placement.from_dict(d, source="p.json")
+
+
+@pytest.mark.parametrize(("summary", "message"), [
+    # was: "is malformed: TypeError: PlacementSummary.__init__() missing 7 required positional
+    # arguments: ..."
+    ({"energy_j_per_token": "x"},
+     "placement p.json: summary: missing fields 'energy_j_per_batch', 'latency_s', "
+     "'imbalance', 'tokens_per_batch', 'transfer_energy_j', 'objective', "
+     "'redundant_replicas', 'devices'; field 'energy_j_per_token' must be a number, got 'x'"),
+    ([1, 2], "placement p.json: summary must be an object of named fields, got list"),
+])
+def test_a_malformed_summary_names_its_fields(two_placements, summary, message) -> None:
+    d = two_placements[0].to_dict()
+    d["summary"] = summary
+    with pytest.raises(PlacementError, match=f"^{re.escape(message)}$"):
+        Placement.from_dict(d, source="p.json")
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda s: s.update(redundant_replicas=1.5),
+     "field 'redundant_replicas' must be an integer, got 1.5"),
+    (lambda s: s.update(devices=3), "field 'devices' must be a list, got 3"),
+    (lambda s: s["devices"][1].pop("energy_j"), "devices[1]: missing field 'energy_j'"),
+    (lambda s: s["devices"][0].update(powered="yes"),
+     "devices[0]: field 'powered' must be true or false, got 'yes'"),
+    (lambda s: s.update(violations="none"), "field 'violations' must be a list, got 'none'"),
+])
+def test_a_bad_summary_field_is_named(two_placements, mutate, message) -> None:
+    d = two_placements[1].to_dict()
+    mutate(d["summary"])
+    with pytest.raises(PlacementError,
+                       match=f"^placement p.json: summary: .*{re.escape(message)}$"):
         Placement.from_dict(d, source="p.json")
 
 

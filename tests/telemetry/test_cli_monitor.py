@@ -35,6 +35,10 @@ def test_monitor_replays_a_recording(capsys: pytest.CaptureFixture[str]) -> None
     (["--interval", "-1", "--devices", "cpu"], "interval_s must be a finite number > 0"),
     (["--interval", "inf", "--devices", "cpu"], "interval_s must be a finite number > 0"),
     (["--speed", "5", "--devices", "cpu", "--seconds", "0.1"], "--speed 5 needs --replay"),
+    # was: the default devices, silently
+    (["--devices", "", "--seconds", "0.1"], "--devices '' names no device"),
+    (["--devices", " , ", "--seconds", "0.1"], "--devices ' , ' names no device"),
+    (["--devices", "cpu,,sim:0", "--seconds", "0.1"], "--devices 'cpu,,sim:0': item 2 is empty"),
 ])
 def test_bad_input_is_one_line(argv: list[str], message: str,
                                capsys: pytest.CaptureFixture[str]) -> None:

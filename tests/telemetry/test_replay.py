@@ -157,3 +157,24 @@ def test_writer_refuses_a_foreign_csv(tmp_path: Path) -> None:
     mon = GpuSystemMonitor(csv_path=path, backends={"sim:0": sim})
     with pytest.raises(BackendUnavailable, match="other columns"):
         mon.start()
+
+
+def test_replay_window_takes_peak_and_reasons_from_the_recorded_rows() -> None:
+    """A window over a replay played faster than the sampler polls (here: no sampler at all)
+    reports the recording's own peak, throttle reasons and missing count over the window, not
+    what a poller happened to see (was: no peak, or a peak below the mean at --speed 10)."""
+    clock = Clock()
+    path = DATA / "h200_recorded.csv"
+    rec = read_samples_csv(path)["cuda:0"]
+    replay = ReplayBackend(path, clock=clock, counter_period_s=0.0, speed=10.0)
+    mon = GpuSystemMonitor(backends={"cuda:0": replay})
+    a, b = rec[3], rec[-3]
+    clock.t += (a.timestamp_s - rec[0].timestamp_s) / 10
+    mon.begin_window("w")
+    clock.t += (b.timestamp_s - a.timestamp_s) / 10
+    d = mon.end_window("w").devices["cuda:0"]
+    inside = [s for s in rec if a.timestamp_s <= s.timestamp_s <= b.timestamp_s]
+    assert d.peak_power_w == max(s.power_w for s in inside if not s.missing and s.power_w)
+    assert d.peak_power_w >= d.mean_power_w
+    assert set(d.clock_event_reasons) >= {r for s in inside for r in s.clock_event_reasons}
+    assert "sampler not running" not in d.note

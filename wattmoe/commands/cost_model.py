@@ -49,6 +49,17 @@ def _writing(option: str, path: str) -> Iterator[None]:
         raise ConfigError(f"{option} {path!r}: cannot write ({exc.strerror or exc})") from None
 
 
+def _check_folder(option: str, path: str) -> None:
+    """Refuses a folder `path` that cannot be made because it, or a folder above it, is an
+    existing file (found before a long run, not when writing into it afterwards)."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise ConfigError(f"{option} {path!r}: {str(q)!r} is a file, not a folder")
+            return
+
+
 def _fmt_s(v: float) -> str:
     if v >= 1:
         return f"{v:.3f} s"
@@ -135,6 +146,19 @@ def default_profile_path() -> Path:
     return Path("data/profiles") / f"{platform.node() or 'machine'}.json"
 
 
+def _profile_to_read(given: str | None) -> Path:
+    """`--profile`, or this machine's default profile, which must exist (a missing one was
+    "cannot read profile ...: No such file or directory", without saying what to do)."""
+    if given is not None:
+        return Path(given)
+    path = default_profile_path()
+    if not path.exists():
+        raise ConfigError(f"no profile of this machine at {str(path)!r}: pass --profile PATH "
+                          "(a profile JSON, e.g. one in data/profiles/) or make one with "
+                          "`wattmoe profile`")
+    return path
+
+
 @command("profile", "run the kernel profiling sweep and write the versioned cost-model JSON",
          _profile_args)
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -158,6 +182,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).is_dir():  # found before the sweep, not when saving it
         raise ConfigError(f"--out {args.out!r} is a folder; give the profile's file name, "
                           f"e.g. {str(Path(args.out) / default_profile_path().name)!r}")
+    if args.plot:
+        _check_folder("--plot", args.plot)
     sweep = SweepConfig(shapes=_csv(args.shapes), dtypes=_csv(args.dtypes),
                         devices=_devices(args.devices), ops=_csv(args.ops),
                         tokens=_ints(args.tokens), max_memory_bytes=args.max_memory_gb * 1e9)
@@ -321,7 +347,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     tokens = _tokens_arg(args.tokens)
     args.op = _cost_op(args)
-    model = KernelCostModel.load(args.profile or default_profile_path(), args.latency)
+    model = KernelCostModel.load(_profile_to_read(args.profile), args.latency)
     if args.list:
         t = Table(title="profiled (op, device, dtype): shapes")
         for col in ("device", "dtype", "op", "shapes", "batch sizes"):
@@ -366,7 +392,7 @@ def cmd_profile_plot(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.database import load_profile
     from wattmoe.cost_model.plots import plot_profile
 
-    db = load_profile(args.profile or default_profile_path())
+    db = load_profile(_profile_to_read(args.profile))
     with _writing("--out", args.out):
         paths = plot_profile(db, args.out)
     console.print(f"wrote {len(paths)} plots to {args.out}")
@@ -379,7 +405,8 @@ def cmd_profile_plot(args: argparse.Namespace) -> int:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="profile JSON the model is built from")
     p.add_argument("--measured", required=True, nargs="+",
-                   help="held-out measurements (.json profiles or .jsonl sweeps)")
+                   help="held-out measurements (.json profiles or .jsonl sweeps); points of an "
+                        "op, device or dtype the profile lacks are skipped and listed")
     p.add_argument("--out", default=None, help="write rows and summary JSON here")
     p.add_argument("--csv", default=None, help="write the rows as CSV here")
     p.add_argument("--split-latency", type=float, default=None, metavar="S",
@@ -411,9 +438,13 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
         if not got:
             raise ConfigError(f"--measured {m!r} holds no measured points")
         pts += got
-    rows = evaluate(model, pts)
+    rows, skipped = evaluate(model, pts)
+    if not rows:
+        raise ConfigError(f"the profile cannot predict any of the {len(pts)} measured points "
+                          f"(first: {skipped[0].describe()}: {skipped[0].reason})")
     summary = summarize(rows, args.split_latency)
-    t = Table(title=f"held-out accuracy of {args.profile} ({len(rows)} points)")
+    note = f"; {len(skipped)} skipped: the profile cannot predict them" if skipped else ""
+    t = Table(title=f"held-out accuracy of {args.profile} ({len(rows)} points{note})")
     for col in ("kind", "n", "latency median |err|", "latency p90", "energy median |err|",
                 "energy p90", "energy model alone, median"):
         t.add_column(col, justify="left" if col == "kind" else "right")
@@ -427,12 +458,20 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
                   pct(s["energy"], "p90_abs_pct"),
                   pct(s["energy_model_only"], "median_abs_pct"))
     console.print(t)
+    groups: dict[tuple[str, str, str, str], int] = {}
+    for sk in skipped:
+        key = (sk.op, sk.device, sk.dtype, sk.reason)
+        groups[key] = groups.get(key, 0) + 1
+    for (op, device, dtype, reason), n in groups.items():
+        console.print(f"skipped {n} point{'s' if n != 1 else ''} of {op} {device} {dtype}: "
+                      f"{reason}", highlight=False)
     if args.out:
         with _writing("--out", args.out):
             save_json(args.out, {"provenance": provenance(), "profile": args.profile,
                                  "latency_basis": args.latency,
                                  "measured": args.measured, "summary": summary,
-                                 "rows": [r.to_dict() for r in rows]})
+                                 "rows": [r.to_dict() for r in rows],
+                                 "skipped": [sk.to_dict() for sk in skipped]})
         console.print(f"wrote {args.out}")
     if args.csv:
         with _writing("--csv", args.csv):

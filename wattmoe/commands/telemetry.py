@@ -81,7 +81,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seconds must be > 0, got {args.seconds}")
     if args.speed is not None and not args.replay:  # was: silently ignored
         raise ConfigError(f"--speed {args.speed:g} needs --replay: live devices run in real time")
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    devices = None
+    if args.devices is not None:  # was: '' silently meant every device found
+        devices = [d.strip() for d in args.devices.split(",")]
+        if not any(devices):
+            raise ConfigError(f"--devices {args.devices!r} names no device; give e.g. cpu or "
+                              "cuda:0, or leave --devices out to monitor every device found")
+        if "" in devices:
+            raise ConfigError(f"--devices {args.devices!r}: item {devices.index('') + 1} is "
+                              "empty; separate the names with single commas")
     backends = None
     replay = None
     if args.replay:

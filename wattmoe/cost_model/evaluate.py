@@ -7,7 +7,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from wattmoe.cost_model.base import ProfilePoint
+from wattmoe.cost_model.base import CostModelError, ProfilePoint
 from wattmoe.cost_model.model import KernelCostModel, point_latency
 from wattmoe.cost_model.work import op_work
 
@@ -44,23 +44,57 @@ class EvalRow:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class SkippedPoint:
+    """A held-out point the model cannot predict (its op, device or dtype was not profiled);
+    `reason` is the model's error message."""
+
+    op: str
+    device: str
+    dtype: str
+    preset: str
+    shape: str
+    tokens: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.op} {self.device} {self.dtype} {self.preset} n={self.tokens}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def _rel(pred: float, meas: float) -> float:
     return (pred - meas) / meas
 
 
-def evaluate(model: KernelCostModel, points: list[ProfilePoint]) -> list[EvalRow]:
+def evaluate(model: KernelCostModel, points: list[ProfilePoint]
+             ) -> tuple[list[EvalRow], list[SkippedPoint]]:
     """Predicts every point with `model.get_cost` and records the relative errors.
 
-    Measured latency is taken on the model's latency basis ('window' or 'median')."""
+    Measured latency is taken on the model's latency basis ('window' or 'median'). A point
+    the model cannot predict (`get_cost` raises CostModelError: an op, device or dtype the
+    profile does not hold) is not an error: it is returned among the skipped ones, so that one
+    set of measurements can be evaluated against profiles of fewer ops.
+
+    Returns:
+        The rows of the points predicted, and the points skipped, each in the given order.
+    """
     rows = []
+    skipped = []
     for p in points:
+        try:
+            c = model.get_cost(p.op, p.tokens, p.device, p.dtype, shape=p.shape)
+        except CostModelError as exc:
+            skipped.append(SkippedPoint(p.op, p.device, p.dtype, p.preset, p.shape.key,
+                                        p.tokens, str(exc)))
+            continue
         curves = model.shapes(p.op, p.device, p.dtype)
-        profiled = next((c for c in curves if c.shape == p.shape), None)
+        profiled = next((cv for cv in curves if cv.shape == p.shape), None)
         if profiled is None:
             kind = "shape"
         else:
             kind = "profiled" if p.tokens in set(profiled.tokens.tolist()) else "batch"
-        c = model.get_cost(p.op, p.tokens, p.device, p.dtype, shape=p.shape)
         em = model.energy_models.get((p.device, p.dtype))
         em_j = None
         if em is not None:
@@ -74,7 +108,7 @@ def evaluate(model: KernelCostModel, points: list[ProfilePoint]) -> list[EvalRow
             None if e_meas is None else _rel(c.energy_j, e_meas),
             em_j, None if (em_j is None or e_meas is None) else _rel(em_j, e_meas),
         ))
-    return rows
+    return rows, skipped
 
 
 def _stats(errs: list[float]) -> dict[str, float]:

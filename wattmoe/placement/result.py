@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from wattmoe.checks import is_finite_real
+from wattmoe.checks import is_finite_real, is_real
 from wattmoe.placement.base import PlacementError
 from wattmoe.placement.problem import Evaluation, PlacementProblem
 
@@ -89,12 +89,61 @@ class PlacementSummary:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PlacementSummary:
-        d = dict(d)
-        d["devices"] = tuple(DeviceSummary(**x) for x in d.get("devices", []))
-        d["violations"] = tuple(d.get("violations", ()))
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: object, where: str = "summary") -> PlacementSummary:
+        """Reads `to_dict` output back (fields it does not know are ignored).
+
+        Raises:
+            PlacementError: `where`: the fields missing or of the wrong type, named.
+        """
+        values = _summary_fields(cls, d, where)
+        values["devices"] = tuple(
+            DeviceSummary(**_summary_fields(DeviceSummary, x, f"{where}: devices[{i}]"))
+            for i, x in enumerate(values["devices"]))
+        values["violations"] = tuple(str(v) for v in values.get("violations", ()))
+        return cls(**values)
+
+
+#: What a summary field's annotation asks of its JSON value: (check, in words, conversion).
+_FIELD_KINDS: dict[str, tuple[Any, str, Any]] = {
+    "float": (is_real, "a number", float),
+    "float | None": (lambda v: v is None or is_real(v), "a number or null",
+                     lambda v: v if v is None else float(v)),
+    "int": (lambda v: is_finite_real(v) and v == int(v), "an integer", int),
+    "str": (lambda v: isinstance(v, str), "a string", str),
+    "bool": (lambda v: isinstance(v, bool), "true or false", bool),
+    "dict[str, str]": (lambda v: isinstance(v, dict), "an object", dict),
+    "tuple[str, ...]": (lambda v: isinstance(v, list | tuple), "a list", list),
+    "tuple[DeviceSummary, ...]": (lambda v: isinstance(v, list | tuple), "a list", list),
+}
+
+
+def _summary_fields(cls: Any, d: object, where: str) -> dict[str, Any]:
+    """The fields of dataclass `cls` in the JSON object `d`, checked against their annotations.
+
+    Raises:
+        PlacementError: one line naming every missing field and every value of a wrong type.
+    """
+    if not isinstance(d, dict):
+        raise PlacementError(f"{where} must be an object of named fields, got "
+                             f"{type(d).__name__}")
+    missing, bad, out = [], [], {}
+    for f in fields(cls):
+        if f.name not in d:
+            if f.default is MISSING and f.default_factory is MISSING:
+                missing.append(repr(f.name))
+            continue
+        check, words, convert = _FIELD_KINDS[str(f.type)]
+        v = d[f.name]
+        if check(v):
+            out[f.name] = convert(v)
+        else:
+            shown = type(v).__name__ if isinstance(v, list | dict) else repr(v)
+            bad.append(f"field {f.name!r} must be {words}, got {shown}")
+    if missing or bad:
+        s = "s" if len(missing) > 1 else ""
+        parts = ([f"missing field{s} {', '.join(missing)}"] if missing else []) + bad
+        raise PlacementError(f"{where}: {'; '.join(parts)}")
+    return out
 
 
 def summarize(problem: PlacementProblem, ev: Evaluation) -> PlacementSummary:
@@ -297,7 +346,8 @@ class Placement:
             counts = d.get("replica_counts")
             if counts is not None and not np.array_equal(np.asarray(counts), a.sum(axis=2)):
                 raise PlacementError(f"{where}: replica_counts disagree with expert_to_devices")
-            summary = PlacementSummary.from_dict(d["summary"]) if d.get("summary") else None
+            summary = (PlacementSummary.from_dict(d["summary"], f"{where}: summary")
+                       if d.get("summary") else None)
             return cls(names, a, int(d["expert_bytes"]), solver=str(d.get("solver", "")),
                        objective=str(d.get("objective", "")), status=str(d.get("status", "")),
                        solve_time_s=float(d.get("solve_time_s", 0.0)),

@@ -116,6 +116,8 @@ class TelemetryBackend(Protocol):
 # when present and falls back to `sample()` otherwise):
 #   energy_j(device) -> float | None          one cheap read of the energy counter (J)
 #   slowdown_temperature_c(device) -> float | None   temperature at which clocks slow down
+# and, on a replay only, its recorded time and rows (windows measure the recording's own rows):
+#   recorded_position_s() -> float | None; recorded_samples(device, start_s, end_s)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ window begins and ends (not taken from the sampler), so it does not depend on th
 interval. Mean power is that energy over the window's duration; peak power, throttle reasons
 and the count of missing samples come from the sampler's readings that fall inside the
 window (each open window keeps running sums, so windows may overlap and may be longer than
-the ring buffer). A window shorter than a device's counter period is not measurable: its
+the ring buffer); over a replay that is not looping they come from the recorded rows of the
+window instead (`ReplayBackend.recorded_samples`), which a poller misses when the recording
+plays faster than it polls. A window shorter than a device's counter period is not measurable: its
 energy is None, never 0 J.
 
 The sampler is one daemon thread reading every device each `interval_s`, keeping the last
@@ -490,6 +492,13 @@ class GpuSystemMonitor:
         else:
             duration = (e.t - b.t) * float(getattr(backend, "time_scale", 1.0))
         notes = [x for x in (b.error and f"begin: {b.error}", e.error and f"end: {e.error}") if x]
+        recorded_rows = getattr(backend, "recorded_samples", None)
+        from_recording = (callable(recorded_rows) and b.recorded_s is not None
+                          and e.recorded_s is not None)
+        if from_recording:
+            acc = _Acc()
+            for s in recorded_rows(device, b.recorded_s, e.recorded_s):
+                acc.add(s)
         sampled_mean = acc.power_sum / acc.n_power if acc.n_power else None
         energy: float | None = None
         mean: float | None = None
@@ -519,7 +528,7 @@ class GpuSystemMonitor:
                              "samples x duration")
             else:
                 notes.append("no energy: no counter reading and no power sample")
-        if not running:
+        if not running and not from_recording:
             notes.append("sampler not running: no peak power, throttle reasons from the edges")
         if acc.missing:
             notes.append(f"{acc.missing} of {acc.total} samples missing")

@@ -5,7 +5,10 @@ recording plays back against a clock: at playback time `p` (seconds since the ba
 or `rewind()`, times `speed`), `sample(device)` returns the last recorded row at or before
 `p` and `energy_j(device)` interpolates the recorded energy counter linearly, so a monitor
 window over a replay measures what the recording saw over the same stretch of time.
-Recorded rows are also available as they are through `samples(device)`.
+Recorded rows are also available as they are through `samples(device)`, and those in effect
+over a stretch of recorded time through `recorded_samples(device, start_s, end_s)`: the monitor
+takes a window's peak power, throttle reasons and missing count from them, since a poller
+misses rows when the recording plays faster than it polls.
 """
 
 from __future__ import annotations
@@ -141,6 +144,16 @@ class ReplayBackend:
         if i < 0:
             return DeviceSample(device=device, timestamp_s=pos, missing=True, source="replayed")
         return replace(rows[i], source="replayed")
+
+    def recorded_samples(self, device: str, start_s: float, end_s: float
+                         ) -> list[DeviceSample]:
+        """The rows in effect between recorded times `start_s` and `end_s`, as `sample()` would
+        return them: the last row at or before `start_s`, then every row up to `end_s`."""
+        rows = self._check(device)
+        times = self._times[device]
+        first = max(bisect.bisect_right(times, start_s) - 1, 0)
+        last = bisect.bisect_right(times, end_s)
+        return [replace(r, source="replayed") for r in rows[first:last]]
 
     def energy_j(self, device: str) -> float | None:
         """The recorded counter at the playback position, linearly interpolated."""
