@@ -442,26 +442,33 @@ def _gpu_ms(cand: str, parts: dict[str, tuple[float, float]]) -> float | None:
 
 def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> list[str]:
     """Candidates worth timing for this many rows per expert (both kernels for bf16), each
-    followed by its TMA variant ("<name>d") and, for int4, its fragment-word variants
-    ("<name>f", "<name>df") where the table has them."""
+    followed, where the table has them, by its TMA variant ("<name>d") for bf16, and for
+    int4 by its fragment-word variant ("<name>f"), with scale pairs ("<name>fp") and in tile
+    order ("<name>fpx"): every entry of the shipped H200 table is among them
+    (tests/moe/test_bench_args.py). int4 TMA tiles are named as bases where they won
+    ("w64t64k32dr16"); as a variant of every base they never did."""
     table = ft.INT4_CANDIDATES if int4 else ft.CANDIDATES
-    return [v for n in _tune_base_names(num_assign, num_experts, int4) if n in table
-            for v in (n, f"{n}d", f"{n}f", f"{n}df") if v in table]
+    suffixes = ("", "f", "fp", "fpx") if int4 else ("", "d")
+    return [n + v for n in _tune_base_names(num_assign, num_experts, int4) if n in table
+            for v in suffixes if n + v in table]
 
 
 def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]:
     m = num_assign / num_experts
-    if int4:
+    if int4:  # with the tails and 128/256-row tiles of the shipped 512-token entries
         if m <= 16:
-            names = ["w64t16", "w64t16k128", "w64t32"]
+            names = ["w64t16", "w64t16k128", "w64t32", "w64t16r16", "w128t16r16", "w128t32s3",
+                     "w256t32s3w8"]
         elif m <= 80:
             names = ["w64t32", "w64t64", "w128t64", "w64t64k128", "w64t32s6", "w64t128",
                      "w64t64k32", "w64t128k32", "w64t32k32", "w64t64k32r16", "w64t64k32dr16",
-                     "w64t64k32r32", "w64t64k32dr32"]
+                     "w64t64k32r32", "w64t64k32dr32", "w64t32r16", "w64t64r16", "w128t32s3",
+                     "w256t32s3w8"]
         elif m <= 300:
-            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32"]
+            names = ["w64t64", "w128t64", "w128t128", "w64t128", "w64t64k32", "w64t128k32",
+                     "w64t64r16"]
         else:
-            names = ["w128t64", "w128t128"]
+            names = ["w128t64", "w128t128", "w64t128", "w64t128k32"]
         return names
     if m <= 16:
         names = ["m16", "m32", "w64t16", "w64t32"]
@@ -472,7 +479,7 @@ def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]
                  "w64t64s3dr16", "w64t64s3dr32"]
     elif m <= 300:
         names = ["m64", "m64n128", "m128", "w128t64", "w128t128", "w64t128", "w64t128dr16",
-                 "w64t128dr32", "w128t128dr16", "w128t128dr32"]
+                 "w64t128dr32", "w128t128dr16", "w128t128dr32", "m128n256"]
     else:
         names = ["m64n128", "m128", "m128n256", "w128t128", "m64n64"]
     return names

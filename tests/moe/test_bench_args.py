@@ -161,3 +161,27 @@ def test_tune_by_energy_options_are_checked(argv: list[str], message: str, capsy
         load_script(KERNELS_BENCH).parse_args(["--device", "cpu", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_default_tune_candidates_can_find_every_shipped_pick() -> None:
+    # `kernels_bench --sections tune` without --tune-candidates (what a user tuning a table
+    # for their own GPU or shape runs) must time the families of the shipped table's entries:
+    # its int4 default had no scale-pair or tile-order variant, so it could not find any
+    # int4 entry shipped since session 6
+    import json
+    from pathlib import Path
+
+    from wattmoe.moe import fused_triton as ft
+
+    kb = load_script(KERNELS_BENCH)
+    table = json.loads(Path(ft.__file__).with_name("kernel_configs").joinpath(
+        "nvidia_h200.json").read_text())["configs"]
+    missing = []
+    for shape, entries in table.items():
+        experts = int(shape.split(",")[0].removeprefix("E="))
+        int4 = "int4" in shape
+        for size, name in entries.items():
+            cands = kb.tune_candidates(int(size), experts, int4)
+            missing += [f"{shape} {size}: {half}" for half in name.split("/")
+                        if half not in cands]
+    assert missing == []
