@@ -121,10 +121,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t.add_row("expert imbalance (max/mean)", f"{r.imbalance:.2f}")
     t.add_row("dropped assignments", str(r.dropped))
     if r.energy_j is None:
-        t.add_row(f"energy ({r.energy_source})", "not measurable")
+        interrupted = r.steps < r.steps_requested
+        t.add_row(f"energy per token ({r.energy_source})",
+                  "not reported (interrupted)" if interrupted else "not measurable")
     else:
         t.add_row(f"energy per token ({r.energy_source}, {r.energy_backend})",
                   f"{r.energy_per_token_j * 1e3:.3f} mJ")
+    if r.mean_power_w is not None:
         t.add_row(f"mean power ({r.energy_source})", f"{r.mean_power_w:.1f} W")
     console.print(t)
     if r.energy_note:

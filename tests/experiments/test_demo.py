@@ -178,6 +178,17 @@ def test_demo_interrupted_keeps_the_steps_it_timed(monkeypatch: pytest.MonkeyPat
     assert sum(r.expert_counts) == 2 * 32 * r.top_k
     assert {p.solver for p in r.placements} == {"heuristic", "eplb", "round-robin"}
     assert "interrupted after 2 of 10 timed steps" in r.energy_note
+    # the window also covers the step cut off: joules over the finished tokens would be too
+    # high (41% with the step cut off late), so none are reported
+    assert r.energy_j is None and r.energy_per_token_j is None
+    assert "no energy per token" in r.energy_note
+    # auto's choices: those of the finished steps only (was "3 of 2 steps")
+    calls.clear()
+    r = run_demo("tiny", 1.0, batch=2, seq=16, steps=10, warmup=1, cluster=None,
+                 backend="auto")
+    ran = [int(part.split(" of ")[0].rsplit(" ", 1)[-1])
+           for part in r.backend.removeprefix("auto: ").split("), ")]
+    assert r.steps == 2 and sum(ran) == 2, r.backend
     # interrupted before any timed step finished: nothing to report, the interrupt goes on
     def stop_at_once(self, *args, **kwargs):
         raise KeyboardInterrupt

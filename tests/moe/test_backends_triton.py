@@ -542,7 +542,7 @@ def test_int4_heuristic_on_sm90_takes_the_tuned_families(
     # and other GPUs keep the plain tiles
     picks = {m: ft.heuristic_config(m * 64, 64, True, sm90=True) for m in (2, 16, 32, 64, 512)}
     assert picks == {2: "w64t16fpx", 16: "w64t16fpx", 32: "w64t32r16fpx",
-                     64: "w64t64r16fpx", 512: "w128t128fpx"}
+                     64: "w64t64r16fpx", 512: "w64t128fpx"}
     assert all(ft.resolve_config(n, True) is not None for n in picks.values())
     assert ft.heuristic_config(64 * 64, 64, True) == "w64t64"
     assert ft.heuristic_config(64 * 64, 64, False, sm90=True) == "m64"  # bf16: unchanged
@@ -553,7 +553,23 @@ def test_int4_heuristic_on_sm90_takes_the_tuned_families(
     assert ft.choose_config(qst, 64, torch.device("cpu")) == "w64t16fpx"
 
 
-@pytest.mark.parametrize("config", ["w64t32r16fpx", "w64t64r16fpx", "w128t128fpx"])
+def test_int4_heuristic_picks_share_one_copy(gen: torch.Generator, no_fallback: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # a stack run at every step size through the heuristic holds one tile-order copy of its
+    # codes and of its scales, not one per program size
+    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    qx = [quantize_expert(e, 32) for e in experts(4, 256, 128)]
+    stk = stacked_experts(qx)
+    with torch.no_grad():
+        for m in (2, 32, 64, 512):
+            x = torch.randn(37, 256, generator=gen)
+            d = make_dispatch("skewed", 37, 4, 2, gen, with_rowof=True)
+            ft.fused_forward(stk, x, d, ft.heuristic_config(m * 4, 4, True, sm90=True))
+    nbytes = sum(t.numel() * t.element_size() for t in (stk.q13, stk.q2, stk.s13, stk.s2))
+    assert sum(ft.copy_bytes(stk.kernel_cache).values()) == nbytes
+
+
+@pytest.mark.parametrize("config", ["w64t32r16fpx", "w64t64r16fpx", "w64t128fpx"])
 @pytest.mark.parametrize(("hidden", "inner", "group"), [(96, 224, 32), (128, 192, 64)])
 def test_int4_heuristic_picks_on_shapes_with_partial_tiles(
         config: str, hidden: int, inner: int, group: int, gen: torch.Generator,

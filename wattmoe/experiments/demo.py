@@ -178,7 +178,9 @@ def run_demo(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(batch, seq, cfg.hidden_size, generator=gen).to(device=device, dtype=dt)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    done: list[tuple[float, float, int]] = []  # per finished step: time, aux loss, dropped
+    # per finished step: time, aux loss, dropped, and the expert counts and `auto`'s choices
+    # so far (appended as one tuple: a Ctrl-C leaves the step in or out, never half of it)
+    done: list[tuple[float, float, int, torch.Tensor, Counter]] = []
     interrupted = False
     monitor = GpuSystemMonitor(devices=[device])
     meter = monitor.backend_for(device)
@@ -188,7 +190,6 @@ def run_demo(
         for _ in range(warmup):
             block(x)
         block.moe.reset_utilization()
-        counted = block.moe.tokens_per_expert.clone()  # the counts of the finished steps
         ran_before = Counter(auto.counts) if auto is not None else Counter()
         with monitor.window("demo", sync=True) as window:
             try:
@@ -197,28 +198,33 @@ def run_demo(
                     t0 = time.perf_counter()
                     out = block(x)
                     sync()
-                    elapsed = time.perf_counter() - t0
-                    counted = block.moe.tokens_per_expert.clone()
-                    done.append((elapsed, float(out.aux_loss), int(out.dropped)))
+                    done.append((time.perf_counter() - t0, float(out.aux_loss),
+                                 int(out.dropped), block.moe.tokens_per_expert.clone(),
+                                 Counter(auto.counts) if auto is not None else Counter()))
             except KeyboardInterrupt:
                 # Ctrl-C: keep the steps that finished; a step cut off after its routing
                 # counted its tokens must not reach the placed loads
                 if not done:
                     raise
                 interrupted = True
-                block.moe.tokens_per_expert.copy_(counted)
+                block.moe.tokens_per_expert.copy_(done[-1][3])
     requested, steps = steps, len(done)
-    times = [t for t, _, _ in done]
-    aux = [a for _, a, _ in done]
-    dropped = sum(d for _, _, d in done)
+    times = [t for t, *_ in done]
+    aux = [a for _, a, *_ in done]
+    dropped = sum(d for _, _, d, *_ in done)
     energy = window.measurement.devices[device]
-    note = energy.note
+    energy_j, note = energy.energy_j, energy.note
     if interrupted:
+        # the window also covers the step cut off, whose tokens did not finish: its joules
+        # per finished token would be too high, so none is reported; the window's total and
+        # mean power are still what was measured
+        total = "" if energy_j is None else f": {energy_j:.3g} J in all"
         note = "; ".join(x for x in (
-            f"interrupted after {steps} of {requested} timed steps (the energy window also "
-            "covers the step under way)", note) if x)
+            f"interrupted after {steps} of {requested} timed steps; the energy window also "
+            f"covers the step cut off{total}, so no energy per token", note) if x)
+        energy_j = None
     if auto is not None:  # what `auto` chose for the timed steps, and how
-        ran = Counter(auto.counts) - ran_before
+        ran = done[-1][4] - ran_before
         why = f"{auto.last.reason}; " if auto.last is not None else ""
         backend = "auto: " + ", ".join(f"{n} ({why}{c} of {steps} steps)"
                                         for n, c in ran.most_common())
@@ -236,7 +242,7 @@ def run_demo(
         p90_step_s=times[min(len(times) - 1, int(0.9 * len(times)))],
         tokens_per_s=batch * seq / med, expert_counts=block.moe.tokens_per_expert.tolist(),
         mean_aux_loss=statistics.fmean(aux), dropped=dropped,
-        energy_j=energy.energy_j, energy_source=energy.source, energy_backend=meter.name,
+        energy_j=energy_j, energy_source=energy.source, energy_backend=meter.name,
         mean_power_w=energy.mean_power_w, energy_note=note,
         backend=backend, weights=weights,
         cluster=cluster or "", cost_model=cost_model, placements=placements,
