@@ -224,6 +224,18 @@ def test_profile_refuses_a_folder_out_and_a_negative_ncu_before_the_sweep(
         assert main(["profile", "--out", str(tmp_path / "p.json"), "--plot", str(plot)]) == 2
         err = capsys.readouterr().err
         assert f"--plot {str(plot)!r}: {str(blocker)!r} is a file, not a folder" in err
+    # a folder above it that cannot be searched: one line, not a PermissionError traceback
+    real_exists = Path.exists
+
+    def no_search(self: Path, *args, **kwargs) -> bool:
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", no_search)
+    locked = tmp_path / "locked" / "plots"
+    assert main(["profile", "--out", str(tmp_path / "p.json"), "--plot", str(locked)]) == 2
+    assert f"--plot {str(locked)!r}: Permission denied" in capsys.readouterr().err
 
 
 def test_profile_refuses_a_deadline_that_lets_nothing_run(tmp_path: Path, capsys) -> None:

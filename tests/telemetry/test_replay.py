@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from wattmoe.telemetry import (
     read_samples_csv,
 )
 from wattmoe.telemetry.base import BackendUnavailable, UnknownDeviceError
+from wattmoe.telemetry.csvlog import SampleCsvWriter
 
 DATA = Path(__file__).parent / "data"
 
@@ -178,3 +180,25 @@ def test_replay_window_takes_peak_and_reasons_from_the_recorded_rows() -> None:
     assert d.peak_power_w >= d.mean_power_w
     assert set(d.clock_event_reasons) >= {r for s in inside for r in s.clock_event_reasons}
     assert "sampler not running" not in d.note
+
+
+def test_replay_window_before_a_devices_first_row_counts_it_missing(tmp_path: Path) -> None:
+    """Devices of one recording can start at different times: a window before a device's
+    first row is missing samples there, as `sample()` says, not a complete window of 0 J with
+    no note (review of session 11)."""
+    clock = Clock()
+    sim = SimulatedBackend({d: SimPowerModel(100.0, 200.0) for d in ("sim:0", "sim:1")})
+    path = tmp_path / "two.csv"
+    writer = SampleCsvWriter(path)
+    for t in range(6):  # sim:0 recorded from 0 s, sim:1 from 3 s
+        for dev in ("sim:0", "sim:1") if t >= 3 else ("sim:0",):
+            writer.write(replace(sim.sample(dev), timestamp_s=float(t),
+                                 energy_j=10.0 * t), "sim")
+    writer.close()
+    replay = ReplayBackend(path, clock=clock, counter_period_s=0.0)
+    assert replay.sample("sim:1").missing
+    mon = GpuSystemMonitor(backends={"sim:0": replay, "sim:1": replay})
+    mon.begin_window("w")
+    clock.t += 2.0
+    d = mon.end_window("w").devices["sim:1"]
+    assert "missing" in d.note and d.energy_j is None  # was 0.0 J, as if measured

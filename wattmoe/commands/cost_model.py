@@ -53,11 +53,14 @@ def _check_folder(option: str, path: str) -> None:
     """Refuses a folder `path` that cannot be made because it, or a folder above it, is an
     existing file (found before a long run, not when writing into it afterwards)."""
     p = Path(path)
-    for q in (p, *p.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise ConfigError(f"{option} {path!r}: {str(q)!r} is a file, not a folder")
-            return
+    try:
+        for q in (p, *p.parents):
+            if q.exists():
+                if not q.is_dir():
+                    raise ConfigError(f"{option} {path!r}: {str(q)!r} is a file, not a folder")
+                return
+    except OSError as exc:  # a folder above it that cannot be searched
+        raise ConfigError(f"{option} {path!r}: {exc.strerror or exc}") from None
 
 
 def _fmt_s(v: float) -> str:
@@ -405,8 +408,9 @@ def cmd_profile_plot(args: argparse.Namespace) -> int:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="profile JSON the model is built from")
     p.add_argument("--measured", required=True, nargs="+",
-                   help="held-out measurements (.json profiles or .jsonl sweeps); points of an "
-                        "op, device or dtype the profile lacks are skipped and listed")
+                   help="held-out measurements (.json profiles or .jsonl sweeps); points the "
+                        "profile cannot predict (e.g. an op it lacks) are skipped and listed "
+                        "with the reason")
     p.add_argument("--out", default=None, help="write rows and summary JSON here")
     p.add_argument("--csv", default=None, help="write the rows as CSV here")
     p.add_argument("--split-latency", type=float, default=None, metavar="S",

@@ -46,8 +46,8 @@ class EvalRow:
 
 @dataclass(frozen=True)
 class SkippedPoint:
-    """A held-out point the model cannot predict (its op, device or dtype was not profiled);
-    `reason` is the model's error message."""
+    """A held-out point the model cannot predict (e.g. its op, device or dtype was not
+    profiled); `reason` is the model's error message."""
 
     op: str
     device: str
@@ -73,9 +73,9 @@ def evaluate(model: KernelCostModel, points: list[ProfilePoint]
     """Predicts every point with `model.get_cost` and records the relative errors.
 
     Measured latency is taken on the model's latency basis ('window' or 'median'). A point
-    the model cannot predict (`get_cost` raises CostModelError: an op, device or dtype the
-    profile does not hold) is not an error: it is returned among the skipped ones, so that one
-    set of measurements can be evaluated against profiles of fewer ops.
+    the model cannot predict (`get_cost` raises CostModelError, e.g. for an op, device or
+    dtype the profile does not hold) is not an error: it is returned among the skipped ones,
+    so that one set of measurements can be evaluated against profiles of fewer ops.
 
     Returns:
         The rows of the points predicted, and the points skipped, each in the given order.

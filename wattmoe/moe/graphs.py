@@ -187,7 +187,7 @@ class GraphedLayer:
         self.max_graphs = max_graphs
         # key -> (graph, static input, static output, the int4 copies it reads)
         self._graphs: OrderedDict[tuple[object, ...], tuple[
-            torch.cuda.CUDAGraph, torch.Tensor, object, tuple[int, ...]]] = OrderedDict()
+            torch.cuda.CUDAGraph, torch.Tensor, object, frozenset]] = OrderedDict()
         self._uncapturable: set[tuple[object, ...]] = set()
         self._pool: object | None = None
         self._weights: tuple[object, ...] | None = None

@@ -151,20 +151,25 @@ class ReplayBackend:
         return them: the last row at or before `start_s`, then every row up to `end_s`."""
         rows = self._check(device)
         times = self._times[device]
-        first = max(bisect.bisect_right(times, start_s) - 1, 0)
+        first = bisect.bisect_right(times, start_s) - 1
         last = bisect.bisect_right(times, end_s)
-        return [replace(r, source="replayed") for r in rows[first:last]]
+        out = [replace(r, source="replayed") for r in rows[max(first, 0):last]]
+        if first < 0:  # the window opens before the device's first row: missing, as sample()
+            out.insert(0, DeviceSample(device=device, timestamp_s=start_s, missing=True,
+                                       source="replayed"))
+        return out
 
     def energy_j(self, device: str) -> float | None:
-        """The recorded counter at the playback position, linearly interpolated."""
+        """The recorded counter at the playback position, linearly interpolated; None before
+        the device's first recorded reading."""
         self._check(device)
         pts = self._energy[device]
         if not pts:
             return None
         pos = self.position_s()
         i = bisect.bisect_right(pts, (pos, float("inf")))
-        if i == 0:
-            return pts[0][1]
+        if i == 0:  # before this device's recording began: no reading, as sample() says
+            return None
         if i == len(pts):
             return pts[-1][1]
         (ta, ea), (tb, eb) = pts[i - 1], pts[i]
