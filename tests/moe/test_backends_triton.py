@@ -969,3 +969,30 @@ def test_refresh_frag_words_force_sees_writes_past_the_version_counter(
         ft.refresh_frag_words(stk.kernel_cache, force=True)
         torch.testing.assert_close(ft.fused_forward(stk, x, d, "w64t16f"),
                                    get_backend("loop")(qx, x, d), rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_bench_runs_its_checks_on_the_cpu(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                  no_fallback: None) -> None:
+    # the GPU benchmark end to end on the CPU (Triton's interpreter for the fused backends): a
+    # change to the script that breaks a section, its JSON or the int4 copy record shows here,
+    # not on the next GPU lease
+    import json
+
+    from tests.scripts import load_script
+
+    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    monkeypatch.setattr(ft, "choose_config",  # int4 in tile order: copies to record
+                        lambda st, *args: "w64t16fpx" if st.quantized else "m16")
+    kb = load_script("benchmarks/gpu/kernels_bench.py")
+    kb.main(["--device", "cpu", "--shapes", "tiny@0.5", "--sections", "check",
+             "--check-cases", "uniform:16,skewed:16", "--check-backends", "loop,grouped,fused",
+             "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "kernels_bench.json").read_text())
+    assert out["errors"] == []
+    assert len(out["check"]) == 2 * 2 * 3 and all(r["ok"] for r in out["check"])
+    (copies,) = out["int4_copies"]
+    assert copies["shape"] == "tiny@0.5" and copies["weight_bytes"] > 0
+    # tiny's halves are not whole groups: row-major fragment words, no pairs, no tile order
+    # (as many bytes as the packed codes: less than codes and scales together)
+    assert list(copies["copy_bytes"]) == ["frag"]
+    assert 0 < copies["copy_bytes"]["frag"] < copies["weight_bytes"]
