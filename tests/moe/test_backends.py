@@ -173,6 +173,31 @@ def test_stack_rebuilds_after_quantize_and_dtype_change() -> None:
     assert sq.weight_bytes() < st16.weight_bytes()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_int4_layer_to_dtype_keeps_scales_and_the_stack(dtype: torch.dtype,
+                                                        gen: torch.Generator) -> None:
+    # .to(dtype) must not round the fp16 group scales (bf16 loses 3 bits) nor replace them:
+    # a stack built before would keep reading the old ones (stale after load_state_dict)
+    layer = small_layer().quantize(group_size=32)
+    x = torch.randn(21, layer.config.hidden_size, generator=gen)
+    scales = layer.experts[3].up_proj.scales.clone()
+    layer.set_backend("grouped")
+    with torch.no_grad():
+        layer(x)  # builds the stack
+        layer.to(dtype)
+        up = layer.experts[3].up_proj
+        assert up.scales.dtype == torch.float16 and torch.equal(up.scales, scales)
+        assert layer.experts[3].dtype == dtype  # computes in the layer's new dtype
+        layer.load_state_dict({k: v * 2 if k.endswith("scales") else v
+                               for k, v in layer.state_dict().items()})
+        got = layer(x.to(dtype)).hidden_states
+        layer.set_backend("loop")
+        want = layer(x.to(dtype)).hidden_states
+    assert got.dtype == want.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    assert stacked_experts(layer.experts).dtype == dtype
+
+
 def test_replaced_middle_expert_needs_verify_or_invalidate() -> None:
     layer = small_layer()
     st = stacked_experts(layer.experts)

@@ -11,6 +11,8 @@ dequantizes on every call, so that work is real and shows up in a profiler.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -212,6 +214,25 @@ class Int4Linear(nn.Module):
             raise ConfigError("int4 quantization supports bias-free linear layers only")
         packed, scales = quantize_int4(linear.weight, group_size)
         return cls(packed, scales, compute_dtype)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True,
+               ) -> Int4Linear:
+        """`.to(dtype)`, `.half()`, ... set the compute dtype and leave the fp16 scales as they
+        are (only `.to(device)` moves them): cast, bf16 scales would lose 3 bits of every
+        scale, and a replaced tensor would no longer be the view of a built `ExpertStack`, which
+        would go on reading the old scales."""
+        scales = self._buffers["scales"]
+        probe = fn(torch.empty(0, dtype=self.compute_dtype, device=scales.device))
+        self._buffers["scales"] = None  # nn.Module._apply skips None buffers
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            moved = fn(scales)
+            self._buffers["scales"] = (moved if moved.dtype == scales.dtype
+                                       else scales.to(moved.device))
+        if probe.dtype.is_floating_point:
+            self.compute_dtype = probe.dtype
+        return self
 
     def weight(self) -> torch.Tensor:
         return dequantize_int4(self.packed, self.scales, self.compute_dtype)

@@ -186,6 +186,8 @@ def _matches(st: ExpertStack, experts: Sequence[nn.Module], verify: bool) -> boo
     try:
         if _anchors(experts) != _stack_anchors(st):
             return False
+        if _ends(experts)[0].dtype != st.dtype:
+            return False  # an int4 layer's `.to(dtype)` keeps its codes and scales in place
     except AttributeError:
         return False
     return not verify or _all_views(st, experts)
