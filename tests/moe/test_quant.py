@@ -147,6 +147,8 @@ def test_weights_whose_scale_is_not_an_fp16_number_are_refused(value: float) -> 
 def test_group_size_must_be_an_integer_and_experts_quantized_once() -> None:
     with pytest.raises(ConfigError, match="group_size"):
         quantize_int4(torch.randn(4, 256), group_size=128.0)
+    with pytest.raises(ConfigError, match="got '32'"):  # a string says so (was: "got 32")
+        quantize_int4(torch.randn(4, 256), group_size="32")  # type: ignore[arg-type]
     q = quantize_expert(Expert(64, 64), group_size=32)
     # was: AttributeError: 'Int4Linear' object has no attribute 'bias'
     with pytest.raises(ConfigError, match="already quantized"):

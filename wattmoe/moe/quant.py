@@ -41,7 +41,7 @@ def quantize_int4(
         raise ShapeError(f"int4 quantization needs a 2-D weight, got {tuple(weight.shape)}")
     out_f, in_f = weight.shape
     if not is_int(group_size) or group_size <= 0 or group_size % 2:
-        raise ConfigError(f"group_size must be a positive even number, got {group_size}")
+        raise ConfigError(f"group_size must be a positive even number, got {group_size!r}")
     if in_f % group_size:
         raise ShapeError(
             f"input width {in_f} is not a multiple of the int4 group size {group_size}"
