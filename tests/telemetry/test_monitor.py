@@ -131,7 +131,9 @@ def test_start_stop_idempotent_and_thread_is_a_daemon() -> None:
     mon.start()
     threads = [t for t in threading.enumerate() if t.name == "wattmoe-telemetry"]
     assert len(threads) == 1 and threads[0].daemon
-    time.sleep(0.05)
+    deadline = time.monotonic() + 5  # a loaded 2-core machine may starve the thread a while
+    while mon.sampler_stats().ticks < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     mon.stop()
     mon.stop()
     assert not mon.running
