@@ -112,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t.add_row("shape", f"H={r.hidden_size} F={r.expert_inner_size} E={r.num_experts} k={r.top_k}")
     if r.backend != "loop" or r.weights.startswith("int4"):
         t.add_row("experts", f"{r.backend}, {r.weights}")
-    if r.steps < r.steps_requested:
+    if r.interrupted:
         t.add_row("timed steps", f"{r.steps} of {r.steps_requested} (interrupted)")
     t.add_row("median step (measured)", f"{r.median_step_s * 1e3:.2f} ms")
     t.add_row("p90 step (measured)", f"{r.p90_step_s * 1e3:.2f} ms")
@@ -121,9 +121,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t.add_row("expert imbalance (max/mean)", f"{r.imbalance:.2f}")
     t.add_row("dropped assignments", str(r.dropped))
     if r.energy_j is None:
-        interrupted = r.steps < r.steps_requested
         t.add_row(f"energy per token ({r.energy_source})",
-                  "not reported (interrupted)" if interrupted else "not measurable")
+                  "not reported (interrupted)" if r.interrupted else "not measurable")
     else:
         t.add_row(f"energy per token ({r.energy_source}, {r.energy_backend})",
                   f"{r.energy_per_token_j * 1e3:.3f} mJ")
@@ -146,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 ", ".join(f"{d}: {n}" for d, n in row.experts_per_device.items()),
             )
         console.print(pt)
-    return 130 if r.steps < r.steps_requested else 0  # Ctrl-C's status, as `main` gives it
+    return 130 if r.interrupted else 0  # Ctrl-C's status, as `main` gives it
 
 
 # --- entry point ----------------------------------------------------------------------------

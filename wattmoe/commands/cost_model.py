@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import platform
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -462,10 +463,7 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
                   pct(s["energy"], "p90_abs_pct"),
                   pct(s["energy_model_only"], "median_abs_pct"))
     console.print(t)
-    groups: dict[tuple[str, str, str, str], int] = {}
-    for sk in skipped:
-        key = (sk.op, sk.device, sk.dtype, sk.reason)
-        groups[key] = groups.get(key, 0) + 1
+    groups = Counter((sk.op, sk.device, sk.dtype, sk.reason) for sk in skipped)
     for (op, device, dtype, reason), n in groups.items():
         console.print(f"skipped {n} point{'s' if n != 1 else ''} of {op} {device} {dtype}: "
                       f"{reason}", highlight=False)

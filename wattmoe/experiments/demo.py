@@ -7,6 +7,7 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -64,6 +65,11 @@ class DemoResult:
     steps_requested: int = 0  # more than `steps` when Ctrl-C stopped the timed steps early
 
     @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C stopped the timed steps before `steps_requested`."""
+        return self.steps < self.steps_requested
+
+    @property
     def energy_per_token_j(self) -> float | None:
         if self.energy_j is None:
             return None
@@ -74,6 +80,17 @@ class DemoResult:
         """max / mean tokens per expert (EPLB's balancedness measure inverted)."""
         mean = sum(self.expert_counts) / len(self.expert_counts)
         return max(self.expert_counts) / mean if mean else float("nan")
+
+
+class _Step(NamedTuple):
+    """One finished timed step, and the expert counts and `auto`'s choices so far (kept as one
+    record, appended whole: a Ctrl-C leaves a step in or out, never half of it)."""
+
+    seconds: float
+    aux_loss: float
+    dropped: int
+    counts: torch.Tensor
+    auto_counts: Counter
 
 
 def place_measured_loads(
@@ -178,9 +195,7 @@ def run_demo(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(batch, seq, cfg.hidden_size, generator=gen).to(device=device, dtype=dt)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    # per finished step: time, aux loss, dropped, and the expert counts and `auto`'s choices
-    # so far (appended as one tuple: a Ctrl-C leaves the step in or out, never half of it)
-    done: list[tuple[float, float, int, torch.Tensor, Counter]] = []
+    done: list[_Step] = []
     interrupted = False
     monitor = GpuSystemMonitor(devices=[device])
     meter = monitor.backend_for(device)
@@ -198,20 +213,20 @@ def run_demo(
                     t0 = time.perf_counter()
                     out = block(x)
                     sync()
-                    done.append((time.perf_counter() - t0, float(out.aux_loss),
-                                 int(out.dropped), block.moe.tokens_per_expert.clone(),
-                                 Counter(auto.counts) if auto is not None else Counter()))
+                    done.append(_Step(time.perf_counter() - t0, float(out.aux_loss),
+                                      int(out.dropped), block.moe.tokens_per_expert.clone(),
+                                      Counter(auto.counts) if auto is not None else Counter()))
             except KeyboardInterrupt:
                 # Ctrl-C: keep the steps that finished; a step cut off after its routing
                 # counted its tokens must not reach the placed loads
                 if not done:
                     raise
                 interrupted = True
-                block.moe.tokens_per_expert.copy_(done[-1][3])
+                block.moe.tokens_per_expert.copy_(done[-1].counts)
     requested, steps = steps, len(done)
-    times = [t for t, *_ in done]
-    aux = [a for _, a, *_ in done]
-    dropped = sum(d for _, _, d, *_ in done)
+    times = [s.seconds for s in done]
+    aux = [s.aux_loss for s in done]
+    dropped = sum(s.dropped for s in done)
     energy = window.measurement.devices[device]
     energy_j, note = energy.energy_j, energy.note
     if interrupted:
@@ -224,7 +239,7 @@ def run_demo(
             f"covers the step cut off{total}, so no energy per token", note) if x)
         energy_j = None
     if auto is not None:  # what `auto` chose for the timed steps, and how
-        ran = done[-1][4] - ran_before
+        ran = done[-1].auto_counts - ran_before
         why = f"{auto.last.reason}; " if auto.last is not None else ""
         backend = "auto: " + ", ".join(f"{n} ({why}{c} of {steps} steps)"
                                         for n, c in ran.most_common())

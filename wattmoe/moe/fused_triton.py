@@ -430,7 +430,11 @@ def device_key(device: torch.device) -> str:
     """File stem of a device's tuned table: 'nvidia_h200'."""
     if device.type != "cuda":
         return device.type
-    return _cuda_key(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_key(_cuda_index(device))
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @functools.cache
@@ -545,7 +549,7 @@ def _is_sm90(device: torch.device) -> bool:
     """Whether `device` is an NVIDIA GPU of compute capability 9.0 (H100, H200)."""
     if device.type != "cuda" or torch.version.hip is not None:
         return False
-    return _cuda_sm90(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_sm90(_cuda_index(device))
 
 
 @functools.cache
