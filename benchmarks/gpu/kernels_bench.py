@@ -31,6 +31,7 @@ import copy
 import math
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -793,6 +794,7 @@ class Bench:
                     log(f"   tune T={tokens:5d} {wname}: " + " ".join(
                         f"{c}={t * 1e3:.0f}us" + split_us(parts.get(c)) for c, t in times.items())
                         + f" -> {best}; grouped {g * 1e3:.0f}us")
+                self.save()  # each size's tuning survives a run stopped at a later one
         ft.set_tuned(self.dev, self.tuned)
         self.save()
 
@@ -884,6 +886,19 @@ class Bench:
             self.save()
 
     def run(self) -> None:
+        """Every section on every shape; what was measured is saved when the run is stopped
+        (Ctrl-C, or SIGTERM from `timeout`) as when it ends."""
+        try:
+            self._run_shapes()
+        except KeyboardInterrupt:
+            self.payload["interrupted"] = True
+            log(f"   interrupted at t={self.elapsed():.0f}s: saving what was measured")
+            self.save()
+            raise
+        self.save()
+        self.summary()
+
+    def _run_shapes(self) -> None:
         for shape, cfg in self.shapes:
             log(f"== {shape}: H={cfg.hidden_size} F={cfg.expert_inner_size} "
                 f"E={cfg.num_experts} k={cfg.top_k}")
@@ -901,8 +916,6 @@ class Bench:
             del layer, qlayer, variants
             if self.dev.type == "cuda":
                 torch.cuda.empty_cache()
-        self.save()
-        self.summary()
 
     def record_copies(self, shape: str, qlayer: SimpleMoELayer) -> None:
         """What the int4 stack's kernel copies held after the sections ran (every program size
@@ -940,8 +953,19 @@ class Bench:
             f"errors: {len(self.payload['errors'])}; wall {self.elapsed():.0f}s")
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    Bench(parse_args(argv)).run()
+    # `timeout` stops a run with SIGTERM: end it as Ctrl-C would, keeping what was measured
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        Bench(parse_args(argv)).run()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -996,3 +996,32 @@ def test_kernels_bench_runs_its_checks_on_the_cpu(tmp_path, monkeypatch: pytest.
     # (as many bytes as the packed codes: less than codes and scales together)
     assert list(copies["copy_bytes"]) == ["frag"]
     assert 0 < copies["copy_bytes"]["frag"] < copies["weight_bytes"]
+
+
+def test_kernels_bench_keeps_what_it_measured_when_stopped(tmp_path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           no_fallback: None) -> None:
+    # a GPU run stopped by `timeout` (SIGTERM) or Ctrl-C in its second shape keeps the first
+    # shape's results in its JSON (run 81 lost a whole tune section that way) and exits 130
+    import json
+
+    from tests.scripts import load_script
+
+    kb = load_script("benchmarks/gpu/kernels_bench.py")
+    shapes_done: list[str] = []
+
+    def stop_in_second(self, shape: str, qlayer) -> None:
+        shapes_done.append(shape)
+        if len(shapes_done) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(kb.Bench, "record_copies", stop_in_second)
+    with pytest.raises(SystemExit) as exit_info:
+        kb.main(["--device", "cpu", "--shapes", "tiny@0.5,tiny@0.25", "--sections", "check",
+                 "--check-cases", "uniform:8", "--check-backends", "loop",
+                 "--out", str(tmp_path)])
+    assert exit_info.value.code == 130
+    out = json.loads((tmp_path / "kernels_bench.json").read_text())
+    assert out["interrupted"] is True
+    assert {r["shape"] for r in out["check"]} == {"tiny@0.5", "tiny@0.25"}
+    assert (tmp_path / "tuned_configs.json").exists()
