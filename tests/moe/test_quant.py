@@ -13,6 +13,7 @@ from wattmoe.moe import (
     quantize_int4,
     unpack_int4,
 )
+from wattmoe.moe.quant import Int4Linear
 
 
 def test_pack_unpack_roundtrip_exact(gen: torch.Generator) -> None:
@@ -153,3 +154,29 @@ def test_group_size_must_be_an_integer_and_experts_quantized_once() -> None:
     # was: AttributeError: 'Int4Linear' object has no attribute 'bias'
     with pytest.raises(ConfigError, match="already quantized"):
         quantize_expert(q, group_size=32)
+
+
+def test_int4_linear_apply_keeps_fp16_scales_and_never_casts_them() -> None:
+    # casts set the compute dtype and keep the scales tensor itself (built stacks view it);
+    # only a move replaces it. fn never gets the whole buffer to cast (was: cast, then dropped)
+    lin = Int4Linear.from_linear(torch.nn.Linear(64, 8, bias=False), 32, torch.float32)
+    scales = lin.scales
+    seen: list[torch.Tensor] = []
+
+    def to_bf16(t: torch.Tensor) -> torch.Tensor:
+        seen.append(t)
+        return t.to(torch.bfloat16) if t.is_floating_point() else t
+
+    assert lin._apply(to_bf16) is lin
+    assert lin.compute_dtype == torch.bfloat16 and lin.scales is scales
+    assert not any(t is scales for t in seen)
+    for cast, dtype in ((lambda m: m.half(), torch.float16), (lambda m: m.float(), torch.float32),
+                        (lambda m: m.bfloat16(), torch.bfloat16),
+                        (lambda m: m.to(torch.float64), torch.float64)):
+        cast(lin)
+        assert lin.compute_dtype == dtype and lin.scales is scales
+    lin.to("cpu").share_memory()
+    assert lin.scales is scales and scales.is_shared() and lin.packed.is_shared()
+    lin.to("meta", torch.bfloat16)  # a move with a cast: moved, still fp16
+    assert lin.scales.device.type == lin.packed.device.type == "meta"
+    assert lin.scales.dtype == torch.float16 and lin.compute_dtype == torch.bfloat16

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from wattmoe.placement import (
     solve,
     synthetic_loads,
 )
+from wattmoe.placement.result import _summary_fields
 
 SHAPE = ExpertShape(2048, 1024)
 
@@ -160,3 +163,36 @@ def test_a_layer_that_is_not_there_is_one_error(two_placements, method: str) -> 
         with pytest.raises(PlacementError, match=f"no layer {bad!r} in this placement"):
             lookup(bad)
     assert lookup(-1) == lookup(p.num_layers - 1)  # negative layers count from the end
+
+
+@dataclass(frozen=True)
+class _Fields:
+    count: int | None
+    label: Optional[str]  # noqa: UP045 (this spelling too: str | None once resolved)
+    rates: dict[str, float]
+    sizes: tuple[int, ...] = ()
+
+
+def test_summary_fields_are_checked_by_their_resolved_types() -> None:
+    # was: KeyError 'int | None' (kinds were looked up by the annotation's text)
+    got = _summary_fields(_Fields, {"count": None, "label": "a", "rates": {"x": 1.0},
+                                    "sizes": [1, 2]}, "s")
+    assert got == {"count": None, "label": "a", "rates": {"x": 1.0}, "sizes": [1, 2]}
+    assert _summary_fields(_Fields, {"count": 3.0, "label": None, "rates": {}}, "s") == {
+        "count": 3, "label": None, "rates": {}}
+    with pytest.raises(PlacementError, match=r"^s: field 'count' must be an integer or null, "
+                       r"got 1\.5; field 'label' must be a string or null, got 2$"):
+        _summary_fields(_Fields, {"count": 1.5, "label": 2, "rates": {}}, "s")
+
+
+@dataclass(frozen=True)
+class _Unchecked:
+    name: str
+    tags: frozenset[str]
+
+
+def test_a_summary_field_type_without_a_check_is_named() -> None:
+    # was: KeyError: 'frozenset[str]', naming neither the class nor the field
+    with pytest.raises(TypeError, match=r"^_Unchecked\.tags: no JSON check for a field of type "
+                       r"frozenset\[str\]; add one to placement\.result\._FIELD_KINDS$"):
+        _summary_fields(_Unchecked, {"name": "a", "tags": ["x"]}, "s")

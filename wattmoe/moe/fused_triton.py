@@ -45,7 +45,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -830,6 +830,15 @@ def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None) -> tor
         return build(w, key[2:], out if fits else None)
 
 
+def _int4_copies(cache: dict) -> Iterator[tuple[tuple, tuple]]:
+    """The int4 copies (`_derived`) in a stack's `kernel_cache`, as (key, (version, copy, w));
+    the other entries (TMA descriptors) are left out. Over a snapshot of the entries, so that
+    the caller may rewrite them as it goes."""
+    for key, entry in list(cache.items()):
+        if isinstance(key, tuple) and key and key[0] in _DERIVED:
+            yield key, entry
+
+
 def refresh_frag_words(cache: dict, force: bool = False) -> frozenset[tuple[tuple, int]]:
     """Rewrites in place the int4 copies (fragment words, scale pairs: `_derived`) in a stack's
     `kernel_cache` whose weights were written to since (their version counter); a replayed
@@ -844,10 +853,7 @@ def refresh_frag_words(cache: dict, force: bool = False) -> frozenset[tuple[tupl
     `graphs.GraphedLayer`).
     """
     ptrs = []
-    for key, entry in list(cache.items()):
-        if key[0] not in _DERIVED:
-            continue
-        version, out, w = entry
+    for key, (version, out, w) in _int4_copies(cache):
         now = _version(w)
         if force or now != version:
             out = _write_derived(key, w, out)
@@ -861,9 +867,8 @@ def copy_bytes(cache: dict) -> dict[str, int]:
     'pairs', 'frag_tiles', 'pair_tiles'; kinds with no copy are left out): the memory the fused
     int4 kernels hold besides the packed codes and scales."""
     out: dict[str, int] = {}
-    for key, entry in cache.items():
-        if isinstance(key, tuple) and key and key[0] in _DERIVED:
-            out[key[0]] = out.get(key[0], 0) + entry[1].numel() * entry[1].element_size()
+    for key, (_, copy, _) in _int4_copies(cache):
+        out[key[0]] = out.get(key[0], 0) + copy.numel() * copy.element_size()
     return out
 
 

@@ -223,13 +223,15 @@ class Int4Linear(nn.Module):
         would go on reading the old scales."""
         scales = self._buffers["scales"]
         probe = fn(torch.empty(0, dtype=self.compute_dtype, device=scales.device))
+        # what fn does to the scales, learnt on an empty tensor: a cast is dropped, so the
+        # whole buffer is handed to fn only when fn keeps its dtype (a move, share_memory_)
+        target = fn(torch.empty(0, dtype=scales.dtype, device=scales.device))
         self._buffers["scales"] = None  # nn.Module._apply skips None buffers
         try:
             super()._apply(fn, recurse)
         finally:
-            moved = fn(scales)
-            self._buffers["scales"] = (moved if moved.dtype == scales.dtype
-                                       else scales.to(moved.device))
+            self._buffers["scales"] = (fn(scales) if target.dtype == scales.dtype
+                                       else scales.to(target.device))
         if probe.dtype.is_floating_point:
             self.compute_dtype = probe.dtype
         return self

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -103,36 +105,68 @@ class PlacementSummary:
         return cls(**values)
 
 
-#: What a summary field's annotation asks of its JSON value: (check, in words, conversion).
-_FIELD_KINDS: dict[str, tuple[Any, str, Any]] = {
-    "float": (is_real, "a number", float),
-    "float | None": (lambda v: v is None or is_real(v), "a number or null",
-                     lambda v: v if v is None else float(v)),
-    "int": (lambda v: is_finite_real(v) and v == int(v), "an integer", int),
-    "str": (lambda v: isinstance(v, str), "a string", str),
-    "bool": (lambda v: isinstance(v, bool), "true or false", bool),
-    "dict[str, str]": (lambda v: isinstance(v, dict), "an object", dict),
-    "tuple[str, ...]": (lambda v: isinstance(v, list | tuple), "a list", list),
-    "tuple[DeviceSummary, ...]": (lambda v: isinstance(v, list | tuple), "a list", list),
+#: What a summary field's type asks of its JSON value: (check, in words, conversion), keyed by
+#: the type, or by its origin for generics (`dict[str, str]`: dict; the items are not checked).
+#: `X | None` (`_field_kind`) also takes null.
+_FIELD_KINDS: dict[Any, tuple[Any, str, Any]] = {
+    float: (is_real, "a number", float),
+    int: (lambda v: is_finite_real(v) and v == int(v), "an integer", int),
+    str: (lambda v: isinstance(v, str), "a string", str),
+    bool: (lambda v: isinstance(v, bool), "true or false", bool),
+    dict: (lambda v: isinstance(v, dict), "an object", dict),
+    tuple: (lambda v: isinstance(v, list | tuple), "a list", list),
 }
 
 
+def _field_kind(tp: Any) -> tuple[Any, str, Any] | None:
+    """The `_FIELD_KINDS` entry of type tp (`X | None`: X's, taking null too); None if none."""
+    args = get_args(tp)
+    if get_origin(tp) in (Union, UnionType) and len(args) == 2 and type(None) in args:
+        inner = _field_kind(args[0] if args[1] is type(None) else args[1])
+        if inner is None:
+            return None
+        check, words, convert = inner
+        return (lambda v: v is None or check(v), f"{words} or null",
+                lambda v: v if v is None else convert(v))
+    return _FIELD_KINDS.get(get_origin(tp) or tp)
+
+
+@functools.cache
+def _field_kinds(cls: Any) -> dict[str, tuple[Any, str, Any]]:
+    """`_field_kind` of each field of dataclass `cls`, from its resolved type hints.
+
+    Raises:
+        TypeError: a field of a type that `_FIELD_KINDS` has no check for, named with its type.
+    """
+    hints = get_type_hints(cls)
+    kinds = {}
+    for f in fields(cls):
+        kind = _field_kind(hints[f.name])
+        if kind is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: no JSON check for a field of type "
+                            f"{hints[f.name]!r}; add one to placement.result._FIELD_KINDS")
+        kinds[f.name] = kind
+    return kinds
+
+
 def _summary_fields(cls: Any, d: object, where: str) -> dict[str, Any]:
-    """The fields of dataclass `cls` in the JSON object `d`, checked against their annotations.
+    """The fields of dataclass `cls` in the JSON object `d`, checked against their types.
 
     Raises:
         PlacementError: one line naming every missing field and every value of a wrong type.
+        TypeError: a field of `cls` has a type with no check (`_field_kinds`).
     """
     if not isinstance(d, dict):
         raise PlacementError(f"{where} must be an object of named fields, got "
                              f"{type(d).__name__}")
+    kinds = _field_kinds(cls)
     missing, bad, out = [], [], {}
     for f in fields(cls):
         if f.name not in d:
             if f.default is MISSING and f.default_factory is MISSING:
                 missing.append(repr(f.name))
             continue
-        check, words, convert = _FIELD_KINDS[str(f.type)]
+        check, words, convert = kinds[f.name]
         v = d[f.name]
         if check(v):
             out[f.name] = convert(v)
