@@ -545,12 +545,32 @@ def test_int4_heuristic_on_sm90_takes_the_tuned_families(
                      64: "w64t64r16fpx", 512: "w64t128fpx"}
     assert all(ft.resolve_config(n, True) is not None for n in picks.values())
     assert ft.heuristic_config(64 * 64, 64, True) == "w64t64"
-    assert ft.heuristic_config(64 * 64, 64, False, sm90=True) == "m64"  # bf16: unchanged
+    assert ft.heuristic_config(64 * 64, 64, False) == "m64"  # bf16 elsewhere: unchanged
     qst = stacked_experts([quantize_expert(e, 32) for e in experts(4, 64, 32)])
     assert ft.choose_config(qst, 64, torch.device("cpu")) == "w64t16"
     monkeypatch.setattr(ft, "_is_sm90", lambda device: True)
     monkeypatch.setattr(ft, "load_tuned", lambda device: {})
     assert ft.choose_config(qst, 64, torch.device("cpu")) == "w64t16fpx"
+
+
+def test_bf16_heuristic_on_sm90_takes_the_tuned_entries(gen: torch.Generator,
+                                                        no_fallback: None) -> None:
+    # untuned bf16 shapes on an H100/H200 get the entries that won the H200 tunings by rows per
+    # expert (run 82); each is a candidate (pairs too), and runs as `loop` does where the
+    # shape's rows are not whole tiles (TMA loads fall back to pointer loads on the CPU)
+    picks = {m: ft.heuristic_config(m * 8, 8, False, sm90=True)
+             for m in (4, 16, 32, 64, 128, 1024)}
+    assert picks == {4: "m16", 16: "w64t32", 32: "w64t64dr16/m64d",
+                     64: "w64t64dr16/w128t64dr16", 128: "w128t128dr16/m128n256d",
+                     1024: "m128n256d"}
+    ex = experts(5, 96, 224)
+    x = torch.randn(37, 96, generator=gen)
+    d = make_dispatch("skewed", 37, 5, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        want = get_backend("loop")(ex, x, d)
+        for name in picks.values():
+            assert ft.resolve_config(name, False) is not None
+            torch.testing.assert_close(run(ex, x, d, name), want, rtol=1e-5, atol=1e-5)
 
 
 def test_int4_heuristic_picks_share_one_copy(gen: torch.Generator, no_fallback: None,

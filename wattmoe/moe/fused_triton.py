@@ -401,6 +401,12 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     programs with 64-column K steps, so they share one tile-order copy of a stack's int4
     weights: the tuned `w128t128fpx` spent 3.6-4.8% less than `w64t128fpx` at 4096 tokens
     (Qwen3, DeepSeek-V3; run 77) but keeps a second copy, which a default should not impose.
+    bf16 on sm_90: the entries that won the bf16 tunings of five shapes by rows per expert (the
+    three of the table and two untuned ones, Mixtral-8x7B and a 60-expert top-4 shape, run 82:
+    the previous heuristic's picks spent 15-23% more energy per layer step than the tuned ones
+    there, and at 4096 tokens on Mixtral more than grouped): 16-token tiles up to ~12 rows,
+    weights-first tiles with TMA loads and 16-row tails up to ~96, 128-row tiles with a
+    128 x 256 down launch up to ~384, then 128 x 256 tiles.
     Elsewhere the plain tiles, which no GPU of another kind has measured against."""
     m = num_assign / max(num_experts, 1)
     if quantized and sm90:
@@ -409,6 +415,10 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     if quantized:
         return "w64t16" if m <= 16 else "w64t32" if m <= 32 else "w64t64" if m <= 96 else (
             "w128t128")
+    if sm90:
+        return ("m16" if m <= 12 else "w64t32" if m <= 24 else "w64t64dr16/m64d" if m <= 48
+                else "w64t64dr16/w128t64dr16" if m <= 96 else "w128t128dr16/m128n256d"
+                if m <= 384 else "m128n256d")
     if m <= 16:
         return "m16"
     if m <= 48:
