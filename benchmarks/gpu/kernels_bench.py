@@ -762,6 +762,7 @@ class Bench:
                            "down_ms": split[1] if split else None,
                            "rel_err": err, "ok": err == err and err <= TOL}
                     self.payload["tune"].append(rec)
+                    self.save()  # each candidate: a DeepSeek-V3 candidate can take a minute
                     if rec["ok"]:
                         times[cand] = ms
                         if split and "/" not in cand:

@@ -403,8 +403,9 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     (Qwen3, DeepSeek-V3; run 77) but keeps a second copy, which a default should not impose.
     bf16 on sm_90: the entries that won the bf16 tunings of five shapes by rows per expert (the
     three of the table and two untuned ones, Mixtral-8x7B and a 60-expert top-4 shape, run 82:
-    the previous heuristic's picks spent 15-23% more energy per layer step than the tuned ones
-    there, and at 4096 tokens on Mixtral more than grouped): 16-token tiles up to ~12 rows,
+    the previous heuristic's picks spent 18-30% more energy per layer step than the tuned ones
+    there, and at 4096 tokens on Mixtral more than grouped; on two shapes outside that choice,
+    run 83, these picks spent 8-27% less than the previous ones): 16-token tiles up to ~12 rows,
     weights-first tiles with TMA loads and 16-row tails up to ~96, 128-row tiles with a
     128 x 256 down launch up to ~384, then 128 x 256 tiles.
     Elsewhere the plain tiles, which no GPU of another kind has measured against."""
