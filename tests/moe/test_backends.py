@@ -625,3 +625,24 @@ def test_user_tuned_table_takes_composite_and_int4_names(tmp_path, monkeypatch) 
     cpu = torch.device("cpu")
     assert ft.choose_config(st, 64, cpu) == "w64t16/m32"
     assert ft.choose_config(qst, 64, cpu) == "w64t64fpx/w64t32"
+
+
+def test_tuned_entry_serves_steps_within_its_reach(tmp_path, monkeypatch) -> None:
+    # an entry tuned at one size serves steps up to TUNED_REACH times away; further away (an
+    # entry tuned at 512 tokens against 1-token decode steps) the heuristic by rows per expert
+    import json
+
+    from wattmoe.moe import fused_triton as ft
+
+    st = stacked_experts(small_layer().experts)
+    table = tmp_path / "tuned_configs.json"
+    table.write_text(json.dumps({"configs": {ft.shape_key(st): {"1024": "w64t64"}}}))
+    monkeypatch.setenv(ft.CONFIG_ENV, str(table))
+    monkeypatch.setattr(ft, "_TUNED", {})
+    cpu = torch.device("cpu")
+    reach = ft.TUNED_REACH
+    for n in (1024 // reach, 1024, 1024 * reach):
+        assert ft.choose_config(st, n, cpu) == "w64t64"
+    for n in (1024 // reach - 1, 1024 * reach + 1, 8):
+        assert ft.choose_config(st, n, cpu) == ft.heuristic_config(n, st.num_experts)
+    assert ft.heuristic_config(8, st.num_experts) != "w64t64"

@@ -545,13 +545,23 @@ def resolve_config(name: str, quantized: bool) -> ConfigPair | None:
     return table[first][0], table[second][1]
 
 
+# a tuned entry serves steps up to this factor away from its size (assignments per step);
+# further away the heuristic by rows per expert: a table tuned only at 4096 tokens (128-token
+# tiles for ~500 rows per expert) would run 1-token decode steps in tiles 99% empty. 8 keeps
+# the shipped table's picks from 8 to 131072 tokens per step (its sizes are 64 to 16384)
+TUNED_REACH = 8
+
+
 def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str:
-    """Candidate for this stack and step: the tuned table's nearest size, else the heuristic."""
+    """Candidate for this stack and step: the tuned table's nearest size where that is within
+    `TUNED_REACH` times the step's assignments, else the heuristic."""
     entries = load_tuned(device).get(shape_key(st))
     if entries:
-        near = min(entries, key=lambda n: abs(math.log2(max(int(n), 1) / max(num_assign, 1))))
+        dist = {n: abs(math.log2(max(int(n), 1) / max(num_assign, 1))) for n in entries}
+        near = min(dist, key=dist.__getitem__)
         name = entries[near]
-        if resolve_config(name, st.quantized) is not None:
+        if (dist[near] <= math.log2(TUNED_REACH)
+                and resolve_config(name, st.quantized) is not None):
             return name
     return heuristic_config(num_assign, st.num_experts, st.quantized, _is_sm90(device))
 
