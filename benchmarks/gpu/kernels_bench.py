@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import faulthandler
 import math
 import os
 import platform
@@ -545,6 +546,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--check-backends", default="loop,grouped,fused,fused_graph,grouped_graph,auto")
     ap.add_argument("--check-step-graph", default="",
                     help="backends whose whole-step graph (GraphedLayer) is checked at 64, 512")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="seconds: stop at the first check, tune candidate, energy window or "
+                         "size started after this long, saving what was measured (a run under "
+                         "`timeout` may be killed inside a CUDA call before it can save)")
     ap.add_argument("--out", default="results/h200/kernels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda",
@@ -626,6 +631,11 @@ class Bench:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start
 
+    def check_deadline(self) -> None:
+        """Ends the run (`_Deadline`, caught in `run`) once --deadline has passed."""
+        if self.args.deadline is not None and self.elapsed() > self.args.deadline:
+            raise _Deadline(f"--deadline {self.args.deadline:g} s passed")
+
     def error(self, where: str, exc: BaseException) -> None:
         self.payload["errors"].append({"where": where, "error": traceback.format_exc()})
         log(f"   ERROR {where}: {exc!r}")
@@ -647,6 +657,7 @@ class Bench:
         cases = [(c.split(":")[0], int(c.split(":")[1])) for c in self.args.check_cases.split(",")]
         bf16_names = self.args.check_backends.split(",")
         for kind, tokens in cases:
+            self.check_deadline()
             d = routing(kind, tokens, cfg.num_experts, cfg.top_k, self.dev, self.gen)
             x = self.randn(tokens, cfg.hidden_size)
             for wname, lay in variants.items():
@@ -737,6 +748,7 @@ class Bench:
                     # parse_args made sure each --tune-weights kind has one
                     cands = [c for c in self.args.tune_candidates.split(",") if c in table]
                 for cand in [*cands, "composite"]:
+                    self.check_deadline()
                     if cand == "composite":  # best gate/up launch with the best down launch
                         if len(parts) < 2:
                             break
@@ -849,6 +861,7 @@ class Bench:
             if tokens in graph_tokens:
                 labels += [v for v in a.graph_variants.split(",") if v]
             for label in labels:
+                self.check_deadline()
                 wname, backend, step_graph = VARIANTS[label]
                 lay = variants[wname]
                 lay.set_backend(backend)
@@ -891,6 +904,11 @@ class Bench:
         (Ctrl-C, or SIGTERM from `timeout`) as when it ends."""
         try:
             self._run_shapes()
+        except _Deadline as stop:
+            self.payload["stopped"] = str(stop)
+            log(f"   {stop} at t={self.elapsed():.0f}s: saving what was measured")
+            self.save()
+            return
         except KeyboardInterrupt:
             self.payload["interrupted"] = True
             log(f"   interrupted at t={self.elapsed():.0f}s: saving what was measured")
@@ -954,19 +972,36 @@ class Bench:
             f"errors: {len(self.payload['errors'])}; wall {self.elapsed():.0f}s")
 
 
+class _Deadline(BaseException):
+    """--deadline passed: not an Exception, so that the sections' per-item error handlers
+    (which record an error and go on) let it through to `Bench.run`."""
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    # `timeout` stops a run with SIGTERM: end it as Ctrl-C would, keeping what was measured
+    # `timeout` stops a run with SIGTERM: end it as Ctrl-C would, keeping what was measured.
+    # Python runs the handler only between bytecodes of the main thread, so a main thread in a
+    # long CUDA call (a synchronize after queued graph replays) takes it late: run 83 and a
+    # later probe on the H200 ended under `timeout` with no save and no Python output, cause
+    # not found. --deadline stops cooperatively; faulthandler writes every thread's stack to
+    # stderr when SIGTERM arrives (then chains to the handler) and on a fatal signal.
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:  # stderr without a file descriptor (a captured one): no stacks, the rest as usual
+        if not faulthandler.is_enabled():
+            faulthandler.enable()
+        faulthandler.register(signal.SIGTERM, chain=True)
+    except (AttributeError, ValueError, OSError):
+        pass
     try:
         Bench(parse_args(argv)).run()
     except KeyboardInterrupt:
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        faulthandler.unregister(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

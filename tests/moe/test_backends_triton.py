@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -563,6 +566,14 @@ def test_bf16_heuristic_on_sm90_takes_the_tuned_entries(gen: torch.Generator,
     assert picks == {4: "m16", 16: "w64t32", 32: "w64t64dr16/m64d",
                      64: "w64t64dr16/w128t64dr16", 128: "w128t128dr16/m128n256d",
                      1024: "m128n256d"}
+    # fp32 stacks keep the plain tiles, without m32: its fp32 gate/up launch needs more
+    # shared memory than an sm_90 SM has
+    fp32 = {m: ft.heuristic_config(m * 8, 8, False, sm90=True, elem_size=4)
+            for m in (4, 16, 32, 64, 128, 1024)}
+    assert fp32 == {4: "m16", 16: "m16", 32: "m64", 64: "m64", 128: "m64", 1024: "m128"}
+    st = stacked_experts(experts(4, 64, 32))
+    assert st.dtype == torch.float32
+    assert ft.choose_config(st, 32 * 4, torch.device("cpu")) == "m64"
     ex = experts(5, 96, 224)
     x = torch.randn(37, 96, generator=gen)
     d = make_dispatch("skewed", 37, 5, 2, gen, with_rowof=True)
@@ -1033,15 +1044,34 @@ def test_kernels_bench_keeps_what_it_measured_when_stopped(tmp_path,
     def stop_in_second(self, shape: str, qlayer) -> None:
         shapes_done.append(shape)
         if len(shapes_done) == 2:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` sends it
+            time.sleep(1)  # the handler runs at the next bytecode
 
     monkeypatch.setattr(kb.Bench, "record_copies", stop_in_second)
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_info:
         kb.main(["--device", "cpu", "--shapes", "tiny@0.5,tiny@0.25", "--sections", "check",
                  "--check-cases", "uniform:8", "--check-backends", "loop",
                  "--out", str(tmp_path)])
     assert exit_info.value.code == 130
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
     out = json.loads((tmp_path / "kernels_bench.json").read_text())
     assert out["interrupted"] is True
     assert {r["shape"] for r in out["check"]} == {"tiny@0.5", "tiny@0.25"}
     assert (tmp_path / "tuned_configs.json").exists()
+
+
+def test_kernels_bench_stops_at_its_deadline(tmp_path, no_fallback: None) -> None:
+    # --deadline ends the run at the next item once passed, saving what was measured, without
+    # an error (a cooperative stop where `timeout` may kill a process inside a CUDA call)
+    import json
+
+    from tests.scripts import load_script
+
+    kb = load_script("benchmarks/gpu/kernels_bench.py")
+    kb.main(["--device", "cpu", "--shapes", "tiny@0.5,tiny@0.25", "--sections", "check",
+             "--check-cases", "uniform:8,skewed:8", "--check-backends", "loop",
+             "--deadline", "0", "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "kernels_bench.json").read_text())
+    assert out["stopped"].startswith("--deadline 0 s passed")
+    assert out["check"] == [] and out["errors"] == []

@@ -391,8 +391,9 @@ INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [
 
 
 def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
-                     sm90: bool = False) -> str:
-    """Candidate name for N assignments over E experts, by rows per expert (no tuning).
+                     sm90: bool = False, elem_size: int = 2) -> str:
+    """Candidate name for N assignments over E experts, by rows per expert (no tuning);
+    elem_size: bytes per element of a dense stack (2: bf16/fp16, 4: fp32).
 
     int4 on sm_90 (`sm90`): the families that won every int4 tuning of the three H200 shapes
     (kernel_configs/nvidia_h200.json, runs 70-78): fragment words and scale pairs in tile
@@ -406,8 +407,12 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     the previous heuristic's picks spent 18-30% more energy per layer step than the tuned ones
     there, and at 4096 tokens on Mixtral more than grouped; on two shapes outside that choice,
     run 83, these picks spent 8-27% less than the previous ones): 16-token tiles up to ~12 rows,
-    weights-first tiles with TMA loads and 16-row tails up to ~96, 128-row tiles with a
-    128 x 256 down launch up to ~384, then 128 x 256 tiles.
+    weights-first 32-token tiles up to ~24, weights-first tiles with TMA loads and 16-row
+    tails up to ~96, 128-row tiles with a
+    128 x 256 down launch up to ~384, then 128 x 256 tiles. fp32 stacks keep the plain tiles
+    without `m32`: in fp32 its gate/up launch (and `w64t32`'s, and `m128n256d`'s down) needs
+    more shared memory than an sm_90 SM has (245,760 bytes against 232,448; compiled with
+    Triton 3.6, benchmarks/gpu/compile_check.py).
     Elsewhere the plain tiles, which no GPU of another kind has measured against."""
     m = num_assign / max(num_experts, 1)
     if quantized and sm90:
@@ -416,6 +421,8 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     if quantized:
         return "w64t16" if m <= 16 else "w64t32" if m <= 32 else "w64t64" if m <= 96 else (
             "w128t128")
+    if elem_size > 2:
+        return "m16" if m <= 16 else "m64" if m <= 160 else "m64n128" if m <= 640 else "m128"
     if sm90:
         return ("m16" if m <= 12 else "w64t32" if m <= 24 else "w64t64dr16/m64d" if m <= 48
                 else "w64t64dr16/w128t64dr16" if m <= 96 else "w128t128dr16/m128n256d"
@@ -563,7 +570,8 @@ def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str
         if (dist[near] <= math.log2(TUNED_REACH)
                 and resolve_config(name, st.quantized) is not None):
             return name
-    return heuristic_config(num_assign, st.num_experts, st.quantized, _is_sm90(device))
+    return heuristic_config(num_assign, st.num_experts, st.quantized, _is_sm90(device),
+                            st.dtype.itemsize)
 
 
 def _is_sm90(device: torch.device) -> bool:
