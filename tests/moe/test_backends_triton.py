@@ -1075,3 +1075,19 @@ def test_kernels_bench_stops_at_its_deadline(tmp_path, no_fallback: None) -> Non
     out = json.loads((tmp_path / "kernels_bench.json").read_text())
     assert out["stopped"].startswith("--deadline 0 s passed")
     assert out["check"] == [] and out["errors"] == []
+
+
+def test_nan_probe_runs_on_the_cpu(tmp_path, no_fallback: None) -> None:
+    # the GPU hunt for run 85's intermittent non-finite output, end to end in the interpreter:
+    # one JSON record per repeat, none bad on a correct configuration
+    import json
+
+    from tests.scripts import load_script
+
+    probe = load_script("benchmarks/gpu/nan_probe.py")
+    out = tmp_path / "probe.json"
+    assert probe.main(["--device", "cpu", "--shape", "tiny", "--tokens", "24", "--repeats", "2",
+                       "--config", "w64t16fpx", "--out", str(out)]) == 0
+    reps = json.loads(out.read_text())["repeats"]
+    assert [r["pattern"] for r in reps] == ["0xFF", "0x7F"]
+    assert all(r["ok"] and r["nonfinite"] == 0 and r["rel_err"] < 1e-4 for r in reps)

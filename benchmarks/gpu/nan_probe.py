@@ -1,0 +1,124 @@
+"""Hunts intermittent non-finite outputs of a fused configuration (run 85: one of three identical
+Mixtral-8x7B int4 4096-token tunes got NaN from `w64t16fpx`, the other two 5.5e-3).
+
+Each repeat poisons the caching allocator's free memory (blocks filled with a byte pattern:
+0xFF is NaN in bf16, fp16 and fp32), drops the stack's int4 copies so that they are made again in
+poisoned memory, runs one fused step on fresh tokens and routing, and compares it with the fp32
+reference of the same weights. A read of memory the launches did not write shows as a
+non-finite or wrong output in some repeats and not others; run it under
+`compute-sanitizer --tool initcheck` (or `racecheck`) on a small shape to find the access.
+
+    python3 benchmarks/gpu/nan_probe.py --shape mixtral-8x7b --weights int4 --tokens 4096 \\
+        --config w64t16fpx --repeats 20 --out $OUT/nan_probe.json
+
+Writes one JSON record per repeat (relative error, non-finite count, the poison pattern) after
+each repeat, so that a run stopped early keeps its repeats. On a machine without a GPU it runs
+in Triton's interpreter (slowly: use a tiny shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _meta import provenance, write_json
+from kernels_bench import poison, reference, routing
+
+from wattmoe.cost_model.scenarios import resolve_shape_spec
+from wattmoe.moe import SimpleMoELayer
+from wattmoe.moe import fused_triton as ft
+from wattmoe.moe.quant import int4_group_size
+from wattmoe.moe.stacked import stacked_experts
+
+# 0xFF: NaN in every float type; 0x7F: the largest finite values (inf once multiplied); zeros;
+# 0xA5: tiny negative values
+PATTERNS = (0xFF, 0x7F, 0x00, 0xA5)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="mixtral-8x7b", help="a preset, preset@scale or shape key")
+    ap.add_argument("--weights", choices=("bf16", "int4"), default="int4")
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--config", default="w64t16fpx", help="a fused candidate name or 'A/B'")
+    ap.add_argument("--routing", default="uniform", help="uniform, skewed, hot, capacity")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--poison-mb", type=int, default=4096,
+                    help="MB of the caching allocator poisoned before each repeat")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.repeats < 1 or args.tokens < 1 or args.poison_mb < 0:
+        ap.error("--repeats and --tokens must be >= 1, --poison-mb >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Returns the number of bad repeats (non-finite or relative error over 2e-2)."""
+    args = parse_args(argv)
+    dev = torch.device(args.device)
+    cfg = resolve_shape_spec(args.shape)
+    quantized = args.weights == "int4"
+    if ft.resolve_config(args.config, quantized) is None:
+        raise SystemExit(f"error: unknown {args.weights} config {args.config!r}")
+    dtype = "bf16" if dev.type == "cuda" else "fp32"
+    layer = SimpleMoELayer(cfg, dtype=dtype, device=dev).eval()
+    if quantized:
+        layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
+    st = stacked_experts(layer.experts)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    payload: dict[str, object] = {**provenance(), "args": vars(args) | {"out": str(args.out)},
+                                  "repeats": []}
+    bad = 0
+    for i in range(args.repeats):
+        pattern = PATTERNS[i % len(PATTERNS)]
+        d = routing(args.routing, args.tokens, cfg.num_experts, cfg.top_k, dev, gen)
+        x = torch.randn(args.tokens, cfg.hidden_size, generator=gen, device=dev).to(
+            torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        with torch.inference_mode():
+            ref = reference(layer.experts, x, d)
+        # the copies are made again in the poisoned memory, and h, y and the output land there
+        for key in [k for k in st.kernel_cache if isinstance(k, tuple)]:
+            del st.kernel_cache[key]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            blocks = [torch.empty(1 << 26, dtype=torch.uint8, device=dev).fill_(pattern)
+                      for _ in range(max(args.poison_mb // 64, 0))]
+            del blocks
+        else:  # no caching allocator to poison: a token amount, for the code path
+            poison(dev, [min(args.poison_mb, 16) << 20])
+        with torch.inference_mode():
+            out = ft.fused_forward(st, x, d, args.config)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        finite = torch.isfinite(out)
+        nonfinite = int((~finite).sum())
+        err = (((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+               if nonfinite == 0 else float("nan"))
+        rows = (~finite).any(-1).nonzero().flatten()[:8].tolist()
+        ok = nonfinite == 0 and err <= 2e-2
+        bad += not ok
+        rec = {"repeat": i, "pattern": f"0x{pattern:02X}", "rel_err": err,
+               "nonfinite": nonfinite, "first_bad_tokens": rows, "ok": ok,
+               "t": time.time()}
+        payload["repeats"].append(rec)  # type: ignore[union-attr]
+        print(f"repeat {i:3d} poison 0x{pattern:02X}: "
+              + (f"rel err {err:.2e}" if nonfinite == 0 else
+                 f"{nonfinite} non-finite values, tokens {rows}") + ("" if ok else "  BAD"),
+              flush=True)
+        if args.out is not None:
+            write_json(args.out, payload)
+    print(f"{bad} bad of {args.repeats} repeats ({args.shape} {args.weights} "
+          f"{args.tokens} tokens, {args.config})")
+    return bad
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main() else 0)
