@@ -196,3 +196,13 @@ def test_demo_interrupted_keeps_the_steps_it_timed(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(SimpleMoELayer, "forward", stop_at_once)
     with pytest.raises(KeyboardInterrupt):
         run_demo("tiny", 1.0, batch=1, seq=8, steps=3, warmup=0, cluster=None)
+
+
+def test_demo_runs_a_shape_key() -> None:
+    # a model that is no preset, named as `wattmoe profile --shapes` names it (was: "unknown
+    # preset 'h96_f200_relu_e6_k3'")
+    r = run_demo("h96_f200_relu_e6_k3", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster=None)
+    assert (r.hidden_size, r.expert_inner_size, r.num_experts, r.top_k) == (96, 200, 6, 3)
+    assert sum(r.expert_counts) == 8 * 3
+    r = run_demo("h96_f200_relu_e6_k3", 0.5, batch=1, seq=8, steps=1, warmup=0, cluster=None)
+    assert (r.hidden_size, r.expert_inner_size, r.preset) == (64, 128, "h96_f200_relu_e6_k3@0.5")

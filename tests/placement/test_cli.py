@@ -236,3 +236,16 @@ def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra
     given = " and ".join(a for a in extra if a.startswith("--"))
     assert f"{given} set the synthetic loads and do nothing with --loads" in err
     assert "Traceback" not in err
+
+
+def test_place_takes_a_shape_key(tmp_path, capsys) -> None:
+    # a model that is no preset (was: "unknown preset 'h2048_f1408_swiglu_e60_k4'")
+    out = tmp_path / "p.json"
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "h2048_f1408_swiglu_e60_k4",
+                 "--layers", "2", "--tokens", "512", "--out", str(out)]) == 0
+    p = Placement.from_json(out.read_text())
+    assert p.num_layers == 2 and p.num_experts == 60
+    assert p.meta["preset"] == "h2048_f1408_swiglu_e60_k4"
+    assert (p.meta["shape"]["hidden"], p.meta["shape"]["inner"], p.meta["top_k"]) == (2048,
+                                                                                     1408, 4)
+    assert "h2048_f1408_swiglu_e60_k4 on h200-cpu" in capsys.readouterr().out

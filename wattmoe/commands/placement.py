@@ -18,8 +18,10 @@ SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
 def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", required=True,
                    help="a shipped cluster (h200-cpu, 8xh200-2node, laptop) or a YAML/JSON spec")
-    p.add_argument("--preset", default="olmoe-1b-7b", help="MoE shape preset (`wattmoe models`)")
-    p.add_argument("--scale", type=float, default=1.0, help="width scale factor of the preset")
+    p.add_argument("--preset", default="olmoe-1b-7b",
+                   help="MoE shape: a preset (`wattmoe models`) or a shape key "
+                        "h<H>_f<F>_<swiglu|relu>_e<E>_k<k> for any other model")
+    p.add_argument("--scale", type=float, default=1.0, help="width scale factor of the shape")
     p.add_argument("--dtype", default="bf16", help="expert dtype: bf16 | fp16 | fp32 | fp8 | int4")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--loads", help="[layers, experts] token counts per batch (.npy/.csv/.json)")
@@ -30,7 +32,8 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int,
                    help="tokens per batch of the synthetic loads (default 4096)")
     p.add_argument("--layers", type=int,
-                   help="MoE layers of the synthetic loads (default: the preset's)")
+                   help="MoE layers of the synthetic loads (default: the preset's; 1 for a "
+                        "shape key)")
     p.add_argument("--objective", default="energy",
                    help="energy | latency | balance | a mix like 'energy=1,latency=0.5'")
     p.add_argument("--solver", default="heuristic", choices=SOLVER_NAMES)
@@ -113,7 +116,7 @@ def _fmt_j(x: float) -> str:
 
 @command("place", "place experts on a cluster's GPUs and CPUs (energy-aware)", _place_args)
 def cmd_place(args: argparse.Namespace) -> int:
-    from wattmoe.moe import get_preset
+    from wattmoe.moe import resolve_shape
     from wattmoe.placement import (
         Constraints,
         ExpertShape,
@@ -126,7 +129,7 @@ def cmd_place(args: argparse.Namespace) -> int:
         synthetic_loads,
     )
 
-    cfg = get_preset(args.preset, args.scale)
+    cfg = resolve_shape(args.preset).scaled(args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
     synthetic_only = [opt for opt, v in (("--tokens", args.tokens), ("--layers", args.layers),
@@ -139,7 +142,7 @@ def cmd_place(args: argparse.Namespace) -> int:
         loads = read_loads(args.loads, top_k=cfg.top_k)
         if loads.num_experts != cfg.num_experts:
             raise ConfigError(f"loads file {args.loads!r} has {loads.num_experts} experts per "
-                              f"layer; preset {cfg.name!r} has {cfg.num_experts}")
+                              f"layer; shape {cfg.name!r} has {cfg.num_experts}")
     else:
         loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k,
                                 4096 if args.tokens is None else args.tokens, args.skew,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from wattmoe.errors import ConfigError, DeviceError
-from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
+from wattmoe.moe import MoETransformerBlock, dtype_name, resolve_dtype, resolve_shape
 from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import available_backends
 from wattmoe.moe.fused_triton import interpreting
@@ -178,7 +178,7 @@ def run_demo(
     _check_device(device)
     # a bad cluster name or spec is an error now, not after the timed run
     spec = load_cluster(cluster) if cluster is not None else None
-    cfg = get_preset(preset, scale)
+    cfg = resolve_shape(preset).scaled(scale)
     dt = resolve_dtype(dtype)
     # an unknown backend name is one ConfigError here (the layer looks it up first)
     block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed,
