@@ -249,3 +249,20 @@ def test_place_takes_a_shape_key(tmp_path, capsys) -> None:
     assert (p.meta["shape"]["hidden"], p.meta["shape"]["inner"], p.meta["top_k"]) == (2048,
                                                                                      1408, 4)
     assert "h2048_f1408_swiglu_e60_k4 on h200-cpu" in capsys.readouterr().out
+
+
+def test_place_says_where_each_devices_costs_come_from(tmp_path, capsys) -> None:
+    # a profile that covers the GPU only: the CPU is priced by the analytic roofline, and the
+    # output must say so per device (was: one row, "cost model: profile PATH", as if every
+    # device's figures came from the profile; the sources were only in the --out JSON)
+    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
+    from wattmoe.cost_model import OpShape, save_profile
+
+    db = synthetic_db([synthetic_point("expert", n, OpShape(64, 128)) for n in TOKENS])
+    db.devices["cuda:0"].name = "NVIDIA H200"
+    path = save_profile(db, tmp_path / "gpu.json")
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--cost-model",
+                 str(path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"costs of gpu0: profile {path} (measured): cuda:0 as nvidia-h200" in text
+    assert "costs of cpu0: analytic roofline (estimate" in text

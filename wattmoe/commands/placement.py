@@ -202,6 +202,10 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
                   f"{x.tokens:,.0f}", f"{x.busy_s * 1e3:,.3f} ms", _fmt_j(x.energy_j),
                   f"{x.avg_power_w:,.1f} W{budget}", "yes" if x.powered else "no")
     console.print(d)
+    # where each device's figures come from: a profile covers some devices, the analytic
+    # roofline the others (the "cost model" row names only what was asked for)
+    for name, src in s.cost_sources.items():
+        console.print(f"costs of {name}: {src}", markup=False, highlight=False, soft_wrap=True)
     for v in s.violations:
         console.print(f"[yellow]constraint violated:[/] {v}", highlight=False)
 
