@@ -379,3 +379,15 @@ def test_a_missing_cuda_device_is_refused_before_the_sweep(monkeypatch) -> None:
     with pytest.raises(CostModelError, match="torch sees 0 CUDA device"):
         build_sweep(SweepConfig(shapes=("tiny",), dtypes=("fp32",), devices=("cuda:0",),
                                 ops=("expert",), tokens=(1,)))
+
+
+def test_report_without_interior_batch_sizes_says_so(tmp_path: Path, capsys) -> None:
+    # two batch sizes per op: nothing to predict from neighbours (was: an empty table with
+    # only its header)
+    db = synthetic_db([synthetic_point("expert", n, SHAPE_A) for n in (1, 16)])
+    path = save_profile(db, tmp_path / "two.json")
+    assert main(["cost", "--profile", str(path), "--report"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("interpolation, leave-one-out: no interior batch size (an op needs three or more "
+            "profiled batch sizes)") in out
+    assert "latency median" not in out

@@ -273,6 +273,10 @@ def _print_report(model: Any) -> None:
                   f"{m.j_per_byte * 1e12:.2f}", str(m.error.n),
                   f"{m.error.median_abs_rel * 100:.1f}%", f"{m.error.p90_abs_rel * 100:.1f}%")
     console.print(t)
+    if not rep.interpolation_loo_latency:  # was: an empty table with only its header
+        console.print("interpolation, leave-one-out: no interior batch size (an op needs "
+                      "three or more profiled batch sizes)", highlight=False)
+        return
     t2 = Table(title="interpolation, leave-one-out (each interior batch size predicted from "
                      "its neighbours)")
     for col in ("device", "latency n", "latency median", "latency p90", "energy n",
