@@ -223,9 +223,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         monitor.stop()
     if args.ncu and _ncu_subset(db.points, args.ncu):
         save_profile(db, out)
+    # scenarios left out before the sweep (over --max-memory-gb; copies on a CPU) count as not
+    # run, and each says why (they were only logged at INFO, and "0 not run" was printed)
+    notes = db.sweep.get("skipped_notes", [])
+    too_big = sum(n.startswith("skipped ") for n in notes)  # one per scenario
     console.print(f"wrote {out} ({len(db.points)} points, {len(db.errors)} errors, "
-                  f"{len(res.skipped)} not run) in {res.wall_s:.0f} s; every scenario also in "
-                  f"{jsonl_path_for(out)}")
+                  f"{len(res.skipped) + too_big} not run) in {res.wall_s:.0f} s; every "
+                  f"scenario also in {jsonl_path_for(out)}")
+    for note in notes:
+        hint = " (--max-memory-gb)" if note.endswith(" allowed") else ""
+        console.print(f"  {note}{hint}", highlight=False, markup=False)
     if len(db.points) >= 2:
         _print_report(KernelCostModel(db))
     if args.plot:

@@ -221,8 +221,8 @@ def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
                             seen.add(sc.key)
                             if sc.memory_bytes() > cfg.max_memory_bytes:
                                 notes.append(
-                                    f"skipped {sc.describe()}: ~{sc.memory_bytes() / 1e9:.1f} GB"
-                                    f" > {cfg.max_memory_bytes / 1e9:.1f} GB")
+                                    f"skipped {sc.describe()}: ~{sc.memory_bytes() / 1e9:.3g} GB"
+                                    f" > {cfg.max_memory_bytes / 1e9:.3g} GB allowed")
                                 continue
                             out.append(sc)
     return out, notes
