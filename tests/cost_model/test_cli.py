@@ -417,3 +417,14 @@ def test_profile_with_every_scenario_over_the_memory_limit_says_why(tmp_path: Pa
     err = " ".join(capsys.readouterr().err.split())
     assert "no scenario was measured (1 not run: skipped moe_layer:loop tiny fp32 cpu n=4: " in err
     assert "GB allowed" in err and not out.exists()
+
+
+def test_cost_without_shape_names_the_profiled_shape(tmp_path: Path, capsys) -> None:
+    # the profile holds one shape of the op: the title named none ("shape profiled")
+    db = synthetic_db([synthetic_point("expert", n, SHAPE_A, preset="h1024_f512_swiglu_e8_k2")
+                       for n in (1, 16, 64)])
+    path = save_profile(db, tmp_path / "one.json")
+    assert main(["cost", "--profile", str(path), "--device", "cuda:0", "--dtype", "bf16",
+                 "--tokens", "16"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "expert on cuda:0 (bf16, shape h1024_f512_swiglu_e8_k2)" in out

@@ -381,7 +381,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
         console.print_json(json.dumps([{"tokens": n, **c.to_dict()}
                                        for n, c in zip(tokens, costs)]))
         return 0
-    t = Table(title=f"{args.op} on {args.device} ({args.dtype}, shape {args.shape or 'profiled'})")
+    shape = args.shape
+    if shape is None:  # get_cost took the op's one profiled shape: name it
+        (curve,) = model.shapes(args.op, args.device, args.dtype)
+        shape = ", ".join(sorted(curve.presets)) or curve.shape.key
+    t = Table(title=f"{args.op} on {args.device} ({args.dtype}, shape {shape})")
     for col in ("tokens", "latency", "energy", "energy/token", "avg W", "peak W", "source",
                 "method"):
         t.add_column(col, justify="left" if col in ("source", "method") else "right")
