@@ -89,7 +89,8 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default="cpu",
                    help="comma list of cpu, cuda:N, or 'auto' (cpu and every visible GPU)")
     p.add_argument("--shapes", default="tiny,olmoe-1b-7b@0.25,mixtral-8x7b@0.0625",
-                   help="presets NAME[@SCALE] or shape keys h<H>_f<F>_<form>_e<E>_k<k>")
+                   help="presets NAME[@SCALE] or shape keys "
+                        "h<H>_f<F>_<swiglu|relu>_e<E>_k<k>[@SCALE]")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16, fp16")
     p.add_argument("--ops", default="expert,moe_layer,expert_int4,up_gate_proj,down_proj,"
                    "activation,router_gate,d2h_copy,h2d_copy",
@@ -314,7 +315,9 @@ def _cost_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="1,64,1024", help="batch sizes, comma-separated")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
-    p.add_argument("--shape", default=None, help="preset NAME[@SCALE] or shape key")
+    p.add_argument("--shape", default=None,
+                   help="preset NAME[@SCALE] or shape key h<H>_f<F>_<swiglu|relu>_e<E>_k<k>"
+                        "[@SCALE]")
     p.add_argument("--list", action="store_true", help="list what the profile holds")
     p.add_argument("--report", action="store_true", help="print the fit-error report")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
