@@ -266,3 +266,13 @@ def test_place_says_where_each_devices_costs_come_from(tmp_path, capsys) -> None
     text = " ".join(capsys.readouterr().out.split())
     assert f"costs of gpu0: profile {path} (measured): cuda:0 as nvidia-h200" in text
     assert "costs of cpu0: analytic roofline (estimate" in text
+
+
+def test_place_tables_label_every_energy_column_with_its_source(capsys) -> None:
+    # the summary said "(estimated)", the per-device "energy" and the baselines'
+    # "energy/token" columns did not
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--layers", "1",
+                 "--compare"]) == 0
+    text = capsys.readouterr().out
+    assert "energy (estimated)" in text and "avg power (estimated)" in text
+    assert "energy/token (estimated)" in text

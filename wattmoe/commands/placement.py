@@ -192,8 +192,9 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
     t.add_row("cost model", provider)
     console.print(t)
     d = Table(title="per device, per batch")
-    for col in ("device", "kind", "experts", "memory", "tokens", "busy", "energy", "avg power",
-                "powered"):
+    src = s.energy_source
+    for col in ("device", "kind", "experts", "memory", "tokens", "busy", f"energy ({src})",
+                f"avg power ({src})", "powered"):
         d.add_column(col, justify="left" if col in ("device", "kind") else "right")
     for x in s.devices:
         budget = f" / {x.power_budget_w:g} W" if x.power_budget_w else ""
@@ -214,7 +215,8 @@ def _print_comparison(problem: Any, placement: Any) -> None:
     from wattmoe.placement import InfeasibleError, solve
 
     t = Table(title="against the baselines (same loads, same cost model)")
-    for col in ("solver", "energy/token", "latency", "imbalance", "objective", "vs this"):
+    for col in ("solver", f"energy/token ({placement.summary.energy_source})", "latency",
+                "imbalance", "objective", "vs this"):
         t.add_column(col, justify="left" if col == "solver" else "right")
     rows = [placement]
     for name in ("round-robin", "eplb", "fill"):
