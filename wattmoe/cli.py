@@ -65,10 +65,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="olmoe-1b-7b", help="shape preset (see `wattmoe models`)")
+    p.add_argument("--preset", default="olmoe-1b-7b",
+                   help="MoE shape: a preset (see `wattmoe models`) or a shape key "
+                        "h<H>_f<F>_<swiglu|relu>_e<E>_k<k> for any other model")
     p.add_argument("--scale", type=float, default=0.25,
-                   help="width scale factor of the preset (widths are rounded to multiples of "
-                        "64, at least 64)")
+                   help="width scale factor of the shape (widths are rounded to multiples of "
+                        "64, at least 64; 1 runs it at its own widths)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step")
     p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     p.add_argument("--steps", type=int, default=10, help="timed forward passes")
@@ -83,7 +85,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                         "'none' to skip)")
 
 
-@command("demo", "run one MoE block of a preset here, measure it, and place its experts",
+@command("demo", "run one MoE block of a shape here, measure it, and place its experts",
          _demo_args)
 def cmd_demo(args: argparse.Namespace) -> int:
     from wattmoe.experiments.demo import run_demo

@@ -379,3 +379,52 @@ def test_a_missing_cuda_device_is_refused_before_the_sweep(monkeypatch) -> None:
     with pytest.raises(CostModelError, match="torch sees 0 CUDA device"):
         build_sweep(SweepConfig(shapes=("tiny",), dtypes=("fp32",), devices=("cuda:0",),
                                 ops=("expert",), tokens=(1,)))
+
+
+def test_report_without_interior_batch_sizes_says_so(tmp_path: Path, capsys) -> None:
+    # two batch sizes per op: nothing to predict from neighbours (was: an empty table with
+    # only its header)
+    db = synthetic_db([synthetic_point("expert", n, SHAPE_A) for n in (1, 16)])
+    path = save_profile(db, tmp_path / "two.json")
+    assert main(["cost", "--profile", str(path), "--report"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("interpolation, leave-one-out: no interior batch size (an op needs three or more "
+            "profiled batch sizes)") in out
+    assert "latency median" not in out
+
+
+def test_profile_says_which_scenarios_it_skipped_for_memory(tmp_path: Path, capsys) -> None:
+    # a layer op over --max-memory-gb was left out of the sweep with only a log line at INFO:
+    # the output read "1 points, 0 errors, 0 not run", as if everything asked for had run
+    out = tmp_path / "mem.json"
+    assert main(["profile", "--devices", "cpu", "--shapes", "h256_f512_swiglu_e64_k4",
+                 "--dtypes", "fp32", "--ops", "expert,moe_layer:loop", "--tokens", "4",
+                 "--cpu-window", "0.05", "--reps", "3", "--cooldown-max", "0",
+                 "--no-torch-profiler", "--max-memory-gb", "0.01", "--out", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(1 points, 0 errors, 1 not run)" in text
+    assert ("skipped moe_layer:loop h256_f512_swiglu_e64_k4 fp32 cpu n=4: ~0.101 GB > 0.01 GB "
+            "allowed (--max-memory-gb)") in text
+
+
+def test_profile_with_every_scenario_over_the_memory_limit_says_why(tmp_path: Path,
+                                                                    capsys) -> None:
+    # was: "error: no scenario was measured (0 not run)"
+    out = tmp_path / "none.json"
+    assert main(["profile", "--devices", "cpu", "--shapes", "tiny", "--dtypes", "fp32",
+                 "--ops", "moe_layer:loop", "--tokens", "4", "--cpu-window", "0.05",
+                 "--no-torch-profiler", "--max-memory-gb", "1e-6", "--out", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no scenario was measured (1 not run: skipped moe_layer:loop tiny fp32 cpu n=4: " in err
+    assert "GB allowed" in err and not out.exists()
+
+
+def test_cost_without_shape_names_the_profiled_shape(tmp_path: Path, capsys) -> None:
+    # the profile holds one shape of the op: the title named none ("shape profiled")
+    db = synthetic_db([synthetic_point("expert", n, SHAPE_A, preset="h1024_f512_swiglu_e8_k2")
+                       for n in (1, 16, 64)])
+    path = save_profile(db, tmp_path / "one.json")
+    assert main(["cost", "--profile", str(path), "--device", "cuda:0", "--dtype", "bf16",
+                 "--tokens", "16"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "expert on cuda:0 (bf16, shape h1024_f512_swiglu_e8_k2)" in out

@@ -205,3 +205,17 @@ def test_int4_layer_runner_quantizes_the_layer(backend: str) -> None:
     with torch.inference_mode():
         out = fn()
     assert torch.isfinite(out.hidden_states).all()
+
+
+@pytest.mark.parametrize("key", ["h96_f200_relu_e6_kk3", "h96_f200_relu_e6_k3_x",
+                                 "h96_f200_relu_e6_e7_k3", "h96_f200_relu_e6_k3@0.5"])
+def test_shape_key_with_parts_it_cannot_read_is_refused(key: str) -> None:
+    # was: unknown or repeated parts were skipped, so 'e6_kk3' and 'k3@0.5' read as top_k=1
+    with pytest.raises(CostModelError, match="cannot read shape"):
+        OpShape.from_key(key)
+
+
+def test_resolve_shape_spec_scales_a_shape_key() -> None:
+    cfg = resolve_shape_spec("h96_f200_relu_e6_k3@0.5")
+    assert (cfg.hidden_size, cfg.expert_inner_size, cfg.num_experts, cfg.top_k) == (64, 128,
+                                                                                   6, 3)

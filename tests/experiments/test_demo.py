@@ -150,7 +150,8 @@ def test_demo_places_the_loads_of_one_step(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(placement, "make_problem", spy)
     r = run_demo("tiny", 1.0, batch=2, seq=16, steps=3, warmup=1, cluster="h200-cpu")
-    (loads,) = seen
+    check, loads = seen  # the first: the check before the timed run, with uniform loads
+    assert check.source.startswith("uniform")
     assert loads.tokens_per_batch == 32
     assert loads.tokens.sum() == pytest.approx(32 * r.top_k)
     np.testing.assert_allclose(loads.tokens[0], np.array(r.expert_counts) / 3)
@@ -196,3 +197,36 @@ def test_demo_interrupted_keeps_the_steps_it_timed(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(SimpleMoELayer, "forward", stop_at_once)
     with pytest.raises(KeyboardInterrupt):
         run_demo("tiny", 1.0, batch=1, seq=8, steps=3, warmup=0, cluster=None)
+
+
+def test_demo_runs_a_shape_key() -> None:
+    # a model that is no preset, named as `wattmoe profile --shapes` names it (was: "unknown
+    # preset 'h96_f200_relu_e6_k3'")
+    r = run_demo("h96_f200_relu_e6_k3", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster=None)
+    assert (r.hidden_size, r.expert_inner_size, r.num_experts, r.top_k) == (96, 200, 6, 3)
+    assert sum(r.expert_counts) == 8 * 3
+    r = run_demo("h96_f200_relu_e6_k3", 0.5, batch=1, seq=8, steps=1, warmup=0, cluster=None)
+    assert (r.hidden_size, r.expert_inner_size, r.preset) == (64, 128, "h96_f200_relu_e6_k3@0.5")
+
+
+def test_demo_refuses_a_cluster_it_cannot_price_before_the_timed_run(tmp_path, monkeypatch) -> None:
+    # a spec whose cost_device the analytic model does not know (a profiled CPU's name):
+    # the timed steps ran to the end and then the placement failed, losing what they measured
+    from wattmoe.experiments import demo
+    from wattmoe.placement import PlacementError
+
+    spec = tmp_path / "box.yaml"
+    spec.write_text(
+        "name: box\nnodes: [{name: node0}]\ndevices:\n"
+        "  - {name: gpu0, kind: gpu, node: node0, cost_device: nvidia-h200, memory_bytes: 8.0e10}\n"
+        "  - {name: cpu0, kind: cpu, node: node0, cost_device: my-cpu, memory_bytes: 5.0e11}\n"
+        "links:\n  - {a: gpu0, b: cpu0, bandwidth_bytes_per_s: 5.5e10, energy_j_per_byte: 6.0e-11,"
+        " latency_s: 1.0e-5}\n")
+
+    def no_block(*args, **kwargs):
+        raise AssertionError("the block was built: the cluster was checked too late")
+
+    monkeypatch.setattr(demo, "MoETransformerBlock", no_block)
+    with pytest.raises(PlacementError, match=r"cluster 'box': device cpu0 has cost_device "
+                                             r"'my-cpu'.*known: cpu-16core"):
+        run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster=str(spec))

@@ -646,3 +646,45 @@ def test_tuned_entry_serves_steps_within_its_reach(tmp_path, monkeypatch) -> Non
     for n in (1024 // reach - 1, 1024 * reach + 1, 8):
         assert ft.choose_config(st, n, cpu) == ft.heuristic_config(n, st.num_experts)
     assert ft.heuristic_config(8, st.num_experts) != "w64t64"
+
+
+@pytest.mark.parametrize("shape", [
+    "E=8,H=64,F=128,swiglu,fp32",       # the dtype as the CLI spells it, not torch's float32
+    "E=8,H=64,F=128,swiglu,bf16",
+    "E=8, H=64, F=128, swiglu, float32",
+    "E=8,H=64,F=128,gelu,float32",
+    "h64_f128_swiglu_e8_k2",            # a cost-model shape key
+    "tiny",
+])
+def test_user_tuned_table_shape_key_no_stack_can_have_is_an_error(shape: str, tmp_path,
+                                                                 monkeypatch) -> None:
+    # was: silently never matched, so the user's tuned entry was never used and every step
+    # ran the heuristic's pick without a word
+    import json
+
+    from wattmoe.moe import fused_triton as ft
+
+    st = stacked_experts(small_layer().experts)
+    table = tmp_path / "tuned_configs.json"
+    table.write_text(json.dumps({"configs": {shape: {"64": "m32"}}}))
+    monkeypatch.setenv(ft.CONFIG_ENV, str(table))
+    monkeypatch.setattr(ft, "_TUNED", {})
+    with pytest.raises(ConfigError, match=r"shape key .* like 'E=64,H=2048,F=1024,swiglu,"
+                                          r"bfloat16'") as info:
+        ft.choose_config(st, 64, torch.device("cpu"))
+    assert str(table) in str(info.value) and repr(shape) in str(info.value)
+
+
+@pytest.mark.parametrize("size", ["0", "-64"])
+def test_user_tuned_table_size_must_be_positive(size: str, tmp_path, monkeypatch) -> None:
+    import json
+
+    from wattmoe.moe import fused_triton as ft
+
+    st = stacked_experts(small_layer().experts)
+    table = tmp_path / "tuned_configs.json"
+    table.write_text(json.dumps({"configs": {ft.shape_key(st): {size: "m32"}}}))
+    monkeypatch.setenv(ft.CONFIG_ENV, str(table))
+    monkeypatch.setattr(ft, "_TUNED", {})
+    with pytest.raises(ConfigError, match="assignments per step"):
+        ft.choose_config(st, 64, torch.device("cpu"))

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.moe import (
+    Expert,
     MoEConfig,
     MoETransformerBlock,
     SimpleMoELayer,
@@ -350,3 +351,17 @@ def test_quantizing_again_with_another_group_size_is_refused(gen: torch.Generato
         layer.quantize(group_size=64)
     layer.quantize(group_size=32)
     assert {e.group_size for e in layer.experts} == {32}
+
+
+def test_quantize_with_a_group_that_does_not_fit_names_one_that_does() -> None:
+    # H = 2880 (gpt-oss-like) is not a multiple of 128: the error only said so, leaving the
+    # user to find int4_group_size
+    from wattmoe.errors import WattmoeError
+
+    cfg = MoEConfig(name="own", hidden_size=192, expert_inner_size=200, num_experts=4, top_k=2,
+                    expert_form="relu")
+    layer = SimpleMoELayer(cfg, seed=0)
+    with pytest.raises(WattmoeError, match=r"group size 128 .* int4_group_size\(192, 200\) = 8"):
+        layer.quantize(128)
+    assert all(isinstance(e, Expert) for e in layer.experts)  # left as it was
+    layer.quantize(8)

@@ -55,3 +55,50 @@ def test_name_that_is_not_a_string_is_one_clear_error(name: object) -> None:
     with pytest.raises(ConfigError, match=r"preset name must be a string, got .*\(known: "
                                           r"tiny, mixtral-8x7b, .*switch-base-8\)"):
         get_preset(name)  # type: ignore[arg-type]
+
+
+def test_resolve_shape_reads_presets_and_shape_keys() -> None:
+    from wattmoe.moe import resolve_shape
+
+    assert resolve_shape("olmoe-1b-7b") == get_preset("olmoe-1b-7b")
+    assert resolve_shape("olmoe-1b-7b@0.25") == get_preset("olmoe-1b-7b", 0.25)
+    cfg = resolve_shape("h2880_f2880_swiglu_e32_k4")
+    assert (cfg.hidden_size, cfg.expert_inner_size, cfg.num_experts, cfg.top_k,
+            cfg.expert_form) == (2880, 2880, 32, 4, "swiglu")
+    odd = resolve_shape("h96_f200_relu_e6_k3")
+    assert (odd.hidden_size, odd.expert_inner_size, odd.num_experts, odd.top_k,
+            odd.expert_form) == (96, 200, 6, 3, "relu")
+    assert odd.hidden_size % odd.num_heads == 0
+
+
+def test_shape_key_takes_a_scale_like_a_preset() -> None:
+    # was: 'h96_f200_relu_e6_k3@0.5' read as top_k=1 at full width ('k3@0.5' is not a digit
+    # string, so k fell back to its default), and the profile labelled it with the spec
+    from wattmoe.moe import resolve_shape
+
+    cfg = resolve_shape("h96_f200_relu_e6_k3@0.5")
+    assert (cfg.hidden_size, cfg.expert_inner_size, cfg.num_experts, cfg.top_k) == (64, 128,
+                                                                                   6, 3)
+    assert cfg.name == "h96_f200_relu_e6_k3@0.5"
+
+
+@pytest.mark.parametrize("spec", [
+    "h96_f200_relu_e6_kk3",      # was: k=1
+    "h96_f200_relu_e6_k3_x",     # was: the trailing part ignored
+    "h96_f200_relu_e6_e7_k3",    # was: the last e won
+    "h96_f200_gelu_e6_k3",
+])
+def test_unreadable_shape_key_is_refused_with_the_expected_form(spec: str) -> None:
+    from wattmoe.moe import resolve_shape
+
+    with pytest.raises(ConfigError, match=r"expected .*h<H>_f<F>_<swiglu\|relu>_e<E>_k<k>"):
+        resolve_shape(spec)
+
+
+@pytest.mark.parametrize("spec", ["h96_f200_relu_e6_k3@", "h96_f200_relu_e6_k3@half",
+                                  "tiny@half"])
+def test_bad_scale_in_a_shape_spec(spec: str) -> None:
+    from wattmoe.moe import resolve_shape
+
+    with pytest.raises(ConfigError, match=r"bad scale in shape spec .*: .*a number"):
+        resolve_shape(spec)

@@ -236,3 +236,43 @@ def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra
     given = " and ".join(a for a in extra if a.startswith("--"))
     assert f"{given} set the synthetic loads and do nothing with --loads" in err
     assert "Traceback" not in err
+
+
+def test_place_takes_a_shape_key(tmp_path, capsys) -> None:
+    # a model that is no preset (was: "unknown preset 'h2048_f1408_swiglu_e60_k4'")
+    out = tmp_path / "p.json"
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "h2048_f1408_swiglu_e60_k4",
+                 "--layers", "2", "--tokens", "512", "--out", str(out)]) == 0
+    p = Placement.from_json(out.read_text())
+    assert p.num_layers == 2 and p.num_experts == 60
+    assert p.meta["preset"] == "h2048_f1408_swiglu_e60_k4"
+    assert (p.meta["shape"]["hidden"], p.meta["shape"]["inner"], p.meta["top_k"]) == (2048,
+                                                                                     1408, 4)
+    assert "h2048_f1408_swiglu_e60_k4 on h200-cpu" in capsys.readouterr().out
+
+
+def test_place_says_where_each_devices_costs_come_from(tmp_path, capsys) -> None:
+    # a profile that covers the GPU only: the CPU is priced by the analytic roofline, and the
+    # output must say so per device (was: one row, "cost model: profile PATH", as if every
+    # device's figures came from the profile; the sources were only in the --out JSON)
+    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
+    from wattmoe.cost_model import OpShape, save_profile
+
+    db = synthetic_db([synthetic_point("expert", n, OpShape(64, 128)) for n in TOKENS])
+    db.devices["cuda:0"].name = "NVIDIA H200"
+    path = save_profile(db, tmp_path / "gpu.json")
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--cost-model",
+                 str(path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"costs of gpu0: profile {path} (measured): cuda:0 as nvidia-h200" in text
+    assert "costs of cpu0: analytic roofline (estimate" in text
+
+
+def test_place_tables_label_every_energy_column_with_its_source(capsys) -> None:
+    # the summary said "(estimated)", the per-device "energy" and the baselines'
+    # "energy/token" columns did not
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--layers", "1",
+                 "--compare"]) == 0
+    text = capsys.readouterr().out
+    assert "energy (estimated)" in text and "avg power (estimated)" in text
+    assert "energy/token (estimated)" in text

@@ -226,3 +226,19 @@ def test_profile_provider_checks_fallback_and_backend_view(linear_cost: LinearCo
     with pytest.raises(PlacementError, match=r"backend 'fused' needs a profile with "
                        r"backend_view\(\) \(a KernelCostModel\), got Profile"):
         profile_cost_provider(Profile(linear_cost.table), backend="fused")
+
+
+@pytest.mark.parametrize(("hidden", "inner", "form"), [
+    (2048, 1024, "swiglu"),   # OLMoE: groups of 128
+    (2880, 2880, "swiglu"),   # groups of 64
+    (96, 200, "relu"),        # groups of 8: the scales are a third of the bytes
+])
+def test_int4_expert_memory_counts_its_scales(hidden: int, inner: int, form: str) -> None:
+    # was: half a byte per weight, the codes alone; the fp16 scale per group (3% of the codes
+    # at groups of 128, 50% at 8) was left out, so a GPU the placement filled to its last slot
+    # could not hold the experts it was given
+    from wattmoe.moe import Expert, int4_group_size, quantize_expert
+
+    stored = quantize_expert(Expert(hidden, inner, form),
+                             int4_group_size(hidden, inner)).weight_bytes()
+    assert ExpertShape(hidden, inner, form, "int4").weight_bytes == stored

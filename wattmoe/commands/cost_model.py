@@ -89,7 +89,8 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default="cpu",
                    help="comma list of cpu, cuda:N, or 'auto' (cpu and every visible GPU)")
     p.add_argument("--shapes", default="tiny,olmoe-1b-7b@0.25,mixtral-8x7b@0.0625",
-                   help="presets NAME[@SCALE] or shape keys h<H>_f<F>_<form>_e<E>_k<k>")
+                   help="presets NAME[@SCALE] or shape keys "
+                        "h<H>_f<F>_<swiglu|relu>_e<E>_k<k>[@SCALE]")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16, fp16")
     p.add_argument("--ops", default="expert,moe_layer,expert_int4,up_gate_proj,down_proj,"
                    "activation,router_gate,d2h_copy,h2d_copy",
@@ -223,9 +224,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         monitor.stop()
     if args.ncu and _ncu_subset(db.points, args.ncu):
         save_profile(db, out)
+    # scenarios left out before the sweep (over --max-memory-gb; copies on a CPU) count as not
+    # run, and each says why (they were only logged at INFO, and "0 not run" was printed)
+    notes = db.sweep.get("skipped_notes", [])
+    too_big = sum(n.startswith("skipped ") for n in notes)  # one per scenario
     console.print(f"wrote {out} ({len(db.points)} points, {len(db.errors)} errors, "
-                  f"{len(res.skipped)} not run) in {res.wall_s:.0f} s; every scenario also in "
-                  f"{jsonl_path_for(out)}")
+                  f"{len(res.skipped) + too_big} not run) in {res.wall_s:.0f} s; every "
+                  f"scenario also in {jsonl_path_for(out)}")
+    for note in notes:
+        hint = " (--max-memory-gb)" if note.endswith(" allowed") else ""
+        console.print(f"  {note}{hint}", highlight=False, markup=False)
     if len(db.points) >= 2:
         _print_report(KernelCostModel(db))
     if args.plot:
@@ -273,6 +281,10 @@ def _print_report(model: Any) -> None:
                   f"{m.j_per_byte * 1e12:.2f}", str(m.error.n),
                   f"{m.error.median_abs_rel * 100:.1f}%", f"{m.error.p90_abs_rel * 100:.1f}%")
     console.print(t)
+    if not rep.interpolation_loo_latency:  # was: an empty table with only its header
+        console.print("interpolation, leave-one-out: no interior batch size (an op needs "
+                      "three or more profiled batch sizes)", highlight=False)
+        return
     t2 = Table(title="interpolation, leave-one-out (each interior batch size predicted from "
                      "its neighbours)")
     for col in ("device", "latency n", "latency median", "latency p90", "energy n",
@@ -303,7 +315,9 @@ def _cost_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", default="1,64,1024", help="batch sizes, comma-separated")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
-    p.add_argument("--shape", default=None, help="preset NAME[@SCALE] or shape key")
+    p.add_argument("--shape", default=None,
+                   help="preset NAME[@SCALE] or shape key h<H>_f<F>_<swiglu|relu>_e<E>_k<k>"
+                        "[@SCALE]")
     p.add_argument("--list", action="store_true", help="list what the profile holds")
     p.add_argument("--report", action="store_true", help="print the fit-error report")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -370,7 +384,11 @@ def cmd_cost(args: argparse.Namespace) -> int:
         console.print_json(json.dumps([{"tokens": n, **c.to_dict()}
                                        for n, c in zip(tokens, costs)]))
         return 0
-    t = Table(title=f"{args.op} on {args.device} ({args.dtype}, shape {args.shape or 'profiled'})")
+    shape = args.shape
+    if shape is None:  # get_cost took the op's one profiled shape: name it
+        (curve,) = model.shapes(args.op, args.device, args.dtype)
+        shape = ", ".join(sorted(curve.presets)) or curve.shape.key
+    t = Table(title=f"{args.op} on {args.device} ({args.dtype}, shape {shape})")
     for col in ("tokens", "latency", "energy", "energy/token", "avg W", "peak W", "source",
                 "method"):
         t.add_column(col, justify="left" if col in ("source", "method") else "right")

@@ -18,8 +18,10 @@ SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
 def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", required=True,
                    help="a shipped cluster (h200-cpu, 8xh200-2node, laptop) or a YAML/JSON spec")
-    p.add_argument("--preset", default="olmoe-1b-7b", help="MoE shape preset (`wattmoe models`)")
-    p.add_argument("--scale", type=float, default=1.0, help="width scale factor of the preset")
+    p.add_argument("--preset", default="olmoe-1b-7b",
+                   help="MoE shape: a preset (`wattmoe models`) or a shape key "
+                        "h<H>_f<F>_<swiglu|relu>_e<E>_k<k> for any other model")
+    p.add_argument("--scale", type=float, default=1.0, help="width scale factor of the shape")
     p.add_argument("--dtype", default="bf16", help="expert dtype: bf16 | fp16 | fp32 | fp8 | int4")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--loads", help="[layers, experts] token counts per batch (.npy/.csv/.json)")
@@ -30,7 +32,8 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int,
                    help="tokens per batch of the synthetic loads (default 4096)")
     p.add_argument("--layers", type=int,
-                   help="MoE layers of the synthetic loads (default: the preset's)")
+                   help="MoE layers of the synthetic loads (default: the preset's; 1 for a "
+                        "shape key)")
     p.add_argument("--objective", default="energy",
                    help="energy | latency | balance | a mix like 'energy=1,latency=0.5'")
     p.add_argument("--solver", default="heuristic", choices=SOLVER_NAMES)
@@ -113,7 +116,7 @@ def _fmt_j(x: float) -> str:
 
 @command("place", "place experts on a cluster's GPUs and CPUs (energy-aware)", _place_args)
 def cmd_place(args: argparse.Namespace) -> int:
-    from wattmoe.moe import get_preset
+    from wattmoe.moe import resolve_shape
     from wattmoe.placement import (
         Constraints,
         ExpertShape,
@@ -126,7 +129,7 @@ def cmd_place(args: argparse.Namespace) -> int:
         synthetic_loads,
     )
 
-    cfg = get_preset(args.preset, args.scale)
+    cfg = resolve_shape(args.preset).scaled(args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
     synthetic_only = [opt for opt, v in (("--tokens", args.tokens), ("--layers", args.layers),
@@ -139,7 +142,7 @@ def cmd_place(args: argparse.Namespace) -> int:
         loads = read_loads(args.loads, top_k=cfg.top_k)
         if loads.num_experts != cfg.num_experts:
             raise ConfigError(f"loads file {args.loads!r} has {loads.num_experts} experts per "
-                              f"layer; preset {cfg.name!r} has {cfg.num_experts}")
+                              f"layer; shape {cfg.name!r} has {cfg.num_experts}")
     else:
         loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k,
                                 4096 if args.tokens is None else args.tokens, args.skew,
@@ -189,8 +192,9 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
     t.add_row("cost model", provider)
     console.print(t)
     d = Table(title="per device, per batch")
-    for col in ("device", "kind", "experts", "memory", "tokens", "busy", "energy", "avg power",
-                "powered"):
+    src = s.energy_source
+    for col in ("device", "kind", "experts", "memory", "tokens", "busy", f"energy ({src})",
+                f"avg power ({src})", "powered"):
         d.add_column(col, justify="left" if col in ("device", "kind") else "right")
     for x in s.devices:
         budget = f" / {x.power_budget_w:g} W" if x.power_budget_w else ""
@@ -199,6 +203,10 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
                   f"{x.tokens:,.0f}", f"{x.busy_s * 1e3:,.3f} ms", _fmt_j(x.energy_j),
                   f"{x.avg_power_w:,.1f} W{budget}", "yes" if x.powered else "no")
     console.print(d)
+    # where each device's figures come from: a profile covers some devices, the analytic
+    # roofline the others (the "cost model" row names only what was asked for)
+    for name, src in s.cost_sources.items():
+        console.print(f"costs of {name}: {src}", markup=False, highlight=False, soft_wrap=True)
     for v in s.violations:
         console.print(f"[yellow]constraint violated:[/] {v}", highlight=False)
 
@@ -207,7 +215,8 @@ def _print_comparison(problem: Any, placement: Any) -> None:
     from wattmoe.placement import InfeasibleError, solve
 
     t = Table(title="against the baselines (same loads, same cost model)")
-    for col in ("solver", "energy/token", "latency", "imbalance", "objective", "vs this"):
+    for col in ("solver", f"energy/token ({placement.summary.energy_source})", "latency",
+                "imbalance", "objective", "vs this"):
         t.add_column(col, justify="left" if col == "solver" else "right")
     rows = [placement]
     for name in ("round-robin", "eplb", "fill"):

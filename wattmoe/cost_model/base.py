@@ -12,6 +12,7 @@ or 'replayed'. Predictions keep the source of the points they come from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -101,6 +102,11 @@ def check_tokens(tokens: object) -> int:
     return tokens
 
 
+# `OpShape.key` (the same form as `wattmoe.moe.presets.SHAPE_KEY_FORM`, which this module
+# does not import: it would import torch)
+_SHAPE_KEY = re.compile(r"h(\d+)_f(\d+)_(swiglu|relu)(?:_e(\d+))?(?:_k(\d+))?")
+
+
 @dataclass(frozen=True)
 class OpShape:
     """The sizes an op depends on.
@@ -155,19 +161,19 @@ class OpShape:
 
     @classmethod
     def from_key(cls, key: str) -> OpShape:
-        """Parses `OpShape.key` ('h2048_f1024_swiglu_e64_k8'; '_e.._k..' optional)."""
-        parts = key.split("_")
-        try:
-            vals = {p[0]: p[1:] for p in parts if p and p[0] in "hfek" and p[1:].isdigit()}
-            form = next(p for p in parts if p in ("swiglu", "relu"))
-            dims = (int(vals["h"]), int(vals["f"]), int(vals.get("e", 1)), int(vals.get("k", 1)))
-        except (KeyError, StopIteration, ValueError):
+        """Parses `OpShape.key` ('h2048_f1024_swiglu_e64_k8'; '_e.._k..' optional).
+
+        The key must be exactly of that form: a part it cannot read ('k3@0.5', 'kk3', a
+        repeated or trailing part) is an error, not skipped (it used to leave top-k at 1).
+        """
+        m = _SHAPE_KEY.fullmatch(key) if isinstance(key, str) else None
+        if m is None:
             raise CostModelError(
                 f"cannot read shape {key!r}; expected like 'h2048_f1024_swiglu_e64_k8'"
-            ) from None
-        # outside the try: a key of the right form with invalid values (k > e, h0) gets the
-        # shape's own error, not "cannot read"
-        return cls(dims[0], dims[1], form, dims[2], dims[3])
+            )
+        # a key of the right form with invalid values (k > e, h0) gets the shape's own error,
+        # not "cannot read"
+        return cls(int(m[1]), int(m[2]), m[3], int(m[4] or 1), int(m[5] or 1))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -68,8 +68,12 @@ def run_profile(
                                                     resume=resume)
     logged = read_jsonl(jsonl)
     if not logged.points and not logged.errors:  # e.g. every scenario past the deadline
+        # or over the memory limit: say which (was "0 not run" for those)
+        too_big = [n for n in notes if n.startswith("skipped ")]
+        why = f": {too_big[0]}" + (f" and {len(too_big) - 1} more" if len(too_big) > 1
+                                   else "") if too_big else ""
         raise CostModelError(
-            f"no scenario was measured ({len(res.skipped)} not run); "
+            f"no scenario was measured ({len(res.skipped) + len(too_big)} not run{why}); "
             f"{str(out)!r} was not written" + (" and is left as it was"
                                                if Path(out).exists() else ""))
     if len(logged.runs) > 1:

@@ -38,9 +38,9 @@ from wattmoe.moe import (
     MoEConfig,
     QuantizedExpert,
     SimpleMoELayer,
-    get_preset,
     int4_group_size,
     resolve_dtype,
+    resolve_shape,
 )
 from wattmoe.moe.backends import EXPERT_BACKENDS
 
@@ -60,23 +60,13 @@ def log_tokens(lo: int = 1, hi: int = 8192, factor: float = 4.0) -> tuple[int, .
 
 
 def resolve_shape_spec(spec: str) -> MoEConfig:
-    """A preset ('olmoe-1b-7b', 'olmoe-1b-7b@0.25') or a shape key ('h2048_f1408_swiglu_e60_k4').
+    """A preset ('olmoe-1b-7b', 'olmoe-1b-7b@0.25') or a shape key ('h2048_f1408_swiglu_e60_k4',
+    'h2048_f1408_swiglu_e60_k4@0.5'): `wattmoe.moe.resolve_shape`.
 
     Raises:
-        ConfigError: unknown preset or unreadable shape.
+        ConfigError: an unknown preset, an unreadable shape key or scale, invalid sizes.
     """
-    if spec.startswith("h") and "_f" in spec:
-        s = OpShape.from_key(spec)
-        heads = math.gcd(s.hidden, 8)
-        return MoEConfig(name=spec, hidden_size=s.hidden, expert_inner_size=s.inner,
-                         num_experts=s.num_experts, top_k=s.top_k, expert_form=s.form,  # type: ignore[arg-type]
-                         num_heads=heads, source="shape key")
-    name, _, scale = spec.partition("@")
-    try:
-        factor = float(scale) if scale else 1.0
-    except ValueError:
-        raise CostModelError(f"bad scale in shape spec {spec!r}; use NAME@SCALE") from None
-    return get_preset(name, factor)
+    return resolve_shape(spec)
 
 
 @dataclass(frozen=True)
@@ -231,8 +221,8 @@ def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
                             seen.add(sc.key)
                             if sc.memory_bytes() > cfg.max_memory_bytes:
                                 notes.append(
-                                    f"skipped {sc.describe()}: ~{sc.memory_bytes() / 1e9:.1f} GB"
-                                    f" > {cfg.max_memory_bytes / 1e9:.1f} GB")
+                                    f"skipped {sc.describe()}: ~{sc.memory_bytes() / 1e9:.3g} GB"
+                                    f" > {cfg.max_memory_bytes / 1e9:.3g} GB allowed")
                                 continue
                             out.append(sc)
     return out, notes

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from wattmoe.errors import ConfigError, DeviceError
-from wattmoe.moe import MoETransformerBlock, dtype_name, get_preset, resolve_dtype
+from wattmoe.moe import MoETransformerBlock, dtype_name, resolve_dtype, resolve_shape
 from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import available_backends
 from wattmoe.moe.fused_triton import interpreting
@@ -126,6 +126,32 @@ def place_measured_loads(
     return "analytic roofline (estimates)", tuple(rows)
 
 
+def _check_placeable(spec: ClusterSpec, cfg: object, tokens_per_batch: int, dtype: str) -> None:
+    """Raises PlacementError where `place_measured_loads` would fail whatever the loads: a
+    device whose cost_device the analytic model does not know, or experts that do not fit
+    (checked with uniform loads), so that the timed run is not lost to it."""
+    from wattmoe.placement import (
+        AnalyticCostProvider,
+        ExpertShape,
+        PlacementError,
+        make_problem,
+        synthetic_loads,
+    )
+
+    provider = AnalyticCostProvider()
+    known = provider.devices()
+    for d in spec.devices:
+        if d.cost_device not in known:
+            raise PlacementError(
+                f"cluster {spec.name!r}: device {d.name} has cost_device {d.cost_device!r}, "
+                f"which the demo's analytic cost model does not price (known: "
+                f"{', '.join(known)}); name one of those, or place with a profile "
+                "(`wattmoe place --cost-model`), or pass --cluster none")
+    loads = synthetic_loads(1, cfg.num_experts, cfg.top_k,  # type: ignore[attr-defined]
+                            tokens_per_batch, "uniform", 0)
+    make_problem(spec, loads, ExpertShape.from_config(cfg, dtype), provider, objective="energy")
+
+
 def _check_device(device: str) -> None:
     """Raises ConfigError for a name other than 'cpu' or 'cuda:N', DeviceError for a GPU that
     torch cannot use here (before torch fails on it with a traceback)."""
@@ -178,8 +204,10 @@ def run_demo(
     _check_device(device)
     # a bad cluster name or spec is an error now, not after the timed run
     spec = load_cluster(cluster) if cluster is not None else None
-    cfg = get_preset(preset, scale)
+    cfg = resolve_shape(preset).scaled(scale)
     dt = resolve_dtype(dtype)
+    if spec is not None:  # and so is one the placement cannot price or fit the experts on
+        _check_placeable(spec, cfg, batch * seq, "int4" if int4 else dtype_name(dt))
     # an unknown backend name is one ConfigError here (the layer looks it up first)
     block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed,
                                 backend=backend).eval()

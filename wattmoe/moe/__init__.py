@@ -13,7 +13,7 @@ from wattmoe.moe.block import MoETransformerBlock
 from wattmoe.moe.dispatch import Dispatch, build_dispatch, expert_capacity
 from wattmoe.moe.expert import Expert
 from wattmoe.moe.layer import MoEOutput, SimpleMoELayer
-from wattmoe.moe.presets import PRESETS, get_preset
+from wattmoe.moe.presets import PRESETS, SHAPE_KEY_FORM, get_preset, resolve_shape
 from wattmoe.moe.quant import (
     QuantizedExpert,
     dequantize_int4,
@@ -36,6 +36,7 @@ __all__ = [
     "EXPERT_BACKENDS",
     "PRESETS",
     "ROUTING_STRATEGIES",
+    "SHAPE_KEY_FORM",
     "AdaptiveRouter",
     "Dispatch",
     "Expert",
@@ -60,6 +61,7 @@ __all__ = [
     "register_backend",
     "register_strategy",
     "resolve_dtype",
+    "resolve_shape",
     "switch_balance_loss",
     "unpack_int4",
 ]

@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -438,8 +439,14 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     return "m128"
 
 
+# every key `shape_key` can give (the weights: torch's dtype name, or int4 with its group)
+_SHAPE_KEY = re.compile(r"E=[1-9]\d*,H=[1-9]\d*,F=[1-9]\d*,(swiglu|relu),"
+                        r"(float32|bfloat16|float16|int4g[1-9]\d*)")
+
+
 def shape_key(st: ExpertStack) -> str:
-    """Key of a stack's shape in tuned tables: 'E=64,H=2048,F=1024,swiglu,bf16'."""
+    """Key of a stack's shape in tuned tables: 'E=64,H=2048,F=1024,swiglu,bfloat16' (int4
+    stacks: '...,int4g128', the group size)."""
     q = f"int4g{st.group_size}" if st.quantized else str(st.dtype).removeprefix("torch.")
     return f"E={st.num_experts},H={st.hidden_size},F={st.inner_size},{st.form},{q}"
 
@@ -517,16 +524,25 @@ def _user_table(path: Path, key: str) -> dict[str, dict[str, str]]:
 
 def _check_entries(path: Path, shape: str, entries: dict[str, Any]) -> None:
     """Raises ConfigError for a user table's entry that `choose_config` could not use (it
-    would fall back to the heuristic without a word): a size that is not an integer, or a
-    name that is not a candidate (or "A/B" of two) of the shape's kind (int4 or not)."""
-    quantized = str(shape).rsplit(",", 1)[-1].startswith("int4g")
+    would fall back to the heuristic without a word): a shape key that no stack has (see
+    `shape_key`), a size that is not a positive integer, or a name that is not a candidate
+    (or "A/B" of two) of the shape's kind (int4 or not)."""
+    if _SHAPE_KEY.fullmatch(shape) is None:
+        raise ConfigError(
+            f"{CONFIG_ENV}: {path}: shape key {shape!r} matches no expert stack; write it like "
+            "'E=64,H=2048,F=1024,swiglu,bfloat16' (experts, hidden, inner, swiglu|relu, and "
+            "the weights: float32|bfloat16|float16, or int4g<group size>; "
+            "`fused_triton.shape_key(stack)`)")
+    quantized = shape.rsplit(",", 1)[-1].startswith("int4g")
     for size, name in entries.items():
         where = f"{CONFIG_ENV}: {path}: {shape!r} at {size!r}"
         try:
-            int(size)
+            ok = int(size) > 0
         except ValueError:
-            raise ConfigError(f"{where}: the key must be the assignments per step (an "
-                              "integer)") from None
+            ok = False
+        if not ok:
+            raise ConfigError(f"{where}: the key must be the assignments per step (a "
+                              "positive integer: tokens x top-k)")
         if not isinstance(name, str):
             raise ConfigError(f"{where}: {name!r} is not a candidate name (a string)")
         if resolve_config(name, quantized) is None:

@@ -18,7 +18,7 @@ from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
 from wattmoe.moe.dispatch import build_dispatch, check_finite_rows
 from wattmoe.moe.expert import Expert
 from wattmoe.moe.fused_route import FUSED_ROUTING_BACKENDS, fused_route, fused_route_available
-from wattmoe.moe.quant import QuantizedExpert, quantize_expert
+from wattmoe.moe.quant import QuantizedExpert, int4_group_size, quantize_expert
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
 
 
@@ -130,6 +130,8 @@ class SimpleMoELayer(nn.Module):
         Raises:
             ConfigError: some experts are int4 with a group size other than `group_size`; or
                 (from `quantize_int4`) a bad group size or a weight that cannot be quantized.
+            ShapeError: `group_size` does not divide both widths (the message names
+                `int4_group_size(H, F)`, the largest that does).
         """
         done = sorted({e.group_size for e in self.experts if isinstance(e, QuantizedExpert)})
         if done and done != [group_size]:
@@ -139,6 +141,15 @@ class SimpleMoELayer(nn.Module):
                 f"group_size={group_size!r} would quantize their int4 weights again (the "
                 "original weights are not kept): build the layer anew and quantize it once "
                 "with the group size you want")
+        h, f = self.config.hidden_size, self.config.expert_inner_size
+        if (any(isinstance(e, Expert) for e in self.experts) and isinstance(group_size, int)
+                and group_size > 0 and (h % group_size or f % group_size)):
+            try:
+                fit = f"int4_group_size({h}, {f}) = {int4_group_size(h, f)} divides both"
+            except ConfigError as exc:
+                fit = str(exc)
+            raise ShapeError(f"int4 group size {group_size} does not divide the experts' widths "
+                             f"(hidden {h}, inner {f}); {fit}")
         self.experts = nn.ModuleList(
             quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
         )

@@ -1,13 +1,17 @@
-"""Shapes of real MoE models, from their published configs.
+"""Shapes of real MoE models, from their published configs, and of any other MoE model.
 
 Only the MoE part is described: hidden size, routed-expert inner size, experts, top-k, MoE
 layers, expert form, attention heads, shared experts and the router's score function. A preset
 instantiates a layer with random weights at any scale factor (`get_preset(name).scaled(s)`).
+A model that is not a preset is named by a shape key, 'h2880_f2880_swiglu_e32_k4'
+(`resolve_shape`, which every command's shape option reads).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe.base import MoEConfig
@@ -77,3 +81,51 @@ def get_preset(name: str, scale: float = 1.0) -> MoEConfig:
             f"unknown preset {name!r}{hint} (known: {', '.join(PRESETS)})"
         )
     return PRESETS[key].scaled(scale)
+
+
+#: The form of a shape key (`resolve_shape`); '_e<E>_k<k>' may be left out (1 and 1).
+SHAPE_KEY_FORM = "h<H>_f<F>_<swiglu|relu>_e<E>_k<k>"
+_SHAPE_KEY = re.compile(r"h(\d+)_f(\d+)_(swiglu|relu)(?:_e(\d+))?(?:_k(\d+))?")
+
+
+def is_shape_key(spec: str) -> bool:
+    """Whether `spec` is meant as a shape key ('h...' with an '_f' part), not a preset name."""
+    return spec.startswith("h") and "_f" in spec
+
+
+def resolve_shape(spec: str) -> MoEConfig:
+    """A preset ('olmoe-1b-7b') or a shape key ('h2880_f2880_swiglu_e32_k4'), either with an
+    optional '@SCALE' ('olmoe-1b-7b@0.25', 'h2880_f2880_swiglu_e32_k4@0.125'; `scaled`).
+
+    A shape key gives the hidden width H, the expert inner width F, the expert form, the
+    routed experts E and top-k k ('_e<E>_k<k>' may be left out: 1 and 1); the rest is the
+    `MoEConfig` defaults (one MoE layer, softmax scores, no shared experts) with as many
+    attention heads (at most 8) as divide H.
+
+    Raises:
+        ConfigError: an unknown preset, a key that is not exactly of the form
+            h<H>_f<F>_<swiglu|relu>_e<E>_k<k>, invalid sizes (top-k above E, a zero width),
+            or a bad scale.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(f"shape spec must be a string, got {spec!r} ({type(spec).__name__})")
+    name, at, scale = spec.partition("@")
+    factor = 1.0
+    if at:
+        try:
+            factor = float(scale)
+        except ValueError:
+            raise ConfigError(f"bad scale in shape spec {spec!r}: the part after '@' must be "
+                              "a number (NAME@SCALE, e.g. 'olmoe-1b-7b@0.25')") from None
+    if not is_shape_key(name):
+        return get_preset(name, factor)
+    m = _SHAPE_KEY.fullmatch(name)
+    if m is None:
+        raise ConfigError(f"cannot read shape {name!r}; expected {SHAPE_KEY_FORM}, e.g. "
+                          "'h2048_f1408_swiglu_e60_k4'")
+    hidden, inner = int(m[1]), int(m[2])
+    experts, top_k = int(m[4] or 1), int(m[5] or 1)
+    cfg = MoEConfig(name=name, hidden_size=hidden, expert_inner_size=inner,
+                    num_experts=experts, top_k=top_k, expert_form=m[3],  # type: ignore[arg-type]
+                    num_heads=math.gcd(hidden, 8) or 1, source="shape key")
+    return cfg.scaled(factor) if at else cfg
