@@ -646,6 +646,12 @@ def test_tuned_entry_serves_steps_within_its_reach(tmp_path, monkeypatch) -> Non
     for n in (1024 // reach - 1, 1024 * reach + 1, 8):
         assert ft.choose_config(st, n, cpu) == ft.heuristic_config(n, st.num_experts)
     assert ft.heuristic_config(8, st.num_experts) != "w64t64"
+    # far below its size, but where the heuristic would pick the same for both sizes (decode
+    # steps under a table's smallest entry), the entry still serves
+    table.write_text(json.dumps({"configs": {ft.shape_key(st): {"128": "w64t16"}}}))
+    monkeypatch.setattr(ft, "_TUNED", {})
+    assert ft.heuristic_config(128, st.num_experts) == ft.heuristic_config(1, st.num_experts)
+    assert ft.choose_config(st, 1, cpu) == "w64t16"
 
 
 @pytest.mark.parametrize("shape", [

@@ -571,23 +571,29 @@ def resolve_config(name: str, quantized: bool) -> ConfigPair | None:
 # a tuned entry serves steps up to this factor away from its size (assignments per step);
 # further away the heuristic by rows per expert: a table tuned only at 4096 tokens (128-token
 # tiles for ~500 rows per expert) would run 1-token decode steps in tiles 99% empty. 8 keeps
-# the shipped table's picks from 8 to 131072 tokens per step (its sizes are 64 to 16384)
+# the shipped table's picks from 8 to 131072 tokens per step (its sizes are 64 to 16384), and
+# below 8 tokens too, where the heuristic does not tell the sizes apart
 TUNED_REACH = 8
 
 
 def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str:
     """Candidate for this stack and step: the tuned table's nearest size where that is within
-    `TUNED_REACH` times the step's assignments, else the heuristic."""
+    `TUNED_REACH` times the step's assignments, or where the heuristic picks the same for both
+    sizes (decode steps below a table's smallest size); else the heuristic."""
+    sm90 = _is_sm90(device)
+
+    def heuristic(n: int) -> str:
+        return heuristic_config(n, st.num_experts, st.quantized, sm90, st.dtype.itemsize)
+
     entries = load_tuned(device).get(shape_key(st))
     if entries:
         dist = {n: abs(math.log2(max(int(n), 1) / max(num_assign, 1))) for n in entries}
         near = min(dist, key=dist.__getitem__)
         name = entries[near]
-        if (dist[near] <= math.log2(TUNED_REACH)
+        if ((dist[near] <= math.log2(TUNED_REACH) or heuristic(int(near)) == heuristic(num_assign))
                 and resolve_config(name, st.quantized) is not None):
             return name
-    return heuristic_config(num_assign, st.num_experts, st.quantized, _is_sm90(device),
-                            st.dtype.itemsize)
+    return heuristic(num_assign)
 
 
 def _is_sm90(device: torch.device) -> bool:
