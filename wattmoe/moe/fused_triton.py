@@ -580,10 +580,9 @@ def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str
     """Candidate for this stack and step: the tuned table's nearest size where that is within
     `TUNED_REACH` times the step's assignments, or where the heuristic picks the same for both
     sizes (decode steps below a table's smallest size); else the heuristic."""
-    sm90 = _is_sm90(device)
-
-    def heuristic(n: int) -> str:
-        return heuristic_config(n, st.num_experts, st.quantized, sm90, st.dtype.itemsize)
+    def heuristic(n: int) -> str:  # off the path of a step that its table serves
+        return heuristic_config(n, st.num_experts, st.quantized, _is_sm90(device),
+                                st.dtype.itemsize)
 
     entries = load_tuned(device).get(shape_key(st))
     if entries:
