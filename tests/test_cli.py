@@ -39,6 +39,17 @@ def test_demo_title_shows_the_shape_a_small_scale_rounds_to(
     assert "tiny@1e-09 (H=64 F=64): one MoE block" in capsys.readouterr().out
 
 
+def test_demo_takes_the_scale_once(capsys: pytest.CaptureFixture[str]) -> None:
+    # 'SHAPE@SCALE' is the scale (the default --scale 0.25 used to multiply it: tiny@0.5 ran at
+    # a quarter of that); with --scale as well it is one error
+    assert main(["demo", "--preset", "tiny@1e-9", "--steps", "1", "--seq", "8",
+                 "--cluster", "none"]) == 0
+    assert "tiny@1e-09 (H=64 F=64): one MoE block" in capsys.readouterr().out
+    assert main(["demo", "--preset", "tiny@0.5", "--scale", "0.5", "--cluster", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "has its own scale: give it once" in err and len(err.strip().splitlines()) == 1
+
+
 def test_demo_interrupted_prints_what_it_timed(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     # Ctrl-C in the timed steps: the table of the finished steps, and exit status 130
@@ -122,7 +133,7 @@ def test_demo_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(demo, "run_demo", oom)
     assert main(["demo", "--preset", "tiny", "--scale", "1e9", "--cluster", "none"]) == 2
     err = capsys.readouterr().err
-    assert "out of memory on cpu: tried to allocate 256000000000 bytes; lower --scale" in err
+    assert "out of memory on cpu: tried to allocate 256000000000 bytes; lower the width scale" in err
     assert len(err.strip().splitlines()) == 1
 
     def other(*args, **kwargs):

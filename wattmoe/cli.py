@@ -68,9 +68,10 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="olmoe-1b-7b",
                    help="MoE shape: a preset (see `wattmoe models`) or a shape key "
                         "h<H>_f<F>_<swiglu|relu>_e<E>_k<k> for any other model")
-    p.add_argument("--scale", type=float, default=0.25,
-                   help="width scale factor of the shape (widths are rounded to multiples of "
-                        "64, at least 64; 1 runs it at its own widths)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="width scale factor of the shape (default 0.25; or give it as "
+                        "SHAPE@SCALE; widths are rounded to multiples of 64, at least 64; 1 runs "
+                        "it at its own widths)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step")
     p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     p.add_argument("--steps", type=int, default=10, help="timed forward passes")
@@ -104,7 +105,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tried = re.search(r"tried to allocate [^.(;]+", text)
         raise ConfigError(
             f"out of memory on {args.device}{': ' + tried.group(0).strip() if tried else ''}; "
-            f"lower --scale ({args.scale:g}), --batch ({args.batch}) or --seq ({args.seq})"
+            f"lower the width scale (--scale or SHAPE@SCALE), --batch ({args.batch}) or "
+            f"--seq ({args.seq})"
         ) from None
     # the shape that ran: a scale's widths are rounded to multiples of 64, at least 64
     t = Table(title=f"{r.preset} (H={r.hidden_size} F={r.expert_inner_size}): one MoE block, "

@@ -102,3 +102,16 @@ def test_bad_scale_in_a_shape_spec(spec: str) -> None:
 
     with pytest.raises(ConfigError, match=r"bad scale in shape spec .*: .*a number"):
         resolve_shape(spec)
+
+
+def test_a_scale_is_given_once() -> None:
+    # 'SPEC@SCALE' or a --scale, not both: they used to multiply silently (the demo's default
+    # 0.25 on top of 'olmoe-1b-7b@0.25' ran it at 1/16 of its widths)
+    from wattmoe.errors import ConfigError
+    from wattmoe.moe import resolve_shape, resolve_shape_at
+
+    assert resolve_shape_at("olmoe-1b-7b@0.25", None, 0.5) == resolve_shape("olmoe-1b-7b@0.25")
+    assert resolve_shape_at("olmoe-1b-7b", None, 0.5) == resolve_shape("olmoe-1b-7b@0.5")
+    assert resolve_shape_at("h2880_f2880_swiglu_e32_k4", 0.125).hidden_size == 384
+    with pytest.raises(ConfigError, match="its own scale: give it once"):
+        resolve_shape_at("h2880_f2880_swiglu_e32_k4@0.125", 0.25)

@@ -224,8 +224,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         monitor.stop()
     if args.ncu and _ncu_subset(db.points, args.ncu):
         save_profile(db, out)
-    # scenarios left out before the sweep (over --max-memory-gb; copies on a CPU) count as not
-    # run, and each says why (they were only logged at INFO, and "0 not run" was printed)
+    # scenarios left out before the sweep for --max-memory-gb count as not run, and each says
+    # why (they were only logged at INFO, and "0 not run" was printed)
     notes = db.sweep.get("skipped_notes", [])
     too_big = sum(n.startswith("skipped ") for n in notes)  # one per scenario
     console.print(f"wrote {out} ({len(db.points)} points, {len(db.errors)} errors, "

@@ -21,7 +21,8 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="olmoe-1b-7b",
                    help="MoE shape: a preset (`wattmoe models`) or a shape key "
                         "h<H>_f<F>_<swiglu|relu>_e<E>_k<k> for any other model")
-    p.add_argument("--scale", type=float, default=1.0, help="width scale factor of the shape")
+    p.add_argument("--scale", type=float, default=None,
+                   help="width scale factor of the shape (default 1; or give it as SHAPE@SCALE)")
     p.add_argument("--dtype", default="bf16", help="expert dtype: bf16 | fp16 | fp32 | fp8 | int4")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--loads", help="[layers, experts] token counts per batch (.npy/.csv/.json)")
@@ -116,7 +117,7 @@ def _fmt_j(x: float) -> str:
 
 @command("place", "place experts on a cluster's GPUs and CPUs (energy-aware)", _place_args)
 def cmd_place(args: argparse.Namespace) -> int:
-    from wattmoe.moe import resolve_shape
+    from wattmoe.moe import resolve_shape_at
     from wattmoe.placement import (
         Constraints,
         ExpertShape,
@@ -129,7 +130,7 @@ def cmd_place(args: argparse.Namespace) -> int:
         synthetic_loads,
     )
 
-    cfg = resolve_shape(args.preset).scaled(args.scale)
+    cfg = resolve_shape_at(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
     synthetic_only = [opt for opt, v in (("--tokens", args.tokens), ("--layers", args.layers),

@@ -193,7 +193,8 @@ def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
     """Expands a sweep into scenarios; returns (scenarios, notes on what was skipped).
 
     Raises:
-        CostModelError: an unknown shape, or a CUDA device this process cannot use.
+        ConfigError: an unknown preset, an unreadable shape key or scale (`resolve_shape`).
+        CostModelError: a CUDA device this process cannot use.
     """
     check_devices_present(cfg.devices)
     configs = [resolve_shape_spec(s) for s in cfg.shapes]

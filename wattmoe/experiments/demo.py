@@ -12,13 +12,15 @@ from typing import NamedTuple
 import torch
 
 from wattmoe.errors import ConfigError, DeviceError
-from wattmoe.moe import MoETransformerBlock, dtype_name, resolve_dtype, resolve_shape
+from wattmoe.moe import MoETransformerBlock, dtype_name, resolve_dtype, resolve_shape_at
 from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import available_backends
 from wattmoe.moe.fused_triton import interpreting
 from wattmoe.moe.quant import int4_group_size
 from wattmoe.placement.spec import ClusterSpec, load_cluster
 from wattmoe.telemetry import GpuSystemMonitor
+
+DEFAULT_SCALE = 0.25  # the demo's width scale where neither --scale nor SHAPE@SCALE gives one
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def _check_device(device: str) -> None:
 
 def run_demo(
     preset: str = "olmoe-1b-7b",
-    scale: float = 0.25,
+    scale: float | None = None,
     batch: int = 4,
     seq: int = 128,
     steps: int = 10,
@@ -180,6 +182,9 @@ def run_demo(
     int4: bool = False,
 ) -> DemoResult:
     """Runs `steps` timed forward passes of one `MoETransformerBlock` on random tokens.
+
+    `preset` is a preset or a shape key (`wattmoe.moe.resolve_shape`); its width scale is
+    `scale` or the spec's own '@SCALE', not both (`DEFAULT_SCALE` where neither gives one).
 
     The timed passes run inside one telemetry window on `device`: energy is measured where
     the device has a counter (NVML, RAPL) and estimated otherwise; the result says which.
@@ -204,7 +209,7 @@ def run_demo(
     _check_device(device)
     # a bad cluster name or spec is an error now, not after the timed run
     spec = load_cluster(cluster) if cluster is not None else None
-    cfg = resolve_shape(preset).scaled(scale)
+    cfg = resolve_shape_at(preset, scale, DEFAULT_SCALE)
     dt = resolve_dtype(dtype)
     if spec is not None:  # and so is one the placement cannot price or fit the experts on
         _check_placeable(spec, cfg, batch * seq, "int4" if int4 else dtype_name(dt))

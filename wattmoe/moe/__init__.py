@@ -13,7 +13,13 @@ from wattmoe.moe.block import MoETransformerBlock
 from wattmoe.moe.dispatch import Dispatch, build_dispatch, expert_capacity
 from wattmoe.moe.expert import Expert
 from wattmoe.moe.layer import MoEOutput, SimpleMoELayer
-from wattmoe.moe.presets import PRESETS, SHAPE_KEY_FORM, get_preset, resolve_shape
+from wattmoe.moe.presets import (
+    PRESETS,
+    SHAPE_KEY_FORM,
+    get_preset,
+    resolve_shape,
+    resolve_shape_at,
+)
 from wattmoe.moe.quant import (
     QuantizedExpert,
     dequantize_int4,
@@ -62,6 +68,7 @@ __all__ = [
     "register_strategy",
     "resolve_dtype",
     "resolve_shape",
+    "resolve_shape_at",
     "switch_balance_loss",
     "unpack_int4",
 ]

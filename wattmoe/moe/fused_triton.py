@@ -482,8 +482,8 @@ def load_tuned(device: torch.device) -> dict[str, dict[str, str]]:
     table file, as `kernels_bench.py` writes them: `tuned_configs.json`), then in the shipped
     kernel_configs/<device key>.json. Entries of a user table override shipped ones of the same
     shape. Raises ConfigError if the variable names nothing or an unreadable table, or the
-    table has an entry the launcher cannot use (a size that is not an integer, a name that
-    is not a candidate: `_check_entries`).
+    table has an entry the launcher cannot use (a shape key no stack has, a size that is not a
+    positive integer, a name that is not a candidate: `_check_entries`).
     """
     key = device_key(device)
     if key not in _TUNED:

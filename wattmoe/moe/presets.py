@@ -93,6 +93,22 @@ def is_shape_key(spec: str) -> bool:
     return spec.startswith("h") and "_f" in spec
 
 
+def resolve_shape_at(spec: str, scale: float | None, default: float = 1.0) -> MoEConfig:
+    """`resolve_shape` for commands that also take a --scale: the scale is given once, as
+    'SPEC@SCALE' or as `scale` (`default` where neither gives it).
+
+    Raises:
+        ConfigError: as `resolve_shape`, or both give a scale (they would multiply).
+    """
+    if isinstance(spec, str) and "@" in spec:
+        if scale is not None:
+            raise ConfigError(f"the shape {spec!r} has its own scale: give it once, as "
+                              f"{spec.partition('@')[0]!r} with --scale {scale:g}, or as "
+                              f"{spec!r} alone")
+        return resolve_shape(spec)
+    return resolve_shape(spec).scaled(default if scale is None else scale)
+
+
 def resolve_shape(spec: str) -> MoEConfig:
     """A preset ('olmoe-1b-7b') or a shape key ('h2880_f2880_swiglu_e32_k4'), either with an
     optional '@SCALE' ('olmoe-1b-7b@0.25', 'h2880_f2880_swiglu_e32_k4@0.125'; `scaled`).
