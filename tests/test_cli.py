@@ -133,7 +133,8 @@ def test_demo_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(demo, "run_demo", oom)
     assert main(["demo", "--preset", "tiny", "--scale", "1e9", "--cluster", "none"]) == 2
     err = capsys.readouterr().err
-    assert "out of memory on cpu: tried to allocate 256000000000 bytes; lower the width scale" in err
+    assert ("out of memory on cpu: tried to allocate 256000000000 bytes; lower the width "
+            "scale") in err
     assert len(err.strip().splitlines()) == 1
 
     def other(*args, **kwargs):
