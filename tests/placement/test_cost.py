@@ -242,14 +242,3 @@ def test_int4_expert_memory_counts_its_scales(hidden: int, inner: int, form: str
     stored = quantize_expert(Expert(hidden, inner, form),
                              int4_group_size(hidden, inner)).weight_bytes()
     assert ExpertShape(hidden, inner, form, "int4").weight_bytes == stored
-
-
-def test_int4_group_is_the_quantizers_rule() -> None:
-    # placement repeats quant.int4_group_size so that it needs no torch: the two must agree
-    # wherever the quantizer accepts the widths
-    from wattmoe.moe.quant import int4_group_size
-    from wattmoe.placement.base import int4_group
-
-    for hidden in (64, 96, 200, 2048, 2880, 4096, 7168):
-        for inner in (56, 128, 200, 768, 1408, 2880, 14336):
-            assert int4_group(hidden, inner) == int4_group_size(hidden, inner), (hidden, inner)

@@ -15,22 +15,12 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from wattmoe.cost_model.work import int4_weight_bytes
 from wattmoe.errors import ConfigError, WattmoeError
 
 EXPERT_FORMS: tuple[str, ...] = ("swiglu", "relu")
 #: Bytes per element of the dtypes a placement can be asked about.
 DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
-INT4_SCALE_BYTES = 2.0  # an int4 expert also stores one fp16 scale per group of weights
-
-
-def int4_group(hidden: int, inner: int) -> int:
-    """The int4 group size an expert of this shape is quantized with: the largest power of two
-    <= 128 dividing both widths (the rule of `wattmoe.moe.quant.int4_group_size`, repeated
-    here so that placement needs no torch); 2 where none does."""
-    g = 128
-    while g > 2 and (hidden % g or inner % g):
-        g //= 2
-    return g
 
 
 class PlacementError(WattmoeError, ValueError):
@@ -106,10 +96,9 @@ class ExpertShape:
     @property
     def weight_bytes(self) -> int:
         """Memory one replica of the expert takes (weights only; int4: the packed codes and
-        the fp16 scale of each group, `int4_group`)."""
-        per_weight = DTYPE_BYTES[self.dtype]
-        if self.dtype == "int4":
-            per_weight += INT4_SCALE_BYTES / int4_group(self.hidden, self.inner)
+        the fp16 scale of each group, `cost_model.work.int4_weight_bytes`)."""
+        per_weight = (int4_weight_bytes(self.hidden, self.inner) if self.dtype == "int4"
+                      else DTYPE_BYTES[self.dtype])
         return math.ceil(self.params * per_weight)
 
     @property
