@@ -12,12 +12,12 @@ or 'replayed'. Predictions keep the source of the points they come from.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from wattmoe.errors import ConfigError
+from wattmoe.shape_keys import parse_shape_key
 
 SCHEMA_VERSION = 1
 FORMAT = "wattmoe.cost_model.profile"
@@ -102,11 +102,6 @@ def check_tokens(tokens: object) -> int:
     return tokens
 
 
-# `OpShape.key` (the same form as `wattmoe.moe.presets.SHAPE_KEY_FORM`, which this module
-# does not import: it would import torch)
-_SHAPE_KEY = re.compile(r"h(\d+)_f(\d+)_(swiglu|relu)(?:_e(\d+))?(?:_k(\d+))?")
-
-
 @dataclass(frozen=True)
 class OpShape:
     """The sizes an op depends on.
@@ -166,14 +161,14 @@ class OpShape:
         The key must be exactly of that form: a part it cannot read ('k3@0.5', 'kk3', a
         repeated or trailing part) is an error, not skipped (it used to leave top-k at 1).
         """
-        m = _SHAPE_KEY.fullmatch(key) if isinstance(key, str) else None
-        if m is None:
+        parts = parse_shape_key(key)
+        if parts is None:
             raise CostModelError(
                 f"cannot read shape {key!r}; expected like 'h2048_f1024_swiglu_e64_k8'"
             )
         # a key of the right form with invalid values (k > e, h0) gets the shape's own error,
         # not "cannot read"
-        return cls(int(m[1]), int(m[2]), m[3], int(m[4] or 1), int(m[5] or 1))
+        return cls(*parts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

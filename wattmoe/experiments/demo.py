@@ -103,20 +103,11 @@ def place_measured_loads(
     """Places the experts of `layer` by the loads its router produced (its utilization counts,
     added up over `steps` steps of `tokens_per_batch` tokens: the loads are their mean per
     step) on `cluster` with the analytic cost model, once per solver."""
-    from wattmoe.placement import (
-        AnalyticCostProvider,
-        ExpertShape,
-        loads_from_layers,
-        make_problem,
-        solve,
-    )
+    from wattmoe.placement import loads_from_layers, solve
 
-    cfg = layer.config  # type: ignore[attr-defined]
     spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster(cluster)
     loads = loads_from_layers([layer], tokens_per_batch=tokens_per_batch, steps=steps)
-    shape = ExpertShape.from_config(cfg, dtype)
-    provider = AnalyticCostProvider()
-    problem = make_problem(spec, loads, shape, provider, objective="energy")
+    problem = _analytic_problem(spec, layer.config, loads, dtype)  # type: ignore[attr-defined]
     rows = []
     for name in solvers:
         s = solve(problem, name).summary
@@ -132,16 +123,9 @@ def _check_placeable(spec: ClusterSpec, cfg: object, tokens_per_batch: int, dtyp
     """Raises PlacementError where `place_measured_loads` would fail whatever the loads: a
     device whose cost_device the analytic model does not know, or experts that do not fit
     (checked with uniform loads), so that the timed run is not lost to it."""
-    from wattmoe.placement import (
-        AnalyticCostProvider,
-        ExpertShape,
-        PlacementError,
-        make_problem,
-        synthetic_loads,
-    )
+    from wattmoe.placement import AnalyticCostProvider, PlacementError, synthetic_loads
 
-    provider = AnalyticCostProvider()
-    known = provider.devices()
+    known = AnalyticCostProvider().devices()
     for d in spec.devices:
         if d.cost_device not in known:
             raise PlacementError(
@@ -151,7 +135,16 @@ def _check_placeable(spec: ClusterSpec, cfg: object, tokens_per_batch: int, dtyp
                 "(`wattmoe place --cost-model`), or pass --cluster none")
     loads = synthetic_loads(1, cfg.num_experts, cfg.top_k,  # type: ignore[attr-defined]
                             tokens_per_batch, "uniform", 0)
-    make_problem(spec, loads, ExpertShape.from_config(cfg, dtype), provider, objective="energy")
+    _analytic_problem(spec, cfg, loads, dtype)
+
+
+def _analytic_problem(spec: ClusterSpec, cfg: object, loads: object, dtype: str) -> object:
+    """The demo's placement problem: `cfg`'s experts in `dtype` on `spec`, priced by the
+    analytic cost model, with the energy objective."""
+    from wattmoe.placement import AnalyticCostProvider, ExpertShape, make_problem
+
+    return make_problem(spec, loads, ExpertShape.from_config(cfg, dtype),  # type: ignore[arg-type]
+                        AnalyticCostProvider(), objective="energy")
 
 
 def _check_device(device: str) -> None:

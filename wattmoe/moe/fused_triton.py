@@ -440,7 +440,7 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
 
 
 # every key `shape_key` can give (the weights: torch's dtype name, or int4 with its group)
-_SHAPE_KEY = re.compile(r"E=[1-9]\d*,H=[1-9]\d*,F=[1-9]\d*,(swiglu|relu),"
+_TABLE_KEY = re.compile(r"E=[1-9]\d*,H=[1-9]\d*,F=[1-9]\d*,(swiglu|relu),"
                         r"(float32|bfloat16|float16|int4g[1-9]\d*)")
 
 
@@ -527,7 +527,7 @@ def _check_entries(path: Path, shape: str, entries: dict[str, Any]) -> None:
     would fall back to the heuristic without a word): a shape key that no stack has (see
     `shape_key`), a size that is not a positive integer, or a name that is not a candidate
     (or "A/B" of two) of the shape's kind (int4 or not)."""
-    if _SHAPE_KEY.fullmatch(shape) is None:
+    if _TABLE_KEY.fullmatch(shape) is None:
         raise ConfigError(
             f"{CONFIG_ENV}: {path}: shape key {shape!r} matches no expert stack; write it like "
             "'E=64,H=2048,F=1024,swiglu,bfloat16' (experts, hidden, inner, swiglu|relu, and "

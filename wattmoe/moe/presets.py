@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe.base import MoEConfig
+from wattmoe.shape_keys import SHAPE_KEY_FORM, parse_shape_key
 
 PRESETS: dict[str, MoEConfig] = {
     p.name: p
@@ -83,11 +83,6 @@ def get_preset(name: str, scale: float = 1.0) -> MoEConfig:
     return PRESETS[key].scaled(scale)
 
 
-#: The form of a shape key (`resolve_shape`); '_e<E>_k<k>' may be left out (1 and 1).
-SHAPE_KEY_FORM = "h<H>_f<F>_<swiglu|relu>_e<E>_k<k>"
-_SHAPE_KEY = re.compile(r"h(\d+)_f(\d+)_(swiglu|relu)(?:_e(\d+))?(?:_k(\d+))?")
-
-
 def is_shape_key(spec: str) -> bool:
     """Whether `spec` is meant as a shape key ('h...' with an '_f' part), not a preset name."""
     return spec.startswith("h") and "_f" in spec
@@ -135,13 +130,12 @@ def resolve_shape(spec: str) -> MoEConfig:
                               "a number (NAME@SCALE, e.g. 'olmoe-1b-7b@0.25')") from None
     if not is_shape_key(name):
         return get_preset(name, factor)
-    m = _SHAPE_KEY.fullmatch(name)
-    if m is None:
+    parts = parse_shape_key(name)
+    if parts is None:
         raise ConfigError(f"cannot read shape {name!r}; expected {SHAPE_KEY_FORM}, e.g. "
                           "'h2048_f1408_swiglu_e60_k4'")
-    hidden, inner = int(m[1]), int(m[2])
-    experts, top_k = int(m[4] or 1), int(m[5] or 1)
+    hidden, inner, form, experts, top_k = parts
     cfg = MoEConfig(name=name, hidden_size=hidden, expert_inner_size=inner,
-                    num_experts=experts, top_k=top_k, expert_form=m[3],  # type: ignore[arg-type]
+                    num_experts=experts, top_k=top_k, expert_form=form,  # type: ignore[arg-type]
                     num_heads=math.gcd(hidden, 8) or 1, source="shape key")
     return cfg.scaled(factor) if at else cfg
