@@ -173,7 +173,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import ProfilerConfig
     from wattmoe.cost_model.runner import jsonl_path_for, run_profile
-    from wattmoe.cost_model.scenarios import SweepConfig
+    from wattmoe.cost_model.scenarios import SweepConfig, is_memory_skip
 
     if args.reps < 1 or args.warmup < 0:
         raise ConfigError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps}, {args.warmup}")
@@ -227,12 +227,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     # scenarios left out before the sweep for --max-memory-gb count as not run, and each says
     # why (they were only logged at INFO, and "0 not run" was printed)
     notes = db.sweep.get("skipped_notes", [])
-    too_big = sum(n.startswith("skipped ") for n in notes)  # one per scenario
+    too_big = sum(map(is_memory_skip, notes))
     console.print(f"wrote {out} ({len(db.points)} points, {len(db.errors)} errors, "
                   f"{len(res.skipped) + too_big} not run) in {res.wall_s:.0f} s; every "
                   f"scenario also in {jsonl_path_for(out)}")
     for note in notes:
-        hint = " (--max-memory-gb)" if note.endswith(" allowed") else ""
+        hint = " (--max-memory-gb)" if is_memory_skip(note) else ""
         console.print(f"  {note}{hint}", highlight=False, markup=False)
     if len(db.points) >= 2:
         _print_report(KernelCostModel(db))

@@ -19,7 +19,7 @@ from wattmoe.cost_model.profiler import (
     SweepResult,
     read_jsonl,
 )
-from wattmoe.cost_model.scenarios import Scenario, SweepConfig, build_sweep
+from wattmoe.cost_model.scenarios import Scenario, SweepConfig, build_sweep, is_memory_skip
 from wattmoe.errors import os_error_as
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def run_profile(
     logged = read_jsonl(jsonl)
     if not logged.points and not logged.errors:  # e.g. every scenario past the deadline
         # or over the memory limit: say which (was "0 not run" for those)
-        too_big = [n for n in notes if n.startswith("skipped ")]
+        too_big = [n for n in notes if is_memory_skip(n)]
         why = f": {too_big[0]}" + (f" and {len(too_big) - 1} more" if len(too_big) > 1
                                    else "") if too_big else ""
         raise CostModelError(

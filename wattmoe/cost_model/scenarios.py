@@ -189,6 +189,15 @@ def check_devices_present(devices: tuple[str, ...]) -> None:
                 + ("" if n else " (no CUDA: a CPU-only torch build or no GPU)"))
 
 
+_MEMORY_SKIP = "skipped "  # how a note of a scenario left out for --max-memory-gb begins
+
+
+def is_memory_skip(note: str) -> bool:
+    """Whether a note of `build_sweep` is a scenario left out for the memory limit (one per
+    scenario; the others are whole ops skipped on a device)."""
+    return note.startswith(_MEMORY_SKIP)
+
+
 def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
     """Expands a sweep into scenarios; returns (scenarios, notes on what was skipped).
 
@@ -222,7 +231,8 @@ def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
                             seen.add(sc.key)
                             if sc.memory_bytes() > cfg.max_memory_bytes:
                                 notes.append(
-                                    f"skipped {sc.describe()}: ~{sc.memory_bytes() / 1e9:.3g} GB"
+                                    f"{_MEMORY_SKIP}{sc.describe()}: "
+                                    f"~{sc.memory_bytes() / 1e9:.3g} GB"
                                     f" > {cfg.max_memory_bytes / 1e9:.3g} GB allowed")
                                 continue
                             out.append(sc)
