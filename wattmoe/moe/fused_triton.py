@@ -413,7 +413,7 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     128 x 256 down launch up to ~384, then 128 x 256 tiles. fp32 stacks keep the plain tiles
     without `m32`: in fp32 its gate/up launch (and `w64t32`'s, and `m128n256d`'s down) needs
     more shared memory than an sm_90 SM has (245,760 bytes against 232,448; compiled with
-    Triton 3.6, benchmarks/gpu/compile_check.py).
+    Triton 3.6: results/cpu/compile_sm90/fp32_smem.md).
     Elsewhere the plain tiles, which no GPU of another kind has measured against."""
     m = num_assign / max(num_experts, 1)
     if quantized and sm90:
