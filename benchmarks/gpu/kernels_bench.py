@@ -252,9 +252,10 @@ def topk_violations(layer: SimpleMoELayer, x: torch.Tensor, topk_idx: torch.Tens
     return int(((chosen.amin(1) < best_other) | dup).sum())
 
 
-def poison(dev: torch.device, sizes: list[int]) -> None:
-    """Fills blocks of the caching allocator with NaN (0xFF bytes) and frees them again."""
-    blocks = [torch.empty(n, dtype=torch.uint8, device=dev).fill_(255) for n in sizes]
+def poison(dev: torch.device, sizes: list[int], pattern: int = 0xFF) -> None:
+    """Fills blocks of the caching allocator with a byte pattern (0xFF: NaN in every float
+    type) and frees them again."""
+    blocks = [torch.empty(n, dtype=torch.uint8, device=dev).fill_(pattern) for n in sizes]
     del blocks
 
 

@@ -87,13 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         # the copies are made again in the poisoned memory, and h, y and the output land there
         for key in [k for k in st.kernel_cache if isinstance(k, tuple)]:
             del st.kernel_cache[key]
-        if dev.type == "cuda":
+        if dev.type == "cuda":  # 64 MB blocks, which the step's buffers can be cut from
             torch.cuda.synchronize()
-            blocks = [torch.empty(1 << 26, dtype=torch.uint8, device=dev).fill_(pattern)
-                      for _ in range(max(args.poison_mb // 64, 0))]
-            del blocks
+            poison(dev, [1 << 26] * (args.poison_mb // 64), pattern)
         else:  # no caching allocator to poison: a token amount, for the code path
-            poison(dev, [min(args.poison_mb, 16) << 20])
+            poison(dev, [min(args.poison_mb, 16) << 20], pattern)
         with torch.inference_mode():
             out = ft.fused_forward(st, x, d, args.config)
         if dev.type == "cuda":
