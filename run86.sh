@@ -17,7 +17,9 @@ echo "rc $?" >> $OUT/probe.txt
 S="--shape mixtral-8x7b@0.25 --weights int4 --tokens 1024 --config w64t16fpx --repeats 2 --poison-mb 0"
 for tool in initcheck memcheck racecheck; do
   echo "== $tool" >> $OUT/sanitizer.txt
-  PYTORCH_NO_CUDA_MEMORY_CACHING=$([ $tool = racecheck ] && echo 0 || echo 1) \
-    timeout 70 compute-sanitizer --tool $tool --print-limit 20 python3 $P $S >> $OUT/sanitizer.txt 2>&1
+  lim=$([ $tool = initcheck ] && echo 100 || echo 60)
+  if [ $tool = racecheck ]; then unset PYTORCH_NO_CUDA_MEMORY_CACHING
+  else export PYTORCH_NO_CUDA_MEMORY_CACHING=1; fi
+  timeout $lim compute-sanitizer --tool $tool --print-limit 20 python3 $P $S >> $OUT/sanitizer.txt 2>&1
   echo "rc $?" >> $OUT/sanitizer.txt
 done
