@@ -19,6 +19,7 @@ in Triton's interpreter (slowly: use a tiny shape).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -47,11 +48,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--shape", default="mixtral-8x7b", help="a preset, preset@scale or shape key")
     ap.add_argument("--weights", choices=("bf16", "int4"), default="int4")
     ap.add_argument("--tokens", type=int, default=4096)
-    ap.add_argument("--config", default="w64t16fpx", help="a fused candidate name or 'A/B'")
+    ap.add_argument("--config", default="w64t16fpx",
+                    help="fused candidate names or 'A/B' pairs, comma-separated; each may end "
+                         "in ':sN' (both launches with N pipeline stages); every repeat runs "
+                         "each of them on the same tokens and routing")
     ap.add_argument("--routing", default="uniform", help="uniform, skewed, hot, capacity")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--poison-mb", type=int, default=4096,
-                    help="MB of the caching allocator poisoned before each repeat")
+                    help="MB of the caching allocator poisoned before each step")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -60,14 +64,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
+    """The (gate/up, down) configs of 'NAME' or 'A/B', optionally ':sN' (N stages in both)."""
+    name, _, stages = spec.partition(":")
+    pair = ft.resolve_config(name, quantized)
+    if pair is None or (stages and not (stages[:1] == "s" and stages[1:].isdigit()
+                                        and int(stages[1:]) >= 1)):
+        raise SystemExit(f"error: unknown {'int4' if quantized else 'bf16'} config {spec!r}")
+    if stages:
+        pair = tuple(dataclasses.replace(c, num_stages=int(stages[1:])) for c in pair)
+    return pair  # type: ignore[return-value]
+
+
+def wrong_entries(out: torch.Tensor, ref: torch.Tensor) -> dict[str, object]:
+    """Where out is non-finite or wild (off the reference by more than its largest value):
+    counts, the first tokens and output columns, and the 64-column blocks they fall in."""
+    o = out.float()
+    bad = ~torch.isfinite(o)
+    bad |= (o - ref).abs() > ref.abs().max()
+    where = bad.nonzero()
+    cols = where[:, 1].unique()
+    return {"wrong": int(bad.sum()), "wrong_tokens": int(where[:, 0].unique().numel()),
+            "first_tokens": where[:, 0].unique()[:16].tolist(),
+            "columns": cols[:32].tolist(), "column_blocks64": (cols // 64).unique()[:16].tolist()}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Returns the number of bad repeats (non-finite or relative error over 2e-2)."""
+    """Returns the number of bad steps (non-finite or relative error over 2e-2)."""
     args = parse_args(argv)
     dev = torch.device(args.device)
     cfg = resolve_shape_spec(args.shape)
     quantized = args.weights == "int4"
-    if ft.resolve_config(args.config, quantized) is None:
-        raise SystemExit(f"error: unknown {args.weights} config {args.config!r}")
+    specs = [c.strip() for c in args.config.split(",") if c.strip()]
+    pairs = {c: resolve(c, quantized) for c in specs}
+    if not pairs:
+        raise SystemExit("error: --config names no configuration")
     dtype = "bf16" if dev.type == "cuda" else "fp32"
     layer = SimpleMoELayer(cfg, dtype=dtype, device=dev).eval()
     if quantized:
@@ -76,46 +107,52 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device=dev).manual_seed(0)
     payload: dict[str, object] = {**provenance(), "args": vars(args) | {"out": str(args.out)},
                                   "repeats": []}
-    bad = 0
+    bad: dict[str, int] = dict.fromkeys(pairs, 0)
+    n = 0
     for i in range(args.repeats):
-        pattern = PATTERNS[i % len(PATTERNS)]
         d = routing(args.routing, args.tokens, cfg.num_experts, cfg.top_k, dev, gen)
         x = torch.randn(args.tokens, cfg.hidden_size, generator=gen, device=dev).to(
             torch.bfloat16 if dev.type == "cuda" else torch.float32)
         with torch.inference_mode():
             ref = reference(layer.experts, x, d)
-        # the copies are made again in the poisoned memory, and h, y and the output land there
-        for key in [k for k in st.kernel_cache if isinstance(k, tuple)]:
-            del st.kernel_cache[key]
-        if dev.type == "cuda":  # 64 MB blocks, which the step's buffers can be cut from
-            torch.cuda.synchronize()
-            poison(dev, [1 << 26] * (args.poison_mb // 64), pattern)
-        else:  # no caching allocator to poison: a token amount, for the code path
-            poison(dev, [min(args.poison_mb, 16) << 20], pattern)
-        with torch.inference_mode():
-            out = ft.fused_forward(st, x, d, args.config)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        finite = torch.isfinite(out)
-        nonfinite = int((~finite).sum())
-        err = (((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-               if nonfinite == 0 else float("nan"))
-        rows = (~finite).any(-1).nonzero().flatten()[:8].tolist()
-        ok = nonfinite == 0 and err <= 2e-2
-        bad += not ok
-        rec = {"repeat": i, "pattern": f"0x{pattern:02X}", "rel_err": err,
-               "nonfinite": nonfinite, "first_bad_tokens": rows, "ok": ok,
-               "t": time.time()}
-        payload["repeats"].append(rec)  # type: ignore[union-attr]
-        print(f"repeat {i:3d} poison 0x{pattern:02X}: "
-              + (f"rel err {err:.2e}" if nonfinite == 0 else
-                 f"{nonfinite} non-finite values, tokens {rows}") + ("" if ok else "  BAD"),
-              flush=True)
-        if args.out is not None:
-            write_json(args.out, payload)
-    print(f"{bad} bad of {args.repeats} repeats ({args.shape} {args.weights} "
-          f"{args.tokens} tokens, {args.config})")
-    return bad
+        for spec, pair in pairs.items():
+            pattern = PATTERNS[n % len(PATTERNS)]
+            n += 1
+            # the copies are made again in the poisoned memory, and h, y and the output land
+            # there
+            for key in [k for k in st.kernel_cache if isinstance(k, tuple)]:
+                del st.kernel_cache[key]
+            if dev.type == "cuda":  # 64 MB blocks, which the step's buffers can be cut from
+                torch.cuda.synchronize()
+                poison(dev, [1 << 26] * (args.poison_mb // 64), pattern)
+            else:  # no caching allocator to poison: a token amount, for the code path
+                poison(dev, [min(args.poison_mb, 16) << 20], pattern)
+            with torch.inference_mode():
+                out = ft.fused_forward(st, x, d, pair)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            finite = torch.isfinite(out)
+            nonfinite = int((~finite).sum())
+            err = (((out.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+                   if nonfinite == 0 else float("nan"))
+            ok = nonfinite == 0 and err <= 2e-2
+            bad[spec] += not ok
+            rec = {"repeat": i, "config": spec, "pattern": f"0x{pattern:02X}", "rel_err": err,
+                   "nonfinite": nonfinite, "ok": ok, "t": time.time()}
+            if not ok:
+                rec |= wrong_entries(out, ref)
+            payload["repeats"].append(rec)  # type: ignore[union-attr]
+            print(f"repeat {i:3d} {spec:28s} poison 0x{pattern:02X}: "
+                  + (f"rel err {err:.2e}" if nonfinite == 0 else f"{nonfinite} non-finite")
+                  + ("" if ok else f"  BAD: {rec['wrong']} wrong values in "
+                     f"{rec['wrong_tokens']} tokens, column blocks {rec['column_blocks64']}"),
+                  flush=True)
+            if args.out is not None:
+                write_json(args.out, payload)
+    for spec, b in bad.items():
+        print(f"{b} bad of {args.repeats} repeats ({args.shape} {args.weights} "
+              f"{args.tokens} tokens, {spec})")
+    return sum(bad.values())
 
 
 if __name__ == "__main__":

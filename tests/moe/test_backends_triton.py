@@ -1087,10 +1087,22 @@ def test_nan_probe_runs_on_the_cpu(tmp_path, no_fallback: None) -> None:
     probe = load_script("benchmarks/gpu/nan_probe.py")
     out = tmp_path / "probe.json"
     assert probe.main(["--device", "cpu", "--shape", "tiny", "--tokens", "24", "--repeats", "2",
-                       "--config", "w64t16fpx", "--out", str(out)]) == 0
+                       "--config", "w64t16fpx,w64t16fpx/w64t16f:s2", "--out", str(out)]) == 0
     reps = json.loads(out.read_text())["repeats"]
-    assert [r["pattern"] for r in reps] == ["0xFF", "0x7F"]
+    assert [(r["repeat"], r["config"], r["pattern"]) for r in reps] == [
+        (0, "w64t16fpx", "0xFF"), (0, "w64t16fpx/w64t16f:s2", "0x7F"),
+        (1, "w64t16fpx", "0x00"), (1, "w64t16fpx/w64t16f:s2", "0xA5")]
     assert all(r["ok"] and r["nonfinite"] == 0 and r["rel_err"] < 1e-4 for r in reps)
+    for bad in ("w64t16fpx:2", "w64t16fpx:s0", "nope"):
+        with pytest.raises(SystemExit, match="unknown int4 config"):
+            probe.main(["--device", "cpu", "--shape", "tiny", "--config", bad])
+    # where a wrong output is: non-finite and wild entries, their tokens and column blocks
+    ref = torch.ones(4, 130)
+    got = ref.clone()
+    got[1, 3], got[2, 129] = float("nan"), 1e6
+    assert probe.wrong_entries(got, ref) == {
+        "wrong": 2, "wrong_tokens": 2, "first_tokens": [1, 2], "columns": [3, 129],
+        "column_blocks64": [0, 2]}
 
 
 @pytest.mark.parametrize(("config", "int4"), [
