@@ -51,11 +51,15 @@ def _signature(fn: Any, types: dict[str, str], consts: dict[str, Any]) -> dict[s
 
 def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gated: bool,
                 combine: int, n_out: int, k_dim: int, qgroup: int, arch: int,
-                num_experts: int, dump: str = "") -> dict[str, Any]:
+                num_experts: int, dump: str = "",
+                unaligned: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Compiles one launch with the constexprs `fused_triton._launch` passes on a GPU
     (`ft.launch_meta`) and returns the compiler's report. combine: 0 for gate/up (rows of h),
     2 for down as the layer runs it (weighted rows), 1 the atomic combine. dump: a path prefix
-    under which the launch's TTGIR, PTX and SASS are written (`<dump>.ttgir` ...)."""
+    under which the launch's TTGIR, PTX and SASS are written (`<dump>.ttgir` ...). unaligned:
+    integer arguments compiled without the divisibility by 16 that the others get, as the JIT
+    compiles them where their value is not a multiple of 16 (e.g. `stride_sn`, the scale pair
+    words per row, 56 for Mixtral-8x7B's down launch)."""
     src_fn = moe_gemm_wt if (swap or int4) else moe_gemm
     fn = triton.jit(src_fn, do_not_specialize=["num_pid_t" if src_fn is moe_gemm_wt
                                                  else "num_pid_m"])
@@ -94,8 +98,9 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
         consts["k_dim"] = k_dim
     sig = _signature(fn, types, consts)
     aligned = [i for i, n in enumerate(fn.arg_names)
-               if n not in consts and (sig[n].startswith("*") or n.startswith("stride")
-                                        or n in ("n_out", "k_dim", "up_rows"))]
+               if n not in consts and n not in unaligned
+               and (sig[n].startswith("*") or n.startswith("stride")
+                    or n in ("n_out", "k_dim", "up_rows"))]
     attrs = {(i,): [["tt.divisibility", _PTR_ALIGNED]] for i in aligned}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
@@ -203,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--out", default="", help="also write the rows (and provenance) as JSON")
+    ap.add_argument("--unaligned", default="", metavar="ARGS",
+                    help="integer arguments (comma list, e.g. stride_sn) compiled without the "
+                         "divisibility by 16 (the JIT's view where their value is not a "
+                         "multiple of 16)")
     ap.add_argument("--dump", default="", metavar="DIR",
                     help="also write each launch's TTGIR, PTX and SASS to DIR")
     args = ap.parse_args(argv)
@@ -237,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                                            qgroup=args.group, arch=args.arch,
                                            num_experts=cfg.num_experts,
                                            dump=os.path.join(args.dump, f"{weights}_{name}_{which}")
-                                           if args.dump else ""))
+                                           if args.dump else "",
+                                           unaligned=frozenset(
+                                               a for a in args.unaligned.split(",") if a)))
                 except Exception as e:  # a failed compile is a result here
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 report.append(row)
