@@ -14,6 +14,7 @@ this works on a CPU-only machine; numbers are the compiler's, not measurements.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -105,18 +106,20 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
     ptx = k.asm["ptx"]
+    sass = _tool_output("cuobjdump", ["-sass"], k.asm["cubin"])
     if dump:
         os.makedirs(os.path.dirname(dump) or ".", exist_ok=True)
         for ext in ("ttgir", "ptx"):
             with open(f"{dump}.{ext}", "w") as fh:
                 fh.write(k.asm[ext])
         with open(f"{dump}.sass", "w") as fh:
-            fh.write(_tool_output("cuobjdump", ["-sass"], k.asm["cubin"]))
+            fh.write(sass)
     wgmma = re.findall(r"wgmma\.mma_async[^;]*;", ptx)
     a_regs = sum(1 for w in wgmma if re.search(r"\}, \{%r", w) or _a_is_regs(w))
     return {
         **_resource_report(k.asm["cubin"]), **_sass_report(k.asm["cubin"]),
         "ptxas_serialized_wgmma": _serialization_warnings(ptx, arch), "w_tiles": tiles,
+        "inflight_a_writes": len(inflight_a_writes(sass)),
         "shared_bytes": k.metadata.shared,
         "wgmma": len(wgmma), "wgmma_a_from_registers": a_regs,
         "mma_sync": len(re.findall(r"\bmma\.sync", ptx)),
@@ -133,6 +136,53 @@ def _gpu_dequant_mode(cfg: ft.KernelConfig, int4: bool, qgroup: int, dtype: str)
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
     gpu = SimpleNamespace(is_cuda=True, dtype=dt)
     return ft._dequant_mode(cfg, gpu, qgroup if int4 else None)  # type: ignore[arg-type]
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;")
+_HGMMA_A = re.compile(r"HGMMA\S*\s+R\d+,\s*R(\d+),")
+
+
+def _written_registers(ins: str) -> set[int]:
+    """The general registers a SASS instruction writes (its first operand, widened by .64 or
+    .128), or none for stores, branches, barriers, MMAs and predicate-only instructions."""
+    ins = re.sub(r"^@!?U?P\w+\s+", "", ins)
+    op, _, args = ins.partition(" ")
+    if op.startswith(("HGMMA", "ST", "BAR", "BRA", "WARPGROUP", "DEPBAR", "LDGSTS", "LDGDEPBAR",
+                      "EXIT", "RET", "RED", "ATOM")) or "SETP" in op:
+        return set()
+    m = re.match(r"R(\d+)\b", args.split(",")[0].strip())
+    if not m:
+        return set()
+    width = 4 if ".128" in op else 2 if ".64" in op else 1
+    return set(range(int(m.group(1)), int(m.group(1)) + width))
+
+
+def inflight_a_writes(sass: str) -> list[str]:
+    """Instructions that write the A registers of an MMA still in flight, in each loop: the
+    HGMMAs after the loop's last `WARPGROUP.DEPBAR` are in flight at its back edge until the
+    first `WARPGROUP.DEPBAR` of the next iteration, and PTX leaves it undefined what they read
+    if their A registers are written before (results/h200/kernels/run88: ptxas reused them in
+    the int4 down launches' K loop). Empty for a kernel without the hazard."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.search, sass.splitlines())
+           if m]
+    found = []
+    for addr, text in ins:
+        jump = re.search(r"\bBRA (0x[0-9a-f]+)", text)
+        if not jump or int(jump.group(1), 16) >= addr:
+            continue  # not a back edge
+        body = [t for a, t in ins if int(jump.group(1), 16) <= a <= addr]
+        waits = [k for k, t in enumerate(body) if t.startswith("WARPGROUP.DEPBAR")]
+        mmas = [k for k, t in enumerate(body) if t.startswith("HGMMA")]
+        if not mmas:
+            continue
+        regs: set[int] = set()
+        for t in body[(waits[-1] if waits else -1) + 1:]:
+            a = _HGMMA_A.search(t)
+            if a:  # an A fragment in registers: 4 of them
+                regs |= set(range(int(a.group(1)), int(a.group(1)) + 4))
+        window = body[mmas[-1] + 1:] + body[:waits[0] if waits else len(body)]
+        found += [t for t in window if _written_registers(t) & regs]
+    return found
 
 
 def _tool_output(name: str, args: list[str], cubin: bytes) -> str:
@@ -208,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--out", default="", help="also write the rows (and provenance) as JSON")
+    ap.add_argument("--inflight-mma", action="store_true",
+                    help="compile int4 launches with `int4_inflight_mma` (the K loop as before "
+                         "run 89: the last MMA left in flight across the back edge)")
     ap.add_argument("--unaligned", default="", metavar="ARGS",
                     help="integer arguments (comma list, e.g. stride_sn) compiled without the "
                          "divisibility by 16 (the JIT's view where their value is not a "
@@ -236,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name not in table:
                     continue
                 c = table[name][0 if which == "gate_up" else 1]
+                if args.inflight_mma:
+                    c = dataclasses.replace(c, int4_inflight_mma=True)
                 c = ft._fit(c, n_out, k_dim, args.group if int4 else None)
                 if c is None:
                     continue

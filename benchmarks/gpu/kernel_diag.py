@@ -11,7 +11,9 @@ splits per launch (CUPTI):
 
     PYTHONPATH=$PWD python3 benchmarks/gpu/kernel_diag.py --out $OUT/diag.json
 
-With --ncu, runs each variant a few times only, for `ncu --clock-control none` to profile.
+--variants picks which of these to run (and "inflight": the int4 entry with the last MMA of
+each K step left in flight across the loop's back edge, as the kernels did before run 89; what
+waiting for it costs). With --ncu, runs each variant a few times only, for `ncu --clock-control none` to profile.
 With --energy S, also measures each int4 and bf16 variant's experts step captured in a CUDA
 graph over NVML windows of S seconds (two each, in alternating order): the joules per step of
 the same work with dequantization as shipped, through fp32 and skipped. The skipped variant
@@ -48,6 +50,8 @@ from kernels_bench import (  # noqa: E402
 from wattmoe.errors import ConfigError  # noqa: E402
 from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
+
+VARIANTS = ("table", "fp32", "skipped", "inflight", "bf16")
 
 
 def run(fn: Callable[[], object], title: str, rec: dict[str, object],
@@ -93,12 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ncu", action="store_true", help="run each variant 3 times, no timing")
     ap.add_argument("--device", default="cuda", help="cpu: smoke test (TRITON_INTERPRET=1)")
     ap.add_argument("--scale", type=float, default=1.0, help="width scale of the shape")
+    ap.add_argument("--variants", default="table,fp32,skipped,bf16",
+                    help="comma list of: table (the int4 table entry), fp32 (its "
+                         "dequantization through fp32), skipped (dequantization skipped), "
+                         "inflight (its K loops' last MMA left in flight, as before run 89), "
+                         "bf16 (the bf16 table entry and its down launch's combines)")
     ap.add_argument("--energy", type=float, default=0.0,
                     help="seconds per NVML window on each variant's captured experts step "
                          "(0: no energy; needs a GPU)")
     args = ap.parse_args(argv)
     if args.energy < 0 or (args.energy and (args.ncu or args.device == "cpu")):
         ap.error("--energy: seconds >= 0, on a GPU, without --ncu")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown or not args.variants:
+        ap.error(f"--variants: {', '.join(unknown) or 'none given'} (known: "
+                 f"{', '.join(VARIANTS)})")
     try:
         cfg = get_preset(args.shape, args.scale)
         tokens_list = [int(t) for t in args.tokens.split(",")]
@@ -133,14 +147,17 @@ def _diagnose(args: argparse.Namespace, cfg, st, qst, tokens_list: list[int],
         b_name = ft.choose_config(st, n, dev)
         b_pair = ft.resolve_config(b_name, False)
         assert q_pair is not None and b_pair is not None
-        variants: dict[str, tuple] = {
-            f"int4 {q_name}": (qst, q_pair),
-            f"int4 {q_name} fp32 dequant": (qst, tuple(dataclasses.replace(c, int4_asm=False)
-                                                        for c in q_pair)),
-            f"int4 {q_name} dequant skipped": (qst, tuple(dataclasses.replace(
-                c, int4_skip_dequant=True) for c in q_pair)),
-            f"bf16 {b_name}": (st, b_pair),
+        every: dict[str, tuple[str, tuple]] = {
+            "table": (f"int4 {q_name}", (qst, q_pair)),
+            "fp32": (f"int4 {q_name} fp32 dequant", (qst, tuple(
+                dataclasses.replace(c, int4_asm=False) for c in q_pair))),
+            "skipped": (f"int4 {q_name} dequant skipped", (qst, tuple(
+                dataclasses.replace(c, int4_skip_dequant=True) for c in q_pair))),
+            "inflight": (f"int4 {q_name} last MMA in flight (before run 89)", (qst, tuple(
+                dataclasses.replace(c, int4_inflight_mma=True) for c in q_pair))),
+            "bf16": (f"bf16 {b_name}", (st, b_pair)),
         }
+        variants = dict(every[v] for v in args.variants)
         with torch.inference_mode():
             for label, (stack, pair) in variants.items():
                 fn = functools.partial(ft.fused_forward, stack, x, d, pair)
@@ -148,6 +165,8 @@ def _diagnose(args: argparse.Namespace, cfg, st, qst, tokens_list: list[int],
                     rows, args.ncu, split=True)
             if args.energy:
                 energy_rows(variants, x, d, tokens, args.energy, dev, rows)
+            if "bf16" not in args.variants:
+                continue
             # the down launch alone: atomic weighted combine vs a plain store per assignment
             cfg_dn = ft._fit(b_pair[1], h_dim, f_dim, None)
             assert cfg_dn is not None and st.w2 is not None

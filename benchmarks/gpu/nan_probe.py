@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--config", default="w64t16fpx",
                     help="fused candidate names or 'A/B' pairs, comma-separated; each may end "
-                         "in ':sN' (both launches with N pipeline stages); every repeat runs "
-                         "each of them on the same tokens and routing")
+                         "in ':sN' (both launches with N pipeline stages) and ':inflight' "
+                         "(int4: the last MMA of a K step left in flight, as before run 89); "
+                         "every repeat runs each of them on the same tokens and routing")
     ap.add_argument("--routing", default="uniform", help="uniform, skewed, hot, capacity")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--poison-mb", type=int, default=4096,
@@ -65,15 +66,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
-    """The (gate/up, down) configs of 'NAME' or 'A/B', optionally ':sN' (N stages in both)."""
-    name, _, stages = spec.partition(":")
+    """The (gate/up, down) configs of 'NAME' or 'A/B', each optionally followed by ':sN' (N
+    pipeline stages in both launches) and ':inflight' (int4: the K loop's last MMA left in
+    flight across the back edge, as before run 89: `KernelConfig.int4_inflight_mma`)."""
+    name, *mods = spec.split(":")
     pair = ft.resolve_config(name, quantized)
-    if pair is None or (stages and not (stages[:1] == "s" and stages[1:].isdigit()
-                                        and int(stages[1:]) >= 1)):
+    changes: dict[str, object] = {}
+    for mod in mods:
+        if mod[:1] == "s" and mod[1:].isdigit() and int(mod[1:]) >= 1:
+            changes["num_stages"] = int(mod[1:])
+        elif mod == "inflight" and quantized:
+            changes["int4_inflight_mma"] = True
+        else:
+            pair = None
+    if pair is None:
         raise SystemExit(f"error: unknown {'int4' if quantized else 'bf16'} config {spec!r}")
-    if stages:
-        pair = tuple(dataclasses.replace(c, num_stages=int(stages[1:])) for c in pair)
-    return pair  # type: ignore[return-value]
+    return tuple(dataclasses.replace(c, **changes) for c in pair)  # type: ignore[return-value]
 
 
 def wrong_entries(out: torch.Tensor, ref: torch.Tensor) -> dict[str, object]:

@@ -1087,13 +1087,14 @@ def test_nan_probe_runs_on_the_cpu(tmp_path, no_fallback: None) -> None:
     probe = load_script("benchmarks/gpu/nan_probe.py")
     out = tmp_path / "probe.json"
     assert probe.main(["--device", "cpu", "--shape", "tiny", "--tokens", "24", "--repeats", "2",
-                       "--config", "w64t16fpx,w64t16fpx/w64t16f:s2", "--out", str(out)]) == 0
+                       "--config", "w64t16fpx,w64t16fpx/w64t16f:s2:inflight", "--out",
+                       str(out)]) == 0
     reps = json.loads(out.read_text())["repeats"]
     assert [(r["repeat"], r["config"], r["pattern"]) for r in reps] == [
-        (0, "w64t16fpx", "0xFF"), (0, "w64t16fpx/w64t16f:s2", "0x7F"),
-        (1, "w64t16fpx", "0x00"), (1, "w64t16fpx/w64t16f:s2", "0xA5")]
+        (0, "w64t16fpx", "0xFF"), (0, "w64t16fpx/w64t16f:s2:inflight", "0x7F"),
+        (1, "w64t16fpx", "0x00"), (1, "w64t16fpx/w64t16f:s2:inflight", "0xA5")]
     assert all(r["ok"] and r["nonfinite"] == 0 and r["rel_err"] < 1e-4 for r in reps)
-    for bad in ("w64t16fpx:2", "w64t16fpx:s0", "nope"):
+    for bad in ("w64t16fpx:2", "w64t16fpx:s0", "w64t16fpx:inflight:x", "nope"):
         with pytest.raises(SystemExit, match="unknown int4 config"):
             probe.main(["--device", "cpu", "--shape", "tiny", "--config", bad])
     # where a wrong output is: non-finite and wild entries, their tokens and column blocks

@@ -411,13 +411,22 @@ def _wt_accumulate(
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
     W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr, SPAIR: tl.constexpr,
-    W_TILES: tl.constexpr,
+    W_TILES: tl.constexpr, INT4_WAIT: tl.constexpr,
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
     HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
     SPAIR (int4, MODE 3, 4 and 5): the scales are pair words (`_int4_scales`). W_TILES > 0: words
     and pairs in tile order of W_TILES rows (`quant.tile_rows`): a K step's words follow the
-    previous step's [W_TILES, KW] tile, a group's pairs the previous group's W_TILES words."""
+    previous step's [W_TILES, KW] tile, a group's pairs the previous group's W_TILES words.
+
+    INT4_WAIT (int4 without GATED): each K step ends by waiting for its MMAs. Their first
+    operand, the dequantized tile, is in registers; Triton's pipeliner would leave the step's
+    last MMA in flight across the back edge, while the next step's dequantization rewrites the
+    same registers (PTX leaves that undefined: ptxas hands them to the next step's loads and
+    constants, and the MMA reads those at times; compiled for sm_90 by Triton 3.6 and 3.9).
+    Adding 0.0 to the accumulators is a use that the pipeliner must wait for. Gated launches
+    dequantize the up rows into other registers after the gate MMAs' wait, so the up MMA in
+    flight at the back edge keeps its registers (ptxas leaves them alone there)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
@@ -455,6 +464,10 @@ def _wt_accumulate(
                 acc_up = _mma(u_hi, x_hi, _mma(u_lo, x_lo, acc_up, DOT_IEEE), DOT_IEEE)
                 if HAS_TAIL:
                     acc_tu = _mma(u_hi, t_hi, _mma(u_lo, t_lo, acc_tu, DOT_IEEE), DOT_IEEE)
+            if INT4_WAIT:  # no MMA in flight when the next step's dequantization runs
+                acc = acc + 0.0
+                if HAS_TAIL:
+                    acc_t = acc_t + 0.0
             a_ptrs += BLOCK_K
             at_ptrs += BLOCK_K
             w_ptrs += W_STEP
@@ -527,6 +540,7 @@ def moe_gemm_wt(
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
     TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr, W_TILES: tl.constexpr,
+    INT4_WAIT: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -611,14 +625,14 @@ def moe_gemm_wt(
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, W_TILES)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, W_TILES, INT4_WAIT)
         _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
                   ACT, COMBINE)
     else:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, W_TILES)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, W_TILES, INT4_WAIT)
     _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
               COMBINE)
 

@@ -172,6 +172,12 @@ class KernelConfig:
     # diagnostic only (`benchmarks/gpu/kernel_diag.py`): skip int4 unpacking and scaling, so
     # the results are wrong; measures what dequantization costs. No candidate sets it.
     int4_skip_dequant: bool = False
+    # diagnostic only (`benchmarks/gpu/kernel_diag.py`): leave the last MMA of a non-gated int4
+    # K step in flight across the loop's back edge, as Triton pipelines it. Its A operand is
+    # in registers, which the next step's dequantization rewrites before the wait: ptxas
+    # reuses them, and the MMA then reads other values (wrong, at times non-finite outputs:
+    # results/h200/kernels/run86-run88). The launches wait for it (`moe_gemm_wt`, INT4_WAIT).
+    int4_inflight_mma: bool = False
     # weight tiles through a tensor descriptor (TMA on Hopper and newer; the interpreter runs
     # it too); plain loads where Triton has no descriptors or the weights are not aligned
     tma: bool = False
@@ -705,7 +711,8 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
     if cfg.swap or qgroup is not None:
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
-                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, W_TILES=tiles)
+                    TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, W_TILES=tiles,
+                    INT4_WAIT=qgroup is not None and not gated and not cfg.int4_inflight_mma)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
