@@ -13,7 +13,8 @@ splits per launch (CUPTI):
 
 --variants picks which of these to run (and "inflight": the int4 entry with the last MMA of
 each K step left in flight across the loop's back edge, as the kernels did before run 89; what
-waiting for it costs). With --ncu, runs each variant a few times only, for `ncu --clock-control none` to profile.
+waiting for it costs). With --ncu, runs each variant a few times only, for
+`ncu --clock-control none` to profile.
 With --energy S, also measures each int4 and bf16 variant's experts step captured in a CUDA
 graph over NVML windows of S seconds (two each, in alternating order): the joules per step of
 the same work with dequantization as shipped, through fp32 and skipped. The skipped variant
