@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inflight-mma", action="store_true",
                     help="compile int4 launches with `int4_inflight_mma` (the K loop as before "
                          "run 89: the last MMA left in flight across the back edge)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a KernelConfig field for every launch (e.g. int4_split_dequant=1); "
+                         "repeatable")
     ap.add_argument("--unaligned", default="", metavar="ARGS",
                     help="integer arguments (comma list, e.g. stride_sn) compiled without the "
                          "divisibility by 16 (the JIT's view where their value is not a "
@@ -275,6 +278,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = get_preset(args.shape)
     except ConfigError as exc:
         ap.error(f"--shape: {exc}")
+    overrides: dict[str, object] = {}
+    for item in args.set:
+        field, eq, value = item.partition("=")
+        if not eq:
+            ap.error(f"--set {item!r}: FIELD=VALUE")
+        overrides[field] = int(value) if value.lstrip("-").isdigit() else value
+    try:
+        ft.KernelConfig.from_dict({**dataclasses.asdict(ft.CANDIDATES["m16"][0]), **overrides})
+    except ConfigError as exc:
+        ap.error(f"--set: {exc}")
     meta = provenance() if args.out else {}
     h, f = cfg.hidden_size, cfg.expert_inner_size
     report = []
@@ -291,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 c = table[name][0 if which == "gate_up" else 1]
                 if args.inflight_mma:
                     c = dataclasses.replace(c, int4_inflight_mma=True)
+                c = ft.KernelConfig.from_dict({**dataclasses.asdict(c), **overrides})
                 c = ft._fit(c, n_out, k_dim, args.group if int4 else None)
                 if c is None:
                     continue

@@ -52,7 +52,7 @@ from wattmoe.errors import ConfigError  # noqa: E402
 from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 
-VARIANTS = ("table", "fp32", "skipped", "inflight", "bf16")
+VARIANTS = ("table", "fp32", "skipped", "inflight", "whole", "bf16")
 
 
 def run(fn: Callable[[], object], title: str, rec: dict[str, object],
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of: table (the int4 table entry), fp32 (its "
                          "dequantization through fp32), skipped (dequantization skipped), "
                          "inflight (its K loops' last MMA left in flight, as before run 89), "
+                         "whole (the tile unpacked at once and a wait per K step: run 89), "
                          "bf16 (the bf16 table entry and its down launch's combines)")
     ap.add_argument("--energy", type=float, default=0.0,
                     help="seconds per NVML window on each variant's captured experts step "
@@ -156,6 +157,8 @@ def _diagnose(args: argparse.Namespace, cfg, st, qst, tokens_list: list[int],
                 dataclasses.replace(c, int4_skip_dequant=True) for c in q_pair))),
             "inflight": (f"int4 {q_name} last MMA in flight (before run 89)", (qst, tuple(
                 dataclasses.replace(c, int4_inflight_mma=True) for c in q_pair))),
+            "whole": (f"int4 {q_name} unpacked whole, waits (run 89)", (qst, tuple(
+                dataclasses.replace(c, int4_split_dequant=False) for c in q_pair))),
             "bf16": (f"bf16 {b_name}", (st, b_pair)),
         }
         variants = dict(every[v] for v in args.variants)

@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--config", default="w64t16fpx",
                     help="fused candidate names or 'A/B' pairs, comma-separated; each may end "
-                         "in ':sN' (both launches with N pipeline stages) and ':inflight' "
-                         "(int4: the last MMA of a K step left in flight, as before run 89); "
+                         "in ':sN' (both launches with N pipeline stages), ':inflight' (int4: "
+                         "the last MMA of a K step left in flight, as before run 89), ':whole' "
+                         "or ':split' (int4 dequantization at once or in halves); "
                          "every repeat runs each of them on the same tokens and routing")
     ap.add_argument("--routing", default="uniform", help="uniform, skewed, hot, capacity")
     ap.add_argument("--repeats", type=int, default=20)
@@ -67,8 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
     """The (gate/up, down) configs of 'NAME' or 'A/B', each optionally followed by ':sN' (N
-    pipeline stages in both launches) and ':inflight' (int4: the K loop's last MMA left in
-    flight across the back edge, as before run 89: `KernelConfig.int4_inflight_mma`)."""
+    pipeline stages in both launches), ':inflight' (int4: the K loop's last MMA left in
+    flight across the back edge, as before run 89: `KernelConfig.int4_inflight_mma`), ':whole'
+    or ':split' (int4: the tile unpacked at once with a wait per step, or in halves:
+    `KernelConfig.int4_split_dequant`)."""
     name, *mods = spec.split(":")
     pair = ft.resolve_config(name, quantized)
     changes: dict[str, object] = {}
@@ -77,6 +80,8 @@ def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
             changes["num_stages"] = int(mod[1:])
         elif mod == "inflight" and quantized:
             changes["int4_inflight_mma"] = True
+        elif mod in ("split", "whole") and quantized:
+            changes["int4_split_dequant"] = mod == "split"
         else:
             pair = None
     if pair is None:

@@ -184,6 +184,99 @@ _INT4_FRAG_PAIR_BF16 = tl.constexpr(_int4_frag_asm("fma.rn.bf16x2", 0x3F80, 0xC3
                                                    True))
 
 
+# The same work in two halves, for launches that feed each half to its MMA before unpacking the
+# next (`_wt_accumulate`, INT4_SPLIT). Low half: $0-$3 as above; $4, $5 the two words' byte
+# lanes of bytes 0,1 (`prmt ... 0x4140`) and $6, $7 those of bytes 2,3, which the high half
+# shifts instead of unpacking the words again; inputs $8, $9 the words, $10 the scale pair word
+# (`pair`) or the low columns' scales. High half: $0-$3 as $4-$7 above; inputs $4-$7 the lanes,
+# $8 the scale pair word or the high columns' scales.
+def _int4_frag_half_asm(fma: str, one: int, minus_offset: int, magic: int, pair: bool,
+                        high: bool) -> str:
+    lines = _asm_prologue(one, minus_offset, ", s")
+    if high:
+        lines.append("prmt.b32 s, $8, 0, 0x3232;" if pair else "mov.b32 s, $8;")
+    else:
+        lines.append("prmt.b32 s, $10, 0, 0x1010;" if pair else "mov.b32 s, $10;")
+    for w in range(2):
+        lanes = (f"${4 + w}", f"${6 + w}")
+        if not high:
+            lines += [f"prmt.b32 {lanes[0]}, ${8 + w}, 0, 0x4140;",
+                      f"prmt.b32 {lanes[1]}, ${8 + w}, 0, 0x4342;"]
+        for j, lane in enumerate(lanes):
+            r = f"${2 * w + j}"
+            if high:
+                lines += [f"shr.b32 t{j}, {lane}, 4;",
+                          f"lop3.b32 {r}, t{j}, 0x000F000F, {_x2(magic)}, 0xEA;"]
+            else:
+                lines.append(f"lop3.b32 {r}, {lane}, 0x000F000F, {_x2(magic)}, 0xEA;")
+            lines += [f"{fma} {r}, {r}, one, off;", f"{fma} {r}, {r}, s, nz;"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+def _half_asms(fma: str, one: int, minus_offset: int, magic: int) -> tuple[tl.constexpr, ...]:
+    """(low, high) x (scales, pair words) of `_int4_frag_half_asm`."""
+    return tuple(tl.constexpr(_int4_frag_half_asm(fma, one, minus_offset, magic, pair, high))
+                 for high in (False, True) for pair in (False, True))
+
+
+_LO_FP16, _LO_PAIR_FP16, _HI_FP16, _HI_PAIR_FP16 = _half_asms("fma.rn.f16x2", 0x3C00, 0xE408,
+                                                             0x6400)
+_LO_BF16, _LO_PAIR_BF16, _HI_BF16, _HI_PAIR_BF16 = _half_asms("fma.rn.bf16x2", 0x3F80, 0xC308,
+                                                             0x4300)
+
+
+@triton.jit
+def _dequant_frag_low(p, s, cdt: tl.constexpr, SPAIR: tl.constexpr):
+    """The low half of `_dequant_int4_frag` (columns j), and the byte lanes that
+    `_dequant_frag_high` takes: s is the rows' scale pair words (SPAIR) or low scales."""
+    s = tl.broadcast_to(s[:, None], p.shape)
+    if SPAIR:
+        if cdt == tl.float16:
+            o0, o1, o2, o3, ta, tb = tl.inline_asm_elementwise(
+                asm=_LO_PAIR_FP16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r", args=[p, s],
+                dtype=(tl.float16,) * 4 + (tl.int32,) * 2, is_pure=True, pack=2)
+        else:
+            o0, o1, o2, o3, ta, tb = tl.inline_asm_elementwise(
+                asm=_LO_PAIR_BF16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r", args=[p, s],
+                dtype=(tl.bfloat16,) * 4 + (tl.int32,) * 2, is_pure=True, pack=2)
+    else:
+        if cdt == tl.float16:
+            o0, o1, o2, o3, ta, tb = tl.inline_asm_elementwise(
+                asm=_LO_FP16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r", args=[p, s],
+                dtype=(tl.float16,) * 4 + (tl.int32,) * 2, is_pure=True, pack=2)
+        else:
+            o0, o1, o2, o3, ta, tb = tl.inline_asm_elementwise(
+                asm=_LO_BF16, constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r", args=[p, s],
+                dtype=(tl.bfloat16,) * 4 + (tl.int32,) * 2, is_pure=True, pack=2)
+    return _frag_cols(o0, o1, o2, o3), ta, tb
+
+
+@triton.jit
+def _dequant_frag_high(ta, tb, s, cdt: tl.constexpr, SPAIR: tl.constexpr):
+    """The high half of `_dequant_int4_frag` (columns j + K/2) from `_dequant_frag_low`'s byte
+    lanes: s is the rows' scale pair words (SPAIR) or high scales."""
+    s = tl.broadcast_to(s[:, None], ta.shape)
+    if SPAIR:
+        if cdt == tl.float16:
+            o0, o1, o2, o3 = tl.inline_asm_elementwise(
+                asm=_HI_PAIR_FP16, constraints="=r,=r,=r,=r,r,r,r,r,r,r", args=[ta, tb, s],
+                dtype=(tl.float16,) * 4, is_pure=True, pack=2)
+        else:
+            o0, o1, o2, o3 = tl.inline_asm_elementwise(
+                asm=_HI_PAIR_BF16, constraints="=r,=r,=r,=r,r,r,r,r,r,r", args=[ta, tb, s],
+                dtype=(tl.bfloat16,) * 4, is_pure=True, pack=2)
+    else:
+        if cdt == tl.float16:
+            o0, o1, o2, o3 = tl.inline_asm_elementwise(
+                asm=_HI_FP16, constraints="=r,=r,=r,=r,r,r,r,r,r", args=[ta, tb, s],
+                dtype=(tl.float16,) * 4, is_pure=True, pack=2)
+        else:
+            o0, o1, o2, o3 = tl.inline_asm_elementwise(
+                asm=_HI_BF16, constraints="=r,=r,=r,=r,r,r,r,r,r", args=[ta, tb, s],
+                dtype=(tl.bfloat16,) * 4, is_pure=True, pack=2)
+    return _frag_cols(o0, o1, o2, o3)
+
+
 @triton.jit
 def _frag_cols(o0, o1, o2, o3):
     """[R, NB*8] tiles o_h (o_h[:, 8b + m] = column 32b + 8h + m) -> the [R, NB*32] tile."""
@@ -411,7 +504,7 @@ def _wt_accumulate(
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
     W_TMA: tl.constexpr, cdt: tl.constexpr, HAS_TAIL: tl.constexpr, SPAIR: tl.constexpr,
-    W_TILES: tl.constexpr, INT4_WAIT: tl.constexpr,
+    W_TILES: tl.constexpr, INT4_WAIT: tl.constexpr, INT4_SPLIT: tl.constexpr,
 ):
     """The K loop of `moe_gemm_wt`: (gate, up) accumulators of the main token tile and, with
     HAS_TAIL, of the tail tile, from one load (and one dequantization) of each weight tile.
@@ -426,7 +519,14 @@ def _wt_accumulate(
     constants, and the MMA reads those at times; compiled for sm_90 by Triton 3.6 and 3.9).
     Adding 0.0 to the accumulators is a use that the pipeliner must wait for. Gated launches
     dequantize the up rows into other registers after the gate MMAs' wait, so the up MMA in
-    flight at the back edge keeps its registers (ptxas leaves them alone there)."""
+    flight at the back edge keeps its registers (ptxas leaves them alone there).
+
+    INT4_SPLIT (fragment words on a GPU, without GATED; in place of INT4_WAIT): the tile is
+    unpacked in halves, each fed to its MMAs before the next (`_dequant_frag_low/high`), so
+    the high half's MMA left in flight keeps its registers while the next step unpacks its low
+    half into others; Triton waits for it after the next low MMA, before the high half is
+    unpacked again. The same instructions as unpacking at once (the high half shifts the low
+    half's byte lanes)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
@@ -449,10 +549,20 @@ def _wt_accumulate(
                 p = w_desc.load([w_row, (k0 // BLOCK_K) * KW])
             else:
                 p = tl.load(w_ptrs)
-            w_lo, w_hi = _dequant_int4(p, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
-            acc = _mma(w_hi, x_hi, _mma(w_lo, x_lo, acc, DOT_IEEE), DOT_IEEE)
-            if HAS_TAIL:
-                acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
+            if INT4_SPLIT:  # each half to its MMAs before the next is unpacked
+                w_lo, lanes_a, lanes_b = _dequant_frag_low(p, s_lo, cdt, SPAIR)
+                acc = _mma(w_lo, x_lo, acc, DOT_IEEE)
+                if HAS_TAIL:
+                    acc_t = _mma(w_lo, t_lo, acc_t, DOT_IEEE)
+                w_hi = _dequant_frag_high(lanes_a, lanes_b, s_hi, cdt, SPAIR)
+                acc = _mma(w_hi, x_hi, acc, DOT_IEEE)
+                if HAS_TAIL:
+                    acc_t = _mma(w_hi, t_hi, acc_t, DOT_IEEE)
+            else:
+                w_lo, w_hi = _dequant_int4(p, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
+                acc = _mma(w_hi, x_hi, _mma(w_lo, x_lo, acc, DOT_IEEE), DOT_IEEE)
+                if HAS_TAIL:
+                    acc_t = _mma(w_hi, t_hi, _mma(w_lo, t_lo, acc_t, DOT_IEEE), DOT_IEEE)
             if GATED:
                 if W_TMA:
                     p_u = w_desc.load([w_row + up_rows, (k0 // BLOCK_K) * KW])
@@ -540,7 +650,7 @@ def moe_gemm_wt(
     QGROUP: tl.constexpr, EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, INT4_DEQUANT: tl.constexpr, W_TMA: tl.constexpr,
     TAIL: tl.constexpr, TAIL_T: tl.constexpr, SPAIR: tl.constexpr, W_TILES: tl.constexpr,
-    INT4_WAIT: tl.constexpr,
+    INT4_WAIT: tl.constexpr, INT4_SPLIT: tl.constexpr,
 ):
     """Weights x tokens^T: a [BLOCK_F outputs, BLOCK_T tokens] tile per program.
 
@@ -625,14 +735,14 @@ def moe_gemm_wt(
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, W_TILES, INT4_WAIT)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, W_TILES, INT4_WAIT, INT4_SPLIT)
         _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
                   ACT, COMBINE)
     else:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
             a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
             offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, W_TILES, INT4_WAIT)
+            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, W_TILES, INT4_WAIT, INT4_SPLIT)
     _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
               COMBINE)
 

@@ -176,8 +176,15 @@ class KernelConfig:
     # K step in flight across the loop's back edge, as Triton pipelines it. Its A operand is
     # in registers, which the next step's dequantization rewrites before the wait: ptxas
     # reuses them, and the MMA then reads other values (wrong, at times non-finite outputs:
-    # results/h200/kernels/run86-run88). The launches wait for it (`moe_gemm_wt`, INT4_WAIT).
+    # results/h200/kernels/run86-run88). The launches wait for it (`moe_gemm_wt`, INT4_WAIT)
+    # or unpack the tile in halves (`int4_split_dequant`, which this turns off).
     int4_inflight_mma: bool = False
+    # int4 fragment words on a GPU, non-gated launches: unpack the low half of each K step's
+    # tile, run its MMAs, then unpack the high half (`_fused_kernel._dequant_frag_low/high`):
+    # the high half's MMA stays in flight across the back edge while the next step unpacks
+    # its low half into other registers, so the step needs no wait (INT4_WAIT). False: the
+    # whole tile unpacked at once, and the wait
+    int4_split_dequant: bool = True
     # weight tiles through a tensor descriptor (TMA on Hopper and newer; the interpreter runs
     # it too); plain loads where Triton has no descriptors or the weights are not aligned
     tma: bool = False
@@ -709,10 +716,13 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
         BLOCK_K=cfg.block_k, W_TMA=w_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if cfg.swap or qgroup is not None:
+        split = (qgroup is not None and not gated and int4_dequant == 3
+                 and cfg.int4_split_dequant and not cfg.int4_inflight_mma)
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
                     TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, W_TILES=tiles,
-                    INT4_WAIT=qgroup is not None and not gated and not cfg.int4_inflight_mma)
+                    INT4_SPLIT=split, INT4_WAIT=qgroup is not None and not gated
+                    and not split and not cfg.int4_inflight_mma)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
