@@ -390,6 +390,14 @@ INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
 # 16384-token entry since runs 76-78, 3-7% less energy per layer step than the row-major words)
 INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [
     n for n in INT4_CANDIDATES if n.endswith("fp") and "d" not in n], "x", int4_tiles=True))
+# 256-row tiles unpack whole tiles (and wait for each K step's MMAs): in halves, their down
+# launch takes 197 registers instead of 127 (Triton 3.6, sm_90; results/cpu/compile_sm90), one
+# CTA per SM instead of two, and spent 5-7% more energy per experts step at 512 tokens
+# (results/h200/kernels/run91_split: Qwen3-30B-A3B and DeepSeek-V3, whose down launch it is)
+INT4_CANDIDATES.update({
+    n: (dataclasses.replace(gu, int4_split_dequant=False),
+        dataclasses.replace(dn, int4_split_dequant=False))
+    for n, (gu, dn) in INT4_CANDIDATES.items() if n.startswith("w256")})
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
