@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -114,12 +115,13 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
                 fh.write(k.asm[ext])
         with open(f"{dump}.sass", "w") as fh:
             fh.write(sass)
+    mma_loops, hazards = inflight_a_writes(sass)
     wgmma = re.findall(r"wgmma\.mma_async[^;]*;", ptx)
     a_regs = sum(1 for w in wgmma if re.search(r"\}, \{%r", w) or _a_is_regs(w))
     return {
         **_resource_report(k.asm["cubin"]), **_sass_report(k.asm["cubin"]),
         "ptxas_serialized_wgmma": _serialization_warnings(ptx, arch), "w_tiles": tiles,
-        "inflight_a_writes": len(inflight_a_writes(sass)),
+        "mma_loops": mma_loops, "inflight_a_writes": len(hazards),
         "shared_bytes": k.metadata.shared,
         "wgmma": len(wgmma), "wgmma_a_from_registers": a_regs,
         "mma_sync": len(re.findall(r"\bmma\.sync", ptx)),
@@ -140,49 +142,66 @@ def _gpu_dequant_mode(cfg: ft.KernelConfig, int4: bool, qgroup: int, dtype: str)
 
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;")
 _HGMMA_A = re.compile(r"HGMMA\S*\s+R\d+,\s*R(\d+),")
+_BACK_EDGE = re.compile(r"\bBRA(?:\.\S+)?\s+(0x[0-9a-f]+)")
+_FULL_WAIT = re.compile(r"^WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b")
+_PREDICATE = re.compile(r"^!?U?P(?:T|\d)$")
 
 
 def _written_registers(ins: str) -> set[int]:
-    """The general registers a SASS instruction writes (its first operand, widened by .64 or
-    .128), or none for stores, branches, barriers, MMAs and predicate-only instructions."""
+    """The general registers a SASS instruction writes: its first register operand (after any
+    predicate destinations, as in `SHFL ... PT, R5, ...`), widened by .64/.WIDE/CS2R (2), .128
+    (4) or LDSM's .x2/.x4; none for stores, reductions, branches, barriers and MMAs (whose
+    first register operand is read, or whose writes are not in flight questions here)."""
     ins = re.sub(r"^@!?U?P\w+\s+", "", ins)
     op, _, args = ins.partition(" ")
-    if op.startswith(("HGMMA", "ST", "BAR", "BRA", "WARPGROUP", "DEPBAR", "LDGSTS", "LDGDEPBAR",
-                      "EXIT", "RET", "RED", "ATOM")) or "SETP" in op:
+    if op.startswith(("HGMMA", "ST", "RED", "BAR", "BRA", "WARPGROUP", "DEPBAR", "LDGSTS",
+                      "LDGDEPBAR", "EXIT", "RET")) or "SETP" in op:
         return set()
-    m = re.match(r"R(\d+)\b", args.split(",")[0].strip())
+    operands = [a.strip() for a in args.split(",")]
+    while operands and _PREDICATE.match(operands[0]):
+        operands.pop(0)
+    m = re.match(r"R(\d+)\b", operands[0]) if operands else None
     if not m:
         return set()
-    width = 4 if ".128" in op else 2 if ".64" in op else 1
+    width = 1
+    if ".128" in op or ".X4" in op.upper():
+        width = 4
+    elif ".64" in op or ".WIDE" in op or op.startswith("CS2R") or ".X2" in op.upper():
+        width = 2
     return set(range(int(m.group(1)), int(m.group(1)) + width))
 
 
-def inflight_a_writes(sass: str) -> list[str]:
-    """Instructions that write the A registers of an MMA still in flight, in each loop: the
-    HGMMAs after the loop's last `WARPGROUP.DEPBAR` are in flight at its back edge until the
-    first `WARPGROUP.DEPBAR` of the next iteration, and PTX leaves it undefined what they read
-    if their A registers are written before (results/h200/kernels/run88: ptxas reused them in
-    the int4 down launches' K loop). Empty for a kernel without the hazard."""
+def inflight_a_writes(sass: str) -> tuple[int, list[str]]:
+    """(loops with MMAs, instructions that write the A registers of an MMA still in flight):
+    in each loop, the HGMMAs after the loop's last full wait (`WARPGROUP.DEPBAR.LE gsb0, 0x0`;
+    a wait that leaves N groups pending counts as none) are in flight at its back edge until the
+    first full wait of the next iteration, and PTX leaves it undefined what they read if their A
+    registers are written before (results/h200/kernels/run88: ptxas reused them in the int4
+    down launches' K loop). No writes and at least one loop: a kernel without the hazard; no
+    loop: nothing was checked (the disassembly's form may have changed)."""
     ins = [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.search, sass.splitlines())
            if m]
-    found = []
+    loops, found = 0, []
     for addr, text in ins:
-        jump = re.search(r"\bBRA (0x[0-9a-f]+)", text)
+        jump = _BACK_EDGE.search(text)
         if not jump or int(jump.group(1), 16) >= addr:
             continue  # not a back edge
         body = [t for a, t in ins if int(jump.group(1), 16) <= a <= addr]
-        waits = [k for k, t in enumerate(body) if t.startswith("WARPGROUP.DEPBAR")]
+        waits = [k for k, t in enumerate(body) if _FULL_WAIT.match(t)]
         mmas = [k for k, t in enumerate(body) if t.startswith("HGMMA")]
         if not mmas:
             continue
+        loops += 1
         regs: set[int] = set()
         for t in body[(waits[-1] if waits else -1) + 1:]:
             a = _HGMMA_A.search(t)
             if a:  # an A fragment in registers: 4 of them
                 regs |= set(range(int(a.group(1)), int(a.group(1)) + 4))
-        window = body[mmas[-1] + 1:] + body[:waits[0] if waits else len(body)]
+        # from the last MMA to the back edge, then from the top to the first full wait (with
+        # none in the loop, all of it)
+        window = body[mmas[-1] + 1:] + body[:waits[0]] if waits else body
         found += [t for t in window if _written_registers(t) & regs]
-    return found
+    return loops, found
 
 
 def _tool_output(name: str, args: list[str], cubin: bytes) -> str:
@@ -283,11 +302,20 @@ def main(argv: list[str] | None = None) -> int:
         field, eq, value = item.partition("=")
         if not eq:
             ap.error(f"--set {item!r}: FIELD=VALUE")
-        overrides[field] = int(value) if value.lstrip("-").isdigit() else value
+        low = value.strip().lower()
+        overrides[field] = (True if low in ("true", "yes", "on") else
+                            False if low in ("false", "no", "off") else
+                            int(value) if value.strip().lstrip("-").isdigit() else value)
     try:
         ft.KernelConfig.from_dict({**dataclasses.asdict(ft.CANDIDATES["m16"][0]), **overrides})
     except ConfigError as exc:
         ap.error(f"--set: {exc}")
+    unaligned = frozenset(a.strip() for a in args.unaligned.split(",") if a.strip())
+    known = {n for fn in (moe_gemm, moe_gemm_wt)
+             for n, p in inspect.signature(fn).parameters.items() if p.annotation != "tl.constexpr"}
+    if unaligned - known:
+        ap.error(f"--unaligned: {', '.join(sorted(unaligned - known))} (kernel arguments: "
+                 f"{', '.join(sorted(known))})")
     meta = provenance() if args.out else {}
     h, f = cfg.hidden_size, cfg.expert_inner_size
     report = []
@@ -304,20 +332,19 @@ def main(argv: list[str] | None = None) -> int:
                 c = table[name][0 if which == "gate_up" else 1]
                 if args.inflight_mma:
                     c = dataclasses.replace(c, int4_inflight_mma=True)
-                c = ft.KernelConfig.from_dict({**dataclasses.asdict(c), **overrides})
-                c = ft._fit(c, n_out, k_dim, args.group if int4 else None)
-                if c is None:
-                    continue
                 row = {"weights": weights, "config": name, "kernel": which}
-                try:
+                try:  # --set values that no launch takes (a tail on a tokens-first tile) too
+                    c = ft.KernelConfig.from_dict({**dataclasses.asdict(c), **overrides})
+                    c = ft._fit(c, n_out, k_dim, args.group if int4 else None)
+                    if c is None:
+                        continue
                     row.update(compile_one(c.swap, c, dtype="bf16", int4=int4, gated=gated,
                                            combine=combine, n_out=n_out, k_dim=k_dim,
                                            qgroup=args.group, arch=args.arch,
                                            num_experts=cfg.num_experts,
                                            dump=os.path.join(args.dump, f"{weights}_{name}_{which}")
                                            if args.dump else "",
-                                           unaligned=frozenset(
-                                               a for a in args.unaligned.split(",") if a)))
+                                           unaligned=unaligned))
                 except Exception as e:  # a failed compile is a result here
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 report.append(row)

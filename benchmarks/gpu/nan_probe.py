@@ -73,7 +73,10 @@ def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
     or ':split' (int4: the tile unpacked at once with a wait per step, or in halves:
     `KernelConfig.int4_split_dequant`)."""
     name, *mods = spec.split(":")
+    kind = "int4" if quantized else "bf16"
     pair = ft.resolve_config(name, quantized)
+    if pair is None:
+        raise SystemExit(f"error: unknown {kind} config {name!r} in {spec!r}")
     changes: dict[str, object] = {}
     for mod in mods:
         if mod[:1] == "s" and mod[1:].isdigit() and int(mod[1:]) >= 1:
@@ -83,9 +86,12 @@ def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
         elif mod in ("split", "whole") and quantized:
             changes["int4_split_dequant"] = mod == "split"
         else:
-            pair = None
-    if pair is None:
-        raise SystemExit(f"error: unknown {'int4' if quantized else 'bf16'} config {spec!r}")
+            raise SystemExit(f"error: {spec!r}: modifier {mod!r} is not one of :sN (N >= 1)"
+                             + (", :inflight, :whole, :split" if quantized else
+                                " (:inflight, :whole and :split are for --weights int4)"))
+    if changes.get("int4_inflight_mma") and changes.get("int4_split_dequant"):
+        raise SystemExit(f"error: {spec!r}: :inflight is the whole-tile loop without its wait; "
+                         "it does not go with :split")
     return tuple(dataclasses.replace(c, **changes) for c in pair)  # type: ignore[return-value]
 
 
@@ -121,16 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     payload: dict[str, object] = {**provenance(), "args": vars(args) | {"out": str(args.out)},
                                   "repeats": []}
     bad: dict[str, int] = dict.fromkeys(pairs, 0)
-    n = 0
     for i in range(args.repeats):
         d = routing(args.routing, args.tokens, cfg.num_experts, cfg.top_k, dev, gen)
         x = torch.randn(args.tokens, cfg.hidden_size, generator=gen, device=dev).to(
             torch.bfloat16 if dev.type == "cuda" else torch.float32)
         with torch.inference_mode():
             ref = reference(layer.experts, x, d)
-        for spec, pair in pairs.items():
-            pattern = PATTERNS[n % len(PATTERNS)]
-            n += 1
+        for j, (spec, pair) in enumerate(pairs.items()):
+            # each configuration meets every pattern over the repeats, however many there are
+            pattern = PATTERNS[(i + j) % len(PATTERNS)]
             # the copies are made again in the poisoned memory, and h, y and the output land
             # there
             for key in [k for k in st.kernel_cache if isinstance(k, tuple)]:

@@ -131,10 +131,41 @@ def test_fused_backend_uses_triton_in_interpreter(gen: torch.Generator) -> None:
 
 
 def test_no_candidate_skips_int4_dequantization() -> None:
-    # the skip mode gives wrong values on purpose (kernel_diag.py); it must never be tuned in
+    # the skip mode gives wrong values on purpose (kernel_diag.py), and the in-flight K loop
+    # gives them at random (runs 86-88); neither may be tuned in
     for table in (ft.CANDIDATES, ft.INT4_CANDIDATES):
         for pair in table.values():
-            assert not any(c.int4_skip_dequant for c in pair)
+            assert not any(c.int4_skip_dequant or c.int4_inflight_mma for c in pair)
+
+
+@pytest.mark.parametrize("mode", range(6))
+def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mode: int) -> None:
+    # runs 86-88: a non-gated int4 K loop that neither waits for each step's MMAs nor unpacks
+    # the tile in halves lets the next step rewrite an in-flight MMA's registers. Every
+    # candidate's launches, every dequantization mode: exactly one of the two (halves only for
+    # fragment words on a GPU, MODE 3, on tiles of at most INT4_SPLIT_MAX_ROWS rows), gated and
+    # dense launches neither; the diagnostic in-flight loop neither
+    for name, pair in ft.INT4_CANDIDATES.items():
+        for cfg, gated in ((pair[0], True), (pair[1], False)):
+            for variant in (cfg, dataclasses.replace(cfg, int4_split_dequant=False),
+                            dataclasses.replace(cfg, int4_inflight_mma=True)):
+                meta = ft.launch_meta(
+                    variant, num_experts=8, k_dim=1024, gather=gated, gated=gated,
+                    act=1 if gated else 0, combine=0 if gated else 2, qgroup=128, ieee=False,
+                    interpret=mode == 4, w_tma=variant.tma, int4_dequant=mode)
+                wait, split = meta["INT4_WAIT"], meta["INT4_SPLIT"]
+                if gated or variant.int4_inflight_mma:
+                    assert not wait and not split, (name, mode, variant)
+                    continue
+                assert wait != split, (name, mode, variant)
+                assert split == (mode == 3 and variant.int4_split_dequant
+                                 and variant.block_n <= ft.INT4_SPLIT_MAX_ROWS), (name, mode)
+    dense = ft.launch_meta(ft.CANDIDATES["w64t32"][1], num_experts=8, k_dim=1024, gather=False,
+                           gated=False, act=0, combine=2, qgroup=None, ieee=False,
+                           interpret=False, w_tma=False, int4_dequant=0)
+    assert not dense["INT4_WAIT"] and not dense["INT4_SPLIT"]
+    # the 256-row down launch of Qwen3's and DeepSeek-V3's 512-token entries waits (run 91)
+    assert ft.INT4_CANDIDATES["w256t32s3w8fpx"][1].block_n > ft.INT4_SPLIT_MAX_ROWS
 
 
 def test_fused_int4_group_not_a_power_of_two(gen: torch.Generator, no_fallback: None) -> None:
@@ -1092,11 +1123,16 @@ def test_nan_probe_runs_on_the_cpu(tmp_path, no_fallback: None) -> None:
     reps = json.loads(out.read_text())["repeats"]
     assert [(r["repeat"], r["config"], r["pattern"]) for r in reps] == [
         (0, "w64t16fpx", "0xFF"), (0, "w64t16fpx/w64t16f:s2:inflight", "0x7F"),
-        (1, "w64t16fpx", "0x00"), (1, "w64t16fpx/w64t16f:s2:inflight", "0xA5")]
+        (1, "w64t16fpx", "0x7F"), (1, "w64t16fpx/w64t16f:s2:inflight", "0x00")]
     assert all(r["ok"] and r["nonfinite"] == 0 and r["rel_err"] < 1e-4 for r in reps)
-    for bad in ("w64t16fpx:2", "w64t16fpx:s0", "w64t16fpx:inflight:x", "nope"):
-        with pytest.raises(SystemExit, match="unknown int4 config"):
+    for bad, why in (("nope", "unknown int4 config 'nope'"), ("w64t16fpx:2", "modifier '2'"),
+                     ("w64t16fpx:s0", "modifier 's0'"), ("w64t16fpx:inflight:x", "modifier 'x'"),
+                     ("w64t16fpx:inflight:split", "does not go with :split")):
+        with pytest.raises(SystemExit, match=why):
             probe.main(["--device", "cpu", "--shape", "tiny", "--config", bad])
+    with pytest.raises(SystemExit, match="are for --weights int4"):
+        probe.main(["--device", "cpu", "--shape", "tiny", "--weights", "bf16", "--config",
+                    "m16:inflight"])
     # where a wrong output is: non-finite and wild entries, their tokens and column blocks
     ref = torch.ones(4, 130)
     got = ref.clone()

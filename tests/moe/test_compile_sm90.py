@@ -7,6 +7,7 @@ interpreter (`tests/moe/interpreter.py`), which cannot compile for a GPU target.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,15 +16,18 @@ from pathlib import Path
 
 import pytest
 
+from . import interpreter  # noqa: F401  (Triton, where this module imports it, interpreted)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _ptxas() -> Path | None:
-    try:
-        import triton.backends.nvidia as nv
-    except ImportError:
+def _nvidia_tool(name: str) -> Path | None:
+    """Triton's bundled `name` (ptxas, cuobjdump), found without importing Triton: an import
+    here, at collection, would settle Triton's mode before the interpreter tests set theirs."""
+    spec = importlib.util.find_spec("triton")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(nv.__file__).parent / "bin" / "ptxas"
+    path = Path(next(iter(spec.submodule_search_locations))) / "backends" / "nvidia" / "bin" / name
     return path if path.exists() else None
 
 
@@ -42,7 +46,7 @@ def _compile(tmp_path: Path, name: str, *extra: str) -> list[dict]:
     return rows
 
 
-@pytest.mark.skipif(_ptxas() is None, reason="no Triton with a bundled ptxas")
+@pytest.mark.skipif(_nvidia_tool("ptxas") is None, reason="no Triton with a bundled ptxas")
 def test_int4_k_loops_rewrite_no_registers_of_an_mma_in_flight(tmp_path: Path) -> None:
     # runs 86-88 (results/h200/kernels): the int4 down launches left each K step's last MMA in
     # flight while the next step's dequantization rewrote its A registers, and the H200 (Triton
@@ -52,11 +56,12 @@ def test_int4_k_loops_rewrite_no_registers_of_an_mma_in_flight(tmp_path: Path) -
     rows = _compile(tmp_path, "now", "--configs", "w64t16fpx,w256t32s3w8fpx")
     assert {(r["config"], r["kernel"]) for r in rows} == {
         (c, k) for c in ("w64t16fpx", "w256t32s3w8fpx") for k in ("gate_up", "down")}
-    assert all(r["inflight_a_writes"] == 0 for r in rows), rows
+    assert all(r["inflight_a_writes"] == 0 and r["mma_loops"] >= 1 for r in rows), rows
     assert all(r["wgmma_a_from_registers"] == r["wgmma"] > 0 for r in rows)
 
 
-@pytest.mark.skipif(_ptxas() is None, reason="no Triton with a bundled cuobjdump")
+@pytest.mark.skipif(_nvidia_tool("cuobjdump") is None,
+                    reason="no Triton with a bundled cuobjdump")
 def test_the_register_check_finds_the_writes_in_the_kernel_that_failed() -> None:
     # the check on the machine code that gave the non-finite outputs: the two launches of
     # w64t16fpx as the H200's Triton 3.6 compiled them before the fix (run 88's Triton cache).
@@ -80,6 +85,38 @@ def test_the_register_check_finds_the_writes_in_the_kernel_that_failed() -> None
                 launch = {4: "gate_up", 2: "down"}[ttgir.count("ttng.warp_group_dot ")]
                 writes[launch] = cc.inflight_a_writes(sass)
     assert sorted(writes) == ["down", "gate_up"]
-    assert writes["gate_up"] == []
-    assert len(writes["down"]) == 71
-    assert any(w.startswith("LDS.64 R44") for w in writes["down"]), writes["down"][:8]
+    assert writes["gate_up"] == (1, [])  # one K loop, checked, clean
+    loops, found = writes["down"]
+    assert loops == 1 and len(found) == 71
+    assert any(w.startswith("LDS.64 R44") for w in found), found[:8]
+
+
+def test_the_register_check_on_written_out_loops() -> None:
+    # synthetic SASS: the MMA after the loop's last full wait is in flight at the back edge;
+    # a wait that leaves groups pending is no wait; predicate destinations come before the
+    # register one; a loop without MMAs, or no loop at all, checks nothing
+    from tests.scripts import load_script
+
+    cc = load_script("benchmarks/gpu/compile_check.py")
+
+    def sass(*lines: str) -> str:
+        return "\n".join(f"        /*{16 * i:04x}*/  {t} ;" for i, t in enumerate(lines))
+
+    def fill(first: str, wait: str, after: str) -> str:  # a K loop with 2 MMAs, 1 wait
+        return sass("DEPBAR.LE SB0, 0x8", first, "WARPGROUP.ARRIVE",
+                    "HGMMA.64x16x16.F32.BF16 R24, R32, gdesc[UR8], R24", wait,
+                    "HGMMA.64x16x16.F32.BF16 R24, R36, gdesc[UR8], R24, gsb0", after,
+                    "@!P1 BRA 0x0000")
+
+    full = "WARPGROUP.DEPBAR.LE gsb0, 0x0"
+    assert cc.inflight_a_writes(fill("IMAD.MOV.U32 R38, RZ, RZ, 0x1", full, "NOP")) == (
+        1, ["IMAD.MOV.U32 R38, RZ, RZ, 0x1"])
+    assert cc.inflight_a_writes(fill("NOP", full, "SHFL.IDX PT, R39, R1, 0x1, 0x1f")) == (
+        1, ["SHFL.IDX PT, R39, R1, 0x1, 0x1f"])
+    assert cc.inflight_a_writes(fill("NOP", full, "LDS.64 R40, [R2]")) == (1, [])
+    assert cc.inflight_a_writes(fill("STS [R36], R1", full, "NOP")) == (1, [])
+    # a wait for all but one group: the R32 MMA may still be in flight, and its write counts
+    assert cc.inflight_a_writes(fill("NOP", "WARPGROUP.DEPBAR.LE gsb0, 0x1",
+                                     "LDS.128 R32, [R2]")) == (1, ["LDS.128 R32, [R2]"])
+    assert cc.inflight_a_writes(sass("NOP", "IMAD R1, R1, 0x2, RZ", "BRA 0x0000")) == (0, [])
+    assert cc.inflight_a_writes("no disassembly") == (0, [])

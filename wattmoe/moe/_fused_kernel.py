@@ -516,7 +516,8 @@ def _wt_accumulate(
     operand, the dequantized tile, is in registers; Triton's pipeliner would leave the step's
     last MMA in flight across the back edge, while the next step's dequantization rewrites the
     same registers (PTX leaves that undefined: ptxas hands them to the next step's loads and
-    constants, and the MMA reads those at times; compiled for sm_90 by Triton 3.6 and 3.9).
+    constants, and the MMA reads those at times: Triton 3.6 on the H200, results/h200/kernels/
+    run86-run88; Triton 3.9's ptxas happened to leave them alone).
     Adding 0.0 to the accumulators is a use that the pipeliner must wait for. Gated launches
     dequantize the up rows into other registers after the gate MMAs' wait, so the up MMA in
     flight at the back edge keeps its registers (ptxas leaves them alone there).

@@ -183,7 +183,8 @@ class KernelConfig:
     # tile, run its MMAs, then unpack the high half (`_fused_kernel._dequant_frag_low/high`):
     # the high half's MMA stays in flight across the back edge while the next step unpacks
     # its low half into other registers, so the step needs no wait (INT4_WAIT). False: the
-    # whole tile unpacked at once, and the wait
+    # whole tile unpacked at once, and the wait; so are tiles of more than INT4_SPLIT_MAX_ROWS
+    # rows
     int4_split_dequant: bool = True
     # weight tiles through a tensor descriptor (TMA on Hopper and newer; the interpreter runs
     # it too); plain loads where Triton has no descriptors or the weights are not aligned
@@ -390,14 +391,6 @@ INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [n for n in INT4_CANDIDATES
 # 16384-token entry since runs 76-78, 3-7% less energy per layer step than the row-major words)
 INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [
     n for n in INT4_CANDIDATES if n.endswith("fp") and "d" not in n], "x", int4_tiles=True))
-# 256-row tiles unpack whole tiles (and wait for each K step's MMAs): in halves, their down
-# launch takes 197 registers instead of 127 (Triton 3.6, sm_90; results/cpu/compile_sm90), one
-# CTA per SM instead of two, and spent 5-7% more energy per experts step at 512 tokens
-# (results/h200/kernels/run91_split: Qwen3-30B-A3B and DeepSeek-V3, whose down launch it is)
-INT4_CANDIDATES.update({
-    n: (dataclasses.replace(gu, int4_split_dequant=False),
-        dataclasses.replace(dn, int4_split_dequant=False))
-    for n, (gu, dn) in INT4_CANDIDATES.items() if n.startswith("w256")})
 # Candidates that lost every tuning run on the H200 were dropped (their timings are in
 # results/h200/kernels/run5-run11): m64k128, m32n128, w128t64k128 (over the shared memory),
 # w64t64w8, and the fp32-dequantizing "...c" int4 tiles (`int4_asm=False`, still used by
@@ -710,6 +703,14 @@ def _launch(
     )
 
 
+# Tiles of more rows unpack whole tiles and wait for each K step's MMAs, `int4_split_dequant`
+# or not: in halves, the 256-row down launch (`w256t32s3w8fpx`) takes 197 registers instead of
+# 127 (Triton 3.6, sm_90; a cap of 128 spills, results/cpu/compile_sm90), one CTA per SM instead
+# of two, and spent 5-7% more energy per experts step at 512 tokens (results/h200/kernels/
+# run91_split: Qwen3-30B-A3B and DeepSeek-V3, whose down launch it is)
+INT4_SPLIT_MAX_ROWS = 128
+
+
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
                 act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
                 w_tma: bool, int4_dequant: int, spair: bool = False,
@@ -725,7 +726,8 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
     )
     if cfg.swap or qgroup is not None:
         split = (qgroup is not None and not gated and int4_dequant == 3
-                 and cfg.int4_split_dequant and not cfg.int4_inflight_mma)
+                 and cfg.int4_split_dequant and not cfg.int4_inflight_mma
+                 and cfg.block_n <= INT4_SPLIT_MAX_ROWS)
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
                     TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, W_TILES=tiles,
