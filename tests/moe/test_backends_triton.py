@@ -87,6 +87,26 @@ def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator,
         assert rel_err(run(ex, x, d, "m32"), get_backend("loop")(ex, x, d)) < 2e-2
 
 
+@pytest.mark.parametrize("config", ["w64t16fpx", "w64t32r16fp", "w64t16f", "w64t64k32dr16f"])
+def test_fused_int4_in_halves_equals_the_whole_tile(config: str, gen: torch.Generator,
+                                                    no_fallback: None) -> None:
+    # the down launch unpacks each K step's tile in halves (low, its MMAs, high; run 91) or
+    # whole with a wait: the same weights, scales (pair words or not), tails and TMA loads, so
+    # the same sums; the interpreter runs the halves' order through fp32 (MODE 4)
+    qx = [quantize_expert(e, 64) for e in experts(4, 256, 128)]
+    x = torch.randn(40, 256, generator=gen)
+    d = make_dispatch("skewed", 40, 4, 2, gen, with_rowof=True)
+    st = stacked_experts(qx)
+    halves, whole = (tuple(dataclasses.replace(c, int4_split_dequant=split)
+                           for c in ft.resolve_config(config, True)) for split in (True, False))
+    with torch.no_grad():
+        want = get_backend("loop")(qx, x, d)
+        got_halves = ft.fused_forward(st, x, d, halves)
+        got_whole = ft.fused_forward(st, x, d, whole)
+    torch.testing.assert_close(got_halves, got_whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_halves, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("group", "config"),
                          [(32, "w64t16"), (16, "w64t16"), (64, "w64t32"), (64, "w64t16k128")])
 @pytest.mark.parametrize("form", ["swiglu", "relu"])
@@ -143,7 +163,8 @@ def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mod
     # runs 86-88: a non-gated int4 K loop that neither waits for each step's MMAs nor unpacks
     # the tile in halves lets the next step rewrite an in-flight MMA's registers. Every
     # candidate's launches, every dequantization mode: exactly one of the two (halves only for
-    # fragment words on a GPU, MODE 3, on tiles of at most INT4_SPLIT_MAX_ROWS rows), gated and
+    # fragment words, MODE 3, and MODE 4 in the interpreter, on tiles of at most
+    # INT4_SPLIT_MAX_ROWS rows), gated and
     # dense launches neither; the diagnostic in-flight loop neither
     for name, pair in ft.INT4_CANDIDATES.items():
         for cfg, gated in ((pair[0], True), (pair[1], False)):
@@ -158,7 +179,7 @@ def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mod
                     assert not wait and not split, (name, mode, variant)
                     continue
                 assert wait != split, (name, mode, variant)
-                assert split == (mode == 3 and variant.int4_split_dequant
+                assert split == (mode in (3, 4) and variant.int4_split_dequant
                                  and variant.block_n <= ft.INT4_SPLIT_MAX_ROWS), (name, mode)
     dense = ft.launch_meta(ft.CANDIDATES["w64t32"][1], num_experts=8, k_dim=1024, gather=False,
                            gated=False, act=0, combine=2, qgroup=None, ieee=False,

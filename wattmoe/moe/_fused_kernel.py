@@ -353,6 +353,18 @@ def _frag_nibbles(p, SHIFT: tl.constexpr):
 
 
 @triton.jit
+def _frag_half_fp32(p, s, cdt: tl.constexpr, SPAIR: tl.constexpr, SHIFT: tl.constexpr):
+    """MODE 4's half of a fragment-word tile through fp32 (SHIFT 0: the low nibbles, columns j;
+    4: the high ones, j + K/2): s is the rows' fp16 scale pair words (SPAIR; the half that goes
+    with SHIFT) or fp32 scales of those columns."""
+    if SPAIR:
+        s = ((s >> (4 * SHIFT)) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(
+            tl.float32)
+    o0, o1, o2, o3 = _frag_nibbles(p, SHIFT)
+    return ((_frag_cols(o0, o1, o2, o3).to(tl.float32) - 8.0) * s[:, None]).to(cdt)
+
+
+@triton.jit
 def _int4_scales(s_ptrs, k_lo, k_hi, QGROUP: tl.constexpr, cdt: tl.constexpr,
                  MODE: tl.constexpr, SPAIR: tl.constexpr, GSTRIDE: tl.constexpr = 1):
     """The scales [BLOCK_F] of packed columns k_lo.. and k_hi.. (one group each), in the
@@ -397,14 +409,8 @@ def _dequant_int4(p, s_lo, s_hi, cdt: tl.constexpr, MODE: tl.constexpr, SPAIR: t
     if MODE == 3:
         w_lo, w_hi = _dequant_int4_frag(p, s_lo, s_hi, cdt, SPAIR)
     elif MODE == 4:
-        if SPAIR:  # fp16 pair words: the low half, then the high half
-            s_lo = (s_lo & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-            s_hi = ((s_hi >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(
-                tl.float32)
-        l0, l1, l2, l3 = _frag_nibbles(p, 0)
-        h0, h1, h2, h3 = _frag_nibbles(p, 4)
-        w_lo = ((_frag_cols(l0, l1, l2, l3).to(tl.float32) - 8.0) * s_lo[:, None]).to(cdt)
-        w_hi = ((_frag_cols(h0, h1, h2, h3).to(tl.float32) - 8.0) * s_hi[:, None]).to(cdt)
+        w_lo = _frag_half_fp32(p, s_lo, cdt, SPAIR, 0)
+        w_hi = _frag_half_fp32(p, s_hi, cdt, SPAIR, 4)
     elif MODE == 1:
         w_lo, w_hi = _dequant_int4_asm(p, tl.broadcast_to(s_lo[:, None], p.shape),
                                        tl.broadcast_to(s_hi[:, None], p.shape),
@@ -522,7 +528,8 @@ def _wt_accumulate(
     dequantize the up rows into other registers after the gate MMAs' wait, so the up MMA in
     flight at the back edge keeps its registers (ptxas leaves them alone there).
 
-    INT4_SPLIT (fragment words on a GPU, without GATED; in place of INT4_WAIT): the tile is
+    INT4_SPLIT (fragment words, without GATED; in place of INT4_WAIT; MODE 4, the interpreter,
+    takes the same path through fp32, so that the CPU tests run its order): the tile is
     unpacked in halves, each fed to its MMAs before the next (`_dequant_frag_low/high`), so
     the high half's MMA left in flight keeps its registers while the next step unpacks its low
     half into others; Triton waits for it after the next low MMA, before the high half is
@@ -551,11 +558,17 @@ def _wt_accumulate(
             else:
                 p = tl.load(w_ptrs)
             if INT4_SPLIT:  # each half to its MMAs before the next is unpacked
-                w_lo, lanes_a, lanes_b = _dequant_frag_low(p, s_lo, cdt, SPAIR)
+                if INT4_DEQUANT == 3:
+                    w_lo, lanes_a, lanes_b = _dequant_frag_low(p, s_lo, cdt, SPAIR)
+                else:  # MODE 4, Triton's interpreter: the same halves through fp32
+                    w_lo = _frag_half_fp32(p, s_lo, cdt, SPAIR, 0)
                 acc = _mma(w_lo, x_lo, acc, DOT_IEEE)
                 if HAS_TAIL:
                     acc_t = _mma(w_lo, t_lo, acc_t, DOT_IEEE)
-                w_hi = _dequant_frag_high(lanes_a, lanes_b, s_hi, cdt, SPAIR)
+                if INT4_DEQUANT == 3:
+                    w_hi = _dequant_frag_high(lanes_a, lanes_b, s_hi, cdt, SPAIR)
+                else:
+                    w_hi = _frag_half_fp32(p, s_hi, cdt, SPAIR, 4)
                 acc = _mma(w_hi, x_hi, acc, DOT_IEEE)
                 if HAS_TAIL:
                     acc_t = _mma(w_hi, t_hi, acc_t, DOT_IEEE)

@@ -179,8 +179,9 @@ class KernelConfig:
     # results/h200/kernels/run86-run88). The launches wait for it (`moe_gemm_wt`, INT4_WAIT)
     # or unpack the tile in halves (`int4_split_dequant`, which this turns off).
     int4_inflight_mma: bool = False
-    # int4 fragment words on a GPU, non-gated launches: unpack the low half of each K step's
-    # tile, run its MMAs, then unpack the high half (`_fused_kernel._dequant_frag_low/high`):
+    # int4 fragment words (on a GPU, and through fp32 in Triton's interpreter), non-gated
+    # launches: unpack the low half of each K step's tile, run its MMAs, then unpack the high
+    # half (`_fused_kernel._dequant_frag_low/high`):
     # the high half's MMA stays in flight across the back edge while the next step unpacks
     # its low half into other registers, so the step needs no wait (INT4_WAIT). False: the
     # whole tile unpacked at once, and the wait; so are tiles of more than INT4_SPLIT_MAX_ROWS
@@ -725,7 +726,7 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
         BLOCK_K=cfg.block_k, W_TMA=w_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if cfg.swap or qgroup is not None:
-        split = (qgroup is not None and not gated and int4_dequant == 3
+        split = (qgroup is not None and not gated and int4_dequant in (3, 4)
                  and cfg.int4_split_dequant and not cfg.int4_inflight_mma
                  and cfg.block_n <= INT4_SPLIT_MAX_ROWS)
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
