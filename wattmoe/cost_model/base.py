@@ -187,7 +187,7 @@ class KernelCost:
         method: 'profiled' (a measured point), 'interpolated' (between profiled batch
             sizes), 'extrapolated' (beyond them, by the fitted per-device model), or
             'shape-model' (a shape never profiled, by the fitted models anchored on the
-            nearest profiled shapes).
+            nearest profiled shapes; non-decreasing in tokens).
     """
 
     latency_s: float

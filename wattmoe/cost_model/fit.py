@@ -9,6 +9,9 @@
 
 Both are fitted by non-negative least squares on *relative* residuals (each row divided by
 its measurement), so a 10 µs op weighs as much as a 100 ms one.
+
+`monotone_log` is the least-squares non-decreasing fit (isotonic regression) of a sequence in
+log space: what a predicted cost per call becomes where it would fall as the batch grows.
 """
 
 from __future__ import annotations
@@ -17,10 +20,34 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import isotonic_regression, nnls
 
 from wattmoe.cost_model.base import OpShape, layer_op
 from wattmoe.cost_model.work import op_work
+
+
+def monotone_log(values: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence nearest to `values` in least squares on log values.
+
+    Isotonic regression (scipy's pool-adjacent-violators) of log(values): a run that falls is
+    pooled to its geometric mean, entries already in order are returned unchanged. Entries
+    that are NaN or <= 0 are kept as they are and left out of the fit.
+
+    Args:
+        values: shape (n,), in the order of the variable the result must not fall along.
+
+    Returns:
+        shape (n,): the fitted values.
+    """
+    out = np.array(values, dtype=float)
+    idx = np.flatnonzero(np.isfinite(out) & (out > 0))
+    if len(idx) < 2:
+        return out
+    res = isotonic_regression(np.log(out[idx]), increasing=True)
+    for lo, hi in zip(res.blocks[:-1], res.blocks[1:]):
+        if hi - lo > 1:  # a pooled run; entries alone in their block stay bit for bit
+            out[idx[lo:hi]] = np.exp(res.x[lo])
+    return out
 
 
 def latency_features(op: str, tokens: float, shape: OpShape, dtype: str) -> np.ndarray:

@@ -7,9 +7,20 @@ A query `get_cost(op, tokens, device, dtype, shape)` is answered, in order, by:
    (log tokens, log latency) and (log tokens, log energy) ('interpolated');
 3. beyond the profiled sizes, the nearest profiled point scaled by the fitted per-device
    models' ratio model(tokens) / model(edge) ('extrapolated');
-4. for a shape that was never profiled, the profiled shapes of the same op nearest in work
-   per token (one on each side where possible), each scaled by the fitted models' ratio
-   model(query shape) / model(profiled shape) and interpolated in log work ('shape-model').
+4. for a shape that was never profiled, a curve predicted at the profiled batch sizes of the
+   profiled shapes of the same op nearest in work per token (one on each side where
+   possible): each scaled by the fitted models' ratio model(query shape) / model(profiled
+   shape) and interpolated in log work, then made non-decreasing in tokens; between its
+   batch sizes it moves as the query shape's model does, beyond them it is extrapolated as
+   in 3 ('shape-model'; `KernelCostModel._shape_curve`).
+
+Monotone in tokens: a call on more tokens does the same work and more, so for a shape that
+was never profiled latency and energy per call never fall as tokens grow (up to rounding).
+A profiled curve is answered from its measurements, which are not altered: where they fall
+(host-bound points, measured with up to 2x of noise between leases, see
+results/h200/cost_model/README.md), no curve through both points can rise, and the
+interpolation between them falls too; elsewhere, between points that rise and beyond the
+last one (the fitted models are non-decreasing in tokens), the answers rise.
 
 The fitted models are `LatencyModel` per (device, dtype, op) and `EnergyModel` per (device,
 dtype): idle/static power plus energy per FLOP and per byte, fitted by least squares.
@@ -42,6 +53,7 @@ from wattmoe.cost_model.fit import (
     fit_energy,
     fit_latency,
     latency_features,
+    monotone_log,
 )
 from wattmoe.cost_model.layer_costs import LayerBackendCosts
 from wattmoe.cost_model.work import op_work
@@ -118,6 +130,23 @@ def _loglin(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
     return float(np.interp(math.log(x), np.log(xs), ys))
 
 
+def _along(ks: tuple[float, float, float], model: list[float | None], y0: float,
+           y1: float) -> float:
+    """y at batch size ks[1], between (ks[0], y0) and (ks[2], y1): linear in (log model,
+    log y), where `model` holds the fitted model's values at the three sizes; linear in
+    (log tokens, log y) where the model is missing or flat (changes by < 1e-6) between them.
+    Non-decreasing in ks[1] where y1 >= y0 and the model is non-decreasing."""
+    if not (y0 > 0 and y1 > 0):
+        return float("nan")
+    m0, m, m1 = model
+    if m0 is not None and m is not None and m1 is not None and m0 > 0 and m1 > m0 * (1 + 1e-6):
+        t = (math.log(m) - math.log(m0)) / (math.log(m1) - math.log(m0))
+    else:
+        t = (math.log(ks[1]) - math.log(ks[0])) / (math.log(ks[2]) - math.log(ks[0]))
+    t = min(max(t, 0.0), 1.0)
+    return math.exp((1 - t) * math.log(y0) + t * math.log(y1))
+
+
 @dataclass
 class FitReport:
     """How well the fitted models and the interpolation reproduce the profile."""
@@ -157,6 +186,8 @@ class KernelCostModel:
                                                for k, v in groups.items()}
         self.latency_models: dict[tuple[str, str, str], LatencyModel] = {}
         self.energy_models: dict[tuple[str, str], EnergyModel] = {}
+        # predicted curves of unprofiled shapes, by (op, device, dtype, shape)
+        self._shape_curves: dict[tuple[str, str, str, OpShape], Curve] = {}
         self._fit()
 
     @classmethod
@@ -298,7 +329,10 @@ class KernelCostModel:
 
     # --- queries ------------------------------------------------------------------------
 
-    def _curve_cost(self, c: Curve, tokens: int) -> KernelCost:
+    def _curve_cost(self, c: Curve, tokens: int, override: str | None = None) -> KernelCost:
+        """`c` at `tokens`: a point of it, interpolated between, or extrapolated beyond its
+        batch sizes; `override` replaces the answer's method (a predicted curve's points are not
+        'profiled')."""
         lo, hi = float(c.tokens[0]), float(c.tokens[-1])
         n = float(tokens)
         if lo <= n <= hi:
@@ -329,7 +363,7 @@ class KernelCostModel:
                 avg = float(c.avg_power_w[i]) * en_r / lat_r
             peak = float(c.peak_power_w[i])
             method = "extrapolated"
-        return self._finish(c, lat, en, peak, method, avg)
+        return self._finish(c, lat, en, peak, method if override is None else override, avg)
 
     def _finish(self, c: Curve, lat: float, en: float, peak: float, method: str,
                 avg: float = float("nan")) -> KernelCost:
@@ -348,6 +382,52 @@ class KernelCostModel:
         return KernelCost(lat, en, avg, peak, c.source, method)
 
     def _shape_cost(self, op: str, tokens: int, curves: list[Curve], shape: OpShape) -> KernelCost:
+        """A shape never profiled: its predicted curve (`_shape_curve`) at `tokens`.
+
+        At a batch size of the curve, its point; beyond them, extrapolated by the model of
+        `shape` as a measured curve is (`_curve_cost`); between two of them, interpolated
+        linearly in log cost against the log of the shape's fitted model, so the answer moves
+        from one point to the next as the model does (flat while the model is, e.g. bound by
+        launch overhead) and, both being non-decreasing, never falls.
+        """
+        c = self._shape_curve(op, curves, shape)
+        n = float(tokens)
+        i = int(np.searchsorted(c.tokens, n))
+        if i == 0 or i == len(c.tokens) or c.tokens[i] == n:
+            return self._curve_cost(c, tokens, "shape-model")
+        ks = (float(c.tokens[i - 1]), n, float(c.tokens[i]))
+        lat_m = [self._model_latency(op, c.device, c.dtype, k, shape) for k in ks]
+        lat = _along(ks, lat_m, c.latency_s[i - 1], c.latency_s[i])
+        en_m = [None if lm is None else self._model_energy(op, c.device, c.dtype, k, shape, lm)
+                for k, lm in zip(ks, lat_m)]
+        en = _along(ks, en_m, c.energy_j[i - 1], c.energy_j[i])
+        if not math.isfinite(en):  # no energy model: answered (or refused) as a curve is
+            return self._curve_cost(c, tokens, "shape-model")
+        # the points' window power over energy/latency (1 on the window latency basis)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            factor = _loglin(n, c.tokens, c.avg_power_w * c.latency_s / c.energy_j)
+        return self._finish(c, lat, en, _loglin(n, c.tokens, c.peak_power_w), "shape-model",
+                            en / lat * factor)
+
+    def _shape_curve(self, op: str, curves: list[Curve], shape: OpShape) -> Curve:
+        """The curve of an unprofiled `shape`, predicted at the anchors' profiled batch sizes.
+
+        The anchors are the profiled shapes of the op nearest in work per token (one each side
+        where possible). At each batch size they profiled, each anchor's cost is scaled by the
+        fitted models' ratio model(shape) / model(anchor), and the two are interpolated in log
+        work. The predicted latencies and energies per call are then made non-decreasing in
+        tokens (`monotone_log`: a run that falls is pooled to its geometric mean; points in
+        order are kept as predicted). A step of more tokens does the same work and more, so
+        its cost cannot fall; a predicted point that does copies an anchor's host-bound
+        points, measured with up to 2x of noise between leases
+        (results/h200/cost_model/README.md). `_shape_cost` reads the curve so that every
+        answer is non-decreasing in tokens.
+        """
+        key = (op, curves[0].device, curves[0].dtype, shape)
+        cached = self._shape_curves.get(key)
+        if cached is not None:
+            return cached
+
         def work(s: OpShape) -> float:
             f, b = op_work(op, 1, s, curves[0].dtype)
             return f if f > 0 else b
@@ -358,31 +438,49 @@ class KernelCostModel:
         below = [c for c in ranked if work(c.shape) <= wq]
         above = [c for c in ranked if work(c.shape) > wq]
         anchors = ([below[-1]] if below else []) + ([above[0]] if above else [])
+        w = 0.0
+        if len(anchors) == 2:
+            la, lb = (math.log(work(c.shape)) for c in anchors)
+            w = 0.0 if lb == la else (math.log(wq) - la) / (lb - la)
+        knots = np.unique(np.concatenate([c.tokens for c in anchors]))
+        rows = np.array([self._shape_point(anchors, int(n), shape, w) for n in knots])
+        lat, en, peak, avg = (rows[:, i] for i in range(4))
+        lat_m, en_m = monotone_log(lat), monotone_log(en)
+        # a pooled point keeps its predicted window power, moved with its energy and time
+        with np.errstate(invalid="ignore", divide="ignore"):
+            avg = avg * (en_m / en) / (lat_m / lat)
+        curve = Curve(op, anchors[0].device, anchors[0].dtype, shape, set(), knots.astype(float),
+                      lat_m, en_m, avg, peak, anchors[0].source)
+        self._shape_curves[key] = curve
+        return curve
+
+    def _shape_point(self, anchors: list[Curve], tokens: int, shape: OpShape,
+                     w: float) -> tuple[float, float, float, float]:
+        """(latency, energy, peak power, window power) of `shape` at `tokens` from the anchors
+        (see `_shape_curve`), before they are made monotone."""
         preds = []
         for c in anchors:
             base = self._curve_cost(c, tokens)
             lat_r, en_r = self._ratio(c, tokens, tokens, c.shape, shape)
             en = base.energy_j * en_r if en_r is not None else float("nan")
             avg = base.avg_power_w * en_r / lat_r if en_r is not None else float("nan")
-            preds.append((c, base.latency_s * lat_r, en, base.peak_power_w, avg))
+            preds.append((base.latency_s * lat_r, en, base.peak_power_w, avg))
         if len(preds) == 2:
-            la, lb = math.log(work(preds[0][0].shape)), math.log(work(preds[1][0].shape))
-            w = 0.0 if lb == la else (math.log(wq) - la) / (lb - la)
-
             def geo(i: int) -> float:
                 a, b = preds[0][i], preds[1][i]
                 if not (a > 0 and b > 0):
                     return float("nan")
                 return math.exp((1 - w) * math.log(a) + w * math.log(b))
 
-            lat, en, avg = geo(1), geo(2), geo(4)
-            peak = max(preds[0][3], preds[1][3])
+            lat, en, avg = geo(0), geo(1), geo(3)
+            peak = max(preds[0][2], preds[1][2])
         else:
-            _, lat, en, peak, avg = preds[0]
+            lat, en, peak, avg = preds[0]
         if not math.isfinite(en):
-            en_m = self._model_energy(op, anchors[0].device, anchors[0].dtype, tokens, shape, lat)
+            c = anchors[0]
+            en_m = self._model_energy(c.op, c.device, c.dtype, tokens, shape, lat)
             en = float("nan") if en_m is None else en_m
-        return self._finish(anchors[0], lat, en, peak, "shape-model", avg)
+        return lat, en, peak, avg
 
     def get_cost(
         self, op: str, tokens: int, device: str, dtype: str, shape: Any = None
