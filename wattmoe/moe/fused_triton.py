@@ -181,11 +181,10 @@ class KernelConfig:
     int4_inflight_mma: bool = False
     # int4 fragment words (on a GPU, and through fp32 in Triton's interpreter), non-gated
     # launches: unpack the low half of each K step's tile, run its MMAs, then unpack the high
-    # half (`_fused_kernel._dequant_frag_low/high`):
-    # the high half's MMA stays in flight across the back edge while the next step unpacks
-    # its low half into other registers, so the step needs no wait (INT4_WAIT). False: the
-    # whole tile unpacked at once, and the wait; so are tiles of more than INT4_SPLIT_MAX_ROWS
-    # rows
+    # half (`_fused_kernel._dequant_frag_low/high`). The high half's MMA stays in flight across
+    # the back edge while the next step unpacks its low half into other registers, so the step
+    # needs no wait (INT4_WAIT). False: the whole tile unpacked at once, and the wait; so are
+    # tiles of more than INT4_SPLIT_MAX_ROWS rows
     int4_split_dequant: bool = True
     # weight tiles through a tensor descriptor (TMA on Hopper and newer; the interpreter runs
     # it too); plain loads where Triton has no descriptors or the weights are not aligned
