@@ -1,19 +1,23 @@
-"""Hunts intermittent non-finite outputs of a fused configuration (run 85: one of three identical
-Mixtral-8x7B int4 4096-token tunes got NaN from `w64t16fpx`, the other two 5.5e-3).
+"""Hunts intermittent wrong or non-finite outputs of fused configurations (run 85: one of three
+identical Mixtral-8x7B int4 4096-token tunes got NaN from `w64t16fpx`; runs 86-88 traced it to
+int4 MMAs left in flight while their register operand was rewritten, fixed since).
 
-Each repeat poisons the caching allocator's free memory (blocks filled with a byte pattern:
-0xFF is NaN in bf16, fp16 and fp32), drops the stack's int4 copies so that they are made again in
-poisoned memory, runs one fused step on fresh tokens and routing, and compares it with the fp32
-reference of the same weights. A read of memory the launches did not write shows as a
-non-finite or wrong output in some repeats and not others; run it under
-`compute-sanitizer --tool initcheck` (or `racecheck`) on a small shape to find the access.
+Each repeat draws fresh tokens and routing and runs every configuration given on them; before
+each step it poisons the caching allocator's free memory (blocks filled with a byte pattern:
+0xFF is NaN in bf16, fp16 and fp32; the patterns rotate over repeats and configurations) and
+drops the stack's int4 copies, so that they are made again in poisoned memory; then it compares
+the step with the fp32 reference of the same weights. A read of memory the launches did not
+write, or a race, shows as a non-finite or wrong output in some steps and not others, and the
+record says which tokens and 64-column blocks went wrong (one program's tile, for a race inside
+a launch). Pairs 'A/B' (A's gate/up launch, B's down launch) and modifiers (':sN' stages,
+':inflight', ':whole', ':split') tell the launches and K loops apart. Under `compute-sanitizer
+--tool initcheck` (with PYTORCH_NO_CUDA_MEMORY_CACHING=1) it names an uninitialized read.
 
     python3 benchmarks/gpu/nan_probe.py --shape mixtral-8x7b --weights int4 --tokens 4096 \\
-        --config w64t16fpx --repeats 20 --out $OUT/nan_probe.json
+        --config w64t16fpx,w64t16fpx:inflight --repeats 12 --out $OUT/nan_probe.json
 
-Writes one JSON record per repeat (relative error, non-finite count, the poison pattern) after
-each repeat, so that a run stopped early keeps its repeats. On a machine without a GPU it runs
-in Triton's interpreter (slowly: use a tiny shape).
+Writes the JSON record of every step after each step, so that a run stopped early keeps its
+steps. On a machine without a GPU it runs in Triton's interpreter (slowly: use a tiny shape).
 """
 
 from __future__ import annotations
