@@ -22,9 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import provenance, write_json
 
-from wattmoe.cost_model.scenarios import resolve_shape_spec
 from wattmoe.errors import ConfigError
-from wattmoe.moe import SimpleMoELayer, build_dispatch
+from wattmoe.moe import SimpleMoELayer, build_dispatch, resolve_shape
 from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.quant import int4_group_size
 from wattmoe.moe.stacked import stacked_experts
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tokens < 1 or args.calls < 1 or args.repeats < 1:
         ap.error("--tokens, --calls and --repeats must be >= 1")
     try:
-        cfg = resolve_shape_spec(args.shape)
+        cfg = resolve_shape(args.shape)
     except ConfigError as exc:
         ap.error(f"--shape: {exc}")
     names = [n for n in args.configs.split(",") if n]

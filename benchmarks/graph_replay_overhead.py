@@ -22,9 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import provenance, write_json
 from fused_host_overhead import best_us
 
-from wattmoe.cost_model.scenarios import resolve_shape_spec
 from wattmoe.errors import ConfigError
-from wattmoe.moe import SimpleMoELayer
+from wattmoe.moe import SimpleMoELayer, resolve_shape
 from wattmoe.moe.graphs import GraphedLayer
 from wattmoe.moe.stacked import stack_signature, stacked_experts
 
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1 or args.repeats < 1:
         ap.error("--calls and --repeats must be >= 1")
     try:  # all shapes first: a bad one later must not cost the rows measured before it
-        cfgs = {spec: resolve_shape_spec(spec) for spec in args.shapes.split(",") if spec}
+        cfgs = {spec: resolve_shape(spec) for spec in args.shapes.split(",") if spec}
     except ConfigError as exc:
         ap.error(f"--shapes: {exc}")
     if not cfgs:

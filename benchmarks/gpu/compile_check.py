@@ -119,7 +119,7 @@ def compile_one(swap: bool, cfg: ft.KernelConfig, *, dtype: str, int4: bool, gat
     wgmma = re.findall(r"wgmma\.mma_async[^;]*;", ptx)
     a_regs = sum(1 for w in wgmma if re.search(r"\}, \{%r", w) or _a_is_regs(w))
     return {
-        **_resource_report(k.asm["cubin"]), **_sass_report(k.asm["cubin"]),
+        **_resource_report(k.asm["cubin"]), **_sass_report(sass),
         "ptxas_serialized_wgmma": _serialization_warnings(ptx, arch), "w_tiles": tiles,
         "mma_loops": mma_loops, "inflight_a_writes": len(hazards),
         "shared_bytes": k.metadata.shared,
@@ -171,6 +171,22 @@ def _written_registers(ins: str) -> set[int]:
     return set(range(int(m.group(1)), int(m.group(1)) + width))
 
 
+def _mma_loops(sass: str, conditional: bool = False) -> list[list[str]]:
+    """The instructions of each loop of the SASS (a branch back to an earlier address: its
+    target to the branch) that has an HGMMA, in order; `conditional`: only loops closed by a
+    predicated branch (a K loop, not the unconditional branches around TMA barrier waits)."""
+    ins = [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.search, sass.splitlines())
+           if m]
+    loops = []
+    for addr, text in ins:
+        jump = _BACK_EDGE.search(text)
+        if jump and int(jump.group(1), 16) < addr and (text.startswith("@") or not conditional):
+            body = [t for a, t in ins if int(jump.group(1), 16) <= a <= addr]
+            if any(t.startswith("HGMMA") for t in body):
+                loops.append(body)
+    return loops
+
+
 def inflight_a_writes(sass: str) -> tuple[int, list[str]]:
     """(loops with MMAs, instructions that write the A registers of an MMA still in flight):
     in each loop, the HGMMAs after the loop's last full wait (`WARPGROUP.DEPBAR.LE gsb0, 0x0`;
@@ -179,19 +195,11 @@ def inflight_a_writes(sass: str) -> tuple[int, list[str]]:
     registers are written before (results/h200/kernels/run88: ptxas reused them in the int4
     down launches' K loop). No writes and at least one loop: a kernel without the hazard; no
     loop: nothing was checked (the disassembly's form may have changed)."""
-    ins = [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.search, sass.splitlines())
-           if m]
-    loops, found = 0, []
-    for addr, text in ins:
-        jump = _BACK_EDGE.search(text)
-        if not jump or int(jump.group(1), 16) >= addr:
-            continue  # not a back edge
-        body = [t for a, t in ins if int(jump.group(1), 16) <= a <= addr]
+    loops = _mma_loops(sass)
+    found = []
+    for body in loops:
         waits = [k for k, t in enumerate(body) if _FULL_WAIT.match(t)]
         mmas = [k for k, t in enumerate(body) if t.startswith("HGMMA")]
-        if not mmas:
-            continue
-        loops += 1
         regs: set[int] = set()
         for t in body[(waits[-1] if waits else -1) + 1:]:
             a = _HGMMA_A.search(t)
@@ -201,7 +209,7 @@ def inflight_a_writes(sass: str) -> tuple[int, list[str]]:
         # none in the loop, all of it)
         window = body[mmas[-1] + 1:] + body[:waits[0]] if waits else body
         found += [t for t in window if _written_registers(t) & regs]
-    return loops, found
+    return len(loops), found
 
 
 def _tool_output(name: str, args: list[str], cubin: bytes) -> str:
@@ -228,23 +236,11 @@ def _resource_report(cubin: bytes) -> dict[str, int]:
             "stack_bytes": int(stack.group(1)) if stack else 0}
 
 
-def _sass_report(cubin: bytes) -> dict[str, int]:
-    """From the SASS: instructions in the main K loop (the longest backward branch whose body
-    has an HGMMA), and the kernel's HGMMA and `WARPGROUP.DEPBAR` (wgmma wait) counts."""
-    lines = _tool_output("cuobjdump", ["-sass"], cubin).splitlines()
-    addr = {i: int(m.group(1), 16) for i, line in enumerate(lines)
-            if (m := re.search(r"/\*([0-9a-f]{4,})\*/\s+\S", line))}
-    loop = 0
-    for line in lines:
-        m = re.search(r"/\*([0-9a-f]+)\*/\s+@!?U?P\w+ BRA (0x[0-9a-f]+)", line)
-        if m and int(m.group(2), 16) < int(m.group(1), 16):
-            lo, hi = int(m.group(2), 16), int(m.group(1), 16)
-            body = [lines[j] for j, a in addr.items() if lo <= a <= hi]
-            if any("HGMMA" in b for b in body):
-                loop = max(loop, len(body))
-    sass = "\n".join(lines)
-    return {"k_loop_instructions": loop, "hgmma": sass.count("HGMMA."),
-            "wgmma_waits": sass.count("WARPGROUP.DEPBAR")}
+def _sass_report(sass: str) -> dict[str, int]:
+    """From the SASS: instructions in the main K loop (the longest loop with an HGMMA), and the
+    kernel's HGMMA and `WARPGROUP.DEPBAR` (wgmma wait) counts."""
+    return {"k_loop_instructions": max(map(len, _mma_loops(sass, conditional=True)), default=0),
+            "hgmma": sass.count("HGMMA."), "wgmma_waits": sass.count("WARPGROUP.DEPBAR")}
 
 
 def _serialization_warnings(ptx: str, arch: int) -> list[str]:

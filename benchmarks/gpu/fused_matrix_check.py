@@ -30,9 +30,13 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
 from kernels_bench import layer_reference, rel_err, topk_violations  # noqa: E402
 
-from wattmoe.cost_model.scenarios import resolve_shape_spec  # noqa: E402
 from wattmoe.errors import ConfigError  # noqa: E402
-from wattmoe.moe import MoEConfig, SimpleMoELayer, build_dispatch  # noqa: E402
+from wattmoe.moe import (  # noqa: E402
+    MoEConfig,
+    SimpleMoELayer,
+    build_dispatch,
+    resolve_shape,
+)
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[tuple[str, MoEConfig]] = []
     for case in (c for c in args.cases.split(",") if c):
         try:
-            cases.append((case, resolve_shape_spec(case)))
+            cases.append((case, resolve_shape(case)))
         except (ConfigError, ValueError) as exc:
             ap.error(f"--cases: {case!r}: {exc}")
     try:

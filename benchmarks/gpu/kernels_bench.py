@@ -48,10 +48,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
-from wattmoe.cost_model.scenarios import resolve_shape_spec  # noqa: E402
 from wattmoe.cost_model.work import int4_weight_bytes  # noqa: E402
 from wattmoe.errors import ConfigError  # noqa: E402
-from wattmoe.moe import MoEConfig, SimpleMoELayer, build_dispatch, dequantize_int4  # noqa: E402
+from wattmoe.moe import (  # noqa: E402
+    MoEConfig,
+    SimpleMoELayer,
+    build_dispatch,
+    dequantize_int4,
+    resolve_shape,
+)
 from wattmoe.moe import fused_route as fr  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.autoselect import AUTO  # noqa: E402
@@ -80,7 +85,7 @@ def default_shapes(device: torch.device) -> str:
 def shape_config(spec: str, scale: float = 1.0) -> MoEConfig:
     """The config of one shape spec, its widths also multiplied by `scale`.
 
-    A spec is what `resolve_shape_spec` reads, as in the sibling benchmarks: a preset
+    A spec is what `resolve_shape` reads, as in the sibling benchmarks: a preset
     ('olmoe-1b-7b'), a preset at a width scale ('olmoe-1b-7b@0.25') or a shape key
     ('h2048_f1408_swiglu_e60_k4'). step_profile.py reads its --shape with this function too.
 
@@ -89,7 +94,7 @@ def shape_config(spec: str, scale: float = 1.0) -> MoEConfig:
             number or overflows a width (the message starts with the spec).
     """
     try:
-        cfg = resolve_shape_spec(spec)
+        cfg = resolve_shape(spec)
         return cfg if scale == 1 else cfg.scaled(scale)
     except ConfigError as exc:
         msg = str(exc)

@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _meta import provenance, write_json
 from kernels_bench import poison, reference, routing
 
-from wattmoe.cost_model.scenarios import resolve_shape_spec
-from wattmoe.moe import SimpleMoELayer
+from wattmoe.moe import SimpleMoELayer, resolve_shape
 from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.quant import int4_group_size
 from wattmoe.moe.stacked import stacked_experts
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     """Returns the number of bad steps (non-finite or relative error over 2e-2)."""
     args = parse_args(argv)
     dev = torch.device(args.device)
-    cfg = resolve_shape_spec(args.shape)
+    cfg = resolve_shape(args.shape)
     quantized = args.weights == "int4"
     specs = [c.strip() for c in args.config.split(",") if c.strip()]
     pairs = {c: resolve(c, quantized) for c in specs}

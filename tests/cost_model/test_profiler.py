@@ -19,14 +19,15 @@ from wattmoe.cost_model.profiler import (
     shortest_accurate_window_s,
 )
 from wattmoe.cost_model.runner import run_profile
-from wattmoe.cost_model.scenarios import Scenario, SweepConfig, build_sweep, resolve_shape_spec
+from wattmoe.cost_model.scenarios import Scenario, SweepConfig, build_sweep
+from wattmoe.moe import resolve_shape
 
 FAST = {"min_window_s": 0.03, "cooldown_max_s": 0.0, "torch_profiler": False, "reps": 10,
         "idle_window": False}
 
 
 def tiny(op: str = "expert", n: int = 8, dtype: str = "fp32") -> Scenario:
-    return Scenario(op, resolve_shape_spec("tiny"), dtype, "cpu", n)
+    return Scenario(op, resolve_shape("tiny"), dtype, "cpu", n)
 
 
 def test_energy_is_window_energy_over_calls(fake_monitor) -> None:

@@ -17,10 +17,9 @@ from wattmoe.cost_model.scenarios import (
     build_sweep,
     log_tokens,
     moe_backends,
-    resolve_shape_spec,
 )
 from wattmoe.cost_model.work import int4_group
-from wattmoe.moe import QuantizedExpert, int4_group_size
+from wattmoe.moe import QuantizedExpert, int4_group_size, resolve_shape
 
 
 def test_log_tokens() -> None:
@@ -55,8 +54,8 @@ def test_sweep_config_rejects_bad_values() -> None:
 
 
 def test_shape_specs() -> None:
-    assert resolve_shape_spec("olmoe-1b-7b@0.25").hidden_size == 512
-    cfg = resolve_shape_spec("h2048_f1408_swiglu_e60_k4")
+    assert resolve_shape("olmoe-1b-7b@0.25").hidden_size == 512
+    cfg = resolve_shape("h2048_f1408_swiglu_e60_k4")
     assert (cfg.hidden_size, cfg.expert_inner_size, cfg.num_experts, cfg.top_k) == (2048, 1408,
                                                                                    60, 4)
     assert OpShape.from_key("h2048_f1408_swiglu") == OpShape(2048, 1408)
@@ -77,14 +76,14 @@ def test_shape_key_that_parses_but_is_invalid_says_why(key: str, why: str) -> No
                          + ["moe_layer:loop", "moe_layer_int4:loop"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_every_op_runs(op: str, dtype: str) -> None:
-    fn = build_runner(Scenario(op, resolve_shape_spec("tiny"), dtype, "cpu", 16))
+    fn = build_runner(Scenario(op, resolve_shape("tiny"), dtype, "cpu", 16))
     with torch.inference_mode():
         fn()
 
 
 def test_copies_need_a_gpu() -> None:
     with pytest.raises(CostModelError, match="needs a cuda device"):
-        build_runner(Scenario("h2d_copy", resolve_shape_spec("tiny"), "fp32", "cpu", 4))
+        build_runner(Scenario("h2d_copy", resolve_shape("tiny"), "fp32", "cpu", 4))
 
 
 def test_work_counts() -> None:
@@ -187,7 +186,7 @@ def test_int4_layer_work_reads_packed_weights() -> None:
 
 
 def test_int4_layer_memory_holds_packed_and_dense_weights() -> None:
-    tiny = resolve_shape_spec("tiny")
+    tiny = resolve_shape("tiny")
     dense = Scenario("moe_layer:loop", tiny, "bf16", "cpu", 16).memory_bytes()
     int4 = Scenario("moe_layer_int4:loop", tiny, "bf16", "cpu", 16).memory_bytes()
     packed = 8 * 3 * 64 * 128 * (0.5 + 2 / 64)  # tiny: E=8, H=64, F=128, int4 group 64
@@ -196,7 +195,7 @@ def test_int4_layer_memory_holds_packed_and_dense_weights() -> None:
 
 @pytest.mark.parametrize("backend", moe_backends("cpu", "bf16"))
 def test_int4_layer_runner_quantizes_the_layer(backend: str) -> None:
-    fn = build_runner(Scenario(f"moe_layer_int4:{backend}", resolve_shape_spec("tiny"), "bf16",
+    fn = build_runner(Scenario(f"moe_layer_int4:{backend}", resolve_shape("tiny"), "bf16",
                                "cpu", 16))
     layer = inspect.getclosurevars(fn).nonlocals["layer"]
     assert layer.backend_name == backend and not layer.training
@@ -215,7 +214,7 @@ def test_shape_key_with_parts_it_cannot_read_is_refused(key: str) -> None:
         OpShape.from_key(key)
 
 
-def test_resolve_shape_spec_scales_a_shape_key() -> None:
-    cfg = resolve_shape_spec("h96_f200_relu_e6_k3@0.5")
+def test_resolve_shape_scales_a_shape_key() -> None:
+    cfg = resolve_shape("h96_f200_relu_e6_k3@0.5")
     assert (cfg.hidden_size, cfg.expert_inner_size, cfg.num_experts, cfg.top_k) == (64, 128,
                                                                                    6, 3)

@@ -268,10 +268,10 @@ class KernelCostModel:
             for c in curves:
                 if shape in c.presets or shape == c.shape.key:
                     return c.shape
-            from wattmoe.cost_model.scenarios import resolve_shape_spec
+            from wattmoe.moe import resolve_shape
 
             try:
-                return OpShape.from_config(resolve_shape_spec(shape)).for_op(op)
+                return OpShape.from_config(resolve_shape(shape)).for_op(op)
             except CostModelError:
                 raise
             except ConfigError as exc:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from wattmoe.cost_model.scenarios import Scenario, build_runner, resolve_shape_spec
+from wattmoe.cost_model.scenarios import Scenario, build_runner
+from wattmoe.moe import resolve_shape
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
-    sc = Scenario(spec["op"], resolve_shape_spec(spec["shape"]), spec["dtype"], spec["device"],
+    sc = Scenario(spec["op"], resolve_shape(spec["shape"]), spec["dtype"], spec["device"],
                   int(spec["tokens"]))
     fn = build_runner(sc)
     with torch.inference_mode():

@@ -59,16 +59,6 @@ def log_tokens(lo: int = 1, hi: int = 8192, factor: float = 4.0) -> tuple[int, .
     return tuple(sorted(set(out)))
 
 
-def resolve_shape_spec(spec: str) -> MoEConfig:
-    """A preset ('olmoe-1b-7b', 'olmoe-1b-7b@0.25') or a shape key ('h2048_f1408_swiglu_e60_k4',
-    'h2048_f1408_swiglu_e60_k4@0.5'): `wattmoe.moe.resolve_shape`.
-
-    Raises:
-        ConfigError: an unknown preset, an unreadable shape key or scale, invalid sizes.
-    """
-    return resolve_shape(spec)
-
-
 @dataclass(frozen=True)
 class Scenario:
     """One isolated profiling case."""
@@ -206,7 +196,7 @@ def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
         CostModelError: a CUDA device this process cannot use.
     """
     check_devices_present(cfg.devices)
-    configs = [resolve_shape_spec(s) for s in cfg.shapes]
+    configs = [resolve_shape(s) for s in cfg.shapes]
     out: list[Scenario] = []
     notes: list[str] = []
     seen: set[tuple[str, str, str, str, int]] = set()

@@ -725,14 +725,14 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
         BLOCK_K=cfg.block_k, W_TMA=w_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if cfg.swap or qgroup is not None:
-        split = (qgroup is not None and not gated and int4_dequant in (3, 4)
-                 and cfg.int4_split_dequant and not cfg.int4_inflight_mma
+        # a non-gated int4 launch waits for each K step's MMAs or unpacks in halves
+        guard = qgroup is not None and not gated and not cfg.int4_inflight_mma
+        split = (guard and int4_dequant in (3, 4) and cfg.int4_split_dequant
                  and cfg.block_n <= INT4_SPLIT_MAX_ROWS)
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
                     TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, W_TILES=tiles,
-                    INT4_SPLIT=split, INT4_WAIT=qgroup is not None and not gated
-                    and not split and not cfg.int4_inflight_mma)
+                    INT4_SPLIT=split, INT4_WAIT=guard and not split)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
