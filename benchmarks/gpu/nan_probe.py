@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _meta import provenance, write_json
 from kernels_bench import poison, reference, routing
 
+from wattmoe.errors import ConfigError
 from wattmoe.moe import SimpleMoELayer, resolve_shape
 from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.quant import int4_group_size
@@ -57,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "the last MMA of a K step left in flight, as before run 89), ':whole' "
                          "or ':split' (int4 dequantization at once or in halves); "
                          "every repeat runs each of them on the same tokens and routing")
-    ap.add_argument("--routing", default="uniform", help="uniform, skewed, hot, capacity")
+    ap.add_argument("--routing", default="uniform",
+                    choices=("uniform", "skewed", "hot", "capacity", "single"))
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--poison-mb", type=int, default=4096,
                     help="MB of the caching allocator poisoned before each step")
@@ -115,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     """Returns the number of bad steps (non-finite or relative error over 2e-2)."""
     args = parse_args(argv)
     dev = torch.device(args.device)
-    cfg = resolve_shape(args.shape)
+    try:
+        cfg = resolve_shape(args.shape)
+    except ConfigError as exc:
+        raise SystemExit(f"error: --shape: {exc}") from None
     quantized = args.weights == "int4"
     specs = [c.strip() for c in args.config.split(",") if c.strip()]
     pairs = {c: resolve(c, quantized) for c in specs}

@@ -1151,6 +1151,8 @@ def test_nan_probe_runs_on_the_cpu(tmp_path, no_fallback: None) -> None:
                      ("w64t16fpx:inflight:split", "does not go with :split")):
         with pytest.raises(SystemExit, match=why):
             probe.main(["--device", "cpu", "--shape", "tiny", "--config", bad])
+    with pytest.raises(SystemExit, match="--shape: unknown preset 'nope'"):
+        probe.main(["--device", "cpu", "--shape", "nope"])
     with pytest.raises(SystemExit, match="are for --weights int4"):
         probe.main(["--device", "cpu", "--shape", "tiny", "--weights", "bf16", "--config",
                     "m16:inflight"])
