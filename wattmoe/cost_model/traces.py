@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,21 @@ import torch
 from wattmoe.cost_model.base import KernelTime
 
 log = logging.getLogger(__name__)
+
+# torch's profiler library (kineto) writes "USDT: ... profiler_start" and "... profiler_stop" to
+# stderr at every capture, two lines per scenario of a sweep. Its levels put errors (4) below
+# those lines (5), so hiding them hides its errors too: a capture that finds no kernel says
+# how to see them (`_quiet_kineto`). A level the user set is kept.
+KINETO_LEVEL_ENV = "KINETO_LOG_LEVEL"
+_KINETO_QUIET = "6"
+
+
+def _quiet_kineto() -> bool:
+    """Sets kineto's log level above its per-capture lines unless the user chose one; True if
+    this call (or an earlier one) set it. Read when the profiler library first starts."""
+    if KINETO_LEVEL_ENV not in os.environ:
+        os.environ[KINETO_LEVEL_ENV] = _KINETO_QUIET
+    return os.environ[KINETO_LEVEL_ENV] == _KINETO_QUIET
 
 
 def _device_time_us(evt: Any) -> float:
@@ -36,6 +52,7 @@ def capture_kernels(
     the aten ops by self CPU time. At most `top` entries, longest first. With
     `tensorboard_dir`, also writes a TensorBoard trace there (`trace_name` as worker name).
     """
+    quiet = _quiet_kineto()
     from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
 
     cuda = device.startswith("cuda")
@@ -62,5 +79,11 @@ def capture_kernels(
             if t_us <= 0 or not str(evt.key).startswith("aten::"):
                 continue
         out.append(KernelTime(str(evt.key), evt.count / reps, t_us * 1e-6 / reps))
+    if not out and quiet:
+        log.warning(
+            "torch.profiler saw no %s in %s; its library's messages are hidden (%s=%s): "
+            "run with %s=0 to see them",
+            "CUDA kernel" if cuda else "aten op", trace_name, KINETO_LEVEL_ENV, _KINETO_QUIET,
+            KINETO_LEVEL_ENV)
     out.sort(key=lambda k: k.device_time_s, reverse=True)
     return out[:top]
