@@ -43,7 +43,8 @@ def test_profile_to_cost_model_to_placement(cpu_profile: Path) -> None:
                                     "swiglu", "fp32")
     cost = model.get_cost("expert", 16, "cpu", "fp32", shape="tiny")
     assert lat == pytest.approx(cost.latency_s) and energy == pytest.approx(cost.energy_j)
-    assert cost.method == "profiled" and lat > 0 and energy > 0
+    # a point measured here may fall below a smaller batch's (noise): made monotone, it says so
+    assert cost.method in ("profiled", "profiled (monotone)") and lat > 0 and energy > 0
     # no RAPL on CI machines: the CPU's energy is an estimate and says so
     assert cost.source in ("estimated", "measured")
 

@@ -58,7 +58,8 @@ def test_profile_measures_int4_layer_steps(tmp_path: Path, capsys) -> None:
     assert main(["cost", "--profile", str(out), "--op", "moe_layer_int4:loop", "--device",
                  "cpu", "--dtype", "fp32", "--tokens", "4", "--json"]) == 0
     by_op = json.loads(capsys.readouterr().out)
-    assert by_op[0]["method"] == "interpolated"
+    # "(monotone)" where the 8-token step measured faster than the 1-token one (noise)
+    assert by_op[0]["method"] in ("interpolated", "interpolated (monotone)")
     # --backend NAME --int4 is the same query as --op moe_layer_int4:NAME
     assert main(["cost", "--profile", str(out), "--backend", "loop", "--int4", "--device",
                  "cpu", "--dtype", "fp32", "--tokens", "4", "--json"]) == 0

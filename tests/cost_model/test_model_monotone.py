@@ -1,5 +1,7 @@
 """A step of more tokens is never predicted to cost less: time and energy per call are
-non-decreasing in tokens for shapes that were never profiled; profiled points stay as measured.
+non-decreasing in tokens, for profiled shapes and for shapes that were never profiled. The
+measured points stay as measured in the profile and in `KernelCostModel.curves`; an answer that
+rests on a point made monotone says so in its method ('profiled (monotone)', ...).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tests.cost_model.conftest import (
 from wattmoe.cost_model import KernelCostModel, OpShape
 from wattmoe.cost_model.base import layer_op
 from wattmoe.cost_model.fit import monotone_log
+from wattmoe.cost_model.model import monotone
 from wattmoe.moe import resolve_shape
 
 H200 = Path(__file__).resolve().parents[2] / "data" / "profiles" / "h200.json"
@@ -77,13 +80,56 @@ def test_an_unprofiled_shape_does_not_copy_an_anchors_fall(shape: OpShape) -> No
     assert falls([c.energy_j for c in costs]) == []
 
 
-def test_the_noisy_measurement_itself_is_kept() -> None:
+def test_a_falling_profiled_curve_is_answered_monotone() -> None:
+    """SHAPE_A's 4-token point, measured 2x too slow and too costly, costs more than its
+    16-token (and 64-token) neighbours: the answers there are their pooled geometric mean,
+    labelled so, and never fall over any batch size; the measurement is kept as it was."""
     db = noisy_db()
+    p4 = next(p for p in db.points if (p.shape, p.tokens) == (SHAPE_A, 4))
+    measured = (p4.latency_s, p4.energy_j)
     m = KernelCostModel(db)
-    p = next(p for p in db.points if (p.shape, p.tokens) == (SHAPE_A, 4))
-    c = m.get_cost("expert", 4, "cuda:0", "bf16", shape=SHAPE_A)
-    assert c.method == "profiled"
-    assert (c.latency_s, c.energy_j) == pytest.approx((p.latency_s, p.energy_j), rel=1e-12)
+    (curve,) = [c for c in m.shapes("expert", "cuda:0", "bf16") if c.shape == SHAPE_A]
+    assert np.all(np.diff(curve.latency_s) >= 0) is np.False_  # the measurements fall ...
+    assert (p4.latency_s, p4.energy_j) == measured  # ... and are not altered
+    assert curve.latency_s[1] == p4.latency_s and curve.energy_j[1] == p4.energy_j
+    pooled = curve.adjusted
+    assert pooled[1] and not pooled[0] and not pooled[-1]
+    costs = [m.get_cost("expert", int(n), "cuda:0", "bf16", shape=SHAPE_A) for n in GRID]
+    assert falls([c.latency_s for c in costs]) == []
+    assert falls([c.energy_j for c in costs]) == []
+    for n, lat, en, moved in zip(curve.tokens, curve.latency_s, curve.energy_j, pooled):
+        c = m.get_cost("expert", int(n), "cuda:0", "bf16", shape=SHAPE_A)
+        if moved:
+            assert c.method == "profiled (monotone)"
+            assert (c.latency_s, c.energy_j) != pytest.approx((lat, en), rel=1e-9)
+        else:
+            assert c.method == "profiled"
+            assert (c.latency_s, c.energy_j) == pytest.approx((lat, en), rel=1e-12)
+        # energy = mean power x time per call still holds (window latency basis)
+        assert c.avg_power_w == pytest.approx(c.energy_j / c.latency_s, rel=1e-9)
+    # the pooled run is the geometric mean of the measurements it holds
+    run = np.flatnonzero(pooled)
+    c4 = m.get_cost("expert", 4, "cuda:0", "bf16", shape=SHAPE_A)
+    assert c4.latency_s == pytest.approx(math.exp(np.mean(np.log(curve.latency_s[run]))),
+                                         rel=1e-12)
+    assert m.get_cost("expert", 2, "cuda:0", "bf16", shape=SHAPE_A).method == (
+        "interpolated (monotone)")
+
+
+def test_monotone_keeps_what_is_in_order_and_marks_what_moved() -> None:
+    lat = np.array([1.0, 3.0, 2.0, 5.0])
+    en = np.array([1.0, float("nan"), 2.0, 4.0])
+    avg = np.array([100.0, 200.0, 100.0, 80.0])
+    fl, fe, fa, adj = monotone(lat, en, avg)
+    assert adj.tolist() == [False, True, True, False]
+    assert fl[0] == 1.0 and fl[3] == 5.0 and fl[1] == fl[2] == pytest.approx(math.sqrt(6))
+    assert np.isnan(fe[1]) and fe.tolist()[::2] == [1.0, 2.0]
+    # a moved point keeps its power over energy / latency
+    np.testing.assert_allclose(fa, [100.0, 200 * 3 / math.sqrt(6), 100 * 2 / math.sqrt(6), 80.0])
+    ordered = np.array([0.445, 0.582, 0.6445, 4.70])
+    fl, fe, fa, adj = monotone(ordered, 2 * ordered, np.full(4, 2.0))
+    assert not adj.any()
+    assert fl.tobytes() == ordered.tobytes() and fe.tobytes() == (2 * ordered).tobytes()
 
 
 def test_a_prediction_already_in_order_is_unchanged(linear_db) -> None:
@@ -142,20 +188,56 @@ def test_h200_fused_step_of_a_custom_shape(h200) -> None:
         assert c512.energy_j >= c64.energy_j
 
 
-@pytest.mark.parametrize(("op", "energy_rises"), [("moe_layer:fused", True),
-                                                  ("moe_layer_int4:fused", True),
-                                                  ("expert", False)])
-def test_h200_a_profiled_shape_is_answered_as_measured(h200, op: str, energy_rises: bool) -> None:
-    """OLMoE is profiled: its measured points come back as measured (a fall between them, as
-    the expert's energy from 4 to 16 tokens, is kept: it was measured), and where its
-    measurements rise (the fused steps' energy) so does every answer between and beyond them."""
+def test_h200_fused_graph_int4_step_of_olmoe(h200) -> None:
+    """The case that was found on a profiled shape: an int4 fused_graph step of 512 OLMoE
+    tokens answered faster than one of 64 (517.7 against 518.4 us measured, host-bound)."""
+    op = "moe_layer_int4:fused_graph"
     (curve,) = [c for c in h200.shapes(op, "cuda:0", "bf16") if "olmoe-1b-7b" in c.presets]
-    for n, lat, en in zip(curve.tokens, curve.latency_s, curve.energy_j):
-        c = h200.get_cost(op, int(n), "cuda:0", "bf16", shape="olmoe-1b-7b")
-        assert c.method == "profiled"
-        assert (c.latency_s, c.energy_j) == pytest.approx((lat, en), rel=1e-12)
-    assert bool(np.all(np.diff(curve.energy_j) >= 0)) == energy_rises
-    if energy_rises:
-        energy = [h200.get_cost(op, int(n), "cuda:0", "bf16", shape=curve.shape).energy_j
-                  for n in GRID]
-        assert falls(energy) == []
+    c64, c512 = (h200.get_cost(op, n, "cuda:0", "bf16", shape="olmoe-1b-7b") for n in (64, 512))
+    assert c512.latency_s >= c64.latency_s
+    assert c512.energy_j >= c64.energy_j
+    assert (c64.method, c512.method) == ("profiled (monotone)", "interpolated (monotone)")
+    assert curve.latency_s[curve.tokens == 64][0] == pytest.approx(518.429e-6, rel=1e-5)
+
+
+@pytest.mark.parametrize("basis", ["window", "median"])
+def test_h200_every_profiled_curve_costs_more_with_more_tokens(basis: str) -> None:
+    """Every profiled (op, dtype, shape) of the H200 profile, on both latency bases: its
+    answers never fall over the batch sizes, its measured points are kept in `curves`, and
+    only the answers that rest on a moved point are labelled so."""
+    m = KernelCostModel.load(H200, basis)
+    bad = []
+    moved_curves = 0
+    for (op, dev, dt, _), curve in sorted(m.curves.items()):
+        costs = [m.get_cost(op, int(n), dev, dt, shape=curve.shape) for n in GRID]
+        for what in ("latency_s", "energy_j"):
+            if i := falls([getattr(c, what) for c in costs]):
+                bad.append(f"{op} {dt} {curve.shape.key} {what} at {GRID[i[0]]}")
+        moved_curves += bool(curve.adjusted.any())
+        pts = sorted((p for p in m.db.points if (p.op, p.device, p.dtype, p.shape) ==
+                      (op, dev, dt, curve.shape)), key=lambda p: p.tokens)
+        assert curve.energy_j.tolist() == [p.energy_j if p.energy_j is not None else
+                                           pytest.approx(float("nan"), nan_ok=True) for p in pts]
+        for n, moved in zip(curve.tokens, curve.adjusted):
+            c = m.get_cost(op, int(n), dev, dt, shape=curve.shape)
+            assert c.method.endswith("(monotone)") == bool(moved), (op, n)
+        if not curve.adjusted.any():
+            assert not any(c.method.endswith("(monotone)") for c in costs)
+    assert bad == []
+    assert moved_curves > 0  # host-bound measurements do fall on this profile
+
+
+def test_h200_curves_in_order_are_answered_bit_for_bit_as_before(h200, monkeypatch) -> None:
+    """A profiled curve whose measurements never fall gets the same answers, to the bit, as
+    a model that does not make curves monotone."""
+    import wattmoe.cost_model.model as model_mod
+
+    in_order = [c for c in h200.curves.values() if not c.adjusted.any()]
+    assert in_order
+    monkeypatch.setattr(model_mod, "monotone_log", lambda v: np.array(v, dtype=float))
+    plain = KernelCostModel.load(H200)
+    for c in in_order:
+        for n in GRID[::7]:
+            got = h200.get_cost(c.op, int(n), c.device, c.dtype, shape=c.shape)
+            want = plain.get_cost(c.op, int(n), c.device, c.dtype, shape=c.shape)
+            assert got == want, (c.op, c.shape.key, n)

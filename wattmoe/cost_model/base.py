@@ -187,7 +187,10 @@ class KernelCost:
         method: 'profiled' (a measured point), 'interpolated' (between profiled batch
             sizes), 'extrapolated' (beyond them, by the fitted per-device model), or
             'shape-model' (a shape never profiled, by the fitted models anchored on the
-            nearest profiled shapes; non-decreasing in tokens).
+            nearest profiled shapes; non-decreasing in tokens). Answers are non-decreasing
+            in tokens: a profiled curve whose measurements fall is answered from its points
+            made monotone, and the answers that rest on a moved point are marked
+            'profiled (monotone)', 'interpolated (monotone)' or 'extrapolated (monotone)'.
     """
 
     latency_s: float

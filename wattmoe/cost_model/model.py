@@ -2,7 +2,7 @@
 
 A query `get_cost(op, tokens, device, dtype, shape)` is answered, in order, by:
 
-1. the profiled point itself ('profiled');
+1. the profiled point itself ('profiled'; 'profiled (monotone)' where it was moved, below);
 2. interpolation between the two profiled batch sizes around `tokens`, linear in
    (log tokens, log latency) and (log tokens, log energy) ('interpolated');
 3. beyond the profiled sizes, the nearest profiled point scaled by the fitted per-device
@@ -14,13 +14,16 @@ A query `get_cost(op, tokens, device, dtype, shape)` is answered, in order, by:
    batch sizes it moves as the query shape's model does, beyond them it is extrapolated as
    in 3 ('shape-model'; `KernelCostModel._shape_curve`).
 
-Monotone in tokens: a call on more tokens does the same work and more, so for a shape that
-was never profiled latency and energy per call never fall as tokens grow (up to rounding).
-A profiled curve is answered from its measurements, which are not altered: where they fall
-(host-bound points, measured with up to 2x of noise between leases, see
-results/h200/cost_model/README.md), no curve through both points can rise, and the
-interpolation between them falls too; elsewhere, between points that rise and beyond the
-last one (the fitted models are non-decreasing in tokens), the answers rise.
+Monotone in tokens: a call on more tokens does the same work and more, so latency and
+energy per call never fall as tokens grow (up to rounding), for profiled shapes and unprofiled
+ones alike. A profiled curve's measurements fall in places (host-bound points, measured with up
+to 2x of noise between leases, see results/h200/cost_model/README.md): its answers are read
+from its points made non-decreasing in tokens (`monotone`: isotonic regression in log space,
+`fit.monotone_log`; a run that falls is pooled to its geometric mean, points in order are kept
+bit for bit). The measurements themselves are not altered (the profile, `ProfilePoint`,
+`Curve.latency_s` / `energy_j`); an answer that rests on a moved point says so in its method:
+'profiled (monotone)', 'interpolated (monotone)', 'extrapolated (monotone)'. Between the points
+and beyond the last one (the fitted models are non-decreasing in tokens) the answers rise.
 
 The fitted models are `LatencyModel` per (device, dtype, op) and `EnergyModel` per (device,
 dtype): idle/static power plus energy per FLOP and per byte, fitted by least squares.
@@ -78,7 +81,13 @@ def point_latency(p: ProfilePoint, basis: str = "window") -> float:
 
 @dataclass
 class Curve:
-    """One (op, device, dtype, shape) measured over batch sizes, sorted by tokens."""
+    """One (op, device, dtype, shape) measured over batch sizes, sorted by tokens.
+
+    `latency_s`, `energy_j` and `avg_power_w` hold the measurements (or, for a predicted
+    curve, the predicted points). The answers are read from `fit_latency_s`, `fit_energy_j`
+    and `fit_avg_power_w`: the same, made non-decreasing in tokens (`monotone`); `adjusted`
+    marks the points whose latency or energy that moved. Left out, they are computed.
+    """
 
     op: str
     device: str
@@ -91,6 +100,15 @@ class Curve:
     avg_power_w: np.ndarray  # the window's mean power; NaN where unknown
     peak_power_w: np.ndarray  # NaN where unknown
     source: str
+    fit_latency_s: np.ndarray = field(default=None)  # type: ignore[assignment]
+    fit_energy_j: np.ndarray = field(default=None)  # type: ignore[assignment]
+    fit_avg_power_w: np.ndarray = field(default=None)  # type: ignore[assignment]
+    adjusted: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.fit_latency_s is None:
+            self.fit_latency_s, self.fit_energy_j, self.fit_avg_power_w, self.adjusted = (
+                monotone(self.latency_s, self.energy_j, self.avg_power_w))
 
     @classmethod
     def of(cls, pts: list[ProfilePoint], basis: str = "window") -> Curve:
@@ -110,6 +128,31 @@ class Curve:
     @property
     def has_energy(self) -> bool:
         return bool(np.any(np.isfinite(self.energy_j)))
+
+
+def monotone(latency_s: np.ndarray, energy_j: np.ndarray, avg_power_w: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(latency, energy, window power, adjusted) of a curve's points made non-decreasing in
+    tokens: latency and energy per call each by `fit.monotone_log` (a run that falls is pooled
+    to its geometric mean; points in order are returned bit for bit). A moved point keeps its
+    window power over energy/latency (1 on the window basis), so power = energy / latency
+    holds as measured; `adjusted` is True where latency or energy moved."""
+    lat, en = monotone_log(latency_s), monotone_log(energy_j)
+    adjusted = ((lat != latency_s) & np.isfinite(latency_s)) | ((en != energy_j)
+                                                                & np.isfinite(energy_j))
+    avg = np.array(avg_power_w, dtype=float)
+    if np.any(adjusted):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r_en = np.where(np.isfinite(energy_j), en / energy_j, 1.0)
+            moved = avg_power_w * r_en / (lat / latency_s)
+        avg = np.where(adjusted, moved, avg)
+    return lat, en, avg, adjusted
+
+
+def monotone_method(method: str, moved: bool) -> str:
+    """`method`, marked ' (monotone)' where the answer rests on a point that `monotone`
+    moved."""
+    return f"{method} (monotone)" if moved else method
 
 
 def _loglog(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
@@ -304,8 +347,8 @@ class KernelCostModel:
         la = self._model_latency(c.op, c.device, c.dtype, anchor_tokens, anchor_shape)
         if lq is None or la is None:
             # too few points for a model: continue the last measured power law
-            lat_r = self._powerlaw_ratio(c.tokens, c.latency_s, tokens, anchor_tokens)
-            en_r = self._powerlaw_ratio(c.tokens, c.energy_j, tokens, anchor_tokens)
+            lat_r = self._powerlaw_ratio(c.tokens, c.fit_latency_s, tokens, anchor_tokens)
+            en_r = self._powerlaw_ratio(c.tokens, c.fit_energy_j, tokens, anchor_tokens)
             if shape != anchor_shape:
                 raise CostModelError(
                     f"cannot predict {c.op} at an unprofiled shape on {c.device}/{c.dtype}: "
@@ -331,20 +374,24 @@ class KernelCostModel:
 
     def _curve_cost(self, c: Curve, tokens: int, override: str | None = None) -> KernelCost:
         """`c` at `tokens`: a point of it, interpolated between, or extrapolated beyond its
-        batch sizes; `override` replaces the answer's method (a predicted curve's points are not
-        'profiled')."""
+        batch sizes, read from its non-decreasing points (`Curve.fit_latency_s`, ...); where
+        the answer rests on a point they moved, its method says ' (monotone)'. `override`
+        replaces the answer's method (a predicted curve's points are not 'profiled')."""
         lo, hi = float(c.tokens[0]), float(c.tokens[-1])
         n = float(tokens)
         if lo <= n <= hi:
-            lat = _loglog(n, c.tokens, c.latency_s)
-            en = _loglog(n, c.tokens, c.energy_j)
+            lat = _loglog(n, c.tokens, c.fit_latency_s)
+            en = _loglog(n, c.tokens, c.fit_energy_j)
             peak = _loglin(n, c.tokens, c.peak_power_w)
-            avg = _loglin(n, c.tokens, c.avg_power_w)
+            avg = _loglin(n, c.tokens, c.fit_avg_power_w)
             method = "profiled" if n in c.tokens else "interpolated"
             if method == "profiled" and not np.all(np.isfinite(c.energy_j[c.tokens == n])):
                 # the point's energy window was not measurable: its energy is interpolated
                 # between its neighbours (or predicted below), not looked up
                 method = "interpolated"
+            # the points the answer is read from: the one at n, or the two around it
+            i = int(np.searchsorted(c.tokens, n))
+            moved = bool(np.any(c.adjusted[max(i - 1, 0) if c.tokens[i] != n else i:i + 1]))
             if not math.isfinite(en):
                 en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
                 en = float("nan") if en_m is None else en_m
@@ -352,17 +399,19 @@ class KernelCostModel:
             edge = hi if n > hi else lo
             i = -1 if n > hi else 0
             lat_r, en_r = self._ratio(c, n, edge, c.shape, c.shape)
-            lat = float(c.latency_s[i]) * lat_r
-            en_edge = _loglog(edge, c.tokens, c.energy_j)
+            lat = float(c.fit_latency_s[i]) * lat_r
+            en_edge = _loglog(edge, c.tokens, c.fit_energy_j)
             en = en_edge * en_r if en_r is not None and math.isfinite(en_edge) else float("nan")
             avg = float("nan")
             if not math.isfinite(en):
                 en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
                 en = float("nan") if en_m is None else en_m
             elif en_r is not None:
-                avg = float(c.avg_power_w[i]) * en_r / lat_r
+                avg = float(c.fit_avg_power_w[i]) * en_r / lat_r
             peak = float(c.peak_power_w[i])
             method = "extrapolated"
+            moved = bool(c.adjusted[i])
+        method = monotone_method(method, moved)
         return self._finish(c, lat, en, peak, method if override is None else override, avg)
 
     def _finish(self, c: Curve, lat: float, en: float, peak: float, method: str,
@@ -397,15 +446,15 @@ class KernelCostModel:
             return self._curve_cost(c, tokens, "shape-model")
         ks = (float(c.tokens[i - 1]), n, float(c.tokens[i]))
         lat_m = [self._model_latency(op, c.device, c.dtype, k, shape) for k in ks]
-        lat = _along(ks, lat_m, c.latency_s[i - 1], c.latency_s[i])
+        lat = _along(ks, lat_m, c.fit_latency_s[i - 1], c.fit_latency_s[i])
         en_m = [None if lm is None else self._model_energy(op, c.device, c.dtype, k, shape, lm)
                 for k, lm in zip(ks, lat_m)]
-        en = _along(ks, en_m, c.energy_j[i - 1], c.energy_j[i])
+        en = _along(ks, en_m, c.fit_energy_j[i - 1], c.fit_energy_j[i])
         if not math.isfinite(en):  # no energy model: answered (or refused) as a curve is
             return self._curve_cost(c, tokens, "shape-model")
         # the points' window power over energy/latency (1 on the window latency basis)
         with np.errstate(invalid="ignore", divide="ignore"):
-            factor = _loglin(n, c.tokens, c.avg_power_w * c.latency_s / c.energy_j)
+            factor = _loglin(n, c.tokens, c.fit_avg_power_w * c.fit_latency_s / c.fit_energy_j)
         return self._finish(c, lat, en, _loglin(n, c.tokens, c.peak_power_w), "shape-model",
                             en / lat * factor)
 
@@ -413,15 +462,15 @@ class KernelCostModel:
         """The curve of an unprofiled `shape`, predicted at the anchors' profiled batch sizes.
 
         The anchors are the profiled shapes of the op nearest in work per token (one each side
-        where possible). At each batch size they profiled, each anchor's cost is scaled by the
-        fitted models' ratio model(shape) / model(anchor), and the two are interpolated in log
-        work. The predicted latencies and energies per call are then made non-decreasing in
-        tokens (`monotone_log`: a run that falls is pooled to its geometric mean; points in
-        order are kept as predicted). A step of more tokens does the same work and more, so
-        its cost cannot fall; a predicted point that does copies an anchor's host-bound
-        points, measured with up to 2x of noise between leases
-        (results/h200/cost_model/README.md). `_shape_cost` reads the curve so that every
-        answer is non-decreasing in tokens.
+        where possible). At each batch size they profiled, each anchor's cost (as `get_cost`
+        answers it: from its non-decreasing points) is scaled by the fitted models' ratio
+        model(shape) / model(anchor), and the two are interpolated in log work. The predicted
+        latencies and energies per call are then made non-decreasing in tokens as a profiled
+        curve's are (`Curve`, `monotone`: a run that falls is pooled to its geometric mean;
+        points in order are kept as predicted): the ratio of two shapes' models need not grow
+        with tokens, and a step of more tokens does the same work and more, so its cost
+        cannot fall. `_shape_cost` reads the curve so that every answer is non-decreasing in
+        tokens.
         """
         key = (op, curves[0].device, curves[0].dtype, shape)
         cached = self._shape_curves.get(key)
@@ -445,12 +494,10 @@ class KernelCostModel:
         knots = np.unique(np.concatenate([c.tokens for c in anchors]))
         rows = np.array([self._shape_point(anchors, int(n), shape, w) for n in knots])
         lat, en, peak, avg = (rows[:, i] for i in range(4))
-        lat_m, en_m = monotone_log(lat), monotone_log(en)
-        # a pooled point keeps its predicted window power, moved with its energy and time
-        with np.errstate(invalid="ignore", divide="ignore"):
-            avg = avg * (en_m / en) / (lat_m / lat)
+        # made non-decreasing as a profiled curve is (`Curve`, `monotone`): a pooled point
+        # keeps its predicted window power, moved with its energy and time
         curve = Curve(op, anchors[0].device, anchors[0].dtype, shape, set(), knots.astype(float),
-                      lat_m, en_m, avg, peak, anchors[0].source)
+                      lat, en, avg, peak, anchors[0].source)
         self._shape_curves[key] = curve
         return curve
 
@@ -553,7 +600,9 @@ class KernelCostModel:
     # --- report -------------------------------------------------------------------------
 
     def fit_report(self) -> FitReport:
-        """Fit errors of the models, and leave-one-out errors of the interpolation."""
+        """Fit errors of the models, and leave-one-out errors of the interpolation: each
+        interior measured point against the answer from the curve's other points, made
+        non-decreasing as `get_cost` makes them (`monotone`)."""
         rep = FitReport()
         for (dev, dt, op), m in sorted(self.latency_models.items()):
             rep.latency[f"{dev}/{dt}/{op}"] = m.error
@@ -566,10 +615,10 @@ class KernelCostModel:
                 keep = np.arange(len(c.tokens)) != i
                 n = float(c.tokens[i])
                 acc = loo[c.device]
-                acc[0].append(_loglog(n, c.tokens[keep], c.latency_s[keep]))
+                acc[0].append(_loglog(n, c.tokens[keep], monotone_log(c.latency_s[keep])))
                 acc[1].append(float(c.latency_s[i]))
                 if math.isfinite(c.energy_j[i]):
-                    e = _loglog(n, c.tokens[keep], c.energy_j[keep])
+                    e = _loglog(n, c.tokens[keep], monotone_log(c.energy_j[keep]))
                     if math.isfinite(e):
                         acc[2].append(e)
                         acc[3].append(float(c.energy_j[i]))
