@@ -52,7 +52,7 @@ from wattmoe.errors import ConfigError  # noqa: E402
 from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 
-VARIANTS = ("table", "fp32", "skipped", "inflight", "whole", "bf16")
+VARIANTS = ("table", "fp32", "skipped", "inflight", "whole", "nibbles", "khalves", "bf16")
 
 
 def run(fn: Callable[[], object], title: str, rec: dict[str, object],
@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                          "dequantization through fp32), skipped (dequantization skipped), "
                          "inflight (its K loops' last MMA left in flight, as before run 89), "
                          "whole (the tile unpacked at once and a wait per K step: run 89), "
+                         "nibbles, khalves (non-gated int4 tiles in nibble halves or K halves "
+                         "whatever their rows: `int4_split_form`), "
                          "bf16 (the bf16 table entry and its down launch's combines)")
     ap.add_argument("--energy", type=float, default=0.0,
                     help="seconds per NVML window on each variant's captured experts step "
@@ -159,6 +161,10 @@ def _diagnose(args: argparse.Namespace, cfg, st, qst, tokens_list: list[int],
                 dataclasses.replace(c, int4_inflight_mma=True) for c in q_pair))),
             "whole": (f"int4 {q_name} unpacked whole, waits (run 89)", (qst, tuple(
                 dataclasses.replace(c, int4_split_dequant=False) for c in q_pair))),
+            "nibbles": (f"int4 {q_name} in nibble halves (run 91)", (qst, tuple(
+                dataclasses.replace(c, int4_split_form=1) for c in q_pair))),
+            "khalves": (f"int4 {q_name} in K halves (session 14)", (qst, tuple(
+                dataclasses.replace(c, int4_split_form=2) for c in q_pair))),
             "bf16": (f"bf16 {b_name}", (st, b_pair)),
         }
         variants = dict(every[v] for v in args.variants)

@@ -10,8 +10,9 @@ the step with the fp32 reference of the same weights. A read of memory the launc
 write, or a race, shows as a non-finite or wrong output in some steps and not others, and the
 record says which tokens and 64-column blocks went wrong (one program's tile, for a race inside
 a launch). Pairs 'A/B' (A's gate/up launch, B's down launch) and modifiers (':sN' stages,
-':inflight', ':whole', ':split') tell the launches and K loops apart. Under `compute-sanitizer
---tool initcheck` (with PYTORCH_NO_CUDA_MEMORY_CACHING=1) it names an uninitialized read.
+':inflight', ':whole', ':split', ':nibbles', ':khalves') tell the launches and K loops apart.
+Under `compute-sanitizer --tool initcheck` (with PYTORCH_NO_CUDA_MEMORY_CACHING=1) it names an
+uninitialized read.
 
     python3 benchmarks/gpu/nan_probe.py --shape mixtral-8x7b --weights int4 --tokens 4096 \\
         --config w64t16fpx,w64t16fpx:inflight --repeats 12 --out $OUT/nan_probe.json
@@ -56,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="fused candidate names or 'A/B' pairs, comma-separated; each may end "
                          "in ':sN' (both launches with N pipeline stages), ':inflight' (int4: "
                          "the last MMA of a K step left in flight, as before run 89), ':whole' "
-                         "or ':split' (int4 dequantization at once or in halves); "
+                         "or ':split' (int4 dequantization at once or in halves), ':nibbles' "
+                         "or ':khalves' (int4: in nibble or K halves on any tile); "
                          "every repeat runs each of them on the same tokens and routing")
     ap.add_argument("--routing", default="uniform",
                     choices=("uniform", "skewed", "hot", "capacity", "single"))
@@ -76,7 +78,8 @@ def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
     pipeline stages in both launches), ':inflight' (int4: the K loop's last MMA left in
     flight across the back edge, as before run 89: `KernelConfig.int4_inflight_mma`), ':whole'
     or ':split' (int4: the tile unpacked at once with a wait per step, or in halves:
-    `KernelConfig.int4_split_dequant`)."""
+    `KernelConfig.int4_split_dequant`), ':nibbles' or ':khalves' (int4: in nibble halves or K
+    halves whatever the tile's rows: `KernelConfig.int4_split_form`)."""
     name, *mods = spec.split(":")
     kind = "int4" if quantized else "bf16"
     pair = ft.resolve_config(name, quantized)
@@ -90,10 +93,14 @@ def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
             changes["int4_inflight_mma"] = True
         elif mod in ("split", "whole") and quantized:
             changes["int4_split_dequant"] = mod == "split"
+        elif mod in ("nibbles", "khalves") and quantized:
+            changes["int4_split_dequant"] = True
+            changes["int4_split_form"] = 1 if mod == "nibbles" else 2
         else:
             raise SystemExit(f"error: {spec!r}: modifier {mod!r} is not one of :sN (N >= 1)"
-                             + (", :inflight, :whole, :split" if quantized else
-                                " (:inflight, :whole and :split are for --weights int4)"))
+                             + (", :inflight, :whole, :split, :nibbles, :khalves" if quantized
+                                else " (:inflight, :whole, :split, :nibbles and :khalves are "
+                                "for --weights int4)"))
     if changes.get("int4_inflight_mma") and changes.get("int4_split_dequant"):
         raise SystemExit(f"error: {spec!r}: :inflight is the whole-tile loop without its wait; "
                          "it does not go with :split")

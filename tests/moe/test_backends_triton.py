@@ -87,24 +87,44 @@ def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator,
         assert rel_err(run(ex, x, d, "m32"), get_backend("loop")(ex, x, d)) < 2e-2
 
 
-@pytest.mark.parametrize("config", ["w64t16fpx", "w64t32r16fp", "w64t16f", "w64t64k32dr16f"])
+@pytest.mark.parametrize("config", ["w64t16fpx", "w64t32r16fp", "w64t16f", "w64t64k32dr16f",
+                                    "w256t32s3w8fpx"])
 def test_fused_int4_in_halves_equals_the_whole_tile(config: str, gen: torch.Generator,
                                                     no_fallback: None) -> None:
-    # the down launch unpacks each K step's tile in halves (low, its MMAs, high; run 91) or
-    # whole with a wait: the same weights, scales (pair words or not), tails and TMA loads, so
-    # the same sums; the interpreter runs the halves' order through fp32 (MODE 4)
+    # the down launch unpacks each K step's tile in nibble halves (low, its MMAs, high; run 91),
+    # in K halves (the first half of the packed columns, both nibbles, its MMAs, then the
+    # second: 256-row tiles, session 14) or whole with a wait: the same weights, scales (pair
+    # words or not), tails and TMA loads, so the same sums (K halves add them in another order);
+    # the interpreter runs the halves' order through fp32 (MODE 4)
     qx = [quantize_expert(e, 64) for e in experts(4, 256, 128)]
     x = torch.randn(40, 256, generator=gen)
     d = make_dispatch("skewed", 40, 4, 2, gen, with_rowof=True)
     st = stacked_experts(qx)
-    halves, whole = (tuple(dataclasses.replace(c, int4_split_dequant=split)
-                           for c in ft.resolve_config(config, True)) for split in (True, False))
+    pair = ft.resolve_config(config, True)
+    nibbles, k_halves, whole = (
+        tuple(dataclasses.replace(c, **changes) for c in pair)
+        for changes in ({"int4_split_form": 1}, {"int4_split_form": 2},
+                        {"int4_split_dequant": False}))
+    # each form is what its down launch runs (K halves: where the fitted K step of 64 packed
+    # columns is two 32-byte blocks of words; w64t64k32dr16f's 32 is one, and it waits)
+    down = ft._fit(pair[1], 256, 128, 64)
+    assert down is not None
+    k_form = 2 if down.block_k >= ft.INT4_SPLIT_K_MIN_BLOCK_K else 0
+    default = 1 if down.block_n <= ft.INT4_SPLIT_MAX_ROWS else k_form
+    for cfgs, split in ((nibbles, 1), (k_halves, k_form), (whole, 0), (pair, default)):
+        meta = ft.launch_meta(ft._fit(cfgs[1], 256, 128, 64), num_experts=4, k_dim=128,
+                              gather=False, gated=False, act=0, combine=2, qgroup=64, ieee=True,
+                              interpret=True, w_tma=False, int4_dequant=4)
+        assert meta["INT4_SPLIT"] == split and meta["INT4_WAIT"] == (split == 0)
     with torch.no_grad():
         want = get_backend("loop")(qx, x, d)
-        got_halves = ft.fused_forward(st, x, d, halves)
+        got_nibbles = ft.fused_forward(st, x, d, nibbles)
+        got_k_halves = ft.fused_forward(st, x, d, k_halves)
         got_whole = ft.fused_forward(st, x, d, whole)
-    torch.testing.assert_close(got_halves, got_whole, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(got_halves, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_nibbles, got_whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got_k_halves, got_whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_nibbles, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_k_halves, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("group", "config"),
@@ -162,14 +182,17 @@ def test_no_candidate_skips_int4_dequantization() -> None:
 def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mode: int) -> None:
     # runs 86-88: a non-gated int4 K loop that neither waits for each step's MMAs nor unpacks
     # the tile in halves lets the next step rewrite an in-flight MMA's registers. Every
-    # candidate's launches, every dequantization mode: exactly one of the two (halves only for
-    # fragment words, MODE 3, and MODE 4 in the interpreter, on tiles of at most
-    # INT4_SPLIT_MAX_ROWS rows), gated and
-    # dense launches neither; the diagnostic in-flight loop neither
+    # candidate's launches, every dequantization mode, every split form: exactly one of the two
+    # (halves only for fragment words, MODE 3, and MODE 4 in the interpreter: nibble halves on
+    # tiles of at most INT4_SPLIT_MAX_ROWS rows, K halves above, where the K step is two whole
+    # 32-byte blocks of words, else the wait), gated and dense launches neither; the diagnostic
+    # in-flight loop neither
     for name, pair in ft.INT4_CANDIDATES.items():
         for cfg, gated in ((pair[0], True), (pair[1], False)):
             for variant in (cfg, dataclasses.replace(cfg, int4_split_dequant=False),
-                            dataclasses.replace(cfg, int4_inflight_mma=True)):
+                            dataclasses.replace(cfg, int4_inflight_mma=True),
+                            dataclasses.replace(cfg, int4_split_form=1),
+                            dataclasses.replace(cfg, int4_split_form=2)):
                 meta = ft.launch_meta(
                     variant, num_experts=8, k_dim=1024, gather=gated, gated=gated,
                     act=1 if gated else 0, combine=0 if gated else 2, qgroup=128, ieee=False,
@@ -178,15 +201,29 @@ def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mod
                 if gated or variant.int4_inflight_mma:
                     assert not wait and not split, (name, mode, variant)
                     continue
-                assert wait != split, (name, mode, variant)
-                assert split == (mode in (3, 4) and variant.int4_split_dequant
-                                 and variant.block_n <= ft.INT4_SPLIT_MAX_ROWS), (name, mode)
+                assert wait != bool(split), (name, mode, variant)
+                want = 0
+                if mode in (3, 4) and variant.int4_split_dequant:
+                    want = variant.int4_split_form or (
+                        1 if variant.block_n <= ft.INT4_SPLIT_MAX_ROWS else 2)
+                    if want == 2 and variant.block_k < ft.INT4_SPLIT_K_MIN_BLOCK_K:
+                        want = 0
+                assert split == want, (name, mode, variant)
     dense = ft.launch_meta(ft.CANDIDATES["w64t32"][1], num_experts=8, k_dim=1024, gather=False,
                            gated=False, act=0, combine=2, qgroup=None, ieee=False,
                            interpret=False, w_tma=False, int4_dequant=0)
     assert not dense["INT4_WAIT"] and not dense["INT4_SPLIT"]
-    # the 256-row down launch of Qwen3's and DeepSeek-V3's 512-token entries waits (run 91)
-    assert ft.INT4_CANDIDATES["w256t32s3w8fpx"][1].block_n > ft.INT4_SPLIT_MAX_ROWS
+    # the 256-row down launch of Qwen3's and DeepSeek-V3's 512-token entries unpacks in K
+    # halves (nibble halves: 197 registers, run 91; K halves 128, session 14)
+    w256 = ft.INT4_CANDIDATES["w256t32s3w8fpx"][1]
+    assert ft.launch_meta(w256, num_experts=8, k_dim=1024, gather=False, gated=False, act=0,
+                          combine=2, qgroup=128, ieee=False, interpret=False, w_tma=False,
+                          int4_dequant=3)["INT4_SPLIT"] == 2
+
+
+def test_int4_split_form_must_be_a_known_form() -> None:
+    with pytest.raises(ConfigError, match="int4_split_form"):
+        dataclasses.replace(ft.INT4_CANDIDATES["w64t16fpx"][1], int4_split_form=3)
 
 
 def test_fused_int4_group_not_a_power_of_two(gen: torch.Generator, no_fallback: None) -> None:
@@ -1153,6 +1190,10 @@ def test_nan_probe_runs_on_the_cpu(tmp_path, no_fallback: None) -> None:
             probe.main(["--device", "cpu", "--shape", "tiny", "--config", bad])
     with pytest.raises(SystemExit, match="--shape: unknown preset 'nope'"):
         probe.main(["--device", "cpu", "--shape", "nope"])
+    # the split forms whatever the tile's rows (session 14: K halves for 256-row tiles)
+    for mod, form in (("nibbles", 1), ("khalves", 2)):
+        pair = probe.resolve(f"w256t32s3w8fpx:{mod}", True)
+        assert all(c.int4_split_dequant and c.int4_split_form == form for c in pair)
     with pytest.raises(SystemExit, match="are for --weights int4"):
         probe.main(["--device", "cpu", "--shape", "tiny", "--weights", "bf16", "--config",
                     "m16:inflight"])

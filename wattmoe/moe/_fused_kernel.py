@@ -278,6 +278,15 @@ def _dequant_frag_high(ta, tb, s, cdt: tl.constexpr, SPAIR: tl.constexpr):
 
 
 @triton.jit
+def _k_halves(t):
+    """[R, 2N] -> its columns 0..N-1 and N..2N-1, [R, N] each (INT4_SPLIT 2: a K step's
+    fragment words in two halves of whole 32-byte blocks, which the word order keeps apart)."""
+    rows: tl.constexpr = t.shape[0]
+    n: tl.constexpr = t.shape[1] // 2
+    return tl.split(tl.permute(tl.reshape(t, (rows, 2, n)), (0, 2, 1)))
+
+
+@triton.jit
 def _frag_cols(o0, o1, o2, o3):
     """[R, NB*8] tiles o_h (o_h[:, 8b + m] = column 32b + 8h + m) -> the [R, NB*32] tile."""
     rows: tl.constexpr = o0.shape[0]
@@ -504,8 +513,22 @@ def moe_gemm(
 
 
 @triton.jit
+def _x_quarters(ptrs, mask, half, BLOCK_K: tl.constexpr, cdt: tl.constexpr):
+    """INT4_SPLIT 2: the activation tiles [BLOCK_K / 2, tokens] of a K step's two halves, for
+    the low nibbles' columns (j0.., j0 + BLOCK_K / 2..) and the high ones' (K/2 + the same);
+    ptrs: the rows' first BLOCK_K / 2 columns of the step."""
+    x_lo_a = tl.trans(tl.load(ptrs, mask=mask[:, None], other=0.0).to(cdt))
+    x_lo_b = tl.trans(tl.load(ptrs + BLOCK_K // 2, mask=mask[:, None], other=0.0).to(cdt))
+    x_hi_a = tl.trans(tl.load(ptrs + half, mask=mask[:, None], other=0.0).to(cdt))
+    x_hi_b = tl.trans(tl.load(ptrs + (half + BLOCK_K // 2), mask=mask[:, None],
+                              other=0.0).to(cdt))
+    return x_lo_a, x_lo_b, x_hi_a, x_hi_b
+
+
+@triton.jit
 def _wt_accumulate(
-    a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask, offs_k,
+    a_ptrs, at_ptrs, ah_ptrs, ath_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask,
+    tmask, offs_k,
     k_dim: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_T: tl.constexpr, TAIL_T: tl.constexpr,
     BLOCK_K: tl.constexpr, GATED: tl.constexpr, INT4: tl.constexpr, QGROUP: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_IEEE: tl.constexpr, INT4_DEQUANT: tl.constexpr,
@@ -534,7 +557,16 @@ def _wt_accumulate(
     the high half's MMA left in flight keeps its registers while the next step unpacks its low
     half into others; Triton waits for it after the next low MMA, before the high half is
     unpacked again. The same instructions as unpacking at once (the high half shifts the low
-    half's byte lanes)."""
+    half's byte lanes). INT4_SPLIT 1 is that (nibble halves); INT4_SPLIT 2 splits the K step
+    instead (BLOCK_K >= 64: halves of whole 32-byte blocks of fragment words, `_k_halves`):
+    each half unpacked at once (`_dequant_int4`, low and high nibbles), then its two MMAs on
+    the activations' matching quarters (`_x_quarters`), so a quarter of the tile is in flight
+    at the back edge and the next step's first half goes to other registers. Nibble halves keep
+    the low half's byte lanes (two registers a word) and the high half's MMA operand (half the
+    tile) live across the next low half: on 256-row tiles with 8 warps that was 197 registers
+    instead of the waiting loop's 127, one CTA per SM instead of two; K halves keep only the
+    second half's words and a quarter-tile operand: 128 (Triton 3.6, sm_90, no spills;
+    results/cpu/compile_sm90/w256_split_k.txt)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)
@@ -548,16 +580,33 @@ def _wt_accumulate(
         for k0 in range(0, half, BLOCK_K):
             s_lo, s_hi = _int4_scales(s_ptrs, k0, k0 + half, QGROUP, cdt, INT4_DEQUANT, SPAIR,
                                       GSTRIDE)
-            x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
-            x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
-            if HAS_TAIL:
-                t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
-                t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None], other=0.0).to(cdt))
+            if INT4_SPLIT == 2:  # the activations of each K half: columns j, then j + K/2
+                x_lo_a, x_lo_b, x_hi_a, x_hi_b = _x_quarters(ah_ptrs, rmask, half, BLOCK_K, cdt)
+                if HAS_TAIL:
+                    t_lo_a, t_lo_b, t_hi_a, t_hi_b = _x_quarters(ath_ptrs, tmask, half, BLOCK_K,
+                                                                 cdt)
+            else:
+                x_lo = tl.trans(tl.load(a_ptrs, mask=rmask[:, None], other=0.0).to(cdt))
+                x_hi = tl.trans(tl.load(a_ptrs + half, mask=rmask[:, None], other=0.0).to(cdt))
+                if HAS_TAIL:
+                    t_lo = tl.trans(tl.load(at_ptrs, mask=tmask[:, None], other=0.0).to(cdt))
+                    t_hi = tl.trans(tl.load(at_ptrs + half, mask=tmask[:, None],
+                                            other=0.0).to(cdt))
             if W_TMA:  # MODE >= 3: descriptor and pointers count 32-bit words
                 p = w_desc.load([w_row, (k0 // BLOCK_K) * KW])
             else:
                 p = tl.load(w_ptrs)
-            if INT4_SPLIT:  # each half to its MMAs before the next is unpacked
+            if INT4_SPLIT == 2:  # each K half unpacked whole, its MMAs before the next
+                p_a, p_b = _k_halves(p)
+                w_lo, w_hi = _dequant_int4(p_a, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
+                acc = _mma(w_hi, x_hi_a, _mma(w_lo, x_lo_a, acc, DOT_IEEE), DOT_IEEE)
+                if HAS_TAIL:
+                    acc_t = _mma(w_hi, t_hi_a, _mma(w_lo, t_lo_a, acc_t, DOT_IEEE), DOT_IEEE)
+                w_lo, w_hi = _dequant_int4(p_b, s_lo, s_hi, cdt, INT4_DEQUANT, SPAIR)
+                acc = _mma(w_hi, x_hi_b, _mma(w_lo, x_lo_b, acc, DOT_IEEE), DOT_IEEE)
+                if HAS_TAIL:
+                    acc_t = _mma(w_hi, t_hi_b, _mma(w_lo, t_lo_b, acc_t, DOT_IEEE), DOT_IEEE)
+            elif INT4_SPLIT:  # each half to its MMAs before the next is unpacked
                 if INT4_DEQUANT == 3:
                     w_lo, lanes_a, lanes_b = _dequant_frag_low(p, s_lo, cdt, SPAIR)
                 else:  # MODE 4, Triton's interpreter: the same halves through fp32
@@ -594,6 +643,9 @@ def _wt_accumulate(
                     acc_t = acc_t + 0.0
             a_ptrs += BLOCK_K
             at_ptrs += BLOCK_K
+            if INT4_SPLIT == 2:
+                ah_ptrs += BLOCK_K
+                ath_ptrs += BLOCK_K
             w_ptrs += W_STEP
     else:
         for k0 in range(0, k_dim, BLOCK_K):
@@ -718,6 +770,10 @@ def moe_gemm_wt(
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :]
     at_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_k[None, :]
+    # INT4_SPLIT 2: the first half of each K step's columns (the activations in quarters)
+    offs_kh = tl.arange(0, BLOCK_K // 2)
+    ah_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_kh[None, :]
+    ath_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_kh[None, :]
     if W_TILES == BLOCK_F:  # words and pairs in tile order: the program's tile
         tile0 = (pid_f * BLOCK_F).to(tl.int64)
         r_in = tl.arange(0, BLOCK_F)
@@ -747,16 +803,18 @@ def moe_gemm_wt(
         has_tail = _has_tail(blk, nblk_e, cnt_e, BLOCK_T)
     if has_tail:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
-            a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
-            offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, W_TILES, INT4_WAIT, INT4_SPLIT)
+            a_ptrs, at_ptrs, ah_ptrs, ath_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s,
+            up_rows, rmask, tmask, offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4,
+            QGROUP, EVEN_K, DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, True, SPAIR, W_TILES, INT4_WAIT,
+            INT4_SPLIT)
         _wt_store(acc_t, acc_tu, offs_f, fmask, trows, tmask, ttok, wt_ptr, c_ptr, stride_cm,
                   ACT, COMBINE)
     else:
         acc, acc_up, acc_t, acc_tu = _wt_accumulate(
-            a_ptrs, at_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s, up_rows, rmask, tmask,
-            offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4, QGROUP, EVEN_K,
-            DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, W_TILES, INT4_WAIT, INT4_SPLIT)
+            a_ptrs, at_ptrs, ah_ptrs, ath_ptrs, w_ptrs, w_desc, w_row, s_ptrs, up_w, up_s,
+            up_rows, rmask, tmask, offs_k, k_dim, BLOCK_F, BLOCK_T, TAIL_T, BLOCK_K, GATED, INT4,
+            QGROUP, EVEN_K, DOT_IEEE, INT4_DEQUANT, W_TMA, cdt, False, SPAIR, W_TILES, INT4_WAIT,
+            INT4_SPLIT)
     _wt_store(acc, acc_up, offs_f, fmask, rows, rmask, tok, wt_ptr, c_ptr, stride_cm, ACT,
               COMBINE)
 

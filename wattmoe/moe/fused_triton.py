@@ -184,8 +184,14 @@ class KernelConfig:
     # half (`_fused_kernel._dequant_frag_low/high`). The high half's MMA stays in flight across
     # the back edge while the next step unpacks its low half into other registers, so the step
     # needs no wait (INT4_WAIT). False: the whole tile unpacked at once, and the wait; so are
-    # tiles of more than INT4_SPLIT_MAX_ROWS rows
+    # tiles of more than INT4_SPLIT_MAX_ROWS rows whose K step is not two whole 32-byte blocks
     int4_split_dequant: bool = True
+    # how `int4_split_dequant` splits the tile: 0 by its rows (nibble halves up to
+    # INT4_SPLIT_MAX_ROWS rows, K halves above), 1 nibble halves (the low nibbles' columns,
+    # then the high ones'), 2 K halves (the first half of the step's packed columns, both
+    # nibbles, then the second half: `_fused_kernel._wt_accumulate`, INT4_SPLIT 2; needs
+    # block_k >= 64, else the wait). A field to compare the forms on one tile
+    int4_split_form: int = 0
     # weight tiles through a tensor descriptor (TMA on Hopper and newer; the interpreter runs
     # it too); plain loads where Triton has no descriptors or the weights are not aligned
     tma: bool = False
@@ -220,6 +226,9 @@ class KernelConfig:
             check_positive_int(f"kernel config {name}", getattr(self, name))
         if not is_int(self.tail) or self.tail < 0:  # which tails fit a tile: `_fit`
             raise ConfigError(f"kernel config tail must be an integer >= 0, got {self.tail!r}")
+        if self.int4_split_form not in (0, 1, 2):  # `launch_meta`
+            raise ConfigError("kernel config int4_split_form must be 0 (by the tile's rows), 1 "
+                              f"(nibble halves) or 2 (K halves), got {self.int4_split_form!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> KernelConfig:
@@ -703,12 +712,19 @@ def _launch(
     )
 
 
-# Tiles of more rows unpack whole tiles and wait for each K step's MMAs, `int4_split_dequant`
-# or not: in halves, the 256-row down launch (`w256t32s3w8fpx`) takes 197 registers instead of
-# 127 (Triton 3.6, sm_90; a cap of 128 spills, results/cpu/compile_sm90), one CTA per SM instead
-# of two, and spent 5-7% more energy per experts step at 512 tokens (results/h200/kernels/
-# run91_split: Qwen3-30B-A3B and DeepSeek-V3, whose down launch it is)
+# Tiles of more rows split each K step in two halves of its packed columns instead of the
+# nibbles (`int4_split_form`): in nibble halves, the 256-row down launch (`w256t32s3w8fpx`)
+# takes 197 registers instead of the waiting loop's 127 (Triton 3.6, sm_90; a cap of 128
+# spills, results/cpu/compile_sm90/w256_split_maxnreg.txt), one CTA per SM instead of two, and
+# spent 5-7% more energy per experts step at 512 tokens than waiting (results/h200/kernels/
+# run91_split: Qwen3-30B-A3B and DeepSeek-V3, whose down launch it is); in K halves it takes
+# 128 and 407-409 K-loop instructions instead of the wait's 430 (w256_split_k.txt; not yet
+# measured on the GPU). Up to this many rows the nibble halves stay (runs 91-92: 3-4% less
+# energy than waiting; K halves not measured there).
 INT4_SPLIT_MAX_ROWS = 128
+# K halves split the step's fragment words into whole 32-byte blocks (the word order is kept
+# within a block: `quant.fragment_words`)
+INT4_SPLIT_K_MIN_BLOCK_K = 64
 
 
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
@@ -727,12 +743,15 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
     if cfg.swap or qgroup is not None:
         # a non-gated int4 launch waits for each K step's MMAs or unpacks in halves
         guard = qgroup is not None and not gated and not cfg.int4_inflight_mma
-        split = (guard and int4_dequant in (3, 4) and cfg.int4_split_dequant
-                 and cfg.block_n <= INT4_SPLIT_MAX_ROWS)
+        split = 0
+        if guard and int4_dequant in (3, 4) and cfg.int4_split_dequant:
+            split = cfg.int4_split_form or (1 if cfg.block_n <= INT4_SPLIT_MAX_ROWS else 2)
+            if split == 2 and cfg.block_k < INT4_SPLIT_K_MIN_BLOCK_K:
+                split = 0  # no whole blocks to split the step into: the wait
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
                     TAIL=cfg.tail, TAIL_T=cfg.tail or 16, SPAIR=spair, W_TILES=tiles,
-                    INT4_SPLIT=split, INT4_WAIT=guard and not split)
+                    INT4_SPLIT=split, INT4_WAIT=guard and split == 0)
     else:
         meta.update(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m)
     return meta
