@@ -187,7 +187,8 @@ class KernelConfig:
     # tiles of more than INT4_SPLIT_MAX_ROWS rows whose K step is not two whole 32-byte blocks
     int4_split_dequant: bool = True
     # how `int4_split_dequant` splits the tile: 0 by its rows (nibble halves up to
-    # INT4_SPLIT_MAX_ROWS rows, K halves above), 1 nibble halves (the low nibbles' columns,
+    # INT4_SPLIT_MAX_ROWS rows; larger tiles wait, which measured cheaper than either split
+    # there), 1 nibble halves (the low nibbles' columns,
     # then the high ones'), 2 K halves (the first half of the step's packed columns, both
     # nibbles, then the second half: `_fused_kernel._wt_accumulate`, INT4_SPLIT 2; needs
     # block_k >= 64, else the wait). A field to compare the forms on one tile
@@ -712,15 +713,16 @@ def _launch(
     )
 
 
-# Tiles of more rows split each K step in two halves of its packed columns instead of the
-# nibbles (`int4_split_form`): in nibble halves, the 256-row down launch (`w256t32s3w8fpx`)
-# takes 197 registers instead of the waiting loop's 127 (Triton 3.6, sm_90; a cap of 128
-# spills, results/cpu/compile_sm90/w256_split_maxnreg.txt), one CTA per SM instead of two, and
-# spent 5-7% more energy per experts step at 512 tokens than waiting (results/h200/kernels/
-# run91_split: Qwen3-30B-A3B and DeepSeek-V3, whose down launch it is); in K halves it takes
-# 128 and 407-409 K-loop instructions instead of the wait's 430 (w256_split_k.txt; not yet
-# measured on the GPU). Up to this many rows the nibble halves stay (runs 91-92: 3-4% less
-# energy than waiting; K halves not measured there).
+# Tiles of more rows wait for each K step's MMAs (`INT4_WAIT`). In nibble halves the 256-row
+# down launch (`w256t32s3w8fpx`) takes 197 registers instead of the waiting loop's 127 (Triton
+# 3.6, sm_90; a cap of 128 spills, results/cpu/compile_sm90/w256_split_maxnreg.txt), one CTA per
+# SM instead of two, and spent 5-7% more energy per experts step at 512 tokens than waiting
+# (results/h200/kernels/run91_split: Qwen3-30B-A3B and DeepSeek-V3, whose down launch it is). In
+# K halves (`int4_split_form` 2) it takes 128 registers and 407-409 K-loop instructions instead of
+# 430 (w256_split_k.txt), yet spent +1.8% (Qwen3) and +0.9% (DeepSeek-V3) against waiting, in
+# alternating windows of one process (results/h200/kernels/run97_khalves); the broken loop was
+# 0.7-0.9% below waiting there, so there is little to win. Up to this many rows the nibble halves
+# stay (runs 91-92: 3-4% less energy than waiting; K halves not measured there).
 INT4_SPLIT_MAX_ROWS = 128
 # K halves split the step's fragment words into whole 32-byte blocks (the word order is kept
 # within a block: `quant.fragment_words`)
@@ -745,7 +747,7 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
         guard = qgroup is not None and not gated and not cfg.int4_inflight_mma
         split = 0
         if guard and int4_dequant in (3, 4) and cfg.int4_split_dequant:
-            split = cfg.int4_split_form or (1 if cfg.block_n <= INT4_SPLIT_MAX_ROWS else 2)
+            split = cfg.int4_split_form or (1 if cfg.block_n <= INT4_SPLIT_MAX_ROWS else 0)
             if split == 2 and cfg.block_k < INT4_SPLIT_K_MIN_BLOCK_K:
                 split = 0  # no whole blocks to split the step into: the wait
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
