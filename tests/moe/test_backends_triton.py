@@ -88,7 +88,7 @@ def test_fused_bf16_within_interpreter_rounding(gen: torch.Generator,
 
 
 @pytest.mark.parametrize("config", ["w64t16fpx", "w64t32r16fp", "w64t16f", "w64t64k32dr16f",
-                                    "w256t32s3w8fpx"])
+                                    "w128t128fpx", "w256t32s3w8fpx"])
 def test_fused_int4_in_halves_equals_the_whole_tile(config: str, gen: torch.Generator,
                                                     no_fallback: None) -> None:
     # the down launch unpacks each K step's tile in nibble halves (low, its MMAs, high; run 91),
@@ -111,7 +111,8 @@ def test_fused_int4_in_halves_equals_the_whole_tile(config: str, gen: torch.Gene
     down = ft._fit(pair[1], 256, 128, 64)
     assert down is not None
     k_form = 2 if down.block_k >= ft.INT4_SPLIT_K_MIN_BLOCK_K else 0
-    default = 1 if down.block_n <= ft.INT4_SPLIT_MAX_ROWS else 0
+    default = (1 if down.block_n <= ft.INT4_NIBBLE_MAX_ROWS
+               else (k_form or 1) if down.block_n <= ft.INT4_SPLIT_MAX_ROWS else 0)
     for cfgs, split in ((nibbles, 1), (k_halves, k_form), (whole, 0), (pair, default)):
         meta = ft.launch_meta(ft._fit(cfgs[1], 256, 128, 64), num_experts=4, k_dim=128,
                               gather=False, gated=False, act=0, combine=2, qgroup=64, ieee=True,
@@ -185,9 +186,10 @@ def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mod
     # the tile in halves lets the next step rewrite an in-flight MMA's registers. Every
     # candidate's launches, every dequantization mode, every split form: exactly one of the two
     # (halves only for fragment words, MODE 3, and MODE 4 in the interpreter: nibble halves on
-    # tiles of at most INT4_SPLIT_MAX_ROWS rows, the wait above; K halves where asked for and
-    # the K step is two whole 32-byte blocks of words, else the wait), gated and dense launches
-    # neither; the diagnostic in-flight loop neither
+    # tiles of at most INT4_NIBBLE_MAX_ROWS rows, K halves up to INT4_SPLIT_MAX_ROWS where the
+    # K step is two whole 32-byte blocks of words (else nibble halves), the wait above; K halves
+    # asked for on a step of one block wait), gated and dense launches neither; the diagnostic
+    # in-flight loop neither
     for name, pair in ft.INT4_CANDIDATES.items():
         for cfg, gated in ((pair[0], True), (pair[1], False)):
             for variant in (cfg, dataclasses.replace(cfg, int4_split_dequant=False),
@@ -205,9 +207,16 @@ def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mod
                 assert wait != bool(split), (name, mode, variant)
                 want = 0
                 if mode in (3, 4) and variant.int4_split_dequant:
-                    want = variant.int4_split_form or (
-                        1 if variant.block_n <= ft.INT4_SPLIT_MAX_ROWS else 0)
-                    if want == 2 and variant.block_k < ft.INT4_SPLIT_K_MIN_BLOCK_K:
+                    k_ok = variant.block_k >= ft.INT4_SPLIT_K_MIN_BLOCK_K
+                    rows = variant.block_n
+                    form = variant.int4_split_form
+                    if form:
+                        want = form if k_ok or form == 1 else 0
+                    elif rows <= ft.INT4_NIBBLE_MAX_ROWS:
+                        want = 1
+                    elif rows <= ft.INT4_SPLIT_MAX_ROWS:
+                        want = 2 if k_ok else 1
+                    else:
                         want = 0
                 assert split == want, (name, mode, variant)
     dense = ft.launch_meta(ft.CANDIDATES["w64t32"][1], num_experts=8, k_dim=1024, gather=False,
@@ -222,6 +231,14 @@ def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mod
                           combine=2, qgroup=128, ieee=False, interpret=False, w_tma=False,
                           int4_dequant=3)
     assert meta["INT4_SPLIT"] == 0 and meta["INT4_WAIT"]
+    # the 128-row down launch of the 4096- and 16384-token entries unpacks in K halves (0.6-2.8%
+    # less energy than nibble halves, runs 98-99), the 64-row one of the 64-token entries in
+    # nibble halves (runs 91-92)
+    for name, split in (("w128t128fpx", 2), ("w64t16fpx", 1)):
+        meta = ft.launch_meta(ft.INT4_CANDIDATES[name][1], num_experts=8, k_dim=1024,
+                              gather=False, gated=False, act=0, combine=2, qgroup=128,
+                              ieee=False, interpret=False, w_tma=False, int4_dequant=3)
+        assert meta["INT4_SPLIT"] == split and not meta["INT4_WAIT"], name
 
 
 def test_int4_split_form_must_be_a_known_form() -> None:

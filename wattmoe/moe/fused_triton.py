@@ -186,9 +186,9 @@ class KernelConfig:
     # needs no wait (INT4_WAIT). False: the whole tile unpacked at once, and the wait; so are
     # tiles of more than INT4_SPLIT_MAX_ROWS rows whose K step is not two whole 32-byte blocks
     int4_split_dequant: bool = True
-    # how `int4_split_dequant` splits the tile: 0 by its rows (nibble halves up to
-    # INT4_SPLIT_MAX_ROWS rows; larger tiles wait, which measured cheaper than either split
-    # there), 1 nibble halves (the low nibbles' columns,
+    # how `int4_split_dequant` splits the tile: 0 by its rows (`launch_meta`: nibble halves up
+    # to INT4_NIBBLE_MAX_ROWS rows, K halves up to INT4_SPLIT_MAX_ROWS, larger tiles wait; each
+    # the cheapest measured there), 1 nibble halves (the low nibbles' columns,
     # then the high ones'), 2 K halves (the first half of the step's packed columns, both
     # nibbles, then the second half: `_fused_kernel._wt_accumulate`, INT4_SPLIT 2; needs
     # block_k >= 64, else the wait). A field to compare the forms on one tile
@@ -721,9 +721,17 @@ def _launch(
 # K halves (`int4_split_form` 2) it takes 128 registers and 407-409 K-loop instructions instead of
 # 430 (w256_split_k.txt), yet spent +1.8% (Qwen3) and +0.9% (DeepSeek-V3) against waiting, in
 # alternating windows of one process (results/h200/kernels/run97_khalves); the broken loop was
-# 0.7-0.9% below waiting there, so there is little to win. Up to this many rows the nibble halves
-# stay (runs 91-92: 3-4% less energy than waiting; K halves not measured there).
+# 0.7-0.9% below waiting there, so there is little to win. Up to this many rows the tile is
+# unpacked in halves (runs 91-92: nibble halves 3-4% less energy than waiting; K halves below).
 INT4_SPLIT_MAX_ROWS = 128
+# Tiles of more rows than this, up to INT4_SPLIT_MAX_ROWS, unpack in K halves where the K step
+# allows (INT4_SPLIT_K_MIN_BLOCK_K), else in nibble halves. On `w128t128fpx`'s down launch (the
+# 4096- and 16384-token entries) K halves take 127 registers against 163-166 in nibble halves
+# (results/cpu/compile_sm90/w128_split_k_triton36.txt) and spent less energy per captured
+# experts step in alternating windows of one process: Qwen3-30B-A3B 4096 tokens -2.0%, OLMoE
+# 4096 -1.1%, DeepSeek-V3 4096 -2.8%, OLMoE 16384 -0.6% (results/h200/kernels/run98_khalves128,
+# run99_khalves128b). 64-row tiles keep the nibble halves (K halves not measured there).
+INT4_NIBBLE_MAX_ROWS = 64
 # K halves split the step's fragment words into whole 32-byte blocks (the word order is kept
 # within a block: `quant.fragment_words`)
 INT4_SPLIT_K_MIN_BLOCK_K = 64
@@ -747,8 +755,11 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
         guard = qgroup is not None and not gated and not cfg.int4_inflight_mma
         split = 0
         if guard and int4_dequant in (3, 4) and cfg.int4_split_dequant:
-            split = cfg.int4_split_form or (1 if cfg.block_n <= INT4_SPLIT_MAX_ROWS else 0)
-            if split == 2 and cfg.block_k < INT4_SPLIT_K_MIN_BLOCK_K:
+            k_halves = cfg.block_k >= INT4_SPLIT_K_MIN_BLOCK_K
+            split = cfg.int4_split_form or (
+                1 if cfg.block_n <= INT4_NIBBLE_MAX_ROWS
+                else (2 if k_halves else 1) if cfg.block_n <= INT4_SPLIT_MAX_ROWS else 0)
+            if split == 2 and not k_halves:
                 split = 0  # no whole blocks to split the step into: the wait
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,
