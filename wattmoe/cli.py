@@ -6,6 +6,7 @@ import argparse
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
@@ -89,13 +90,30 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 @command("demo", "run one MoE block of a shape here, measure it, and place its experts",
          _demo_args)
 def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from wattmoe.experiments.demo import run_demo
 
     cluster = None if args.cluster.lower() == "none" else args.cluster
+    # a bar on stderr for the timed steps, redrawn at most 4 times a second and by this thread
+    # alone (no refresh thread: on a CPU the window's energy estimate counts every busy core)
+    bar = Progress(TextColumn("[bold]timed steps"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err_console, auto_refresh=False, transient=True)
+    task = bar.add_task("steps", total=args.steps)
+    shown = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - shown[0] >= 0.25:
+            shown[0] = now
+            bar.update(task, completed=done, refresh=True)
+
     try:
-        r = run_demo(args.preset, args.scale, args.batch, args.seq, args.steps,
-                     dtype=args.dtype, device=args.device, seed=args.seed, cluster=cluster,
-                     backend=args.backend, int4=args.int4)
+        with bar:
+            r = run_demo(args.preset, args.scale, args.batch, args.seq, args.steps,
+                         dtype=args.dtype, device=args.device, seed=args.seed,
+                         cluster=cluster, backend=args.backend, int4=args.int4,
+                         progress=progress)
     except RuntimeError as exc:
         # torch.OutOfMemoryError (a GPU) or the CPU allocator's RuntimeError: too big a block
         # or batch for this machine is the user's choice, not a bug

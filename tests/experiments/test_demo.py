@@ -230,3 +230,12 @@ def test_demo_refuses_a_cluster_it_cannot_price_before_the_timed_run(tmp_path, m
     with pytest.raises(PlacementError, match=r"cluster 'box': device cpu0 has cost_device "
                                              r"'my-cpu'.*known: cpu-16core"):
         run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster=str(spec))
+
+
+def test_demo_reports_progress_after_each_timed_step() -> None:
+    # was: no progress at all during the timed steps (a long --steps ran silent)
+    seen: list[tuple[int, int]] = []
+    r = run_demo("tiny", 1.0, batch=1, seq=8, steps=4, warmup=0, cluster=None,
+                 progress=lambda done, total: seen.append((done, total)))
+    assert r.steps == 4
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]

@@ -276,3 +276,15 @@ def test_place_tables_label_every_energy_column_with_its_source(capsys) -> None:
     text = capsys.readouterr().out
     assert "energy (estimated)" in text and "avg power (estimated)" in text
     assert "energy/token (estimated)" in text
+
+
+def test_place_does_not_round_a_fractional_tokens_per_batch_to_zero(tmp_path, capsys) -> None:
+    # was: "tokens per batch 0" for one assignment of a top-2 shape (0.5 tokens), next to an
+    # energy per token of twice the batch's energy
+    loads = tmp_path / "one.csv"
+    loads.write_text("1,0,0,0,0,0,0,0\n")
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--loads",
+                 str(loads)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if "tokens per batch" in line)
+    assert "0.5" in row

@@ -104,6 +104,40 @@ def test_bad_file(tmp_path) -> None:
         load_cluster(p)
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    # was: the second memory_bytes silently won (a 1-byte GPU, every expert on the CPU)
+    ("box.yaml", "name: box\ndevices:\n  - {name: gpu0, kind: gpu, cost_device: nvidia-h200,"
+                 " memory_bytes: 1.3e11, memory_bytes: 1}\n"),
+    ("box.yaml", "name: box\nname: other\ndevices: []\n"),
+    ("box.json", '{"name": "box", "devices": [], "devices": []}'),
+])
+def test_duplicate_key_is_an_error(tmp_path, name, text) -> None:
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(ConfigError, match="duplicate key") as exc:
+        load_cluster(p)
+    assert name in str(exc.value)
+
+
+def test_yaml_merge_key_may_override(tmp_path) -> None:
+    # `<<: *gpu` then `name:` again is YAML's way to override, not a duplicate
+    p = tmp_path / "merge.yaml"
+    p.write_text("name: box\nnodes: [{name: n0}]\ndevices:\n"
+                 "  - &gpu {name: gpu0, kind: gpu, node: n0, cost_device: nvidia-h200,"
+                 " memory_bytes: 1.3e11}\n  - {<<: *gpu, name: gpu1}\nlinks:\n"
+                 "  - {a: gpu0, b: n0, bandwidth_bytes_per_s: 5.5e10, energy_j_per_byte: 0,"
+                 " latency_s: 0}\n  - {a: gpu1, b: n0, bandwidth_bytes_per_s: 5.5e10,"
+                 " energy_j_per_byte: 0, latency_s: 0}\n")
+    assert load_cluster(p).device_names == ("gpu0", "gpu1")
+
+
+def test_empty_file_says_so(tmp_path) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_cluster(p)
+
+
 def test_gpu_cluster_builder() -> None:
     c = gpu_cluster(8, 8)
     assert len(c.devices) == 64

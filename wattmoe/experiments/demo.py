@@ -6,6 +6,7 @@ import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -173,6 +174,7 @@ def run_demo(
     cluster: str | None = "h200-cpu",
     backend: str = "loop",
     int4: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DemoResult:
     """Runs `steps` timed forward passes of one `MoETransformerBlock` on random tokens.
 
@@ -187,6 +189,9 @@ def run_demo(
     `backend` is the expert execution backend (`wattmoe.moe.backends`: loop, grouped, fused,
     ...); `int4` quantizes the routed experts to packed int4 first (group size: the largest
     power of two <= 128 dividing both widths, `int4_group_size`).
+
+    `progress(done, steps)` is called after each finished timed step (outside the step's
+    timing, inside the energy window: keep it cheap).
 
     Raises:
         ConfigError: a bad count, preset, scale, dtype, backend or device name.
@@ -242,6 +247,8 @@ def run_demo(
                     done.append(_Step(time.perf_counter() - t0, float(out.aux_loss),
                                       int(out.dropped), block.moe.tokens_per_expert.clone(),
                                       Counter(auto.counts) if auto is not None else Counter()))
+                    if progress is not None:
+                        progress(len(done), steps)
             except KeyboardInterrupt:
                 # Ctrl-C: keep the steps that finished; a step cut off after its routing
                 # counted its tokens must not reach the placed loads

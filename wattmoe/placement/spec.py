@@ -324,6 +324,42 @@ def shipped_clusters() -> list[str]:
     return sorted(p.stem for p in CLUSTERS_DIR.glob("*.yaml"))
 
 
+class _DuplicateKeyError(Exception):
+    """A mapping of a spec file names one key twice (YAML and JSON parsers keep the last)."""
+
+
+def _unique_keys_dict(pairs: list[tuple[Any, Any]], where: str = "") -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(f"duplicate key {key!r}{where}: each field may be given "
+                                     "once (the parser would silently keep the last one)")
+        out[key] = value
+    return out
+
+
+def _yaml_load_unique(text: str) -> Any:
+    """`yaml.safe_load`, but a mapping with a repeated key is a `_DuplicateKeyError`."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then a key of base again overrides it on purpose
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    line = key_node.start_mark.line + 1
+                    raise _DuplicateKeyError(
+                        f"duplicate key {key!r} (line {line}): each field may be given once "
+                        "(the parser would silently keep the last one)")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: safe
+
+
 def read_spec_file(path: str | Path) -> dict[str, Any]:
     """Parses a YAML (.yaml/.yml) or JSON file into plain data."""
     path = Path(path)
@@ -331,13 +367,15 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read cluster spec {str(path)!r}: {exc.strerror}") from None
+    if not text.strip():
+        raise ConfigError(f"cluster spec {str(path)!r} is empty")
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys_dict)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_load_unique(text)
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"cluster spec {str(path)!r}: {exc}") from None
     except (ValueError, Exception) as exc:  # yaml.YAMLError and json.JSONDecodeError
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"cluster spec {str(path)!r} is not valid YAML/JSON: {msg}") from None
