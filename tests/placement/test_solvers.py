@@ -345,3 +345,21 @@ def test_placement_imports_no_runtime_or_driver_packages() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_the_milp_wait_is_interruptible_and_hands_back_results_and_errors() -> None:
+    import _thread
+    import threading
+    import time
+
+    from wattmoe.placement.solvers.milp import _interruptible
+
+    assert _interruptible(lambda: 42) == 42
+    with pytest.raises(ValueError, match="bad"):
+        _interruptible(lambda: (_ for _ in ()).throw(ValueError("bad")))
+    # a solve that would hold the caller for a minute (HiGHS releases the GIL as sleep does)
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _interruptible(lambda: time.sleep(60))
+    assert time.monotonic() - t0 < 30

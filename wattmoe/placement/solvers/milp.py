@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -243,9 +246,10 @@ def milp_result(problem: PlacementProblem, options: MilpOptions | None = None) -
     if opts.time_limit_s is not None:
         fixed["time_limit"] = opts.time_limit_s
     log.debug("MILP: %d columns (%d binary), %d rows, %d nonzeros", n_col, n_bin, n_row, A.nnz)
-    res = milp(cost, integrality=integrality, bounds=Bounds(np.zeros(n_col), upper),
-               constraints=LinearConstraint(A, np.concatenate(lo), np.concatenate(hi)),
-               options=fixed)
+    res = _interruptible(lambda: milp(
+        cost, integrality=integrality, bounds=Bounds(np.zeros(n_col), upper),
+        constraints=LinearConstraint(A, np.concatenate(lo), np.concatenate(hi)),
+        options=fixed))
     if res.x is None:
         if res.status == 2:
             what = (f"the latency SLO of {slo * 1e3:.3f} ms cannot be met" if slo is not None
@@ -266,6 +270,33 @@ def milp_result(problem: PlacementProblem, options: MilpOptions | None = None) -
     bound = getattr(res, "mip_dual_bound", None)
     bound = float(res.fun) if bound is None or not np.isfinite(bound) else float(bound)
     return MilpResult(chosen, status, value, bound + (value - float(res.fun)))
+
+
+def _interruptible(solve: Callable[[], Any], poll_s: float = 0.1) -> Any:
+    """`solve()` in a daemon thread, the caller waiting in short joins, so that Ctrl-C stops
+    the wait at once: HiGHS releases the GIL but checks for no interrupt, and ran to its time
+    limit before the KeyboardInterrupt was seen. It keeps no answer then (HiGHS gives none
+    before it returns, so the abandoned thread's is dropped), and says so."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["res"] = solve()
+        except BaseException as exc:  # handed to the caller's thread
+            out["exc"] = exc
+
+    t = threading.Thread(target=run, name="wattmoe-milp", daemon=True)
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(poll_s)
+    except KeyboardInterrupt:
+        log.warning("MILP interrupted: HiGHS gives no solution before it returns, so none is "
+                    "kept; --time-limit bounds the solve and returns its best")
+        raise
+    if "exc" in out:
+        raise out["exc"]
+    return out["res"]
 
 
 def latency_upper_bound(ct: np.ndarray, message_latency_s: np.ndarray) -> float:
