@@ -72,6 +72,12 @@ def test_cost_prints_a_table(profile: Path, capsys) -> None:
     out = capsys.readouterr().out
     for word in ("profiled", "interpolated", "extrapolated", "measured"):
         assert word in out
+    # a new user's trial (session 14): a prediction from a measured profile was shown as
+    # 'measured'; only a profiled point as measured is, the rest are estimates made from it
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
+    assert "│ measured " in rows["1"] and "estimated" not in rows["1"], rows["1"]
+    for n in ("100", "5000"):
+        assert "estimated (from measured)" in rows[n], rows[n]
     assert main(["cost", "--profile", str(profile), "--op", "expert", "--tokens", "64",
                  "--device", "cuda:0", "--dtype", "bf16", "--shape", SHAPE_A.key,
                  "--json"]) == 0

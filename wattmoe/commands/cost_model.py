@@ -395,9 +395,19 @@ def cmd_cost(args: argparse.Namespace) -> int:
     for n, c in zip(tokens, costs):
         t.add_row(str(n), _fmt_s(c.latency_s), _fmt_j(c.energy_j),
                   _fmt_j(c.energy_j / n) if n else "-", f"{c.avg_power_w:.1f}",
-                  f"{c.peak_power_w:.1f}", c.source, c.method)
+                  f"{c.peak_power_w:.1f}", _origin(c), c.method)
     console.print(t)
     return 0
+
+
+def _origin(c: Any) -> str:
+    """Where a shown figure comes from: the profile's source (`measured` on a GPU with an
+    energy counter) for a profiled point as measured, else an estimate made from that profile
+    (interpolated, extrapolated, a shape model, a point moved to keep the curve monotone).
+    `KernelCost.source` itself stays the data's origin (`--json`, docs/cost_model.md)."""
+    if c.method in ("profiled", "empty") or c.source != "measured":
+        return c.source
+    return "estimated (from measured)"
 
 
 # --- profile-plot -----------------------------------------------------------------------
