@@ -151,3 +151,20 @@ def test_models_shows_small_expert_sizes_in_a_fitting_unit(capsys) -> None:
             if line.startswith("│")}
     assert "48.0 KiB" in rows["tiny"]  # 64 x 128 x 3 x 2 bytes; was "0.0" (MB)
     assert "336.0 MiB" in rows["mixtral-8x7b"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    # a new user's trial (session 14): these named the Python field they fill ('latency_slo_s
+    # ... got -0.001', in seconds; 'steps, batch and seq ... warmup', which the CLI cannot set)
+    (["place", "--cluster", "laptop", "--slo-ms", "-1"], "argument --slo-ms: must be > 0, got -1"),
+    (["demo", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+    (["demo", "--batch", "2.5"], "argument --batch: an integer expected, got '2.5'"),
+    (["profile", "--cpu-window", "-1"], "argument --cpu-window: must be >= 0, got -1"),
+    (["profile", "--min-window", "nan"], "argument --min-window: a finite number expected"),
+])
+def test_a_bad_number_names_its_flag(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from wattmoe.commands.argtypes import positive_int
 from wattmoe.errors import ConfigError, WattmoeError
 from wattmoe.units import fmt_bytes
 
@@ -73,9 +74,11 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="width scale factor of the shape (default 0.25; or give it as "
                         "SHAPE@SCALE; widths are rounded to multiples of 64, at least 64; 1 runs "
                         "it at its own widths)")
-    p.add_argument("--batch", type=int, default=4, help="sequences per step")
-    p.add_argument("--seq", type=int, default=128, help="tokens per sequence")
-    p.add_argument("--steps", type=int, default=10, help="timed forward passes")
+    p.add_argument("--batch", type=positive_int, default=4, help="sequences per step (default 4)")
+    p.add_argument("--seq", type=positive_int, default=128,
+                   help="tokens per sequence (default 128)")
+    p.add_argument("--steps", type=positive_int, default=10,
+                   help="timed forward passes (default 10)")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--seed", type=int, default=0)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wattmoe.cli import command, console, err_console
+from wattmoe.commands.argtypes import nonnegative_float, positive_float
 from wattmoe.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,13 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
                    help="keep the scenarios already in the .jsonl and measure the rest")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=50, help="timed calls per scenario (at most)")
-    p.add_argument("--latency-budget", type=float, default=0.5,
+    p.add_argument("--latency-budget", type=nonnegative_float, default=0.5,
                    help="seconds the timed calls may take before --reps is cut")
-    p.add_argument("--min-window", type=float, default=None,
+    p.add_argument("--min-window", type=positive_float, default=None,
                    help="energy window in s (default: GPUs the telemetry validation's shortest "
                         "accurate window or 1 s; CPUs --cpu-window)")
-    p.add_argument("--cpu-window", type=float, default=0.5)
-    p.add_argument("--cooldown-max", type=float, default=3.0,
+    p.add_argument("--cpu-window", type=nonnegative_float, default=0.5)
+    p.add_argument("--cooldown-max", type=nonnegative_float, default=3.0,
                    help="max seconds to wait for the device to cool between scenarios")
     p.add_argument("--cooldown-tolerance", type=float, default=3.0,
                    help="degrees C above the pre-sweep temperature that count as cool")

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from wattmoe.cli import command, console, err_console
+from wattmoe.commands.argtypes import positive_float
 from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.units import fmt_bytes
 
@@ -46,7 +47,7 @@ def _place_args(p: argparse.ArgumentParser) -> None:
                         "expert as its share of that backend's profiled MoE layer steps "
                         "(moe_layer:NAME; moe_layer_int4:NAME for --dtype int4) instead of one "
                         "expert called alone; needs --cost-model")
-    p.add_argument("--slo-ms", type=float, help="latency SLO per batch, in milliseconds")
+    p.add_argument("--slo-ms", type=positive_float, help="latency SLO per batch, in milliseconds")
     p.add_argument("--max-replicas", type=int, default=4, help="replicas per expert at most")
     p.add_argument("--redundant", type=int, help="extra replicas per layer at most")
     p.add_argument("--time-limit", type=float, help="solver time limit in seconds")

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from wattmoe.cli import command, console
+from wattmoe.commands.argtypes import positive_float
 from wattmoe.errors import ConfigError
 
 
@@ -15,10 +16,10 @@ def _monitor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default=None,
                    help="comma-separated cuda:N, GPU-<uuid>, cpu, sim:N (default: every device "
                         "found: each GPU CUDA sees, plus cpu)")
-    p.add_argument("--interval", type=float, default=None,
+    p.add_argument("--interval", type=positive_float, default=None,
                    help="seconds between samples (default: the energy counter's update period, "
                         "0.1 s on NVML)")
-    p.add_argument("--seconds", type=float, default=None,
+    p.add_argument("--seconds", type=positive_float, default=None,
                    help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--csv", default=None, metavar="PATH",
                    help="append every sample to this CSV (columns: wattmoe/telemetry/csvlog.py; "
@@ -26,7 +27,7 @@ def _monitor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replay", default=None, metavar="PATH",
                    help="play back a recorded telemetry CSV instead of reading devices (ends with "
                         "the recording)")
-    p.add_argument("--speed", type=float, default=None,
+    p.add_argument("--speed", type=positive_float, default=None,
                    help="replay speed factor (default 1; with --replay only)")
 
 
