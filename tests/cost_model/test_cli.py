@@ -123,6 +123,11 @@ def test_cost_eval_skips_points_the_profile_cannot_answer(profile: Path, tmp_pat
                         tmp_path / "only.json")
     assert main(["cost-eval", "--profile", str(profile), "--measured", str(only)]) == 2
     assert "the profile cannot predict any of the 1 measured points" in capsys.readouterr().err
+    # a file that is no measurement names the flag it came from (it was called 'profile')
+    empty = tmp_path / "held.yaml"
+    empty.write_text("\n")
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(empty)]) == 2
+    assert f"--measured '{empty}' is not a held-out profile JSON" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["cost"], ["profile-plot", "--out", "{tmp}/pl"]])

@@ -15,7 +15,7 @@ from typing import Any
 
 from wattmoe.cli import command, console, err_console
 from wattmoe.commands.argtypes import nonnegative_float, positive_float
-from wattmoe.errors import ConfigError
+from wattmoe.errors import ConfigError, WattmoeError
 
 log = logging.getLogger(__name__)
 
@@ -468,7 +468,11 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     model = KernelCostModel.load(args.profile, args.latency)
     pts = []
     for m in args.measured:
-        got = read_jsonl(m).points if m.endswith(".jsonl") else load_profile(m).points
+        try:
+            got = read_jsonl(m).points if m.endswith(".jsonl") else load_profile(m).points
+        except WattmoeError as exc:  # the loaders call the file a profile: say which flag
+            raise ConfigError(f"--measured {m!r} is not a held-out profile JSON or a profiler "
+                              f".jsonl that can be read: {exc}") from None
         if not got:
             raise ConfigError(f"--measured {m!r} holds no measured points")
         pts += got
