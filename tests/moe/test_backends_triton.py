@@ -180,6 +180,39 @@ def test_no_candidate_skips_int4_dequantization() -> None:
             assert not any(c.int4_skip_dequant or c.int4_inflight_mma for c in pair)
 
 
+@pytest.mark.parametrize(("config", "inner", "group"), [
+    ("w128t128fpx", 512, 64),  # 4 K steps, tile-order words and pair scales, a group a step
+    ("w128t128dfp", 512, 128),  # TMA loads, two steps a group
+    ("w128t32k128fp", 1024, 128),  # K steps of 128: four blocks each
+    ("w64t64r16fpx", 512, 64),  # tails, in K halves asked for
+])
+def test_fused_int4_k_halves_over_several_k_steps(config: str, inner: int, group: int,
+                                                  gen: torch.Generator,
+                                                  no_fallback: None) -> None:
+    # a session-14 review: the test above runs one K step of the down launch, so K halves'
+    # pointer advances (activations, words in tile order, TMA coordinates) and a scale group
+    # changing between steps were not run. Here the down launch's K is `inner`, several steps
+    qx = [quantize_expert(e, group) for e in experts(4, 256, inner)]
+    x = torch.randn(150, 256, generator=gen)
+    d = make_dispatch("uniform", 150, 4, 2, gen, with_rowof=True)
+    st = stacked_experts(qx)
+    pair = ft.resolve_config(config, True)
+    k_halves = tuple(dataclasses.replace(c, int4_split_form=2) for c in pair)
+    whole = tuple(dataclasses.replace(c, int4_split_dequant=False) for c in pair)
+    down = ft._fit(k_halves[1], 256, inner, group)
+    assert down is not None and inner // 2 // down.block_k >= 2, down
+    meta = ft.launch_meta(down, num_experts=4, k_dim=inner, gather=False, gated=False, act=0,
+                          combine=2, qgroup=group, ieee=True, interpret=True, w_tma=False,
+                          int4_dequant=4)
+    assert meta["INT4_SPLIT"] == 2
+    with torch.no_grad():
+        want = get_backend("loop")(qx, x, d)
+        got = ft.fused_forward(st, x, d, k_halves)
+        got_whole = ft.fused_forward(st, x, d, whole)
+    torch.testing.assert_close(got, got_whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", range(6))
 def test_every_non_gated_int4_launch_waits_for_its_mmas_or_unpacks_in_halves(mode: int) -> None:
     # runs 86-88: a non-gated int4 K loop that neither waits for each step's MMAs nor unpacks

@@ -69,6 +69,26 @@ def test_int4_k_loops_rewrite_no_registers_of_an_mma_in_flight(tmp_path: Path) -
     assert down["registers"] <= 128 and down["stack_bytes"] == 0, down
 
 
+@pytest.mark.skipif(_nvidia_tool("ptxas") is None, reason="no Triton with a bundled ptxas")
+def test_k_halves_candidates_rewrite_no_registers_of_an_mma_in_flight(tmp_path: Path) -> None:
+    # every 128-row fragment-word candidate's down launch unpacks in K halves (`launch_meta`),
+    # which only w128t128fpx's was measured in (runs 98-99): one of each kind a tune could ship
+    # (row-major words with pair scales, TMA loads, K steps of 128, tails, 3 stages) must keep
+    # no in-flight MMA's registers either
+    from wattmoe.moe import fused_triton as ft  # here: Triton's mode is the interpreter tests'
+
+    configs = ("w128t128fp", "w128t128df", "w128t32k128fpx", "w128t16r16fpx", "w128t32s3fpx")
+    for name in configs:
+        meta = ft.launch_meta(ft.INT4_CANDIDATES[name][1], num_experts=64, k_dim=1024,
+                              gather=False, gated=False, act=0, combine=2, qgroup=128,
+                              ieee=False, interpret=False, w_tma=False, int4_dequant=3)
+        assert meta["INT4_SPLIT"] == 2, name
+    rows = _compile(tmp_path, "k", "--configs", ",".join(configs))
+    downs = [r for r in rows if r["kernel"] == "down"]
+    assert {r["config"] for r in downs} == set(configs)
+    assert all(r["inflight_a_writes"] == 0 and r["mma_loops"] >= 1 for r in downs), downs
+
+
 @pytest.mark.skipif(_nvidia_tool("cuobjdump") is None,
                     reason="no Triton with a bundled cuobjdump")
 def test_the_register_check_finds_the_writes_in_the_kernel_that_failed() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -293,24 +294,41 @@ def test_place_does_not_round_a_fractional_tokens_per_batch_to_zero(tmp_path, ca
 def test_ctrl_c_stops_the_exact_solver_at_once(tmp_path) -> None:
     # a new user's trial (session 14): Ctrl-C at 20 s of a 300 s MILP was seen only when HiGHS
     # returned at its time limit. The solve now runs in a thread the CLI waits on in short
-    # joins, so the interrupt ends the command (status 130) long before the limit
+    # joins, so the interrupt ends the command (status 130) long before the limit. The signal
+    # is sent once the solver has been handed the model (its debug line), not after a guess
+    import queue
     import signal
+    import threading
     import time
 
     out = tmp_path / "m.json"
     entry = "import sys; from wattmoe.cli import main; sys.exit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", entry, "place", "--cluster", "8xh200-2node",
-                             "--preset", "olmoe-1b-7b", "--layers", "2", "--solver", "milp",
-                             "--time-limit", "600", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-c", entry, "-vv", "place", "--cluster",
+                             "8xh200-2node", "--preset", "olmoe-1b-7b", "--layers", "2",
+                             "--solver", "milp", "--time-limit", "600", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True)
+    reader.start()
+    err: list[str] = []
     try:
-        time.sleep(8)  # imports, the problem, the MILP's rows: then HiGHS (minutes on this one)
+        deadline = time.monotonic() + 240
+        while not any("MILP:" in x for x in err):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(err)
+            with contextlib.suppress(queue.Empty):
+                err.append(lines.get(timeout=1))
+        time.sleep(1)  # into HiGHS (minutes on this instance)
+        assert proc.poll() is None, "".join(err)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
+        reader.join(timeout=10)
     finally:
         proc.kill()
+    while not lines.empty():
+        err.append(lines.get())
+    text = "".join(err)
     assert time.monotonic() - t0 < 120, "the interrupt waited for the solver's time limit"
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 130, text
+    assert "MILP interrupted" in text and "interrupted" in text and "Traceback" not in text
     assert not out.exists()

@@ -184,7 +184,7 @@ class KernelConfig:
     # half (`_fused_kernel._dequant_frag_low/high`). The high half's MMA stays in flight across
     # the back edge while the next step unpacks its low half into other registers, so the step
     # needs no wait (INT4_WAIT). False: the whole tile unpacked at once, and the wait; so are
-    # tiles of more than INT4_SPLIT_MAX_ROWS rows whose K step is not two whole 32-byte blocks
+    # tiles of more than INT4_SPLIT_MAX_ROWS rows (`int4_split_form` 0)
     int4_split_dequant: bool = True
     # how `int4_split_dequant` splits the tile: 0 by its rows (`launch_meta`: nibble halves up
     # to INT4_NIBBLE_MAX_ROWS rows, K halves up to INT4_SPLIT_MAX_ROWS, larger tiles wait; each

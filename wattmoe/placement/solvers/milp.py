@@ -276,7 +276,9 @@ def _interruptible(solve: Callable[[], Any], poll_s: float = 0.1) -> Any:
     """`solve()` in a daemon thread, the caller waiting in short joins, so that Ctrl-C stops
     the wait at once: HiGHS releases the GIL but checks for no interrupt, and ran to its time
     limit before the KeyboardInterrupt was seen. It keeps no answer then (HiGHS gives none
-    before it returns, so the abandoned thread's is dropped), and says so."""
+    before it returns, so the abandoned thread's is dropped), and says so. HiGHS cannot be
+    stopped from outside: the abandoned thread solves on to its time limit (`--time-limit`,
+    60 s by default) in a process that goes on (a notebook); the CLI exits."""
     out: dict[str, Any] = {}
 
     def run() -> None:
