@@ -19,6 +19,7 @@ from wattmoe.cost_model.scenarios import (
     moe_backends,
 )
 from wattmoe.cost_model.work import int4_group
+from wattmoe.errors import ConfigError
 from wattmoe.moe import QuantizedExpert, int4_group_size, resolve_shape
 
 
@@ -51,6 +52,9 @@ def test_sweep_config_rejects_bad_values() -> None:
         with pytest.raises(CostModelError, match=f"unknown expert backend .* in op '{op}'"):
             SweepConfig(ops=("expert", op))
     assert SweepConfig(ops=("moe_layer:auto", "moe_layer_int4:fused_graph")).ops
+    # a bad shape fails with the sweep's settings, not inside the sweep under its progress bar
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        SweepConfig(shapes=("tiny", "nope"))
 
 
 def test_shape_specs() -> None:

@@ -150,6 +150,8 @@ class SweepConfig:
                 raise CostModelError("sweep batch sizes must be >= 1 token")
         for d in self.dtypes:
             resolve_dtype(d)
+        for spec in self.shapes:  # here, so that a bad one fails before a sweep (or its bar)
+            resolve_shape(spec)
         for op in self.ops:
             if op not in LAYER_OP_FAMILIES:
                 check_op(op)
