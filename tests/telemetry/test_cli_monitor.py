@@ -83,3 +83,14 @@ def test_monitor_replay_ends_with_the_recording() -> None:
         # the recording: 1451.9 J over 4.0 s, 363 W on average
         assert 1300 < energy <= 1452 and 330 < mean < 400, row
         assert "over 4.0 s of the recording" in proc.stdout
+
+
+def test_the_last_live_table_agrees_with_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    # a new user's trial (session 14): a fast replay ended with the live table's energy (from
+    # its first look to its last refresh: 1.4 J) above a summary of the whole window (3.2 J)
+    assert main(["monitor", "--replay", str(DATA / "sim_recorded.csv"), "--speed", "20"]) == 0
+    rows = [line.split("│") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("│ sim:0")]
+    live, summary = rows[-2], rows[-1]
+    assert len(live) > len(summary)  # the live table has more columns
+    assert float(live[6]) == float(summary[2]) > 0, (live, summary)

@@ -38,9 +38,11 @@ def _f(v: float | None, fmt: str = ".1f", unit: str = "") -> str:
 
 
 def _table(mon: Any, first_energy: dict[str, float | None], elapsed_s: float,
-           last_energy: dict[str, float] | None = None) -> Any:
+           last_energy: dict[str, float] | None = None, final: Any = None) -> Any:
     """`last_energy`: the newest counter reading per device (samples between counter reads,
-    e.g. NVML's 1 Hz `energy_period_s`, carry no energy)."""
+    e.g. NVML's 1 Hz `energy_period_s`, carry no energy). `final`: the closed window's
+    `Measurement`, whose energies the last table shows, so that it agrees with the summary
+    (the table's own readings start at its first look and end at its last refresh)."""
     from rich.table import Table
 
     t = Table(title=f"wattmoe monitor: {elapsed_s:.1f} s, every {mon.interval_s:g} s")
@@ -58,6 +60,8 @@ def _table(mon: Any, first_energy: dict[str, float | None], elapsed_s: float,
         e0 = first_energy.get(d)
         e1 = (last_energy or {}).get(d, s.energy_j)
         energy = e1 - e0 if e1 is not None and e0 is not None else None
+        if final is not None and d in final.devices:
+            energy = final.devices[d].energy_j
         p = mon.pressure(d)
         missing = mon.sampler_stats().missing
         t.add_row(
@@ -106,21 +110,29 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             replay.rewind()  # play the recording from its start, in the window
         recorded0 = None if replay is None else replay.recorded_position_s()
         mon.begin_window("monitor")
+        m: Any = None
         try:
             with Live(_table(mon, first, 0.0), console=console, refresh_per_second=4) as live:
-                while args.seconds is None or time.monotonic() - t0 < args.seconds:
-                    if replay is not None and replay.finished:
-                        break  # the recording has ended: nothing more to play
-                    time.sleep(min(0.25, mon.interval_s))
-                    for d in mon.devices:
-                        s = mon.latest(d)
-                        if s is not None and s.energy_j is not None:
-                            first.setdefault(d, s.energy_j)
-                            last[d] = s.energy_j
-                    live.update(_table(mon, first, time.monotonic() - t0, last))
-        except KeyboardInterrupt:
+                try:
+                    while args.seconds is None or time.monotonic() - t0 < args.seconds:
+                        if replay is not None and replay.finished:
+                            break  # the recording has ended: nothing more to play
+                        time.sleep(min(0.25, mon.interval_s))
+                        for d in mon.devices:
+                            s = mon.latest(d)
+                            if s is not None and s.energy_j is not None:
+                                first.setdefault(d, s.energy_j)
+                                last[d] = s.energy_j
+                        live.update(_table(mon, first, time.monotonic() - t0, last))
+                except KeyboardInterrupt:
+                    pass
+                m = mon.end_window("monitor")
+                # the last table shows the window's energies, as the summary below does
+                live.update(_table(mon, first, time.monotonic() - t0, last, final=m))
+        except KeyboardInterrupt:  # a second Ctrl-C while the table closes
             pass
-        m = mon.end_window("monitor")
+        if m is None:
+            m = mon.end_window("monitor")
         recorded1 = None if replay is None else replay.recorded_position_s()
     console.print()
     title = f"over {m.duration_s:.1f} s"
