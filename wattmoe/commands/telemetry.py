@@ -82,8 +82,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     from wattmoe.telemetry import GpuSystemMonitor, ReplayBackend
 
-    if args.seconds is not None and not args.seconds > 0:
-        raise ConfigError(f"--seconds must be > 0, got {args.seconds}")
     if args.speed is not None and not args.replay:  # was: silently ignored
         raise ConfigError(f"--speed {args.speed:g} needs --replay: live devices run in real time")
     devices = None

@@ -567,8 +567,8 @@ def _wt_accumulate(
     instead of the waiting loop's 127, one CTA per SM instead of two; K halves keep only the
     second half's words and a quarter-tile operand: 128 (Triton 3.6, sm_90, no spills;
     results/cpu/compile_sm90/w256_split_k.txt), yet on the H200 they spent 0.9-1.8% more than
-    the wait (run 97), so `launch_meta` gives 256-row tiles the wait and K halves only where a
-    config asks for them (`int4_split_form` 2)."""
+    the wait there (run 97), and 0.6-2.8% less than nibble halves on 128-row tiles (runs
+    98-99): `launch_meta` picks the form by the tile's rows (`fused_triton._split_by_rows`)."""
     acc = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_F, BLOCK_T), dtype=tl.float32)
     acc_t = tl.zeros((BLOCK_F, TAIL_T), dtype=tl.float32)

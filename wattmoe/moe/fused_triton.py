@@ -737,6 +737,17 @@ INT4_NIBBLE_MAX_ROWS = 64
 INT4_SPLIT_K_MIN_BLOCK_K = 64
 
 
+def _split_by_rows(cfg: KernelConfig) -> int:
+    """`int4_split_form` 0: nibble halves (1) up to INT4_NIBBLE_MAX_ROWS rows, K halves (2) up
+    to INT4_SPLIT_MAX_ROWS where the K step is two whole blocks (else nibble halves), the wait
+    (0) above."""
+    if cfg.block_n <= INT4_NIBBLE_MAX_ROWS:
+        return 1
+    if cfg.block_n <= INT4_SPLIT_MAX_ROWS:
+        return 2 if cfg.block_k >= INT4_SPLIT_K_MIN_BLOCK_K else 1
+    return 0
+
+
 def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool, gated: bool,
                 act: int, combine: int, qgroup: int | None, ieee: bool, interpret: bool,
                 w_tma: bool, int4_dequant: int, spair: bool = False,
@@ -755,11 +766,8 @@ def launch_meta(cfg: KernelConfig, *, num_experts: int, k_dim: int, gather: bool
         guard = qgroup is not None and not gated and not cfg.int4_inflight_mma
         split = 0
         if guard and int4_dequant in (3, 4) and cfg.int4_split_dequant:
-            k_halves = cfg.block_k >= INT4_SPLIT_K_MIN_BLOCK_K
-            split = cfg.int4_split_form or (
-                1 if cfg.block_n <= INT4_NIBBLE_MAX_ROWS
-                else (2 if k_halves else 1) if cfg.block_n <= INT4_SPLIT_MAX_ROWS else 0)
-            if split == 2 and not k_halves:
+            split = cfg.int4_split_form or _split_by_rows(cfg)
+            if split == 2 and cfg.block_k < INT4_SPLIT_K_MIN_BLOCK_K:
                 split = 0  # no whole blocks to split the step into: the wait
         meta.update(BLOCK_F=cfg.block_n, BLOCK_T=cfg.block_m, GROUP_T=cfg.group_m,
                     INT4=qgroup is not None, QGROUP=qgroup or 1, INT4_DEQUANT=int4_dequant,

@@ -328,12 +328,17 @@ class _DuplicateKeyError(Exception):
     """A mapping of a spec file names one key twice (YAML and JSON parsers keep the last)."""
 
 
-def _unique_keys_dict(pairs: list[tuple[Any, Any]], where: str = "") -> dict[Any, Any]:
+def _duplicate(key: Any, where: str = "") -> _DuplicateKeyError:
+    return _DuplicateKeyError(f"duplicate key {key!r}{where}: each field may be given once (the "
+                              "parser would silently keep the last one)")
+
+
+def _unique_keys_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """`json.loads`' object_pairs_hook: a mapping with a repeated key is an error."""
     out: dict[Any, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise _DuplicateKeyError(f"duplicate key {key!r}{where}: each field may be given "
-                                     "once (the parser would silently keep the last one)")
+            raise _duplicate(key)
         out[key] = value
     return out
 
@@ -350,10 +355,7 @@ def _yaml_load_unique(text: str) -> Any:
                     continue  # `<<: *base` then a key of base again overrides it on purpose
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
-                    line = key_node.start_mark.line + 1
-                    raise _DuplicateKeyError(
-                        f"duplicate key {key!r} (line {line}): each field may be given once "
-                        "(the parser would silently keep the last one)")
+                    raise _duplicate(key, f" (line {key_node.start_mark.line + 1})")
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
