@@ -104,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                 if int4:
                     group = int4_group_size(cfg.hidden_size, cfg.expert_inner_size)
                     layer.quantize(group)
-                    if args.int4_config:  # this shape's table entry, in this process only
+                    if args.int4_config:  # this shape's table entry, in this process only:
+                        # every power of two, so that each step's nearest size is within
+                        # TUNED_REACH (one entry at "1" reached steps of <= 8 assignments only)
                         ft.load_tuned(dev)[ft.shape_key(stacked_experts(layer.experts))] = {
-                            "1": args.int4_config}
+                            str(1 << i): args.int4_config for i in range(25)}
                 for backend in ("fused", "fused_graph", "fused+step_graph"):
                     layer.set_backend(backend.split("+")[0])
                     step = GraphedLayer(layer) if backend.endswith("step_graph") else layer
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                         x = x.to(layer.router.gate.weight.dtype)
                         rec = {"case": case, "dtype": dtype, "int4_group": group,
                                "backend": backend, "tokens": tokens}
+                        if int4:  # what the step's experts run (a capacity factor aside)
+                            rec["config"] = ft.choose_config(stacked_experts(layer.experts),
+                                                             tokens * cfg.top_k, dev)
                         try:
                             with torch.inference_mode():
                                 step(x)  # a graph step: capture, then replay
