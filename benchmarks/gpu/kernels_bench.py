@@ -461,6 +461,12 @@ def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> li
             for v in suffixes if n + v in table]
 
 
+def _tune_candidate(name: str, int4: bool) -> tuple | None:
+    """The (gate/up, down) configs of a --tune-candidates entry: a candidate of the weights'
+    kind, or an 'A/B' pair of two (a shipped entry, timed beside the candidates); else None."""
+    return ft.resolve_config(name, int4)
+
+
 def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]:
     m = num_assign / num_experts
     if int4:  # with the tails and 128/256-row tiles of the shipped 512-token entries
@@ -546,7 +552,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tune-energy-rounds", type=int, default=2,
                     help="--tune-by energy: windows per candidate, in alternating order")
     ap.add_argument("--tune-candidates", default="",
-                    help="candidate names to time at every size (default: by rows per expert)")
+                    help="candidate names or 'A/B' pairs (e.g. a shipped entry, to time beside "
+                    "them) to time at every size (default: by rows per expert)")
     ap.add_argument("--check-cases", default="uniform:64,uniform:4096,skewed:512,skewed:4096,"
                     "hot:512,capacity:512,single:1")
     ap.add_argument("--check-backends", default="loop,grouped,fused,fused_graph,grouped_graph,auto")
@@ -588,13 +595,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         ap.error(f"--sections / --tune-weights: unknown {', '.join(bad)}")
     names = [c for c in args.tune_candidates.split(",") if c]
-    unknown = [c for c in names if c not in ft.CANDIDATES and c not in ft.INT4_CANDIDATES]
+    unknown = [c for c in names if _tune_candidate(c, False) is None
+               and _tune_candidate(c, True) is None]
     if unknown:
         ap.error(f"--tune-candidates: unknown candidate(s) {', '.join(unknown)}")
     if names and "tune" in args.sections.split(","):
         for wname in args.tune_weights.split(","):
-            table = ft.INT4_CANDIDATES if wname == "int4" else ft.CANDIDATES
-            if not any(c in table for c in names):
+            if not any(_tune_candidate(c, wname == "int4") for c in names):
                 ap.error(f"--tune-candidates: none is a {wname} candidate (drop {wname} from "
                          "--tune-weights or name one)")
     return args
@@ -750,9 +757,9 @@ class Bench:
                 parts: dict[str, tuple[float, float]] = {}
                 cands = tune_candidates(n_assign, cfg.num_experts, wname == "int4")
                 if self.args.tune_candidates:
-                    table = ft.INT4_CANDIDATES if wname == "int4" else ft.CANDIDATES
                     # parse_args made sure each --tune-weights kind has one
-                    cands = [c for c in self.args.tune_candidates.split(",") if c in table]
+                    cands = [c for c in self.args.tune_candidates.split(",")
+                             if _tune_candidate(c, wname == "int4")]
                 for cand in [*cands, "composite"]:
                     self.check_deadline()
                     if cand == "composite":  # best gate/up launch with the best down launch

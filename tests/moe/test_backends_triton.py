@@ -1171,6 +1171,25 @@ def test_kernels_bench_runs_its_checks_on_the_cpu(tmp_path, monkeypatch: pytest.
     assert 0 < copies["copy_bytes"]["frag"] < copies["weight_bytes"]
 
 
+def test_kernels_bench_tunes_a_shipped_pair_beside_candidates(tmp_path,
+                                                            no_fallback: None) -> None:
+    # --tune-candidates takes 'A/B' pairs (a shipped entry, timed and energy-measured in the
+    # same windows as the candidates it is weighed against); before, pairs were dropped
+    import json
+
+    from tests.scripts import load_script
+
+    kb = load_script("benchmarks/gpu/kernels_bench.py")
+    kb.main(["--device", "cpu", "--shapes", "tiny@0.5", "--sections", "tune",
+             "--tune-weights", "int4", "--tokens", "16",
+             "--tune-candidates", "w64t16f,w64t32f/w64t16f", "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "kernels_bench.json").read_text())
+    assert out["errors"] == []
+    impls = [r["impl"] for r in out["tune"] if r["impl"] != "grouped"]
+    assert impls == ["fused:w64t16f", "fused:w64t32f/w64t16f"]
+    assert all(r["ok"] for r in out["tune"] if r["impl"] != "grouped")
+
+
 def test_kernels_bench_keeps_what_it_measured_when_stopped(tmp_path,
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            no_fallback: None) -> None:

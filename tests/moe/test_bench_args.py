@@ -155,6 +155,9 @@ def test_tune_by_energy_without_a_counter_keeps_the_fastest(tmp_path, monkeypatc
     (["--tune-energy-rounds", "0"], "--tune-energy-rounds: at least 1, got 0"),
     (["--tune-window", "0"], "--tune-window: seconds > 0, finite, got 0.0"),
     (["--tune-window", "inf"], "--tune-window: seconds > 0, finite, got inf"),
+    (["--tune-candidates", "w64t16f/nope"], "--tune-candidates: unknown candidate(s) w64t16f/nope"),
+    (["--sections", "tune", "--tune-weights", "bf16", "--tune-candidates", "w64t16f/w64t32f"],
+     "--tune-candidates: none is a bf16 candidate"),
 ])
 def test_tune_by_energy_options_are_checked(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
