@@ -611,11 +611,11 @@ def test_fused_int4_tile_order_matches_loop(config: str, form: str, tile_rows: i
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # words and pairs in tile order (`int4_tiles`): every K step's tile and every group's
     # pairs at their tile-order place, the up rows' tiles F rows on; groups of 32 = one K step.
-    # Tiles of 64 rows: 128-row programs read two tiles' runs per K step
+    # Tiles of 64 rows: 128-row programs read two tiles' runs per K step; of 128 rows: 64-row
+    # programs read the first or the second half of a tile (H = 256, F = 128: both halves)
     monkeypatch.setattr(ft, "TILE_ROWS", tile_rows)
     gemms = _pairs_case_launches(config, form, gen, launches)
-    want = [min(tile_rows, c.block_n) if c.int4_tiles else 0
-            for c in ft.resolve_config(config, True)]
+    want = [tile_rows if c.int4_tiles else 0 for c in ft.resolve_config(config, True)]
     assert [(k["SPAIR"], k["W_TILES"]) for k in gemms] == [(True, t) for t in want]
 
 
@@ -630,6 +630,9 @@ def test_fused_int4_tile_order_matches_loop(config: str, form: str, tile_rows: i
     # F = 96: gate/up's 64-row tiles would cross; down's K/2 = 48 is not whole 32-byte blocks
     # (no words, no pairs)
     (96, "w64t16fpx", 128, [0, 0]),
+    # F = 192: gate/up's 64-row programs cannot read 128-row tiles (the up rows start inside
+    # one), so they read 64-row tiles; down's (H = 128) read halves of a 128-row tile
+    (192, "w64t16fpx", 128, [64, 128]),
 ])
 def test_fused_int4_tile_order_only_where_tiles_are_whole(
         inner: int, config: str, tile_rows: int, tiles: list[int], gen: torch.Generator,
@@ -645,12 +648,14 @@ def test_fused_int4_tile_order_only_where_tiles_are_whole(
     assert [k["W_TILES"] for k in launches if "INT4_DEQUANT" in k] == tiles
 
 
-@pytest.mark.parametrize(("tile_rows", "copies"), [(64, 1), (128, 2)])
-def test_tile_order_copies_per_stack_follow_the_tile_rows(
-        tile_rows: int, copies: int, gen: torch.Generator, no_fallback: None,
+@pytest.mark.parametrize("tile_rows", [64, 128])
+def test_tile_order_copies_one_per_stack_whatever_the_tile_rows(
+        tile_rows: int, gen: torch.Generator, no_fallback: None,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    # 64-row tiles: 64- and 128-row programs with the same K step read one copy; 128-row
-    # tiles: each program size reads its own
+    # 64- and 128-row programs with the same K step read one copy: in 64-row tiles (128-row
+    # programs read two tiles' runs) or in 128-row tiles (64-row programs read half of one;
+    # until session 15 they read a second copy of their own)
+    copies = 1
     monkeypatch.setattr(ft, "TILE_ROWS", tile_rows)
     caplog.set_level(logging.INFO, logger=ft.__name__)
     qx = [quantize_expert(e, 32) for e in experts(6, 256, 128)]
@@ -795,7 +800,11 @@ def test_tile_rows_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ft._tile_rows(cfg, 2048, 2048, 4096) == 64
     monkeypatch.setattr(ft, "TILE_ROWS", 128)
     assert ft._tile_rows(cfg, 2048, 2048, 4096) == 128
-    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 2048, 2048, 4096) == 64
+    # 64-row programs read halves of 128-row tiles where those are whole, else 64-row tiles
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 2048, 2048, 4096) == 128
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 192, 192, 384) == 64
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 192, 0, 192) == 64
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 128, 0, 128) == 128
     assert ft._tile_rows(cfg, 192, 192, 384) == 0  # 128 rows do not divide 192
     monkeypatch.setattr(ft, "TILE_ROWS", 64)
     assert ft._tile_rows(cfg, 192, 192, 384) == 0  # nor whole 128-row programs
@@ -929,9 +938,9 @@ def test_fused_int4_fragment_words_of_inference_tensors(gen: torch.Generator,
 def test_graphs_keep_their_copies_when_a_stack_gains_one(
         gen: torch.Generator, no_fallback: None, monkeypatch: pytest.MonkeyPatch) -> None:
     # a graph captured at one step size reads that size's int4 copies: a copy made later for
-    # another program size, or a copy rewritten in place, leaves it valid; a copy it reads
-    # made anew at another address does not
-    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    # another layout, or a copy rewritten in place, leaves it valid; a copy it reads made anew
+    # at another address does not
+    monkeypatch.setattr(ft, "TILE_ROWS", 64)
     qx = [quantize_expert(e, 32) for e in experts(6, 256, 128)]
     x = torch.randn(41, 256, generator=gen)
     d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
@@ -939,7 +948,9 @@ def test_graphs_keep_their_copies_when_a_stack_gains_one(
     with torch.no_grad():
         ft.fused_forward(stk, x, d, "w64t16fpx")
         captured = ft.refresh_frag_words(stk.kernel_cache)
-        ft.fused_forward(stk, x, d, "w128t32fpx")  # 128-row tiles: copies of their own
+        monkeypatch.setattr(ft, "TILE_ROWS", 128)  # 128-row tiles: copies of their own
+        ft.fused_forward(stk, x, d, "w128t32fpx")
+        monkeypatch.setattr(ft, "TILE_ROWS", 64)
         now = ft.refresh_frag_words(stk.kernel_cache)
         assert len(now) > len(captured) and not ft.copies_moved(captured, now)
         qx[1].up_proj.packed.copy_(qx[2].up_proj.packed)  # rewritten at the same addresses

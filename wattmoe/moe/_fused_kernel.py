@@ -740,9 +740,11 @@ def moe_gemm_wt(
 
     W_TILES > 0 (fragment words and scale pairs only): both in tile order of W_TILES rows
     (`quant.tile_rows`), each K step's [W_TILES, BLOCK_K / 4] words and each group's W_TILES
-    pair words contiguous; a program's BLOCK_F rows are one tile (W_TILES = BLOCK_F) or span
-    several tiles' runs (W_TILES divides BLOCK_F). The launcher sets it only where W_TILES
-    divides n_out and up_rows, so no row wraps.
+    pair words contiguous; a program's BLOCK_F rows are one tile (W_TILES = BLOCK_F), a part of
+    one (BLOCK_F divides W_TILES: 64-row programs in the 128-row tiles that 128-row programs
+    read, so one copy serves both) or span several tiles' runs (W_TILES divides BLOCK_F). The
+    launcher sets it only where BLOCK_F divides n_out and W_TILES the stack's rows and up_rows,
+    so no row wraps and every tile is whole.
 
     TAIL > 0 (TAIL_T = TAIL): an expert whose rows overflow its last full token tile by at most
     TAIL does those rows in the same program, as a second, TAIL_T-token MMA on the same weight
@@ -776,12 +778,17 @@ def moe_gemm_wt(
     offs_kh = tl.arange(0, BLOCK_K // 2)
     ah_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_kh[None, :]
     ath_ptrs = a_ptr + at_rows[:, None] * stride_am + offs_kh[None, :]
-    if W_TILES == BLOCK_F:  # words and pairs in tile order: the program's tile
-        tile0 = (pid_f * BLOCK_F).to(tl.int64)
+    if W_TILES >= BLOCK_F:  # words and pairs in tile order: the program's rows in one tile
+        # (all of it, or the part0-th BLOCK_F-row part of a larger layout tile: one contiguous
+        # run of BLOCK_F x KW words per K step either way); the part's offset goes into the
+        # scalar base, so the vector offsets are the whole tile's (as aligned, as few registers)
+        PARTS: tl.constexpr = W_TILES // BLOCK_F
+        tile0 = ((pid_f // PARTS) * W_TILES).to(tl.int64)
+        part0 = ((pid_f % PARTS) * BLOCK_F).to(tl.int64)
         r_in = tl.arange(0, BLOCK_F)
-        w_ptrs = (w_ptr + e * stride_we + tile0 * stride_wn + r_in[:, None] * (BLOCK_K // 4)
-                  + tl.arange(0, BLOCK_K // 4)[None, :])
-        s_ptrs = s_ptr + e * stride_se + tile0 * stride_sn + r_in
+        w_ptrs = (w_ptr + (e * stride_we + tile0 * stride_wn + part0 * (BLOCK_K // 4))
+                  + r_in[:, None] * (BLOCK_K // 4) + tl.arange(0, BLOCK_K // 4)[None, :])
+        s_ptrs = s_ptr + (e * stride_se + tile0 * stride_sn + part0) + r_in
     elif W_TILES:  # a program over several layout tiles: each of its rows in its own tile
         r_all = tl.arange(0, BLOCK_F)
         tiles = ((pid_f * (BLOCK_F // W_TILES) + r_all // W_TILES) * W_TILES).to(tl.int64)

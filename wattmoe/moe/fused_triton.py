@@ -210,10 +210,11 @@ class KernelConfig:
     int4_pairs: bool = False
     # int4 with fragment words and scale pairs: both as copies in which each K step's
     # [rows, block_k / 4 words] tile, and each group's scale words of those rows, are
-    # contiguous (`quant.tile_rows`, cached like the words; rows = block_n up to TILE_ROWS,
-    # $WATTMOE_INT4_TILE_ROWS): a 4 KB run per step and 64 rows instead of 64 pieces of 64
-    # bytes; ignored with TMA, and where the tile's rows do not divide the output rows and
-    # the up rows' offset (`_tile_rows`)
+    # contiguous (`quant.tile_rows`, cached like the words; rows = TILE_ROWS,
+    # $WATTMOE_INT4_TILE_ROWS, of which smaller programs read a part): a 4 KB run per step and
+    # 64 rows instead of 64 pieces of 64 bytes; ignored with TMA, and where the program's rows
+    # do not divide the output rows or no tile divides the stack's rows and the up rows'
+    # offset (`_tile_rows`)
     int4_tiles: bool = False
 
     def __post_init__(self) -> None:
@@ -1011,13 +1012,14 @@ TILE_ROWS_ENV = "WATTMOE_INT4_TILE_ROWS"
 
 
 def _tile_rows_setting() -> int:
-    """Rows per tile of the tile-order copies: $WATTMOE_INT4_TILE_ROWS, or 128. 128: each
-    program size in use has a copy of its own (64-row programs read 64-row tiles), and a
-    128-row program reads one run per K step; 64: one copy per stack and K step size, which
-    128-row programs read as two tiles' runs per K step. On the H200 64 cost DeepSeek-V3's
-    int4 step at 512 tokens 2.2% more energy (results/h200/kernels/run75_tile_rows: 3559 and
-    3571 vs 3487 and 3488 uJ/token, alternating, one lease) and saves a copy of the int4
-    weights where the table mixes 64- and 128-row tile-order entries. Read once, by the first
+    """Rows per tile of the tile-order copies: $WATTMOE_INT4_TILE_ROWS, or 128. Either way one
+    copy per stack and K step size serves every program size. 128: a 128-row program reads
+    one run per K step, and a 64-row program half of a tile (one run per K step too; until
+    session 15 64-row programs read a copy of 64-row tiles of their own, a second copy of the
+    int4 weights wherever the table mixes 64- and 128-row entries); 64: 128-row programs
+    read two tiles' runs per K step, which on the H200 cost DeepSeek-V3's int4 step at 512
+    tokens 2.2% more energy (results/h200/kernels/run75_tile_rows: 3559 and 3571 vs 3487 and
+    3488 uJ/token, alternating, one lease). Read once, by the first
     launch that could read tile order (`_tile_rows`), so that a bad value fails there and not
     at import."""
     raw = os.environ.get(TILE_ROWS_ENV, "").strip()
@@ -1048,12 +1050,17 @@ def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
         return 0
     if TILE_ROWS is None:
         TILE_ROWS = _tile_rows_setting()
-    tr = min(TILE_ROWS, cfg.block_n)  # divides block_n: both are powers of two
-    # whole program tiles (so whole layout tiles): a program over several layout tiles reads
-    # its rows without the row-major path's wrap, so rows past n_out would read the next
-    # rows (or past the stack)
-    whole = n_out % cfg.block_n == 0
-    return tr if whole and up_rows % tr == 0 and rows % tr == 0 else 0
+    # whole program tiles: a program reads its rows in tile order without the row-major
+    # path's wrap, so rows past n_out would read the next rows (or past the stack)
+    if n_out % cfg.block_n:
+        return 0
+    # TILE_ROWS-row tiles, which smaller programs read a part of (one copy for every program
+    # size up to TILE_ROWS), where they are whole in the stack and start at the up rows; else
+    # tiles of the program's rows (both powers of two: one divides the other)
+    for tr in dict.fromkeys((TILE_ROWS, min(TILE_ROWS, cfg.block_n))):
+        if up_rows % tr == 0 and rows % tr == 0:
+            return tr
+    return 0
 
 
 def triton_cdiv(a: int, b: int) -> int:
