@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# run 104 (session 15): one int4 tile-order copy per stack (64-row programs read their half of the
+# 128-row tiles, facbe44): (1) kernels_bench check (fused, fused_graph, default cases: 64-4096 tokens,
+# uniform/skewed/hot/capacity/single routing) on the three shapes, with the int4 copies' bytes;
+# (2) nan_probe on w64t16fpx (Qwen3, 64 tokens) and the matrix check with the table; (3) layer steps
+# of steps whose programs are all 64-row (OLMoE 64 and 512 tokens, Qwen3 64, eager and captured):
+# $WATTMOE_INT4_TILE_ROWS=64 (their own 64-row tiles, as before facbe44) against the default (halves of
+# 128-row tiles), in the order old, new, new, old
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 WATTMOE_COMMIT
+unset WATTMOE_KERNEL_CONFIGS WATTMOE_INT4_TILE_ROWS
+rm -rf /tmp/r; mkdir -p /tmp/r
+nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm --format=csv > /tmp/r/gpu_start.csv
+T0=$SECONDS
+timeout 150 python3 benchmarks/gpu/kernels_bench.py --out /tmp/r/k --sections check --check-backends fused,fused_graph \
+  > /tmp/r/k_log.txt 2>&1
+echo "check rc=$? at $((SECONDS-T0)) s"; grep -v Warn /tmp/r/k_log.txt | grep -E "check:|FAIL|rror|kernel copies" | tail -8
+tar czf $OUT/r.tgz -C /tmp r
+timeout 40 python3 benchmarks/gpu/nan_probe.py --shape qwen3-30b-a3b --weights int4 --tokens 64 \
+  --config w64t16fpx --repeats 6 --out /tmp/r/nan_qwen3_64.json > /tmp/r/nan_qwen3_64.txt 2>&1
+echo "nan rc=$? at $((SECONDS-T0)) s: $(grep -h 'bad of' /tmp/r/nan_qwen3_64.txt)"
+timeout 80 python3 benchmarks/gpu/fused_matrix_check.py --out /tmp/r/m.json > /tmp/r/m_log.txt 2>&1
+echo "matrix rc=$? at $((SECONDS-T0)) s: $(tail -1 /tmp/r/m_log.txt)"
+tar czf $OUT/r.tgz -C /tmp r
+i=0
+for v in old new new old; do
+  i=$((i+1))
+  if [ $v = old ]; then export WATTMOE_INT4_TILE_ROWS=64; else unset WATTMOE_INT4_TILE_ROWS; fi
+  timeout 70 python3 benchmarks/gpu/kernels_bench.py --out /tmp/r/e_${i}_$v --shapes olmoe-1b-7b,qwen3-30b-a3b \
+    --tokens 64,512 --sections energy --variants fused_int4 --graph-variants fused_int4+step_graph \
+    --graph-tokens 64,512 --window 1.5 > /tmp/r/e_${i}_${v}_log.txt 2>&1
+  echo "$i $v rc=$? at $((SECONDS-T0)) s"; grep -E "^ +fused_int4" /tmp/r/e_${i}_${v}_log.txt | cut -c1-110
+  tar czf $OUT/r.tgz -C /tmp r
+done
