@@ -6,6 +6,7 @@ A thin layer over `wattmoe.provenance` for scripts under benchmarks/ (run as
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +16,12 @@ __all__ = ["git_commit", "machine_info", "provenance", "write_json"]
 
 
 def provenance() -> dict[str, object]:
-    """commit, command, date_utc and machine of this benchmark run."""
+    """commit, command, the $WATTMOE_* settings it ran under (kernel tables, tile layouts: a
+    run under another setting is another experiment), date_utc and machine of this run."""
     return {
         "commit": git_commit(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("WATTMOE_")},
         "date_utc": utc_now(),
         "machine": machine_info(),
     }

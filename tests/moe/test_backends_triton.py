@@ -648,15 +648,16 @@ def test_fused_int4_tile_order_only_where_tiles_are_whole(
     assert [k["W_TILES"] for k in launches if "INT4_DEQUANT" in k] == tiles
 
 
-@pytest.mark.parametrize("tile_rows", [64, 128])
-def test_tile_order_copies_one_per_stack_whatever_the_tile_rows(
-        tile_rows: int, gen: torch.Generator, no_fallback: None,
+@pytest.mark.parametrize(("tile_rows", "shared", "copies"),
+                         [(64, True, 1), (128, True, 1), (128, False, 2)])
+def test_tile_order_copies_per_stack_follow_the_settings(
+        tile_rows: int, shared: bool, copies: int, gen: torch.Generator, no_fallback: None,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # 64- and 128-row programs with the same K step read one copy: in 64-row tiles (128-row
-    # programs read two tiles' runs) or in 128-row tiles (64-row programs read half of one;
-    # until session 15 they read a second copy of their own)
-    copies = 1
+    # programs read two tiles' runs) or in 128-row tiles (64-row programs read half of one);
+    # with per-program copies (before session 15) each program size reads its own
     monkeypatch.setattr(ft, "TILE_ROWS", tile_rows)
+    monkeypatch.setattr(ft, "TILE_SHARED", shared)
     caplog.set_level(logging.INFO, logger=ft.__name__)
     qx = [quantize_expert(e, 32) for e in experts(6, 256, 128)]
     x = torch.randn(41, 256, generator=gen)
@@ -794,7 +795,27 @@ def test_tile_rows_setting_is_read_at_first_use(monkeypatch: pytest.MonkeyPatch)
     assert ft.TILE_ROWS == 64
 
 
+def test_tile_copies_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ft.TILE_COPIES_ENV, raising=False)
+    assert ft._tile_copies_setting() is True
+    for raw, want in (("shared", True), (" per-program ", False)):
+        monkeypatch.setenv(ft.TILE_COPIES_ENV, raw)
+        assert ft._tile_copies_setting() is want
+    monkeypatch.setenv(ft.TILE_COPIES_ENV, "one")
+    with pytest.raises(ConfigError, match="WATTMOE_INT4_TILE_COPIES='one': 'shared'"):
+        ft._tile_copies_setting()
+    # read at the first launch that could read tile order, as the tile rows
+    monkeypatch.setattr(ft, "TILE_SHARED", None)
+    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    with pytest.raises(ConfigError, match="WATTMOE_INT4_TILE_COPIES"):
+        ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 2048, 2048, 4096)
+    monkeypatch.setenv(ft.TILE_COPIES_ENV, "per-program")
+    assert ft._tile_rows(ft.INT4_CANDIDATES["w64t16fpx"][0], 2048, 2048, 4096) == 64
+    assert ft.TILE_SHARED is False
+
+
 def test_tile_rows_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ft, "TILE_SHARED", True)
     cfg = ft.INT4_CANDIDATES["w128t32s3fpx"][0]
     monkeypatch.setattr(ft, "TILE_ROWS", 64)
     assert ft._tile_rows(cfg, 2048, 2048, 4096) == 64

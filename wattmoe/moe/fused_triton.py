@@ -1037,27 +1037,54 @@ def _tile_rows_setting() -> int:
 
 TILE_ROWS: int | None = None  # `_tile_rows_setting()`, read at the first use
 
+TILE_COPIES_ENV = "WATTMOE_INT4_TILE_COPIES"
+
+
+def _tile_copies_setting() -> bool:
+    """Whether programs smaller than TILE_ROWS read a part of the TILE_ROWS-row tiles
+    ($WATTMOE_INT4_TILE_COPIES unset or `shared`: one tile-order copy per stack and K step
+    size) or tiles of their own rows (`per-program`: a copy per program size, as before
+    session 15). On the H200 shared tiles hold half the int4 copies of a stack run at 64 to
+    16384 tokens (DeepSeek-V3: 5.81 GB against 11.63, besides 5.81 GB of codes and scales)
+    and cost the steps whose programs all have 64 rows 0.3-0.6% more energy (captured OLMoE
+    64 and 512, Qwen3 64 tokens, in the order per-program, shared, shared, per-program:
+    results/h200/kernels/run104_one_copy). Read once, at the first use (`_tile_rows`)."""
+    raw = os.environ.get(TILE_COPIES_ENV, "").strip()
+    if raw in ("", "shared"):
+        return True
+    if raw == "per-program":
+        return False
+    raise ConfigError(f"${TILE_COPIES_ENV}={raw!r}: 'shared' (one int4 tile-order copy per "
+                      "stack, the default) or 'per-program' (a copy per program size)")
+
+
+TILE_SHARED: bool | None = None  # `_tile_copies_setting()`, read at the first use
+
 
 def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
     """The rows per tile in which a launch that reads scale pairs reads words and pairs in tile
-    order, or 0 (row-major): with `cfg.int4_tiles` and no TMA, TILE_ROWS (block_n where it is
-    smaller) where that divides the output rows, the up rows' offset and the stack's rows, and
-    block_n divides the output rows.
+    order, or 0 (row-major): with `cfg.int4_tiles` and no TMA, where block_n divides the output
+    rows, TILE_ROWS where that divides the up rows' offset and the stack's rows (smaller
+    programs read a part of a tile; `_tile_copies_setting`), else block_n where that does.
     Programs larger than TILE_ROWS read several tiles' runs per K step
     (`_tile_rows_setting`)."""
-    global TILE_ROWS
+    global TILE_ROWS, TILE_SHARED
     if not cfg.int4_tiles or cfg.tma:
         return 0
     if TILE_ROWS is None:
         TILE_ROWS = _tile_rows_setting()
+    if TILE_SHARED is None:
+        TILE_SHARED = _tile_copies_setting()
     # whole program tiles: a program reads its rows in tile order without the row-major
     # path's wrap, so rows past n_out would read the next rows (or past the stack)
     if n_out % cfg.block_n:
         return 0
     # TILE_ROWS-row tiles, which smaller programs read a part of (one copy for every program
-    # size up to TILE_ROWS), where they are whole in the stack and start at the up rows; else
-    # tiles of the program's rows (both powers of two: one divides the other)
-    for tr in dict.fromkeys((TILE_ROWS, min(TILE_ROWS, cfg.block_n))):
+    # size up to TILE_ROWS; not with TILE_SHARED off), where they are whole in the stack and
+    # start at the up rows; else tiles of the program's rows (both powers of two: one
+    # divides the other)
+    own = min(TILE_ROWS, cfg.block_n)
+    for tr in dict.fromkeys((TILE_ROWS if TILE_SHARED else own, own)):
         if up_rows % tr == 0 and rows % tr == 0:
             return tr
     return 0
