@@ -693,7 +693,7 @@ def test_int4_heuristic_on_sm90_takes_the_tuned_families(
     # and other GPUs keep the plain tiles
     picks = {m: ft.heuristic_config(m * 64, 64, True, sm90=True) for m in (2, 16, 32, 64, 512)}
     assert picks == {2: "w64t16fpx", 16: "w64t16fpx", 32: "w64t32r16fpx",
-                     64: "w64t64r16fpx", 512: "w64t128fpx"}
+                     64: "w64t64r16fpx", 512: "w128t128fpx"}
     assert all(ft.resolve_config(n, True) is not None for n in picks.values())
     assert ft.heuristic_config(64 * 64, 64, True) == "w64t64"
     assert ft.heuristic_config(64 * 64, 64, False) == "m64"  # bf16 elsewhere: unchanged
@@ -748,7 +748,8 @@ def test_int4_heuristic_picks_share_one_copy(gen: torch.Generator, no_fallback: 
     assert sum(ft.copy_bytes(stk.kernel_cache).values()) == nbytes
 
 
-@pytest.mark.parametrize("config", ["w64t32r16fpx", "w64t64r16fpx", "w64t128fpx"])
+@pytest.mark.parametrize("config", ["w64t32r16fpx", "w64t64r16fpx", "w64t128fpx",
+                                    "w128t128fpx"])
 @pytest.mark.parametrize(("hidden", "inner", "group"), [(96, 224, 32), (128, 192, 64)])
 def test_int4_heuristic_picks_on_shapes_with_partial_tiles(
         config: str, hidden: int, inner: int, group: int, gen: torch.Generator,

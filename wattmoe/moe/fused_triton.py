@@ -422,12 +422,15 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     elem_size: bytes per element of a dense stack (2: bf16/fp16, 4: fp32).
 
     int4 on sm_90 (`sm90`): the families that won every int4 tuning of the three H200 shapes
-    (kernel_configs/nvidia_h200.json, runs 70-78): fragment words and scale pairs in tile
-    order, with tail rows on 32- and 64-token tiles; they fall back to row-major words, or to
-    half-split codes, where a shape's tiles or groups are not whole. All four have 64-row
-    programs with 64-column K steps, so they share one tile-order copy of a stack's int4
-    weights: the tuned `w128t128fpx` spent 3.6-4.8% less than `w64t128fpx` at 4096 tokens
-    (Qwen3, DeepSeek-V3; run 77) but keeps a second copy, which a default should not impose.
+    (kernel_configs/nvidia_h200.json, runs 70-78, 94): fragment words and scale pairs in tile
+    order, with tail rows on 32- and 64-token tiles, and above ~96 rows per expert the
+    128-row `w128t128fpx` that every shape's 4096- and 16384-token entry holds (it spent
+    3.6-4.8% less than `w64t128fpx` at 4096 tokens on Qwen3 and DeepSeek-V3, run 77, before
+    its K halves); they fall back to row-major words, or to half-split codes, where a
+    shape's tiles or groups are not whole. All have 64-column K steps, so they share one
+    tile-order copy of a stack's int4 weights (64-row programs read halves of its 128-row
+    tiles; until session 15 the 128-row pick would have kept a second copy, and the
+    heuristic took `w64t128fpx` instead).
     bf16 on sm_90: the entries that won the bf16 tunings of five shapes by rows per expert (the
     three of the table and two untuned ones, Mixtral-8x7B and a 60-expert top-4 shape, run 82:
     the previous heuristic's picks spent 18-30% more energy per layer step than the tuned ones
@@ -443,7 +446,7 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     m = num_assign / max(num_experts, 1)
     if quantized and sm90:
         return ("w64t16fpx" if m <= 16 else "w64t32r16fpx" if m <= 48 else "w64t64r16fpx"
-                if m <= 96 else "w64t128fpx")
+                if m <= 96 else "w128t128fpx")
     if quantized:
         return "w64t16" if m <= 16 else "w64t32" if m <= 32 else "w64t64" if m <= 96 else (
             "w128t128")
