@@ -443,7 +443,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                         "with the reason")
     p.add_argument("--out", default=None, help="write rows and summary JSON here")
     p.add_argument("--csv", default=None, help="write the rows as CSV here")
-    p.add_argument("--split-latency", type=float, default=None, metavar="S",
+    p.add_argument("--split-latency", type=positive_float, default=None, metavar="S",
                    help="also summarize points measured below/above S seconds")
     p.add_argument("--latency", default="window", choices=("window", "median"),
                    help="latency basis of the model and of the measurements compared")
@@ -461,10 +461,6 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import read_jsonl
 
-    if args.split_latency is not None and not (math.isfinite(args.split_latency)
-                                               and args.split_latency > 0):
-        raise ConfigError(f"--split-latency must be a positive number of seconds, got "
-                          f"{args.split_latency}")
     model = KernelCostModel.load(args.profile, args.latency)
     pts = []
     for m in args.measured:
