@@ -748,6 +748,32 @@ def test_int4_heuristic_picks_share_one_copy(gen: torch.Generator, no_fallback: 
     assert sum(ft.copy_bytes(stk.kernel_cache).values()) == nbytes
 
 
+@pytest.mark.parametrize(("hidden", "inner", "form"),
+                         [(256, 256, "swiglu"), (256, 128, "swiglu"), (128, 256, "relu")])
+def test_placement_counts_the_copies_the_fused_int4_kernels_make(
+        hidden: int, inner: int, form: str, gen: torch.Generator, no_fallback: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the placement's figure for the fused kernels' copy of an int4 replica
+    # (`ExpertShape.fused_copy_bytes`, from the shape alone) is what a stack run through the
+    # heuristic's picks holds, per expert: with words and pairs for every matrix (256 x 256),
+    # and without pairs where a row's halves are not whole groups (K = 128, groups of 128)
+    from wattmoe.moe import int4_group_size
+    from wattmoe.placement import ExpertShape
+
+    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    group = int4_group_size(hidden, inner)
+    stk = stacked_experts([quantize_expert(e, group) for e in experts(4, hidden, inner, form)])
+    with torch.no_grad():
+        for m in (2, 64, 512):
+            x = torch.randn(37, hidden, generator=gen)
+            d = make_dispatch("skewed", 37, 4, 2, gen, with_rowof=True)
+            ft.fused_forward(stk, x, d, ft.heuristic_config(m * 4, 4, True, sm90=True))
+    shape = ExpertShape(hidden, inner, form, "int4")
+    assert sum(ft.copy_bytes(stk.kernel_cache).values()) == 4 * shape.fused_copy_bytes
+    held = sum(t.numel() * t.element_size() for t in (stk.q13, stk.q2, stk.s13, stk.s2))
+    assert held == 4 * shape.weight_bytes
+
+
 @pytest.mark.parametrize("config", ["w64t32r16fpx", "w64t64r16fpx", "w64t128fpx",
                                     "w128t128fpx"])
 @pytest.mark.parametrize(("hidden", "inner", "group"), [(96, 224, 32), (128, 192, 64)])

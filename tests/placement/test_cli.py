@@ -142,6 +142,48 @@ def test_place_with_a_backend_records_it(layer_profile, tmp_path, capsys) -> Non
     assert p.summary.cost_sources["cpu0"].startswith("analytic roofline")
 
 
+def test_place_int4_with_the_fused_backend_counts_its_copy(tmp_path, capsys) -> None:
+    # was: the GPU, with room for 6 int4 'tiny' experts by codes and scales, took 6; the fused
+    # kernels also hold a copy of the weights in their order, and 3 fit
+    import json
+
+    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
+    from wattmoe.cost_model import OpShape, save_profile
+    from wattmoe.placement import ExpertShape
+
+    layer = OpShape(64, 128, "swiglu", 8, 2)  # tiny
+    db = synthetic_db([synthetic_point("moe_layer_int4:fused", n, layer) for n in TOKENS])
+    db.devices["cuda:0"].name = "NVIDIA H200"
+    profile = save_profile(db, tmp_path / "int4.json")
+    int4 = ExpertShape(64, 128, dtype="int4")
+    w, copy = int4.weight_bytes, int4.fused_copy_bytes  # 12.8 KiB, 12.2 KiB (no pairs: w13)
+    spec = load_cluster_dict("h200-cpu")
+    spec["devices"][0]["memory_bytes"] = 6 * w
+    cluster = tmp_path / "c.json"
+    cluster.write_text(json.dumps(spec))
+    out = tmp_path / "p.json"
+    assert main(["place", "--cluster", str(cluster), "--preset", "tiny", "--layers", "1",
+                 "--dtype", "int4", "--cost-model", str(profile), "--backend", "fused",
+                 "--solver", "fill", "--out", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("memory of one replica: 12.8 KiB; 25.0 KiB on a GPU with backend fused (the fused "
+            "kernels' copy of the int4 weights)") in text
+    gpu, cpu = Placement.from_json(out.read_text()).summary.devices
+    assert (gpu.replicas, gpu.memory_bytes) == (3, 3 * (w + copy))
+    assert cpu.memory_bytes == cpu.replicas * w
+    # without an int4 fused backend, no such line
+    assert main(["place", "--cluster", str(cluster), "--preset", "tiny", "--layers", "1",
+                 "--dtype", "int4", "--solver", "fill", "--out", str(out)]) == 0
+    assert "memory of one replica" not in capsys.readouterr().out
+    assert Placement.from_json(out.read_text()).summary.devices[0].replicas == 6
+
+
+def load_cluster_dict(name: str) -> dict:
+    from wattmoe.placement import load_cluster
+
+    return load_cluster(name).to_dict()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--cluster", "h200-cpu", "--backend", "fused"], "--backend 'fused' needs --cost-model"),
     (["--cluster", "h200-cpu", "--preset", "tiny", "--backend", "grouped", "--cost-model",

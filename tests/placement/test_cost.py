@@ -116,6 +116,79 @@ def test_profile_provider_names_devices_by_hardware(linear_cost: LinearCost) -> 
     assert chain.idle_power_w("cpu-16core") == 45.0
 
 
+def test_fused_int4_copy_by_hand() -> None:
+    # OLMoE (H 2048, F 1024, groups of 128): the fused kernels' copy is the codes again as
+    # fragment words and the scales again as pair words, for each of the three matrices
+    olmoe = ExpertShape(2048, 1024, "swiglu", "int4")
+    codes, scales = 3 * 2048 * 1024 // 2, 3 * 2048 * (1024 // 128) * 2
+    assert olmoe.weight_bytes == codes + scales == 3_244_032
+    assert olmoe.fused_copy_bytes == codes + scales
+    # Qwen1.5-MoE's down rows (K = F = 1408: 704 packed bytes, 5.5 groups per half) have
+    # fragment words but no scale pairs
+    qwen = ExpertShape(2048, 1408, "swiglu", "int4")
+    assert qwen.fused_copy_bytes == 3 * 2048 * 1408 // 2 + 2 * 1408 * 16 * 2
+    # relu: two matrices
+    assert ExpertShape(64, 128, "relu", "int4").fused_copy_bytes == (
+        128 * 64 // 2 + 64 * 128 // 2 + 64 * 2 * 2)  # up: words, no pairs (groups of 64)
+    # gate and up rows of 24 packed bytes (K = 48) are read as stored; down (K = 128,
+    # groups of 16) gets words and pairs
+    assert ExpertShape(48, 128, "swiglu", "int4").fused_copy_bytes == (
+        48 * 128 // 2 + 48 * (128 // 16) * 2)
+    assert ExpertShape(2048, 1024, "swiglu", "bf16").fused_copy_bytes == 0
+
+
+def test_replica_bytes_count_the_copy_only_for_int4_on_a_fused_gpu() -> None:
+    int4, bf16 = ExpertShape(2048, 1024, dtype="int4"), ExpertShape(2048, 1024)
+    w = int4.weight_bytes
+    assert int4.replica_bytes("gpu", "fused") == int4.replica_bytes("gpu", "fused_graph") == 2 * w
+    assert int4.replica_bytes("cpu", "fused") == w
+    assert [int4.replica_bytes("gpu", b) for b in (None, "loop", "grouped", "auto")] == [w] * 4
+    assert bf16.replica_bytes("gpu", "fused") == bf16.weight_bytes
+
+
+def _int4_pair(slots: int):
+    """h200-cpu with room for `slots` int4 OLMoE experts by their weights on each device."""
+    spec = load_cluster("h200-cpu").to_dict()
+    for d in spec["devices"]:
+        d["memory_bytes"] = slots * ExpertShape(2048, 1024, dtype="int4").weight_bytes
+    return cluster_from_dict(spec)
+
+
+def test_slots_on_a_fused_gpu_leave_room_for_the_int4_copy() -> None:
+    # was: 5 slots on the GPU whatever the backend; the fused kernels' copy doubles an int4
+    # replica there, so 2 fit (the CPU, which runs no fused kernels, keeps 5)
+    int4 = ExpertShape(2048, 1024, dtype="int4")
+    cluster = _int4_pair(5)
+    plain = build_cost_graph(cluster, AnalyticCostProvider(), int4, 100)
+    assert list(plain.slots) == [5, 5] and plain.backend is None
+    assert list(plain.replica_bytes) == [int4.weight_bytes] * 2
+    fused = build_cost_graph(cluster, AnalyticCostProvider(), int4, 100, backend="fused")
+    assert list(fused.slots) == [2, 5]
+    assert list(fused.replica_bytes) == [2 * int4.weight_bytes, int4.weight_bytes]
+    assert fused.graph.nodes["gpu0"]["replica_bytes"] == 2 * int4.weight_bytes
+    # bf16 through the fused kernels: the weights themselves, no copy
+    bf16 = ExpertShape(2048, 1024)
+    spec = cluster.to_dict()
+    for d in spec["devices"]:
+        d["memory_bytes"] = 5 * bf16.weight_bytes
+    g = build_cost_graph(cluster_from_dict(spec), AnalyticCostProvider(), bf16, 100,
+                         backend="fused")
+    assert list(g.slots) == [5, 5]
+
+
+def test_graph_takes_the_backend_the_provider_prices() -> None:
+    # profile_cost_provider(..., backend=...) records it on the chain: the memory follows the
+    # backend that prices the costs without saying it twice
+    int4 = ExpertShape(2048, 1024, dtype="int4")
+    chain = ChainCostProvider([AnalyticCostProvider()], backend="fused")
+    g = build_cost_graph(_int4_pair(5), chain, int4, 100)
+    assert g.backend == "fused" and list(g.slots) == [2, 5]
+    assert build_cost_graph(_int4_pair(5), chain, int4, 100, backend="fused").backend == "fused"
+    with pytest.raises(PlacementError, match="backend 'grouped' for the memory of a replica, "
+                                             "but the cost provider prices backend 'fused'"):
+        build_cost_graph(_int4_pair(5), chain, int4, 100, backend="grouped")
+
+
 def test_graph_transfer_costs_by_hand() -> None:
     shape = ExpertShape(2048, 1024)
     g = build_cost_graph(load_cluster("h200-cpu"), AnalyticCostProvider(), shape, 1000)

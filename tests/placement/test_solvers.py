@@ -277,6 +277,50 @@ def test_experts_that_do_not_fit_together() -> None:
         make_problem(cluster_from_dict(spec), loads, OLMOE, ANALYTIC)
 
 
+def test_fused_int4_memory_errors_name_the_replica_with_its_copy() -> None:
+    # 2 x 8 int4 experts on h200-cpu with room for 5 of them by weights on each device: 10
+    # slots without a backend (infeasible), 2 + 5 with the fused kernels' copy on the GPU
+    int4 = ExpertShape(2048, 1024, dtype="int4")  # 3.1 MiB of codes and scales
+    loads = synthetic_loads(2, 8, 2, 64, seed=0)
+    spec = load_cluster("h200-cpu").to_dict()
+    for d in spec["devices"]:
+        d["memory_bytes"] = 5 * int4.weight_bytes
+    with pytest.raises(InfeasibleError, match=r"need 49\.5 MiB \(3\.1 MiB each\) but all "
+                                              r"devices together hold 10 experts"):
+        make_problem(cluster_from_dict(spec), loads, int4, ANALYTIC)
+    with pytest.raises(InfeasibleError, match=(
+            r"need 49\.5 MiB to 99\.0 MiB \(3\.1 MiB each; 6\.2 MiB on a GPU with backend "
+            r"fused \(the fused kernels' copy of the int4 weights\)\) but all devices "
+            r"together hold 7 experts")):
+        make_problem(cluster_from_dict(spec), loads, int4, ANALYTIC, backend="fused")
+    spec["devices"][1]["memory_bytes"] = int4.weight_bytes - 1  # the CPU holds none
+    spec["devices"][0]["memory_bytes"] = 2 * int4.weight_bytes - 1  # the GPU none with the copy
+    with pytest.raises(InfeasibleError, match=r"int4: 3\.1 MiB; 6\.2 MiB on a GPU with backend "
+                                              r"fused .* larger than the memory of every device"):
+        make_problem(cluster_from_dict(spec), loads, int4, ANALYTIC, backend="fused")
+
+
+def test_fused_int4_placement_fits_the_copy_on_the_gpu() -> None:
+    # every solver keeps the GPU within its memory counted with the copy, and the summary's
+    # memory is replicas x (weights + copy) there, replicas x weights on the CPU
+    int4 = ExpertShape(2048, 1024, dtype="int4")
+    w = int4.weight_bytes
+    loads = synthetic_loads(2, 8, 2, 64, seed=0)
+    spec = load_cluster("h200-cpu").to_dict()
+    spec["devices"][0]["memory_bytes"] = 10 * w  # 10 by weights, 5 with the copy
+    spec["devices"][1]["memory_bytes"] = 100 * w
+    problem = make_problem(cluster_from_dict(spec), loads, int4, ANALYTIC, backend="fused")
+    assert list(problem.graph.slots) == [5, 100]
+    for solver in ("heuristic", "fill", "eplb", "round-robin"):
+        p = solve(problem, solver)
+        gpu, cpu = p.summary.devices
+        assert gpu.replicas <= 5 and not p.summary.violations, solver
+        assert gpu.memory_bytes == gpu.replicas * 2 * w <= gpu.memory_capacity_bytes
+        assert cpu.memory_bytes == cpu.replicas * w
+        assert p.expert_bytes == w  # what a migration moves: the weights
+    assert solve(problem, "fill").summary.devices[0].replicas == 5  # the GPU fills up
+
+
 def test_infeasible_slo_is_one_clear_error(linear_cost: LinearCost) -> None:
     # Below the lower bound: refused before solving.
     with pytest.raises(InfeasibleError, match=r"latency SLO 0\.500 ms is infeasible"):

@@ -156,7 +156,7 @@ def cmd_place(args: argparse.Namespace) -> int:
         latency_slo_s=None if args.slo_ms is None else args.slo_ms / 1e3,
         max_replicas=args.max_replicas, redundant_per_layer=args.redundant)
     problem = make_problem(cluster, loads, ExpertShape.from_config(cfg, args.dtype), provider,
-                           args.objective, constraints)
+                           args.objective, constraints, backend=args.backend)
     options: dict[str, Any] = {}
     if args.solver == "heuristic" and args.time_limit is not None:
         options["options"] = HeuristicOptions(time_limit_s=args.time_limit)
@@ -168,6 +168,7 @@ def cmd_place(args: argparse.Namespace) -> int:
         meta["backend"] = args.backend
     placement = solve(problem, args.solver, meta=meta, **options)
     _print_placement(placement, cfg.name, loads.source, provider_txt)
+    _print_replica_memory(problem)
     if args.compare:
         _print_comparison(problem, placement)
     if args.out:
@@ -213,6 +214,17 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
         console.print(f"costs of {name}: {src}", markup=False, highlight=False, soft_wrap=True)
     for v in s.violations:
         console.print(f"[yellow]constraint violated:[/] {v}", highlight=False)
+
+
+def _print_replica_memory(problem: Any) -> None:
+    """Says what one replica's memory is where it is more than its weights: int4 experts on
+    GPUs with a fused backend count the fused kernels' copy of the weights."""
+    from wattmoe.placement import replica_text
+
+    g = problem.graph
+    if (g.replica_bytes != g.shape.weight_bytes).any():
+        console.print(f"memory of one replica: {replica_text(g)}", markup=False,
+                      highlight=False, soft_wrap=True)
 
 
 def _print_comparison(problem: Any, placement: Any) -> None:

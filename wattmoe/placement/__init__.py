@@ -24,6 +24,7 @@ from wattmoe.placement.analytic import (
     profile_cost_provider,
 )
 from wattmoe.placement.base import (
+    FUSED_BACKENDS,
     Constraints,
     ExpertCostProvider,
     ExpertShape,
@@ -46,6 +47,7 @@ from wattmoe.placement.problem import (
     evaluate,
     latency_lower_bound,
     make_problem,
+    replica_text,
 )
 from wattmoe.placement.result import (
     DeviceSummary,
@@ -68,6 +70,7 @@ from wattmoe.placement.spec import (
 )
 
 __all__ = [
+    "FUSED_BACKENDS",
     "ROOFLINE_DEVICES",
     "SOLVERS",
     "AliasedCostProvider",
@@ -107,6 +110,7 @@ __all__ = [
     "make_problem",
     "profile_cost_provider",
     "read_loads",
+    "replica_text",
     "sample_curve",
     "shipped_clusters",
     "solve",

@@ -148,12 +148,18 @@ class ChainCostProvider:
 
     Use it to combine a measured profile (which covers the devices that were profiled) with
     `AnalyticCostProvider` for the rest.
+
+    Args:
+        providers: asked in this order.
+        backend: the expert backend whose layer steps the first provider prices (None: not a
+            backend's); `build_cost_graph` reads it for the memory of a replica.
     """
 
-    def __init__(self, providers: Sequence[object]) -> None:
+    def __init__(self, providers: Sequence[object], backend: str | None = None) -> None:
         if not providers:
             raise PlacementError("ChainCostProvider needs at least one provider")
         self.providers = list(providers)
+        self.backend = backend
         self._choice: dict[str, object] = {}
 
     def provider_for(self, device: str) -> object:
@@ -229,7 +235,9 @@ def profile_cost_provider(model: object, label: str = "", fallback: object | Non
         backend: an expert backend ('fused', 'grouped', ...): price an expert as its share
             of the profiled layer steps of that backend (`model.backend_view(backend)`)
             instead of one expert called alone; devices of the profile without steps of
-            that backend are left to `fallback`.
+            that backend are left to `fallback`. Recorded as the chain's `backend`, from
+            which the placement counts a replica's memory (int4 on a GPU with a fused
+            backend: the kernels' copy too, `ExpertShape.replica_bytes`).
 
     Raises:
         PlacementError: `model` is a path (str or os.PathLike) or not a cost model (no
@@ -251,7 +259,7 @@ def profile_cost_provider(model: object, label: str = "", fallback: object | Non
                     ) or dev
         aliases[device_slug(str(hardware))] = dev
     return ChainCostProvider([AliasedCostProvider(provider, aliases, label),
-                              fallback or AnalyticCostProvider()])
+                              fallback or AnalyticCostProvider()], backend=backend)
 
 
 def _has_methods(obj: object, *names: str) -> bool:

@@ -15,12 +15,21 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from wattmoe.cost_model.work import int4_weight_bytes
+from wattmoe.cost_model.work import INT4_SCALE_BYTES, int4_group, int4_weight_bytes
 from wattmoe.errors import ConfigError, WattmoeError
 
 EXPERT_FORMS: tuple[str, ...] = ("swiglu", "relu")
 #: Bytes per element of the dtypes a placement can be asked about.
 DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
+#: Expert backends that run int4 experts on a GPU with the fused Triton kernels
+#: (`wattmoe.moe.fused_triton`), which hold a copy of the weights in their own order besides the
+#: packed codes and scales (`ExpertShape.fused_copy_bytes`). `auto` is not among them: it may
+#: pick another backend at every step size.
+FUSED_BACKENDS: frozenset[str] = frozenset({"fused", "fused_graph"})
+#: `wattmoe.moe.quant.FRAGMENT_BYTES`, repeated (placement imports no torch): the fused int4
+#: kernels read a matrix's codes as fragment words only where its packed rows are whole blocks
+#: of this many bytes.
+FRAGMENT_BYTES = 32
 
 
 class PlacementError(WattmoeError, ValueError):
@@ -100,6 +109,48 @@ class ExpertShape:
         per_weight = (int4_weight_bytes(self.hidden, self.inner) if self.dtype == "int4"
                       else DTYPE_BYTES[self.dtype])
         return math.ceil(self.params * per_weight)
+
+    @property
+    def fused_copy_bytes(self) -> int:
+        """Memory the fused int4 kernels hold for one replica on a GPU besides its weights
+        (`wattmoe.moe.fused_triton.copy_bytes` of a stack, per expert); 0 unless int4.
+
+        Per matrix of K input columns (gate and up: K = hidden; down: K = inner) and R rows:
+        one copy of the packed codes as fragment words (int32 [R, K/8]: the codes' R K / 2
+        bytes again) where a packed row is whole 32-byte blocks (`quant.fragment_words`),
+        and with it one of the fp16 group scales as pair words (int32 [R, G/2]: the scales'
+        2 R G bytes again) where each half of a row is whole groups (`quant.scale_pairs`); the
+        tile-order copies (`quant.tile_rows`) are the same bytes in another order. Where both
+        apply to every matrix the copy equals `weight_bytes` and a GPU holds twice the
+        weights (every model preset but Qwen1.5-MoE, whose down rows' halves are not whole
+        groups: no pairs of those scales, 0.99x).
+
+        A lower bound: a stack whose kernel configs read K steps of two sizes (OLMoE's
+        512-token entry on the H200) holds a tile-order copy of its codes for each, which the
+        shape alone does not say (`docs/kernels.md`).
+        """
+        if self.dtype != "int4":
+            return 0
+        group = int4_group(self.hidden, self.inner)
+        up = 2 if self.form == "swiglu" else 1
+        total = 0
+        for rows, k in ((up * self.inner, self.hidden), (self.hidden, self.inner)):
+            if (k // 2) % FRAGMENT_BYTES:  # the kernels read the half-split codes as stored
+                continue
+            total += rows * k // 2
+            if (k // 2) % group == 0:
+                total += math.ceil(rows * (k // group) * INT4_SCALE_BYTES)
+        return total
+
+    def replica_bytes(self, kind: str, backend: str | None = None) -> int:
+        """Memory one replica takes on a device of `kind` ('gpu' | 'cpu') whose experts run
+        expert backend `backend` (None: not said, as with the analytic costs): its weights
+        (`weight_bytes`), plus, for int4 experts on a GPU with a fused backend
+        (`FUSED_BACKENDS`), the fused kernels' copy of them (`fused_copy_bytes`). The one
+        figure placement counts memory with: slots, infeasibility errors, a summary's
+        memory."""
+        copy = kind == "gpu" and backend in FUSED_BACKENDS
+        return self.weight_bytes + (self.fused_copy_bytes if copy else 0)
 
     @property
     def activation_bytes_per_token(self) -> float:

@@ -1,10 +1,10 @@
 """The cost graph: devices and links as a networkx graph carrying every cost a solver needs.
 
-Nodes are the cluster's devices (attributes: kind, memory, expert slots, idle power, power
-budget and the sampled `CostCurve` of the expert shape) and its nodes/switches; edges are the
-links (bandwidth, energy per byte, latency). From it, each device gets the cost of moving a
-token's activations from the tokens' home devices and back, along the path that minimizes
-`latency_s + 1 MiB / bandwidth` (a typical dispatch message):
+Nodes are the cluster's devices (attributes: kind, memory, the memory of one replica, expert
+slots, idle power, power budget and the sampled `CostCurve` of the expert shape) and its
+nodes/switches; edges are the links (bandwidth, energy per byte, latency). From it, each device
+gets the cost of moving a token's activations from the tokens' home devices and back, along the
+path that minimizes `latency_s + 1 MiB / bandwidth` (a typical dispatch message):
 
 - transfer energy per token = 2 x activation bytes x mean over homes of the path's J/byte;
 - transfer time per token = 2 x activation bytes x mean over homes of 1 / path bandwidth
@@ -23,7 +23,7 @@ import networkx as nx
 import numpy as np
 
 from wattmoe.placement.analytic import describe_provider
-from wattmoe.placement.base import ExpertCostProvider, ExpertShape
+from wattmoe.placement.base import ExpertCostProvider, ExpertShape, PlacementError
 from wattmoe.placement.curves import CostCurve, sample_curve
 from wattmoe.placement.spec import ClusterSpec
 
@@ -43,13 +43,17 @@ class CostGraph:
         device_names: [D] device names.
         curves: one `CostCurve` per distinct (cost device, power budget).
         curve_index: [D] index into `curves`.
-        slots: [D] expert replicas that fit in each device's memory.
+        replica_bytes: [D] memory one replica takes on each device
+            (`ExpertShape.replica_bytes` of its kind and `backend`).
+        slots: [D] expert replicas that fit in each device's memory (memory // replica_bytes).
         idle_power_w: [D] idle power.
         always_on: [D] idle power counts even if the device hosts nothing (token homes too).
         transfer_energy_j_per_token: [D] energy to move one token there and back.
         transfer_time_s_per_token: [D] link time per token there and back.
         message_latency_s: [D] fixed latency per layer that sends the device tokens.
         cost_sources: device name -> where its kernel costs come from.
+        backend: the expert backend the GPUs run (None: not said), which the memory of an
+            int4 replica depends on.
     """
 
     cluster: ClusterSpec
@@ -58,6 +62,7 @@ class CostGraph:
     device_names: tuple[str, ...]
     curves: tuple[CostCurve, ...]
     curve_index: np.ndarray
+    replica_bytes: np.ndarray
     slots: np.ndarray
     idle_power_w: np.ndarray
     always_on: np.ndarray
@@ -65,6 +70,7 @@ class CostGraph:
     transfer_time_s_per_token: np.ndarray
     message_latency_s: np.ndarray
     cost_sources: dict[str, str] = field(default_factory=dict)
+    backend: str | None = None
 
     @property
     def num_devices(self) -> int:
@@ -107,12 +113,20 @@ class CostGraph:
 
 
 def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: ExpertShape,
-                     max_tokens: float, *, curve_points: int = 48) -> CostGraph:
+                     max_tokens: float, *, curve_points: int = 48,
+                     backend: str | None = None) -> CostGraph:
     """Samples each device's cost curve once and derives the per-device transfer costs.
 
     Args:
         max_tokens: the largest per-expert token count the curves must cover.
+        backend: the expert backend the GPUs run ('fused', ...), for the memory of a replica
+            (`ExpertShape.replica_bytes`); default: the provider's `backend` attribute (what
+            `profile_cost_provider(..., backend=...)` prices), else None.
+
+    Raises:
+        PlacementError: `backend` is not the backend the provider prices.
     """
+    backend = _backend(provider, backend)
     g = nx.Graph(name=cluster.name)
     for node in cluster.nodes:
         g.add_node(node.name, kind="node")
@@ -128,9 +142,11 @@ def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: 
                                        power_budget_w=d.power_budget_w, points=curve_points))
         index.append(curve_key[key])
         curve = curves[curve_key[key]]
+        replica_bytes = shape.replica_bytes(d.kind, backend)
         sources[d.name] = describe_provider(provider, d.cost_device)
         g.add_node(d.name, kind=d.kind, node=d.node, cost_device=d.cost_device,
-                   memory_bytes=d.memory_bytes, slots=d.memory_bytes // shape.weight_bytes,
+                   memory_bytes=d.memory_bytes, replica_bytes=replica_bytes,
+                   slots=d.memory_bytes // replica_bytes,
                    idle_power_w=curve.idle_power_w, power_budget_w=d.power_budget_w,
                    always_on=d.always_on or d.name in cluster.token_home, curve=curve)
     for lk in cluster.links:
@@ -169,8 +185,20 @@ def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: 
         a.setflags(write=False)
     return CostGraph(
         cluster=cluster, shape=shape, graph=g, device_names=names, curves=tuple(curves),
-        curve_index=np.array(index, dtype=np.int64), slots=arr("slots", np.int64),
+        curve_index=np.array(index, dtype=np.int64),
+        replica_bytes=arr("replica_bytes", np.int64), slots=arr("slots", np.int64),
         idle_power_w=arr("idle_power_w"), always_on=arr("always_on", bool),
         transfer_energy_j_per_token=xe, transfer_time_s_per_token=xt, message_latency_s=lat0,
-        cost_sources=sources,
+        cost_sources=sources, backend=backend,
     )
+
+
+def _backend(provider: object, backend: str | None) -> str | None:
+    """`backend`, or the one `provider` prices where it says (its `backend` attribute)."""
+    priced = getattr(provider, "backend", None)
+    if backend is None:
+        return priced if isinstance(priced, str) else None
+    if isinstance(priced, str) and priced != backend:
+        raise PlacementError(f"backend {backend!r} for the memory of a replica, but the cost "
+                             f"provider prices backend {priced!r}")
+    return backend

@@ -142,29 +142,39 @@ class PlacementProblem:
 
 def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
                  provider: ExpertCostProvider, objective: Objective | str = "energy",
-                 constraints: Constraints | None = None) -> PlacementProblem:
+                 constraints: Constraints | None = None, *,
+                 backend: str | None = None) -> PlacementProblem:
     """Builds the cost graph and checks that a placement can exist at all.
+
+    Args:
+        backend: the expert backend the GPUs run, for the memory of a replica (int4 with a
+            fused backend counts the kernels' copy on GPUs: `ExpertShape.replica_bytes`);
+            default: the provider's (`profile_cost_provider(..., backend=...)`), else None.
 
     Raises:
         InfeasibleError: an expert fits on no device, all devices together cannot hold the
             experts, or the latency SLO is below a lower bound of any placement's latency.
+        PlacementError: `backend` is not the one the provider prices.
     """
     constraints = constraints or Constraints()
     L, E = loads.tokens.shape
-    graph = build_cost_graph(cluster, provider, shape, max_tokens=float(loads.tokens.max()))
-    each = fmt_bytes(shape.weight_bytes)
+    graph = build_cost_graph(cluster, provider, shape, max_tokens=float(loads.tokens.max()),
+                             backend=backend)
     if graph.slots.max() == 0:
         big = int(np.argmax([d.memory_bytes for d in cluster.devices]))
         raise InfeasibleError(
             f"one expert (H={shape.hidden}, F={shape.inner}, {shape.form}, {shape.dtype}: "
-            f"{each}) is larger than the memory of every device (largest: "
+            f"{replica_text(graph)}) is larger than the memory of every device (largest: "
             f"{cluster.devices[big].name} with {fmt_bytes(cluster.devices[big].memory_bytes)})"
         )
     if int(graph.slots.sum()) < L * E:
+        least, most = int(graph.replica_bytes.min()), int(graph.replica_bytes.max())
+        need = fmt_bytes(L * E * least) + ("" if least == most
+                                           else f" to {fmt_bytes(L * E * most)}")
         raise InfeasibleError(
-            f"the {L} x {E} experts need {fmt_bytes(L * E * shape.weight_bytes)} "
-            f"({each} each) but all devices together hold {int(graph.slots.sum())} "
-            f"experts ({fmt_bytes(sum(d.memory_bytes for d in cluster.devices))})"
+            f"the {L} x {E} experts need {need} ({replica_text(graph, ' each')}) but all "
+            f"devices together hold {int(graph.slots.sum())} experts "
+            f"({fmt_bytes(sum(d.memory_bytes for d in cluster.devices))})"
         )
     problem = PlacementProblem(graph, loads, Objective.parse(objective), constraints)
     ref = evaluate(problem, round_robin_assignment(L, E, graph.slots))
@@ -181,6 +191,19 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
                 f"{problem.max_replicas} replicas on the fastest devices)"
             )
     return problem
+
+
+def replica_text(graph: CostGraph, each: str = "") -> str:
+    """The memory one replica takes, as errors and the CLI say it: '3.1 MiB', or, where the
+    GPUs count the fused int4 kernels' copy, '3.1 MiB; 6.2 MiB on a GPU with backend fused
+    (the fused kernels' copy of the int4 weights)'; `each` follows the first figure."""
+    shape = graph.shape
+    text = fmt_bytes(shape.weight_bytes) + each
+    more = sorted({int(b) for b in graph.replica_bytes if b != shape.weight_bytes})
+    if more:
+        text += (f"; {', '.join(fmt_bytes(b) for b in more)} on a GPU with backend "
+                 f"{graph.backend} (the fused kernels' copy of the int4 weights)")
+    return text
 
 
 def latency_lower_bound(problem: PlacementProblem) -> float:

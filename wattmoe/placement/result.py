@@ -25,7 +25,8 @@ class DeviceSummary:
     Attributes:
         name, kind: the device.
         replicas: expert replicas it hosts (all layers).
-        memory_bytes: weight memory those replicas take.
+        memory_bytes: memory those replicas take (`ExpertShape.replica_bytes` each: with
+            int4 on a GPU with a fused backend, the weights and the kernels' copy of them).
         memory_capacity_bytes: its memory.
         tokens: expert-token assignments it computes per batch (all layers).
         busy_s: its time per batch (sum over layers of its per-layer time).
@@ -189,7 +190,7 @@ def summarize(problem: PlacementProblem, ev: Evaluation) -> PlacementSummary:
         energy = float(ev.idle_energy_j[i] + ev.kernel_energy_j[i])
         devices.append(DeviceSummary(
             name=spec.name, kind=spec.kind, replicas=int(ev.slots_used[i]),
-            memory_bytes=int(ev.slots_used[i]) * g.shape.weight_bytes,
+            memory_bytes=int(ev.slots_used[i]) * int(g.replica_bytes[i]),
             memory_capacity_bytes=spec.memory_bytes, tokens=float(ev.layer_tokens[:, i].sum()),
             busy_s=float(ev.layer_time_s[:, i].sum()), energy_j=energy,
             avg_power_w=energy / latency if latency > 0 else 0.0, powered=bool(ev.powered[i]),
@@ -213,7 +214,8 @@ class Placement:
     Attributes:
         device_names: [D] devices, in the cluster's order.
         assignment: [L, E, D] bool, read-only: True where the device hosts a replica.
-        expert_bytes: weight memory of one replica (for migration costs).
+        expert_bytes: weight memory of one replica (for migration costs: the weights that
+            move; a GPU running the fused int4 kernels derives their copy itself).
         solver: the solver that produced it.
         objective: the objective it was solved for.
         status: 'optimal', 'time-limit', 'heuristic' or 'baseline'.
