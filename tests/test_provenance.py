@@ -96,10 +96,9 @@ def test_default_is_the_commit_of_wattmoe_not_of_the_working_directory(
 def test_benchmark_provenance_records_the_wattmoe_settings(monkeypatch) -> None:
     # a benchmark run under $WATTMOE_INT4_TILE_COPIES or $WATTMOE_KERNEL_CONFIGS is another
     # experiment: its JSON says so (run 104's A/B was told apart by folder names only)
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from _meta import provenance
 
     monkeypatch.setenv("WATTMOE_INT4_TILE_COPIES", "per-program")

@@ -32,6 +32,17 @@ from .test_backends import make_dispatch, rel_err
 pytestmark = requires_interpreter
 
 
+@pytest.fixture(autouse=True)
+def default_tile_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from the default int4 tile-order layout (128-row tiles, one copy per
+    stack), whatever the environment the suite runs in ($WATTMOE_INT4_TILE_ROWS /
+    $WATTMOE_INT4_TILE_COPIES are read once per process into these globals)."""
+    for env in (ft.TILE_ROWS_ENV, ft.TILE_COPIES_ENV):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    monkeypatch.setattr(ft, "TILE_SHARED", True)
+
+
 @pytest.fixture
 def no_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fails the test if `fused_forward` falls back to `grouped_forward` (which matches `loop`
@@ -749,14 +760,16 @@ def test_int4_heuristic_picks_share_one_copy(gen: torch.Generator, no_fallback: 
 
 
 @pytest.mark.parametrize(("hidden", "inner", "form"),
-                         [(256, 256, "swiglu"), (256, 128, "swiglu"), (128, 256, "relu")])
+                         [(256, 256, "swiglu"), (256, 128, "swiglu"), (128, 256, "relu"),
+                          (96, 128, "swiglu")])
 def test_placement_counts_the_copies_the_fused_int4_kernels_make(
         hidden: int, inner: int, form: str, gen: torch.Generator, no_fallback: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # the placement's figure for the fused kernels' copy of an int4 replica
     # (`ExpertShape.fused_copy_bytes`, from the shape alone) is what a stack run through the
     # heuristic's picks holds, per expert: with words and pairs for every matrix (256 x 256),
-    # and without pairs where a row's halves are not whole groups (K = 128, groups of 128)
+    # without pairs where a row's halves are not whole groups (K = 128, groups of 128), and
+    # without words where a row is not whole 32-byte blocks (H = 96: gate and up, groups of 32)
     from wattmoe.moe import int4_group_size
     from wattmoe.placement import ExpertShape
 

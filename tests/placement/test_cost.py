@@ -130,10 +130,13 @@ def test_fused_int4_copy_by_hand() -> None:
     # relu: two matrices
     assert ExpertShape(64, 128, "relu", "int4").fused_copy_bytes == (
         128 * 64 // 2 + 64 * 128 // 2 + 64 * 2 * 2)  # up: words, no pairs (groups of 64)
-    # gate and up rows of 24 packed bytes (K = 48) are read as stored; down (K = 128,
-    # groups of 16) gets words and pairs
-    assert ExpertShape(48, 128, "swiglu", "int4").fused_copy_bytes == (
-        48 * 128 // 2 + 48 * (128 // 16) * 2)
+    # gate and up rows of 24 packed bytes (K = 48) are read as stored; so is down (K = 128):
+    # its groups of 16 columns cap the K step at 16 packed bytes, half a fragment block
+    assert ExpertShape(48, 128, "swiglu", "int4").fused_copy_bytes == 0
+    # groups of 32 (H = 96): gate and up (K = 96, 48 packed bytes) are read as stored; down
+    # (K = 128, 64 packed bytes) gets words and pairs
+    assert ExpertShape(96, 128, "swiglu", "int4").fused_copy_bytes == (
+        96 * 128 // 2 + 96 * (128 // 32) * 2)
     assert ExpertShape(2048, 1024, "swiglu", "bf16").fused_copy_bytes == 0
 
 

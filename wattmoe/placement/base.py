@@ -123,7 +123,8 @@ class ExpertShape:
         tile-order copies (`quant.tile_rows`) are the same bytes in another order. Where both
         apply to every matrix the copy equals `weight_bytes` and a GPU holds twice the
         weights (every model preset but Qwen1.5-MoE, whose down rows' halves are not whole
-        groups: no pairs of those scales, 0.99x).
+        groups: no pairs of those scales, 0.99x, and the test shape `tiny`, 0.96x). Groups of
+        fewer than 32 columns make K steps too short for fragment words: no copy.
 
         A lower bound: a stack whose kernel configs read K steps of two sizes (OLMoE's
         512-token entry on the H200) holds a tile-order copy of its codes for each, which the
@@ -135,7 +136,9 @@ class ExpertShape:
         up = 2 if self.form == "swiglu" else 1
         total = 0
         for rows, k in ((up * self.inner, self.hidden), (self.hidden, self.inner)):
-            if (k // 2) % FRAGMENT_BYTES:  # the kernels read the half-split codes as stored
+            # the kernels read the half-split codes as stored unless a K step (at most a
+            # group of packed columns: `fused_triton._fit`) is whole 32-byte blocks
+            if (k // 2) % FRAGMENT_BYTES or group < FRAGMENT_BYTES:
                 continue
             total += rows * k // 2
             if (k // 2) % group == 0:
