@@ -116,16 +116,16 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-window", type=nonnegative_float, default=0.5)
     p.add_argument("--cooldown-max", type=nonnegative_float, default=3.0,
                    help="max seconds to wait for the device to cool between scenarios")
-    p.add_argument("--cooldown-tolerance", type=float, default=3.0,
+    p.add_argument("--cooldown-tolerance", type=nonnegative_float, default=3.0,
                    help="degrees C above the pre-sweep temperature that count as cool")
-    p.add_argument("--sample-interval", type=float, default=0.05,
+    p.add_argument("--sample-interval", type=positive_float, default=0.05,
                    help="telemetry sampling period in s (peak power)")
     p.add_argument("--no-torch-profiler", action="store_true", help="skip the kernel capture")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write a TensorBoard trace per scenario to DIR")
     p.add_argument("--ncu", type=int, default=0, metavar="N",
                    help="collect ncu hardware counters for the N largest expert scenarios")
-    p.add_argument("--deadline", type=float, default=None,
+    p.add_argument("--deadline", type=positive_float, default=None,
                    help="start no scenario after this many seconds")
     p.add_argument("--max-memory-gb", type=float, default=8.0)
     p.add_argument("--plot", default=None, metavar="DIR", help="write plots to DIR afterwards")
