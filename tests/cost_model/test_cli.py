@@ -278,6 +278,22 @@ def test_profile_names_the_flag_of_a_bad_number(tmp_path: Path, capsys, flag: st
     assert message in capsys.readouterr().err
 
 
+def test_profile_refuses_a_missing_gpu_before_the_monitor_and_the_bar(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    import wattmoe.commands.cost_model as commands
+
+    def no_monitor(*args, **kwargs):  # pragma: no cover - reached only by the old code
+        raise AssertionError("the telemetry monitor was started")
+
+    # was: NVML's fallback warning and a drawn 'profiling 0/?' bar above the error
+    monkeypatch.setattr(commands, "_make_monitor", no_monitor)
+    assert main(["profile", "--devices", "cpu,cuda:99", "--shapes", "tiny", "--out",
+                 str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device 'cuda:99' is not available here: torch sees")
+    assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
 def test_interrupted_profile_says_where_its_points_are(tmp_path: Path, capsys,
                                                        monkeypatch) -> None:
     import wattmoe.cost_model.runner as runner

@@ -174,7 +174,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import ProfilerConfig
     from wattmoe.cost_model.runner import jsonl_path_for, run_profile
-    from wattmoe.cost_model.scenarios import SweepConfig, is_memory_skip
+    from wattmoe.cost_model.scenarios import SweepConfig, check_devices_present, is_memory_skip
 
     if args.reps < 1 or args.warmup < 0:
         raise ConfigError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps}, {args.warmup}")
@@ -200,6 +200,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         cooldown_tolerance_c=args.cooldown_tolerance, torch_profiler=not args.no_torch_profiler,
         tensorboard_dir=args.tensorboard, deadline_s=args.deadline, seed=args.seed,
     )
+    # a GPU this process cannot use fails here, before the telemetry monitor (which would
+    # warn that NVML is missing and fall back to a simulated GPU) and the progress bar
+    check_devices_present(sweep.devices)
     out = Path(args.out) if args.out else default_profile_path()
     monitor = _make_monitor(sweep.devices, args.sample_interval)
     try:
