@@ -119,6 +119,20 @@ def test_bad_input_is_one_line_without_traceback() -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_demo_into_a_pipe_writes_no_stray_line_on_stderr() -> None:
+    # stderr not a terminal (CI logs, `2>&1 | ...`): the transient step bar left an empty line
+    # there, above the error of a bad input and after a run that went well
+    run = [sys.executable, "-m", "wattmoe.cli", "demo", "--preset", "tiny", "--steps", "1",
+           "--seq", "8", "--cluster", "none"]
+    proc = subprocess.run([*run, "--dtype", "int8"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: unknown dtype 'int8'; use one of fp32, bf16, fp16"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "tokens/s" in proc.stdout
+    assert proc.stderr == ""
+
+
 def test_demo_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     # a block too big for the machine (demo --scale 1e9): was the allocator's RuntimeError

@@ -99,9 +99,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cluster = None if args.cluster.lower() == "none" else args.cluster
     # a bar on stderr for the timed steps, redrawn at most 4 times a second and by this thread
-    # alone (no refresh thread: on a CPU the window's energy estimate counts every busy core)
+    # alone (no refresh thread: on a CPU the window's energy estimate counts every busy core);
+    # only on a terminal: elsewhere rich leaves an empty line where the transient bar was
     bar = Progress(TextColumn("[bold]timed steps"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=err_console, auto_refresh=False, transient=True)
+                   TimeElapsedColumn(), console=err_console, auto_refresh=False, transient=True,
+                   disable=not err_console.is_terminal)
     task = bar.add_task("steps", total=args.steps)
     shown = [0.0]
 

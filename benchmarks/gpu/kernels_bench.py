@@ -994,6 +994,16 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def check_kernel_settings(dev: torch.device) -> None:
+    """Raises ConfigError for a bad $WATTMOE_INT4_TILE_ROWS, $WATTMOE_INT4_TILE_COPIES or
+    $WATTMOE_KERNEL_CONFIGS. The library reads each at the first launch that uses it, which in
+    this run is inside a check or tune candidate: the run would record the same error once per
+    candidate and go on (a bad table path ended it with a traceback)."""
+    ft._tile_rows_setting()
+    ft._tile_copies_setting()
+    ft.load_tuned(dev)
+
+
 def main(argv: list[str] | None = None) -> None:
     # `timeout` stops a run with SIGTERM: end it as Ctrl-C would, keeping what was measured.
     # Python runs the handler only between bytecodes of the main thread, so a main thread in a
@@ -1009,7 +1019,13 @@ def main(argv: list[str] | None = None) -> None:
     except (AttributeError, ValueError, OSError):
         pass
     try:
-        Bench(parse_args(argv)).run()
+        args = parse_args(argv)
+        try:
+            check_kernel_settings(torch.device(args.device))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        Bench(args).run()
     except KeyboardInterrupt:
         sys.exit(130)
     finally:

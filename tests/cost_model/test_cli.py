@@ -255,10 +255,43 @@ def test_profile_refuses_a_deadline_that_lets_nothing_run(tmp_path: Path, capsys
     out.write_text("{}")
     # was (0): every scenario 'not run', then an empty profile written over the file, exit 0
     for bad in ("0", "-5"):
-        assert main(["profile", "--deadline", bad, "--out", str(out)]) == 2
-        assert f"deadline_s must be a finite number > 0, got {float(bad)}" in (
-            capsys.readouterr().err)
+        with pytest.raises(SystemExit) as exc:
+            main(["profile", "--deadline", bad, "--out", str(out)])
+        assert exc.value.code == 2
+        assert f"argument --deadline: must be > 0, got {bad}" in capsys.readouterr().err
     assert out.read_text() == "{}"
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--sample-interval", "0", "argument --sample-interval: must be > 0, got 0"),
+    ("--sample-interval", "nan", "argument --sample-interval: a finite number expected"),
+    ("--cooldown-tolerance", "-1", "argument --cooldown-tolerance: must be >= 0, got -1"),
+    ("--deadline", "nan", "argument --deadline: a finite number expected, got 'nan'"),
+])
+def test_profile_names_the_flag_of_a_bad_number(tmp_path: Path, capsys, flag: str, value: str,
+                                                message: str) -> None:
+    # was: 'interval_s must be ...', 'profiler cooldown_tolerance_c must be ...' and
+    # 'deadline_s must be ...', the Python fields these flags fill
+    with pytest.raises(SystemExit) as exc:
+        main(["profile", flag, value, "--out", str(tmp_path / "p.json")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_profile_refuses_a_missing_gpu_before_the_monitor_and_the_bar(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    import wattmoe.commands.cost_model as commands
+
+    def no_monitor(*args, **kwargs):  # pragma: no cover - reached only by the old code
+        raise AssertionError("the telemetry monitor was started")
+
+    # was: NVML's fallback warning and a drawn 'profiling 0/?' bar above the error
+    monkeypatch.setattr(commands, "_make_monitor", no_monitor)
+    assert main(["profile", "--devices", "cpu,cuda:99", "--shapes", "tiny", "--out",
+                 str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device 'cuda:99' is not available here: torch sees")
+    assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 def test_interrupted_profile_says_where_its_points_are(tmp_path: Path, capsys,
@@ -368,7 +401,6 @@ def test_cost_eval_rejects_a_nan_split(profile: Path, capsys) -> None:
         (["--devices", "cuda:99"], "cuda:99"),
         (["--max-memory-gb", "nan"], "--max-memory-gb must be a finite number > 0, got nan"),
         (["--max-memory-gb", "-1"], "--max-memory-gb must be a finite number > 0, got -1.0"),
-        (["--deadline", "nan"], "deadline_s must be a finite number > 0"),
         (["--out", "{blocker}/sub/p.json"], "cannot write sweep log"),
     ],
 )

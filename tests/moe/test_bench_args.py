@@ -188,3 +188,28 @@ def test_default_tune_candidates_can_find_every_shipped_pick() -> None:
             missing += [f"{shape} {size}: {half}" for half in name.split("/")
                         if half not in cands]
     assert missing == []
+
+
+@pytest.mark.parametrize(("env", "value", "message"), [
+    ("WATTMOE_INT4_TILE_ROWS", "48", "$WATTMOE_INT4_TILE_ROWS='48': a power of two >= 16"),
+    ("WATTMOE_INT4_TILE_COPIES", "both",
+     "$WATTMOE_INT4_TILE_COPIES='both': 'shared' (one int4 tile-order copy"),
+    ("WATTMOE_KERNEL_CONFIGS", "/nonexistent/tuned.json",
+     "WATTMOE_KERNEL_CONFIGS=/nonexistent/tuned.json: no such file or directory"),
+])
+def test_kernels_bench_refuses_a_bad_kernel_setting_before_it_starts(
+        env: str, value: str, message: str, tmp_path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # the library reads these at the first launch that uses them: the run recorded a bad tile
+    # setting as one error per int4 candidate and exited 0, and a bad table path was a traceback
+    from wattmoe.moe import fused_triton as ft
+    monkeypatch.setattr(ft, "_TUNED", {})  # a table already loaded in this process
+    monkeypatch.setenv(env, value)
+    kb = load_script(KERNELS_BENCH)
+    with pytest.raises(SystemExit) as exc:
+        kb.main(["--device", "cpu", "--shapes", "tiny", "--sections", "check",
+                 "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing ran

@@ -73,6 +73,20 @@ def test_power_budget_on_curves(linear_cost: LinearCost) -> None:
         sample_curve(linear_cost, "slow", SHAPE, max_tokens=10, power_budget_w=4.0)
 
 
+def test_a_budget_below_idle_names_the_clusters_device(linear_cost: LinearCost) -> None:
+    # the curve is per cost device: the message named 'slow', not which device of the spec
+    spec = {"name": "three", "devices": [
+        {"name": "gpu0", "kind": "gpu", "cost_device": "fast", "memory_bytes": 1e12},
+        {"name": "cpu0", "kind": "cpu", "cost_device": "slow", "memory_bytes": 1e12},
+        {"name": "cpu1", "kind": "cpu", "cost_device": "slow", "memory_bytes": 1e12,
+         "power_budget_w": 4.0}],
+        "links": [{"a": "gpu0", "b": n, "bandwidth_bytes_per_s": 1e30, "energy_j_per_byte": 0.0,
+                   "latency_s": 0.0} for n in ("cpu0", "cpu1")]}
+    with pytest.raises(InfeasibleError, match=r"^device 'cpu1': power budget 4 W of a slow "
+                       "device is at or below its idle power 5 W"):
+        build_cost_graph(cluster_from_dict(spec), linear_cost, SHAPE, 10)
+
+
 def test_isotonic_fit() -> None:
     np.testing.assert_allclose(isotonic(np.array([1.0, 3.0, 2.0, 4.0])), [1, 2.5, 2.5, 4])
     np.testing.assert_allclose(isotonic(np.array([0.0, 5.0, 1.0, 1.0, 6.0])),

@@ -41,6 +41,10 @@ def test_monitor_replays_a_recording(capsys: pytest.CaptureFixture[str]) -> None
     (["--devices", "", "--seconds", "0.1"], "--devices '' names no device"),
     (["--devices", " , ", "--seconds", "0.1"], "--devices ' , ' names no device"),
     (["--devices", "cpu,,sim:0", "--seconds", "0.1"], "--devices 'cpu,,sim:0': item 2 is empty"),
+    # was: "no backend given for 'cuda:0'; given: sim:0", the monitor's own wording
+    (["--replay", str(DATA / "sim_recorded.csv"), "--devices", "sim:0,cuda:0"],
+     f"--devices 'sim:0,cuda:0': 'cuda:0' is not in the recording {DATA / 'sim_recorded.csv'} "
+     "(recorded: sim:0)"),
 ])
 def test_bad_input_is_one_line(argv: list[str], message: str,
                                capsys: pytest.CaptureFixture[str]) -> None:

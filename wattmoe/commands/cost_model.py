@@ -116,16 +116,16 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-window", type=nonnegative_float, default=0.5)
     p.add_argument("--cooldown-max", type=nonnegative_float, default=3.0,
                    help="max seconds to wait for the device to cool between scenarios")
-    p.add_argument("--cooldown-tolerance", type=float, default=3.0,
+    p.add_argument("--cooldown-tolerance", type=nonnegative_float, default=3.0,
                    help="degrees C above the pre-sweep temperature that count as cool")
-    p.add_argument("--sample-interval", type=float, default=0.05,
+    p.add_argument("--sample-interval", type=positive_float, default=0.05,
                    help="telemetry sampling period in s (peak power)")
     p.add_argument("--no-torch-profiler", action="store_true", help="skip the kernel capture")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write a TensorBoard trace per scenario to DIR")
     p.add_argument("--ncu", type=int, default=0, metavar="N",
                    help="collect ncu hardware counters for the N largest expert scenarios")
-    p.add_argument("--deadline", type=float, default=None,
+    p.add_argument("--deadline", type=positive_float, default=None,
                    help="start no scenario after this many seconds")
     p.add_argument("--max-memory-gb", type=float, default=8.0)
     p.add_argument("--plot", default=None, metavar="DIR", help="write plots to DIR afterwards")
@@ -174,7 +174,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import ProfilerConfig
     from wattmoe.cost_model.runner import jsonl_path_for, run_profile
-    from wattmoe.cost_model.scenarios import SweepConfig, is_memory_skip
+    from wattmoe.cost_model.scenarios import SweepConfig, check_devices_present, is_memory_skip
 
     if args.reps < 1 or args.warmup < 0:
         raise ConfigError(f"--reps must be >= 1 and --warmup >= 0, got {args.reps}, {args.warmup}")
@@ -200,6 +200,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         cooldown_tolerance_c=args.cooldown_tolerance, torch_profiler=not args.no_torch_profiler,
         tensorboard_dir=args.tensorboard, deadline_s=args.deadline, seed=args.seed,
     )
+    # a GPU this process cannot use fails here, before the telemetry monitor (which would
+    # warn that NVML is missing and fall back to a simulated GPU) and the progress bar
+    check_devices_present(sweep.devices)
     out = Path(args.out) if args.out else default_profile_path()
     monitor = _make_monitor(sweep.devices, args.sample_interval)
     try:

@@ -98,6 +98,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     if args.replay:
         replay = ReplayBackend(args.replay, speed=1.0 if args.speed is None else args.speed)
         backends = {d: replay for d in replay.devices()}
+        missing = [d for d in devices or () if d not in backends]
+        if missing:  # (the monitor's own error says 'no backend given')
+            raise ConfigError(
+                f"--devices {args.devices!r}: {', '.join(map(repr, missing))} "
+                f"{'is' if len(missing) == 1 else 'are'} not in the recording {args.replay} "
+                f"(recorded: {', '.join(backends)})")
     mon = GpuSystemMonitor(devices, interval_s=args.interval, csv_path=args.csv,
                            backends=backends)
     first: dict[str, float | None] = {}

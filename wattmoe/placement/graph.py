@@ -23,7 +23,12 @@ import networkx as nx
 import numpy as np
 
 from wattmoe.placement.analytic import describe_provider
-from wattmoe.placement.base import ExpertCostProvider, ExpertShape, PlacementError
+from wattmoe.placement.base import (
+    ExpertCostProvider,
+    ExpertShape,
+    InfeasibleError,
+    PlacementError,
+)
 from wattmoe.placement.curves import CostCurve, sample_curve
 from wattmoe.placement.spec import ClusterSpec
 
@@ -138,8 +143,12 @@ def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: 
         key = (d.cost_device, d.power_budget_w)
         if key not in curve_key:
             curve_key[key] = len(curves)
-            curves.append(sample_curve(provider, d.cost_device, shape, max_tokens,
-                                       power_budget_w=d.power_budget_w, points=curve_points))
+            try:
+                curves.append(sample_curve(provider, d.cost_device, shape, max_tokens,
+                                           power_budget_w=d.power_budget_w,
+                                           points=curve_points))
+            except InfeasibleError as exc:  # the curve names its cost device, not this device
+                raise InfeasibleError(f"device {d.name!r}: {exc}") from None
         index.append(curve_key[key])
         curve = curves[curve_key[key]]
         replica_bytes = shape.replica_bytes(d.kind, backend)
