@@ -135,6 +135,30 @@ def test_demo_int4_places_int4_experts(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == ["int4", "fp32"]
 
 
+def test_demo_places_with_the_backend_its_experts_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    # int4 experts run by the fused kernels hold a copy of their weights on a GPU: the
+    # placement of their loads must size a GPU replica with it (was: no backend, weights only)
+    import wattmoe.placement as placement
+
+    seen: list[tuple[str | None, object]] = []
+    real = placement.make_problem
+
+    def spy(cluster, loads, *args, **kwargs):
+        problem = real(cluster, loads, *args, **kwargs)
+        seen.append((kwargs.get("backend"), problem))
+        return problem
+
+    monkeypatch.setattr(placement, "make_problem", spy)
+    run_demo("tiny", 1.0, batch=1, seq=8, steps=1, warmup=0, cluster="h200-cpu", int4=True,
+             backend="fused")
+    assert [b for b, _ in seen] == ["fused", "fused"]  # the check, then the placement
+    graph = seen[-1][1].graph
+    gpu = list(graph.device_names).index("gpu0")
+    shape = graph.shape
+    assert graph.replica_bytes[gpu] == shape.weight_bytes + shape.fused_copy_bytes
+    assert shape.fused_copy_bytes > 0
+
+
 def test_demo_places_the_loads_of_one_step(monkeypatch: pytest.MonkeyPatch) -> None:
     # the layer's counts add up over the timed steps; the placement's batch is one step of
     # batch x seq tokens, so its loads are the counts / steps (was: the sum over 3 steps with

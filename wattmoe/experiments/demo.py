@@ -99,16 +99,19 @@ class _Step(NamedTuple):
 def place_measured_loads(
     layer: object, tokens_per_batch: int, cluster: str | ClusterSpec, dtype: str,
     solvers: tuple[str, ...] = ("heuristic", "eplb", "round-robin"),
-    steps: int = 1,
+    steps: int = 1, backend: str | None = None,
 ) -> tuple[str, tuple[PlacementRow, ...]]:
     """Places the experts of `layer` by the loads its router produced (its utilization counts,
     added up over `steps` steps of `tokens_per_batch` tokens: the loads are their mean per
-    step) on `cluster` with the analytic cost model, once per solver."""
+    step) on `cluster` with the analytic cost model, once per solver. `backend`: the expert
+    backend the experts ran, for the memory of a replica on a GPU (int4 with a fused backend
+    counts the kernels' copy: `ExpertShape.replica_bytes`)."""
     from wattmoe.placement import loads_from_layers, solve
 
     spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster(cluster)
     loads = loads_from_layers([layer], tokens_per_batch=tokens_per_batch, steps=steps)
-    problem = _analytic_problem(spec, layer.config, loads, dtype)  # type: ignore[attr-defined]
+    problem = _analytic_problem(spec, layer.config, loads, dtype,  # type: ignore[attr-defined]
+                                backend)
     rows = []
     for name in solvers:
         s = solve(problem, name).summary
@@ -120,7 +123,8 @@ def place_measured_loads(
     return "analytic roofline (estimates)", tuple(rows)
 
 
-def _check_placeable(spec: ClusterSpec, cfg: object, tokens_per_batch: int, dtype: str) -> None:
+def _check_placeable(spec: ClusterSpec, cfg: object, tokens_per_batch: int, dtype: str,
+                     backend: str | None = None) -> None:
     """Raises PlacementError where `place_measured_loads` would fail whatever the loads: a
     device whose cost_device the analytic model does not know, or experts that do not fit
     (checked with uniform loads), so that the timed run is not lost to it."""
@@ -136,16 +140,17 @@ def _check_placeable(spec: ClusterSpec, cfg: object, tokens_per_batch: int, dtyp
                 "(`wattmoe place --cost-model`), or pass --cluster none")
     loads = synthetic_loads(1, cfg.num_experts, cfg.top_k,  # type: ignore[attr-defined]
                             tokens_per_batch, "uniform", 0)
-    _analytic_problem(spec, cfg, loads, dtype)
+    _analytic_problem(spec, cfg, loads, dtype, backend)
 
 
-def _analytic_problem(spec: ClusterSpec, cfg: object, loads: object, dtype: str) -> object:
+def _analytic_problem(spec: ClusterSpec, cfg: object, loads: object, dtype: str,
+                      backend: str | None = None) -> object:
     """The demo's placement problem: `cfg`'s experts in `dtype` on `spec`, priced by the
-    analytic cost model, with the energy objective."""
+    analytic cost model, with the energy objective; `backend` sizes a GPU replica."""
     from wattmoe.placement import AnalyticCostProvider, ExpertShape, make_problem
 
     return make_problem(spec, loads, ExpertShape.from_config(cfg, dtype),  # type: ignore[arg-type]
-                        AnalyticCostProvider(), objective="energy")
+                        AnalyticCostProvider(), objective="energy", backend=backend)
 
 
 def _check_device(device: str) -> None:
@@ -205,12 +210,13 @@ def run_demo(
             f"(got steps={steps}, batch={batch}, seq={seq}, warmup={warmup})"
         )
     _check_device(device)
+    requested_backend = backend  # `backend` becomes the result's description of what ran
     # a bad cluster name or spec is an error now, not after the timed run
     spec = load_cluster(cluster) if cluster is not None else None
     cfg = resolve_shape_at(preset, scale, DEFAULT_SCALE)
     dt = resolve_dtype(dtype)
     if spec is not None:  # and so is one the placement cannot price or fit the experts on
-        _check_placeable(spec, cfg, batch * seq, "int4" if int4 else dtype_name(dt))
+        _check_placeable(spec, cfg, batch * seq, "int4" if int4 else dtype_name(dt), backend)
     # an unknown backend name is one ConfigError here (the layer looks it up first)
     block = MoETransformerBlock(cfg, dtype=dt, device=device, seed=seed,
                                 backend=backend).eval()
@@ -282,7 +288,8 @@ def run_demo(
     if spec is not None:
         # int4 experts are placed as int4 weights (their memory and the bytes they read)
         cost_model, placements = place_measured_loads(
-            block.moe, batch * seq, spec, "int4" if int4 else dtype_name(dt), steps=steps)
+            block.moe, batch * seq, spec, "int4" if int4 else dtype_name(dt), steps=steps,
+            backend=requested_backend)
     return DemoResult(
         preset=cfg.name, hidden_size=cfg.hidden_size, expert_inner_size=cfg.expert_inner_size,
         num_experts=cfg.num_experts, top_k=cfg.top_k, tokens_per_step=batch * seq, steps=steps,
