@@ -1050,8 +1050,9 @@ def _tile_copies_setting() -> bool:
     session 15). On the H200 shared tiles hold half the int4 copies of a stack run at 64 to
     16384 tokens (DeepSeek-V3: 5.81 GB against 11.63, besides 5.81 GB of codes and scales)
     and cost the steps whose programs all have 64 rows 0.3-0.6% more energy (captured OLMoE
-    64 and 512, Qwen3 64 tokens, in the order per-program, shared, shared, per-program:
-    results/h200/kernels/run104_one_copy). Read once, at the first use (`_tile_rows`)."""
+    64 and 512, Qwen3 64 tokens, old/new/new/old with $WATTMOE_INT4_TILE_ROWS=64 as the old
+    layout of those steps: results/h200/kernels/run104_one_copy). Read once, at the first use
+    (`_tile_rows`)."""
     raw = os.environ.get(TILE_COPIES_ENV, "").strip()
     if raw in ("", "shared"):
         return True
