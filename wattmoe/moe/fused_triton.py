@@ -1015,8 +1015,9 @@ TILE_ROWS_ENV = "WATTMOE_INT4_TILE_ROWS"
 
 
 def _tile_rows_setting() -> int:
-    """Rows per tile of the tile-order copies: $WATTMOE_INT4_TILE_ROWS, or 128. Either way one
-    copy per stack and K step size serves every program size. 128: a 128-row program reads
+    """Rows per tile of the tile-order copies: $WATTMOE_INT4_TILE_ROWS, or 128. Either way,
+    with shared copies (the default, `_tile_copies_setting`), one copy per stack and K step
+    size serves every program size. 128: a 128-row program reads
     one run per K step, and a 64-row program half of a tile (one run per K step too; until
     session 15 64-row programs read a copy of 64-row tiles of their own, a second copy of the
     int4 weights wherever the table mixes 64- and 128-row entries); 64: 128-row programs
@@ -1048,7 +1049,7 @@ def _tile_copies_setting() -> bool:
     ($WATTMOE_INT4_TILE_COPIES unset or `shared`: one tile-order copy per stack and K step
     size) or tiles of their own rows (`per-program`: a copy per program size, as before
     session 15). On the H200 shared tiles hold half the int4 copies of a stack run at 64 to
-    16384 tokens (DeepSeek-V3: 5.81 GB against 11.63, besides 5.81 GB of codes and scales)
+    4096 tokens (DeepSeek-V3: 5.81 GB against 11.63, besides 5.81 GB of codes and scales)
     and cost the steps whose programs all have 64 rows 0.3-0.6% more energy (captured OLMoE
     64 and 512, Qwen3 64 tokens, old/new/new/old with $WATTMOE_INT4_TILE_ROWS=64 as the old
     layout of those steps: results/h200/kernels/run104_one_copy). Read once, at the first use
