@@ -63,19 +63,34 @@ def test_place_with_loads_file(tmp_path, capsys) -> None:
     (["--cluster", "laptop", "--objective", "speed"], "cannot read objective 'speed'"),
     (["--cluster", "laptop", "--skew", "zipf:-1"], "cannot read skew"),
     (["--cluster", "laptop", "--preset", "deepseek-v3"], "but all devices together hold 345"),
-    (["--cluster", "laptop", "--max-replicas", "0"], "max_replicas must be an integer >= 1"),
-    (["--cluster", "laptop", "--layers", "0"], "num_layers must be a positive integer, got 0"),
-    (["--cluster", "laptop", "--time-limit", "-1"], "time_limit_s must be a finite number > 0"),
-    (["--cluster", "laptop", "--time-limit", "nan"], "time_limit_s must be a finite number > 0"),
-    (["--cluster", "laptop", "--solver", "milp", "--time-limit", "0"],
-     "time_limit_s must be a finite number > 0"),
-    (["--cluster", "laptop", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
     # was: the last weight won (energy=2) without a word
     (["--cluster", "laptop", "--objective", "energy=1,latency=1,energy=2"],
      "objective 'energy=1,latency=1,energy=2' weighs energy more than once"),
 ])
 def test_bad_input_is_one_line(args, message, capsys) -> None:
     assert main(["place", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # numbers are checked where argparse reads them, naming the flag (was: the Python field,
+    # 'max_replicas', 'num_layers', 'time_limit_s', ...)
+    (["--max-replicas", "0"], "argument --max-replicas: must be an integer >= 1, got 0"),
+    (["--layers", "0"], "argument --layers: must be an integer >= 1, got 0"),
+    (["--tokens", "-5"], "argument --tokens: must be an integer >= 1, got -5"),
+    (["--time-limit", "-1"], "argument --time-limit: must be > 0, got -1"),
+    (["--time-limit", "nan"], "argument --time-limit: a finite number expected, got 'nan'"),
+    (["--solver", "milp", "--time-limit", "0"], "argument --time-limit: must be > 0, got 0"),
+    (["--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
+    (["--redundant", "-2"], "argument --redundant: must be an integer >= 0, got -2"),
+    (["--redundant", "1.5"], "argument --redundant: an integer expected, got '1.5'"),
+])
+def test_bad_number_is_one_line_naming_the_flag(args, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["place", "--cluster", "laptop", *args])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err

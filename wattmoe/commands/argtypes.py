@@ -41,3 +41,11 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return v
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    v = int(_number(text, int))
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return v

@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from wattmoe.cli import command, console, err_console
-from wattmoe.commands.argtypes import positive_float
+from wattmoe.commands.argtypes import nonnegative_int, positive_float, positive_int
 from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.units import fmt_bytes
 
@@ -30,10 +30,11 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--skew", default="zipf:1.2",
                      help="synthetic loads: 'uniform' or 'zipf:S' (default zipf:1.2)")
     # (None = not given: with --loads these would do nothing, and that is refused)
-    p.add_argument("--seed", type=int, help="seed of the synthetic loads (default 0)")
-    p.add_argument("--tokens", type=int,
+    p.add_argument("--seed", type=nonnegative_int,
+                   help="seed of the synthetic loads (default 0)")
+    p.add_argument("--tokens", type=positive_int,
                    help="tokens per batch of the synthetic loads (default 4096)")
-    p.add_argument("--layers", type=int,
+    p.add_argument("--layers", type=positive_int,
                    help="MoE layers of the synthetic loads (default: the preset's; 1 for a "
                         "shape key)")
     p.add_argument("--objective", default="energy",
@@ -48,9 +49,10 @@ def _place_args(p: argparse.ArgumentParser) -> None:
                         "(moe_layer:NAME; moe_layer_int4:NAME for --dtype int4) instead of one "
                         "expert called alone; needs --cost-model")
     p.add_argument("--slo-ms", type=positive_float, help="latency SLO per batch, in milliseconds")
-    p.add_argument("--max-replicas", type=int, default=4, help="replicas per expert at most")
-    p.add_argument("--redundant", type=int, help="extra replicas per layer at most")
-    p.add_argument("--time-limit", type=float, help="solver time limit in seconds")
+    p.add_argument("--max-replicas", type=positive_int, default=4,
+                   help="replicas per expert at most")
+    p.add_argument("--redundant", type=nonnegative_int, help="extra replicas per layer at most")
+    p.add_argument("--time-limit", type=positive_float, help="solver time limit in seconds")
     p.add_argument("--compare", action="store_true",
                    help="also score the round-robin, EPLB-style and fill baselines")
     p.add_argument("--out", help="write the placement JSON here")
