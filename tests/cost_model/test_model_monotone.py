@@ -190,14 +190,22 @@ def test_h200_fused_step_of_a_custom_shape(h200) -> None:
 
 def test_h200_fused_graph_int4_step_of_olmoe(h200) -> None:
     """The case that was found on a profiled shape: an int4 fused_graph step of 512 OLMoE
-    tokens answered faster than one of 64 (517.7 against 518.4 us measured, host-bound)."""
+    tokens answered faster than one of 64 (517.7 against 518.4 us measured, host-bound, in
+    the profile of session 14; since refresh 9 its 1-token point, 701 us, is above the
+    64-token one, 609 us: host noise either way). The answers never fall with more tokens;
+    the measurements stay as measured."""
+    import json
+
     op = "moe_layer_int4:fused_graph"
     (curve,) = [c for c in h200.shapes(op, "cuda:0", "bf16") if "olmoe-1b-7b" in c.presets]
     c64, c512 = (h200.get_cost(op, n, "cuda:0", "bf16", shape="olmoe-1b-7b") for n in (64, 512))
     assert c512.latency_s >= c64.latency_s
     assert c512.energy_j >= c64.energy_j
     assert (c64.method, c512.method) == ("profiled (monotone)", "interpolated (monotone)")
-    assert curve.latency_s[curve.tokens == 64][0] == pytest.approx(518.429e-6, rel=1e-5)
+    (point,) = [p for p in json.loads(H200.read_text())["points"]
+                if p["op"] == op and p.get("preset") == "olmoe-1b-7b" and p["tokens"] == 64]
+    assert curve.latency_s[curve.tokens == 64][0] == pytest.approx(
+        point["window_mean_latency_s"], rel=1e-9)
 
 
 @pytest.mark.parametrize("basis", ["window", "median"])
