@@ -338,14 +338,15 @@ def test_place_tables_label_every_energy_column_with_its_source(capsys) -> None:
 
 def test_place_does_not_round_a_fractional_tokens_per_batch_to_zero(tmp_path, capsys) -> None:
     # was: "tokens per batch 0" for one assignment of a top-2 shape (0.5 tokens), next to an
-    # energy per token of twice the batch's energy
-    loads = tmp_path / "one.csv"
-    loads.write_text("1,0,0,0,0,0,0,0\n")
+    # energy per token of twice the batch's energy; such loads are refused since (a count
+    # above the tokens they imply), so here 5 assignments of a top-2 shape: 2.5 tokens
+    loads = tmp_path / "few.csv"
+    loads.write_text("2,1,1,1,0,0,0,0\n")
     assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--loads",
                  str(loads)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines()
                if "tokens per batch" in line)
-    assert "0.5" in row
+    assert "2.5" in row
 
 
 def test_ctrl_c_stops_the_exact_solver_at_once(tmp_path) -> None:

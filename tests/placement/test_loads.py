@@ -37,6 +37,23 @@ def test_bad_loads_are_one_clear_error(tokens, expected: str) -> None:
     assert expected in str(exc.value)
 
 
+def test_inferred_tokens_per_batch_must_account_for_every_count() -> None:
+    # without a tokens_per_batch, it is inferred as sum / top_k (no dropped assignments);
+    # an expert with more tokens than that cannot be (was: 50,001.5 tokens per batch, fewer
+    # than the hottest expert's 100,000, priced without a word; a new user's trial)
+    with pytest.raises(PlacementError) as exc:
+        make_loads([[100000, 1, 1, 1]], top_k=2)
+    assert ("layer 0, expert 0 has 100000 tokens, more than the 50001.5 tokens the layer's "
+            "counts imply") in str(exc.value)
+    assert "--tokens" in str(exc.value)
+    # given, the batch's tokens account for it (dropped assignments)
+    assert make_loads([[100000, 1, 1, 1]], top_k=2, tokens_per_batch=100000).tokens_per_batch \
+        == 100000
+    # a count equal to the inferred tokens is possible (every token picked that expert), and
+    # layers may differ (the batch's tokens: their mean)
+    assert make_loads([[4, 2, 2, 0], [1, 1, 0, 0]], top_k=2).tokens_per_batch == 2.5
+
+
 def test_synthetic_loads_are_seeded_and_plausible() -> None:
     a = synthetic_loads(4, 64, 8, 4096, "zipf:1.2", seed=3)
     b = synthetic_loads(4, 64, 8, 4096, "zipf:1.2", seed=3)

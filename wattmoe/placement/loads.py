@@ -59,9 +59,9 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
     several batches, for one: divide them by the number of batches).
 
     Raises:
-        PlacementError: wrong shape, NaN/inf or negative counts, no tokens at all, or counts
-            that a given tokens_per_batch cannot account for; the message names the first bad
-            layer (and expert).
+        PlacementError: wrong shape, NaN/inf or negative counts, no tokens at all, counts
+            that a given tokens_per_batch cannot account for, or (none given) a count above
+            its layer's sum / top_k; the message names the first bad layer (and expert).
     """
     try:
         arr = np.array(tokens, dtype=np.float64)
@@ -102,8 +102,27 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
                              "energy per token is undefined")
     if given:
         _check_accounted(arr, int(top_k), float(tokens_per_batch))
+    else:
+        _check_inferred(arr, int(top_k))
     arr.setflags(write=False)
     return ExpertLoads(arr, int(top_k), float(tokens_per_batch), source)
+
+
+def _check_inferred(arr: np.ndarray, top_k: int) -> None:
+    """Raises PlacementError where the tokens per batch inferred from the counts (row sum /
+    top_k, as if no assignment was dropped) cannot have made a layer's counts: a count above
+    its layer's sum / top_k (a token picks an expert at most once), so that energy and latency
+    per token are not quietly priced on too few tokens."""
+    implied = arr.sum(axis=1) / top_k
+    big = arr > implied[:, None] * (1 + 1e-9)
+    if big.any():
+        layer, expert = (int(i) for i in np.argwhere(big)[0])
+        raise PlacementError(
+            f"loads are invalid for top_k = {top_k}: layer {layer}, expert {expert} has "
+            f"{arr[layer, expert]:g} tokens, more than the {implied[layer]:g} tokens the "
+            f"layer's counts imply (sum / top_k; a token picks an expert at most once); give "
+            "the batch's tokens (--tokens / tokens_per_batch) if assignments were dropped, or "
+            "check top_k")
 
 
 def _check_accounted(arr: np.ndarray, top_k: int, tokens: float) -> None:
