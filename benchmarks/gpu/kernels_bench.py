@@ -461,12 +461,6 @@ def tune_candidates(num_assign: int, num_experts: int, int4: bool = False) -> li
             for v in suffixes if n + v in table]
 
 
-def _tune_candidate(name: str, int4: bool) -> tuple | None:
-    """The (gate/up, down) configs of a --tune-candidates entry: a candidate of the weights'
-    kind, or an 'A/B' pair of two (a shipped entry, timed beside the candidates); else None."""
-    return ft.resolve_config(name, int4)
-
-
 def _tune_base_names(num_assign: int, num_experts: int, int4: bool) -> list[str]:
     m = num_assign / num_experts
     if int4:  # with the tails and 128/256-row tiles of the shipped 512-token entries
@@ -595,13 +589,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         ap.error(f"--sections / --tune-weights: unknown {', '.join(bad)}")
     names = [c for c in args.tune_candidates.split(",") if c]
-    unknown = [c for c in names if _tune_candidate(c, False) is None
-               and _tune_candidate(c, True) is None]
+    unknown = [c for c in names if ft.resolve_config(c, False) is None
+               and ft.resolve_config(c, True) is None]
     if unknown:
         ap.error(f"--tune-candidates: unknown candidate(s) {', '.join(unknown)}")
     if names and "tune" in args.sections.split(","):
         for wname in args.tune_weights.split(","):
-            if not any(_tune_candidate(c, wname == "int4") for c in names):
+            if not any(ft.resolve_config(c, wname == "int4") for c in names):
                 ap.error(f"--tune-candidates: none is a {wname} candidate (drop {wname} from "
                          "--tune-weights or name one)")
     return args
@@ -759,7 +753,7 @@ class Bench:
                 if self.args.tune_candidates:
                     # parse_args made sure each --tune-weights kind has one
                     cands = [c for c in self.args.tune_candidates.split(",")
-                             if _tune_candidate(c, wname == "int4")]
+                             if ft.resolve_config(c, wname == "int4")]
                 for cand in [*cands, "composite"]:
                     self.check_deadline()
                     if cand == "composite":  # best gate/up launch with the best down launch
