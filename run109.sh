@@ -4,7 +4,7 @@
 # 64/512/4096/16384 tokens, loop/grouped/fused/int4, graphs at 64 and 512)
 # (the matrix check ran in runs 102, 104)
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 WATTMOE_COMMIT
-unset WATTMOE_KERNEL_CONFIGS WATTMOE_INT4_TILE_ROWS
+unset WATTMOE_KERNEL_CONFIGS WATTMOE_INT4_TILE_ROWS WATTMOE_INT4_TILE_COPIES
 nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm --format=csv > $OUT/gpu_start.csv
 mkdir -p $OUT/k
 timeout 540 python3 benchmarks/gpu/kernels_bench.py --out $OUT/k --sections check,energy --check-step-graph fused \
