@@ -1381,3 +1381,35 @@ def test_fused_launches_read_only_memory_they_wrote(config: str, int4: bool, gen
         assert torch.int32 in made  # and the int4 copies
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_tile_copies_probe_runs_on_the_cpu(tmp_path, no_fallback: None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # both int4 tile layouts in one process, alternating windows, end to end in the
+    # interpreter: a row per layout with its windows, each step in its own layout (64-row
+    # programs read halves of 128-row tiles, or tiles of their own), the setting left as found
+    import json
+
+    from tests.scripts import load_script
+
+    probe = load_script("benchmarks/gpu/tile_copies_probe.py")
+    out = tmp_path / "tiles.json"
+    monkeypatch.setattr(ft, "choose_config", lambda st, n, dev: "w64t16fpx")  # tile order
+    monkeypatch.setattr(ft, "TILE_ROWS", 128)
+    seen = []
+    real = ft._tile_rows
+    monkeypatch.setattr(ft, "_tile_rows", lambda *a: seen.append(
+        (ft.TILE_SHARED, real(*a))) or seen[-1][1])
+    before = ft.TILE_SHARED
+    assert probe.main(["--shapes", "h256_f128_swiglu_e4_k2", "--tokens", "24",
+                       "--rounds", "2", "--window", "0.01", "--out", str(out)]) == 0
+    assert ft.TILE_SHARED is before
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["tokens"], r["step"]) for r in rows] == [(24, "shared eager"),
+                                                         (24, "per-program eager")]
+    for r in rows:
+        assert len(r["windows"]) == 2 and r["cpu_ms_per_step"] > 0 and r["ms_per_step"] > 0
+    assert {(True, 128), (False, 64)} <= set(seen)
+    with pytest.raises(SystemExit):
+        probe.main(["--tokens", "0", "--out", str(out)])
+    assert probe.main(["--shapes", "nope", "--out", str(out)]) == 2
