@@ -390,3 +390,20 @@ def test_ctrl_c_stops_the_exact_solver_at_once(tmp_path) -> None:
     assert proc.returncode == 130, text
     assert "MILP interrupted" in text and "interrupted" in text and "Traceback" not in text
     assert not out.exists()
+
+
+@pytest.mark.parametrize("solver", ["eplb", "round-robin", "fill"])
+def test_time_limit_with_a_baseline_is_refused(solver, capsys) -> None:
+    # was: the baselines ignored --time-limit without a word
+    assert main(["place", "--cluster", "laptop", "--layers", "1", "--solver", solver,
+                 "--time-limit", "5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("--time-limit applies to --solver heuristic and milp (the solvers that search); "
+            f"--solver {solver} computes its placement in one pass") in err
+    assert "Traceback" not in err
+
+
+def test_time_limit_with_a_search_and_compare_still_runs(capsys) -> None:
+    assert main(["place", "--cluster", "laptop", "--layers", "1", "--solver", "heuristic",
+                 "--time-limit", "5", "--compare"]) == 0
+    assert "against the baselines" in capsys.readouterr().out

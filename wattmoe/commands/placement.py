@@ -14,6 +14,9 @@ from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.units import fmt_bytes
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
+# the solvers that search, and so stop at `--time-limit`; the baselines compute their placement
+# in one pass and have nothing to stop
+TIME_LIMITED_SOLVERS = ("heuristic", "milp")
 
 
 def _place_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +55,9 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-replicas", type=positive_int, default=4,
                    help="replicas per expert at most")
     p.add_argument("--redundant", type=nonnegative_int, help="extra replicas per layer at most")
-    p.add_argument("--time-limit", type=positive_float, help="solver time limit in seconds")
+    p.add_argument("--time-limit", type=positive_float,
+                   help="solver time limit in seconds (--solver heuristic or milp; milp "
+                        "default 60)")
     p.add_argument("--compare", action="store_true",
                    help="also score the round-robin, EPLB-style and fill baselines")
     p.add_argument("--out", help="write the placement JSON here")
@@ -133,6 +138,11 @@ def cmd_place(args: argparse.Namespace) -> int:
         synthetic_loads,
     )
 
+    if args.time_limit is not None and args.solver not in TIME_LIMITED_SOLVERS:
+        # (--compare's baselines are not limited either: only the solver named here is)
+        raise ConfigError(f"--time-limit applies to --solver {' and '.join(TIME_LIMITED_SOLVERS)}"
+                          f" (the solvers that search); --solver {args.solver} computes its "
+                          "placement in one pass and has no time limit: leave --time-limit out")
     cfg = resolve_shape_at(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
