@@ -249,3 +249,40 @@ def test_h200_curves_in_order_are_answered_bit_for_bit_as_before(h200, monkeypat
             got = h200.get_cost(c.op, int(n), c.device, c.dtype, shape=c.shape)
             want = plain.get_cost(c.op, int(n), c.device, c.dtype, shape=c.shape)
             assert got == want, (c.op, c.shape.key, n)
+
+
+def nan_energy_db(unmeasured: tuple[int, ...], costly: int):
+    """SHAPE_A with no energy measured at the `unmeasured` batch sizes and the `costly` one's
+    energy measured 10x too high, so that it is pooled with a point beyond the gap."""
+    pts = []
+    for n in TOKENS:
+        p = synthetic_point("expert", n, SHAPE_A)
+        if n in unmeasured:
+            p = dataclasses.replace(p, energy_j=None, avg_power_w=None)
+        elif n == costly:
+            p = dataclasses.replace(p, energy_j=10 * p.energy_j, avg_power_w=10 * p.avg_power_w)
+        pts.append(p)
+    return synthetic_db(pts)
+
+
+@pytest.mark.parametrize(("unmeasured", "costly", "queries"), [
+    ((16,), 4, (16,)),  # the unmeasured point itself: its energy is read from 4 and 64
+    ((16, 64), 4, (16, 32, 64)),  # between two unmeasured points: read from 4 and 256
+    ((1024,), 64, (1024, 4096)),  # the last point, and beyond it: read from 256
+])
+def test_an_energy_read_across_unmeasured_points_says_it_was_moved(unmeasured, costly,
+                                                                    queries) -> None:
+    """Where a point's energy window was not measurable (NaN), the energy of an answer near
+    it is read from the nearest measured points; if `monotone` moved those, the answer says
+    so (was: only the points next to the query were looked at, and their NaN energies never
+    count as moved, so these answers were labelled plain 'interpolated'/'extrapolated')."""
+    m = KernelCostModel(nan_energy_db(unmeasured, costly))
+    (curve,) = m.shapes("expert", "cuda:0", "bf16")
+    moved = set(curve.tokens[curve.adjusted].tolist())
+    assert costly in moved and not moved & set(unmeasured)  # NaN energy: never itself moved
+    for n in queries:
+        c = m.get_cost("expert", n, "cuda:0", "bf16", shape=SHAPE_A)
+        assert c.method.endswith("(monotone)"), (n, c.method)
+        assert math.isfinite(c.energy_j)
+    # an answer whose latency and energy rest on points in order is not labelled
+    assert m.get_cost("expert", 1, "cuda:0", "bf16", shape=SHAPE_A).method == "profiled"

@@ -283,15 +283,15 @@ def test_place_diff_names_a_missing_field(tmp_path, capsys) -> None:
             in err) and "TypeError" not in err
 
 
-@pytest.mark.parametrize("extra", [["--tokens", "99"], ["--layers", "5"], ["--seed", "3"],
-                                   ["--tokens", "4096", "--layers", "2"]])
+@pytest.mark.parametrize("extra", [["--layers", "5"], ["--seed", "3"],
+                                   ["--tokens", "4096", "--layers", "2", "--seed", "1"]])
 def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra) -> None:
     loads = tmp_path / "loads.csv"  # was: the options were ignored without a word
     loads.write_text("\n".join(",".join(str(i + j) for i in range(8)) for j in range(2)))
     assert main(["place", "--cluster", "laptop", "--preset", "switch-base-8",
                  "--loads", str(loads), *extra]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    given = " and ".join(a for a in extra if a.startswith("--"))
+    given = " and ".join(a for a in extra if a in ("--layers", "--seed"))
     assert f"{given} set the synthetic loads and do nothing with --loads" in err
     assert "Traceback" not in err
 
@@ -390,3 +390,36 @@ def test_ctrl_c_stops_the_exact_solver_at_once(tmp_path) -> None:
     assert proc.returncode == 130, text
     assert "MILP interrupted" in text and "interrupted" in text and "Traceback" not in text
     assert not out.exists()
+
+
+@pytest.mark.parametrize("solver", ["eplb", "round-robin", "fill"])
+def test_time_limit_with_a_baseline_is_refused(solver, capsys) -> None:
+    # was: the baselines ignored --time-limit without a word
+    assert main(["place", "--cluster", "laptop", "--layers", "1", "--solver", solver,
+                 "--time-limit", "5"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("--time-limit applies to --solver heuristic and milp (the solvers that search); "
+            f"--solver {solver} computes its placement in one pass") in err
+    assert "Traceback" not in err
+
+
+def test_time_limit_with_a_search_and_compare_still_runs(capsys) -> None:
+    assert main(["place", "--cluster", "laptop", "--layers", "1", "--solver", "heuristic",
+                 "--time-limit", "5", "--compare"]) == 0
+    assert "against the baselines" in capsys.readouterr().out
+
+
+def test_place_loads_file_takes_the_batchs_tokens(tmp_path, capsys) -> None:
+    # was: the error for a count above sum / top_k asked for --tokens, and --tokens with
+    # --loads was refused ("set the synthetic loads")
+    loads = tmp_path / "dropped.csv"  # top-2, assignments dropped: 100,007 of 200,000
+    loads.write_text("100000,1,1,1,1,1,1,1\n")
+    argv = ["place", "--cluster", "laptop", "--preset", "tiny", "--loads", str(loads)]
+    assert main(argv) == 2
+    assert "give the batch's tokens (--tokens" in " ".join(capsys.readouterr().err.split())
+    assert main([*argv, "--tokens", "100000"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if "tokens per batch" in line)
+    assert "100,000" in row
+    assert main([*argv, "--tokens", "99999"]) == 2  # the hot expert is more than the batch
+    assert "more than tokens_per_batch = 99999" in " ".join(capsys.readouterr().err.split())

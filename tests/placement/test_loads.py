@@ -43,8 +43,9 @@ def test_inferred_tokens_per_batch_must_account_for_every_count() -> None:
     # than the hottest expert's 100,000, priced without a word; a new user's trial)
     with pytest.raises(PlacementError) as exc:
         make_loads([[100000, 1, 1, 1]], top_k=2)
-    assert ("layer 0, expert 0 has 100000 tokens, more than the 50001.5 tokens the layer's "
-            "counts imply") in str(exc.value)
+    assert ("loads are invalid: layer 0, expert 0 has 100000 tokens, more than the tokens its "
+            "layer's counts imply, sum / top_k = 100003 / 2 = 50001.5 (a token picks an expert "
+            "at most once); give the batch's tokens") in str(exc.value)
     assert "--tokens" in str(exc.value)
     # given, the batch's tokens account for it (dropped assignments)
     assert make_loads([[100000, 1, 1, 1]], top_k=2, tokens_per_batch=100000).tokens_per_batch \

@@ -92,19 +92,63 @@ def test_diff_rejects_different_models(two_placements) -> None:
 
 @pytest.mark.parametrize(("mutate", "message"), [
     # was: "is malformed: KeyError: 'layers'"
-    (lambda d: d.pop("layers"), "placement p.json: missing field 'layers'"),
-    (lambda d: d.pop("devices"), "placement p.json: missing field 'devices'"),
-    (lambda d: d.pop("num_experts"), "placement p.json: missing field 'num_experts'"),
-    (lambda d: d.pop("expert_bytes"), "placement p.json: missing field 'expert_bytes'"),
+    (lambda d: d.pop("layers"), "missing field 'layers'"),
+    (lambda d: d.pop("devices"), "missing field 'devices'"),
+    (lambda d: d.pop("num_experts"), "missing field 'num_experts'"),
+    (lambda d: d.pop("expert_bytes"), "missing field 'expert_bytes'"),
     (lambda d: d["layers"][1].pop("expert_to_devices"),
-     "placement p.json: layer 1: missing field 'expert_to_devices'"),
+     "layer 1: missing field 'expert_to_devices'"),
     # was: "is malformed: TypeError: object of type 'int' has no len()"
-    (lambda d: d.update(layers=5), "placement p.json: field 'layers' must be a list, got int"),
+    (lambda d: d.update(layers=5), "field 'layers' must be a list, got 5"),
+    # was: "is malformed: ValueError: invalid literal for int() with base 10: 'x'"
+    (lambda d: d.update(num_experts="x"), "field 'num_experts' must be an integer >= 1, got 'x'"),
+    # was: read as 2, then "layer 0 lists 16 experts, expected 2"
+    (lambda d: d.update(num_experts=2.5), "field 'num_experts' must be an integer >= 1, got 2.5"),
+    # was: "is malformed: ValueError: could not convert string to float: 'fast'"
+    (lambda d: d.update(solve_time_s="fast"), "field 'solve_time_s' must be a number, got 'fast'"),
+    # was: accepted as the solver '5' and the cluster '[]'
+    (lambda d: d.update(solver=5, cluster=[]),
+     "field 'cluster' must be a string, got list; field 'solver' must be a string, got 5"),
+    # was: "is malformed: TypeError: cannot convert dictionary update sequence element #0 ..."
+    (lambda d: d.update(meta=[1, 2]), "field 'meta' must be an object or null, got list"),
+    (lambda d: d.update(replica_counts="x"), "field 'replica_counts' must be a list or null, "
+                                             "got 'x'"),
+    # was: accepted, the file saying 7 layers and holding 2
+    (lambda d: d.update(num_layers=7), "field 'num_layers' is 7, but field 'layers' lists 2 "
+                                       "layers"),
+    # was: "layer 0 expert 0 is on unknown device 'gpu0'" (the names read as '1', '2', ...)
+    (lambda d: d["devices"].__setitem__(1, 2),
+     "field 'devices' must be a list of device names, got 2 at devices[1]"),
+    # was: "layer 0 expert 1 is on unknown device 'gpu1'"
+    (lambda d: d["devices"].__setitem__(1, "gpu0"), "field 'devices' lists 'gpu0' twice"),
+    # was: "is malformed: TypeError: object of type 'int' has no len()"
+    (lambda d: d["layers"][0].update(expert_to_devices=5),
+     "layer 0: field 'expert_to_devices' must be a list (each expert's devices), got 5"),
+    # was: "layer 1 expert 2 is on unknown device 'g'" (the string's letters)
+    (lambda d: d["layers"][1]["expert_to_devices"].__setitem__(2, "gpu0"),
+     "layer 1 expert 2: its devices must be a list of device names, got 'gpu0'"),
+    # was: a traceback, "AttributeError: 'list' object has no attribute 'items'"
+    (lambda d: d["layers"][0].update(device_to_experts=[1]),
+     "layer 0: field 'device_to_experts' must be an object (device -> its experts), got list"),
+    # was: "is malformed: KeyError: 'gpu9'"
+    (lambda d: d["layers"][0]["device_to_experts"].update(gpu9=[0]),
+     "layer 0: device_to_experts names unknown device 'gpu9' (devices: gpu0, gpu1, gpu2, "
+     "gpu3, gpu4, gpu5, gpu6, gpu7)"),
+    # was: "is malformed: IndexError: only integers, slices (`:`), ellipsis (`...`), ..."
+    (lambda d: d["layers"][0]["device_to_experts"].update(gpu0=[0, 1.5]),
+     "layer 0: device_to_experts['gpu0'] must be a list of experts 0..15, got 1.5"),
+    # was: "is malformed: IndexError: index 99 is out of bounds for axis 0 with size 16"
+    (lambda d: d["layers"][0]["device_to_experts"].update(gpu0=[99]),
+     "layer 0: device_to_experts['gpu0'] must be a list of experts 0..15, got 99"),
+    # was: "is malformed: ValueError: setting an array element with a sequence. ..."
+    (lambda d: d["replica_counts"][0].pop(), "replica_counts disagree with expert_to_devices"),
+    # was: accepted as a placement without a summary
+    (lambda d: d.update(summary=0), "summary must be an object of named fields, got int"),
 ])
-def test_missing_fields_are_named(two_placements, mutate, message) -> None:
+def test_a_missing_or_mistyped_field_is_named(two_placements, mutate, message) -> None:
     d = two_placements[0].to_dict()
     mutate(d)
-    with pytest.raises(PlacementError, match=f"^{message}$"):
+    with pytest.raises(PlacementError, match=f"^{re.escape('placement p.json: ' + message)}$"):
         Placement.from_dict(d, source="p.json")
 
 

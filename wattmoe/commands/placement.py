@@ -14,6 +14,9 @@ from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.units import fmt_bytes
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
+# the solvers that search, and so stop at `--time-limit`; the baselines compute their placement
+# in one pass and have nothing to stop
+TIME_LIMITED_SOLVERS = ("heuristic", "milp")
 
 
 def _place_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +36,9 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonnegative_int,
                    help="seed of the synthetic loads (default 0)")
     p.add_argument("--tokens", type=positive_int,
-                   help="tokens per batch of the synthetic loads (default 4096)")
+                   help="tokens per batch: of the synthetic loads (default 4096), or the batch "
+                        "that --loads counted (default: its counts' sum / top_k, as if no "
+                        "assignment was dropped)")
     p.add_argument("--layers", type=positive_int,
                    help="MoE layers of the synthetic loads (default: the preset's; 1 for a "
                         "shape key)")
@@ -52,7 +57,9 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-replicas", type=positive_int, default=4,
                    help="replicas per expert at most")
     p.add_argument("--redundant", type=nonnegative_int, help="extra replicas per layer at most")
-    p.add_argument("--time-limit", type=positive_float, help="solver time limit in seconds")
+    p.add_argument("--time-limit", type=positive_float,
+                   help="solver time limit in seconds (--solver heuristic or milp; milp "
+                        "default 60)")
     p.add_argument("--compare", action="store_true",
                    help="also score the round-robin, EPLB-style and fill baselines")
     p.add_argument("--out", help="write the placement JSON here")
@@ -133,17 +140,22 @@ def cmd_place(args: argparse.Namespace) -> int:
         synthetic_loads,
     )
 
+    if args.time_limit is not None and args.solver not in TIME_LIMITED_SOLVERS:
+        # (--compare's baselines are not limited either: only the solver named here is)
+        raise ConfigError(f"--time-limit applies to --solver {' and '.join(TIME_LIMITED_SOLVERS)}"
+                          f" (the solvers that search); --solver {args.solver} computes its "
+                          "placement in one pass and has no time limit: leave --time-limit out")
     cfg = resolve_shape_at(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
-    synthetic_only = [opt for opt, v in (("--tokens", args.tokens), ("--layers", args.layers),
-                                         ("--seed", args.seed)) if v is not None]
+    synthetic_only = [opt for opt, v in (("--layers", args.layers), ("--seed", args.seed))
+                      if v is not None]
     if args.loads and synthetic_only:
         raise ConfigError(f"{' and '.join(synthetic_only)} set the synthetic loads and do "
                           f"nothing with --loads {args.loads!r}: the file's counts give the "
-                          "layers and the tokens per batch")
+                          "layers")
     if args.loads:
-        loads = read_loads(args.loads, top_k=cfg.top_k)
+        loads = read_loads(args.loads, top_k=cfg.top_k, tokens_per_batch=args.tokens)
         if loads.num_experts != cfg.num_experts:
             raise ConfigError(f"loads file {args.loads!r} has {loads.num_experts} experts per "
                               f"layer; shape {cfg.name!r} has {cfg.num_experts}")

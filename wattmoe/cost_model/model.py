@@ -138,8 +138,7 @@ def monotone(latency_s: np.ndarray, energy_j: np.ndarray, avg_power_w: np.ndarra
     window power over energy/latency (1 on the window basis), so power = energy / latency
     holds as measured; `adjusted` is True where latency or energy moved."""
     lat, en = monotone_log(latency_s), monotone_log(energy_j)
-    adjusted = ((lat != latency_s) & np.isfinite(latency_s)) | ((en != energy_j)
-                                                                & np.isfinite(energy_j))
+    adjusted = _moved(lat, latency_s) | _moved(en, energy_j)
     avg = np.array(avg_power_w, dtype=float)
     if np.any(adjusted):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -147,6 +146,33 @@ def monotone(latency_s: np.ndarray, energy_j: np.ndarray, avg_power_w: np.ndarra
             moved = avg_power_w * r_en / (lat / latency_s)
         avg = np.where(adjusted, moved, avg)
     return lat, en, avg, adjusted
+
+
+def _moved(fitted: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Where `monotone_log` moved a value (NaN ones it leaves out and keeps are never moved)."""
+    return (fitted != measured) & np.isfinite(measured)
+
+
+def _read_from(x: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Indices of the points `_loglog(x, xs, ys)` reads y from: the one at x, or the two
+    around it, among the points with a finite y > 0 (NaN ones are passed over, so these
+    need not be x's neighbours); the nearest one where x is beyond them."""
+    ok = np.flatnonzero(np.isfinite(ys) & (ys > 0))
+    j = int(np.searchsorted(xs[ok], x))
+    if j < len(ok) and xs[ok[j]] == x:
+        return ok[j:j + 1]
+    return ok[max(j - 1, 0):j + 1]
+
+
+def _rests_on_moved(c: Curve, x: float) -> bool:
+    """Whether a cost read from `c`'s non-decreasing points at `x` tokens (its latency and its
+    energy, each by `_loglog`) rests on a point whose value `monotone` moved. The energy is
+    checked on the points it is read from, which skip the points without a measured energy:
+    one moved beyond such a gap counts."""
+    lat = _read_from(x, c.tokens, c.fit_latency_s)
+    en = _read_from(x, c.tokens, c.fit_energy_j)
+    return bool(_moved(c.fit_latency_s, c.latency_s)[lat].any()
+                or _moved(c.fit_energy_j, c.energy_j)[en].any())
 
 
 def monotone_method(method: str, moved: bool) -> str:
@@ -389,9 +415,7 @@ class KernelCostModel:
                 # the point's energy window was not measurable: its energy is interpolated
                 # between its neighbours (or predicted below), not looked up
                 method = "interpolated"
-            # the points the answer is read from: the one at n, or the two around it
-            i = int(np.searchsorted(c.tokens, n))
-            moved = bool(np.any(c.adjusted[max(i - 1, 0) if c.tokens[i] != n else i:i + 1]))
+            moved = _rests_on_moved(c, n)
             if not math.isfinite(en):
                 en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
                 en = float("nan") if en_m is None else en_m
@@ -410,7 +434,7 @@ class KernelCostModel:
                 avg = float(c.fit_avg_power_w[i]) * en_r / lat_r
             peak = float(c.peak_power_w[i])
             method = "extrapolated"
-            moved = bool(c.adjusted[i])
+            moved = _rests_on_moved(c, edge)  # the edge point's latency, its energy as read
         method = monotone_method(method, moved)
         return self._finish(c, lat, en, peak, method if override is None else override, avg)
 

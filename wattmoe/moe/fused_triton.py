@@ -56,10 +56,11 @@ from torch import nn
 
 from wattmoe.checks import check_positive_int, is_finite_real, is_int, is_power_of_two
 from wattmoe.errors import ConfigError, ShapeError
+from wattmoe.int4_layout import FRAGMENT_BYTES
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.grouped import grouped_forward
-from wattmoe.moe.quant import FRAGMENT_BYTES, fragment_words, scale_pairs, tile_rows
+from wattmoe.moe.quant import fragment_words, scale_pairs, tile_rows
 from wattmoe.moe.stacked import ExpertStack, stacked_experts
 
 log = logging.getLogger(__name__)

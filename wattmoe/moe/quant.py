@@ -19,6 +19,7 @@ from torch import nn
 
 from wattmoe.checks import is_int
 from wattmoe.errors import ConfigError, ShapeError
+from wattmoe.int4_layout import FRAGMENT_BYTES
 from wattmoe.moe.base import resolve_dtype
 from wattmoe.moe.expert import Expert, FeedForward
 
@@ -98,9 +99,6 @@ def dequantize_int4(
     groups = scales.shape[1]
     w = q.reshape(out_f, groups, in_f // groups).to(dtype) * scales.to(dtype).unsqueeze(-1)
     return w.reshape(out_f, in_f)
-
-
-FRAGMENT_BYTES = 32  # `fragment_words` reorders bytes within blocks of this many
 
 
 def fragment_words(packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

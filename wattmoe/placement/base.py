@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from wattmoe.cost_model.work import INT4_SCALE_BYTES, int4_group, int4_weight_bytes
 from wattmoe.errors import ConfigError, WattmoeError
+from wattmoe.int4_layout import FRAGMENT_BYTES
 
 EXPERT_FORMS: tuple[str, ...] = ("swiglu", "relu")
 #: Bytes per element of the dtypes a placement can be asked about.
@@ -26,10 +27,6 @@ DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1
 #: packed codes and scales (`ExpertShape.fused_copy_bytes`). `auto` is not among them: it may
 #: pick another backend at every step size.
 FUSED_BACKENDS: frozenset[str] = frozenset({"fused", "fused_graph"})
-#: `wattmoe.moe.quant.FRAGMENT_BYTES`, repeated (placement imports no torch): the fused int4
-#: kernels read a matrix's codes as fragment words only where its packed rows are whole blocks
-#: of this many bytes.
-FRAGMENT_BYTES = 32
 
 
 class PlacementError(WattmoeError, ValueError):

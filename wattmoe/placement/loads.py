@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,29 +108,28 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
     return ExpertLoads(arr, int(top_k), float(tokens_per_batch), source)
 
 
+# counts may exceed a bound by this relative factor: float counts' rounding
+_ROUNDING = 1 + 1e-9
+
+
 def _check_inferred(arr: np.ndarray, top_k: int) -> None:
     """Raises PlacementError where the tokens per batch inferred from the counts (row sum /
-    top_k, as if no assignment was dropped) cannot have made a layer's counts: a count above
-    its layer's sum / top_k (a token picks an expert at most once), so that energy and latency
-    per token are not quietly priced on too few tokens."""
-    implied = arr.sum(axis=1) / top_k
-    big = arr > implied[:, None] * (1 + 1e-9)
-    if big.any():
-        layer, expert = (int(i) for i in np.argwhere(big)[0])
-        raise PlacementError(
-            f"loads are invalid for top_k = {top_k}: layer {layer}, expert {expert} has "
-            f"{arr[layer, expert]:g} tokens, more than the {implied[layer]:g} tokens the "
-            f"layer's counts imply (sum / top_k; a token picks an expert at most once); give "
-            "the batch's tokens (--tokens / tokens_per_batch) if assignments were dropped, or "
-            "check top_k")
+    top_k, as if no assignment was dropped) cannot have made a layer's counts, so that energy
+    and latency per token are not quietly priced on too few tokens."""
+    sums = arr.sum(axis=1)
+    _check_each_expert(
+        arr, sums / top_k,
+        lambda layer: f"the tokens its layer's counts imply, sum / top_k = {sums[layer]:g} / "
+                      f"{top_k}",
+        "; give the batch's tokens (--tokens / tokens_per_batch) if assignments were dropped, "
+        "or check top_k")
 
 
 def _check_accounted(arr: np.ndarray, top_k: int, tokens: float) -> None:
     """Raises PlacementError unless `tokens` tokens routed to top_k experts each can make the
     counts (see `make_loads`); a relative 1e-9 allows for float counts' rounding."""
-    slack = 1 + 1e-9
     sums = arr.sum(axis=1)
-    over = sums > tokens * top_k * slack
+    over = sums > tokens * top_k * _ROUNDING
     if over.any():
         layer = int(np.argmax(over))
         n = int(over.sum())
@@ -139,13 +138,27 @@ def _check_accounted(arr: np.ndarray, top_k: int, tokens: float) -> None:
             f"tokens_per_batch x top_k = {tokens:g} x {top_k} = {tokens * top_k:g} ({n} "
             f"layer{'s' if n > 1 else ''} over); counts added up over several batches? divide "
             "them by the number of batches (loads_from_layers: steps=)")
-    big = arr > tokens * slack
+    _check_each_expert(arr, np.full(arr.shape[0], tokens), lambda _: "tokens_per_batch")
+
+
+def _check_each_expert(arr: np.ndarray, bound: np.ndarray, name: Callable[[int], str],
+                       hint: str = "") -> None:
+    """Raises PlacementError at the first count above its layer's bound of tokens per batch:
+    a token picks an expert at most once, so no expert gets more tokens than the batch has.
+
+    Args:
+        arr: [layers, experts] counts.
+        bound: [layers] tokens per batch that the counts are checked against.
+        name: what the bound of a layer is, for the message ("tokens_per_batch").
+        hint: appended to the message: what to do about it.
+    """
+    big = arr > bound[:, None] * _ROUNDING
     if big.any():
         layer, expert = (int(i) for i in np.argwhere(big)[0])
         raise PlacementError(
             f"loads are invalid: layer {layer}, expert {expert} has {arr[layer, expert]:g} "
-            f"tokens, more than tokens_per_batch = {tokens:g} (a token picks an expert at most "
-            "once)")
+            f"tokens, more than {name(layer)} = {bound[layer]:g} (a token picks an expert at "
+            f"most once){hint}")
 
 
 def parse_skew(skew: str) -> tuple[str, float]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from wattmoe.checks import is_finite_real, is_real
+from wattmoe.checks import is_finite_real, is_int, is_real
 from wattmoe.placement.base import PlacementError
 from wattmoe.placement.problem import Evaluation, PlacementProblem
 
@@ -157,28 +158,62 @@ def _summary_fields(cls: Any, d: object, where: str) -> dict[str, Any]:
         PlacementError: one line naming every missing field and every value of a wrong type.
         TypeError: a field of `cls` has a type with no check (`_field_kinds`).
     """
+    required = [f.name for f in fields(cls) if f.default is MISSING
+                and f.default_factory is MISSING]
+    return _checked_fields(d, where, _field_kinds(cls), required)
+
+
+def _shown(v: object) -> str:
+    """A JSON value in an error: a list's or an object's type, another value's repr."""
+    return type(v).__name__ if isinstance(v, list | dict) else repr(v)
+
+
+def _checked_fields(d: object, where: str, kinds: dict[str, tuple[Any, str, Any]],
+                    required: Sequence[str]) -> dict[str, Any]:
+    """The fields of `kinds` present in the JSON object `d`, checked and converted.
+
+    Raises:
+        PlacementError: one line naming every missing `required` field and every value of a
+            wrong type.
+    """
     if not isinstance(d, dict):
         raise PlacementError(f"{where} must be an object of named fields, got "
                              f"{type(d).__name__}")
-    kinds = _field_kinds(cls)
-    missing, bad, out = [], [], {}
-    for f in fields(cls):
-        if f.name not in d:
-            if f.default is MISSING and f.default_factory is MISSING:
-                missing.append(repr(f.name))
+    missing = [repr(name) for name in required if name not in d]
+    bad, out = [], {}
+    for name, (check, words, convert) in kinds.items():
+        if name not in d:
             continue
-        check, words, convert = kinds[f.name]
-        v = d[f.name]
+        v = d[name]
         if check(v):
-            out[f.name] = convert(v)
+            out[name] = convert(v)
         else:
-            shown = type(v).__name__ if isinstance(v, list | dict) else repr(v)
-            bad.append(f"field {f.name!r} must be {words}, got {shown}")
+            bad.append(f"field {name!r} must be {words}, got {_shown(v)}")
     if missing or bad:
         s = "s" if len(missing) > 1 else ""
         parts = ([f"missing field{s} {', '.join(missing)}"] if missing else []) + bad
         raise PlacementError(f"{where}: {'; '.join(parts)}")
     return out
+
+
+def _positive_int(v: object) -> bool:
+    return is_finite_real(v) and v >= 1 and v == int(v)  # type: ignore[operator]
+
+
+#: The fields of a placement file besides its summary, with what their values must be
+#: (`_FIELD_KINDS`). The maps are checked further in `Placement.from_dict`.
+_PLACEMENT_FIELDS: dict[str, Any] = {
+    "devices": _FIELD_KINDS[tuple],
+    "layers": _FIELD_KINDS[tuple],
+    "num_experts": (_positive_int, "an integer >= 1", int),
+    "expert_bytes": (_positive_int, "a positive integer (bytes of one expert's weights)", int),
+    "num_layers": _FIELD_KINDS[int],
+    **dict.fromkeys(("cluster", "solver", "objective", "status"), _FIELD_KINDS[str]),
+    "solve_time_s": _FIELD_KINDS[float],
+    "replica_counts": _field_kind(tuple | None),
+    "meta": _field_kind(dict | None),
+}
+_PLACEMENT_REQUIRED = ("devices", "layers", "num_experts", "expert_bytes")
 
 
 def summarize(problem: PlacementProblem, ev: Evaluation) -> PlacementSummary:
@@ -329,10 +364,11 @@ class Placement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> Placement:
-        """Reads `to_dict` output back, checking that its maps agree.
+        """Reads `to_dict` output back, checking its fields' types and that its maps agree.
 
         Raises:
-            PlacementError: not a placement, another schema version, or inconsistent maps.
+            PlacementError: not a placement, another schema version, a field missing or of
+                the wrong type (named), or inconsistent maps.
         """
         where = f"placement {source}"
         if not isinstance(d, dict) or d.get("format") != FORMAT:
@@ -340,59 +376,30 @@ class Placement:
         if d.get("version") != SCHEMA_VERSION:
             raise PlacementError(f"{where} has schema version {d.get('version')!r}; this "
                                  f"wattmoe reads version {SCHEMA_VERSION}")
-        for key in ("devices", "layers", "num_experts", "expert_bytes"):
-            if key not in d:
-                raise PlacementError(f"{where}: missing field {key!r}")
-        for key in ("devices", "layers"):
-            if not isinstance(d[key], list):
-                raise PlacementError(f"{where}: field {key!r} must be a list, got "
-                                     f"{type(d[key]).__name__}")
-        eb = d["expert_bytes"]
-        if not is_finite_real(eb) or eb < 1 or eb != int(eb):
-            raise PlacementError(f"{where}: field 'expert_bytes' must be a positive integer "
-                                 f"(bytes of one expert's weights), got {eb!r}")
-        try:
-            names = tuple(str(n) for n in d["devices"])
-            index = {n: i for i, n in enumerate(names)}
-            layers = d["layers"]
-            E = int(d["num_experts"])
-            a = np.zeros((len(layers), E, len(names)), dtype=bool)
-            for layer, entry in enumerate(layers):
-                if not isinstance(entry, dict) or "expert_to_devices" not in entry:
-                    raise PlacementError(f"{where}: layer {layer}: missing field "
-                                         "'expert_to_devices'")
-                e2d = entry["expert_to_devices"]
-                if len(e2d) != E:
-                    raise PlacementError(f"{where}: layer {layer} lists {len(e2d)} experts, "
-                                         f"expected {E}")
-                for e, devs in enumerate(e2d):
-                    for name in devs:
-                        if name not in index:
-                            raise PlacementError(f"{where}: layer {layer} expert {e} is on "
-                                                 f"unknown device {name!r}")
-                        a[layer, e, index[name]] = True
-                d2e = entry.get("device_to_experts")
-                if d2e is not None:
-                    b = np.zeros_like(a[layer])
-                    for name, experts in d2e.items():
-                        b[experts, index[name]] = True
-                    if not np.array_equal(a[layer], b):
-                        raise PlacementError(f"{where}: layer {layer}: expert_to_devices and "
-                                             "device_to_experts disagree")
-            counts = d.get("replica_counts")
-            if counts is not None and not np.array_equal(np.asarray(counts), a.sum(axis=2)):
-                raise PlacementError(f"{where}: replica_counts disagree with expert_to_devices")
-            summary = (PlacementSummary.from_dict(d["summary"], f"{where}: summary")
-                       if d.get("summary") else None)
-            return cls(names, a, int(d["expert_bytes"]), solver=str(d.get("solver", "")),
-                       objective=str(d.get("objective", "")), status=str(d.get("status", "")),
-                       solve_time_s=float(d.get("solve_time_s", 0.0)),
-                       cluster=str(d.get("cluster", "")), summary=summary,
-                       meta=dict(d.get("meta") or {}))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            if isinstance(exc, PlacementError):
-                raise
-            raise PlacementError(f"{where} is malformed: {type(exc).__name__}: {exc}") from None
+        v = _checked_fields(d, where, _PLACEMENT_FIELDS, _PLACEMENT_REQUIRED)
+        names = tuple(v["devices"])
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise PlacementError(f"{where}: field 'devices' must be a list of device "
+                                     f"names, got {_shown(name)} at devices[{i}]")
+            if name in names[:i]:
+                raise PlacementError(f"{where}: field 'devices' lists {name!r} twice")
+        layers = v["layers"]
+        if v.get("num_layers", len(layers)) != len(layers):
+            raise PlacementError(f"{where}: field 'num_layers' is {v['num_layers']}, but "
+                                 f"field 'layers' lists {len(layers)} layers")
+        a = np.zeros((len(layers), v["num_experts"], len(names)), dtype=bool)
+        for layer, entry in enumerate(layers):
+            a[layer] = _read_layer(entry, f"{where}: layer {layer}", names, v["num_experts"])
+        counts = v.get("replica_counts")
+        if counts is not None and counts != a.sum(axis=2).tolist():
+            raise PlacementError(f"{where}: replica_counts disagree with expert_to_devices")
+        summary = (PlacementSummary.from_dict(d["summary"], f"{where}: summary")
+                   if d.get("summary") is not None else None)
+        return cls(names, a, v["expert_bytes"], solver=v.get("solver", ""),
+                   objective=v.get("objective", ""), status=v.get("status", ""),
+                   solve_time_s=v.get("solve_time_s", 0.0), cluster=v.get("cluster", ""),
+                   summary=summary, meta=v.get("meta") or {})
 
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> Placement:
@@ -401,6 +408,55 @@ class Placement:
         except ValueError as exc:
             raise PlacementError(f"placement {source} is not valid JSON: {exc}") from None
         return cls.from_dict(data, source)
+
+
+def _read_layer(entry: object, where: str, names: tuple[str, ...], num_experts: int
+                ) -> np.ndarray:
+    """One layer of a placement file as [experts, devices] bool, its maps checked.
+
+    Raises:
+        PlacementError: `where`: a field missing or of the wrong type, an unknown device or
+            expert, or maps that disagree.
+    """
+    if not isinstance(entry, dict) or "expert_to_devices" not in entry:
+        raise PlacementError(f"{where}: missing field 'expert_to_devices'")
+    index = {n: i for i, n in enumerate(names)}
+    e2d = entry["expert_to_devices"]
+    if not isinstance(e2d, list):
+        raise PlacementError(f"{where}: field 'expert_to_devices' must be a list (each "
+                             f"expert's devices), got {_shown(e2d)}")
+    if len(e2d) != num_experts:
+        raise PlacementError(f"{where} lists {len(e2d)} experts, expected {num_experts}")
+    a = np.zeros((num_experts, len(names)), dtype=bool)
+    for e, devs in enumerate(e2d):
+        if not isinstance(devs, list):
+            raise PlacementError(f"{where} expert {e}: its devices must be a list of device "
+                                 f"names, got {_shown(devs)}")
+        for name in devs:
+            if not isinstance(name, str) or name not in index:
+                raise PlacementError(f"{where} expert {e} is on unknown device {name!r} "
+                                     f"(devices: {', '.join(names)})")
+            a[e, index[name]] = True
+    d2e = entry.get("device_to_experts")
+    if d2e is None:
+        return a
+    if not isinstance(d2e, dict):
+        raise PlacementError(f"{where}: field 'device_to_experts' must be an object (device "
+                             f"-> its experts), got {_shown(d2e)}")
+    b = np.zeros_like(a)
+    for name, experts in d2e.items():
+        if name not in index:
+            raise PlacementError(f"{where}: device_to_experts names unknown device {name!r} "
+                                 f"(devices: {', '.join(names)})")
+        bad = ([_shown(experts)] if not isinstance(experts, list) else
+               [repr(x) for x in experts if not (is_int(x) and 0 <= x < num_experts)])
+        if bad:
+            raise PlacementError(f"{where}: device_to_experts[{name!r}] must be a list of "
+                                 f"experts 0..{num_experts - 1}, got {bad[0]}")
+        b[experts, index[name]] = True
+    if not np.array_equal(a, b):
+        raise PlacementError(f"{where}: expert_to_devices and device_to_experts disagree")
+    return a
 
 
 @dataclass(frozen=True)
