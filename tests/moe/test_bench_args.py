@@ -237,3 +237,18 @@ def test_fused_matrix_check_int4_config_reaches_every_step_size(
         (True, "w64t32r16fpx"), (False, None)}
     stack_key = "E=8,H=64,F=128,swiglu,int4g64"
     assert set(ft.load_tuned(torch.device("cpu"))) == {stack_key}
+
+
+def test_kernel_diag_variants_are_the_nan_probes_modifiers() -> None:
+    # the two diagnostics name the int4 K loops alike (nan_probe.INT4_LOOP_FORMS): a variant
+    # of kernel_diag runs what the modifier of that name runs in nan_probe
+    from wattmoe.moe import fused_triton as ft
+    kd = load_script("benchmarks/gpu/kernel_diag.py")
+    probe = load_script("benchmarks/gpu/nan_probe.py")
+    pair = ft.INT4_CANDIDATES["w64t32r16fpx"]
+    for v in ("inflight", "whole", "nibbles", "khalves"):
+        assert kd.with_changes(pair, kd.INT4_VARIANTS[v][1]) == probe.resolve(
+            f"w64t32r16fpx:{v}", True), v
+    assert kd.with_changes(pair, kd.INT4_VARIANTS["table"][1]) == pair
+    assert kd.VARIANTS == ("table", "fp32", "skipped", "inflight", "whole", "nibbles",
+                           "khalves", "bf16")
