@@ -107,9 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                     layer.quantize(group)
                     if args.int4_config:  # this shape's table entry, in this process only:
                         # every power of two, so that each step's nearest size is within
-                        # TUNED_REACH (one entry at "1" reached steps of <= 8 assignments only)
-                        ft.load_tuned(dev)[ft.shape_key(stacked_experts(layer.experts))] = {
-                            str(1 << i): args.int4_config for i in range(25)}
+                        # TUNED_REACH (one entry at "1" reached steps of <= 8 assignments only).
+                        # Through the table, not a backend pinned to the config
+                        # (`make_fused_backend`): the layer's `fused` and `fused_graph` steps
+                        # route with `fused_route` by those names, and `choose_config` below
+                        # then names what the step ran
+                        key = ft.shape_key(stacked_experts(layer.experts))
+                        ft.set_tuned(dev, {**ft.load_tuned(dev), key: {
+                            str(1 << i): args.int4_config for i in range(25)}})
                 for backend in ("fused", "fused_graph", "fused+step_graph"):
                     layer.set_backend(backend.split("+")[0])
                     step = GraphedLayer(layer) if backend.endswith("step_graph") else layer

@@ -25,7 +25,6 @@ weights'), so its energy is an estimate of a dequantization-free launch, not a m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -47,12 +46,24 @@ from kernels_bench import (  # noqa: E402
     launch_times,
     window_mj,
 )
+from nan_probe import INT4_LOOP_FORMS, with_changes  # noqa: E402
 
 from wattmoe.errors import ConfigError  # noqa: E402
 from wattmoe.moe import build_dispatch, get_preset  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 
-VARIANTS = ("table", "fp32", "skipped", "inflight", "whole", "nibbles", "khalves", "bf16")
+# the int4 variants of the table's entry: what their labels add to its name, and the
+# `KernelConfig` changes of both launches
+INT4_VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    "table": ("", {}),
+    "fp32": (" fp32 dequant", {"int4_asm": False}),
+    "skipped": (" dequant skipped", {"int4_skip_dequant": True}),
+    "inflight": (" last MMA in flight (before run 89)", INT4_LOOP_FORMS["inflight"]),
+    "whole": (" unpacked whole, waits (run 89)", INT4_LOOP_FORMS["whole"]),
+    "nibbles": (" in nibble halves (run 91)", INT4_LOOP_FORMS["nibbles"]),
+    "khalves": (" in K halves (session 14)", INT4_LOOP_FORMS["khalves"]),
+}
+VARIANTS = (*INT4_VARIANTS, "bf16")
 
 
 def run(fn: Callable[[], object], title: str, rec: dict[str, object],
@@ -152,21 +163,9 @@ def _diagnose(args: argparse.Namespace, cfg, st, qst, tokens_list: list[int],
         b_pair = ft.resolve_config(b_name, False)
         assert q_pair is not None and b_pair is not None
         every: dict[str, tuple[str, tuple]] = {
-            "table": (f"int4 {q_name}", (qst, q_pair)),
-            "fp32": (f"int4 {q_name} fp32 dequant", (qst, tuple(
-                dataclasses.replace(c, int4_asm=False) for c in q_pair))),
-            "skipped": (f"int4 {q_name} dequant skipped", (qst, tuple(
-                dataclasses.replace(c, int4_skip_dequant=True) for c in q_pair))),
-            "inflight": (f"int4 {q_name} last MMA in flight (before run 89)", (qst, tuple(
-                dataclasses.replace(c, int4_inflight_mma=True) for c in q_pair))),
-            "whole": (f"int4 {q_name} unpacked whole, waits (run 89)", (qst, tuple(
-                dataclasses.replace(c, int4_split_dequant=False) for c in q_pair))),
-            "nibbles": (f"int4 {q_name} in nibble halves (run 91)", (qst, tuple(
-                dataclasses.replace(c, int4_split_form=1) for c in q_pair))),
-            "khalves": (f"int4 {q_name} in K halves (session 14)", (qst, tuple(
-                dataclasses.replace(c, int4_split_form=2) for c in q_pair))),
-            "bf16": (f"bf16 {b_name}", (st, b_pair)),
-        }
+            v: (f"int4 {q_name}{label}", (qst, with_changes(q_pair, changes)))
+            for v, (label, changes) in INT4_VARIANTS.items()}
+        every["bf16"] = (f"bf16 {b_name}", (st, b_pair))
         variants = dict(every[v] for v in args.variants)
         with torch.inference_mode():
             for label, (stack, pair) in variants.items():

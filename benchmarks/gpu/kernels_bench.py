@@ -988,16 +988,6 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def check_kernel_settings(dev: torch.device) -> None:
-    """Raises ConfigError for a bad $WATTMOE_INT4_TILE_ROWS, $WATTMOE_INT4_TILE_COPIES or
-    $WATTMOE_KERNEL_CONFIGS. The library reads each at the first launch that uses it, which in
-    this run is inside a check or tune candidate: the run would record the same error once per
-    candidate and go on (a bad table path ended it with a traceback)."""
-    ft._tile_rows_setting()
-    ft._tile_copies_setting()
-    ft.load_tuned(dev)
-
-
 def main(argv: list[str] | None = None) -> None:
     # `timeout` stops a run with SIGTERM: end it as Ctrl-C would, keeping what was measured.
     # Python runs the handler only between bytecodes of the main thread, so a main thread in a
@@ -1014,8 +1004,12 @@ def main(argv: list[str] | None = None) -> None:
         pass
     try:
         args = parse_args(argv)
+        # the library reads its $WATTMOE_* kernel settings at the first launch that uses
+        # them, which in this run is inside a check or tune candidate: the run would record
+        # the same error once per candidate and go on (a bad table path ended it with a
+        # traceback)
         try:
-            check_kernel_settings(torch.device(args.device))
+            ft.check_settings(torch.device(args.device))
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)

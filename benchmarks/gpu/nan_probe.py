@@ -47,6 +47,24 @@ from wattmoe.moe.stacked import stacked_experts
 # 0xA5: tiny negative values
 PATTERNS = (0xFF, 0x7F, 0x00, 0xA5)
 
+# the int4 K loops that `KernelConfig` fields select, by the names of this probe's modifiers
+# (':inflight', ...) and of kernel_diag.py's variants: the last MMA of a K step left in flight
+# across the back edge (as before run 89: `int4_inflight_mma`), the tile unpacked at once with a
+# wait per step or in halves (`int4_split_dequant`), in nibble or K halves whatever the tile's
+# rows (`int4_split_form`)
+INT4_LOOP_FORMS: dict[str, dict[str, object]] = {
+    "inflight": {"int4_inflight_mma": True},
+    "whole": {"int4_split_dequant": False},
+    "split": {"int4_split_dequant": True},
+    "nibbles": {"int4_split_dequant": True, "int4_split_form": 1},
+    "khalves": {"int4_split_dequant": True, "int4_split_form": 2},
+}
+
+
+def with_changes(pair: ft.ConfigPair, changes: dict[str, object]) -> ft.ConfigPair:
+    """pair with `changes` (`KernelConfig` fields) in both launches' configs."""
+    return tuple(dataclasses.replace(c, **changes) for c in pair)  # type: ignore[return-value]
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,22 +107,17 @@ def resolve(spec: str, quantized: bool) -> ft.ConfigPair:
     for mod in mods:
         if mod[:1] == "s" and mod[1:].isdigit() and int(mod[1:]) >= 1:
             changes["num_stages"] = int(mod[1:])
-        elif mod == "inflight" and quantized:
-            changes["int4_inflight_mma"] = True
-        elif mod in ("split", "whole") and quantized:
-            changes["int4_split_dequant"] = mod == "split"
-        elif mod in ("nibbles", "khalves") and quantized:
-            changes["int4_split_dequant"] = True
-            changes["int4_split_form"] = 1 if mod == "nibbles" else 2
+        elif mod in INT4_LOOP_FORMS and quantized:
+            changes |= INT4_LOOP_FORMS[mod]
         else:
+            *first, last = (f":{m}" for m in INT4_LOOP_FORMS)
             raise SystemExit(f"error: {spec!r}: modifier {mod!r} is not one of :sN (N >= 1)"
-                             + (", :inflight, :whole, :split, :nibbles, :khalves" if quantized
-                                else " (:inflight, :whole, :split, :nibbles and :khalves are "
-                                "for --weights int4)"))
+                             + (f", {', '.join([*first, last])}" if quantized else
+                                f" ({', '.join(first)} and {last} are for --weights int4)"))
     if changes.get("int4_inflight_mma") and changes.get("int4_split_dequant"):
         raise SystemExit(f"error: {spec!r}: :inflight is the whole-tile loop without its wait; "
                          "it does not go with :split")
-    return tuple(dataclasses.replace(c, **changes) for c in pair)  # type: ignore[return-value]
+    return with_changes(pair, changes)
 
 
 def wrong_entries(out: torch.Tensor, ref: torch.Tensor) -> dict[str, object]:

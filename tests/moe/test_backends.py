@@ -520,6 +520,43 @@ def test_user_tuned_table_from_the_environment(tmp_path, monkeypatch, caplog) ->
             ft.load_tuned(cpu)
 
 
+def test_check_settings_reads_every_kernel_setting_now(tmp_path, monkeypatch) -> None:
+    # what the library reads at its first launches, checked in one call: each bad value is
+    # one error naming its variable and value
+    import re
+    from pathlib import Path
+
+    from wattmoe.moe import fused_triton as ft
+
+    # every $WATTMOE_* variable the moe package reads is one that it checks
+    src = "".join(p.read_text() for p in Path(ft.__file__).parent.rglob("*.py"))
+    assert set(re.findall(r'"(WATTMOE_\w+)"', src)) == set(ft.KERNEL_SETTINGS)
+    cpu = torch.device("cpu")
+    for env in ft.KERNEL_SETTINGS:
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(ft, "_TUNED", {})
+    monkeypatch.setattr(ft, "TILE_ROWS", None)
+    monkeypatch.setattr(ft, "TILE_SHARED", None)
+    ft.check_settings(cpu)  # none set: the defaults
+    (tmp_path / "cpu.json").write_text("{not json")  # this device's table in a directory
+    for env, value, message in [
+        (ft.TILE_ROWS_ENV, "48", "$WATTMOE_INT4_TILE_ROWS='48': a power of two >= 16"),
+        (ft.TILE_COPIES_ENV, "both", "$WATTMOE_INT4_TILE_COPIES='both': 'shared'"),
+        (ft.CONFIG_ENV, str(tmp_path / "missing.json"),
+         f"WATTMOE_KERNEL_CONFIGS={tmp_path / 'missing.json'}: no such file or directory"),
+        (ft.CONFIG_ENV, str(tmp_path),
+         f"WATTMOE_KERNEL_CONFIGS: {tmp_path / 'cpu.json'} is not a tuned table"),
+    ]:
+        monkeypatch.setenv(env, value)
+        monkeypatch.setattr(ft, "_TUNED", {})
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            ft.check_settings(cpu)
+        monkeypatch.delenv(env)
+    # it reads the tile settings without keeping them: a launch still reads them at its first
+    # use
+    assert ft.TILE_ROWS is None and ft.TILE_SHARED is None
+
+
 def test_graphed_layer_weights_signature_sees_replaced_tensors_not_inplace_updates() -> None:
     """What a captured step reads, checked before every replay: tensors replaced anywhere
     outside the routed experts (module cache walked again when children change), the ends of

@@ -213,3 +213,42 @@ def test_kernels_bench_refuses_a_bad_kernel_setting_before_it_starts(
     err = capsys.readouterr().err
     assert f"error: {message}" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_fused_matrix_check_int4_config_reaches_every_step_size(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --int4-config runs the int4 layers' steps with one candidate at every size (a table
+    # entry of this process; the dense layers keep theirs), and each int4 row names it
+    import json
+
+    from wattmoe.moe import fused_triton as ft
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the torch math on CPU: quick
+    monkeypatch.setattr(ft, "_TUNED", {})
+    check = load_script("benchmarks/gpu/fused_matrix_check.py")
+    out = tmp_path / "matrix.json"
+    # (the rows' errors are not asserted: on the CPU, bf16 and fp16 steps against the fp32
+    # reference are not what this checks)
+    check.main(["--device", "cpu", "--cases", "tiny", "--tokens", "1,100",
+                "--int4-config", "w64t32r16fpx", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 * 2 * 3 * 2  # dtypes x weights x backends x step sizes
+    assert not any("error" in r for r in rows)
+    assert {(r["int4_group"] is not None, r.get("config")) for r in rows} == {
+        (True, "w64t32r16fpx"), (False, None)}
+    stack_key = "E=8,H=64,F=128,swiglu,int4g64"
+    assert set(ft.load_tuned(torch.device("cpu"))) == {stack_key}
+
+
+def test_kernel_diag_variants_are_the_nan_probes_modifiers() -> None:
+    # the two diagnostics name the int4 K loops alike (nan_probe.INT4_LOOP_FORMS): a variant
+    # of kernel_diag runs what the modifier of that name runs in nan_probe
+    from wattmoe.moe import fused_triton as ft
+    kd = load_script("benchmarks/gpu/kernel_diag.py")
+    probe = load_script("benchmarks/gpu/nan_probe.py")
+    pair = ft.INT4_CANDIDATES["w64t32r16fpx"]
+    for v in ("inflight", "whole", "nibbles", "khalves"):
+        assert kd.with_changes(pair, kd.INT4_VARIANTS[v][1]) == probe.resolve(
+            f"w64t32r16fpx:{v}", True), v
+    assert kd.with_changes(pair, kd.INT4_VARIANTS["table"][1]) == pair
+    assert kd.VARIANTS == ("table", "fp32", "skipped", "inflight", "whole", "nibbles",
+                           "khalves", "bf16")

@@ -1,6 +1,7 @@
 """The fragment-word inline PTX (`_fused_kernel._INT4_FRAG_*`), which only a GPU runs, emulated
-instruction by instruction on the CPU: with the word order of `quant.fragment_words` and the
-column order of `_frag_cols` it must give exactly what `dequantize_int4` gives.
+instruction by instruction on the CPU (`ptx_emulator.py`): with the word order of
+`quant.fragment_words` and the column order of `_frag_cols` it must give exactly what
+`dequantize_int4` gives.
 
 Each asm call gets one thread's two adjacent words of a row (the pairing Triton's layout gives
 it on sm_90, checked in the compiled PTX when the kernel was written) and the row's two scales.
@@ -14,6 +15,7 @@ import torch
 from wattmoe.moe.quant import dequantize_int4, fragment_words, quantize_int4
 
 from .interpreter import _interpreter, requires_interpreter  # noqa: F401 (autouse fixture)
+from .ptx_emulator import M32, run_ptx
 
 # isort: split
 # after the interpreter's set-up (TRITON_INTERPRET=1 before Triton is first imported)
@@ -33,61 +35,6 @@ def _halves(v: int, dt: torch.dtype) -> list[torch.Tensor]:
 def _pack(lo: torch.Tensor, hi: torch.Tensor) -> int:
     return (int(lo.view(torch.int16)[0]) & 0xFFFF) | ((int(hi.view(torch.int16)[0]) & 0xFFFF)
                                                       << 16)
-
-
-def _fma2(a: int, b: int, c: int, dt: torch.dtype) -> int:
-    # one rounding: 16-bit products and sums are exact in float64
-    r = [(x.double() * y.double() + z.double()).to(dt)
-         for x, y, z in zip(_halves(a, dt), _halves(b, dt), _halves(c, dt))]
-    return _pack(*r)
-
-
-def _prmt(a: int, b: int, sel: int) -> int:
-    src = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    return sum(src[(sel >> (4 * i)) & 0x7] << (8 * i) for i in range(4))
-
-
-def _lop3(a: int, b: int, c: int, lut: int) -> int:
-    return sum(((lut >> ((((a >> i) & 1) << 2) | (((b >> i) & 1) << 1) | ((c >> i) & 1))) & 1)
-               << i for i in range(32))
-
-
-def run_asm(asm: str, regs: list[int], dt: torch.dtype) -> list[int]:
-    env: dict[str, int] = {}
-
-    def val(tok: str) -> int:
-        tok = tok.strip()
-        if tok.startswith("$"):
-            return regs[int(tok[1:])]
-        if tok.startswith("0x"):
-            return int(tok, 16)
-        return env[tok] if tok in env else int(tok)
-
-    def put(tok: str, v: int) -> None:
-        if tok.startswith("$"):
-            regs[int(tok[1:])] = v & 0xFFFFFFFF
-        else:
-            env[tok] = v & 0xFFFFFFFF
-
-    for line in asm.splitlines():
-        line = line.strip()
-        if not line or line in "{}" or line.startswith(".reg"):
-            continue
-        op, rest = line.split(None, 1)
-        a = [t.strip() for t in rest.rstrip(";").split(",")]
-        if op == "mov.b32":
-            put(a[0], val(a[1]))
-        elif op == "prmt.b32":
-            put(a[0], _prmt(val(a[1]), val(a[2]), val(a[3])))
-        elif op == "shr.b32":
-            put(a[0], val(a[1]) >> val(a[2]))
-        elif op == "lop3.b32":
-            put(a[0], _lop3(val(a[1]), val(a[2]), val(a[3]), val(a[4])))
-        elif op.startswith("fma.rn."):
-            put(a[0], _fma2(val(a[1]), val(a[2]), val(a[3]), dt))
-        else:
-            raise AssertionError(f"instruction the emulator does not know: {line}")
-    return regs
 
 
 def frag_cols(o: list[torch.Tensor]) -> torch.Tensor:
@@ -133,14 +80,13 @@ def _emulated(words: torch.Tensor, scales: torch.Tensor, dt: torch.dtype,
     outs = [torch.zeros(rows, words.shape[1], dtype=dt) for _ in range(8)]
     for r in range(rows):
         for j in range(0, words.shape[1], 2):  # one thread's two words
-            regs = [0] * 12
-            regs[8], regs[9] = (int(words[r, j]) & 0xFFFFFFFF, int(words[r, j + 1]) & 0xFFFFFFFF)
             if pair:
-                regs[10] = regs[11] = int(pairs[r, 0]) & 0xFFFFFFFF
+                scale_regs = [int(pairs[r, 0]) & M32] * 2
             else:
-                regs[10] = _pack(s_lo[r:r + 1], s_lo[r:r + 1])
-                regs[11] = _pack(s_hi[r:r + 1], s_hi[r:r + 1])
-            regs = run_asm(asm, regs, dt)
+                scale_regs = [_pack(s_lo[r:r + 1], s_lo[r:r + 1]),
+                              _pack(s_hi[r:r + 1], s_hi[r:r + 1])]
+            regs = run_ptx(asm, 8, [int(words[r, j]) & M32, int(words[r, j + 1]) & M32,
+                                    *scale_regs])  # $0-$7 out; $8, $9 words, $10, $11 scales
             for o in range(8):  # each output register: elements j, j + 1
                 lo, hi = _halves(regs[o], dt)
                 outs[o][r, j], outs[o][r, j + 1] = lo[0], hi[0]

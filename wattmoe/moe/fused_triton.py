@@ -1066,6 +1066,29 @@ def _tile_copies_setting() -> bool:
 
 TILE_SHARED: bool | None = None  # `_tile_copies_setting()`, read at the first use
 
+# every $WATTMOE_* setting this module reads (`check_settings`)
+KERNEL_SETTINGS = (TILE_ROWS_ENV, TILE_COPIES_ENV, CONFIG_ENV)
+
+
+def check_settings(device: torch.device) -> None:
+    """Reads every setting of `KERNEL_SETTINGS` now and raises for the first bad one.
+
+    The library reads each at its first use: $WATTMOE_INT4_TILE_ROWS and
+    $WATTMOE_INT4_TILE_COPIES at the first int4 launch that could read tile order,
+    $WATTMOE_KERNEL_CONFIGS (the tuned table of `device`, `load_tuned`) at the first fused step
+    on the device. A program that runs many launches and records an error per launch (a
+    benchmark) calls this before the first one, so that a bad value is one clear error
+    instead. The tile settings are checked as they are in the environment now (a process that
+    has launched already keeps the values it read then); the table is loaded and kept, as
+    `load_tuned` keeps it (one this process loaded already is not read again).
+
+    Raises:
+        ConfigError: a bad value; the message names the variable and the value.
+    """
+    _tile_rows_setting()
+    _tile_copies_setting()
+    load_tuned(device)
+
 
 def _tile_rows(cfg: KernelConfig, n_out: int, up_rows: int, rows: int) -> int:
     """The rows per tile in which a launch that reads scale pairs reads words and pairs in tile
