@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tokens/--device: {exc}")
     if not cases or not token_counts or min(token_counts) < 1:
         ap.error("--cases and --tokens need at least one entry, tokens >= 1")
+    try:  # before any launch: a bad $WATTMOE_* kernel setting is one error, not one per row
+        ft.check_settings(dev)
+    except ConfigError as exc:
+        ap.error(str(exc))
     rows: list[dict[str, object]] = []
     meta = provenance()
     for case, cfg in cases:

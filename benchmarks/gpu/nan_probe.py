@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_shape(args.shape)
     except ConfigError as exc:
         raise SystemExit(f"error: --shape: {exc}") from None
+    try:  # before any launch: a bad $WATTMOE_* kernel setting is one error, not one per step
+        ft.check_settings(dev)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
     quantized = args.weights == "int4"
     specs = [c.strip() for c in args.config.split(",") if c.strip()]
     pairs = {c: resolve(c, quantized) for c in specs}

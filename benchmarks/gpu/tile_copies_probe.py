@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --shapes: {exc}", file=sys.stderr)
         return 2
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:  # the tile rows and the tuned table (the probe sets the copies' layout itself)
+        ft.check_settings(dev)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     nrg = Energy() if dev.type == "cuda" else ClockOnly()
     payload: dict[str, object] = {**provenance(), "args": vars(args) | {"out": str(args.out)},
                                   "source": nrg.source, "rows": []}

@@ -252,3 +252,26 @@ def test_kernel_diag_variants_are_the_nan_probes_modifiers() -> None:
     assert kd.with_changes(pair, kd.INT4_VARIANTS["table"][1]) == pair
     assert kd.VARIANTS == ("table", "fp32", "skipped", "inflight", "whole", "nibbles",
                            "khalves", "bf16")
+
+
+@pytest.mark.parametrize("script", ["nan_probe", "fused_matrix_check", "tile_copies_probe"])
+def test_gpu_probes_refuse_a_bad_kernel_setting_before_any_launch(
+        script: str, tmp_path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # as kernels_bench: the library reads its settings at the first launch, so the probes
+    # recorded a bad one once per step or row (or stopped with a traceback)
+    from wattmoe.moe import fused_triton as ft
+    monkeypatch.setattr(ft, "_TUNED", {})
+    monkeypatch.setenv("WATTMOE_INT4_TILE_ROWS", "48")
+    mod = load_script(f"benchmarks/gpu/{script}.py")
+    out = tmp_path / "out.json"
+    argv = {"nan_probe": ["--device", "cpu", "--shape", "tiny", "--out", str(out)],
+            "fused_matrix_check": ["--device", "cpu", "--cases", "tiny", "--out", str(out)],
+            "tile_copies_probe": ["--shapes", "tiny", "--out", str(out)]}[script]
+    try:
+        code = mod.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err + (code if isinstance(code, str) else "")
+    assert code not in (0, None) and "$WATTMOE_INT4_TILE_ROWS='48'" in err
+    assert "Traceback" not in err and not out.exists()
