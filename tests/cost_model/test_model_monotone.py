@@ -286,3 +286,24 @@ def test_an_energy_read_across_unmeasured_points_says_it_was_moved(unmeasured, c
         assert math.isfinite(c.energy_j)
     # an answer whose latency and energy rest on points in order is not labelled
     assert m.get_cost("expert", 1, "cuda:0", "bf16", shape=SHAPE_A).method == "profiled"
+
+
+@pytest.mark.parametrize(("unmeasured", "queries"), [
+    ((1024,), (1024, 4096)),  # the last point unmeasured, and beyond it
+    ((256, 1024), (512, 1024, 4096)),  # the last two
+    ((1,), (1,)),  # the first
+])
+def test_an_energy_beyond_the_measured_points_is_scaled_not_held_flat(unmeasured,
+                                                                      queries) -> None:
+    """Past the last (or before the first) point with a measured energy, an answer's energy
+    is that point's scaled by the model, not that point's energy held flat (was: the last
+    point's energy unmeasured, the energy at it was the 256-token point's, and beyond it scaled
+    from that: 2x too low at 1024 tokens on this curve, a helper's finding)."""
+    from tests.cost_model.conftest import true_cost
+
+    m = KernelCostModel(nan_energy_db(unmeasured, costly=-1))
+    for n in queries:
+        c = m.get_cost("expert", n, "cuda:0", "bf16", shape=SHAPE_A)
+        want = true_cost("expert", n, SHAPE_A, "bf16")[1]
+        assert c.energy_j == pytest.approx(want, rel=0.25), n
+        assert c.method.startswith("extrapolated"), (n, c.method)

@@ -416,6 +416,9 @@ class KernelCostModel:
                 # between its neighbours (or predicted below), not looked up
                 method = "interpolated"
             moved = _rests_on_moved(c, n)
+            beyond = self._energy_beyond(c, n, lat)
+            if beyond is not None:  # past the measured energies: scaled, not held flat
+                en, method = beyond, "extrapolated"
             if not math.isfinite(en):
                 en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
                 en = float("nan") if en_m is None else en_m
@@ -427,7 +430,10 @@ class KernelCostModel:
             en_edge = _loglog(edge, c.tokens, c.fit_energy_j)
             en = en_edge * en_r if en_r is not None and math.isfinite(en_edge) else float("nan")
             avg = float("nan")
-            if not math.isfinite(en):
+            beyond = self._energy_beyond(c, n, lat)
+            if beyond is not None:  # the edge point's energy was not measured
+                en = beyond
+            elif not math.isfinite(en):
                 en_m = self._model_energy(c.op, c.device, c.dtype, n, c.shape, lat)
                 en = float("nan") if en_m is None else en_m
             elif en_r is not None:
@@ -437,6 +443,22 @@ class KernelCostModel:
             moved = _rests_on_moved(c, edge)  # the edge point's latency, its energy as read
         method = monotone_method(method, moved)
         return self._finish(c, lat, en, peak, method if override is None else override, avg)
+
+    def _energy_beyond(self, c: Curve, n: float, lat: float) -> float | None:
+        """Energy at n tokens where n lies beyond the batch sizes whose energy was measured
+        (the curve's first or last points had no measurable window), else None: the nearest
+        measured point's energy scaled as the energy model scales it (`_ratio`), or, without
+        a model, at that point's power for `lat` (energy = power x time). Read by `_loglog`,
+        it would be that point's energy held flat, too low above it (2x at 4x the tokens)."""
+        ok = np.isfinite(c.fit_energy_j) & (c.fit_energy_j > 0)
+        if not ok.any() or c.tokens[ok][0] <= n <= c.tokens[ok][-1]:
+            return None
+        j = np.flatnonzero(ok)[-1 if n > c.tokens[ok][-1] else 0]
+        anchor = float(c.tokens[j])
+        en_r = self._ratio(c, n, anchor, c.shape, c.shape)[1]
+        if en_r is None or not math.isfinite(en_r):
+            en_r = lat / float(c.fit_latency_s[j])
+        return float(c.fit_energy_j[j]) * en_r
 
     def _finish(self, c: Curve, lat: float, en: float, peak: float, method: str,
                 avg: float = float("nan")) -> KernelCost:
