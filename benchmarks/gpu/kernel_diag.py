@@ -25,6 +25,7 @@ weights'), so its energy is an estimate of a dequantization-free launch, not a m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -62,8 +63,18 @@ INT4_VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "whole": (" unpacked whole, waits (run 89)", INT4_LOOP_FORMS["whole"]),
     "nibbles": (" in nibble halves (run 91)", INT4_LOOP_FORMS["nibbles"]),
     "khalves": (" in K halves (session 14)", INT4_LOOP_FORMS["khalves"]),
+    # the gate/up launch alone in K halves (a tuple: the changes of each launch)
+    "khalves_up": (" gate/up in K halves", (INT4_LOOP_FORMS["khalves"], {})),
 }
 VARIANTS = (*INT4_VARIANTS, "bf16")
+
+
+def per_launch(pair: ft.ConfigPair, changes: dict[str, object] | tuple[dict, dict]
+               ) -> ft.ConfigPair:
+    """pair with `changes` in both launches, or, given a tuple, each launch's own."""
+    if isinstance(changes, dict):
+        return with_changes(pair, changes)
+    return tuple(dataclasses.replace(c, **ch) for c, ch in zip(pair, changes))  # type: ignore
 
 
 def run(fn: Callable[[], object], title: str, rec: dict[str, object],
@@ -115,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                          "inflight (its K loops' last MMA left in flight, as before run 89), "
                          "whole (the tile unpacked at once and a wait per K step: run 89), "
                          "nibbles, khalves (non-gated int4 tiles in nibble halves or K halves "
-                         "whatever their rows: `int4_split_form`), "
+                         "whatever their rows: `int4_split_form`), khalves_up (the gate/up "
+                         "launch alone in K halves), "
                          "bf16 (the bf16 table entry and its down launch's combines)")
     ap.add_argument("--energy", type=float, default=0.0,
                     help="seconds per NVML window on each variant's captured experts step "
@@ -163,7 +175,7 @@ def _diagnose(args: argparse.Namespace, cfg, st, qst, tokens_list: list[int],
         b_pair = ft.resolve_config(b_name, False)
         assert q_pair is not None and b_pair is not None
         every: dict[str, tuple[str, tuple]] = {
-            v: (f"int4 {q_name}{label}", (qst, with_changes(q_pair, changes)))
+            v: (f"int4 {q_name}{label}", (qst, per_launch(q_pair, changes)))
             for v, (label, changes) in INT4_VARIANTS.items()}
         every["bf16"] = (f"bf16 {b_name}", (st, b_pair))
         variants = dict(every[v] for v in args.variants)

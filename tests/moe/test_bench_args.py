@@ -250,8 +250,10 @@ def test_kernel_diag_variants_are_the_nan_probes_modifiers() -> None:
         assert kd.with_changes(pair, kd.INT4_VARIANTS[v][1]) == probe.resolve(
             f"w64t32r16fpx:{v}", True), v
     assert kd.with_changes(pair, kd.INT4_VARIANTS["table"][1]) == pair
+    up, down = kd.per_launch(pair, kd.INT4_VARIANTS["khalves_up"][1])
+    assert up == probe.resolve("w64t32r16fpx:khalves", True)[0] and down == pair[1]
     assert kd.VARIANTS == ("table", "fp32", "skipped", "inflight", "whole", "nibbles",
-                           "khalves", "bf16")
+                           "khalves", "khalves_up", "bf16")
 
 
 @pytest.mark.parametrize("script", ["nan_probe", "fused_matrix_check", "tile_copies_probe"])
