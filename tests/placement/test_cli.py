@@ -283,7 +283,7 @@ def test_place_diff_names_a_missing_field(tmp_path, capsys) -> None:
             in err) and "TypeError" not in err
 
 
-@pytest.mark.parametrize("extra", [["--tokens", "99"], ["--layers", "5"], ["--seed", "3"],
+@pytest.mark.parametrize("extra", [["--layers", "5"], ["--seed", "3"],
                                    ["--tokens", "4096", "--layers", "2"]])
 def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra) -> None:
     loads = tmp_path / "loads.csv"  # was: the options were ignored without a word
@@ -291,9 +291,25 @@ def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra
     assert main(["place", "--cluster", "laptop", "--preset", "switch-base-8",
                  "--loads", str(loads), *extra]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    given = " and ".join(a for a in extra if a.startswith("--"))
+    given = " and ".join(a for a in extra if a.startswith("--") and a != "--tokens")
     assert f"{given} set the synthetic loads and do nothing with --loads" in err
     assert "Traceback" not in err
+
+
+def test_place_loads_file_takes_the_batch_tokens(tmp_path, capsys) -> None:
+    # loads whose assignments were dropped: the error asks for the batch's tokens (--tokens),
+    # which place refused with --loads ('--tokens set the synthetic loads and do nothing')
+    loads = tmp_path / "loads.json"
+    loads.write_text("[[10, 0, 0, 0, 0, 0, 0, 0]]")
+    args = ["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--loads",
+            str(loads)]
+    assert main(args) == 2
+    assert "give the batch's tokens (--tokens" in " ".join(capsys.readouterr().err.split())
+    assert main([*args, "--tokens", "10"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tokens per batch │ 10 │" in out
+    assert main([*args, "--tokens", "9"]) == 2  # an expert above the batch's tokens
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_place_takes_a_shape_key(tmp_path, capsys) -> None:

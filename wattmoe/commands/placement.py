@@ -33,7 +33,9 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=nonnegative_int,
                    help="seed of the synthetic loads (default 0)")
     p.add_argument("--tokens", type=positive_int,
-                   help="tokens per batch of the synthetic loads (default 4096)")
+                   help="tokens per batch of the synthetic loads (default 4096); with --loads, "
+                        "the batch's tokens where assignments were dropped (default: the "
+                        "counts' sum / top-k)")
     p.add_argument("--layers", type=positive_int,
                    help="MoE layers of the synthetic loads (default: the preset's; 1 for a "
                         "shape key)")
@@ -136,14 +138,14 @@ def cmd_place(args: argparse.Namespace) -> int:
     cfg = resolve_shape_at(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
-    synthetic_only = [opt for opt, v in (("--tokens", args.tokens), ("--layers", args.layers),
-                                         ("--seed", args.seed)) if v is not None]
+    synthetic_only = [opt for opt, v in (("--layers", args.layers), ("--seed", args.seed))
+                      if v is not None]
     if args.loads and synthetic_only:
         raise ConfigError(f"{' and '.join(synthetic_only)} set the synthetic loads and do "
                           f"nothing with --loads {args.loads!r}: the file's counts give the "
-                          "layers and the tokens per batch")
+                          "layers")
     if args.loads:
-        loads = read_loads(args.loads, top_k=cfg.top_k)
+        loads = read_loads(args.loads, top_k=cfg.top_k, tokens_per_batch=args.tokens)
         if loads.num_experts != cfg.num_experts:
             raise ConfigError(f"loads file {args.loads!r} has {loads.num_experts} experts per "
                               f"layer; shape {cfg.name!r} has {cfg.num_experts}")
