@@ -268,6 +268,20 @@ def test_small_sizes_in_memory_errors_are_readable() -> None:
                      ExpertShape(64, 128), ANALYTIC)
 
 
+@pytest.mark.parametrize("memory", [1e18, 1e30])
+def test_a_device_of_huge_memory_is_no_error(memory) -> None:
+    # was: 1e30 bytes an OverflowError (slots past int64), 1e18 a numpy MemoryError (the fill
+    # baseline listed every slot; 592 GiB for OLMoE): a device holds at most one replica of
+    # each expert of each layer
+    loads = synthetic_loads(2, 8, 2, 64, seed=0)
+    spec = load_cluster("h200-cpu").to_dict()
+    spec["devices"][1]["memory_bytes"] = memory
+    problem = make_problem(cluster_from_dict(spec), loads, OLMOE, ANALYTIC)
+    for solver in ("heuristic", "eplb", "round-robin", "fill"):
+        check_invariants(problem, solve(problem, solver))
+    assert solve(problem, "heuristic").summary.devices[1].memory_capacity_bytes == memory
+
+
 def test_experts_that_do_not_fit_together() -> None:
     loads = synthetic_loads(2, 8, 2, 64, seed=0)
     spec = load_cluster("h200-cpu").to_dict()
