@@ -72,6 +72,51 @@ def test_demo_interrupted_prints_what_it_timed(monkeypatch: pytest.MonkeyPatch,
     assert "interrupted after 1 of 50 timed steps" in out
 
 
+def test_demo_terminated_prints_what_it_timed() -> None:
+    # SIGTERM (a scheduler's or `timeout`'s stop) in the timed steps: was death by the signal,
+    # no word and nothing of what was measured; now as Ctrl-C, with SIGTERM's status 143
+    script = """if True:
+        import os, signal, sys
+        from wattmoe.cli import main
+        from wattmoe.moe import SimpleMoELayer
+        real, calls = SimpleMoELayer.forward, []
+        def forward(self, *args, **kwargs):  # 2 warm-up calls, 1 timed step, then SIGTERM
+            calls.append(1)
+            if len(calls) == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(self, *args, **kwargs)
+        SimpleMoELayer.forward = forward
+        sys.exit(main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "50", "--seq",
+                       "8", "--cluster", "none"]))
+    """
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 143, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "1 of 50 (interrupted)" in out and "tokens/s" in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_terminated_command_says_so_with_status_143() -> None:
+    # SIGTERM in a command: the command's cleanup runs (its `finally`, its Ctrl-C handling)
+    script = """if True:
+        import os, signal, sys, time
+        from wattmoe.cli import command, main
+        @command("_sleep", "test only")
+        def _sleep(args):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            finally:
+                print("cleaned up")
+        sys.exit(main(["_sleep"]))
+    """
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 143 and "cleaned up" in proc.stdout
+    assert "terminated (SIGTERM)" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_error_text_in_brackets_is_printed_verbatim(capsys: pytest.CaptureFixture[str]) -> None:
     from wattmoe.cli import command
     from wattmoe.errors import ConfigError
