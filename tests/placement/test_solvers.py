@@ -282,6 +282,23 @@ def test_a_device_of_huge_memory_is_no_error(memory) -> None:
     assert solve(problem, "heuristic").summary.devices[1].memory_capacity_bytes == memory
 
 
+def test_int4_shape_no_group_size_divides_is_one_error(capsys) -> None:
+    # was: priced and placed as int4 with groups of 2 (1.5 bytes a weight, above fp8) for a
+    # shape the model cannot quantize ('wattmoe demo --int4' refuses it: odd inner width)
+    from wattmoe.cli import main
+    from wattmoe.errors import ConfigError
+
+    loads = synthetic_loads(1, 8, 2, 64, seed=0)
+    with pytest.raises(ConfigError, match="no int4 group size divides both widths 100 and 37"):
+        make_problem(load_cluster("laptop"), loads, ExpertShape(100, 37, dtype="int4"),
+                     ANALYTIC)
+    assert main(["place", "--cluster", "laptop", "--preset", "h100_f37_swiglu_e8_k2",
+                 "--dtype", "int4"]) == 2
+    err = capsys.readouterr().err
+    assert "no int4 group size divides both widths 100 and 37" in err
+    make_problem(load_cluster("laptop"), loads, ExpertShape(100, 38, dtype="int4"), ANALYTIC)
+
+
 def test_experts_that_do_not_fit_together() -> None:
     loads = synthetic_loads(2, 8, 2, 64, seed=0)
     spec = load_cluster("h200-cpu").to_dict()
