@@ -312,6 +312,21 @@ def test_place_loads_file_takes_the_batch_tokens(tmp_path, capsys) -> None:
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_place_objective_label_gives_round_robins_value(capsys) -> None:
+    # a mix whose weights do not add up to 1 puts round-robin at their sum: the summary said
+    # 'objective (round-robin = 1)' above a comparison whose round-robin row read 3.0000
+    assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
+                 "2", "--tokens", "64", "--objective", "energy=1,latency=2", "--compare"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "objective (round-robin = 3)" in out and "│ round-robin │" in out
+    assert "round-robin = 1)" not in out
+    rr = out.split("│ round-robin │")[1].split("│")
+    assert float(rr[3]) == 3.0  # the comparison's objective column
+    assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
+                 "2", "--tokens", "64"]) == 0
+    assert "objective (round-robin = 1)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_place_takes_a_shape_key(tmp_path, capsys) -> None:
     # a model that is no preset (was: "unknown preset 'h2048_f1408_swiglu_e60_k4'")
     out = tmp_path / "p.json"

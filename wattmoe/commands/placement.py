@@ -182,6 +182,8 @@ def cmd_place(args: argparse.Namespace) -> int:
 
 
 def _print_placement(placement: Any, preset: str, loads_src: str, provider: str) -> None:
+    from wattmoe.placement import Objective
+
     s = placement.summary
     t = Table(title=f"{preset} on {placement.cluster}: {placement.solver}, objective "
                     f"{placement.objective} ({placement.status}, {placement.solve_time_s:.2f} s)")
@@ -196,7 +198,10 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
     n = s.tokens_per_batch
     t.add_row("tokens per batch", f"{n:,.0f}" if float(n).is_integer() else f"{n:,.2f}")
     t.add_row("redundant replicas", f"{s.redundant_replicas:,}")
-    t.add_row("objective (round-robin = 1)", f"{s.objective:.4f}")
+    # each term is divided by round-robin's value: round-robin scores the sum of the weights
+    w = Objective.parse(placement.objective)
+    t.add_row(f"objective (round-robin = {w.energy + w.latency + w.balance:g})",
+              f"{s.objective:.4f}")
     t.add_row("loads", loads_src)
     t.add_row("cost model", provider)
     console.print(t)
