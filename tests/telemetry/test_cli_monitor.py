@@ -89,6 +89,35 @@ def test_monitor_replay_ends_with_the_recording() -> None:
         assert "over 4.0 s of the recording" in proc.stdout
 
 
+def test_monitor_replay_of_two_devices_has_both_start_temperatures(tmp_path) -> None:
+    # `monitor --csv` writes a round's devices one after another (a few ms apart); the replay
+    # opened its window at the first device's first row, before the second had any: its start
+    # temperature was '-' ('- -> 36'), and at times its energy a 'mean of polled power samples'
+    # with 'samples missing'
+    import subprocess
+    import sys
+
+    header = ("time_s,unix_time_s,device,backend,source,missing,energy_j,power_w,"
+              "power_average_w,temperature_c,memory_temperature_c,power_limit_w,utilization,"
+              "clock_event_reasons")
+    rows = [header]
+    for i in range(21):
+        t = 100.0 + 0.1 * i
+        rows.append(f"{t:.4f},{t:.4f},sim:0,simulated,simulated,0,{80 * 0.1 * i:.3f},80,80,"
+                    "40,,700,0,")
+        rows.append(f"{t + 0.002:.4f},{t + 0.002:.4f},sim:1,simulated,simulated,0,"
+                    f"{90 * 0.1 * i:.3f},90,90,50,,700,0,")
+    rec = tmp_path / "two.csv"
+    rec.write_text("\n".join(rows) + "\n")
+    entry = "import sys; from wattmoe.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", entry, "monitor", "--replay", str(rec),
+                           "--speed", "20"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stdout.split("of the recording")[1]
+    (row1,) = [x for x in summary.splitlines() if "sim:1" in x]
+    assert "50 -> 50" in row1 and "missing" not in row1 and "polled" not in row1, row1
+
+
 def test_the_last_live_table_agrees_with_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
     # a new user's trial (session 14): a fast replay ended with the live table's energy (from
     # its first look to its last refresh: 1.4 J) above a summary of the whole window (3.2 J)

@@ -111,7 +111,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     with mon:
         if replay is not None:
-            replay.rewind()  # play the recording from its start, in the window
+            # play the recording from its start, in the window: from the first moment every
+            # device has a row (before it, a device would open the window with no reading)
+            replay.rewind(replay.all_started_s)
         recorded0 = None if replay is None else replay.recorded_position_s()
         mon.begin_window("monitor")
         m: Any = None

@@ -117,8 +117,16 @@ class ReplayBackend:
                 f"device {device!r} is not in {self.path}; it has {', '.join(self._rows)}"
             ) from None
 
-    def rewind(self) -> None:
-        self._origin = self._clock()
+    def rewind(self, to_s: float | None = None) -> None:
+        """Plays from recorded time `to_s` (default: the recording's first row) on."""
+        start = self._t0 if to_s is None else min(max(float(to_s), self._t0), self._t1)
+        self._origin = self._clock() - (start - self._t0) / self.speed
+
+    @property
+    def all_started_s(self) -> float:
+        """The recorded time of the last device's first row: from there on every device has a
+        reading (the sampler writes a round's devices one after another, ms apart)."""
+        return max(t[0] for t in self._times.values())
 
     def position_s(self) -> float:
         """The recorded time being played now."""
