@@ -299,6 +299,17 @@ def test_int4_shape_no_group_size_divides_is_one_error(capsys) -> None:
     make_problem(load_cluster("laptop"), loads, ExpertShape(100, 38, dtype="int4"), ANALYTIC)
 
 
+def test_an_unknown_cost_device_names_the_clusters_device() -> None:
+    # was: "analytic cost model has no device 'a100' (known: ...)": which device of the
+    # cluster spec said so was left to find
+    spec = load_cluster("h200-cpu").to_dict()
+    spec["devices"][1]["cost_device"] = "a100"
+    with pytest.raises(PlacementError, match=r"^device 'cpu0': analytic cost model has no "
+                                             r"device 'a100' \(known: "):
+        make_problem(cluster_from_dict(spec), synthetic_loads(1, 8, 2, 64, seed=0), OLMOE,
+                     ANALYTIC)
+
+
 def test_experts_that_do_not_fit_together() -> None:
     loads = synthetic_loads(2, 8, 2, 64, seed=0)
     spec = load_cluster("h200-cpu").to_dict()

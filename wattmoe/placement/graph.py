@@ -26,7 +26,6 @@ from wattmoe.placement.analytic import describe_provider
 from wattmoe.placement.base import (
     ExpertCostProvider,
     ExpertShape,
-    InfeasibleError,
     PlacementError,
 )
 from wattmoe.placement.curves import CostCurve, sample_curve
@@ -151,8 +150,9 @@ def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: 
                 curves.append(sample_curve(provider, d.cost_device, shape, max_tokens,
                                            power_budget_w=d.power_budget_w,
                                            points=curve_points))
-            except InfeasibleError as exc:  # the curve names its cost device, not this device
-                raise InfeasibleError(f"device {d.name!r}: {exc}") from None
+            except PlacementError as exc:  # the curve names its cost device, not this device
+                # (a power budget at or below idle power; a cost device no provider knows)
+                raise type(exc)(f"device {d.name!r}: {exc}") from None
         index.append(curve_key[key])
         curve = curves[curve_key[key]]
         replica_bytes = shape.replica_bytes(d.kind, backend)
