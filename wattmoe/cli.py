@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t.add_row("timed steps", f"{r.steps} of {r.steps_requested} (interrupted)")
     t.add_row("median step (measured)", f"{r.median_step_s * 1e3:.2f} ms")
     t.add_row("p90 step (measured)", f"{r.p90_step_s * 1e3:.2f} ms")
-    t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s")
+    t.add_row("throughput (median step)", f"{r.tokens_per_s:,.0f} tokens/s")
     t.add_row("aux loss (mean)", f"{r.mean_aux_loss:.4f}")
     t.add_row("expert imbalance (max/mean)", f"{r.imbalance:.2f}")
     t.add_row("dropped assignments", str(r.dropped))
