@@ -327,6 +327,17 @@ def test_place_objective_label_gives_round_robins_value(capsys) -> None:
     assert "objective (round-robin = 1)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_place_compare_says_which_baselines_break_the_constraints(capsys) -> None:
+    # was: fill-first at 8.7 ms listed beside the heuristic under a 2.5 ms SLO with nothing
+    # said, as if it were an alternative (its own `--solver fill` run says the SLO is broken)
+    assert main(["place", "--cluster", "8xh200-2node", "--preset", "qwen3-30b-a3b",
+                 "--layers", "2", "--tokens", "4096", "--slo-ms", "2.5", "--compare"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "│ fill (constraint violated) │" in out
+    assert "fill: constraint violated: latency" in out and "exceeds the SLO 2.500 ms" in out
+    assert "│ heuristic │" in out  # the answer itself keeps the SLO
+
+
 def test_place_takes_a_shape_key(tmp_path, capsys) -> None:
     # a model that is no preset (was: "unknown preset 'h2048_f1408_swiglu_e60_k4'")
     out = tmp_path / "p.json"

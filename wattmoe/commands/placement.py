@@ -253,10 +253,15 @@ def _print_comparison(problem: Any, placement: Any) -> None:
     base = placement.summary.objective
     for p in rows:
         s = p.summary
-        t.add_row(p.solver, _fmt_j(s.energy_j_per_token), f"{s.latency_s * 1e3:,.3f} ms",
+        # a baseline that breaks a constraint (an SLO, the replica caps) is no alternative
+        t.add_row(p.solver + (" (constraint violated)" if s.violations else ""),
+                  _fmt_j(s.energy_j_per_token), f"{s.latency_s * 1e3:,.3f} ms",
                   f"{s.imbalance:.3f}", f"{s.objective:.4f}",
                   f"{(s.objective / base - 1) * 100:+.1f}%" if base > 0 else "-")
     console.print(t)
+    for p in rows[1:]:  # the placement's own violations are printed under its tables
+        for v in p.summary.violations:
+            console.print(f"[yellow]{p.solver}: constraint violated:[/] {v}", highlight=False)
 
 
 def _write(path: str, text: str) -> None:
