@@ -338,6 +338,18 @@ def test_place_compare_says_which_baselines_break_the_constraints(capsys) -> Non
     assert "│ heuristic │" in out  # the answer itself keeps the SLO
 
 
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_place_checks_out_before_solving(tmp_path, capsys, where) -> None:
+    # was: the solve (a MILP: up to --time-limit, 60 s by default) and its tables first, then
+    # "cannot write ...: Is a directory"
+    (tmp_path / "f.json").write_text("{}")
+    out = tmp_path if where == "folder" else tmp_path / "f.json" / "p.json"
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--out", str(out)]) == 2
+    got = capsys.readouterr()
+    assert "--out" in got.err and str(out) in got.err and "Traceback" not in got.err
+    assert "energy per token" not in got.out  # nothing solved
+
+
 def test_place_takes_a_shape_key(tmp_path, capsys) -> None:
     # a model that is no preset (was: "unknown preset 'h2048_f1408_swiglu_e60_k4'")
     out = tmp_path / "p.json"
