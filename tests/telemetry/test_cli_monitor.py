@@ -118,6 +118,25 @@ def test_monitor_replay_of_two_devices_has_both_start_temperatures(tmp_path) -> 
     assert "50 -> 50" in row1 and "missing" not in row1 and "polled" not in row1, row1
 
 
+def test_monitor_replay_refuses_a_recording_of_two_sessions(tmp_path, capsys) -> None:
+    # `monitor --csv` appends: a second session's rows follow the first's, its counter from 0.
+    # The replay took the counters at the edges: 3.4 J and a mean of 0.0 W "over 1342.4 s of
+    # the recording" for a CPU that drew 7 W throughout (42 J in the 6 s recorded)
+    header = ("time_s,unix_time_s,device,backend,source,missing,energy_j,power_w,"
+              "power_average_w,temperature_c,memory_temperature_c,power_limit_w,utilization,"
+              "clock_event_reasons")
+    rows = [header]
+    for start, n in ((100.0, 40), (1500.0, 10)):
+        rows += [f"{start + 0.1 * i:.1f},{start + 0.1 * i:.1f},cpu,cpu-estimate,estimated,0,"
+                 f"{0.7 * i:.2f},7,,,,7,1," for i in range(n)]
+    rec = tmp_path / "two_sessions.csv"
+    rec.write_text("\n".join(rows) + "\n")
+    assert main(["monitor", "--replay", str(rec), "--speed", "1000"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{rec}: the energy counter of cpu falls from 27.3 J to 0 J at time_s 1500" in err
+    assert "more than one session" in err and "Traceback" not in err
+
+
 def test_the_last_live_table_agrees_with_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
     # a new user's trial (session 14): a fast replay ended with the live table's energy (from
     # its first look to its last refresh: 1.4 J) above a summary of the whole window (3.2 J)
