@@ -310,6 +310,24 @@ def test_an_unknown_cost_device_names_the_clusters_device() -> None:
                      ANALYTIC)
 
 
+def test_milp_time_limit_says_its_gap_in_percent(caplog) -> None:
+    # was: "MILP stopped at its time limit: ... (gap 0.14778232328284213)", HiGHS's fraction,
+    # easily read as 0.15%, and of HiGHS's objective, not the answer's
+    import logging
+
+    from wattmoe.placement import MilpOptions
+    from wattmoe.placement.solvers.milp import milp_result
+
+    problem = make_problem(load_cluster("8xh200-2node"), synthetic_loads(1, 64, 8, 4096, seed=0),
+                           OLMOE, ANALYTIC)
+    with caplog.at_level(logging.WARNING, logger="wattmoe.placement.solvers.milp"):
+        res = milp_result(problem, MilpOptions(time_limit_s=0.2))
+    if res.status == "optimal":  # pragma: no cover - a machine fast enough to prove it
+        pytest.skip("HiGHS proved this instance within 0.2 s")
+    assert f"within {100 * res.gap:.1f}% of HiGHS's proven lower bound" in caplog.text
+    assert "(gap 0." not in caplog.text
+
+
 def test_experts_that_do_not_fit_together() -> None:
     loads = synthetic_loads(2, 8, 2, 64, seed=0)
     spec = load_cluster("h200-cpu").to_dict()
