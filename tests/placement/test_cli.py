@@ -325,6 +325,12 @@ def test_place_objective_label_gives_round_robins_value(capsys) -> None:
     assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
                  "2", "--tokens", "64"]) == 0
     assert "objective (round-robin = 1)" in " ".join(capsys.readouterr().out.split())
+    # one term with a weight: the objective's name drops it ('latency'), its values keep it
+    assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
+                 "2", "--tokens", "64", "--objective", "latency=0.5", "--compare"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "objective (round-robin = 0.5)" in out
+    assert float(out.split("│ round-robin │")[1].split("│")[3]) == 0.5
 
 
 def test_place_compare_says_which_baselines_break_the_constraints(capsys) -> None:
