@@ -321,9 +321,12 @@ def test_milp_time_limit_says_its_gap_in_percent(caplog) -> None:
     problem = make_problem(load_cluster("8xh200-2node"), synthetic_loads(1, 64, 8, 4096, seed=0),
                            OLMOE, ANALYTIC)
     with caplog.at_level(logging.WARNING, logger="wattmoe.placement.solvers.milp"):
-        res = milp_result(problem, MilpOptions(time_limit_s=0.2))
+        try:
+            res = milp_result(problem, MilpOptions(time_limit_s=0.5))
+        except PlacementError as exc:  # pragma: no cover - a loaded machine: no answer yet
+            pytest.skip(f"HiGHS had no answer within 0.5 s: {exc}")
     if res.status == "optimal":  # pragma: no cover - a machine fast enough to prove it
-        pytest.skip("HiGHS proved this instance within 0.2 s")
+        pytest.skip("HiGHS proved this instance within 0.5 s")
     assert f"within {100 * res.gap:.1f}% of HiGHS's proven lower bound" in caplog.text
     assert "(gap 0." not in caplog.text
 
