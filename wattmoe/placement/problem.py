@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from wattmoe.cost_model.work import int4_group
-from wattmoe.errors import ConfigError
 from wattmoe.placement.base import (
     Constraints,
     ExpertCostProvider,
@@ -160,11 +159,8 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
         PlacementError: `backend` is not the one the provider prices.
     """
     constraints = constraints or Constraints()
-    if shape.dtype == "int4":
-        group = int4_group(shape.hidden, shape.inner)
-        if shape.hidden % group or shape.inner % group:  # as `moe.quant.int4_group_size`
-            raise ConfigError(f"no int4 group size divides both widths {shape.hidden} and "
-                              f"{shape.inner}: experts of this shape cannot be int4")
+    if shape.dtype == "int4":  # an odd width: no group divides it (`int4_group` raises)
+        int4_group(shape.hidden, shape.inner)
     L, E = loads.tokens.shape
     graph = build_cost_graph(cluster, provider, shape, max_tokens=float(loads.tokens.max()),
                              backend=backend)
