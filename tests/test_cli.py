@@ -30,6 +30,18 @@ def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "tokens/s" in capsys.readouterr().out
 
 
+def test_demo_throughput_says_it_is_of_the_median_step(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # tokens per step / median step, while energy per token is the window's energy over every
+    # token: with a slow step among them (p90 114 ms against a 46 ms median in the README),
+    # energy per token x throughput is not the mean power, and 'throughput' alone read as the
+    # run's
+    assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "2", "--seq", "8",
+                 "--cluster", "none"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "throughput (median step) │" in out and "tokens/s" in out
+
+
 def test_demo_title_shows_the_shape_a_small_scale_rounds_to(
         capsys: pytest.CaptureFixture[str]) -> None:
     # widths are rounded to multiples of 64, at least 64 (MoEConfig.scaled): the title said
@@ -70,6 +82,51 @@ def test_demo_interrupted_prints_what_it_timed(monkeypatch: pytest.MonkeyPatch,
     out = capsys.readouterr().out
     assert "1 of 50 (interrupted)" in out and "tokens/s" in out
     assert "interrupted after 1 of 50 timed steps" in out
+
+
+def test_demo_terminated_prints_what_it_timed() -> None:
+    # SIGTERM (a scheduler's or `timeout`'s stop) in the timed steps: was death by the signal,
+    # no word and nothing of what was measured; now as Ctrl-C, with SIGTERM's status 143
+    script = """if True:
+        import os, signal, sys
+        from wattmoe.cli import main
+        from wattmoe.moe import SimpleMoELayer
+        real, calls = SimpleMoELayer.forward, []
+        def forward(self, *args, **kwargs):  # 2 warm-up calls, 1 timed step, then SIGTERM
+            calls.append(1)
+            if len(calls) == 4:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(self, *args, **kwargs)
+        SimpleMoELayer.forward = forward
+        sys.exit(main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "50", "--seq",
+                       "8", "--cluster", "none"]))
+    """
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 143, proc.stderr
+    out = " ".join(proc.stdout.split())
+    assert "1 of 50 (interrupted)" in out and "tokens/s" in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_terminated_command_says_so_with_status_143() -> None:
+    # SIGTERM in a command: the command's cleanup runs (its `finally`, its Ctrl-C handling)
+    script = """if True:
+        import os, signal, sys, time
+        from wattmoe.cli import command, main
+        @command("_sleep", "test only")
+        def _sleep(args):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            finally:
+                print("cleaned up")
+        sys.exit(main(["_sleep"]))
+    """
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 143 and "cleaned up" in proc.stdout
+    assert "terminated (SIGTERM)" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_error_text_in_brackets_is_printed_verbatim(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -143,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t.add_row("timed steps", f"{r.steps} of {r.steps_requested} (interrupted)")
     t.add_row("median step (measured)", f"{r.median_step_s * 1e3:.2f} ms")
     t.add_row("p90 step (measured)", f"{r.p90_step_s * 1e3:.2f} ms")
-    t.add_row("throughput", f"{r.tokens_per_s:,.0f} tokens/s")
+    t.add_row("throughput (median step)", f"{r.tokens_per_s:,.0f} tokens/s")
     t.add_row("aux loss (mean)", f"{r.mean_aux_loss:.4f}")
     t.add_row("expert imbalance (max/mean)", f"{r.imbalance:.2f}")
     t.add_row("dropped assignments", str(r.dropped))
@@ -205,25 +207,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated:
+    """SIGTERM (a scheduler's or `timeout`'s stop) as Ctrl-C: the command stops the same way,
+    keeping and printing what it measured, instead of dying with nothing said."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.previous: object = None
+
+    def __enter__(self) -> _Terminated:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)  # type: ignore[arg-type]
+
+    def _raise(self, signum: int, frame: object) -> None:
+        self.seen = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI; user errors print one line on stderr and return 2."""
+    """Runs the CLI; user errors print one line on stderr and return 2. Ctrl-C returns 130,
+    SIGTERM (handled as Ctrl-C) 143."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.func(args) or 0)
-    except WattmoeError as exc:
-        # escape: messages quote shapes like [layers, experts], which rich would eat as markup
-        # soft_wrap: one line however long (a terminal wraps it; piped stderr keeps it whole)
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
-                          soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
-        return 130
+    with _Terminated() as term:
+        try:
+            rc = int(args.func(args) or 0)
+        except WattmoeError as exc:
+            # escape: messages quote shapes like [layers, experts], which rich would eat as
+            # markup; soft_wrap: one line however long (a terminal wraps it; piped stderr
+            # keeps it whole)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
+            return 2
+        except KeyboardInterrupt:
+            err_console.print("[yellow]terminated (SIGTERM)[/]" if term.seen
+                              else "[yellow]interrupted[/]")
+            rc = 130
+    return 143 if term.seen and rc == 130 else rc
 
 
 if __name__ == "__main__":

@@ -189,6 +189,25 @@ def test_int4_layer_work_reads_packed_weights() -> None:
     assert latency_features("expert_int4", 3, OpShape(256, 512), "bf16")[3] == 0
 
 
+def test_int4_work_of_a_shape_no_group_divides_is_an_error(capsys) -> None:
+    # was: int4 work and costs with groups of 2 for a shape the model cannot quantize (an odd
+    # width; int4_group_size refuses it): 'wattmoe cost --op expert_int4 --shape
+    # h100_f37_swiglu_e7_k3' answered 669.3 us, 81.426 mJ
+    from wattmoe.cli import main
+    from wattmoe.cost_model.base import CostModelError
+
+    with pytest.raises(CostModelError, match="no int4 group size divides both widths 100 and 37"):
+        int4_group(100, 37)
+    assert int4_group(100, 38) == int4_group_size(100, 38) == 2
+    from pathlib import Path
+
+    profile = str(Path(__file__).resolve().parents[2] / "data" / "profiles" / "h200.json")
+    assert main(["cost", "--profile", profile, "--op", "expert_int4",
+                 "--shape", "h100_f37_swiglu_e7_k3", "--device", "cuda:0", "--dtype", "bf16",
+                 "--tokens", "64"]) == 2
+    assert "no int4 group size divides both widths 100 and 37" in capsys.readouterr().err
+
+
 def test_int4_layer_memory_holds_packed_and_dense_weights() -> None:
     tiny = resolve_shape("tiny")
     dense = Scenario("moe_layer:loop", tiny, "bf16", "cpu", 16).memory_bytes()

@@ -296,6 +296,50 @@ def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra
     assert "Traceback" not in err
 
 
+def test_place_objective_label_gives_round_robins_value(capsys) -> None:
+    # a mix whose weights do not add up to 1 puts round-robin at their sum: the summary said
+    # 'objective (round-robin = 1)' above a comparison whose round-robin row read 3.0000
+    assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
+                 "2", "--tokens", "64", "--objective", "energy=1,latency=2", "--compare"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "objective (round-robin = 3)" in out and "│ round-robin │" in out
+    assert "round-robin = 1)" not in out
+    rr = out.split("│ round-robin │")[1].split("│")
+    assert float(rr[3]) == 3.0  # the comparison's objective column
+    assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
+                 "2", "--tokens", "64"]) == 0
+    assert "objective (round-robin = 1)" in " ".join(capsys.readouterr().out.split())
+    # one term with a weight: the objective's name drops it ('latency'), its values keep it
+    assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
+                 "2", "--tokens", "64", "--objective", "latency=0.5", "--compare"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "objective (round-robin = 0.5)" in out
+    assert float(out.split("│ round-robin │")[1].split("│")[3]) == 0.5
+
+
+def test_place_compare_says_which_baselines_break_the_constraints(capsys) -> None:
+    # was: fill-first at 8.7 ms listed beside the heuristic under a 2.5 ms SLO with nothing
+    # said, as if it were an alternative (its own `--solver fill` run says the SLO is broken)
+    assert main(["place", "--cluster", "8xh200-2node", "--preset", "qwen3-30b-a3b",
+                 "--layers", "2", "--tokens", "4096", "--slo-ms", "2.5", "--compare"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "│ fill (constraint violated) │" in out
+    assert "fill: constraint violated: latency" in out and "exceeds the SLO 2.500 ms" in out
+    assert "│ heuristic │" in out  # the answer itself keeps the SLO
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file"])
+def test_place_checks_out_before_solving(tmp_path, capsys, where) -> None:
+    # was: the solve (a MILP: up to --time-limit, 60 s by default) and its tables first, then
+    # "cannot write ...: Is a directory"
+    (tmp_path / "f.json").write_text("{}")
+    out = tmp_path if where == "folder" else tmp_path / "f.json" / "p.json"
+    assert main(["place", "--cluster", "h200-cpu", "--preset", "tiny", "--out", str(out)]) == 2
+    got = capsys.readouterr()
+    assert "--out" in got.err and str(out) in got.err and "Traceback" not in got.err
+    assert "energy per token" not in got.out  # nothing solved
+
+
 def test_place_takes_a_shape_key(tmp_path, capsys) -> None:
     # a model that is no preset (was: "unknown preset 'h2048_f1408_swiglu_e60_k4'")
     out = tmp_path / "p.json"

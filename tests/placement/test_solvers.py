@@ -268,6 +268,69 @@ def test_small_sizes_in_memory_errors_are_readable() -> None:
                      ExpertShape(64, 128), ANALYTIC)
 
 
+@pytest.mark.parametrize("memory", [1e18, 1e30])
+def test_a_device_of_huge_memory_is_no_error(memory) -> None:
+    # was: 1e30 bytes an OverflowError (slots past int64), 1e18 a numpy MemoryError (the fill
+    # baseline listed every slot; 592 GiB for OLMoE): a device holds at most one replica of
+    # each expert of each layer
+    loads = synthetic_loads(2, 8, 2, 64, seed=0)
+    spec = load_cluster("h200-cpu").to_dict()
+    spec["devices"][1]["memory_bytes"] = memory
+    problem = make_problem(cluster_from_dict(spec), loads, OLMOE, ANALYTIC)
+    for solver in ("heuristic", "eplb", "round-robin", "fill"):
+        check_invariants(problem, solve(problem, solver))
+    assert solve(problem, "heuristic").summary.devices[1].memory_capacity_bytes == memory
+
+
+def test_int4_shape_no_group_size_divides_is_one_error(capsys) -> None:
+    # was: priced and placed as int4 with groups of 2 (1.5 bytes a weight, above fp8) for a
+    # shape the model cannot quantize ('wattmoe demo --int4' refuses it: odd inner width)
+    from wattmoe.cli import main
+    from wattmoe.errors import ConfigError
+
+    loads = synthetic_loads(1, 8, 2, 64, seed=0)
+    with pytest.raises(ConfigError, match="no int4 group size divides both widths 100 and 37"):
+        make_problem(load_cluster("laptop"), loads, ExpertShape(100, 37, dtype="int4"),
+                     ANALYTIC)
+    assert main(["place", "--cluster", "laptop", "--preset", "h100_f37_swiglu_e8_k2",
+                 "--dtype", "int4"]) == 2
+    err = capsys.readouterr().err
+    assert "no int4 group size divides both widths 100 and 37" in err
+    make_problem(load_cluster("laptop"), loads, ExpertShape(100, 38, dtype="int4"), ANALYTIC)
+
+
+def test_an_unknown_cost_device_names_the_clusters_device() -> None:
+    # was: "analytic cost model has no device 'a100' (known: ...)": which device of the
+    # cluster spec said so was left to find
+    spec = load_cluster("h200-cpu").to_dict()
+    spec["devices"][1]["cost_device"] = "a100"
+    with pytest.raises(PlacementError, match=r"^device 'cpu0': analytic cost model has no "
+                                             r"device 'a100' \(known: "):
+        make_problem(cluster_from_dict(spec), synthetic_loads(1, 8, 2, 64, seed=0), OLMOE,
+                     ANALYTIC)
+
+
+def test_milp_time_limit_says_its_gap_in_percent(caplog) -> None:
+    # was: "MILP stopped at its time limit: ... (gap 0.14778232328284213)", HiGHS's fraction,
+    # easily read as 0.15%, and of HiGHS's objective, not the answer's
+    import logging
+
+    from wattmoe.placement import MilpOptions
+    from wattmoe.placement.solvers.milp import milp_result
+
+    problem = make_problem(load_cluster("8xh200-2node"), synthetic_loads(1, 64, 8, 4096, seed=0),
+                           OLMOE, ANALYTIC)
+    with caplog.at_level(logging.WARNING, logger="wattmoe.placement.solvers.milp"):
+        try:
+            res = milp_result(problem, MilpOptions(time_limit_s=0.5))
+        except PlacementError as exc:  # pragma: no cover - a loaded machine: no answer yet
+            pytest.skip(f"HiGHS had no answer within 0.5 s: {exc}")
+    if res.status == "optimal":  # pragma: no cover - a machine fast enough to prove it
+        pytest.skip("HiGHS proved this instance within 0.5 s")
+    assert f"within {100 * res.gap:.1f}% of HiGHS's proven lower bound" in caplog.text
+    assert "(gap 0." not in caplog.text
+
+
 def test_experts_that_do_not_fit_together() -> None:
     loads = synthetic_loads(2, 8, 2, 64, seed=0)
     spec = load_cluster("h200-cpu").to_dict()

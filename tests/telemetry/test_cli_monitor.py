@@ -89,6 +89,54 @@ def test_monitor_replay_ends_with_the_recording() -> None:
         assert "over 4.0 s of the recording" in proc.stdout
 
 
+def test_monitor_replay_of_two_devices_has_both_start_temperatures(tmp_path) -> None:
+    # `monitor --csv` writes a round's devices one after another (a few ms apart); the replay
+    # opened its window at the first device's first row, before the second had any: its start
+    # temperature was '-' ('- -> 36'), and at times its energy a 'mean of polled power samples'
+    # with 'samples missing'
+    import subprocess
+    import sys
+
+    header = ("time_s,unix_time_s,device,backend,source,missing,energy_j,power_w,"
+              "power_average_w,temperature_c,memory_temperature_c,power_limit_w,utilization,"
+              "clock_event_reasons")
+    rows = [header]
+    for i in range(21):
+        t = 100.0 + 0.1 * i
+        rows.append(f"{t:.4f},{t:.4f},sim:0,simulated,simulated,0,{80 * 0.1 * i:.3f},80,80,"
+                    "40,,700,0,")
+        rows.append(f"{t + 0.002:.4f},{t + 0.002:.4f},sim:1,simulated,simulated,0,"
+                    f"{90 * 0.1 * i:.3f},90,90,50,,700,0,")
+    rec = tmp_path / "two.csv"
+    rec.write_text("\n".join(rows) + "\n")
+    entry = "import sys; from wattmoe.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", entry, "monitor", "--replay", str(rec),
+                           "--speed", "20"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stdout.split("of the recording")[1]
+    (row1,) = [x for x in summary.splitlines() if "sim:1" in x]
+    assert "50 -> 50" in row1 and "missing" not in row1 and "polled" not in row1, row1
+
+
+def test_monitor_replay_refuses_a_recording_of_two_sessions(tmp_path, capsys) -> None:
+    # `monitor --csv` appends: a second session's rows follow the first's, its counter from 0.
+    # The replay took the counters at the edges: 3.4 J and a mean of 0.0 W "over 1342.4 s of
+    # the recording" for a CPU that drew 7 W throughout (42 J in the 6 s recorded)
+    header = ("time_s,unix_time_s,device,backend,source,missing,energy_j,power_w,"
+              "power_average_w,temperature_c,memory_temperature_c,power_limit_w,utilization,"
+              "clock_event_reasons")
+    rows = [header]
+    for start, n in ((100.0, 40), (1500.0, 10)):
+        rows += [f"{start + 0.1 * i:.1f},{start + 0.1 * i:.1f},cpu,cpu-estimate,estimated,0,"
+                 f"{0.7 * i:.2f},7,,,,7,1," for i in range(n)]
+    rec = tmp_path / "two_sessions.csv"
+    rec.write_text("\n".join(rows) + "\n")
+    assert main(["monitor", "--replay", str(rec), "--speed", "1000"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{rec}: the energy counter of cpu falls from 27.3 J to 0 J at time_s 1500" in err
+    assert "more than one session" in err and "Traceback" not in err
+
+
 def test_the_last_live_table_agrees_with_the_summary(capsys: pytest.CaptureFixture[str]) -> None:
     # a new user's trial (session 14): a fast replay ended with the live table's energy (from
     # its first look to its last refresh: 1.4 J) above a summary of the whole window (3.2 J)

@@ -145,6 +145,8 @@ def cmd_place(args: argparse.Namespace) -> int:
         raise ConfigError(f"--time-limit applies to --solver {' and '.join(TIME_LIMITED_SOLVERS)}"
                           f" (the solvers that search); --solver {args.solver} computes its "
                           "placement in one pass and has no time limit: leave --time-limit out")
+    if args.out:  # before the solve (a MILP may take its whole --time-limit)
+        _check_out("--out", args.out)
     cfg = resolve_shape_at(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
@@ -181,7 +183,7 @@ def cmd_place(args: argparse.Namespace) -> int:
     if args.backend:
         meta["backend"] = args.backend
     placement = solve(problem, args.solver, meta=meta, **options)
-    _print_placement(placement, cfg.name, loads.source, provider_txt)
+    _print_placement(placement, cfg.name, loads.source, provider_txt, problem.objective)
     _print_replica_memory(problem)
     if args.compare:
         _print_comparison(problem, placement)
@@ -191,7 +193,8 @@ def cmd_place(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_placement(placement: Any, preset: str, loads_src: str, provider: str) -> None:
+def _print_placement(placement: Any, preset: str, loads_src: str, provider: str,
+                     objective: Any) -> None:
     s = placement.summary
     t = Table(title=f"{preset} on {placement.cluster}: {placement.solver}, objective "
                     f"{placement.objective} ({placement.status}, {placement.solve_time_s:.2f} s)")
@@ -206,7 +209,11 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str)
     n = s.tokens_per_batch
     t.add_row("tokens per batch", f"{n:,.0f}" if float(n).is_integer() else f"{n:,.2f}")
     t.add_row("redundant replicas", f"{s.redundant_replicas:,}")
-    t.add_row("objective (round-robin = 1)", f"{s.objective:.4f}")
+    # each term is divided by round-robin's value: round-robin scores the sum of the weights
+    # (of the problem's objective: the placement's name of one term drops its weight)
+    w = objective
+    t.add_row(f"objective (round-robin = {w.energy + w.latency + w.balance:g})",
+              f"{s.objective:.4f}")
     t.add_row("loads", loads_src)
     t.add_row("cost model", provider)
     console.print(t)
@@ -258,10 +265,28 @@ def _print_comparison(problem: Any, placement: Any) -> None:
     base = placement.summary.objective
     for p in rows:
         s = p.summary
-        t.add_row(p.solver, _fmt_j(s.energy_j_per_token), f"{s.latency_s * 1e3:,.3f} ms",
+        # a baseline that breaks a constraint (an SLO, the replica caps) is no alternative
+        t.add_row(p.solver + (" (constraint violated)" if s.violations else ""),
+                  _fmt_j(s.energy_j_per_token), f"{s.latency_s * 1e3:,.3f} ms",
                   f"{s.imbalance:.3f}", f"{s.objective:.4f}",
                   f"{(s.objective / base - 1) * 100:+.1f}%" if base > 0 else "-")
     console.print(t)
+    for p in rows[1:]:  # the placement's own violations are printed under its tables
+        for v in p.summary.violations:
+            console.print(f"[yellow]{p.solver}: constraint violated:[/] {v}", highlight=False)
+
+
+def _check_out(option: str, path: str) -> None:
+    """Refuses an output file path that cannot be written: a folder, or one under a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option}: cannot write {path!r}: Is a directory")
+    for q in p.parents:
+        if q.exists():
+            if not q.is_dir():
+                raise ConfigError(f"{option}: cannot write {path!r}: Not a directory "
+                                  f"({str(q)!r} is a file)")
+            return
 
 
 def _write(path: str, text: str) -> None:

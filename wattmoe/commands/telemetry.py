@@ -97,6 +97,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     replay = None
     if args.replay:
         replay = ReplayBackend(args.replay, speed=1.0 if args.speed is None else args.speed)
+        drops = replay.counter_drops()
+        if drops:  # its energy over the whole recording would be the counters' edges' delta
+            device, ta, ea, tb, eb = drops[0]
+            raise ConfigError(
+                f"telemetry CSV {args.replay}: the energy counter of {device} falls from "
+                f"{ea:.3g} J to {eb:.3g} J at time_s {tb:g} ({tb - ta:.1f} s after the row "
+                "before): the recording holds more than one session (`monitor --csv` appends "
+                "to an existing file) or the driver reloaded; replay one session at a time "
+                "(cut the file there)")
         backends = {d: replay for d in replay.devices()}
         missing = [d for d in devices or () if d not in backends]
         if missing:  # (the monitor's own error says 'no backend given')
@@ -111,7 +120,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     with mon:
         if replay is not None:
-            replay.rewind()  # play the recording from its start, in the window
+            # play the recording from its start, in the window: from the end of its first
+            # sampling round (before it, a device would open the window with no reading)
+            replay.rewind(replay.first_round_s)
         recorded0 = None if replay is None else replay.recorded_position_s()
         mon.begin_window("monitor")
         m: Any = None

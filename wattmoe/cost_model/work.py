@@ -19,10 +19,17 @@ INT4_SCALE_BYTES = 2.0  # one fp16 scale per group of input columns
 def int4_group(hidden: int, inner: int) -> int:
     """The int4 group size a layer of this shape is quantized with: the largest power of two
     <= 128 dividing both widths (the rule of `wattmoe.moe.quant.int4_group_size`, repeated
-    here so that the work formulas need no torch); 2 where none does."""
+    here so that the work formulas need no torch).
+
+    Raises:
+        CostModelError: no even group size divides both widths (an odd width): experts of
+            this shape cannot be int4 (`int4_group_size` refuses them too).
+    """
     g = INT4_GROUP
     while g > 2 and (hidden % g or inner % g):
         g //= 2
+    if hidden % g or inner % g:
+        raise CostModelError(f"no int4 group size divides both widths {hidden} and {inner}")
     return g
 
 

@@ -26,7 +26,6 @@ from wattmoe.placement.analytic import describe_provider
 from wattmoe.placement.base import (
     ExpertCostProvider,
     ExpertShape,
-    InfeasibleError,
     PlacementError,
 )
 from wattmoe.placement.curves import CostCurve, sample_curve
@@ -50,7 +49,8 @@ class CostGraph:
         curve_index: [D] index into `curves`.
         replica_bytes: [D] memory one replica takes on each device
             (`ExpertShape.replica_bytes` of its kind and `backend`).
-        slots: [D] expert replicas that fit in each device's memory (memory // replica_bytes).
+        slots: [D] expert replicas that fit in each device's memory (memory // replica_bytes;
+            at most 2**53, which no placement reaches, so that sums over devices fit int64).
         idle_power_w: [D] idle power.
         always_on: [D] idle power counts even if the device hosts nothing (token homes too).
         transfer_energy_j_per_token: [D] energy to move one token there and back.
@@ -117,6 +117,9 @@ class CostGraph:
         return cls.ravel()
 
 
+_MAX_SLOTS = 2**53  # memory for more replicas than this is as good as unlimited
+
+
 def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: ExpertShape,
                      max_tokens: float, *, curve_points: int = 48,
                      backend: str | None = None) -> CostGraph:
@@ -147,15 +150,16 @@ def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: 
                 curves.append(sample_curve(provider, d.cost_device, shape, max_tokens,
                                            power_budget_w=d.power_budget_w,
                                            points=curve_points))
-            except InfeasibleError as exc:  # the curve names its cost device, not this device
-                raise InfeasibleError(f"device {d.name!r}: {exc}") from None
+            except PlacementError as exc:  # the curve names its cost device, not this device
+                # (a power budget at or below idle power; a cost device no provider knows)
+                raise type(exc)(f"device {d.name!r}: {exc}") from None
         index.append(curve_key[key])
         curve = curves[curve_key[key]]
         replica_bytes = shape.replica_bytes(d.kind, backend)
         sources[d.name] = describe_provider(provider, d.cost_device)
         g.add_node(d.name, kind=d.kind, node=d.node, cost_device=d.cost_device,
                    memory_bytes=d.memory_bytes, replica_bytes=replica_bytes,
-                   slots=d.memory_bytes // replica_bytes,
+                   slots=min(int(d.memory_bytes // replica_bytes), _MAX_SLOTS),
                    idle_power_w=curve.idle_power_w, power_budget_w=d.power_budget_w,
                    always_on=d.always_on or d.name in cluster.token_home, curve=curve)
     for lk in cluster.links:

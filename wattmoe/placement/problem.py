@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wattmoe.cost_model.work import int4_group
 from wattmoe.placement.base import (
     Constraints,
     ExpertCostProvider,
@@ -152,11 +153,14 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
             default: the provider's (`profile_cost_provider(..., backend=...)`), else None.
 
     Raises:
+        ConfigError: an int4 shape no int4 group size divides (an odd width).
         InfeasibleError: an expert fits on no device, all devices together cannot hold the
             experts, or the latency SLO is below a lower bound of any placement's latency.
         PlacementError: `backend` is not the one the provider prices.
     """
     constraints = constraints or Constraints()
+    if shape.dtype == "int4":  # an odd width: no group divides it (`int4_group` raises)
+        int4_group(shape.hidden, shape.inner)
     L, E = loads.tokens.shape
     graph = build_cost_graph(cluster, provider, shape, max_tokens=float(loads.tokens.max()),
                              backend=backend)

@@ -117,8 +117,30 @@ class ReplayBackend:
                 f"device {device!r} is not in {self.path}; it has {', '.join(self._rows)}"
             ) from None
 
-    def rewind(self) -> None:
-        self._origin = self._clock()
+    def rewind(self, to_s: float | None = None) -> None:
+        """Plays from recorded time `to_s` (default: the recording's first row) on."""
+        start = self._t0 if to_s is None else min(max(float(to_s), self._t0), self._t1)
+        self._origin = self._clock() - (start - self._t0) / self.speed
+
+    def counter_drops(self) -> list[tuple[str, float, float, float, float]]:
+        """Where a device's recorded energy counter falls: (device, time_s before, energy_j
+        before, time_s after, energy_j after), in recording order. A recording of more than
+        one session (`monitor --csv` appends to an existing file; each session's counter
+        starts anew) or a driver reload in it; a window across one has no true energy."""
+        drops = []
+        for device, pts in self._energy.items():
+            drops += [(device, ta, ea, tb, eb)
+                      for (ta, ea), (tb, eb) in itertools.pairwise(pts) if eb < ea]
+        return sorted(drops, key=lambda d: d[3])
+
+    @property
+    def first_round_s(self) -> float:
+        """The recorded time of the first sampling round's last row: the sampler writes a
+        round's devices one after another, ms apart, and from there on every device has a
+        reading. The recording's start where a device's first row comes more than a counter
+        period after it (a device recorded later than the others)."""
+        last_first = max(t[0] for t in self._times.values())
+        return last_first if last_first - self._t0 <= self.counter_period_s else self._t0
 
     def position_s(self) -> float:
         """The recorded time being played now."""

@@ -130,7 +130,7 @@ def solve_fill(problem: PlacementProblem) -> tuple[np.ndarray, str]:
     t, _ = g.replica_cost(np.array(mean_load))
     devices = np.argsort(t, kind="stable")
     order = np.argsort(-problem.loads.tokens, axis=None, kind="stable")
-    owner = np.repeat(devices, g.slots[devices])[: L * E]
+    owner = np.repeat(devices, np.minimum(g.slots[devices], L * E))[: L * E]
     if len(owner) < L * E:
         raise InfeasibleError("the experts do not fit in the devices' memory")
     out = np.zeros((L, E, D), dtype=bool)
