@@ -86,6 +86,24 @@ def test_cost_prints_a_table(profile: Path, capsys) -> None:
     assert main(["cost", "--profile", str(profile), "--report"]) == 0
 
 
+def test_cost_json_never_labels_an_estimate_measured(profile: Path, capsys) -> None:
+    # a new user's trial (session 16): --json said "source": "measured" for interpolated and
+    # extrapolated answers and for an empty call; the profile's source is its own field
+    assert main(["cost", "--profile", str(profile), "--op", "expert", "--tokens",
+                 "0,1,100,5000", "--device", "cuda:0", "--dtype", "bf16", "--shape",
+                 SHAPE_A.key, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    got = [(r["tokens"], r["method"], r["source"], r["profile_source"]) for r in rows]
+    assert got == [(0, "empty", "estimated", "measured"),
+                   (1, "profiled", "measured", "measured"),
+                   (100, "interpolated", "estimated", "measured"),
+                   (5000, "extrapolated", "estimated", "measured")]
+    assert main(["cost", "--profile", str(profile), "--op", "expert", "--tokens", "0",
+                 "--device", "cuda:0", "--dtype", "bf16", "--shape", SHAPE_A.key]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert "│ estimated " in row and "measured" not in row, row
+
+
 def test_plot_and_eval(profile: Path, tmp_path: Path, capsys) -> None:
     assert main(["profile-plot", "--profile", str(profile), "--out", str(tmp_path / "pl")]) == 0
     assert sorted(p.name for p in (tmp_path / "pl").glob("*.png")) == ["cuda0_expert.png"]

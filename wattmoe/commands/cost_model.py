@@ -405,13 +405,13 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _origin(c: Any) -> str:
-    """Where a shown figure comes from: the profile's source (`measured` on a GPU with an
-    energy counter) for a profiled point as measured, else an estimate made from that profile
-    (interpolated, extrapolated, a shape model, a point moved to keep the curve monotone).
-    `KernelCost.source` itself stays the data's origin (`--json`, docs/cost_model.md)."""
-    if c.method in ("profiled", "empty") or c.source != "measured":
+    """Where a shown figure comes from: `KernelCost.source` ('measured' only for a profiled
+    point as measured), with the profile's source where that differs ('estimated (from
+    measured)': interpolated, extrapolated, a shape model, a point moved to keep the curve
+    monotone); an empty call (no tokens) was estimated from nothing."""
+    if c.source == c.profile_source or c.method == "empty":
         return c.source
-    return "estimated (from measured)"
+    return f"{c.source} (from {c.profile_source})"
 
 
 # --- profile-plot -----------------------------------------------------------------------

@@ -474,7 +474,7 @@ class KernelCostModel:
             avg = float(limit)  # a prediction never averages above the enforced power limit
         if not math.isfinite(peak) or peak < avg:
             peak = avg
-        return KernelCost(lat, en, avg, peak, c.source, method)
+        return KernelCost.answer(lat, en, avg, peak, c.source, method)
 
     def _shape_cost(self, op: str, tokens: int, curves: list[Curve], shape: OpShape) -> KernelCost:
         """A shape never profiled: its predicted curve (`_shape_curve`) at `tokens`.
@@ -596,7 +596,7 @@ class KernelCostModel:
         curves = self._check(op, device, dtype)
         s = self._resolve_shape(op, shape, curves)
         if tokens == 0:
-            return KernelCost(0.0, 0.0, 0.0, 0.0, curves[0].source, "empty")
+            return KernelCost.answer(0.0, 0.0, 0.0, 0.0, curves[0].source, "empty")
         for c in curves:
             if c.shape == s:
                 return self._curve_cost(c, tokens)
