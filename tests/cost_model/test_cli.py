@@ -195,6 +195,29 @@ def test_bad_queries_print_one_line(profile: Path, capsys, args, message) -> Non
     assert message in err and "Traceback" not in err
 
 
+def test_a_dtype_not_profiled_names_the_profiled_ones(tmp_path: Path, capsys) -> None:
+    # a new user's trial (session 16): 'cost --backend fused' without --dtype said only "not
+    # profiled on cuda:0 in fp32", a dtype never asked for (it is --dtype's default)
+    db = synthetic_db([synthetic_point("expert", n, SHAPE_A, dt) for n in (1, 8)
+                       for dt in ("bf16", "fp32")]
+                      + [synthetic_point("activation", n, SHAPE_A, "bf16") for n in (1, 8)])
+    path = save_profile(db, tmp_path / "p.json")
+    base = ["cost", "--profile", str(path), "--op", "activation", "--device", "cuda:0"]
+    assert main(base) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: op 'activation' was profiled on cuda:0 in bf16, not in fp32 (the default of "
+        "--dtype): give --dtype bf16")
+    assert main([*base, "--dtype", "fp32"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: op 'activation' was not profiled on cuda:0 in fp32 (profiled in: bf16)")
+    assert main([*base, "--dtype", "bf16", "--tokens", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["method"] == "profiled"
+    # the default still answers where the op was profiled in it
+    assert main(["cost", "--profile", str(path), "--device", "cuda:0", "--tokens", "8",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["method"] == "profiled"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

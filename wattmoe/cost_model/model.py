@@ -297,8 +297,9 @@ class KernelCostModel:
     def ops(self, device: str | None = None) -> list[str]:
         return sorted({k[0] for k in self.curves if device is None or k[1] == device})
 
-    def dtypes(self, device: str) -> list[str]:
-        return sorted({k[2] for k in self.curves if k[1] == device})
+    def dtypes(self, device: str, op: str | None = None) -> list[str]:
+        """The dtypes profiled on `device` (with `op`: of that op)."""
+        return sorted({k[2] for k in self.curves if k[1] == device and op in (None, k[0])})
 
     def shapes(self, op: str, device: str, dtype: str) -> list[Curve]:
         return [c for k, c in self.curves.items() if k[:3] == (op, device, dtype)]
@@ -321,7 +322,8 @@ class KernelCostModel:
             )
         curves = self.shapes(op, device, dtype)
         if not curves:
-            raise CostModelError(f"op {op!r} was not profiled on {device} in {dtype}")
+            raise CostModelError(f"op {op!r} was not profiled on {device} in {dtype} "
+                                 f"(profiled in: {', '.join(self.dtypes(device, op))})")
         return curves
 
     def _resolve_shape(self, op: str, shape: Any, curves: list[Curve]) -> OpShape:
