@@ -467,3 +467,11 @@ def test_place_loads_file_takes_the_batchs_tokens(tmp_path, capsys) -> None:
     assert "100,000" in row
     assert main([*argv, "--tokens", "99999"]) == 2  # the hot expert is more than the batch
     assert "more than tokens_per_batch = 99999" in " ".join(capsys.readouterr().err.split())
+
+
+def test_place_help_says_how_a_loads_file_is_read(capsys) -> None:
+    # a new user's trial (session 16): .txt is read as CSV, and the help did not say so
+    with pytest.raises(SystemExit):
+        main(["place", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".npy, .csv (comma-separated; .txt is read as CSV) or .json" in text

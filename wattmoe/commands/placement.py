@@ -29,7 +29,8 @@ def _place_args(p: argparse.ArgumentParser) -> None:
                    help="width scale factor of the shape (default 1; or give it as SHAPE@SCALE)")
     p.add_argument("--dtype", default="bf16", help="expert dtype: bf16 | fp16 | fp32 | fp8 | int4")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--loads", help="[layers, experts] token counts per batch (.npy/.csv/.json)")
+    src.add_argument("--loads", help="[layers, experts] token counts per batch: .npy, .csv "
+                                     "(comma-separated; .txt is read as CSV) or .json")
     src.add_argument("--skew", default="zipf:1.2",
                      help="synthetic loads: 'uniform' or 'zipf:S' (default zipf:1.2)")
     # (None = not given: with --loads these would do nothing, and that is refused)
