@@ -239,3 +239,17 @@ def test_a_bad_number_names_its_flag(argv, message, capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_top_level_help_describes_the_commands_that_exist(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a new user's trial (session 16): the help said "simulation", and no subcommand simulates
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert not any("sim" in name for name in sub.choices)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "simulat" not in text.lower()
+    assert ("Energy of MoE expert kernels: profile them, query the cost model, place experts "
+            "on GPUs and CPUs, and measure power." in text)

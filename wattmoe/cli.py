@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     _load_command_modules()
     parser = argparse.ArgumentParser(
         prog="wattmoe",
-        description="Energy-aware placement, simulation and measurement of MoE serving.",
+        description="Energy of MoE expert kernels: profile them, query the cost model, place "
+                    "experts on GPUs and CPUs, and measure power.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
