@@ -11,7 +11,7 @@ from rich.table import Table
 from wattmoe.cli import command, console, err_console
 from wattmoe.commands.argtypes import nonnegative_int, positive_float, positive_int
 from wattmoe.errors import ConfigError, os_error_as
-from wattmoe.units import fmt_bytes
+from wattmoe.units import fmt_bytes, fmt_power
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
 # the solvers that search, and so stop at `--time-limit`; the baselines compute their placement
@@ -224,11 +224,11 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str,
                 f"avg power ({src})", "powered"):
         d.add_column(col, justify="left" if col in ("device", "kind") else "right")
     for x in s.devices:
-        budget = f" / {x.power_budget_w:g} W" if x.power_budget_w else ""
+        budget = f" / {fmt_power(x.power_budget_w, ',g')}" if x.power_budget_w else ""
         d.add_row(x.name, x.kind, f"{x.replicas:,}",
                   f"{fmt_bytes(x.memory_bytes)} / {fmt_bytes(x.memory_capacity_bytes)}",
                   f"{x.tokens:,.0f}", f"{x.busy_s * 1e3:,.3f} ms", _fmt_j(x.energy_j),
-                  f"{x.avg_power_w:,.1f} W{budget}", "yes" if x.powered else "no")
+                  f"{fmt_power(x.avg_power_w)}{budget}", "yes" if x.powered else "no")
     console.print(d)
     # where each device's figures come from: a profile covers some devices, the analytic
     # roofline the others (the "cost model" row names only what was asked for)
