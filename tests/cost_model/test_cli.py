@@ -116,6 +116,24 @@ def test_plot_and_eval(profile: Path, tmp_path: Path, capsys) -> None:
     assert (tmp_path / "e.csv").read_text().count("\n") == 3
 
 
+def test_cost_eval_checks_its_outputs_before_the_work(profile: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    # a new user's trial (session 16): --out naming a folder failed only after the table
+    held = save_profile(synthetic_db([synthetic_point("expert", n, SHAPE_A) for n in (2, 8)]),
+                        tmp_path / "held.json")
+    (tmp_path / "file").write_text("")
+    for option, path, why in (
+            ("--out", tmp_path, "Is a directory"),
+            ("--csv", tmp_path / "file" / "e.csv", "Not a directory")):
+        assert main(["cost-eval", "--profile", str(profile), "--measured", str(held),
+                     option, str(path)]) == 2
+        got = capsys.readouterr()
+        assert got.out == ""  # no table: refused before the evaluation
+        assert got.err.strip() == (f"error: {option}: cannot write {str(path)!r}: {why}"
+                                   + (f" ({str(tmp_path / 'file')!r} is a file)"
+                                      if option == "--csv" else ""))
+
+
 def test_cost_eval_skips_points_the_profile_cannot_answer(profile: Path, tmp_path: Path,
                                                           capsys) -> None:
     # was: exit 2 at the first such point, with no evaluation of the others
@@ -423,7 +441,8 @@ def test_unwritable_outputs_print_one_line(profile: Path, tmp_path: Path, capsys
         args += ["--measured", str(profile)]
     assert main([*args, option, target]) == 2
     err = capsys.readouterr().err
-    assert f"{option} " in err and "cannot write" in err
+    # cost-eval's are checked before its evaluation (check_out: "--out: cannot write ...")
+    assert err.startswith(f"error: {option}") and "cannot write" in err
 
 
 def test_cost_eval_rejects_a_nan_split(profile: Path, capsys) -> None:

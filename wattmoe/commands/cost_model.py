@@ -15,6 +15,7 @@ from typing import Any
 
 from wattmoe.cli import command, console, err_console
 from wattmoe.commands.argtypes import nonnegative_float, positive_float
+from wattmoe.commands.outputs import check_out
 from wattmoe.errors import ConfigError, WattmoeError
 
 log = logging.getLogger(__name__)
@@ -486,6 +487,9 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import read_jsonl
 
+    for option, path in (("--out", args.out), ("--csv", args.csv)):
+        if path:  # before the evaluation and its table (was: an error after them)
+            check_out(option, path)
     model = KernelCostModel.load(args.profile, args.latency)
     pts = []
     for m in args.measured:

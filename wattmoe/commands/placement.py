@@ -10,6 +10,7 @@ from rich.table import Table
 
 from wattmoe.cli import command, console, err_console
 from wattmoe.commands.argtypes import nonnegative_int, positive_float, positive_int
+from wattmoe.commands.outputs import check_out
 from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.units import fmt_bytes, fmt_power
 
@@ -147,7 +148,7 @@ def cmd_place(args: argparse.Namespace) -> int:
                           f" (the solvers that search); --solver {args.solver} computes its "
                           "placement in one pass and has no time limit: leave --time-limit out")
     if args.out:  # before the solve (a MILP may take its whole --time-limit)
-        _check_out("--out", args.out)
+        check_out("--out", args.out)
     cfg = resolve_shape_at(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
@@ -275,19 +276,6 @@ def _print_comparison(problem: Any, placement: Any) -> None:
     for p in rows[1:]:  # the placement's own violations are printed under its tables
         for v in p.summary.violations:
             console.print(f"[yellow]{p.solver}: constraint violated:[/] {v}", highlight=False)
-
-
-def _check_out(option: str, path: str) -> None:
-    """Refuses an output file path that cannot be written: a folder, or one under a file."""
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{option}: cannot write {path!r}: Is a directory")
-    for q in p.parents:
-        if q.exists():
-            if not q.is_dir():
-                raise ConfigError(f"{option}: cannot write {path!r}: Not a directory "
-                                  f"({str(q)!r} is a file)")
-            return
 
 
 def _write(path: str, text: str) -> None:
