@@ -239,3 +239,31 @@ def test_a_bad_number_names_its_flag(argv, message, capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_top_level_help_describes_the_commands_that_exist(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # a new user's trial (session 16): the help said "simulation", and no subcommand simulates
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert not any("sim" in name for name in sub.choices)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "simulat" not in text.lower()
+    assert ("Energy of MoE expert kernels: profile them, query the cost model, place experts "
+            "on GPUs and CPUs, and measure power." in text)
+
+
+def test_demo_dtype_int4_points_to_the_int4_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    # a new user's trial (session 16): "unknown dtype 'int4'; use one of fp32, bf16, fp16",
+    # while int4 experts are the demo's --int4 flag
+    assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "1", "--seq", "8",
+                 "--cluster", "none", "--dtype", "int4"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --dtype int4: int4 experts are --int4 (packed int4 weights, computed in "
+        "--dtype fp32, bf16 or fp16)")
+    # the flag it names runs
+    assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "1", "--seq", "8",
+                 "--cluster", "none", "--int4"]) == 0
+    assert "tokens/s" in capsys.readouterr().out

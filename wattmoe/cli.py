@@ -81,7 +81,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="tokens per sequence (default 128)")
     p.add_argument("--steps", type=positive_int, default=10,
                    help="timed forward passes (default 10)")
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16")
+    p.add_argument("--dtype", default="fp32",
+                   help="compute dtype: fp32 | bf16 | fp16 (default fp32); for packed-int4 "
+                        "experts add --int4")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="loop",
@@ -99,6 +101,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from wattmoe.experiments.demo import run_demo
 
+    if args.dtype.strip().lower() == "int4":  # was: "unknown dtype 'int4'; use one of ..."
+        raise ConfigError("--dtype int4: int4 experts are --int4 (packed int4 weights, "
+                          "computed in --dtype fp32, bf16 or fp16)")
     cluster = None if args.cluster.lower() == "none" else args.cluster
     # a bar on stderr for the timed steps, redrawn at most 4 times a second and by this thread
     # alone (no refresh thread: on a CPU the window's energy estimate counts every busy core);
@@ -196,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     _load_command_modules()
     parser = argparse.ArgumentParser(
         prog="wattmoe",
-        description="Energy-aware placement, simulation and measurement of MoE serving.",
+        description="Energy of MoE expert kernels: profile them, query the cost model, place "
+                    "experts on GPUs and CPUs, and measure power.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

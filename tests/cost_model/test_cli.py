@@ -86,6 +86,24 @@ def test_cost_prints_a_table(profile: Path, capsys) -> None:
     assert main(["cost", "--profile", str(profile), "--report"]) == 0
 
 
+def test_cost_json_never_labels_an_estimate_measured(profile: Path, capsys) -> None:
+    # a new user's trial (session 16): --json said "source": "measured" for interpolated and
+    # extrapolated answers and for an empty call; the profile's source is its own field
+    assert main(["cost", "--profile", str(profile), "--op", "expert", "--tokens",
+                 "0,1,100,5000", "--device", "cuda:0", "--dtype", "bf16", "--shape",
+                 SHAPE_A.key, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    got = [(r["tokens"], r["method"], r["source"], r["profile_source"]) for r in rows]
+    assert got == [(0, "empty", "estimated", "measured"),
+                   (1, "profiled", "measured", "measured"),
+                   (100, "interpolated", "estimated", "measured"),
+                   (5000, "extrapolated", "estimated", "measured")]
+    assert main(["cost", "--profile", str(profile), "--op", "expert", "--tokens", "0",
+                 "--device", "cuda:0", "--dtype", "bf16", "--shape", SHAPE_A.key]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert "│ estimated " in row and "measured" not in row, row
+
+
 def test_plot_and_eval(profile: Path, tmp_path: Path, capsys) -> None:
     assert main(["profile-plot", "--profile", str(profile), "--out", str(tmp_path / "pl")]) == 0
     assert sorted(p.name for p in (tmp_path / "pl").glob("*.png")) == ["cuda0_expert.png"]
@@ -96,6 +114,24 @@ def test_plot_and_eval(profile: Path, tmp_path: Path, capsys) -> None:
     rep = json.loads((tmp_path / "e.json").read_text())
     assert rep["summary"]["batch"]["latency"]["n"] == 2
     assert (tmp_path / "e.csv").read_text().count("\n") == 3
+
+
+def test_cost_eval_checks_its_outputs_before_the_work(profile: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    # a new user's trial (session 16): --out naming a folder failed only after the table
+    held = save_profile(synthetic_db([synthetic_point("expert", n, SHAPE_A) for n in (2, 8)]),
+                        tmp_path / "held.json")
+    (tmp_path / "file").write_text("")
+    for option, path, why in (
+            ("--out", tmp_path, "Is a directory"),
+            ("--csv", tmp_path / "file" / "e.csv", "Not a directory")):
+        assert main(["cost-eval", "--profile", str(profile), "--measured", str(held),
+                     option, str(path)]) == 2
+        got = capsys.readouterr()
+        assert got.out == ""  # no table: refused before the evaluation
+        assert got.err.strip() == (f"error: {option}: cannot write {str(path)!r}: {why}"
+                                   + (f" ({str(tmp_path / 'file')!r} is a file)"
+                                      if option == "--csv" else ""))
 
 
 def test_cost_eval_skips_points_the_profile_cannot_answer(profile: Path, tmp_path: Path,
@@ -175,6 +211,29 @@ def test_bad_queries_print_one_line(profile: Path, capsys, args, message) -> Non
     assert main([*args[:1], "--profile", str(profile), *base, *args[1:]]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_dtype_not_profiled_names_the_profiled_ones(tmp_path: Path, capsys) -> None:
+    # a new user's trial (session 16): 'cost --backend fused' without --dtype said only "not
+    # profiled on cuda:0 in fp32", a dtype never asked for (it is --dtype's default)
+    db = synthetic_db([synthetic_point("expert", n, SHAPE_A, dt) for n in (1, 8)
+                       for dt in ("bf16", "fp32")]
+                      + [synthetic_point("activation", n, SHAPE_A, "bf16") for n in (1, 8)])
+    path = save_profile(db, tmp_path / "p.json")
+    base = ["cost", "--profile", str(path), "--op", "activation", "--device", "cuda:0"]
+    assert main(base) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: op 'activation' was profiled on cuda:0 in bf16, not in fp32 (the default of "
+        "--dtype): give --dtype bf16")
+    assert main([*base, "--dtype", "fp32"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: op 'activation' was not profiled on cuda:0 in fp32 (profiled in: bf16)")
+    assert main([*base, "--dtype", "bf16", "--tokens", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["method"] == "profiled"
+    # the default still answers where the op was profiled in it
+    assert main(["cost", "--profile", str(path), "--device", "cuda:0", "--tokens", "8",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["method"] == "profiled"
 
 
 @pytest.mark.parametrize(
@@ -382,7 +441,8 @@ def test_unwritable_outputs_print_one_line(profile: Path, tmp_path: Path, capsys
         args += ["--measured", str(profile)]
     assert main([*args, option, target]) == 2
     err = capsys.readouterr().err
-    assert f"{option} " in err and "cannot write" in err
+    # cost-eval's are checked before its evaluation (check_out: "--out: cannot write ...")
+    assert err.startswith(f"error: {option}") and "cannot write" in err
 
 
 def test_cost_eval_rejects_a_nan_split(profile: Path, capsys) -> None:

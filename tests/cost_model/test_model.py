@@ -44,7 +44,7 @@ def test_profiled_point_is_returned_exactly(linear_db) -> None:
     assert c.latency_s == pytest.approx(t, rel=1e-12)
     assert c.energy_j == pytest.approx(e, rel=1e-12)
     assert c.avg_power_w == pytest.approx(e / t)
-    assert c.source == "measured"
+    assert (c.source, c.profile_source) == ("measured", "measured")
 
 
 @pytest.mark.parametrize("n", [2, 3, 10, 32, 100, 500, 1000])

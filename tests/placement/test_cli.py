@@ -467,3 +467,29 @@ def test_place_loads_file_takes_the_batchs_tokens(tmp_path, capsys) -> None:
     assert "100,000" in row
     assert main([*argv, "--tokens", "99999"]) == 2  # the hot expert is more than the batch
     assert "more than tokens_per_batch = 99999" in " ".join(capsys.readouterr().err.split())
+
+
+def test_place_help_says_how_a_loads_file_is_read(capsys) -> None:
+    # a new user's trial (session 16): .txt is read as CSV, and the help did not say so
+    with pytest.raises(SystemExit):
+        main(["place", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".npy, .csv (comma-separated; .txt is read as CSV) or .json" in text
+
+
+def test_place_summary_scales_large_memory_and_power(tmp_path, capsys) -> None:
+    # a new user's trial (session 16): a 1e18-byte host and a 1e9 W budget printed as
+    # '931,322,574.6 GiB' and '1e+09 W'
+    import yaml
+
+    from wattmoe.placement import load_cluster
+
+    spec = load_cluster("h200-cpu").to_dict()
+    spec["devices"][1].update(memory_bytes=1e18, power_budget_w=1e9)
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["place", "--cluster", str(path), "--preset", "olmoe-1b-7b", "--layers", "1",
+                 "--solver", "heuristic"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0 B / 888.2 PiB" in text and "45.0 W / 1 GW" in text
+    assert "GiB /" not in text.split("cpu0")[1] and "e+" not in text

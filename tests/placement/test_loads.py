@@ -97,12 +97,39 @@ def test_read_loads_formats(tmp_path) -> None:
         read_loads(tmp_path / "missing.npy", top_k=1)
     # an unknown suffix says so, not "not a numeric matrix" (ConfigError is a ValueError)
     (tmp_path / "l.yaml").write_text("[[1]]")
-    want = r"^loads file '[^']*l\.yaml': use \.npy, \.csv or \.json$"
+    want = r"^loads file '[^']*l\.yaml': use \.npy, \.csv \(or \.txt, read as CSV\) or \.json$"
     with pytest.raises(ConfigError, match=want):
         read_loads(tmp_path / "l.yaml", top_k=1)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="is not a numeric matrix"):
         read_loads(tmp_path / "bad.json", top_k=1)
+
+
+def test_loads_files_a_new_user_tried(tmp_path) -> None:
+    import warnings
+
+    # a new user's trial (session 16). Complex counts: the imaginary part was dropped (with
+    # numpy's ComplexWarning); strings in a .npy were read as numbers
+    np.save(tmp_path / "c.npy", np.array([[1 + 2j, 3, 4]]))
+    np.save(tmp_path / "s.npy", np.array([["1", "2", "3"]]))
+    for name, dtype in (("c.npy", "complex128"), ("s.npy", "<U1")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ConfigError, match=rf"^loads file '[^']*{name}' holds "
+                               rf"{dtype} values; counts must be real numbers$"):
+                read_loads(tmp_path / name, top_k=1)
+    # a text file named .npy: was numpy's "pickled data ... allow_pickle" message
+    (tmp_path / "t.npy").write_text("1,2,3\n")
+    with pytest.raises(ConfigError, match=r"^loads file '[^']*t\.npy' is not a \.npy file "
+                       r"\(no NumPy header; write it with numpy\.save, or name a "
+                       r"comma-separated file \.csv\)$"):
+        read_loads(tmp_path / "t.npy", top_k=1)
+    # a CSV saved by Excel starts with a UTF-8 byte-order mark: was "could not convert
+    # string '\ufeff1'"; and .txt is read as CSV (documented)
+    m = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    for name in ("excel.csv", "excel.txt"):
+        (tmp_path / name).write_bytes("\ufeff1,2,3\r\n3,2,1\r\n".encode())
+        np.testing.assert_array_equal(read_loads(tmp_path / name, top_k=1).tokens, m)
 
 
 def test_empty_loads_file_is_one_error_and_no_numpy_warning(tmp_path) -> None:

@@ -340,6 +340,25 @@ def test_experts_that_do_not_fit_together() -> None:
         make_problem(cluster_from_dict(spec), loads, OLMOE, ANALYTIC)
 
 
+def test_memory_errors_do_not_round_away_the_difference() -> None:
+    # a new user's trial (session 16): "need 768.0 MiB ... hold 63 experts (768.0 MiB)" for
+    # devices a byte short of 64 experts: figures that would read the same are in bytes
+    loads = synthetic_loads(1, 64, 2, 64, seed=0)
+    spec = load_cluster("h200-cpu").to_dict()
+    spec["devices"] = spec["devices"][:1]
+    spec["links"] = []
+    spec["devices"][0]["memory_bytes"] = 64 * OLMOE.weight_bytes - 1
+    with pytest.raises(InfeasibleError, match=(
+            r"^the 1 x 64 experts need 805,306,368 B \(12\.0 MiB each\) but all devices "
+            r"together hold 63 experts \(805,306,367 B\)$")):
+        make_problem(cluster_from_dict(spec), loads, OLMOE, ANALYTIC)
+    spec["devices"][0]["memory_bytes"] = OLMOE.weight_bytes - 1
+    with pytest.raises(InfeasibleError, match=r"bf16: 12,582,912 B\) is larger than the memory "
+                                              r"of every device \(largest: gpu0 with "
+                                              r"12,582,911 B\)$"):
+        make_problem(cluster_from_dict(spec), loads, OLMOE, ANALYTIC)
+
+
 def test_fused_int4_memory_errors_name_the_replica_with_its_copy() -> None:
     # 2 x 8 int4 experts on h200-cpu with room for 5 of them by weights on each device: 10
     # slots without a backend (infeasible), 2 + 5 with the fused kernels' copy on the GPU
@@ -358,8 +377,10 @@ def test_fused_int4_memory_errors_name_the_replica_with_its_copy() -> None:
         make_problem(cluster_from_dict(spec), loads, int4, ANALYTIC, backend="fused")
     spec["devices"][1]["memory_bytes"] = int4.weight_bytes - 1  # the CPU holds none
     spec["devices"][0]["memory_bytes"] = 2 * int4.weight_bytes - 1  # the GPU none with the copy
-    with pytest.raises(InfeasibleError, match=r"int4: 3\.1 MiB; 6\.2 MiB on a GPU with backend "
-                                              r"fused .* larger than the memory of every device"):
+    # the GPU is one byte short of the 6.2 MiB replica: in bytes, not '6.2 MiB' on both sides
+    with pytest.raises(InfeasibleError, match=(
+            r"int4: 3,244,032 B; 6,488,064 B on a GPU with backend fused .* larger than the "
+            r"memory of every device \(largest: gpu0 with 6,488,063 B\)")):
         make_problem(cluster_from_dict(spec), loads, int4, ANALYTIC, backend="fused")
 
 

@@ -15,9 +15,13 @@ from typing import Any
 
 from wattmoe.cli import command, console, err_console
 from wattmoe.commands.argtypes import nonnegative_float, positive_float
+from wattmoe.commands.outputs import check_out
 from wattmoe.errors import ConfigError, WattmoeError
 
 log = logging.getLogger(__name__)
+
+#: `wattmoe cost --dtype` left out
+DEFAULT_DTYPE = "fp32"
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -318,7 +322,8 @@ def _cost_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int4", action="store_true", help="with --backend: packed-int4 experts")
     p.add_argument("--tokens", default="1,64,1024", help="batch sizes, comma-separated")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--dtype", default=None,
+                   help=f"compute dtype (fp32, bf16, ...; default {DEFAULT_DTYPE})")
     p.add_argument("--shape", default=None,
                    help="preset NAME[@SCALE] or shape key h<H>_f<F>_<swiglu|relu>_e<E>_k<k>"
                         "[@SCALE]")
@@ -361,6 +366,23 @@ def _cost_op(args: argparse.Namespace) -> str:
     return args.op if args.op is not None else "expert"
 
 
+def _cost_dtype(model: Any, args: argparse.Namespace) -> str:
+    """--dtype, or its default where the profile holds the op on the device in that dtype.
+
+    Raises:
+        ConfigError: --dtype left out and the op profiled on the device in other dtypes only
+            (the model's error said 'not profiled ... in fp32', a dtype never asked for).
+    """
+    if args.dtype is not None:
+        return args.dtype
+    profiled = model.dtypes(args.device, args.op) if args.device in model.devices() else []
+    if profiled and DEFAULT_DTYPE not in profiled:
+        raise ConfigError(f"op {args.op!r} was profiled on {args.device} in "
+                          f"{', '.join(profiled)}, not in {DEFAULT_DTYPE} (the default of "
+                          f"--dtype): give --dtype {profiled[0]}")
+    return DEFAULT_DTYPE
+
+
 @command("cost", "query the cost model: latency, energy and power of an op", _cost_args)
 def cmd_cost(args: argparse.Namespace) -> int:
     from rich.table import Table
@@ -382,6 +404,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     if args.report:
         _print_report(model)
         return 0
+    args.dtype = _cost_dtype(model, args)
     costs = [model.get_cost(args.op, n, args.device, args.dtype, shape=args.shape)
              for n in tokens]
     if args.json:
@@ -405,13 +428,13 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def _origin(c: Any) -> str:
-    """Where a shown figure comes from: the profile's source (`measured` on a GPU with an
-    energy counter) for a profiled point as measured, else an estimate made from that profile
-    (interpolated, extrapolated, a shape model, a point moved to keep the curve monotone).
-    `KernelCost.source` itself stays the data's origin (`--json`, docs/cost_model.md)."""
-    if c.method in ("profiled", "empty") or c.source != "measured":
+    """Where a shown figure comes from: `KernelCost.source` ('measured' only for a profiled
+    point as measured), with the profile's source where that differs ('estimated (from
+    measured)': interpolated, extrapolated, a shape model, a point moved to keep the curve
+    monotone); an empty call (no tokens) was estimated from nothing."""
+    if c.source == c.profile_source or c.method == "empty":
         return c.source
-    return "estimated (from measured)"
+    return f"{c.source} (from {c.profile_source})"
 
 
 # --- profile-plot -----------------------------------------------------------------------
@@ -464,6 +487,9 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import read_jsonl
 
+    for option, path in (("--out", args.out), ("--csv", args.csv)):
+        if path:  # before the evaluation and its table (was: an error after them)
+            check_out(option, path)
     model = KernelCostModel.load(args.profile, args.latency)
     pts = []
     for m in args.measured:

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from wattmoe.cli import command, console, err_console
 from wattmoe.commands.argtypes import nonnegative_int, positive_float, positive_int
+from wattmoe.commands.outputs import check_out
 from wattmoe.errors import ConfigError, os_error_as
-from wattmoe.units import fmt_bytes
+from wattmoe.units import fmt_bytes, fmt_power
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
 # the solvers that search, and so stop at `--time-limit`; the baselines compute their placement
@@ -29,7 +30,8 @@ def _place_args(p: argparse.ArgumentParser) -> None:
                    help="width scale factor of the shape (default 1; or give it as SHAPE@SCALE)")
     p.add_argument("--dtype", default="bf16", help="expert dtype: bf16 | fp16 | fp32 | fp8 | int4")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--loads", help="[layers, experts] token counts per batch (.npy/.csv/.json)")
+    src.add_argument("--loads", help="[layers, experts] token counts per batch: .npy, .csv "
+                                     "(comma-separated; .txt is read as CSV) or .json")
     src.add_argument("--skew", default="zipf:1.2",
                      help="synthetic loads: 'uniform' or 'zipf:S' (default zipf:1.2)")
     # (None = not given: with --loads these would do nothing, and that is refused)
@@ -146,7 +148,7 @@ def cmd_place(args: argparse.Namespace) -> int:
                           f" (the solvers that search); --solver {args.solver} computes its "
                           "placement in one pass and has no time limit: leave --time-limit out")
     if args.out:  # before the solve (a MILP may take its whole --time-limit)
-        _check_out("--out", args.out)
+        check_out("--out", args.out)
     cfg = resolve_shape_at(args.preset, args.scale)
     cluster = load_cluster(args.cluster)
     layers = cfg.num_layers if args.layers is None else args.layers
@@ -223,11 +225,11 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str,
                 f"avg power ({src})", "powered"):
         d.add_column(col, justify="left" if col in ("device", "kind") else "right")
     for x in s.devices:
-        budget = f" / {x.power_budget_w:g} W" if x.power_budget_w else ""
+        budget = f" / {fmt_power(x.power_budget_w, ',g')}" if x.power_budget_w else ""
         d.add_row(x.name, x.kind, f"{x.replicas:,}",
                   f"{fmt_bytes(x.memory_bytes)} / {fmt_bytes(x.memory_capacity_bytes)}",
                   f"{x.tokens:,.0f}", f"{x.busy_s * 1e3:,.3f} ms", _fmt_j(x.energy_j),
-                  f"{x.avg_power_w:,.1f} W{budget}", "yes" if x.powered else "no")
+                  f"{fmt_power(x.avg_power_w)}{budget}", "yes" if x.powered else "no")
     console.print(d)
     # where each device's figures come from: a profile covers some devices, the analytic
     # roofline the others (the "cost model" row names only what was asked for)
@@ -274,19 +276,6 @@ def _print_comparison(problem: Any, placement: Any) -> None:
     for p in rows[1:]:  # the placement's own violations are printed under its tables
         for v in p.summary.violations:
             console.print(f"[yellow]{p.solver}: constraint violated:[/] {v}", highlight=False)
-
-
-def _check_out(option: str, path: str) -> None:
-    """Refuses an output file path that cannot be written: a folder, or one under a file."""
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{option}: cannot write {path!r}: Is a directory")
-    for q in p.parents:
-        if q.exists():
-            if not q.is_dir():
-                raise ConfigError(f"{option}: cannot write {path!r}: Not a directory "
-                                  f"({str(q)!r} is a file)")
-            return
 
 
 def _write(path: str, text: str) -> None:

@@ -183,14 +183,24 @@ class KernelCost:
         energy_j: energy of the device during one call, idle/static power included.
         avg_power_w: energy_j / latency_s.
         peak_power_w: highest power sampled while the op ran back to back.
-        source: where the energy came from ('measured' | 'estimated' | ...).
+        source: where this figure comes from ('measured' | 'estimated' | ...): the
+            profile's source for a profiled point as measured (method 'profiled'), and
+            'estimated' for every answer derived from a measured profile (interpolated,
+            extrapolated, a shape model, a point moved to keep the curve monotone, a layer
+            step's share, an empty call): an estimate is never labelled a measurement
+            (`KernelCost.answer`).
         method: 'profiled' (a measured point), 'interpolated' (between profiled batch
             sizes), 'extrapolated' (beyond them, by the fitted per-device model), or
             'shape-model' (a shape never profiled, by the fitted models anchored on the
             nearest profiled shapes; non-decreasing in tokens). Answers are non-decreasing
             in tokens: a profiled curve whose measurements fall is answered from its points
             made monotone, and the answers that rest on a moved point are marked
-            'profiled (monotone)', 'interpolated (monotone)' or 'extrapolated (monotone)'.
+            'profiled (monotone)', 'interpolated (monotone)' or 'extrapolated (monotone)';
+            'layer-amortized' (one expert's share of a layer step), 'empty' (no tokens).
+        profile_source: where the profile's energy data came from (its devices' source:
+            'measured' by a hardware counter, 'estimated' by a model of a device without
+            one, ...); 'estimated' with profile_source 'measured' is an estimate made from
+            measurements.
     """
 
     latency_s: float
@@ -199,6 +209,21 @@ class KernelCost:
     peak_power_w: float
     source: str
     method: str = "profiled"
+    profile_source: str = ""  # left out: `source`
+
+    def __post_init__(self) -> None:
+        if not self.profile_source:
+            object.__setattr__(self, "profile_source", self.source)
+
+    @classmethod
+    def answer(cls, latency_s: float, energy_j: float, avg_power_w: float,
+               peak_power_w: float, profile_source: str, method: str) -> KernelCost:
+        """An answer read, by `method`, from a profile whose energy is `profile_source`. Its
+        `source` is `profile_source` for a profiled point as measured ('profiled') or for a
+        profile that was not measured (an estimate stays one), else 'estimated'."""
+        measured = method == "profiled" or profile_source != "measured"
+        return cls(latency_s, energy_j, avg_power_w, peak_power_w,
+                   profile_source if measured else "estimated", method, profile_source)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -100,7 +100,8 @@ class LayerBackendCosts:
 
     def amortized_cost(self, device: str, tokens: int, hidden: int, inner: int, form: str,
                        dtype: str) -> KernelCost:
-        """`expert_cost` as a `KernelCost` (source: the profile's; method 'layer-amortized').
+        """`expert_cost` as a `KernelCost` (method 'layer-amortized', an
+        estimate: source 'estimated' from a measured profile).
 
         Raises:
             CostModelError: unknown device; this backend, or this dtype of it, not profiled on
@@ -111,14 +112,15 @@ class LayerBackendCosts:
         op, dt = self._op(device, dtype)
         curve = self._layer_curve(op, device, dt, OpShape(hidden, inner, form), tokens)
         if tokens == 0:
-            return KernelCost(0.0, 0.0, 0.0, 0.0, curve.source, "empty")
+            return KernelCost.answer(0.0, 0.0, 0.0, 0.0, curve.source, "empty")
         e, k = curve.shape.num_experts, curve.shape.top_k
         exact = tokens * e / k
         layer_tokens = max(1, -(-tokens * e // k))  # ceil, in integers
         scale = exact / layer_tokens / e
         step = self.model.get_cost(op, layer_tokens, device, dt, shape=curve.shape)
-        return KernelCost(step.latency_s * scale, step.energy_j * scale, step.avg_power_w,
-                          step.peak_power_w, step.source, METHOD)
+        return KernelCost.answer(step.latency_s * scale, step.energy_j * scale,
+                                 step.avg_power_w, step.peak_power_w, step.profile_source,
+                                 METHOD)
 
     # --- lookups --------------------------------------------------------------------------
 

@@ -297,8 +297,9 @@ class KernelCostModel:
     def ops(self, device: str | None = None) -> list[str]:
         return sorted({k[0] for k in self.curves if device is None or k[1] == device})
 
-    def dtypes(self, device: str) -> list[str]:
-        return sorted({k[2] for k in self.curves if k[1] == device})
+    def dtypes(self, device: str, op: str | None = None) -> list[str]:
+        """The dtypes profiled on `device` (with `op`: of that op)."""
+        return sorted({k[2] for k in self.curves if k[1] == device and op in (None, k[0])})
 
     def shapes(self, op: str, device: str, dtype: str) -> list[Curve]:
         return [c for k, c in self.curves.items() if k[:3] == (op, device, dtype)]
@@ -321,7 +322,8 @@ class KernelCostModel:
             )
         curves = self.shapes(op, device, dtype)
         if not curves:
-            raise CostModelError(f"op {op!r} was not profiled on {device} in {dtype}")
+            raise CostModelError(f"op {op!r} was not profiled on {device} in {dtype} "
+                                 f"(profiled in: {', '.join(self.dtypes(device, op))})")
         return curves
 
     def _resolve_shape(self, op: str, shape: Any, curves: list[Curve]) -> OpShape:
@@ -474,7 +476,7 @@ class KernelCostModel:
             avg = float(limit)  # a prediction never averages above the enforced power limit
         if not math.isfinite(peak) or peak < avg:
             peak = avg
-        return KernelCost(lat, en, avg, peak, c.source, method)
+        return KernelCost.answer(lat, en, avg, peak, c.source, method)
 
     def _shape_cost(self, op: str, tokens: int, curves: list[Curve], shape: OpShape) -> KernelCost:
         """A shape never profiled: its predicted curve (`_shape_curve`) at `tokens`.
@@ -596,7 +598,7 @@ class KernelCostModel:
         curves = self._check(op, device, dtype)
         s = self._resolve_shape(op, shape, curves)
         if tokens == 0:
-            return KernelCost(0.0, 0.0, 0.0, 0.0, curves[0].source, "empty")
+            return KernelCost.answer(0.0, 0.0, 0.0, 0.0, curves[0].source, "empty")
         for c in curves:
             if c.shape == s:
                 return self._curve_cost(c, tokens)

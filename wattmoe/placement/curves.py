@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wattmoe.placement.base import ExpertCostProvider, ExpertShape, InfeasibleError, PlacementError
+from wattmoe.units import fmt_power
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,8 +89,9 @@ def sample_curve(provider: ExpertCostProvider, device: str, shape: ExpertShape,
         headroom = power_budget_w - idle
         if headroom <= 0:
             raise InfeasibleError(
-                f"power budget {power_budget_w:g} W of a {device} device is at or below its "
-                f"idle power {idle:g} W: it cannot run anything within the budget"
+                f"power budget {fmt_power(power_budget_w, ',g')} of a {device} device is at or "
+                f"below its idle power {fmt_power(idle, ',g')}: it cannot run anything within "
+                "the budget"
             )
         lat = np.maximum(lat, dyn / headroom)
     # More tokens never cost less; measured profiles are noisy, so fit the closest

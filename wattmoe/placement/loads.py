@@ -2,7 +2,8 @@
 
 The format is the `[layers, experts]` matrix DeepSeek's EPLB takes (`weight` of
 `rebalance_experts`). It comes from a measurement (`SimpleMoELayer.tokens_per_expert`, via
-`loads_from_layers`), a file (`read_loads`: .npy, .csv or .json; the only I/O here), or a seeded
+`loads_from_layers`), a file (`read_loads`: .npy, .csv (.txt is read as CSV) or .json; the only
+I/O here), or a seeded
 synthetic generator (`synthetic_loads`).
 """
 
@@ -325,15 +326,23 @@ def _check_json_counts(data: object, where: str) -> None:
                                   "must be numbers")
 
 
+#: the first bytes of every .npy file (numpy.lib.format.MAGIC_PREFIX)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = None,
                ) -> ExpertLoads:
-    """Reads a `[layers, experts]` matrix from .npy, .csv (comma separated, '#' comments) or
+    """Reads a `[layers, experts]` matrix from .npy (`numpy.save`, real numbers), .csv or .txt
+    (comma separated, '#' comments, a UTF-8 byte-order mark allowed, as Excel writes one) or
     .json (a list of lists). The edge of the package: its only file I/O besides specs."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".json", ".csv", ".txt"):
-        raise ConfigError(f"loads file {str(path)!r}: use .npy, .csv or .json")
+        raise ConfigError(f"loads file {str(path)!r}: use .npy, .csv (or .txt, read as CSV) "
+                          "or .json")
     with os_error_as(ConfigError, f"cannot read loads file {str(path)!r}"):
+        if suffix == ".npy":
+            _check_npy_header(path)
         try:
             if suffix == ".npy":
                 data = np.load(path, allow_pickle=False)
@@ -342,7 +351,8 @@ def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = No
             else:
                 with warnings.catch_warnings():  # numpy warns of an empty file: said below
                     warnings.simplefilter("ignore", UserWarning)
-                    data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2)
+                    data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2,
+                                      encoding="utf-8-sig")
         except ValueError as exc:
             raise ConfigError(f"loads file {str(path)!r} is not a numeric matrix: "
                               f"{str(exc).splitlines()[0]}") from None
@@ -351,6 +361,19 @@ def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = No
     if isinstance(data, np.ndarray) and data.dtype == bool:
         raise ConfigError(f"loads file {str(path)!r} holds true/false values (a bool array); "
                           "counts must be numbers")
+    if isinstance(data, np.ndarray) and data.dtype.kind not in "iuf":
+        # complex: its imaginary part was dropped; strings: read as numbers
+        raise ConfigError(f"loads file {str(path)!r} holds {data.dtype} values; counts must "
+                          "be real numbers")
     if suffix == ".json":
         _check_json_counts(data, f"loads file {str(path)!r}")
     return make_loads(data, top_k, tokens_per_batch, source=path.name)
+
+
+def _check_npy_header(path: Path) -> None:
+    """Raises ConfigError where `path` does not start with numpy's .npy header (a CSV named
+    .npy, for one: numpy's loader took it for pickled data and spoke of allow_pickle)."""
+    with path.open("rb") as f:
+        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise ConfigError(f"loads file {str(path)!r} is not a .npy file (no NumPy header; "
+                              "write it with numpy.save, or name a comma-separated file .csv)")

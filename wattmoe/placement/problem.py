@@ -34,7 +34,7 @@ from wattmoe.placement.base import (
 from wattmoe.placement.graph import CostGraph, build_cost_graph
 from wattmoe.placement.loads import ExpertLoads
 from wattmoe.placement.spec import ClusterSpec
-from wattmoe.units import fmt_bytes
+from wattmoe.units import fmt_bytes, read_alike
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,19 +166,24 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
                              backend=backend)
     if graph.slots.max() == 0:
         big = int(np.argmax([d.memory_bytes for d in cluster.devices]))
+        memory = cluster.devices[big].memory_bytes
+        # a replica a byte larger than the device: both in bytes, not '12.0 MiB' twice
+        exact = read_alike(memory, *graph.replica_bytes.tolist())
         raise InfeasibleError(
             f"one expert (H={shape.hidden}, F={shape.inner}, {shape.form}, {shape.dtype}: "
-            f"{replica_text(graph)}) is larger than the memory of every device (largest: "
-            f"{cluster.devices[big].name} with {fmt_bytes(cluster.devices[big].memory_bytes)})"
+            f"{replica_text(graph, exact=exact)}) is larger than the memory of every device "
+            f"(largest: {cluster.devices[big].name} with {fmt_bytes(memory, exact)})"
         )
     if int(graph.slots.sum()) < L * E:
         least, most = int(graph.replica_bytes.min()), int(graph.replica_bytes.max())
-        need = fmt_bytes(L * E * least) + ("" if least == most
-                                           else f" to {fmt_bytes(L * E * most)}")
+        total = sum(d.memory_bytes for d in cluster.devices)
+        exact = read_alike(L * E * least, L * E * most, total)
+        need = fmt_bytes(L * E * least, exact) + ("" if least == most
+                                                  else f" to {fmt_bytes(L * E * most, exact)}")
         raise InfeasibleError(
             f"the {L} x {E} experts need {need} ({replica_text(graph, ' each')}) but all "
             f"devices together hold {int(graph.slots.sum())} experts "
-            f"({fmt_bytes(sum(d.memory_bytes for d in cluster.devices))})"
+            f"({fmt_bytes(total, exact)})"
         )
     problem = PlacementProblem(graph, loads, Objective.parse(objective), constraints)
     ref = evaluate(problem, round_robin_assignment(L, E, graph.slots))
@@ -197,15 +202,16 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
     return problem
 
 
-def replica_text(graph: CostGraph, each: str = "") -> str:
+def replica_text(graph: CostGraph, each: str = "", exact: bool = False) -> str:
     """The memory one replica takes, as errors and the CLI say it: '3.1 MiB', or, where the
     GPUs count the fused int4 kernels' copy, '3.1 MiB; 6.2 MiB on a GPU with backend fused
-    (the fused kernels' copy of the int4 weights)'; `each` follows the first figure."""
+    (the fused kernels' copy of the int4 weights)'; `each` follows the first figure; `exact`:
+    in bytes (`fmt_bytes`)."""
     shape = graph.shape
-    text = fmt_bytes(shape.weight_bytes) + each
+    text = fmt_bytes(shape.weight_bytes, exact) + each
     more = sorted({int(b) for b in graph.replica_bytes if b != shape.weight_bytes})
     if more:
-        text += (f"; {', '.join(fmt_bytes(b) for b in more)} on a GPU with backend "
+        text += (f"; {', '.join(fmt_bytes(b, exact) for b in more)} on a GPU with backend "
                  f"{graph.backend} (the fused kernels' copy of the int4 weights)")
     return text
 
