@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 
@@ -296,7 +297,7 @@ def test_place_loads_file_refuses_synthetic_load_options(tmp_path, capsys, extra
     assert "Traceback" not in err
 
 
-def test_place_objective_label_gives_round_robins_value(capsys) -> None:
+def test_place_objective_label_gives_round_robins_value(capsys, tmp_path) -> None:
     # a mix whose weights do not add up to 1 puts round-robin at their sum: the summary said
     # 'objective (round-robin = 1)' above a comparison whose round-robin row read 3.0000
     assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
@@ -309,12 +310,16 @@ def test_place_objective_label_gives_round_robins_value(capsys) -> None:
     assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
                  "2", "--tokens", "64"]) == 0
     assert "objective (round-robin = 1)" in " ".join(capsys.readouterr().out.split())
-    # one term with a weight: the objective's name drops it ('latency'), its values keep it
+    # one term with a weight: the objective's name kept it (was: 'latency' in the title and
+    # the JSON, while the values were of latency=0.5)
     assert main(["place", "--cluster", "laptop", "--preset", "h64_f64_relu_e8_k2", "--layers",
-                 "2", "--tokens", "64", "--objective", "latency=0.5", "--compare"]) == 0
+                 "2", "--tokens", "64", "--objective", "latency=0.5", "--compare",
+                 "--out", str(tmp_path / "p.json")]) == 0
     out = " ".join(capsys.readouterr().out.split())
+    assert "objective latency=0.5 (" in out
     assert "objective (round-robin = 0.5)" in out
     assert float(out.split("│ round-robin │")[1].split("│")[3]) == 0.5
+    assert json.loads((tmp_path / "p.json").read_text())["objective"] == "latency=0.5"
 
 
 def test_place_compare_says_which_baselines_break_the_constraints(capsys) -> None:

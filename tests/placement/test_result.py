@@ -240,3 +240,23 @@ def test_a_summary_field_type_without_a_check_is_named() -> None:
     with pytest.raises(TypeError, match=r"^_Unchecked\.tags: no JSON check for a field of type "
                        r"frozenset\[str\]; add one to placement\.result\._FIELD_KINDS$"):
         _summary_fields(_Unchecked, {"name": "a", "tags": ["x"]}, "s")
+
+
+@pytest.mark.parametrize(("text", "name"), [
+    ("energy", "energy"), ("latency=1", "latency"), ("latency=0.5", "latency=0.5"),
+    ("balance=2", "balance=2"), ("energy=1,latency=0.5", "energy=1,latency=0.5"),
+    ("energy=0,latency=0.25", "latency=0.25"),
+])
+def test_objective_name_keeps_weights(text: str, name: str) -> None:
+    # was: 'latency=0.5' named 'latency' (a single term dropped its weight)
+    from wattmoe.placement import Objective
+
+    assert Objective.parse(text).name == name
+    assert Objective.parse(name) == Objective.parse(text)
+
+
+def test_objective_name_reads_back_exactly() -> None:
+    from wattmoe.placement import Objective
+
+    o = Objective(energy=1 / 3, latency=0.1)
+    assert Objective.parse(o.name) == o

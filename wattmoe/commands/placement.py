@@ -185,7 +185,7 @@ def cmd_place(args: argparse.Namespace) -> int:
     if args.backend:
         meta["backend"] = args.backend
     placement = solve(problem, args.solver, meta=meta, **options)
-    _print_placement(placement, cfg.name, loads.source, provider_txt, problem.objective)
+    _print_placement(placement, cfg.name, loads.source, provider_txt)
     _print_replica_memory(problem)
     if args.compare:
         _print_comparison(problem, placement)
@@ -195,8 +195,9 @@ def cmd_place(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_placement(placement: Any, preset: str, loads_src: str, provider: str,
-                     objective: Any) -> None:
+def _print_placement(placement: Any, preset: str, loads_src: str, provider: str) -> None:
+    from wattmoe.placement import Objective
+
     s = placement.summary
     t = Table(title=f"{preset} on {placement.cluster}: {placement.solver}, objective "
                     f"{placement.objective} ({placement.status}, {placement.solve_time_s:.2f} s)")
@@ -212,8 +213,7 @@ def _print_placement(placement: Any, preset: str, loads_src: str, provider: str,
     t.add_row("tokens per batch", f"{n:,.0f}" if float(n).is_integer() else f"{n:,.2f}")
     t.add_row("redundant replicas", f"{s.redundant_replicas:,}")
     # each term is divided by round-robin's value: round-robin scores the sum of the weights
-    # (of the problem's objective: the placement's name of one term drops its weight)
-    w = objective
+    w = Objective.parse(placement.objective)
     t.add_row(f"objective (round-robin = {w.energy + w.latency + w.balance:g})",
               f"{s.objective:.4f}")
     t.add_row("loads", loads_src)

@@ -232,10 +232,18 @@ class Objective:
 
     @property
     def name(self) -> str:
+        """'energy' for a single term of weight 1, 'latency=0.5' or 'energy=1,latency=0.5'
+        otherwise; `parse` reads it back to the same weights."""
         terms = [(n, getattr(self, n)) for n in OBJECTIVE_TERMS if getattr(self, n) > 0]
-        if len(terms) == 1:
+        if len(terms) == 1 and terms[0][1] == 1:
             return terms[0][0]
-        return ",".join(f"{n}={w:g}" for n, w in terms)
+        return ",".join(f"{n}={_weight_text(w)}" for n, w in terms)
+
+
+def _weight_text(w: float) -> str:
+    """A weight as short as it reads back exactly ('0.5', not '0.5000'; 1/3 in full)."""
+    short = f"{w:g}"
+    return short if float(short) == w else repr(float(w))
 
 
 @dataclass(frozen=True)

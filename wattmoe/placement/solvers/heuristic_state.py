@@ -4,7 +4,8 @@
 and the per-layer, per-device aggregates (busy time T, tokens, dynamic energy, replica count
 n) plus free memory slots, and updates them in place for the primitive steps the greedy
 start, the replica passes and the local search are made of: replacing the whole assignment,
-changing one expert's replicas, moving one replica, swapping two.
+changing one expert's replicas, moving one replica, swapping two (in one layer) or exchanging
+two (in different layers).
 """
 
 from __future__ import annotations
@@ -129,6 +130,20 @@ class HeuristicState:
             self.tok[layer, a] -= y
             self.dyn[layer, a] -= ce[a]
         self.free[a] += 1
+        self.free[b] -= 1
+        return True
+
+    def exchange(self, l1: int, e1: int, l2: int, e2: int, a: int, b: int) -> bool:
+        """Expert (l1, e1) moves from a to b and (l2, e2) from b to a, in different layers
+        (each device's slot count is unchanged, so both may be full); False (and nothing
+        changes) if either move is not possible."""
+        N = self.N
+        if l1 == l2 or not (N[l1, e1, a] and not N[l1, e1, b] and N[l2, e2, b]
+                            and not N[l2, e2, a]):
+            return False
+        self.free[b] += 1  # (l2, e2)'s slot on b, lent to (l1, e1) until it leaves
+        self.move(l1, e1, a, b)
+        self.move(l2, e2, b, a)
         self.free[b] -= 1
         return True
 
