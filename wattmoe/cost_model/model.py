@@ -455,6 +455,8 @@ class KernelCostModel:
         ok = np.isfinite(c.fit_energy_j) & (c.fit_energy_j > 0)
         if not ok.any() or c.tokens[ok][0] <= n <= c.tokens[ok][-1]:
             return None
+        if (n > c.tokens[-1] and ok[-1]) or (n < c.tokens[0] and ok[0]):
+            return None  # beyond the curve from its measured edge: `_curve_cost` scales it
         j = np.flatnonzero(ok)[-1 if n > c.tokens[ok][-1] else 0]
         anchor = float(c.tokens[j])
         en_r = self._ratio(c, n, anchor, c.shape, c.shape)[1]

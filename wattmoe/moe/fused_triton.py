@@ -1052,7 +1052,7 @@ def _tile_copies_setting() -> bool:
     session 15). On the H200 shared tiles hold half the int4 copies of a stack run at 64 to
     4096 tokens (DeepSeek-V3: 5.81 GB against 11.63, besides 5.81 GB of codes and scales)
     and cost the steps whose programs all have 64 rows up to 0.6% more energy (captured
-    steps, both layouts in one process: OLMoE 512 tokens +0.6%, Qwen3 64 +0.3%, OLMoE 64 and
+    steps, both layouts in one process: OLMoE 512 tokens +0.6%, Qwen3 64 +0.3%, OLMoE 64 -0.1%,
     Qwen3 512 0.0%, results/h200/kernels/run111_tile_layouts_one_process; run104_one_copy).
     Read once, at the first use (`_tile_rows`)."""
     raw = os.environ.get(TILE_COPIES_ENV, "").strip()
