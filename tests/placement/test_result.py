@@ -144,6 +144,14 @@ def test_diff_rejects_different_models(two_placements) -> None:
     (lambda d: d["replica_counts"][0].pop(), "replica_counts disagree with expert_to_devices"),
     # was: accepted as a placement without a summary
     (lambda d: d.update(summary=0), "summary must be an object of named fields, got int"),
+    # (a review) was: "layer 0: missing field 'expert_to_devices'"
+    (lambda d: d["layers"].__setitem__(0, 5),
+     "layer 0 must be an object (expert_to_devices, device_to_experts), got 5"),
+    # (a review) was: read as one replica on gpu0
+    (lambda d: d["layers"][0]["expert_to_devices"][0].extend(
+        d["layers"][0]["expert_to_devices"][0]),
+     "layer 0 expert 0 lists device 'gpu0' twice (a device holds at most one replica of an "
+     "expert)"),
 ])
 def test_a_missing_or_mistyped_field_is_named(two_placements, mutate, message) -> None:
     d = two_placements[0].to_dict()

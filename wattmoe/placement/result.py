@@ -418,7 +418,10 @@ def _read_layer(entry: object, where: str, names: tuple[str, ...], num_experts: 
         PlacementError: `where`: a field missing or of the wrong type, an unknown device or
             expert, or maps that disagree.
     """
-    if not isinstance(entry, dict) or "expert_to_devices" not in entry:
+    if not isinstance(entry, dict):
+        raise PlacementError(f"{where} must be an object (expert_to_devices, "
+                             f"device_to_experts), got {_shown(entry)}")
+    if "expert_to_devices" not in entry:
         raise PlacementError(f"{where}: missing field 'expert_to_devices'")
     index = {n: i for i, n in enumerate(names)}
     e2d = entry["expert_to_devices"]
@@ -436,6 +439,9 @@ def _read_layer(entry: object, where: str, names: tuple[str, ...], num_experts: 
             if not isinstance(name, str) or name not in index:
                 raise PlacementError(f"{where} expert {e} is on unknown device {name!r} "
                                      f"(devices: {', '.join(names)})")
+            if a[e, index[name]]:  # one replica per device: a second would be read as none
+                raise PlacementError(f"{where} expert {e} lists device {name!r} twice (a "
+                                     "device holds at most one replica of an expert)")
             a[e, index[name]] = True
     d2e = entry.get("device_to_experts")
     if d2e is None:
