@@ -563,6 +563,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="'cpu' (any device but cuda) = smoke test: by default the shapes at "
                          f"1/{1 / CPU_SCALE:g} of their widths (see --shapes), timed on the host "
                          "clock, no energy (0 J: no NVML) and no measured ceilings")
+    ap.add_argument("--int4-group", type=int, default=None,
+                    help="int4 group size of every shape (default: int4_group_size's, the "
+                         "largest power of two <= 128 dividing both widths)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="width scale of every shape, on top of a spec's own @SCALE")
     args = ap.parse_args(argv)
@@ -581,9 +584,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.shapes is None:
         args.shapes = default_shapes(dev)
     try:
-        resolve_shapes(args.shapes, args.scale)
+        shapes = resolve_shapes(args.shapes, args.scale)
     except ConfigError as exc:
         ap.error(f"--shapes: {exc}")
+    g = args.int4_group
+    if g is not None:
+        bad_g = [s for s, c in shapes if g < 2 or c.hidden_size % g or c.expert_inner_size % g]
+        if g < 2 or g & (g - 1) or bad_g:
+            ap.error(f"--int4-group: a power of two >= 2 dividing every shape's widths, got {g}"
+                     + (f" (not {', '.join(bad_g)})" if bad_g and g >= 2 else ""))
     bad = [x for x in args.sections.split(",") if x not in ("check", "tune", "energy")]
     bad += [x for x in args.tune_weights.split(",") if x not in ("bf16", "int4")]
     if bad:
@@ -932,7 +941,8 @@ class Bench:
             layer = SimpleMoELayer(cfg, dtype="bf16", device=self.dev).eval()
             qlayer = SimpleMoELayer(cfg, dtype="bf16", device=self.dev).eval()
             qlayer.router.load_state_dict(layer.router.state_dict())
-            qlayer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
+            qlayer.quantize(self.args.int4_group
+                            or int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
             log(f"   weights: bf16 {stacked_experts(layer.experts).weight_bytes() / 1e9:.2f} GB, "
                 f"int4 {stacked_experts(qlayer.experts).weight_bytes() / 1e9:.2f} GB")
             variants = {"bf16": layer, "int4": qlayer}

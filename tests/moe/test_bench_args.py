@@ -277,3 +277,16 @@ def test_gpu_probes_refuse_a_bad_kernel_setting_before_any_launch(
     err = capsys.readouterr().err + (code if isinstance(code, str) else "")
     assert code not in (0, None) and "$WATTMOE_INT4_TILE_ROWS='48'" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_kernels_bench_int4_group_is_checked_against_every_shape(capsys) -> None:
+    # --int4-group quantizes every shape's int4 layer with that group (a new user's shape whose
+    # default group rules out scale pairs: run 114); one that does not tile a width is refused
+    kb = load_script(KERNELS_BENCH)
+    args = kb.parse_args(["--device", "cpu", "--shapes", "tiny", "--int4-group", "32"])
+    assert args.int4_group == 32
+    for bad in ("48", "0", "256"):
+        with pytest.raises(SystemExit):
+            kb.parse_args(["--device", "cpu", "--shapes", "tiny", "--int4-group", bad])
+        assert "--int4-group: a power of two >= 2 dividing every shape's widths" in (
+            capsys.readouterr().err)
