@@ -6,6 +6,7 @@ and dispatch run as two Triton kernels (`fused_route`) instead of ~25 small torc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +19,15 @@ from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
 from wattmoe.moe.dispatch import build_dispatch, check_finite_rows
 from wattmoe.moe.expert import Expert
 from wattmoe.moe.fused_route import FUSED_ROUTING_BACKENDS, fused_route, fused_route_available
-from wattmoe.moe.quant import QuantizedExpert, int4_group_size, quantize_expert
+from wattmoe.moe.quant import (
+    QuantizedExpert,
+    int4_group_size,
+    pair_group_size,
+    quantize_expert,
+)
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -146,10 +154,23 @@ class SimpleMoELayer(nn.Module):
                 and group_size > 0 and (h % group_size or f % group_size)):
             try:
                 fit = f"int4_group_size({h}, {f}) = {int4_group_size(h, f)} divides both"
+                pair = pair_group_size(h, f)
+                if pair is not None and pair != int4_group_size(h, f):
+                    fit += (f"; {pair} also tiles each half of a row, which the fused int4 "
+                            "kernels need for their scale pairs and tile order "
+                            "(pair_group_size)")
             except ConfigError as exc:
                 fit = str(exc)
             raise ShapeError(f"int4 group size {group_size} does not divide the experts' widths "
                              f"(hidden {h}, inner {f}); {fit}")
+        pair = pair_group_size(h, f)
+        if (any(isinstance(e, Expert) for e in self.experts) and pair is not None
+                and isinstance(group_size, int) and group_size > 0
+                and ((h // 2) % group_size or (f // 2) % group_size)):
+            log.info("int4 groups of %d do not tile each half of a row (hidden %d, inner %d): "
+                     "the fused int4 kernels read their scales one by one and their words "
+                     "row-major; groups of %d would let them read scale pairs in tile order "
+                     "(pair_group_size)", group_size, h, f, pair)
         self.experts = nn.ModuleList(
             quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
         )

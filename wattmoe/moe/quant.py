@@ -83,6 +83,21 @@ def int4_group_size(hidden: int, inner: int) -> int:
     return g
 
 
+def pair_group_size(hidden: int, inner: int) -> int | None:
+    """The largest int4 group size (a power of two, 32 to 128) whose groups tile each half of
+    both matrices' rows (hidden / 2 and inner / 2 columns), or None. The fused int4 kernels
+    read a byte's two scales as one pair word, and their words in tile order, only there
+    (`fused_triton._uses_scale_pairs`: a byte holds columns c and c + K/2); `int4_group_size`
+    can pick a group that rules them out (H = F = 2880: 64, whose halves of 1440 columns are
+    not whole groups). On the H200 the gpt-oss-120b-like shape with groups of 32 spent 28%
+    less energy per 512-token int4 step than with 64 (3% at 4096 tokens; results/h200/
+    kernels/run115_int4_groups)."""
+    g = 128
+    while g >= 32 and ((hidden // 2) % g or (inner // 2) % g or hidden % 2 or inner % 2):
+        g //= 2
+    return g if g >= 32 else None
+
+
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Unpacks uint8 [out, in // 2] into signed int8 codes [out, in] in [-8, 7]."""
     low = (packed & 0x0F).to(torch.int8)
