@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,24 @@ def test_place_with_loads_file(tmp_path, capsys) -> None:
     assert main(["place", "--cluster", "laptop", "--preset", "switch-base-8",
                  "--loads", str(loads), "--solver", "milp"]) == 0
     assert "optimal" in capsys.readouterr().out
+
+
+def test_place_shows_the_milps_proven_lower_bound(tmp_path, capsys) -> None:
+    # was: the bound and gap were only in the time-limit warning; now a row of the summary
+    # (and fields of the file) for the MILP, and no row for a solver that proves no bound
+    loads = tmp_path / "loads.csv"
+    loads.write_text("\n".join(",".join(str(i + j) for i in range(8)) for j in range(2)))
+    out = tmp_path / "m.json"
+    assert main(["place", "--cluster", "laptop", "--preset", "switch-base-8", "--loads",
+                 str(loads), "--solver", "milp", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    p = Placement.from_json(out.read_text())
+    assert p.status == "optimal" and p.objective_lower_bound is not None
+    row = rf"proven lower bound +│ +{p.objective_lower_bound:.4f} \(objective 0.00% above it\)"
+    assert re.search(row, text), text
+    assert main(["place", "--cluster", "laptop", "--preset", "switch-base-8", "--loads",
+                 str(loads), "--solver", "heuristic"]) == 0
+    assert "proven lower bound" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("args", "message"), [

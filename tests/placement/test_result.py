@@ -268,3 +268,74 @@ def test_objective_name_reads_back_exactly() -> None:
 
     o = Objective(energy=1 / 3, latency=0.1)
     assert Objective.parse(o.name) == o
+
+
+@pytest.fixture(scope="module")
+def milp_placement() -> Placement:
+    loads = synthetic_loads(1, 12, 2, 400, "zipf:1.1", seed=5)
+    problem = make_problem(load_cluster("laptop"), loads, SHAPE, AnalyticCostProvider(),
+                           "energy")
+    return solve(problem, "milp")
+
+
+def test_the_milp_bound_round_trips_exactly(milp_placement) -> None:
+    p = milp_placement
+    assert p.objective_lower_bound is not None and p.gap_above_bound is not None
+    d = json.loads(p.to_json())
+    assert d["objective_lower_bound"] == p.objective_lower_bound
+    assert d["gap_above_bound"] == p.gap_above_bound
+    back = Placement.from_json(p.to_json())
+    assert back.objective_lower_bound == p.objective_lower_bound  # exactly, not approx
+    assert back.gap_above_bound == p.gap_above_bound
+    assert back.to_dict() == p.to_dict()
+
+
+def test_a_file_without_the_bound_loads(two_placements, milp_placement) -> None:
+    # files written before the bound was recorded have neither field
+    for p in (two_placements[1], milp_placement):
+        d = p.to_dict()
+        del d["objective_lower_bound"], d["gap_above_bound"]
+        back = Placement.from_dict(d)
+        assert back == p and back.objective_lower_bound is None and back.gap_above_bound is None
+    # the heuristic proves none: written as null, read back as None
+    assert two_placements[1].to_dict()["objective_lower_bound"] is None
+    assert Placement.from_json(two_placements[1].to_json()).objective_lower_bound is None
+
+
+@pytest.mark.parametrize(("field_", "value", "message"), [
+    ("objective_lower_bound", "0.5",
+     "field 'objective_lower_bound' must be a finite number or null, got '0.5'"),
+    ("objective_lower_bound", True,
+     "field 'objective_lower_bound' must be a finite number or null, got True"),
+    ("objective_lower_bound", float("nan"),
+     "field 'objective_lower_bound' must be a finite number or null, got nan"),
+    ("gap_above_bound", [0.1], "field 'gap_above_bound' must be a finite number or null, got "
+                               "list"),
+])
+def test_a_bad_bound_is_one_error_naming_it(milp_placement, field_, value, message) -> None:
+    d = milp_placement.to_dict()
+    d[field_] = value
+    with pytest.raises(PlacementError, match=f"^{re.escape('placement p.json: ' + message)}$"):
+        Placement.from_dict(d, source="p.json")
+
+
+def test_a_gap_that_disagrees_with_the_bound_is_rejected(milp_placement) -> None:
+    # the gap is derived from the bound and the summary's objective, and checked against them
+    # as replica_counts are against the maps
+    d = milp_placement.to_dict()
+    d["gap_above_bound"] = 0.5
+    with pytest.raises(PlacementError, match=r"^placement p.json: field 'gap_above_bound' is "
+                                             r"0.5, but the objective .* make it "):
+        Placement.from_dict(d, source="p.json")
+    d["objective_lower_bound"] = d["summary"]["objective"] / 1.5
+    assert Placement.from_dict(d).gap_above_bound == pytest.approx(0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.5"])
+def test_a_placement_refuses_a_bound_that_is_no_finite_number(milp_placement, value) -> None:
+    # (it would be written as NaN or Infinity: not JSON)
+    p = milp_placement
+    with pytest.raises(PlacementError, match=r"^objective_lower_bound must be a finite number "
+                                             r"or None, got "):
+        Placement(p.device_names, p.assignment, p.expert_bytes, summary=p.summary,
+                  objective_lower_bound=value)

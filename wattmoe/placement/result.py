@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from types import UnionType
@@ -212,6 +213,10 @@ _PLACEMENT_FIELDS: dict[str, Any] = {
     "solve_time_s": _FIELD_KINDS[float],
     "replica_counts": _field_kind(tuple | None),
     "meta": _field_kind(dict | None),
+    # a solver's proven bound, and the gap derived from it (checked against it on reading)
+    **dict.fromkeys(("objective_lower_bound", "gap_above_bound"),
+                    (lambda v: v is None or is_finite_real(v), "a finite number or null",
+                     lambda v: v if v is None else float(v))),
 }
 _PLACEMENT_REQUIRED = ("devices", "layers", "num_experts", "expert_bytes")
 
@@ -258,6 +263,10 @@ class Placement:
         cluster: the cluster's name.
         summary: predicted cost, or None.
         meta: free-form provenance (preset, loads source, cost model, options).
+        objective_lower_bound: a proven lower bound on the optimum's objective value, on
+            `summary.objective`'s scale: HiGHS's for the MILP (optimal or stopped at its
+            time limit); None where the solver proves none (the heuristic, the baselines).
+            `gap_above_bound` says how far above it this placement is.
     """
 
     device_names: tuple[str, ...]
@@ -270,12 +279,17 @@ class Placement:
     cluster: str = ""
     summary: PlacementSummary | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    objective_lower_bound: float | None = None
 
     def __post_init__(self) -> None:
         a = np.array(self.assignment, dtype=bool)
         if a.ndim != 3 or a.shape[2] != len(self.device_names):
             raise PlacementError(f"assignment must be [layers, experts, {len(self.device_names)}"
                                  f" devices], got shape {a.shape}")
+        lb = self.objective_lower_bound
+        if lb is not None and not is_finite_real(lb):
+            raise PlacementError(f"objective_lower_bound must be a finite number or None, got "
+                                 f"{lb!r}")
         a.setflags(write=False)
         object.__setattr__(self, "assignment", a)
         object.__setattr__(self, "device_names", tuple(self.device_names))
@@ -296,6 +310,17 @@ class Placement:
     @property
     def num_experts(self) -> int:
         return int(self.assignment.shape[1])
+
+    @property
+    def gap_above_bound(self) -> float | None:
+        """How far this placement's objective is above `objective_lower_bound`, as a fraction
+        of the bound (0.953: 95.3% above it; so at most that far above the optimum). About 0
+        when the MILP proved it optimal (within HiGHS's tolerance, either sign). None without
+        a bound or a summary, or with a bound <= 0 (no share of it means anything)."""
+        lb = self.objective_lower_bound
+        if lb is None or self.summary is None or lb <= 0:
+            return None
+        return (self.summary.objective - lb) / lb
 
     @property
     def replica_counts(self) -> np.ndarray:
@@ -357,6 +382,8 @@ class Placement:
             "replica_counts": self.replica_counts.tolist(),
             "summary": self.summary.to_dict() if self.summary else None,
             "meta": self.meta,
+            "objective_lower_bound": self.objective_lower_bound,
+            "gap_above_bound": self.gap_above_bound,
         }
 
     def to_json(self) -> str:
@@ -396,10 +423,22 @@ class Placement:
             raise PlacementError(f"{where}: replica_counts disagree with expert_to_devices")
         summary = (PlacementSummary.from_dict(d["summary"], f"{where}: summary")
                    if d.get("summary") is not None else None)
-        return cls(names, a, v["expert_bytes"], solver=v.get("solver", ""),
-                   objective=v.get("objective", ""), status=v.get("status", ""),
-                   solve_time_s=v.get("solve_time_s", 0.0), cluster=v.get("cluster", ""),
-                   summary=summary, meta=v.get("meta") or {})
+        # (files from before the bound was recorded have neither field)
+        p = cls(names, a, v["expert_bytes"], solver=v.get("solver", ""),
+                objective=v.get("objective", ""), status=v.get("status", ""),
+                solve_time_s=v.get("solve_time_s", 0.0), cluster=v.get("cluster", ""),
+                summary=summary, meta=v.get("meta") or {},
+                objective_lower_bound=v.get("objective_lower_bound"))
+        if v.get("gap_above_bound") is not None and (
+                p.gap_above_bound is None
+                or not math.isclose(v["gap_above_bound"], p.gap_above_bound, rel_tol=1e-9,
+                                    abs_tol=1e-12)):
+            raise PlacementError(
+                f"{where}: field 'gap_above_bound' is {v['gap_above_bound']!r}, but the "
+                f"objective {summary.objective if summary else None!r} and the "
+                f"objective_lower_bound {p.objective_lower_bound!r} make it "
+                f"{p.gap_above_bound!r}")
+        return p
 
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> Placement:

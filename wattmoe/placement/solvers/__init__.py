@@ -1,4 +1,7 @@
-"""Solvers: name -> function(problem, **options) -> (assignment [L, E, D], status).
+"""Solvers: name -> function(problem, **options) -> (assignment [L, E, D], status), or
+(assignment, status, lower_bound) from a solver that proves a lower bound on the optimum's
+objective value (the MILP; None where it proved none); `solve` records it as
+`Placement.objective_lower_bound`.
 
 - ``heuristic``: greedy + replicas + local search (fast; any size);
 - ``milp``: exact mixed-integer program (scipy.optimize.milp / HiGHS; small instances);
@@ -28,11 +31,21 @@ from wattmoe.placement.solvers.baselines import (
 from wattmoe.placement.solvers.heuristic import HeuristicOptions, solve_heuristic
 from wattmoe.placement.solvers.milp import MilpOptions, MilpResult, milp_result, solve_milp
 
-SolverFn = Callable[..., tuple[np.ndarray, str]]
+SolverFn = Callable[..., tuple[np.ndarray, str] | tuple[np.ndarray, str, float | None]]
+
+
+def _solve_milp_bounded(problem: PlacementProblem, options: MilpOptions | None = None,
+                        ) -> tuple[np.ndarray, str, float | None]:
+    """`solve_milp` with HiGHS's proven lower bound (`MilpResult.lower_bound`; None where it
+    proved none) as a third element (`solve_milp` keeps its pair for its callers)."""
+    res = milp_result(problem, options)
+    bound = res.lower_bound if np.isfinite(res.lower_bound) else None
+    return res.assignment, res.status, bound
+
 
 SOLVERS: dict[str, SolverFn] = {
     "heuristic": solve_heuristic,
-    "milp": solve_milp,
+    "milp": _solve_milp_bounded,
     "eplb": solve_eplb,
     "round-robin": solve_round_robin,
     "fill": solve_fill,
@@ -41,7 +54,8 @@ SOLVERS: dict[str, SolverFn] = {
 
 def solve(problem: PlacementProblem, solver: str = "heuristic",
           meta: dict[str, Any] | None = None, **options: Any) -> Placement:
-    """Runs a solver and returns its `Placement` with the exact summary.
+    """Runs a solver and returns its `Placement` with the exact summary (and the lower bound
+    the solver proved, if it proves one: `Placement.objective_lower_bound`).
 
     Args:
         solver: a name in `SOLVERS`.
@@ -56,7 +70,7 @@ def solve(problem: PlacementProblem, solver: str = "heuristic",
     if solver not in SOLVERS:
         raise ConfigError(f"unknown solver {solver!r} (known: {', '.join(SOLVERS)})")
     start = time.perf_counter()
-    assignment, status = SOLVERS[solver](problem, **options)
+    assignment, status, *bound = SOLVERS[solver](problem, **options)
     elapsed = time.perf_counter() - start
     summary = summarize(problem, evaluate(problem, assignment))
     g = problem.graph
@@ -64,6 +78,7 @@ def solve(problem: PlacementProblem, solver: str = "heuristic",
         device_names=g.device_names, assignment=assignment, expert_bytes=g.shape.weight_bytes,
         solver=solver, objective=problem.objective.name, status=status, solve_time_s=elapsed,
         cluster=g.cluster.name, summary=summary,
+        objective_lower_bound=float(bound[0]) if bound and bound[0] is not None else None,
         meta={"shape": g.shape.to_dict(), "loads": problem.loads.source,
               "tokens_per_batch": problem.loads.tokens_per_batch,
               "top_k": problem.loads.top_k,

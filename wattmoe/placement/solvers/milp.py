@@ -62,7 +62,8 @@ class MilpResult:
     assignment: [L, E, D] bool, the best assignment found.
     status: 'optimal' (within `mip_rel_gap`) or 'time-limit'.
     objective: its objective value (as `evaluate` scores it).
-    lower_bound: HiGHS's proven lower bound on the optimum, on the same scale.
+    lower_bound: HiGHS's proven lower bound on the optimum, on the same scale (-inf when it
+        stopped at its time limit with none proven).
     """
 
     assignment: np.ndarray
@@ -265,16 +266,21 @@ def milp_result(problem: PlacementProblem, options: MilpOptions | None = None) -
     # evaluate() adds constants the model leaves out (e.g. layers without tokens).
     value = evaluate(problem, chosen).objective
     bound = getattr(res, "mip_dual_bound", None)
-    bound = float(res.fun) if bound is None or not np.isfinite(bound) else float(bound)
+    if bound is None or not np.isfinite(bound):
+        # proven optimal, the answer is its own bound (within mip_rel_gap); stopped before
+        # HiGHS bounded the relaxation, there is none (was: the answer itself, as if proven)
+        bound = float(res.fun) if status == "optimal" else -math.inf
     result = MilpResult(chosen, status, value, bound + (value - float(res.fun)))
     if status != "optimal":
         # how far above the optimum the answer can be: of the bound, not of the answer (an
         # answer at 0.9534 against a bound of 0.4881 is up to 95% above it, not "within 49%")
         lb = result.lower_bound
-        above = f"{100 * (value - lb) / lb:.1f}%" if lb > 0 else "an unknown share"
+        # (to the hundredth, as `wattmoe place`'s "proven lower bound" row gives it)
+        above = f"{100 * (value - lb) / lb:.2f}%" if lb > 0 else "an unknown share"
         log.warning("MILP stopped at its time limit (%s): its answer (objective %.4f) is at most "
-                    "%s above the optimum (HiGHS's proven lower bound: %.4f)", res.message,
-                    value, above, lb)
+                    "%s above the optimum (%s)", res.message, value, above,
+                    f"HiGHS's proven lower bound: {lb:.4f}" if np.isfinite(lb)
+                    else "HiGHS proved no lower bound")
     return result
 
 
