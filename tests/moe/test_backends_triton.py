@@ -713,6 +713,15 @@ def test_int4_heuristic_on_sm90_takes_the_tuned_families(
     monkeypatch.setattr(ft, "_is_sm90", lambda device: True)
     monkeypatch.setattr(ft, "load_tuned", lambda device: {})
     assert ft.choose_config(qst, 64, torch.device("cpu")) == "w64t16fpx"
+    # above 96 rows per expert: 128-row tiles where the widths are whole 128-row tiles, or
+    # where no tile order is possible (no scale pairs); else 64-row ones, which read tile
+    # order (run 116: H = F = 2880 with groups of 32, -27% per captured experts step)
+    assert ft.heuristic_config(512 * 64, 64, True, sm90=True, tiles128=False) == "w64t128fpx"
+    for h, f, g, want in ((256, 192, 32, "w64t128fpx"),  # halves whole, F not 128-row tiles
+                          (256, 256, 32, "w128t128fpx"),  # whole 128-row tiles
+                          (256, 192, 64, "w128t128fpx")):  # F/2 = 96: no scale pairs
+        st = stacked_experts([quantize_expert(e, g) for e in experts(4, h, f)])
+        assert ft.choose_config(st, 4 * 512, torch.device("cpu")) == want, (h, f, g)
 
 
 def test_bf16_heuristic_on_sm90_takes_the_tuned_entries(gen: torch.Generator,

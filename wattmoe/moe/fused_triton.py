@@ -418,9 +418,10 @@ INT4_CANDIDATES.update(_variants(INT4_CANDIDATES, [
 
 
 def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
-                     sm90: bool = False, elem_size: int = 2) -> str:
+                     sm90: bool = False, elem_size: int = 2, tiles128: bool = True) -> str:
     """Candidate name for N assignments over E experts, by rows per expert (no tuning);
-    elem_size: bytes per element of a dense stack (2: bf16/fp16, 4: fp32).
+    elem_size: bytes per element of a dense stack (2: bf16/fp16, 4: fp32); tiles128: whether
+    128-row programs can read the stack's int4 words in tile order (`choose_config`).
 
     int4 on sm_90 (`sm90`): the families that won every int4 tuning of the three H200 shapes
     (kernel_configs/nvidia_h200.json, runs 70-78, 94): fragment words and scale pairs in tile
@@ -431,7 +432,11 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     shape's tiles or groups are not whole. All have 64-column K steps, so they share one
     tile-order copy of a stack's int4 weights (64-row programs read halves of its 128-row
     tiles; until session 15 the 128-row pick would have kept a second copy, and the
-    heuristic took `w64t128fpx` instead).
+    heuristic took `w64t128fpx` instead). Where 128-row tiles are not whole in the stack
+    (`tiles128` False: a width not a multiple of 128) while 64-row ones are in tile order,
+    `w64t128fpx`: on a gpt-oss-120b-like shape (H = F = 2880, groups of 32) at 4096 tokens
+    it spent 1718 mJ per captured experts step against 2369 for `w128t128fpx`, which read
+    its words row-major there (results/h200/kernels/run116_w64_rows).
     bf16 on sm_90: the entries that won the bf16 tunings of five shapes by rows per expert (the
     three of the table and two untuned ones, Mixtral-8x7B and a 60-expert top-4 shape, run 82:
     the previous heuristic's picks spent 18-30% more energy per layer step than the tuned ones
@@ -447,7 +452,7 @@ def heuristic_config(num_assign: int, num_experts: int, quantized: bool = False,
     m = num_assign / max(num_experts, 1)
     if quantized and sm90:
         return ("w64t16fpx" if m <= 16 else "w64t32r16fpx" if m <= 48 else "w64t64r16fpx"
-                if m <= 96 else "w128t128fpx")
+                if m <= 96 else "w128t128fpx" if tiles128 else "w64t128fpx")
     if quantized:
         return "w64t16" if m <= 16 else "w64t32" if m <= 32 else "w64t64" if m <= 96 else (
             "w128t128")
@@ -609,9 +614,16 @@ def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str
     """Candidate for this stack and step: the tuned table's nearest size where that is within
     `TUNED_REACH` times the step's assignments, or where the heuristic picks the same for both
     sizes (decode steps below a table's smallest size); else the heuristic."""
+    # 128-row programs read int4 words in tile order where the widths are whole 128-row tiles;
+    # where they are not but scale pairs (each half of a row whole groups) let 64-row
+    # programs read tile order, those are the heuristic's pick (run 116)
+    g = st.group_size
+    pairs = g is not None and (st.hidden_size // 2) % g == 0 and (st.inner_size // 2) % g == 0
+    tiles128 = not pairs or (st.hidden_size % 128 == 0 and st.inner_size % 128 == 0)
+
     def heuristic(n: int) -> str:  # off the path of a step that its table serves
         return heuristic_config(n, st.num_experts, st.quantized, _is_sm90(device),
-                                st.dtype.itemsize)
+                                st.dtype.itemsize, tiles128)
 
     entries = load_tuned(device).get(shape_key(st))
     if entries:

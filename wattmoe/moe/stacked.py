@@ -65,7 +65,8 @@ class ExpertStack:
             fused backend's TMA descriptors and, for int4 "...f" configurations, a copy of
             the codes as fragment-ordered words: as much memory again as q13 and q2; for
             "...fp", the scales as pair words in the compute dtype, as much as s13 and s2;
-            for "...fpx", both in tile order, one copy per tile size in use), dropped with
+            for "...fpx", both in tile order, one copy per K step size: 64-row programs read
+            halves of the 128-row tiles), dropped with
             the stack; `fused_triton.copy_bytes(kernel_cache)` says how much they hold.
     """
 
