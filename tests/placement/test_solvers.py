@@ -601,3 +601,28 @@ def test_heuristic_near_milp_with_full_memory(seed: int) -> None:
     m = solve(problem, "milp")
     assert m.status == "optimal"
     assert solve(problem, "heuristic").summary.objective <= m.summary.objective * 1.01
+
+
+@pytest.mark.parametrize(("L", "E", "slots", "objective", "seed"), [
+    (6, 16, [12] * 8, "balance", 3), (6, 16, [12] * 8, "energy", 3),
+    (6, 16, [12] * 8, "latency", 3), (6, 16, [12, 13] * 4, "balance", 3),
+    (4, 16, [9, 9, 8, 8, 9, 9, 8, 8], "energy", 1)])  # the last: moves must look again
+def test_local_search_skips_only_layers_with_nothing_to_find(L: int, E: int, slots: list[int],
+                                                             objective: str, seed: int,
+                                                             monkeypatch) -> None:
+    # Each kind of step searches again only the layers that changed since it found nothing
+    # there (and moves all of them when a device gains room): the same answer as searching
+    # every layer in every pass, on (nearly) full memory where exchanges open up new steps.
+    import wattmoe.placement.solvers.heuristic_search as hs
+
+    spec = load_cluster("8xh200-2node").to_dict()
+    for d, s in zip(spec["devices"], slots):
+        d["memory_bytes"] = s * OLMOE.weight_bytes
+    problem = make_problem(cluster_from_dict(spec),
+                           synthetic_loads(L, E, 8, 4096, "zipf:1.0", seed), OLMOE, ANALYTIC,
+                           objective)
+    fast = solve(problem, "heuristic")
+    monkeypatch.setattr(hs._Searched, "todo", lambda self, st: np.arange(st.L))
+    every = solve(problem, "heuristic")
+    np.testing.assert_array_equal(fast.assignment, every.assignment)
+    check_invariants(problem, fast)

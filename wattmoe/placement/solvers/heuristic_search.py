@@ -8,7 +8,10 @@ search.
 
 Steps are scored by the change of their layer's cost plus the state's tie-break (see
 `HeuristicState`), from each layer's top 3 device times and tokens, so that a candidate's
-new maximum needs no pass over the layer.
+new maximum needs no pass over the layer. A step's score depends on its own layer only (and
+a move's target on which devices have room), so each kind of step searches again only the
+layers that changed since it last found nothing there (`_Searched`): after an exchange, the
+moves and swaps it opens up are looked for in its two layers, not in all of them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,14 @@ def _top3(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = np.concatenate([idx, np.full((L, 3 - D), -1)], axis=1)
     vals = np.where(idx >= 0, np.take_along_axis(M, np.maximum(idx, 0), axis=1), 0.0)
     return idx, vals
+
+
+def _top3_rows(M: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_top3` of M's `rows` (sorting only those where they are fewer than M's rows)."""
+    if len(rows) < len(M):
+        return _top3(M[rows])
+    idx, vals = _top3(M)
+    return idx[rows], vals[rows]
 
 
 def _max_excl_rows(idx: np.ndarray, vals: np.ndarray, a: np.ndarray,
@@ -59,14 +70,49 @@ def _critical(st: HeuristicState, k: int) -> np.ndarray:
     return crit
 
 
-def _replicas_on(st: HeuristicState, mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    """(layer, expert, device) of every replica on the (layer, device) pairs of `mask`
-    (all replicas if None), without scanning the whole [L, E, D] array."""
+class _Searched:
+    """What one kind of step has already searched: per layer, the `HeuristicState.version`
+    at which it last found no improving step there (-1: not since the search began); for
+    moves, the devices that had room then; for pair exchanges, the full devices and each
+    layer's best move between two of them (score `best` [L, F, F] and expert `mover`), as
+    of the layer's `version`."""
+
+    def __init__(self, st: HeuristicState) -> None:
+        self.version = np.full(st.L, -1)
+        self.room = np.zeros(st.D, dtype=bool)
+        self.devices = np.zeros(0, dtype=np.int64)
+        self.best = np.zeros((st.L, 0, 0))
+        self.mover = np.zeros((st.L, 0, 0), dtype=np.int64)
+
+    def todo(self, st: HeuristicState) -> np.ndarray:
+        """Indices (ascending) of the layers to search: changed since they gave nothing."""
+        return np.flatnonzero(st.version != self.version)
+
+    def done(self, st: HeuristicState, layers: np.ndarray) -> None:
+        """Records that `layers`, as they are now, have no improving step."""
+        self.version[layers] = st.version[layers]
+
+
+def _replicas_on(st: HeuristicState, layers: np.ndarray,
+                 mask: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """(layer, expert, device) of every replica of `layers` (ascending indices) on the
+    (layer, device) pairs of `mask` [L, D] (on every device if None), without scanning the
+    whole [L, E, D] array; in (layer, expert, device) order, or (layer, device, expert)
+    with a mask."""
     if mask is None:
-        return np.nonzero(st.N)
-    pl, pd = np.nonzero(mask)
+        sl, e, d = np.nonzero(st.N[layers])
+        return layers[sl], e, d
+    pl, pd = np.nonzero(mask[layers])
+    pl = layers[pl]
     p, e = np.nonzero(st.N[pl, :, pd])
     return pl[p], e, pd[p]
+
+
+def _done_but_improved(st: HeuristicState, searched: _Searched, layers: np.ndarray,
+                       cl: np.ndarray, best: np.ndarray, best_v: np.ndarray) -> None:
+    """Marks the searched `layers` done except those whose best step (`best`, indices into
+    the candidates `cl`, values `best_v`) improves: they changed, or may still."""
+    searched.done(st, np.setdiff1d(layers, cl[best[best_v[best] < -st.tol]]))
 
 
 def _pair_delta(st: HeuristicState, cl: np.ndarray, a: np.ndarray, b: np.ndarray,
@@ -74,9 +120,9 @@ def _pair_delta(st: HeuristicState, cl: np.ndarray, a: np.ndarray, b: np.ndarray
                 k_b: np.ndarray | None, ddyn: np.ndarray | None) -> np.ndarray:
     """Score change when only devices a [K, 1] and b [K, X] of layer cl [K] change, to
     times t_a, t_b and tokens k_a, k_b."""
-    idx, vals = _top3(st.T)
-    m = _max_excl_rows(idx[cl], vals[cl], a, b)
-    lam = vals[cl, 0][:, None]
+    idx, vals = _top3_rows(st.T, cl)
+    m = _max_excl_rows(idx, vals, a, b)
+    lam = vals[:, 0][:, None]
     old_a = np.take_along_axis(st.T[cl], a, axis=1)
     old_b = st.T[cl[:, None], b]
     delta = st.alpha * (np.maximum(m, np.maximum(t_a, t_b)) - lam)
@@ -84,12 +130,12 @@ def _pair_delta(st: HeuristicState, cl: np.ndarray, a: np.ndarray, b: np.ndarray
     if ddyn is not None:
         delta += st.a * ddyn
     if st.use_tok and k_a is not None and k_b is not None:
-        kidx, kvals = _top3(st.tok)
-        mk = _max_excl_rows(kidx[cl], kvals[cl], a, b)
+        kidx, kvals = _top3_rows(st.tok, cl)
+        mk = _max_excl_rows(kidx, kvals, a, b)
         ko_a = np.take_along_axis(st.tok[cl], a, axis=1)
         ko_b = st.tok[cl[:, None], b]
         cc, qq = st.c[cl][:, None], st.qK[cl][:, None]
-        delta += cc * (np.maximum(mk, np.maximum(k_a, k_b)) - kvals[cl, 0][:, None])
+        delta += cc * (np.maximum(mk, np.maximum(k_a, k_b)) - kvals[:, 0][:, None])
         delta += qq * (k_a ** 2 + k_b ** 2 - ko_a ** 2 - ko_b ** 2)
     return delta
 
@@ -118,95 +164,150 @@ def _move_deltas(st: HeuristicState, cl: np.ndarray, ce_: np.ndarray,
     return np.where(~st.N[cl, ce_] & st.allowed, delta, np.inf)
 
 
-def move_pass(st: HeuristicState, full: bool) -> bool:
-    """Moves at most one replica per layer to the device where that helps most."""
-    cl, ce_, ca = _replicas_on(st, None if full else _critical(st, 2))
+def move_pass(st: HeuristicState, full: bool, searched: _Searched) -> bool:
+    """Moves at most one replica per layer to the device where that helps most, in the
+    layers not `searched` (all of them again when a device gains room)."""
+    room = st.allowed & (st.free > 0)
+    if (room & ~searched.room).any():
+        searched.version[:] = -1
+    searched.room = room
+    if not room.any():  # no move has a target
+        return False
+    layers = searched.todo(st)
+    cl, ce_, ca = _replicas_on(st, layers, None if full else _critical(st, 2))
     if not len(cl):
+        searched.done(st, layers)
         return False
     delta = np.where(st.free > 0, _move_deltas(st, cl, ce_, ca), np.inf)
     best_d = np.argmin(delta, axis=1)
     best_v = delta[np.arange(len(cl)), best_d]
     changed = False
-    for i in best_per_layer(cl, best_v):
+    best = best_per_layer(cl, best_v)
+    for i in best:
         if best_v[i] < -st.tol:
             changed |= st.move(int(cl[i]), int(ce_[i]), int(ca[i]), int(best_d[i]))
+    _done_but_improved(st, searched, layers, cl, best, best_v)
     return changed
 
 
-def swap_pass(st: HeuristicState, full: bool) -> bool:
-    """Swaps at most one pair of replicas per layer (on different devices)."""
+def swap_pass(st: HeuristicState, full: bool, searched: _Searched) -> bool:
+    """Swaps at most one pair of replicas per layer (on different devices), in the layers
+    not `searched`."""
     if st.D < 2 or st.E < 2:
         return False
-    cl, e1, a = _replicas_on(st, None if full else _critical(st, 1))
+    layers = searched.todo(st)
+    cl, e1, a = _replicas_on(st, layers, None if full else _critical(st, 1))
     if not len(cl):
+        searched.done(st, layers)
         return False
-    # Every replica of each layer, padded to [L, R].
-    pl, pe, pd = np.nonzero(st.N)
-    per_layer = np.bincount(pl, minlength=st.L)
+    # Every replica of those layers, padded to [len(layers), R].
+    pl, pe, pd = np.nonzero(st.N[layers])
+    per_layer = np.bincount(pl, minlength=len(layers))
     R = int(per_layer.max())
     start = np.concatenate([[0], np.cumsum(per_layer)[:-1]])
     slot = np.arange(len(pl)) - start[pl]
-    PE = np.zeros((st.L, R), dtype=np.int64)
-    PD = np.full((st.L, R), -1, dtype=np.int64)
+    PE = np.zeros((len(layers), R), dtype=np.int64)
+    PD = np.full((len(layers), R), -1, dtype=np.int64)
     PE[pl, slot] = pe
     PD[pl, slot] = pd
-    e2, b = PE[cl], PD[cl]  # [K, R]
-    A, E1, Lc = a[:, None], e1[:, None], cl[:, None]
+    row = np.searchsorted(layers, cl)
+    e2, b = PE[row], PD[row]  # [K, R]
+    A, Lc = a[:, None], cl[:, None]
     bb = np.maximum(b, 0)
-    valid = (b >= 0) & (b != A) & ~st.N[Lc, E1, bb] & ~st.N[Lc, e2, A]
+    # Flat indices into [L, E, D] arrays (one gather each instead of three index arrays):
+    # expert e1 of the candidate, e2 of its partner, on devices A and bb.
+    one = ((cl * st.E + e1) * st.D)[:, None]
+    two = (Lc * st.E + e2) * st.D
+    one_b, two_a, two_b = one + bb, two + A, two + bb
+    N = st.N.reshape(-1)
+    valid = (b >= 0) & (b != A) & ~N[one_b] & ~N[two_a]
     if not valid.any():
+        searched.done(st, layers)
         return False
-    ct, ce = st.ct, st.ce
-    t_a = st.T[cl, a][:, None] - ct[cl, e1, a][:, None] + ct[Lc, e2, A]
-    t_b = st.T[Lc, bb] - ct[Lc, e2, bb] + ct[Lc, E1, bb]
+    ct, ce = st.ct.reshape(-1), st.ce.reshape(-1)
+    t_a = st.T[cl, a][:, None] - ct[one + A] + ct[two_a]
+    t_b = st.T[Lc, bb] - ct[two_b] + ct[one_b]
     k_a = k_b = ddyn = None
     if st.use_tok:
-        y1, y2 = st.y[cl, e1][:, None], st.y[Lc, e2]
+        y1, y2 = st.y[cl, e1][:, None], st.y.reshape(-1)[Lc * st.E + e2]
         k_a = st.tok[cl, a][:, None] - y1 + y2
         k_b = st.tok[Lc, bb] - y2 + y1
     if st.a > 0:
-        ddyn = ce[Lc, E1, bb] + ce[Lc, e2, A] - ce[cl, e1, a][:, None] - ce[Lc, e2, bb]
+        ddyn = ce[one_b] + ce[two_a] - ce[one + A] - ce[two_b]
     delta = _pair_delta(st, cl, A, bb, t_a, t_b, k_a, k_b, ddyn)
     delta = np.where(valid, delta, np.inf)
     best_j = np.argmin(delta, axis=1)
     best_v = delta[np.arange(len(cl)), best_j]
     changed = False
-    for i in best_per_layer(cl, best_v):
+    best = best_per_layer(cl, best_v)
+    for i in best:
         if best_v[i] < -st.tol:
             layer, j = int(cl[i]), int(best_j[i])
             x1, x2, da, db = int(e1[i]), int(e2[i, j]), int(a[i]), int(b[i, j])
             if not st.N[layer, x1, db] and not st.N[layer, x2, da]:
                 st.swap(layer, x1, da, x2, db)
                 changed = True
+    _done_but_improved(st, searched, layers, cl, best, best_v)
     return changed
 
 
-def _pair_exchanges(st: HeuristicState, cl: np.ndarray, ce_: np.ndarray, ca: np.ndarray,
-                    delta: np.ndarray, full_devices: np.ndarray) -> bool:
+def _best_moves(st: HeuristicState, full_devices: np.ndarray,
+                searched: _Searched) -> tuple[np.ndarray, np.ndarray]:
+    """M [L, F, F]: the score of the best move a -> b in each layer between full devices,
+    and the expert that makes it (the first of equals), kept in `searched` and computed
+    again only for the layers that changed since (all of them when the full devices
+    change): a segment minimum of the move deltas over the replicas grouped by (layer,
+    source)."""
+    F = len(full_devices)
+    if not np.array_equal(searched.devices, full_devices):
+        searched.devices = full_devices
+        searched.best = np.full((st.L, F, F), np.inf)
+        searched.mover = np.zeros((st.L, F, F), dtype=np.int64)
+        searched.version[:] = -1
+    layers = searched.todo(st)
+    M, W = searched.best, searched.mover
+    if not len(layers):
+        return M, W
+    M[layers] = np.inf
+    cl, ce_, ca = _replicas_on(st, layers, None)
+    pos = np.full(st.D, -1)
+    pos[full_devices] = np.arange(F)
+    idx = np.flatnonzero(pos[ca] >= 0)
+    if len(idx):
+        cl, ce_, ca = cl[idx], ce_[idx], ca[idx]
+        delta = _move_deltas(st, cl, ce_, ca)[:, full_devices]
+        group = cl * F + pos[ca]
+        order = np.argsort(group, kind="stable")
+        group = group[order]
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        g = group[starts]
+        delta = delta[order]
+        best = np.minimum.reduceat(delta, starts, axis=0)
+        # The first row of each segment that reaches its minimum: the largest rank K - row.
+        ranks = np.arange(len(delta), 0, -1)[:, None]
+        hit = delta == np.repeat(best, np.diff(np.r_[starts, len(delta)]), axis=0)
+        first = len(delta) - np.maximum.reduceat(np.where(hit, ranks, 0), starts, axis=0)
+        M[g // F, g % F] = best
+        W[g // F, g % F] = ce_[order][first]
+        M[:, np.arange(F), np.arange(F)] = np.inf
+    searched.done(st, layers)
+    return M, W
+
+
+def _pair_exchanges(st: HeuristicState, full_devices: np.ndarray,
+                    searched: _Searched) -> bool:
     """Pairs of moves between two full devices a and b: one replica a -> b in one layer, one
     b -> a in another (each device keeps its slot count), best first, while they help; each
     layer takes part in at most one (its move deltas are stale after it).
 
-    `delta` [K, D] holds the move deltas of candidates (cl, ce_, ca); the best move of each
-    (layer, source, target) of full devices is a segment minimum over candidates grouped by
-    (layer, source), then each ordered device pair takes its best two layers per direction.
+    The best move of each (layer, source, target) of full devices comes from `_best_moves`;
+    each ordered device pair takes its best two layers per direction.
     """
     F = len(full_devices)
     if F < 2 or st.L < 2:
         return False
-    pos = np.full(st.D, -1)
-    pos[full_devices] = np.arange(F)
-    idx = np.flatnonzero(pos[ca] >= 0)
-    if not len(idx):
-        return False
-    group = cl[idx] * F + pos[ca[idx]]
-    order = np.argsort(group, kind="stable")
-    group, idx = group[order], idx[order]
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    M = np.full((st.L, F, F), np.inf)  # M[l, a, b]: best move a -> b in layer l
-    g = group[starts]
-    M[g // F, g % F] = np.minimum.reduceat(delta[idx][:, full_devices], starts, axis=0)
-    M[:, np.arange(F), np.arange(F)] = np.inf
+    M, W = _best_moves(st, full_devices, searched)
+    M = M.copy()  # M[l, a, b]: best move a -> b in layer l, by expert W[l, a, b]
     changed = False
     while True:
         p1, pv1, pv2 = _best_two(M)  # a -> b
@@ -223,9 +324,7 @@ def _pair_exchanges(st: HeuristicState, cl: np.ndarray, ce_: np.ndarray, ca: np.
             else:
                 m_ab[p1[fa, fb]] = np.inf
         l1, l2 = int(np.argmin(m_ab)), int(np.argmin(m_ba))
-        k1 = np.argmin(np.where((cl == l1) & (ca == a), delta[:, b], np.inf))
-        k2 = np.argmin(np.where((cl == l2) & (ca == b), delta[:, a], np.inf))
-        changed |= st.exchange(l1, int(ce_[k1]), l2, int(ce_[k2]), a, b)
+        changed |= st.exchange(l1, int(W[l1, fa, fb]), l2, int(W[l2, fb, fa]), a, b)
         M[[l1, l2]] = np.inf
 
 
@@ -238,18 +337,28 @@ def _best_two(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return i1, v1, rest.min(axis=0)
 
 
-def exchange_pass(st: HeuristicState, full: bool) -> bool:
+def exchange_pass(st: HeuristicState, full: bool, searched: _Searched) -> bool:
     """For each full device d: the best move into d in one layer paired with the cheapest
     move out of d in another, so that d's slots go to the layers that gain most (moves
     and swaps keep each layer's count on d fixed once d is full); where every target is
     full too and the neighborhood is searched in full (`full`), the best pair of opposite
-    moves between two full devices."""
+    moves between two full devices (`searched` keeps each layer's best of those)."""
     full_devices = np.flatnonzero(st.allowed & (st.free <= 0))
     if not len(full_devices) or st.L < 2 or st.D < 2:
         return False
+    if (st.allowed & (st.free > 0)).any() and _exchange_with_room(st, full, full_devices):
+        return True
+    # One pair per pass, each after a pass over the whole neighborhood: too slow where the
+    # neighborhood is not searched in full (58 x 256 x 64 full GPUs: 1.3 s -> over 20 s).
+    return full and _pair_exchanges(st, full_devices, searched)
+
+
+def _exchange_with_room(st: HeuristicState, full: bool, full_devices: np.ndarray) -> bool:
+    """The first exchange of `exchange_pass`: into a full device d in one layer, out of d to a
+    device with room in another; at most one."""
     mask = None if full else (_critical(st, 2) | np.isin(
         np.arange(st.D), full_devices)[None, :])
-    cl, ce_, ca = _replicas_on(st, mask)
+    cl, ce_, ca = _replicas_on(st, np.arange(st.L), mask)
     if not len(cl):
         return False
     delta = _move_deltas(st, cl, ce_, ca)
@@ -272,9 +381,7 @@ def exchange_pass(st: HeuristicState, full: bool) -> bool:
             if st.move(int(cl[i]), int(ce_[i]), int(ca[i]), int(d)):
                 return True
             st.move(int(cl[j]), int(ce_[j]), int(out_d[j]), int(d))  # pragma: no cover
-    # One pair per pass, each after a pass over the whole neighborhood: too slow where the
-    # neighborhood is not searched in full (58 x 256 x 64 full GPUs: 1.3 s -> over 20 s).
-    return full and _pair_exchanges(st, cl, ce_, ca, delta, full_devices)
+    return False
 
 
 def kick(st: HeuristicState, rng: np.random.Generator, moves: int) -> None:
@@ -307,12 +414,13 @@ def local_search(st: HeuristicState, limit: int, max_passes: int, deadline: floa
     exchanges on full devices, and again; the full neighborhood when it has at most
     `limit` candidates, critical devices otherwise."""
     changed = False
+    moves, swaps, pairs = _Searched(st), _Searched(st), _Searched(st)
     for _ in range(max_passes):
         replicas = int(st.n.sum())
         full_moves = replicas * st.D <= limit
         full_swaps = replicas * int(st.n.sum(axis=1).max()) <= limit
-        if move_pass(st, full_moves) or swap_pass(st, full_swaps) \
-                or exchange_pass(st, full_moves):
+        if move_pass(st, full_moves, moves) or swap_pass(st, full_swaps, swaps) \
+                or exchange_pass(st, full_moves, pairs):
             changed = True
         else:
             break

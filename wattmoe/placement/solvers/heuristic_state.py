@@ -5,7 +5,8 @@ and the per-layer, per-device aggregates (busy time T, tokens, dynamic energy, r
 n) plus free memory slots, and updates them in place for the primitive steps the greedy
 start, the replica passes and the local search are made of: replacing the whole assignment,
 changing one expert's replicas, moving one replica, swapping two (in one layer) or exchanging
-two (in different layers).
+two (in different layers). Each step bumps its layers' `version`, so that the local search can
+skip layers it has already searched without finding anything and that have not changed since.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class HeuristicState:
         self.dyn = np.zeros((L, D))
         self.n = np.zeros((L, D), dtype=np.int64)
         self.free = self.slots.astype(np.int64).copy()
+        self.version = np.zeros(L, dtype=np.int64)  # bumped by every change of a layer
         # Scale of one expert's cost, for tolerances and tie-breaks.
         per = (a * self.ce1.min(axis=2) + self.alpha * self.ct1.min(axis=2)
                + c[:, None] * self.W)
@@ -77,12 +79,14 @@ class HeuristicState:
         self.tok = (N * self.y[..., None]).sum(axis=1)
         self.dyn = (N * self.ce).sum(axis=1)
         self.free = self.slots - N.sum(axis=(0, 1))
+        self.version += 1
 
     def set_expert(self, layer: int, e: int, holders: np.ndarray,
                    costs: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Gives expert (layer, e) exactly the replicas in `holders` ([D] bool); `costs` are
         its per-replica (time, energy) rows at the new count, if already known."""
         old = self.N[layer, e]
+        self.version[layer] += 1
         self.T[layer] -= old * self.ct[layer, e]
         self.tok[layer] -= old * self.y[layer, e]
         self.dyn[layer] -= old * self.ce[layer, e]
@@ -116,6 +120,7 @@ class HeuristicState:
         if self.free[b] <= 0 or self.N[layer, e, b] or not self.N[layer, e, a]:
             return False
         ct, ce, y = self.ct[layer, e], self.ce[layer, e], self.y[layer, e]
+        self.version[layer] += 1
         self.N[layer, e, a] = False
         self.N[layer, e, b] = True
         self.n[layer, a] -= 1
@@ -150,6 +155,7 @@ class HeuristicState:
     def swap(self, layer: int, e1: int, a: int, e2: int, b: int) -> None:
         """Expert e1 moves from a to b and e2 from b to a (slot counts are unchanged)."""
         ct, ce, y = self.ct[layer], self.ce[layer], self.y[layer]
+        self.version[layer] += 1
         self.N[layer, e1, a] = self.N[layer, e2, b] = False
         self.N[layer, e1, b] = self.N[layer, e2, a] = True
         self.T[layer, a] += ct[e2, a] - ct[e1, a]
