@@ -9,26 +9,24 @@ so a fitted model transfers between shapes, not between devices.
 from __future__ import annotations
 
 from wattmoe.cost_model.base import CostModelError, OpShape, check_op, layer_op
+from wattmoe.int4_layout import default_group
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
-INT4_GROUP = 128
 INT4_CODE_BYTES = 0.5  # two 4-bit codes per byte
 INT4_SCALE_BYTES = 2.0  # one fp16 scale per group of input columns
 
 
 def int4_group(hidden: int, inner: int) -> int:
     """The int4 group size a layer of this shape is quantized with: the largest power of two
-    <= 128 dividing both widths (the rule of `wattmoe.moe.quant.int4_group_size`, repeated
-    here so that the work formulas need no torch).
+    <= 128 dividing both widths (`wattmoe.int4_layout.default_group`, the rule
+    `wattmoe.moe.quant.int4_group_size` follows too).
 
     Raises:
         CostModelError: no even group size divides both widths (an odd width): experts of
             this shape cannot be int4 (`int4_group_size` refuses them too).
     """
-    g = INT4_GROUP
-    while g > 2 and (hidden % g or inner % g):
-        g //= 2
-    if hidden % g or inner % g:
+    g = default_group(hidden, inner)
+    if g is None:
         raise CostModelError(f"no int4 group size divides both widths {hidden} and {inner}")
     return g
 

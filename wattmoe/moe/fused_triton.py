@@ -56,7 +56,7 @@ from torch import nn
 
 from wattmoe.checks import check_positive_int, is_finite_real, is_int, is_power_of_two
 from wattmoe.errors import ConfigError, ShapeError
-from wattmoe.int4_layout import FRAGMENT_BYTES
+from wattmoe.int4_layout import FRAGMENT_BYTES, halves_whole
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.grouped import grouped_forward
@@ -618,7 +618,7 @@ def choose_config(st: ExpertStack, num_assign: int, device: torch.device) -> str
     # where they are not but scale pairs (each half of a row whole groups) let 64-row
     # programs read tile order, those are the heuristic's pick (run 116)
     g = st.group_size
-    pairs = g is not None and (st.hidden_size // 2) % g == 0 and (st.inner_size // 2) % g == 0
+    pairs = g is not None and halves_whole(st.hidden_size, st.inner_size, g)
     tiles128 = not pairs or (st.hidden_size % 128 == 0 and st.inner_size % 128 == 0)
 
     def heuristic(n: int) -> str:  # off the path of a step that its table serves

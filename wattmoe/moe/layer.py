@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from wattmoe.errors import ConfigError, ShapeError
+from wattmoe.int4_layout import halves_whole
 from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import get_backend, needs_autograd
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
@@ -166,7 +167,7 @@ class SimpleMoELayer(nn.Module):
         pair = pair_group_size(h, f)
         if (any(isinstance(e, Expert) for e in self.experts) and pair is not None
                 and isinstance(group_size, int) and group_size > 0
-                and ((h // 2) % group_size or (f // 2) % group_size)):
+                and not halves_whole(h, f, group_size)):
             log.info("int4 groups of %d do not tile each half of a row (hidden %d, inner %d): "
                      "the fused int4 kernels read their scales one by one and their words "
                      "row-major; groups of %d would let them read scale pairs in tile order "
