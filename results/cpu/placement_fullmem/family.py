@@ -1,8 +1,24 @@
+# ruff: noqa  (a helper's experiment script, kept as it ran)
 """The e8b7e22 family: 30 random small full-memory instances; heuristic (and MILP) per instance."""
-import hashlib, json, sys, time
+import hashlib
+import json
+import sys
+import time
+
 import numpy as np
-from wattmoe.placement import (AnalyticCostProvider, ExpertShape, cluster_from_dict, Constraints,
-    make_problem, solve, synthetic_loads, HeuristicOptions, MilpOptions, InfeasibleError)
+
+from wattmoe.placement import (
+    AnalyticCostProvider,
+    Constraints,
+    ExpertShape,
+    InfeasibleError,
+    MilpOptions,
+    cluster_from_dict,
+    make_problem,
+    solve,
+    synthetic_loads,
+)
+
 POOL = ("nvidia-h200", "laptop-gpu", "cpu-16core", "laptop-cpu-8core")
 OBJ = ("balance", "latency", "energy", "energy=1,latency=1")
 shape = ExpertShape(512, 256)

@@ -1,8 +1,20 @@
+# ruff: noqa  (a helper's experiment script, kept as it ran)
 """Full-memory medium instances: time, objective, assignment hash (one JSON line each)."""
-import hashlib, json, sys, time
-from wattmoe.placement import (AnalyticCostProvider, ExpertShape, load_cluster, cluster_from_dict,
-    make_problem, solve, synthetic_loads)
-import wattmoe
+import hashlib
+import json
+import sys
+import time
+
+from wattmoe.placement import (
+    AnalyticCostProvider,
+    ExpertShape,
+    cluster_from_dict,
+    load_cluster,
+    make_problem,
+    solve,
+    synthetic_loads,
+)
+
 tag = sys.argv[1]
 cases = sys.argv[2].split(",") if len(sys.argv) > 2 else ["16", "48"]
 for L, E, shape in ((16, 64, ExpertShape(2048, 1024)), (48, 128, ExpertShape(2048, 768))):
