@@ -41,3 +41,41 @@ def pair_group(hidden: int, inner: int) -> int | None:
     while g >= 32 and not halves_whole(hidden, inner, g):
         g //= 2
     return g if g >= 32 else None
+
+
+#: rows per tile of the fused kernels' tile-order int4 words where those rows divide the
+#: matrix (`wattmoe.moe.fused_triton._tile_rows_setting`'s default); else `TILE_ROWS_SMALL`
+TILE_ROWS = 128
+TILE_ROWS_SMALL = 64
+
+#: packed bytes per K step of the fused int4 kernels' tile-order entries (`...fpx`): every
+#: such entry of the H200 table and heuristic but one down launch (OLMoE's 512-token `k32`)
+K_STEP_BYTES = 64
+
+
+def tile_layout(rows: int, up_rows: int, k: int, group: int,
+                tile_rows: int = TILE_ROWS) -> tuple[int, int] | None:
+    """How the fused int4 kernels' tile-order entries read one stacked matrix of `rows` rows
+    (per expert; gate/up start at `up_rows`, 0 for one matrix) and `k` input columns in groups
+    of `group`: as (rows per tile, 32-bit words per K step), or None where they read no tile
+    order (`fused_triton._launch`: fragment words need K steps of whole 32-byte blocks, and
+    tile order scale pairs, each half of a row whole groups).
+
+    The kernels' K step is the largest power of two up to `K_STEP_BYTES` packed bytes that
+    divides both the group and k / 2 (`fused_triton._fit`); tiles of `tile_rows` rows where
+    they divide the rows and the up rows' offset, else of `TILE_ROWS_SMALL` (the 64-row
+    programs that the heuristic picks there). An int4 layer stored in this layout
+    (`wattmoe.moe.quant.Int4Linear.set_layout`) is read by those entries in place, with no
+    copy (`wattmoe.placement.base.ExpertShape.fused_copy_bytes`)."""
+    half = k // 2
+    if k % 2 or group < FRAGMENT_BYTES or half % FRAGMENT_BYTES or half % group:
+        return None
+    step = K_STEP_BYTES
+    while step >= FRAGMENT_BYTES and (half % step or group % step):
+        step //= 2
+    if step < FRAGMENT_BYTES:
+        return None
+    for tr in dict.fromkeys((tile_rows, TILE_ROWS_SMALL)):
+        if rows % tr == 0 and up_rows % tr == 0:
+            return tr, step // 4
+    return None

@@ -156,8 +156,8 @@ def bench_ms(fn: Callable[[], object]) -> float:
 
 
 def _w32(lin: torch.nn.Module) -> torch.Tensor:
-    if hasattr(lin, "packed"):
-        return dequantize_int4(lin.packed, lin.scales, torch.float32)
+    if hasattr(lin, "packed"):  # the half-split codes, in whichever layout they are stored
+        return dequantize_int4(lin.codes(), lin.scales, torch.float32)
     return lin.weight.float()
 
 
@@ -566,6 +566,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--int4-group", type=int, default=None,
                     help="int4 group size of every shape (default: int4_group_size's, the "
                          "largest power of two <= 128 dividing both widths)")
+    ap.add_argument("--int4-layout", choices=("rows", "tiles"), default="rows",
+                    help="how the int4 layers store their codes (SimpleMoELayer."
+                         "set_int4_layout): rows (half-split, the fused kernels keep a copy in "
+                         "their order) or tiles (their tile order, read in place)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="width scale of every shape, on top of a spec's own @SCALE")
     args = ap.parse_args(argv)
@@ -943,6 +947,7 @@ class Bench:
             qlayer.router.load_state_dict(layer.router.state_dict())
             qlayer.quantize(self.args.int4_group
                             or int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
+            qlayer.set_int4_layout(self.args.int4_layout)
             log(f"   weights: bf16 {stacked_experts(layer.experts).weight_bytes() / 1e9:.2f} GB, "
                 f"int4 {stacked_experts(qlayer.experts).weight_bytes() / 1e9:.2f} GB")
             variants = {"bf16": layer, "int4": qlayer}
@@ -961,7 +966,8 @@ class Bench:
             return
         copies = ft.copy_bytes(st.kernel_cache)
         self.payload.setdefault("int4_copies", []).append(
-            {"shape": shape, "weight_bytes": st.weight_bytes(), "copy_bytes": copies})
+            {"shape": shape, "weight_bytes": st.weight_bytes(), "copy_bytes": copies,
+             "int4_layout": qlayer.int4_layout, "layouts": [st.layout13, st.layout2]})
         if copies:
             log(f"   int4 kernel copies: {sum(copies.values()) / 1e9:.2f} GB ("
                 + ", ".join(f"{k} {v / 1e9:.2f}" for k, v in sorted(copies.items()))

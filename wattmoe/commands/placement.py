@@ -55,6 +55,11 @@ def _place_args(p: argparse.ArgumentParser) -> None:
                         "expert as its share of that backend's profiled MoE layer steps "
                         "(moe_layer:NAME; moe_layer_int4:NAME for --dtype int4) instead of one "
                         "expert called alone; needs --cost-model")
+    p.add_argument("--int4-layout", choices=("rows", "tiles"), default="rows",
+                   help="how the GPUs store int4 codes with a fused --backend: rows (beside "
+                        "which the fused kernels keep a copy in their order) or tiles "
+                        "(SimpleMoELayer.set_int4_layout: read in place, about half the "
+                        "memory; default rows)")
     p.add_argument("--slo-ms", type=positive_float, help="latency SLO per batch, in milliseconds")
     p.add_argument("--max-replicas", type=positive_int, default=4,
                    help="replicas per expert at most")
@@ -174,7 +179,8 @@ def cmd_place(args: argparse.Namespace) -> int:
         latency_slo_s=None if args.slo_ms is None else args.slo_ms / 1e3,
         max_replicas=args.max_replicas, redundant_per_layer=args.redundant)
     problem = make_problem(cluster, loads, ExpertShape.from_config(cfg, args.dtype), provider,
-                           args.objective, constraints, backend=args.backend)
+                           args.objective, constraints, backend=args.backend,
+                           int4_layout=args.int4_layout)
     options: dict[str, Any] = {}
     if args.solver == "heuristic" and args.time_limit is not None:
         options["options"] = HeuristicOptions(time_limit_s=args.time_limit)
@@ -184,6 +190,8 @@ def cmd_place(args: argparse.Namespace) -> int:
     meta = {"preset": cfg.name, "cost_model": provider_txt, "cluster_spec": str(args.cluster)}
     if args.backend:
         meta["backend"] = args.backend
+    if args.int4_layout != "rows":
+        meta["int4_layout"] = args.int4_layout
     placement = solve(problem, args.solver, meta=meta, **options)
     _print_placement(placement, cfg.name, loads.source, provider_txt)
     _print_replica_memory(problem)

@@ -60,7 +60,7 @@ from wattmoe.int4_layout import FRAGMENT_BYTES, halves_whole
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.grouped import grouped_forward
-from wattmoe.moe.quant import fragment_words, scale_pairs, tile_rows
+from wattmoe.moe.quant import Layout, fragment_words, from_layout, scale_pairs, tile_rows
 from wattmoe.moe.stacked import ExpertStack, stacked_experts
 
 log = logging.getLogger(__name__)
@@ -686,11 +686,13 @@ def _launch(
     a: torch.Tensor, tok: torch.Tensor, wt: torch.Tensor, counts: torch.Tensor,
     w: torch.Tensor, s: torch.Tensor | None, c: torch.Tensor, n_out: int, k_dim: int,
     up_rows: int, cfg: KernelConfig, *, gather: bool, gated: bool, act: int, combine: int,
-    qgroup: int | None, ieee: bool, cache: dict | None = None,
+    qgroup: int | None, ieee: bool, cache: dict | None = None, w_layout: Layout = None,
 ) -> None:
     """One launch; combine: 0 store rows, 1 weighted atomic add at the rows' tokens, 2 store
     weighted rows. cache: where to keep weight descriptors of `w` (its stack's
-    `kernel_cache`; None for weights that live only for this call)."""
+    `kernel_cache`; None for weights that live only for this call). w_layout: how int4 w
+    holds its codes (`ExpertStack.layout13`): a launch that reads that tile order reads w
+    itself, the others a copy made from its half-split codes."""
     num_assign, num_experts = tok.numel(), counts.numel()
     bm = cfg.block_m
     num_pid_m = (num_assign + min(num_experts, num_assign) * (bm - 1)) // bm
@@ -701,11 +703,17 @@ def _launch(
     pdt = a.dtype if _gpu_frag_words(mode) else torch.float16
     if tiles:  # words and pairs in tile order (`quant.tile_rows`)
         s = _derived(s, cache, "pair_tiles", pdt, tiles)
-        w = _derived(w, cache, "frag_tiles", None, tiles, cfg.block_k // 4)
+        if w_layout == (tiles, cfg.block_k // 4):  # stored so (`Int4Linear.set_layout`)
+            w = w.view(torch.int32)
+        else:
+            w = _derived(w, cache, "frag_tiles", None, tiles, cfg.block_k // 4,
+                         layout=w_layout)
     elif spair:  # the interpreter (MODE 4) reads fp16 pairs: the stored scales, exactly
         s = _derived(s, cache, "pairs", pdt)
     if _frag_words(mode) and not tiles:  # fragment-ordered words: 4 packed bytes per element
-        w = _derived(w, cache, "frag")
+        w = _derived(w, cache, "frag", layout=w_layout)
+    elif qgroup is not None and not tiles and w_layout is not None:  # half-split codes
+        w = _derived(w, cache, "codes", layout=w_layout)
     w_desc = (_weight_descriptor(w, cfg, cache, cfg.block_k // 4 if _frag_words(mode) else None)
               if cfg.tma else None)
     meta = launch_meta(cfg, num_experts=num_experts, k_dim=k_dim, gather=gather, gated=gated,
@@ -869,12 +877,15 @@ def _gpu_frag_words(mode: int) -> bool:
 
 
 def _derived(w: torch.Tensor, cache: dict | None, kind: str,
-             dtype: torch.dtype | None = None, *tile: int) -> torch.Tensor:
+             dtype: torch.dtype | None = None, *tile: int, layout: Layout = None
+             ) -> torch.Tensor:
     """A copy of stack tensor w in the form the int4 kernels read, kept in cache (the stack's
     `kernel_cache`): kind 'frag', packed codes [E, rows, K/2] as fragment-ordered words
     [E, rows, K/8] (`quant.fragment_words`); 'pairs', scales [E, rows, G] as pair words in
     `dtype` [E, rows, G/2] (`quant.scale_pairs`); 'frag_tiles' (tile: rows, words per K step)
-    and 'pair_tiles' (tile: rows), the same in tile order (`quant.tile_rows`).
+    and 'pair_tiles' (tile: rows), the same in tile order (`quant.tile_rows`); 'codes', the
+    half-split codes of codes stored in tile order. layout: how w holds its codes
+    (`ExpertStack.layout13`; the copies are made from its half-split codes).
 
     Rewritten in place, at the same address, once w has been written to since (its version
     counter), here and by `refresh_frag_words` before a CUDA graph replays: a captured graph
@@ -893,16 +904,16 @@ def _derived(w: torch.Tensor, cache: dict | None, kind: str,
     key: tuple = (kind, w.data_ptr()) if dtype is None and not tile else (
         kind, w.data_ptr(), dtype, *tile)
     if cache is None:
-        return _write_derived(key, w, None)
+        return _write_derived(key, w, None, layout)
     hit = cache.get(key)
     version = _version(w)
-    if hit is not None and hit[0] == version:
+    if hit is not None and hit[0] == version and hit[3] == layout:
         return hit[1]
     if w.is_cuda and torch.cuda.is_current_stream_capturing():
         raise RuntimeError(f"int4 {_DERIVED[kind][0]} are made outside CUDA graph capture: run "
                            "the step once eagerly before capturing it")
-    out = _write_derived(key, w, hit[1] if hit is not None else None)
-    cache[key] = (version, out, w)
+    out = _write_derived(key, w, hit[1] if hit is not None else None, layout)
+    cache[key] = (version, out, w, layout)
     if hit is None:  # memory the stack holds from now on: say so once per copy
         total = sum(copy_bytes(cache).values())
         log.info("fused int4: new %s copy of a [%s] stack, %.1f MB; its copies hold %.1f MB",
@@ -942,11 +953,16 @@ def _pair_tiles_copy(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -
     return _per_expert_tiles(w, 2, out, lambda we: scale_pairs(we, dtype), rows, 1)
 
 
+def _codes_copy(w: torch.Tensor, params: tuple, out: torch.Tensor | None) -> torch.Tensor:
+    return w if out is None else out.copy_(w)  # `_write_derived` gave the half-split codes
+
+
 # cache kinds of `_derived`: (what they are, last dim of w per element of the copy, builder)
 _DERIVED: dict[str, tuple[str, int, Callable[..., torch.Tensor]]] = {
     "frag": ("fragment words", 4, _frag_copy), "pairs": ("scale pairs", 2, _pairs_copy),
     "frag_tiles": ("tile-ordered fragment words", 4, _frag_tiles_copy),
     "pair_tiles": ("tile-ordered scale pairs", 2, _pair_tiles_copy),
+    "codes": ("half-split codes", 1, _codes_copy),
 }
 
 
@@ -955,17 +971,20 @@ def _version(w: torch.Tensor) -> int | None:
     return None if w.is_inference() else w._version
 
 
-def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None,
+                   layout: Layout = None) -> torch.Tensor:
     """The copy of w that cache key `key` names, into out (at its address) where out still
-    fits; made outside inference mode so that it can be rewritten in place in any mode."""
+    fits; made outside inference mode so that it can be rewritten in place in any mode. From
+    the half-split codes of w where w holds them in tile order (`layout`)."""
     _, per, build = _DERIVED[key[0]]
     fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // per)
     with torch.inference_mode(False), torch.no_grad():
-        return build(w, key[2:], out if fits else None)
+        return build(from_layout(w, layout), key[2:], out if fits else None)
 
 
 def _int4_copies(cache: dict) -> Iterator[tuple[tuple, tuple]]:
-    """The int4 copies (`_derived`) in a stack's `kernel_cache`, as (key, (version, copy, w));
+    """The int4 copies (`_derived`) in a stack's `kernel_cache`, as (key, (version, copy, w,
+    layout));
     the other entries (TMA descriptors) are left out. Over a snapshot of the entries, so that
     the caller may rewrite them as it goes."""
     for key, entry in list(cache.items()):
@@ -987,11 +1006,11 @@ def refresh_frag_words(cache: dict, force: bool = False) -> frozenset[tuple[tupl
     `graphs.GraphedLayer`).
     """
     ptrs = []
-    for key, (version, out, w) in _int4_copies(cache):
+    for key, (version, out, w, layout) in _int4_copies(cache):
         now = _version(w)
         if force or now != version:
-            out = _write_derived(key, w, out)
-            cache[key] = (now, out, w)
+            out = _write_derived(key, w, out, layout)
+            cache[key] = (now, out, w, layout)
         ptrs.append((key, out.data_ptr()))
     return frozenset(ptrs)
 
@@ -1001,7 +1020,7 @@ def copy_bytes(cache: dict) -> dict[str, int]:
     'pairs', 'frag_tiles', 'pair_tiles'; kinds with no copy are left out): the memory the fused
     int4 kernels hold besides the packed codes and scales."""
     out: dict[str, int] = {}
-    for key, (_, copy, _) in _int4_copies(cache):
+    for key, (_, copy, _, _) in _int4_copies(cache):
         out[key[0]] = out.get(key[0], 0) + copy.numel() * copy.element_size()
     return out
 
@@ -1193,18 +1212,21 @@ def fused_forward(
             w13, w2 = w13.to(x.dtype), w2.to(x.dtype)  # type: ignore[union-attr]
             cache = None  # copies for this call only
     assert w13 is not None and w2 is not None
+    lay13, lay2 = st.layout13, st.layout2
     _launch(x, tok, wt, counts, w13, s13, h, f_dim, h_dim, f_dim if st.gated else 0,
             cfg1, gather=True, gated=st.gated, act=1 if st.gated else 2, combine=0,
-            qgroup=qgroup, ieee=ieee, cache=cache)
+            qgroup=qgroup, ieee=ieee, cache=cache, w_layout=lay13)
     if rowof is None:  # weighted fp32 atomic adds at each row's token, then one cast
         out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         _launch(h, tok, wt, counts, w2, s2, out, h_dim, f_dim, 0, cfg2, gather=False,
-                gated=False, act=0, combine=1, qgroup=qgroup, ieee=ieee, cache=cache)
+                gated=False, act=0, combine=1, qgroup=qgroup, ieee=ieee, cache=cache,
+                w_layout=lay2)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
     # weighted rows stored in dispatch order, then each token's k rows added in one pass
     y = torch.empty(num_assign, h_dim, dtype=x.dtype, device=x.device)
     _launch(h, tok, wt, counts, w2, s2, y, h_dim, f_dim, 0, cfg2, gather=False,
-            gated=False, act=0, combine=2, qgroup=qgroup, ieee=ieee, cache=cache)
+            gated=False, act=0, combine=2, qgroup=qgroup, ieee=ieee, cache=cache,
+            w_layout=lay2)
     out = torch.empty_like(x)
     top_k = rowof.shape[1]
     grid = (triton_cdiv(tokens, COMBINE_BLOCK_T), triton_cdiv(h_dim, COMBINE_BLOCK_H))

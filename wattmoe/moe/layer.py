@@ -27,6 +27,7 @@ from wattmoe.moe.quant import (
     quantize_expert,
 )
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
+from wattmoe.moe.stacked import invalidate_stack
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,46 @@ class SimpleMoELayer(nn.Module):
         self.experts = nn.ModuleList(
             quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
         )
+        return self
+
+    @property
+    def int4_layout(self) -> str | None:
+        """'rows' (half-split codes, the format of record) or 'tiles' (the fused int4 kernels'
+        tile order, `set_int4_layout`) for an int4 layer; None for a dense one."""
+        q = [e for e in self.experts if isinstance(e, QuantizedExpert)]
+        if not q:
+            return None
+        return "tiles" if any(e.layout != (None, None) for e in q) else "rows"
+
+    def set_int4_layout(self, layout: str) -> SimpleMoELayer:
+        """Stores the int4 experts' packed codes in `layout`, in place: 'tiles', the order in
+        which the fused int4 kernels' tile-order entries (`...fpx`, the tuned table's and the
+        heuristic's on sm_90) read them, so that they read the codes themselves instead of a
+        copy of them: half the memory of the experts on the GPU; or 'rows', the half-split
+        codes row-major (the default, and what `quantize` makes).
+
+        The loop and grouped backends (and `Int4Linear.weight`) read the half-split codes of a
+        layer in tile order through a temporary copy of each matrix per call (slower, same
+        results); the state dict holds the half-split codes either way. Launches whose
+        entries read another order (a K step of 32 bytes, row-major words) keep a copy, made
+        from the half-split codes, as before. The expert stack is rebuilt at the next step
+        (CUDA graphs of the layer are captured again).
+
+        Raises:
+            ConfigError: the layer has no int4 experts, or layout is not 'rows' or 'tiles'.
+        """
+        if layout not in ("rows", "tiles"):
+            raise ConfigError(f"int4 layout {layout!r}: 'rows' (half-split codes, row-major) "
+                              "or 'tiles' (the fused int4 kernels' tile order)")
+        q = [e for e in self.experts if isinstance(e, QuantizedExpert)]
+        if not q:
+            raise ConfigError("set_int4_layout needs int4 experts: call quantize() first")
+        from wattmoe.moe import fused_triton  # its tile-rows setting (imports this module)
+
+        rows = fused_triton._tile_rows_setting()
+        for e in q:
+            e.set_layout(layout == "tiles", rows)
+        invalidate_stack(self.experts)
         return self
 
     def uses_fused_route(self, tokens: torch.Tensor) -> bool:

@@ -19,7 +19,7 @@ from torch import nn
 
 from wattmoe.checks import is_int
 from wattmoe.errors import ConfigError, ShapeError
-from wattmoe.int4_layout import FRAGMENT_BYTES, default_group, pair_group
+from wattmoe.int4_layout import FRAGMENT_BYTES, TILE_ROWS, default_group, pair_group, tile_layout
 from wattmoe.moe.base import resolve_dtype
 from wattmoe.moe.expert import Expert, FeedForward
 
@@ -205,8 +205,78 @@ def tile_rows(words: torch.Tensor, rows: int, cols: int,
     return out
 
 
+
+def unfragment_words(words: torch.Tensor) -> torch.Tensor:
+    """The half-split packed codes uint8 [..., in // 2] of fragment words int32 [..., in // 8]
+    (`fragment_words`, undone: block byte 8q + 4w + 2h + i back to 16w + 8h + 2q + i)."""
+    if words.dtype != torch.int32 or words.dim() == 0 or words.shape[-1] % (FRAGMENT_BYTES // 4):
+        raise ShapeError(f"fragment words are int32 rows of a multiple of {FRAGMENT_BYTES // 4} "
+                         f"words, got {words.dtype} {tuple(words.shape)}")
+    lead = words.shape[:-1]
+    blocks = words.contiguous().view(torch.uint8).reshape(
+        *lead, words.shape[-1] * 4 // FRAGMENT_BYTES, 4, 2, 2, 2)  # q w h i
+    nd = blocks.dim()
+    ordered = blocks.permute((*range(nd - 4), nd - 3, nd - 2, nd - 4, nd - 1))  # -> w h q i
+    return ordered.contiguous().reshape(*lead, -1)
+
+
+def untile_rows(words: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Words [..., R, C] in tile order (`tile_rows`) back in row-major order (a copy).
+
+    Raises:
+        ShapeError: R is not a multiple of rows or C not of cols.
+    """
+    if rows < 1 or cols < 1 or words.dim() < 2 or words.shape[-2] % rows or (
+            words.shape[-1] % cols):
+        raise ShapeError(f"tiles of {rows} x {cols} need [..., R, C] with R a multiple of "
+                         f"{rows} and C of {cols}, got {tuple(words.shape)}")
+    *lead, r, c = words.shape
+    tiled = words.contiguous().reshape(*lead, r // rows, c // cols, rows, cols)
+    return tiled.transpose(-3, -2).contiguous().reshape(words.shape)
+
+
+#: (rows per tile, words per K step) of packed codes stored in the fused kernels' tile order
+#: (`wattmoe.int4_layout.tile_layout`); None: the half-split codes, row-major
+Layout = tuple[int, int] | None
+
+
+def fused_layouts(hidden: int, inner: int, form: str, group: int,
+                  tile_rows: int = TILE_ROWS) -> tuple[Layout, Layout]:
+    """The tile-order layouts (`wattmoe.int4_layout.tile_layout`) of an expert's gate/up rows
+    (stacked [2F | F, H], the up rows at F for 'swiglu') and of its down rows ([H, F])."""
+    up = inner if form == "swiglu" else 0
+    rows = 2 * inner if form == "swiglu" else inner
+    return (tile_layout(rows, up, hidden, group, tile_rows),
+            tile_layout(hidden, 0, inner, group, tile_rows))
+
+
+def to_layout(codes: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Half-split codes uint8 [..., R, in // 2] as stored in `layout` (same shape and dtype:
+    the tile-order fragment words' bytes); the codes themselves for None."""
+    if layout is None:
+        return codes
+    return tile_rows(fragment_words(codes), *layout).view(torch.uint8)
+
+
+def from_layout(packed: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """The half-split codes of `packed` stored in `layout` (`to_layout`, undone; a copy), or
+    packed itself for None."""
+    if layout is None:
+        return packed
+    return unfragment_words(untile_rows(packed.contiguous().view(torch.int32), *layout))
+
 class Int4Linear(nn.Module):
-    """A bias-free linear layer with packed int4 weights, dequantized in `forward`."""
+    """A bias-free linear layer with packed int4 weights, dequantized in `forward`.
+
+    `packed` holds the half-split codes (`layout` None, the format of record), or the same
+    bytes in the fused int4 kernels' tile order (`set_layout`), which those kernels read in
+    place instead of keeping a copy: half the GPU memory of an int4 stack that they run.
+    Either way `codes()` gives the half-split codes, `forward` and `weight` read them, and the
+    state dict holds them (a layer in tile order saves and loads the half-split codes, so that
+    its files are the same either way). Writing `packed` by hand (``packed.copy_(codes)``)
+    needs the layout's bytes (`to_layout`): a layer in tile order would read half-split codes
+    written there as other weights.
+    """
 
     def __init__(self, packed: torch.Tensor, scales: torch.Tensor, compute_dtype: torch.dtype):
         super().__init__()
@@ -215,6 +285,41 @@ class Int4Linear(nn.Module):
         self.compute_dtype = compute_dtype
         self.out_features = packed.shape[0]
         self.in_features = packed.shape[1] * 2
+        self.layout: Layout = None
+
+    def codes(self) -> torch.Tensor:
+        """The half-split codes uint8 [out, in // 2] (`packed` itself in the row-major layout,
+        a copy in tile order)."""
+        return from_layout(self.packed, self.layout)
+
+    def set_layout(self, layout: Layout) -> None:
+        """Rewrites `packed` in place (same storage: the views of a built `ExpertStack` stay its
+        views) from the current layout to `layout` (None: half-split codes, row-major; (rows
+        per tile, words per K step): `to_layout`).
+
+        Raises:
+            ShapeError: the codes do not tile that way.
+        """
+        if layout == self.layout:
+            return
+        with torch.no_grad():
+            new = to_layout(self.codes(), layout)
+            if new.data_ptr() != self.packed.data_ptr():
+                self.packed.copy_(new)
+        self.layout = layout
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.layout is not None and prefix + "packed" in destination:
+            destination[prefix + "packed"] = self.codes()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        key = prefix + "packed"
+        codes = state_dict.get(key)
+        if (self.layout is not None and isinstance(codes, torch.Tensor)
+                and codes.shape == self.packed.shape and codes.dtype == torch.uint8):
+            state_dict[key] = to_layout(codes.to(self.packed.device), self.layout)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int, compute_dtype: torch.dtype):
@@ -245,13 +350,15 @@ class Int4Linear(nn.Module):
         return self
 
     def weight(self) -> torch.Tensor:
-        return dequantize_int4(self.packed, self.scales, self.compute_dtype)
+        return dequantize_int4(self.codes(), self.scales, self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(self.compute_dtype), self.weight())
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, groups={self.scales.shape[1]}"
+        tiles = "" if self.layout is None else f", tile order {self.layout[0]}x{self.layout[1]}"
+        return (f"in={self.in_features}, out={self.out_features}, "
+                f"groups={self.scales.shape[1]}{tiles}")
 
 
 class QuantizedExpert(FeedForward):
@@ -285,6 +392,22 @@ class QuantizedExpert(FeedForward):
     @property
     def dtype(self) -> torch.dtype:
         return self.up_proj.compute_dtype
+
+    @property
+    def layout(self) -> tuple[Layout, Layout]:
+        """(gate/up, down) layouts of the packed codes (`Int4Linear.layout`)."""
+        return self.up_proj.layout, self.down_proj.layout
+
+    def set_layout(self, tiles: bool, tile_rows: int = TILE_ROWS) -> None:
+        """Stores the codes in the fused int4 kernels' tile order (`tiles`: each matrix that
+        their tile-order entries read, `fused_layouts`; the others stay row-major) or back in
+        the half-split row-major layout, in place (`Int4Linear.set_layout`)."""
+        up, down = fused_layouts(self.hidden_size, self.inner_size, self.form,
+                                 self.group_size, tile_rows) if tiles else (None, None)
+        for lin in (self.gate_proj, self.up_proj):
+            if lin is not None:
+                lin.set_layout(up)
+        self.down_proj.set_layout(down)
 
     def weight_bytes(self) -> int:
         """Bytes actually stored: packed codes plus scales."""

@@ -36,7 +36,7 @@ from torch import nn
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe.expert import Expert
-from wattmoe.moe.quant import QuantizedExpert, dequantize_int4
+from wattmoe.moe.quant import Layout, QuantizedExpert, dequantize_int4, from_layout
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class ExpertStack:
         w13, w2: dense weights, or None for int4 stacks.
         q13, s13, q2, s2: packed int4 codes and fp16 scales, or None for dense stacks.
         group_size: int4 group size G, or None.
+        layout13, layout2: how q13 and q2 hold the codes (`quant.Int4Linear.layout`: None,
+            half-split rows; (rows, words) the fused kernels' tile order, which they read in
+            place, `SimpleMoELayer.set_int4_layout`).
         build_id: unique per build (CUDA graphs key on it: a rebuilt stack has new pointers).
         kernel_cache: per-stack objects of the kernels that depend only on these tensors (the
             fused backend's TMA descriptors and, for int4 "...f" configurations, a copy of
@@ -82,6 +85,8 @@ class ExpertStack:
     q2: torch.Tensor | None = None
     s2: torch.Tensor | None = None
     group_size: int | None = None
+    layout13: Layout = None
+    layout2: Layout = None
     build_id: int = 0
     kernel_cache: dict = field(default_factory=dict, repr=False)
 
@@ -107,7 +112,8 @@ class ExpertStack:
             return self.w13.to(dtype), self.w2.to(dtype)
         assert self.q13 is not None and self.s13 is not None
         assert self.q2 is not None and self.s2 is not None
-        return _dequant_stack(self.q13, self.s13, dtype), _dequant_stack(self.q2, self.s2, dtype)
+        return (_dequant_stack(from_layout(self.q13, self.layout13), self.s13, dtype),
+                _dequant_stack(from_layout(self.q2, self.layout2), self.s2, dtype))
 
     def weight_bytes(self) -> int:
         """Bytes a kernel must read to touch every expert once."""
@@ -219,6 +225,12 @@ def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int
     with torch.inference_mode(False), torch.no_grad():
         dev = experts[0].up_proj.packed.device
         st.group_size = g
+        layouts = {ex.layout for ex in experts}
+        if len(layouts) != 1:
+            raise ConfigError("stacked int4 experts must share one layout of their codes "
+                              f"(got {sorted(map(str, layouts))}): set it on all of them "
+                              "(`SimpleMoELayer.set_int4_layout`)")
+        st.layout13, st.layout2 = layouts.pop()
         st.q13 = torch.empty(n, rows, h // 2, dtype=torch.uint8, device=dev)
         st.s13 = torch.empty(n, rows, h // g, dtype=torch.float16, device=dev)
         st.q2 = torch.empty(n, h, f // 2, dtype=torch.uint8, device=dev)

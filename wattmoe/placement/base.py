@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from wattmoe.cost_model.work import INT4_SCALE_BYTES, int4_group, int4_weight_bytes
 from wattmoe.errors import ConfigError, WattmoeError
-from wattmoe.int4_layout import FRAGMENT_BYTES
+from wattmoe.int4_layout import FRAGMENT_BYTES, tile_layout
 
 EXPERT_FORMS: tuple[str, ...] = ("swiglu", "relu")
 #: Bytes per element of the dtypes a placement can be asked about.
@@ -27,6 +27,10 @@ DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1
 #: packed codes and scales (`ExpertShape.fused_copy_bytes`). `auto` is not among them: it may
 #: pick another backend at every step size.
 FUSED_BACKENDS: frozenset[str] = frozenset({"fused", "fused_graph"})
+#: How a GPU stores int4 codes (`wattmoe.moe.layer.SimpleMoELayer.set_int4_layout`): 'rows',
+#: half-split rows, beside which the fused kernels keep a copy in their order; 'tiles', in
+#: the kernels' tile order, which they read in place (`ExpertShape.tiles_copy_bytes`)
+INT4_LAYOUTS: tuple[str, ...] = ("rows", "tiles")
 
 
 class PlacementError(WattmoeError, ValueError):
@@ -142,15 +146,42 @@ class ExpertShape:
                 total += math.ceil(rows * (k // group) * INT4_SCALE_BYTES)
         return total
 
-    def replica_bytes(self, kind: str, backend: str | None = None) -> int:
+    def tiles_copy_bytes(self) -> int:
+        """`fused_copy_bytes` of a replica whose codes are stored in the fused kernels' tile
+        order (`SimpleMoELayer.set_int4_layout('tiles')`): the kernels read the codes of each
+        matrix that their tile-order entries read (`int4_layout.tile_layout`) in place, and
+        keep only the copy of its scales as pair words; the other matrices as in
+        `fused_copy_bytes`."""
+        if self.dtype != "int4":
+            return 0
+        group = int4_group(self.hidden, self.inner)
+        gated = self.form == "swiglu"
+        rows13, up = (2 * self.inner, self.inner) if gated else (self.inner, 0)
+        total = self.fused_copy_bytes
+        for rows, up_rows, k in ((rows13, up, self.hidden), (self.hidden, 0, self.inner)):
+            if tile_layout(rows, up_rows, k, group) is not None:
+                total -= rows * k // 2
+        return total
+
+    def replica_bytes(self, kind: str, backend: str | None = None,
+                      int4_layout: str = "rows") -> int:
         """Memory one replica takes on a device of `kind` ('gpu' | 'cpu') whose experts run
         expert backend `backend` (None: not said, as with the analytic costs): its weights
         (`weight_bytes`), plus, for int4 experts on a GPU with a fused backend
-        (`FUSED_BACKENDS`), the fused kernels' copy of them (`fused_copy_bytes`). The one
-        figure placement counts memory with: slots, infeasibility errors, a summary's
-        memory."""
-        copy = kind == "gpu" and backend in FUSED_BACKENDS
-        return self.weight_bytes + (self.fused_copy_bytes if copy else 0)
+        (`FUSED_BACKENDS`), the fused kernels' copy of them (`fused_copy_bytes`; with
+        `int4_layout` 'tiles', codes stored in the kernels' tile order, `tiles_copy_bytes`).
+        The one figure placement counts memory with: slots, infeasibility errors, a summary's
+        memory.
+
+        Raises:
+            ConfigError: int4_layout is not 'rows' or 'tiles'.
+        """
+        if int4_layout not in INT4_LAYOUTS:
+            raise ConfigError(f"int4 layout {int4_layout!r}: one of {INT4_LAYOUTS}")
+        if not (kind == "gpu" and backend in FUSED_BACKENDS):
+            return self.weight_bytes
+        return self.weight_bytes + (self.tiles_copy_bytes() if int4_layout == "tiles"
+                                    else self.fused_copy_bytes)
 
     @property
     def activation_bytes_per_token(self) -> float:

@@ -59,6 +59,8 @@ class CostGraph:
         cost_sources: device name -> where its kernel costs come from.
         backend: the expert backend the GPUs run (None: not said), which the memory of an
             int4 replica depends on.
+        int4_layout: how the GPUs store int4 codes ('rows' or 'tiles',
+            `ExpertShape.replica_bytes`).
     """
 
     cluster: ClusterSpec
@@ -76,6 +78,7 @@ class CostGraph:
     message_latency_s: np.ndarray
     cost_sources: dict[str, str] = field(default_factory=dict)
     backend: str | None = None
+    int4_layout: str = "rows"
 
     @property
     def num_devices(self) -> int:
@@ -122,7 +125,7 @@ _MAX_SLOTS = 2**53  # memory for more replicas than this is as good as unlimited
 
 def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: ExpertShape,
                      max_tokens: float, *, curve_points: int = 48,
-                     backend: str | None = None) -> CostGraph:
+                     backend: str | None = None, int4_layout: str = "rows") -> CostGraph:
     """Samples each device's cost curve once and derives the per-device transfer costs.
 
     Args:
@@ -130,6 +133,8 @@ def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: 
         backend: the expert backend the GPUs run ('fused', ...), for the memory of a replica
             (`ExpertShape.replica_bytes`); default: the provider's `backend` attribute (what
             `profile_cost_provider(..., backend=...)` prices), else None.
+        int4_layout: how the GPUs store int4 codes: 'rows' or 'tiles' (the fused kernels read
+            them in place: no copy of the codes; `ExpertShape.replica_bytes`).
 
     Raises:
         PlacementError: `backend` is not the backend the provider prices.
@@ -155,7 +160,7 @@ def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: 
                 raise type(exc)(f"device {d.name!r}: {exc}") from None
         index.append(curve_key[key])
         curve = curves[curve_key[key]]
-        replica_bytes = shape.replica_bytes(d.kind, backend)
+        replica_bytes = shape.replica_bytes(d.kind, backend, int4_layout)
         sources[d.name] = describe_provider(provider, d.cost_device)
         g.add_node(d.name, kind=d.kind, node=d.node, cost_device=d.cost_device,
                    memory_bytes=d.memory_bytes, replica_bytes=replica_bytes,
@@ -202,7 +207,7 @@ def build_cost_graph(cluster: ClusterSpec, provider: ExpertCostProvider, shape: 
         replica_bytes=arr("replica_bytes", np.int64), slots=arr("slots", np.int64),
         idle_power_w=arr("idle_power_w"), always_on=arr("always_on", bool),
         transfer_energy_j_per_token=xe, transfer_time_s_per_token=xt, message_latency_s=lat0,
-        cost_sources=sources, backend=backend,
+        cost_sources=sources, backend=backend, int4_layout=int4_layout,
     )
 
 

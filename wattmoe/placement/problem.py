@@ -144,13 +144,15 @@ class PlacementProblem:
 def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
                  provider: ExpertCostProvider, objective: Objective | str = "energy",
                  constraints: Constraints | None = None, *,
-                 backend: str | None = None) -> PlacementProblem:
+                 backend: str | None = None, int4_layout: str = "rows") -> PlacementProblem:
     """Builds the cost graph and checks that a placement can exist at all.
 
     Args:
         backend: the expert backend the GPUs run, for the memory of a replica (int4 with a
             fused backend counts the kernels' copy on GPUs: `ExpertShape.replica_bytes`);
             default: the provider's (`profile_cost_provider(..., backend=...)`), else None.
+        int4_layout: how the GPUs store int4 codes, 'rows' or 'tiles' (no copy of the codes
+            beside them: `ExpertShape.replica_bytes`).
 
     Raises:
         ConfigError: an int4 shape no int4 group size divides (an odd width).
@@ -163,7 +165,7 @@ def make_problem(cluster: ClusterSpec, loads: ExpertLoads, shape: ExpertShape,
         int4_group(shape.hidden, shape.inner)
     L, E = loads.tokens.shape
     graph = build_cost_graph(cluster, provider, shape, max_tokens=float(loads.tokens.max()),
-                             backend=backend)
+                             backend=backend, int4_layout=int4_layout)
     if graph.slots.max() == 0:
         big = int(np.argmax([d.memory_bytes for d in cluster.devices]))
         memory = cluster.devices[big].memory_bytes
@@ -211,8 +213,10 @@ def replica_text(graph: CostGraph, each: str = "", exact: bool = False) -> str:
     text = fmt_bytes(shape.weight_bytes, exact) + each
     more = sorted({int(b) for b in graph.replica_bytes if b != shape.weight_bytes})
     if more:
+        what = ("the fused kernels' copy of the int4 scales; codes in their tile order"
+                if graph.int4_layout == "tiles" else "the fused kernels' copy of the int4 weights")
         text += (f"; {', '.join(fmt_bytes(b, exact) for b in more)} on a GPU with backend "
-                 f"{graph.backend} (the fused kernels' copy of the int4 weights)")
+                 f"{graph.backend} ({what})")
     return text
 
 

@@ -1,0 +1,99 @@
+"""GPU memory of an int4 MoE layer run by the fused kernels, its codes stored row-major or in
+the kernels' tile order (`SimpleMoELayer.set_int4_layout`), as the CUDA caching allocator
+counts it.
+
+For each shape and layout: a fresh layer (bf16 router, int4 experts quantized on the GPU), the
+memory allocated once it is built, then after fused steps at each step size (eager, so that
+every kernel copy a step size needs is made), with the kernels' copies (`fused_triton.
+copy_bytes`) and the peak. Each layer is freed before the next. Writes one JSON.
+
+    python3 benchmarks/gpu/int4_layout_memory.py --out /tmp/mem.json \
+        --shapes olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3 --tokens 64,512,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _meta import provenance, write_json  # noqa: E402
+
+from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
+from wattmoe.moe.presets import resolve_shape  # noqa: E402
+from wattmoe.moe.quant import int4_group_size  # noqa: E402
+from wattmoe.moe.stacked import existing_stack  # noqa: E402
+
+
+def measure(spec: str, layout: str, tokens: list[int], dev: torch.device) -> dict[str, object]:
+    cfg = resolve_shape(spec)
+    gc.collect()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(dev)
+    torch.manual_seed(0)
+    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev, backend="fused").eval()
+    layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
+    layer.set_int4_layout(layout)
+    torch.cuda.synchronize(dev)
+    built = torch.cuda.memory_allocated(dev) - base
+    torch.cuda.reset_peak_memory_stats(dev)
+    steps = []
+    with torch.inference_mode():
+        for n in tokens:
+            x = torch.randn(n, cfg.hidden_size, device=dev, dtype=torch.bfloat16)
+            t0 = time.perf_counter()
+            layer(x)
+            torch.cuda.synchronize(dev)
+            st = existing_stack(layer.experts)
+            copies = ft.copy_bytes(st.kernel_cache) if st is not None else {}
+            steps.append({"tokens": n, "first_step_s": time.perf_counter() - t0,
+                          "allocated_bytes": torch.cuda.memory_allocated(dev) - base,
+                          "copy_bytes": copies})
+            del x
+    st = existing_stack(layer.experts)
+    out = {"shape": spec, "layout": layout, "layouts": [st.layout13, st.layout2],
+           "weight_bytes": st.weight_bytes(), "built_bytes": built, "steps": steps,
+           "peak_bytes": torch.cuda.max_memory_allocated(dev) - base}
+    del layer, st
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shapes", default="olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3")
+    ap.add_argument("--tokens", default="64,512,4096")
+    ap.add_argument("--layouts", default="rows,tiles")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: needs a CUDA GPU (the caching allocator's counts)", file=sys.stderr)
+        return 2
+    dev = torch.device("cuda")
+    ft.check_settings(dev)
+    tokens = [int(t) for t in args.tokens.split(",")]
+    rows = []
+    for spec in args.shapes.split(","):
+        for layout in args.layouts.split(","):
+            r = measure(spec, layout, tokens, dev)
+            last = r["steps"][-1]
+            print(f"{spec:16s} {layout:5s} codes+scales {r['weight_bytes'] / 1e9:6.2f} GB, "
+                  f"after the steps {last['allocated_bytes'] / 1e9:6.2f} GB allocated "
+                  f"(copies {sum(last['copy_bytes'].values()) / 1e9:.2f} GB: "
+                  f"{last['copy_bytes']}), peak {r['peak_bytes'] / 1e9:.2f} GB", flush=True)
+            rows.append(r)
+        write_json(args.out, {**provenance(), "args": vars(args), "rows": rows})  # each row
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""int4 codes stored in the fused kernels' tile order (`SimpleMoELayer.set_int4_layout`).
+
+The fused int4 launches that read tile order then read the stack's codes in place instead of
+a copy; every other reader (loop, grouped, launches of another order, the state dict) gets the
+half-split codes. Run by Triton's interpreter on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wattmoe.errors import ConfigError, ShapeError
+from wattmoe.int4_layout import tile_layout
+from wattmoe.moe import fused_triton as ft
+from wattmoe.moe.backends import get_backend
+from wattmoe.moe.base import MoEConfig
+from wattmoe.moe.layer import SimpleMoELayer
+from wattmoe.moe.quant import (
+    fragment_words,
+    from_layout,
+    fused_layouts,
+    quantize_expert,
+    tile_rows,
+    to_layout,
+    unfragment_words,
+    untile_rows,
+)
+from wattmoe.moe.stacked import stacked_experts
+from wattmoe.placement.base import ExpertShape
+
+from .interpreter import _interpreter, requires_interpreter  # noqa: F401 (autouse fixture)
+from .test_backends import make_dispatch
+from .test_backends_triton import default_tile_settings, experts, no_fallback  # noqa: F401
+
+
+@pytest.mark.parametrize("layout", [(128, 16), (64, 16), (64, 8), (128, 8)])
+def test_layout_round_trips_and_is_the_kernels_tile_order(layout: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 256, (3, 256, 128), dtype=torch.uint8, generator=gen)
+    stored = to_layout(codes, layout)
+    assert stored.shape == codes.shape and stored.dtype == torch.uint8
+    assert not torch.equal(stored, codes)
+    assert torch.equal(stored.view(torch.int32), tile_rows(fragment_words(codes), *layout))
+    assert torch.equal(from_layout(stored, layout), codes)
+    assert torch.equal(unfragment_words(fragment_words(codes)), codes)
+    words = fragment_words(codes)
+    assert torch.equal(untile_rows(tile_rows(words, *layout), *layout), words)
+
+
+def test_inverse_layouts_refuse_what_they_cannot_read() -> None:
+    with pytest.raises(ShapeError, match="int32"):
+        unfragment_words(torch.zeros(4, 8, dtype=torch.uint8))
+    with pytest.raises(ShapeError, match="tiles of 64"):
+        untile_rows(torch.zeros(96, 16, dtype=torch.int32), 64, 16)
+
+
+@pytest.mark.parametrize(("rows", "up", "k", "group", "want"), [
+    (2048, 1024, 2048, 128, (128, 16)),  # OLMoE gate/up: 128-row tiles, 64-byte K steps
+    (2048, 0, 1024, 128, (128, 16)),  # its down rows
+    (5760, 2880, 2880, 32, (64, 8)),  # gpt-oss-like, groups of 32: 64-row tiles, 32-byte steps
+    (5760, 2880, 2880, 64, None),  # groups of 64: halves of 1440 columns not whole groups
+    (384, 192, 128, 32, (64, 8)),  # the up rows start inside a 128-row tile
+    (2048, 1024, 2048, 16, None),  # groups below a 32-byte block: no fragment words
+    (96, 48, 96, 16, None),  # K/2 = 48: not whole 32-byte blocks
+])
+def test_tile_layout_is_what_the_kernels_read(rows: int, up: int, k: int, group: int,
+                                              want: tuple[int, int] | None) -> None:
+    assert tile_layout(rows, up, k, group) == want
+
+
+def layer(hidden: int = 256, inner: int = 128, group: int = 32, seed: int = 0,
+          form: str = "swiglu") -> SimpleMoELayer:
+    cfg = MoEConfig("t", hidden_size=hidden, expert_inner_size=inner, num_experts=6, top_k=2,
+                    expert_form=form)
+    return SimpleMoELayer(cfg, seed=seed).quantize(group).eval()
+
+
+@requires_interpreter
+def test_tiles_change_no_result_and_no_state() -> None:
+    lay = layer()
+    x = torch.randn(37, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = lay(x).hidden_states
+        state = {k: v.clone() for k, v in lay.state_dict().items()}
+        packed = lay.experts[0].up_proj.packed.clone()
+        assert lay.set_int4_layout("tiles") is lay and lay.int4_layout == "tiles"
+        assert not torch.equal(lay.experts[0].up_proj.packed, packed)  # rewritten in place
+        assert torch.equal(lay(x).hidden_states, before)  # loop reads the half-split codes
+        saved = lay.state_dict()
+        assert saved.keys() == state.keys()
+        assert all(torch.equal(saved[k], v) for k, v in state.items())
+        lay.set_int4_layout("rows")
+    assert lay.int4_layout == "rows"
+    assert torch.equal(lay.experts[0].up_proj.packed, packed)
+
+
+@requires_interpreter
+def test_a_state_dict_loads_into_a_layer_in_tile_order() -> None:
+    src, dst = layer(seed=0), layer(seed=1).set_int4_layout("tiles")
+    x = torch.randn(19, 256, generator=torch.Generator().manual_seed(2))
+    dst.load_state_dict(src.state_dict())
+    with torch.no_grad():
+        assert torch.equal(dst(x).hidden_states, src(x).hidden_states)
+    assert dst.int4_layout == "tiles"
+    assert torch.equal(dst.experts[3].down_proj.codes(), src.experts[3].down_proj.packed)
+
+
+@requires_interpreter
+@pytest.mark.parametrize("form", ["swiglu", "relu"])
+@pytest.mark.parametrize("config", [
+    "w64t16fpx", "w128t128fpx", "w64t32r16fpx/w256t32s3w8fpx",  # tile order: read in place
+    "w64t16f", "w64t16",  # fragment words row-major, half-split codes: copies made from codes
+])
+@pytest.mark.usefixtures("no_fallback")
+def test_fused_launches_read_tile_order_in_place(config: str, form: str,
+                                                 gen: torch.Generator) -> None:
+    qx = torch.nn.ModuleList(quantize_expert(e, 32) for e in experts(6, 256, 128, form))
+    x = torch.randn(41, 256, generator=gen)
+    d = make_dispatch("skewed", 41, 6, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        ref = get_backend("loop")(qx, x, d)
+        rows_out = ft.fused_forward(stacked_experts(qx), x, d, config)
+        rows_copies = ft.copy_bytes(stacked_experts(qx).kernel_cache)
+        for e in qx:
+            e.set_layout(True)
+        from wattmoe.moe.stacked import invalidate_stack
+
+        invalidate_stack(qx)
+        st = stacked_experts(qx)
+        assert (st.layout13, st.layout2) == fused_layouts(256, 128, form, 32)
+        out = ft.fused_forward(st, x, d, config)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, rows_out)
+    copies = ft.copy_bytes(st.kernel_cache)
+    if config.endswith("fpx"):
+        assert "frag_tiles" in rows_copies and "frag_tiles" not in copies
+    else:
+        assert "frag_tiles" not in copies and copies.get("frag", 0) + copies.get("codes", 0) > 0
+
+
+@requires_interpreter
+@pytest.mark.usefixtures("no_fallback")
+def test_fused_launches_follow_weights_loaded_in_tile_order(gen: torch.Generator) -> None:
+    lay = layer().set_int4_layout("tiles")
+    lay.set_backend("fused")
+    other = layer(seed=5)
+    x = torch.randn(29, 256, generator=gen)
+    with torch.no_grad():
+        lay(x)  # builds the stack and its copies (scale pairs)
+        lay.load_state_dict(other.state_dict())
+        torch.testing.assert_close(lay(x).hidden_states, other(x).hidden_states,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_stacks_refuse_experts_of_mixed_layouts() -> None:
+    qx = [quantize_expert(e, 32) for e in experts(3, 256, 128)]
+    qx[1].set_layout(True)
+    with pytest.raises(ConfigError, match="one layout"):
+        stacked_experts(qx)
+
+
+def test_set_int4_layout_needs_int4_experts_and_a_known_layout() -> None:
+    cfg = MoEConfig("t", hidden_size=64, expert_inner_size=64, num_experts=2, top_k=1)
+    with pytest.raises(ConfigError, match="quantize"):
+        SimpleMoELayer(cfg).set_int4_layout("tiles")
+    with pytest.raises(ConfigError, match="'rows'"):
+        layer().set_int4_layout("tile")
+
+
+@pytest.mark.parametrize(("hidden", "inner"), [(2048, 1024), (2048, 768), (7168, 2048)])
+def test_placement_counts_no_copy_of_codes_in_tile_order(hidden: int, inner: int) -> None:
+    # the table's three shapes: every matrix in tile order, so a GPU keeps the codes and
+    # scales and a copy of the scales only (groups of 128: 1/32 of the codes' bytes)
+    s = ExpertShape(hidden, inner, "swiglu", "int4")
+    rows = s.replica_bytes("gpu", "fused")
+    tiles = s.replica_bytes("gpu", "fused", "tiles")
+    assert rows == 2 * s.weight_bytes
+    assert tiles == s.weight_bytes + s.params // 64
+    assert s.replica_bytes("cpu", "fused", "tiles") == s.weight_bytes
+    assert s.replica_bytes("gpu", "loop", "tiles") == s.weight_bytes
+    with pytest.raises(ConfigError, match="int4 layout"):
+        s.replica_bytes("gpu", "fused", "columns")
