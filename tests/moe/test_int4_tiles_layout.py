@@ -153,6 +153,19 @@ def test_fused_launches_follow_weights_loaded_in_tile_order(gen: torch.Generator
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_set_int4_layout_keeps_the_stack_and_drops_its_copies() -> None:
+    # no rebuild (which would hold the codes twice while copying them): the stack's tensors
+    # stay, the kernels' objects made from the old layout go, graphs see a new build
+    lay = layer()
+    st = stacked_experts(lay.experts)
+    ptr, build = st.q13.data_ptr(), st.build_id
+    st.kernel_cache[("frag", ptr)] = "made from the row-major codes"
+    lay.set_int4_layout("tiles")
+    assert stacked_experts(lay.experts) is st and st.q13.data_ptr() == ptr
+    assert (st.layout13, st.layout2) == lay.experts[0].layout != (None, None)
+    assert st.kernel_cache == {} and st.build_id != build
+
+
 def test_stacks_refuse_experts_of_mixed_layouts() -> None:
     qx = [quantize_expert(e, 32) for e in experts(3, 256, 128)]
     qx[1].set_layout(True)

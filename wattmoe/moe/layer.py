@@ -27,7 +27,7 @@ from wattmoe.moe.quant import (
     quantize_expert,
 )
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
-from wattmoe.moe.stacked import invalidate_stack
+from wattmoe.moe.stacked import relayout_stack
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,8 @@ class SimpleMoELayer(nn.Module):
         layer in tile order through a temporary copy of each matrix per call (slower, same
         results); the state dict holds the half-split codes either way. Launches whose
         entries read another order (a K step of 32 bytes, row-major words) keep a copy, made
-        from the half-split codes, as before. The expert stack is rebuilt at the next step
-        (CUDA graphs of the layer are captured again).
+        from the half-split codes, as before. The expert stack keeps its tensors (nothing is
+        copied) and drops the kernels' copies; CUDA graphs of the layer are captured again.
 
         Raises:
             ConfigError: the layer has no int4 experts, or layout is not 'rows' or 'tiles'.
@@ -215,7 +215,7 @@ class SimpleMoELayer(nn.Module):
         rows = fused_triton._tile_rows_setting()
         for e in q:
             e.set_layout(layout == "tiles", rows)
-        invalidate_stack(self.experts)
+        relayout_stack(self.experts)
         return self
 
     def uses_fused_route(self, tokens: torch.Tensor) -> bool:
