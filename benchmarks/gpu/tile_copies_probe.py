@@ -11,6 +11,11 @@ so that a difference in the eager steps can be told apart as host work, GPU work
 
     PYTHONPATH=$PWD python3 benchmarks/gpu/tile_copies_probe.py --out $OUT/tiles.json
 
+With `--compare storage` the two layouts are how the layer stores its int4 codes instead
+(`SimpleMoELayer.set_int4_layout`): two layers of the same weights in one process, one with
+row-major codes (the kernels read their tile-order copy) and one with the codes in tile order
+(read in place), their steps in alternating windows.
+
 On a machine without a GPU it runs the same steps through Triton's interpreter with no energy
 (`kernels_bench.ClockOnly`), for the smoke test.
 """
@@ -49,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tokens", default="64,512")
     ap.add_argument("--graph", action="store_true",
                     help="also the steps captured in a CUDA graph (GPU only)")
+    ap.add_argument("--compare", choices=("copies", "storage"), default="copies",
+                    help="copies: one tile-order copy per stack or per program size; storage: "
+                         "codes stored row-major or in tile order (set_int4_layout)")
     ap.add_argument("--rounds", type=positive_int, default=4)
     ap.add_argument("--window", type=positive_float, default=1.0, help="seconds per window")
     args = ap.parse_args(argv)
@@ -100,21 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     was = ft.TILE_SHARED
     try:
         for shape, cfg in shapes:
-            torch.manual_seed(0)
-            layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
-            layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
-            layer.set_backend("fused")
+            layers = {}
+            for storage in ("rows", "tiles") if args.compare == "storage" else ("rows",):
+                torch.manual_seed(0)
+                layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+                layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
+                layer.set_backend("fused")
+                layers[storage] = layer.set_int4_layout(storage)
+            # (label, layer, tile copies shared) of each side of the comparison
+            sides = ([(name, layers["rows"], shared) for name, shared in LAYOUTS.items()]
+                     if args.compare == "copies" else
+                     [(name, lay, True) for name, lay in layers.items()])
             for tokens in args.token_list:
                 x = torch.randn(tokens, cfg.hidden_size, device=dev, dtype=torch.bfloat16)
                 steps = {}
                 with torch.inference_mode():
-                    for name, shared in LAYOUTS.items():
-                        layout_step(layer, x, shared)()  # both layouts' copies, first
-                        steps[f"{name} eager"] = layout_step(layer, x, shared)
+                    for name, lay, shared in sides:
+                        layout_step(lay, x, shared)()  # both sides' copies, first
+                        steps[f"{name} eager"] = layout_step(lay, x, shared)
                     if args.graph and dev.type == "cuda":
-                        for name, shared in LAYOUTS.items():
+                        for name, lay, shared in sides:
                             ft.TILE_SHARED = shared
-                            g = GraphedLayer(layer)
+                            g = GraphedLayer(lay)
                             g(x)  # captured under this layout
                             steps[f"{name} graph"] = layout_step(g, x, shared)
                     windows = alternating_windows(

@@ -194,3 +194,28 @@ def test_placement_counts_no_copy_of_codes_in_tile_order(hidden: int, inner: int
     assert s.replica_bytes("gpu", "loop", "tiles") == s.weight_bytes
     with pytest.raises(ConfigError, match="int4 layout"):
         s.replica_bytes("gpu", "fused", "columns")
+
+
+@requires_interpreter
+@pytest.mark.usefixtures("no_fallback")
+def test_tile_copies_probe_compares_the_storage_layouts(tmp_path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # two layers of the same weights, codes row-major and in tile order, in alternating
+    # windows: the tile-order launches read a copy of the first and the second itself
+    import json
+
+    from tests.scripts import load_script
+
+    probe = load_script("benchmarks/gpu/tile_copies_probe.py")
+    monkeypatch.setattr(ft, "choose_config", lambda st, n, dev: "w64t16fpx")
+    reads = []
+    real = ft._launch
+    monkeypatch.setattr(ft, "_launch", lambda *a, **k: reads.append(k.get("w_layout"))
+                        or real(*a, **k))
+    out = tmp_path / "storage.json"
+    assert probe.main(["--shapes", "h256_f128_swiglu_e4_k2", "--tokens", "24", "--compare",
+                       "storage", "--rounds", "2", "--window", "0.01", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["step"] for r in rows] == ["rows eager", "tiles eager"]
+    assert all(len(r["windows"]) == 2 and r["mj_per_step"] == 0 for r in rows)
+    assert {None, (128, 16)} <= set(reads)
