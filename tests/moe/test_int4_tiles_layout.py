@@ -219,3 +219,11 @@ def test_tile_copies_probe_compares_the_storage_layouts(tmp_path,
     assert [r["step"] for r in rows] == ["rows eager", "tiles eager"]
     assert all(len(r["windows"]) == 2 and r["mj_per_step"] == 0 for r in rows)
     assert {None, (128, 16)} <= set(reads)
+
+
+def test_tiles_on_a_shape_with_no_tile_order_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    # H = F = 96, groups of 32: K/2 = 48 is not whole 32-byte blocks, no fragment words
+    lay = layer(hidden=96, inner=96, group=32)
+    with caplog.at_level("WARNING", logger="wattmoe.moe.layer"):
+        lay.set_int4_layout("tiles")
+    assert lay.int4_layout == "rows" and "stay row-major" in caplog.text

@@ -216,6 +216,12 @@ class SimpleMoELayer(nn.Module):
         for e in q:
             e.set_layout(layout == "tiles", rows)
         relayout_stack(self.experts)
+        if layout == "tiles" and self.int4_layout == "rows":
+            cfg = self.config
+            log.warning("int4 layout 'tiles': the fused int4 kernels read no matrix of this "
+                        "shape in tile order (hidden %d, inner %d, groups of %d: "
+                        "`int4_layout.tile_layout`), so the codes stay row-major",
+                        cfg.hidden_size, cfg.expert_inner_size, q[0].group_size)
         return self
 
     def uses_fused_route(self, tokens: torch.Tensor) -> bool:

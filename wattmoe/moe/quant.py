@@ -205,7 +205,6 @@ def tile_rows(words: torch.Tensor, rows: int, cols: int,
     return out
 
 
-
 def unfragment_words(words: torch.Tensor) -> torch.Tensor:
     """The half-split packed codes uint8 [..., in // 2] of fragment words int32 [..., in // 8]
     (`fragment_words`, undone: block byte 8q + 4w + 2h + i back to 16w + 8h + 2q + i)."""
@@ -264,6 +263,7 @@ def from_layout(packed: torch.Tensor, layout: Layout) -> torch.Tensor:
     if layout is None:
         return packed
     return unfragment_words(untile_rows(packed.contiguous().view(torch.int32), *layout))
+
 
 class Int4Linear(nn.Module):
     """A bias-free linear layer with packed int4 weights, dequantized in `forward`.
