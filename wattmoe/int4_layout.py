@@ -43,9 +43,14 @@ def pair_group(hidden: int, inner: int) -> int | None:
     return g if g >= 32 else None
 
 
+#: how int4 codes are stored (`wattmoe.moe.layer.SimpleMoELayer.set_int4_layout`): 'rows', the
+#: half-split codes row-major, beside which the fused kernels keep a copy in their order;
+#: 'tiles', in the kernels' tile order, which they read in place
+INT4_LAYOUTS: tuple[str, ...] = ("rows", "tiles")
+
 #: rows per tile of the fused kernels' tile-order int4 words where those rows divide the
 #: matrix (`wattmoe.moe.fused_triton._tile_rows_setting`'s default); else `TILE_ROWS_SMALL`
-TILE_ROWS = 128
+DEFAULT_TILE_ROWS = 128
 TILE_ROWS_SMALL = 64
 
 #: packed bytes per K step of the fused int4 kernels' tile-order entries (`...fpx`): every
@@ -54,7 +59,7 @@ K_STEP_BYTES = 64
 
 
 def tile_layout(rows: int, up_rows: int, k: int, group: int,
-                tile_rows: int = TILE_ROWS) -> tuple[int, int] | None:
+                tile_rows: int = DEFAULT_TILE_ROWS) -> tuple[int, int] | None:
     """How the fused int4 kernels' tile-order entries read one stacked matrix of `rows` rows
     (per expert; gate/up start at `up_rows`, 0 for one matrix) and `k` input columns in groups
     of `group`: as (rows per tile, 32-bit words per K step), or None where they read no tile
@@ -66,7 +71,7 @@ def tile_layout(rows: int, up_rows: int, k: int, group: int,
     they divide the rows and the up rows' offset, else of `TILE_ROWS_SMALL` (the 64-row
     programs that the heuristic picks there). An int4 layer stored in this layout
     (`wattmoe.moe.quant.Int4Linear.set_layout`) is read by those entries in place, with no
-    copy (`wattmoe.placement.base.ExpertShape.fused_copy_bytes`)."""
+    copy (`wattmoe.placement.base.ExpertShape.tiles_copy_bytes`)."""
     half = k // 2
     if k % 2 or group < FRAGMENT_BYTES or half % FRAGMENT_BYTES or half % group:
         return None
@@ -79,3 +84,14 @@ def tile_layout(rows: int, up_rows: int, k: int, group: int,
         if rows % tr == 0 and up_rows % tr == 0:
             return tr, step // 4
     return None
+
+
+def fused_layouts(hidden: int, inner: int, form: str, group: int,
+                  tile_rows: int = DEFAULT_TILE_ROWS
+                  ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """`tile_layout` of an expert's gate/up rows (stacked [2F | F, H], the up rows at F for
+    'swiglu') and of its down rows ([H, F])."""
+    gated = form == "swiglu"
+    return (tile_layout(2 * inner if gated else inner, inner if gated else 0, hidden, group,
+                        tile_rows),
+            tile_layout(hidden, 0, inner, group, tile_rows))

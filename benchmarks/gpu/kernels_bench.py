@@ -50,6 +50,7 @@ from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.cost_model.work import int4_weight_bytes  # noqa: E402
 from wattmoe.errors import ConfigError  # noqa: E402
+from wattmoe.int4_layout import INT4_LAYOUTS  # noqa: E402
 from wattmoe.moe import (  # noqa: E402
     MoEConfig,
     SimpleMoELayer,
@@ -566,7 +567,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--int4-group", type=int, default=None,
                     help="int4 group size of every shape (default: int4_group_size's, the "
                          "largest power of two <= 128 dividing both widths)")
-    ap.add_argument("--int4-layout", choices=("rows", "tiles"), default="rows",
+    ap.add_argument("--int4-layout", choices=INT4_LAYOUTS, default="rows",
                     help="how the int4 layers store their codes (SimpleMoELayer."
                          "set_int4_layout): rows (half-split, the fused kernels keep a copy in "
                          "their order) or tiles (their tile order, read in place)")

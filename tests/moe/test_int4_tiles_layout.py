@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wattmoe.errors import ConfigError, ShapeError
-from wattmoe.int4_layout import tile_layout
+from wattmoe.int4_layout import fused_layouts, tile_layout
 from wattmoe.moe import fused_triton as ft
 from wattmoe.moe.backends import get_backend
 from wattmoe.moe.base import MoEConfig
@@ -19,7 +19,6 @@ from wattmoe.moe.layer import SimpleMoELayer
 from wattmoe.moe.quant import (
     fragment_words,
     from_layout,
-    fused_layouts,
     quantize_expert,
     tile_rows,
     to_layout,
@@ -227,3 +226,44 @@ def test_tiles_on_a_shape_with_no_tile_order_says_so(caplog: pytest.LogCaptureFi
     with caplog.at_level("WARNING", logger="wattmoe.moe.layer"):
         lay.set_int4_layout("tiles")
     assert lay.int4_layout == "rows" and "stay row-major" in caplog.text
+
+
+def test_a_stack_follows_layouts_set_expert_by_expert(gen: torch.Generator) -> None:
+    # was: the stack kept its old layout (same addresses) and `dense` read tile-order bytes
+    # as half-split codes (the grouped backend off by up to 0.38)
+    qx = torch.nn.ModuleList(quantize_expert(e, 32) for e in experts(4, 256, 128))
+    x = torch.randn(23, 256, generator=gen)
+    d = make_dispatch("skewed", 23, 4, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        want = get_backend("loop")(qx, x, d)
+        assert stacked_experts(qx).layout13 is None
+        for e in qx:
+            e.set_layout(True)
+        assert stacked_experts(qx).layout13 == (128, 8)
+        torch.testing.assert_close(get_backend("grouped")(qx, x, d), want, rtol=1e-5, atol=1e-5)
+    qx[0].gate_proj.set_layout(None)  # gate and up rows apart: no stack reads that
+    with pytest.raises(ConfigError, match="gate and up rows alike"):
+        stacked_experts(qx)
+
+
+def test_whole_step_graphs_see_a_layout_change() -> None:
+    # the layout changes at the same addresses: the step graphs' signature must still move
+    from wattmoe.moe.graphs import GraphedLayer
+
+    lay = layer()
+    g = GraphedLayer(lay)
+    before = g.weights_signature()
+    lay.set_int4_layout("tiles")
+    assert g.weights_signature() != before
+
+
+def test_set_int4_layout_again_changes_nothing_and_works_in_inference_mode() -> None:
+    lay = layer()
+    st = stacked_experts(lay.experts)
+    lay.set_int4_layout("rows")  # already: the stack keeps its build (graphs stay valid)
+    assert stacked_experts(lay.experts).build_id == st.build_id
+    cfg = MoEConfig("t", hidden_size=256, expert_inner_size=128, num_experts=6, top_k=2)
+    with torch.inference_mode():  # codes made here are inference tensors (no stack yet)
+        inf = SimpleMoELayer(cfg, seed=0).quantize(32).set_int4_layout("tiles")
+    assert inf.int4_layout == "tiles"
+    assert torch.equal(inf.experts[2].up_proj.codes(), lay.experts[2].up_proj.packed)

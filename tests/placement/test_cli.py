@@ -517,3 +517,40 @@ def test_place_summary_scales_large_memory_and_power(tmp_path, capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "0 B / 888.2 PiB" in text and "45.0 W / 1 GW" in text
     assert "GiB /" not in text.split("cpu0")[1] and "e+" not in text
+
+
+def test_place_int4_layout_tiles_counts_no_copy_of_the_codes(tmp_path, capsys) -> None:
+    # codes stored in the fused kernels' tile order (SimpleMoELayer.set_int4_layout): the
+    # GPU keeps no copy of the codes of the matrices they read so, and more experts fit
+    import json
+
+    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
+    from wattmoe.cost_model import OpShape, save_profile
+    from wattmoe.placement import ExpertShape
+
+    layer = OpShape(64, 128, "swiglu", 8, 2)  # tiny
+    db = synthetic_db([synthetic_point("moe_layer_int4:fused", n, layer) for n in TOKENS])
+    db.devices["cuda:0"].name = "NVIDIA H200"
+    profile = save_profile(db, tmp_path / "int4.json")
+    int4 = ExpertShape(64, 128, dtype="int4")
+    rows, tiles = int4.replica_bytes("gpu", "fused"), int4.replica_bytes("gpu", "fused", "tiles")
+    assert tiles < rows
+    spec = load_cluster_dict("h200-cpu")
+    spec["devices"][0]["memory_bytes"] = 4 * tiles
+    cluster = tmp_path / "c.json"
+    cluster.write_text(json.dumps(spec))
+    out = tmp_path / "p.json"
+    args = ["place", "--cluster", str(cluster), "--preset", "tiny", "--layers", "1", "--dtype",
+            "int4", "--cost-model", str(profile), "--backend", "fused", "--solver", "fill",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert Placement.from_json(out.read_text()).summary.devices[0].replicas == 4 * tiles // rows
+    assert main([*args, "--int4-layout", "tiles"]) == 0
+    placed = Placement.from_json(out.read_text())
+    assert placed.summary.devices[0].replicas == 4
+    assert placed.meta["int4_layout"] == "tiles"
+    assert "codes of any matrix" in " ".join(capsys.readouterr().out.split())
+    # where it would change nothing, an error
+    assert main(["place", "--cluster", str(cluster), "--preset", "tiny", "--dtype", "int4",
+                 "--int4-layout", "tiles"]) == 2
+    assert "needs --dtype int4 and --backend" in capsys.readouterr().err

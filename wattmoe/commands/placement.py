@@ -12,6 +12,7 @@ from wattmoe.cli import command, console, err_console
 from wattmoe.commands.argtypes import nonnegative_int, positive_float, positive_int
 from wattmoe.commands.outputs import check_out
 from wattmoe.errors import ConfigError, os_error_as
+from wattmoe.int4_layout import INT4_LAYOUTS
 from wattmoe.units import fmt_bytes, fmt_power
 
 SOLVER_NAMES = ("heuristic", "milp", "eplb", "round-robin", "fill")
@@ -55,7 +56,7 @@ def _place_args(p: argparse.ArgumentParser) -> None:
                         "expert as its share of that backend's profiled MoE layer steps "
                         "(moe_layer:NAME; moe_layer_int4:NAME for --dtype int4) instead of one "
                         "expert called alone; needs --cost-model")
-    p.add_argument("--int4-layout", choices=("rows", "tiles"), default="rows",
+    p.add_argument("--int4-layout", choices=INT4_LAYOUTS, default="rows",
                    help="how the GPUs store int4 codes with a fused --backend: rows (beside "
                         "which the fused kernels keep a copy in their order) or tiles "
                         "(SimpleMoELayer.set_int4_layout: read in place, about half the "
@@ -146,6 +147,7 @@ def cmd_place(args: argparse.Namespace) -> int:
         solve,
         synthetic_loads,
     )
+    from wattmoe.placement.base import FUSED_BACKENDS
 
     if args.time_limit is not None and args.solver not in TIME_LIMITED_SOLVERS:
         # (--compare's baselines are not limited either: only the solver named here is)
@@ -172,6 +174,12 @@ def cmd_place(args: argparse.Namespace) -> int:
         loads = synthetic_loads(layers, cfg.num_experts, cfg.top_k,
                                 4096 if args.tokens is None else args.tokens, args.skew,
                                 0 if args.seed is None else args.seed)
+    if args.int4_layout != "rows" and (args.dtype.strip().lower() != "int4"
+                                       or args.backend not in FUSED_BACKENDS):
+        raise ConfigError(f"--int4-layout {args.int4_layout} sizes int4 replicas on GPUs whose "
+                          "fused kernels read their codes: it needs --dtype int4 and --backend "
+                          f"{' or '.join(sorted(FUSED_BACKENDS))} (got --dtype {args.dtype}, "
+                          f"--backend {args.backend})")
     provider, provider_txt = build_cost_provider(args.cost_model, args.backend)
     if args.cost_model:
         _check_profile_covers(provider, cluster, args.cost_model, args.backend)

@@ -56,7 +56,7 @@ from torch import nn
 
 from wattmoe.checks import check_positive_int, is_finite_real, is_int, is_power_of_two
 from wattmoe.errors import ConfigError, ShapeError
-from wattmoe.int4_layout import FRAGMENT_BYTES, halves_whole
+from wattmoe.int4_layout import DEFAULT_TILE_ROWS, FRAGMENT_BYTES, halves_whole
 from wattmoe.moe.backends import loop_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.grouped import grouped_forward
@@ -977,16 +977,23 @@ def _write_derived(key: tuple, w: torch.Tensor, out: torch.Tensor | None,
     fits; made outside inference mode so that it can be rewritten in place in any mode. From
     the half-split codes of w where w holds them in tile order (`layout`)."""
     _, per, build = _DERIVED[key[0]]
-    fits = out is not None and out.shape == (*w.shape[:-1], w.shape[-1] // per)
+    shape = (*w.shape[:-1], w.shape[-1] // per)
+    fits = out is not None and out.shape == shape
     with torch.inference_mode(False), torch.no_grad():
-        return build(from_layout(w, layout), key[2:], out if fits else None)
+        if layout is None:
+            return build(w, key[2:], out if fits else None)
+        if not fits:  # codes (uint8) or words (int32)
+            out = torch.empty(shape, dtype=torch.uint8 if per == 1 else torch.int32,
+                              device=w.device)
+        for e in range(w.shape[0]):  # decoded an expert at a time: one expert's temporary
+            build(from_layout(w[e:e + 1], layout), key[2:], out[e:e + 1])
+        return out
 
 
 def _int4_copies(cache: dict) -> Iterator[tuple[tuple, tuple]]:
     """The int4 copies (`_derived`) in a stack's `kernel_cache`, as (key, (version, copy, w,
-    layout));
-    the other entries (TMA descriptors) are left out. Over a snapshot of the entries, so that
-    the caller may rewrite them as it goes."""
+    layout)); the other entries (TMA descriptors) are left out. Over a snapshot of the
+    entries, so that the caller may rewrite them as it goes."""
     for key, entry in list(cache.items()):
         if isinstance(key, tuple) and key and key[0] in _DERIVED:
             yield key, entry
@@ -1017,8 +1024,8 @@ def refresh_frag_words(cache: dict, force: bool = False) -> frozenset[tuple[tupl
 
 def copy_bytes(cache: dict) -> dict[str, int]:
     """Bytes of the int4 copies (`_derived`) in a stack's `kernel_cache`, per kind ('frag',
-    'pairs', 'frag_tiles', 'pair_tiles'; kinds with no copy are left out): the memory the fused
-    int4 kernels hold besides the packed codes and scales."""
+    'pairs', 'frag_tiles', 'pair_tiles', 'codes'; kinds with no copy are left out): the memory
+    the fused int4 kernels hold besides the packed codes and scales."""
     out: dict[str, int] = {}
     for key, (_, copy, _, _) in _int4_copies(cache):
         out[key[0]] = out.get(key[0], 0) + copy.numel() * copy.element_size()
@@ -1060,7 +1067,7 @@ def _tile_rows_setting() -> int:
     at import."""
     raw = os.environ.get(TILE_ROWS_ENV, "").strip()
     if not raw:
-        return 128
+        return DEFAULT_TILE_ROWS
     try:
         rows = int(raw)
     except ValueError:
@@ -1072,6 +1079,12 @@ def _tile_rows_setting() -> int:
 
 
 TILE_ROWS: int | None = None  # `_tile_rows_setting()`, read at the first use
+
+
+def tile_rows_in_use() -> int:
+    """The rows per tile the launches read tile order in: what this process read at its first
+    such launch (`TILE_ROWS`), else the setting now."""
+    return TILE_ROWS if TILE_ROWS is not None else _tile_rows_setting()
 
 TILE_COPIES_ENV = "WATTMOE_INT4_TILE_COPIES"
 

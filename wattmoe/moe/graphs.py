@@ -31,7 +31,7 @@ from wattmoe.moe.backends import get_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.fused_triton import copies_moved, refresh_frag_words
 from wattmoe.moe.router import RoutingStrategy
-from wattmoe.moe.stacked import _anchors, existing_stack, stacked_experts
+from wattmoe.moe.stacked import _anchors, existing_stack, layout_anchors, stacked_experts
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,9 @@ class GraphedLayer:
         layer = self.layer
         experts = layer.experts
         try:
-            anchors: tuple[object, ...] = _anchors(experts) if len(experts) else ()
+            # the int4 layouts too: `set_int4_layout` rewrites the codes at their addresses
+            anchors: tuple[object, ...] = ((*_anchors(experts), *layout_anchors(experts))
+                                           if len(experts) else ())
         except AttributeError:
             anchors = tuple(id(e) for e in experts)
         mods, tree = self._modules_cache

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from wattmoe.errors import ConfigError, ShapeError
-from wattmoe.int4_layout import halves_whole
+from wattmoe.int4_layout import INT4_LAYOUTS, halves_whole
 from wattmoe.moe.autoselect import AutoBackend
 from wattmoe.moe.backends import get_backend, needs_autograd
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
@@ -189,39 +189,47 @@ class SimpleMoELayer(nn.Module):
 
     def set_int4_layout(self, layout: str) -> SimpleMoELayer:
         """Stores the int4 experts' packed codes in `layout`, in place: 'tiles', the order in
-        which the fused int4 kernels' tile-order entries (`...fpx`, the tuned table's and the
-        heuristic's on sm_90) read them, so that they read the codes themselves instead of a
-        copy of them: half the memory of the experts on the GPU; or 'rows', the half-split
-        codes row-major (the default, and what `quantize` makes).
+        which the fused int4 kernels' tile-order entries (`...fpx`: the H200 table's and the
+        sm_90 heuristic's) read them, so that those launches read the codes themselves
+        instead of a copy: about half the memory of the experts on an sm_90 GPU (run 118); or
+        'rows', the half-split codes row-major (the default, and what `quantize` makes).
 
         The loop and grouped backends (and `Int4Linear.weight`) read the half-split codes of a
         layer in tile order through a temporary copy of each matrix per call (slower, same
-        results); the state dict holds the half-split codes either way. Launches whose
-        entries read another order (a K step of 32 bytes, row-major words) keep a copy, made
-        from the half-split codes, as before. The expert stack keeps its tensors (nothing is
-        copied) and drops the kernels' copies; CUDA graphs of the layer are captured again.
+        results); the state dict holds the half-split codes either way. Launches that read
+        another order keep a copy made from the half-split codes, as with 'rows': a K step of
+        32 bytes (OLMoE's 512-token down launch), row-major words, tiles of other rows
+        ($WATTMOE_INT4_TILE_ROWS, per-program copies), and every int4 launch off sm_90, whose
+        kernels read half-split codes: there 'tiles' costs a copy instead of saving one (a
+        warning says so). The expert stack keeps its tensors (nothing is copied) and drops
+        the kernels' copies; CUDA graphs of the layer are captured again.
 
         Raises:
             ConfigError: the layer has no int4 experts, or layout is not 'rows' or 'tiles'.
         """
-        if layout not in ("rows", "tiles"):
+        if layout not in INT4_LAYOUTS:
             raise ConfigError(f"int4 layout {layout!r}: 'rows' (half-split codes, row-major) "
                               "or 'tiles' (the fused int4 kernels' tile order)")
         q = [e for e in self.experts if isinstance(e, QuantizedExpert)]
         if not q:
             raise ConfigError("set_int4_layout needs int4 experts: call quantize() first")
-        from wattmoe.moe import fused_triton  # its tile-rows setting (imports this module)
+        from wattmoe.moe import fused_triton  # its tile rows (imports this module)
 
-        rows = fused_triton._tile_rows_setting()
+        before = [e.layout for e in q]
         for e in q:
-            e.set_layout(layout == "tiles", rows)
-        relayout_stack(self.experts)
+            e.set_layout(layout == "tiles", fused_triton.tile_rows_in_use())
+        if [e.layout for e in q] != before:
+            relayout_stack(self.experts)
+        cfg, dev = self.config, q[0].up_proj.packed.device
         if layout == "tiles" and self.int4_layout == "rows":
-            cfg = self.config
             log.warning("int4 layout 'tiles': the fused int4 kernels read no matrix of this "
                         "shape in tile order (hidden %d, inner %d, groups of %d: "
                         "`int4_layout.tile_layout`), so the codes stay row-major",
                         cfg.hidden_size, cfg.expert_inner_size, q[0].group_size)
+        elif layout == "tiles" and dev.type == "cuda" and not fused_triton._is_sm90(dev):
+            log.warning("int4 layout 'tiles' on %s: off sm_90 the fused int4 kernels read "
+                        "half-split codes, so they keep a copy of them made from the tiles "
+                        "(more memory, not less); 'rows' needs none there", dev)
         return self
 
     def uses_fused_route(self, tokens: torch.Tensor) -> bool:

@@ -19,7 +19,13 @@ from torch import nn
 
 from wattmoe.checks import is_int
 from wattmoe.errors import ConfigError, ShapeError
-from wattmoe.int4_layout import FRAGMENT_BYTES, TILE_ROWS, default_group, pair_group, tile_layout
+from wattmoe.int4_layout import (
+    DEFAULT_TILE_ROWS,
+    FRAGMENT_BYTES,
+    default_group,
+    fused_layouts,
+    pair_group,
+)
 from wattmoe.moe.base import resolve_dtype
 from wattmoe.moe.expert import Expert, FeedForward
 
@@ -239,16 +245,6 @@ def untile_rows(words: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 Layout = tuple[int, int] | None
 
 
-def fused_layouts(hidden: int, inner: int, form: str, group: int,
-                  tile_rows: int = TILE_ROWS) -> tuple[Layout, Layout]:
-    """The tile-order layouts (`wattmoe.int4_layout.tile_layout`) of an expert's gate/up rows
-    (stacked [2F | F, H], the up rows at F for 'swiglu') and of its down rows ([H, F])."""
-    up = inner if form == "swiglu" else 0
-    rows = 2 * inner if form == "swiglu" else inner
-    return (tile_layout(rows, up, hidden, group, tile_rows),
-            tile_layout(hidden, 0, inner, group, tile_rows))
-
-
 def to_layout(codes: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Half-split codes uint8 [..., R, in // 2] as stored in `layout` (same shape and dtype:
     the tile-order fragment words' bytes); the codes themselves for None."""
@@ -285,7 +281,11 @@ class Int4Linear(nn.Module):
         self.compute_dtype = compute_dtype
         self.out_features = packed.shape[0]
         self.in_features = packed.shape[1] * 2
-        self.layout: Layout = None
+        self.layout = None
+
+    #: how `packed` holds the codes (None: half-split rows; a class default, so that modules
+    #: pickled before layouts existed load)
+    layout: Layout = None
 
     def codes(self) -> torch.Tensor:
         """The half-split codes uint8 [out, in // 2] (`packed` itself in the row-major layout,
@@ -304,7 +304,10 @@ class Int4Linear(nn.Module):
             return
         with torch.no_grad():
             new = to_layout(self.codes(), layout)
-            if new.data_ptr() != self.packed.data_ptr():
+            if self.packed.is_inference():  # made under inference mode, so no stack's view
+                # (stacks are built outside it): an inference tensor takes no in-place write
+                self.packed = new if new.data_ptr() != self.packed.data_ptr() else new.clone()
+            elif new.data_ptr() != self.packed.data_ptr():
                 self.packed.copy_(new)
         self.layout = layout
 
@@ -317,8 +320,8 @@ class Int4Linear(nn.Module):
         key = prefix + "packed"
         codes = state_dict.get(key)
         if (self.layout is not None and isinstance(codes, torch.Tensor)
-                and codes.shape == self.packed.shape and codes.dtype == torch.uint8):
-            state_dict[key] = to_layout(codes.to(self.packed.device), self.layout)
+                and codes.shape == self.packed.shape):  # (a cast as loading would make it)
+            state_dict[key] = to_layout(codes.to(self.packed.device, torch.uint8), self.layout)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @classmethod
@@ -394,11 +397,15 @@ class QuantizedExpert(FeedForward):
         return self.up_proj.compute_dtype
 
     @property
-    def layout(self) -> tuple[Layout, Layout]:
-        """(gate/up, down) layouts of the packed codes (`Int4Linear.layout`)."""
-        return self.up_proj.layout, self.down_proj.layout
+    def layout(self) -> tuple[Layout | str, Layout]:
+        """(gate/up, down) layouts of the packed codes (`Int4Linear.layout`); gate/up is
+        'mixed' where the gate and up rows were set apart (no stack reads that)."""
+        up = self.up_proj.layout
+        if self.gate_proj is not None and self.gate_proj.layout != up:
+            return "mixed", self.down_proj.layout
+        return up, self.down_proj.layout
 
-    def set_layout(self, tiles: bool, tile_rows: int = TILE_ROWS) -> None:
+    def set_layout(self, tiles: bool, tile_rows: int = DEFAULT_TILE_ROWS) -> None:
         """Stores the codes in the fused int4 kernels' tile order (`tiles`: each matrix that
         their tile-order entries read, `fused_layouts`; the others stay row-major) or back in
         the half-split row-major layout, in place (`Int4Linear.set_layout`)."""

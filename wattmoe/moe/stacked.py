@@ -179,6 +179,13 @@ def _anchors(experts: Sequence[nn.Module]) -> tuple[int, int]:
     return lead.weight.data_ptr(), last.down_proj.weight.data_ptr()  # type: ignore[union-attr]
 
 
+def layout_anchors(experts: Sequence[nn.Module]) -> tuple[object, ...]:
+    """The first and last experts' int4 layouts (`QuantizedExpert.layout`; () for dense
+    experts): a layout changes in place, at the same addresses, so the anchors do not see it."""
+    first, last = _ends(experts)
+    return tuple(getattr(e, "layout", ()) for e in (first, last))
+
+
 def _stack_anchors(st: ExpertStack) -> tuple[int, int]:
     if st.quantized:
         assert st.q13 is not None and st.q2 is not None
@@ -187,14 +194,18 @@ def _stack_anchors(st: ExpertStack) -> tuple[int, int]:
     return st.w13[0].data_ptr(), st.w2[-1].data_ptr()
 
 
-def _matches(st: ExpertStack, experts: Sequence[nn.Module], verify: bool) -> bool:
+def _matches(st: ExpertStack, experts: Sequence[nn.Module], verify: bool,
+             layouts: bool = True) -> bool:
     if st.num_experts != len(experts):
         return False
     try:
         if _anchors(experts) != _stack_anchors(st):
             return False
-        if _ends(experts)[0].dtype != st.dtype:
+        first = _ends(experts)[0]
+        if first.dtype != st.dtype:
             return False  # an int4 layer's `.to(dtype)` keeps its codes and scales in place
+        if layouts and st.quantized and first.layout != (st.layout13, st.layout2):
+            return False  # codes rewritten in place into another layout, expert by expert
     except AttributeError:
         return False
     return not verify or _all_views(st, experts)
@@ -226,10 +237,10 @@ def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int
         dev = experts[0].up_proj.packed.device
         st.group_size = g
         layouts = {ex.layout for ex in experts}
-        if len(layouts) != 1:
-            raise ConfigError("stacked int4 experts must share one layout of their codes "
-                              f"(got {sorted(map(str, layouts))}): set it on all of them "
-                              "(`SimpleMoELayer.set_int4_layout`)")
+        if len(layouts) != 1 or "mixed" in next(iter(layouts)):
+            raise ConfigError("stacked int4 experts must share one layout of their codes, "
+                              f"gate and up rows alike (got {sorted(map(str, layouts))}): set "
+                              "it on the whole layer (`SimpleMoELayer.set_int4_layout`)")
         st.layout13, st.layout2 = layouts.pop()
         st.q13 = torch.empty(n, rows, h // 2, dtype=torch.uint8, device=dev)
         st.s13 = torch.empty(n, rows, h // g, dtype=torch.float16, device=dev)
@@ -314,12 +325,16 @@ def stacked_experts(experts: Sequence[nn.Module], verify: bool = False) -> Exper
     return st
 
 
+def _cached(experts: Sequence[nn.Module]) -> ExpertStack | None:
+    """The stack cached for `experts`, matching them or not."""
+    if isinstance(experts, nn.Module):
+        return experts.__dict__.get(_ATTR)
+    return _LIST_CACHE.get(tuple(id(e) for e in experts))
+
+
 def existing_stack(experts: Sequence[nn.Module], verify: bool = False) -> ExpertStack | None:
     """The cached stack of `experts` if it still matches them, else None (builds nothing)."""
-    if isinstance(experts, nn.Module):
-        st = experts.__dict__.get(_ATTR)
-    else:
-        st = _LIST_CACHE.get(tuple(id(e) for e in experts))
+    st = _cached(experts)
     return st if st is not None and _matches(st, experts, verify) else None
 
 
@@ -327,12 +342,11 @@ def relayout_stack(experts: Sequence[nn.Module]) -> None:
     """After the experts' int4 codes were rewritten in place into another layout
     (`QuantizedExpert.set_layout`): their cached stack, whose tensors they still are, takes
     the new layout, drops the kernels' objects made from the old one (copies, descriptors) and
-    gets a new build id (CUDA graphs of it are captured again). Nothing is copied: rebuilding
-    the stack instead would hold the codes twice while it copies them (DeepSeek-V3's int4
-    routed experts: 5.8 GB more at the peak). Rebuilt at the next call where the experts do
-    not share one layout."""
-    st = existing_stack(experts)
-    if st is None or not st.quantized:
+    gets a new build id (CUDA graphs of it are captured again). Nothing is copied: a rebuilt
+    stack would hold the codes twice while it copies them in. Where the experts do not share
+    one layout the stack is dropped (building it again raises `ConfigError`)."""
+    st = _cached(experts)
+    if st is None or not st.quantized or not _matches(st, experts, False, layouts=False):
         return
     layouts = {ex.layout for ex in experts}
     if len(layouts) != 1:

@@ -213,7 +213,8 @@ def replica_text(graph: CostGraph, each: str = "", exact: bool = False) -> str:
     text = fmt_bytes(shape.weight_bytes, exact) + each
     more = sorted({int(b) for b in graph.replica_bytes if b != shape.weight_bytes})
     if more:
-        what = ("the fused kernels' copy of the int4 scales; codes in their tile order"
+        what = ("the fused kernels' copies: of the int4 scales, and of the codes of any "
+                "matrix they read in another order than the tiles the codes are stored in"
                 if graph.int4_layout == "tiles" else "the fused kernels' copy of the int4 weights")
         text += (f"; {', '.join(fmt_bytes(b, exact) for b in more)} on a GPU with backend "
                  f"{graph.backend} ({what})")
