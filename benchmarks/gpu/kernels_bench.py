@@ -565,7 +565,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "clock, no energy (0 J: no NVML) and no measured ceilings")
     ap.add_argument("--int4-group", type=int, default=None,
                     help="int4 group size of every shape (default: int4_group_size's, the "
-                         "largest power of two <= 128 dividing both widths)")
+                         "largest group whose halves of a row are whole where one exists, "
+                         "else the largest power of two <= 128 dividing both widths)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="width scale of every shape, on top of a spec's own @SCALE")
     args = ap.parse_args(argv)
