@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--int4", action="store_true",
-                    help="int4 experts (groups of 128) and int4 --configs")
+                    help="int4 experts (the default group, int4_group_size: 128 on the "
+                         "default shape) and int4 --configs")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     if args.tokens < 1 or args.calls < 1 or args.repeats < 1:

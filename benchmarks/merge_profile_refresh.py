@@ -15,18 +15,27 @@ profile has none, or the other way round) is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from wattmoe.cost_model.base import stored_shape
 from wattmoe.errors import ConfigError, os_error_as
 from wattmoe.provenance import write_json_atomic
 
 
 def _scenario(point: dict[str, Any]) -> tuple[object, ...]:
+    """(op, device, dtype, preset, tokens, shape): the shape as `wattmoe cost` reads it
+    (`stored_shape`), so that an int4 point that records its group replaces one of the same
+    group that predates the record (and not one measured with another group)."""
+    shape: object = point.get("shape")
+    # a shape `wattmoe cost` would not read is compared as stored
+    with contextlib.suppress(TypeError, ValueError, KeyError):
+        shape = stored_shape(point["op"], shape).to_dict()  # type: ignore[arg-type]
     return (*(point.get(k) for k in ("op", "device", "dtype", "preset", "tokens")),
-            json.dumps(point.get("shape"), sort_keys=True))
+            json.dumps(shape, sort_keys=True))
 
 
 def merge(profile: dict[str, Any], refresh: dict[str, Any], prefixes: list[str], *,

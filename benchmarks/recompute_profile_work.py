@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wattmoe.cost_model.base import CostModelError, OpShape, ProfileFormatError, check_tokens
+from wattmoe.cost_model.base import CostModelError, ProfileFormatError, check_tokens, stored_shape
 from wattmoe.cost_model.database import parse_profile
 from wattmoe.cost_model.work import op_work
 from wattmoe.errors import ConfigError, os_error_as
@@ -47,8 +47,9 @@ def recompute(profile: dict[str, Any], prefixes: list[str], what: str) -> int:
     changed = 0
     for i, p in chosen:
         try:
-            flops, byts = op_work(p["op"], check_tokens(p["tokens"]), OpShape(**p["shape"]),
-                                  p["dtype"])
+            # the group the point was measured with (`stored_shape`), not today's default
+            flops, byts = op_work(p["op"], check_tokens(p["tokens"]),
+                                  stored_shape(p["op"], p["shape"]), p["dtype"])
         except CostModelError as exc:
             raise CostModelError(f"point {i} ({p['op']}): {exc}") from None
         if (flops, byts) != (p.get("flops"), p.get("bytes_moved")):

@@ -4,8 +4,9 @@
 `SimpleMoELayer` steps with the `fused` and `fused_graph` backends (and the whole step in a
 CUDA graph) over: presets with 60 experts (not a power of two), top-1 ReLU experts with a
 capacity factor, sigmoid routing with a shared expert; bf16 and fp16; dense and int4 experts
-with each case's group size (`int4_group_size`: 128 on the default cases; the fp16 inline-PTX
-dequantization included); 1, 37 and 512 tokens.
+with each case's group size (`int4_group_size`, the default: 64 on the default cases but
+OLMoE's 128 since session 17, whose rule takes groups with whole halves of a row; 128 on all
+four before; the fp16 inline-PTX dequantization included); 1, 37 and 512 tokens.
 Each output is compared with an fp32 reference computed from the same (dequantized) weights on
 the step's own routing; the routing is checked to be a valid top-k. Then the weights of the
 step's most used expert are swapped in place with another's and the step runs again: its

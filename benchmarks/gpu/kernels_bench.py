@@ -566,7 +566,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "clock, no energy (0 J: no NVML) and no measured ceilings")
     ap.add_argument("--int4-group", type=int, default=None,
                     help="int4 group size of every shape (default: int4_group_size's, the "
-                         "largest power of two <= 128 dividing both widths)")
+                         "largest group whose halves of a row are whole where one exists, "
+                         "else the largest power of two <= 128 dividing both widths)")
     ap.add_argument("--int4-layout", choices=INT4_LAYOUTS, default="rows",
                     help="how the int4 layers store their codes (SimpleMoELayer."
                          "set_int4_layout): rows (half-split, the fused kernels keep a copy in "

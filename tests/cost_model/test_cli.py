@@ -46,6 +46,8 @@ def test_profile_measures_int4_layer_steps(tmp_path: Path, capsys) -> None:
                  "--out", str(out)]) == 0
     raw = json.loads(out.read_text())
     assert [p["op"] for p in raw["points"]] == ["moe_layer_int4:loop"] * 2
+    # each point records the group it was quantized with: tiny's default, 32 (session 17)
+    assert [p["shape"]["int4_group"] for p in raw["points"]] == [32, 32]
     # the loop dequantizes each expert that runs into an fp32 copy: more bytes than the dense
     # layer, which reads its fp32 weights once
     dense = [op_work("moe_layer:loop", p["tokens"], OpShape(**p["shape"]), "fp32")[1]
@@ -63,6 +65,10 @@ def test_profile_measures_int4_layer_steps(tmp_path: Path, capsys) -> None:
     # --backend NAME --int4 is the same query as --op moe_layer_int4:NAME
     assert main(["cost", "--profile", str(out), "--backend", "loop", "--int4", "--device",
                  "cpu", "--dtype", "fp32", "--tokens", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == by_op
+    # measured with the default group: the preset's query reads these points as its own
+    assert main(["cost", "--profile", str(out), "--backend", "loop", "--int4", "--device",
+                 "cpu", "--dtype", "fp32", "--tokens", "4", "--shape", "tiny", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == by_op
 
 

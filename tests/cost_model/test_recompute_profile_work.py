@@ -39,17 +39,26 @@ def test_recompute_rewrites_only_the_named_ops(tmp_path: Path, capsys) -> None:
     mod = load_script(SCRIPT)
     stale = _point("moe_layer_int4:grouped", 4, 1.0, 2.0)
     other = _point("moe_layer:loop", 4, 1.0, 2.0)
+    recorded = _point("moe_layer_int4:loop", 4, 1.0, 2.0)
+    recorded["shape"]["int4_group"] = 32  # as the profiler writes int4 points since session 17
     p = tmp_path / "profile.json"
-    write_json_atomic(p, _profile(stale, other))
+    write_json_atomic(p, _profile(stale, other, recorded))
     assert mod.main(["--profile", str(p), "--ops", "moe_layer_int4:", "--what", "fix"]) == 0
     out = json.loads(p.read_text())
-    want = op_work("moe_layer_int4:grouped", 4, OpShape(**SHAPE), "bf16")
+    # a point that records no group was measured with the default of then, the largest power
+    # of two <= 128 dividing both widths (64 for tiny; today's default is 32): its work is
+    # recomputed with its own group, not today's
+    want = op_work("moe_layer_int4:grouped", 4, OpShape(**SHAPE, int4_group=64), "bf16")
+    assert want != op_work("moe_layer_int4:grouped", 4, OpShape(**SHAPE), "bf16")
     assert (out["points"][0]["flops"], out["points"][0]["bytes_moved"]) == want
+    assert (out["points"][2]["flops"], out["points"][2]["bytes_moved"]) == op_work(
+        "moe_layer_int4:loop", 4, OpShape(**SHAPE), "bf16")  # 32, the default
     assert out["points"][1] == other  # not named: left as stored
     assert out["points"][0]["energy_j"] == 0.5  # measurements untouched
+    assert out["points"][0]["shape"] == SHAPE  # the stored shape too
     ref = out["provenance"]["refreshes"][-1]
-    assert ref["what"] == "fix" and ref["points_changed"] == 1 and "commit" in ref
-    assert "1 points rewritten" in capsys.readouterr().out
+    assert ref["what"] == "fix" and ref["points_changed"] == 2 and "commit" in ref
+    assert "2 points rewritten" in capsys.readouterr().out
     from wattmoe.cost_model.database import load_profile
 
     assert load_profile(p).points[0].bytes_moved == want[1]  # still a profile

@@ -135,9 +135,13 @@ def test_int4_layer_work_counts_the_dequantized_copies_each_backend_makes() -> N
     f4, b4 = op_work("expert_int4", 4, one, "bf16")
     f2, b2 = op_work("expert", 4, one, "bf16")
     assert (f4 - f2, b4 - b2) == pytest.approx((4 * w, w * (9 + 3 * 2 + 2 / 128)))
-    # the scales of the group size the expert is quantized with (`int4_group_size`: 64 here)
+    # the scales of the group size the expert is quantized with (`int4_group_size`: 32 here
+    # since session 17, 64 before), or of the group a shape names (a point measured with it)
     small = OpShape(64, 128)
     b4 = op_work("expert_int4", 4, small, "bf16")[1] - op_work("expert", 4, small, "bf16")[1]
+    assert b4 == pytest.approx(3 * 64 * 128 * (9 + 3 * 2 + 2 / 32))
+    old = OpShape(64, 128, int4_group=64)
+    b4 = op_work("expert_int4", 4, old, "bf16")[1] - op_work("expert", 4, old, "bf16")[1]
     assert b4 == pytest.approx(3 * 64 * 128 * (9 + 3 * 2 + 2 / 64))
 
 
@@ -212,7 +216,7 @@ def test_int4_layer_memory_holds_packed_and_dense_weights() -> None:
     tiny = resolve_shape("tiny")
     dense = Scenario("moe_layer:loop", tiny, "bf16", "cpu", 16).memory_bytes()
     int4 = Scenario("moe_layer_int4:loop", tiny, "bf16", "cpu", 16).memory_bytes()
-    packed = 8 * 3 * 64 * 128 * (0.5 + 2 / 64)  # tiny: E=8, H=64, F=128, int4 group 64
+    packed = 8 * 3 * 64 * 128 * (0.5 + 2 / 32)  # tiny: E=8, H=64, F=128, int4 group 32
     assert int4 - dense == pytest.approx(packed)
 
 
@@ -222,7 +226,8 @@ def test_int4_layer_runner_quantizes_the_layer(backend: str) -> None:
                                "cpu", 16))
     layer = inspect.getclosurevars(fn).nonlocals["layer"]
     assert layer.backend_name == backend and not layer.training
-    assert all(isinstance(e, QuantizedExpert) and e.group_size == 64 and not e.training
+    # the default group (32 for tiny since session 17: halves of 32 and 64 columns whole)
+    assert all(isinstance(e, QuantizedExpert) and e.group_size == 32 and not e.training
                for e in layer.experts)
     with torch.inference_mode():
         out = fn()

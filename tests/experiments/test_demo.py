@@ -37,7 +37,8 @@ def test_demo_bad_input() -> None:
 def test_demo_other_backend_and_int4() -> None:
     r = run_demo("tiny", 1.0, batch=1, seq=8, steps=2, warmup=1, cluster=None,
                  backend="grouped", int4=True)
-    assert r.backend == "grouped" and r.weights.startswith("int4 (group 64)")
+    # tiny's default group: 32 since session 17 (64 before), whose halves of a row are whole
+    assert r.backend == "grouped" and r.weights.startswith("int4 (group 32)")
     assert sum(r.expert_counts) == 2 * 8 * r.top_k
     # fused_graph captures CUDA graphs: on a CPU it runs a fallback, or its kernels eagerly in
     # Triton's interpreter where the tests imported Triton under TRITON_INTERPRET=1; the
@@ -84,8 +85,8 @@ def test_demo_unknown_backend_is_one_clear_error() -> None:
 def test_int4_group_size() -> None:
     from wattmoe.experiments.demo import int4_group_size
 
-    assert int4_group_size(2048, 1408) == 128
-    assert int4_group_size(768, 96) == 32
+    assert int4_group_size(2048, 1408) == 64  # Qwen1.5-MoE: pairs need 64 (128 before)
+    assert int4_group_size(768, 96) == 32  # no pair group (halves of 48): the old rule
     with pytest.raises(ConfigError, match="no int4 group size"):
         int4_group_size(63, 128)
 

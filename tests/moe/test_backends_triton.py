@@ -1246,10 +1246,12 @@ def test_kernels_bench_runs_its_checks_on_the_cpu(tmp_path, monkeypatch: pytest.
     assert len(out["check"]) == 2 * 2 * 3 and all(r["ok"] for r in out["check"])
     (copies,) = out["int4_copies"]
     assert copies["shape"] == "tiny@0.5" and copies["weight_bytes"] > 0
-    # tiny's halves are not whole groups: row-major fragment words, no pairs, no tile order
-    # (as many bytes as the packed codes: less than codes and scales together)
-    assert list(copies["copy_bytes"]) == ["frag"]
-    assert 0 < copies["copy_bytes"]["frag"] < copies["weight_bytes"]
+    # tiny@0.5 (H = F = 64) is quantized with its default group, 32 since session 17, whose
+    # halves of a row are whole: scale pairs and fragment words, both in tile order, as many
+    # bytes as the codes and scales (with 64, the default before, its halves were not whole
+    # groups: row-major fragment words alone, fewer bytes than the codes and scales)
+    assert sorted(copies["copy_bytes"]) == ["frag_tiles", "pair_tiles"]
+    assert sum(copies["copy_bytes"].values()) == copies["weight_bytes"]
 
 
 def test_kernels_bench_tunes_a_shipped_pair_beside_candidates(tmp_path,

@@ -184,29 +184,72 @@ def test_int4_linear_apply_keeps_fp16_scales_and_never_casts_them() -> None:
     assert lin.scales.dtype == torch.float16 and lin.compute_dtype == torch.bfloat16
 
 
+def test_default_group_is_the_pair_group_where_one_exists() -> None:
+    # session 17 (runs 115-117): the default was the largest power of two <= 128 dividing both
+    # widths (H = F = 2880: 64, whose halves of 1440 columns are not whole groups, so the
+    # fused kernels could not read scale pairs in tile order; 32 spent 28% less energy per
+    # 512-token int4 step on the H200). Now the pair group where one exists, else that rule
+    from wattmoe.cost_model.work import int4_group
+    from wattmoe.int4_layout import default_group, divisor_group, pair_group
+    from wattmoe.moe import int4_group_size, pair_group_size
+
+    cases = {
+        (2880, 2880): 32,  # gpt-oss-120b-like: 64 before
+        (2048, 1408): 64,  # Qwen1.5-MoE: down rows' halves of 704 columns; 128 before
+        (64, 128): 32,  # tiny: 64 before
+        (2048, 1024): 128,  # OLMoE: unchanged
+        (2048, 768): 128,  # Qwen3: unchanged
+        (7168, 2048): 128,  # DeepSeek-V3: unchanged
+        (96, 96): 32,  # no pair group (halves of 48 columns): the old rule
+        (48, 80): 16,  # the old rule below 32
+    }
+    for (h, f), g in cases.items():
+        assert default_group(h, f) == int4_group_size(h, f) == int4_group(h, f) == g, (h, f)
+        assert default_group(h, f) == (pair_group(h, f) or divisor_group(h, f))
+    assert [divisor_group(h, f) for h, f in [(2880, 2880), (2048, 1408), (64, 128)]] == [
+        64, 128, 64]
+    assert pair_group(96, 96) is None and pair_group(48, 80) is None
+    assert default_group(2880, 7) is None and pair_group_size(2880, 7) is None
+    # every preset's default group lets the fused kernels read scale pairs
+    from wattmoe.int4_layout import halves_whole
+    from wattmoe.moe.presets import PRESETS
+
+    for cfg in PRESETS.values():
+        h, f = cfg.hidden_size, cfg.expert_inner_size
+        assert halves_whole(h, f, int4_group_size(h, f)), cfg.name
+
+
 def test_pair_group_size_tiles_the_halves_of_both_rows(caplog) -> None:
-    # run 115: H = F = 2880 quantizes with groups of 64 by default, whose halves (1440
-    # columns) are not whole groups, so the fused kernels could not read scale pairs in tile
-    # order; groups of 32 can (-28% energy per 512-token int4 step on the H200)
+    # run 115: groups whose halves of a row are whole let the fused kernels read scale pairs
+    # in tile order (-28% energy per 512-token int4 step on the H200 for H = F = 2880); the
+    # default since session 17, so `quantize()` logs only a group given that rules them out
     import logging
 
     from wattmoe.moe import MoEConfig, SimpleMoELayer, int4_group_size, pair_group_size
 
-    assert (int4_group_size(2880, 2880), pair_group_size(2880, 2880)) == (64, 32)
+    assert (int4_group_size(2880, 2880), pair_group_size(2880, 2880)) == (32, 32)
     assert pair_group_size(2048, 1408) == 64  # Qwen1.5-MoE: down rows' halves of 704
     assert pair_group_size(2048, 1024) == int4_group_size(2048, 1024) == 128  # OLMoE
     assert pair_group_size(64, 128) == 32 and pair_group_size(96, 96) is None  # 48 columns
     assert pair_group_size(2880, 7) is None
-    cfg = MoEConfig("h", hidden_size=96, expert_inner_size=192, num_experts=2, top_k=1)
-    with pytest.raises(ShapeError, match="32 also tiles each half of a row"):
-        SimpleMoELayer(dataclasses.replace(cfg, hidden_size=192, expert_inner_size=384)
-                       ).quantize(256)
-    layer = SimpleMoELayer(dataclasses.replace(cfg, hidden_size=192, expert_inner_size=384))
+    cfg = MoEConfig("h", hidden_size=192, expert_inner_size=384, num_experts=2, top_k=1)
+    with pytest.raises(ShapeError, match=r"int4_group_size\(192, 384\) = 32, the default, "
+                                         "divides both and tiles each half of a row"):
+        SimpleMoELayer(cfg).quantize(256)
+    with pytest.raises(ShapeError, match=r"int4_group_size\(96, 96\) = 32, the default, "
+                                         r"divides both$"):
+        SimpleMoELayer(dataclasses.replace(cfg, hidden_size=96, expert_inner_size=96)
+                       ).quantize(64)
+    layer = SimpleMoELayer(cfg)
     with caplog.at_level(logging.INFO, logger="wattmoe.moe.layer"):
         layer.quantize(64)  # halves of 96 and 192 columns: 64 does not tile 96
-    assert "groups of 32 would let them read scale pairs in tile order" in caplog.text
+    assert "groups of 32, the default (int4_group_size), would let them read scale pairs" in (
+        caplog.text)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="wattmoe.moe.layer"):
-        SimpleMoELayer(dataclasses.replace(cfg, hidden_size=192, expert_inner_size=384)
-                       ).quantize(32)
+        SimpleMoELayer(cfg).quantize(32)
+        default = SimpleMoELayer(cfg).quantize()  # was 128 when left out: a ShapeError here
     assert "scale pairs" not in caplog.text
+    assert {e.group_size for e in default.experts} == {32}
+    # left out, an int4 layer's own group: only the dense experts are quantized, with it
+    assert layer.quantize() is layer and {e.group_size for e in layer.experts} == {64}

@@ -191,7 +191,7 @@ def test_place_int4_with_the_fused_backend_counts_its_copy(tmp_path, capsys) -> 
     db.devices["cuda:0"].name = "NVIDIA H200"
     profile = save_profile(db, tmp_path / "int4.json")
     int4 = ExpertShape(64, 128, dtype="int4")
-    w, copy = int4.weight_bytes, int4.fused_copy_bytes  # 12.8 KiB, 12.2 KiB (no pairs: w13)
+    w, copy = int4.weight_bytes, int4.fused_copy_bytes  # 13.5 KiB each (groups of 32)
     spec = load_cluster_dict("h200-cpu")
     spec["devices"][0]["memory_bytes"] = 6 * w
     cluster = tmp_path / "c.json"
@@ -201,7 +201,7 @@ def test_place_int4_with_the_fused_backend_counts_its_copy(tmp_path, capsys) -> 
                  "--dtype", "int4", "--cost-model", str(profile), "--backend", "fused",
                  "--solver", "fill", "--out", str(out)]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert ("memory of one replica: 12.8 KiB; 25.0 KiB on a GPU with backend fused (the fused "
+    assert ("memory of one replica: 13.5 KiB; 27.0 KiB on a GPU with backend fused (the fused "
             "kernels' copy of the int4 weights)") in text
     gpu, cpu = Placement.from_json(out.read_text()).summary.devices
     assert (gpu.replicas, gpu.memory_bytes) == (3, 3 * (w + copy))

@@ -137,13 +137,17 @@ def test_fused_int4_copy_by_hand() -> None:
     codes, scales = 3 * 2048 * 1024 // 2, 3 * 2048 * (1024 // 128) * 2
     assert olmoe.weight_bytes == codes + scales == 3_244_032
     assert olmoe.fused_copy_bytes == codes + scales
-    # Qwen1.5-MoE's down rows (K = F = 1408: 704 packed bytes, 5.5 groups per half) have
-    # fragment words but no scale pairs
+    # Qwen1.5-MoE: groups of 64 since session 17, whose halves of the down rows (K = F =
+    # 1408: 704 columns) are whole: words and pairs for all three matrices, the copy equal
+    # to the weights (with 128, 5.5 groups per half, the down rows had no pairs: 4_415_488
+    # bytes of copy against 4_460_544 of weights)
     qwen = ExpertShape(2048, 1408, "swiglu", "int4")
-    assert qwen.fused_copy_bytes == 3 * 2048 * 1408 // 2 + 2 * 1408 * 16 * 2
-    # relu: two matrices
+    codes, scales = 3 * 2048 * 1408 // 2, 2 * 1408 * (2048 // 64) * 2 + 2048 * (1408 // 64) * 2
+    assert qwen.weight_bytes == codes + scales == 4_595_712
+    assert qwen.fused_copy_bytes == codes + scales
+    # relu: two matrices (groups of 32: up rows K = 64, halves of 32 columns, whole groups)
     assert ExpertShape(64, 128, "relu", "int4").fused_copy_bytes == (
-        128 * 64 // 2 + 64 * 128 // 2 + 64 * 2 * 2)  # up: words, no pairs (groups of 64)
+        128 * 64 // 2 + 128 * (64 // 32) * 2 + 64 * 128 // 2 + 64 * (128 // 32) * 2)
     # gate and up rows of 24 packed bytes (K = 48) are read as stored; so is down (K = 128):
     # its groups of 16 columns cap the K step at 16 packed bytes, half a fragment block
     assert ExpertShape(48, 128, "swiglu", "int4").fused_copy_bytes == 0

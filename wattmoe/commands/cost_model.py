@@ -397,8 +397,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
         for col in ("device", "dtype", "op", "shapes", "batch sizes"):
             t.add_column(col)
         for (op, dev, dt, _), c in sorted(model.curves.items()):
-            t.add_row(dev, dt, op, ", ".join(sorted(c.presets)),
-                      ",".join(str(int(x)) for x in c.tokens))
+            t.add_row(dev, dt, op, _curve_name(c), ",".join(str(int(x)) for x in c.tokens))
         console.print(t)
         return 0
     if args.report:
@@ -414,7 +413,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     shape = args.shape
     if shape is None:  # get_cost took the op's one profiled shape: name it
         (curve,) = model.shapes(args.op, args.device, args.dtype)
-        shape = ", ".join(sorted(curve.presets)) or curve.shape.key
+        shape = _curve_name(curve)
     t = Table(title=f"{args.op} on {args.device} ({args.dtype}, shape {shape})")
     for col in ("tokens", "latency", "energy", "energy/token", "avg W", "peak W", "source",
                 "method"):
@@ -425,6 +424,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
                   f"{c.peak_power_w:.1f}", _origin(c), c.method)
     console.print(t)
     return 0
+
+
+def _curve_name(c: Any) -> str:
+    """A curve's presets (else its shape key), with its int4 group where that is not the
+    shape's default: 'tiny (int4 groups of 64)' is not what `--shape tiny` asks for."""
+    name = ", ".join(sorted(c.presets)) or c.shape.key
+    g = c.shape.int4_group
+    return name if g is None or name == c.shape.key else f"{name} (int4 groups of {g})"
 
 
 def _origin(c: Any) -> str:

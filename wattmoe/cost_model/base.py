@@ -12,11 +12,13 @@ or 'replayed'. Predictions keep the source of the points they come from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from wattmoe.errors import ConfigError
+from wattmoe.int4_layout import default_group, divisor_group
 from wattmoe.shape_keys import parse_shape_key
 
 SCHEMA_VERSION = 1
@@ -55,6 +57,13 @@ def layer_op(op: str) -> tuple[str, bool] | None:
         if op.startswith(prefix) and len(op) > len(prefix):
             return op[len(prefix):], int4
     return None
+
+
+def is_int4_op(op: str) -> bool:
+    """Whether `op` runs packed int4 experts (`expert_int4`, `moe_layer_int4:<backend>`): the
+    ops whose cost depends on the int4 group size (`OpShape.int4_group`)."""
+    lay = layer_op(op)
+    return op == "expert_int4" or (lay is not None and lay[1])
 
 
 def int4_compute_dtype(profiled: Sequence[str]) -> str:
@@ -102,6 +111,10 @@ def check_tokens(tokens: object) -> int:
     return tokens
 
 
+#: the int4 group part of `OpShape.key`: '_g64'
+_GROUP_SUFFIX = re.compile(r"_g(\d+)$")
+
+
 @dataclass(frozen=True)
 class OpShape:
     """The sizes an op depends on.
@@ -112,6 +125,12 @@ class OpShape:
         form: 'swiglu' (gate, up, down) or 'relu' (up, down).
         num_experts: routed experts E (router gate and layer ops only; 1 otherwise).
         top_k: experts per token (layer ops, `layer_op`, only; 1 otherwise).
+        int4_group: the int4 group size of an int4 op's experts (`is_int4_op`) where it is
+            not the shape's default (`wattmoe.int4_layout.default_group`); None: the default
+            (a group equal to the default is stored as None, so that one shape has one key).
+            A profile point measured with another group (one measured before the default
+            changed, `stored_shape`) keeps its group here, and its key says so ('_g64'): a
+            query for the default group does not read it as its own, it predicts from it.
     """
 
     hidden: int
@@ -119,6 +138,7 @@ class OpShape:
     form: str = "swiglu"
     num_experts: int = 1
     top_k: int = 1
+    int4_group: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("hidden", "inner", "num_experts", "top_k"):
@@ -129,11 +149,22 @@ class OpShape:
             raise CostModelError(f"shape form must be 'swiglu' or 'relu', got {self.form!r}")
         if self.top_k > self.num_experts:
             raise CostModelError(f"shape top_k={self.top_k} > num_experts={self.num_experts}")
+        g = self.int4_group
+        if g is not None:
+            if (isinstance(g, bool) or not isinstance(g, int) or g <= 0 or g % 2
+                    or self.hidden % g or self.inner % g):
+                raise CostModelError(
+                    f"shape int4_group must be an even number dividing both widths "
+                    f"{self.hidden} and {self.inner}, got {g!r}")
+            if g == default_group(self.hidden, self.inner):
+                object.__setattr__(self, "int4_group", None)
 
     @property
     def key(self) -> str:
-        """A stable name: 'h2048_f1024_swiglu_e64_k8'."""
-        return f"h{self.hidden}_f{self.inner}_{self.form}_e{self.num_experts}_k{self.top_k}"
+        """A stable name: 'h2048_f1024_swiglu_e64_k8'; '..._g64' with a group that is not the
+        default (`int4_group`)."""
+        key = f"h{self.hidden}_f{self.inner}_{self.form}_e{self.num_experts}_k{self.top_k}"
+        return key if self.int4_group is None else f"{key}_g{self.int4_group}"
 
     @property
     def matrices(self) -> int:
@@ -141,37 +172,73 @@ class OpShape:
         return 3 if self.form == "swiglu" else 2
 
     def for_op(self, op: str) -> OpShape:
-        """The part of the shape that `op` depends on (experts/top-k only where they matter)."""
+        """The part of the shape that `op` depends on (experts/top-k only where they matter,
+        the int4 group only for int4 ops)."""
+        s = self if is_int4_op(op) or self.int4_group is None else replace(self, int4_group=None)
         if layer_op(op) is not None:
-            return self
+            return s
         if op == "router_gate":
-            return OpShape(self.hidden, self.inner, self.form, self.num_experts, 1)
-        return OpShape(self.hidden, self.inner, self.form, 1, 1)
+            return OpShape(s.hidden, s.inner, s.form, s.num_experts, 1)
+        return OpShape(s.hidden, s.inner, s.form, 1, 1, s.int4_group)
 
     @classmethod
     def from_config(cls, cfg: Any) -> OpShape:
-        """From a `wattmoe.moe.MoEConfig`."""
+        """From a `wattmoe.moe.MoEConfig` (int4 experts: the default group)."""
         return cls(cfg.hidden_size, cfg.expert_inner_size, cfg.expert_form, cfg.num_experts,
                    cfg.top_k)
 
     @classmethod
     def from_key(cls, key: str) -> OpShape:
-        """Parses `OpShape.key` ('h2048_f1024_swiglu_e64_k8'; '_e.._k..' optional).
+        """Parses `OpShape.key` ('h2048_f1024_swiglu_e64_k8'; '_e.._k..' optional; '_g<G>'
+        optional, last).
 
         The key must be exactly of that form: a part it cannot read ('k3@0.5', 'kk3', a
         repeated or trailing part) is an error, not skipped (it used to leave top-k at 1).
         """
-        parts = parse_shape_key(key)
+        group = _GROUP_SUFFIX.search(key) if isinstance(key, str) else None
+        parts = parse_shape_key(key[:group.start()] if group else key)
         if parts is None:
             raise CostModelError(
-                f"cannot read shape {key!r}; expected like 'h2048_f1024_swiglu_e64_k8'"
+                f"cannot read shape {key!r}; expected like 'h2048_f1024_swiglu_e64_k8' "
+                "(int4 groups other than the default: '..._g64')"
             )
         # a key of the right form with invalid values (k > e, h0) gets the shape's own error,
         # not "cannot read"
-        return cls(*parts)
+        return cls(*parts, int4_group=int(group[1]) if group else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields; `int4_group` only where it is not the default (see
+        `ProfilePoint.to_dict`, which records every int4 point's group)."""
+        d = asdict(self)
+        if self.int4_group is None:
+            del d["int4_group"]
+        return d
+
+
+def key_names_group(spec: object) -> bool:
+    """Whether `spec` is a shape key that names an int4 group ('h64_f128_swiglu_e8_k2_g64',
+    `OpShape.key`), which `OpShape.from_key` reads and a preset or `resolve_shape` does not."""
+    return isinstance(spec, str) and spec.startswith("h") and bool(_GROUP_SUFFIX.search(spec))
+
+
+def stored_shape(op: str, shape: dict[str, Any]) -> OpShape:
+    """The `OpShape` of a stored point of `op` (a profile's or a sweep log's `shape` object).
+
+    A point of an int4 op records the group it was quantized with (`ProfilePoint.to_dict`).
+    One that records none was measured before session 17, when the default was the largest
+    power of two <= 128 dividing both widths (`wattmoe.int4_layout.divisor_group`); it keeps
+    that group, so that a profile measured with groups of 64 is not read as one measured
+    with today's default of 32 (`tiny`; Qwen1.5-MoE: 128 then, 64 now).
+
+    Raises:
+        TypeError, KeyError: an unknown or missing field; CostModelError: an invalid value.
+    """
+    d = dict(shape)
+    if not is_int4_op(op):
+        d.pop("int4_group", None)  # no other op depends on it (`OpShape.for_op`)
+    elif "int4_group" not in d:
+        d["int4_group"] = divisor_group(int(d["hidden"]), int(d["inner"]))
+    return OpShape(**d)
 
 
 @dataclass(frozen=True)
@@ -282,14 +349,20 @@ class ProfilePoint:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """As stored; a point of an int4 op records its group (`int4_group`), the default
+        one too, so that the profile still says it after the default changes."""
         d = asdict(self)
         d["shape"] = self.shape.to_dict()
+        if is_int4_op(self.op):
+            d["shape"]["int4_group"] = self.shape.int4_group or default_group(
+                self.shape.hidden, self.shape.inner)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProfilePoint:
+        """From `to_dict`'s form (its shape read by `stored_shape`)."""
         d = dict(d)
-        d["shape"] = OpShape(**d["shape"])
+        d["shape"] = stored_shape(d["op"], d["shape"])
         d["kernels"] = [KernelTime(**k) for k in d.get("kernels", [])]
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in known})

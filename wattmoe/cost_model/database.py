@@ -7,6 +7,10 @@ Layout (schema version 1)::
      "sweep": {...}, "profiler": {...},
      "devices": {"cuda:0": {"name": ..., "source": "measured", "idle_power_w": ..., ...}},
      "points": [ProfilePoint, ...], "errors": [...], "skipped": [...]}
+
+A point of an int4 op records its group in its shape ("int4_group", `ProfilePoint.to_dict`);
+points written before session 17 record none and are read with the rule of then
+(`base.stored_shape`).
 """
 
 from __future__ import annotations

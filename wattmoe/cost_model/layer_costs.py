@@ -10,7 +10,11 @@ profiled steps of one backend, `moe_layer:<backend>` (`moe_layer_int4:<backend>`
 - the layer shape: a profiled step of that op with the same hidden, inner and form on the
   device and dtype; where several (E, top_k) were, the one whose range of rows per expert
   (profiled tokens x top_k / E) holds n, else the one nearest to n in log rows; ties go to the
-  first shape key in sorted order;
+  first shape key in sorted order. For int4 the step is the one with the default group
+  (`wattmoe.int4_layout.default_group`): a layer shape profiled only with another group (a
+  profile measured before the default changed, e.g. `tiny` with groups of 64 where the
+  default is now 32) is predicted from that curve by the fitted models (`KernelCostModel`'s
+  shape model), not read as if it were the default's;
 - the step: every expert of that layer gets n rows, so the layer runs T = n E / top_k tokens,
   rounded up to an integer >= 1; the cost at T is scaled by the ratio exact / rounded T;
 - the experts' part: the whole step divided by E. The step includes its routing, as the
@@ -29,6 +33,7 @@ split into one expert's share is a model: an estimate of what one expert costs i
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from wattmoe.cost_model.base import (
@@ -110,14 +115,18 @@ class LayerBackendCosts:
         """
         tokens = check_tokens(tokens)
         op, dt = self._op(device, dtype)
-        curve = self._layer_curve(op, device, dt, OpShape(hidden, inner, form), tokens)
+        want = OpShape(hidden, inner, form).for_op(op)
+        curve = self._layer_curve(op, device, dt, want, tokens)
         if tokens == 0:
             return KernelCost.answer(0.0, 0.0, 0.0, 0.0, curve.source, "empty")
         e, k = curve.shape.num_experts, curve.shape.top_k
         exact = tokens * e / k
         layer_tokens = max(1, -(-tokens * e // k))  # ceil, in integers
         scale = exact / layer_tokens / e
-        step = self.model.get_cost(op, layer_tokens, device, dt, shape=curve.shape)
+        # int4: the step with `want`'s group (the default); a curve measured with another
+        # group answers it by the shape model, not as its own (`OpShape.int4_group`)
+        step = self.model.get_cost(op, layer_tokens, device, dt,
+                                   shape=replace(curve.shape, int4_group=want.int4_group))
         return KernelCost.answer(step.latency_s * scale, step.energy_j * scale,
                                  step.avg_power_w, step.peak_power_w, step.profile_source,
                                  METHOD)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from wattmoe.cost_model.base import (
     check_op,
     check_tokens,
     int4_compute_dtype,
+    key_names_group,
 )
 from wattmoe.cost_model.database import ProfileDatabase, load_profile
 from wattmoe.cost_model.fit import (
@@ -337,8 +338,14 @@ class KernelCostModel:
             return shape.for_op(op)
         if isinstance(shape, str):
             for c in curves:
-                if shape in c.presets or shape == c.shape.key:
+                if shape == c.shape.key:
                     return c.shape
+                if shape in c.presets:
+                    # a preset names its widths, not a group: the default one, which a curve
+                    # measured with another group ('..._g64') answers only by prediction
+                    return replace(c.shape, int4_group=None).for_op(op)
+            if key_names_group(shape):
+                return OpShape.from_key(shape).for_op(op)
             from wattmoe.moe import resolve_shape
 
             try:

@@ -98,7 +98,8 @@ class Scenario:
         if layer is not None:
             weights *= s.num_experts
             if layer[1]:
-                weights += weights / b * int4_weight_bytes(s.hidden, s.inner)
+                weights += weights / b * int4_weight_bytes(s.hidden, s.inner,
+                                                           s.int4_group)
             act = self.tokens * s.top_k * (s.hidden * 4 + s.inner * 3) * b
         else:
             act = self.tokens * (s.hidden * 2 + s.inner * 3) * b
@@ -232,7 +233,10 @@ def build_sweep(cfg: SweepConfig) -> tuple[list[Scenario], list[str]]:
 
 
 def _int4_group(shape: OpShape) -> int:
-    """The int4 group size of `shape` (`int4_group_size`), as a CostModelError if none fits."""
+    """The int4 group size of `shape`: its `int4_group`, else the default (`int4_group_size`),
+    as a CostModelError if none fits. The point records it (`ProfilePoint.to_dict`)."""
+    if shape.int4_group is not None:
+        return shape.int4_group
     try:
         return int4_group_size(shape.hidden, shape.inner)
     except ConfigError as exc:

@@ -17,9 +17,10 @@ INT4_SCALE_BYTES = 2.0  # one fp16 scale per group of input columns
 
 
 def int4_group(hidden: int, inner: int) -> int:
-    """The int4 group size a layer of this shape is quantized with: the largest power of two
-    <= 128 dividing both widths (`wattmoe.int4_layout.default_group`, the rule
-    `wattmoe.moe.quant.int4_group_size` follows too).
+    """The int4 group size a layer of this shape is quantized with by default
+    (`wattmoe.int4_layout.default_group`, which `wattmoe.moe.quant.int4_group_size` follows
+    too): the largest group whose halves of a row are whole, for the fused kernels' scale
+    pairs, where one exists, else the largest power of two <= 128 dividing both widths.
 
     Raises:
         CostModelError: no even group size divides both widths (an odd width): experts of
@@ -31,10 +32,17 @@ def int4_group(hidden: int, inner: int) -> int:
     return g
 
 
-def int4_weight_bytes(hidden: int, inner: int) -> float:
+def shape_group(shape: OpShape) -> int:
+    """The int4 group size of `shape`'s experts: its `int4_group` (a point measured with
+    another group than today's default), else the default (`int4_group`, which raises as
+    there)."""
+    return shape.int4_group or int4_group(shape.hidden, shape.inner)
+
+
+def int4_weight_bytes(hidden: int, inner: int, group: int | None = None) -> float:
     """Bytes one weight takes in packed int4: half a byte of code plus its share of the
-    group's fp16 scale."""
-    return INT4_CODE_BYTES + INT4_SCALE_BYTES / int4_group(hidden, inner)
+    group's fp16 scale (`group` left out: the default, `int4_group`)."""
+    return INT4_CODE_BYTES + INT4_SCALE_BYTES / (group or int4_group(hidden, inner))
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -95,7 +103,7 @@ def op_work(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, fl
         w = mats * h * f
         # dequantize (codes and scales read, the copy in the compute dtype written); the
         # dense expert reads the copy (counted in `by`)
-        return fl + 4.0 * w, by + w * _dequant_bytes(b, h, f)
+        return fl + 4.0 * w, by + w * _dequant_bytes(b, shape_group(s))
     if op == "router_gate":
         return _router_work(n, s, b)
     if op in ("h2d_copy", "d2h_copy"):
@@ -106,12 +114,12 @@ def op_work(op: str, tokens: int, shape: OpShape, dtype: str) -> tuple[float, fl
     raise CostModelError(f"no work formula for op {op!r}")  # pragma: no cover
 
 
-def _dequant_bytes(b: int, hidden: int, inner: int) -> float:
+def _dequant_bytes(b: int, group: int) -> float:
     """Bytes per weight that `quant.dequantize_int4` moves in torch: the codes to int8 codes
     (8: a mask, a shift and their two casts each read and write half a byte per weight, then
     the concatenation and the -8 offset each read and write one), the cast to the compute
     dtype (1 + b), the scaling (2b), and the weight's share of its group's fp16 scale."""
-    return 9.0 + 3.0 * b + INT4_SCALE_BYTES / int4_group(hidden, inner)
+    return 9.0 + 3.0 * b + INT4_SCALE_BYTES / group
 
 
 #: int4 layer backends that dequantize into a copy in the compute dtype on every call, and
@@ -146,10 +154,10 @@ def _layer_work(n: float, s: OpShape, b: int, int4: bool,
         dequantized = float(s.num_experts) if _DEQUANT_COPIES[backend] else active
         # torch's dequantization and the scales of every copy; the matmuls read the copies of
         # the active experts only
-        weights = dequantized * w * _dequant_bytes(b, h, f) + active * w * b
+        weights = dequantized * w * _dequant_bytes(b, shape_group(s)) + active * w * b
     elif int4:  # the fused backends dequantize in registers the weights they read
         dequantized = active
-        weights = active * w * int4_weight_bytes(h, f)
+        weights = active * w * int4_weight_bytes(h, f, shape_group(s))
     else:
         dequantized = 0.0
         weights = active * w * b

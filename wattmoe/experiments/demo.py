@@ -192,8 +192,9 @@ def run_demo(
     energy-aware heuristic and by the EPLB-style and round-robin baselines (predictions).
 
     `backend` is the expert execution backend (`wattmoe.moe.backends`: loop, grouped, fused,
-    ...); `int4` quantizes the routed experts to packed int4 first (group size: the largest
-    power of two <= 128 dividing both widths, `int4_group_size`).
+    ...); `int4` quantizes the routed experts to packed int4 first (the default group size,
+    `int4_group_size`: one whose halves of a row are whole where one exists, for the fused
+    kernels' scale pairs).
 
     `progress(done, steps)` is called after each finished timed step (outside the step's
     timing, inside the energy window: keep it cheap).

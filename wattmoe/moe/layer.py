@@ -129,8 +129,14 @@ class SimpleMoELayer(nn.Module):
         """Zeroes the running per-expert token counts."""
         self.tokens_per_expert.zero_()
 
-    def quantize(self, group_size: int = 128) -> SimpleMoELayer:
+    def quantize(self, group_size: int | None = None) -> SimpleMoELayer:
         """Replaces every routed expert by its packed-int4 `QuantizedExpert`, in place.
+
+        `group_size` left out is the default, `int4_group_size(H, F)`: groups whose halves of
+        a row are whole where such a group exists, which the fused int4 kernels need to read
+        scale pairs in tile order (`wattmoe.int4_layout.default_group` says why, with the
+        H200 measurements), or, where experts are int4 already, their group size. A group
+        given that rules pairs out where the default would not is logged (INFO).
 
         Experts that are int4 already are kept: called again with their group size, this
         quantizes only the dense experts (none: it changes nothing). The original weights are
@@ -139,11 +145,15 @@ class SimpleMoELayer(nn.Module):
 
         Raises:
             ConfigError: some experts are int4 with a group size other than `group_size`; or
-                (from `quantize_int4`) a bad group size or a weight that cannot be quantized.
+                (from `quantize_int4`) a bad group size or a weight that cannot be quantized;
+                or, with `group_size` left out, no group divides both widths (an odd width).
             ShapeError: `group_size` does not divide both widths (the message names
-                `int4_group_size(H, F)`, the largest that does).
+                `int4_group_size(H, F)`, the default, which does).
         """
         done = sorted({e.group_size for e in self.experts if isinstance(e, QuantizedExpert)})
+        h, f = self.config.hidden_size, self.config.expert_inner_size
+        if group_size is None:
+            group_size = done[0] if len(done) == 1 else int4_group_size(h, f)
         if done and done != [group_size]:
             have = " and ".join(str(g) for g in done)
             raise ConfigError(
@@ -151,16 +161,13 @@ class SimpleMoELayer(nn.Module):
                 f"group_size={group_size!r} would quantize their int4 weights again (the "
                 "original weights are not kept): build the layer anew and quantize it once "
                 "with the group size you want")
-        h, f = self.config.hidden_size, self.config.expert_inner_size
         if (any(isinstance(e, Expert) for e in self.experts) and isinstance(group_size, int)
                 and group_size > 0 and (h % group_size or f % group_size)):
             try:
-                fit = f"int4_group_size({h}, {f}) = {int4_group_size(h, f)} divides both"
-                pair = pair_group_size(h, f)
-                if pair is not None and pair != int4_group_size(h, f):
-                    fit += (f"; {pair} also tiles each half of a row, which the fused int4 "
-                            "kernels need for their scale pairs and tile order "
-                            "(pair_group_size)")
+                fit = f"int4_group_size({h}, {f}) = {int4_group_size(h, f)}, the default, "
+                fit += ("divides both and tiles each half of a row, which the fused int4 "
+                        "kernels need for their scale pairs and tile order (pair_group_size)"
+                        if pair_group_size(h, f) is not None else "divides both")
             except ConfigError as exc:
                 fit = str(exc)
             raise ShapeError(f"int4 group size {group_size} does not divide the experts' widths "
@@ -171,8 +178,8 @@ class SimpleMoELayer(nn.Module):
                 and not halves_whole(h, f, group_size)):
             log.info("int4 groups of %d do not tile each half of a row (hidden %d, inner %d): "
                      "the fused int4 kernels read their scales one by one and their words "
-                     "row-major; groups of %d would let them read scale pairs in tile order "
-                     "(pair_group_size)", group_size, h, f, pair)
+                     "row-major; groups of %d, the default (int4_group_size), would let them "
+                     "read scale pairs in tile order", group_size, h, f, pair)
         self.experts = nn.ModuleList(
             quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
         )

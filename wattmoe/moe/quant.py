@@ -76,7 +76,11 @@ def quantize_int4(
 
 
 def int4_group_size(hidden: int, inner: int) -> int:
-    """Largest power of two <= 128 dividing both widths (int4 groups must tile each row).
+    """The default int4 group size of experts of this shape (`SimpleMoELayer.quantize()`, the
+    profiler's scenarios, the cost model and placement): `pair_group_size` where it exists, so
+    that the fused int4 kernels can read scale pairs in tile order, else the largest power of
+    two <= 128 dividing both widths (`wattmoe.int4_layout.default_group`, which says why:
+    on the H200 up to 28% less energy per int4 step).
 
     Raises:
         ConfigError: no even group size divides both widths.
@@ -91,11 +95,11 @@ def pair_group_size(hidden: int, inner: int) -> int | None:
     """The largest int4 group size (a power of two, 32 to 128) whose groups tile each half of
     both matrices' rows (hidden / 2 and inner / 2 columns), or None. The fused int4 kernels
     read a byte's two scales as one pair word, and their words in tile order, only there
-    (`fused_triton._uses_scale_pairs`: a byte holds columns c and c + K/2); `int4_group_size`
-    can pick a group that rules them out (H = F = 2880: 64, whose halves of 1440 columns are
-    not whole groups). On the H200 the gpt-oss-120b-like shape with groups of 32 spent 28%
-    less energy per 512-token int4 step than with 64 (3% at 4096 tokens; results/h200/
-    kernels/run115_int4_groups)."""
+    (`fused_triton._uses_scale_pairs`: a byte holds columns c and c + K/2). It is the default
+    group (`int4_group_size`) wherever it exists; a group given to `SimpleMoELayer.quantize`
+    may still rule pairs out (H = F = 2880 with 64: halves of 1440 columns are not whole
+    groups; on the H200 that shape with groups of 32 spent 28% less energy per 512-token int4
+    step than with 64, 3% at 4096 tokens; results/h200/kernels/run115_int4_groups)."""
     return pair_group(hidden, inner)
 
 

@@ -102,7 +102,7 @@ class ExpertShape:
     @property
     def weight_bytes(self) -> int:
         """Memory one replica of the expert takes (weights only; int4: the packed codes and
-        the fp16 scale of each group, `cost_model.work.int4_weight_bytes`)."""
+        the fp16 scale of each group of the default size, `cost_model.work.int4_weight_bytes`)."""
         per_weight = (int4_weight_bytes(self.hidden, self.inner) if self.dtype == "int4"
                       else DTYPE_BYTES[self.dtype])
         return math.ceil(self.params * per_weight)
@@ -119,9 +119,10 @@ class ExpertShape:
         2 R G bytes again) where each half of a row is whole groups (`quant.scale_pairs`); the
         tile-order copies (`quant.tile_rows`) are the same bytes in another order. Where both
         apply to every matrix the copy equals `weight_bytes` and a GPU holds twice the
-        weights (every model preset but Qwen1.5-MoE, whose down rows' halves are not whole
-        groups: no pairs of those scales, 0.99x, and the test shape `tiny`, 0.96x). Groups of
-        fewer than 32 columns make K steps too short for fragment words: no copy.
+        weights: every preset, since the default group is one whose halves are whole where
+        such a group exists (`int4_layout.default_group`; before session 17 Qwen1.5-MoE's
+        groups of 128 left its down rows' halves not whole, 0.99x, and `tiny`'s of 64 0.96x).
+        Groups of fewer than 32 columns make K steps too short for fragment words: no copy.
 
         A lower bound: a stack whose kernel configs read K steps of two sizes (OLMoE's
         512-token entry on the H200) holds a tile-order copy of its codes for each, which the
