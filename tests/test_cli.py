@@ -27,15 +27,18 @@ def test_every_subcommand_has_help() -> None:
 
 def test_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "2", "--seq", "8"]) == 0
-    assert "tokens/s" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tokens/s" in out
+    # the default backend is auto, and the table says what it ran (was: loop, unnamed)
+    assert "│ experts │ auto: " in out and "of 2 steps), fp32" in out
 
 
 def test_demo_throughput_says_it_is_of_the_median_step(
         capsys: pytest.CaptureFixture[str]) -> None:
     # tokens per step / median step, while energy per token is the window's energy over every
-    # token: with a slow step among them (p90 114 ms against a 46 ms median in the README),
-    # energy per token x throughput is not the mean power, and 'throughput' alone read as the
-    # run's
+    # token: with a slow step among them (p90 114 ms against a 46 ms median in an earlier
+    # README run), energy per token x throughput is not the mean power, and 'throughput' alone
+    # read as the run's
     assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "2", "--seq", "8",
                  "--cluster", "none"]) == 0
     out = " ".join(capsys.readouterr().out.split())

@@ -86,8 +86,11 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                         "experts add --int4")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="loop",
-                   help="expert execution backend: loop, grouped, fused, fused_graph, auto, ...")
+    p.add_argument("--backend", default="auto",
+                   help="expert execution backend (default auto: the fastest here for the "
+                        "step size, timed once in the warm-up steps, shown under 'experts'; "
+                        "-v logs its choice); loop (the reference), grouped, fused, "
+                        "fused_graph, ...")
     p.add_argument("--int4", action="store_true", help="quantize the experts to packed int4")
     p.add_argument("--cluster", default="h200-cpu",
                    help="place the measured expert loads on this cluster (name or spec file; "

@@ -61,6 +61,18 @@ def test_demo_auto_says_what_it_ran() -> None:
     assert ran in EXPERT_BACKENDS and ran != "auto"
 
 
+def test_demo_runs_auto_by_default_and_says_when_it_calibrated(fresh_auto: dict) -> None:
+    # was: loop by default, the costliest backend, and nothing said about it
+    r = run_demo("tiny", 1.0, batch=1, seq=8, steps=2, warmup=1, cluster=None)
+    assert r.backend.startswith("auto: ") and "(calibrated; 2 of 2 steps)" in r.backend
+    assert "calibrated in the timed steps" not in r.energy_note  # the warm-up step decided
+    # with no warm-up step the first timed step calibrates, in the time and energy measured
+    fresh_auto.clear()
+    r = run_demo("tiny", 1.0, batch=1, seq=8, steps=2, warmup=0, cluster=None)
+    assert "auto calibrated in the timed steps (" in r.energy_note
+    assert "warm-up steps keep that out" in r.energy_note
+
+
 def test_demo_labels_the_fused_kernels_under_the_interpreter(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # under TRITON_INTERPRET=1 the fused backend runs its Triton kernels on the CPU (no

@@ -15,7 +15,7 @@ from wattmoe.moe.backends import EXPERT_BACKENDS, available_backends, get_backen
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.graphs import GraphedBackend, GraphedLayer
 from wattmoe.moe.grouped import grouped_mm
-from wattmoe.moe.stacked import invalidate_stack, stacked_experts
+from wattmoe.moe.stacked import StackError, invalidate_stack, stacked_experts
 
 from .conftest import FakeGraph
 
@@ -212,14 +212,32 @@ def test_replaced_middle_expert_needs_verify_or_invalidate() -> None:
     assert stacked_experts(layer.experts) is not rebuilt
 
 
+def test_replaced_middle_expert_module_rebuilds_the_stack(gen: torch.Generator) -> None:
+    # `layer.experts[i] = ...`: the loop always ran the new expert; with `auto` the default, a
+    # layer that names no backend runs a stack, which kept the old expert's weights (a wrong
+    # output without a word) when the replaced one was neither the first nor the last
+    layer = small_layer()
+    x = torch.randn(40, layer.config.hidden_size, generator=gen)
+    layer.set_backend("grouped")
+    with torch.no_grad():
+        layer(x)
+        st = stacked_experts(layer.experts)
+        layer.experts[3] = Expert(layer.config.hidden_size, layer.config.expert_inner_size)
+        got = layer(x).hidden_states
+        assert stacked_experts(layer.experts) is not st
+        layer.set_backend("loop")
+        torch.testing.assert_close(got, layer(x).hidden_states, rtol=1e-5, atol=1e-6)
+
+
 def test_stack_of_plain_list_and_errors() -> None:
     experts = [Expert(16, 32) for _ in range(3)]
     st = stacked_experts(experts)
     assert stacked_experts(experts) is st and st.w13.shape == (3, 64, 16)
-    with pytest.raises(ConfigError):
+    with pytest.raises(StackError):  # a ConfigError that `auto` answers with `loop`
         stacked_experts([Expert(16, 32), Expert(16, 64)])
-    with pytest.raises(ConfigError):
+    with pytest.raises(StackError):
         stacked_experts([])
+    assert issubclass(StackError, ConfigError)
 
 
 def test_grouped_mm_falls_back_on_layouts_torch_refuses(gen: torch.Generator) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -13,8 +14,11 @@ from wattmoe.moe import (
     MoEConfig,
     MoETransformerBlock,
     SimpleMoELayer,
+    available_backends,
     build_dispatch,
+    get_backend,
     get_preset,
+    int4_group_size,
     switch_balance_loss,
 )
 from wattmoe.moe.router import RoutingStrategy
@@ -365,3 +369,245 @@ def test_quantize_with_a_group_that_does_not_fit_names_one_that_does() -> None:
         layer.quantize(128)
     assert all(isinstance(e, Expert) for e in layer.experts)  # left as it was
     layer.quantize(8)
+
+
+# --- the default expert backend: auto -------------------------------------------------------
+
+
+def test_default_backend_is_auto_with_a_record_per_layer(
+        fresh_auto: dict, gen: torch.Generator, caplog: pytest.LogCaptureFixture) -> None:
+    # was: 'loop', the costliest backend (2.2-7.5x fused's joules per token on an H200)
+    from wattmoe.moe.autoselect import AutoBackend
+
+    cfg = get_preset("tiny")
+    layer, other = SimpleMoELayer(cfg, seed=0).eval(), SimpleMoELayer(cfg, seed=1).eval()
+    assert layer.backend_name == "auto"
+    assert MoETransformerBlock(cfg, seed=0).moe.backend_name == "auto"
+    auto = layer.expert_backend
+    assert isinstance(auto, AutoBackend) and auto is not other.expert_backend
+    assert auto is not get_backend("auto")  # the layer's own: its records are its own
+    x = torch.randn(13, cfg.hidden_size, generator=gen)  # 26 assignments: bucket 32
+    with caplog.at_level(logging.INFO, logger="wattmoe.moe.autoselect"), torch.no_grad():
+        layer(x)
+        layer(x)
+    (dec,) = auto.decisions
+    assert dec.key == ("cpu", "torch.float32", 8, 64, 128, "swiglu", "torch.float32", 32)
+    assert dec.reason == "calibrated" and set(dec.scores) == set(available_backends("cpu"))
+    assert dec.backend == min(dec.scores, key=dec.scores.__getitem__)
+    assert auto.counts == {dec.backend: 2} and auto.last is dec
+    assert dec.seconds > 0 and auto.deciding_s == dec.seconds
+    # the first step's calibration is said at INFO: what, why, and what it cost
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert msg.startswith("auto: cpu torch.float32 E8 H64 F128 swiglu weights torch.float32, "
+                          f"bucket 32 assignments -> {dec.backend}, calibrated in ")
+    assert "once for this bucket" in msg and "fastest wins" in msg
+    # another layer of the shape takes the decision without calibrating, and records it
+    assert fresh_auto == {dec.key: dec}
+    with torch.no_grad():
+        other(x)
+    assert other.expert_backend.decisions == [dec] and other.expert_backend.deciding_s == 0
+    assert other.expert_backend.counts == {dec.backend: 1}
+    # reset: forgotten here and in the shared table; the next step decides anew
+    auto.reset()
+    assert fresh_auto == {} and not auto.decisions and auto.deciding_s == 0
+    with torch.no_grad():
+        layer(x)
+    assert len(auto.decisions) == 1 and auto.decisions[0] is not dec and auto.deciding_s > 0
+    assert other.expert_backend.decisions == [dec]  # other layers keep what they took
+
+
+def test_default_layer_decides_again_after_to_and_quantize(
+        fresh_auto: dict, gen: torch.Generator) -> None:
+    # another dtype or int4 weights are another key: the first step of each decides, and the
+    # layer's records say which weights each decision was for
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=0).eval()
+    ref = SimpleMoELayer(cfg, seed=0, backend="loop").eval()
+    x = torch.randn(12, cfg.hidden_size, generator=gen)
+    with torch.no_grad():
+        for m in (layer, ref):
+            m(x)
+            m.to(torch.bfloat16)
+        xb = x.bfloat16()
+        assert torch.equal(layer(xb).hidden_states, ref(xb).hidden_states)
+        for m in (layer, ref):
+            m.quantize(32)
+        assert torch.equal(layer(xb).hidden_states, ref(xb).hidden_states)
+    keys = [d.key for d in layer.expert_backend.decisions]
+    assert [(k[1], k[6]) for k in keys] == [("torch.float32", "torch.float32"),
+                                            ("torch.bfloat16", "torch.bfloat16"),
+                                            ("torch.bfloat16", "int4g32")]
+    assert all(d.reason == "calibrated" for d in layer.expert_backend.decisions)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize(("cfg", "int4"), [
+    (get_preset("tiny"), False),
+    (get_preset("tiny"), True),
+    (get_preset("tiny").replace(expert_form="relu", top_k=1, normalize_topk=False), False),
+    (get_preset("olmoe-1b-7b", 1 / 16), False),
+], ids=["tiny", "tiny-int4", "tiny-relu", "olmoe/16"])
+def test_default_layer_on_a_cpu_gives_the_loops_bits_whatever_auto_chooses(
+        cfg: MoEConfig, dtype: str, int4: bool, gen: torch.Generator) -> None:
+    # auto chooses by measured time, and on a CPU loop and grouped can be within noise of each
+    # other (`wattmoe demo`'s fp32 step: 56.7 against 55.5 ms): two runs may choose differently.
+    # Their outputs must not differ, or a seeded run would not reproduce. torch 2.13's CPU
+    # `_grouped_mm` computes group by group as the loop does; if a torch changes that, this
+    # fails, and auto's reproducibility on a CPU (autoselect's docstring) has to be revisited.
+    ref = SimpleMoELayer(cfg, dtype=dtype, seed=3, backend="loop").eval()
+    layer = SimpleMoELayer(cfg, dtype=dtype, seed=3).eval()
+    if int4:
+        for m in (ref, layer):
+            m.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
+    x = torch.randn(45, cfg.hidden_size, generator=gen).to(ref.router.gate.weight.dtype)
+    with torch.no_grad():
+        want = ref(x).hidden_states
+        assert torch.equal(layer(x).hidden_states, want)
+        for name in available_backends("cpu", want.dtype):
+            layer.set_backend(name)
+            assert torch.equal(layer(x).hidden_states, want), name
+
+
+@pytest.mark.parametrize("evaluate", [torch.no_grad, torch.inference_mode])
+def test_training_with_the_default_backend_matches_loop(
+        evaluate: type, fresh_auto: dict, gen: torch.Generator) -> None:
+    # training steps run loop (the backend with a backward) without deciding; an evaluation in
+    # between calibrates, which stacks the experts (their weights become views of the stack):
+    # the optimizer's updates after it must be the loop layer's all the same. Under
+    # inference_mode the dense stack was made of inference tensors: the experts then got no
+    # gradients at all in the training steps after it (grad None, silently)
+    from wattmoe.moe.stacked import existing_stack
+
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=5)
+    ref = SimpleMoELayer(cfg, seed=5, backend="loop")
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (layer, ref)]
+    x = torch.randn(4, 9, cfg.hidden_size, generator=gen)
+    target = torch.randn(4, 9, cfg.hidden_size, generator=gen)
+    for step in range(5):
+        if step == 2:
+            with evaluate():
+                got, want = layer.eval()(x), ref.eval()(x)
+            torch.testing.assert_close(got.hidden_states, want.hidden_states, rtol=1e-6,
+                                       atol=1e-7)
+            assert existing_stack(layer.experts) is not None  # grouped ran in calibration
+            layer.train()
+            ref.train()
+        losses = []
+        for m, opt in zip((layer, ref), opts):
+            opt.zero_grad()
+            out = m(x)
+            assert out.hidden_states.requires_grad
+            loss = torch.nn.functional.mse_loss(out.hidden_states, target) + out.aux_loss
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-6, atol=1e-7)
+    assert losses[0] < 1.0  # it learns something (the target is unit noise)
+    for (name, p), (_, q) in zip(layer.named_parameters(), ref.named_parameters()):
+        assert p.grad is not None and not p.is_inference(), name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7, msg=name)
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+    auto = layer.expert_backend
+    # the evaluation decided and ran one step; the 10 training steps ran loop without a word
+    assert len(auto.decisions) == 1 and sum(auto.counts.values()) == 1
+    with torch.no_grad():  # and the chosen backend sees the trained weights
+        torch.testing.assert_close(layer.eval()(x).hidden_states, ref.eval()(x).hidden_states,
+                                   rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("where", [3, 0], ids=["middle", "first"])
+def test_default_layer_with_an_expert_of_its_own_runs_loop(
+        where: int, fresh_auto: dict, gen: torch.Generator) -> None:
+    # a module of the user's in the expert list: loop (the old default) runs any module, every
+    # other backend needs a stack of `Expert`s (was, with auto: "stacking needs experts that
+    # are all `Expert`...", a ConfigError from an inference step)
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=0).eval()
+    x = torch.randn(20, cfg.hidden_size, generator=gen)
+    with torch.no_grad():
+        layer(x)  # decided (and stacked) with the experts it was built with
+    layer.experts[where] = torch.nn.Sequential(torch.nn.Linear(cfg.hidden_size, cfg.hidden_size))
+    auto = layer.expert_backend
+    before = auto.counts["loop"]  # 1 if the calibration chose loop
+    with torch.no_grad():
+        got = [layer(x).hidden_states for _ in range(2)]
+        layer.set_backend("loop")
+        want = layer(x).hidden_states
+    for out in got:
+        torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-7)
+    assert [(d.backend, d.reason) for d in auto.decisions][1:] == [("loop", "unstackable")]
+    assert auto.counts["loop"] == before + 2
+    # recorded for this layer alone: the shared decision is still the calibrated one, which
+    # other layers of the shape, whose experts stack, take
+    (shared,) = fresh_auto.values()
+    assert shared is auto.decisions[0] and shared.reason == "calibrated"
+
+
+def test_compiled_default_layer_runs_loop_and_records_it(
+        fresh_auto: dict, gen: torch.Generator) -> None:
+    # was: torch.compile of an auto layer timed the compiler as a candidate's step, or failed
+    # (grouped in fp32 on a CPU has no meta kernel in torch 2.13: "Expected inputs of BF16")
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=0).eval()
+    ref = SimpleMoELayer(cfg, seed=0, backend="loop").eval()
+    x = torch.randn(11, cfg.hidden_size, generator=gen)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(layer, backend="eager")
+        with torch.no_grad():
+            outs = [compiled(x) for _ in range(3)]
+            want = ref(x)
+    finally:
+        torch._dynamo.reset()
+    for out in outs:
+        assert torch.equal(out.hidden_states, want.hidden_states)
+    auto = layer.expert_backend
+    (dec,) = auto.decisions
+    assert (dec.backend, dec.reason, dec.key[-1]) == ("loop", "compiling", 32)
+    assert auto.counts == {"loop": 3} and auto.last is dec
+    assert fresh_auto == {}  # nothing was calibrated, nothing shared
+    with torch.no_grad():  # eager again: it calibrates
+        torch.testing.assert_close(layer(x).hidden_states, want.hidden_states)
+    assert [d.reason for d in auto.decisions] == ["compiling", "calibrated"]
+
+
+def test_default_auto_refuses_to_calibrate_inside_a_cuda_graph_capture(
+        fresh_auto: dict, gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # calibration synchronizes the device, which a capture forbids (torch's error named
+    # neither auto nor the remedy); a size decided before is captured as it runs
+    from wattmoe.moe import autoselect
+
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=0).eval()
+    x = torch.randn(11, cfg.hidden_size, generator=gen)
+    monkeypatch.setattr(autoselect, "_capturing", lambda x: True)
+    with torch.no_grad(), pytest.raises(ConfigError, match=(
+            r"auto has not chosen a backend for cpu .* bucket 32 assignments yet and cannot "
+            r"time candidates inside a CUDA-graph capture: run one step of this size before")):
+        layer(x)
+    monkeypatch.setattr(autoselect, "_capturing", lambda x: False)
+    with torch.no_grad():
+        want = layer(x).hidden_states
+    monkeypatch.setattr(autoselect, "_capturing", lambda x: True)
+    with torch.no_grad():
+        assert torch.equal(layer(x).hidden_states, want)
+
+
+def test_default_auto_survives_copy_and_pickle_sharing_the_process_table(
+        fresh_auto: dict, gen: torch.Generator) -> None:
+    import copy
+    import pickle
+
+    cfg = get_preset("tiny")
+    layer = SimpleMoELayer(cfg, seed=0).eval()
+    x = torch.randn(7, cfg.hidden_size, generator=gen)
+    with torch.no_grad():
+        want = layer(x).hidden_states
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        auto = clone.expert_backend
+        assert auto is not layer.expert_backend and auto.shared is fresh_auto
+        assert [d.key for d in auto.decisions] == list(fresh_auto)
+        with torch.no_grad():
+            assert torch.equal(clone(x).hidden_states, want)
+    assert len(fresh_auto) == 1  # the clones took the decision, none calibrated again

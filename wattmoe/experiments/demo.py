@@ -177,7 +177,7 @@ def run_demo(
     device: str = "cpu",
     seed: int = 0,
     cluster: str | None = "h200-cpu",
-    backend: str = "loop",
+    backend: str = "auto",
     int4: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> DemoResult:
@@ -192,9 +192,11 @@ def run_demo(
     energy-aware heuristic and by the EPLB-style and round-robin baselines (predictions).
 
     `backend` is the expert execution backend (`wattmoe.moe.backends`: loop, grouped, fused,
-    ...); `int4` quantizes the routed experts to packed int4 first (the default group size,
-    `int4_group_size`: one whose halves of a row are whole where one exists, for the fused
-    kernels' scale pairs).
+    ...). The default, auto as for the layer, decides in the first step (a warm-up step unless
+    `warmup` is 0); the result says what it ran and why, and `energy_note` says so when it
+    calibrated in the timed steps, whose time and energy then include that. `int4` quantizes
+    the routed experts to packed int4 first (the default group size, `int4_group_size`: one
+    whose halves of a row are whole where one exists, for the fused kernels' scale pairs).
 
     `progress(done, steps)` is called after each finished timed step (outside the step's
     timing, inside the energy window: keep it cheap).
@@ -244,6 +246,7 @@ def run_demo(
             block(x)
         block.moe.reset_utilization()
         ran_before = Counter(auto.counts) if auto is not None else Counter()
+        deciding_before = auto.deciding_s if auto is not None else 0.0
         with monitor.window("demo", sync=True) as window:
             try:
                 for _ in range(steps):
@@ -283,6 +286,12 @@ def run_demo(
         why = f"{auto.last.reason}; " if auto.last is not None else ""
         backend = "auto: " + ", ".join(f"{n} ({why}{c} of {steps} steps)"
                                         for n, c in ran.most_common())
+        deciding = auto.deciding_s - deciding_before
+        if deciding > 0:  # warmup=0 (the CLI warms up): the calibration was timed
+            note = "; ".join(x for x in (
+                f"auto calibrated in the timed steps ({deciding:.3g} s of them: every "
+                "candidate backend timed on the first step of a size); warm-up steps keep "
+                "that out", note) if x)
     times.sort()
     med = statistics.median(times)
     cost_model, placements = ("", ())

@@ -14,8 +14,48 @@ Calibration times the expert execution only: once a bucket's choice is `fused` o
 `fused_graph`, the layer also routes with `fused_route` (`SimpleMoELayer.uses_fused_route`),
 a saving on top of what was compared (~90 us of GPU time per 512-token OLMoE step on an H200).
 
-`AutoBackend.decisions` holds each decision (the key, the winner, why, and every candidate's
-time or cost); `counts` how many steps each backend ran; `last` the latest decision applied.
+`auto` is `SimpleMoELayer`'s default backend: on an H200 the reference `loop` spends 2.2-7.5x
+the joules per token of the fused path on the OLMoE shape (16384 down to 64 tokens per step,
+measured; run 109 in docs/kernels.md), so a layer that names no backend must not run it. Each
+layer gets its own `AutoBackend` (`AutoBackend.default()`): its `decisions` and `counts` are
+that layer's. The decisions themselves are shared by every default instance of the process
+(`SHARED_DECISIONS`): the layers of one shape on one device calibrate once per bucket, and a
+layer that takes another's choice records it in its own `decisions` all the same.
+
+`AutoBackend.decisions` holds each decision (the key, the winner, why, every candidate's time
+or cost, and the seconds deciding took); `counts` how many steps each backend ran; `last` the
+latest decision applied; `deciding_s` the seconds its own decisions took. Every decision is
+logged at INFO (`wattmoe -v` shows them) with what calibrating cost: on a CPU (candidates
+`loop` and `grouped`) the first step of a bucket runs the experts 8 times (a warm-up and 3
+timed runs each; the winner's last run is the step's output): 8-15 steps' time on a 2-core
+machine (`wattmoe demo`'s fp32 step 470 ms against 46 ms, bf16 1.86 s against 225 ms; the
+tests' tiny shape 12 ms against 1.5 ms; results/cpu/auto_default).
+
+What `auto` runs without deciding:
+
+- with autograd (a step that records gradients for the experts or their input): `loop`, the
+  only backend with a backward, as every other backend does. Training neither calibrates nor
+  stacks the experts.
+- with experts that cannot be stacked (modules other than `Expert` and `QuantizedExpert`, or of
+  mixed shapes; a user's own expert put in the list, say): `loop`, which runs any module, as it
+  did when it was the default. Recorded with the reason 'unstackable', for this layer alone.
+- under `torch.compile` (while dynamo traces the layer): `loop`. Timing a candidate there would
+  time the compiler, and the compiled graph would keep whatever that chose; `loop` compiles
+  everywhere, while `grouped` in fp32 on a CPU does not (torch 2.13's meta kernel of
+  `torch._grouped_mm` accepts bf16 only). Recorded once per bucket with the reason 'compiling'.
+  Compile a layer with an explicit backend to compile another.
+
+Calibration cannot run inside a CUDA-graph capture (it synchronizes the device): a step of a
+bucket not decided yet is refused there with a `ConfigError` (run one step of that size first, as
+a capture's warm-up does; `GraphedLayer` runs two before it captures).
+
+Reproducibility: the choice follows measured times, so two processes may choose differently
+where two candidates are close (`wattmoe demo`'s bf16 CPU step: loop 204-232 ms, grouped
+191-236 ms; 2 of 5 fresh processes chose loop). On a CPU that changes no output: `loop` and
+`grouped` gave bit-identical layer outputs in all 282 cases tried (7 shapes, fp32/bf16/fp16,
+dense and int4, 1-1500 tokens; torch 2.13; a test keeps checking a few). On CUDA the fused
+kernels and the torch GEMMs round differently: a run that must reproduce another bit for bit
+names the backend its `decisions` recorded.
 """
 
 from __future__ import annotations
@@ -41,9 +81,11 @@ from wattmoe.moe.backends import (
     register_backend,
 )
 from wattmoe.moe.dispatch import Dispatch
-from wattmoe.moe.stacked import stack_signature
+from wattmoe.moe.stacked import StackError, stack_signature
 
 log = logging.getLogger(__name__)
+
+UNSTACKABLE = "unstackable"  # a key's weights where the first expert cannot be stacked
 
 CostFn = Callable[[str, dict[str, object]], float]
 """cost_fn(backend name, step description) -> cost (joules, seconds: lower is better)."""
@@ -56,14 +98,19 @@ class Decision:
     Attributes:
         key: device, dtype, E, H, F, form, weights ('int4' or dtype) and assignment bucket.
         backend: the chosen backend.
-        reason: 'calibrated', 'cost' or 'only' (a single candidate).
+        reason: 'calibrated', 'cost', 'only' (a single candidate), 'compiling' (`loop` while
+            `torch.compile` traces the layer) or 'unstackable' (`loop`: experts that cannot
+            be stacked); see the module docstring.
         scores: each candidate's median step time in seconds ('calibrated') or cost ('cost').
+        seconds: wall time the decision took (calibration: every candidate's warm-up and timed
+            runs), spent once, in the step that decided.
     """
 
     key: tuple[object, ...]
     backend: str
     reason: str
     scores: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -71,9 +118,19 @@ class Decision:
         return d
 
 
+SHARED_DECISIONS: dict[tuple[object, ...], Decision] = {}
+"""Decisions of every `AutoBackend.default()` of this process (each layer's default backend and
+the registry's `auto`), by key."""
+
+
 def bucket(n: int) -> int:
     """n rounded up to a power of two (0 stays 0)."""
     return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """Whether x's CUDA stream is being captured into a graph (where nothing may sync)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _sync(device: torch.device) -> None:
@@ -88,6 +145,9 @@ class AutoBackend:
         candidates: backend names to choose from; None = `available_backends(device, dtype)`.
         cost_fn: ranks candidates without running them; None = calibrate.
         repeats: timed runs per candidate when calibrating.
+        shared: decisions to take where this instance has none for a key, and to add its own
+            to (other instances of the same candidates, cost function and repeats may share
+            it); None: its own decisions only. `default()` shares `SHARED_DECISIONS`.
     """
 
     def __init__(
@@ -95,6 +155,7 @@ class AutoBackend:
         candidates: Sequence[str] | None = None,
         cost_fn: CostFn | None = None,
         repeats: int = 3,
+        shared: dict[tuple[object, ...], Decision] | None = None,
     ) -> None:
         if candidates is not None:
             unknown = [c for c in candidates if c not in EXPERT_BACKENDS or c == "auto"]
@@ -107,16 +168,47 @@ class AutoBackend:
         self.candidates = list(candidates) if candidates is not None else None
         self.cost_fn = cost_fn
         self.repeats = repeats
+        self.shared = shared
         self.table: dict[tuple[object, ...], Decision] = {}
         self.decisions: list[Decision] = []
         self.counts: Counter[str] = Counter()
         self.last: Decision | None = None
+        # seconds spent in this instance's own decisions (taking a shared one costs nothing)
+        self.deciding_s = 0.0
+        self._compiled: dict[tuple[object, ...], Decision] = {}  # 'compiling' records
+
+    @classmethod
+    def default(cls) -> AutoBackend:
+        """A new instance choosing among every available backend by calibration, sharing its
+        decisions with the other default instances (`SHARED_DECISIONS`): what a layer gets for
+        `backend="auto"`, its default."""
+        return cls(shared=SHARED_DECISIONS)
+
+    def __getstate__(self) -> dict[str, object]:
+        # a pickled (or deep-copied) default instance shares the process's table again, not a
+        # frozen copy of the one it was pickled with
+        state = dict(self.__dict__)
+        if self.shared is SHARED_DECISIONS:
+            state["shared"] = "SHARED_DECISIONS"
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if state.get("shared") == "SHARED_DECISIONS":
+            state = {**state, "shared": SHARED_DECISIONS}
+        self.__dict__.update(state)
 
     def reset(self) -> None:
-        """Forgets all decisions (the next step of each bucket decides again)."""
+        """Forgets all decisions (the next step of each bucket decides again). Its decisions
+        leave the shared table too; other instances keep running what they took from it."""
+        if self.shared is not None:
+            for k, dec in self.table.items():
+                if self.shared.get(k) is dec:
+                    del self.shared[k]
         self.table.clear()
         self.decisions.clear()
         self.counts.clear()
+        self.deciding_s = 0.0
+        self._compiled.clear()
         self.last = None
 
     def key(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> tuple[object, ...]:
@@ -126,31 +218,89 @@ class AutoBackend:
              num_assign: int) -> tuple[object, ...]:
         # from the first expert, not the stack: the key is computed twice per step (the layer
         # asks `decided` first), and the chosen backend checks the stack itself
-        return (str(x.device), str(x.dtype), *stack_signature(experts), bucket(num_assign))
+        try:
+            shape = stack_signature(experts)
+        except StackError:  # a first expert of another kind: `loop` alone can run them
+            shape = (len(experts), None, None, None, UNSTACKABLE)
+        return (str(x.device), str(x.dtype), *shape, bucket(num_assign))
+
+    def _lookup(self, k: tuple[object, ...]) -> Decision | None:
+        """This instance's decision for k, else the shared table's (then taken and recorded
+        as this instance's own)."""
+        dec = self.table.get(k)
+        if dec is None and self.shared is not None:
+            dec = self.shared.get(k)
+            if dec is not None:
+                self.table[k] = dec
+                self.decisions.append(dec)
+                log.debug("auto: %s -> %s (decided before for another layer: %s)",
+                          _describe(k), dec.backend, dec.reason)
+        return dec
 
     def decided(self, experts: Sequence[nn.Module], x: torch.Tensor,
                 num_assign: int) -> str | None:
         """The backend already chosen for a step of `num_assign` assignments, or None (no
         decision yet). Lets the layer route with `fused_route` before calling the backend."""
-        dec = self.table.get(self._key(experts, x, num_assign))
+        dec = self._lookup(self._key(experts, x, num_assign))
         return dec.backend if dec is not None else None
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
         if needs_autograd(experts, x):
             return loop_backend(experts, x, d)
+        if torch.compiler.is_compiling():
+            _eager(AutoBackend._note_compiling)(self, experts, x, d.token_idx.numel())
+            return loop_backend(experts, x, d)
         k = self.key(experts, x, d)
-        dec = self.table.get(k)
-        if dec is None:
-            dec = self._decide(k, experts, x, d)
+        dec = self._lookup(k)
+        out = None
+        try:
+            if dec is None:  # calibrating: the winner's last timed run computed this very step
+                dec, out = self._decide(k, experts, x, d)
+            if out is None:
+                out = get_backend(dec.backend)(experts, x, d)
+        except StackError as exc:  # experts `loop` alone can run (one replaced by another kind)
+            dec = self._unstackable(k, exc)
+            out = loop_backend(experts, x, d)
         self.counts[dec.backend] += 1
         self.last = dec
-        return get_backend(dec.backend)(experts, x, d)
+        return out
+
+    def _unstackable(self, k: tuple[object, ...], exc: StackError) -> Decision:
+        """Records `loop` for key k, in this instance alone (other layers of the shape may
+        have experts that stack): these experts cannot be stacked, and every other backend
+        runs a stack. It stays until `reset()`, even if the experts become stackable again."""
+        dec = Decision(k, "loop", "unstackable")
+        self.table[k] = dec
+        self.decisions.append(dec)
+        log.info("auto: %s -> loop: the experts cannot be stacked (%s), which every other "
+                 "backend needs", _describe(k), exc)
+        return dec
+
+    def _note_compiling(self, experts: Sequence[nn.Module], x: torch.Tensor,
+                        num_assign: int) -> None:
+        """Records (once per key) and counts a traced step's `loop`. Called through `_eager`,
+        outside the compiled graph, so that every compiled step is counted."""
+        k = self._key(experts, x, num_assign)
+        dec = self._compiled.get(k)
+        if dec is None:
+            dec = self._compiled[k] = Decision(k, "loop", "compiling")
+            self.decisions.append(dec)
+            log.info("auto: %s -> loop under torch.compile (a traced step cannot be timed; "
+                     "compile with an explicit backend to compile another)", _describe(k))
+        self.counts["loop"] += 1
+        self.last = dec
 
     def _decide(
         self, k: tuple[object, ...], experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch
-    ) -> Decision:
+    ) -> tuple[Decision, torch.Tensor | None]:
+        """Decides for key k on this step; returns the decision and, when calibrating, the
+        winner's output for this step (None otherwise)."""
+        if k[-2] == UNSTACKABLE:
+            stack_signature(experts)  # raises the StackError that says why
         names = self.candidates or available_backends(x.device, x.dtype)
         names = [n for n in names if n != "auto"]
+        out = None
+        t0 = time.perf_counter()
         if len(names) == 1:
             dec = Decision(k, names[0], "only")
         elif self.cost_fn is not None:
@@ -160,29 +310,71 @@ class AutoBackend:
             scores = {n: float(self.cost_fn(n, info)) for n in names}
             dec = Decision(k, min(scores, key=scores.__getitem__), "cost", scores)
         else:
-            scores = {n: self._time(n, experts, x, d) for n in names}
+            if _capturing(x):
+                raise ConfigError(
+                    f"auto has not chosen a backend for {_describe(k)} yet and cannot time "
+                    "candidates inside a CUDA-graph capture: run one step of this size before "
+                    "capturing (as a capture's warm-up does), or name a backend")
+            runs = {n: self._time(n, experts, x, d) for n in names}
+            scores = {n: t for n, (t, _) in runs.items()}
             dec = Decision(k, min(scores, key=scores.__getitem__), "calibrated", scores)
+            out = runs[dec.backend][1]
+        dec.seconds = time.perf_counter() - t0
+        self.deciding_s += dec.seconds
         self.table[k] = dec
         self.decisions.append(dec)
-        log.info("auto: %s -> %s (%s %s)", k, dec.backend, dec.reason,
-                 {n: f"{v:.3g}" for n, v in dec.scores.items()})
-        return dec
+        if self.shared is not None:
+            self.shared[k] = dec
+        if dec.reason == "calibrated":
+            log.info("auto: %s -> %s, calibrated in %.3g s, once for this bucket (median step "
+                     "%s; fastest wins)", _describe(k), dec.backend, dec.seconds,
+                     ", ".join(f"{n} {v * 1e3:.3g} ms" for n, v in scores.items()))
+        else:
+            log.info("auto: %s -> %s (%s %s)", _describe(k), dec.backend, dec.reason,
+                     {n: f"{v:.3g}" for n, v in dec.scores.items()})
+        return dec, out
 
-    def _time(self, name: str, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> float:
+    def _time(self, name: str, experts: Sequence[nn.Module], x: torch.Tensor,
+              d: Dispatch) -> tuple[float, torch.Tensor]:
+        """(median seconds of `repeats` timed runs after a warm-up, the last run's output)."""
         fn = get_backend(name)
         fn(experts, x, d)  # warm-up: compile, capture, stack
         times = []
         for _ in range(self.repeats):
             _sync(x.device)
             t0 = time.perf_counter()
-            fn(experts, x, d)
+            out = fn(experts, x, d)
             _sync(x.device)
             times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return statistics.median(times), out
 
     def records(self) -> list[dict[str, object]]:
         """Every decision so far as plain dicts (for JSON)."""
         return [dec.as_dict() for dec in self.decisions]
 
 
-AUTO = register_backend("auto")(AutoBackend())
+_EAGER: dict[Callable[..., object], Callable[..., object]] = {}
+
+
+def _eager(fn: Callable[..., object]) -> Callable[..., object]:
+    """fn wrapped by `torch.compiler.disable` (runs eagerly, a graph break, when a compiled
+    graph reaches it), wrapped on first use: the wrapper imports dynamo, 2.6 s that an import
+    of wattmoe.moe must not pay."""
+    wrapped = _EAGER.get(fn)
+    if wrapped is None:
+        wrapped = _EAGER[fn] = torch.compiler.disable(fn)
+    return wrapped
+
+
+def _describe(k: tuple[object, ...]) -> str:
+    """A key as a log line says it: 'cpu torch.float32 E8 H64 F128 swiglu weights
+    torch.float32, bucket 64 assignments'."""
+    if len(k) != 8:
+        return str(k)
+    dev, dt, e, h, f, form, weights, b = k
+    if weights == UNSTACKABLE:
+        return f"{dev} {dt} E{e} experts that cannot be stacked, bucket {b} assignments"
+    return f"{dev} {dt} E{e} H{h} F{f} {form} weights {weights}, bucket {b} assignments"
+
+
+AUTO = register_backend("auto")(AutoBackend.default())

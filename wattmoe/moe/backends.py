@@ -13,7 +13,8 @@ scatter-add. Faster backends register under their own names and must match it:
 - `fused_graph`, `grouped_graph`: the same captured as CUDA graphs per step shape
   (`graphs.py`); elsewhere the eager backend.
 - `auto`: picks one of `available_backends` per step size from a one-time calibration or a
-  cost function, and records the choice (`autoselect.py`).
+  cost function, and records the choice (`autoselect.py`). `SimpleMoELayer`'s default: on an
+  H200 the loop spends 2.2-7.5x the joules per token of the fused path (OLMoE, run 109).
 
 All backends except `loop` are for inference: with autograd recording and expert parameters
 that need gradients they run `loop`, so training still gets gradients.

@@ -43,7 +43,10 @@ class Attention(nn.Module):
 
 
 class MoETransformerBlock(nn.Module):
-    """x + attn(norm(x)), then h + moe(norm(h)); returns the MoE layer's output record."""
+    """x + attn(norm(x)), then h + moe(norm(h)); returns the MoE layer's output record.
+
+    `backend` is the MoE layer's expert backend (default 'auto', as `SimpleMoELayer`'s).
+    """
 
     def __init__(
         self,
@@ -51,7 +54,7 @@ class MoETransformerBlock(nn.Module):
         dtype: str | torch.dtype = torch.float32,
         device: str | torch.device | None = None,
         strategy: str | RoutingStrategy = "baseline",
-        backend: str = "loop",
+        backend: str = "auto",
         causal: bool = True,
         seed: int | None = None,
     ) -> None:

@@ -1,5 +1,9 @@
 """`SimpleMoELayer`: router, sorted dispatch, experts, weighted combine.
 
+The experts run on the `auto` backend unless the layer names another: it chooses per device,
+dtype, shape and step size, once, and records each choice (`autoselect.py`; why it is the
+default there). `loop` is the reference, to be named where that is what is wanted.
+
 With the `fused` and `fused_graph` expert backends, no capacity factor and no autograd, routing
 and dispatch run as two Triton kernels (`fused_route`) instead of ~25 small torch kernels.
 """
@@ -54,6 +58,18 @@ class MoEOutput:
 
 
 
+def _backend_for(name: str) -> object:
+    """The backend a layer runs for `name`: for `auto` a new `AutoBackend` of its own (its
+    decisions and counts are this layer's; the decisions are shared with the other layers),
+    else the registered one.
+
+    Raises:
+        ConfigError: no backend has that name.
+    """
+    backend = get_backend(name)  # an unknown name raises here
+    return AutoBackend.default() if name == "auto" else backend
+
+
 def check_input_dtype(what: str, x: torch.Tensor, dtype: torch.dtype) -> None:
     """Raises a `ShapeError` naming both dtypes unless x has the parameters' dtype (torch
     would say only "expected m1 and m2 to have the same dtype" from inside the router).
@@ -71,7 +87,14 @@ class SimpleMoELayer(nn.Module):
         dtype: parameter dtype ('fp32', 'bf16', ...).
         device: where parameters live.
         strategy: routing strategy name or instance (default 'baseline').
-        backend: expert execution backend name (default 'loop').
+        backend: expert execution backend name (`wattmoe.moe.backends`). Default 'auto': the
+            backend that calibrates fastest for each step size, chosen on the first step of
+            that size and recorded in `expert_backend.decisions` (on an H200 the reference
+            'loop' spends 2.2-7.5x the joules per token of the fused path on the OLMoE shape;
+            docs/kernels.md, run 109). That first step of a size takes 8-15 steps' time
+            on a CPU (logged at INFO). Steps that record autograd (grad mode with trainable
+            weights: training, or inference outside `torch.inference_mode()`/`no_grad()`)
+            run 'loop' without deciding. Name 'loop' for the reference itself.
         seed: seed for the random weights; None uses torch's global generator.
     """
 
@@ -81,14 +104,14 @@ class SimpleMoELayer(nn.Module):
         dtype: str | torch.dtype = torch.float32,
         device: str | torch.device | None = None,
         strategy: str | RoutingStrategy = "baseline",
-        backend: str = "loop",
+        backend: str = "auto",
         seed: int | None = None,
     ) -> None:
         super().__init__()
         dt = resolve_dtype(dtype)
         self.config = config
         self.backend_name = backend
-        self._backend = get_backend(backend)
+        self._backend = _backend_for(backend)
         # False: always the torch routing path (to measure the fused routing's share)
         self.fused_routing = True
         with seeded(seed):
@@ -117,12 +140,18 @@ class SimpleMoELayer(nn.Module):
 
     @property
     def expert_backend(self) -> object:
-        """What runs the experts: the registered backend `backend_name` names (for `auto`, its
-        `AutoBackend`, whose `decisions` and `counts` say what it chose)."""
+        """What runs the experts: the registered backend `backend_name` names; for `auto`, this
+        layer's own `AutoBackend`, whose `decisions` and `counts` say what it chose and ran."""
         return self._backend
 
     def set_backend(self, name: str) -> None:
-        self._backend = get_backend(name)
+        """Runs the experts on backend `name` from the next step (`auto`: a new `AutoBackend`,
+        with no decisions of its own yet; it takes those already made for other layers).
+
+        Raises:
+            ConfigError: no backend has that name.
+        """
+        self._backend = _backend_for(name)
         self.backend_name = name
 
     def reset_utilization(self) -> None:
@@ -262,10 +291,11 @@ class SimpleMoELayer(nn.Module):
 
     def _step_backend(self, tokens: torch.Tensor) -> str | None:
         """The backend that runs a step on tokens: the layer's; for `auto`, `loop` where the
-        step needs autograd (what it runs then, without looking at the experts), else the one
-        chosen for this step size (None: not chosen yet; the step decides)."""
+        step needs autograd or is traced by `torch.compile` (what it runs then, without looking
+        at the experts), else the one chosen for this step size (None: not chosen yet; the
+        step decides)."""
         if isinstance(self._backend, AutoBackend):
-            if needs_autograd(self.experts, tokens):
+            if needs_autograd(self.experts, tokens) or torch.compiler.is_compiling():
                 return "loop"
             return self._backend.decided(self.experts, tokens,
                                          tokens.shape[0] * self.config.top_k)
