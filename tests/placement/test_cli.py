@@ -177,19 +177,26 @@ def test_place_with_a_backend_records_it(layer_profile, tmp_path, capsys) -> Non
     assert p.summary.cost_sources["cpu0"].startswith("analytic roofline")
 
 
+def tiny_int4_fused_profile(tmp_path):
+    """A profile (synthetic points) of the int4 `tiny` layer's steps with the fused backend on
+    an H200, for `place --dtype int4 --backend fused`."""
+    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
+    from wattmoe.cost_model import OpShape, save_profile
+
+    layer = OpShape(64, 128, "swiglu", 8, 2)  # tiny
+    db = synthetic_db([synthetic_point("moe_layer_int4:fused", n, layer) for n in TOKENS])
+    db.devices["cuda:0"].name = "NVIDIA H200"
+    return save_profile(db, tmp_path / "int4.json")
+
+
 def test_place_int4_with_the_fused_backend_counts_its_copy(tmp_path, capsys) -> None:
     # was: the GPU, with room for 6 int4 'tiny' experts by codes and scales, took 6; the fused
     # kernels also hold a copy of the weights in their order, and 3 fit
     import json
 
-    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
-    from wattmoe.cost_model import OpShape, save_profile
     from wattmoe.placement import ExpertShape
 
-    layer = OpShape(64, 128, "swiglu", 8, 2)  # tiny
-    db = synthetic_db([synthetic_point("moe_layer_int4:fused", n, layer) for n in TOKENS])
-    db.devices["cuda:0"].name = "NVIDIA H200"
-    profile = save_profile(db, tmp_path / "int4.json")
+    profile = tiny_int4_fused_profile(tmp_path)
     int4 = ExpertShape(64, 128, dtype="int4")
     w, copy = int4.weight_bytes, int4.fused_copy_bytes  # 13.5 KiB each (groups of 32)
     spec = load_cluster_dict("h200-cpu")
@@ -524,14 +531,9 @@ def test_place_int4_layout_tiles_counts_no_copy_of_the_codes(tmp_path, capsys) -
     # GPU keeps no copy of the codes of the matrices they read so, and more experts fit
     import json
 
-    from tests.cost_model.conftest import TOKENS, synthetic_db, synthetic_point
-    from wattmoe.cost_model import OpShape, save_profile
     from wattmoe.placement import ExpertShape
 
-    layer = OpShape(64, 128, "swiglu", 8, 2)  # tiny
-    db = synthetic_db([synthetic_point("moe_layer_int4:fused", n, layer) for n in TOKENS])
-    db.devices["cuda:0"].name = "NVIDIA H200"
-    profile = save_profile(db, tmp_path / "int4.json")
+    profile = tiny_int4_fused_profile(tmp_path)
     int4 = ExpertShape(64, 128, dtype="int4")
     rows, tiles = int4.replica_bytes("gpu", "fused"), int4.replica_bytes("gpu", "fused", "tiles")
     assert tiles < rows
