@@ -147,8 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_row("shape", f"H={r.hidden_size} F={r.expert_inner_size} E={r.num_experts} k={r.top_k}")
-    if r.backend != "loop" or r.weights.startswith("int4"):
-        t.add_row("experts", f"{r.backend}, {r.weights}")
+    t.add_row("experts", f"{r.backend}, {r.weights}")
     if r.interrupted:
         t.add_row("timed steps", f"{r.steps} of {r.steps_requested} (interrupted)")
     t.add_row("median step (measured)", f"{r.median_step_s * 1e3:.2f} ms")

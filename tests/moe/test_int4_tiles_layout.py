@@ -267,3 +267,30 @@ def test_set_int4_layout_again_changes_nothing_and_works_in_inference_mode() -> 
         inf = SimpleMoELayer(cfg, seed=0).quantize(32).set_int4_layout("tiles")
     assert inf.int4_layout == "tiles"
     assert torch.equal(inf.experts[2].up_proj.codes(), lay.experts[2].up_proj.packed)
+
+
+def test_a_middle_experts_layout_change_is_seen() -> None:
+    # was: only the first expert's layout was compared, so a middle expert set apart left
+    # the stack on its layout and grouped read that expert's tile-order bytes as codes
+    lay = layer().set_int4_layout("tiles")
+    x = torch.randn(31, 256, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        stacked_experts(lay.experts)
+        lay.experts[3].set_layout(False)
+        with pytest.raises(ConfigError, match="one layout"):  # not StackError: auto must not
+            stacked_experts(lay.experts)  # run `loop` for good where one call fixes it
+        lay.set_int4_layout("tiles")
+        lay.set_backend("grouped")
+        want = SimpleMoELayer(lay.config, seed=0).quantize(32).eval()
+        want.set_backend("loop")
+        torch.testing.assert_close(lay(x).hidden_states, want(x).hidden_states,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_auto_decides_again_for_another_layout() -> None:
+    from wattmoe.moe.stacked import stack_signature
+
+    lay = layer()
+    rows = stack_signature(lay.experts)
+    lay.set_int4_layout("tiles")
+    assert stack_signature(lay.experts) != rows

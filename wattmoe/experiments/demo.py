@@ -281,8 +281,11 @@ def run_demo(
             f"interrupted after {steps} of {requested} timed steps; the energy window also "
             f"covers the step cut off{total}, so no energy per token", note) if x)
         energy_j = None
+    placed_backend = requested_backend  # what the GPUs' replicas are sized for
     if auto is not None:  # what `auto` chose for the timed steps, and how
         ran = done[-1].auto_counts - ran_before
+        if ran:  # the backend most timed steps ran (a fused one holds int4 copies on a GPU)
+            placed_backend = ran.most_common(1)[0][0]
         why = f"{auto.last.reason}; " if auto.last is not None else ""
         backend = "auto: " + ", ".join(f"{n} ({why}{c} of {steps} steps)"
                                         for n, c in ran.most_common())
@@ -299,7 +302,7 @@ def run_demo(
         # int4 experts are placed as int4 weights (their memory and the bytes they read)
         cost_model, placements = place_measured_loads(
             block.moe, batch * seq, spec, "int4" if int4 else dtype_name(dt), steps=steps,
-            backend=requested_backend)
+            backend=placed_backend)
     return DemoResult(
         preset=cfg.name, hidden_size=cfg.hidden_size, expert_inner_size=cfg.expert_inner_size,
         num_experts=cfg.num_experts, top_k=cfg.top_k, tokens_per_step=batch * seq, steps=steps,

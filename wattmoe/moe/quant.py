@@ -265,6 +265,16 @@ def from_layout(packed: torch.Tensor, layout: Layout) -> torch.Tensor:
     return unfragment_words(untile_rows(packed.contiguous().view(torch.int32), *layout))
 
 
+_LAYOUT_CHANGES = [0]  # `Int4Linear.set_layout` calls that changed a layout, in this process
+
+
+def layout_changes() -> int:
+    """How many times an int4 layout changed in this process (`Int4Linear.set_layout`): a
+    change rewrites codes at their addresses, so stacks and CUDA graphs, which check a few
+    addresses per step, look at every expert's layout only when this moved."""
+    return _LAYOUT_CHANGES[0]
+
+
 class Int4Linear(nn.Module):
     """A bias-free linear layer with packed int4 weights, dequantized in `forward`.
 
@@ -314,6 +324,7 @@ class Int4Linear(nn.Module):
             elif new.data_ptr() != self.packed.data_ptr():
                 self.packed.copy_(new)
         self.layout = layout
+        _LAYOUT_CHANGES[0] += 1
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)

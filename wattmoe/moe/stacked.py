@@ -42,7 +42,13 @@ from torch import nn
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe.expert import Expert
-from wattmoe.moe.quant import Layout, QuantizedExpert, dequantize_int4, from_layout
+from wattmoe.moe.quant import (
+    Layout,
+    QuantizedExpert,
+    dequantize_int4,
+    from_layout,
+    layout_changes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +107,7 @@ class ExpertStack:
     layout13: Layout = None
     layout2: Layout = None
     build_id: int = 0
+    layouts_seen: int = -1  # `quant.layout_changes()` when every member's layout was checked
     kernel_cache: dict = field(default_factory=dict, repr=False)
     members: tuple = field(default=(), repr=False)  # the expert modules it was built from
 
@@ -175,7 +182,8 @@ def stack_signature(experts: Sequence[nn.Module]) -> tuple[object, ...]:
     first = _ends(experts)[0]
     if not isinstance(first, (Expert, QuantizedExpert)):
         stacked_experts(experts)  # raises the stacking error (only these two kinds stack)
-    weights = (f"int4g{first.group_size}" if isinstance(first, QuantizedExpert)
+    weights = (f"int4g{first.group_size}" + ("" if first.layout == (None, None) else "/tiles")
+               if isinstance(first, QuantizedExpert)
                else str(first.dtype))
     return (len(experts), first.hidden_size, first.inner_size, first.form, weights)
 
@@ -191,13 +199,6 @@ def _anchors(experts: Sequence[nn.Module]) -> tuple[int, int]:
     if isinstance(first, QuantizedExpert):
         return lead.packed.data_ptr(), last.down_proj.packed.data_ptr()  # type: ignore[union-attr]
     return lead.weight.data_ptr(), last.down_proj.weight.data_ptr()  # type: ignore[union-attr]
-
-
-def layout_anchors(experts: Sequence[nn.Module]) -> tuple[object, ...]:
-    """The first and last experts' int4 layouts (`QuantizedExpert.layout`; () for dense
-    experts): a layout changes in place, at the same addresses, so the anchors do not see it."""
-    first, last = _ends(experts)
-    return tuple(getattr(e, "layout", ()) for e in (first, last))
 
 
 def _stack_anchors(st: ExpertStack) -> tuple[int, int]:
@@ -224,8 +225,13 @@ def _matches(st: ExpertStack, experts: Sequence[nn.Module], verify: bool,
         first = _ends(experts)[0]
         if first.dtype != st.dtype:
             return False  # an int4 layer's `.to(dtype)` keeps its codes and scales in place
-        if layouts and st.quantized and first.layout != (st.layout13, st.layout2):
-            return False  # codes rewritten in place into another layout, expert by expert
+        if layouts and st.quantized and st.layouts_seen != layout_changes():
+            # codes rewritten in place into another layout (at the same addresses), maybe of
+            # one middle expert: every member's layout, once per change in the process
+            want = (st.layout13, st.layout2)
+            if any(ex.layout != want for ex in experts):
+                return False
+            st.layouts_seen = layout_changes()
     except AttributeError:
         return False
     return not verify or _all_views(st, experts)
@@ -258,10 +264,12 @@ def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int
         st.group_size = g
         layouts = {ex.layout for ex in experts}
         if len(layouts) != 1 or "mixed" in next(iter(layouts)):
-            raise StackError("stacked int4 experts must share one layout of their codes, "
+            # not a StackError: `auto` would run `loop` for good, where the fix is one call
+            raise ConfigError("stacked int4 experts must share one layout of their codes, "
                               f"gate and up rows alike (got {sorted(map(str, layouts))}): set "
                               "it on the whole layer (`SimpleMoELayer.set_int4_layout`)")
         st.layout13, st.layout2 = layouts.pop()
+        st.layouts_seen = layout_changes()
         st.q13 = torch.empty(n, rows, h // 2, dtype=torch.uint8, device=dev)
         st.s13 = torch.empty(n, rows, h // g, dtype=torch.float16, device=dev)
         st.q2 = torch.empty(n, h, f // 2, dtype=torch.uint8, device=dev)
@@ -368,7 +376,8 @@ def relayout_stack(experts: Sequence[nn.Module]) -> None:
     the new layout, drops the kernels' objects made from the old one (copies, descriptors) and
     gets a new build id (CUDA graphs of it are captured again). Nothing is copied: a rebuilt
     stack would hold the codes twice while it copies them in. Where the experts do not share
-    one layout the stack is dropped (building it again raises `ConfigError`)."""
+    one layout the stack is dropped (building it again raises `ConfigError`, which `auto`
+    does not take for unstackable experts)."""
     st = _cached(experts)
     if st is None or not st.quantized or not _matches(st, experts, False, layouts=False):
         return
@@ -377,6 +386,7 @@ def relayout_stack(experts: Sequence[nn.Module]) -> None:
         invalidate_stack(experts)
         return
     st.layout13, st.layout2 = layouts.pop()
+    st.layouts_seen = layout_changes()
     st.kernel_cache.clear()
     st.build_id = next(_builds)
 
