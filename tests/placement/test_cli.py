@@ -439,7 +439,11 @@ def test_ctrl_c_stops_the_exact_solver_at_once(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", entry, "-vv", "place", "--cluster",
                              "8xh200-2node", "--preset", "olmoe-1b-7b", "--layers", "2",
                              "--solver", "milp", "--time-limit", "600", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C's default action in the child even where this runner was
+                            # started with SIGINT ignored (a non-interactive shell's `cmd &`),
+                            # which the child would inherit: Python raises no KeyboardInterrupt
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True)
     reader.start()
