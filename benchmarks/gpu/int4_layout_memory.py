@@ -26,15 +26,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
+from wattmoe.errors import ConfigError  # noqa: E402
+from wattmoe.int4_layout import INT4_LAYOUTS  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.base import MoEConfig  # noqa: E402
 from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
 from wattmoe.moe.presets import resolve_shape  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import existing_stack  # noqa: E402
 
 
-def measure(spec: str, layout: str, tokens: list[int], dev: torch.device) -> dict[str, object]:
-    cfg = resolve_shape(spec)
+def measure(spec: str, cfg: MoEConfig, layout: str, tokens: list[int],
+            dev: torch.device) -> dict[str, object]:
     gc.collect()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(dev)
@@ -75,16 +78,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", default="64,512,4096")
     ap.add_argument("--layouts", default="rows,tiles")
     args = ap.parse_args(argv)
+    try:  # every input checked before the first layer is built
+        tokens = [int(t) for t in args.tokens.split(",")]
+    except ValueError:
+        ap.error(f"--tokens: comma-separated integers, got {args.tokens!r}")
+    if not tokens or min(tokens) < 1:
+        ap.error(f"--tokens: one or more sizes >= 1, got {args.tokens!r}")
+    layouts = args.layouts.split(",")
+    if not set(layouts) <= set(INT4_LAYOUTS):
+        ap.error(f"--layouts: of {', '.join(INT4_LAYOUTS)}, got {args.layouts!r}")
     if not torch.cuda.is_available():
         print("error: needs a CUDA GPU (the caching allocator's counts)", file=sys.stderr)
         return 2
     dev = torch.device("cuda")
-    ft.check_settings(dev)
-    tokens = [int(t) for t in args.tokens.split(",")]
+    try:
+        shapes = [(spec, resolve_shape(spec)) for spec in args.shapes.split(",")]
+        ft.check_settings(dev)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rows = []
-    for spec in args.shapes.split(","):
-        for layout in args.layouts.split(","):
-            r = measure(spec, layout, tokens, dev)
+    for spec, cfg in shapes:
+        for layout in layouts:
+            r = measure(spec, cfg, layout, tokens, dev)
             last = r["steps"][-1]
             print(f"{spec:16s} {layout:5s} codes+scales {r['weight_bytes'] / 1e9:6.2f} GB, "
                   f"after the steps {last['allocated_bytes'] / 1e9:6.2f} GB allocated "

@@ -39,6 +39,7 @@ from kernels_bench import ClockOnly, Energy, alternating_windows, resolve_shapes
 
 from wattmoe.commands.argtypes import positive_float, positive_int  # noqa: E402
 from wattmoe.errors import ConfigError  # noqa: E402
+from wattmoe.int4_layout import INT4_LAYOUTS  # noqa: E402
 from wattmoe.moe import SimpleMoELayer, int4_group_size  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for shape, cfg in shapes:
             layers = {}
-            for storage in ("rows", "tiles") if args.compare == "storage" else ("rows",):
+            for storage in INT4_LAYOUTS if args.compare == "storage" else ("rows",):
                 torch.manual_seed(0)
                 layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
                 layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))

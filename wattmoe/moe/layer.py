@@ -214,11 +214,14 @@ class SimpleMoELayer(nn.Module):
         )
         return self
 
+    def _int4_experts(self) -> list[QuantizedExpert]:
+        return [e for e in self.experts if isinstance(e, QuantizedExpert)]
+
     @property
     def int4_layout(self) -> str | None:
         """'rows' (half-split codes, the format of record) or 'tiles' (the fused int4 kernels'
         tile order, `set_int4_layout`) for an int4 layer; None for a dense one."""
-        q = [e for e in self.experts if isinstance(e, QuantizedExpert)]
+        q = self._int4_experts()
         if not q:
             return None
         return "tiles" if any(e.layout != (None, None) for e in q) else "rows"
@@ -246,7 +249,7 @@ class SimpleMoELayer(nn.Module):
         if layout not in INT4_LAYOUTS:
             raise ConfigError(f"int4 layout {layout!r}: 'rows' (half-split codes, row-major) "
                               "or 'tiles' (the fused int4 kernels' tile order)")
-        q = [e for e in self.experts if isinstance(e, QuantizedExpert)]
+        q = self._int4_experts()
         if not q:
             raise ConfigError("set_int4_layout needs int4 experts: call quantize() first")
         from wattmoe.moe import fused_triton  # its tile rows (imports this module)

@@ -295,7 +295,6 @@ class Int4Linear(nn.Module):
         self.compute_dtype = compute_dtype
         self.out_features = packed.shape[0]
         self.in_features = packed.shape[1] * 2
-        self.layout = None
 
     #: how `packed` holds the codes (None: half-split rows; a class default, so that modules
     #: pickled before layouts existed load)
