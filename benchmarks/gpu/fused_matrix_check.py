@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                             rec.update(rel_err=err, topk_violations=bad,
                                        fused_route=fused_route, rel_err_after_write=err_w,
                                        changed_after_write=changed,
+                                       int4_layout=layer.int4_layout,  # 'auto': tiles on sm_90
                                        ok=err == err and err <= TOL and bad == 0
                                        and err_w == err_w and err_w <= TOL and changed)
                         except Exception as exc:

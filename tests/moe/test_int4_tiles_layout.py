@@ -294,3 +294,74 @@ def test_auto_decides_again_for_another_layout() -> None:
     rows = stack_signature(lay.experts)
     lay.set_int4_layout("tiles")
     assert stack_signature(lay.experts) != rows
+
+
+@pytest.fixture()
+def as_if_sm90(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 'auto' int4 layout's device test answering as on an H200, for CPU tensors."""
+    import wattmoe.moe.layer as layer_mod
+
+    monkeypatch.setattr(layer_mod, "_reads_tiles_in_place", lambda device, dtype=None: True)
+
+
+@requires_interpreter
+@pytest.mark.parametrize("backend", ["auto", "fused"])
+@pytest.mark.usefixtures("no_fallback", "as_if_sm90")
+def test_auto_layout_stores_tiles_where_the_kernels_read_them(backend: str,
+                                                              gen: torch.Generator) -> None:
+    lay, want = layer(), layer()
+    want.set_backend("loop")
+    lay.set_backend(backend)
+    assert lay.int4_layout_policy == "auto" and lay.int4_layout == "rows"
+    x = torch.randn(23, 256, generator=gen)
+    with torch.no_grad():
+        out = lay(x).hidden_states
+        assert lay.int4_layout == "tiles"
+        assert lay.experts[2].layout == fused_layouts(256, 128, "swiglu", 32)
+        torch.testing.assert_close(out, want(x).hidden_states, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lay(x).hidden_states, out, rtol=0, atol=0)
+    # the format of record is unchanged: the state dict holds the half-split codes
+    assert torch.equal(lay.state_dict()["experts.4.up_proj.packed"],
+                       want.state_dict()["experts.4.up_proj.packed"])
+
+
+@pytest.mark.usefixtures("as_if_sm90")
+def test_auto_layout_leaves_pinned_reference_and_training_layers_alone() -> None:
+    x = torch.randn(9, 256, generator=torch.Generator().manual_seed(3))
+    pinned = layer().set_int4_layout("rows")
+    pinned.set_backend("fused")
+    loop = layer()
+    loop.set_backend("loop")
+    training = layer().train()
+    training.set_backend("grouped")
+    with torch.no_grad():
+        pinned(x)
+        loop(x)
+    training(x.requires_grad_())
+    assert (pinned.int4_layout_policy, pinned.int4_layout) == ("rows", "rows")
+    assert loop.int4_layout == "rows" and training.int4_layout == "rows"
+    # un-pinned, the next step of a fused backend stores tiles
+    pinned.set_int4_layout("auto")
+    with torch.no_grad():
+        pinned(x.detach())
+    assert pinned.int4_layout == "tiles"
+    # a layer quantized after its first steps is looked at again
+    late = SimpleMoELayer(MoEConfig("t", hidden_size=256, expert_inner_size=128,
+                                    num_experts=6, top_k=2), seed=0).eval()
+    late.set_backend("fused")
+    with torch.no_grad():
+        late(x.detach())
+        late.quantize(32)(x.detach())
+    assert late.int4_layout == "tiles"
+
+
+def test_auto_layout_changes_nothing_off_sm90() -> None:
+    lay = layer()
+    lay.set_backend("fused")
+    with torch.no_grad():
+        lay(torch.randn(5, 256))
+    assert lay.int4_layout == "rows"
+    with pytest.raises(ConfigError, match="'auto'"):
+        lay.set_int4_layout("columns")
+    assert SimpleMoELayer(MoEConfig("t", hidden_size=64, expert_inner_size=64, num_experts=2,
+                                    top_k=1)).set_int4_layout("auto").int4_layout is None

@@ -59,8 +59,9 @@ def _place_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int4-layout", choices=INT4_LAYOUTS, default="rows",
                    help="how the GPUs store int4 codes with a fused --backend: rows (beside "
                         "which the fused kernels keep a copy in their order) or tiles "
-                        "(SimpleMoELayer.set_int4_layout: read in place, about half the "
-                        "memory; default rows)")
+                        "(read in place, about half the memory: what a layer stores by "
+                        "default on an sm_90 GPU, H100 or H200, running the fused kernels; "
+                        "SimpleMoELayer.set_int4_layout; default rows)")
     p.add_argument("--slo-ms", type=positive_float, help="latency SLO per batch, in milliseconds")
     p.add_argument("--max-replicas", type=positive_int, default=4,
                    help="replicas per expert at most")

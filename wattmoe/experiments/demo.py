@@ -99,19 +99,20 @@ class _Step(NamedTuple):
 def place_measured_loads(
     layer: object, tokens_per_batch: int, cluster: str | ClusterSpec, dtype: str,
     solvers: tuple[str, ...] = ("heuristic", "eplb", "round-robin"),
-    steps: int = 1, backend: str | None = None,
+    steps: int = 1, backend: str | None = None, int4_layout: str = "rows",
 ) -> tuple[str, tuple[PlacementRow, ...]]:
     """Places the experts of `layer` by the loads its router produced (its utilization counts,
     added up over `steps` steps of `tokens_per_batch` tokens: the loads are their mean per
     step) on `cluster` with the analytic cost model, once per solver. `backend`: the expert
     backend the experts ran, for the memory of a replica on a GPU (int4 with a fused backend
-    counts the kernels' copy: `ExpertShape.replica_bytes`)."""
+    counts the kernels' copy: `ExpertShape.replica_bytes`), which `int4_layout` 'tiles' (how
+    the layer stored its codes, `SimpleMoELayer.int4_layout`) makes smaller."""
     from wattmoe.placement import loads_from_layers, solve
 
     spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster(cluster)
     loads = loads_from_layers([layer], tokens_per_batch=tokens_per_batch, steps=steps)
     problem = _analytic_problem(spec, layer.config, loads, dtype,  # type: ignore[attr-defined]
-                                backend)
+                                backend, int4_layout)
     rows = []
     for name in solvers:
         s = solve(problem, name).summary
@@ -144,13 +145,15 @@ def _check_placeable(spec: ClusterSpec, cfg: object, tokens_per_batch: int, dtyp
 
 
 def _analytic_problem(spec: ClusterSpec, cfg: object, loads: object, dtype: str,
-                      backend: str | None = None) -> object:
+                      backend: str | None = None, int4_layout: str = "rows") -> object:
     """The demo's placement problem: `cfg`'s experts in `dtype` on `spec`, priced by the
-    analytic cost model, with the energy objective; `backend` sizes a GPU replica."""
+    analytic cost model, with the energy objective; `backend` and `int4_layout` size a GPU
+    replica."""
     from wattmoe.placement import AnalyticCostProvider, ExpertShape, make_problem
 
     return make_problem(spec, loads, ExpertShape.from_config(cfg, dtype),  # type: ignore[arg-type]
-                        AnalyticCostProvider(), objective="energy", backend=backend)
+                        AnalyticCostProvider(), objective="energy", backend=backend,
+                        int4_layout=int4_layout)
 
 
 def _check_device(device: str) -> None:
@@ -302,7 +305,7 @@ def run_demo(
         # int4 experts are placed as int4 weights (their memory and the bytes they read)
         cost_model, placements = place_measured_loads(
             block.moe, batch * seq, spec, "int4" if int4 else dtype_name(dt), steps=steps,
-            backend=placed_backend)
+            backend=placed_backend, int4_layout=block.moe.int4_layout or "rows")
     return DemoResult(
         preset=cfg.name, hidden_size=cfg.hidden_size, expert_inner_size=cfg.expert_inner_size,
         num_experts=cfg.num_experts, top_k=cfg.top_k, tokens_per_step=batch * seq, steps=steps,

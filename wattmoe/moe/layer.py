@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from wattmoe.errors import ConfigError, ShapeError
-from wattmoe.int4_layout import INT4_LAYOUTS, halves_whole
+from wattmoe.int4_layout import INT4_LAYOUTS, fused_layouts, halves_whole
 from wattmoe.moe.autoselect import AutoBackend
-from wattmoe.moe.backends import get_backend, needs_autograd
+from wattmoe.moe.backends import available_backends, get_backend, needs_autograd
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
 from wattmoe.moe.dispatch import build_dispatch, check_finite_rows
 from wattmoe.moe.expert import Expert
@@ -27,6 +27,7 @@ from wattmoe.moe.fused_route import FUSED_ROUTING_BACKENDS, fused_route, fused_r
 from wattmoe.moe.quant import (
     QuantizedExpert,
     int4_group_size,
+    layout_changes,
     pair_group_size,
     quantize_expert,
 )
@@ -34,6 +35,13 @@ from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
 from wattmoe.moe.stacked import relayout_stack
 
 log = logging.getLogger(__name__)
+
+#: the layer backends whose steps may run the fused int4 kernels, for which the 'auto' int4
+#: layout stores the codes in their tile order on an sm_90 GPU (`SimpleMoELayer.set_int4_layout`)
+TILE_ORDER_BACKENDS = frozenset({"auto", "fused", "fused_graph"})
+
+#: `SimpleMoELayer.int4_layout_policy`'s values: a layout, or 'auto' (the default)
+INT4_LAYOUT_POLICIES: tuple[str, ...] = ("auto", *INT4_LAYOUTS)
 
 
 @dataclass
@@ -68,6 +76,14 @@ def _backend_for(name: str) -> object:
     """
     backend = get_backend(name)  # an unknown name raises here
     return AutoBackend.default() if name == "auto" else backend
+
+
+def _reads_tiles_in_place(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether the fused int4 kernels run natively on `device` and read the tile order there
+    (sm_90: elsewhere they read half-split codes)."""
+    from wattmoe.moe import fused_triton  # (imports this module)
+
+    return fused_triton._is_sm90(device) and "fused" in available_backends(device, dtype)
 
 
 def check_input_dtype(what: str, x: torch.Tensor, dtype: torch.dtype) -> None:
@@ -114,6 +130,10 @@ class SimpleMoELayer(nn.Module):
         self._backend = _backend_for(backend)
         # False: always the torch routing path (to measure the fused routing's share)
         self.fused_routing = True
+        # how int4 codes are stored: 'auto' (tile order once fused kernels read them on an
+        # sm_90 GPU) or a layout pinned by `set_int4_layout`
+        self.int4_layout_policy = "auto"
+        self._int4_layout_seen: object = None  # what `_auto_int4_layout` last looked at
         with seeded(seed):
             self.router = AdaptiveRouter(
                 config.hidden_size, config.num_experts, config.top_k, strategy=strategy,
@@ -212,6 +232,7 @@ class SimpleMoELayer(nn.Module):
         self.experts = nn.ModuleList(
             quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
         )
+        self._int4_layout_seen = None
         return self
 
     def _int4_experts(self) -> list[QuantizedExpert]:
@@ -227,31 +248,59 @@ class SimpleMoELayer(nn.Module):
         return "tiles" if any(e.layout != (None, None) for e in q) else "rows"
 
     def set_int4_layout(self, layout: str) -> SimpleMoELayer:
-        """Stores the int4 experts' packed codes in `layout`, in place: 'tiles', the order in
-        which the fused int4 kernels' tile-order entries (`...fpx`: the H200 table's and the
-        sm_90 heuristic's) read them, so that those launches read the codes themselves
-        instead of a copy: about half the memory of the experts on an sm_90 GPU (run 118); or
-        'rows', the half-split codes row-major (the default, and what `quantize` makes).
+        """Stores the int4 experts' packed codes in `layout`, in place, and keeps them so:
+        'tiles', the order in which the fused int4 kernels' tile-order entries (`...fpx`: the
+        H200 table's and the sm_90 heuristic's) read them, so that those launches read the
+        codes themselves instead of a copy: about half the memory of the experts on an sm_90
+        GPU (run 118); 'rows', the half-split codes row-major (what `quantize` makes); or
+        'auto' (the default policy, `int4_layout_policy`): 'tiles' from the first step on an
+        sm_90 GPU (H100, H200) whose backend may run the fused kernels (`auto`, `fused`,
+        `fused_graph`; not a training step, not inside a CUDA-graph capture), where the
+        kernels read some matrix of the shape in tile order; elsewhere the codes stay as they
+        are. 'auto' changes nothing now; 'rows' and 'tiles' pin the layout.
 
-        The loop and grouped backends (and `Int4Linear.weight`) read the half-split codes of a
-        layer in tile order through a temporary copy of each matrix per call (slower, same
-        results); the state dict holds the half-split codes either way. Launches that read
-        another order keep a copy made from the half-split codes, as with 'rows': a K step of
-        32 bytes (OLMoE's 512-token down launch), row-major words, tiles of other rows
-        ($WATTMOE_INT4_TILE_ROWS, per-program copies), and every int4 launch off sm_90, whose
-        kernels read half-split codes: there 'tiles' costs a copy instead of saving one (a
-        warning says so). The expert stack keeps its tensors (nothing is copied) and drops
-        the kernels' copies; CUDA graphs of the layer are captured again.
+        Code that reads or writes `Int4Linear.packed` itself sees the stored order: read the
+        codes with `Int4Linear.codes()` or the state dict (half-split codes in either layout),
+        or pin 'rows'. The loop and grouped backends (and `Int4Linear.weight`) read the codes
+        of a layer in tile order through a temporary copy of each matrix per call (slower,
+        same results). Launches that read another order keep a copy made from the
+        half-split codes, as with 'rows': a K step of 32 bytes (OLMoE's 512-token down
+        launch), row-major words, tiles of other rows ($WATTMOE_INT4_TILE_ROWS, per-program
+        copies), and every int4 launch off sm_90, whose kernels read half-split codes: there
+        'tiles' costs a copy instead of saving one (a warning says so, for a pinned 'tiles').
+        The expert stack keeps its tensors (nothing is copied) and drops the kernels' copies;
+        CUDA graphs of the layer are captured again.
 
         Raises:
-            ConfigError: the layer has no int4 experts, or layout is not 'rows' or 'tiles'.
+            ConfigError: layout is not 'auto', 'rows' or 'tiles', or ('rows', 'tiles') the
+                layer has no int4 experts.
         """
-        if layout not in INT4_LAYOUTS:
-            raise ConfigError(f"int4 layout {layout!r}: 'rows' (half-split codes, row-major) "
-                              "or 'tiles' (the fused int4 kernels' tile order)")
+        if layout not in INT4_LAYOUT_POLICIES:
+            raise ConfigError(f"int4 layout {layout!r}: 'rows' (half-split codes, row-major), "
+                              "'tiles' (the fused int4 kernels' tile order) or 'auto' (tiles "
+                              "where those kernels read them on an sm_90 GPU)")
+        if layout == "auto":
+            self.int4_layout_policy = "auto"
+            self._int4_layout_seen = None
+            return self
         q = self._int4_experts()
         if not q:
             raise ConfigError("set_int4_layout needs int4 experts: call quantize() first")
+        self._store_int4_layout(q, layout)
+        self.int4_layout_policy = layout
+        cfg, dev = self.config, q[0].up_proj.packed.device
+        if layout == "tiles" and self.int4_layout == "rows":
+            log.warning("int4 layout 'tiles': the fused int4 kernels read no matrix of this "
+                        "shape in tile order (hidden %d, inner %d, groups of %d: "
+                        "`int4_layout.tile_layout`), so the codes stay row-major",
+                        cfg.hidden_size, cfg.expert_inner_size, q[0].group_size)
+        elif layout == "tiles" and dev.type == "cuda" and not _reads_tiles_in_place(dev):
+            log.warning("int4 layout 'tiles' on %s: off sm_90 the fused int4 kernels read "
+                        "half-split codes, so they keep a copy of them made from the tiles "
+                        "(more memory, not less); 'rows' needs none there", dev)
+        return self
+
+    def _store_int4_layout(self, q: list[QuantizedExpert], layout: str) -> None:
         from wattmoe.moe import fused_triton  # its tile rows (imports this module)
 
         before = [e.layout for e in q]
@@ -259,17 +308,35 @@ class SimpleMoELayer(nn.Module):
             e.set_layout(layout == "tiles", fused_triton.tile_rows_in_use())
         if [e.layout for e in q] != before:
             relayout_stack(self.experts)
-        cfg, dev = self.config, q[0].up_proj.packed.device
-        if layout == "tiles" and self.int4_layout == "rows":
-            log.warning("int4 layout 'tiles': the fused int4 kernels read no matrix of this "
-                        "shape in tile order (hidden %d, inner %d, groups of %d: "
-                        "`int4_layout.tile_layout`), so the codes stay row-major",
-                        cfg.hidden_size, cfg.expert_inner_size, q[0].group_size)
-        elif layout == "tiles" and dev.type == "cuda" and not fused_triton._is_sm90(dev):
-            log.warning("int4 layout 'tiles' on %s: off sm_90 the fused int4 kernels read "
-                        "half-split codes, so they keep a copy of them made from the tiles "
-                        "(more memory, not less); 'rows' needs none there", dev)
-        return self
+
+    def _auto_int4_layout(self, tokens: torch.Tensor) -> None:
+        """The 'auto' int4 layout policy (`set_int4_layout`), before a step on tokens: O(1)
+        once it has looked at this device, backend and the process's layout changes."""
+        key = (tokens.device, self.backend_name, layout_changes(), id(self.experts))
+        if key == self._int4_layout_seen or torch.compiler.is_compiling():
+            return
+        if tokens.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return  # (the warm-up steps before a capture look)
+        if needs_autograd(self.experts, tokens):
+            return  # a training step runs `loop`; an evaluation step after it looks
+        self._int4_layout_seen = key
+        if self.backend_name not in TILE_ORDER_BACKENDS or not _reads_tiles_in_place(
+                tokens.device, tokens.dtype):
+            return
+        q = self._int4_experts()
+        if len(q) != len(self.experts) or self.int4_layout != "rows":
+            return
+        from wattmoe.moe import fused_triton
+
+        cfg = self.config
+        if fused_layouts(cfg.hidden_size, cfg.expert_inner_size, cfg.expert_form,
+                         q[0].group_size, fused_triton.tile_rows_in_use()) == (None, None):
+            return
+        log.info("int4 layout 'auto': storing the codes of %d experts (hidden %d, inner %d) in "
+                 "the fused kernels' tile order on %s, which they read in place (no copy; "
+                 "`set_int4_layout('rows')` keeps them row-major)", len(q), cfg.hidden_size,
+                 cfg.expert_inner_size, tokens.device)
+        self._store_int4_layout(q, "tiles")
 
     def uses_fused_route(self, tokens: torch.Tensor) -> bool:
         """True if a step on tokens [T, H] routes with `fused_route`.
@@ -322,6 +389,8 @@ class SimpleMoELayer(nn.Module):
         tokens = x.reshape(-1, h)
         if tokens.device.type == "cpu":
             check_finite_rows("MoE layer input", tokens, "token", "column")
+        if self.int4_layout_policy == "auto":
+            self._auto_int4_layout(tokens)
         step = self._step_backend(tokens)
         if step in FUSED_ROUTING_BACKENDS and self._fused_route_possible(tokens):
             # same decisions; adds this step's counts to tokens_per_expert in the kernel
