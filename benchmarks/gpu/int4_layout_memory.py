@@ -1,5 +1,6 @@
 """GPU memory of an int4 MoE layer run by the fused kernels, its codes stored row-major or in
-the kernels' tile order (`SimpleMoELayer.set_int4_layout`), as the CUDA caching allocator
+the kernels' tile order (`SimpleMoELayer.set_int4_layout`), or as the layer's default policy
+('auto': tile order on sm_90 once a fused step runs) leaves them, as the CUDA caching allocator
 counts it.
 
 For each shape and layout: a fresh layer (bf16 router, int4 experts quantized on the GPU), the
@@ -8,7 +9,8 @@ every kernel copy a step size needs is made), with the kernels' copies (`fused_t
 copy_bytes`) and the peak. Each layer is freed before the next. Writes one JSON.
 
     python3 benchmarks/gpu/int4_layout_memory.py --out /tmp/mem.json \
-        --shapes olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3 --tokens 64,512,4096
+        --shapes olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3 --tokens 64,512,4096 \
+        [--layouts rows,tiles,auto] [--backend fused|fused_graph|auto]
 """
 
 from __future__ import annotations
@@ -27,22 +29,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.errors import ConfigError  # noqa: E402
-from wattmoe.int4_layout import INT4_LAYOUTS  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
 from wattmoe.moe.base import MoEConfig  # noqa: E402
-from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
+from wattmoe.moe.layer import INT4_LAYOUT_POLICIES, SimpleMoELayer  # noqa: E402
 from wattmoe.moe.presets import resolve_shape  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import existing_stack  # noqa: E402
 
 
 def measure(spec: str, cfg: MoEConfig, layout: str, tokens: list[int],
-            dev: torch.device) -> dict[str, object]:
+            dev: torch.device, backend: str = "fused") -> dict[str, object]:
     gc.collect()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(dev)
     torch.manual_seed(0)
-    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev, backend="fused").eval()
+    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev, backend=backend).eval()
     layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
     layer.set_int4_layout(layout)
     torch.cuda.synchronize(dev)
@@ -62,7 +63,9 @@ def measure(spec: str, cfg: MoEConfig, layout: str, tokens: list[int],
                           "copy_bytes": copies})
             del x
     st = existing_stack(layer.experts)
-    out = {"shape": spec, "layout": layout, "layouts": [st.layout13, st.layout2],
+    out = {"shape": spec, "layout": layout, "stored": layer.int4_layout, "backend": backend,
+           "ran": dict(getattr(layer.expert_backend, "counts", {}) or {backend: len(tokens)}),
+           "layouts": [st.layout13, st.layout2],
            "weight_bytes": st.weight_bytes(), "built_bytes": built, "steps": steps,
            "peak_bytes": torch.cuda.max_memory_allocated(dev) - base}
     del layer, st
@@ -76,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default="olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3")
     ap.add_argument("--tokens", default="64,512,4096")
-    ap.add_argument("--layouts", default="rows,tiles")
+    ap.add_argument("--layouts", default="rows,tiles",
+                    help=f"of {', '.join(INT4_LAYOUT_POLICIES)} (auto: the layer's default)")
+    ap.add_argument("--backend", default="fused", choices=("fused", "fused_graph", "auto"))
     args = ap.parse_args(argv)
     try:  # every input checked before the first layer is built
         tokens = [int(t) for t in args.tokens.split(",")]
@@ -85,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if not tokens or min(tokens) < 1:
         ap.error(f"--tokens: one or more sizes >= 1, got {args.tokens!r}")
     layouts = args.layouts.split(",")
-    if not set(layouts) <= set(INT4_LAYOUTS):
-        ap.error(f"--layouts: of {', '.join(INT4_LAYOUTS)}, got {args.layouts!r}")
+    if not set(layouts) <= set(INT4_LAYOUT_POLICIES):
+        ap.error(f"--layouts: of {', '.join(INT4_LAYOUT_POLICIES)}, got {args.layouts!r}")
     if not torch.cuda.is_available():
         print("error: needs a CUDA GPU (the caching allocator's counts)", file=sys.stderr)
         return 2
@@ -100,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec, cfg in shapes:
         for layout in layouts:
-            r = measure(spec, cfg, layout, tokens, dev)
+            r = measure(spec, cfg, layout, tokens, dev, args.backend)
             last = r["steps"][-1]
-            print(f"{spec:16s} {layout:5s} codes+scales {r['weight_bytes'] / 1e9:6.2f} GB, "
+            print(f"{spec:16s} {layout:5s} ({r['stored']}) codes+scales "
+                  f"{r['weight_bytes'] / 1e9:6.2f} GB, "
                   f"after the steps {last['allocated_bytes'] / 1e9:6.2f} GB allocated "
                   f"(copies {sum(last['copy_bytes'].values()) / 1e9:.2f} GB: "
                   f"{last['copy_bytes']}), peak {r['peak_bytes'] / 1e9:.2f} GB", flush=True)

@@ -50,7 +50,6 @@ from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.cost_model.work import int4_weight_bytes  # noqa: E402
 from wattmoe.errors import ConfigError  # noqa: E402
-from wattmoe.int4_layout import INT4_LAYOUTS  # noqa: E402
 from wattmoe.moe import (  # noqa: E402
     MoEConfig,
     SimpleMoELayer,
@@ -64,6 +63,7 @@ from wattmoe.moe.autoselect import AUTO  # noqa: E402
 from wattmoe.moe.backends import get_backend  # noqa: E402
 from wattmoe.moe.dispatch import Dispatch  # noqa: E402
 from wattmoe.moe.graphs import GraphedLayer, _warm_and_capture  # noqa: E402
+from wattmoe.moe.layer import INT4_LAYOUT_POLICIES  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 from wattmoe.moe.stacked import existing_stack, stacked_experts  # noqa: E402
 
@@ -568,10 +568,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="int4 group size of every shape (default: int4_group_size's, the "
                          "largest group whose halves of a row are whole where one exists, "
                          "else the largest power of two <= 128 dividing both widths)")
-    ap.add_argument("--int4-layout", choices=INT4_LAYOUTS, default="rows",
+    ap.add_argument("--int4-layout", choices=INT4_LAYOUT_POLICIES, default="rows",
                     help="how the int4 layers store their codes (SimpleMoELayer."
                          "set_int4_layout): rows (half-split, the fused kernels keep a copy in "
-                         "their order) or tiles (their tile order, read in place)")
+                         "their order), tiles (their tile order, read in place) or auto (the "
+                         "layer's default: tiles from the first fused step on sm_90)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="width scale of every shape, on top of a spec's own @SCALE")
     args = ap.parse_args(argv)
