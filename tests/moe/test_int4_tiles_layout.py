@@ -365,3 +365,23 @@ def test_auto_layout_changes_nothing_off_sm90() -> None:
         lay.set_int4_layout("columns")
     assert SimpleMoELayer(MoEConfig("t", hidden_size=64, expert_inner_size=64, num_experts=2,
                                     top_k=1)).set_int4_layout("auto").int4_layout is None
+
+
+@pytest.mark.parametrize("tiles", [False, True])
+def test_stacks_dequantize_in_pieces_as_whole(tiles: bool, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    import wattmoe.moe.stacked as stacked_mod
+    from wattmoe.moe.quant import dequantize_int4
+
+    lay = layer()
+    if tiles:
+        lay.set_int4_layout("tiles")
+    st = stacked_experts(lay.experts)
+    want13 = torch.stack([torch.cat([dequantize_int4(lin.codes(), lin.scales)
+                                     for lin in (e.gate_proj, e.up_proj)]) for e in lay.experts])
+    want2 = torch.stack([dequantize_int4(e.down_proj.codes(), e.down_proj.scales)
+                         for e in lay.experts])
+    for piece in (1, 256 * 256 * 4, 1 << 26):  # one expert a piece, 4 of 6 (a short last), all
+        monkeypatch.setattr(stacked_mod, "DEQUANT_PIECE_WEIGHTS", piece)
+        w13, w2 = st.dense(torch.float32)
+        assert torch.equal(w13, want13) and torch.equal(w2, want2)

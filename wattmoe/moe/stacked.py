@@ -133,8 +133,8 @@ class ExpertStack:
             return self.w13.to(dtype), self.w2.to(dtype)
         assert self.q13 is not None and self.s13 is not None
         assert self.q2 is not None and self.s2 is not None
-        return (_dequant_stack(from_layout(self.q13, self.layout13), self.s13, dtype),
-                _dequant_stack(from_layout(self.q2, self.layout2), self.s2, dtype))
+        return (_dequant_stack(self.q13, self.s13, dtype, self.layout13),
+                _dequant_stack(self.q2, self.s2, dtype, self.layout2))
 
     def weight_bytes(self) -> int:
         """Bytes a kernel must read to touch every expert once."""
@@ -142,11 +142,26 @@ class ExpertStack:
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
-def _dequant_stack(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+#: weights per piece that `_dequant_stack` dequantizes at a time (whole experts, at least one)
+DEQUANT_PIECE_WEIGHTS = 1 << 26
+
+
+def _dequant_stack(q: torch.Tensor, s: torch.Tensor, dtype: torch.dtype,
+                   layout: Layout = None) -> torch.Tensor:
+    """The stack's int4 matrices q [E, R, K/2] (stored in `layout`) with scales s, dequantized
+    into one [E, R, K] tensor of `dtype`, a few experts at a time: the unpacking's temporaries
+    (int8 codes, their cast) then take a piece's size, not the stack's (about 2.5x the result:
+    the first `grouped` step of a DeepSeek-V3 int4 layer, which `auto` calibrates, peaked at
+    48-50 GB on the H200 in run 123 with the whole stack at once)."""
     e, r, half = q.shape
-    return dequantize_int4(q.reshape(e * r, half), s.reshape(e * r, -1), dtype).reshape(
-        e, r, 2 * half
-    )
+    out = torch.empty(e, r, 2 * half, dtype=dtype, device=q.device)
+    step = max(1, DEQUANT_PIECE_WEIGHTS // max(1, r * 2 * half))
+    for i in range(0, e, step):
+        codes = from_layout(q[i:i + step], layout)
+        n = codes.shape[0]
+        out[i:i + n] = dequantize_int4(codes.reshape(n * r, half), s[i:i + n].reshape(n * r, -1),
+                                       dtype).reshape(n, r, 2 * half)
+    return out
 
 
 def _gate_up_rows(expert: nn.Module, f: int) -> list[tuple[nn.Module, slice]]:
