@@ -12,6 +12,9 @@ int4 buffers) at its slice, so that
 - a change that *replaces* tensors (``layer.to(...)``, ``layer.quantize()``, assigning
   ``param.data``) is detected on the next call and the stack is rebuilt, and so is a replaced
   expert module (``layer.experts[i] = ...``), wherever it is in the list.
+- a state dict of less than the whole stack (one expert's, one linear's) holds copies of just
+  its tensors' bytes, not the stack's storage that a view would save; the state dict of the
+  experts' container, the layer or a model keeps the views (`stack_state`).
 
 Layout (what the kernels index):
     dense:  w13 [E, R, H] with R = 2F for 'swiglu' (gate rows 0..F-1, up rows F..2F-1) or F for
@@ -49,6 +52,7 @@ from wattmoe.moe.quant import (
     from_layout,
     layout_changes,
 )
+from wattmoe.moe.stack_state import save_own_bytes, save_views_whole
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +299,11 @@ def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int
                 st.q13[e, sl].copy_(lin.packed)
                 st.s13[e, sl].copy_(lin.scales)
                 lin.packed, lin.scales = st.q13[e, sl], st.s13[e, sl]
+                save_own_bytes(lin)
             st.q2[e].copy_(down.packed)
             st.s2[e].copy_(down.scales)
             down.packed, down.scales = st.q2[e], st.s2[e]
+            save_own_bytes(down)
 
 
 def _build(experts: Sequence[nn.Module]) -> ExpertStack:
@@ -337,8 +343,10 @@ def _build(experts: Sequence[nn.Module]) -> ExpertStack:
                 for lin, sl in _gate_up_rows(ex, f):
                     st.w13[e, sl].copy_(lin.weight)
                     lin.weight.data = st.w13[e, sl]
+                    save_own_bytes(lin)
                 st.w2[e].copy_(down.weight)
                 down.weight.data = st.w2[e]
+                save_own_bytes(down)
     log.debug("stacked %d experts (%s, H=%d, F=%d, %s, build %d)", n, form, h, f,
               "int4" if st.quantized else str(st.dtype), st.build_id)
     return st
@@ -365,6 +373,7 @@ def stacked_experts(experts: Sequence[nn.Module], verify: bool = False) -> Exper
     st.members = _members(experts)
     if isinstance(experts, nn.Module):
         experts.__dict__[_ATTR] = st
+        save_views_whole(experts)
     else:
         _LIST_CACHE[tuple(id(e) for e in experts)] = st
         while len(_LIST_CACHE) > _LIST_CACHE_SIZE:
