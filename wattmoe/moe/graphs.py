@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,18 @@ class GraphedBackend:
         """Drops every captured graph."""
         self._graphs.clear()
         self._uncapturable.clear()
+
+    def captured(self) -> frozenset[tuple[object, ...]]:
+        """The keys of the graphs held now (for `drop`)."""
+        return frozenset(self._graphs)
+
+    def drop(self, keys: Iterable[tuple[object, ...]]) -> None:
+        """Drops the graphs of `keys`: the memory their step allocated while captured (a
+        `grouped` int4 step's dequantized weights) goes back to the caching allocator once no
+        graph of the pool holds it. `auto` drops what its calibration captured for backends
+        it did not choose."""
+        for k in keys:
+            self._graphs.pop(k, None)
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
         inner = get_backend(self.inner)
