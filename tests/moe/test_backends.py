@@ -630,12 +630,75 @@ def test_stack_signature_is_the_stacks_without_stacking(monkeypatch: pytest.Monk
         calls: list[object] = []
         monkeypatch.setattr(stacked_mod, "stacked_experts", calls.append)
         assert stacked_mod.stack_signature(experts) == want
+        assert stacked_mod.head_signature(experts) == want
         assert not calls
         monkeypatch.undo()
     with pytest.raises(ConfigError, match="empty"):
         stacked_mod.stack_signature([])
     with pytest.raises(ConfigError, match="Expert"):
         stacked_mod.stack_signature([torch.nn.Linear(4, 4)])
+    # where stack_signature raises, head_signature says None (`auto`'s per-step key)
+    assert stacked_mod.head_signature([]) is None
+    assert stacked_mod.head_signature([torch.nn.Linear(4, 4), *dense.experts]) is None
+
+
+class _OwnExpert(torch.nn.Module):
+    """A user's own expert: called as an `Expert` is, but not one (cannot be stacked)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["own", "shared"])
+@pytest.mark.parametrize(("where", "reasons"), [
+    # a first expert of another kind gives its own key: 'unstackable' holds while it is there
+    (0, ["only", "unstackable"]),
+    # elsewhere the key is the stackable one: each replacement decides again
+    (3, ["only", "unstackable", "only", "unstackable", "only"]),
+], ids=["first", "middle"])
+def test_auto_with_unstackable_experts_stacks_nothing_per_step_and_sees_replacements(
+        where: int, reasons: list[str], shared: bool, gen: torch.Generator,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from wattmoe.moe import stacked as stacked_mod
+
+    auto = AutoBackend(candidates=["grouped"], shared={} if shared else None)
+    layer = small_layer()
+    experts, hidden = layer.experts, layer.config.hidden_size
+    x = torch.randn(16, hidden, generator=gen)
+    d = make_dispatch("uniform", 16, 8, 2, gen)
+    loop = get_backend("loop")
+    builds: list[int] = []
+    build = stacked_mod._build
+    monkeypatch.setattr(stacked_mod, "_build", lambda ex: (builds.append(len(ex)), build(ex))[1])
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            assert torch.equal(auto(experts, x, d), loop(experts, x, d))
+            assert auto.last.backend == "loop" and auto.decided(experts, x, 32) == "loop"
+
+    with torch.no_grad():
+        auto(experts, x, d)
+        assert auto.last.backend == "grouped" and builds == [8]
+        own = experts[where]
+        experts[where] = _OwnExpert(hidden)
+        steps(4)
+        # one attempt found them unstackable; the steps after it tried to stack nothing (was:
+        # with the odd expert first, every key tried to build the stack and caught the error)
+        assert builds == [8, 8]
+        experts[where] = _OwnExpert(hidden)  # another of the user's: still loop
+        steps(3)
+        assert builds == ([8, 8] if where == 0 else [8, 8, 8])
+        experts[where] = own  # stackable again: grouped, without a reset()
+        want = loop(experts, x, d)
+        for _ in range(2):
+            torch.testing.assert_close(auto(experts, x, d), want, rtol=1e-5, atol=1e-6)
+            assert auto.last.backend == "grouped" and auto.decided(experts, x, 32) == "grouped"
+    assert [dec.reason for dec in auto.decisions] == reasons
+    assert auto.counts == {"grouped": 3, "loop": 7}
 
 
 @pytest.mark.parametrize(("entries", "message"), [

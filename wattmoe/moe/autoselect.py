@@ -38,7 +38,12 @@ What `auto` runs without deciding:
   stacks the experts.
 - with experts that cannot be stacked (modules other than `Expert` and `QuantizedExpert`, or of
   mixed shapes; a user's own expert put in the list, say): `loop`, which runs any module, as it
-  did when it was the default. Recorded with the reason 'unstackable', for this layer alone.
+  did when it was the default. Recorded with the reason 'unstackable', for this layer alone,
+  and for these expert modules: once one is replaced (`layer.experts[i] = ...`), that step size
+  decides again (the shared decision, else a calibration), so experts made stackable again run
+  a stacked backend without a `reset()`. The steps in between pay no stacking attempt: their
+  key comes from the first expert, plus, where that one stacks, a comparison of the expert
+  modules' identities with the record's.
 - under `torch.compile` (while dynamo traces the layer): `loop`. Timing a candidate there would
   time the compiler, and the compiled graph would keep whatever that chose; `loop` compiles
   everywhere, while `grouped` in fp32 on a CPU does not (torch 2.13's meta kernel of
@@ -81,7 +86,7 @@ from wattmoe.moe.backends import (
     register_backend,
 )
 from wattmoe.moe.dispatch import Dispatch
-from wattmoe.moe.stacked import StackError, stack_signature
+from wattmoe.moe.stacked import StackError, _members, head_signature, stack_signature
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,8 @@ class AutoBackend:
         # seconds spent in this instance's own decisions (taking a shared one costs nothing)
         self.deciding_s = 0.0
         self._compiled: dict[tuple[object, ...], Decision] = {}  # 'compiling' records
+        # the expert modules each 'unstackable' record of a stackable-looking key was made for
+        self._unstackable_for: dict[tuple[object, ...], tuple[nn.Module, ...]] = {}
 
     @classmethod
     def default(cls) -> AutoBackend:
@@ -196,6 +203,7 @@ class AutoBackend:
         if state.get("shared") == "SHARED_DECISIONS":
             state = {**state, "shared": SHARED_DECISIONS}
         self.__dict__.update(state)
+        self.__dict__.setdefault("_unstackable_for", {})  # pickled before it existed
 
     def reset(self) -> None:
         """Forgets all decisions (the next step of each bucket decides again). Its decisions
@@ -209,6 +217,7 @@ class AutoBackend:
         self.counts.clear()
         self.deciding_s = 0.0
         self._compiled.clear()
+        self._unstackable_for.clear()
         self.last = None
 
     def key(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> tuple[object, ...]:
@@ -217,16 +226,23 @@ class AutoBackend:
     def _key(self, experts: Sequence[nn.Module], x: torch.Tensor,
              num_assign: int) -> tuple[object, ...]:
         # from the first expert, not the stack: the key is computed twice per step (the layer
-        # asks `decided` first), and the chosen backend checks the stack itself
-        try:
-            shape = stack_signature(experts)
-        except StackError:  # a first expert of another kind: `loop` alone can run them
+        # asks `decided` first), and the chosen backend checks the stack itself. O(1) even
+        # where the first expert cannot be stacked (no StackError raised and caught per step)
+        shape = head_signature(experts)
+        if shape is None:  # a first expert of another kind: `loop` alone can run them
             shape = (len(experts), None, None, None, UNSTACKABLE)
         return (str(x.device), str(x.dtype), *shape, bucket(num_assign))
 
-    def _lookup(self, k: tuple[object, ...]) -> Decision | None:
+    def _lookup(self, k: tuple[object, ...], experts: Sequence[nn.Module]) -> Decision | None:
         """This instance's decision for k, else the shared table's (then taken and recorded
-        as this instance's own)."""
+        as this instance's own). An 'unstackable' record made for other expert modules than
+        these (one was replaced since) is dropped: the key decides again."""
+        made_for = self._unstackable_for.get(k)
+        if made_for is not None and _members(experts) != made_for:
+            del self._unstackable_for[k]
+            del self.table[k]  # the 'unstackable' record (only `_unstackable` sets made_for)
+            log.info("auto: %s: an expert module was replaced since the experts could not be "
+                     "stacked; deciding again", _describe(k))
         dec = self.table.get(k)
         if dec is None and self.shared is not None:
             dec = self.shared.get(k)
@@ -241,7 +257,7 @@ class AutoBackend:
                 num_assign: int) -> str | None:
         """The backend already chosen for a step of `num_assign` assignments, or None (no
         decision yet). Lets the layer route with `fused_route` before calling the backend."""
-        dec = self._lookup(self._key(experts, x, num_assign))
+        dec = self._lookup(self._key(experts, x, num_assign), experts)
         return dec.backend if dec is not None else None
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
@@ -251,7 +267,7 @@ class AutoBackend:
             _eager(AutoBackend._note_compiling)(self, experts, x, d.token_idx.numel())
             return loop_backend(experts, x, d)
         k = self.key(experts, x, d)
-        dec = self._lookup(k)
+        dec = self._lookup(k, experts)
         out = None
         try:
             if dec is None:  # calibrating: the winner's last timed run computed this very step
@@ -259,18 +275,23 @@ class AutoBackend:
             if out is None:
                 out = get_backend(dec.backend)(experts, x, d)
         except StackError as exc:  # experts `loop` alone can run (one replaced by another kind)
-            dec = self._unstackable(k, exc)
+            dec = self._unstackable(k, exc, experts)
             out = loop_backend(experts, x, d)
         self.counts[dec.backend] += 1
         self.last = dec
         return out
 
-    def _unstackable(self, k: tuple[object, ...], exc: StackError) -> Decision:
+    def _unstackable(self, k: tuple[object, ...], exc: StackError,
+                     experts: Sequence[nn.Module]) -> Decision:
         """Records `loop` for key k, in this instance alone (other layers of the shape may
         have experts that stack): these experts cannot be stacked, and every other backend
-        runs a stack. It stays until `reset()`, even if the experts become stackable again."""
+        runs a stack. It holds for these expert modules: once one is replaced, k decides
+        again (`_lookup`). A key made from a first expert that cannot be stacked needs no
+        such check: it holds while that first expert does, and another key follows it."""
         dec = Decision(k, "loop", "unstackable")
         self.table[k] = dec
+        if k[-2] != UNSTACKABLE:
+            self._unstackable_for[k] = _members(experts)
         self.decisions.append(dec)
         log.info("auto: %s -> loop: the experts cannot be stacked (%s), which every other "
                  "backend needs", _describe(k), exc)

@@ -196,11 +196,24 @@ def stack_signature(experts: Sequence[nn.Module]) -> tuple[object, ...]:
         StackError: no experts, or a first expert that is neither `Expert` nor
             `QuantizedExpert` (see `stacked_experts`).
     """
+    sig = head_signature(experts)
+    if sig is None:
+        if len(experts) == 0:
+            raise StackError("cannot stack an empty list of experts")
+        stacked_experts(experts)  # raises the stacking error (only these two kinds stack)
+    assert sig is not None
+    return sig
+
+
+def head_signature(experts: Sequence[nn.Module]) -> tuple[object, ...] | None:
+    """`stack_signature`'s tuple, or None where it raises (no experts, or a first expert that
+    is neither `Expert` nor `QuantizedExpert`): O(1) and no exception, for per-step keys of
+    experts that may never stack (`auto`'s 'unstackable' steps)."""
     if len(experts) == 0:
-        raise StackError("cannot stack an empty list of experts")
+        return None
     first = _ends(experts)[0]
     if not isinstance(first, (Expert, QuantizedExpert)):
-        stacked_experts(experts)  # raises the stacking error (only these two kinds stack)
+        return None
     weights = (f"int4g{first.group_size}" + ("" if first.layout == (None, None) else "/tiles")
                if isinstance(first, QuantizedExpert)
                else str(first.dtype))
