@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -277,6 +278,63 @@ def test_auto_calibrates_once_per_bucket_and_records(gen: torch.Generator) -> No
     assert len(auto.decisions) == 2
     auto.reset()
     assert not auto.decisions and auto.last is None
+
+
+class _Candidate:
+    """A candidate backend for `auto`'s tests: runs `loop`, or raises; holds 'graphs' (one per
+    call, as a graphed backend would capture) that `drop` removes."""
+
+    def __init__(self, oom: bool = False, slow: bool = False) -> None:
+        self.oom, self.slow, self.graphs, self.calls = oom, slow, set(), 0
+
+    def __call__(self, experts, x, d):
+        self.calls += 1
+        if self.oom:
+            raise torch.OutOfMemoryError("CUDA out of memory (a test's)")
+        self.graphs.add(self.calls)
+        if self.slow:
+            time.sleep(0.05)  # (the loop on these sizes takes ~1 ms)
+        return get_backend("loop")(experts, x, d)
+
+    def captured(self) -> frozenset:
+        return frozenset(self.graphs)
+
+    def drop(self, keys) -> None:
+        self.graphs -= set(keys)
+
+
+def test_auto_calibration_survives_a_candidate_out_of_memory(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_oom", _Candidate(oom=True))
+    auto = AutoBackend(candidates=["t_oom", "loop"], repeats=1)
+    layer = small_layer()
+    x = torch.randn(16, layer.config.hidden_size, generator=gen)
+    d = make_dispatch("uniform", 16, 8, 2, gen)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="wattmoe.moe.autoselect"):
+        out = auto(layer.experts, x, d)
+        torch.testing.assert_close(out, get_backend("loop")(layer.experts, x, d))
+    assert auto.last.backend == "loop" and auto.last.scores["t_oom"] == float("inf")
+    assert "t_oom ran out of device memory" in caplog.text
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_oom2", _Candidate(oom=True))
+    with torch.no_grad(), pytest.raises(torch.OutOfMemoryError):
+        AutoBackend(candidates=["t_oom", "t_oom2"], repeats=1)(layer.experts, x, d)
+
+
+def test_auto_drops_the_graphs_its_calibration_captured_for_losers(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    slow, fast = _Candidate(slow=True), _Candidate()
+    fast.graphs.add("an earlier step's")
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_slow", slow)
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_fast", fast)
+    auto = AutoBackend(candidates=["t_slow", "t_fast"], repeats=3)
+    layer = small_layer()
+    slow.graphs.add("an earlier step's")
+    with torch.no_grad():
+        auto(layer.experts, torch.randn(16, layer.config.hidden_size, generator=gen),
+             make_dispatch("uniform", 16, 8, 2, gen))
+    assert auto.last.backend == "t_fast"
+    assert slow.graphs == {"an earlier step's"}  # what the calibration captured, dropped
+    assert fast.graphs == {"an earlier step's", 1, 2, 3, 4}  # the winner keeps its graphs
 
 
 def test_auto_uses_cost_fn(gen: torch.Generator) -> None:

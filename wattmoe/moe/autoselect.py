@@ -66,6 +66,7 @@ names the backend its `decisions` recorded.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections import Counter
@@ -336,10 +337,13 @@ class AutoBackend:
                     f"auto has not chosen a backend for {_describe(k)} yet and cannot time "
                     "candidates inside a CUDA-graph capture: run one step of this size before "
                     "capturing (as a capture's warm-up does), or name a backend")
-            runs = {n: self._time(n, experts, x, d) for n in names}
+            runs, captured = self._calibrate(names, experts, x, d)
             scores = {n: t for n, (t, _) in runs.items()}
             dec = Decision(k, min(scores, key=scores.__getitem__), "calibrated", scores)
             out = runs[dec.backend][1]
+            for n, keys in captured.items():  # a graph kept for a loser would hold the
+                if n != dec.backend:  # memory its step allocated (`GraphedBackend.drop`)
+                    get_backend(n).drop(keys)
         dec.seconds = time.perf_counter() - t0
         self.deciding_s += dec.seconds
         self.table[k] = dec
@@ -354,6 +358,30 @@ class AutoBackend:
             log.info("auto: %s -> %s (%s %s)", _describe(k), dec.backend, dec.reason,
                      {n: f"{v:.3g}" for n, v in dec.scores.items()})
         return dec, out
+
+    def _calibrate(self, names: list[str], experts: Sequence[nn.Module], x: torch.Tensor,
+                   d: Dispatch) -> tuple[dict[str, tuple[float, torch.Tensor | None]],
+                                         dict[str, frozenset]]:
+        """Times every candidate (`_time`); one that runs out of device memory scores inf
+        (logged), unless all do. Also the graphs each graphed candidate captured meanwhile."""
+        runs: dict[str, tuple[float, torch.Tensor | None]] = {}
+        captured: dict[str, frozenset] = {}
+        oom: torch.OutOfMemoryError | None = None
+        for n in names:
+            fn = get_backend(n)
+            before = fn.captured() if hasattr(fn, "captured") else None
+            try:
+                runs[n] = self._time(n, experts, x, d)
+            except torch.OutOfMemoryError as exc:
+                oom = exc
+                runs[n] = (math.inf, None)
+                log.warning("auto: candidate %s ran out of device memory on %s (%d tokens); "
+                            "choosing among the others", n, x.device, x.shape[0])
+            if before is not None:
+                captured[n] = fn.captured() - before
+        if oom is not None and all(math.isinf(t) for t, _ in runs.values()):
+            raise oom
+        return runs, captured
 
     def _time(self, name: str, experts: Sequence[nn.Module], x: torch.Tensor,
               d: Dispatch) -> tuple[float, torch.Tensor]:
