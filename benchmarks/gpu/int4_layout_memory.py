@@ -30,6 +30,7 @@ from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.errors import ConfigError  # noqa: E402
 from wattmoe.moe import fused_triton as ft  # noqa: E402
+from wattmoe.moe.backends import get_backend  # noqa: E402
 from wattmoe.moe.base import MoEConfig  # noqa: E402
 from wattmoe.moe.layer import INT4_LAYOUT_POLICIES, SimpleMoELayer  # noqa: E402
 from wattmoe.moe.presets import resolve_shape  # noqa: E402
@@ -39,6 +40,8 @@ from wattmoe.moe.stacked import existing_stack  # noqa: E402
 
 def measure(spec: str, cfg: MoEConfig, layout: str, tokens: list[int],
             dev: torch.device, backend: str = "fused") -> dict[str, object]:
+    for name in ("fused_graph", "grouped_graph"):  # graphs of the layers measured before
+        get_backend(name).clear()
     gc.collect()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(dev)
@@ -60,6 +63,11 @@ def measure(spec: str, cfg: MoEConfig, layout: str, tokens: list[int],
             copies = ft.copy_bytes(st.kernel_cache) if st is not None else {}
             steps.append({"tokens": n, "first_step_s": time.perf_counter() - t0,
                           "allocated_bytes": torch.cuda.memory_allocated(dev) - base,
+                          # the caching allocator's, graph pools included (a graph kept
+                          # for a backend `auto` did not choose holds its step's memory)
+                          "reserved_bytes": torch.cuda.memory_reserved(dev),
+                          "graphs_held": {n: len(getattr(get_backend(n), "_graphs", ()))
+                                          for n in ("fused_graph", "grouped_graph")},
                           "copy_bytes": copies})
             del x
     st = existing_stack(layer.experts)
@@ -111,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['weight_bytes'] / 1e9:6.2f} GB, "
                   f"after the steps {last['allocated_bytes'] / 1e9:6.2f} GB allocated "
                   f"(copies {sum(last['copy_bytes'].values()) / 1e9:.2f} GB: "
-                  f"{last['copy_bytes']}), peak {r['peak_bytes'] / 1e9:.2f} GB", flush=True)
+                  f"{last['copy_bytes']}), peak {r['peak_bytes'] / 1e9:.2f} GB, reserved "
+                  f"{last['reserved_bytes'] / 1e9:.2f} GB, graphs {last['graphs_held']}",
+                  flush=True)
             rows.append(r)
         write_json(args.out, {**provenance(), "args": vars(args), "rows": rows})  # each row
     return 0
