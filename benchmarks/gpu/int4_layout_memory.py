@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layouts", default="rows,tiles",
                     help=f"of {', '.join(INT4_LAYOUT_POLICIES)} (auto: the layer's default)")
     ap.add_argument("--backend", default="fused", choices=("fused", "fused_graph", "auto"))
+    ap.add_argument("--keep-loser-graphs", action="store_true",
+                    help="(an experiment) `auto` keeps the graphs its calibration captured for "
+                         "the backends it did not choose, as before session 18")
     args = ap.parse_args(argv)
     try:  # every input checked before the first layer is built
         tokens = [int(t) for t in args.tokens.split(",")]
@@ -110,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.keep_loser_graphs:
+        from wattmoe.moe.graphs import GraphedBackend
+
+        GraphedBackend.drop = lambda self, keys: None  # type: ignore[method-assign]
     rows = []
     for spec, cfg in shapes:
         for layout in layouts:
