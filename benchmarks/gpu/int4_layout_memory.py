@@ -61,10 +61,12 @@ def measure(spec: str, cfg: MoEConfig, layout: str, tokens: list[int],
             torch.cuda.synchronize(dev)
             st = existing_stack(layer.experts)
             copies = ft.copy_bytes(st.kernel_cache) if st is not None else {}
+            torch.cuda.empty_cache()  # reserved then: live tensors and the graphs' pools
             steps.append({"tokens": n, "first_step_s": time.perf_counter() - t0,
                           "allocated_bytes": torch.cuda.memory_allocated(dev) - base,
-                          # the caching allocator's, graph pools included (a graph kept
-                          # for a backend `auto` did not choose holds its step's memory)
+                          # the caching allocator's after empty_cache: graph pools included
+                          # (a graph kept for a backend `auto` did not choose holds the memory
+                          # its step allocated)
                           "reserved_bytes": torch.cuda.memory_reserved(dev),
                           "graphs_held": {n: len(getattr(get_backend(n), "_graphs", ()))
                                           for n in ("fused_graph", "grouped_graph")},
