@@ -337,6 +337,23 @@ def test_auto_drops_the_graphs_its_calibration_captured_for_losers(
     assert fast.graphs == {"an earlier step's", 1, 2, 3, 4}  # the winner keeps its graphs
 
 
+def test_auto_drops_what_a_failed_calibration_captured(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    graphed = _Candidate()
+
+    def broken(experts, x, d):
+        raise ValueError("a candidate's own error")
+
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_graphed", graphed)
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_broken", broken)
+    layer = small_layer()
+    with torch.no_grad(), pytest.raises(ValueError, match="own error"):
+        AutoBackend(candidates=["t_graphed", "t_broken"], repeats=1)(
+            layer.experts, torch.randn(16, layer.config.hidden_size, generator=gen),
+            make_dispatch("uniform", 16, 8, 2, gen))
+    assert graphed.calls == 2 and graphed.graphs == set()
+
+
 def test_auto_uses_cost_fn(gen: torch.Generator) -> None:
     seen = []
 

@@ -385,3 +385,41 @@ def test_stacks_dequantize_in_pieces_as_whole(tiles: bool, monkeypatch: pytest.M
         monkeypatch.setattr(stacked_mod, "DEQUANT_PIECE_WEIGHTS", piece)
         w13, w2 = st.dense(torch.float32)
         assert torch.equal(w13, want13) and torch.equal(w2, want2)
+
+
+@requires_interpreter
+@pytest.mark.usefixtures("no_fallback", "as_if_sm90")
+def test_auto_layout_stores_a_replaced_expert_in_tiles_too(gen: torch.Generator) -> None:
+    lay, want = layer(), layer()
+    lay.set_backend("fused")
+    want.set_backend("loop")
+    x = torch.randn(17, 256, generator=gen)
+    with torch.no_grad():
+        lay(x)
+        assert lay.int4_layout == "tiles"
+        fresh = layer(seed=7).experts[2]  # row-major, as `quantize` makes it
+        lay.experts[2] = fresh
+        want.experts[2] = layer(seed=7).experts[2]
+        torch.testing.assert_close(lay(x).hidden_states, want(x).hidden_states,
+                                   rtol=1e-5, atol=1e-5)
+    assert fresh.layout == lay.experts[0].layout != (None, None)
+
+
+def test_tiles_are_read_in_place_only_in_16_bit_on_sm90(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wattmoe.moe.layer as layer_mod
+
+    monkeypatch.setattr(ft, "_is_sm90", lambda device: True)
+    monkeypatch.setattr(layer_mod, "available_backends", lambda device, dtype: ["fused"])
+    dev = torch.device("cpu")
+    assert layer_mod._reads_tiles_in_place(dev, torch.bfloat16)
+    assert layer_mod._reads_tiles_in_place(dev, torch.float16)
+    # fp32 activations: the kernels read half-split codes (a copy of tiles, not a saving)
+    assert not layer_mod._reads_tiles_in_place(dev, torch.float32)
+
+
+def test_a_layer_pickled_before_the_layout_policy_still_runs() -> None:
+    lay = layer()
+    del lay.__dict__["int4_layout_policy"], lay.__dict__["_int4_layout_seen"]
+    with torch.no_grad():
+        lay(torch.randn(3, 256))
+    assert lay.int4_layout_policy == "auto" and lay.int4_layout == "rows"

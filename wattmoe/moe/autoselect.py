@@ -337,13 +337,10 @@ class AutoBackend:
                     f"auto has not chosen a backend for {_describe(k)} yet and cannot time "
                     "candidates inside a CUDA-graph capture: run one step of this size before "
                     "capturing (as a capture's warm-up does), or name a backend")
-            runs, captured = self._calibrate(names, experts, x, d)
+            runs = self._calibrate(names, experts, x, d)
             scores = {n: t for n, (t, _) in runs.items()}
             dec = Decision(k, min(scores, key=scores.__getitem__), "calibrated", scores)
             out = runs[dec.backend][1]
-            for n, keys in captured.items():  # a graph kept for a loser would hold the
-                if n != dec.backend:  # memory its step allocated (`GraphedBackend.drop`)
-                    get_backend(n).drop(keys)
         dec.seconds = time.perf_counter() - t0
         self.deciding_s += dec.seconds
         self.table[k] = dec
@@ -360,28 +357,45 @@ class AutoBackend:
         return dec, out
 
     def _calibrate(self, names: list[str], experts: Sequence[nn.Module], x: torch.Tensor,
-                   d: Dispatch) -> tuple[dict[str, tuple[float, torch.Tensor | None]],
-                                         dict[str, frozenset]]:
+                   d: Dispatch) -> dict[str, tuple[float, torch.Tensor | None]]:
         """Times every candidate (`_time`); one that runs out of device memory scores inf
-        (logged), unless all do. Also the graphs each graphed candidate captured meanwhile."""
+        (logged), unless all do (then that error is raised). A graphed candidate's graphs
+        captured here are dropped as soon as another candidate is faster, and all of them if
+        calibrating raises (`GraphedBackend.drop`: a graph kept holds the memory its step
+        allocated, e.g. a `grouped_graph` int4 step's dequantized weights), so that only the
+        winner's stay."""
         runs: dict[str, tuple[float, torch.Tensor | None]] = {}
         captured: dict[str, frozenset] = {}
-        oom: torch.OutOfMemoryError | None = None
-        for n in names:
-            fn = get_backend(n)
-            before = fn.captured() if hasattr(fn, "captured") else None
-            try:
-                runs[n] = self._time(n, experts, x, d)
-            except torch.OutOfMemoryError as exc:
-                oom = exc
-                runs[n] = (math.inf, None)
-                log.warning("auto: candidate %s ran out of device memory on %s (%d tokens); "
-                            "choosing among the others", n, x.device, x.shape[0])
-            if before is not None:
-                captured[n] = fn.captured() - before
-        if oom is not None and all(math.isinf(t) for t, _ in runs.values()):
-            raise oom
-        return runs, captured
+        oom = ""
+        best: str | None = None
+        done = False
+        try:
+            for n in names:
+                fn = get_backend(n)
+                before = fn.captured() if hasattr(fn, "captured") else None
+                try:
+                    runs[n] = self._time(n, experts, x, d)
+                except torch.OutOfMemoryError as exc:
+                    oom = str(exc)  # not the exception: its traceback holds the step's tensors
+                    runs[n] = (math.inf, None)
+                    log.warning("auto: candidate %s ran out of device memory on %s (%d tokens); "
+                                "choosing among the others", n, x.device, x.shape[0])
+                if before is not None:
+                    captured[n] = fn.captured() - before
+                if best is None or runs[n][0] < runs[best][0]:
+                    best, loser = n, best
+                else:
+                    loser = n
+                if loser is not None and loser in captured:
+                    get_backend(loser).drop(captured.pop(loser))
+            done = True
+        finally:
+            if not done:
+                for n, keys in captured.items():
+                    get_backend(n).drop(keys)
+        if all(math.isinf(t) for t, _ in runs.values()):
+            raise torch.OutOfMemoryError(oom)
+        return runs
 
     def _time(self, name: str, experts: Sequence[nn.Module], x: torch.Tensor,
               d: Dispatch) -> tuple[float, torch.Tensor]:

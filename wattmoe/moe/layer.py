@@ -32,7 +32,7 @@ from wattmoe.moe.quant import (
     quantize_expert,
 )
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
-from wattmoe.moe.stacked import relayout_stack
+from wattmoe.moe.stacked import _members, relayout_stack
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,13 @@ def _backend_for(name: str) -> object:
 
 def _reads_tiles_in_place(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether the fused int4 kernels run natively on `device` and read the tile order there
-    (sm_90: elsewhere they read half-split codes)."""
+    for activations of `dtype`: sm_90 and bf16/fp16 (fragment words and scale pairs,
+    `fused_triton._dequant_mode`; elsewhere, and for fp32 on any GPU, they read half-split
+    codes, so codes in tile order would cost a copy instead of saving one)."""
     from wattmoe.moe import fused_triton  # (imports this module)
 
-    return fused_triton._is_sm90(device) and "fused" in available_backends(device, dtype)
+    return (dtype in (torch.bfloat16, torch.float16) and fused_triton._is_sm90(device)
+            and "fused" in available_backends(device, dtype))
 
 
 def check_input_dtype(what: str, x: torch.Tensor, dtype: torch.dtype) -> None:
@@ -113,6 +116,10 @@ class SimpleMoELayer(nn.Module):
             run 'loop' without deciding. Name 'loop' for the reference itself.
         seed: seed for the random weights; None uses torch's global generator.
     """
+
+    # class defaults too: a layer pickled before session 18 has neither attribute
+    int4_layout_policy = "auto"
+    _int4_layout_seen: object = None
 
     def __init__(
         self,
@@ -294,10 +301,12 @@ class SimpleMoELayer(nn.Module):
                         "shape in tile order (hidden %d, inner %d, groups of %d: "
                         "`int4_layout.tile_layout`), so the codes stay row-major",
                         cfg.hidden_size, cfg.expert_inner_size, q[0].group_size)
-        elif layout == "tiles" and dev.type == "cuda" and not _reads_tiles_in_place(dev):
-            log.warning("int4 layout 'tiles' on %s: off sm_90 the fused int4 kernels read "
-                        "half-split codes, so they keep a copy of them made from the tiles "
-                        "(more memory, not less); 'rows' needs none there", dev)
+        elif layout == "tiles" and dev.type == "cuda" and not _reads_tiles_in_place(
+                dev, q[0].dtype):
+            log.warning("int4 layout 'tiles' on %s computing in %s: the fused int4 kernels "
+                        "read tile order only on sm_90 in bf16/fp16, elsewhere half-split "
+                        "codes, so they keep a copy of them made from the tiles (more memory, "
+                        "not less); 'rows' needs none there", dev, q[0].dtype)
         return self
 
     def _store_int4_layout(self, q: list[QuantizedExpert], layout: str) -> None:
@@ -312,8 +321,12 @@ class SimpleMoELayer(nn.Module):
     def _auto_int4_layout(self, tokens: torch.Tensor) -> None:
         """The 'auto' int4 layout policy (`set_int4_layout`), before a step on tokens: O(1)
         once it has looked at this device, backend and the process's layout changes."""
-        key = (tokens.device, self.backend_name, layout_changes(), id(self.experts))
-        if key == self._int4_layout_seen or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():  # (before the key: no guards on it)
+            return
+        # the expert modules too: an expert replaced by a row-major one is stored in tiles
+        # like the others (else the stack, of mixed layouts, would refuse every step)
+        key = (tokens.device, self.backend_name, layout_changes(), _members(self.experts))
+        if key == self._int4_layout_seen:
             return
         if tokens.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return  # (the warm-up steps before a capture look)
@@ -324,13 +337,14 @@ class SimpleMoELayer(nn.Module):
                 tokens.device, tokens.dtype):
             return
         q = self._int4_experts()
-        if len(q) != len(self.experts) or self.int4_layout != "rows":
+        if len(q) != len(self.experts):
             return
         from wattmoe.moe import fused_triton
 
         cfg = self.config
-        if fused_layouts(cfg.hidden_size, cfg.expert_inner_size, cfg.expert_form,
-                         q[0].group_size, fused_triton.tile_rows_in_use()) == (None, None):
+        want = fused_layouts(cfg.hidden_size, cfg.expert_inner_size, cfg.expert_form,
+                             q[0].group_size, fused_triton.tile_rows_in_use())
+        if want == (None, None) or all(e.layout == want for e in q):
             return
         log.info("int4 layout 'auto': storing the codes of %d experts (hidden %d, inner %d) in "
                  "the fused kernels' tile order on %s, which they read in place (no copy; "
