@@ -33,6 +33,8 @@ def test_a_shape_names_its_group_only_where_it_is_not_the_default() -> None:
     assert OpShape.from_key(TINY_OLD.key) == TINY_OLD
     assert OpShape.from_key("h64_f128_swiglu_g32") == OpShape(64, 128)
     assert key_names_group(TINY_OLD.key) and not key_names_group("h64_f128_swiglu_e1_k1")
+    # the group names a shape key as `resolve_shape` tells one ('h' and '_f'): not 'h64_g64'
+    assert not key_names_group("h64_g64") and not key_names_group(64)
     # only int4 ops depend on the group
     assert TINY_OLD.for_op("expert_int4") == TINY_OLD
     assert TINY_OLD.for_op("expert") == OpShape(64, 128)

@@ -21,6 +21,7 @@ from wattmoe.placement import (
     profile_cost_provider,
     sample_curve,
 )
+from wattmoe.placement.base import MatrixCopy
 from wattmoe.placement.curves import isotonic
 
 
@@ -156,6 +157,39 @@ def test_fused_int4_copy_by_hand() -> None:
     assert ExpertShape(96, 128, "swiglu", "int4").fused_copy_bytes == (
         96 * 128 // 2 + 96 * (128 // 32) * 2)
     assert ExpertShape(2048, 1024, "swiglu", "bf16").fused_copy_bytes == 0
+
+
+def test_fused_and_tiles_copies_are_sums_over_one_per_matrix_table() -> None:
+    # by hand: OLMoE (groups of 128), every matrix copied and read in tile order, so codes
+    # in tile order leave a copy of the scales only; (64, 96): gate/up copied (K = 64) but
+    # its up rows at F = 96 fit no tile, down read as stored (K = 96: 48 packed bytes)
+    olmoe = ExpertShape(2048, 1024, "swiglu", "int4")
+    assert olmoe.fused_copy_matrices() == (
+        MatrixCopy(2 * 1024, 2048, 2 * 1024 * 2048 // 2, 2 * 1024 * (2048 // 128) * 2, (128, 16)),
+        MatrixCopy(2048, 1024, 2048 * 1024 // 2, 2048 * (1024 // 128) * 2, (128, 16)))
+    assert olmoe.tiles_copy_bytes() == 2 * 1024 * 16 * 2 + 2048 * 8 * 2
+    odd = ExpertShape(64, 96, "swiglu", "int4")
+    assert odd.fused_copy_matrices() == (MatrixCopy(192, 64, 192 * 32, 192 * 2 * 2, None),
+                                         MatrixCopy(64, 96, 0, 0, None))
+    assert odd.fused_copy_bytes == odd.tiles_copy_bytes() == 192 * 32 + 192 * 2 * 2
+    assert ExpertShape(2048, 1024, "swiglu", "bf16").fused_copy_matrices() == ()
+    # over many shapes: both figures are the table's sums, and they differ by exactly the
+    # codes of the matrices the kernels read in tile order
+    for hidden in range(32, 1025, 96):
+        for inner in (64, 96, 128, 160, 704, 1024, 1408):
+            for form in ("swiglu", "relu"):
+                for dtype in ("int4", "bf16"):
+                    shape = ExpertShape(hidden, inner, form, dtype)
+                    table = shape.fused_copy_matrices()
+                    assert len(table) == (2 if dtype == "int4" else 0)
+                    fused, tiles = shape.fused_copy_bytes, shape.tiles_copy_bytes()
+                    assert fused == sum(m.codes_bytes + m.scales_bytes for m in table)
+                    assert tiles == sum(m.scales_bytes + m.codes_bytes * (m.tiles is None)
+                                        for m in table)
+                    assert fused - tiles == sum(m.codes_bytes for m in table if m.tiles)
+                    assert all(m.codes_bytes == m.rows * m.k // 2 for m in table if m.tiles)
+                    assert shape.replica_bytes("gpu", "fused", "tiles") == (
+                        shape.weight_bytes + tiles)
 
 
 def test_replica_bytes_count_the_copy_only_for_int4_on_a_fused_gpu() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from wattmoe.errors import ConfigError
 from wattmoe.int4_layout import default_group, divisor_group
-from wattmoe.shape_keys import parse_shape_key
+from wattmoe.shape_keys import is_shape_key, parse_shape_key
 
 SCHEMA_VERSION = 1
 FORMAT = "wattmoe.cost_model.profile"
@@ -217,8 +217,9 @@ class OpShape:
 
 def key_names_group(spec: object) -> bool:
     """Whether `spec` is a shape key that names an int4 group ('h64_f128_swiglu_e8_k2_g64',
-    `OpShape.key`), which `OpShape.from_key` reads and a preset or `resolve_shape` does not."""
-    return isinstance(spec, str) and spec.startswith("h") and bool(_GROUP_SUFFIX.search(spec))
+    `OpShape.key`), which `OpShape.from_key` reads and a preset or `resolve_shape` does not:
+    a shape key (`is_shape_key`, as `resolve_shape` tells one) ending in '_g<G>'."""
+    return is_shape_key(spec) and bool(_GROUP_SUFFIX.search(spec))
 
 
 def stored_shape(op: str, shape: dict[str, Any]) -> OpShape:

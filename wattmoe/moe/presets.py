@@ -14,7 +14,7 @@ import math
 
 from wattmoe.errors import ConfigError
 from wattmoe.moe.base import MoEConfig
-from wattmoe.shape_keys import SHAPE_KEY_FORM, parse_shape_key
+from wattmoe.shape_keys import SHAPE_KEY_FORM, is_shape_key, parse_shape_key
 
 PRESETS: dict[str, MoEConfig] = {
     p.name: p
@@ -81,11 +81,6 @@ def get_preset(name: str, scale: float = 1.0) -> MoEConfig:
             f"unknown preset {name!r}{hint} (known: {', '.join(PRESETS)})"
         )
     return PRESETS[key].scaled(scale)
-
-
-def is_shape_key(spec: str) -> bool:
-    """Whether `spec` is meant as a shape key ('h...' with an '_f' part), not a preset name."""
-    return spec.startswith("h") and "_f" in spec
 
 
 def resolve_shape_at(spec: str, scale: float | None, default: float = 1.0) -> MoEConfig:

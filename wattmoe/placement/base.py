@@ -66,6 +66,31 @@ class ExpertCostProvider(Protocol):
 
 
 @dataclass(frozen=True)
+class MatrixCopy:
+    """The fused int4 kernels' copy of one weight matrix of one replica
+    (`ExpertShape.fused_copy_matrices`).
+
+    Attributes:
+        rows: R, the matrix's rows (gate and up stacked: 2F for 'swiglu'; down: H).
+        k: K, its input columns (gate and up: H; down: F).
+        codes_bytes: the copy of its packed codes as fragment words: R K / 2 bytes where a
+            packed row is whole 32-byte blocks and the group at least one block, else 0 (the
+            kernels read the half-split codes as stored).
+        scales_bytes: the copy of its fp16 group scales as pair words: 2 R K / G bytes where
+            the codes get words (`codes_bytes` > 0) and each half of a row is whole groups,
+            else 0. Made whether the codes are copied or stored in tile order.
+        tiles: `int4_layout.tile_layout` of the matrix, or None: where not None, codes stored
+            in the kernels' tile order are read in place, without the `codes_bytes` copy.
+    """
+
+    rows: int
+    k: int
+    codes_bytes: int
+    scales_bytes: int
+    tiles: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
 class ExpertShape:
     """The shape of one routed expert, the unit that placement moves around.
 
@@ -128,20 +153,7 @@ class ExpertShape:
         512-token entry on the H200) holds a tile-order copy of its codes for each, which the
         shape alone does not say (`docs/kernels.md`).
         """
-        if self.dtype != "int4":
-            return 0
-        group = int4_group(self.hidden, self.inner)
-        up = 2 if self.form == "swiglu" else 1
-        total = 0
-        for rows, k in ((up * self.inner, self.hidden), (self.hidden, self.inner)):
-            # the kernels read the half-split codes as stored unless a K step (at most a
-            # group of packed columns: `fused_triton._fit`) is whole 32-byte blocks
-            if (k // 2) % FRAGMENT_BYTES or group < FRAGMENT_BYTES:
-                continue
-            total += rows * k // 2
-            if (k // 2) % group == 0:
-                total += math.ceil(rows * (k // group) * INT4_SCALE_BYTES)
-        return total
+        return sum(m.codes_bytes + m.scales_bytes for m in self.fused_copy_matrices())
 
     def tiles_copy_bytes(self) -> int:
         """`fused_copy_bytes` of a replica whose codes are stored in the fused kernels' tile
@@ -152,17 +164,29 @@ class ExpertShape:
         512-token down launch on the H200) keeps a copy of its codes (run 118: an OLMoE layer
         used at 64-4096 tokens held 0.30 GB, 0.60x its 0.50 GB with the codes row-major,
         where this counts 0.52x)."""
+        return sum(m.scales_bytes + (0 if m.tiles is not None else m.codes_bytes)
+                   for m in self.fused_copy_matrices())
+
+    def fused_copy_matrices(self) -> tuple[MatrixCopy, ...]:
+        """What `fused_copy_bytes` and `tiles_copy_bytes` count, per matrix: gate and up rows
+        (stacked), then down rows; () unless int4."""
         if self.dtype != "int4":
-            return 0
+            return ()
         group = int4_group(self.hidden, self.inner)
         rows13 = (2 if self.form == "swiglu" else 1) * self.inner
-        total = self.fused_copy_bytes
-        for layout, rows, k in zip(fused_layouts(self.hidden, self.inner, self.form, group),
-                                   (rows13, self.hidden), (self.hidden, self.inner),
+        tiles = fused_layouts(self.hidden, self.inner, self.form, group)
+        table = []
+        for rows, k, layout in zip((rows13, self.hidden), (self.hidden, self.inner), tiles,
                                    strict=True):
-            if layout is not None:
-                total -= rows * k // 2
-        return total
+            codes = scales = 0
+            # the kernels read the half-split codes as stored unless a K step (at most a
+            # group of packed columns: `fused_triton._fit`) is whole 32-byte blocks
+            if not ((k // 2) % FRAGMENT_BYTES or group < FRAGMENT_BYTES):
+                codes = rows * k // 2
+                if (k // 2) % group == 0:
+                    scales = math.ceil(rows * (k // group) * INT4_SCALE_BYTES)
+            table.append(MatrixCopy(rows, k, codes, scales, layout))
+        return tuple(table)
 
     def replica_bytes(self, kind: str, backend: str | None = None,
                       int4_layout: str = "rows") -> int:
