@@ -261,10 +261,10 @@ class SimpleMoELayer(nn.Module):
         codes themselves instead of a copy: about half the memory of the experts on an sm_90
         GPU (run 118); 'rows', the half-split codes row-major (what `quantize` makes); or
         'auto' (the default policy, `int4_layout_policy`): 'tiles' from the first step on an
-        sm_90 GPU (H100, H200) whose backend may run the fused kernels (`auto`, `fused`,
-        `fused_graph`; not a training step, not inside a CUDA-graph capture), where the
-        kernels read some matrix of the shape in tile order; elsewhere the codes stay as they
-        are. 'auto' changes nothing now; 'rows' and 'tiles' pin the layout.
+        sm_90 GPU (H100, H200) in bf16 or fp16 whose backend may run the fused kernels
+        (`auto`, `fused`, `fused_graph`; not a training step, not inside a CUDA-graph
+        capture), where the kernels read some matrix of the shape in tile order, and for an
+        expert module replaced later; elsewhere the codes stay as they are. 'auto' changes nothing now; 'rows' and 'tiles' pin the layout.
 
         Code that reads or writes `Int4Linear.packed` itself sees the stored order: read the
         codes with `Int4Linear.codes()` or the state dict (half-split codes in either layout),
