@@ -776,6 +776,29 @@ def test_auto_with_unstackable_experts_stacks_nothing_per_step_and_sees_replacem
     assert auto.counts == {"grouped": 3, "loop": 7}
 
 
+def test_an_unstackable_record_keeps_no_expert_alive(gen: torch.Generator) -> None:
+    import gc
+    import weakref
+
+    layer = small_layer().eval()
+    hidden = layer.config.hidden_size
+    layer.experts[3] = _OwnExpert(hidden)
+    with torch.no_grad():
+        layer(torch.randn(16, hidden, generator=gen))
+    assert layer.expert_backend.last.reason == "unstackable"
+    gone = [weakref.ref(e) for e in layer.experts if isinstance(e, Expert)]
+    layer.quantize(32)  # another key: the dense one is never looked up again
+    with torch.no_grad():
+        layer(torch.randn(16, hidden, generator=gen))
+    gc.collect()
+    # (the record was of the modules, and kept the dense experts and their weights)
+    assert len(gone) == 7 and all(r() is None for r in gone)
+
+
+def test_auto_candidates_are_named_once() -> None:
+    assert AutoBackend(candidates=["loop", "grouped", "loop"]).candidates == ["loop", "grouped"]
+
+
 @pytest.mark.parametrize(("entries", "message"), [
     ({"64": "w64t16zz"}, "unknown fused kernel config 'w64t16zz'"),  # a name with a bad tail
     ({"64": "w64t16r"}, "unknown fused kernel config 'w64t16r'"),

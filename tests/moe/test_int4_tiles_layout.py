@@ -423,3 +423,20 @@ def test_a_layer_pickled_before_the_layout_policy_still_runs() -> None:
     with torch.no_grad():
         lay(torch.randn(3, 256))
     assert lay.int4_layout_policy == "auto" and lay.int4_layout == "rows"
+
+
+def test_auto_layout_looks_again_in_another_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an fp32 step rules tiles out (the kernels read half-split codes in fp32); after
+    # `.to(bf16)` the next step stores them
+    import wattmoe.moe.layer as layer_mod
+
+    monkeypatch.setattr(ft, "_is_sm90", lambda device: True)
+    monkeypatch.setattr(layer_mod, "available_backends", lambda device, dtype: ["fused"])
+    lay = layer()
+    lay.set_backend("fused")
+    with torch.no_grad():
+        lay._auto_int4_layout(torch.randn(4, 256))
+        assert lay.int4_layout == "rows"
+        lay.to(torch.bfloat16)
+        lay._auto_int4_layout(torch.randn(4, 256, dtype=torch.bfloat16))
+    assert lay.int4_layout == "tiles"

@@ -171,7 +171,7 @@ class AutoBackend:
                 raise ConfigError("auto: candidates=[] names no backend to choose from (None: "
                                   "every backend available for the step's device and dtype)")
         check_positive_int("auto: repeats", repeats)
-        self.candidates = list(candidates) if candidates is not None else None
+        self.candidates = list(dict.fromkeys(candidates)) if candidates is not None else None
         self.cost_fn = cost_fn
         self.repeats = repeats
         self.shared = shared
@@ -183,7 +183,7 @@ class AutoBackend:
         self.deciding_s = 0.0
         self._compiled: dict[tuple[object, ...], Decision] = {}  # 'compiling' records
         # the expert modules each 'unstackable' record of a stackable-looking key was made for
-        self._unstackable_for: dict[tuple[object, ...], tuple[nn.Module, ...]] = {}
+        self._unstackable_for: dict[tuple[object, ...], tuple[int, ...]] = {}
 
     @classmethod
     def default(cls) -> AutoBackend:
@@ -239,7 +239,7 @@ class AutoBackend:
         as this instance's own). An 'unstackable' record made for other expert modules than
         these (one was replaced since) is dropped: the key decides again."""
         made_for = self._unstackable_for.get(k)
-        if made_for is not None and _members(experts) != made_for:
+        if made_for is not None and tuple(map(id, _members(experts))) != made_for:
             del self._unstackable_for[k]
             del self.table[k]  # the 'unstackable' record (only `_unstackable` sets made_for)
             log.info("auto: %s: an expert module was replaced since the experts could not be "
@@ -292,7 +292,9 @@ class AutoBackend:
         dec = Decision(k, "loop", "unstackable")
         self.table[k] = dec
         if k[-2] != UNSTACKABLE:
-            self._unstackable_for[k] = _members(experts)
+            # identities, not the modules: a record of a key never looked up again (the
+            # layer quantized since) would keep every replaced expert and its weights alive
+            self._unstackable_for[k] = tuple(map(id, _members(experts)))
         self.decisions.append(dec)
         log.info("auto: %s -> loop: the experts cannot be stacked (%s), which every other "
                  "backend needs", _describe(k), exc)
@@ -370,7 +372,7 @@ class AutoBackend:
         best: str | None = None
         done = False
         try:
-            for n in names:
+            for n in dict.fromkeys(names):
                 fn = get_backend(n)
                 before = fn.captured() if hasattr(fn, "captured") else None
                 try:
@@ -380,21 +382,22 @@ class AutoBackend:
                     runs[n] = (math.inf, None)
                     log.warning("auto: candidate %s ran out of device memory on %s (%d tokens); "
                                 "choosing among the others", n, x.device, x.shape[0])
-                if before is not None:
-                    captured[n] = fn.captured() - before
+                finally:  # (what it captured before raising too)
+                    if before is not None:
+                        captured[n] = fn.captured() - before
                 if best is None or runs[n][0] < runs[best][0]:
                     best, loser = n, best
                 else:
                     loser = n
                 if loser is not None and loser in captured:
                     get_backend(loser).drop(captured.pop(loser))
+            if all(math.isinf(t) for t, _ in runs.values()):
+                raise torch.OutOfMemoryError(oom)
             done = True
         finally:
             if not done:
                 for n, keys in captured.items():
                     get_backend(n).drop(keys)
-        if all(math.isinf(t) for t, _ in runs.values()):
-            raise torch.OutOfMemoryError(oom)
         return runs
 
     def _time(self, name: str, experts: Sequence[nn.Module], x: torch.Tensor,

@@ -264,7 +264,8 @@ class SimpleMoELayer(nn.Module):
         sm_90 GPU (H100, H200) in bf16 or fp16 whose backend may run the fused kernels
         (`auto`, `fused`, `fused_graph`; not a training step, not inside a CUDA-graph
         capture), where the kernels read some matrix of the shape in tile order, and for an
-        expert module replaced later; elsewhere the codes stay as they are. 'auto' changes nothing now; 'rows' and 'tiles' pin the layout.
+        expert module replaced later; elsewhere the codes stay as they are. 'auto' changes
+        nothing now; 'rows' and 'tiles' pin the layout.
 
         Code that reads or writes `Int4Linear.packed` itself sees the stored order: read the
         codes with `Int4Linear.codes()` or the state dict (half-split codes in either layout),
@@ -319,25 +320,29 @@ class SimpleMoELayer(nn.Module):
             relayout_stack(self.experts)
 
     def _auto_int4_layout(self, tokens: torch.Tensor) -> None:
-        """The 'auto' int4 layout policy (`set_int4_layout`), before a step on tokens: O(1)
-        once it has looked at this device, backend and the process's layout changes."""
+        """The 'auto' int4 layout policy (`set_int4_layout`), before a step on tokens. Looks
+        again only when the device, dtype, backend, experts list or the process's layout
+        changes moved, and for an int4 layer when an expert module was replaced (a tuple
+        comparison at C speed, as the stack makes): O(1) per step for a dense layer."""
         if torch.compiler.is_compiling():  # (before the key: no guards on it)
             return
-        # the expert modules too: an expert replaced by a row-major one is stored in tiles
-        # like the others (else the stack, of mixed layouts, would refuse every step)
-        key = (tokens.device, self.backend_name, layout_changes(), _members(self.experts))
-        if key == self._int4_layout_seen:
+        key = (tokens.device, tokens.dtype, self.backend_name, layout_changes(),
+               id(self.experts), len(self.experts))
+        seen = self._int4_layout_seen
+        if (seen is not None and seen[0] == key
+                and (seen[1] is None or seen[1] == tuple(map(id, _members(self.experts))))):
             return
         if tokens.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return  # (the warm-up steps before a capture look)
         if needs_autograd(self.experts, tokens):
             return  # a training step runs `loop`; an evaluation step after it looks
-        self._int4_layout_seen = key
-        if self.backend_name not in TILE_ORDER_BACKENDS or not _reads_tiles_in_place(
-                tokens.device, tokens.dtype):
-            return
         q = self._int4_experts()
-        if len(q) != len(self.experts):
+        # the expert modules' identities, for an int4 layer: an expert replaced by a
+        # row-major one is stored in tiles like the others (else the stack, of mixed layouts,
+        # would refuse every step)
+        self._int4_layout_seen = (key, tuple(map(id, _members(self.experts))) if q else None)
+        if (not q or len(q) != len(self.experts) or self.backend_name not in TILE_ORDER_BACKENDS
+                or not _reads_tiles_in_place(tokens.device, tokens.dtype)):
             return
         from wattmoe.moe import fused_triton
 
