@@ -417,6 +417,45 @@ def test_graphed_backend_replays_each_steps_dispatch(
     assert (g.captures, g.replays) == (1, 3)
 
 
+def test_graphed_backend_drops_the_graphs_of_a_freed_stack(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a registered backend lives as long as the process: the graphs of a layer deleted (or of
+    # its experts re-stacked) kept the memory their steps allocated
+    import gc
+
+    import wattmoe.moe.graphs as graphs
+
+    class FakeCuda(torch.Tensor):
+        @property
+        def is_cuda(self) -> bool:
+            return True
+
+    def fake_capture(fn, device, pool):  # a CUDA graph holds no Python reference to fn
+        out = fn()
+        return FakeGraph(lambda: None), out
+
+    monkeypatch.setattr(graphs, "_warm_and_capture", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    g = GraphedBackend("grouped")
+    keep, gone = small_layer(), small_layer()
+    x = torch.randn(12, keep.config.hidden_size, generator=gen).as_subclass(FakeCuda)
+    d = make_dispatch("uniform", 12, 8, 2, gen, with_rowof=True)
+    with torch.no_grad():
+        g(keep.experts, x, d)
+        g(gone.experts, x, d)
+        assert len(g._graphs) == 2
+        del gone
+        gc.collect()
+        assert len(g._graphs) == 1
+        st = stacked_experts(keep.experts)
+        keep.quantize(32)  # re-stacked: the dense stack and its graph go
+        del st
+        g(keep.experts, x, d)
+        gc.collect()
+    assert len(g._graphs) == 1 and g.captures == 3
+
+
 def test_count_experts_matches_bincount(gen: torch.Generator) -> None:
     from wattmoe.moe.dispatch import count_experts
 

@@ -32,7 +32,13 @@ from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.fused_triton import copies_moved, refresh_frag_words
 from wattmoe.moe.quant import layout_changes
 from wattmoe.moe.router import RoutingStrategy
-from wattmoe.moe.stacked import _anchors, _members, existing_stack, stacked_experts
+from wattmoe.moe.stacked import (
+    ExpertStack,
+    _anchors,
+    _members,
+    existing_stack,
+    stacked_experts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +106,33 @@ class GraphedBackend:
         self._pool: object | None = None
         self.replays = 0
         self.captures = 0
+        self._watched: set[int] = set()  # stack builds whose end drops their graphs
+        self._build_of: dict[int, int] = {}  # id of a watched stack -> its build watched
 
     def clear(self) -> None:
         """Drops every captured graph."""
         self._graphs.clear()
         self._uncapturable.clear()
+
+    def _watch(self, st: ExpertStack) -> None:
+        """Drops the graphs of `st`'s build when the stack is freed (its layer deleted, its
+        experts re-stacked): a registered backend lives as long as the process, and its graphs
+        of a layer gone would keep the memory their steps allocated (up to `max_graphs`)."""
+        if st.build_id not in self._watched:
+            prev = self._build_of.get(id(st))
+            if prev is not None:  # the stack was re-laid (`relayout_stack`): a new build
+                self._forget_build(prev)
+            self._watched.add(st.build_id)
+            self._build_of[id(st)] = st.build_id
+            weakref.finalize(st, self._forget_build, st.build_id)
+
+    def _forget_build(self, build_id: int) -> None:
+        self._watched.discard(build_id)
+        for k in [k for k, b in self._build_of.items() if b == build_id]:
+            del self._build_of[k]
+        for k in [k for k in self._graphs if k[0] == build_id]:
+            self._graphs.pop(k, None)
+        self._uncapturable = {k for k in self._uncapturable if k[0] != build_id}
 
     def captured(self) -> frozenset[tuple[object, ...]]:
         """The keys of the graphs held now (for `drop`)."""
@@ -138,6 +166,7 @@ class GraphedBackend:
             if cap is None:
                 return inner(experts, x, d)
             cap.derived = refresh_frag_words(st.kernel_cache)
+            self._watch(st)
         else:
             self._graphs.move_to_end(key)
             cap.x.copy_(x)
