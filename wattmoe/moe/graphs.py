@@ -108,6 +108,7 @@ class GraphedBackend:
         self.captures = 0
         self._watched: set[int] = set()  # stack builds whose end drops their graphs
         self._build_of: dict[int, int] = {}  # id of a watched stack -> its build watched
+        self._pending: set[int] = set()  # builds freed while a capture ran
 
     def clear(self) -> None:
         """Drops every captured graph."""
@@ -124,9 +125,12 @@ class GraphedBackend:
                 self._forget_build(prev)
             self._watched.add(st.build_id)
             self._build_of[id(st)] = st.build_id
-            weakref.finalize(st, self._forget_build, st.build_id)
+            weakref.finalize(st, self._forget_build, st.build_id).atexit = False
 
     def _forget_build(self, build_id: int) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            self._pending.add(build_id)  # (a collection inside a capture): at the next call
+            return
         self._watched.discard(build_id)
         for k in [k for k, b in self._build_of.items() if b == build_id]:
             del self._build_of[k]
@@ -148,6 +152,10 @@ class GraphedBackend:
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
         inner = get_backend(self.inner)
+        if self._pending and not torch.cuda.is_current_stream_capturing():
+            for build_id in self._pending.copy():
+                self._pending.discard(build_id)
+                self._forget_build(build_id)
         if (not x.is_cuda or x.shape[0] > self.max_tokens or needs_autograd(experts, x)
                 or torch.cuda.is_current_stream_capturing()):
             return inner(experts, x, d)
