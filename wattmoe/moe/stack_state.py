@@ -30,7 +30,7 @@ from torch import nn
 
 # The prefix of the stack container whose state dict is being taken, per thread; None
 # outside one. A state dict that raises in between leaves it set until the next one of a
-# container: only `state_dict`s whose keys start with it keep their views meanwhile.
+# container; `_under` keeps a later, smaller state dict from taking it for its own.
 _WHOLE = threading.local()
 
 
@@ -47,7 +47,7 @@ def _own_bytes(module: nn.Module, state_dict: dict, prefix: str, local_metadata:
     """Replaces the module's saved tensors that are views of a larger storage by copies,
     unless the whole stack's state dict is being taken (its container's, under `prefix`)."""
     whole = getattr(_WHOLE, "prefix", None)
-    if whole is not None and prefix.startswith(whole):
+    if whole is not None and prefix.startswith(whole) and _under(state_dict, whole, prefix):
         return
     for name, t in itertools.chain(module._parameters.items(), module._buffers.items()):
         saved = state_dict.get(prefix + name)
@@ -56,6 +56,17 @@ def _own_bytes(module: nn.Module, state_dict: dict, prefix: str, local_metadata:
             continue
         if saved.untyped_storage().nbytes() > saved.numel() * saved.element_size():
             state_dict[prefix + name] = saved.clone()
+
+
+def _under(state_dict: dict, whole: str, prefix: str) -> bool:
+    """Whether the linear at `prefix` is saved inside the container's state dict that set the
+    mark (`whole`): an expert's linear there sits at `whole` + '<i>.<name>.', and the
+    destination holds the container's metadata. A mark left by a container's state dict that
+    raised is then not taken for one of a later, smaller state dict (one expert's saves its
+    linears at '<name>.', and a fresh destination has no metadata of the container's)."""
+    rest = prefix[len(whole):].split(".")
+    meta = getattr(state_dict, "_metadata", None)
+    return len(rest) == 3 and rest[0].isdigit() and meta is not None and whole[:-1] in meta
 
 
 def _hook_once(hooks: dict, register: object, hook: object) -> None:
