@@ -174,3 +174,15 @@ def test_a_state_dict_that_raised_leaves_no_mark_that_counts() -> None:
     st = stacked_experts(layer.experts)
     assert {t.untyped_storage().data_ptr() for t in layer.state_dict().values()
             if t.untyped_storage().data_ptr() in stack_storages(st)} == stack_storages(st)
+
+
+def test_a_destination_of_the_users_keeps_the_views() -> None:
+    # a dict passed as destination has no `_metadata`: the whole stack's state dict copied
+    # every expert (a second stack in memory) under a rule that looked for it
+    layer = olmoe("fp32")
+    st = stepped(layer)
+    for whole in (layer, layer.experts):
+        state = whole.state_dict(destination={})
+        assert {t.untyped_storage().data_ptr() for t in state.values()} >= stack_storages(st)
+        assert all(t.untyped_storage().data_ptr() in stack_storages(st)
+                   for k, t in state.items() if "experts." in f".{k}" and "proj" in k)

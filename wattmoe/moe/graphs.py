@@ -108,7 +108,7 @@ class GraphedBackend:
         self.captures = 0
         self._watched: set[int] = set()  # stack builds whose end drops their graphs
         self._build_of: dict[int, int] = {}  # id of a watched stack -> its build watched
-        self._pending: set[int] = set()  # builds freed while a capture ran
+        self._pending: set[int] = set()  # builds freed, their graphs not dropped yet
 
     def clear(self) -> None:
         """Drops every captured graph."""
@@ -125,21 +125,30 @@ class GraphedBackend:
                 self._forget_build(prev)
             self._watched.add(st.build_id)
             self._build_of[id(st)] = st.build_id
-            weakref.finalize(st, self._forget_build, st.build_id).atexit = False
+            # the callback only notes the build: it runs where the collector frees the stack
+            # (inside a capture, another thread, the middle of this object's own loops)
+            weakref.finalize(st, self._pending.add, st.build_id).atexit = False
+
+    def _flush(self) -> None:
+        """Drops the graphs of the builds freed since (`_watch`), outside a capture."""
+        if self._pending and not (torch.cuda.is_available()
+                                  and torch.cuda.is_current_stream_capturing()):
+            while self._pending:
+                self._forget_build(self._pending.pop())
 
     def _forget_build(self, build_id: int) -> None:
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            self._pending.add(build_id)  # (a collection inside a capture): at the next call
-            return
         self._watched.discard(build_id)
-        for k in [k for k, b in self._build_of.items() if b == build_id]:
-            del self._build_of[k]
-        for k in [k for k in self._graphs if k[0] == build_id]:
-            self._graphs.pop(k, None)
-        self._uncapturable = {k for k in self._uncapturable if k[0] != build_id}
+        for k, b in list(self._build_of.items()):
+            if b == build_id:
+                self._build_of.pop(k, None)
+        for k in list(self._graphs):
+            if k[0] == build_id:
+                self._graphs.pop(k, None)
+        self._uncapturable = {k for k in list(self._uncapturable) if k[0] != build_id}
 
     def captured(self) -> frozenset[tuple[object, ...]]:
         """The keys of the graphs held now (for `drop`)."""
+        self._flush()
         return frozenset(self._graphs)
 
     def drop(self, keys: Iterable[tuple[object, ...]]) -> None:
@@ -152,10 +161,8 @@ class GraphedBackend:
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
         inner = get_backend(self.inner)
-        if self._pending and not torch.cuda.is_current_stream_capturing():
-            for build_id in self._pending.copy():
-                self._pending.discard(build_id)
-                self._forget_build(build_id)
+        if self._pending:
+            self._flush()
         if (not x.is_cuda or x.shape[0] > self.max_tokens or needs_autograd(experts, x)
                 or torch.cuda.is_current_stream_capturing()):
             return inner(experts, x, d)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 
 import torch
 from torch import nn
@@ -36,18 +37,20 @@ _WHOLE = threading.local()
 
 def _enter_whole_stack(module: nn.Module, prefix: str, keep_vars: bool) -> None:
     _WHOLE.prefix = prefix
+    _WHOLE.container = weakref.ref(module)
 
 
 def _leave_whole_stack(module: nn.Module, state_dict: dict, prefix: str,
                        local_metadata: dict) -> None:
     _WHOLE.prefix = None
+    _WHOLE.container = None
 
 
 def _own_bytes(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """Replaces the module's saved tensors that are views of a larger storage by copies,
     unless the whole stack's state dict is being taken (its container's, under `prefix`)."""
     whole = getattr(_WHOLE, "prefix", None)
-    if whole is not None and prefix.startswith(whole) and _under(state_dict, whole, prefix):
+    if whole is not None and prefix.startswith(whole) and _under(module, whole, prefix):
         return
     for name, t in itertools.chain(module._parameters.items(), module._buffers.items()):
         saved = state_dict.get(prefix + name)
@@ -58,15 +61,19 @@ def _own_bytes(module: nn.Module, state_dict: dict, prefix: str, local_metadata:
             state_dict[prefix + name] = saved.clone()
 
 
-def _under(state_dict: dict, whole: str, prefix: str) -> bool:
-    """Whether the linear at `prefix` is saved inside the container's state dict that set the
-    mark (`whole`): an expert's linear there sits at `whole` + '<i>.<name>.', and the
-    destination holds the container's metadata. A mark left by a container's state dict that
-    raised is then not taken for one of a later, smaller state dict (one expert's saves its
-    linears at '<name>.', and a fresh destination has no metadata of the container's)."""
+def _under(module: nn.Module, whole: str, prefix: str) -> bool:
+    """Whether `module` (a stacked linear saved at `prefix`) is one of the experts' linears of
+    the container whose state dict set the mark (`whole`): at `whole` + '<i>.<name>.', that
+    container's child <i>'s child <name>. A mark left by a container's state dict that raised
+    is then not taken for one of a later, smaller state dict (one expert's saves its linears
+    at '<name>.')."""
+    ref = getattr(_WHOLE, "container", None)
+    container = ref() if ref is not None else None
     rest = prefix[len(whole):].split(".")
-    meta = getattr(state_dict, "_metadata", None)
-    return len(rest) == 3 and rest[0].isdigit() and meta is not None and whole[:-1] in meta
+    if container is None or len(rest) != 3:
+        return False
+    expert = container._modules.get(rest[0])
+    return expert is not None and expert._modules.get(rest[1]) is module
 
 
 def _hook_once(hooks: dict, register: object, hook: object) -> None:

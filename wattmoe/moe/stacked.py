@@ -115,6 +115,18 @@ class ExpertStack:
     kernel_cache: dict = field(default_factory=dict, repr=False)
     members: tuple = field(default=(), repr=False)  # the expert modules it was built from
 
+    def __getstate__(self) -> dict[str, object]:
+        # the kernels' copies and descriptors are remade from the tensors where needed
+        return {**self.__dict__, "kernel_cache": {}}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # a loaded (or deep-copied) stack is another build: graphs keyed by the build id must
+        # not take it for the one it was saved from (or, in another process, for whichever
+        # stack got that number), whose weights they read
+        self.__dict__.update(state)
+        self.build_id = next(_builds)
+        self.kernel_cache = {}
+
     @property
     def quantized(self) -> bool:
         return self.q13 is not None
