@@ -16,10 +16,12 @@ from wattmoe.moe.layer import SimpleMoELayer
 from wattmoe.moe.presets import resolve_shape
 dev = torch.device("cuda")
 def held():
-    gc.collect(); torch.cuda.synchronize(); torch.cuda.empty_cache()
+    gc.collect()
+    g = {n: len(get_backend(n).captured()) for n in ("fused_graph", "grouped_graph")}  # (drops freed builds, as a call does)
+    torch.cuda.synchronize(); torch.cuda.empty_cache()
     return {"allocated_gb": round(torch.cuda.memory_allocated() / 1e9, 3),
             "reserved_gb": round(torch.cuda.memory_reserved() / 1e9, 3),
-            "graphs": {n: len(get_backend(n)._graphs) for n in ("fused_graph", "grouped_graph")}}
+            "graphs": g}
 rows = []
 for spec in ("olmoe-1b-7b", "deepseek-v3"):
     start = held()
