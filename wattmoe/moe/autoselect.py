@@ -370,7 +370,6 @@ class AutoBackend:
         captured: dict[str, frozenset] = {}
         oom = ""
         best: str | None = None
-        done = False
         try:
             for n in dict.fromkeys(names):
                 fn = get_backend(n)
@@ -393,11 +392,10 @@ class AutoBackend:
                     get_backend(loser).drop(captured.pop(loser))
             if all(math.isinf(t) for t, _ in runs.values()):
                 raise torch.OutOfMemoryError(oom)
-            done = True
-        finally:
-            if not done:
-                for n, keys in captured.items():
-                    get_backend(n).drop(keys)
+        except BaseException:
+            for n, keys in captured.items():
+                get_backend(n).drop(keys)
+            raise
         return runs
 
     def _time(self, name: str, experts: Sequence[nn.Module], x: torch.Tensor,

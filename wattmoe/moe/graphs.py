@@ -106,7 +106,6 @@ class GraphedBackend:
         self._pool: object | None = None
         self.replays = 0
         self.captures = 0
-        self._watched: set[int] = set()  # stack builds whose end drops their graphs
         self._build_of: dict[int, int] = {}  # id of a watched stack -> its build watched
         self._pending: set[int] = set()  # builds freed, their graphs not dropped yet
 
@@ -119,11 +118,10 @@ class GraphedBackend:
         """Drops the graphs of `st`'s build when the stack is freed (its layer deleted, its
         experts re-stacked): a registered backend lives as long as the process, and its graphs
         of a layer gone would keep the memory their steps allocated (up to `max_graphs`)."""
-        if st.build_id not in self._watched:
-            prev = self._build_of.get(id(st))
+        prev = self._build_of.get(id(st))
+        if prev != st.build_id:
             if prev is not None:  # the stack was re-laid (`relayout_stack`): a new build
-                self._forget_build(prev)
-            self._watched.add(st.build_id)
+                self._forget_build(prev)  # (or a freed stack's id taken by another)
             self._build_of[id(st)] = st.build_id
             # the callback only notes the build: it runs where the collector frees the stack
             # (inside a capture, another thread, the middle of this object's own loops)
@@ -137,7 +135,6 @@ class GraphedBackend:
                 self._forget_build(self._pending.pop())
 
     def _forget_build(self, build_id: int) -> None:
-        self._watched.discard(build_id)
         for k, b in list(self._build_of.items()):
             if b == build_id:
                 self._build_of.pop(k, None)

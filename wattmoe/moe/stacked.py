@@ -125,7 +125,6 @@ class ExpertStack:
         # stack got that number), whose weights they read
         self.__dict__.update(state)
         self.build_id = next(_builds)
-        self.kernel_cache = {}
 
     @property
     def quantized(self) -> bool:
