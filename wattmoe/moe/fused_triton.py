@@ -849,8 +849,7 @@ def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int
     if qgroup is None:
         return 0
     # the inline PTX is NVIDIA's: ROCm builds of torch also report is_cuda
-    gpu16 = (a.is_cuda and torch.version.hip is None
-             and a.dtype in (torch.bfloat16, torch.float16))
+    gpu16 = a.is_cuda and torch.version.hip is None and a.dtype in _BIT_DTYPES
     if cfg.int4_frag:
         if gpu16 and cfg.int4_asm and not cfg.int4_skip_dequant:
             return 3
@@ -863,6 +862,21 @@ def _dequant_mode(cfg: KernelConfig, a: torch.Tensor, qgroup: int | None) -> int
     if cfg.int4_skip_dequant:
         return 2
     return 1 if cfg.int4_asm else 0
+
+
+# activation dtypes whose int4 launches dequantize with bit operations on an NVIDIA GPU
+# (`_dequant_mode` 1 and 3: the inline PTX writes 16-bit lanes)
+_BIT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def reads_tile_order(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the int4 launches on `device` for activations of `dtype` read codes in tile
+    order (fragment words and scale pairs): bit-operation dequantization (`_dequant_mode`
+    1 and 3, `_BIT_DTYPES`) on sm_90, whose table and heuristic pick the tile-order configs
+    (`choose_config`). Elsewhere they read the half-split codes, so codes stored in tile
+    order would cost a copy there instead of saving one (`SimpleMoELayer`'s int4 layout
+    policy asks this)."""
+    return dtype in _BIT_DTYPES and _is_sm90(device)  # sm_90 is an NVIDIA GPU
 
 
 def _frag_words(mode: int) -> bool:

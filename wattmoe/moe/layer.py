@@ -80,12 +80,10 @@ def _backend_for(name: str) -> object:
 
 def _reads_tiles_in_place(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether the fused int4 kernels run natively on `device` and read the tile order there
-    for activations of `dtype`: sm_90 and bf16/fp16 (fragment words and scale pairs,
-    `fused_triton._dequant_mode`; elsewhere, and for fp32 on any GPU, they read half-split
-    codes, so codes in tile order would cost a copy instead of saving one)."""
+    for activations of `dtype` (`fused_triton.reads_tile_order`: sm_90 and bf16/fp16)."""
     from wattmoe.moe import fused_triton  # (imports this module)
 
-    return (dtype in (torch.bfloat16, torch.float16) and fused_triton._is_sm90(device)
+    return (fused_triton.reads_tile_order(device, dtype)
             and "fused" in available_backends(device, dtype))
 
 
