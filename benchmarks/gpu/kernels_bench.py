@@ -507,6 +507,10 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
     # fused routing with the router's gate GEMM in torch (cuBLAS + cast), not in route_topk
     "fused+torch_gate+step_graph": ("bf16", "fused", True),
     "fused_int4+step_graph": ("int4", "fused", True),
+    # the default backend: what `auto` chose for this size (its calibration runs in the
+    # window's warm-up; `auto_chose` in each row: the steps each backend ran)
+    "auto": ("bf16", "auto", False),
+    "auto_int4": ("int4", "auto", False),
 }
 
 
@@ -914,11 +918,16 @@ class Bench:
                                                          tokens * cfg.top_k, self.dev)
                                         if backend.startswith("fused") else None),
                        "step_graph": (step.replays if isinstance(step, GraphedLayer) else None),
+                       # what the layer's own `AutoBackend` ran, warm-up included (a fresh
+                       # one per set_backend: this size's steps only)
+                       "auto_chose": (dict(lay.expert_backend.counts) if backend == "auto"
+                                      else None),
                        "source": self.nrg.source}
                 self.payload["energy"].append(rec)
+                chose = f" -> {rec['auto_chose']}" if rec["auto_chose"] else ""
                 log(f"   {label:22s} T={tokens:5d}: {rec['uj_per_token']:9.1f} uJ/token "
                     f"{rec['ms_per_step']:8.3f} ms/step {rec['mean_power_w']:6.0f} W "
-                    f"({w['steps']} steps, {w['seconds']:.2f} s)")
+                    f"({w['steps']} steps, {w['seconds']:.2f} s){chose}")
                 lay.set_backend("loop")
             self.save()
 

@@ -1254,6 +1254,28 @@ def test_kernels_bench_runs_its_checks_on_the_cpu(tmp_path, monkeypatch: pytest.
     assert sum(copies["copy_bytes"].values()) == copies["weight_bytes"]
 
 
+def test_kernels_bench_records_what_the_default_backend_ran(tmp_path) -> None:
+    # the `auto` variants measure the default backend; each row says which backends its
+    # steps ran (the layer's own AutoBackend, calibration in the window's warm-up)
+    import json
+
+    from tests.scripts import load_script
+
+    kb = load_script("benchmarks/gpu/kernels_bench.py")
+    kb.main(["--device", "cpu", "--shapes", "tiny@0.5", "--sections", "energy",
+             "--tokens", "2", "--variants", "auto,auto_int4,loop", "--window", "0.05",
+             "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "kernels_bench.json").read_text())
+    assert out["errors"] == []
+    rows = {r["backend"]: r for r in out["energy"]}
+    assert rows["loop"]["auto_chose"] is None
+    for label, weights in (("auto", "bf16"), ("auto_int4", "int4")):
+        ran = rows[label]["auto_chose"]
+        assert rows[label]["weights"] == weights
+        assert ran and set(ran) <= {"loop", "grouped", "fused"}
+        assert sum(ran.values()) >= rows[label]["steps"]  # the window's steps, warm-up too
+
+
 def test_kernels_bench_tunes_a_shipped_pair_beside_candidates(tmp_path,
                                                             no_fallback: None) -> None:
     # --tune-candidates takes 'A/B' pairs (a shipped entry, timed and energy-measured in the
