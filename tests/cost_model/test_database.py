@@ -114,6 +114,15 @@ def test_missing_file(tmp_path: Path) -> None:
          "device 'cuda:0': idle_power_w must be a number >= 0 or null, got -5.0"),
         (lambda r: r["devices"]["cuda:0"].update(idle_power_w="80"),
          "device 'cuda:0': idle_power_w must be a number >= 0 or null, got '80'"),
+        # was: accepted; the first query then ended in a TypeError traceback ('>' not
+        # supported between 'float' and 'str') where a prediction is capped at the limit
+        (lambda r: r["devices"]["cuda:0"].update(power_limit_w="700"),
+         "device 'cuda:0': power_limit_w must be a number >= 0 or null, got '700'"),
+        (lambda r: r["devices"]["cuda:0"].update(min_window_s=None),
+         "device 'cuda:0': min_window_s must be a number >= 0, got None"),
+        (lambda r: r["devices"]["cuda:0"].update(counter_period_s=float("nan")),
+         "device 'cuda:0': counter_period_s must be a number >= 0 or null, got nan"),
+        (lambda r: r["devices"].update({"cuda:0": [1, 2]}), "device 'cuda:0' is not an object"),
     ],
 )
 def test_invalid_fields_name_the_field(tmp_path: Path, mutate, message) -> None:

@@ -130,6 +130,46 @@ def parse_point(pr: Any, at: str, devices: Container[str] | None = None) -> Prof
         raise ProfileFormatError(f"{at}: {exc}") from None
 
 
+#: DeviceInfo's numbers, each >= 0: (field, may be null)
+_DEVICE_NUMBERS: tuple[tuple[str, bool], ...] = (
+    ("counter_period_s", True), ("min_window_s", False), ("idle_power_w", True),
+    ("power_limit_w", True),
+)
+
+
+def parse_device(d: Any, at: str) -> DeviceInfo:
+    """Validates one entry of a profile's 'devices' (`at` starts every message).
+
+    Its numbers are read by the model (the power limit caps every predicted power, the idle
+    power is the energy models' floor): a string or a NaN there was a TypeError traceback or
+    NaN answers on the first query, not an error naming the field.
+
+    Its `source` is not checked against SOURCES: the profiler records 'unknown' for a device
+    whose backend it cannot ask.
+
+    Raises:
+        ProfileFormatError: not an object, a missing or unknown field, an invalid value.
+    """
+    if not isinstance(d, dict):
+        raise ProfileFormatError(f"{at} is not an object")
+    try:
+        info = DeviceInfo(**d)
+    except TypeError as exc:
+        raise ProfileFormatError(f"{at}: bad device entry ({exc})") from None
+    for key, nullable in _DEVICE_NUMBERS:
+        v = getattr(info, key)
+        if v is None and nullable:
+            continue
+        if not is_finite_real(v) or v < 0:
+            raise ProfileFormatError(f"{at}: {key} must be a number >= 0"
+                                     f"{' or null' if nullable else ''}, got {v!r}")
+    temp = info.idle_temperature_c
+    if temp is not None and not is_finite_real(temp):
+        raise ProfileFormatError(f"{at}: idle_temperature_c must be a number or null, got "
+                                 f"{temp!r}")
+    return info
+
+
 def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
     """Validates a decoded JSON profile.
 
@@ -153,15 +193,7 @@ def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
         _need(prov, key, (dict, str), f"{where}: provenance")
     devices_raw = _need(raw, "devices", dict, where)
     points_raw = _need(raw, "points", list, where)
-    try:
-        devices = {k: DeviceInfo(**v) for k, v in devices_raw.items()}
-    except TypeError as exc:
-        raise ProfileFormatError(f"{where}: bad device entry ({exc})") from None
-    for name, info in devices.items():
-        idle = info.idle_power_w
-        if idle is not None and (not is_finite_real(idle) or idle < 0):
-            raise ProfileFormatError(f"{where}: device {name!r}: idle_power_w must be a number "
-                                     f">= 0 or null, got {idle!r}")
+    devices = {k: parse_device(v, f"{where}: device {k!r}") for k, v in devices_raw.items()}
     points = [parse_point(pr, f"{where}: point {i}", devices)
               for i, pr in enumerate(points_raw)]
     return ProfileDatabase(
