@@ -93,6 +93,19 @@ def _need(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str)
     return d[key]
 
 
+#: A point's numbers besides latency_s and energy_j, each finite and >= 0: (field, may be
+#: null, must be > 0). The model reads them (the window's time per call is the default
+#: latency, the window's power, the work per call): a string there was a ValueError traceback
+#: on the first query, a negative time a wrong answer.
+_POINT_NUMBERS: tuple[tuple[str, bool, bool], ...] = (
+    ("latency_p10_s", False, False), ("latency_p90_s", False, False),
+    ("latency_iqr_s", False, False), ("window_s", True, False),
+    ("window_mean_latency_s", True, True), ("avg_power_w", True, False),
+    ("peak_power_w", True, False), ("flops", False, False), ("bytes_moved", False, False),
+    ("cooldown_s", False, False),
+)
+
+
 def parse_point(pr: Any, at: str, devices: Container[str] | None = None) -> ProfilePoint:
     """Validates one measured point: an entry of a profile's 'points' or a line of a sweep log.
 
@@ -122,8 +135,21 @@ def parse_point(pr: Any, at: str, devices: Container[str] | None = None) -> Prof
         raise ProfileFormatError(f"{at}: latency_s must be > 0, got {pr['latency_s']}")
     if pr.get("energy_j") is not None:
         _need(pr, "energy_j", (int, float), at)
-    if pr.get("energy_j") is not None and not pr["energy_j"] >= 0:
+    if pr.get("energy_j") is not None and not (pr["energy_j"] >= 0
+                                               and math.isfinite(pr["energy_j"])):
         raise ProfileFormatError(f"{at}: energy_j must be >= 0, got {pr['energy_j']}")
+    for key, nullable, positive in _POINT_NUMBERS:
+        if key not in pr or (pr[key] is None and nullable):
+            continue
+        v = pr[key]
+        if not is_finite_real(v) or v < 0 or (positive and v == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise ProfileFormatError(f"{at}: {key} must be a number {bound}"
+                                     f"{' or null' if nullable else ''}, got {v!r}")
+    for key in ("reps", "window_calls"):
+        if key in pr and (not isinstance(pr[key], int) or isinstance(pr[key], bool)
+                          or pr[key] < 0):
+            raise ProfileFormatError(f"{at}: {key} must be an integer >= 0, got {pr[key]!r}")
     try:
         return ProfilePoint.from_dict(pr)
     except (TypeError, ValueError, KeyError) as exc:
