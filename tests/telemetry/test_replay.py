@@ -202,3 +202,34 @@ def test_replay_window_before_a_devices_first_row_counts_it_missing(tmp_path: Pa
     clock.t += 2.0
     d = mon.end_window("w").devices["sim:1"]
     assert "missing" in d.note and d.energy_j is None  # was 0.0 J, as if measured
+
+
+def test_replay_window_across_a_counter_reset_is_not_the_counters_delta(tmp_path: Path) -> None:
+    """A recording whose counter restarts mid-window (a driver reload, or two `monitor --csv`
+    sessions in one file): the counter's edges differ by 102 J, the device drew 100 W for 6 s.
+    Was: 102 J and 17 W, with no note."""
+    path = tmp_path / "reset.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for i in range(101):
+            t = i * 0.1
+            e = 100 * t if i < 50 else 100 * (t - 5) + 2.0  # falls from 490 J to 2 J at 5 s
+            w.writerow({"time_s": f"{t:.3f}", "device": "cuda:0", "source": "measured",
+                        "missing": "0", "energy_j": f"{e:.3f}", "power_w": "100"})
+    clock = Clock()
+    replay = ReplayBackend(path, clock=clock)
+    mon = GpuSystemMonitor(backends={"cuda:0": replay})
+    clock.t += 2.0
+    mon.begin_window("w")
+    clock.t += 6.0
+    d = mon.end_window("w").devices["cuda:0"]
+    assert "energy counter went backwards" in d.note
+    assert d.energy_j == pytest.approx(600.0)  # the recorded power x the window
+    assert d.mean_power_w == pytest.approx(100.0)
+    # a window that does not span the reset still reads the counter
+    replay.rewind(6.0)
+    mon.begin_window("after")
+    clock.t += 2.0
+    d = mon.end_window("after").devices["cuda:0"]
+    assert d.energy_j == pytest.approx(200.0) and "backwards" not in d.note

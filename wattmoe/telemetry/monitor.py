@@ -102,12 +102,18 @@ class _Acc:
     power_sum: float = 0.0
     peak_w: float | None = None
     reasons: dict[str, None] = field(default_factory=dict)
+    last_energy_j: float | None = None
+    drops: int = 0  # times the energy counter fell from one sample to the next
 
     def add(self, s: DeviceSample) -> None:
         self.total += 1
         if s.missing:
             self.missing += 1
             return
+        if s.energy_j is not None:
+            if self.last_energy_j is not None and s.energy_j < self.last_energy_j:
+                self.drops += 1
+            self.last_energy_j = s.energy_j
         if s.power_w is not None:
             self.n_power += 1
             self.power_sum += s.power_w
@@ -512,7 +518,12 @@ class GpuSystemMonitor:
                 "spans at least ~1 s)")
         elif b.energy_j is not None and e.energy_j is not None:
             delta = e.energy_j - b.energy_j
-            if delta < 0:
+            # a counter that fell and grew again inside the window (a driver reload, a
+            # replayed recording of two sessions) leaves a delta that is not the energy: the
+            # samples in the window, and the end edge after the last of them, say so
+            fell = acc.drops or (acc.last_energy_j is not None
+                                 and e.energy_j < acc.last_energy_j)
+            if delta < 0 or fell:
                 notes.append("energy counter went backwards (driver reloaded?)")
             else:
                 energy, mean = delta, delta / duration if duration > 0 else None
