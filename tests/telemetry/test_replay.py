@@ -233,3 +233,23 @@ def test_replay_window_across_a_counter_reset_is_not_the_counters_delta(tmp_path
     clock.t += 2.0
     d = mon.end_window("after").devices["cuda:0"]
     assert d.energy_j == pytest.approx(200.0) and "backwards" not in d.note
+
+
+def test_replay_without_a_counter_weights_uneven_rows_by_time(tmp_path: Path) -> None:
+    """A recording of power only, logged every 1 s while idle (50 W, 10 s) and every 0.1 s
+    under load (300 W, 1 s): 800 J. Was: the mean of the 21 rows (181 W) x 11 s = 1990 J."""
+    path = tmp_path / "uneven.csv"
+    rows = [(float(i), 50.0) for i in range(10)] + [(10 + 0.1 * i, 300.0) for i in range(11)]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["time_s", "device", "power_w"])
+        w.writeheader()
+        for t, p in rows:
+            w.writerow({"time_s": f"{t:.3f}", "device": "cpu", "power_w": p})
+    clock = Clock()
+    mon = GpuSystemMonitor(backends={"cpu": ReplayBackend(path, clock=clock)})
+    mon.begin_window("w")
+    clock.t += 11.0
+    d = mon.end_window("w").devices["cpu"]
+    assert d.energy_j == pytest.approx(800.0)
+    assert d.mean_power_w == pytest.approx(800.0 / 11)
+    assert d.peak_power_w == 300.0 and "time-weighted" in d.note
