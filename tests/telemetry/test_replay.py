@@ -142,6 +142,14 @@ def test_csv_appends_without_a_second_header(tmp_path: Path) -> None:
     ("time_s,device\n1.0,cuda:0,7\n", "line 2: 3 cells for 2 columns"),
     ("time_s,device,source\n1.0,cuda:0,guessed\n", "'guessed' is not one of"),
     ("time_s,device\n,cuda:0\n", "line 2: empty 'time_s'"),
+    # was: accepted; the recording then lasted for ever ("over 15.2 s of the recording",
+    # 0 J after 3 s of playback)
+    ("time_s,device,energy_j\n0,cuda:0,0\ninf,cuda:0,10\n",
+     "line 3, column 'time_s': 'inf' is not a finite number"),
+    ("time_s,device,energy_j\n0,cuda:0,0\n1,cuda:0,-Infinity\n",
+     "line 3, column 'energy_j': '-Infinity' is not a finite number"),
+    # was: "empty 'time_s'" for a cell that is not empty
+    ("time_s,device\nnan,cuda:0\n", "line 2: 'time_s' is 'nan', not a time"),
 ])
 def test_unreadable_or_malformed_files_give_one_clear_message(
         tmp_path: Path, content: str | None, message: str) -> None:

@@ -129,6 +129,9 @@ def _float(raw: str, path: Path, line: int, col: str) -> float | None:
         ) from None
     if math.isnan(v):
         return None
+    if math.isinf(v):  # was: accepted; a time_s of inf made the recording infinitely long
+        raise BackendUnavailable(
+            f"telemetry CSV {path}, line {line}, column {col!r}: {raw!r} is not a finite number")
     return v
 
 
@@ -163,7 +166,10 @@ def read_samples_csv(path: str | Path) -> dict[str, list[DeviceSample]]:
             raise BackendUnavailable(f"telemetry CSV {path}, line {i}: empty 'device'")
         t = _float(row.get("time_s") or "", path, i, "time_s")
         if t is None:
-            raise BackendUnavailable(f"telemetry CSV {path}, line {i}: empty 'time_s'")
+            raw = (row.get("time_s") or "").strip()
+            raise BackendUnavailable(f"telemetry CSV {path}, line {i}: "
+                                     + (f"'time_s' is {raw!r}, not a time" if raw
+                                        else "empty 'time_s'"))
         source = (row.get("source") or "measured").strip() or "measured"
         if source not in SOURCES:
             raise BackendUnavailable(
