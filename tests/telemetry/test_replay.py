@@ -261,3 +261,13 @@ def test_replay_without_a_counter_weights_uneven_rows_by_time(tmp_path: Path) ->
     assert d.energy_j == pytest.approx(800.0)
     assert d.mean_power_w == pytest.approx(800.0 / 11)
     assert d.peak_power_w == 300.0 and "time-weighted" in d.note
+
+
+@pytest.mark.parametrize("header", ["\ufefftime_s,device,energy_j", "time_s, device , energy_j"])
+def test_a_spreadsheet_saved_header_is_read(tmp_path: Path, header: str) -> None:
+    """A byte-order mark (a CSV saved by a spreadsheet) or spaces around the names. Was:
+    "lacks column(s) time_s" / "lacks column(s) device"."""
+    path = tmp_path / "rec.csv"
+    path.write_text(f"{header}\n0,cpu,0\n1,cpu,10\n", encoding="utf-8")
+    (row0, row1) = read_samples_csv(path)["cpu"]
+    assert (row0.timestamp_s, row1.energy_j) == (0.0, 10.0)

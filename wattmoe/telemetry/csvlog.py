@@ -144,11 +144,15 @@ def read_samples_csv(path: str | Path) -> dict[str, list[DeviceSample]]:
     """
     path = Path(path)
     try:
-        with path.open(newline="") as f:
+        # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark, which was
+        # read as part of the first column's name ("lacks column(s) time_s")
+        with path.open(newline="", encoding="utf-8-sig") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise BackendUnavailable(f"cannot read telemetry CSV {path}: {exc}") from exc
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames:  # 'time_s, device, energy_j' names the columns too
+        reader.fieldnames = [h.strip() for h in reader.fieldnames]
     header = reader.fieldnames or []
     lacking = [c for c in REQUIRED if c not in header]
     if lacking:
