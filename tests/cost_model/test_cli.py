@@ -149,6 +149,22 @@ def test_cost_eval_csv_interrupted_while_written_keeps_the_last_one(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("e.csv")] == ["e.csv"]
 
 
+def test_cost_eval_a_held_out_point_of_zero_joules(profile: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    """A held-out point whose window measured 0 J (a counter that did not move; the loader
+    takes energy_j >= 0). Was: a ZeroDivisionError traceback."""
+    held = [synthetic_point("expert", n, SHAPE_A) for n in (2, 8)]
+    held[0].energy_j = 0.0
+    path = save_profile(synthetic_db(held), tmp_path / "held.json")
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(path),
+                 "--out", str(tmp_path / "e.json")]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert rows[0]["energy_rel_err"] is None and rows[0]["energy_model_rel_err"] is None
+    assert rows[1]["energy_rel_err"] is not None
+    summary = json.loads((tmp_path / "e.json").read_text())["summary"]
+    assert summary["all"]["energy"]["n"] == 1 and summary["all"]["latency"]["n"] == 2
+
+
 def test_cost_eval_checks_its_outputs_before_the_work(profile: Path, tmp_path: Path,
                                                      capsys) -> None:
     # a new user's trial (session 16): --out naming a folder failed only after the table
