@@ -122,6 +122,49 @@ def test_plot_and_eval(profile: Path, tmp_path: Path, capsys) -> None:
     assert (tmp_path / "e.csv").read_text().count("\n") == 3
 
 
+def test_cost_eval_csv_interrupted_while_written_keeps_the_last_one(
+        profile: Path, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C while --csv is written. Was: the CSV opened in place and left with its header
+    and one row; now it is written atomically, as --out is."""
+    from wattmoe.cost_model.evaluate import EvalRow
+
+    held = save_profile(synthetic_db([synthetic_point("expert", n, SHAPE_A) for n in (2, 8)]),
+                        tmp_path / "held.json")
+    out = tmp_path / "e.csv"
+    out.write_text("the last run's rows\n")
+    calls = []
+    to_dict = EvalRow.to_dict
+
+    def interrupted(self):  # the header's names, row 1, then Ctrl-C at row 2
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return to_dict(self)
+
+    monkeypatch.setattr(EvalRow, "to_dict", interrupted)
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(held),
+                 "--csv", str(out)]) == 130
+    assert len(calls) == 3
+    assert out.read_text() == "the last run's rows\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("e.csv")] == ["e.csv"]
+
+
+def test_cost_eval_a_held_out_point_of_zero_joules(profile: Path, tmp_path: Path,
+                                                  capsys) -> None:
+    """A held-out point whose window measured 0 J (a counter that did not move; the loader
+    takes energy_j >= 0). Was: a ZeroDivisionError traceback."""
+    held = [synthetic_point("expert", n, SHAPE_A) for n in (2, 8)]
+    held[0].energy_j = 0.0
+    path = save_profile(synthetic_db(held), tmp_path / "held.json")
+    assert main(["cost-eval", "--profile", str(profile), "--measured", str(path),
+                 "--out", str(tmp_path / "e.json")]) == 0
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert rows[0]["energy_rel_err"] is None and rows[0]["energy_model_rel_err"] is None
+    assert rows[1]["energy_rel_err"] is not None
+    summary = json.loads((tmp_path / "e.json").read_text())["summary"]
+    assert summary["all"]["energy"]["n"] == 1 and summary["all"]["latency"]["n"] == 2
+
+
 def test_cost_eval_checks_its_outputs_before_the_work(profile: Path, tmp_path: Path,
                                                      capsys) -> None:
     # a new user's trial (session 16): --out naming a folder failed only after the table

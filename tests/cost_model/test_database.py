@@ -114,6 +114,29 @@ def test_missing_file(tmp_path: Path) -> None:
          "device 'cuda:0': idle_power_w must be a number >= 0 or null, got -5.0"),
         (lambda r: r["devices"]["cuda:0"].update(idle_power_w="80"),
          "device 'cuda:0': idle_power_w must be a number >= 0 or null, got '80'"),
+        # was: accepted; the first query then ended in a TypeError traceback ('>' not
+        # supported between 'float' and 'str') where a prediction is capped at the limit
+        (lambda r: r["devices"]["cuda:0"].update(power_limit_w="700"),
+         "device 'cuda:0': power_limit_w must be a number >= 0 or null, got '700'"),
+        (lambda r: r["devices"]["cuda:0"].update(min_window_s=None),
+         "device 'cuda:0': min_window_s must be a number >= 0, got None"),
+        (lambda r: r["devices"]["cuda:0"].update(counter_period_s=float("nan")),
+         "device 'cuda:0': counter_period_s must be a number >= 0 or null, got nan"),
+        (lambda r: r["devices"].update({"cuda:0": [1, 2]}), "device 'cuda:0' is not an object"),
+        # was: accepted; the model then raised a ValueError traceback (could not convert
+        # string to float) or read a negative time per call as the point's latency
+        (lambda r: r["points"][0].update(avg_power_w="300"),
+         "point 0: avg_power_w must be a number >= 0 or null, got '300'"),
+        (lambda r: r["points"][1].update(window_mean_latency_s=-1e-3),
+         "point 1: window_mean_latency_s must be a number > 0 or null, got -0.001"),
+        (lambda r: r["points"][0].update(flops=None), "point 0: flops must be a number >= 0, "
+         "got None"),
+        (lambda r: r["points"][0].update(peak_power_w=float("inf")),
+         "point 0: peak_power_w must be a number >= 0 or null, got inf"),
+        (lambda r: r["points"][0].update(window_calls="many"),
+         "point 0: window_calls must be an integer >= 0, got 'many'"),
+        (lambda r: r["points"][0].update(energy_j=float("inf")), "point 0: energy_j must be "
+         ">= 0, got inf"),
     ],
 )
 def test_invalid_fields_name_the_field(tmp_path: Path, mutate, message) -> None:

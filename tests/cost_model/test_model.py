@@ -219,3 +219,21 @@ def test_a_profiled_size_without_measured_energy_is_not_called_profiled() -> Non
     assert c.method == "interpolated"  # the energy comes from the neighbours, not a window
     assert model.get_cost("expert", 64, pts[0].device, pts[0].dtype,
                           shape=SHAPE_A).method == "profiled"
+
+
+def test_a_curve_of_mixed_sources_never_says_measured_for_an_estimate() -> None:
+    # a CPU sweep measured with RAPL, then resumed where RAPL could not be read: the points
+    # of the second run are the utilization estimate (was: the curve took its first point's
+    # source, and the estimated point at 16 tokens was answered as 'measured', profiled)
+    pts = [synthetic_point("expert", n, SHAPE_A, device="cpu") for n in (1, 4, 16, 64, 256)]
+    for p in pts[2:]:
+        p.source = "estimated"
+    m = KernelCostModel(synthetic_db(pts))
+    c = m.get_cost("expert", 16, "cpu", "bf16")
+    assert (c.source, c.profile_source, c.method) == ("estimated", "estimated", "profiled")
+    assert m.get_cost("expert", 100, "cpu", "bf16").profile_source == "estimated"
+    assert m.energy_models[("cpu", "bf16")].source == "estimated"
+    # one source throughout: kept as it is
+    same = KernelCostModel(synthetic_db([synthetic_point("expert", n, SHAPE_A, device="cpu")
+                                         for n in (1, 4, 16)]))
+    assert same.get_cost("expert", 4, "cpu", "bf16").source == "measured"

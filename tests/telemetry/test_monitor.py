@@ -216,3 +216,34 @@ def test_a_very_long_interval_starts_and_stops() -> None:
     with mon:
         assert mon.running
     assert not mon.running and time.monotonic() - t0 < 5
+
+
+def test_a_counter_that_restarts_inside_a_window_is_not_read_as_its_delta() -> None:
+    """The energy counter restarts between two sampler rounds (a driver reload) and has grown
+    past its value at the window's start by the end: the delta of the edges is not the
+    energy. Was: 15 J over a window of 100 W x 1 s rounds, with no note."""
+    stub = StubBackend(None)
+    stub.counter_period_s = 0.0  # the window lasts ms of real time
+    mon = GpuSystemMonitor(backends={"x": stub}, interval_s=1.0)
+
+    def at(energy_j: float) -> None:
+        stub.next = DeviceSample("x", 0.0, energy_j=energy_j, power_w=100.0)
+
+    at(1000.0)
+    mon.begin_window("w")
+    for e in (1100.0, 1200.0, 5.0, 1010.0):  # restarts at 0 J between 1200 J and 5 J
+        at(e)
+        mon.sample_once()
+    at(1015.0)
+    d = mon.end_window("w").devices["x"]
+    assert "energy counter went backwards" in d.note
+    assert d.energy_j != pytest.approx(15.0)
+    assert d.mean_power_w == pytest.approx(100.0)  # the polled power
+    # a counter that only grows is read as before
+    at(2000.0)
+    mon.begin_window("ok")
+    at(2010.0)
+    mon.sample_once()
+    at(2015.0)
+    d = mon.end_window("ok").devices["x"]
+    assert d.energy_j == pytest.approx(15.0) and "backwards" not in d.note

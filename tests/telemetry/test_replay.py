@@ -142,6 +142,14 @@ def test_csv_appends_without_a_second_header(tmp_path: Path) -> None:
     ("time_s,device\n1.0,cuda:0,7\n", "line 2: 3 cells for 2 columns"),
     ("time_s,device,source\n1.0,cuda:0,guessed\n", "'guessed' is not one of"),
     ("time_s,device\n,cuda:0\n", "line 2: empty 'time_s'"),
+    # was: accepted; the recording then lasted for ever ("over 15.2 s of the recording",
+    # 0 J after 3 s of playback)
+    ("time_s,device,energy_j\n0,cuda:0,0\ninf,cuda:0,10\n",
+     "line 3, column 'time_s': 'inf' is not a finite number"),
+    ("time_s,device,energy_j\n0,cuda:0,0\n1,cuda:0,-Infinity\n",
+     "line 3, column 'energy_j': '-Infinity' is not a finite number"),
+    # was: "empty 'time_s'" for a cell that is not empty
+    ("time_s,device\nnan,cuda:0\n", "line 2: 'time_s' is 'nan', not a time"),
 ])
 def test_unreadable_or_malformed_files_give_one_clear_message(
         tmp_path: Path, content: str | None, message: str) -> None:
@@ -202,3 +210,64 @@ def test_replay_window_before_a_devices_first_row_counts_it_missing(tmp_path: Pa
     clock.t += 2.0
     d = mon.end_window("w").devices["sim:1"]
     assert "missing" in d.note and d.energy_j is None  # was 0.0 J, as if measured
+
+
+def test_replay_window_across_a_counter_reset_is_not_the_counters_delta(tmp_path: Path) -> None:
+    """A recording whose counter restarts mid-window (a driver reload, or two `monitor --csv`
+    sessions in one file): the counter's edges differ by 102 J, the device drew 100 W for 6 s.
+    Was: 102 J and 17 W, with no note."""
+    path = tmp_path / "reset.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for i in range(101):
+            t = i * 0.1
+            e = 100 * t if i < 50 else 100 * (t - 5) + 2.0  # falls from 490 J to 2 J at 5 s
+            w.writerow({"time_s": f"{t:.3f}", "device": "cuda:0", "source": "measured",
+                        "missing": "0", "energy_j": f"{e:.3f}", "power_w": "100"})
+    clock = Clock()
+    replay = ReplayBackend(path, clock=clock)
+    mon = GpuSystemMonitor(backends={"cuda:0": replay})
+    clock.t += 2.0
+    mon.begin_window("w")
+    clock.t += 6.0
+    d = mon.end_window("w").devices["cuda:0"]
+    assert "energy counter went backwards" in d.note
+    assert d.energy_j == pytest.approx(600.0)  # the recorded power x the window
+    assert d.mean_power_w == pytest.approx(100.0)
+    # a window that does not span the reset still reads the counter
+    replay.rewind(6.0)
+    mon.begin_window("after")
+    clock.t += 2.0
+    d = mon.end_window("after").devices["cuda:0"]
+    assert d.energy_j == pytest.approx(200.0) and "backwards" not in d.note
+
+
+def test_replay_without_a_counter_weights_uneven_rows_by_time(tmp_path: Path) -> None:
+    """A recording of power only, logged every 1 s while idle (50 W, 10 s) and every 0.1 s
+    under load (300 W, 1 s): 800 J. Was: the mean of the 21 rows (181 W) x 11 s = 1990 J."""
+    path = tmp_path / "uneven.csv"
+    rows = [(float(i), 50.0) for i in range(10)] + [(10 + 0.1 * i, 300.0) for i in range(11)]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["time_s", "device", "power_w"])
+        w.writeheader()
+        for t, p in rows:
+            w.writerow({"time_s": f"{t:.3f}", "device": "cpu", "power_w": p})
+    clock = Clock()
+    mon = GpuSystemMonitor(backends={"cpu": ReplayBackend(path, clock=clock)})
+    mon.begin_window("w")
+    clock.t += 11.0
+    d = mon.end_window("w").devices["cpu"]
+    assert d.energy_j == pytest.approx(800.0)
+    assert d.mean_power_w == pytest.approx(800.0 / 11)
+    assert d.peak_power_w == 300.0 and "time-weighted" in d.note
+
+
+@pytest.mark.parametrize("header", ["\ufefftime_s,device,energy_j", "time_s, device , energy_j"])
+def test_a_spreadsheet_saved_header_is_read(tmp_path: Path, header: str) -> None:
+    """A byte-order mark (a CSV saved by a spreadsheet) or spaces around the names. Was:
+    "lacks column(s) time_s" / "lacks column(s) device"."""
+    path = tmp_path / "rec.csv"
+    path.write_text(f"{header}\n0,cpu,0\n1,cpu,10\n", encoding="utf-8")
+    (row0, row1) = read_samples_csv(path)["cpu"]
+    assert (row0.timestamp_s, row1.energy_j) == (0.0, 10.0)

@@ -486,6 +486,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
          _eval_args)
 def cmd_cost_eval(args: argparse.Namespace) -> int:
     import csv
+    import io
 
     from rich.table import Table
 
@@ -493,6 +494,7 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     from wattmoe.cost_model.evaluate import evaluate, summarize
     from wattmoe.cost_model.model import KernelCostModel
     from wattmoe.cost_model.profiler import read_jsonl
+    from wattmoe.provenance import write_text_atomic
 
     for option, path in (("--out", args.out), ("--csv", args.csv)):
         if path:  # before the evaluation and its table (was: an error after them)
@@ -541,13 +543,15 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
                                  "skipped": [sk.to_dict() for sk in skipped]})
         console.print(f"wrote {args.out}")
     if args.csv:
+        # made in memory and written atomically, as --out is: an interrupted write left a
+        # truncated CSV in place of the last one
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].to_dict()) if rows else ["op"])
+        w.writeheader()
+        for r in rows:
+            w.writerow(r.to_dict())
         with _writing("--csv", args.csv):
-            Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.csv, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0].to_dict()) if rows else ["op"])
-                w.writeheader()
-                for r in rows:
-                    w.writerow(r.to_dict())
+            write_text_atomic(args.csv, buf.getvalue())
         console.print(f"wrote {args.csv}")
     return 0
 

@@ -78,6 +78,23 @@ def layer_op_name(backend: str, int4: bool = False) -> str:
     return (MOE_LAYER_INT4_PREFIX if int4 else MOE_LAYER_PREFIX) + backend
 
 
+#: Sources from the most to the least direct: a figure read from points of several sources
+#: carries the last of theirs (`weakest_source`).
+_SOURCE_ORDER: tuple[str, ...] = ("measured", "replayed", "estimated", "simulated")
+
+
+def weakest_source(sources: Sequence[str]) -> str:
+    """The source of a figure made from points of `sources`: theirs where they agree, else
+    the least direct of them (measured < replayed < estimated < simulated), so that a curve
+    holding one estimated point (a sweep resumed where RAPL could not be read) never says
+    'measured' for it."""
+    unique = list(dict.fromkeys(sources))
+    if len(unique) <= 1:
+        return unique[0] if unique else "measured"
+    rank = {s: i for i, s in enumerate(_SOURCE_ORDER)}
+    return max(unique, key=lambda s: rank.get(s, len(rank)))
+
+
 class CostModelError(ConfigError):
     """A cost-model query or profile is invalid (unknown op/device/dtype, bad batch size)."""
 

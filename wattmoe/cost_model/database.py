@@ -93,6 +93,19 @@ def _need(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str)
     return d[key]
 
 
+#: A point's numbers besides latency_s and energy_j, each finite and >= 0: (field, may be
+#: null, must be > 0). The model reads them (the window's time per call is the default
+#: latency, the window's power, the work per call): a string there was a ValueError traceback
+#: on the first query, a negative time a wrong answer.
+_POINT_NUMBERS: tuple[tuple[str, bool, bool], ...] = (
+    ("latency_p10_s", False, False), ("latency_p90_s", False, False),
+    ("latency_iqr_s", False, False), ("window_s", True, False),
+    ("window_mean_latency_s", True, True), ("avg_power_w", True, False),
+    ("peak_power_w", True, False), ("flops", False, False), ("bytes_moved", False, False),
+    ("cooldown_s", False, False),
+)
+
+
 def parse_point(pr: Any, at: str, devices: Container[str] | None = None) -> ProfilePoint:
     """Validates one measured point: an entry of a profile's 'points' or a line of a sweep log.
 
@@ -122,12 +135,65 @@ def parse_point(pr: Any, at: str, devices: Container[str] | None = None) -> Prof
         raise ProfileFormatError(f"{at}: latency_s must be > 0, got {pr['latency_s']}")
     if pr.get("energy_j") is not None:
         _need(pr, "energy_j", (int, float), at)
-    if pr.get("energy_j") is not None and not pr["energy_j"] >= 0:
+    if pr.get("energy_j") is not None and not (pr["energy_j"] >= 0
+                                               and math.isfinite(pr["energy_j"])):
         raise ProfileFormatError(f"{at}: energy_j must be >= 0, got {pr['energy_j']}")
+    for key, nullable, positive in _POINT_NUMBERS:
+        if key not in pr or (pr[key] is None and nullable):
+            continue
+        v = pr[key]
+        if not is_finite_real(v) or v < 0 or (positive and v == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise ProfileFormatError(f"{at}: {key} must be a number {bound}"
+                                     f"{' or null' if nullable else ''}, got {v!r}")
+    for key in ("reps", "window_calls"):
+        if key in pr and (not isinstance(pr[key], int) or isinstance(pr[key], bool)
+                          or pr[key] < 0):
+            raise ProfileFormatError(f"{at}: {key} must be an integer >= 0, got {pr[key]!r}")
     try:
         return ProfilePoint.from_dict(pr)
     except (TypeError, ValueError, KeyError) as exc:
         raise ProfileFormatError(f"{at}: {exc}") from None
+
+
+#: DeviceInfo's numbers, each >= 0: (field, may be null)
+_DEVICE_NUMBERS: tuple[tuple[str, bool], ...] = (
+    ("counter_period_s", True), ("min_window_s", False), ("idle_power_w", True),
+    ("power_limit_w", True),
+)
+
+
+def parse_device(d: Any, at: str) -> DeviceInfo:
+    """Validates one entry of a profile's 'devices' (`at` starts every message).
+
+    Its numbers are read by the model (the power limit caps every predicted power, the idle
+    power is the energy models' floor): a string or a NaN there was a TypeError traceback or
+    NaN answers on the first query, not an error naming the field.
+
+    Its `source` is not checked against SOURCES: the profiler records 'unknown' for a device
+    whose backend it cannot ask.
+
+    Raises:
+        ProfileFormatError: not an object, a missing or unknown field, an invalid value.
+    """
+    if not isinstance(d, dict):
+        raise ProfileFormatError(f"{at} is not an object")
+    try:
+        info = DeviceInfo(**d)
+    except TypeError as exc:
+        raise ProfileFormatError(f"{at}: bad device entry ({exc})") from None
+    for key, nullable in _DEVICE_NUMBERS:
+        v = getattr(info, key)
+        if v is None and nullable:
+            continue
+        if not is_finite_real(v) or v < 0:
+            raise ProfileFormatError(f"{at}: {key} must be a number >= 0"
+                                     f"{' or null' if nullable else ''}, got {v!r}")
+    temp = info.idle_temperature_c
+    if temp is not None and not is_finite_real(temp):
+        raise ProfileFormatError(f"{at}: idle_temperature_c must be a number or null, got "
+                                 f"{temp!r}")
+    return info
 
 
 def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
@@ -153,15 +219,7 @@ def parse_profile(raw: Any, where: str = "profile") -> ProfileDatabase:
         _need(prov, key, (dict, str), f"{where}: provenance")
     devices_raw = _need(raw, "devices", dict, where)
     points_raw = _need(raw, "points", list, where)
-    try:
-        devices = {k: DeviceInfo(**v) for k, v in devices_raw.items()}
-    except TypeError as exc:
-        raise ProfileFormatError(f"{where}: bad device entry ({exc})") from None
-    for name, info in devices.items():
-        idle = info.idle_power_w
-        if idle is not None and (not is_finite_real(idle) or idle < 0):
-            raise ProfileFormatError(f"{where}: device {name!r}: idle_power_w must be a number "
-                                     f">= 0 or null, got {idle!r}")
+    devices = {k: parse_device(v, f"{where}: device {k!r}") for k, v in devices_raw.items()}
     points = [parse_point(pr, f"{where}: point {i}", devices)
               for i, pr in enumerate(points_raw)]
     return ProfileDatabase(

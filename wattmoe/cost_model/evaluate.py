@@ -101,12 +101,15 @@ def evaluate(model: KernelCostModel, points: list[ProfilePoint]
             fl, by = op_work(p.op, p.tokens, p.shape, p.dtype)
             em_j = em.predict(c.latency_s, fl, by)
         e_meas = p.energy_j
+        # a measured energy of 0 J (a counter that did not move in the window) has no
+        # relative error, as the model reads no energy from it (was: ZeroDivisionError)
+        compared = e_meas is not None and e_meas > 0
         rows.append(EvalRow(
             p.op, p.device, p.dtype, p.preset, p.shape.key, p.tokens, kind, c.method, c.source,
             point_latency(p, model.latency_basis), c.latency_s,
             _rel(c.latency_s, point_latency(p, model.latency_basis)), e_meas, c.energy_j,
-            None if e_meas is None else _rel(c.energy_j, e_meas),
-            em_j, None if (em_j is None or e_meas is None) else _rel(em_j, e_meas),
+            _rel(c.energy_j, e_meas) if compared else None,  # type: ignore[arg-type]
+            em_j, _rel(em_j, e_meas) if compared and em_j is not None else None,  # type: ignore[arg-type]
         ))
     return rows, skipped
 

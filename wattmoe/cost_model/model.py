@@ -48,6 +48,7 @@ from wattmoe.cost_model.base import (
     check_tokens,
     int4_compute_dtype,
     key_names_group,
+    weakest_source,
 )
 from wattmoe.cost_model.database import ProfileDatabase, load_profile
 from wattmoe.cost_model.fit import (
@@ -123,7 +124,7 @@ class Curve:
             np.array([p.energy_j if p.energy_j is not None else nan for p in pts], float),
             np.array([p.avg_power_w if p.avg_power_w is not None else nan for p in pts], float),
             np.array([p.peak_power_w if p.peak_power_w is not None else nan for p in pts], float),
-            p0.source,
+            weakest_source([p.source for p in pts]),
         )
 
     @property
@@ -287,7 +288,8 @@ class KernelCostModel:
                     [point_latency(p, self.latency_basis) for p in pts],
                     [p.flops for p in pts],
                     [p.bytes_moved for p in pts], [p.energy_j for p in pts],  # type: ignore[misc]
-                    idle_power_w=info.idle_power_w if info else None, source=pts[0].source,
+                    idle_power_w=info.idle_power_w if info else None,
+                    source=weakest_source([p.source for p in pts]),
                 )
 
     # --- catalogue ----------------------------------------------------------------------

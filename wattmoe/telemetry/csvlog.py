@@ -129,6 +129,9 @@ def _float(raw: str, path: Path, line: int, col: str) -> float | None:
         ) from None
     if math.isnan(v):
         return None
+    if math.isinf(v):  # was: accepted; a time_s of inf made the recording infinitely long
+        raise BackendUnavailable(
+            f"telemetry CSV {path}, line {line}, column {col!r}: {raw!r} is not a finite number")
     return v
 
 
@@ -141,11 +144,15 @@ def read_samples_csv(path: str | Path) -> dict[str, list[DeviceSample]]:
     """
     path = Path(path)
     try:
-        with path.open(newline="") as f:
+        # utf-8-sig: a CSV saved by a spreadsheet starts with a byte-order mark, which was
+        # read as part of the first column's name ("lacks column(s) time_s")
+        with path.open(newline="", encoding="utf-8-sig") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise BackendUnavailable(f"cannot read telemetry CSV {path}: {exc}") from exc
     reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames:  # 'time_s, device, energy_j' names the columns too
+        reader.fieldnames = [h.strip() for h in reader.fieldnames]
     header = reader.fieldnames or []
     lacking = [c for c in REQUIRED if c not in header]
     if lacking:
@@ -163,7 +170,10 @@ def read_samples_csv(path: str | Path) -> dict[str, list[DeviceSample]]:
             raise BackendUnavailable(f"telemetry CSV {path}, line {i}: empty 'device'")
         t = _float(row.get("time_s") or "", path, i, "time_s")
         if t is None:
-            raise BackendUnavailable(f"telemetry CSV {path}, line {i}: empty 'time_s'")
+            raw = (row.get("time_s") or "").strip()
+            raise BackendUnavailable(f"telemetry CSV {path}, line {i}: "
+                                     + (f"'time_s' is {raw!r}, not a time" if raw
+                                        else "empty 'time_s'"))
         source = (row.get("source") or "measured").strip() or "measured"
         if source not in SOURCES:
             raise BackendUnavailable(

@@ -102,12 +102,18 @@ class _Acc:
     power_sum: float = 0.0
     peak_w: float | None = None
     reasons: dict[str, None] = field(default_factory=dict)
+    last_energy_j: float | None = None
+    drops: int = 0  # times the energy counter fell from one sample to the next
 
     def add(self, s: DeviceSample) -> None:
         self.total += 1
         if s.missing:
             self.missing += 1
             return
+        if s.energy_j is not None:
+            if self.last_energy_j is not None and s.energy_j < self.last_energy_j:
+                self.drops += 1
+            self.last_energy_j = s.energy_j
         if s.power_w is not None:
             self.n_power += 1
             self.power_sum += s.power_w
@@ -146,6 +152,22 @@ class WindowHandle:
 
     def __repr__(self) -> str:
         return f"WindowHandle({self.name!r}, measurement={self.measurement!r})"
+
+
+def _held_mean_power_w(rows: Sequence[DeviceSample], start_s: float, end_s: float
+                       ) -> float | None:
+    """Mean power over recorded times [start_s, end_s] of `rows` (sorted by time, the first
+    at or before start_s), each row's power in effect until the next row: the time-weighted
+    mean over the time covered by rows with a power reading; None where none is."""
+    energy = covered = 0.0
+    for i, r in enumerate(rows):
+        t0 = max(r.timestamp_s, start_s)
+        t1 = min(rows[i + 1].timestamp_s if i + 1 < len(rows) else end_s, end_s)
+        if r.missing or r.power_w is None or not t1 > t0:
+            continue
+        energy += r.power_w * (t1 - t0)
+        covered += t1 - t0
+    return energy / covered if covered > 0 else None
 
 
 def _clamp01(x: float) -> float:
@@ -495,11 +517,20 @@ class GpuSystemMonitor:
         recorded_rows = getattr(backend, "recorded_samples", None)
         from_recording = (callable(recorded_rows) and b.recorded_s is not None
                           and e.recorded_s is not None)
+        held_mean = None
         if from_recording:
             acc = _Acc()
-            for s in recorded_rows(device, b.recorded_s, e.recorded_s):
+            rows = recorded_rows(device, b.recorded_s, e.recorded_s)
+            for s in rows:
                 acc.add(s)
-        sampled_mean = acc.power_sum / acc.n_power if acc.n_power else None
+            held_mean = _held_mean_power_w(rows, b.recorded_s, e.recorded_s)
+        # a recording's rows need not be evenly spaced (gaps, a logger slower while idle):
+        # their power is weighted by the recorded time each is in effect, as `sample()` plays
+        # them; a live sampler's rounds are evenly spaced
+        sampled_mean = (held_mean if held_mean is not None
+                        else acc.power_sum / acc.n_power if acc.n_power else None)
+        how = (f"time-weighted mean of {acc.n_power} recorded power rows" if held_mean is not None
+               else f"mean of {acc.n_power} polled power samples")
         energy: float | None = None
         mean: float | None = None
         measurable = True
@@ -512,7 +543,12 @@ class GpuSystemMonitor:
                 "spans at least ~1 s)")
         elif b.energy_j is not None and e.energy_j is not None:
             delta = e.energy_j - b.energy_j
-            if delta < 0:
+            # a counter that fell and grew again inside the window (a driver reload, a
+            # replayed recording of two sessions) leaves a delta that is not the energy: the
+            # samples in the window, and the end edge after the last of them, say so
+            fell = acc.drops or (acc.last_energy_j is not None
+                                 and e.energy_j < acc.last_energy_j)
+            if delta < 0 or fell:
                 notes.append("energy counter went backwards (driver reloaded?)")
             else:
                 energy, mean = delta, delta / duration if duration > 0 else None
@@ -524,8 +560,7 @@ class GpuSystemMonitor:
         if measurable and energy is None:
             if sampled_mean is not None:
                 energy, mean = sampled_mean * duration, sampled_mean
-                notes.append(f"no energy counter reading: mean of {acc.n_power} polled power "
-                             "samples x duration")
+                notes.append(f"no energy counter reading: {how} x duration")
             else:
                 notes.append("no energy: no counter reading and no power sample")
         if not running and not from_recording:
