@@ -94,6 +94,13 @@ class _Step(NamedTuple):
     dropped: int
     counts: torch.Tensor
     auto_counts: Counter
+    replays: int  # the layer's whole-step graph replays so far (`step_graphs`)
+
+
+def _replays(block: MoETransformerBlock) -> int:
+    """Replays of the block's whole-step graphs so far (`SimpleMoELayer.step_graphs`)."""
+    graphs = block.moe.step_graphs
+    return graphs.replays if graphs is not None else 0
 
 
 def place_measured_loads(
@@ -175,7 +182,7 @@ def run_demo(
     batch: int = 4,
     seq: int = 128,
     steps: int = 10,
-    warmup: int = 2,
+    warmup: int = 3,
     dtype: str = "fp32",
     device: str = "cpu",
     seed: int = 0,
@@ -197,7 +204,10 @@ def run_demo(
     `backend` is the expert execution backend (`wattmoe.moe.backends`: loop, grouped, fused,
     ...). The default, auto as for the layer, decides in the first step (a warm-up step unless
     `warmup` is 0); the result says what it ran and why, and `energy_note` says so when it
-    calibrated in the timed steps, whose time and energy then include that. `int4` quantizes
+    calibrated in the timed steps, whose time and energy then include that. On a GPU its
+    fused steps are captured whole at their second step after that (`SimpleMoELayer.
+    set_step_graphs`): the third warm-up step, and the result says how many timed steps
+    replayed the graph. `int4` quantizes
     the routed experts to packed int4 first (the default group size, `int4_group_size`: one
     whose halves of a row are whole where one exists, for the fused kernels' scale pairs).
 
@@ -249,6 +259,7 @@ def run_demo(
             block(x)
         block.moe.reset_utilization()
         ran_before = Counter(auto.counts) if auto is not None else Counter()
+        replays_before = _replays(block)
         deciding_before = auto.deciding_s if auto is not None else 0.0
         with monitor.window("demo", sync=True) as window:
             try:
@@ -259,7 +270,8 @@ def run_demo(
                     sync()
                     done.append(_Step(time.perf_counter() - t0, float(out.aux_loss),
                                       int(out.dropped), block.moe.tokens_per_expert.clone(),
-                                      Counter(auto.counts) if auto is not None else Counter()))
+                                      Counter(auto.counts) if auto is not None else Counter(),
+                                      _replays(block)))
                     if progress is not None:
                         progress(len(done), steps)
             except KeyboardInterrupt:
@@ -287,11 +299,18 @@ def run_demo(
     placed_backend = requested_backend  # what the GPUs' replicas are sized for
     if auto is not None:  # what `auto` chose for the timed steps, and how
         ran = done[-1].auto_counts - ran_before
-        if ran:  # the backend most timed steps ran (a fused one holds int4 copies on a GPU)
-            placed_backend = ran.most_common(1)[0][0]
+        # steps that replayed the whole-step graph ran the experts on the backend chosen
+        # for them, `auto.last` (one step size here)
+        replayed = done[-1].replays - replays_before
+        graphed = auto.last.backend if replayed and auto.last is not None else None
+        steps_of = ran + Counter({graphed: replayed} if graphed else {})
+        if steps_of:  # the backend most timed steps ran (a fused one holds int4 copies)
+            placed_backend = steps_of.most_common(1)[0][0]
         why = f"{auto.last.reason}; " if auto.last is not None else ""
-        backend = "auto: " + ", ".join(f"{n} ({why}{c} of {steps} steps)"
-                                        for n, c in ran.most_common())
+        backend = "auto: " + ", ".join(
+            [f"{n} ({why}{c} of {steps} steps)" for n, c in ran.most_common()]
+            + ([f"{graphed} in a whole-step CUDA graph ({why}{replayed} of {steps} steps)"]
+               if graphed else []))
         deciding = auto.deciding_s - deciding_before
         if deciding > 0:  # warmup=0 (the CLI warms up): the calibration was timed
             note = "; ".join(x for x in (

@@ -218,7 +218,9 @@ class GraphedLayer:
     need autograd, it runs the layer eagerly.
 
     The returned `MoEOutput.hidden_states` is a fresh tensor; its other fields (routing, counts,
-    aux loss) are the graph's static buffers, overwritten by the next replay of that shape.
+    aux loss) are the graph's static buffers, overwritten by the next replay of that shape,
+    unless `fresh_outputs` (then every tensor of the output is fresh, as an eager step's: the
+    graph packs them into one buffer per dtype, which a replay copies once).
 
     A graph reads the weights at the addresses it was captured with. In-place updates
     (`load_state_dict`, an optimizer step) are seen; a change that replaces tensors
@@ -235,12 +237,25 @@ class GraphedLayer:
         layer: the layer; its backend is used as set (`layer.set_backend(...)`).
         max_tokens: inputs with more tokens run eagerly.
         max_graphs: captured shapes kept (least recently used dropped first).
+        capture_after: a shape is captured at its `capture_after`-th capturable call (the
+            earlier ones run eagerly): a size seen once (a prefill of odd length) does not pay
+            a capture (two warm-up steps and the recording).
+        evict: with False, a full cache keeps its graphs and steps of other shapes run
+            eagerly (logged once): no shape is captured twice, however many sizes rotate.
+        fresh_outputs: every tensor of the returned output is fresh (see above).
     """
 
-    def __init__(self, layer: nn.Module, max_tokens: int = 512, max_graphs: int = 16) -> None:
+    def __init__(self, layer: nn.Module, max_tokens: int = 512, max_graphs: int = 16, *,
+                 capture_after: int = 1, evict: bool = True,
+                 fresh_outputs: bool = False) -> None:
         self.layer = layer
         self.max_tokens = max_tokens
         self.max_graphs = max_graphs
+        self.capture_after = capture_after
+        self.evict = evict
+        self.fresh_outputs = fresh_outputs
+        self._seen: dict[tuple[object, ...], int] = {}  # calls of shapes not captured yet
+        self._full_noted = False
         # key -> (graph, static input, static output, the int4 copies it reads)
         self._graphs: OrderedDict[tuple[object, ...], tuple[
             torch.cuda.CUDAGraph, torch.Tensor, object, frozenset]] = OrderedDict()
@@ -321,6 +336,8 @@ class GraphedLayer:
             del self._graphs[key]
             entry = None
         if entry is None:
+            if not self._may_capture(key):
+                return self.layer(x)
             entry = self._capture(key, x)
             if entry is None:
                 return self.layer(x)
@@ -336,7 +353,23 @@ class GraphedLayer:
         graph, _, out, _ = entry
         graph.replay()
         self.replays += 1
+        if isinstance(out, _Packed):
+            return out.fresh()
         return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
+
+    def _may_capture(self, key: tuple[object, ...]) -> bool:
+        """Whether this call of a shape not held captures it (`capture_after`, `evict`)."""
+        seen = self._seen[key] = self._seen.get(key, 0) + 1
+        if seen < self.capture_after:
+            return False
+        if not self.evict and len(self._graphs) >= self.max_graphs:
+            if not self._full_noted:
+                log.info("%d step shapes captured, the most kept (max_graphs): steps of other "
+                         "shapes run eagerly", len(self._graphs))
+                self._full_noted = True
+            return False
+        self._seen.pop(key, None)
+        return True
 
     def _refresh_derived(self) -> frozenset:
         """`refresh_frag_words` on every stack a captured step reads; their copies' keys and
@@ -354,6 +387,7 @@ class GraphedLayer:
         self._uncapturable.clear()
         self._modules_cache = ([], ())
         self._stacks = []
+        self._full_noted = False
 
     def _capture(self, key: tuple[object, ...], x: torch.Tensor):
         sx = x.clone()
@@ -361,8 +395,10 @@ class GraphedLayer:
         counts = layer.tokens_per_expert.clone()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        step: Callable[[], Any] = ((lambda: _Packed.of(layer(sx))) if self.fresh_outputs
+                                   else (lambda: layer(sx)))
         try:
-            graph, out = _warm_and_capture(lambda: layer(sx), x.device, self._pool)
+            graph, out = _warm_and_capture(step, x.device, self._pool)
         except _Uncapturable as exc:
             log.info("could not capture the layer step for %s: %s; running it eagerly", key, exc)
             self._uncapturable.add(key)
@@ -375,6 +411,70 @@ class GraphedLayer:
         _remember(self._graphs, key, (graph, sx, out, self._refresh_derived()), self.max_graphs)
         self.captures += 1
         return self._graphs[key]
+
+
+class _Packed:
+    """A captured step's output whose tensors a replay hands out fresh: inside the graph they
+    are copied into one static buffer per dtype (`of`); after a replay `fresh` copies each
+    buffer once and rebuilds the output from views of the copies (an eager step's output,
+    for a launch per dtype instead of one per tensor). A tensor that appears twice (the aux
+    loss of the step and of its routing) stays one tensor."""
+
+    def __init__(self, template: Any, buffers: dict[torch.dtype, torch.Tensor],
+                 where: dict[int, tuple[torch.dtype, int, tuple[int, ...]]]) -> None:
+        self.template, self.buffers, self.where = template, buffers, where
+
+    @staticmethod
+    def _tensors(obj: Any) -> Iterable[torch.Tensor]:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, torch.Tensor):
+                yield v
+            elif dataclasses.is_dataclass(v):
+                yield from _Packed._tensors(v)
+
+    @classmethod
+    def of(cls, out: Any) -> _Packed:
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        where: dict[int, tuple[torch.dtype, int, tuple[int, ...]]] = {}
+        for t in cls._tensors(out):
+            if id(t) not in where:
+                group = groups.setdefault(t.dtype, [])
+                where[id(t)] = (t.dtype, sum(g.numel() for g in group), tuple(t.shape))
+                group.append(t)
+        buffers = {dt: (ts[0].contiguous() if len(ts) == 1 else
+                        torch.cat([t.reshape(-1) for t in ts]))
+                   for dt, ts in groups.items()}
+        return cls(out, buffers, where)
+
+    def fresh(self) -> Any:
+        copies = {dt: b.clone() for dt, b in self.buffers.items()}
+        made: dict[int, torch.Tensor] = {}
+
+        def rebuild(obj: Any) -> Any:
+            changes = {}
+            for f in dataclasses.fields(obj):
+                v = getattr(obj, f.name)
+                if isinstance(v, torch.Tensor):
+                    t = made.get(id(v))
+                    if t is None:
+                        dt, offset, shape = self.where[id(v)]
+                        t = made[id(v)] = copies[dt].as_strided(
+                            shape, _contiguous_strides(shape), offset)
+                    changes[f.name] = t
+                elif dataclasses.is_dataclass(v):
+                    changes[f.name] = rebuild(v)
+            return dataclasses.replace(obj, **changes)
+
+        return rebuild(self.template)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, n = [], 1
+    for d in reversed(shape):
+        strides.append(n)
+        n *= max(d, 1)
+    return tuple(reversed(strides))
 
 
 FUSED_GRAPH = register_backend("fused_graph")(GraphedBackend("fused"))

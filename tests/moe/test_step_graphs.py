@@ -1,0 +1,230 @@
+"""Whole-step CUDA graphs: `GraphedLayer`'s options and `SimpleMoELayer`'s 'auto' policy.
+
+A CPU has no CUDA graphs: the tests replace the capture by a `FakeGraph` whose replay re-runs
+the captured call into the static output (what a graph computes), and feed tensors that
+report `is_cuda` so that the GPU path runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import pickle
+
+import pytest
+import torch
+
+from wattmoe.errors import ConfigError
+from wattmoe.moe import SimpleMoELayer, get_preset
+from wattmoe.moe.backends import get_backend
+from wattmoe.moe.graphs import GraphedLayer, _Packed
+
+from .conftest import FakeGraph
+
+
+class FakeCuda(torch.Tensor):  # takes the CUDA path on a CPU
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+def _copy_into(static: object, new: object) -> None:
+    """What a replay does: the captured call's results written into its static output."""
+    if isinstance(static, _Packed):
+        for dt, buf in static.buffers.items():
+            buf.copy_(new.buffers[dt])  # type: ignore[attr-defined]
+    else:
+        static.hidden_states.copy_(new.hidden_states)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wattmoe.moe.graphs as graphs
+
+    def fake_capture(fn, device, pool):
+        out = fn()
+        return FakeGraph(lambda: _copy_into(out, fn())), out
+
+    monkeypatch.setattr(graphs, "_warm_and_capture", fake_capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+
+def small_layer(seed: int = 0) -> SimpleMoELayer:
+    cfg = get_preset("tiny").replace(num_experts=8, top_k=2)
+    return SimpleMoELayer(cfg, seed=seed).eval()
+
+
+def tensors(out: object) -> dict[str, torch.Tensor]:
+    """Every tensor of an output, by its path."""
+    found: dict[str, torch.Tensor] = {}
+    for f in dataclasses.fields(out):  # type: ignore[arg-type]
+        v = getattr(out, f.name)
+        if isinstance(v, torch.Tensor):
+            found[f.name] = v
+        elif dataclasses.is_dataclass(v):
+            found.update({f"{f.name}.{k}": t for k, t in tensors(v).items()})
+    return found
+
+
+def cuda_like(x: torch.Tensor) -> torch.Tensor:
+    return x.as_subclass(FakeCuda)
+
+
+def test_capture_after_runs_the_first_calls_of_a_shape_eagerly(fake_graphs: None) -> None:
+    layer = small_layer()
+    layer.set_backend("grouped")
+    step = GraphedLayer(layer, capture_after=3)
+    x = cuda_like(torch.randn(5, layer.config.hidden_size))
+    with torch.no_grad():
+        want = layer(x.as_subclass(torch.Tensor)).hidden_states
+        for calls, captures in [(1, 0), (2, 0), (3, 1), (4, 1)]:
+            out = step(x).hidden_states.as_subclass(torch.Tensor)
+            torch.testing.assert_close(out, want)
+            assert step.captures == captures, calls
+        assert step.replays == 2
+
+
+def test_a_full_cache_without_eviction_keeps_its_graphs(
+        fake_graphs: None, caplog: pytest.LogCaptureFixture) -> None:
+    layer = small_layer()
+    layer.set_backend("grouped")
+    step = GraphedLayer(layer, max_graphs=2, evict=False)
+    h = layer.config.hidden_size
+    xs = [cuda_like(torch.randn(n, h)) for n in (3, 4, 5, 6)]
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="wattmoe.moe.graphs"):
+        for _ in range(3):  # sizes rotating through more shapes than the cache holds
+            for x in xs:
+                got = step(x).hidden_states.as_subclass(torch.Tensor)
+                torch.testing.assert_close(got, layer(x.as_subclass(torch.Tensor)).hidden_states)
+    assert step.captures == 2  # the first two shapes, captured once each
+    assert step.replays == 2 * 3  # (each captured at its first call, then replayed)
+    assert sum("run eagerly" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fresh_outputs_are_an_eager_steps_tensors(fake_graphs: None) -> None:
+    # the static buffers of a graph are overwritten by the next replay: an output kept from
+    # one step (a routing trace, the expert counts of each step for placement) must not change
+    layer = small_layer(seed=3)
+    layer.set_backend("grouped")
+    step = GraphedLayer(layer, fresh_outputs=True)
+    h = layer.config.hidden_size
+    x1, x2 = torch.randn(6, h), torch.randn(6, h)
+    with torch.no_grad():
+        eager1, eager2 = layer(x1), layer(x2)
+        first = step(cuda_like(x1))
+        second = step(cuda_like(x2))
+        third = step(cuda_like(x1))
+    assert step.captures == 1 and step.replays == 3
+    for got, want in [(first, eager1), (second, eager2), (third, eager1)]:
+        got_t, want_t = tensors(got), tensors(want)
+        assert got_t.keys() == want_t.keys()
+        for name, t in want_t.items():
+            torch.testing.assert_close(got_t[name].as_subclass(torch.Tensor), t, msg=name)
+        assert got.dropped == want.dropped
+    # nothing shared between two steps' outputs; a tensor that is one tensor in an eager
+    # output (the step's aux loss is its routing's) is one tensor here too
+    ptrs = {t.data_ptr() for t in tensors(first).values()}
+    assert ptrs.isdisjoint(t.data_ptr() for t in tensors(second).values())
+    assert (first.aux_loss is first.routing.aux_loss) == (eager1.aux_loss is eager1.routing.aux_loss)
+
+
+def _as_auto_on_a_gpu(layer: SimpleMoELayer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer as the 'auto' policy sees it on a GPU whose `auto` chose `fused` for every
+    size: its steps run `grouped` here (the fused kernels need a GPU or the interpreter)."""
+    monkeypatch.setattr(layer, "_step_backend", lambda tokens: "fused")
+    monkeypatch.setattr(layer, "_fused_route_possible", lambda tokens: False)
+    monkeypatch.setattr(layer, "_backend", get_backend("grouped"))
+
+
+def test_the_auto_policy_captures_the_auto_backends_fused_steps(
+        fake_graphs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = small_layer(seed=1)
+    assert layer.step_graph_policy == "auto" and layer.step_graphs is None
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    x = torch.randn(7, layer.config.hidden_size)
+    with torch.no_grad():
+        want = layer(x)  # CPU tensors: eager
+        assert layer.step_graphs is None
+        outs = [layer(cuda_like(x)) for _ in range(3)]
+    runner = layer.step_graphs
+    assert isinstance(runner, GraphedLayer)
+    # the first step of the shape eagerly, captured at the second, replayed at the third
+    assert (runner.captures, runner.replays) == (1, 2)
+    for out in outs:
+        torch.testing.assert_close(out.hidden_states.as_subclass(torch.Tensor),
+                                   want.hidden_states)
+        torch.testing.assert_close(out.expert_counts.as_subclass(torch.Tensor),
+                                   want.expert_counts)
+    # every step counted once in the layer's loads (the warm-up and capture runs are not)
+    assert layer.tokens_per_expert.sum().item() == 4 * 7 * layer.config.top_k
+
+
+@pytest.mark.parametrize("case", ["off", "training", "named backend", "too many tokens"])
+def test_the_auto_policy_leaves_other_steps_eager(
+        case: str, fake_graphs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = small_layer(seed=1)
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    tokens = 7
+    if case == "off":
+        layer.set_step_graphs("off")
+    elif case == "training":
+        layer.train()
+    elif case == "named backend":
+        layer.backend_name = "fused"  # as set_backend('fused') names it
+    else:
+        tokens = 513
+    x = cuda_like(torch.randn(tokens, layer.config.hidden_size))
+    with torch.no_grad():
+        for _ in range(3):
+            layer(x)
+    assert layer.step_graphs is None
+
+
+def test_set_step_graphs_names_the_choices_and_off_drops_the_graphs(
+        fake_graphs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = small_layer()
+    with pytest.raises(ConfigError, match="'auto'.*'off'"):
+        layer.set_step_graphs("on")
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    x = cuda_like(torch.randn(3, layer.config.hidden_size))
+    with torch.no_grad():
+        layer(x)
+        layer(x)
+    assert layer.step_graphs is not None and layer.step_graphs.captures == 1
+    layer.set_step_graphs("off")
+    assert layer.step_graphs is None
+    layer.set_step_graphs("auto")
+    with torch.no_grad():
+        layer(x)
+    assert layer.step_graphs is not None and layer.step_graphs.captures == 0
+
+
+def test_a_copy_or_pickle_of_the_layer_holds_none_of_its_graphs(
+        fake_graphs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = small_layer()
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    x = cuda_like(torch.randn(3, layer.config.hidden_size))
+    with torch.no_grad():
+        layer(x)
+        layer(x)
+    assert layer.step_graphs is not None
+    monkeypatch.undo()  # (the instance attributes patched above are not state)
+    # (`tokens_per_expert += counts` of FakeCuda steps re-wrapped the buffer as one)
+    layer.tokens_per_expert = layer.tokens_per_expert.as_subclass(torch.Tensor)
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert other.step_graphs is None and other.step_graph_policy == "auto"
+        assert not other._in_step_graph
+        y = torch.randn(3, layer.config.hidden_size)
+        with torch.no_grad():
+            torch.testing.assert_close(other(y).hidden_states, layer(y).hidden_states)
+
+
+def test_a_layer_pickled_before_step_graphs_still_runs() -> None:
+    layer = small_layer()
+    for name in ("step_graph_policy", "_step_graphs", "_in_step_graph"):
+        layer.__dict__.pop(name, None)
+    with torch.no_grad():
+        layer(torch.randn(2, layer.config.hidden_size))
+    assert layer.step_graph_policy == "auto" and layer.step_graphs is None
