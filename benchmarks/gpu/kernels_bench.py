@@ -508,9 +508,13 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
     "fused+torch_gate+step_graph": ("bf16", "fused", True),
     "fused_int4+step_graph": ("int4", "fused", True),
     # the default backend: what `auto` chose for this size (its calibration runs in the
-    # window's warm-up; `auto_chose` in each row: the steps each backend ran)
+    # window's warm-up; `auto_chose` in each row: the steps each backend ran), with the
+    # layer's default step-graph policy (its fused steps of <= 512 tokens captured whole:
+    # `whole_step_replays` in each row) or with that policy off
     "auto": ("bf16", "auto", False),
     "auto_int4": ("int4", "auto", False),
+    "auto_eager": ("bf16", "auto", False),
+    "auto_int4_eager": ("int4", "auto", False),
 }
 
 
@@ -892,6 +896,8 @@ class Bench:
                 wname, backend, step_graph = VARIANTS[label]
                 lay = variants[wname]
                 lay.set_backend(backend)
+                # the layer's own whole-step graphs only where the row measures the default
+                lay.set_step_graphs("auto" if label in ("auto", "auto_int4") else "off")
                 lay.fused_routing = not label.endswith("+torch_route")
                 fr.FUSE_GATE = "+torch_gate" not in label
                 step: Callable[[torch.Tensor], object] = GraphedLayer(lay) if step_graph else lay
@@ -922,9 +928,13 @@ class Bench:
                        # one per set_backend: this size's steps only)
                        "auto_chose": (dict(lay.expert_backend.counts) if backend == "auto"
                                       else None),
+                       "whole_step_replays": (lay.step_graphs.replays
+                                              if lay.step_graphs is not None else None),
                        "source": self.nrg.source}
                 self.payload["energy"].append(rec)
                 chose = f" -> {rec['auto_chose']}" if rec["auto_chose"] else ""
+                if rec["whole_step_replays"]:
+                    chose += f", {rec['whole_step_replays']} whole-step replays"
                 log(f"   {label:22s} T={tokens:5d}: {rec['uj_per_token']:9.1f} uJ/token "
                     f"{rec['ms_per_step']:8.3f} ms/step {rec['mean_power_w']:6.0f} W "
                     f"({w['steps']} steps, {w['seconds']:.2f} s){chose}")

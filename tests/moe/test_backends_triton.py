@@ -1263,13 +1263,14 @@ def test_kernels_bench_records_what_the_default_backend_ran(tmp_path) -> None:
 
     kb = load_script("benchmarks/gpu/kernels_bench.py")
     kb.main(["--device", "cpu", "--shapes", "tiny@0.5", "--sections", "energy",
-             "--tokens", "2", "--variants", "auto,auto_int4,loop", "--window", "0.05",
+             "--tokens", "2", "--variants", "auto,auto_int4,auto_eager,loop", "--window", "0.05",
              "--out", str(tmp_path)])
     out = json.loads((tmp_path / "kernels_bench.json").read_text())
     assert out["errors"] == []
     rows = {r["backend"]: r for r in out["energy"]}
     assert rows["loop"]["auto_chose"] is None
-    for label, weights in (("auto", "bf16"), ("auto_int4", "int4")):
+    for label, weights in (("auto", "bf16"), ("auto_int4", "int4"), ("auto_eager", "bf16")):
+        assert rows[label]["whole_step_replays"] is None  # (a CPU: no whole-step graphs)
         ran = rows[label]["auto_chose"]
         assert rows[label]["weights"] == weights
         assert ran and set(ran) <= {"loop", "grouped", "fused"}

@@ -127,7 +127,8 @@ def test_fresh_outputs_are_an_eager_steps_tensors(fake_graphs: None) -> None:
     # output (the step's aux loss is its routing's) is one tensor here too
     ptrs = {t.data_ptr() for t in tensors(first).values()}
     assert ptrs.isdisjoint(t.data_ptr() for t in tensors(second).values())
-    assert (first.aux_loss is first.routing.aux_loss) == (eager1.aux_loss is eager1.routing.aux_loss)
+    shared = eager1.aux_loss is eager1.routing.aux_loss
+    assert (first.aux_loss is first.routing.aux_loss) == shared
 
 
 def _as_auto_on_a_gpu(layer: SimpleMoELayer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,7 +186,7 @@ def test_the_auto_policy_leaves_other_steps_eager(
 def test_set_step_graphs_names_the_choices_and_off_drops_the_graphs(
         fake_graphs: None, monkeypatch: pytest.MonkeyPatch) -> None:
     layer = small_layer()
-    with pytest.raises(ConfigError, match="'auto'.*'off'"):
+    with pytest.raises(ConfigError, match=r"'auto'.*'off'"):
         layer.set_step_graphs("on")
     _as_auto_on_a_gpu(layer, monkeypatch)
     x = cuda_like(torch.randn(3, layer.config.hidden_size))
