@@ -3,15 +3,15 @@ set_step_graphs`): every tensor of every output, the layer's loads, and outputs 
 steps.
 
 For each shape, weights (bf16, int4) and step size: one layer with the default backend
-(`auto`); `--steps` random inputs run first with the policy 'off' (the references, eager) and
-then with 'auto' (the first step of the shape eagerly, then captured and replayed); each
-'auto' output must equal its reference: the hidden states within `--tol` (relative to the
-reference's largest magnitude: a captured step and an eager one may pick other fused
-configurations or round differently only where `auto`'s choice differs, which it does not
-here), routing, counts and losses exactly. The first 'auto' output is compared again after
-the last step (an output kept must not change when later steps replay), and `tokens_per_expert`
-must have grown by the same counts in both passes. Sizes above the policy's limit run eagerly
-in both passes (a row says whether the step was captured). Writes one JSON after each shape.
+(`auto`); after one step of the size (in which `auto` decides), `--steps` random inputs run
+first with the policy 'off' (the references, eager) and then with 'auto' (the first step of
+the shape eagerly, then captured and replayed). Each 'auto' output must equal its reference:
+the hidden states within `--tol` and the routing's fp32 scores and losses within `FP32_TOL`
+(relative to the reference's largest magnitude), the chosen experts and counts exactly. The
+first 'auto' output is compared again after the last step (an output kept must not change
+when later steps replay), and `tokens_per_expert` must have grown by the same counts in both
+passes. Sizes above the policy's limit run eagerly in both passes (a row says whether the
+step was captured). Writes one JSON after each shape.
 
     python3 benchmarks/gpu/step_graphs_check.py --out /tmp/sg.json \\
         --shapes olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3 --tokens 1,8,32,512,600
@@ -36,6 +36,8 @@ from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
 from wattmoe.moe.presets import resolve_shape  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 
+FP32_TOL = 1e-4
+
 
 def tensors(out: object, prefix: str = "") -> dict[str, torch.Tensor]:
     found: dict[str, torch.Tensor] = {}
@@ -58,11 +60,15 @@ def compare(got: object, want: object, tol: float) -> list[str]:
         out = g[name]
         if out.shape != ref.shape or out.dtype != ref.dtype:
             bad.append(f"{name}: {tuple(out.shape)} {out.dtype} != {tuple(ref.shape)} {ref.dtype}")
-        elif name == "hidden_states":
+        elif out.is_floating_point():
+            # the hidden states within bf16 bounds; the routing's fp32 scores and losses
+            # within fp32 reduction order (fused routing sums the aux loss with atomics:
+            # two eager steps on the same tokens differ there too)
+            bound = tol if name == "hidden_states" else FP32_TOL
             scale = ref.float().abs().max().clamp_min(1e-6)
-            err = ((out.float() - ref.float()).abs().max() / scale).item()
-            if not err <= tol:
-                bad.append(f"hidden_states: relative error {err:.3g} > {tol:g}")
+            err = ((out.float() - ref.float()).abs().max() / scale).item() if ref.numel() else 0
+            if not err <= bound:
+                bad.append(f"{name}: relative error {err:.3g} > {bound:g}")
         elif not torch.equal(out, ref):
             bad.append(f"{name}: differs")
     if getattr(got, "dropped", None) != getattr(want, "dropped", None):
@@ -76,6 +82,10 @@ def run_case(layer: SimpleMoELayer, tokens: int, steps: int, tol: float,
     gen = torch.Generator(device="cpu").manual_seed(tokens)
     xs = [torch.randn(tokens, h, generator=gen).to(dev, torch.bfloat16) for _ in range(steps)]
     layer.set_step_graphs("off")
+    with torch.inference_mode():
+        # a first step of the size: `auto` decides (its deciding step routes with torch's
+        # kernels, the later ones with fused routing, which rounds the gate differently)
+        layer(xs[0])
     before = layer.tokens_per_expert.clone()
     with torch.inference_mode():
         refs = [layer(x) for x in xs]

@@ -32,8 +32,8 @@ class FakeCuda(torch.Tensor):  # takes the CUDA path on a CPU
 def _copy_into(static: object, new: object) -> None:
     """What a replay does: the captured call's results written into its static output."""
     if isinstance(static, _Packed):
-        for dt, buf in static.buffers.items():
-            buf.copy_(new.buffers[dt])  # type: ignore[attr-defined]
+        for buf, now in zip(static.buffers, new.buffers):  # type: ignore[attr-defined]
+            buf.copy_(now)
     else:
         static.hidden_states.copy_(new.hidden_states)  # type: ignore[attr-defined]
 

@@ -325,8 +325,7 @@ class GraphedLayer:
                          len(self._graphs))
             self.clear()
             self._weights = sig
-        key = (tuple(x.shape), x.dtype, x.device, self.layer.backend_name,
-               torch.is_inference_mode_enabled())
+        key = self._key(x)
         if key in self._uncapturable:
             return self.layer(x)
         entry = self._graphs.get(key)
@@ -356,6 +355,15 @@ class GraphedLayer:
         if isinstance(out, _Packed):
             return out.fresh()
         return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
+
+    def _key(self, x: torch.Tensor) -> tuple[object, ...]:
+        return (tuple(x.shape), x.dtype, x.device, self.layer.backend_name,
+                torch.is_inference_mode_enabled())
+
+    def holds(self, x: torch.Tensor) -> bool:
+        """Whether a step on `x` has a captured graph now (it may still be captured again,
+        if the layer's tensors were replaced since)."""
+        return self._key(x) in self._graphs
 
     def _may_capture(self, key: tuple[object, ...]) -> bool:
         """Whether this call of a shape not held captures it (`capture_after`, `evict`)."""
@@ -417,56 +425,58 @@ class _Packed:
     """A captured step's output whose tensors a replay hands out fresh: inside the graph they
     are copied into one static buffer per dtype (`of`); after a replay `fresh` copies each
     buffer once and rebuilds the output from views of the copies (an eager step's output,
-    for a launch per dtype instead of one per tensor). A tensor that appears twice (the aux
-    loss of the step and of its routing) stays one tensor."""
+    for a launch per dtype instead of one per tensor; the rebuild plan is made once). A tensor
+    that appears twice (the aux loss of the step and of its routing) stays one tensor."""
 
-    def __init__(self, template: Any, buffers: dict[torch.dtype, torch.Tensor],
-                 where: dict[int, tuple[torch.dtype, int, tuple[int, ...]]]) -> None:
-        self.template, self.buffers, self.where = template, buffers, where
-
-    @staticmethod
-    def _tensors(obj: Any) -> Iterable[torch.Tensor]:
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            if isinstance(v, torch.Tensor):
-                yield v
-            elif dataclasses.is_dataclass(v):
-                yield from _Packed._tensors(v)
+    def __init__(self, buffers: list[torch.Tensor],
+                 slots: list[tuple[int, int, tuple[int, ...], tuple[int, ...], bool]],
+                 plan: tuple[type, tuple[tuple[str, int, Any], ...]]) -> None:
+        self.buffers, self.slots, self.plan = buffers, slots, plan
 
     @classmethod
     def of(cls, out: Any) -> _Packed:
         groups: dict[torch.dtype, list[torch.Tensor]] = {}
-        where: dict[int, tuple[torch.dtype, int, tuple[int, ...]]] = {}
-        for t in cls._tensors(out):
-            if id(t) not in where:
-                group = groups.setdefault(t.dtype, [])
-                where[id(t)] = (t.dtype, sum(g.numel() for g in group), tuple(t.shape))
-                group.append(t)
-        buffers = {dt: (ts[0].contiguous() if len(ts) == 1 else
-                        torch.cat([t.reshape(-1) for t in ts]))
-                   for dt, ts in groups.items()}
-        return cls(out, buffers, where)
+        slot_of: dict[int, int] = {}  # id of an output tensor -> its slot
+        placed: list[tuple[torch.dtype, int, torch.Tensor]] = []
 
-    def fresh(self) -> Any:
-        copies = {dt: b.clone() for dt, b in self.buffers.items()}
-        made: dict[int, torch.Tensor] = {}
-
-        def rebuild(obj: Any) -> Any:
-            changes = {}
+        # each field of each dataclass: (name, 0, slot) a tensor, (name, 1, value) kept as
+        # it is, (name, 2, plan) a dataclass
+        def plan_of(obj: Any) -> tuple[type, tuple[tuple[str, int, Any], ...]]:
+            items: list[tuple[str, int, Any]] = []
             for f in dataclasses.fields(obj):
                 v = getattr(obj, f.name)
                 if isinstance(v, torch.Tensor):
-                    t = made.get(id(v))
-                    if t is None:
-                        dt, offset, shape = self.where[id(v)]
-                        t = made[id(v)] = copies[dt].as_strided(
-                            shape, _contiguous_strides(shape), offset)
-                    changes[f.name] = t
+                    if id(v) not in slot_of:
+                        group = groups.setdefault(v.dtype, [])
+                        slot_of[id(v)] = len(placed)
+                        placed.append((v.dtype, sum(t.numel() for t in group), v))
+                        group.append(v)
+                    items.append((f.name, 0, slot_of[id(v)]))
                 elif dataclasses.is_dataclass(v):
-                    changes[f.name] = rebuild(v)
-            return dataclasses.replace(obj, **changes)
+                    items.append((f.name, 2, plan_of(v)))
+                else:
+                    items.append((f.name, 1, v))
+            return type(obj), tuple(items)
 
-        return rebuild(self.template)
+        plan = plan_of(out)
+        order = list(groups)
+        buffers = [groups[dt][0].contiguous() if len(groups[dt]) == 1 else
+                   torch.cat([t.reshape(-1) for t in groups[dt]]) for dt in order]
+        slots = [(order.index(dt), offset, tuple(t.shape), _contiguous_strides(tuple(t.shape)),
+                  len(groups[dt]) == 1) for dt, offset, t in placed]
+        return cls(buffers, slots, plan)
+
+    def fresh(self) -> Any:
+        copies = [b.clone() for b in self.buffers]
+        views = [copies[b] if whole else copies[b].as_strided(shape, strides, offset)
+                 for b, offset, shape, strides, whole in self.slots]
+
+        def build(plan: tuple[type, tuple[tuple[str, int, Any], ...]]) -> Any:
+            kind, items = plan
+            return kind(**{name: views[v] if k == 0 else v if k == 1 else build(v)
+                           for name, k, v in items})
+
+        return build(self.plan)
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

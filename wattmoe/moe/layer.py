@@ -191,6 +191,7 @@ class SimpleMoELayer(nn.Module):
         """
         self._backend = _backend_for(name)
         self.backend_name = name
+        self._step_graphs = None  # (captured with the backend's choices of before)
 
     def reset_utilization(self) -> None:
         """Zeroes the running per-expert token counts."""
@@ -355,15 +356,18 @@ class SimpleMoELayer(nn.Module):
         `captures` and `replays` count them), or None before its first step."""
         return self._step_graphs
 
-    def _step_graph_eligible(self, tokens: torch.Tensor) -> bool:
+    def _step_graph_eligible(self, x: torch.Tensor, tokens: torch.Tensor) -> bool:
         """Whether policy 'auto' runs this step through `step_graphs` (see `set_step_graphs`;
-        the GraphedLayer checks the rest: size, capacity factor, strategy, autograd)."""
-        return (tokens.is_cuda and not self._in_step_graph and not self.training
-                and self.backend_name == "auto"
-                and tokens.shape[0] <= STEP_GRAPH_MAX_TOKENS
+        the GraphedLayer checks the rest: capacity factor, strategy, autograd). A shape it
+        holds a graph of skips asking `auto` (a replay's host time is the step's time)."""
+        if not (tokens.is_cuda and not self._in_step_graph and not self.training
+                and self.backend_name == "auto" and tokens.shape[0] <= STEP_GRAPH_MAX_TOKENS
                 and not torch.compiler.is_compiling()
-                and not torch.cuda.is_current_stream_capturing()
-                and self._step_backend(tokens) in FUSED_ROUTING_BACKENDS)
+                and not torch.cuda.is_current_stream_capturing()):
+            return False
+        runner = self._step_graphs
+        return ((runner is not None and runner.holds(x))  # type: ignore[attr-defined]
+                or self._step_backend(tokens) in FUSED_ROUTING_BACKENDS)
 
     def _run_step_graph(self, x: torch.Tensor) -> MoEOutput:
         from wattmoe.moe.graphs import GraphedLayer  # (imports this module's dependencies)
@@ -487,7 +491,7 @@ class SimpleMoELayer(nn.Module):
             check_finite_rows("MoE layer input", tokens, "token", "column")
         if self.int4_layout_policy == "auto":
             self._auto_int4_layout(tokens)
-        if self.step_graph_policy == "auto" and self._step_graph_eligible(tokens):
+        if self.step_graph_policy == "auto" and self._step_graph_eligible(x, tokens):
             return self._run_step_graph(x)
         step = self._step_backend(tokens)
         if step in FUSED_ROUTING_BACKENDS and self._fused_route_possible(tokens):
