@@ -175,3 +175,17 @@ def test_gpu_cluster_takes_numpy_counts_and_numeric_strings() -> None:
     # this was a TypeError from halving a string
     spine = {(lk.a, lk.b): lk for lk in gpu_cluster(3, 1, network_latency_s="1e-5").links}
     assert spine["node0", "spine"].latency_s == pytest.approx(5e-6)
+
+
+def test_unknown_keys_of_mixed_types_are_named(tmp_path) -> None:
+    # was: a TypeError traceback ('<' not supported between 'int' and 'str') from sorting
+    # the unknown keys when a mapping had a non-string key (YAML reads `1:` as an int)
+    d = copy.deepcopy(GOOD)
+    d["devices"][0].update({1: "a", "foo": "b"})
+    with pytest.raises(ConfigError, match=r"device.*unknown field 1\b"):
+        cluster_from_dict(d, source="box.yaml")
+    p = tmp_path / "keys.yaml"
+    p.write_text("name: box\n2: x\nnull: y\ndevices:\n  - {name: gpu0, kind: gpu, "
+                 "cost_device: nvidia-h200, memory_bytes: 1.3e11}\n")
+    with pytest.raises(ConfigError, match=r"keys.yaml: unknown field 2\b"):
+        load_cluster(p)

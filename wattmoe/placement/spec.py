@@ -174,7 +174,8 @@ def _name(where: str, field: str, value: Any) -> str:
 def _check_keys(where: str, d: Any, allowed: set[str], required: Sequence[str]) -> None:
     if not isinstance(d, Mapping):
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - allowed)
+    # (by text: YAML reads `1:` or `null:` as a non-string key, and mixed types do not sort)
+    unknown = sorted(set(d) - allowed, key=str)
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), sorted(allowed), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
