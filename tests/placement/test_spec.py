@@ -189,3 +189,20 @@ def test_unknown_keys_of_mixed_types_are_named(tmp_path) -> None:
                  "cost_device: nvidia-h200, memory_bytes: 1.3e11}\n")
     with pytest.raises(ConfigError, match=r"keys.yaml: unknown field 2\b"):
         load_cluster(p)
+
+
+@pytest.mark.parametrize("name", ["latin1.yaml", "latin1.json"])
+def test_spec_file_that_is_not_utf8_says_so(tmp_path, name) -> None:
+    # was: a UnicodeDecodeError traceback (a spec saved as Latin-1, or UTF-16 by an editor)
+    p = tmp_path / name
+    p.write_bytes("name: caf\xe9\ndevices: []\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"cluster spec '.*{name}' is not UTF-8 text: "
+                                          r"byte 0xe9 at position 9"):
+        load_cluster(p)
+
+
+def test_spec_file_with_a_utf8_byte_order_mark_loads(tmp_path) -> None:
+    # was (JSON): 'not valid YAML/JSON: Unexpected UTF-8 BOM' for a file Notepad saved
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    assert load_cluster(p) == cluster_from_dict(GOOD)

@@ -367,9 +367,13 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     """Parses a YAML (.yaml/.yml) or JSON file into plain data."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Notepad writes)
     except OSError as exc:
         raise ConfigError(f"cannot read cluster spec {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # a ValueError, not an OSError: was a traceback
+        raise ConfigError(f"cluster spec {str(path)!r} is not UTF-8 text: byte "
+                          f"{exc.object[exc.start]:#04x} at position {exc.start}; save it as "
+                          "UTF-8") from None
     if not text.strip():
         raise ConfigError(f"cluster spec {str(path)!r} is empty")
     try:
