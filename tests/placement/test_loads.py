@@ -293,3 +293,16 @@ def test_steep_zipf_gives_the_top_k_experts_every_token(skew) -> None:
     loads = synthetic_loads(3, 64, 8, 100, skew, seed=0)
     for row in loads.tokens:
         assert sorted(row)[-8:] == [100.0] * 8 and row.sum() == 800
+
+
+def test_an_integer_count_beyond_float_range_is_one_error(tmp_path) -> None:
+    # was: OverflowError 'int too large to convert to float' (a traceback from the CLI)
+    path = tmp_path / "l.json"
+    path.write_text("[[1, 1" + "0" * 400 + ", 3]]")
+    with pytest.raises(ConfigError) as exc:
+        read_loads(path, top_k=1)
+    assert str(exc.value) == (f"loads file {str(path)!r}: layer 0, expert 1 is an integer of "
+                              "401 digits, too large for a count; counts must be finite")
+    with pytest.raises(PlacementError, match=r"loads must be finite numbers: a count is too "
+                                             r"large for a float64 \(int too large"):
+        make_loads([[1, 10**400, 3]], top_k=1)

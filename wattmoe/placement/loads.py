@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
     except (TypeError, ValueError):
         raise PlacementError(f"loads must be a numeric [layers, experts] matrix, got "
                              f"{type(tokens).__name__}") from None
+    except OverflowError as exc:  # a Python int beyond float64 (was a traceback)
+        raise PlacementError(f"loads must be finite numbers: a count is too large for a "
+                             f"float64 ({exc})") from None
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -333,6 +337,10 @@ def _check_json_counts(data: object, where: str) -> None:
             if not is_real(v):
                 raise ConfigError(f"{where}: layer {i}, expert {j} is {json.dumps(v)}; counts "
                                   "must be numbers")
+            if isinstance(v, int) and abs(v) > sys.float_info.max:  # (JSON ints are unbounded)
+                raise ConfigError(f"{where}: layer {i}, expert {j} is an integer of "
+                                  f"{len(str(abs(v)))} digits, too large for a count; counts "
+                                  "must be finite")
 
 
 #: the first bytes of every .npy file (numpy.lib.format.MAGIC_PREFIX)
