@@ -206,3 +206,16 @@ def test_spec_file_with_a_utf8_byte_order_mark_loads(tmp_path) -> None:
     p = tmp_path / "bom.json"
     p.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
     assert load_cluster(p) == cluster_from_dict(GOOD)
+
+
+def test_an_integer_beyond_float_range_is_one_error(tmp_path) -> None:
+    # was: OverflowError 'int too large to convert to float' from math.isfinite (YAML and
+    # JSON read an integer of any length)
+    p = tmp_path / "huge.yaml"
+    p.write_text("devices:\n  - {name: gpu0, kind: gpu, cost_device: nvidia-h200, "
+                 f"memory_bytes: 1{'0' * 400}}}\n")
+    with pytest.raises(ConfigError, match=r"huge.yaml: device 'gpu0': field memory_bytes must "
+                                          r"be a finite number, got an integer of 401 digits"):
+        load_cluster(p)
+    with pytest.raises(ConfigError, match="field network_latency_s must be a finite number"):
+        gpu_cluster(2, 1, network_latency_s=10**400)

@@ -29,6 +29,7 @@ import difflib
 import json
 import math
 import operator
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,9 @@ def _number(where: str, field: str, value: Any, *, positive: bool = True) -> flo
     given = value
     if isinstance(value, bool):
         value = None
+    if isinstance(value, int) and abs(value) > sys.float_info.max:  # (was an OverflowError)
+        raise ConfigError(f"{where}: field {field} must be a finite number, got an integer of "
+                          f"{len(str(abs(value)))} digits (beyond float range)")
     if isinstance(value, str):
         try:
             value = float(value.replace("_", ""))
