@@ -560,3 +560,15 @@ def test_place_int4_layout_tiles_counts_no_copy_of_the_codes(tmp_path, capsys) -
     assert main(["place", "--cluster", str(cluster), "--preset", "tiny", "--dtype", "int4",
                  "--int4-layout", "tiles"]) == 2
     assert "needs --dtype int4 and --backend" in capsys.readouterr().err
+
+
+def test_place_diff_of_a_file_that_is_not_text_is_one_line(tmp_path, capsys) -> None:
+    # was: a UnicodeDecodeError traceback (a .npy or another binary file given by mistake)
+    a, b = tmp_path / "a.json", tmp_path / "b.npy"
+    assert main(["place", "--cluster", "laptop", "--preset", "tiny", "--out", str(a)]) == 0
+    b.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f8'}")
+    capsys.readouterr()
+    assert main(["place-diff", str(a), str(b)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"cannot read placement '{b}': not UTF-8 text (byte 0x93 at position 0)" in err
+    assert "Traceback" not in err

@@ -284,3 +284,25 @@ def test_loads_from_layers_over_several_steps_need_steps() -> None:
                                              "top_k = 8 x 2 = 16"):
         loads_from_layers([layer], tokens_per_batch=8)
     assert loads_from_layers([layer], tokens_per_batch=8, steps=2).tokens.sum() == 16
+
+
+@pytest.mark.parametrize("skew", ["zipf:400", "zipf:1000", "zipf:1e308"])
+def test_steep_zipf_gives_the_top_k_experts_every_token(skew) -> None:
+    # was: ValueError 'p < 0, p > 1 or p contains NaNs' from numpy's binomial: the weights of
+    # the experts after the most popular underflowed to 0 and the water-filling divided 0 by 0
+    loads = synthetic_loads(3, 64, 8, 100, skew, seed=0)
+    for row in loads.tokens:
+        assert sorted(row)[-8:] == [100.0] * 8 and row.sum() == 800
+
+
+def test_an_integer_count_beyond_float_range_is_one_error(tmp_path) -> None:
+    # was: OverflowError 'int too large to convert to float' (a traceback from the CLI)
+    path = tmp_path / "l.json"
+    path.write_text("[[1, 1" + "0" * 400 + ", 3]]")
+    with pytest.raises(ConfigError) as exc:
+        read_loads(path, top_k=1)
+    assert str(exc.value) == (f"loads file {str(path)!r}: layer 0, expert 1 is an integer of "
+                              "401 digits, too large for a count; counts must be finite")
+    with pytest.raises(PlacementError, match=r"loads must be finite numbers: a count is too "
+                                             r"large for a float64 \(int too large"):
+        make_loads([[1, 10**400, 3]], top_k=1)

@@ -339,3 +339,24 @@ def test_a_placement_refuses_a_bound_that_is_no_finite_number(milp_placement, va
                                              r"or None, got "):
         Placement(p.device_names, p.assignment, p.expert_bytes, summary=p.summary,
                   objective_lower_bound=value)
+
+
+@pytest.mark.parametrize(("field_", "message"), [
+    ("expert_bytes", "field 'expert_bytes' must be a positive integer (bytes of one expert's "
+                     "weights), got inf"),
+    ("num_layers", "field 'num_layers' must be an integer, got inf"),
+    ("solve_time_s", None),  # a number: inf is one
+])
+def test_an_integer_beyond_float_range_in_a_file_is_one_error(two_placements, field_,
+                                                              message) -> None:
+    # was: OverflowError 'int too large to convert to float' (math.isfinite, float()) for a
+    # JSON integer of 400 digits, a traceback from place-diff
+    text = two_placements[0].to_json()
+    d = json.loads(text)
+    d[field_] = "HUGE"
+    text = json.dumps(d).replace('"HUGE"', "1" + "0" * 400)
+    if message is None:
+        assert Placement.from_json(text, source="p.json").solve_time_s == float("inf")
+        return
+    with pytest.raises(PlacementError, match=f"^placement p.json: {re.escape(message)}$"):
+        Placement.from_json(text, source="p.json")

@@ -633,3 +633,38 @@ def test_local_search_skips_only_layers_with_nothing_to_find(L: int, E: int, slo
     every = solve(problem, "heuristic")
     np.testing.assert_array_equal(fast.assignment, every.assignment)
     check_invariants(problem, fast)
+
+
+class _SuperlinearCost:
+    """A cost curve where two half-size replicas take less time in total than one whole
+    expert: t(n) = 1e-7 n^2 (a measured profile need not be subadditive)."""
+
+    def devices(self) -> list[str]:
+        return ["g"]
+
+    def idle_power_w(self, device: str) -> float:
+        return 10.0
+
+    def expert_cost(self, device: str, tokens: int, *_: object) -> tuple[float, float]:
+        t = 1e-7 * tokens * tokens if tokens > 0 else 0.0
+        return t, 10.0 * t + 1e-6 * max(tokens, 0)
+
+
+def test_the_slo_lower_bound_allows_for_replicas_that_save_time() -> None:
+    # was: the bound spread each expert's whole (unsplit) time over the devices, 50 ms here,
+    # and make_problem refused an SLO of 40 ms as "infeasible: any placement takes at least
+    # 50.000 ms", where two replicas of the hot expert take 25 ms (the MILP's optimum)
+    from wattmoe.placement import latency_lower_bound
+
+    b = SHAPE.weight_bytes
+    cluster = cluster_from_dict({"name": "two", "devices": [
+        {"name": f"g{i}", "kind": "gpu", "cost_device": "g", "memory_bytes": 8 * b}
+        for i in range(2)], "links": [{"a": "g0", "b": "g1", "bandwidth_bytes_per_s": 1e30,
+                                       "energy_j_per_byte": 0, "latency_s": 0}]})
+    loads = make_loads([[1000, 0]], top_k=1)
+    problem = make_problem(cluster, loads, SHAPE, _SuperlinearCost(), "energy",
+                           Constraints(latency_slo_s=0.04, max_replicas=2))
+    p = solve(problem, "milp")
+    assert p.summary.latency_s == pytest.approx(0.025, rel=0.01) and not p.summary.violations
+    assert latency_lower_bound(problem) <= p.summary.latency_s
+    assert solve(problem, "heuristic").summary.latency_s <= 0.04

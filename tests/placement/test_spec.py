@@ -175,3 +175,47 @@ def test_gpu_cluster_takes_numpy_counts_and_numeric_strings() -> None:
     # this was a TypeError from halving a string
     spine = {(lk.a, lk.b): lk for lk in gpu_cluster(3, 1, network_latency_s="1e-5").links}
     assert spine["node0", "spine"].latency_s == pytest.approx(5e-6)
+
+
+def test_unknown_keys_of_mixed_types_are_named(tmp_path) -> None:
+    # was: a TypeError traceback ('<' not supported between 'int' and 'str') from sorting
+    # the unknown keys when a mapping had a non-string key (YAML reads `1:` as an int)
+    d = copy.deepcopy(GOOD)
+    d["devices"][0].update({1: "a", "foo": "b"})
+    with pytest.raises(ConfigError, match=r"device.*unknown field 1\b"):
+        cluster_from_dict(d, source="box.yaml")
+    p = tmp_path / "keys.yaml"
+    p.write_text("name: box\n2: x\nnull: y\ndevices:\n  - {name: gpu0, kind: gpu, "
+                 "cost_device: nvidia-h200, memory_bytes: 1.3e11}\n")
+    with pytest.raises(ConfigError, match=r"keys.yaml: unknown field 2\b"):
+        load_cluster(p)
+
+
+@pytest.mark.parametrize("name", ["latin1.yaml", "latin1.json"])
+def test_spec_file_that_is_not_utf8_says_so(tmp_path, name) -> None:
+    # was: a UnicodeDecodeError traceback (a spec saved as Latin-1, or UTF-16 by an editor)
+    p = tmp_path / name
+    p.write_bytes("name: caf\xe9\ndevices: []\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"cluster spec '.*{name}' is not UTF-8 text: "
+                                          r"byte 0xe9 at position 9"):
+        load_cluster(p)
+
+
+def test_spec_file_with_a_utf8_byte_order_mark_loads(tmp_path) -> None:
+    # was (JSON): 'not valid YAML/JSON: Unexpected UTF-8 BOM' for a file Notepad saved
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    assert load_cluster(p) == cluster_from_dict(GOOD)
+
+
+def test_an_integer_beyond_float_range_is_one_error(tmp_path) -> None:
+    # was: OverflowError 'int too large to convert to float' from math.isfinite (YAML and
+    # JSON read an integer of any length)
+    p = tmp_path / "huge.yaml"
+    p.write_text("devices:\n  - {name: gpu0, kind: gpu, cost_device: nvidia-h200, "
+                 f"memory_bytes: 1{'0' * 400}}}\n")
+    with pytest.raises(ConfigError, match=r"huge.yaml: device 'gpu0': field memory_bytes must "
+                                          r"be a finite number, got an integer of 401 digits"):
+        load_cluster(p)
+    with pytest.raises(ConfigError, match="field network_latency_s must be a finite number"):
+        gpu_cluster(2, 1, network_latency_s=10**400)

@@ -312,7 +312,12 @@ def _read_placement(path: str) -> Any:
     from wattmoe.placement import Placement
 
     with os_error_as(ConfigError, f"cannot read placement {path!r}"):
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text(encoding="utf-8")  # (what `place --out` writes)
+        except UnicodeDecodeError as exc:  # a ValueError, not an OSError: was a traceback
+            raise ConfigError(f"cannot read placement {path!r}: not UTF-8 text (byte "
+                              f"{exc.object[exc.start]:#04x} at position {exc.start}); give "
+                              "a placement JSON from wattmoe place --out") from None
     return Placement.from_json(text, source=path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ def make_loads(tokens: object, top_k: int = 1, tokens_per_batch: float | None = 
     except (TypeError, ValueError):
         raise PlacementError(f"loads must be a numeric [layers, experts] matrix, got "
                              f"{type(tokens).__name__}") from None
+    except OverflowError as exc:  # a Python int beyond float64 (was a traceback)
+        raise PlacementError(f"loads must be finite numbers: a count is too large for a "
+                             f"float64 ({exc})") from None
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -179,14 +183,22 @@ def parse_skew(skew: str) -> tuple[str, float]:
                       "(e.g. zipf:1.2)")
 
 
-def _inclusion_probabilities(weights: np.ndarray, top_k: int) -> np.ndarray:
-    """P(expert chosen by a token) proportional to `weights`, summing to top_k, each <= 1."""
-    w = weights / weights.sum()
-    pi = np.zeros_like(w)
-    free = np.ones(len(w), dtype=bool)
+def _inclusion_probabilities(weights: np.ndarray, top_k: int,
+                             exponent: float = 1.0) -> np.ndarray:
+    """P(expert chosen by a token) proportional to `weights` ** `exponent` (weights > 0),
+    summing to top_k, each <= 1.
+
+    The powers are taken relative to the largest weight still uncapped, in logs: a steep
+    exponent (zipf:400) underflows every weight but the largest to 0 (was: 0 / 0, NaN), where
+    this caps the top_k largest at 1, the limit."""
+    logw = np.log(np.asarray(weights, dtype=np.float64))
+    pi = np.zeros(len(logw))
+    free = np.ones(len(logw), dtype=bool)
     budget = float(top_k)
-    while True:  # water-filling: experts that would exceed 1 are capped at 1
-        scaled = w[free] / w[free].sum() * budget
+    while free.any():  # water-filling: experts that would exceed 1 are capped at 1
+        with np.errstate(over="ignore"):  # (-inf: a weight negligible beside the largest)
+            w = np.exp(exponent * (logw[free] - logw[free].max()))
+        scaled = w / w.sum() * budget
         capped = scaled > 1.0
         if not capped.any():
             pi[free] = scaled
@@ -195,6 +207,7 @@ def _inclusion_probabilities(weights: np.ndarray, top_k: int) -> np.ndarray:
         pi[idx] = 1.0
         free[idx] = False
         budget -= len(idx)
+    return pi
 
 
 def _route_exactly(counts: np.ndarray, pi: np.ndarray, tokens: int, top_k: int,
@@ -256,7 +269,7 @@ def synthetic_loads(num_layers: int, num_experts: int, top_k: int, tokens_per_ba
     _, exponent = parse_skew(skew)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     ranks = np.arange(1, num_experts + 1, dtype=np.float64)
-    pi = _inclusion_probabilities(ranks ** -exponent, top_k)
+    pi = _inclusion_probabilities(1.0 / ranks, top_k, exponent)
     counts = np.empty((num_layers, num_experts), dtype=np.int64)
     chances = np.empty((num_layers, num_experts))
     for layer in range(num_layers):
@@ -324,6 +337,10 @@ def _check_json_counts(data: object, where: str) -> None:
             if not is_real(v):
                 raise ConfigError(f"{where}: layer {i}, expert {j} is {json.dumps(v)}; counts "
                                   "must be numbers")
+            if isinstance(v, int) and abs(v) > sys.float_info.max:  # (JSON ints are unbounded)
+                raise ConfigError(f"{where}: layer {i}, expert {j} is an integer of "
+                                  f"{len(str(abs(v)))} digits, too large for a count; counts "
+                                  "must be finite")
 
 
 #: the first bytes of every .npy file (numpy.lib.format.MAGIC_PREFIX)

@@ -224,12 +224,19 @@ def replica_text(graph: CostGraph, each: str = "", exact: bool = False) -> str:
 def latency_lower_bound(problem: PlacementProblem) -> float:
     """A lower bound on any placement's latency: per layer, the larger of (a) the hottest
     expert split over `max_replicas` replicas on the fastest device and (b) the layer's total
-    fastest-device time spread over every device."""
+    fastest-device time spread over every device, each expert's total at the replica count
+    (1 to `max_replicas`) where its replicas take the least time together (r replicas of W/r
+    tokens can take less than one of W where the cost curve grows faster than linearly: the
+    whole expert's time alone was no bound there)."""
     W = problem.loads.tokens
     R = problem.max_replicas
-    t_hot, _ = problem.graph.replica_cost(W.max(axis=1) / R)  # [L, D]
-    t_all, _ = problem.graph.replica_cost(W)  # [L, E, D]
-    spread = t_all.min(axis=2).sum(axis=1) / problem.graph.num_devices
+    g = problem.graph
+    t_hot, _ = g.replica_cost(W.max(axis=1) / R)  # [L, D]
+    work = np.full(W.shape, np.inf)  # [L, E] least total time of an expert's replicas
+    for r in range(1, R + 1):
+        t_r, _ = g.replica_cost(W / r)  # [L, E, D]
+        work = np.minimum(work, r * t_r.min(axis=2))
+    spread = work.sum(axis=1) / g.num_devices
     return float(np.maximum(t_hot.min(axis=1), spread).sum())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from types import UnionType
@@ -443,10 +444,17 @@ class Placement:
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> Placement:
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_int=_json_int)
         except ValueError as exc:
             raise PlacementError(f"placement {source} is not valid JSON: {exc}") from None
         return cls.from_dict(data, source)
+
+
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one beyond float64's range as inf, which every field's check refuses
+    by name (math.isfinite and float() raised OverflowError on it: a traceback)."""
+    v = int(text)
+    return v if abs(v) <= sys.float_info.max else float(text)
 
 
 def _read_layer(entry: object, where: str, names: tuple[str, ...], num_experts: int

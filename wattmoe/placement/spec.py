@@ -29,6 +29,7 @@ import difflib
 import json
 import math
 import operator
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,9 @@ def _number(where: str, field: str, value: Any, *, positive: bool = True) -> flo
     given = value
     if isinstance(value, bool):
         value = None
+    if isinstance(value, int) and abs(value) > sys.float_info.max:  # (was an OverflowError)
+        raise ConfigError(f"{where}: field {field} must be a finite number, got an integer of "
+                          f"{len(str(abs(value)))} digits (beyond float range)")
     if isinstance(value, str):
         try:
             value = float(value.replace("_", ""))
@@ -174,7 +178,8 @@ def _name(where: str, field: str, value: Any) -> str:
 def _check_keys(where: str, d: Any, allowed: set[str], required: Sequence[str]) -> None:
     if not isinstance(d, Mapping):
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - allowed)
+    # (by text: YAML reads `1:` or `null:` as a non-string key, and mixed types do not sort)
+    unknown = sorted(set(d) - allowed, key=str)
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), sorted(allowed), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -366,9 +371,13 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     """Parses a YAML (.yaml/.yml) or JSON file into plain data."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # (a byte-order mark, as Notepad writes)
     except OSError as exc:
         raise ConfigError(f"cannot read cluster spec {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # a ValueError, not an OSError: was a traceback
+        raise ConfigError(f"cluster spec {str(path)!r} is not UTF-8 text: byte "
+                          f"{exc.object[exc.start]:#04x} at position {exc.start}; save it as "
+                          "UTF-8") from None
     if not text.strip():
         raise ConfigError(f"cluster spec {str(path)!r} is empty")
     try:
