@@ -64,6 +64,13 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
+#: the largest width (hidden, inner, shared inner) and number of experts a config takes:
+#: 2**24, far above any real model's (DeepSeek-V3: 7168 hidden; 256 experts) and small enough
+#: that a weight's element and byte counts stay exact int64 and float numbers everywhere
+#: (above it torch, numpy and the placement's arrays failed with tracebacks, not errors)
+MAX_SIZE = 1 << 24
+
+
 @dataclass(frozen=True)
 class MoEConfig:
     """Shape and routing of one MoE model (all of its MoE layers share it).
@@ -108,6 +115,12 @@ class MoEConfig:
         for name in ("hidden_size", "expert_inner_size", "num_experts", "top_k", "num_layers",
                      "num_heads"):
             check_positive_int(name, getattr(self, name))
+        for name in ("hidden_size", "expert_inner_size", "num_experts", "shared_inner_size"):
+            value = getattr(self, name)
+            if is_int(value) and value > MAX_SIZE:
+                raise ConfigError(f"{name}={value} in config {self.name!r} is larger than "
+                                  f"{MAX_SIZE} (2**24), the most a config takes (far above any "
+                                  "real model's; torch and the placement cannot size it)")
         if self.top_k > self.num_experts:
             raise ConfigError(
                 f"top_k={self.top_k} is larger than num_experts={self.num_experts} "
@@ -189,7 +202,11 @@ class MoEConfig:
         def rnd(v: int, m: int) -> int:
             if not math.isfinite(v * scale):  # round() of inf is an OverflowError
                 raise ConfigError(f"scale {scale:g} is too large: a width of {v} overflows")
-            return max(m, round(v * scale / m) * m)
+            w = max(m, round(v * scale / m) * m)
+            if w > MAX_SIZE:
+                raise ConfigError(f"scale {scale:g} is too large: a width of {v} becomes {w:.4g}, "
+                                  f"above {MAX_SIZE} (2**24), the most a config takes")
+            return w
 
         heads = self.num_heads
         hidden = rnd(self.hidden_size, max(multiple, heads))
