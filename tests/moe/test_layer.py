@@ -106,6 +106,19 @@ def test_balance_loss_extremes() -> None:
     assert switch_balance_loss(collapsed, torch.tensor([t, 0, 0, 0]), 1).item() == pytest.approx(e)
 
 
+@pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
+def test_empty_batch_has_zero_aux_loss(score_func: str) -> None:
+    # was: NaN (the mean router probability over no tokens), so a training step's loss was
+    # NaN whenever a micro-batch routed no tokens; the fused routing gives 0
+    layer = SimpleMoELayer(get_preset("tiny").replace(score_func=score_func), seed=0)
+    out = layer(torch.empty(0, layer.config.hidden_size))
+    assert out.hidden_states.shape == (0, layer.config.hidden_size)
+    assert out.routing.balance_loss.item() == 0.0 and out.aux_loss.item() == 0.0
+    (out.hidden_states.sum() + out.aux_loss).backward()
+    assert torch.equal(layer.router.gate.weight.grad, torch.zeros_like(layer.router.gate.weight))
+    assert switch_balance_loss(torch.empty(0, 4), torch.zeros(4, dtype=torch.long), 2).item() == 0
+
+
 def test_capacity_drops_later_tokens() -> None:
     # 4 tokens all prefer expert 0 first; capacity = ceil(1.0 * 4 * 1 / 2) = 2.
     idx = torch.tensor([[0], [0], [0], [1]])
