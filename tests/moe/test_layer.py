@@ -190,6 +190,18 @@ def test_block_shapes_and_grad(gen: torch.Generator) -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("shape", [(2, 0), (0, 3), (0, 0)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_block_takes_an_empty_batch_or_sequence(shape: tuple[int, int], causal: bool) -> None:
+    # was: RuntimeError "cannot reshape tensor of 0 elements into shape [2, 0, -1]" from the
+    # attention (the layer itself takes [0, H])
+    cfg = get_preset("tiny")
+    block = MoETransformerBlock(cfg, seed=0, causal=causal)
+    out = block(torch.empty(*shape, cfg.hidden_size))
+    assert out.hidden_states.shape == (*shape, cfg.hidden_size)
+    assert out.expert_counts.sum().item() == 0 and out.aux_loss.item() == 0.0
+
+
 def test_block_is_causal(gen: torch.Generator) -> None:
     cfg = get_preset("tiny")
     block = MoETransformerBlock(cfg, seed=0)

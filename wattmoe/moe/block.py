@@ -39,7 +39,8 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.o_proj(y.transpose(1, 2).reshape(b, s, -1))
+        # (the width named: -1 is ambiguous for an empty batch or sequence)
+        return self.o_proj(y.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
 
 
 class MoETransformerBlock(nn.Module):
