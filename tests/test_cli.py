@@ -281,3 +281,12 @@ def test_demo_scale_too_large_for_any_width_is_one_line(scale: str,
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: scale {float(scale):g} is too large: a width of 64 becomes ")
     assert "\n" not in err
+
+
+def test_demo_seed_outside_torchs_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # was: a traceback ending in "ValueError: Overflow when unpacking long long"
+    assert main(["demo", "--preset", "tiny", "--steps", "1", "--seq", "8", "--cluster", "none",
+                 "--seed", str(2**70)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: seed must be an integer from -2**63 to 2**64 - 1 (what torch's generator "
+        f"takes), got {2**70}")

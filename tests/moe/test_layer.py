@@ -21,6 +21,7 @@ from wattmoe.moe import (
     int4_group_size,
     switch_balance_loss,
 )
+from wattmoe.moe.block import Attention
 from wattmoe.moe.router import RoutingStrategy
 
 
@@ -218,6 +219,28 @@ def test_seed_makes_weights_reproducible() -> None:
     a, b = SimpleMoELayer(cfg, seed=11), SimpleMoELayer(cfg, seed=11)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**30])
+def test_seed_outside_torchs_range_is_one_clear_error(seed: int) -> None:
+    # was: ValueError "Overflow when unpacking long long" from torch.manual_seed
+    for make in (SimpleMoELayer, MoETransformerBlock):
+        with pytest.raises(ConfigError, match=f"seed must be an integer from -2\\*\\*63 to "
+                                              f"2\\*\\*64 - 1 .*, got {seed}$"):
+            make(get_preset("tiny"), seed=seed)
+
+
+def test_block_takes_the_largest_seed_and_seeds_as_before() -> None:
+    # was: 2**64 - 1 (valid) made the attention's seed 2**64, which torch refuses
+    cfg = get_preset("tiny")
+    a, b = MoETransformerBlock(cfg, seed=2**64 - 1), MoETransformerBlock(cfg, seed=-1)
+    assert torch.equal(a.attn.q_proj.weight, b.attn.q_proj.weight)  # the same seed to torch
+    assert torch.equal(a.moe.router.gate.weight, b.moe.router.gate.weight)
+    c = MoETransformerBlock(cfg, seed=0)  # the attention is seeded with seed + 1, as before
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        want = Attention(cfg, torch.float32)
+    assert torch.equal(c.attn.q_proj.weight, want.q_proj.weight)
 
 
 def test_bad_input_errors() -> None:

@@ -53,12 +53,24 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
+#: the seeds torch's generator takes (a negative one is taken modulo 2**64)
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
-    """Runs the block with torch's CPU generator seeded (restored afterwards); None = as is."""
+    """Runs the block with torch's CPU generator seeded (restored afterwards); None = as is.
+
+    Raises:
+        ConfigError: an integer seed outside -2**63 .. 2**64 - 1, which torch's generator
+            refuses with a bare "Overflow when unpacking long long".
+    """
     if seed is None:
         yield
         return
+    if is_int(seed) and not SEED_MIN <= seed <= SEED_MAX:
+        raise ConfigError(f"seed must be an integer from -2**63 to 2**64 - 1 (what torch's "
+                          f"generator takes), got {seed}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield

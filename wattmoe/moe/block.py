@@ -66,7 +66,9 @@ class MoETransformerBlock(nn.Module):
         self.attn_norm = nn.RMSNorm(config.hidden_size, dtype=dt, device=device)
         self.moe_norm = nn.RMSNorm(config.hidden_size, dtype=dt, device=device)
         self.moe = SimpleMoELayer(config, dt, device, strategy, backend, seed)
-        with seeded(None if seed is None else seed + 1):
+        # the attention's seed is the next one, modulo 2**64 as torch takes seeds (2**64 - 1,
+        # a valid seed, made 2**64, which torch refuses)
+        with seeded(None if seed is None else (int(seed) + 1) % (1 << 64)):
             self.attn = Attention(config, dt, device)
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
