@@ -270,3 +270,23 @@ def test_demo_dtype_int4_points_to_the_int4_flag(capsys: pytest.CaptureFixture[s
     assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "1", "--seq", "8",
                  "--cluster", "none", "--int4"]) == 0
     assert "tokens/s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scale", ["1e300", "1e7"])
+def test_demo_scale_too_large_for_any_width_is_one_line(scale: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # was: a traceback, from the placement's int64 arrays (OverflowError) or from torch
+    # sizing the block's norm ("Overflow when unpacking long long")
+    assert main(["demo", "--preset", "tiny", "--scale", scale, "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: scale {float(scale):g} is too large: a width of 64 becomes ")
+    assert "\n" not in err
+
+
+def test_demo_seed_outside_torchs_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # was: a traceback ending in "ValueError: Overflow when unpacking long long"
+    assert main(["demo", "--preset", "tiny", "--steps", "1", "--seq", "8", "--cluster", "none",
+                 "--seed", str(2**70)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: seed must be an integer from -2**63 to 2**64 - 1 (what torch's generator "
+        f"takes), got {2**70}")

@@ -138,6 +138,29 @@ def test_training_falls_back_to_loop_with_gradients(backend: str, gen: torch.Gen
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize("backend", FAST)
+def test_training_with_the_first_expert_frozen_gives_the_others_loops_gradients(
+        backend: str, gen: torch.Generator) -> None:
+    # was: only the first expert's parameters were looked at, so with it frozen every other
+    # backend ran its stacked weights and the experts being trained got no gradient at all
+    layer, ref = small_layer(seed=4), small_layer(seed=4)
+    layer.set_backend(backend)
+    ref.set_backend("loop")
+    x = torch.randn(32, layer.config.hidden_size, generator=gen)
+    for m in (layer, ref):
+        m.experts[0].requires_grad_(False)
+        m(x).hidden_states.square().sum().backward()
+    trained = 0
+    for e, (got, want) in enumerate(zip(layer.experts, ref.experts, strict=True)):
+        for name, p in got.named_parameters():
+            q = dict(want.named_parameters())[name]
+            assert (p.grad is None) == (q.grad is None), (e, name)
+            if q.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad)
+                trained += 1
+    assert trained > 3  # experts other than the frozen one were routed to and got gradients
+
+
 # --- stacking -------------------------------------------------------------------------------
 
 

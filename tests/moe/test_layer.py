@@ -21,6 +21,7 @@ from wattmoe.moe import (
     int4_group_size,
     switch_balance_loss,
 )
+from wattmoe.moe.block import Attention
 from wattmoe.moe.router import RoutingStrategy
 
 
@@ -106,6 +107,19 @@ def test_balance_loss_extremes() -> None:
     assert switch_balance_loss(collapsed, torch.tensor([t, 0, 0, 0]), 1).item() == pytest.approx(e)
 
 
+@pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
+def test_empty_batch_has_zero_aux_loss(score_func: str) -> None:
+    # was: NaN (the mean router probability over no tokens), so a training step's loss was
+    # NaN whenever a micro-batch routed no tokens; the fused routing gives 0
+    layer = SimpleMoELayer(get_preset("tiny").replace(score_func=score_func), seed=0)
+    out = layer(torch.empty(0, layer.config.hidden_size))
+    assert out.hidden_states.shape == (0, layer.config.hidden_size)
+    assert out.routing.balance_loss.item() == 0.0 and out.aux_loss.item() == 0.0
+    (out.hidden_states.sum() + out.aux_loss).backward()
+    assert torch.equal(layer.router.gate.weight.grad, torch.zeros_like(layer.router.gate.weight))
+    assert switch_balance_loss(torch.empty(0, 4), torch.zeros(4, dtype=torch.long), 2).item() == 0
+
+
 def test_capacity_drops_later_tokens() -> None:
     # 4 tokens all prefer expert 0 first; capacity = ceil(1.0 * 4 * 1 / 2) = 2.
     idx = torch.tensor([[0], [0], [0], [1]])
@@ -177,6 +191,18 @@ def test_block_shapes_and_grad(gen: torch.Generator) -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("shape", [(2, 0), (0, 3), (0, 0)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_block_takes_an_empty_batch_or_sequence(shape: tuple[int, int], causal: bool) -> None:
+    # was: RuntimeError "cannot reshape tensor of 0 elements into shape [2, 0, -1]" from the
+    # attention (the layer itself takes [0, H])
+    cfg = get_preset("tiny")
+    block = MoETransformerBlock(cfg, seed=0, causal=causal)
+    out = block(torch.empty(*shape, cfg.hidden_size))
+    assert out.hidden_states.shape == (*shape, cfg.hidden_size)
+    assert out.expert_counts.sum().item() == 0 and out.aux_loss.item() == 0.0
+
+
 def test_block_is_causal(gen: torch.Generator) -> None:
     cfg = get_preset("tiny")
     block = MoETransformerBlock(cfg, seed=0)
@@ -193,6 +219,28 @@ def test_seed_makes_weights_reproducible() -> None:
     a, b = SimpleMoELayer(cfg, seed=11), SimpleMoELayer(cfg, seed=11)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**30])
+def test_seed_outside_torchs_range_is_one_clear_error(seed: int) -> None:
+    # was: ValueError "Overflow when unpacking long long" from torch.manual_seed
+    for make in (SimpleMoELayer, MoETransformerBlock):
+        with pytest.raises(ConfigError, match=f"seed must be an integer from -2\\*\\*63 to "
+                                              f"2\\*\\*64 - 1 .*, got {seed}$"):
+            make(get_preset("tiny"), seed=seed)
+
+
+def test_block_takes_the_largest_seed_and_seeds_as_before() -> None:
+    # was: 2**64 - 1 (valid) made the attention's seed 2**64, which torch refuses
+    cfg = get_preset("tiny")
+    a, b = MoETransformerBlock(cfg, seed=2**64 - 1), MoETransformerBlock(cfg, seed=-1)
+    assert torch.equal(a.attn.q_proj.weight, b.attn.q_proj.weight)  # the same seed to torch
+    assert torch.equal(a.moe.router.gate.weight, b.moe.router.gate.weight)
+    c = MoETransformerBlock(cfg, seed=0)  # the attention is seeded with seed + 1, as before
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        want = Attention(cfg, torch.float32)
+    assert torch.equal(c.attn.q_proj.weight, want.q_proj.weight)
 
 
 def test_bad_input_errors() -> None:

@@ -48,6 +48,27 @@ def test_bad_scale() -> None:
         get_preset("tiny", 1e308)  # finite, but a width times it is not
 
 
+@pytest.mark.parametrize(("spec", "match"), [
+    ("tiny@1e300", r"scale 1e\+300 is too large: a width of 64 becomes 6\.4e\+301, above "
+                   r"16777216 \(2\*\*24\)"),
+    ("tiny@1e7", r"scale 1e\+07 is too large: a width of 64 becomes 6\.4e\+08"),
+    ("h99999999999_f64_relu", r"hidden_size=99999999999 in config 'h99999999999_f64_relu' is "
+                              r"larger than 16777216"),
+    ("h64_f64_swiglu_e100000000000000000000_k1", r"num_experts=100000000000000000000 in config"),
+])
+def test_a_width_or_expert_count_beyond_any_machine_is_one_clear_error(spec: str,
+                                                                        match: str) -> None:
+    # was: a finite scale that made widths of billions (`wattmoe demo --scale 1e7`) or a key
+    # with such a size passed, and torch (RMSNorm's size), numpy (the placement's int64
+    # arrays: "Python int too large to convert to C long") or a float conversion raised
+    # a traceback
+    from wattmoe.moe import resolve_shape
+
+    with pytest.raises(ConfigError, match=match):
+        resolve_shape(spec)
+    assert resolve_shape("tiny@1e4").hidden_size == 640000  # large, but sized: refused later
+
+
 @pytest.mark.parametrize("name", [None, 3, b"tiny", ["tiny"], 1.5])
 def test_name_that_is_not_a_string_is_one_clear_error(name: object) -> None:
     # was: AttributeError: 'NoneType' object has no attribute 'lower' (bytes: "unknown

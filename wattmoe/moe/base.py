@@ -53,15 +53,34 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
+#: the seeds torch's generator takes (a negative one is taken modulo 2**64)
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
-    """Runs the block with torch's CPU generator seeded (restored afterwards); None = as is."""
+    """Runs the block with torch's CPU generator seeded (restored afterwards); None = as is.
+
+    Raises:
+        ConfigError: an integer seed outside -2**63 .. 2**64 - 1, which torch's generator
+            refuses with a bare "Overflow when unpacking long long".
+    """
     if seed is None:
         yield
         return
+    if is_int(seed) and not SEED_MIN <= seed <= SEED_MAX:
+        raise ConfigError(f"seed must be an integer from -2**63 to 2**64 - 1 (what torch's "
+                          f"generator takes), got {seed}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+#: the largest width (hidden, inner, shared inner) and number of experts a config takes:
+#: 2**24, far above any real model's (DeepSeek-V3: 7168 hidden; 256 experts) and small enough
+#: that a weight's element and byte counts stay exact int64 and float numbers everywhere
+#: (above it torch, numpy and the placement's arrays failed with tracebacks, not errors)
+MAX_SIZE = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,12 @@ class MoEConfig:
         for name in ("hidden_size", "expert_inner_size", "num_experts", "top_k", "num_layers",
                      "num_heads"):
             check_positive_int(name, getattr(self, name))
+        for name in ("hidden_size", "expert_inner_size", "num_experts", "shared_inner_size"):
+            value = getattr(self, name)
+            if is_int(value) and value > MAX_SIZE:
+                raise ConfigError(f"{name}={value} in config {self.name!r} is larger than "
+                                  f"{MAX_SIZE} (2**24), the most a config takes (far above any "
+                                  "real model's; torch and the placement cannot size it)")
         if self.top_k > self.num_experts:
             raise ConfigError(
                 f"top_k={self.top_k} is larger than num_experts={self.num_experts} "
@@ -189,7 +214,11 @@ class MoEConfig:
         def rnd(v: int, m: int) -> int:
             if not math.isfinite(v * scale):  # round() of inf is an OverflowError
                 raise ConfigError(f"scale {scale:g} is too large: a width of {v} overflows")
-            return max(m, round(v * scale / m) * m)
+            w = max(m, round(v * scale / m) * m)
+            if w > MAX_SIZE:
+                raise ConfigError(f"scale {scale:g} is too large: a width of {v} becomes {w:.4g}, "
+                                  f"above {MAX_SIZE} (2**24), the most a config takes")
+            return w
 
         heads = self.num_heads
         hidden = rnd(self.hidden_size, max(multiple, heads))

@@ -39,7 +39,8 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.o_proj(y.transpose(1, 2).reshape(b, s, -1))
+        # (the width named: -1 is ambiguous for an empty batch or sequence)
+        return self.o_proj(y.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
 
 
 class MoETransformerBlock(nn.Module):
@@ -65,7 +66,9 @@ class MoETransformerBlock(nn.Module):
         self.attn_norm = nn.RMSNorm(config.hidden_size, dtype=dt, device=device)
         self.moe_norm = nn.RMSNorm(config.hidden_size, dtype=dt, device=device)
         self.moe = SimpleMoELayer(config, dt, device, strategy, backend, seed)
-        with seeded(None if seed is None else seed + 1):
+        # the attention's seed is the next one, modulo 2**64 as torch takes seeds (2**64 - 1,
+        # a valid seed, made 2**64, which torch refuses)
+        with seeded(None if seed is None else (int(seed) + 1) % (1 << 64)):
             self.attn = Attention(config, dt, device)
 
     def forward(self, x: torch.Tensor) -> MoEOutput:

@@ -111,7 +111,9 @@ def switch_balance_loss(
     """
     tokens, num_experts = probs.shape
     f = routed_counts.to(probs.dtype) / max(tokens * top_k, 1)
-    p = probs.mean(dim=0)
+    # no tokens: 0, as the fused routing gives (the mean of no rows is NaN, and an empty
+    # batch's aux loss was NaN, which made a training step's loss NaN)
+    p = probs.mean(dim=0) if tokens else probs.sum(dim=0)
     return num_experts * torch.sum(f * p)
 
 
