@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# run 133 (session 19; run 132 again after its fixes: the check compares after auto's deciding step, replays of held shapes skip asking auto, outputs rebuilt from a plan): whole-step CUDA graphs by default for the auto backend's fused steps
+# (SimpleMoELayer.set_step_graphs('auto')): (1) correctness against eager steps, every output
+# tensor, loads, outputs kept across steps (step_graphs_check.py; 600 tokens: above the limit,
+# eager both ways); (2) energy of the default at decode sizes and 512 tokens, with the policy
+# and with it off, beside GraphedLayer's whole-step graphs (kernels_bench); (3) wattmoe demo on
+# the GPU with every default, bf16 and --int4
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 WATTMOE_COMMIT
+unset WATTMOE_KERNEL_CONFIGS WATTMOE_INT4_TILE_ROWS WATTMOE_INT4_TILE_COPIES
+rm -rf /tmp/r; mkdir -p /tmp/r/k
+nvidia-smi --query-gpu=name,driver_version,power.limit,temperature.gpu,clocks.sm --format=csv > /tmp/r/gpu_start.csv
+T0=$SECONDS
+timeout 140 python3 benchmarks/gpu/step_graphs_check.py --out /tmp/r/check.json \
+  --shapes olmoe-1b-7b,qwen3-30b-a3b,deepseek-v3 --tokens 1,8,32,512,600 > /tmp/r/check_log.txt 2>&1
+echo "check rc=$? at $((SECONDS-T0)) s"; grep -v Warn /tmp/r/check_log.txt | grep -E "FAIL|check:|rror" | cut -c1-200
+timeout 280 python3 benchmarks/gpu/kernels_bench.py --out /tmp/r/k --sections energy --tokens 1,8,32,512 \
+  --int4-layout auto --variants auto,auto_int4,auto_eager,auto_int4_eager \
+  --graph-variants fused+step_graph,fused_int4+step_graph --graph-tokens 1,8,32,512 --window 1.5 \
+  > /tmp/r/k/k_log.txt 2>&1
+echo "bench rc=$? at $((SECONDS-T0)) s"; grep -v Warn /tmp/r/k/k_log.txt | grep -E "T=|rror|==" | cut -c1-170
+D="python3 -m wattmoe.cli demo --preset olmoe-1b-7b --scale 1 --batch 4 --seq 128 --device cuda:0 --dtype bf16"
+for V in bf16 int4; do
+  F=""; [ $V = int4 ] && F="--int4"
+  timeout 60 $D --steps 8000 $F > /tmp/r/demo_$V.txt 2>&1; echo "demo $V rc=$? at $((SECONDS-T0)) s"
+  grep -E "experts|median step|energy per token|mean power|heuristic" /tmp/r/demo_$V.txt | cut -c1-200
+done
+nvidia-smi --query-gpu=temperature.gpu,clocks.sm --format=csv > /tmp/r/gpu_end.csv
+tar czf $OUT/r.tgz -C /tmp r
