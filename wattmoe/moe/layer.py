@@ -331,11 +331,12 @@ class SimpleMoELayer(nn.Module):
         captured at its second step of that shape (router, dispatch, experts, combine: one
         launch per step; `graphs.GraphedLayer`) and replayed from then on; at most
         `STEP_GRAPH_MAX_SHAPES` shapes, after which other shapes run eagerly. Decode steps are
-        host-bound: on the H200 this spends 1.3-4.1x fewer joules per token than the same
-        steps run eagerly with the experts alone captured (1-32 tokens, three shapes, bf16
-        and int4; run 131, docs/kernels.md). The output is an eager step's: every tensor
-        fresh (the graph packs them; a replay copies one buffer per dtype). A step with a
-        capacity factor or a routing strategy with side effects runs eagerly.
+        host-bound: on the H200, 1-token steps spent 14-64% fewer joules than with this off
+        (OLMoE, Qwen3-30B-A3B, DeepSeek-V3, bf16 and int4; run 133, docs/kernels.md), 8-32
+        token steps up to 33% fewer; GPU-bound steps (DeepSeek-V3 at 8-512 tokens) the same
+        within 1%. The output is an eager step's: every tensor fresh (the graph packs them;
+        a replay copies one buffer per dtype). A step with a capacity factor or a routing
+        strategy with side effects runs eagerly.
         'off': every step eagerly. An explicitly named backend never captures the whole step
         (wrap the layer in `GraphedLayer` for that).
 
