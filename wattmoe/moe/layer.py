@@ -43,7 +43,7 @@ TILE_ORDER_BACKENDS = frozenset({"auto", "fused", "fused_graph"})
 #: `SimpleMoELayer.int4_layout_policy`'s values: a layout, or 'auto' (the default)
 INT4_LAYOUT_POLICIES: tuple[str, ...] = ("auto", *INT4_LAYOUTS)
 #: `SimpleMoELayer.set_step_graphs`: 'auto' captures the whole step of the `auto` backend's
-#: fused steps on a GPU (`_step_graph_eligible`), 'off' never
+#: fused steps on a GPU (`_step_graph_ready`, `forward`), 'off' never
 STEP_GRAPH_POLICIES: tuple[str, ...] = ("auto", "off")
 #: the step sizes 'auto' captures: steps of up to this many tokens, a shape at its second
 #: step (a size seen once does not pay a capture), at most this many shapes per layer
@@ -357,18 +357,16 @@ class SimpleMoELayer(nn.Module):
         `captures` and `replays` count them), or None before its first step."""
         return self._step_graphs
 
-    def _step_graph_eligible(self, x: torch.Tensor, tokens: torch.Tensor) -> bool:
-        """Whether policy 'auto' runs this step through `step_graphs` (see `set_step_graphs`;
-        the GraphedLayer checks the rest: capacity factor, strategy, autograd). A shape it
-        holds a graph of skips asking `auto` (a replay's host time is the step's time)."""
-        if not (tokens.is_cuda and not self._in_step_graph and not self.training
+    def _step_graph_ready(self, tokens: torch.Tensor) -> bool:
+        """The cheap conditions of policy 'auto' (see `set_step_graphs`): a GPU evaluation
+        step of the `auto` backend, small enough, not run by the layer's own GraphedLayer,
+        not traced, not inside a capture. `forward` adds: a shape the GraphedLayer holds a
+        graph of (a replay asks `auto` nothing), or one `auto` runs on a fused backend; the
+        GraphedLayer checks the rest (capacity factor, strategy, autograd)."""
+        return (tokens.is_cuda and not self._in_step_graph and not self.training
                 and self.backend_name == "auto" and tokens.shape[0] <= STEP_GRAPH_MAX_TOKENS
                 and not torch.compiler.is_compiling()
-                and not torch.cuda.is_current_stream_capturing()):
-            return False
-        runner = self._step_graphs
-        return ((runner is not None and runner.holds(x))  # type: ignore[attr-defined]
-                or self._step_backend(tokens) in FUSED_ROUTING_BACKENDS)
+                and not torch.cuda.is_current_stream_capturing())
 
     def _run_step_graph(self, x: torch.Tensor) -> MoEOutput:
         from wattmoe.moe.graphs import GraphedLayer  # (imports this module's dependencies)
@@ -378,11 +376,12 @@ class SimpleMoELayer(nn.Module):
             runner = self._step_graphs = GraphedLayer(
                 self, max_tokens=STEP_GRAPH_MAX_TOKENS, max_graphs=STEP_GRAPH_MAX_SHAPES,
                 capture_after=STEP_GRAPH_CAPTURE_AFTER, evict=False, fresh_outputs=True)
-        self._in_step_graph = True
+        # (set in __dict__: nn.Module.__setattr__'s checks cost ~8 us a step)
+        self.__dict__["_in_step_graph"] = True
         try:
             return runner(x)
         finally:
-            self._in_step_graph = False
+            self.__dict__["_in_step_graph"] = False
 
     def __getstate__(self) -> dict[str, object]:
         # a copy or a pickle of the layer holds no CUDA graphs of this one (they read this
@@ -490,9 +489,15 @@ class SimpleMoELayer(nn.Module):
         tokens = x.reshape(-1, h)
         if tokens.device.type == "cpu":
             check_finite_rows("MoE layer input", tokens, "token", "column")
+        graphs = self.step_graph_policy == "auto" and self._step_graph_ready(tokens)
+        runner = self._step_graphs
+        if graphs and runner is not None and runner.holds(x):  # type: ignore[attr-defined]
+            # a shape captured after the int4 layout policy looked (a replaced expert changes
+            # the graph's weights signature: the capture's warm-up steps look again)
+            return self._run_step_graph(x)
         if self.int4_layout_policy == "auto":
             self._auto_int4_layout(tokens)
-        if self.step_graph_policy == "auto" and self._step_graph_eligible(x, tokens):
+        if graphs and self._step_backend(tokens) in FUSED_ROUTING_BACKENDS:
             return self._run_step_graph(x)
         step = self._step_backend(tokens)
         if step in FUSED_ROUTING_BACKENDS and self._fused_route_possible(tokens):
