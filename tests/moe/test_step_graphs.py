@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import logging
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ import torch
 from wattmoe.errors import ConfigError
 from wattmoe.moe import SimpleMoELayer, get_preset
 from wattmoe.moe.backends import get_backend
-from wattmoe.moe.graphs import GraphedLayer, _Packed
+from wattmoe.moe.graphs import GraphedLayer
 
 from .conftest import FakeGraph
 
@@ -31,11 +33,8 @@ class FakeCuda(torch.Tensor):  # takes the CUDA path on a CPU
 
 def _copy_into(static: object, new: object) -> None:
     """What a replay does: the captured call's results written into its static output."""
-    if isinstance(static, _Packed):
-        for buf, now in zip(static.buffers, new.buffers):  # type: ignore[attr-defined]
-            buf.copy_(now)
-    else:
-        static.hidden_states.copy_(new.hidden_states)  # type: ignore[attr-defined]
+    for a, b in zip(tensors(static).values(), tensors(new).values()):
+        a.copy_(b)
 
 
 @pytest.fixture
@@ -229,3 +228,110 @@ def test_a_layer_pickled_before_step_graphs_still_runs() -> None:
     with torch.no_grad():
         layer(torch.randn(2, layer.config.hidden_size))
     assert layer.step_graph_policy == "auto" and layer.step_graphs is None
+
+
+def test_fresh_outputs_own_their_memory(fake_graphs: None) -> None:
+    # an aux loss or the counts kept from every step must keep their own bytes, not the
+    # step's logits and hidden states (views of one packed buffer did)
+    layer = small_layer(seed=2)
+    layer.set_backend("grouped")
+    step = GraphedLayer(layer, fresh_outputs=True)
+    x = torch.randn(64, layer.config.hidden_size)
+    with torch.no_grad():
+        eager = layer(x)
+        step(cuda_like(x))
+        out = step(cuda_like(x))
+    for name, t in tensors(eager).items():
+        got = tensors(out)[name]
+        assert got.untyped_storage().nbytes() == t.untyped_storage().nbytes(), name
+
+
+def test_a_step_that_wants_gradients_is_not_replayed(
+        fake_graphs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a replay records nothing for autograd: with a shape captured in evaluation, a later
+    # grad-mode step of that shape (input gradients through a frozen layer) ran the graph
+    # and its output had no grad_fn
+    layer = small_layer(seed=1).requires_grad_(False)
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    h = layer.config.hidden_size
+    with torch.no_grad():
+        for _ in range(3):
+            layer(cuda_like(torch.randn(4, h)))
+    runner = layer.step_graphs
+    assert runner is not None and runner.replays == 2
+    x = cuda_like(torch.randn(4, h)).requires_grad_()
+    out = layer(x)
+    assert out.hidden_states.requires_grad and runner.replays == 2
+    assert not GraphedLayer(layer).capturable(x)  # a GraphedLayer made by hand too
+
+
+def test_autocast_steps_are_not_captured(fake_graphs: None) -> None:
+    layer = small_layer()
+    layer.set_backend("grouped")
+    step = GraphedLayer(layer)
+    x = cuda_like(torch.randn(4, layer.config.hidden_size))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # (x's device)
+        assert not step.capturable(x)
+        step(x)
+    assert step.captures == 0
+
+
+def test_a_deleted_layer_is_freed_without_the_collector(
+        fake_graphs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the layer holds its GraphedLayer: a strong reference back was a cycle, which kept the
+    # weights (and on a GPU the graphs' memory) until the collector's next full pass
+    import wattmoe.moe.graphs as graphs
+
+    # (a CUDA graph holds no Python reference to the step it recorded)
+    monkeypatch.setattr(graphs, "_warm_and_capture",
+                        lambda fn, device, pool: (FakeGraph(lambda: None), fn()))
+    layer = small_layer()
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    with torch.no_grad():
+        for _ in range(3):
+            layer(cuda_like(torch.randn(2, layer.config.hidden_size)))
+    assert layer.step_graphs is not None and layer.step_graphs.replays == 2
+    monkeypatch.undo()  # (the patched instance attributes refer to the layer)
+    gone = weakref.ref(layer)
+    gc.disable()
+    try:
+        del layer
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
+def test_capturing_leaves_the_auto_backends_counts_of_real_steps(fake_graphs: None,
+                                                                 monkeypatch) -> None:
+    # `wattmoe demo` reports the steps each backend ran from `AutoBackend.counts`: the
+    # capture's two warm-up runs and its recording are not steps
+    import wattmoe.moe.graphs as graphs
+
+    monkeypatch.setattr(graphs, "_warm_and_capture",
+                        lambda fn, device, pool: (FakeGraph(lambda: None), (fn(), fn(), fn())[0]))
+    layer = small_layer()
+    step = GraphedLayer(layer, capture_after=2)
+    monkeypatch.setattr(step, "capturable", lambda x: True)
+    x = torch.randn(3, layer.config.hidden_size)
+    with torch.no_grad():
+        step(x)  # eager: auto decides and runs
+        ran = sum(layer.expert_backend.counts.values())
+        loads = layer.tokens_per_expert.clone()
+        step(x)  # captured (three runs), then replayed (the fake replay runs nothing)
+    assert step.captures == 1 and sum(layer.expert_backend.counts.values()) == ran
+    assert torch.equal(layer.tokens_per_expert, loads)
+
+
+def test_a_changed_routing_path_or_reset_auto_captures_again(
+        fake_graphs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = small_layer()
+    step = GraphedLayer(layer)
+    monkeypatch.setattr(step, "capturable", lambda x: True)
+    x = torch.randn(3, layer.config.hidden_size)
+    with torch.no_grad():
+        step(x)
+        layer.fused_routing = False  # a replay would still route with the fused kernels
+        step(x)
+        layer.expert_backend.reset()  # the next step of each bucket decides again
+        step(x)
+    assert step.captures == 3

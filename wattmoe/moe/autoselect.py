@@ -178,6 +178,7 @@ class AutoBackend:
         self.table: dict[tuple[object, ...], Decision] = {}
         self.decisions: list[Decision] = []
         self.counts: Counter[str] = Counter()
+        self.resets = 0  # times `reset` ran
         self.last: Decision | None = None
         # seconds spent in this instance's own decisions (taking a shared one costs nothing)
         self.deciding_s = 0.0
@@ -219,6 +220,7 @@ class AutoBackend:
         self.deciding_s = 0.0
         self._compiled.clear()
         self._unstackable_for.clear()
+        self.resets += 1  # (a layer's whole-step graphs keyed by it capture again)
         self.last = None
 
     def key(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> tuple[object, ...]:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wattmoe.moe import fused_route
 from wattmoe.moe.backends import get_backend, needs_autograd, register_backend
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.fused_triton import copies_moved, refresh_frag_words
@@ -219,8 +220,8 @@ class GraphedLayer:
 
     The returned `MoEOutput.hidden_states` is a fresh tensor; its other fields (routing, counts,
     aux loss) are the graph's static buffers, overwritten by the next replay of that shape,
-    unless `fresh_outputs` (then every tensor of the output is fresh, as an eager step's: the
-    graph packs them into one buffer per dtype, which a replay copies once).
+    unless `fresh_outputs` (then every tensor of the output is fresh and owns its memory, as
+    an eager step's: a replay copies the static ones with one `torch._foreach_copy_`).
 
     A graph reads the weights at the addresses it was captured with. In-place updates
     (`load_state_dict`, an optimizer step) are seen; a change that replaces tensors
@@ -243,12 +244,16 @@ class GraphedLayer:
         evict: with False, a full cache keeps its graphs and steps of other shapes run
             eagerly (logged once): no shape is captured twice, however many sizes rotate.
         fresh_outputs: every tensor of the returned output is fresh (see above).
+        weak_layer: hold the layer weakly (the layer's own `GraphedLayer`, which it holds:
+            a strong reference back would keep a deleted layer's weights and graphs until
+            the garbage collector's next full pass).
     """
 
     def __init__(self, layer: nn.Module, max_tokens: int = 512, max_graphs: int = 16, *,
-                 capture_after: int = 1, evict: bool = True,
-                 fresh_outputs: bool = False) -> None:
-        self.layer = layer
+                 capture_after: int = 1, evict: bool = True, fresh_outputs: bool = False,
+                 weak_layer: bool = False) -> None:
+        self._layer: Callable[[], nn.Module | None] = (
+            weakref.ref(layer) if weak_layer else (lambda: layer))
         self.max_tokens = max_tokens
         self.max_graphs = max_graphs
         self.capture_after = capture_after
@@ -262,12 +267,19 @@ class GraphedLayer:
         self._uncapturable: set[tuple[object, ...]] = set()
         self._pool: object | None = None
         self._weights: tuple[object, ...] | None = None
-        self._modules_cache: tuple[list[nn.Module], tuple[int, ...]] = ([], ())
+        self._modules_cache: tuple[list[nn.Module], tuple[object, ...]] = ([], ())
         # the stacks the captured steps read (int4 fragment words to refresh before a replay),
         # held weakly: the stack of replaced experts is not kept alive here
         self._stacks: list[weakref.ref] = []
         self.captures = 0
         self.replays = 0
+
+    @property
+    def layer(self) -> nn.Module:
+        layer = self._layer()
+        if layer is None:
+            raise RuntimeError("the layer of this GraphedLayer was deleted")
+        return layer
 
     def weights_signature(self) -> tuple[object, ...]:
         """Addresses of the tensors a captured step reads (O(1) in the number of experts).
@@ -288,15 +300,18 @@ class GraphedLayer:
                                             layout_changes()) if len(experts) else ())
         except AttributeError:
             anchors = tuple(id(e) for e in experts)
+        # the layer's own children and tensors are read each time; its submodules but the
+        # experts are cached (not the layer itself: the layer may hold this object)
+        top = tuple(id(c) for c in layer._modules.values())
         mods, tree = self._modules_cache
-        if not mods or tree != self._module_tree(mods):
-            mods = [layer] + [m for n, c in layer.named_children() if n != "experts"
-                              for m in c.modules()]
-            tree = self._module_tree(mods)
+        if tree[:1] != (top,) or tree[1:] != self._module_tree(mods):
+            mods = [m for n, c in layer.named_children() if n != "experts"
+                    for m in c.modules()]
+            tree = (top, *self._module_tree(mods))
             self._modules_cache = (mods, tree)
         # the tree too: a swapped module without tensors (a routing strategy) changes the step
         return (id(experts), len(experts), anchors, tree,
-                tuple((t.data_ptr(), t.dtype, t.device) for m in mods
+                tuple((t.data_ptr(), t.dtype, t.device) for m in (layer, *mods)
                       for d in (m._parameters, m._buffers) for t in d.values() if t is not None))
 
     @staticmethod
@@ -309,11 +324,14 @@ class GraphedLayer:
         layer = self.layer
         strategy = layer.router.strategy
         tokens = x.numel() // max(x.shape[-1], 1)
+        # autocast: a replay would read the weight casts autocast cached outside the graph's
+        # pool during the capture (torch.cuda.make_graphed_callables refuses it too)
         return (x.is_cuda and tokens <= self.max_tokens
                 and layer.config.capacity_factor is None
                 and type(strategy).observe is RoutingStrategy.observe
-                and not (torch.is_grad_enabled() and any(
-                    p.requires_grad for p in layer.parameters())))
+                and not torch.is_autocast_enabled(x.device.type)
+                and not (torch.is_grad_enabled() and (x.requires_grad or any(
+                    p.requires_grad for p in layer.parameters()))))
 
     def __call__(self, x: torch.Tensor):  # -> MoEOutput
         if not self.capturable(x):
@@ -352,13 +370,18 @@ class GraphedLayer:
         graph, _, out, _ = entry
         graph.replay()
         self.replays += 1
-        if isinstance(out, _Packed):
+        if isinstance(out, _FreshOutputs):
             return out.fresh()
         return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
 
     def _key(self, x: torch.Tensor) -> tuple[object, ...]:
-        return (tuple(x.shape), x.dtype, x.device, self.layer.backend_name,
-                torch.is_inference_mode_enabled())
+        # the routing path (`fused_routing`, the gate's kernel) and `auto`'s decisions
+        # (`AutoBackend.reset`) decide what a captured step runs: a change captures again
+        layer = self.layer
+        return (tuple(x.shape), x.dtype, x.device, layer.backend_name,
+                torch.is_inference_mode_enabled(), getattr(layer, "fused_routing", None),
+                fused_route.FUSE_GATE, getattr(getattr(layer, "expert_backend", None),
+                                               "resets", None))
 
     def holds(self, x: torch.Tensor) -> bool:
         """Whether a step on `x` has a captured graph now (it may still be captured again,
@@ -403,16 +426,23 @@ class GraphedLayer:
         counts = layer.tokens_per_expert.clone()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        step: Callable[[], Any] = ((lambda: _Packed.of(layer(sx))) if self.fresh_outputs
-                                   else (lambda: layer(sx)))
+        # the `auto` backend's counts of steps run (what `wattmoe demo` reports) leave the
+        # warm-up and capture runs out, as the loads do
+        auto = getattr(layer, "expert_backend", None)
+        ran = dict(auto.counts) if isinstance(getattr(auto, "counts", None), dict) else None
         try:
-            graph, out = _warm_and_capture(step, x.device, self._pool)
+            graph, out = _warm_and_capture(lambda: layer(sx), x.device, self._pool)
         except _Uncapturable as exc:
             log.info("could not capture the layer step for %s: %s; running it eagerly", key, exc)
             self._uncapturable.add(key)
-            layer.tokens_per_expert.copy_(counts)
             return None
-        layer.tokens_per_expert.copy_(counts)  # warm-up and capture steps are not real steps
+        finally:  # warm-up and capture steps are not real steps (nor an interrupted one)
+            layer.tokens_per_expert.copy_(counts)
+            if ran is not None:
+                auto.counts.clear()
+                auto.counts.update(ran)
+        if self.fresh_outputs:
+            out = _FreshOutputs.of(out)
         st = existing_stack(layer.experts)  # the one the step used, if it stacked them
         if st is not None and not any(r() is st for r in self._stacks):
             self._stacks.append(weakref.ref(st))
@@ -421,25 +451,24 @@ class GraphedLayer:
         return self._graphs[key]
 
 
-class _Packed:
-    """A captured step's output whose tensors a replay hands out fresh: inside the graph they
-    are copied into one static buffer per dtype (`of`); after a replay `fresh` copies each
-    buffer once and rebuilds the output from views of the copies (an eager step's output,
-    for a launch per dtype instead of one per tensor; the rebuild plan is made once). A tensor
-    that appears twice (the aux loss of the step and of its routing) stays one tensor."""
+class _FreshOutputs:
+    """A captured step's output, handed out fresh after each replay: every static tensor is
+    copied into a tensor of its own (one `torch._foreach_copy_`: a launch per dtype, not one
+    per tensor) and the output rebuilt around the copies from a plan made once. Each copy owns
+    its memory, as an eager step's tensors do: an aux loss kept from every step keeps 4 bytes,
+    not the step's logits. A tensor that appears twice (the aux loss of the step and of its
+    routing) stays one tensor."""
 
-    def __init__(self, buffers: list[torch.Tensor],
-                 slots: list[tuple[int, int, tuple[int, ...], tuple[int, ...], bool]],
+    def __init__(self, statics: list[torch.Tensor],
                  plan: tuple[type, tuple[tuple[str, int, Any], ...]]) -> None:
-        self.buffers, self.slots, self.plan = buffers, slots, plan
+        self.statics, self.plan = statics, plan
 
     @classmethod
-    def of(cls, out: Any) -> _Packed:
-        groups: dict[torch.dtype, list[torch.Tensor]] = {}
-        slot_of: dict[int, int] = {}  # id of an output tensor -> its slot
-        placed: list[tuple[torch.dtype, int, torch.Tensor]] = []
+    def of(cls, out: Any) -> _FreshOutputs:
+        statics: list[torch.Tensor] = []
+        slot_of: dict[int, int] = {}  # id of an output tensor -> its index in statics
 
-        # each field of each dataclass: (name, 0, slot) a tensor, (name, 1, value) kept as
+        # each field of each dataclass: (name, 0, index) a tensor, (name, 1, value) kept as
         # it is, (name, 2, plan) a dataclass
         def plan_of(obj: Any) -> tuple[type, tuple[tuple[str, int, Any], ...]]:
             items: list[tuple[str, int, Any]] = []
@@ -447,10 +476,8 @@ class _Packed:
                 v = getattr(obj, f.name)
                 if isinstance(v, torch.Tensor):
                     if id(v) not in slot_of:
-                        group = groups.setdefault(v.dtype, [])
-                        slot_of[id(v)] = len(placed)
-                        placed.append((v.dtype, sum(t.numel() for t in group), v))
-                        group.append(v)
+                        slot_of[id(v)] = len(statics)
+                        statics.append(v)
                     items.append((f.name, 0, slot_of[id(v)]))
                 elif dataclasses.is_dataclass(v):
                     items.append((f.name, 2, plan_of(v)))
@@ -459,32 +486,18 @@ class _Packed:
             return type(obj), tuple(items)
 
         plan = plan_of(out)
-        order = list(groups)
-        buffers = [groups[dt][0].contiguous() if len(groups[dt]) == 1 else
-                   torch.cat([t.reshape(-1) for t in groups[dt]]) for dt in order]
-        slots = [(order.index(dt), offset, tuple(t.shape), _contiguous_strides(tuple(t.shape)),
-                  len(groups[dt]) == 1) for dt, offset, t in placed]
-        return cls(buffers, slots, plan)
+        return cls(statics, plan)
 
     def fresh(self) -> Any:
-        copies = [b.clone() for b in self.buffers]
-        views = [copies[b] if whole else copies[b].as_strided(shape, strides, offset)
-                 for b, offset, shape, strides, whole in self.slots]
+        copies = [torch.empty_like(t) for t in self.statics]
+        torch._foreach_copy_(copies, self.statics)
 
         def build(plan: tuple[type, tuple[tuple[str, int, Any], ...]]) -> Any:
             kind, items = plan
-            return kind(**{name: views[v] if k == 0 else v if k == 1 else build(v)
+            return kind(**{name: copies[v] if k == 0 else v if k == 1 else build(v)
                            for name, k, v in items})
 
         return build(self.plan)
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, n = [], 1
-    for d in reversed(shape):
-        strides.append(n)
-        n *= max(d, 1)
-    return tuple(reversed(strides))
 
 
 FUSED_GRAPH = register_backend("fused_graph")(GraphedBackend("fused"))

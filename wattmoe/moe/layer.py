@@ -325,8 +325,9 @@ class SimpleMoELayer(nn.Module):
     def set_step_graphs(self, policy: str) -> SimpleMoELayer:
         """Whether steps of the `auto` backend are captured whole in CUDA graphs.
 
-        'auto' (the default): on a GPU, an evaluation step (no autograd, not training mode,
-        not traced by torch.compile, not inside a capture of the caller's) of at most
+        'auto' (the default): on a GPU, an evaluation step (grad mode off: `torch.no_grad()`
+        or `torch.inference_mode()`; not training mode, not under autocast, not traced by
+        torch.compile, not inside a capture of the caller's) of at most
         `STEP_GRAPH_MAX_TOKENS` tokens whose experts `auto` runs on a fused backend is
         captured at its second step of that shape (router, dispatch, experts, combine: one
         launch per step; `graphs.GraphedLayer`) and replayed from then on; at most
@@ -334,9 +335,11 @@ class SimpleMoELayer(nn.Module):
         host-bound: on the H200, 1-token steps spent 14-64% fewer joules than with this off
         (OLMoE, Qwen3-30B-A3B, DeepSeek-V3, bf16 and int4; run 133, docs/kernels.md), 8-32
         token steps up to 33% fewer; GPU-bound steps (DeepSeek-V3 at 8-512 tokens) the same
-        within 1%. The output is an eager step's: every tensor fresh (the graph packs them;
-        a replay copies one buffer per dtype). A step with a capacity factor or a routing
-        strategy with side effects runs eagerly.
+        within 1%. The output is an eager step's: every tensor fresh, in memory of its own
+        (a replay copies the graph's static outputs). A step with a capacity factor or a
+        routing strategy with side effects runs eagerly. The graphs are captured again when
+        the layer's tensors are replaced, its routing path (`fused_routing`) changes or its
+        `AutoBackend` is reset.
         'off': every step eagerly. An explicitly named backend never captures the whole step
         (wrap the layer in `GraphedLayer` for that).
 
@@ -363,8 +366,13 @@ class SimpleMoELayer(nn.Module):
         not traced, not inside a capture. `forward` adds: a shape the GraphedLayer holds a
         graph of (a replay asks `auto` nothing), or one `auto` runs on a fused backend; the
         GraphedLayer checks the rest (capacity factor, strategy, autograd)."""
+        # grad mode off (no_grad, inference_mode): a replay records nothing for autograd, so
+        # a step whose input or weights want gradients must run eagerly; autocast: a replay
+        # would read weight casts cached outside the graph's memory
         return (tokens.is_cuda and not self._in_step_graph and not self.training
                 and self.backend_name == "auto" and tokens.shape[0] <= STEP_GRAPH_MAX_TOKENS
+                and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled(tokens.device.type)
                 and not torch.compiler.is_compiling()
                 and not torch.cuda.is_current_stream_capturing())
 
@@ -375,7 +383,8 @@ class SimpleMoELayer(nn.Module):
         if runner is None:
             runner = self._step_graphs = GraphedLayer(
                 self, max_tokens=STEP_GRAPH_MAX_TOKENS, max_graphs=STEP_GRAPH_MAX_SHAPES,
-                capture_after=STEP_GRAPH_CAPTURE_AFTER, evict=False, fresh_outputs=True)
+                capture_after=STEP_GRAPH_CAPTURE_AFTER, evict=False, fresh_outputs=True,
+                weak_layer=True)
         # (set in __dict__: nn.Module.__setattr__'s checks cost ~8 us a step)
         self.__dict__["_in_step_graph"] = True
         try:
