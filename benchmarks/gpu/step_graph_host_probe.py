@@ -1,0 +1,134 @@
+"""Host time of a replayed whole-step graph: the default step-graph policy against a bare
+`GraphedLayer`, and the parts of the policy's path (no energy; the GPU runs asynchronously,
+so a loop of replays without synchronizing measures the host's time per step).
+
+For each shape and weights: one layer with the default backend and policy, a few steps of
+one size (captured), then `--calls` calls each of: the layer (the policy's path), a bare
+`GraphedLayer` of the same layer (static outputs), the layer's `GraphedLayer` alone, and its
+parts (`weights_signature`, the fresh outputs: one `_foreach_copy_` into tensors of their
+own; a clone per tensor; the copies of one buffer per dtype as run 133 had them), then a
+cProfile of the policy's path. Writes one JSON.
+
+    python3 benchmarks/gpu/step_graph_host_probe.py --out /tmp/host.json --tokens 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _meta import provenance, write_json  # noqa: E402
+
+from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
+from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
+from wattmoe.moe.presets import resolve_shape  # noqa: E402
+from wattmoe.moe.quant import int4_group_size  # noqa: E402
+
+
+def per_call_us(fn, calls: int, dev: torch.device) -> float:
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize(dev)
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = time.perf_counter() - t
+    torch.cuda.synchronize(dev)
+    return host / calls * 1e6
+
+
+def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
+          ) -> dict[str, object]:
+    cfg = resolve_shape(spec)
+    torch.manual_seed(0)
+    layer = SimpleMoELayer(cfg, dtype="bf16", device=dev).eval()
+    if weights == "int4":
+        layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
+    x = torch.randn(tokens, cfg.hidden_size, device=dev, dtype=torch.bfloat16)
+    row: dict[str, object] = {"shape": spec, "weights": weights, "tokens": tokens}
+    with torch.inference_mode():
+        for _ in range(4):
+            layer(x)
+        runner = layer.step_graphs
+        assert runner is not None and runner.replays > 0, "the step was not captured"
+        bare = GraphedLayer(layer)
+        for _ in range(3):
+            bare(x)
+        entry = runner._graphs[runner._key(x)]
+        fresh = entry[2]
+        statics = fresh.statics
+        groups: dict[torch.dtype, int] = {}
+        for t in statics:
+            groups[t.dtype] = groups.get(t.dtype, 0) + t.numel()
+        packs = {dt: torch.empty(n, dtype=dt, device=dev) for dt, n in groups.items()}
+        views = [(t.dtype, tuple(t.shape), t.contiguous().stride()) for t in statics]
+
+        def packed_views() -> None:  # run 133's fresh outputs: a clone per dtype and views
+            copies = {dt: p.clone() for dt, p in packs.items()}
+            for dt, shape, stride in views:
+                copies[dt].as_strided(shape, stride, 0)
+
+        def set_flag_and_call() -> None:
+            layer.__dict__["_in_step_graph"] = True
+            try:
+                runner(x)
+            finally:
+                layer.__dict__["_in_step_graph"] = False
+
+        parts = {
+            "policy (layer call)": lambda: layer(x),
+            "bare GraphedLayer": lambda: bare(x),
+            "layer's GraphedLayer alone": set_flag_and_call,
+            "weights_signature": runner.weights_signature,
+            "fresh outputs (empty_like + _foreach_copy_)": fresh.fresh,
+            "a clone per tensor": lambda: [t.clone() for t in statics],
+            "packed: a clone per dtype + views (run 133)": packed_views,
+            "replay alone": entry[0].replay,
+        }
+        row["host_us"] = {k: per_call_us(f, calls, dev) for k, f in parts.items()}
+        row["tensors"] = len(statics)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            layer(x)
+        prof.disable()
+        torch.cuda.synchronize(dev)
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+        row["cprofile_policy"] = text.getvalue()
+    for k, v in row["host_us"].items():  # type: ignore[union-attr]
+        print(f"{spec:14s} {weights} T={tokens}: {k:45s} {v:7.1f} us", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shapes", default="olmoe-1b-7b,qwen3-30b-a3b")
+    ap.add_argument("--tokens", type=int, default=1)
+    ap.add_argument("--calls", type=int, default=2000)
+    args = ap.parse_args(argv)
+    if args.tokens < 1 or args.calls < 1:
+        ap.error("--tokens and --calls must be >= 1")
+    dev = torch.device("cuda")
+    rows = []
+    for spec in args.shapes.split(","):
+        for weights in ("bf16", "int4"):
+            rows.append(probe(spec, weights, args.tokens, args.calls, dev))
+            write_json(Path(args.out), {**provenance(), "args": vars(args), "rows": rows})
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
