@@ -335,8 +335,9 @@ class SimpleMoELayer(nn.Module):
         host-bound: on the H200, 1-token steps spent 14-64% fewer joules than with this off
         (OLMoE, Qwen3-30B-A3B, DeepSeek-V3, bf16 and int4; run 133, docs/kernels.md), 8-32
         token steps up to 33% fewer; GPU-bound steps (DeepSeek-V3 at 8-512 tokens) the same
-        within 1%. The output is an eager step's: every tensor fresh, in memory of its own
-        (a replay copies the graph's static outputs). A step with a capacity factor or a
+        within 1%. The output is an eager step's: every tensor fresh, in memory the next
+        replay does not touch (`graphs._FreshOutputs`: large tensors copied each, the small
+        ones of a dtype sharing one copy). A step with a capacity factor or a
         routing strategy with side effects runs eagerly. The graphs are captured again when
         the layer's tensors are replaced, its routing path (`fused_routing`) changes or its
         `AutoBackend` is reset.
