@@ -5,9 +5,10 @@ so a loop of replays without synchronizing measures the host's time per step).
 For each shape and weights: one layer with the default backend and policy, a few steps of
 one size (captured), then `--calls` calls each of: the layer (the policy's path), a bare
 `GraphedLayer` of the same layer (static outputs), the layer's `GraphedLayer` alone, and its
-parts (`weights_signature`, the fresh outputs: one `_foreach_copy_` into tensors of their
-own; a clone per tensor; the copies of one buffer per dtype as run 133 had them), then a
-cProfile of the policy's path. Writes one JSON.
+parts (`weights_signature`, the fresh outputs as shipped, and other ways of making them: a
+tensor of its own each with one `_foreach_copy_` (run 134), a clone per tensor, one clone per
+dtype with every tensor a view (run 133)), then a cProfile of the policy's path. Writes one
+JSON.
 
     python3 benchmarks/gpu/step_graph_host_probe.py --out /tmp/host.json --tokens 1
 """
@@ -66,7 +67,19 @@ def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
             bare(x)
         entry = runner._graphs[runner._key(x)]
         fresh = entry[2]
-        statics = fresh.statics
+        import dataclasses
+
+        def tensors(obj: object) -> list[torch.Tensor]:
+            found: list[torch.Tensor] = []
+            for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+                v = getattr(obj, f.name)
+                if isinstance(v, torch.Tensor):
+                    found += [] if any(v is t for t in found) else [v]
+                elif dataclasses.is_dataclass(v):
+                    found += tensors(v)
+            return found
+
+        statics = tensors(fresh.fresh())  # (tensors like the step's outputs)
         groups: dict[torch.dtype, int] = {}
         for t in statics:
             groups[t.dtype] = groups.get(t.dtype, 0) + t.numel()
@@ -77,6 +90,10 @@ def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
             copies = {dt: p.clone() for dt, p in packs.items()}
             for dt, shape, stride in views:
                 copies[dt].as_strided(shape, stride, 0)
+
+        def own_each() -> None:  # run 134's fresh outputs
+            copies = [torch.empty_like(t) for t in statics]
+            torch._foreach_copy_(copies, statics)
 
         def set_flag_and_call() -> None:
             layer.__dict__["_in_step_graph"] = True
@@ -90,7 +107,8 @@ def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
             "bare GraphedLayer": lambda: bare(x),
             "layer's GraphedLayer alone": set_flag_and_call,
             "weights_signature": runner.weights_signature,
-            "fresh outputs (empty_like + _foreach_copy_)": fresh.fresh,
+            "fresh outputs (as shipped)": fresh.fresh,
+            "a tensor of its own each (empty_like + _foreach_copy_)": own_each,
             "a clone per tensor": lambda: [t.clone() for t in statics],
             "packed: a clone per dtype + views (run 133)": packed_views,
             "replay alone": entry[0].replay,
