@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import pstats
 import sys
@@ -67,7 +68,6 @@ def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
             bare(x)
         entry = runner._graphs[runner._key(x)]
         fresh = entry[2]
-        import dataclasses
 
         def tensors(obj: object) -> list[torch.Tensor]:
             found: list[torch.Tensor] = []
