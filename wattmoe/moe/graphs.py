@@ -461,11 +461,12 @@ class _FreshOutputs:
     that the next replay does not overwrite. Tensors of more than `FRESH_SMALL_BYTES` are
     each cloned; the small ones (the losses, the counts, a decode step's routing) are packed
     inside the graph into one buffer per dtype, cloned once, and handed out as views of the
-    clone: on the H200 a replay's host time went 46 us (one clone per dtype, every tensor a
-    view: run 133) / 108 us (a tensor of its own each, `empty_like` and one
-    `_foreach_copy_`) / 89 us (a clone each) at 1 token (run 135). So a small tensor kept
-    from a step keeps at most the step's other small tensors of its dtype alive (a few KB),
-    never its hidden states or logits. A tensor that appears twice (the aux loss of the step
+    clone. Host time of making them after a 1-token replay on the H200 (run 136): this 34-37
+    us; every tensor a view of one clone per dtype 32-34 us (but an aux loss kept from each
+    step kept the step's logits and, in fp32, hidden states alive); a tensor of its own each
+    (`empty_like` and one `_foreach_copy_`) 77-82 us; a clone each 75-76 us. So a small
+    tensor kept from a step keeps at most the step's other small tensors of its dtype alive
+    (a few KB), never its hidden states or logits. A tensor that appears twice (the aux loss of the step
     and of its routing) stays one tensor. `of` runs inside the capture (the packing is part
     of the graph); the rebuild plan is made once."""
 

@@ -332,9 +332,9 @@ class SimpleMoELayer(nn.Module):
         captured at its second step of that shape (router, dispatch, experts, combine: one
         launch per step; `graphs.GraphedLayer`) and replayed from then on; at most
         `STEP_GRAPH_MAX_SHAPES` shapes, after which other shapes run eagerly. Decode steps are
-        host-bound: on the H200, 1-token steps spent 14-64% fewer joules than with this off
-        (OLMoE, Qwen3-30B-A3B, DeepSeek-V3, bf16 and int4; run 133, docs/kernels.md), 8-32
-        token steps up to 33% fewer; GPU-bound steps (DeepSeek-V3 at 8-512 tokens) the same
+        host-bound: on the H200, 1-token steps spent 16-67% fewer joules than with this off
+        (OLMoE, Qwen3-30B-A3B, DeepSeek-V3, bf16 and int4; run 136, docs/kernels.md), 8-32
+        token steps up to 35% fewer; GPU-bound steps (DeepSeek-V3 at 8-512 tokens) the same
         within 1%. The output is an eager step's: every tensor fresh, in memory the next
         replay does not touch (`graphs._FreshOutputs`: large tensors copied each, the small
         ones of a dtype sharing one copy). A step with a capacity factor or a
