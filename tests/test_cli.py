@@ -73,13 +73,13 @@ def test_demo_interrupted_prints_what_it_timed(monkeypatch: pytest.MonkeyPatch,
     real = SimpleMoELayer.forward
     calls: list[int] = []
 
-    def stop_in_the_fourth_call(self, *args, **kwargs):  # 2 warm-up calls, 1 timed step
+    def stop_in_the_fifth_call(self, *args, **kwargs):  # 3 warm-up calls, 1 timed step
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 5:
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(SimpleMoELayer, "forward", stop_in_the_fourth_call)
+    monkeypatch.setattr(SimpleMoELayer, "forward", stop_in_the_fifth_call)
     assert main(["demo", "--preset", "tiny", "--scale", "1", "--steps", "50", "--seq", "8",
                  "--cluster", "none"]) == 130
     out = capsys.readouterr().out
@@ -95,9 +95,9 @@ def test_demo_terminated_prints_what_it_timed() -> None:
         from wattmoe.cli import main
         from wattmoe.moe import SimpleMoELayer
         real, calls = SimpleMoELayer.forward, []
-        def forward(self, *args, **kwargs):  # 2 warm-up calls, 1 timed step, then SIGTERM
+        def forward(self, *args, **kwargs):  # 3 warm-up calls, 1 timed step, then SIGTERM
             calls.append(1)
-            if len(calls) == 4:
+            if len(calls) == 5:
                 os.kill(os.getpid(), signal.SIGTERM)
             return real(self, *args, **kwargs)
         SimpleMoELayer.forward = forward

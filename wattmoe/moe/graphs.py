@@ -466,9 +466,9 @@ class _FreshOutputs:
     step kept the step's logits and, in fp32, hidden states alive); a tensor of its own each
     (`empty_like` and one `_foreach_copy_`) 77-82 us; a clone each 75-76 us. So a small
     tensor kept from a step keeps at most the step's other small tensors of its dtype alive
-    (a few KB), never its hidden states or logits. A tensor that appears twice (the aux loss of the step
-    and of its routing) stays one tensor. `of` runs inside the capture (the packing is part
-    of the graph); the rebuild plan is made once."""
+    (a few KB), never its hidden states or logits. A tensor that appears twice (the aux loss
+    of the step and of its routing) stays one tensor. `of` runs inside the capture (the
+    packing is part of the graph); the rebuild plan is made once."""
 
     def __init__(self, buffers: list[torch.Tensor],
                  slots: list[tuple[int, int, tuple[int, ...], tuple[int, ...], bool]],
