@@ -346,3 +346,55 @@ def test_a_changed_routing_path_or_reset_auto_captures_again(
         layer.expert_backend.reset()  # the next step of each bucket decides again
         step(x)
     assert step.captures == 3
+    # the graphs of before are dropped, not kept beside (a full cache of stale graphs, with
+    # evict=False, refused every capture after 16 resets)
+    assert len(step._graphs) == 1
+
+
+def test_the_layers_hooks_run_once_a_step(fake_graphs: None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # the layer's GraphedLayer runs `forward`: through the layer's call its hooks ran inside
+    # too (an output hook doubled the hidden states again)
+    layer = small_layer(seed=4)
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    calls = []
+
+    def double(module, args, out):
+        calls.append(1)
+        return dataclasses.replace(out, hidden_states=out.hidden_states * 2)
+
+    layer.register_forward_hook(double)
+    x = torch.randn(5, layer.config.hidden_size)
+    with torch.no_grad():
+        layer.set_step_graphs("off")
+        want = layer(cuda_like(x)).hidden_states.as_subclass(torch.Tensor)
+        layer.set_step_graphs("auto")
+        calls.clear()
+        for _ in range(3):  # eager, captured, replayed
+            got = layer(cuda_like(x)).hidden_states.as_subclass(torch.Tensor)
+            torch.testing.assert_close(got, want)
+    assert len(calls) == 3 and layer.step_graphs.captures == 1
+
+
+def test_quantize_and_moves_drop_the_step_graphs(fake_graphs: None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the graphs' weights signature held the old expert modules (a dense stack of GBs after
+    # quantize()), and a layer moved to the CPU kept its GPU graphs
+    layer = small_layer()
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    x = cuda_like(torch.randn(3, layer.config.hidden_size))
+
+    def graphed() -> bool:
+        with torch.no_grad():
+            layer(x)
+            layer(x)
+        return layer.step_graphs is not None
+
+    assert graphed()
+    layer.to(torch.float32)  # moves nothing: kept
+    assert layer.step_graphs is not None
+    layer.quantize()
+    assert layer.step_graphs is None
+    assert graphed()
+    layer.to(torch.bfloat16)
+    assert layer.step_graphs is None

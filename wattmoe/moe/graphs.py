@@ -244,16 +244,19 @@ class GraphedLayer:
         evict: with False, a full cache keeps its graphs and steps of other shapes run
             eagerly (logged once): no shape is captured twice, however many sizes rotate.
         fresh_outputs: every tensor of the returned output is fresh (see above).
-        weak_layer: hold the layer weakly (the layer's own `GraphedLayer`, which it holds:
-            a strong reference back would keep a deleted layer's weights and graphs until
-            the garbage collector's next full pass).
+        owned: the layer's own `GraphedLayer` (`SimpleMoELayer.set_step_graphs`), called from
+            inside the layer's call: it holds the layer weakly (the layer holds it: a strong
+            reference back would keep a deleted layer's weights and graphs until the garbage
+            collector's next full pass) and runs `layer.forward`, not `layer(...)` (the
+            layer's hooks ran in the call that got here: through `__call__` they would run
+            twice, an output hook applied twice).
     """
 
     def __init__(self, layer: nn.Module, max_tokens: int = 512, max_graphs: int = 16, *,
                  capture_after: int = 1, evict: bool = True, fresh_outputs: bool = False,
-                 weak_layer: bool = False) -> None:
-        self._layer: Callable[[], nn.Module | None] = (
-            weakref.ref(layer) if weak_layer else (lambda: layer))
+                 owned: bool = False) -> None:
+        self._owned = owned
+        self._ref: Any = weakref.ref(layer) if owned else layer
         self.max_tokens = max_tokens
         self.max_graphs = max_graphs
         self.capture_after = capture_after
@@ -276,19 +279,34 @@ class GraphedLayer:
 
     @property
     def layer(self) -> nn.Module:
-        layer = self._layer()
+        if not self._owned:
+            return self._ref
+        layer = self._ref()
         if layer is None:
             raise RuntimeError("the layer of this GraphedLayer was deleted")
         return layer
 
+    @layer.setter
+    def layer(self, layer: nn.Module) -> None:
+        self._owned, self._ref = False, layer
+        self.clear()
+
+    def _step(self, x: torch.Tensor):  # -> MoEOutput
+        """The layer's step, eagerly: its call, or for the layer's own GraphedLayer its
+        `forward` (see `owned`)."""
+        layer = self.layer
+        return layer.forward(x) if self._owned else layer(x)
+
     def weights_signature(self) -> tuple[object, ...]:
-        """Addresses of the tensors a captured step reads (O(1) in the number of experts).
+        """Addresses of the tensors a captured step reads (O(1) in the number of experts), and
+        what decides the kernels it runs (the routing path, `auto`'s resets).
 
         Runs before every replay, so it reads the modules' parameter and buffer dicts directly
-        from a cached list of the layer's modules outside the routed experts (the layer itself,
-        router, shared expert), walked again only when a module's children change. The list
-        holds those modules (so their identities stay unique) until the next call after they
-        are replaced; `clear()` drops it.
+        from a cached list of the layer's submodules outside the routed experts (router,
+        shared expert; the layer's own tensors and children are read each time), walked again
+        only when a module's children change. The list holds those modules (so their
+        identities stay unique) until the next call after they are replaced; `clear()` drops
+        it.
         """
         layer = self.layer
         experts = layer.experts
@@ -309,8 +327,13 @@ class GraphedLayer:
                     for m in c.modules()]
             tree = (top, *self._module_tree(mods))
             self._modules_cache = (mods, tree)
-        # the tree too: a swapped module without tensors (a routing strategy) changes the step
-        return (id(experts), len(experts), anchors, tree,
+        # the tree too: a swapped module without tensors (a routing strategy) changes the
+        # step; so do the routing path (`fused_routing`, the gate's kernel) and `auto`'s
+        # decisions (`AutoBackend.reset`): what a captured step runs (a change drops every
+        # graph, which a key of them would have left in place, holding their memory)
+        return (id(experts), len(experts), anchors, tree, getattr(layer, "fused_routing", None),
+                fused_route.FUSE_GATE,
+                getattr(getattr(layer, "expert_backend", None), "resets", None),
                 tuple((t.data_ptr(), t.dtype, t.device) for m in (layer, *mods)
                       for d in (m._parameters, m._buffers) for t in d.values() if t is not None))
 
@@ -335,7 +358,7 @@ class GraphedLayer:
 
     def __call__(self, x: torch.Tensor):  # -> MoEOutput
         if not self.capturable(x):
-            return self.layer(x)
+            return self._step(x)
         sig = self.weights_signature()
         if sig != self._weights:
             if self._weights is not None:
@@ -345,7 +368,7 @@ class GraphedLayer:
             self._weights = sig
         key = self._key(x)
         if key in self._uncapturable:
-            return self.layer(x)
+            return self._step(x)
         entry = self._graphs.get(key)
         # int4 copies of weights written in place are rewritten; copies made anew (a cleared
         # kernel cache) are not what the graph reads: capture it again
@@ -354,10 +377,10 @@ class GraphedLayer:
             entry = None
         if entry is None:
             if not self._may_capture(key):
-                return self.layer(x)
+                return self._step(x)
             entry = self._capture(key, x)
             if entry is None:
-                return self.layer(x)
+                return self._step(x)
             after = self.weights_signature()
             if after != sig:  # the warm-up stacked the experts (re-pointing their tensors):
                 # this graph reads the new addresses, any other the old ones
@@ -375,13 +398,8 @@ class GraphedLayer:
         return dataclasses.replace(out, hidden_states=out.hidden_states.clone())
 
     def _key(self, x: torch.Tensor) -> tuple[object, ...]:
-        # the routing path (`fused_routing`, the gate's kernel) and `auto`'s decisions
-        # (`AutoBackend.reset`) decide what a captured step runs: a change captures again
-        layer = self.layer
-        return (tuple(x.shape), x.dtype, x.device, layer.backend_name,
-                torch.is_inference_mode_enabled(), getattr(layer, "fused_routing", None),
-                fused_route.FUSE_GATE, getattr(getattr(layer, "expert_backend", None),
-                                               "resets", None))
+        return (tuple(x.shape), x.dtype, x.device, self.layer.backend_name,
+                torch.is_inference_mode_enabled())
 
     def holds(self, x: torch.Tensor) -> bool:
         """Whether a step on `x` has a captured graph now (it may still be captured again,
@@ -431,8 +449,8 @@ class GraphedLayer:
         auto = getattr(layer, "expert_backend", None)
         ran = dict(auto.counts) if isinstance(getattr(auto, "counts", None), dict) else None
         # fresh outputs: their small tensors packed inside the graph (`_FreshOutputs`)
-        step: Callable[[], Any] = ((lambda: _FreshOutputs.of(layer(sx))) if self.fresh_outputs
-                                   else (lambda: layer(sx)))
+        step: Callable[[], Any] = ((lambda: _FreshOutputs.of(self._step(sx)))
+                                   if self.fresh_outputs else (lambda: self._step(sx)))
         try:
             graph, out = _warm_and_capture(step, x.device, self._pool)
         except _Uncapturable as exc:

@@ -252,6 +252,9 @@ class SimpleMoELayer(nn.Module):
             quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
         )
         self._int4_layout_seen = None
+        # the step graphs' weights signature holds the old expert modules (and so their
+        # stack) until the next graphed step: dropped now, as quantizing is to free memory
+        self._step_graphs = None
         return self
 
     def _int4_experts(self) -> list[QuantizedExpert]:
@@ -385,13 +388,25 @@ class SimpleMoELayer(nn.Module):
             runner = self._step_graphs = GraphedLayer(
                 self, max_tokens=STEP_GRAPH_MAX_TOKENS, max_graphs=STEP_GRAPH_MAX_SHAPES,
                 capture_after=STEP_GRAPH_CAPTURE_AFTER, evict=False, fresh_outputs=True,
-                weak_layer=True)
+                owned=True)
         # (set in __dict__: nn.Module.__setattr__'s checks cost ~8 us a step)
         self.__dict__["_in_step_graph"] = True
         try:
             return runner(x)
         finally:
             self.__dict__["_in_step_graph"] = False
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # `.to()`, `.cpu()`, `.half()`, ...: graphs of tensors moved elsewhere are dropped
+        # (offloading a layer to the CPU frees their GPU memory); a `.to()` that moves
+        # nothing keeps them
+        gate = self.router.gate.weight
+        before = (gate.device, gate.dtype)
+        out = super()._apply(fn, recurse)
+        gate = self.router.gate.weight
+        if (gate.device, gate.dtype) != before:
+            self._step_graphs = None
+        return out
 
     def __getstate__(self) -> dict[str, object]:
         # a copy or a pickle of the layer holds no CUDA graphs of this one (they read this
