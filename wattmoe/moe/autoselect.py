@@ -220,7 +220,7 @@ class AutoBackend:
         self.deciding_s = 0.0
         self._compiled.clear()
         self._unstackable_for.clear()
-        self.resets += 1  # (a layer's whole-step graphs keyed by it capture again)
+        self.resets += 1  # (a layer's whole-step graphs, whose signature has it, capture again)
         self.last = None
 
     def key(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> tuple[object, ...]:
