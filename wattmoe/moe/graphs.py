@@ -467,6 +467,9 @@ class GraphedLayer:
             self._stacks.append(weakref.ref(st))
         _remember(self._graphs, key, (graph, sx, out, self._refresh_derived()), self.max_graphs)
         self.captures += 1
+        log.info("captured the layer step for input %s %s (%s backend), %d shape(s) held; "
+                 "later steps of it replay the graph", tuple(x.shape), x.dtype,
+                 layer.backend_name, len(self._graphs))
         return self._graphs[key]
 
 
