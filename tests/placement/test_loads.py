@@ -306,3 +306,14 @@ def test_an_integer_count_beyond_float_range_is_one_error(tmp_path) -> None:
     with pytest.raises(PlacementError, match=r"loads must be finite numbers: a count is too "
                                              r"large for a float64 \(int too large"):
         make_loads([[1, 10**400, 3]], top_k=1)
+
+
+def test_ragged_csv_error_gives_no_numpy_advice(tmp_path) -> None:
+    # was: "... changed from 8 to 3 at row 2; use `usecols` to select a subset and avoid this
+    # error": numpy's advice to its own caller, which a `wattmoe place --loads` user cannot take
+    (tmp_path / "ragged.csv").write_text("1,2,3,4,5,6,7,8\n1,2,3\n")
+    with pytest.raises(ConfigError) as info:
+        read_loads(tmp_path / "ragged.csv", top_k=1)
+    msg = str(info.value)
+    assert "usecols" not in msg
+    assert "changed from 8 to 3 at row 2" in msg and "one row per layer" in msg

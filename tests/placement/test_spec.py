@@ -104,6 +104,18 @@ def test_bad_file(tmp_path) -> None:
         load_cluster(p)
 
 
+def test_bad_yaml_says_what_and_where(tmp_path) -> None:
+    # was: "is not valid YAML/JSON: while scanning a simple key", with no line and no problem
+    p = tmp_path / "box.yaml"
+    p.write_text("name: box\nnodes\n  - name: node0\n")
+    with pytest.raises(ConfigError) as info:
+        load_cluster(p)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "could not find expected ':'" in msg
+    assert "line 2" in msg
+
+
 @pytest.mark.parametrize(("name", "text"), [
     # was: the second memory_bytes silently won (a 1-byte GPU, every expert on the CPU)
     ("box.yaml", "name: box\ndevices:\n  - {name: gpu0, kind: gpu, cost_device: nvidia-h200,"

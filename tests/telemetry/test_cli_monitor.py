@@ -146,3 +146,18 @@ def test_the_last_live_table_agrees_with_the_summary(capsys: pytest.CaptureFixtu
     live, summary = rows[-2], rows[-1]
     assert len(live) > len(summary)  # the live table has more columns
     assert float(live[6]) == float(summary[2]) > 0, (live, summary)
+
+
+def test_monitor_replay_title_rounds_the_recorded_interval(tmp_path, capsys) -> None:
+    # was: "wattmoe monitor: 0.5 s, every 0.099999 s" (the recording's median counter period,
+    # printed with six significant digits)
+    header = ("time_s,unix_time_s,device,backend,source,missing,energy_j,power_w,"
+              "power_average_w,temperature_c,memory_temperature_c,power_limit_w,utilization,"
+              "clock_event_reasons\n")
+    rows = [f"{100 + i * 0.099999:.6f},{1.7e9 + i * 0.099999:.6f},cpu,cpu-estimate,estimated,0,"
+            f"{0.7 * i:.6f},7,,,,7,1,\n" for i in range(8)]
+    path = tmp_path / "rec.csv"
+    path.write_text(header + "".join(rows))
+    assert main(["monitor", "--replay", str(path), "--speed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "every 0.1 s" in out and "0.099999" not in out

@@ -45,7 +45,7 @@ def _table(mon: Any, first_energy: dict[str, float | None], elapsed_s: float,
     (the table's own readings start at its first look and end at its last refresh)."""
     from rich.table import Table
 
-    t = Table(title=f"wattmoe monitor: {elapsed_s:.1f} s, every {mon.interval_s:g} s")
+    t = Table(title=f"wattmoe monitor: {elapsed_s:.1f} s, every {mon.interval_s:.3g} s")
     for col, justify in (("device", "left"), ("backend", "left"), ("source", "left"),
                          ("power W", "right"), ("avg W", "right"), ("energy J", "right"),
                          ("temp C", "right"), ("mem C", "right"), ("limit W", "right"),

@@ -371,8 +371,12 @@ def read_loads(path: str | Path, top_k: int, tokens_per_batch: float | None = No
                     data = np.loadtxt(path, delimiter=",", comments="#", ndmin=2,
                                       encoding="utf-8-sig")
         except ValueError as exc:
+            msg = str(exc).splitlines()[0]
+            if "; use `usecols`" in msg:  # numpy's advice to its caller, not to ours
+                msg = (msg.split("; use `usecols`")[0] + " (one row per layer, each with a "
+                       "count for every expert)")
             raise ConfigError(f"loads file {str(path)!r} is not a numeric matrix: "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{msg}") from None
     if isinstance(data, np.ndarray) and data.size == 0:
         raise ConfigError(f"loads file {str(path)!r} holds no counts (an empty matrix)")
     if isinstance(data, np.ndarray) and data.dtype == bool:

@@ -367,6 +367,23 @@ def _yaml_load_unique(text: str) -> Any:
     return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: safe
 
 
+def _yaml_problem(exc: BaseException) -> str | None:
+    """A YAML parse error's context and problem with their lines, on one line (the first
+    line of `str(exc)` alone, e.g. 'while scanning a simple key', said neither); None for
+    any other error."""
+    problem = getattr(exc, "problem", None)
+    if problem is None:
+        return None
+    parts = []
+    for text, mark in ((getattr(exc, "context", None), getattr(exc, "context_mark", None)),
+                       (problem, getattr(exc, "problem_mark", None))):
+        if text:
+            where = (f" (line {mark.line + 1}, column {mark.column + 1})"
+                     if mark is not None else "")
+            parts.append(f"{text}{where}")
+    return ": ".join(parts)
+
+
 def read_spec_file(path: str | Path) -> dict[str, Any]:
     """Parses a YAML (.yaml/.yml) or JSON file into plain data."""
     path = Path(path)
@@ -388,7 +405,8 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
     except _DuplicateKeyError as exc:
         raise ConfigError(f"cluster spec {str(path)!r}: {exc}") from None
     except (ValueError, Exception) as exc:  # yaml.YAMLError and json.JSONDecodeError
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = _yaml_problem(exc) or (str(exc).splitlines()[0] if str(exc)
+                                      else type(exc).__name__)
         raise ConfigError(f"cluster spec {str(path)!r} is not valid YAML/JSON: {msg}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"cluster spec {str(path)!r} must be a mapping at top level")
