@@ -103,6 +103,14 @@ def test_shape_key_takes_a_scale_like_a_preset() -> None:
     assert cfg.name == "h96_f200_relu_e6_k3@0.5"
 
 
+def test_a_shape_key_in_capitals_is_read_as_a_preset_name_is() -> None:
+    # was: 'unknown preset' (preset names are read in any case, keys were not)
+    from wattmoe.moe import resolve_shape
+
+    cfg = resolve_shape("H96_F200_ReLU_E6_K3@0.5")
+    assert cfg == resolve_shape("h96_f200_relu_e6_k3@0.5")
+
+
 @pytest.mark.parametrize("spec", [
     "h96_f200_relu_e6_kk3",      # was: k=1
     "h96_f200_relu_e6_k3_x",     # was: the trailing part ignored

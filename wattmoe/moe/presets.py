@@ -123,6 +123,8 @@ def resolve_shape(spec: str) -> MoEConfig:
         except ValueError:
             raise ConfigError(f"bad scale in shape spec {spec!r}: the part after '@' must be "
                               "a number (NAME@SCALE, e.g. 'olmoe-1b-7b@0.25')") from None
+    if not is_shape_key(name) and is_shape_key(name.lower()):
+        name = name.lower()  # as preset names are read: 'H1024_F4096_ReLU_E16_K1' too
     if not is_shape_key(name):
         return get_preset(name, factor)
     parts = parse_shape_key(name)
