@@ -38,6 +38,18 @@ def test_profile_runs_a_small_cpu_sweep(tmp_path: Path, capsys) -> None:
     assert "energy models" in capsys.readouterr().out
 
 
+def test_profile_with_too_few_points_says_why_no_energy_model(tmp_path: Path, capsys) -> None:
+    # two token sizes of one op: no energy model (three points needed); the table was printed
+    # empty, its header alone, with no word of why
+    rc = main(["profile", "--devices", "cpu", "--shapes", "tiny", "--dtypes", "fp32",
+               "--ops", "expert", "--tokens", "1,8", "--cpu-window", "0.05", "--reps", "3",
+               "--cooldown-max", "0", "--no-torch-profiler", "--out", str(tmp_path / "p.json")])
+    assert rc == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "energy models: none fitted (a device and dtype needs three or more points" in out
+    assert "least squares on relative error" not in out
+
+
 def test_profile_measures_int4_layer_steps(tmp_path: Path, capsys) -> None:
     out = tmp_path / "int4.json"
     assert main(["profile", "--devices", "cpu", "--shapes", "tiny", "--dtypes", "fp32",

@@ -279,6 +279,9 @@ def _print_report(model: Any) -> None:
     from rich.table import Table
 
     rep = model.fit_report()
+    if not model.energy_models:  # was: an empty table with only its header
+        console.print("energy models: none fitted (a device and dtype needs three or more "
+                      "points with measured or estimated energy)", highlight=False)
     t = Table(title="energy models (per device and dtype; least squares on relative error)")
     for col in ("device/dtype", "source", "idle W", "static W", "pJ/FLOP", "pJ/byte",
                 "n", "median err", "p90 err"):
@@ -288,7 +291,8 @@ def _print_report(model: Any) -> None:
                   f"{m.static_power_w:.1f}", f"{m.j_per_flop * 1e12:.3f}",
                   f"{m.j_per_byte * 1e12:.2f}", str(m.error.n),
                   f"{m.error.median_abs_rel * 100:.1f}%", f"{m.error.p90_abs_rel * 100:.1f}%")
-    console.print(t)
+    if model.energy_models:
+        console.print(t)
     if not rep.interpolation_loo_latency:  # was: an empty table with only its header
         console.print("interpolation, leave-one-out: no interior batch size (an op needs "
                       "three or more profiled batch sizes)", highlight=False)
@@ -450,7 +454,9 @@ def _origin(c: Any) -> str:
 def _plot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None,
                    help="profile JSON (default data/profiles/<host>.json)")
-    p.add_argument("--out", default="results/cost_model_plots", help="folder for the PNGs")
+    p.add_argument("--out", default="results/cost_model_plots",
+                   help="folder for the PNGs (default: results/cost_model_plots under the "
+                        "current folder)")
 
 
 @command("profile-plot", "plot latency, energy per token and power vs batch size", _plot_args)
