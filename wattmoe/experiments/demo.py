@@ -97,16 +97,11 @@ class _Step(NamedTuple):
     replays: int  # the layer's whole-step graph replays so far (`step_graphs`)
 
 
-def _replays(block: MoETransformerBlock) -> int:
-    """Replays of the block's whole-step graphs so far (`SimpleMoELayer.step_graphs`)."""
+def _graph_count(block: MoETransformerBlock, what: str) -> int:
+    """The block's whole-step graphs' `what` so far ('replays', 'captures';
+    `SimpleMoELayer.step_graphs`)."""
     graphs = block.moe.step_graphs
-    return graphs.replays if graphs is not None else 0
-
-
-def _captures(block: MoETransformerBlock) -> int:
-    """Captures of the block's whole-step graphs so far."""
-    graphs = block.moe.step_graphs
-    return graphs.captures if graphs is not None else 0
+    return getattr(graphs, what) if graphs is not None else 0
 
 
 def place_measured_loads(
@@ -265,8 +260,8 @@ def run_demo(
             block(x)
         block.moe.reset_utilization()
         ran_before = Counter(auto.counts) if auto is not None else Counter()
-        replays_before = _replays(block)
-        captures_before = _captures(block)
+        replays_before = _graph_count(block, "replays")
+        captures_before = _graph_count(block, "captures")
         deciding_before = auto.deciding_s if auto is not None else 0.0
         with monitor.window("demo", sync=True) as window:
             try:
@@ -278,7 +273,7 @@ def run_demo(
                     done.append(_Step(time.perf_counter() - t0, float(out.aux_loss),
                                       int(out.dropped), block.moe.tokens_per_expert.clone(),
                                       Counter(auto.counts) if auto is not None else Counter(),
-                                      _replays(block)))
+                                      _graph_count(block, "replays")))
                     if progress is not None:
                         progress(len(done), steps)
             except KeyboardInterrupt:
@@ -318,7 +313,7 @@ def run_demo(
             [f"{n} ({why}{c} of {steps} steps)" for n, c in ran.most_common()]
             + ([f"{graphed} in a whole-step CUDA graph ({why}{replayed} of {steps} steps)"]
                if graphed else []))
-        if _captures(block) > captures_before:  # warmup < 3: the capture was timed
+        if _graph_count(block, "captures") > captures_before:  # warmup < 3: the capture was timed
             note = "; ".join(x for x in (
                 "a whole-step CUDA graph was captured in the timed steps (two warm-up runs "
                 "and the recording are in their time and energy); three warm-up steps keep "

@@ -525,7 +525,7 @@ class _FreshOutputs:
         small: dict[torch.dtype, list[int]] = {}
         for i, t in enumerate(unique):
             if t.numel() * t.element_size() > FRESH_SMALL_BYTES:
-                slots[i] = (len(buffers), 0, tuple(t.shape), tuple(t.stride()), True)
+                slots[i] = (len(buffers), 0, (), (), True)  # the clone itself
                 buffers.append(t)
             else:
                 small.setdefault(t.dtype, []).append(i)
