@@ -1,14 +1,16 @@
 """Host time of a replayed whole-step graph: the default step-graph policy against a bare
-`GraphedLayer`, and the parts of the policy's path (no energy; the GPU runs asynchronously,
-so a loop of replays without synchronizing measures the host's time per step).
+`GraphedLayer`, and the parts of the policy's path (no energy). Per call, medians over
+batches of 64 calls: the host's time (the GPU runs behind, the batch too small to fill the
+launch queue) and the step's (until the GPU finished too).
 
 For each shape and weights: one layer with the default backend and policy, a few steps of
 one size (captured), then `--calls` calls each of: the layer (the policy's path), a bare
-`GraphedLayer` of the same layer (static outputs), the layer's `GraphedLayer` alone, and its
-parts (`weights_signature`, the fresh outputs as shipped, and other ways of making them: a
-tensor of its own each with one `_foreach_copy_` (run 134), a clone per tensor, one clone per
-dtype with every tensor a view (run 133)), then a cProfile of the policy's path. Writes one
-JSON.
+`GraphedLayer` of the same layer (static outputs), the layer's GraphedLayer (its short path
+for held shapes, and its call), and the parts (`weights_signature`, the fresh outputs as
+shipped, and other ways of making them: a tensor of its own each with one `_foreach_copy_`
+(run 134), a clone per tensor, one clone per dtype with every tensor a view (run 133), the
+small ones a clone per dtype and the large each (run 136)), then a cProfile of the policy's
+path. Writes one JSON.
 
     python3 benchmarks/gpu/step_graph_host_probe.py --out /tmp/host.json --tokens 1
 """
@@ -17,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import io
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,22 +33,33 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
-from wattmoe.moe.graphs import GraphedLayer  # noqa: E402
+from wattmoe.moe.graphs import GraphedLayer, output_tensors  # noqa: E402
 from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
 from wattmoe.moe.presets import resolve_shape  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 
+BATCH = 64  # calls between synchronizations: their launches fit CUDA's launch queue
 
-def per_call_us(fn, calls: int, dev: torch.device) -> float:
+
+def per_call_us(fn, calls: int, dev: torch.device) -> tuple[float, float]:
+    """(host, step) microseconds per call, medians over batches of `BATCH` calls: host, the
+    time the calls took to return (the GPU runs behind them: batches small enough that the
+    launch queue never fills and blocks the host); step, until the GPU finished the batch
+    too (the larger of the host's and the GPU's time per call)."""
     for _ in range(50):
         fn()
     torch.cuda.synchronize(dev)
-    t = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = time.perf_counter() - t
-    torch.cuda.synchronize(dev)
-    return host / calls * 1e6
+    host, step = [], []
+    for _ in range(max(1, calls // BATCH)):
+        t = time.perf_counter()
+        for _ in range(BATCH):
+            fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize(dev)
+        t2 = time.perf_counter()
+        host.append((t1 - t) / BATCH * 1e6)
+        step.append((t2 - t) / BATCH * 1e6)
+    return statistics.median(host), statistics.median(step)
 
 
 def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
@@ -69,17 +82,7 @@ def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
         entry = runner._graphs[runner._key(x)]
         fresh = entry[2]
 
-        def tensors(obj: object) -> list[torch.Tensor]:
-            found: list[torch.Tensor] = []
-            for f in dataclasses.fields(obj):  # type: ignore[arg-type]
-                v = getattr(obj, f.name)
-                if isinstance(v, torch.Tensor):
-                    found += [] if any(v is t for t in found) else [v]
-                elif dataclasses.is_dataclass(v):
-                    found += tensors(v)
-            return found
-
-        statics = tensors(fresh.fresh())  # (tensors like the step's outputs)
+        statics = list({id(t): t for t in output_tensors(fresh.fresh()).values()}.values())
         groups: dict[torch.dtype, int] = {}
         for t in statics:
             groups[t.dtype] = groups.get(t.dtype, 0) + t.numel()
@@ -95,25 +98,39 @@ def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
             copies = [torch.empty_like(t) for t in statics]
             torch._foreach_copy_(copies, statics)
 
-        def set_flag_and_call() -> None:
-            layer.__dict__["_in_step_graph"] = True
-            try:
-                runner(x)
-            finally:
-                layer.__dict__["_in_step_graph"] = False
+        large = [t for t in statics if t.numel() * t.element_size() > 1024]
+        small: dict[torch.dtype, int] = {}
+        for t in statics:
+            if t.numel() * t.element_size() <= 1024:
+                small[t.dtype] = small.get(t.dtype, 0) + t.numel()
+        small_packs = [torch.empty(n, dtype=dt, device=dev) for dt, n in small.items()]
+        small_views = [(list(small).index(t.dtype), tuple(t.shape),
+                        t.contiguous().stride()) for t in statics
+                       if t.numel() * t.element_size() <= 1024]
+
+        def per_dtype_clones() -> None:  # run 136's fresh outputs: a clone per dtype of the
+            # small tensors (1 KB or less), one of each large tensor, a view of each small one
+            copies = [p.clone() for p in small_packs]
+            [t.clone() for t in large]
+            for i, shape, stride in small_views:
+                copies[i].as_strided(shape, stride, 0)
 
         parts = {
             "policy (layer call)": lambda: layer(x),
             "bare GraphedLayer": lambda: bare(x),
-            "layer's GraphedLayer alone": set_flag_and_call,
+            "layer's held replay (_replay_held)": lambda: runner._replay_held(x),
+            "layer's GraphedLayer call": lambda: runner(x),
             "weights_signature": runner.weights_signature,
             "fresh outputs (as shipped)": fresh.fresh,
             "a tensor of its own each (empty_like + _foreach_copy_)": own_each,
             "a clone per tensor": lambda: [t.clone() for t in statics],
-            "packed: a clone per dtype + views (run 133)": packed_views,
+            "a clone per dtype + views (run 133)": packed_views,
+            "small ones a clone per dtype, large each (run 136)": per_dtype_clones,
             "replay alone": entry[0].replay,
         }
-        row["host_us"] = {k: per_call_us(f, calls, dev) for k, f in parts.items()}
+        timed = {k: per_call_us(f, calls, dev) for k, f in parts.items()}
+        row["host_us"] = {k: v[0] for k, v in timed.items()}
+        row["step_us"] = {k: v[1] for k, v in timed.items()}
         row["tensors"] = len(statics)
         prof = cProfile.Profile()
         prof.enable()
@@ -125,7 +142,8 @@ def probe(spec: str, weights: str, tokens: int, calls: int, dev: torch.device
         pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
         row["cprofile_policy"] = text.getvalue()
     for k, v in row["host_us"].items():  # type: ignore[union-attr]
-        print(f"{spec:14s} {weights} T={tokens}: {k:45s} {v:7.1f} us", flush=True)
+        print(f"{spec:14s} {weights} T={tokens}: {k:52s} host {v:7.1f} us, step "
+              f"{row['step_us'][k]:7.1f} us", flush=True)  # type: ignore[index]
     return row
 
 

@@ -20,7 +20,6 @@ step was captured). Writes one JSON after each shape.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _meta import provenance, write_json  # noqa: E402
 
 from wattmoe.errors import ConfigError  # noqa: E402
+from wattmoe.moe.graphs import output_tensors  # noqa: E402
 from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
 from wattmoe.moe.presets import resolve_shape  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
@@ -39,15 +39,7 @@ from wattmoe.moe.quant import int4_group_size  # noqa: E402
 FP32_TOL = 1e-4
 
 
-def tensors(out: object, prefix: str = "") -> dict[str, torch.Tensor]:
-    found: dict[str, torch.Tensor] = {}
-    for f in dataclasses.fields(out):  # type: ignore[arg-type]
-        v = getattr(out, f.name)
-        if isinstance(v, torch.Tensor):
-            found[prefix + f.name] = v
-        elif dataclasses.is_dataclass(v):
-            found.update(tensors(v, f"{prefix}{f.name}."))
-    return found
+tensors = output_tensors  # every tensor of an output, by its path
 
 
 def compare(got: object, want: object, tol: float) -> list[str]:

@@ -247,7 +247,8 @@ class GraphedLayer:
         owned: the layer's own `GraphedLayer` (`SimpleMoELayer.set_step_graphs`), called from
             inside the layer's call: it holds the layer weakly (the layer holds it: a strong
             reference back would keep a deleted layer's weights and graphs until the garbage
-            collector's next full pass) and runs `layer.forward`, not `layer(...)` (the
+            collector's next full pass) and runs `layer._forward_in_step_graph` (the
+            layer's `forward`, not asking the step-graph policy again), not `layer(...)` (the
             layer's hooks ran in the call that got here: through `__call__` they would run
             twice, an output hook applied twice).
     """
@@ -295,7 +296,7 @@ class GraphedLayer:
         """The layer's step, eagerly: its call, or for the layer's own GraphedLayer its
         `forward` (see `owned`)."""
         layer = self.layer
-        return layer.forward(x) if self._owned else layer(x)
+        return layer._forward_in_step_graph(x) if self._owned else layer(x)
 
     def weights_signature(self) -> tuple[object, ...]:
         """Addresses of the tensors a captured step reads (O(1) in the number of experts), and
@@ -390,6 +391,29 @@ class GraphedLayer:
         else:
             self._graphs.move_to_end(key)
             entry[1].copy_(x)
+        return self._replay(entry)
+
+    def _replay_held(self, x: torch.Tensor):  # -> MoEOutput | None
+        """The layer's own step (`SimpleMoELayer.forward`, policy 'auto'): replays the graph
+        of `x`'s shape if one is held and still reads the layer's tensors, else returns None
+        (the layer then calls this object, which captures the shape again or runs it
+        eagerly). The caller has checked what `capturable` checks but the capacity factor
+        (checked here) and the routing strategy (a swapped strategy changes the weights
+        signature's module tree): a CUDA input of at most `max_tokens` tokens, grad mode
+        off, no autocast. One key and one weights signature per replay, where the call
+        repeats the layer's checks and makes the key twice."""
+        key = self._key(x)
+        entry = self._graphs.get(key)
+        if (entry is None or self.layer.config.capacity_factor is not None
+                or self.weights_signature() != self._weights
+                or copies_moved(entry[3], self._refresh_derived())):
+            return None
+        self._graphs.move_to_end(key)
+        entry[1].copy_(x)
+        return self._replay(entry)
+
+    def _replay(self, entry: tuple[torch.cuda.CUDAGraph, torch.Tensor, Any, frozenset]):
+        """Replays a held graph whose static input holds the step's tokens; its output."""
         graph, _, out, _ = entry
         graph.replay()
         self.replays += 1
@@ -473,33 +497,59 @@ class GraphedLayer:
         return self._graphs[key]
 
 
-#: output tensors of at most this many bytes share a copy per dtype (`_FreshOutputs`)
-FRESH_SMALL_BYTES = 1024
+#: output tensors of at most this many bytes share one copy (`_FreshOutputs`): a decode step's
+#: every tensor (its hidden states too, up to 8192 bf16 values), a larger step's routing
+FRESH_SMALL_BYTES = 16 * 1024
+
+
+def output_tensors(out: Any) -> dict[str, torch.Tensor]:
+    """Every tensor of a step's output (a dataclass such as `MoEOutput`; dataclasses in it are
+    walked), by its dotted path ('routing.logits'). A tensor held by two fields (the aux loss
+    of the step and of its routing) appears under both paths."""
+    found: dict[str, torch.Tensor] = {}
+    for f in dataclasses.fields(out):
+        v = getattr(out, f.name)
+        if isinstance(v, torch.Tensor):
+            found[f.name] = v
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            found.update({f"{f.name}.{k}": t for k, t in output_tensors(v).items()})
+    return found
 
 
 class _FreshOutputs:
     """A captured step's output, handed out fresh after each replay, every tensor in memory
     that the next replay does not overwrite. Tensors of more than `FRESH_SMALL_BYTES` are
-    each cloned; the small ones (the losses, the counts, a decode step's routing) are packed
-    inside the graph into one buffer per dtype, cloned once, and handed out as views of the
-    clone. Host time of making them after a 1-token replay on the H200 (run 136): this 34-37
-    us; every tensor a view of one clone per dtype 32-34 us (but an aux loss kept from each
-    step kept the step's logits and, in fp32, hidden states alive); a tensor of its own each
-    (`empty_like` and one `_foreach_copy_`) 77-82 us; a clone each 75-76 us. So a small
-    tensor kept from a step keeps at most the step's other small tensors of its dtype alive
-    (a few KB), never its hidden states or logits. A tensor that appears twice (the aux loss
-    of the step and of its routing) stays one tensor. `of` runs inside the capture (the
-    packing is part of the graph); the rebuild plan is made once."""
+    each cloned; the small ones (the losses, the counts, the routing, a decode step's hidden
+    states) are packed inside the graph into one byte buffer (largest elements first, so
+    that each starts aligned to its dtype), cloned once, and handed out as views of the
+    clone: after a 1-token replay that is one clone, one dtype view per dtype and one
+    `as_strided` per tensor. A tensor kept from a step keeps at most the step's small tensors
+    alive (a few KB), never a hidden states or logits tensor above the limit. Host time of
+    making them after a 1-token replay on the H200 (run 136, the earlier split: a clone per
+    dtype of the small ones, and one of each large tensor): 34-37 us; a tensor of its own
+    each (`empty_like` and one `_foreach_copy_`) 77-82 us; a clone each 75-76 us. A tensor
+    that appears twice (the aux loss of the step and of its routing) stays one tensor. `of`
+    runs inside the capture (the packing is part of the graph); the rebuild plan is made
+    once."""
 
     def __init__(self, buffers: list[torch.Tensor],
-                 slots: list[tuple[int, int, tuple[int, ...], tuple[int, ...], bool]],
+                 slots: list[tuple[int, torch.dtype | None, int, tuple[int, ...],
+                                   tuple[int, ...]]],
+                 dtypes: tuple[torch.dtype, ...],
                  plan: tuple[type, tuple[tuple[str, int, Any], ...]]) -> None:
-        self.buffers, self.slots, self.plan = buffers, slots, plan
+        # buffers: the large tensors, then (if any tensor is small) the byte pack, last;
+        # slots: per tensor (buffer, None, ...) handed out whole, or (pack, dtype, offset in
+        # that dtype's elements, shape, strides)
+        self.buffers, self.slots, self.dtypes, self.plan = buffers, slots, dtypes, plan
 
     @classmethod
     def of(cls, out: Any) -> _FreshOutputs:
         unique: list[torch.Tensor] = []
         slot_of: dict[int, int] = {}  # id of an output tensor -> its index in unique
+        for t in output_tensors(out).values():
+            if id(t) not in slot_of:
+                slot_of[id(t)] = len(unique)
+                unique.append(t)
 
         # each field of each dataclass: (name, 0, slot) a tensor, (name, 1, value) kept as
         # it is, (name, 2, plan) a dataclass
@@ -508,11 +558,8 @@ class _FreshOutputs:
             for f in dataclasses.fields(obj):
                 v = getattr(obj, f.name)
                 if isinstance(v, torch.Tensor):
-                    if id(v) not in slot_of:
-                        slot_of[id(v)] = len(unique)
-                        unique.append(v)
                     items.append((f.name, 0, slot_of[id(v)]))
-                elif dataclasses.is_dataclass(v):
+                elif dataclasses.is_dataclass(v) and not isinstance(v, type):
                     items.append((f.name, 2, plan_of(v)))
                 else:
                     items.append((f.name, 1, v))
@@ -520,28 +567,39 @@ class _FreshOutputs:
 
         plan = plan_of(out)
         buffers: list[torch.Tensor] = []
-        slots: list[tuple[int, int, tuple[int, ...], tuple[int, ...], bool]] = [
-            (0, 0, (), (), True)] * len(unique)
-        small: dict[torch.dtype, list[int]] = {}
+        slots: list[tuple[int, torch.dtype | None, int, tuple[int, ...], tuple[int, ...]]] = [
+            (0, None, 0, (), ())] * len(unique)
+        small = []
         for i, t in enumerate(unique):
             if t.numel() * t.element_size() > FRESH_SMALL_BYTES:
-                slots[i] = (len(buffers), 0, (), (), True)  # the clone itself
+                slots[i] = (len(buffers), None, 0, (), ())  # the clone itself
                 buffers.append(t)
             else:
-                small.setdefault(t.dtype, []).append(i)
-        for members in small.values():
-            offset = 0
-            for i in members:
-                shape = tuple(unique[i].shape)
-                slots[i] = (len(buffers), offset, shape, _contiguous_strides(shape), False)
-                offset += unique[i].numel()
-            buffers.append(torch.cat([unique[i].reshape(-1) for i in members]))
-        return cls(buffers, slots, plan)
+                small.append(i)
+        # largest elements first: every tensor starts at a multiple of its element size
+        small.sort(key=lambda i: -unique[i].element_size())
+        parts, offset = [], 0
+        for i in small:
+            t = unique[i]
+            shape = tuple(t.shape)
+            slots[i] = (len(buffers), t.dtype, offset // t.element_size(), shape,
+                        _contiguous_strides(shape))
+            parts.append(t.contiguous().reshape(-1).view(torch.uint8))
+            offset += t.numel() * t.element_size()
+        dtypes = tuple(dict.fromkeys(unique[i].dtype for i in small))
+        if small:
+            # (a view of the whole pack in each dtype: its bytes a multiple of every size)
+            pad = -offset % unique[small[0]].element_size()
+            if pad:
+                parts.append(torch.zeros(pad, dtype=torch.uint8, device=parts[0].device))
+            buffers.append(torch.cat(parts))
+        return cls(buffers, slots, dtypes, plan)
 
     def fresh(self) -> Any:
         copies = [b.clone() for b in self.buffers]
-        views = [copies[b] if whole else copies[b].as_strided(shape, strides, offset)
-                 for b, offset, shape, strides, whole in self.slots]
+        typed = {dt: copies[-1].view(dt) for dt in self.dtypes}
+        views = [copies[b] if dt is None else typed[dt].as_strided(shape, strides, offset)
+                 for b, dt, offset, shape, strides in self.slots]
 
         def build(plan: tuple[type, tuple[tuple[str, int, Any], ...]]) -> Any:
             kind, items = plan

@@ -340,7 +340,7 @@ class SimpleMoELayer(nn.Module):
         token steps up to 35% fewer; GPU-bound steps (DeepSeek-V3 at 8-512 tokens) the same
         within 1%. The output is an eager step's: every tensor fresh, in memory the next
         replay does not touch (`graphs._FreshOutputs`: large tensors copied each, the small
-        ones of a dtype sharing one copy). A step with a capacity factor or a
+        ones sharing one copy). A step with a capacity factor or a
         routing strategy with side effects runs eagerly. The graphs are captured again when
         the layer's tensors are replaced, its routing path (`fused_routing`) changes or its
         `AutoBackend` is reset.
@@ -389,12 +389,18 @@ class SimpleMoELayer(nn.Module):
                 self, max_tokens=STEP_GRAPH_MAX_TOKENS, max_graphs=STEP_GRAPH_MAX_SHAPES,
                 capture_after=STEP_GRAPH_CAPTURE_AFTER, evict=False, fresh_outputs=True,
                 owned=True)
+        return runner(x)
+
+    def _forward_in_step_graph(self, x: torch.Tensor) -> MoEOutput:
+        """`forward` for the layer's own `GraphedLayer` (its warm-up, capture and eager
+        steps): the policy is not asked again (a replay runs no Python)."""
         # (set in __dict__: nn.Module.__setattr__'s checks cost ~8 us a step)
+        before = self._in_step_graph
         self.__dict__["_in_step_graph"] = True
         try:
-            return runner(x)
+            return self.forward(x)
         finally:
-            self.__dict__["_in_step_graph"] = False
+            self.__dict__["_in_step_graph"] = before
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
         # `.to()`, `.cpu()`, `.half()`, ...: graphs of tensors moved elsewhere are dropped
@@ -516,10 +522,15 @@ class SimpleMoELayer(nn.Module):
             check_finite_rows("MoE layer input", tokens, "token", "column")
         graphs = self.step_graph_policy == "auto" and self._step_graph_ready(tokens)
         runner = self._step_graphs
-        if graphs and runner is not None and runner.holds(x):  # type: ignore[attr-defined]
-            # a shape captured after the int4 layout policy looked (a replaced expert changes
-            # the graph's weights signature: the capture's warm-up steps look again)
-            return self._run_step_graph(x)
+        if graphs and runner is not None:
+            # a held shape replays (its graph was captured after the int4 layout policy
+            # looked); one whose graph is stale (a replaced expert changes the weights
+            # signature) is captured again, the capture's warm-up steps looking again
+            out = runner._replay_held(x)  # type: ignore[attr-defined]
+            if out is not None:
+                return out
+            if runner.holds(x):  # type: ignore[attr-defined]
+                return self._run_step_graph(x)
         if self.int4_layout_policy == "auto":
             self._auto_int4_layout(tokens)
         if graphs and self._step_backend(tokens) in FUSED_ROUTING_BACKENDS:
