@@ -20,7 +20,13 @@ import torch
 from wattmoe.errors import ConfigError
 from wattmoe.moe import SimpleMoELayer, get_preset
 from wattmoe.moe.backends import get_backend
-from wattmoe.moe.graphs import FRESH_SMALL_BYTES, GraphedLayer, _FreshOutputs, output_tensors
+from wattmoe.moe.graphs import (
+    FRESH_ALIGN,
+    FRESH_SMALL_BYTES,
+    GraphedLayer,
+    _FreshOutputs,
+    output_tensors,
+)
 
 from .conftest import FakeGraph
 
@@ -225,26 +231,34 @@ def test_a_layer_pickled_before_step_graphs_still_runs() -> None:
     assert layer.step_graph_policy == "auto" and layer.step_graphs is None
 
 
-def test_fresh_outputs_keep_little_beside_themselves(fake_graphs: None) -> None:
-    # an aux loss or the counts kept from every step must not keep the step's logits and
-    # hidden states alive (views of one buffer per dtype did): large tensors are copies of
-    # their own, small ones share a copy of the small ones (padded to 8 bytes)
-    layer = small_layer(seed=2)
+@pytest.mark.parametrize("tokens, hidden", [(64, None), (1, 512)])
+def test_fresh_outputs_keep_little_beside_themselves(
+        fake_graphs: None, tokens: int, hidden: int | None) -> None:
+    # an aux loss or the counts kept from every step (a routing trace) must not keep the
+    # step's logits and hidden states alive (views of one buffer per dtype did, and one pack
+    # of every tensor up to 16 KiB kept a decode step's hidden states): large tensors are
+    # copies of their own, small ones share a copy of the small ones (each 16-byte aligned)
+    cfg = get_preset("tiny").replace(num_experts=8, top_k=2)
+    if hidden is not None:
+        cfg = cfg.replace(hidden_size=hidden)
+    layer = SimpleMoELayer(cfg, seed=2).eval()
     layer.set_backend("grouped")
     step = GraphedLayer(layer, fresh_outputs=True)
-    x = torch.randn(64, layer.config.hidden_size)
+    x = torch.randn(tokens, layer.config.hidden_size)
     with torch.no_grad():
         eager = layer(x)
         step(cuda_like(x))
         out = step(cuda_like(x))
-    small = sum(t.numel() * t.element_size() for t in tensors(eager).values()
-                if t.numel() * t.element_size() <= FRESH_SMALL_BYTES)
+    unique = {id(t): t for t in tensors(eager).values()}.values()
+    small = [t.numel() * t.element_size() for t in unique
+             if t.numel() * t.element_size() <= FRESH_SMALL_BYTES]
     for name, t in tensors(eager).items():
         have, want = tensors(out)[name].untyped_storage().nbytes(), t.untyped_storage().nbytes()
         if want > FRESH_SMALL_BYTES:
             assert have == want, name
         else:
-            assert have < small + 8, name
+            assert have <= sum(small) + FRESH_ALIGN * len(small), name
+            assert tensors(out)[name].data_ptr() % FRESH_ALIGN == 0, name
     assert tensors(out)["hidden_states"].untyped_storage().nbytes() > FRESH_SMALL_BYTES
 
 
@@ -410,9 +424,9 @@ class _Outer:
 
 
 def test_fresh_outputs_pack_every_small_tensor_into_one_copy() -> None:
-    # a decode step's outputs: one clone of a byte pack holding tensors of every dtype (each
-    # starting aligned to its element size), handed out as views with their values, shapes
-    # and contiguous strides; large tensors cloned alone; a tensor in two fields stays one
+    # a decode step's outputs: one clone of a byte pack holding the small tensors of every
+    # dtype (each 16-byte aligned), handed out as views with their values, shapes and
+    # contiguous strides; large tensors cloned alone; a tensor in two fields stays one
     g = torch.Generator().manual_seed(0)
     scalar = torch.tensor(2.5)
     out = _Outer(
@@ -431,7 +445,7 @@ def test_fresh_outputs_pack_every_small_tensor_into_one_copy() -> None:
         assert got.dtype == t.dtype and got.shape == t.shape, path
         assert got.is_contiguous(), path
         torch.testing.assert_close(got, t, rtol=0, atol=0, msg=path)
-        assert got.data_ptr() % got.element_size() == 0, path
+        assert got.data_ptr() % FRESH_ALIGN == 0, path
         if t.numel():
             assert got.data_ptr() != t.data_ptr(), path
             assert got.data_ptr() != tensors(second)[path].data_ptr(), path
@@ -472,3 +486,34 @@ def test_a_held_shape_replays_without_the_graphed_layers_call(
             got = layer(x).hidden_states.as_subclass(torch.Tensor)
             torch.testing.assert_close(got, want)
     assert len(calls) == 4 and (runner.captures, runner.replays) == (2, 6)
+
+
+@pytest.mark.parametrize("change", ["capacity factor", "top_k", "aux loss weight",
+                                    "max_tokens"])
+def test_the_short_path_declines_a_changed_step(
+        fake_graphs: None, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    # a held graph replays the settings it was captured with: a capacity factor set since runs
+    # eagerly; the router's plain settings (top_k, a knob of energy-aware routing, and the
+    # aux-loss weight) recapture; a lowered max_tokens runs the shape eagerly
+    layer = small_layer(seed=5)
+    _as_auto_on_a_gpu(layer, monkeypatch)
+    x = cuda_like(torch.randn(4, layer.config.hidden_size))
+    with torch.no_grad():
+        for _ in range(3):  # eager, captured, replayed
+            layer(x)
+        runner = layer.step_graphs
+        assert (runner.captures, runner.replays) == (1, 2)
+        if change == "capacity factor":
+            layer.config = layer.config.replace(capacity_factor=1.0)
+        elif change == "top_k":
+            layer.router.top_k = 1
+        elif change == "aux loss weight":
+            layer.router.aux_loss_coef = 0.5
+        else:
+            runner.max_tokens = 2
+        for _ in range(3):
+            layer(x)
+    if change in ("capacity factor", "max_tokens"):
+        assert (runner.captures, runner.replays) == (1, 2)  # eager since
+    else:  # dropped, then eager, captured again and replayed
+        assert (runner.captures, runner.replays) == (2, 4)

@@ -43,6 +43,9 @@ from wattmoe.moe.stacked import (
 
 log = logging.getLogger(__name__)
 
+#: module attributes of these types are settings a captured step reads as constants
+_SETTING_TYPES = frozenset({int, float, bool, str})
+
 
 class _Uncapturable(RuntimeError):
     """The captured call failed (a host sync or an operation CUDA graphs cannot record)."""
@@ -271,7 +274,8 @@ class GraphedLayer:
         self._uncapturable: set[tuple[object, ...]] = set()
         self._pool: object | None = None
         self._weights: tuple[object, ...] | None = None
-        self._modules_cache: tuple[list[nn.Module], tuple[object, ...]] = ([], ())
+        self._modules_cache: tuple[list[nn.Module], tuple[object, ...],
+                                   list[tuple[dict[str, Any], str]]] = ([], (), [])
         # the stacks the captured steps read (int4 fragment words to refresh before a replay),
         # held weakly: the stack of replaced experts is not kept alive here
         self._stacks: list[weakref.ref] = []
@@ -305,9 +309,11 @@ class GraphedLayer:
         Runs before every replay, so it reads the modules' parameter and buffer dicts directly
         from a cached list of the layer's submodules outside the routed experts (router,
         shared expert; the layer's own tensors and children are read each time), walked again
-        only when a module's children change. The list holds those modules (so their
-        identities stay unique) until the next call after they are replaced; `clear()` drops
-        it.
+        only when a module's children change; with their plain settings (ints, floats, bools,
+        strings: the router's `top_k`, `score_func`, `aux_loss_coef`, a strategy's scalars),
+        read each time from the attribute names found in that walk. The list holds those
+        modules (so their identities stay unique) until the next call after they are
+        replaced; `clear()` drops it.
         """
         layer = self.layer
         experts = layer.experts
@@ -322,17 +328,22 @@ class GraphedLayer:
         # the layer's own children and tensors are read each time; its submodules but the
         # experts are cached (not the layer itself: the layer may hold this object)
         top = tuple(id(c) for c in layer._modules.values())
-        mods, tree = self._modules_cache
+        mods, tree, settings = self._modules_cache
         if tree[:1] != (top,) or tree[1:] != self._module_tree(mods):
             mods = [m for n, c in layer.named_children() if n != "experts"
                     for m in c.modules()]
             tree = (top, *self._module_tree(mods))
-            self._modules_cache = (mods, tree)
+            # their plain settings (the router's top_k, score function, aux-loss weight, a
+            # strategy's scalars): a graph holds the values it was captured with
+            settings = [(vars(m), k) for m in mods for k, v in vars(m).items()
+                        if type(v) in _SETTING_TYPES]
+            self._modules_cache = (mods, tree, settings)
         # the tree too: a swapped module without tensors (a routing strategy) changes the
         # step; so do the routing path (`fused_routing`, the gate's kernel) and `auto`'s
         # decisions (`AutoBackend.reset`): what a captured step runs (a change drops every
         # graph, which a key of them would have left in place, holding their memory)
-        return (id(experts), len(experts), anchors, tree, getattr(layer, "fused_routing", None),
+        return (id(experts), len(experts), anchors, tree, tuple(d.get(k) for d, k in settings),
+                getattr(layer, "fused_routing", None),
                 fused_route.FUSE_GATE,
                 getattr(getattr(layer, "expert_backend", None), "resets", None),
                 tuple((t.data_ptr(), t.dtype, t.device) for m in (layer, *mods)
@@ -397,14 +408,15 @@ class GraphedLayer:
         """The layer's own step (`SimpleMoELayer.forward`, policy 'auto'): replays the graph
         of `x`'s shape if one is held and still reads the layer's tensors, else returns None
         (the layer then calls this object, which captures the shape again or runs it
-        eagerly). The caller has checked what `capturable` checks but the capacity factor
-        (checked here) and the routing strategy (a swapped strategy changes the weights
-        signature's module tree): a CUDA input of at most `max_tokens` tokens, grad mode
-        off, no autocast. One key and one weights signature per replay, where the call
-        repeats the layer's checks and makes the key twice."""
+        eagerly). The layer has checked the rest of `capturable`'s conditions (a CUDA input,
+        grad mode off, no autocast); `max_tokens` and the capacity factor are checked here,
+        and a swapped routing strategy changes the weights signature's module tree. One key
+        and one weights signature per replay, where the call repeats the layer's checks and
+        makes the key twice."""
         key = self._key(x)
         entry = self._graphs.get(key)
-        if (entry is None or self.layer.config.capacity_factor is not None
+        if (entry is None or x.numel() > self.max_tokens * x.shape[-1]
+                or self.layer.config.capacity_factor is not None
                 or self.weights_signature() != self._weights
                 or copies_moved(entry[3], self._refresh_derived())):
             return None
@@ -458,7 +470,7 @@ class GraphedLayer:
         """Drops every captured graph (and the module list `weights_signature` keeps)."""
         self._graphs.clear()
         self._uncapturable.clear()
-        self._modules_cache = ([], ())
+        self._modules_cache = ([], (), [])
         self._stacks = []
         self._full_noted = False
 
@@ -497,9 +509,11 @@ class GraphedLayer:
         return self._graphs[key]
 
 
-#: output tensors of at most this many bytes share one copy (`_FreshOutputs`): a decode step's
-#: every tensor (its hidden states too, up to 8192 bf16 values), a larger step's routing
-FRESH_SMALL_BYTES = 16 * 1024
+#: output tensors of at most this many bytes share one copy (`_FreshOutputs`): the routing,
+#: counts and losses of a decode step; hidden states and larger routing tensors are cloned alone
+FRESH_SMALL_BYTES = 1024
+#: each tensor in that copy starts at a multiple of this many bytes (vector loads)
+FRESH_ALIGN = 16
 
 
 def output_tensors(out: Any) -> dict[str, torch.Tensor]:
@@ -518,19 +532,21 @@ def output_tensors(out: Any) -> dict[str, torch.Tensor]:
 
 class _FreshOutputs:
     """A captured step's output, handed out fresh after each replay, every tensor in memory
-    that the next replay does not overwrite. Tensors of more than `FRESH_SMALL_BYTES` are
-    each cloned; the small ones (the losses, the counts, the routing, a decode step's hidden
-    states) are packed inside the graph into one byte buffer (largest elements first, so
-    that each starts aligned to its dtype), cloned once, and handed out as views of the
-    clone: after a 1-token replay that is one clone, one dtype view per dtype and one
-    `as_strided` per tensor. A tensor kept from a step keeps at most the step's small tensors
-    alive (a few KB), never a hidden states or logits tensor above the limit. Host time of
-    making them after a 1-token replay on the H200 (run 136, the earlier split: a clone per
-    dtype of the small ones, and one of each large tensor): 34-37 us; a tensor of its own
-    each (`empty_like` and one `_foreach_copy_`) 77-82 us; a clone each 75-76 us. A tensor
-    that appears twice (the aux loss of the step and of its routing) stays one tensor. `of`
-    runs inside the capture (the packing is part of the graph); the rebuild plan is made
-    once."""
+    that the next replay does not overwrite. Tensors of more than `FRESH_SMALL_BYTES` (the
+    hidden states, a larger step's logits) are each cloned; the small ones (the losses, the
+    counts, a decode step's routing), of any dtype, are packed inside the graph into one byte
+    buffer (each at a multiple of `FRESH_ALIGN` bytes), cloned once, and handed out as views
+    of the clone: after a 1-token replay two clones, one dtype view per dtype and one
+    `as_strided` per small tensor. A small tensor kept from every step (a routing trace)
+    keeps the step's other small tensors alive (a few KB), never its hidden states or logits
+    above the limit. Host time of making them after a 1-token replay on the H200 (runs 136
+    and 138): the small ones in a clone per dtype and the large each 34-37 us; everything in
+    one pack of tensors up to 16 KiB, hidden states included, 20 us (but a kept aux loss kept
+    the step's hidden states alive, and the hidden states were only 8-byte aligned); a
+    tensor of its own each (`empty_like` and one `_foreach_copy_`) 77-82 us; a clone each
+    75-76 us. A tensor that appears twice (the aux loss of the step and of its routing)
+    stays one tensor. `of` runs inside the capture (the packing is part of the graph); the
+    rebuild plan is made once."""
 
     def __init__(self, buffers: list[torch.Tensor],
                  slots: list[tuple[int, torch.dtype | None, int, tuple[int, ...],
@@ -569,17 +585,21 @@ class _FreshOutputs:
         buffers: list[torch.Tensor] = []
         slots: list[tuple[int, torch.dtype | None, int, tuple[int, ...], tuple[int, ...]]] = [
             (0, None, 0, (), ())] * len(unique)
-        small = []
+        small: list[int] = []
         for i, t in enumerate(unique):
             if t.numel() * t.element_size() > FRESH_SMALL_BYTES:
                 slots[i] = (len(buffers), None, 0, (), ())  # the clone itself
                 buffers.append(t)
             else:
                 small.append(i)
-        # largest elements first: every tensor starts at a multiple of its element size
-        small.sort(key=lambda i: -unique[i].element_size())
-        parts, offset = [], 0
-        for i in small:
+        parts: list[torch.Tensor] = []
+        offset = 0
+        zeros = (torch.zeros(FRESH_ALIGN, dtype=torch.uint8, device=unique[small[0]].device)
+                 if small else None)
+        for i in small:  # each at a multiple of FRESH_ALIGN bytes (so of its element size)
+            if offset % FRESH_ALIGN:
+                parts.append(zeros[:FRESH_ALIGN - offset % FRESH_ALIGN])  # type: ignore[index]
+                offset += FRESH_ALIGN - offset % FRESH_ALIGN
             t = unique[i]
             shape = tuple(t.shape)
             slots[i] = (len(buffers), t.dtype, offset // t.element_size(), shape,
@@ -588,10 +608,8 @@ class _FreshOutputs:
             offset += t.numel() * t.element_size()
         dtypes = tuple(dict.fromkeys(unique[i].dtype for i in small))
         if small:
-            # (a view of the whole pack in each dtype: its bytes a multiple of every size)
-            pad = -offset % unique[small[0]].element_size()
-            if pad:
-                parts.append(torch.zeros(pad, dtype=torch.uint8, device=parts[0].device))
+            if offset % FRESH_ALIGN:  # (a view of the whole pack in each dtype)
+                parts.append(zeros[:FRESH_ALIGN - offset % FRESH_ALIGN])  # type: ignore[index]
             buffers.append(torch.cat(parts))
         return cls(buffers, slots, dtypes, plan)
 

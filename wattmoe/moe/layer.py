@@ -339,8 +339,8 @@ class SimpleMoELayer(nn.Module):
         (OLMoE, Qwen3-30B-A3B, DeepSeek-V3, bf16 and int4; run 136, docs/kernels.md), 8-32
         token steps up to 35% fewer; GPU-bound steps (DeepSeek-V3 at 8-512 tokens) the same
         within 1%. The output is an eager step's: every tensor fresh, in memory the next
-        replay does not touch (`graphs._FreshOutputs`: large tensors copied each, the small
-        ones sharing one copy). A step with a capacity factor or a
+        replay does not touch (`graphs._FreshOutputs`: tensors over 1 KiB copied each, the
+        small ones sharing one copy). A step with a capacity factor or a
         routing strategy with side effects runs eagerly. The graphs are captured again when
         the layer's tensors are replaced, its routing path (`fused_routing`) changes or its
         `AutoBackend` is reset.
@@ -394,13 +394,13 @@ class SimpleMoELayer(nn.Module):
     def _forward_in_step_graph(self, x: torch.Tensor) -> MoEOutput:
         """`forward` for the layer's own `GraphedLayer` (its warm-up, capture and eager
         steps): the policy is not asked again (a replay runs no Python)."""
-        # (set in __dict__: nn.Module.__setattr__'s checks cost ~8 us a step)
-        before = self._in_step_graph
+        # (set in __dict__: nn.Module.__setattr__'s checks cost ~8 us a step; no nesting:
+        # `_step_graph_ready` refuses while it is set)
         self.__dict__["_in_step_graph"] = True
         try:
             return self.forward(x)
         finally:
-            self.__dict__["_in_step_graph"] = before
+            self.__dict__["_in_step_graph"] = False
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
         # `.to()`, `.cpu()`, `.half()`, ...: graphs of tensors moved elsewhere are dropped
