@@ -10,9 +10,15 @@ a bucket decides, once:
   saturated kernel draws, less time per step is less energy per step; energy itself cannot be
   read per step (NVML's counter moves every ~100 ms).
 
-Calibration times the expert execution only: once a bucket's choice is `fused` or
-`fused_graph`, the layer also routes with `fused_route` (`SimpleMoELayer.uses_fused_route`),
-a saving on top of what was compared (~90 us of GPU time per 512-token OLMoE step on an H200).
+Calibration times the expert execution, plus, where the layer passes them (`routing_s`), what
+routing the step costs each candidate's way: once a bucket's choice is `fused` or
+`fused_graph`, the layer routes with `fused_route`'s two kernels
+(`SimpleMoELayer.uses_fused_route`), otherwise with the router and `build_dispatch` (torch's
+top-k, sort and scatter kernels), and on a small expert shape that difference decides: on the
+H200 `tiny` at 1024 tokens, timed on the experts alone, chose `grouped` at 213.9 mJ a step
+against 69.8 for `fused` (profile refresh 10, run 139). The layer times both routings once
+per bucket, and only with a routing strategy without `observe` side effects (it routes the
+deciding step's tokens a few more times).
 
 `auto` is `SimpleMoELayer`'s default backend: on an H200 the reference `loop` spends 2.2-7.5x
 the joules per token of the fused path on the OLMoE shape (16384 down to 64 tokens per step,
@@ -87,6 +93,7 @@ from wattmoe.moe.backends import (
     register_backend,
 )
 from wattmoe.moe.dispatch import Dispatch
+from wattmoe.moe.fused_route import FUSED_ROUTING_BACKENDS
 from wattmoe.moe.stacked import StackError, _members, head_signature, stack_signature
 
 log = logging.getLogger(__name__)
@@ -107,9 +114,13 @@ class Decision:
         reason: 'calibrated', 'cost', 'only' (a single candidate), 'compiling' (`loop` while
             `torch.compile` traces the layer) or 'unstackable' (`loop`: experts that cannot
             be stacked); see the module docstring.
-        scores: each candidate's median step time in seconds ('calibrated') or cost ('cost').
+        scores: each candidate's median step time in seconds ('calibrated': its experts, plus
+            its way of routing where `routing_s` was given) or cost ('cost').
         seconds: wall time the decision took (calibration: every candidate's warm-up and timed
             runs), spent once, in the step that decided.
+        routing_s: the routing times added to the calibrated scores ('torch': router and
+            `build_dispatch`; 'fused_route': `fused_route`, for the fused candidates); empty
+            where none were.
     """
 
     key: tuple[object, ...]
@@ -117,6 +128,7 @@ class Decision:
     reason: str
     scores: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    routing_s: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -132,6 +144,21 @@ the registry's `auto`), by key."""
 def bucket(n: int) -> int:
     """n rounded up to a power of two (0 stays 0)."""
     return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
+def median_seconds(fn: Callable[[], object], repeats: int,
+                   device: torch.device) -> tuple[float, object]:
+    """(median seconds of `repeats` runs of fn after one warm-up run (compile, capture,
+    stack), each between device synchronizations; the last run's result)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
 
 
 def _capturing(x: torch.Tensor) -> bool:
@@ -263,7 +290,26 @@ class AutoBackend:
         dec = self._lookup(self._key(experts, x, num_assign), experts)
         return dec.backend if dec is not None else None
 
-    def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> torch.Tensor:
+    def calibrates_routing(self, x: torch.Tensor) -> bool:
+        """Whether a step on x that decides would calibrate among candidates that route
+        differently (a fused one and another): then the layer times its two routings and
+        passes them as `routing_s`."""
+        if self.cost_fn is not None or _capturing(x):
+            return False
+        names = [n for n in (self.candidates or available_backends(x.device, x.dtype))
+                 if n != "auto"]
+        fused = [n in FUSED_ROUTING_BACKENDS for n in names]
+        return any(fused) and not all(fused)
+
+    def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch,
+                 routing_s: tuple[float, float] | None = None) -> torch.Tensor:
+        """Runs the step on the bucket's backend, deciding first if none is chosen.
+
+        Args:
+            routing_s: (seconds of routing this step with the router and `build_dispatch`,
+                seconds with `fused_route`), the layer's measurement: added to each
+                calibrated candidate's time its way (see the module docstring).
+        """
         if needs_autograd(experts, x):
             return loop_backend(experts, x, d)
         if torch.compiler.is_compiling():
@@ -274,7 +320,7 @@ class AutoBackend:
         out = None
         try:
             if dec is None:  # calibrating: the winner's last timed run computed this very step
-                dec, out = self._decide(k, experts, x, d)
+                dec, out = self._decide(k, experts, x, d, routing_s)
             if out is None:
                 out = get_backend(dec.backend)(experts, x, d)
         except StackError as exc:  # experts `loop` alone can run (one replaced by another kind)
@@ -317,7 +363,8 @@ class AutoBackend:
         self.last = dec
 
     def _decide(
-        self, k: tuple[object, ...], experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch
+        self, k: tuple[object, ...], experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch,
+        routing_s: tuple[float, float] | None = None,
     ) -> tuple[Decision, torch.Tensor | None]:
         """Decides for key k on this step; returns the decision and, when calibrating, the
         winner's output for this step (None otherwise)."""
@@ -341,9 +388,13 @@ class AutoBackend:
                     f"auto has not chosen a backend for {_describe(k)} yet and cannot time "
                     "candidates inside a CUDA-graph capture: run one step of this size before "
                     "capturing (as a capture's warm-up does), or name a backend")
-            runs = self._calibrate(names, experts, x, d)
+            extra = ({n: routing_s[1] if n in FUSED_ROUTING_BACKENDS else routing_s[0]
+                      for n in names} if routing_s is not None else {})
+            runs = self._calibrate(names, experts, x, d, extra)
             scores = {n: t for n, (t, _) in runs.items()}
-            dec = Decision(k, min(scores, key=scores.__getitem__), "calibrated", scores)
+            dec = Decision(k, min(scores, key=scores.__getitem__), "calibrated", scores,
+                           routing_s={"torch": routing_s[0], "fused_route": routing_s[1]}
+                           if routing_s is not None else {})
             out = runs[dec.backend][1]
         dec.seconds = time.perf_counter() - t0
         self.deciding_s += dec.seconds
@@ -353,16 +404,20 @@ class AutoBackend:
             self.shared[k] = dec
         if dec.reason == "calibrated":
             log.info("auto: %s -> %s, calibrated in %.3g s, once for this bucket (median step "
-                     "%s; fastest wins)", _describe(k), dec.backend, dec.seconds,
-                     ", ".join(f"{n} {v * 1e3:.3g} ms" for n, v in scores.items()))
+                     "%s%s; fastest wins)", _describe(k), dec.backend, dec.seconds,
+                     ", ".join(f"{n} {v * 1e3:.3g} ms" for n, v in scores.items()),
+                     "" if not dec.routing_s else ", each with its routing: " + ", ".join(
+                         f"{n} {v * 1e3:.3g} ms" for n, v in dec.routing_s.items()))
         else:
             log.info("auto: %s -> %s (%s %s)", _describe(k), dec.backend, dec.reason,
                      {n: f"{v:.3g}" for n, v in dec.scores.items()})
         return dec, out
 
     def _calibrate(self, names: list[str], experts: Sequence[nn.Module], x: torch.Tensor,
-                   d: Dispatch) -> dict[str, tuple[float, torch.Tensor | None]]:
-        """Times every candidate (`_time`); one that runs out of device memory scores inf
+                   d: Dispatch, extra: dict[str, float] | None = None,
+                   ) -> dict[str, tuple[float, torch.Tensor | None]]:
+        """Times every candidate (`_time`, plus its `extra` seconds: its routing); one that
+        runs out of device memory scores inf
         (logged), unless all do (then that error is raised). A graphed candidate's graphs
         captured here are dropped as soon as another candidate is faster, and all of them if
         calibrating raises (`GraphedBackend.drop`: a graph kept holds the memory its step
@@ -377,7 +432,8 @@ class AutoBackend:
                 fn = get_backend(n)
                 before = fn.captured() if hasattr(fn, "captured") else None
                 try:
-                    runs[n] = self._time(n, experts, x, d)
+                    t, out = self._time(n, experts, x, d)
+                    runs[n] = (t + (extra or {}).get(n, 0.0), out)
                 except torch.OutOfMemoryError as exc:
                     oom = str(exc)  # not the exception: its traceback holds the step's tensors
                     runs[n] = (math.inf, None)
@@ -404,15 +460,7 @@ class AutoBackend:
               d: Dispatch) -> tuple[float, torch.Tensor]:
         """(median seconds of `repeats` timed runs after a warm-up, the last run's output)."""
         fn = get_backend(name)
-        fn(experts, x, d)  # warm-up: compile, capture, stack
-        times = []
-        for _ in range(self.repeats):
-            _sync(x.device)
-            t0 = time.perf_counter()
-            out = fn(experts, x, d)
-            _sync(x.device)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times), out
+        return median_seconds(lambda: fn(experts, x, d), self.repeats, x.device)
 
     def records(self) -> list[dict[str, object]]:
         """Every decision so far as plain dicts (for JSON)."""

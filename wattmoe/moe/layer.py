@@ -18,7 +18,7 @@ from torch import nn
 
 from wattmoe.errors import ConfigError, ShapeError
 from wattmoe.int4_layout import INT4_LAYOUTS, fused_layouts, halves_whole
-from wattmoe.moe.autoselect import AutoBackend
+from wattmoe.moe.autoselect import AutoBackend, median_seconds
 from wattmoe.moe.backends import available_backends, get_backend, needs_autograd
 from wattmoe.moe.base import MoEConfig, resolve_dtype, seeded
 from wattmoe.moe.dispatch import build_dispatch, check_finite_rows
@@ -490,6 +490,29 @@ class SimpleMoELayer(nn.Module):
             return False
         return not needs_autograd(self.experts, tokens)
 
+    def _times_routing(self, tokens: torch.Tensor) -> bool:
+        """Whether `auto`, deciding on this step, gets the step's routing times: its
+        candidates route differently (fused ones with `fused_route`, the others with the
+        router and `build_dispatch`), fused routing is possible here, and routing the tokens
+        again has no side effects (a strategy that observes would observe each extra run)."""
+        return (isinstance(self._backend, AutoBackend) and tokens.shape[0] > 0
+                and type(self.router.strategy).observe is RoutingStrategy.observe
+                and self._fused_route_possible(tokens)
+                and self._backend.calibrates_routing(tokens))
+
+    def _routing_seconds(self, tokens: torch.Tensor) -> tuple[float, float]:
+        """(router + `build_dispatch`, `fused_route`): median seconds of `auto`'s `repeats`
+        runs each after a warm-up, on this step's tokens (nothing counted in the loads)."""
+        reps = self._backend.repeats  # type: ignore[union-attr]
+
+        def torch_way() -> object:
+            r = self.router(tokens)
+            return build_dispatch(r.topk_idx, r.topk_weight, self.num_experts, None)
+
+        return (median_seconds(torch_way, reps, tokens.device)[0],
+                median_seconds(lambda: fused_route(self.router, tokens), reps,
+                               tokens.device)[0])
+
     def _step_backend(self, tokens: torch.Tensor) -> str | None:
         """The backend that runs a step on tokens: the layer's; for `auto`, `loop` where the
         step needs autograd or is traced by `torch.compile` (what it runs then, without looking
@@ -553,7 +576,11 @@ class SimpleMoELayer(nn.Module):
                         step is None or self.config.capacity_factor is not None)),
             )
             self.tokens_per_expert += dispatch.counts
-        out = self._backend(self.experts, tokens, dispatch)
+        if step is None and self._times_routing(tokens):  # `auto` decides on this step
+            out = self._backend(self.experts, tokens, dispatch,
+                                routing_s=self._routing_seconds(tokens))
+        else:
+            out = self._backend(self.experts, tokens, dispatch)
         if self.shared_expert is not None:
             out = out + self.shared_expert(tokens)
         return MoEOutput(
