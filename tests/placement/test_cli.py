@@ -411,6 +411,14 @@ def test_place_tables_label_every_energy_column_with_its_source(capsys) -> None:
     assert "energy/token (estimated)" in text
 
 
+def test_place_writes_micro_joules_as_cost_does(capsys) -> None:
+    # was: "1.756 uJ" where `wattmoe cost` writes "µJ"
+    assert main(["place", "--cluster", "laptop", "--preset", "tiny"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"energy per token \(estimated\) +│ +1\.756 µJ", text), text
+    assert "uJ" not in text
+
+
 def test_place_does_not_round_a_fractional_tokens_per_batch_to_zero(tmp_path, capsys) -> None:
     # was: "tokens per batch 0" for one assignment of a top-2 shape (0.5 tokens), next to an
     # energy per token of twice the batch's energy; such loads are refused since (a count

@@ -128,7 +128,7 @@ def _check_profile_covers(provider: Any, cluster: Any, path: str, backend: str |
 def _fmt_j(x: float) -> str:
     if x == 0:
         return "0 J"
-    for unit, f in (("J", 1.0), ("mJ", 1e-3), ("uJ", 1e-6)):
+    for unit, f in (("J", 1.0), ("mJ", 1e-3), ("µJ", 1e-6)):
         if abs(x) >= f:
             return f"{x / f:,.3f} {unit}"
     return f"{x * 1e9:,.3f} nJ"
