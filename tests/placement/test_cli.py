@@ -479,6 +479,21 @@ def test_ctrl_c_stops_the_exact_solver_at_once(tmp_path) -> None:
     assert not out.exists()
 
 
+def test_place_writes_out_before_its_tables(tmp_path) -> None:
+    # a new user's trial: `wattmoe place ... --out p.json | head` exited 1 with no file and
+    # nothing said (the file was written after the tables, and rich exits at a closed pipe);
+    # so did a Ctrl-C or SIGTERM during --compare's baselines, after the solve was printed
+    out = tmp_path / "p.json"
+    entry = "import sys; from wattmoe.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", entry, "place", "--cluster", "h200-cpu",
+                             "--preset", "olmoe-1b-7b", "--compare", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head -0`: the reader is gone before the first table
+    proc.wait(timeout=120)
+    assert "Traceback" not in proc.stderr.read().decode()
+    assert Placement.from_json(out.read_text()).num_experts == 64
+
+
 @pytest.mark.parametrize("solver", ["eplb", "round-robin", "fill"])
 def test_time_limit_with_a_baseline_is_refused(solver, capsys) -> None:
     # was: the baselines ignored --time-limit without a word

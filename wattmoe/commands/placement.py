@@ -202,13 +202,16 @@ def cmd_place(args: argparse.Namespace) -> int:
     if args.int4_layout != "rows":
         meta["int4_layout"] = args.int4_layout
     placement = solve(problem, args.solver, meta=meta, **options)
-    _print_placement(placement, cfg.name, loads.source, provider_txt)
-    _print_replica_memory(problem)
-    if args.compare:
-        _print_comparison(problem, placement)
-    if args.out:
-        _write(args.out, placement.to_json())
-        console.print(f"wrote {args.out}")
+    if args.out:  # before the tables and the baselines: a Ctrl-C, SIGTERM or closed pipe
+        _write(args.out, placement.to_json())  # (`| head`) there kept no file of the solve
+    try:
+        _print_placement(placement, cfg.name, loads.source, provider_txt)
+        _print_replica_memory(problem)
+        if args.compare:
+            _print_comparison(problem, placement)
+    finally:
+        if args.out:
+            console.print(f"wrote {args.out}")
     return 0
 
 
