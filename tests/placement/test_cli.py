@@ -494,6 +494,23 @@ def test_place_writes_out_before_its_tables(tmp_path) -> None:
     assert Placement.from_json(out.read_text()).num_experts == 64
 
 
+def test_place_says_it_is_solving_on_a_terminal(monkeypatch, capsys) -> None:
+    # a new user's trial: a MILP ran its whole --time-limit (60 s by default) with nothing on
+    # the screen; on a terminal a line now says what runs, for how long so far (gone after)
+    import io
+
+    from rich.console import Console
+
+    import wattmoe.commands.placement as cli_place
+
+    tty = Console(file=io.StringIO(), force_terminal=True, color_system=None, width=120)
+    monkeypatch.setattr(cli_place, "err_console", tty)
+    assert main(["place", "--cluster", "8xh200-2node", "--preset", "olmoe-1b-7b", "--layers",
+                 "1", "--solver", "milp", "--time-limit", "1"]) == 0
+    assert "solving: milp (time limit 1 s)" in tty.file.getvalue()
+    assert "solving" not in capsys.readouterr().err  # not off a terminal
+
+
 @pytest.mark.parametrize("solver", ["eplb", "round-robin", "fill"])
 def test_time_limit_with_a_baseline_is_refused(solver, capsys) -> None:
     # was: the baselines ignored --time-limit without a word
