@@ -134,6 +134,31 @@ def test_plot_and_eval(profile: Path, tmp_path: Path, capsys) -> None:
     assert (tmp_path / "e.csv").read_text().count("\n") == 3
 
 
+def _run_into_a_closed_pipe(*argv: str) -> None:
+    """`wattmoe ARGV | head -0`: the reader is gone before the first line."""
+    entry = "import sys; from wattmoe.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", entry, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    proc.wait(timeout=120)
+    assert "Traceback" not in proc.stderr.read().decode()
+
+
+def test_output_files_are_written_before_the_tables(profile: Path, tmp_path: Path) -> None:
+    # a new user's trial: `wattmoe cost-eval ... --out e.json --csv e.csv | head` wrote e.json
+    # and no e.csv (rich exits at a closed pipe, here at the line saying e.json was written),
+    # and `nsys-import ... --json k.json | head` wrote no file
+    held = save_profile(synthetic_db([synthetic_point("expert", n, SHAPE_A) for n in (2, 8)]),
+                        tmp_path / "held.json")
+    _run_into_a_closed_pipe("cost-eval", "--profile", str(profile), "--measured", str(held),
+                            "--out", str(tmp_path / "e.json"), "--csv", str(tmp_path / "e.csv"))
+    assert json.loads((tmp_path / "e.json").read_text())["summary"]["batch"]["latency"]["n"] == 2
+    assert (tmp_path / "e.csv").read_text().count("\n") == 3
+    _run_into_a_closed_pipe("nsys-import", str(build_export(tmp_path / "r.sqlite")), "--json",
+                            str(tmp_path / "k.json"))
+    assert json.loads((tmp_path / "k.json").read_text())["kernels"][0]["calls"] == 2
+
+
 def test_cost_eval_csv_interrupted_while_written_keeps_the_last_one(
         profile: Path, tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C while --csv is written. Was: the CSV opened in place and left with its header

@@ -60,6 +60,20 @@ def test_corrupt_json(tmp_path: Path) -> None:
         KernelCostModel.load(p)
 
 
+def test_a_sweep_log_is_not_called_corrupt(tmp_path: Path) -> None:
+    # a new user's trial: `wattmoe cost --profile x.jsonl` (all an interrupted `wattmoe
+    # profile` leaves) said "profile 'x.jsonl' is corrupt: not valid JSON (Extra data at line
+    # 2)"; the file is a sound sweep log
+    log = tmp_path / "x.jsonl"
+    log.write_text('{"kind": "point"}\n{"kind": "point"}\n')
+    with pytest.raises(ProfileFormatError) as err:
+        KernelCostModel.load(log)
+    assert str(err.value) == (
+        f"{str(log)!r} is a sweep log (.jsonl, one scenario a line), not a profile JSON: the "
+        f"same `wattmoe profile` command with --resume writes the profile "
+        f"{str(tmp_path / 'x.json')!r} from it")
+
+
 def test_wrong_version(tmp_path: Path) -> None:
     raw = _valid(tmp_path)
     raw["schema_version"] = 99

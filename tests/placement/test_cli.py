@@ -411,6 +411,14 @@ def test_place_tables_label_every_energy_column_with_its_source(capsys) -> None:
     assert "energy/token (estimated)" in text
 
 
+def test_place_writes_micro_joules_as_cost_does(capsys) -> None:
+    # was: "1.756 uJ" where `wattmoe cost` writes "µJ"
+    assert main(["place", "--cluster", "laptop", "--preset", "tiny"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"energy per token \(estimated\) +│ +1\.756 µJ", text), text
+    assert "uJ" not in text
+
+
 def test_place_does_not_round_a_fractional_tokens_per_batch_to_zero(tmp_path, capsys) -> None:
     # was: "tokens per batch 0" for one assignment of a top-2 shape (0.5 tokens), next to an
     # energy per token of twice the batch's energy; such loads are refused since (a count
@@ -469,6 +477,38 @@ def test_ctrl_c_stops_the_exact_solver_at_once(tmp_path) -> None:
     assert proc.returncode == 130, text
     assert "MILP interrupted" in text and "interrupted" in text and "Traceback" not in text
     assert not out.exists()
+
+
+def test_place_writes_out_before_its_tables(tmp_path) -> None:
+    # a new user's trial: `wattmoe place ... --out p.json | head` exited 1 with no file and
+    # nothing said (the file was written after the tables, and rich exits at a closed pipe);
+    # so did a Ctrl-C or SIGTERM during --compare's baselines, after the solve was printed
+    out = tmp_path / "p.json"
+    entry = "import sys; from wattmoe.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", entry, "place", "--cluster", "h200-cpu",
+                             "--preset", "olmoe-1b-7b", "--compare", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head -0`: the reader is gone before the first table
+    proc.wait(timeout=120)
+    assert "Traceback" not in proc.stderr.read().decode()
+    assert Placement.from_json(out.read_text()).num_experts == 64
+
+
+def test_place_says_it_is_solving_on_a_terminal(monkeypatch, capsys) -> None:
+    # a new user's trial: a MILP ran its whole --time-limit (60 s by default) with nothing on
+    # the screen; on a terminal a line now says what runs, for how long so far (gone after)
+    import io
+
+    from rich.console import Console
+
+    import wattmoe.commands.placement as cli_place
+
+    tty = Console(file=io.StringIO(), force_terminal=True, color_system=None, width=120)
+    monkeypatch.setattr(cli_place, "err_console", tty)
+    assert main(["place", "--cluster", "8xh200-2node", "--preset", "olmoe-1b-7b", "--layers",
+                 "1", "--solver", "milp", "--time-limit", "1"]) == 0
+    assert "solving: milp (time limit 1 s)" in tty.file.getvalue()
+    assert "solving" not in capsys.readouterr().err  # not off a terminal
 
 
 @pytest.mark.parametrize("solver", ["eplb", "round-robin", "fill"])

@@ -161,3 +161,66 @@ def test_monitor_replay_title_rounds_the_recorded_interval(tmp_path, capsys) -> 
     assert main(["monitor", "--replay", str(path), "--speed", "4"]) == 0
     out = capsys.readouterr().out
     assert "every 0.1 s" in out and "0.099999" not in out
+
+
+def test_live_and_replayed_peaks_agree(tmp_path, monkeypatch, capsys) -> None:
+    # a new user's trial: the live summary's window opened after the sampler's
+    # first round, and its peak power left that round out; a replay of the same recording
+    # includes it (the row in effect when its window opens): peak 290 W live, 300 W replayed
+    import itertools
+    import time
+
+    import wattmoe.telemetry.factory as factory
+    from wattmoe.telemetry import DeviceSample
+
+    class Cooling:
+        """A device whose power falls 10 W a reading (a job ending as the monitor starts)."""
+
+        name, source, counter_period_s = "cooling", "measured", 0.05
+
+        def __init__(self) -> None:
+            self.reads = itertools.count()
+            self.e = 0.0
+
+        def devices(self) -> list[str]:
+            return ["cpu"]
+
+        def sample(self, device: str) -> DeviceSample:
+            time.sleep(0.01)  # a reading takes time: the sampler's first round is not instant
+            power = 300.0 - 10 * next(self.reads)
+            self.e += power * 0.05
+            return DeviceSample(device=device, timestamp_s=time.monotonic(), energy_j=self.e,
+                                power_w=power, source="measured")
+
+        def energy_j(self, device: str) -> float:
+            return self.e
+
+        def slowdown_temperature_c(self, device: str) -> None:
+            return None
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(factory, "make_backends", lambda devices=None, **kw: {"cpu": Cooling()})
+    path = tmp_path / "cooling.csv"
+    assert main(["monitor", "--devices", "cpu", "--seconds", "0.3", "--interval", "0.05",
+                 "--csv", str(path)]) == 0
+    live = capsys.readouterr().out
+    recorded_peak = max(r.power_w for r in read_samples_csv(path)["cpu"])
+    assert main(["monitor", "--replay", str(path), "--speed", "4"]) == 0
+    replayed = capsys.readouterr().out
+
+    def peak(out: str) -> float:
+        (row,) = [line for line in out.splitlines()[-4:] if line.startswith("│ cpu")]
+        return float(row.split("│")[4])
+
+    assert peak(live) == peak(replayed) == recorded_peak, (live, replayed)
+
+
+def test_live_summary_has_every_start_temperature(capsys) -> None:
+    # was: "- -> 36" for sim:0, the second device of the sampler's first round, not yet read
+    # when the window opened (a replay of the same recording showed 36 -> 36)
+    assert main(["monitor", "--devices", "cpu,sim:0", "--seconds", "0.3"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines()[-4:]
+              if line.startswith("│ sim:0")]
+    assert "36 -> 36" in row, row

@@ -521,6 +521,28 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"the profile cannot predict any of the {len(pts)} measured points "
                           f"(first: {skipped[0].describe()}: {skipped[0].reason})")
     summary = summarize(rows, args.split_latency)
+    # both files before anything is printed: a closed pipe (`| head`) or Ctrl-C during the
+    # table left one written and the other not
+    if args.out:
+        with _writing("--out", args.out):
+            save_json(args.out, {"provenance": provenance(), "profile": args.profile,
+                                 "latency_basis": args.latency,
+                                 "measured": args.measured, "summary": summary,
+                                 "rows": [r.to_dict() for r in rows],
+                                 "skipped": [sk.to_dict() for sk in skipped]})
+    if args.csv:
+        # made in memory and written atomically, as --out is: an interrupted write left a
+        # truncated CSV in place of the last one
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].to_dict()) if rows else ["op"])
+        w.writeheader()
+        for r in rows:
+            w.writerow(r.to_dict())
+        with _writing("--csv", args.csv):
+            write_text_atomic(args.csv, buf.getvalue())
+    for path in (args.out, args.csv):
+        if path:
+            console.print(f"wrote {path}")
     note = f"; {len(skipped)} skipped: the profile cannot predict them" if skipped else ""
     t = Table(title=f"held-out accuracy of {args.profile} ({len(rows)} points{note})")
     for col in ("kind", "n", "latency median |err|", "latency p90", "energy median |err|",
@@ -540,25 +562,6 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
     for (op, device, dtype, reason), n in groups.items():
         console.print(f"skipped {n} point{'s' if n != 1 else ''} of {op} {device} {dtype}: "
                       f"{reason}", highlight=False)
-    if args.out:
-        with _writing("--out", args.out):
-            save_json(args.out, {"provenance": provenance(), "profile": args.profile,
-                                 "latency_basis": args.latency,
-                                 "measured": args.measured, "summary": summary,
-                                 "rows": [r.to_dict() for r in rows],
-                                 "skipped": [sk.to_dict() for sk in skipped]})
-        console.print(f"wrote {args.out}")
-    if args.csv:
-        # made in memory and written atomically, as --out is: an interrupted write left a
-        # truncated CSV in place of the last one
-        buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=list(rows[0].to_dict()) if rows else ["op"])
-        w.writeheader()
-        for r in rows:
-            w.writerow(r.to_dict())
-        with _writing("--csv", args.csv):
-            write_text_atomic(args.csv, buf.getvalue())
-        console.print(f"wrote {args.csv}")
     return 0
 
 
@@ -584,6 +587,10 @@ def cmd_nsys_import(args: argparse.Namespace) -> int:
     rep = import_nsys_sqlite(args.sqlite)
     summary = rep.kernel_summary()
     means = rep.metric_means_during_kernels()
+    if args.json:  # before the table (a closed pipe, `| head`, there left no file)
+        with _writing("--json", args.json):
+            save_json(args.json, {"kernels": summary, "metric_means_during_kernels": means})
+        console.print(f"wrote {args.json}")
     t = Table(title=f"{args.sqlite}: {len(rep.kernels)} kernel executions, "
                     f"{len(rep.metrics)} GPU metrics")
     metric_cols = sorted(rep.metrics)[:3]
@@ -594,8 +601,4 @@ def cmd_nsys_import(args: argparse.Namespace) -> int:
         t.add_row(r["name"][:70], str(r["calls"]), _fmt_s(r["total_s"]), _fmt_s(r["mean_s"]),
                   *(f"{m[c]:.1f}" if c in m else "-" for c in metric_cols))
     console.print(t)
-    if args.json:
-        with _writing("--json", args.json):
-            save_json(args.json, {"kernels": summary, "metric_means_during_kernels": means})
-        console.print(f"wrote {args.json}")
     return 0

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +132,7 @@ def _check_profile_covers(provider: Any, cluster: Any, path: str, backend: str |
 def _fmt_j(x: float) -> str:
     if x == 0:
         return "0 J"
-    for unit, f in (("J", 1.0), ("mJ", 1e-3), ("uJ", 1e-6)):
+    for unit, f in (("J", 1.0), ("mJ", 1e-3), ("µJ", 1e-6)):
         if abs(x) >= f:
             return f"{x / f:,.3f} {unit}"
     return f"{x * 1e9:,.3f} nJ"
@@ -201,15 +205,44 @@ def cmd_place(args: argparse.Namespace) -> int:
         meta["backend"] = args.backend
     if args.int4_layout != "rows":
         meta["int4_layout"] = args.int4_layout
-    placement = solve(problem, args.solver, meta=meta, **options)
-    _print_placement(placement, cfg.name, loads.source, provider_txt)
-    _print_replica_memory(problem)
-    if args.compare:
-        _print_comparison(problem, placement)
-    if args.out:
-        _write(args.out, placement.to_json())
-        console.print(f"wrote {args.out}")
+    limit = getattr(options.get("options"), "time_limit_s", None)
+    with _solving(args.solver, limit):
+        placement = solve(problem, args.solver, meta=meta, **options)
+    if args.out:  # before the tables and the baselines: a Ctrl-C, SIGTERM or closed pipe
+        _write(args.out, placement.to_json())  # (`| head`) there kept no file of the solve
+    try:
+        _print_placement(placement, cfg.name, loads.source, provider_txt)
+        _print_replica_memory(problem)
+        if args.compare:
+            _print_comparison(problem, placement)
+    finally:
+        if args.out:
+            console.print(f"wrote {args.out}")
     return 0
+
+
+@contextlib.contextmanager
+def _solving(solver: str, time_limit_s: float | None) -> Iterator[None]:
+    """A line on a terminal's stderr while the solver runs, gone when it returns: a MILP runs
+    up to its time limit (60 s by default) and the command said nothing meanwhile. Log lines
+    (the MILP's time-limit warning) go above it, not into it."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    limit = f" (time limit {time_limit_s:g} s)" if time_limit_s is not None else ""
+    bar = Progress(SpinnerColumn(), TextColumn(f"[bold]solving[/]: {solver}{limit}"),
+                   TimeElapsedColumn(), console=err_console, transient=True,
+                   disable=not err_console.is_terminal)
+    bar.add_task("solve", total=None)
+    with bar:
+        handlers = [h for h in logging.getLogger().handlers if not bar.disable
+                    and type(h) is logging.StreamHandler and h.stream is sys.__stderr__]
+        for h in handlers:  # (sys.stderr is rich's proxy while the line is shown)
+            h.setStream(sys.stderr)
+        try:
+            yield
+        finally:
+            for h in handlers:
+                h.setStream(sys.__stderr__)
 
 
 def _print_placement(placement: Any, preset: str, loads_src: str, provider: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from typing import Any
@@ -118,13 +119,18 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     first: dict[str, float | None] = {}
     last: dict[str, float] = {}
     t0 = time.monotonic()
-    with mon:
+    with contextlib.closing(mon):
         if replay is not None:
             # play the recording from its start, in the window: from the end of its first
             # sampling round (before it, a device would open the window with no reading)
             replay.rewind(replay.first_round_s)
         recorded0 = None if replay is None else replay.recorded_position_s()
+        # the window opens before the sampler starts, so that its first round (the first rows
+        # of --csv, which a replay of it includes) falls in it: opened after, the live
+        # summary's peak power left out the first sample, and a device not yet read in that
+        # round had no start temperature
         mon.begin_window("monitor")
+        mon.start()
         m: Any = None
         try:
             with Live(_table(mon, first, 0.0), console=console, refresh_per_second=4) as live:

@@ -244,6 +244,11 @@ def load_profile(path: str | Path) -> ProfileDatabase:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
+        if path.suffix.lower() == ".jsonl":  # what an interrupted `wattmoe profile` leaves
+            raise ProfileFormatError(
+                f"{str(path)!r} is a sweep log (.jsonl, one scenario a line), not a profile "
+                f"JSON: the same `wattmoe profile` command with --resume writes the profile "
+                f"{str(path.with_suffix('.json'))!r} from it") from None
         raise ProfileFormatError(
             f"profile {str(path)!r} is corrupt: not valid JSON ({exc.msg} at line {exc.lineno})"
         ) from None
