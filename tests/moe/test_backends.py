@@ -360,6 +360,82 @@ def test_auto_drops_the_graphs_its_calibration_captured_for_losers(
     assert fast.graphs == {"an earlier step's", 1, 2, 3, 4}  # the winner keeps its graphs
 
 
+def test_auto_adds_each_candidates_routing_when_calibrating(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fused candidate routes with fused_route, the others with the router and
+    # build_dispatch: where routing differs more than the experts do, the step's total decides
+    # (and the loser's calibration graphs go, by the same totals)
+    slow_fused, fast = _Candidate(slow=True), _Candidate()
+    monkeypatch.setitem(EXPERT_BACKENDS, "fused", slow_fused)
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_fast", fast)
+    layer = small_layer()
+    x = torch.randn(16, layer.config.hidden_size, generator=gen)
+    d = make_dispatch("uniform", 16, 8, 2, gen)
+    with torch.no_grad():
+        plain = AutoBackend(candidates=["fused", "t_fast"], repeats=1)
+        plain(layer.experts, x, d)
+        routed = AutoBackend(candidates=["fused", "t_fast"], repeats=1)
+        routed(layer.experts, x, d, routing_s=(1.0, 0.001))
+    assert plain.last.backend == "t_fast" and plain.last.routing_s == {}
+    dec = routed.last
+    assert dec.backend == "fused"
+    assert dec.routing_s == {"torch": 1.0, "fused_route": 0.001}
+    assert dec.scores["t_fast"] >= 1.0 and dec.scores["fused"] < 1.0
+    # each calibration's loser drops what it captured: plain's fused {1, 2}, routed's t_fast
+    # {3, 4}
+    assert fast.graphs == {1, 2} and slow_fused.graphs == {3, 4}
+    assert AutoBackend(candidates=["fused", "loop"]).calibrates_routing(x)
+    assert not AutoBackend(candidates=["loop", "grouped"]).calibrates_routing(x)
+    assert not AutoBackend(candidates=["fused", "fused_graph"]).calibrates_routing(x)
+    assert not AutoBackend(candidates=["fused", "loop"],
+                           cost_fn=lambda n, info: 1.0).calibrates_routing(x)
+
+
+@pytest.mark.parametrize("observes", [False, True])
+def test_the_layer_times_its_routings_for_autos_decision(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch, observes: bool) -> None:
+    # the deciding step routes the tokens both ways a few more times (not counted in the
+    # loads); a strategy that observes each routing is not routed again (routing_s not given)
+    import wattmoe.moe.layer as layer_mod
+    from wattmoe.moe.router import RoutingStrategy
+
+    monkeypatch.setitem(EXPERT_BACKENDS, "fused", _Candidate())
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_fast", _Candidate())
+    fused_calls = []
+
+    def cpu_fused_route(router, x, tokens_per_expert=None):
+        fused_calls.append(tokens_per_expert)
+        r = router(x)
+        d = build_dispatch(r.topk_idx, r.topk_weight, router.num_experts, None, with_rowof=True)
+        if tokens_per_expert is not None:
+            tokens_per_expert += d.counts
+        return r, d
+
+    monkeypatch.setattr(layer_mod, "fused_route", cpu_fused_route)
+    layer = small_layer()
+    monkeypatch.setattr(layer, "_fused_route_possible", lambda tokens: True)
+    layer._backend = AutoBackend(candidates=["fused", "t_fast"], repeats=2)
+    seen = []
+    if observes:
+        class Observing(RoutingStrategy):
+            def observe(self, output) -> None:
+                seen.append(output.topk_idx.shape[0])
+
+        layer.router.strategy = Observing()
+    x = torch.randn(12, layer.config.hidden_size, generator=gen)
+    with torch.no_grad():
+        layer(x)
+    dec = layer._backend.last
+    assert dec.reason == "calibrated"
+    if observes:
+        assert dec.routing_s == {} and seen == [12] and not fused_calls
+    else:
+        assert set(dec.routing_s) == {"torch", "fused_route"}
+        assert all(v > 0 for v in dec.routing_s.values())
+        assert len(fused_calls) == 3 and fused_calls == [None] * 3  # a warm-up and 2 timed
+    assert layer.tokens_per_expert.sum().item() == 12 * layer.config.top_k
+
+
 def test_auto_drops_what_a_failed_calibration_captured(
         gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
     graphed = _Candidate()
