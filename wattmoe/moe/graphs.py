@@ -36,6 +36,7 @@ from wattmoe.moe.router import RoutingStrategy
 from wattmoe.moe.stacked import (
     ExpertStack,
     _anchors,
+    _attr,
     _members,
     existing_stack,
     stacked_experts,
@@ -275,7 +276,8 @@ class GraphedLayer:
         self._pool: object | None = None
         self._weights: tuple[object, ...] | None = None
         self._modules_cache: tuple[list[nn.Module], tuple[object, ...],
-                                   list[tuple[dict[str, Any], str]]] = ([], (), [])
+                                   list[tuple[dict[str, Any], str]],
+                                   list[dict[str, Any]]] = ([], (), [], [])
         # the stacks the captured steps read (int4 fragment words to refresh before a replay),
         # held weakly: the stack of replaced experts is not kept alive here
         self._stacks: list[weakref.ref] = []
@@ -316,7 +318,7 @@ class GraphedLayer:
         replaced; `clear()` drops it.
         """
         layer = self.layer
-        experts = layer.experts
+        experts = _attr(layer, "experts")
         try:
             # and the expert modules (a replaced middle expert: one tuple comparison at C
             # speed, +1.2 us with 64 experts, results/cpu/stack_member_check) and the int4
@@ -328,7 +330,7 @@ class GraphedLayer:
         # the layer's own children and tensors are read each time; its submodules but the
         # experts are cached (not the layer itself: the layer may hold this object)
         top = tuple(id(c) for c in layer._modules.values())
-        mods, tree, settings = self._modules_cache
+        mods, tree, settings, tables = self._modules_cache
         if tree[:1] != (top,) or tree[1:] != self._module_tree(mods):
             mods = [m for n, c in layer.named_children() if n != "experts"
                     for m in c.modules()]
@@ -337,7 +339,9 @@ class GraphedLayer:
             # strategy's scalars): a graph holds the values it was captured with
             settings = [(vars(m), k) for m in mods for k, v in vars(m).items()
                         if type(v) in _SETTING_TYPES]
-            self._modules_cache = (mods, tree, settings)
+            # the dicts of tensors, the layer's own included (their contents read each time)
+            tables = [d for m in (layer, *mods) for d in (m._parameters, m._buffers)]
+            self._modules_cache = (mods, tree, settings, tables)
         # the tree too: a swapped module without tensors (a routing strategy) changes the
         # step; so do the routing path (`fused_routing`, the gate's kernel) and `auto`'s
         # decisions (`AutoBackend.reset`): what a captured step runs (a change drops every
@@ -346,8 +350,8 @@ class GraphedLayer:
                 getattr(layer, "fused_routing", None),
                 fused_route.FUSE_GATE,
                 getattr(getattr(layer, "expert_backend", None), "resets", None),
-                tuple((t.data_ptr(), t.dtype, t.device) for m in (layer, *mods)
-                      for d in (m._parameters, m._buffers) for t in d.values() if t is not None))
+                tuple((t.data_ptr(), t.dtype, t.device) for d in tables for t in d.values()
+                      if t is not None))
 
     @staticmethod
     def _module_tree(mods: list[nn.Module]) -> tuple[int, ...]:
@@ -470,7 +474,7 @@ class GraphedLayer:
         """Drops every captured graph (and the module list `weights_signature` keeps)."""
         self._graphs.clear()
         self._uncapturable.clear()
-        self._modules_cache = ([], (), [])
+        self._modules_cache = ([], (), [], [])
         self._stacks = []
         self._full_noted = False
 

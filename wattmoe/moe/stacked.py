@@ -39,6 +39,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -231,17 +232,32 @@ def head_signature(experts: Sequence[nn.Module]) -> tuple[object, ...] | None:
     return (len(experts), first.hidden_size, first.inner_size, first.form, weights)
 
 
+def _attr(m: nn.Module, name: str) -> Any:
+    """`getattr(m, name)` for a child module, parameter or buffer, read from the module's own
+    dicts first (`nn.Module.__getattr__` tries them one after the other, ~1 us a read on
+    these per-step paths); anything else through `getattr`."""
+    d = m.__dict__
+    for table in ("_modules", "_parameters", "_buffers"):
+        entries = d.get(table)
+        if entries is not None and name in entries:
+            return entries[name]
+    return getattr(m, name)
+
+
 def _anchors(experts: Sequence[nn.Module]) -> tuple[int, int]:
     """Pointers that must match the stack: first expert's first and last expert's down rows.
 
     Runs on every step (stack cache check, graph replays): an `nn.ModuleList`'s ends are read
-    from its module dict (ordered by index) instead of its slower `__getitem__`.
+    from its module dict (ordered by index) instead of its slower `__getitem__`, and the
+    modules' children and tensors from their dicts (`_attr`).
     """
     first, last = _ends(experts)
-    lead = first.gate_proj if first.gate_proj is not None else first.up_proj
-    if isinstance(first, QuantizedExpert):
-        return lead.packed.data_ptr(), last.down_proj.packed.data_ptr()  # type: ignore[union-attr]
-    return lead.weight.data_ptr(), last.down_proj.weight.data_ptr()  # type: ignore[union-attr]
+    lead = _attr(first, "gate_proj")
+    if lead is None:
+        lead = _attr(first, "up_proj")
+    tensor = "packed" if isinstance(first, QuantizedExpert) else "weight"
+    return (_attr(lead, tensor).data_ptr(),
+            _attr(_attr(last, "down_proj"), tensor).data_ptr())
 
 
 def _stack_anchors(st: ExpertStack) -> tuple[int, int]:
