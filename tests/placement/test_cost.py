@@ -197,8 +197,24 @@ def test_replica_bytes_count_the_copy_only_for_int4_on_a_fused_gpu() -> None:
     w = int4.weight_bytes
     assert int4.replica_bytes("gpu", "fused") == int4.replica_bytes("gpu", "fused_graph") == 2 * w
     assert int4.replica_bytes("cpu", "fused") == w
-    assert [int4.replica_bytes("gpu", b) for b in (None, "loop", "grouped", "auto")] == [w] * 4
+    assert [int4.replica_bytes("gpu", b) for b in (None, "loop", "grouped")] == [w] * 3
     assert bf16.replica_bytes("gpu", "fused") == bf16.weight_bytes
+
+
+def test_replica_bytes_of_auto_on_a_gpu_count_the_fused_copy() -> None:
+    # was: the weights alone (auto "may pick another backend"); on a GPU auto's calibration
+    # runs fused on the stack, whose copy stays in its kernel cache, and its steps of <= 512
+    # tokens run the fused kernels (every moe_layer_int4:auto point of the H200 profile did):
+    # `place --dtype int4 --backend auto` counts the copy as `fused` does
+    int4, bf16 = ExpertShape(2048, 1024, dtype="int4"), ExpertShape(2048, 1024)
+    assert int4.replica_bytes("gpu", "auto") == int4.replica_bytes("gpu", "fused") == (
+        2 * int4.weight_bytes)
+    assert int4.replica_bytes("gpu", "auto", "tiles") == int4.replica_bytes("gpu", "fused",
+                                                                            "tiles")
+    assert int4.replica_bytes("cpu", "auto") == int4.weight_bytes
+    assert bf16.replica_bytes("gpu", "auto") == bf16.weight_bytes
+    g = build_cost_graph(_int4_pair(5), AnalyticCostProvider(), int4, 100, backend="auto")
+    assert list(g.slots) == [2, 5]
 
 
 def _int4_pair(slots: int):

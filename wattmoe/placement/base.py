@@ -24,9 +24,11 @@ EXPERT_FORMS: tuple[str, ...] = ("swiglu", "relu")
 DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int4": 0.5}
 #: Expert backends that run int4 experts on a GPU with the fused Triton kernels
 #: (`wattmoe.moe.fused_triton`), which hold a copy of the weights in their own order besides the
-#: packed codes and scales (`ExpertShape.fused_copy_bytes`). `auto` is not among them: it may
-#: pick another backend at every step size.
-FUSED_BACKENDS: frozenset[str] = frozenset({"fused", "fused_graph"})
+#: packed codes and scales (`ExpertShape.fused_copy_bytes`). `auto` is among them: on a GPU its
+#: calibration runs `fused` on the stack (the copy stays in the stack's kernel cache whichever
+#: candidate wins), and its steps of at most 512 tokens run the fused kernels in whole-step
+#: graphs (every `moe_layer_int4:auto` point of the H200 profile ran them, 1-8192 tokens).
+FUSED_BACKENDS: frozenset[str] = frozenset({"auto", "fused", "fused_graph"})
 
 
 class PlacementError(WattmoeError, ValueError):
