@@ -32,7 +32,7 @@ from wattmoe.moe.quant import (
     quantize_expert,
 )
 from wattmoe.moe.router import AdaptiveRouter, RouterOutput, RoutingStrategy
-from wattmoe.moe.stacked import _members, relayout_stack
+from wattmoe.moe.stacked import _members, quantize_experts, relayout_stack
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +248,13 @@ class SimpleMoELayer(nn.Module):
                      "the fused int4 kernels read their scales one by one and their words "
                      "row-major; groups of %d, the default (int4_group_size), would let them "
                      "read scale pairs in tile order", group_size, h, f, pair)
-        self.experts = nn.ModuleList(
-            quantize_expert(e, group_size) if isinstance(e, Expert) else e for e in self.experts
-        )
+        if all(isinstance(e, Expert) for e in self.experts):  # into a stack: its first build
+            self.experts = quantize_experts(self.experts, group_size)  # copies nothing
+        else:
+            self.experts = nn.ModuleList(
+                quantize_expert(e, group_size) if isinstance(e, Expert) else e
+                for e in self.experts
+            )
         self._int4_layout_seen = None
         # the step graphs' weights signature holds the old expert modules (and so their
         # stack) until the next graphed step: dropped now, as quantizing is to free memory

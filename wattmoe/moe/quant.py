@@ -33,16 +33,24 @@ QMIN, QMAX = -8, 7
 
 
 def quantize_int4(
-    weight: torch.Tensor, group_size: int = 128
+    weight: torch.Tensor, group_size: int = 128,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantizes a [out, in] weight to packed int4.
+
+    Args:
+        weight: [out, in].
+        group_size: input columns per scale.
+        out: (packed, scales) tensors of the result's shapes and dtypes to write into (the
+            views of a stack's tensors, `stacked.quantize_experts`); returned.
 
     Returns:
         packed: uint8 [out, in // 2], two 4-bit codes per byte.
         scales: float16 [out, in // group_size].
 
     Raises:
-        ShapeError: the weight is not 2-D or `in` is not a multiple of group_size (and of 2).
+        ShapeError: the weight is not 2-D or `in` is not a multiple of group_size (and of 2),
+            or `out` does not fit.
     """
     if weight.dim() != 2:
         raise ShapeError(f"int4 quantization needs a 2-D weight, got {tuple(weight.shape)}")
@@ -71,8 +79,19 @@ def quantize_int4(
     q = torch.clamp(torch.round(w / scales), QMIN, QMAX).to(torch.int16) - QMIN  # 0..15
     q = q.reshape(out_f, in_f).to(torch.uint8)
     half = in_f // 2
-    packed = q[:, :half] | (q[:, half:] << 4)
-    return packed.contiguous(), scales.squeeze(-1).half().contiguous()
+    if out is None:
+        packed = q[:, :half] | (q[:, half:] << 4)
+        return packed.contiguous(), scales.squeeze(-1).half().contiguous()
+    packed, scales_out = out
+    want = ((out_f, half), (out_f, in_f // group_size))
+    if (packed.dtype, scales_out.dtype) != (torch.uint8, torch.float16) or (
+            tuple(packed.shape), tuple(scales_out.shape)) != want:
+        raise ShapeError(f"int4 out= must be uint8 {want[0]} and float16 {want[1]}, got "
+                         f"{packed.dtype} {tuple(packed.shape)} and {scales_out.dtype} "
+                         f"{tuple(scales_out.shape)}")
+    torch.bitwise_or(q[:, :half], q[:, half:] << 4, out=packed)
+    scales_out.copy_(scales.squeeze(-1))
+    return packed, scales_out
 
 
 def int4_group_size(hidden: int, inner: int) -> int:
@@ -340,10 +359,13 @@ class Int4Linear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int, compute_dtype: torch.dtype):
+    def from_linear(cls, linear: nn.Linear, group_size: int, compute_dtype: torch.dtype,
+                    out: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """The int4 layer of `linear`'s weight; with `out`, its packed codes and scales are
+        those tensors, written in place (`quantize_int4`)."""
         if linear.bias is not None:
             raise ConfigError("int4 quantization supports bias-free linear layers only")
-        packed, scales = quantize_int4(linear.weight, group_size)
+        packed, scales = quantize_int4(linear.weight, group_size, out)
         return cls(packed, scales, compute_dtype)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True,
@@ -380,13 +402,19 @@ class Int4Linear(nn.Module):
 
 
 class QuantizedExpert(FeedForward):
-    """An `Expert` whose weights are stored as packed int4 with per-group fp16 scales."""
+    """An `Expert` whose weights are stored as packed int4 with per-group fp16 scales.
+
+    `out`, by projection name ('gate_proj', 'up_proj', 'down_proj'), gives the (packed,
+    scales) tensors to quantize into (`Int4Linear.from_linear`): views of the [E, ...]
+    tensors of a stack (`stacked.quantize_experts`), so that the codes are never held twice.
+    """
 
     def __init__(
         self,
         expert: Expert,
         group_size: int = 128,
         compute_dtype: str | torch.dtype | None = None,
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(expert, QuantizedExpert):
@@ -399,13 +427,16 @@ class QuantizedExpert(FeedForward):
         self.inner_size = expert.inner_size
         self.form = expert.form
         self.group_size = group_size
+        out = out or {}
         self.gate_proj = (
-            Int4Linear.from_linear(expert.gate_proj, group_size, dtype)
+            Int4Linear.from_linear(expert.gate_proj, group_size, dtype, out.get("gate_proj"))
             if expert.gate_proj is not None
             else None
         )
-        self.up_proj = Int4Linear.from_linear(expert.up_proj, group_size, dtype)
-        self.down_proj = Int4Linear.from_linear(expert.down_proj, group_size, dtype)
+        self.up_proj = Int4Linear.from_linear(expert.up_proj, group_size, dtype,
+                                              out.get("up_proj"))
+        self.down_proj = Int4Linear.from_linear(expert.down_proj, group_size, dtype,
+                                                out.get("down_proj"))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -16,7 +16,8 @@ pre-hook and post-hook; the stacked linears look at the mark in a post-hook. Wit
 ``keep_vars=True`` the tensors themselves are given, never copies; loading copies in place
 either way, so the views stay the stack's.
 
-The hooks are registered where the views are made (`stacked._build`), once per module; they
+The hooks are registered where the views are made (`stacked._build`, and
+`stacked.quantize_experts` for codes quantized into a stack), once per module; they
 are module-level functions, so modules with them still pickle and deep-copy.
 """
 

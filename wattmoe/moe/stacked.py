@@ -2,7 +2,9 @@
 
 Grouped and fused backends want every expert's weight in one tensor indexed by expert. Stacking
 copies the weights once into such tensors and then points each expert's own parameters (or
-int4 buffers) at its slice, so that
+int4 buffers) at its slice; int4 experts quantized by `SimpleMoELayer.quantize` are views of
+such tensors from the start (`quantize_experts`), which their stack takes as they are, with no
+copy (copying held the codes twice at the first build's peak). So
 
 - no memory is duplicated (DeepSeek-V3's routed experts alone are 22.5 GB in bf16);
 - in-place updates of an expert (``load_state_dict``, ``param.copy_``, an optimizer step) are
@@ -44,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from wattmoe.checks import is_int
 from wattmoe.errors import ConfigError
 from wattmoe.moe.expert import Expert
 from wattmoe.moe.quant import (
@@ -52,6 +55,7 @@ from wattmoe.moe.quant import (
     dequantize_int4,
     from_layout,
     layout_changes,
+    quantize_expert,
 )
 from wattmoe.moe.stack_state import save_own_bytes, save_views_whole
 
@@ -312,12 +316,111 @@ def _all_views(st: ExpertStack, experts: Sequence[nn.Module]) -> bool:
     return True
 
 
+def _int4_shapes(n: int, rows: int, h: int, f: int,
+                 g: int) -> tuple[tuple[tuple[int, ...], torch.dtype], ...]:
+    """(shape, dtype) of the int4 stack's q13, s13, q2 and s2 (the module docstring)."""
+    return (((n, rows, h // 2), torch.uint8), ((n, rows, h // g), torch.float16),
+            ((n, h, f // 2), torch.uint8), ((n, h, f // g), torch.float16))
+
+
+def _int4_views(ex: nn.Module, e: int, f: int, bases: Sequence[torch.Tensor],
+                ) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(linear, its codes' place, its scales' place) of expert `e` in the stack's tensors
+    `bases` (q13, s13, q2, s2)."""
+    q13, s13, q2, s2 = bases
+    places = [(lin, q13[e, sl], s13[e, sl]) for lin, sl in _gate_up_rows(ex, f)]
+    places.append((ex.down_proj, q2[e], s2[e]))
+    return places
+
+
+def quantize_experts(experts: Sequence[nn.Module], group_size: int) -> nn.ModuleList:
+    """Dense `experts` as int4 `QuantizedExpert`s (`quant.quantize_expert`, same codes and
+    scales) whose codes and scales are quantized straight into the [E, ...] tensors of their
+    stack: the first stacked step takes those tensors as its stack (`_adopted`) instead of
+    copying the codes in, which held them twice at that step's peak (DeepSeek-V3: 11.72 GB on
+    the H200, run 118; measured on the CPU in `benchmarks/stack_build_memory.py`). Until
+    then each expert holds views of tensors that no stack holds yet, saved in state dicts as
+    a built stack's are (`stack_state`).
+
+    Experts that would not stack together (other kinds, shapes, forms, dtypes or devices)
+    are quantized one by one, as `quantize_expert` does. The tensors are made outside
+    inference mode, as a stack's are (`_stack_int4`). Returned in an `nn.ModuleList` whose
+    state dict keeps the views, as a stack's container's does (`stack_state`).
+
+    Raises:
+        ConfigError, ShapeError: as `quant.quantize_int4` (a bad group size, a weight that
+            cannot be quantized).
+    """
+    experts = list(experts)
+    if not _stack_born(experts, group_size):
+        return nn.ModuleList(quantize_expert(ex, group_size) for ex in experts)
+    first = experts[0]
+    h, f = first.hidden_size, first.inner_size
+    rows = 2 * f if first.form == "swiglu" else f
+    with torch.inference_mode(False), torch.no_grad():
+        bases = [torch.empty(shape, dtype=dtype, device=first.up_proj.weight.device)
+                 for shape, dtype in _int4_shapes(len(experts), rows, h, f, group_size)]
+        quantized = []
+        for e, ex in enumerate(experts):
+            # the dense linears' places are the int4 ones' (`_gate_up_rows` reads either)
+            *gate_up, (_, q2, s2) = _int4_views(ex, e, f, bases)
+            out = {("gate_proj" if lin is ex.gate_proj else "up_proj"): (q, s)
+                   for lin, q, s in gate_up}
+            out["down_proj"] = (q2, s2)
+            quantized.append(QuantizedExpert(ex, group_size, out=out))
+    for qe in quantized:
+        for lin in (qe.gate_proj, qe.up_proj, qe.down_proj):
+            if lin is not None:
+                save_own_bytes(lin)
+    container = nn.ModuleList(quantized)
+    save_views_whole(container)
+    return container
+
+
+def _stack_born(experts: list[nn.Module], group_size: object) -> bool:
+    """Whether `quantize_experts` quantizes `experts` into a stack: dense `Expert`s of one
+    shape, form, dtype and device, and a group size that divides both widths (others are
+    quantized one by one, where `quantize_int4` raises for a bad group size)."""
+    if not experts or any(type(ex) is not Expert for ex in experts):
+        return False
+    key = {(ex.hidden_size, ex.inner_size, ex.form, ex.dtype, ex.up_proj.weight.device)
+           for ex in experts}
+    if len(key) != 1:
+        return False
+    h, f = experts[0].hidden_size, experts[0].inner_size
+    return (is_int(group_size) and group_size > 0 and group_size % 2 == 0
+            and h % group_size == 0 and f % group_size == 0)
+
+
+def _adopted(experts: Sequence[nn.Module], n: int, rows: int, h: int, f: int,
+             g: int) -> list[torch.Tensor] | None:
+    """The tensors (q13, s13, q2, s2) that every expert's codes and scales are already views
+    of, at their places in a stack (`quantize_experts` made them so), or None. Only views of
+    these very tensors (their `_base`), which share their version counters (the fused
+    kernels' copies follow in-place writes through them), and none made in inference mode."""
+    lead = _gate_up_rows(experts[0], f)[-1][0]  # the gate, or up in 'relu'
+    down = experts[0].down_proj
+    bases = [lead.packed._base, lead.scales._base, down.packed._base, down.scales._base]
+    for b, (shape, dtype) in zip(bases, _int4_shapes(n, rows, h, f, g)):
+        if (b is None or tuple(b.shape) != shape or b.dtype != dtype or not b.is_contiguous()
+                or b.is_inference()):
+            return None
+    for e, ex in enumerate(experts):
+        for lin, q, s in _int4_views(ex, e, f, bases):
+            for t, want, base in ((lin.packed, q, q._base), (lin.scales, s, s._base)):
+                if (t._base is not base or t.dtype != want.dtype or t.shape != want.shape
+                        or t.stride() != want.stride() or t.data_ptr() != want.data_ptr()):
+                    return None
+    return bases
+
+
 def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int, h: int,
                 f: int, g: int) -> None:
-    """Fills st's int4 tensors and makes the experts' codes and scales views of them. Built
-    outside inference mode (even when called inside it), so that the stack's codes keep a
-    version counter: the fused kernels' copies of them (`fused_triton._derived`) follow
-    in-place writes through it."""
+    """Fills st's int4 tensors and makes the experts' codes and scales views of them, or takes
+    the tensors they are views of already (`_adopted`: quantized into a stack, nothing is
+    copied). Built outside inference mode (even when called inside it), so that the stack's
+    codes keep a version counter: the fused kernels' copies of them (`fused_triton._derived`)
+    follow in-place writes through it."""
     with torch.inference_mode(False), torch.no_grad():
         dev = experts[0].up_proj.packed.device
         st.group_size = g
@@ -329,21 +432,20 @@ def _stack_int4(st: ExpertStack, experts: Sequence[nn.Module], n: int, rows: int
                               "it on the whole layer (`SimpleMoELayer.set_int4_layout`)")
         st.layout13, st.layout2 = layouts.pop()
         st.layouts_seen = layout_changes()
-        st.q13 = torch.empty(n, rows, h // 2, dtype=torch.uint8, device=dev)
-        st.s13 = torch.empty(n, rows, h // g, dtype=torch.float16, device=dev)
-        st.q2 = torch.empty(n, h, f // 2, dtype=torch.uint8, device=dev)
-        st.s2 = torch.empty(n, h, f // g, dtype=torch.float16, device=dev)
-        for e, ex in enumerate(experts):
-            down = ex.down_proj
-            for lin, sl in _gate_up_rows(ex, f):
-                st.q13[e, sl].copy_(lin.packed)
-                st.s13[e, sl].copy_(lin.scales)
-                lin.packed, lin.scales = st.q13[e, sl], st.s13[e, sl]
-                save_own_bytes(lin)
-            st.q2[e].copy_(down.packed)
-            st.s2[e].copy_(down.scales)
-            down.packed, down.scales = st.q2[e], st.s2[e]
-            save_own_bytes(down)
+        bases = _adopted(experts, n, rows, h, f, g)
+        if bases is None:
+            bases = [torch.empty(shape, dtype=dtype, device=dev)
+                     for shape, dtype in _int4_shapes(n, rows, h, f, g)]
+            for e, ex in enumerate(experts):
+                for lin, q, s in _int4_views(ex, e, f, bases):
+                    q.copy_(lin.packed)
+                    s.copy_(lin.scales)
+                    lin.packed, lin.scales = q, s
+        for ex in experts:
+            for lin in (ex.gate_proj, ex.up_proj, ex.down_proj):
+                if lin is not None:
+                    save_own_bytes(lin)
+        st.q13, st.s13, st.q2, st.s2 = bases
 
 
 def _build(experts: Sequence[nn.Module]) -> ExpertStack:
@@ -438,10 +540,9 @@ def relayout_stack(experts: Sequence[nn.Module]) -> None:
     """After the experts' int4 codes were rewritten in place into another layout
     (`QuantizedExpert.set_layout`): their cached stack, whose tensors they still are, takes
     the new layout, drops the kernels' objects made from the old one (copies, descriptors) and
-    gets a new build id (CUDA graphs of it are captured again). Nothing is copied: a rebuilt
-    stack would hold the codes twice while it copies them in. Where the experts do not share
-    one layout the stack is dropped (building it again raises `ConfigError`, which `auto`
-    does not take for unstackable experts)."""
+    gets a new build id (CUDA graphs of it are captured again). Nothing is copied. Where the
+    experts do not share one layout the stack is dropped (building it again raises
+    `ConfigError`, which `auto` does not take for unstackable experts)."""
     st = _cached(experts)
     if st is None or not st.quantized or not _matches(st, experts, False, layouts=False):
         return
