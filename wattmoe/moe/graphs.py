@@ -543,14 +543,14 @@ class _FreshOutputs:
     of the clone: after a 1-token replay two clones, one dtype view per dtype and one
     `as_strided` per small tensor. A small tensor kept from every step (a routing trace)
     keeps the step's other small tensors alive (a few KB), never its hidden states or logits
-    above the limit. Host time of making them after a 1-token replay on the H200 (runs 136
-    and 138): the small ones in a clone per dtype and the large each 34-37 us; everything in
-    one pack of tensors up to 16 KiB, hidden states included, 20 us (but a kept aux loss kept
-    the step's hidden states alive, and the hidden states were only 8-byte aligned); a
-    tensor of its own each (`empty_like` and one `_foreach_copy_`) 77-82 us; a clone each
-    75-76 us. A tensor that appears twice (the aux loss of the step and of its routing)
-    stays one tensor. `of` runs inside the capture (the packing is part of the graph); the
-    rebuild plan is made once."""
+    above the limit. Host time of making them after a 1-token replay on the H200: this 30-32
+    us, the same as the small ones in a clone per dtype and the large each (run 140, one
+    process); everything in one pack of tensors up to 16 KiB, hidden states included, 20
+    against 27 us (run 138; but a kept aux loss kept the step's hidden states alive, and they
+    were only 8-byte aligned); a tensor of its own each (`empty_like` and one
+    `_foreach_copy_`) 77-82 us, a clone each 75-76 us (run 136). A tensor that appears
+    twice (the aux loss of the step and of its routing) stays one tensor. `of` runs inside
+    the capture (the packing is part of the graph); the rebuild plan is made once."""
 
     def __init__(self, buffers: list[torch.Tensor],
                  slots: list[tuple[int, torch.dtype | None, int, tuple[int, ...],
