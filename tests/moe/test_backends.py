@@ -375,7 +375,7 @@ def test_auto_adds_each_candidates_routing_when_calibrating(
         plain = AutoBackend(candidates=["fused", "t_fast"], repeats=1)
         plain(layer.experts, x, d)
         routed = AutoBackend(candidates=["fused", "t_fast"], repeats=1)
-        routed(layer.experts, x, d, routing_s=(1.0, 0.001))
+        routed(layer.experts, x, d, routing_s=lambda: (1.0, 0.001))
     assert plain.last.backend == "t_fast" and plain.last.routing_s == {}
     dec = routed.last
     assert dec.backend == "fused"
@@ -384,18 +384,61 @@ def test_auto_adds_each_candidates_routing_when_calibrating(
     # each calibration's loser drops what it captured: plain's fused {1, 2}, routed's t_fast
     # {3, 4}
     assert fast.graphs == {1, 2} and slow_fused.graphs == {3, 4}
-    assert AutoBackend(candidates=["fused", "loop"]).calibrates_routing(x)
-    assert not AutoBackend(candidates=["loop", "grouped"]).calibrates_routing(x)
-    assert not AutoBackend(candidates=["fused", "fused_graph"]).calibrates_routing(x)
+    from wattmoe.moe.autoselect import _describe
+
+    assert dec.key[2] == "routing timed" and _describe(dec.key).endswith(
+        "bucket 32 assignments (routing timed)")
+    assert AutoBackend(candidates=["fused", "loop"]).routing_differs(x)
+    assert not AutoBackend(candidates=["loop", "grouped"]).routing_differs(x)
+    assert not AutoBackend(candidates=["fused", "fused_graph"]).routing_differs(x)
     assert not AutoBackend(candidates=["fused", "loop"],
-                           cost_fn=lambda n, info: 1.0).calibrates_routing(x)
+                           cost_fn=lambda n, info: 1.0).routing_differs(x)
 
 
-@pytest.mark.parametrize("observes", [False, True])
+def test_auto_keys_routed_decisions_apart_and_survives_a_failing_timer(
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    # a layer that routes torch's way only must not take a choice made on fused routing's
+    # saving (nor the other way round); a timer that raises leaves the experts' times alone
+    import pickle
+
+    monkeypatch.setitem(EXPERT_BACKENDS, "fused", _Candidate(slow=True))
+    monkeypatch.setitem(EXPERT_BACKENDS, "t_fast", _Candidate())
+    shared: dict = {}
+    layer = small_layer()
+    x = torch.randn(16, layer.config.hidden_size, generator=gen)
+    d = make_dispatch("uniform", 16, 8, 2, gen)
+    with torch.no_grad():
+        a = AutoBackend(candidates=["fused", "t_fast"], repeats=1, shared=shared)
+        a(layer.experts, x, d, routing_s=lambda: (1.0, 0.001))
+        b = AutoBackend(candidates=["fused", "t_fast"], repeats=1, shared=shared)
+        b(layer.experts, x, d)  # decides on its own
+        assert (a.last.backend, b.last.backend) == ("fused", "t_fast")
+        assert len(shared) == 2 and b.last.routing_s == {}
+        assert b.decided(layer.experts, x, 32) == "t_fast"
+        assert b.decided(layer.experts, x, 32, routing=True) == "fused"
+
+        def broken() -> tuple[float, float]:
+            raise RuntimeError("a routing kernel that does not compile")
+
+        c = AutoBackend(candidates=["fused", "t_fast"], repeats=1)
+        with caplog.at_level("WARNING", logger="wattmoe.moe.autoselect"):
+            out = c(layer.experts, x, d, routing_s=broken)
+        torch.testing.assert_close(out, get_backend("loop")(layer.experts, x, d))
+    assert c.last.backend == "t_fast" and c.last.routing_s == {}
+    assert "calibrating on the experts alone" in caplog.text
+    # a decision pickled before routing_s existed loads with none
+    old = a.last
+    del old.__dict__["routing_s"]
+    back = pickle.loads(pickle.dumps(old))
+    assert back.routing_s == {} and back.as_dict()["backend"] == "fused"
+
+
+@pytest.mark.parametrize("observes", [False, "observe", "selection_bias", "hook"])
 def test_the_layer_times_its_routings_for_autos_decision(
-        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch, observes: bool) -> None:
+        gen: torch.Generator, monkeypatch: pytest.MonkeyPatch, observes: object) -> None:
     # the deciding step routes the tokens both ways a few more times (not counted in the
-    # loads); a strategy that observes each routing is not routed again (routing_s not given)
+    # loads, the RNG as it was); a strategy that observes each routing or has a selection
+    # bias of its own, or a hook on the router, is not routed again (no timer given)
     import wattmoe.moe.layer as layer_mod
     from wattmoe.moe.router import RoutingStrategy
 
@@ -416,19 +459,33 @@ def test_the_layer_times_its_routings_for_autos_decision(
     monkeypatch.setattr(layer, "_fused_route_possible", lambda tokens: True)
     layer._backend = AutoBackend(candidates=["fused", "t_fast"], repeats=2)
     seen = []
-    if observes:
+    if observes == "observe":
         class Observing(RoutingStrategy):
             def observe(self, output) -> None:
                 seen.append(output.topk_idx.shape[0])
 
         layer.router.strategy = Observing()
+    elif observes == "selection_bias":
+        class Noisy(RoutingStrategy):
+            def selection_bias(self, logits):
+                seen.append(logits.shape[0])
+                return torch.zeros_like(logits)
+
+        layer.router.strategy = Noisy()
+    elif observes == "hook":
+        layer.router.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
     x = torch.randn(12, layer.config.hidden_size, generator=gen)
+    torch.manual_seed(7)
     with torch.no_grad():
         layer(x)
+    after = torch.randn(3)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.randn(3))  # the step's routings drew no random numbers
     dec = layer._backend.last
     assert dec.reason == "calibrated"
     if observes:
         assert dec.routing_s == {} and seen == [12] and not fused_calls
+        assert dec.key[2] != "routing timed"
     else:
         assert set(dec.routing_s) == {"torch", "fused_route"}
         assert all(v > 0 for v in dec.routing_s.values())

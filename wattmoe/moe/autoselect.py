@@ -17,8 +17,12 @@ routing the step costs each candidate's way: once a bucket's choice is `fused` o
 top-k, sort and scatter kernels), and on a small expert shape that difference decides: on the
 H200 `tiny` at 1024 tokens, timed on the experts alone, chose `grouped` at 213.9 mJ a step
 against 69.8 for `fused` (profile refresh 10, run 139). The layer times both routings once
-per bucket, and only with a routing strategy without `observe` side effects (it routes the
-deciding step's tokens a few more times).
+per bucket, inside the calibration (if timing them raises, the candidates are timed on their
+experts alone, logged), and only where routing again changes nothing (a strategy with neither
+`observe` nor `selection_bias` of its own, no hooks on the router; the RNG state is restored
+after). Such decisions are keyed apart (`ROUTING_TIMED` in the key): a layer of the same shape
+that routes torch's way only (a capacity factor, `fused_routing` off, an observing strategy)
+does not take a choice made on a saving it never has, nor the other way round.
 
 `auto` is `SimpleMoELayer`'s default backend: on an H200 the reference `loop` spends 2.2-7.5x
 the joules per token of the fused path on the OLMoE shape (16384 down to 64 tokens per step,
@@ -94,7 +98,13 @@ from wattmoe.moe.backends import (
 )
 from wattmoe.moe.dispatch import Dispatch
 from wattmoe.moe.fused_route import FUSED_ROUTING_BACKENDS
-from wattmoe.moe.stacked import StackError, _members, head_signature, stack_signature
+from wattmoe.moe.stacked import (
+    StackError,
+    _members,
+    head_signature,
+    stack_signature,
+    stacked_experts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +145,10 @@ class Decision:
         d["key"] = [str(k) for k in self.key]
         return d
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("routing_s", {})  # pickled before it existed
+
 
 SHARED_DECISIONS: dict[tuple[object, ...], Decision] = {}
 """Decisions of every `AutoBackend.default()` of this process (each layer's default backend and
@@ -144,6 +158,26 @@ the registry's `auto`), by key."""
 def bucket(n: int) -> int:
     """n rounded up to a power of two (0 stays 0)."""
     return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
+RoutingTimer = Callable[[], tuple[float, float]]
+"""A layer's timer of a step's routing: (seconds with the router and `build_dispatch`, seconds
+with `fused_route`)."""
+
+#: in a decision's key: its calibration counted each candidate's routing
+ROUTING_TIMED = "routing timed"
+
+
+def _time_routing(timer: RoutingTimer, x: torch.Tensor) -> tuple[float, float] | None:
+    """The timer's result, or None (logged) where it raised: the candidates are then timed on
+    their experts alone, as before there was a timer (a routing kernel that fails to compile
+    or runs out of memory does not fail a step that a non-fused backend can run)."""
+    try:
+        return timer()
+    except Exception as exc:  # (not the exception itself: its traceback holds the step)
+        log.warning("auto: timing the step's routings on %s failed (%s: %s); calibrating on "
+                    "the experts alone", x.device, type(exc).__name__, exc)
+        return None
 
 
 def median_seconds(fn: Callable[[], object], repeats: int,
@@ -210,6 +244,7 @@ class AutoBackend:
         # seconds spent in this instance's own decisions (taking a shared one costs nothing)
         self.deciding_s = 0.0
         self._compiled: dict[tuple[object, ...], Decision] = {}  # 'compiling' records
+        self._differs: dict[tuple[object, ...], bool] = {}  # `routing_differs`'s answers
         # the expert modules each 'unstackable' record of a stackable-looking key was made for
         self._unstackable_for: dict[tuple[object, ...], tuple[int, ...]] = {}
 
@@ -233,6 +268,7 @@ class AutoBackend:
             state = {**state, "shared": SHARED_DECISIONS}
         self.__dict__.update(state)
         self.__dict__.setdefault("_unstackable_for", {})  # pickled before it existed
+        self.__dict__.setdefault("_differs", {})
 
     def reset(self) -> None:
         """Forgets all decisions (the next step of each bucket decides again). Its decisions
@@ -250,18 +286,23 @@ class AutoBackend:
         self.resets += 1  # (a layer's whole-step graphs, whose signature has it, capture again)
         self.last = None
 
-    def key(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch) -> tuple[object, ...]:
-        return self._key(experts, x, d.token_idx.numel())
+    def key(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch,
+            routing: bool = False) -> tuple[object, ...]:
+        return self._key(experts, x, d.token_idx.numel(), routing)
 
     def _key(self, experts: Sequence[nn.Module], x: torch.Tensor,
-             num_assign: int) -> tuple[object, ...]:
+             num_assign: int, routing: bool = False) -> tuple[object, ...]:
         # from the first expert, not the stack: the key is computed twice per step (the layer
         # asks `decided` first), and the chosen backend checks the stack itself. O(1) even
         # where the first expert cannot be stacked (no StackError raised and caught per step)
         shape = head_signature(experts)
         if shape is None:  # a first expert of another kind: `loop` alone can run them
             shape = (len(experts), None, None, None, UNSTACKABLE)
-        return (str(x.device), str(x.dtype), *shape, bucket(num_assign))
+        # a decision whose calibration counted the routing is one for layers that count it
+        # (another layer of the shape, routing torch's way only, would take a choice made on
+        # a saving it never has)
+        return (str(x.device), str(x.dtype), *((ROUTING_TIMED,) if routing else ()), *shape,
+                bucket(num_assign))
 
     def _lookup(self, k: tuple[object, ...], experts: Sequence[nn.Module]) -> Decision | None:
         """This instance's decision for k, else the shared table's (then taken and recorded
@@ -284,38 +325,45 @@ class AutoBackend:
         return dec
 
     def decided(self, experts: Sequence[nn.Module], x: torch.Tensor,
-                num_assign: int) -> str | None:
+                num_assign: int, routing: bool = False) -> str | None:
         """The backend already chosen for a step of `num_assign` assignments, or None (no
-        decision yet). Lets the layer route with `fused_route` before calling the backend."""
-        dec = self._lookup(self._key(experts, x, num_assign), experts)
+        decision yet). Lets the layer route with `fused_route` before calling the backend.
+        routing: the layer times its routings for this step's decision (`routing_s`)."""
+        dec = self._lookup(self._key(experts, x, num_assign, routing), experts)
         return dec.backend if dec is not None else None
 
-    def calibrates_routing(self, x: torch.Tensor) -> bool:
-        """Whether a step on x that decides would calibrate among candidates that route
-        differently (a fused one and another): then the layer times its two routings and
-        passes them as `routing_s`."""
-        if self.cost_fn is not None or _capturing(x):
+    def routing_differs(self, x: torch.Tensor) -> bool:
+        """Whether a calibration for steps on x's device and dtype chooses among candidates
+        that route differently (a fused one and another): then a layer that can time its two
+        routings passes them (`routing_s`), and its decisions are keyed apart."""
+        if self.cost_fn is not None:
             return False
-        names = [n for n in (self.candidates or available_backends(x.device, x.dtype))
-                 if n != "auto"]
-        fused = [n in FUSED_ROUTING_BACKENDS for n in names]
-        return any(fused) and not all(fused)
+        where = (x.device, x.dtype, None if self.candidates is None else tuple(self.candidates))
+        differs = self._differs.get(where)  # (asked on every eager step of a layer)
+        if differs is None:
+            names = [n for n in (self.candidates or available_backends(x.device, x.dtype))
+                     if n != "auto"]
+            fused = [n in FUSED_ROUTING_BACKENDS for n in names]
+            differs = self._differs[where] = any(fused) and not all(fused)
+        return differs
 
     def __call__(self, experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch,
-                 routing_s: tuple[float, float] | None = None) -> torch.Tensor:
+                 routing_s: RoutingTimer | None = None) -> torch.Tensor:
         """Runs the step on the bucket's backend, deciding first if none is chosen.
 
         Args:
-            routing_s: (seconds of routing this step with the router and `build_dispatch`,
-                seconds with `fused_route`), the layer's measurement: added to each
-                calibrated candidate's time its way (see the module docstring).
+            routing_s: the layer's timer of this step's routing, (seconds with the router and
+                `build_dispatch`, seconds with `fused_route`), called only when calibrating
+                (its results added to each candidate's time its way; if it raises, the
+                candidates are timed on their experts alone); decisions made with one are
+                keyed apart from those made without (see the module docstring).
         """
         if needs_autograd(experts, x):
             return loop_backend(experts, x, d)
         if torch.compiler.is_compiling():
             _eager(AutoBackend._note_compiling)(self, experts, x, d.token_idx.numel())
             return loop_backend(experts, x, d)
-        k = self.key(experts, x, d)
+        k = self._key(experts, x, d.token_idx.numel(), routing_s is not None)
         dec = self._lookup(k, experts)
         out = None
         try:
@@ -364,7 +412,7 @@ class AutoBackend:
 
     def _decide(
         self, k: tuple[object, ...], experts: Sequence[nn.Module], x: torch.Tensor, d: Dispatch,
-        routing_s: tuple[float, float] | None = None,
+        routing_s: RoutingTimer | None = None,
     ) -> tuple[Decision, torch.Tensor | None]:
         """Decides for key k on this step; returns the decision and, when calibrating, the
         winner's output for this step (None otherwise)."""
@@ -388,13 +436,16 @@ class AutoBackend:
                     f"auto has not chosen a backend for {_describe(k)} yet and cannot time "
                     "candidates inside a CUDA-graph capture: run one step of this size before "
                     "capturing (as a capture's warm-up does), or name a backend")
-            extra = ({n: routing_s[1] if n in FUSED_ROUTING_BACKENDS else routing_s[0]
-                      for n in names} if routing_s is not None else {})
+            if routing_s is not None:  # experts that cannot be stacked go to `loop` first
+                stacked_experts(experts)
+            timed = _time_routing(routing_s, x) if routing_s is not None else None
+            extra = ({n: timed[1] if n in FUSED_ROUTING_BACKENDS else timed[0]
+                      for n in names} if timed is not None else {})
             runs = self._calibrate(names, experts, x, d, extra)
             scores = {n: t for n, (t, _) in runs.items()}
             dec = Decision(k, min(scores, key=scores.__getitem__), "calibrated", scores,
-                           routing_s={"torch": routing_s[0], "fused_route": routing_s[1]}
-                           if routing_s is not None else {})
+                           routing_s={"torch": timed[0], "fused_route": timed[1]}
+                           if timed is not None else {})
             out = runs[dec.backend][1]
         dec.seconds = time.perf_counter() - t0
         self.deciding_s += dec.seconds
@@ -482,13 +533,17 @@ def _eager(fn: Callable[..., object]) -> Callable[..., object]:
 
 def _describe(k: tuple[object, ...]) -> str:
     """A key as a log line says it: 'cpu torch.float32 E8 H64 F128 swiglu weights
-    torch.float32, bucket 64 assignments'."""
+    torch.float32, bucket 64 assignments' (with ' (routing timed)' for `ROUTING_TIMED`)."""
+    timed = len(k) == 9 and k[2] == ROUTING_TIMED
+    if timed:
+        k = (*k[:2], *k[3:])
     if len(k) != 8:
         return str(k)
     dev, dt, e, h, f, form, weights, b = k
+    tail = " (routing timed)" if timed else ""
     if weights == UNSTACKABLE:
-        return f"{dev} {dt} E{e} experts that cannot be stacked, bucket {b} assignments"
-    return f"{dev} {dt} E{e} H{h} F{f} {form} weights {weights}, bucket {b} assignments"
+        return f"{dev} {dt} E{e} experts that cannot be stacked, bucket {b} assignments{tail}"
+    return f"{dev} {dt} E{e} H{h} F{f} {form} weights {weights}, bucket {b} assignments{tail}"
 
 
 AUTO = register_backend("auto")(AutoBackend.default())

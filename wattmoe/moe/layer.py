@@ -495,27 +495,37 @@ class SimpleMoELayer(nn.Module):
         return not needs_autograd(self.experts, tokens)
 
     def _times_routing(self, tokens: torch.Tensor) -> bool:
-        """Whether `auto`, deciding on this step, gets the step's routing times: its
-        candidates route differently (fused ones with `fused_route`, the others with the
-        router and `build_dispatch`), fused routing is possible here, and routing the tokens
-        again has no side effects (a strategy that observes would observe each extra run)."""
-        return (isinstance(self._backend, AutoBackend) and tokens.shape[0] > 0
-                and type(self.router.strategy).observe is RoutingStrategy.observe
+        """Whether `auto`'s decision for this step counts each candidate's routing (the
+        layer passes it a timer, `_routing_seconds`): its candidates route differently (fused
+        ones with `fused_route`, the others with the router and `build_dispatch`), fused
+        routing is possible here, and routing the tokens again changes nothing (a strategy
+        with neither `observe` nor `selection_bias` of its own, no hooks on the router). The
+        same answer for every step of a shape (it is part of `auto`'s key)."""
+        if not isinstance(self._backend, AutoBackend) or tokens.shape[0] == 0:
+            return False
+        strategy, router = type(self.router.strategy), self.router
+        return (strategy.observe is RoutingStrategy.observe
+                and strategy.selection_bias is RoutingStrategy.selection_bias
+                and not any(m._forward_hooks or m._forward_pre_hooks
+                            for m in (router, router.gate))
                 and self._fused_route_possible(tokens)
-                and self._backend.calibrates_routing(tokens))
+                and self._backend.routing_differs(tokens))
 
     def _routing_seconds(self, tokens: torch.Tensor) -> tuple[float, float]:
         """(router + `build_dispatch`, `fused_route`): median seconds of `auto`'s `repeats`
-        runs each after a warm-up, on this step's tokens (nothing counted in the loads)."""
+        runs each after a warm-up, on this step's tokens (nothing counted in the loads; the
+        RNG state as it was)."""
         reps = self._backend.repeats  # type: ignore[union-attr]
 
         def torch_way() -> object:
             r = self.router(tokens)
             return build_dispatch(r.topk_idx, r.topk_weight, self.num_experts, None)
 
-        return (median_seconds(torch_way, reps, tokens.device)[0],
-                median_seconds(lambda: fused_route(self.router, tokens), reps,
-                               tokens.device)[0])
+        cuda = [tokens.device] if tokens.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            return (median_seconds(torch_way, reps, tokens.device)[0],
+                    median_seconds(lambda: fused_route(self.router, tokens), reps,
+                                   tokens.device)[0])
 
     def _step_backend(self, tokens: torch.Tensor) -> str | None:
         """The backend that runs a step on tokens: the layer's; for `auto`, `loop` where the
@@ -526,7 +536,8 @@ class SimpleMoELayer(nn.Module):
             if needs_autograd(self.experts, tokens) or torch.compiler.is_compiling():
                 return "loop"
             return self._backend.decided(self.experts, tokens,
-                                         tokens.shape[0] * self.config.top_k)
+                                         tokens.shape[0] * self.config.top_k,
+                                         routing=self._times_routing(tokens))
         return self.backend_name
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
@@ -580,9 +591,9 @@ class SimpleMoELayer(nn.Module):
                         step is None or self.config.capacity_factor is not None)),
             )
             self.tokens_per_expert += dispatch.counts
-        if step is None and self._times_routing(tokens):  # `auto` decides on this step
+        if self._times_routing(tokens):  # (the timer runs only if `auto` decides now)
             out = self._backend(self.experts, tokens, dispatch,
-                                routing_s=self._routing_seconds(tokens))
+                                routing_s=lambda: self._routing_seconds(tokens))
         else:
             out = self._backend(self.experts, tokens, dispatch)
         if self.shared_expert is not None:

@@ -340,7 +340,8 @@ def quantize_experts(experts: Sequence[nn.Module], group_size: int) -> nn.Module
     copying the codes in, which held them twice at that step's peak (DeepSeek-V3: 11.72 GB on
     the H200, run 118; measured on the CPU in `benchmarks/stack_build_memory.py`). Until
     then each expert holds views of tensors that no stack holds yet, saved in state dicts as
-    a built stack's are (`stack_state`).
+    a built stack's are (`stack_state`); one expert module pickled or deep-copied on its own
+    (not its state dict) carries the whole tensors, as after a first build.
 
     Experts that would not stack together (other kinds, shapes, forms, dtypes or devices)
     are quantized one by one, as `quantize_expert` does. The tensors are made outside
