@@ -280,8 +280,9 @@ def test_nsys_import(tmp_path: Path, capsys) -> None:
         (["cost", "--op", "nope"], "unknown op 'nope'"),
         (["cost", "--op", "moe_layer_int4:"], "unknown op 'moe_layer_int4:'"),
         (["cost", "--device", "cuda:9"], "unknown device 'cuda:9'"),
-        (["cost", "--tokens", "-3"], "batch size must be >= 0 tokens, got -3"),
-        (["cost", "--tokens", "abc"], "batch size must be an integer, got 'abc'"),
+        (["cost", "--tokens", "-3"], "--tokens: batch size must be >= 0 tokens, got -3"),
+        (["cost", "--tokens", "abc"], "--tokens: a batch size must be an integer, got 'abc'"),
+        (["cost", "--tokens", "1e9"], "--tokens: a batch size must be an integer, got '1e9'"),
         (["cost", "--tokens", ""], "--tokens: no batch size in ''"),  # was: exit 0, no rows
         # was: the empty item dropped without a word (a typo for 1,16,2 went unnoticed)
         (["cost", "--tokens", "1,,2"], "--tokens '1,,2': item 2 is empty"),

@@ -340,15 +340,18 @@ def _cost_args(p: argparse.ArgumentParser) -> None:
 
 
 def _tokens_arg(text: str) -> list[int]:
-    from wattmoe.cost_model.base import check_tokens
+    from wattmoe.cost_model.base import CostModelError, check_tokens
 
     out = []
     for t in _items("--tokens", text):
         try:
             n = int(t)
         except ValueError:
-            raise ConfigError(f"batch size must be an integer, got {t!r}") from None
-        out.append(check_tokens(n))
+            raise ConfigError(f"--tokens: a batch size must be an integer, got {t!r}") from None
+        try:
+            out.append(check_tokens(n))
+        except CostModelError as exc:  # (the option named: the error is the user's input)
+            raise ConfigError(f"--tokens: {exc}") from None
     if not out:  # was: an empty table and exit 0
         raise ConfigError(f"--tokens: no batch size in {text!r}")
     return out
