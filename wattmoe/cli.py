@@ -84,7 +84,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32",
                    help="compute dtype: fp32 | bf16 | fp16 (default fp32); for packed-int4 "
                         "experts add --int4")
-    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto",
                    help="expert execution backend (default auto: the fastest here for the "

@@ -92,7 +92,8 @@ def _fmt_j(v: float | None) -> str:
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", default="cpu",
-                   help="comma list of cpu, cuda:N, or 'auto' (cpu and every visible GPU)")
+                   help="comma list of cpu, cuda:N, or 'auto' (cpu and every visible GPU); "
+                        "default cpu")
     p.add_argument("--shapes", default="tiny,olmoe-1b-7b@0.25,mixtral-8x7b@0.0625",
                    help="presets NAME[@SCALE] or shape keys "
                         "h<H>_f<F>_<swiglu|relu>_e<E>_k<k>[@SCALE]")
@@ -104,7 +105,7 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
                         "'moe_layer_int4' = the same with packed int4 experts "
                         "(moe_layer_int4:<backend>; not in the default list), or one such op")
     p.add_argument("--tokens", default="1,4,16,64,256,1024,4096,8192",
-                   help="batch sizes (log-spaced by default)")
+                   help="batch sizes, comma-separated (default 1,4,16,64,256,1024,4096,8192)")
     p.add_argument("--out", default=None,
                    help="profile JSON (default data/profiles/<host>.json); a .jsonl of every "
                         "scenario is written beside it as the sweep runs")
@@ -117,7 +118,8 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-window", type=positive_float, default=None,
                    help="energy window in s (default: GPUs the telemetry validation's shortest "
                         "accurate window or 1 s; CPUs --cpu-window)")
-    p.add_argument("--cpu-window", type=nonnegative_float, default=0.5)
+    p.add_argument("--cpu-window", type=nonnegative_float, default=0.5,
+                   help="shortest energy window on the CPU, seconds (default 0.5)")
     p.add_argument("--cooldown-max", type=nonnegative_float, default=3.0,
                    help="max seconds to wait for the device to cool between scenarios")
     p.add_argument("--cooldown-tolerance", type=nonnegative_float, default=3.0,
@@ -324,8 +326,9 @@ def _cost_args(p: argparse.ArgumentParser) -> None:
                         "fused, fused_graph, ...): the op moe_layer:NAME, or "
                         "moe_layer_int4:NAME with --int4")
     p.add_argument("--int4", action="store_true", help="with --backend: packed-int4 experts")
-    p.add_argument("--tokens", default="1,64,1024", help="batch sizes, comma-separated")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--tokens", default="1,64,1024",
+                   help="batch sizes, comma-separated (default 1,64,1024)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     p.add_argument("--dtype", default=None,
                    help=f"compute dtype (fp32, bf16, ...; default {DEFAULT_DTYPE})")
     p.add_argument("--shape", default=None,
@@ -573,7 +576,7 @@ def cmd_cost_eval(args: argparse.Namespace) -> int:
 
 def _nsys_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sqlite", help="an Nsight Systems SQLite export (nsys export -t sqlite)")
-    p.add_argument("--top", type=int, default=15, help="kernels to show")
+    p.add_argument("--top", type=int, default=15, help="kernels to show (default 15)")
     p.add_argument("--json", default=None, help="write kernels summary and metrics JSON here")
 
 

@@ -33,7 +33,8 @@ def _place_args(p: argparse.ArgumentParser) -> None:
                         "h<H>_f<F>_<swiglu|relu>_e<E>_k<k> for any other model")
     p.add_argument("--scale", type=float, default=None,
                    help="width scale factor of the shape (default 1; or give it as SHAPE@SCALE)")
-    p.add_argument("--dtype", default="bf16", help="expert dtype: bf16 | fp16 | fp32 | fp8 | int4")
+    p.add_argument("--dtype", default="bf16",
+                   help="expert dtype: bf16 | fp16 | fp32 | fp8 | int4 (default bf16)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--loads", help="[layers, experts] token counts per batch: .npy, .csv "
                                      "(comma-separated; .txt is read as CSV) or .json")
