@@ -29,7 +29,25 @@ from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
 from wattmoe.moe.presets import resolve_shape  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 
-BATCH = 64
+BATCH = 64  # calls between synchronizations: their launches fit CUDA's launch queue
+
+
+def batch_times(fn, batches: int, dev: torch.device) -> tuple[list[float], list[float]]:
+    """Microseconds per call of each of `batches` batches of `BATCH` calls: (host: until the
+    calls returned, the GPU running behind them; step: until the GPU finished the batch too).
+    Also used by step_graph_host_probe.py."""
+    torch.cuda.synchronize(dev)
+    host, step = [], []
+    for _ in range(batches):
+        t = time.perf_counter()
+        for _ in range(BATCH):
+            fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize(dev)
+        t2 = time.perf_counter()
+        host.append((t1 - t) / BATCH * 1e6)
+        step.append((t2 - t) / BATCH * 1e6)
+    return host, step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,20 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             if weights == "int4":
                 layer.quantize(int4_group_size(cfg.hidden_size, cfg.expert_inner_size))
             x = torch.randn(args.tokens, cfg.hidden_size, device=dev, dtype=torch.bfloat16)
-            host, step = [], []
             with torch.inference_mode():
                 for _ in range(4 + BATCH):
                     layer(x)
-                torch.cuda.synchronize(dev)
-                for _ in range(args.batches):
-                    t = time.perf_counter()
-                    for _ in range(BATCH):
-                        layer(x)
-                    t1 = time.perf_counter()
-                    torch.cuda.synchronize(dev)
-                    t2 = time.perf_counter()
-                    host.append((t1 - t) / BATCH * 1e6)
-                    step.append((t2 - t) / BATCH * 1e6)
+                host, step = batch_times(lambda lay=layer, x=x: lay(x), args.batches, dev)
             runner = layer.step_graphs
             row = {"shape": spec, "weights": weights, "tokens": args.tokens,
                    "host_us": statistics.median(host), "step_us": statistics.median(step),

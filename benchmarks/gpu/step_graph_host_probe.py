@@ -23,7 +23,6 @@ import io
 import pstats
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,34 +30,25 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 from _meta import provenance, write_json  # noqa: E402
+from step_call_time import BATCH, batch_times  # noqa: E402
 
 from wattmoe.moe.graphs import GraphedLayer, output_tensors  # noqa: E402
 from wattmoe.moe.layer import SimpleMoELayer  # noqa: E402
 from wattmoe.moe.presets import resolve_shape  # noqa: E402
 from wattmoe.moe.quant import int4_group_size  # noqa: E402
 
-BATCH = 64  # calls between synchronizations: their launches fit CUDA's launch queue
-
 
 def per_call_us(fn, calls: int, dev: torch.device) -> tuple[float, float]:
-    """(host, step) microseconds per call, medians over batches of `BATCH` calls: host, the
-    time the calls took to return (the GPU runs behind them: batches small enough that the
-    launch queue never fills and blocks the host); step, until the GPU finished the batch
-    too (the larger of the host's and the GPU's time per call)."""
+    """(host, step) microseconds per call, medians over batches of `BATCH` calls
+    (`step_call_time.batch_times`): host, the time the calls took to return (the GPU runs
+    behind them: batches small enough that the launch queue never fills and blocks the host);
+    step, until the GPU finished the batch too (the larger of the host's and the GPU's time
+    per call)."""
     for _ in range(50):
         fn()
-    torch.cuda.synchronize(dev)
-    host, step = [], []
-    for _ in range(max(1, calls // BATCH)):
-        t = time.perf_counter()
-        for _ in range(BATCH):
-            fn()
-        t1 = time.perf_counter()
-        torch.cuda.synchronize(dev)
-        t2 = time.perf_counter()
-        host.append((t1 - t) / BATCH * 1e6)
-        step.append((t2 - t) / BATCH * 1e6)
+    host, step = batch_times(fn, max(1, calls // BATCH), dev)
     return statistics.median(host), statistics.median(step)
 
 

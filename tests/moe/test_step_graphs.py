@@ -134,7 +134,7 @@ def test_fresh_outputs_are_an_eager_steps_tensors(fake_graphs: None) -> None:
 def _as_auto_on_a_gpu(layer: SimpleMoELayer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The layer as the 'auto' policy sees it on a GPU whose `auto` chose `fused` for every
     size: its steps run `grouped` here (the fused kernels need a GPU or the interpreter)."""
-    monkeypatch.setattr(layer, "_step_backend", lambda tokens: "fused")
+    monkeypatch.setattr(layer, "_step_backend", lambda tokens, timed=None: "fused")
     monkeypatch.setattr(layer, "_fused_route_possible", lambda tokens: False)
     monkeypatch.setattr(layer, "_backend", get_backend("grouped"))
 

@@ -494,13 +494,14 @@ class SimpleMoELayer(nn.Module):
             return False
         return not needs_autograd(self.experts, tokens)
 
-    def _times_routing(self, tokens: torch.Tensor) -> bool:
+    def _times_routing(self, tokens: torch.Tensor, fusable: bool | None = None) -> bool:
         """Whether `auto`'s decision for this step counts each candidate's routing (the
         layer passes it a timer, `_routing_seconds`): its candidates route differently (fused
         ones with `fused_route`, the others with the router and `build_dispatch`), fused
         routing is possible here, and routing the tokens again changes nothing (a strategy
         with neither `observe` nor `selection_bias` of its own, no hooks on the router). The
-        same answer for every step of a shape (it is part of `auto`'s key)."""
+        same answer for every step of a shape (it is part of `auto`'s key). fusable:
+        `_fused_route_possible(tokens)`, where the caller has it."""
         if not isinstance(self._backend, AutoBackend) or tokens.shape[0] == 0:
             return False
         strategy, router = type(self.router.strategy), self.router
@@ -508,7 +509,7 @@ class SimpleMoELayer(nn.Module):
                 and strategy.selection_bias is RoutingStrategy.selection_bias
                 and not any(m._forward_hooks or m._forward_pre_hooks
                             for m in (router, router.gate))
-                and self._fused_route_possible(tokens)
+                and (self._fused_route_possible(tokens) if fusable is None else fusable)
                 and self._backend.routing_differs(tokens))
 
     def _routing_seconds(self, tokens: torch.Tensor) -> tuple[float, float]:
@@ -527,17 +528,18 @@ class SimpleMoELayer(nn.Module):
                     median_seconds(lambda: fused_route(self.router, tokens), reps,
                                    tokens.device)[0])
 
-    def _step_backend(self, tokens: torch.Tensor) -> str | None:
+    def _step_backend(self, tokens: torch.Tensor, timed: bool | None = None) -> str | None:
         """The backend that runs a step on tokens: the layer's; for `auto`, `loop` where the
         step needs autograd or is traced by `torch.compile` (what it runs then, without looking
         at the experts), else the one chosen for this step size (None: not chosen yet; the
-        step decides)."""
+        step decides). timed: `_times_routing(tokens)`, where the caller has it."""
         if isinstance(self._backend, AutoBackend):
             if needs_autograd(self.experts, tokens) or torch.compiler.is_compiling():
                 return "loop"
             return self._backend.decided(self.experts, tokens,
                                          tokens.shape[0] * self.config.top_k,
-                                         routing=self._times_routing(tokens))
+                                         routing=self._times_routing(tokens)
+                                         if timed is None else timed)
         return self.backend_name
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
@@ -571,10 +573,14 @@ class SimpleMoELayer(nn.Module):
                 return self._run_step_graph(x)
         if self.int4_layout_policy == "auto":
             self._auto_int4_layout(tokens)
-        if graphs and self._step_backend(tokens) in FUSED_ROUTING_BACKENDS:
+        # each once a step (in grad mode, `_fused_route_possible` and the step backend walk
+        # the experts' parameters)
+        fusable = self._fused_route_possible(tokens)
+        timed = self._times_routing(tokens, fusable)
+        step = self._step_backend(tokens, timed)
+        if graphs and step in FUSED_ROUTING_BACKENDS:
             return self._run_step_graph(x)
-        step = self._step_backend(tokens)
-        if step in FUSED_ROUTING_BACKENDS and self._fused_route_possible(tokens):
+        if step in FUSED_ROUTING_BACKENDS and fusable:
             # same decisions; adds this step's counts to tokens_per_expert in the kernel
             routing, dispatch = fused_route(self.router, tokens, self.tokens_per_expert)
         else:
@@ -591,7 +597,7 @@ class SimpleMoELayer(nn.Module):
                         step is None or self.config.capacity_factor is not None)),
             )
             self.tokens_per_expert += dispatch.counts
-        if self._times_routing(tokens):  # (the timer runs only if `auto` decides now)
+        if timed:  # (the timer runs only if `auto` decides now)
             out = self._backend(self.experts, tokens, dispatch,
                                 routing_s=lambda: self._routing_seconds(tokens))
         else:
